@@ -1,0 +1,91 @@
+//! Error kinds of the API and the JSON body every error answer carries.
+//!
+//! The mapping from kind to HTTP status lives here, in one place, so the server never
+//! picks a status ad hoc.
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, as far as an API client needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is malformed or out of range.
+    InvalidRequest,
+    /// Missing or wrong token.
+    Unauthenticated,
+    /// The sprite does not exist in the caller's organization.
+    SpriteNotFound,
+    /// Something other than a sprite was not found (a session, a route).
+    NotFound,
+    /// The request conflicts with current state (duplicate name).
+    Conflict,
+    /// The thing existed but is gone (a session that already exited).
+    Gone,
+    /// Too many requests or sprites; retry later.
+    RateLimited,
+    /// The daemon failed; the client may retry.
+    Internal,
+    /// The sprite or a dependency is not available right now.
+    Unavailable,
+}
+
+impl ErrorKind {
+    /// The HTTP status code for this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::SpriteNotFound | ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Gone => 410,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::Unavailable => 503,
+        }
+    }
+
+    /// The short `error` code of the JSON body.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Unauthenticated => "authentication failed",
+            ErrorKind::SpriteNotFound => "sprite not found",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Gone => "gone",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Internal => "internal_error",
+            ErrorKind::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimited | ErrorKind::Internal | ErrorKind::Unavailable
+        )
+    }
+}
+
+/// JSON body of every error answer: `{"error": ..., "message": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_the_api() {
+        assert_eq!(ErrorKind::Unauthenticated.status(), 401);
+        assert_eq!(ErrorKind::Unauthenticated.code(), "authentication failed");
+        assert_eq!(ErrorKind::SpriteNotFound.code(), "sprite not found");
+        assert_eq!(ErrorKind::Conflict.status(), 409);
+        assert!(ErrorKind::Unavailable.is_retryable());
+        assert!(!ErrorKind::InvalidRequest.is_retryable());
+    }
+}

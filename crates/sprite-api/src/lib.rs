@@ -1,0 +1,17 @@
+//! Wire types of the Sprites v1 API as served by the sprite daemon: request and response
+//! bodies, the exec WebSocket frame codec, error kinds and name rules.
+//!
+//! This crate owns no I/O and must not depend on anything async or OS-specific, so that
+//! the server, the client and the tests agree on one definition of the wire.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod exec;
+pub mod names;
+pub mod sprite;
+
+pub use error::{ErrorBody, ErrorKind};
+pub use names::{validate_sprite_name, NameError};
+
+/// Version string the server reports in the `Sprite-Version` header.
+pub const SERVER_VERSION: &str = concat!("sprites-", env!("CARGO_PKG_VERSION"));

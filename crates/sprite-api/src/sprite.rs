@@ -1,0 +1,167 @@
+//! Sprite resources: create, update and list bodies and `SpriteInfo`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Who may open a sprite's URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UrlAuth {
+    /// A bearer token of the sprite's organization is needed.
+    #[default]
+    Sprite,
+    /// Anyone may open it.
+    Public,
+}
+
+impl UrlAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UrlAuth::Sprite => "sprite",
+            UrlAuth::Public => "public",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UrlSettings {
+    #[serde(default)]
+    pub auth: UrlAuth,
+}
+
+/// Resources of a sprite. Absent fields take the daemon's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SpriteConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_gb: Option<u64>,
+}
+
+/// Lifecycle state as reported to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpriteStatus {
+    Cold,
+    Warm,
+    Running,
+}
+
+impl SpriteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpriteStatus::Cold => "cold",
+            SpriteStatus::Warm => "warm",
+            SpriteStatus::Running => "running",
+        }
+    }
+}
+
+/// `POST /v1/sprites` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSpriteRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_settings: Option<UrlSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<SpriteConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_capacity: Option<bool>,
+}
+
+/// `PUT /v1/sprites/{name}` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UpdateSpriteRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_settings: Option<UrlSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_labels: Option<bool>,
+}
+
+/// A sprite as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpriteInfo {
+    pub id: String,
+    pub name: String,
+    pub organization: String,
+    pub status: SpriteStatus,
+    pub url: String,
+    pub url_settings: UrlSettings,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub config: SpriteConfig,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_running_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_warming_at: Option<String>,
+}
+
+/// `GET /v1/sprites` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpriteList {
+    pub sprites: Vec<SpriteInfo>,
+    pub has_more: bool,
+    #[serde(default)]
+    pub next_continuation_token: Option<String>,
+}
+
+/// Limits of the list route.
+pub const LIST_MAX_RESULTS: u32 = 50;
+
+/// Most labels one sprite may carry, and the longest label.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// Checks labels against the limits above; the message says which one failed.
+pub fn validate_labels(labels: &[String]) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{} labels given; at most {MAX_LABELS} are allowed",
+            labels.len()
+        ));
+    }
+    if let Some(label) = labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > MAX_LABEL_LEN)
+    {
+        return Err(format!(
+            "label {label:?} must be 1 to {MAX_LABEL_LEN} bytes long"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_accepts_sdk_shape() {
+        let body = r#"{"name":"a","config":{"ram_mb":512,"region":"ord"},
+            "url_settings":{"auth":"public","private_access":null},"labels":["x"]}"#;
+        let request: CreateSpriteRequest = serde_json::from_str(body).expect("parse");
+        assert_eq!(request.name, "a");
+        assert_eq!(request.config.and_then(|c| c.ram_mb), Some(512));
+        assert_eq!(request.url_settings.map(|u| u.auth), Some(UrlAuth::Public));
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert!(validate_labels(&["ok".into()]).is_ok());
+        assert!(validate_labels(&[String::new()]).is_err());
+        assert!(validate_labels(&vec!["x".into(); MAX_LABELS + 1]).is_err());
+    }
+}
