@@ -1,0 +1,47 @@
+//! Settings of the sprite lifecycle, resolved by the daemon from flags and its config file.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Root of all state: `control.db`, `images/`, `sprites/`.
+    pub data_dir: PathBuf,
+    /// The `sprite` binary, run as `sprite init` to launch sandboxes.
+    pub executable: PathBuf,
+    /// Image of new sprites.
+    pub default_image: String,
+    /// Debian mirror for building the default image.
+    pub debian_mirror: String,
+    /// First host uid/gid of the range sprites' ids map to, and its size.
+    pub id_base: u32,
+    pub id_count: u32,
+    /// Defaults of `config` when a create omits them.
+    pub default_ram_mb: u64,
+    pub default_cpus: u32,
+    pub default_storage_gb: u64,
+    /// Processes per sprite.
+    pub pids_limit: u64,
+    /// Most sprites on this host.
+    pub max_sprites: usize,
+    /// Base of sprite URLs: `http://<name>.<url_domain>`.
+    pub url_domain: String,
+}
+
+impl CoreConfig {
+    pub fn new(data_dir: PathBuf, executable: PathBuf) -> Self {
+        CoreConfig {
+            data_dir,
+            executable,
+            default_image: "debian".into(),
+            debian_mirror: "http://deb.debian.org/debian".into(),
+            id_base: 100_000,
+            id_count: 65_536,
+            default_ram_mb: 1024,
+            default_cpus: 1,
+            default_storage_gb: 100,
+            pids_limit: 2048,
+            max_sprites: 1000,
+            url_domain: "localhost:7080".into(),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Control-plane state in SQLite: sprites and their settings. Versioned migrations run
+//! at open; the schema version is SQLite's `user_version`.
+
+use crate::error::CoreError;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Schema migrations, in order. Never edit one that has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sprites (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        name TEXT NOT NULL,
+        image TEXT NOT NULL,
+        url_auth TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        config TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_running_at TEXT,
+        id_base INTEGER NOT NULL,
+        UNIQUE (org, name)
+    );",
+];
+
+/// One sprite row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpriteRecord {
+    pub id: String,
+    pub org: String,
+    pub name: String,
+    pub image: String,
+    pub url_auth: String,
+    pub labels: Vec<String>,
+    pub config: sprite_api::sprite::SpriteConfig,
+    pub environment: std::collections::BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_running_at: Option<String>,
+    pub id_base: u32,
+}
+
+#[derive(Debug)]
+pub struct Database {
+    connection: Mutex<Connection>,
+}
+
+fn json_column<T: for<'de> serde::Deserialize<'de> + Default>(text: String) -> T {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
+    Ok(SpriteRecord {
+        id: row.get(0)?,
+        org: row.get(1)?,
+        name: row.get(2)?,
+        image: row.get(3)?,
+        url_auth: row.get(4)?,
+        labels: json_column(row.get(5)?),
+        config: json_column(row.get(6)?),
+        environment: json_column(row.get(7)?),
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+        last_running_at: row.get(10)?,
+        id_base: row.get(11)?,
+    })
+}
+
+const COLUMNS: &str =
+    "id, org, name, image, url_auth, labels, config, environment, created_at, updated_at, last_running_at, id_base";
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+impl Database {
+    /// Opens (or creates) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Database, CoreError> {
+        let connection = Connection::open(path)?;
+        Self::with_connection(connection)
+    }
+
+    pub fn in_memory() -> Result<Database, CoreError> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(mut connection: Connection) -> Result<Database, CoreError> {
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(migration)?;
+            transaction.pragma_update(None, "user_version", index + 1)?;
+            transaction.commit()?;
+        }
+        Ok(Database { connection: Mutex::new(connection) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Inserts a sprite; `SpriteExists` if the name is taken in its organization.
+    pub fn insert(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
+        let result = self.lock().execute(
+            &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                sprite.id,
+                sprite.org,
+                sprite.name,
+                sprite.image,
+                sprite.url_auth,
+                to_json(&sprite.labels),
+                to_json(&sprite.config),
+                to_json(&sprite.environment),
+                sprite.created_at,
+                sprite.updated_at,
+                sprite.last_running_at,
+                sprite.id_base,
+            ],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(CoreError::SpriteExists(sprite.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn get(&self, org: &str, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
+        Ok(self
+            .lock()
+            .query_row(&format!("SELECT {COLUMNS} FROM sprites WHERE org = ?1 AND name = ?2"), params![org, name], record)
+            .optional()?)
+    }
+
+    /// Sprites of an organization whose name starts with `prefix` and sorts after
+    /// `after`, in name order, at most `limit`.
+    pub fn list(&self, org: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<SpriteRecord>, CoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(&format!(
+            "SELECT {COLUMNS} FROM sprites WHERE org = ?1 AND substr(name, 1, length(?2)) = ?2 AND name > ?3
+             ORDER BY name LIMIT ?4"
+        ))?;
+        let rows = statement.query_map(params![org, prefix, after.unwrap_or(""), limit as i64], record)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn all(&self) -> Result<Vec<SpriteRecord>, CoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(&format!("SELECT {COLUMNS} FROM sprites ORDER BY created_at"))?;
+        let rows = statement.query_map([], record)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn update(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
+        self.lock().execute(
+            "UPDATE sprites SET url_auth = ?2, labels = ?3, updated_at = ?4, last_running_at = ?5 WHERE id = ?1",
+            params![sprite.id, sprite.url_auth, to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), CoreError> {
+        self.lock().execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn count(&self) -> Result<usize, CoreError> {
+        Ok(self.lock().query_row("SELECT count(*) FROM sprites", [], |row| row.get::<_, i64>(0))? as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sprite(name: &str) -> SpriteRecord {
+        SpriteRecord {
+            id: format!("id-{name}"),
+            org: "default".into(),
+            name: name.into(),
+            image: "busybox".into(),
+            url_auth: "sprite".into(),
+            labels: vec!["a".into()],
+            config: Default::default(),
+            environment: Default::default(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            last_running_at: None,
+            id_base: 100000,
+        }
+    }
+
+    #[test]
+    fn duplicate_names_conflict() {
+        let db = Database::in_memory().expect("db");
+        db.insert(&sprite("a")).expect("insert");
+        let mut twin = sprite("a");
+        twin.id = "other".into();
+        assert!(matches!(db.insert(&twin), Err(CoreError::SpriteExists(_))));
+        let mut other_org = twin.clone();
+        other_org.org = "acme".into();
+        db.insert(&other_org).expect("same name in another org");
+    }
+
+    #[test]
+    fn lists_by_prefix_and_page() {
+        let db = Database::in_memory().expect("db");
+        for name in ["app-1", "app-2", "app-3", "web"] {
+            db.insert(&sprite(name)).expect("insert");
+        }
+        let page = db.list("default", "app", None, 2).expect("list");
+        assert_eq!(page.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["app-1", "app-2"]);
+        let next = db.list("default", "app", Some("app-2"), 2).expect("list");
+        assert_eq!(next.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["app-3"]);
+        assert_eq!(db.list("default", "app_", None, 10).expect("list").len(), 0);
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("db");
+        Database::open(&path).expect("first").insert(&sprite("x")).expect("insert");
+        let db = Database::open(&path).expect("second");
+        assert_eq!(db.count().expect("count"), 1);
+    }
+}

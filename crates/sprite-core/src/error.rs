@@ -1,0 +1,64 @@
+//! Errors of the sprite lifecycle, with the API kind each maps to.
+
+use sprite_api::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("sprite {0} not found")]
+    SpriteNotFound(String),
+    #[error("a sprite named {0} already exists")]
+    SpriteExists(String),
+    #[error("session {0} not found")]
+    SessionNotFound(String),
+    #[error("session {0} already exited")]
+    SessionGone(String),
+    #[error("control-plane database")]
+    Database(#[from] rusqlite::Error),
+    #[error("sandbox of sprite {sprite}")]
+    Sandbox {
+        sprite: String,
+        #[source]
+        source: sprite_sandbox::SandboxError,
+    },
+    #[error("image {image}: {message}")]
+    Image { image: String, message: String },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sprite {0} did not come up in time")]
+    StartTimeout(String),
+    #[error("{0}")]
+    SpawnFailed(String),
+    #[error("too many sprites: the limit is {0}")]
+    TooManySprites(usize),
+}
+
+impl CoreError {
+    /// The API error kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CoreError::InvalidRequest(_) | CoreError::SpawnFailed(_) => ErrorKind::InvalidRequest,
+            CoreError::SpriteNotFound(_) => ErrorKind::SpriteNotFound,
+            CoreError::SessionNotFound(_) => ErrorKind::NotFound,
+            CoreError::SpriteExists(_) => ErrorKind::Conflict,
+            CoreError::SessionGone(_) => ErrorKind::Gone,
+            CoreError::TooManySprites(_) => ErrorKind::RateLimited,
+            CoreError::StartTimeout(_) => ErrorKind::Unavailable,
+            CoreError::Database(_)
+            | CoreError::Sandbox { .. }
+            | CoreError::Image { .. }
+            | CoreError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn io(what: &'static str, path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> CoreError {
+        let path = path.into();
+        move |source| CoreError::Io { what, path, source }
+    }
+}

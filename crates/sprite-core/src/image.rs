@@ -1,0 +1,265 @@
+//! Base images: read-only root filesystems shared by every sprite on the host.
+//!
+//! `debian` (the default) is Debian bookworm from debootstrap with a user `sprite`
+//! (uid 1000, passwordless sudo); `busybox` is a tiny image from the host's static
+//! busybox, for tests. An image is built once, on first need, into
+//! `<data>/images/<name>/rootfs`, with its file owners shifted into the host id range
+//! that sprites' user namespaces map to (uid 0 inside = `id_base` on the host).
+//! A build goes to a scratch directory and is renamed into place when complete, so an
+//! interrupted build is never used.
+
+use crate::error::CoreError;
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncBufReadExt;
+
+/// Packages of the default image on top of debootstrap's minbase.
+pub const DEBIAN_PACKAGES: &str =
+    "bash,coreutils,procps,iproute2,curl,ca-certificates,git,python3,sudo,less,vim-tiny,tmux";
+
+/// Images this daemon knows how to build.
+pub const KNOWN_IMAGES: [&str; 2] = ["debian", "busybox"];
+
+/// Where an image build stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageStatus {
+    pub name: String,
+    /// `absent`, `building`, `ready` or `failed`.
+    pub state: String,
+    /// Last progress line of a build, or the failure.
+    pub detail: String,
+}
+
+#[derive(Debug)]
+pub struct ImageStore {
+    dir: PathBuf,
+    id_base: u32,
+    mirror: String,
+    builds: tokio::sync::Mutex<()>,
+    status: Arc<Mutex<HashMap<String, ImageStatus>>>,
+}
+
+fn set_status(status: &Mutex<HashMap<String, ImageStatus>>, name: &str, state: &str, detail: &str) {
+    let mut map = status.lock().unwrap_or_else(|p| p.into_inner());
+    map.insert(name.to_string(), ImageStatus { name: name.into(), state: state.into(), detail: detail.into() });
+}
+
+impl ImageStore {
+    pub fn new(dir: PathBuf, id_base: u32, mirror: String) -> Self {
+        ImageStore { dir, id_base, mirror, builds: tokio::sync::Mutex::new(()), status: Default::default() }
+    }
+
+    pub fn rootfs(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("rootfs")
+    }
+
+    pub fn is_ready(&self, name: &str) -> bool {
+        self.dir.join(name).join("image.json").exists()
+    }
+
+    /// Status of every known image.
+    pub fn statuses(&self) -> Vec<ImageStatus> {
+        let map = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        KNOWN_IMAGES
+            .iter()
+            .map(|name| {
+                if self.is_ready(name) {
+                    ImageStatus { name: name.to_string(), state: "ready".into(), detail: String::new() }
+                } else {
+                    map.get(*name).cloned().unwrap_or(ImageStatus {
+                        name: name.to_string(),
+                        state: "absent".into(),
+                        detail: String::new(),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// Returns the image's root, building it first if needed.
+    pub async fn ensure(&self, name: &str) -> Result<PathBuf, CoreError> {
+        if !KNOWN_IMAGES.contains(&name) {
+            return Err(CoreError::InvalidRequest(format!(
+                "unknown image {name:?}; known images: {}",
+                KNOWN_IMAGES.join(", ")
+            )));
+        }
+        if self.is_ready(name) {
+            return Ok(self.rootfs(name));
+        }
+        let _guard = self.builds.lock().await;
+        if self.is_ready(name) {
+            return Ok(self.rootfs(name));
+        }
+        set_status(&self.status, name, "building", "starting");
+        let result = self.build(name).await;
+        match &result {
+            Ok(()) => set_status(&self.status, name, "ready", ""),
+            Err(e) => set_status(&self.status, name, "failed", &sprite_sandbox::error_chain(e)),
+        }
+        result.map(|()| self.rootfs(name))
+    }
+
+    async fn build(&self, name: &str) -> Result<(), CoreError> {
+        let image_dir = self.dir.join(name);
+        let scratch = self.dir.join(format!(".build-{name}"));
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch).map_err(CoreError::io("create", &scratch))?;
+        let rootfs = scratch.join("rootfs");
+        tracing::info!(image = name, "building image");
+        match name {
+            "debian" => self.build_debian(&rootfs).await?,
+            _ => build_busybox(&rootfs)?,
+        }
+        let base = self.id_base;
+        let shift_root = rootfs.clone();
+        tokio::task::spawn_blocking(move || shift_ids(&shift_root, base))
+            .await
+            .map_err(|e| CoreError::Image { image: name.into(), message: e.to_string() })??;
+        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755)).map_err(CoreError::io("chmod", &rootfs))?;
+        let _ = fs::remove_dir_all(&image_dir);
+        fs::create_dir_all(&image_dir).map_err(CoreError::io("create", &image_dir))?;
+        fs::set_permissions(&image_dir, fs::Permissions::from_mode(0o711)).map_err(CoreError::io("chmod", &image_dir))?;
+        fs::rename(&rootfs, self.rootfs(name)).map_err(CoreError::io("move image into", self.rootfs(name)))?;
+        let manifest = serde_json::json!({
+            "name": name,
+            "built_at": chrono::Utc::now().to_rfc3339(),
+            "id_base": self.id_base,
+        });
+        let manifest_path = image_dir.join("image.json");
+        fs::write(&manifest_path, manifest.to_string()).map_err(CoreError::io("write", &manifest_path))?;
+        let _ = fs::remove_dir_all(&scratch);
+        tracing::info!(image = name, "image ready");
+        Ok(())
+    }
+
+    async fn build_debian(&self, rootfs: &Path) -> Result<(), CoreError> {
+        let failed = |message: String| CoreError::Image { image: "debian".into(), message };
+        let mut child = tokio::process::Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={DEBIAN_PACKAGES}"), "bookworm"])
+            .arg(rootfs)
+            .arg(&self.mirror)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run debootstrap ({e}); install it with `apt-get install debootstrap`")))?;
+        let mut last_lines = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                set_status(&self.status, "debian", "building", &line);
+                tracing::info!(image = "debian", "{line}");
+                last_lines.push(line);
+                if last_lines.len() > 5 {
+                    last_lines.remove(0);
+                }
+            }
+        }
+        let output = child.wait_with_output().await.map_err(|e| failed(format!("debootstrap: {e}")))?;
+        if !output.status.success() {
+            return Err(failed(format!(
+                "debootstrap exited with {}: {} {}",
+                output.status,
+                last_lines.join(" / "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        set_status(&self.status, "debian", "building", "adding user sprite");
+        let script = "set -e
+            useradd -m -u 1000 -U -s /bin/bash -G sudo sprite
+            echo 'sprite ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/sprite
+            chmod 0440 /etc/sudoers.d/sprite
+            echo 'Set disable_coredump false' > /etc/sudo.conf
+            apt-get clean
+            rm -rf /var/lib/apt/lists/*";
+        let status = tokio::process::Command::new("chroot")
+            .arg(rootfs)
+            .args(["/bin/sh", "-c", script])
+            .status()
+            .await
+            .map_err(|e| failed(format!("chroot: {e}")))?;
+        if !status.success() {
+            return Err(failed(format!("setting up the sprite user failed: {status}")));
+        }
+        let hosts = rootfs.join("etc/hosts");
+        fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n").map_err(CoreError::io("write", &hosts))?;
+        Ok(())
+    }
+}
+
+/// Finds a static busybox on the host.
+fn host_busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+fn build_busybox(rootfs: &Path) -> Result<(), CoreError> {
+    let failed = |message: String| CoreError::Image { image: "busybox".into(), message };
+    let busybox = host_busybox().ok_or_else(|| failed("no busybox on the host; install it with `apt-get install busybox-static`".into()))?;
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "home/sprite", "tmp", "proc", "sys", "dev", "var/tmp"] {
+        let path = rootfs.join(dir);
+        fs::create_dir_all(&path).map_err(CoreError::io("create", &path))?;
+    }
+    fs::copy(&busybox, rootfs.join("bin/busybox")).map_err(CoreError::io("copy", &busybox))?;
+    let list = std::process::Command::new(&busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| failed(format!("busybox --list-full: {e}")))?;
+    let mut applets = Vec::new();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = rootfs.join(applet);
+        if applet.is_empty() || applet == "bin/busybox" || link.exists() {
+            continue;
+        }
+        std::os::unix::fs::symlink("/bin/busybox", &link).map_err(CoreError::io("link", &link))?;
+        applets.push(applet.rsplit('/').next().unwrap_or(applet).to_string());
+    }
+    if !applets.iter().any(|a| a == "bash") {
+        let bash = rootfs.join("bin/bash");
+        fs::write(&bash, "#!/bin/sh\nexec /bin/sh \"$@\"\n").map_err(CoreError::io("write", &bash))?;
+        fs::set_permissions(&bash, fs::Permissions::from_mode(0o755)).map_err(CoreError::io("chmod", &bash))?;
+    }
+    let files = [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nsprite:x:1000:1000:sprite:/home/sprite:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+        ("etc/group", "root:x:0:\ntty:x:5:\nsudo:x:27:sprite\nsprite:x:1000:\nnogroup:x:65534:\n"),
+        ("etc/hosts", "127.0.0.1 localhost\n"),
+    ];
+    for (path, text) in files {
+        let path = rootfs.join(path);
+        fs::write(&path, text).map_err(CoreError::io("write", &path))?;
+    }
+    for dir in ["tmp", "var/tmp"] {
+        let path = rootfs.join(dir);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o1777)).map_err(CoreError::io("chmod", &path))?;
+    }
+    let home = rootfs.join("home/sprite");
+    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).map_err(CoreError::io("chown", &home))?;
+    Ok(())
+}
+
+/// Adds `base` to the owner and group of every file below `root` that is not shifted
+/// yet (hard links are met twice), keeping setuid and setgid bits (chown clears them).
+pub fn shift_ids(root: &Path, base: u32) -> Result<(), CoreError> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let metadata = fs::symlink_metadata(&path).map_err(CoreError::io("stat", &path))?;
+        if metadata.uid() < base || metadata.gid() < base {
+            let uid = if metadata.uid() < base { metadata.uid() + base } else { metadata.uid() };
+            let gid = if metadata.gid() < base { metadata.gid() + base } else { metadata.gid() };
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(CoreError::io("chown", &path))?;
+            if !metadata.file_type().is_symlink() && metadata.mode() & 0o6000 != 0 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(metadata.mode() & 0o7777))
+                    .map_err(CoreError::io("chmod", &path))?;
+            }
+        }
+        if metadata.is_dir() {
+            for entry in fs::read_dir(&path).map_err(CoreError::io("read", &path))? {
+                stack.push(entry.map_err(CoreError::io("read", &path))?.path());
+            }
+        }
+    }
+    Ok(())
+}

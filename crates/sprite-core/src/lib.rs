@@ -1,0 +1,17 @@
+//! The sprite lifecycle: creating, starting, recovering and destroying sprites, their
+//! images and root layers, sessions, and the control-plane database.
+//!
+//! The server turns each request into a call on [`SpriteManager`]; nothing here knows
+//! about HTTP. Must not depend on axum or hyper.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+mod error;
+pub mod image;
+pub mod manager;
+pub mod rootfs;
+
+pub use config::CoreConfig;
+pub use error::CoreError;
+pub use manager::SpriteManager;

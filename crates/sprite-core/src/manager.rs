@@ -1,0 +1,434 @@
+//! [`SpriteManager`]: every operation on sprites the API offers.
+
+use crate::config::CoreConfig;
+use crate::db::{Database, SpriteRecord};
+use crate::error::CoreError;
+use crate::image::{ImageStatus, ImageStore};
+use crate::rootfs::{LocalOverlayStore, RootStore};
+use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
+use sprite_api::sprite::{
+    validate_labels, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList, SpriteStatus, UpdateSpriteRequest,
+    UrlAuth, UrlSettings, LIST_MAX_RESULTS,
+};
+use sprite_sandbox::cgroup::{Layout, SpriteCgroup};
+use sprite_sandbox::client::{Attachment, InitClient};
+use sprite_sandbox::protocol::{ErrorCode, SpawnRequest};
+use sprite_sandbox::spec::{Limits, SandboxSpec};
+use sprite_sandbox::SandboxError;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn ms_to_rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Who runs a command: the sprite's user unless the caller asks for another account.
+#[derive(Debug, Clone, Default)]
+pub struct RunAs(pub Option<String>);
+
+#[derive(Debug)]
+pub struct SpriteManager {
+    config: CoreConfig,
+    db: Database,
+    images: ImageStore,
+    roots: Arc<dyn RootStore>,
+    running: Mutex<HashSet<String>>,
+    start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
+    fs::create_dir_all(path).map_err(CoreError::io("create", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(CoreError::io("chmod", path))
+}
+
+impl SpriteManager {
+    /// Opens the state under `config.data_dir`, creating it on first use.
+    pub fn open(config: CoreConfig) -> Result<Arc<SpriteManager>, CoreError> {
+        // Sprites' user namespaces must traverse these directories to mount their
+        // layers, so they are searchable but not listable.
+        for (dir, mode) in [(config.data_dir.clone(), 0o711), (config.data_dir.join("images"), 0o711), (config.data_dir.join("sprites"), 0o711)] {
+            make_dir(&dir, mode)?;
+        }
+        let db = Database::open(&config.data_dir.join("control.db"))?;
+        let images = ImageStore::new(config.data_dir.join("images"), config.id_base, config.debian_mirror.clone());
+        let roots: Arc<dyn RootStore> = Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")));
+        make_dir(&config.data_dir.join("layers"), 0o711)?;
+        Ok(Arc::new(SpriteManager {
+            config,
+            db,
+            images,
+            roots,
+            running: Mutex::new(HashSet::new()),
+            start_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    fn state_dir(&self, sprite_id: &str) -> PathBuf {
+        self.config.data_dir.join("sprites").join(sprite_id)
+    }
+
+    fn client_for(&self, sprite_id: &str) -> InitClient {
+        InitClient::new(self.state_dir(sprite_id).join("init.sock"))
+    }
+
+    fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
+        let layout = Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
+            sprite: sprite_id.into(),
+            source: SandboxError::Cgroup(e),
+        })?;
+        Ok(SpriteCgroup::new(layout, sprite_id))
+    }
+
+    fn info(&self, record: &SpriteRecord) -> SpriteInfo {
+        let status = if lock(&self.running).contains(&record.id) { SpriteStatus::Running } else { SpriteStatus::Cold };
+        SpriteInfo {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            organization: record.org.clone(),
+            status,
+            url: format!("http://{}.{}", record.name, self.config.url_domain),
+            url_settings: UrlSettings { auth: if record.url_auth == "public" { UrlAuth::Public } else { UrlAuth::Sprite } },
+            labels: record.labels.clone(),
+            config: record.config.clone(),
+            environment: record.environment.clone(),
+            created_at: record.created_at.clone(),
+            updated_at: record.updated_at.clone(),
+            last_running_at: record.last_running_at.clone(),
+            last_warming_at: None,
+        }
+    }
+
+    fn record(&self, org: &str, name: &str) -> Result<SpriteRecord, CoreError> {
+        self.db.get(org, name)?.ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
+    }
+
+    fn resolve_config(&self, requested: Option<SpriteConfig>) -> Result<SpriteConfig, CoreError> {
+        let requested = requested.unwrap_or_default();
+        let cpus_available = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let config = SpriteConfig {
+            ram_mb: Some(requested.ram_mb.unwrap_or(self.config.default_ram_mb)),
+            cpus: Some(requested.cpus.unwrap_or(self.config.default_cpus)),
+            storage_gb: Some(requested.storage_gb.unwrap_or(self.config.default_storage_gb)),
+        };
+        let ram = config.ram_mb.unwrap_or_default();
+        if !(64..=1024 * 1024).contains(&ram) {
+            return Err(CoreError::InvalidRequest(format!("config.ram_mb = {ram} is out of range; use 64 to 1048576")));
+        }
+        let cpus = config.cpus.unwrap_or_default();
+        if cpus == 0 || cpus > cpus_available {
+            return Err(CoreError::InvalidRequest(format!(
+                "config.cpus = {cpus} is out of range; this host has {cpus_available} CPUs"
+            )));
+        }
+        let storage = config.storage_gb.unwrap_or_default();
+        if !(1..=16 * 1024).contains(&storage) {
+            return Err(CoreError::InvalidRequest(format!("config.storage_gb = {storage} is out of range; use 1 to 16384")));
+        }
+        Ok(config)
+    }
+
+    /// Creates and starts a sprite. A second create of a taken name fails with
+    /// `SpriteExists`, never making a second sprite.
+    pub async fn create(&self, org: &str, request: CreateSpriteRequest) -> Result<SpriteInfo, CoreError> {
+        sprite_api::validate_sprite_name(&request.name).map_err(|e| CoreError::InvalidRequest(e.to_string()))?;
+        let labels = request.labels.unwrap_or_default();
+        validate_labels(&labels).map_err(CoreError::InvalidRequest)?;
+        let environment = request.environment.unwrap_or_default();
+        if let Some(key) = environment.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+            return Err(CoreError::InvalidRequest(format!("environment key {key:?} is not a valid variable name")));
+        }
+        let config = self.resolve_config(request.config)?;
+        if self.db.count()? >= self.config.max_sprites {
+            return Err(CoreError::TooManySprites(self.config.max_sprites));
+        }
+        let timestamp = now();
+        let record = SpriteRecord {
+            id: format!("sprite-{}", uuid::Uuid::new_v4().simple()),
+            org: org.to_string(),
+            name: request.name.clone(),
+            image: self.config.default_image.clone(),
+            url_auth: request.url_settings.unwrap_or_default().auth.as_str().to_string(),
+            labels,
+            config,
+            environment,
+            created_at: timestamp.clone(),
+            updated_at: timestamp,
+            last_running_at: None,
+            id_base: self.config.id_base,
+        };
+        self.db.insert(&record)?;
+        let started = async {
+            self.images.ensure(&record.image).await?;
+            self.roots.create(&record.id)?;
+            self.start(&record).await
+        }
+        .await;
+        if let Err(error) = started {
+            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_sandbox::error_chain(&error));
+            let _ = self.teardown(&record).await;
+            self.db.delete(&record.id)?;
+            return Err(error);
+        }
+        tracing::info!(sprite = %record.name, id = %record.id, "sprite created");
+        let record = self.record(org, &record.name)?;
+        Ok(self.info(&record))
+    }
+
+    fn limits(&self, record: &SpriteRecord) -> Limits {
+        Limits {
+            memory_bytes: record.config.ram_mb.unwrap_or(self.config.default_ram_mb) * 1024 * 1024,
+            pids: self.config.pids_limit,
+            cpu_millis: u64::from(record.config.cpus.unwrap_or(self.config.default_cpus)) * 1000,
+        }
+    }
+
+    fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.start_locks).entry(sprite_id.to_string()).or_default().clone()
+    }
+
+    /// Starts the sprite's sandbox unless it already runs. Concurrent callers share
+    /// one start.
+    async fn start(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let start_lock = self.start_lock(&record.id);
+        let _guard = start_lock.lock().await;
+        let client = self.client_for(&record.id);
+        if client.ping(PING_TIMEOUT).await.is_ok() {
+            lock(&self.running).insert(record.id.clone());
+            return Ok(());
+        }
+        lock(&self.running).remove(&record.id);
+        // A dead sprite may have left processes or its cgroup behind.
+        let cgroup = self.cgroup(&record.id)?;
+        if cgroup.exists() {
+            self.kill_cgroup(&record.id, &cgroup).await?;
+        }
+        let image_root = self.images.ensure(&record.image).await?;
+        let state_dir = self.state_dir(&record.id);
+        make_dir(&state_dir, 0o711)?;
+        let spec = SandboxSpec {
+            sprite_id: record.id.clone(),
+            hostname: record.name.clone(),
+            state_dir,
+            layers: self.roots.layers(&record.id, &image_root),
+            id_base: record.id_base,
+            id_count: self.config.id_count,
+            limits: self.limits(record),
+        };
+        sprite_sandbox::start(&self.config.executable, &spec)
+            .await
+            .map_err(|source| CoreError::Sandbox { sprite: record.name.clone(), source })?;
+        client
+            .ping(PING_TIMEOUT)
+            .await
+            .map_err(|_| CoreError::StartTimeout(record.name.clone()))?;
+        lock(&self.running).insert(record.id.clone());
+        let mut updated = record.clone();
+        updated.last_running_at = Some(now());
+        self.db.update(&updated)?;
+        Ok(())
+    }
+
+    async fn kill_cgroup(&self, sprite_id: &str, cgroup: &SpriteCgroup) -> Result<(), CoreError> {
+        let cgroup = cgroup.clone();
+        let sprite = sprite_id.to_string();
+        tokio::task::spawn_blocking(move || cgroup.kill_all(Duration::from_secs(10)).and_then(|()| cgroup.remove()))
+            .await
+            .map_err(|e| CoreError::InvalidRequest(e.to_string()))?
+            .map_err(|e| CoreError::Sandbox { sprite, source: SandboxError::Cgroup(e) })
+    }
+
+    /// Stops the sprite's processes and removes its state and layer.
+    async fn teardown(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        lock(&self.running).remove(&record.id);
+        let cgroup = self.cgroup(&record.id)?;
+        self.kill_cgroup(&record.id, &cgroup).await?;
+        self.roots.remove(&record.id)?;
+        let state_dir = self.state_dir(&record.id);
+        match fs::remove_dir_all(&state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CoreError::io("remove", state_dir)(e)),
+        }
+        lock(&self.start_locks).remove(&record.id);
+        Ok(())
+    }
+
+    /// Brings every known sprite back after a daemon start: sprites whose PID 1 still
+    /// answers are adopted as they are (sessions and all), the others are started.
+    pub async fn recover(&self) -> Result<usize, CoreError> {
+        let mut adopted = 0;
+        for record in self.db.all()? {
+            if self.client_for(&record.id).ping(PING_TIMEOUT).await.is_ok() {
+                lock(&self.running).insert(record.id.clone());
+                adopted += 1;
+                continue;
+            }
+            if let Err(error) = self.start(&record).await {
+                tracing::warn!(sprite = %record.name, "could not restart: {}", sprite_sandbox::error_chain(&error));
+            }
+        }
+        Ok(adopted)
+    }
+
+    pub fn get(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
+        Ok(self.info(&self.record(org, name)?))
+    }
+
+    pub fn list(&self, org: &str, prefix: &str, max_results: Option<u32>, continuation: Option<&str>) -> Result<SpriteList, CoreError> {
+        let max = max_results.unwrap_or(LIST_MAX_RESULTS);
+        if max == 0 || max > LIST_MAX_RESULTS {
+            return Err(CoreError::InvalidRequest(format!("max_results = {max} is out of range; use 1 to {LIST_MAX_RESULTS}")));
+        }
+        let mut records = self.db.list(org, prefix, continuation, max as usize + 1)?;
+        let has_more = records.len() > max as usize;
+        records.truncate(max as usize);
+        Ok(SpriteList {
+            next_continuation_token: if has_more { records.last().map(|r| r.name.clone()) } else { None },
+            has_more,
+            sprites: records.iter().map(|r| self.info(r)).collect(),
+        })
+    }
+
+    pub fn update(&self, org: &str, name: &str, request: UpdateSpriteRequest) -> Result<SpriteInfo, CoreError> {
+        let mut record = self.record(org, name)?;
+        if let Some(settings) = request.url_settings {
+            record.url_auth = settings.auth.as_str().to_string();
+        }
+        if request.clear_labels == Some(true) {
+            record.labels.clear();
+        }
+        if let Some(labels) = request.labels {
+            validate_labels(&labels).map_err(CoreError::InvalidRequest)?;
+            record.labels = labels;
+        }
+        record.updated_at = now();
+        self.db.update(&record)?;
+        Ok(self.info(&record))
+    }
+
+    pub async fn destroy(&self, org: &str, name: &str) -> Result<(), CoreError> {
+        let record = self.record(org, name)?;
+        let start_lock = self.start_lock(&record.id);
+        let _guard = start_lock.lock().await;
+        self.teardown(&record).await?;
+        self.db.delete(&record.id)?;
+        tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
+        Ok(())
+    }
+
+    /// The sprite's init client, after making sure the sprite runs.
+    async fn running_client(&self, org: &str, name: &str) -> Result<(SpriteRecord, InitClient), CoreError> {
+        let record = self.record(org, name)?;
+        if !lock(&self.running).contains(&record.id) {
+            self.start(&record).await?;
+        }
+        Ok((record.clone(), self.client_for(&record.id)))
+    }
+
+    fn session_error(&self, sprite: &str, session: Option<&str>, error: SandboxError) -> CoreError {
+        match (error, session) {
+            (SandboxError::Init { kind: ErrorCode::NotFound, .. }, Some(id)) => CoreError::SessionNotFound(id.into()),
+            (SandboxError::Init { kind: ErrorCode::Gone, .. }, Some(id)) => CoreError::SessionGone(id.into()),
+            (SandboxError::Init { kind: ErrorCode::SpawnFailed, message }, _) => CoreError::SpawnFailed(message),
+            (source, _) => CoreError::Sandbox { sprite: sprite.into(), source },
+        }
+    }
+
+    /// Starts a command in the sprite and attaches to it.
+    pub async fn spawn(&self, org: &str, name: &str, params: &ExecParams, run_as: &RunAs) -> Result<Attachment, CoreError> {
+        let (record, client) = self.running_client(org, name).await?;
+        let request = SpawnRequest {
+            argv: params.argv.clone(),
+            path: params.path.clone(),
+            dir: params.dir.clone(),
+            env: params.env.clone(),
+            extra_env: record.environment.clone(),
+            user: run_as.0.clone().unwrap_or_else(|| "sprite".into()),
+            tty: params.tty,
+            stdin: params.stdin,
+            cols: params.cols,
+            rows: params.rows,
+            max_run_after_disconnect_secs: params
+                .max_run_after_disconnect_secs
+                .unwrap_or(DEFAULT_RUN_AFTER_DISCONNECT_SECS),
+        };
+        match client.spawn(request.clone()).await {
+            Ok(attachment) => Ok(attachment),
+            Err(error @ SandboxError::Connect(..)) => {
+                // PID 1 went away under us: restart the sprite once and retry.
+                lock(&self.running).remove(&record.id);
+                tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_sandbox::error_chain(&error));
+                let (_, client) = self.running_client(org, name).await?;
+                client.spawn(request).await.map_err(|e| self.session_error(name, None, e))
+            }
+            Err(error) => Err(self.session_error(name, None, error)),
+        }
+    }
+
+    pub async fn attach(&self, org: &str, name: &str, session_id: &str) -> Result<Attachment, CoreError> {
+        let (_, client) = self.running_client(org, name).await?;
+        client.attach(session_id).await.map_err(|e| self.session_error(name, Some(session_id), e))
+    }
+
+    pub async fn sessions(&self, org: &str, name: &str) -> Result<Vec<SessionInfo>, CoreError> {
+        let (_, client) = self.running_client(org, name).await?;
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let sessions = client.list().await.map_err(|e| self.session_error(name, None, e))?;
+        Ok(sessions
+            .into_iter()
+            .map(|s| {
+                let seconds = (now_ms.saturating_sub(s.created_ms) as f64 / 1000.0).max(0.001);
+                SessionInfo {
+                    id: s.id,
+                    command: s.command,
+                    workdir: s.workdir,
+                    created: ms_to_rfc3339(s.created_ms),
+                    is_active: s.exit_code.is_none(),
+                    last_activity: ms_to_rfc3339(s.last_activity_ms),
+                    tty: s.tty,
+                    bytes_per_second: s.bytes_out as f64 / seconds,
+                    exit_code: s.exit_code,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn kill_session(&self, org: &str, name: &str, session_id: &str, signal: i32) -> Result<(), CoreError> {
+        let (_, client) = self.running_client(org, name).await?;
+        client.kill(session_id, signal).await.map_err(|e| self.session_error(name, Some(session_id), e))
+    }
+
+    pub fn image_statuses(&self) -> Vec<ImageStatus> {
+        self.images.statuses()
+    }
+
+    /// Builds the default image now (the daemon calls this at start, in the background).
+    pub async fn prepare_default_image(&self) -> Result<(), CoreError> {
+        self.images.ensure(&self.config.default_image).await.map(|_| ())
+    }
+
+    /// Number of sprites whose PID 1 this daemon knows to be up.
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
+    }
+}

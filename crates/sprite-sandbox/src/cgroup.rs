@@ -1,0 +1,304 @@
+//! A sprite's cgroup: memory, pids and cpu limits and a way to kill everything in it.
+//!
+//! Works on cgroup v2 hosts (one unified hierarchy with the controllers enabled) and on
+//! v1 hosts (one hierarchy per controller). On a hybrid host, like one with v1
+//! controllers plus an empty v2 tree at `/sys/fs/cgroup/unified`, the v1 controllers are
+//! used. Every sprite's cgroup is `<hierarchy>/sprites/<sprite id>`.
+
+use crate::spec::Limits;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const PARENT: &str = "sprites";
+const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup hierarchy under {0}")]
+    NoHierarchy(PathBuf),
+    #[error("create cgroup {0}")]
+    Create(PathBuf, #[source] std::io::Error),
+    #[error("write {value:?} to {path}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("cgroup {0} still has processes after kill")]
+    NotEmpty(PathBuf),
+    #[error("remove cgroup {0}")]
+    Remove(PathBuf, #[source] std::io::Error),
+}
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Unified hierarchy at this path with memory, pids and cpu available.
+    V2(PathBuf),
+    /// Per-controller hierarchies: (controller, mount point).
+    V1(Vec<(String, PathBuf)>),
+}
+
+impl Layout {
+    /// Looks at `root` (normally `/sys/fs/cgroup`) to find the layout.
+    pub fn detect(root: &Path) -> Result<Layout, CgroupError> {
+        let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
+        if has("memory") && has("pids") {
+            return Ok(Layout::V2(root.to_path_buf()));
+        }
+        let v1: Vec<(String, PathBuf)> = V1_CONTROLLERS
+            .iter()
+            .map(|c| (c.to_string(), root.join(c)))
+            .filter(|(_, p)| p.join("cgroup.procs").exists())
+            .collect();
+        if v1.iter().any(|(c, _)| c == "memory") && v1.iter().any(|(c, _)| c == "pids") {
+            return Ok(Layout::V1(v1));
+        }
+        Err(CgroupError::NoHierarchy(root.to_path_buf()))
+    }
+}
+
+/// The cgroup (one directory per hierarchy) of one sprite.
+#[derive(Debug, Clone)]
+pub struct SpriteCgroup {
+    layout: Layout,
+    name: String,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn create_dir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(CgroupError::Create(path.to_path_buf(), e)),
+    }
+}
+
+impl SpriteCgroup {
+    pub fn new(layout: Layout, sprite_id: &str) -> Self {
+        SpriteCgroup {
+            layout,
+            name: sprite_id.to_string(),
+        }
+    }
+
+    /// The directories of this cgroup, one per hierarchy.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2(root) => vec![root.join(PARENT).join(&self.name)],
+            Layout::V1(list) => list
+                .iter()
+                .map(|(_, mount)| mount.join(PARENT).join(&self.name))
+                .collect(),
+        }
+    }
+
+    fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V1(list) => list
+                .iter()
+                .find(|(c, _)| c == controller)
+                .map(|(_, m)| m.join(PARENT).join(&self.name)),
+            Layout::V2(_) => None,
+        }
+    }
+
+    /// Creates the cgroup and sets its limits.
+    pub fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
+        match &self.layout {
+            Layout::V2(root) => {
+                let parent = root.join(PARENT);
+                // Enabling controllers at the root can fail when they already are; the
+                // write to the parent below is what matters.
+                let _ = write(&root.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                create_dir(&parent)?;
+                write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+                let dir = parent.join(&self.name);
+                create_dir(&dir)?;
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                if dir.join("memory.swap.max").exists() {
+                    write(&dir.join("memory.swap.max"), "0")?;
+                }
+                write(&dir.join("pids.max"), &limits.pids.to_string())?;
+                write(&dir.join("cpu.max"), &format!("{} 100000", limits.cpu_millis * 100))?;
+            }
+            Layout::V1(list) => {
+                for (_, mount) in list {
+                    create_dir(&mount.join(PARENT))?;
+                    create_dir(&mount.join(PARENT).join(&self.name))?;
+                }
+                if let Some(dir) = self.v1_dir("memory") {
+                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    let swap = dir.join("memory.memsw.limit_in_bytes");
+                    if swap.exists() {
+                        let _ = write(&swap, &limits.memory_bytes.to_string());
+                    }
+                }
+                if let Some(dir) = self.v1_dir("pids") {
+                    write(&dir.join("pids.max"), &limits.pids.to_string())?;
+                }
+                if let Some(dir) = self.v1_dir("cpu") {
+                    write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                    write(&dir.join("cpu.cfs_quota_us"), &(limits.cpu_millis * 100).to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a process into the cgroup (all hierarchies).
+    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Pids in the cgroup (from the memory or unified hierarchy).
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let dir = match &self.layout {
+            Layout::V2(_) => self.dirs().remove(0),
+            Layout::V1(_) => self.v1_dir("pids").unwrap_or_else(|| self.dirs().remove(0)),
+        };
+        let path = dir.join("cgroup.procs");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(CgroupError::Read(path, e)),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|d| d.exists())
+    }
+
+    /// Kills every process in the cgroup and waits until it is empty.
+    pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + timeout;
+        if let Layout::V2(_) = &self.layout {
+            let kill = self.dirs()[0].join("cgroup.kill");
+            if kill.exists() {
+                let _ = write(&kill, "1");
+            }
+        }
+        // Freezing first stops a fork bomb from outrunning the kill loop.
+        let freezer = self.v1_dir("freezer");
+        if let Some(dir) = &freezer {
+            let _ = write(&dir.join("freezer.state"), "FROZEN");
+        }
+        loop {
+            let pids = self.pids()?;
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if let Some(dir) = &freezer {
+                // SIGKILL is delivered only once the task thaws.
+                let _ = write(&dir.join("freezer.state"), "THAWED");
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::NotEmpty(self.dirs().remove(0)));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup directories (they must be empty of processes).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            let mut tries = 0;
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    // A just-killed task can keep the directory busy for a moment.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(CgroupError::Remove(dir, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory in use by the sprite, in bytes.
+    pub fn memory_current(&self) -> Option<u64> {
+        let path = match &self.layout {
+            Layout::V2(_) => self.dirs()[0].join("memory.current"),
+            Layout::V1(_) => self.v1_dir("memory")?.join("memory.usage_in_bytes"),
+        };
+        fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_v2_with_controllers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids io").expect("write");
+        assert_eq!(Layout::detect(dir.path()).expect("layout"), Layout::V2(dir.path().into()));
+    }
+
+    #[test]
+    fn detects_hybrid_as_v1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for c in ["memory", "pids", "cpu", "freezer"] {
+            fs::create_dir(dir.path().join(c)).expect("mkdir");
+            fs::write(dir.path().join(c).join("cgroup.procs"), "").expect("write");
+        }
+        fs::create_dir(dir.path().join("unified")).expect("mkdir");
+        fs::write(dir.path().join("cgroup.controllers"), "hugetlb").expect("write");
+        match Layout::detect(dir.path()).expect("layout") {
+            Layout::V1(list) => assert_eq!(list.len(), 4),
+            other => panic!("expected v1, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_hierarchy_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(Layout::detect(dir.path()), Err(CgroupError::NoHierarchy(_))));
+    }
+
+    #[test]
+    fn v1_limits_land_in_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut list = Vec::new();
+        for c in ["memory", "pids", "cpu"] {
+            fs::create_dir(dir.path().join(c)).expect("mkdir");
+            list.push((c.to_string(), dir.path().join(c)));
+        }
+        let cgroup = SpriteCgroup::new(Layout::V1(list), "s1");
+        cgroup
+            .create(&Limits { memory_bytes: 1 << 20, pids: 7, cpu_millis: 500 })
+            .expect("create");
+        let read = |p: &str| fs::read_to_string(dir.path().join(p)).expect("read");
+        assert_eq!(read("memory/sprites/s1/memory.limit_in_bytes"), "1048576");
+        assert_eq!(read("pids/sprites/s1/pids.max"), "7");
+        assert_eq!(read("cpu/sprites/s1/cpu.cfs_quota_us"), "50000");
+    }
+}

@@ -1,0 +1,58 @@
+//! Errors of the sandbox backend, named after the step that failed.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cgroup")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("create directory {0}")]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("bind init socket {0}")]
+    BindSocket(PathBuf, #[source] std::io::Error),
+    #[error("open log {0}")]
+    OpenLog(PathBuf, #[source] std::io::Error),
+    #[error("create sync pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("clone the sprite's pid 1 with new namespaces")]
+    Clone(#[source] nix::Error),
+    #[error("write {0}")]
+    IdMap(PathBuf, #[source] std::io::Error),
+    #[error("sprite setup failed: {0}")]
+    Setup(String),
+    #[error("path {0} cannot be used in overlay options (it has a comma, colon or newline)")]
+    BadLayerPath(PathBuf),
+    #[error("{step}")]
+    Syscall {
+        step: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("install seccomp filter")]
+    Seccomp(#[source] std::io::Error),
+    #[error("build seccomp filter: {0}")]
+    SeccompBuild(String),
+    #[error("drop capabilities")]
+    Capabilities(#[source] caps::errors::CapsError),
+    #[error("start launcher {0}")]
+    Launch(PathBuf, #[source] std::io::Error),
+    #[error("launcher failed: {0}")]
+    LauncherFailed(String),
+    #[error("init protocol")]
+    Protocol(#[from] crate::protocol::ProtocolError),
+    #[error("connect to sprite-init at {0}")]
+    Connect(PathBuf, #[source] std::io::Error),
+    #[error("sprite-init answered {0}")]
+    Unexpected(String),
+    #[error("{message}")]
+    Init {
+        kind: crate::protocol::ErrorCode,
+        message: String,
+    },
+}
+
+/// Shorthand for a syscall step that failed.
+pub(crate) fn step(step: impl Into<String>) -> impl FnOnce(nix::Error) -> SandboxError {
+    let step = step.into();
+    move |source| SandboxError::Syscall { step, source }
+}

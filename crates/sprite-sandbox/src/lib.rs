@@ -1,0 +1,62 @@
+//! The sandbox backend of sprites: Linux namespaces, cgroups, mounts, seccomp and PTYs,
+//! and sprite-init, PID 1 of every sprite.
+//!
+//! All of the project's `unsafe` code lives in this crate, in [`sys`]. It must not
+//! depend on the storage engine (`sprite-fs`) or on the server: the daemon hands it a
+//! [`spec::SandboxSpec`] whose root layers come from whatever storage made them.
+
+pub mod cgroup;
+pub mod client;
+mod error;
+pub mod init;
+pub mod launch;
+pub mod protocol;
+pub mod security;
+pub mod spec;
+pub mod sys;
+
+pub use error::SandboxError;
+
+use std::path::Path;
+
+/// Formats an error and its sources as `a: b: c`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Starts a sprite's sandbox by running `executable init` (the launcher) with `spec` on
+/// its stdin. Returns the host pid of the sprite's PID 1.
+pub async fn start(executable: &Path, spec: &spec::SandboxSpec) -> Result<u32, SandboxError> {
+    use tokio::io::AsyncWriteExt;
+    let launch_error = |e| SandboxError::Launch(executable.to_path_buf(), e);
+    let mut child = tokio::process::Command::new(executable)
+        .arg("init")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(launch_error)?;
+    let input = serde_json::to_vec(spec).map_err(|e| SandboxError::LauncherFailed(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&input).await.map_err(launch_error)?;
+    }
+    let output = child.wait_with_output().await.map_err(launch_error)?;
+    if !output.status.success() {
+        let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err(SandboxError::LauncherFailed(if message.is_empty() {
+            format!("launcher exited with {}", output.status)
+        } else {
+            message
+        }));
+    }
+    let result: launch::LaunchResult = serde_json::from_slice(&output.stdout)
+        .map_err(|e| SandboxError::LauncherFailed(format!("unreadable launcher answer: {e}")))?;
+    Ok(result.pid)
+}

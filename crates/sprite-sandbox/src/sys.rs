@@ -1,0 +1,183 @@
+//! The few system calls no safe wrapper covers. Every `unsafe` block of the project is
+//! here, each with the reason it is sound.
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+
+/// Namespaces every sprite gets.
+const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP;
+
+/// Forks into new namespaces. `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+///
+/// Only call from a single-threaded process (the launcher): like `fork`, the child gets
+/// a copy of the calling thread alone.
+pub fn clone_into_namespaces() -> nix::Result<Option<u32>> {
+    // SAFETY: a clone without CLONE_VM and with a null stack has fork semantics: the
+    // child runs on a copy-on-write copy of the parent's stack and memory. The launcher
+    // is single-threaded, so no lock can be held by a thread that does not exist in
+    // the child. The extra arguments (parent tid, child tid, tls) are unused.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (NAMESPACE_FLAGS | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match result {
+        -1 => Err(nix::Error::last()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Points stdout and stderr at `fd` and stdin at /dev/null.
+pub fn redirect_stdio(fd: RawFd) {
+    // SAFETY: dup2 on descriptors we own; failures leave the old descriptors in place,
+    // which only affects where diagnostics go.
+    unsafe {
+        libc::dup2(fd, 1);
+        libc::dup2(fd, 2);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::close(null);
+        }
+    }
+}
+
+/// Brings up the loopback interface of the current network namespace.
+pub fn loopback_up() -> nix::Result<()> {
+    // SAFETY: a plain datagram socket used only for the two ioctls below, closed at
+    // the end; `ifreq` is fully initialised (zeroed, then the name and flags set).
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(nix::Error::last());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        let mut result = libc::ioctl(socket, libc::SIOCGIFFLAGS as _, &mut request);
+        if result == 0 {
+            request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            result = libc::ioctl(socket, libc::SIOCSIFFLAGS as _, &request);
+        }
+        let error = nix::Error::last();
+        libc::close(socket);
+        if result < 0 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Installs a classic BPF seccomp filter without setting NO_NEW_PRIVS, so that setuid
+/// programs (sudo) keep working. Needs CAP_SYS_ADMIN in the current user namespace.
+pub fn install_seccomp(program: &[libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies
+    // the filter before returning.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks the process non-dumpable, so code inside the sprite cannot ptrace PID 1 or read
+/// its memory and descriptors through /proc.
+pub fn set_non_dumpable() -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let result = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if result != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// Sets the window size of a terminal.
+pub fn set_window_size(fd: RawFd, cols: u16, rows: u16) -> nix::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a `winsize` from the pointer, which is valid for the call.
+    let result = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) };
+    if result != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// Credentials and terminal a spawned process takes on between fork and exec.
+#[derive(Debug, Clone)]
+pub struct ChildSetup {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// Make stdin (a PTY slave) the controlling terminal.
+    pub controlling_tty: bool,
+}
+
+/// Registers `setup` to run in the child between fork and exec.
+pub fn apply_child_setup(command: &mut std::process::Command, setup: ChildSetup) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<libc::gid_t> = setup.groups.clone();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (setsid, ioctl, setgroups, setresgid, setresuid,
+    // signal mask reset); it allocates nothing (`groups` was built before the fork).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if setup.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setresgid(setup.gid, setup.gid, setup.gid) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setresuid(setup.uid, setup.uid, setup.uid) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
+/// Registers an owned descriptor (a PTY master) with the tokio reactor.
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: an `OwnedFd` is open, owned by the `AsyncFd` for its whole life and always
+    // returns the same descriptor from `as_raw_fd`.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
