@@ -1,0 +1,323 @@
+//! Typed client of the sprite daemon's API, used by the CLI and the end-to-end tests.
+//! Speaks the same wire as the official Sprites SDKs. Must not depend on the server or
+//! the core crates.
+#![forbid(unsafe_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use sprite_api::exec::{ClientMessage, ExecParams, Frame, ServerMessage, SessionInfo, SessionList};
+use sprite_api::sprite::{CreateSpriteRequest, SpriteInfo, SpriteList, UpdateSpriteRequest};
+use sprite_api::ErrorBody;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the sprite daemon at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("unexpected answer from the daemon")]
+    Decode(#[source] reqwest::Error),
+    #[error("websocket")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("invalid url {0}")]
+    Url(String),
+    #[error("the connection closed before the command's exit status arrived")]
+    ClosedBeforeExit,
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one daemon with one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// An event of a running exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    SessionInfo { session_id: String, tty: bool },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i32),
+    /// Any other text frame (port events...).
+    Text(String),
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// An exec or attach WebSocket.
+#[derive(Debug)]
+pub struct ExecStream {
+    sender: ExecSender,
+    receiver: ExecReceiver,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Self {
+        Client { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http: reqwest::Client::new() }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send_raw(request).await?;
+        response.json().await.map_err(ClientError::Decode)
+    }
+
+    async fn send_raw(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: self.base.clone(), source })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.error.clone(), body.message.unwrap_or(body.error)),
+            Err(_) => (String::new(), if text.is_empty() { format!("status {status}") } else { text }),
+        };
+        Err(ClientError::Api { status, code, message })
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/healthz"))).await
+    }
+
+    pub async fn create(&self, request: &CreateSpriteRequest) -> Result<SpriteInfo, ClientError> {
+        self.send(self.http.post(self.url("/v1/sprites")).json(request)).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<SpriteInfo, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/sprites/{name}")))).await
+    }
+
+    pub async fn list(&self, prefix: Option<&str>, continuation: Option<&str>) -> Result<SpriteList, ClientError> {
+        let mut query = Vec::new();
+        if let Some(prefix) = prefix {
+            query.push(("prefix", prefix));
+        }
+        if let Some(token) = continuation {
+            query.push(("continuation_token", token));
+        }
+        self.send(self.http.get(self.url("/v1/sprites")).query(&query)).await
+    }
+
+    /// Every sprite, following continuation tokens.
+    pub async fn list_all(&self, prefix: Option<&str>) -> Result<Vec<SpriteInfo>, ClientError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list(prefix, token.as_deref()).await?;
+            all.extend(page.sprites);
+            match (page.has_more, page.next_continuation_token) {
+                (true, Some(next)) => token = Some(next),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn update(&self, name: &str, request: &UpdateSpriteRequest) -> Result<SpriteInfo, ClientError> {
+        self.send(self.http.put(self.url(&format!("/v1/sprites/{name}"))).json(request)).await
+    }
+
+    pub async fn destroy(&self, name: &str) -> Result<(), ClientError> {
+        self.send_raw(self.http.delete(self.url(&format!("/v1/sprites/{name}")))).await.map(|_| ())
+    }
+
+    pub async fn sessions(&self, name: &str) -> Result<Vec<SessionInfo>, ClientError> {
+        let list: SessionList = self.send(self.http.get(self.url(&format!("/v1/sprites/{name}/exec")))).await?;
+        Ok(list.sessions)
+    }
+
+    pub async fn kill_session(&self, name: &str, session: &str, signal: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/sprites/{name}/exec/{session}/kill"));
+        self.send_raw(self.http.post(url).query(&[("signal", signal)])).await.map(|_| ())
+    }
+
+    pub async fn images(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/v1/images"))).await
+    }
+
+    async fn websocket(&self, path_and_query: &str, tty: bool) -> Result<ExecStream, ClientError> {
+        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err(ClientError::Url(self.base.clone()));
+        };
+        let mut request = format!("{ws_base}{path_and_query}")
+            .into_client_request()
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let header = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| ClientError::Url("token is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", header);
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => {
+                let (sink, stream) = socket.split();
+                Ok(ExecStream { sender: ExecSender { sink, tty }, receiver: ExecReceiver { stream, tty } })
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response.body().as_deref().unwrap_or_default();
+                let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+                    Ok(b) => (b.error.clone(), b.message.unwrap_or(b.error)),
+                    Err(_) => (String::new(), format!("status {status}")),
+                };
+                Err(ClientError::Api { status, code, message })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Starts a command over WebSocket.
+    pub async fn exec(&self, name: &str, params: &ExecParams) -> Result<ExecStream, ClientError> {
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params.to_query()).finish();
+        self.websocket(&format!("/v1/sprites/{name}/exec?{query}"), params.tty).await
+    }
+
+    /// Re-attaches to a session; the TTY mode is learned from its session_info.
+    pub async fn attach(&self, name: &str, session: &str) -> Result<ExecStream, ClientError> {
+        self.websocket(&format!("/v1/sprites/{name}/exec/{session}"), false).await
+    }
+}
+
+impl ExecStream {
+    /// Whether the session has a TTY (known for an attach once session_info arrived).
+    pub fn is_tty(&self) -> bool {
+        self.receiver.tty
+    }
+
+    /// The next event; `Err(ClosedBeforeExit)` if the socket ends without an exit.
+    pub async fn next(&mut self) -> Result<ExecEvent, ClientError> {
+        let event = self.receiver.next().await;
+        self.sender.tty = self.receiver.tty;
+        event
+    }
+
+    pub async fn send_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.sender.send_stdin(data).await
+    }
+
+    pub async fn send_eof(&mut self) -> Result<(), ClientError> {
+        self.sender.send_eof().await
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ClientError> {
+        self.sender.resize(cols, rows).await
+    }
+
+    pub async fn signal(&mut self, signal: &str) -> Result<(), ClientError> {
+        self.sender.signal(signal).await
+    }
+
+    pub async fn close(mut self) {
+        self.sender.close().await;
+    }
+
+    /// Splits into halves for full-duplex use.
+    pub fn split(mut self) -> (ExecSender, ExecReceiver) {
+        self.sender.tty = self.receiver.tty;
+        (self.sender, self.receiver)
+    }
+}
+
+/// Sending half of an [`ExecStream`].
+#[derive(Debug)]
+pub struct ExecSender {
+    sink: futures_util::stream::SplitSink<Socket, Message>,
+    tty: bool,
+}
+
+/// Receiving half of an [`ExecStream`].
+#[derive(Debug)]
+pub struct ExecReceiver {
+    stream: futures_util::stream::SplitStream<Socket>,
+    tty: bool,
+}
+
+impl ExecSender {
+    pub async fn send_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        let payload = if self.tty { data.to_vec() } else { Frame::Stdin(data.to_vec()).encode() };
+        Ok(self.sink.send(Message::Binary(payload.into())).await?)
+    }
+
+    pub async fn send_eof(&mut self) -> Result<(), ClientError> {
+        if self.tty {
+            return Ok(());
+        }
+        Ok(self.sink.send(Message::Binary(Frame::StdinEof.encode().into())).await?)
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ClientError> {
+        let text = serde_json::to_string(&ClientMessage::Resize { cols, rows }).unwrap_or_default();
+        Ok(self.sink.send(Message::Text(text.into())).await?)
+    }
+
+    pub async fn signal(&mut self, signal: &str) -> Result<(), ClientError> {
+        let text = serde_json::to_string(&ClientMessage::Signal { signal: signal.to_string() }).unwrap_or_default();
+        Ok(self.sink.send(Message::Text(text.into())).await?)
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+impl ExecReceiver {
+    pub async fn next(&mut self) -> Result<ExecEvent, ClientError> {
+        let half = self;
+        loop {
+            let Some(message) = half.stream.next().await else {
+                return Err(ClientError::ClosedBeforeExit);
+            };
+            match message? {
+                Message::Text(text) => {
+                    return Ok(match serde_json::from_str::<ServerMessage>(&text) {
+                        Ok(ServerMessage::SessionInfo { session_id, tty }) => {
+                            half.tty = tty;
+                            ExecEvent::SessionInfo { session_id, tty }
+                        }
+                        Ok(ServerMessage::Exit { exit_code, .. }) => ExecEvent::Exit(exit_code),
+                        _ => ExecEvent::Text(text.to_string()),
+                    })
+                }
+                Message::Binary(data) if half.tty => return Ok(ExecEvent::Stdout(data.to_vec())),
+                Message::Binary(data) => match Frame::decode(&data) {
+                    Ok(Frame::Stdout(d)) => return Ok(ExecEvent::Stdout(d)),
+                    Ok(Frame::Stderr(d)) => return Ok(ExecEvent::Stderr(d)),
+                    Ok(Frame::Exit(code)) => return Ok(ExecEvent::Exit(i32::from(code))),
+                    _ => continue,
+                },
+                Message::Close(_) => return Err(ClientError::ClosedBeforeExit),
+                _ => continue,
+            }
+        }
+    }
+}

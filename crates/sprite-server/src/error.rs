@@ -1,0 +1,50 @@
+//! API errors: every failure becomes `{"error": ..., "message": ...}` with the status
+//! of its [`ErrorKind`], decided in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sprite_api::{ErrorBody, ErrorKind};
+use sprite_core::CoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError { kind, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(error: CoreError) -> Self {
+        let kind = error.kind();
+        if kind == ErrorKind::Internal {
+            tracing::error!("{}", sprite_sandbox::error_chain(&error));
+        }
+        ApiError { kind, message: sprite_sandbox::error_chain(&error) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { error: self.kind.code().to_string(), message: Some(self.message) };
+        let mut response = (status, axum::Json(body)).into_response();
+        if self.kind == ErrorKind::RateLimited {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// Parses a JSON body, answering 400 with the parser's complaint when it is malformed.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+}

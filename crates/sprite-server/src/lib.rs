@@ -1,0 +1,70 @@
+//! The daemon's HTTP API: the Sprites v1 routes (wire-compatible with the hosted
+//! product, see API.md), bearer auth, and exec over WebSocket and plain HTTP.
+//!
+//! Handlers are thin: each parses its request into a call on
+//! [`sprite_core::SpriteManager`] and renders the answer. The router is a function of
+//! its state ([`router`]), so tests drive it without a socket. Must not depend on libc
+//! or rusqlite.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod error;
+mod exec;
+mod sprites;
+
+pub use auth::Tokens;
+pub use error::ApiError;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use sprite_core::SpriteManager;
+use std::sync::Arc;
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub manager: Arc<SpriteManager>,
+    pub tokens: Arc<Tokens>,
+}
+
+async fn version_header(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert("sprite-version", HeaderValue::from_static(sprite_api::SERVER_VERSION));
+    response
+}
+
+async fn healthz(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": sprite_api::SERVER_VERSION,
+        "sprites_running": state.manager.running_count(),
+    }))
+}
+
+async fn images(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "images": state.manager.image_statuses() }))
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/sprites", post(sprites::create).get(sprites::list))
+        .route("/v1/sprites/{name}", get(sprites::get).put(sprites::update).delete(sprites::destroy))
+        .route("/v1/sprites/{name}/exec", get(exec::exec_or_list).post(exec::exec_http))
+        .route("/v1/sprites/{name}/exec/{session}", get(exec::attach))
+        .route("/v1/sprites/{name}/exec/{session}/kill", post(exec::kill))
+        .route("/v1/images", get(images))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async { ApiError::new(sprite_api::ErrorKind::NotFound, "no such route") })
+        .layer(middleware::from_fn(version_header))
+        .with_state(state)
+}

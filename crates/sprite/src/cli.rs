@@ -1,0 +1,400 @@
+//! Command-line parsing and the commands that talk to the daemon.
+
+use crate::settings;
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use sprite_api::exec::ExecParams;
+use sprite_api::sprite::{CreateSpriteRequest, SpriteConfig, SpriteInfo};
+use sprite_client::{Client, ExecEvent};
+use std::io::Write;
+
+#[derive(Debug, Parser)]
+#[command(name = "sprite", version, about = "Disposable Linux computers that sleep when idle", after_help = EXAMPLES)]
+pub struct Args {
+    /// API base URL (default: $SPRITES_API_URL or http://127.0.0.1:7070).
+    #[arg(long, global = true)]
+    pub api_url: Option<String>,
+    /// API token (default: $SPRITE_TOKEN or the local daemon's admin token).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Print data as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  sprite create dev             create a sprite named dev and open its console
+  sprite exec -s dev -- uname -a
+  tar c src | sprite exec -s dev -- tar x -C /tmp
+  sprite list --json
+  sprite destroy dev --force";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sprite daemon (the API server).
+    Daemon(crate::daemon::DaemonArgs),
+    /// Create a sprite and open its console.
+    #[command(after_help = "Examples:\n  sprite create\n  sprite create dev --skip-console --label team=web")]
+    Create {
+        /// Name (a-z, 0-9, -); generated when absent.
+        name: Option<String>,
+        /// Do not open a console after creating.
+        #[arg(long)]
+        skip_console: bool,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        ram_mb: Option<u64>,
+        #[arg(long)]
+        cpus: Option<u32>,
+    },
+    /// List sprites.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Show one sprite.
+    Info {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Make NAME the sprite of this directory (writes ./.sprite).
+    Use { name: String },
+    /// Open an interactive shell (detach with Ctrl+\).
+    #[command(alias = "c")]
+    Console {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Run a command in a sprite.
+    #[command(alias = "x", after_help = "Examples:\n  sprite exec -s dev -- ls -la /\n  sprite x --tty -- top\n  echo hi | sprite exec -- cat")]
+    Exec {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        /// Allocate a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Working directory inside the sprite.
+        #[arg(long)]
+        dir: Option<String>,
+        /// Extra environment (repeatable), K=V.
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List, attach to, or kill exec sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Destroy a sprite and everything in it.
+    Destroy {
+        name: Option<String>,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show the images and their build state.
+    Images,
+    /// Print version information.
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions.
+    #[command(alias = "ls")]
+    List {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Re-attach to a session (replays recent output).
+    Attach {
+        id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Signal a session.
+    Kill {
+        id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+    },
+}
+
+/// Prints an error with its cause chain and a hint.
+pub fn print_error(error: &anyhow::Error) {
+    let mut text = format!("error: {error}");
+    for cause in error.chain().skip(1) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    eprintln!("{text}");
+    if let Some(hint) = hint_for(error) {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn hint_for(error: &anyhow::Error) -> Option<&'static str> {
+    for cause in error.chain() {
+        if let Some(client) = cause.downcast_ref::<sprite_client::ClientError>() {
+            return Some(match client {
+                sprite_client::ClientError::Unreachable { .. } => "start the daemon with `sprite daemon` (as root), or set SPRITES_API_URL",
+                sprite_client::ClientError::Api { status: 401, .. } => "check --token / SPRITE_TOKEN",
+                sprite_client::ClientError::Api { status: 404, .. } => "`sprite list` shows the sprites that exist",
+                sprite_client::ClientError::Api { status: 409, .. } => "pick another name, or `sprite destroy` the existing sprite",
+                _ => return None,
+            });
+        }
+    }
+    None
+}
+
+fn client(args: &Args) -> Result<Client> {
+    Ok(Client::new(&settings::api_url(args.api_url.as_deref()), &settings::token(args.token.as_deref())?))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("encode JSON")?);
+    Ok(())
+}
+
+fn generated_name() -> String {
+    const ADJECTIVES: [&str; 8] = ["brisk", "calm", "eager", "fuzzy", "jolly", "lucky", "quiet", "sunny"];
+    const NOUNS: [&str; 8] = ["otter", "comet", "maple", "pixel", "river", "falcon", "ember", "tulip"];
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    format!(
+        "{}-{}-{}",
+        ADJECTIVES[bytes[0] as usize % 8],
+        NOUNS[bytes[1] as usize % 8],
+        u16::from_le_bytes([bytes[2], bytes[3]]) % 10000
+    )
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    match &args.command {
+        Command::Daemon(_) => {
+            let Command::Daemon(daemon) = args.command else { return Ok(1) };
+            crate::daemon::run(daemon).await
+        }
+        Command::Version => {
+            if args.json {
+                print_json(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "api": sprite_api::SERVER_VERSION }))?;
+            } else {
+                println!("sprite {}", env!("CARGO_PKG_VERSION"));
+            }
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "sprite", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Use { name } => {
+            sprite_api::validate_sprite_name(name)?;
+            let path = settings::write_sprite_file(&std::env::current_dir()?, name)?;
+            eprintln!("using sprite {name} in this directory ({})", path.display());
+            Ok(0)
+        }
+        Command::Create { name, skip_console, labels, ram_mb, cpus } => {
+            crate::console::ensure_local_daemon(&args).await?;
+            let client = client(&args)?;
+            let name = name.clone().unwrap_or_else(generated_name);
+            let request = CreateSpriteRequest {
+                name: name.clone(),
+                url_settings: None,
+                labels: Some(labels.clone()).filter(|l| !l.is_empty()),
+                config: Some(SpriteConfig { ram_mb: *ram_mb, cpus: *cpus, storage_gb: None }),
+                environment: None,
+                wait_for_capacity: None,
+            };
+            let info = crate::console::create_with_progress(&client, &request).await?;
+            if args.json {
+                print_json(&info)?;
+            } else {
+                eprintln!("created sprite {} ({})", info.name, info.url);
+            }
+            if *skip_console || args.json {
+                return Ok(0);
+            }
+            crate::console::console(&client, &name).await
+        }
+        Command::List { prefix } => {
+            let sprites = client(&args)?.list_all(prefix.as_deref()).await?;
+            if args.json {
+                return print_json(&sprites).map(|()| 0);
+            }
+            print_table(&sprites);
+            Ok(0)
+        }
+        Command::Info { sprite } => {
+            let info = client(&args)?.get(&settings::sprite_name(sprite.as_deref())?).await?;
+            if args.json {
+                print_json(&info)?;
+            } else {
+                println!("name:     {}\nid:       {}\nstatus:   {}\nurl:      {}\ncreated:  {}", info.name, info.id, info.status.as_str(), info.url, info.created_at);
+            }
+            Ok(0)
+        }
+        Command::Console { sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            crate::console::console(&client(&args)?, &name).await
+        }
+        Command::Exec { sprite, tty, dir, env, command } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let mut params = ExecParams::from_query(&[], 0).map_err(anyhow::Error::msg)?;
+            params.argv = command.clone();
+            params.path = command[0].clone();
+            params.dir = dir.clone();
+            params.tty = *tty;
+            params.stdin = true;
+            if !env.is_empty() {
+                let mut pairs = Vec::new();
+                for entry in env {
+                    let (k, v) = entry.split_once('=').with_context(|| format!("--env {entry:?} is not K=V"))?;
+                    pairs.push((k.to_string(), v.to_string()));
+                }
+                // Keep the default PATH when the caller adds variables.
+                if !pairs.iter().any(|(k, _)| k == "PATH") {
+                    pairs.insert(0, ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+                    pairs.insert(1, ("HOME".into(), "/home/sprite".into()));
+                }
+                params.env = Some(pairs);
+            }
+            if *tty {
+                let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+                params.cols = cols;
+                params.rows = rows;
+                let stream = client(&args)?.exec(&name, &params).await?;
+                return crate::console::interactive(stream).await;
+            }
+            let stream = client(&args)?.exec(&name, &params).await?;
+            exec_pipes(stream).await
+        }
+        Command::Sessions(sessions) => sessions_command(&args, sessions).await,
+        Command::Destroy { name, sprite, force } => {
+            let name = match name.as_deref().or(sprite.as_deref()) {
+                Some(name) => name.to_string(),
+                None => settings::sprite_name(None)?,
+            };
+            if !force && !confirm(&format!("destroy sprite {name} and everything in it? [y/N] "))? {
+                bail!("not confirmed; pass --force to skip the question");
+            }
+            client(&args)?.destroy(&name).await?;
+            if args.json {
+                print_json(&serde_json::json!({ "destroyed": name }))?;
+            } else {
+                eprintln!("destroyed sprite {name}");
+            }
+            Ok(0)
+        }
+        Command::Images => {
+            let images = client(&args)?.images().await?;
+            if args.json {
+                print_json(&images)?;
+            } else {
+                for image in images["images"].as_array().into_iter().flatten() {
+                    println!("{:<10} {:<9} {}", image["name"].as_str().unwrap_or(""), image["state"].as_str().unwrap_or(""), image["detail"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to destroy without a terminal to confirm; pass --force");
+    }
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn print_table(sprites: &[SpriteInfo]) {
+    println!("{:<30} {:<8} {:<25} URL", "NAME", "STATUS", "CREATED");
+    for sprite in sprites {
+        println!("{:<30} {:<8} {:<25} {}", sprite.name, sprite.status.as_str(), sprite.created_at, sprite.url);
+    }
+}
+
+/// Non-TTY exec: stdin streamed in, stdout/stderr passed through byte for byte, the
+/// command's exit code returned.
+async fn exec_pipes(stream: sprite_client::ExecStream) -> Result<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sender, mut receiver) = stream.split();
+    let input = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sender.send_stdin(&buffer[..n]).await.is_err() {
+                        return sender;
+                    }
+                }
+            }
+        }
+        let _ = sender.send_eof().await;
+        sender
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let code = loop {
+        match receiver.next().await? {
+            ExecEvent::Stdout(data) => stdout.write_all(&data).await.context("write stdout")?,
+            ExecEvent::Stderr(data) => stderr.write_all(&data).await.context("write stderr")?,
+            ExecEvent::Exit(code) => break code,
+            _ => {}
+        }
+    };
+    stdout.flush().await.context("flush stdout")?;
+    input.abort();
+    let _ = std::io::stdout().flush();
+    Ok((code & 0xff) as u8)
+}
+
+async fn sessions_command(args: &Args, command: &SessionsCommand) -> Result<u8> {
+    match command {
+        SessionsCommand::List { sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let sessions = client(args)?.sessions(&name).await?;
+            if args.json {
+                return print_json(&sessions).map(|()| 0);
+            }
+            println!("{:<6} {:<7} {:<5} {:<25} COMMAND", "ID", "ACTIVE", "TTY", "CREATED");
+            for s in sessions {
+                println!("{:<6} {:<7} {:<5} {:<25} {}", s.id, s.is_active, s.tty, s.created, s.command);
+            }
+            Ok(0)
+        }
+        SessionsCommand::Attach { id, sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let mut stream = client(args)?.attach(&name, id).await?;
+            // session_info says whether this is a terminal session.
+            let first = stream.next().await?;
+            let tty = matches!(first, ExecEvent::SessionInfo { tty: true, .. });
+            if tty {
+                crate::console::interactive(stream).await
+            } else {
+                exec_pipes(stream).await
+            }
+        }
+        SessionsCommand::Kill { id, sprite, signal } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            client(args)?.kill_session(&name, id, signal).await?;
+            eprintln!("sent {signal} to session {id}");
+            Ok(0)
+        }
+    }
+}

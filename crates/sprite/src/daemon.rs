@@ -1,0 +1,128 @@
+//! `sprite daemon`: resolves its settings (flags over config file over defaults),
+//! recovers existing sprites and serves the API until SIGINT/SIGTERM. Sprites keep
+//! running when the daemon stops; the next daemon adopts them.
+
+use anyhow::{Context, Result};
+use sprite_core::{CoreConfig, SpriteManager};
+use sprite_server::{AppState, Tokens};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The daemon's config file (TOML). Every key is optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub image: Option<String>,
+    pub debian_mirror: Option<String>,
+    pub id_base: Option<u32>,
+    pub default_ram_mb: Option<u64>,
+    pub default_cpus: Option<u32>,
+    pub pids_limit: Option<u64>,
+    pub max_sprites: Option<usize>,
+    pub url_domain: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Where sprites, images and the control-plane database live.
+    #[arg(long, env = "SPRITE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Config file (TOML); flags win over it.
+    #[arg(long, default_value = "/etc/sprites/daemon.toml")]
+    pub config: PathBuf,
+    /// Image of new sprites: debian (default) or busybox.
+    #[arg(long)]
+    pub image: Option<String>,
+}
+
+fn load_file_config(path: &Path) -> Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(error) => Err(error).with_context(|| format!("read config file {}", path.display())),
+    }
+}
+
+/// The admin token: from the flag/env/config, else the one written on an earlier start,
+/// else a new one written now (mode 0600) where the CLI looks for it.
+fn admin_token(given: Option<String>, data_dir: &Path) -> Result<String> {
+    let path = crate::settings::token_file(data_dir);
+    if let Some(token) = given.filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if !text.trim().is_empty() {
+            return Ok(text.trim().to_string());
+        }
+    }
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, &token).with_context(|| format!("write {}", temporary.display()))?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", temporary.display()))?;
+    std::fs::rename(&temporary, &path).with_context(|| format!("write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated admin token");
+    Ok(token)
+}
+
+pub async fn run(args: DaemonArgs) -> Result<u8> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let file = load_file_config(&args.config)?;
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(crate::settings::data_dir);
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
+    let executable = std::env::current_exe().context("find the sprite binary")?;
+    let mut config = CoreConfig::new(data_dir.clone(), executable);
+    if let Some(image) = args.image.or(file.image) {
+        config.default_image = image;
+    }
+    if let Some(mirror) = file.debian_mirror {
+        config.debian_mirror = mirror;
+    }
+    config.id_base = file.id_base.unwrap_or(config.id_base);
+    config.default_ram_mb = file.default_ram_mb.unwrap_or(config.default_ram_mb);
+    config.default_cpus = file.default_cpus.unwrap_or(config.default_cpus);
+    config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
+    config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
+    config.url_domain = file.url_domain.unwrap_or(config.url_domain);
+
+    let manager = SpriteManager::open(config).context("open the daemon's state")?;
+    let token = admin_token(std::env::var("SPRITE_TOKEN").ok().or(file.token), &data_dir)?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listen on {listen} (is another daemon running?)"))?;
+    let adopted = manager.recover().await.context("recover sprites")?;
+    tracing::info!(adopted, running = manager.running_count(), "sprites recovered");
+    {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            if let Err(error) = manager.prepare_default_image().await {
+                tracing::error!("default image: {}", sprite_sandbox::error_chain(&error));
+            }
+        });
+    }
+    let state = AppState { manager, tokens: Arc::new(Tokens::new(vec![(token, "default".into())])) };
+    tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
+    axum::serve(listener, sprite_server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serve the API")?;
+    tracing::info!("daemon stopped; sprites keep running");
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else { return };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,60 @@
+//! `sprite`: the CLI, `sprite daemon` (the server) and the hidden `sprite init` (the
+//! launcher that becomes PID 1 of each sprite), in one binary.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod console;
+mod daemon;
+mod settings;
+
+use clap::Parser;
+use std::io::Read;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // `sprite init` must run before any thread exists: it forks into new namespaces.
+    if std::env::args().nth(1).as_deref() == Some("init") {
+        return run_init();
+    }
+    let args = cli::Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            cli::print_error(&error);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The launcher: reads a sandbox spec on stdin, starts the sprite, prints its pid.
+fn run_init() -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(error) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("sprite init: read spec: {error}");
+        return ExitCode::from(2);
+    }
+    let spec: sprite_sandbox::spec::SandboxSpec = match serde_json::from_slice(&input) {
+        Ok(spec) => spec,
+        Err(error) => {
+            eprintln!("sprite init: is an internal command of the daemon; the spec on stdin is malformed: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match sprite_sandbox::launch::run_launcher(&spec) {
+        Ok(result) => {
+            println!("{}", serde_json::json!({ "pid": result.pid }));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{}", sprite_sandbox::error_chain(&error));
+            ExitCode::from(1)
+        }
+    }
+}
