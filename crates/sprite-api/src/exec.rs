@@ -350,8 +350,11 @@ impl ExecParams {
 
     /// Encodes back to query pairs (used by clients).
     pub fn to_query(&self) -> Vec<(String, String)> {
-        let mut pairs: Vec<(String, String)> =
-            self.argv.iter().map(|a| ("cmd".to_string(), a.clone())).collect();
+        let mut pairs: Vec<(String, String)> = self
+            .argv
+            .iter()
+            .map(|a| ("cmd".to_string(), a.clone()))
+            .collect();
         pairs.push(("path".into(), self.path.clone()));
         if let Some(dir) = &self.dir {
             pairs.push(("dir".into(), dir.clone()));
@@ -400,13 +403,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_sdk_query() {
         let params = ExecParams::from_query(
-            &pairs(&[("cmd", "echo"), ("cmd", "hi"), ("path", "echo"), ("env", "A=b=c"), ("stdin", "true")]),
+            &pairs(&[
+                ("cmd", "echo"),
+                ("cmd", "hi"),
+                ("path", "echo"),
+                ("env", "A=b=c"),
+                ("stdin", "true"),
+            ]),
             10,
         )
         .expect("parse");
@@ -456,7 +467,10 @@ mod tests {
     #[test]
     fn exit_message_carries_both_spellings() {
         let json = ServerMessage::exit(42).to_json();
-        assert!(json.contains("\"exit_code\":42") && json.contains("\"code\":42"), "{json}");
+        assert!(
+            json.contains("\"exit_code\":42") && json.contains("\"code\":42"),
+            "{json}"
+        );
     }
 
     #[test]

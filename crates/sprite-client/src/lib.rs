@@ -20,7 +20,11 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     #[error("{message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("unexpected answer from the daemon")]
     Decode(#[source] reqwest::Error),
     #[error("websocket")]
@@ -51,7 +55,10 @@ pub struct Client {
 /// An event of a running exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
-    SessionInfo { session_id: String, tty: bool },
+    SessionInfo {
+        session_id: String,
+        tty: bool,
+    },
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(i32),
@@ -59,7 +66,8 @@ pub enum ExecEvent {
     Text(String),
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// An exec or attach WebSocket.
 #[derive(Debug)]
@@ -70,7 +78,11 @@ pub struct ExecStream {
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Self {
-        Client { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http: reqwest::Client::new() }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -81,17 +93,26 @@ impl Client {
         format!("{}{}", self.base, path)
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let response = self.send_raw(request).await?;
         response.json().await.map_err(ClientError::Decode)
     }
 
-    async fn send_raw(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         let response = request
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable { url: self.base.clone(), source })?;
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -99,9 +120,20 @@ impl Client {
         let text = response.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => (body.error.clone(), body.message.unwrap_or(body.error)),
-            Err(_) => (String::new(), if text.is_empty() { format!("status {status}") } else { text }),
+            Err(_) => (
+                String::new(),
+                if text.is_empty() {
+                    format!("status {status}")
+                } else {
+                    text
+                },
+            ),
         };
-        Err(ClientError::Api { status, code, message })
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        })
     }
 
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
@@ -109,14 +141,20 @@ impl Client {
     }
 
     pub async fn create(&self, request: &CreateSpriteRequest) -> Result<SpriteInfo, ClientError> {
-        self.send(self.http.post(self.url("/v1/sprites")).json(request)).await
+        self.send(self.http.post(self.url("/v1/sprites")).json(request))
+            .await
     }
 
     pub async fn get(&self, name: &str) -> Result<SpriteInfo, ClientError> {
-        self.send(self.http.get(self.url(&format!("/v1/sprites/{name}")))).await
+        self.send(self.http.get(self.url(&format!("/v1/sprites/{name}"))))
+            .await
     }
 
-    pub async fn list(&self, prefix: Option<&str>, continuation: Option<&str>) -> Result<SpriteList, ClientError> {
+    pub async fn list(
+        &self,
+        prefix: Option<&str>,
+        continuation: Option<&str>,
+    ) -> Result<SpriteList, ClientError> {
         let mut query = Vec::new();
         if let Some(prefix) = prefix {
             query.push(("prefix", prefix));
@@ -124,7 +162,8 @@ impl Client {
         if let Some(token) = continuation {
             query.push(("continuation_token", token));
         }
-        self.send(self.http.get(self.url("/v1/sprites")).query(&query)).await
+        self.send(self.http.get(self.url("/v1/sprites")).query(&query))
+            .await
     }
 
     /// Every sprite, following continuation tokens.
@@ -141,22 +180,42 @@ impl Client {
         }
     }
 
-    pub async fn update(&self, name: &str, request: &UpdateSpriteRequest) -> Result<SpriteInfo, ClientError> {
-        self.send(self.http.put(self.url(&format!("/v1/sprites/{name}"))).json(request)).await
+    pub async fn update(
+        &self,
+        name: &str,
+        request: &UpdateSpriteRequest,
+    ) -> Result<SpriteInfo, ClientError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/sprites/{name}")))
+                .json(request),
+        )
+        .await
     }
 
     pub async fn destroy(&self, name: &str) -> Result<(), ClientError> {
-        self.send_raw(self.http.delete(self.url(&format!("/v1/sprites/{name}")))).await.map(|_| ())
+        self.send_raw(self.http.delete(self.url(&format!("/v1/sprites/{name}"))))
+            .await
+            .map(|_| ())
     }
 
     pub async fn sessions(&self, name: &str) -> Result<Vec<SessionInfo>, ClientError> {
-        let list: SessionList = self.send(self.http.get(self.url(&format!("/v1/sprites/{name}/exec")))).await?;
+        let list: SessionList = self
+            .send(self.http.get(self.url(&format!("/v1/sprites/{name}/exec"))))
+            .await?;
         Ok(list.sessions)
     }
 
-    pub async fn kill_session(&self, name: &str, session: &str, signal: &str) -> Result<(), ClientError> {
+    pub async fn kill_session(
+        &self,
+        name: &str,
+        session: &str,
+        signal: &str,
+    ) -> Result<(), ClientError> {
         let url = self.url(&format!("/v1/sprites/{name}/exec/{session}/kill"));
-        self.send_raw(self.http.post(url).query(&[("signal", signal)])).await.map(|_| ())
+        self.send_raw(self.http.post(url).query(&[("signal", signal)]))
+            .await
+            .map(|_| ())
     }
 
     pub async fn images(&self) -> Result<serde_json::Value, ClientError> {
@@ -181,7 +240,10 @@ impl Client {
         match tokio_tungstenite::connect_async(request).await {
             Ok((socket, _)) => {
                 let (sink, stream) = socket.split();
-                Ok(ExecStream { sender: ExecSender { sink, tty }, receiver: ExecReceiver { stream, tty } })
+                Ok(ExecStream {
+                    sender: ExecSender { sink, tty },
+                    receiver: ExecReceiver { stream, tty },
+                })
             }
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
@@ -190,7 +252,11 @@ impl Client {
                     Ok(b) => (b.error.clone(), b.message.unwrap_or(b.error)),
                     Err(_) => (String::new(), format!("status {status}")),
                 };
-                Err(ClientError::Api { status, code, message })
+                Err(ClientError::Api {
+                    status,
+                    code,
+                    message,
+                })
             }
             Err(other) => Err(other.into()),
         }
@@ -198,13 +264,17 @@ impl Client {
 
     /// Starts a command over WebSocket.
     pub async fn exec(&self, name: &str, params: &ExecParams) -> Result<ExecStream, ClientError> {
-        let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params.to_query()).finish();
-        self.websocket(&format!("/v1/sprites/{name}/exec?{query}"), params.tty).await
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.to_query())
+            .finish();
+        self.websocket(&format!("/v1/sprites/{name}/exec?{query}"), params.tty)
+            .await
     }
 
     /// Re-attaches to a session; the TTY mode is learned from its session_info.
     pub async fn attach(&self, name: &str, session: &str) -> Result<ExecStream, ClientError> {
-        self.websocket(&format!("/v1/sprites/{name}/exec/{session}"), false).await
+        self.websocket(&format!("/v1/sprites/{name}/exec/{session}"), false)
+            .await
     }
 }
 
@@ -264,7 +334,11 @@ pub struct ExecReceiver {
 
 impl ExecSender {
     pub async fn send_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
-        let payload = if self.tty { data.to_vec() } else { Frame::Stdin(data.to_vec()).encode() };
+        let payload = if self.tty {
+            data.to_vec()
+        } else {
+            Frame::Stdin(data.to_vec()).encode()
+        };
         Ok(self.sink.send(Message::Binary(payload.into())).await?)
     }
 
@@ -272,7 +346,10 @@ impl ExecSender {
         if self.tty {
             return Ok(());
         }
-        Ok(self.sink.send(Message::Binary(Frame::StdinEof.encode().into())).await?)
+        Ok(self
+            .sink
+            .send(Message::Binary(Frame::StdinEof.encode().into()))
+            .await?)
     }
 
     pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ClientError> {
@@ -281,7 +358,10 @@ impl ExecSender {
     }
 
     pub async fn signal(&mut self, signal: &str) -> Result<(), ClientError> {
-        let text = serde_json::to_string(&ClientMessage::Signal { signal: signal.to_string() }).unwrap_or_default();
+        let text = serde_json::to_string(&ClientMessage::Signal {
+            signal: signal.to_string(),
+        })
+        .unwrap_or_default();
         Ok(self.sink.send(Message::Text(text.into())).await?)
     }
 

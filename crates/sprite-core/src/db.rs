@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Schema migrations, in order. Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE sprites (
+const MIGRATIONS: &[&str] = &["CREATE TABLE sprites (
         id TEXT PRIMARY KEY,
         org TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -22,8 +21,7 @@ const MIGRATIONS: &[&str] = &[
         last_running_at TEXT,
         id_base INTEGER NOT NULL,
         UNIQUE (org, name)
-    );",
-];
+    );"];
 
 /// One sprite row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,18 +88,23 @@ impl Database {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let version: usize =
+            connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
             let transaction = connection.transaction()?;
             transaction.execute_batch(migration)?;
             transaction.pragma_update(None, "user_version", index + 1)?;
             transaction.commit()?;
         }
-        Ok(Database { connection: Mutex::new(connection) })
+        Ok(Database {
+            connection: Mutex::new(connection),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Inserts a sprite; `SpriteExists` if the name is taken in its organization.
@@ -125,7 +128,9 @@ impl Database {
         );
         match result {
             Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 Err(CoreError::SpriteExists(sprite.name.clone()))
             }
             Err(e) => Err(e.into()),
@@ -135,25 +140,40 @@ impl Database {
     pub fn get(&self, org: &str, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
         Ok(self
             .lock()
-            .query_row(&format!("SELECT {COLUMNS} FROM sprites WHERE org = ?1 AND name = ?2"), params![org, name], record)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sprites WHERE org = ?1 AND name = ?2"),
+                params![org, name],
+                record,
+            )
             .optional()?)
     }
 
     /// Sprites of an organization whose name starts with `prefix` and sorts after
     /// `after`, in name order, at most `limit`.
-    pub fn list(&self, org: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<SpriteRecord>, CoreError> {
+    pub fn list(
+        &self,
+        org: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SpriteRecord>, CoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare(&format!(
             "SELECT {COLUMNS} FROM sprites WHERE org = ?1 AND substr(name, 1, length(?2)) = ?2 AND name > ?3
              ORDER BY name LIMIT ?4"
         ))?;
-        let rows = statement.query_map(params![org, prefix, after.unwrap_or(""), limit as i64], record)?;
+        let rows = statement.query_map(
+            params![org, prefix, after.unwrap_or(""), limit as i64],
+            record,
+        )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn all(&self) -> Result<Vec<SpriteRecord>, CoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare(&format!("SELECT {COLUMNS} FROM sprites ORDER BY created_at"))?;
+        let mut statement = connection.prepare(&format!(
+            "SELECT {COLUMNS} FROM sprites ORDER BY created_at"
+        ))?;
         let rows = statement.query_map([], record)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -167,12 +187,17 @@ impl Database {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), CoreError> {
-        self.lock().execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
+        self.lock()
+            .execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
         Ok(())
     }
 
     pub fn count(&self) -> Result<usize, CoreError> {
-        Ok(self.lock().query_row("SELECT count(*) FROM sprites", [], |row| row.get::<_, i64>(0))? as usize)
+        Ok(self
+            .lock()
+            .query_row("SELECT count(*) FROM sprites", [], |row| {
+                row.get::<_, i64>(0)
+            })? as usize)
     }
 }
 
@@ -216,9 +241,15 @@ mod tests {
             db.insert(&sprite(name)).expect("insert");
         }
         let page = db.list("default", "app", None, 2).expect("list");
-        assert_eq!(page.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["app-1", "app-2"]);
+        assert_eq!(
+            page.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["app-1", "app-2"]
+        );
         let next = db.list("default", "app", Some("app-2"), 2).expect("list");
-        assert_eq!(next.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["app-3"]);
+        assert_eq!(
+            next.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["app-3"]
+        );
         assert_eq!(db.list("default", "app_", None, 10).expect("list").len(), 0);
     }
 
@@ -226,7 +257,10 @@ mod tests {
     fn migrations_are_idempotent() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("db");
-        Database::open(&path).expect("first").insert(&sprite("x")).expect("insert");
+        Database::open(&path)
+            .expect("first")
+            .insert(&sprite("x"))
+            .expect("insert");
         let db = Database::open(&path).expect("second");
         assert_eq!(db.count().expect("count"), 1);
     }

@@ -57,7 +57,10 @@ impl CoreError {
         }
     }
 
-    pub(crate) fn io(what: &'static str, path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> CoreError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> CoreError {
         let path = path.into();
         move |source| CoreError::Io { what, path, source }
     }

@@ -44,12 +44,25 @@ pub struct ImageStore {
 
 fn set_status(status: &Mutex<HashMap<String, ImageStatus>>, name: &str, state: &str, detail: &str) {
     let mut map = status.lock().unwrap_or_else(|p| p.into_inner());
-    map.insert(name.to_string(), ImageStatus { name: name.into(), state: state.into(), detail: detail.into() });
+    map.insert(
+        name.to_string(),
+        ImageStatus {
+            name: name.into(),
+            state: state.into(),
+            detail: detail.into(),
+        },
+    );
 }
 
 impl ImageStore {
     pub fn new(dir: PathBuf, id_base: u32, mirror: String) -> Self {
-        ImageStore { dir, id_base, mirror, builds: tokio::sync::Mutex::new(()), status: Default::default() }
+        ImageStore {
+            dir,
+            id_base,
+            mirror,
+            builds: tokio::sync::Mutex::new(()),
+            status: Default::default(),
+        }
     }
 
     pub fn rootfs(&self, name: &str) -> PathBuf {
@@ -67,7 +80,11 @@ impl ImageStore {
             .iter()
             .map(|name| {
                 if self.is_ready(name) {
-                    ImageStatus { name: name.to_string(), state: "ready".into(), detail: String::new() }
+                    ImageStatus {
+                        name: name.to_string(),
+                        state: "ready".into(),
+                        detail: String::new(),
+                    }
                 } else {
                     map.get(*name).cloned().unwrap_or(ImageStatus {
                         name: name.to_string(),
@@ -98,7 +115,12 @@ impl ImageStore {
         let result = self.build(name).await;
         match &result {
             Ok(()) => set_status(&self.status, name, "ready", ""),
-            Err(e) => set_status(&self.status, name, "failed", &sprite_sandbox::error_chain(e)),
+            Err(e) => set_status(
+                &self.status,
+                name,
+                "failed",
+                &sprite_sandbox::error_chain(e),
+            ),
         }
         result.map(|()| self.rootfs(name))
     }
@@ -118,35 +140,53 @@ impl ImageStore {
         let shift_root = rootfs.clone();
         tokio::task::spawn_blocking(move || shift_ids(&shift_root, base))
             .await
-            .map_err(|e| CoreError::Image { image: name.into(), message: e.to_string() })??;
-        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755)).map_err(CoreError::io("chmod", &rootfs))?;
+            .map_err(|e| CoreError::Image {
+                image: name.into(),
+                message: e.to_string(),
+            })??;
+        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
+            .map_err(CoreError::io("chmod", &rootfs))?;
         let _ = fs::remove_dir_all(&image_dir);
         fs::create_dir_all(&image_dir).map_err(CoreError::io("create", &image_dir))?;
-        fs::set_permissions(&image_dir, fs::Permissions::from_mode(0o711)).map_err(CoreError::io("chmod", &image_dir))?;
-        fs::rename(&rootfs, self.rootfs(name)).map_err(CoreError::io("move image into", self.rootfs(name)))?;
+        fs::set_permissions(&image_dir, fs::Permissions::from_mode(0o711))
+            .map_err(CoreError::io("chmod", &image_dir))?;
+        fs::rename(&rootfs, self.rootfs(name))
+            .map_err(CoreError::io("move image into", self.rootfs(name)))?;
         let manifest = serde_json::json!({
             "name": name,
             "built_at": chrono::Utc::now().to_rfc3339(),
             "id_base": self.id_base,
         });
         let manifest_path = image_dir.join("image.json");
-        fs::write(&manifest_path, manifest.to_string()).map_err(CoreError::io("write", &manifest_path))?;
+        fs::write(&manifest_path, manifest.to_string())
+            .map_err(CoreError::io("write", &manifest_path))?;
         let _ = fs::remove_dir_all(&scratch);
         tracing::info!(image = name, "image ready");
         Ok(())
     }
 
     async fn build_debian(&self, rootfs: &Path) -> Result<(), CoreError> {
-        let failed = |message: String| CoreError::Image { image: "debian".into(), message };
+        let failed = |message: String| CoreError::Image {
+            image: "debian".into(),
+            message,
+        };
         let mut child = tokio::process::Command::new("debootstrap")
-            .args(["--variant=minbase", &format!("--include={DEBIAN_PACKAGES}"), "bookworm"])
+            .args([
+                "--variant=minbase",
+                &format!("--include={DEBIAN_PACKAGES}"),
+                "bookworm",
+            ])
             .arg(rootfs)
             .arg(&self.mirror)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| failed(format!("cannot run debootstrap ({e}); install it with `apt-get install debootstrap`")))?;
+            .map_err(|e| {
+                failed(format!(
+                    "cannot run debootstrap ({e}); install it with `apt-get install debootstrap`"
+                ))
+            })?;
         let mut last_lines = Vec::new();
         if let Some(stdout) = child.stdout.take() {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
@@ -159,7 +199,10 @@ impl ImageStore {
                 }
             }
         }
-        let output = child.wait_with_output().await.map_err(|e| failed(format!("debootstrap: {e}")))?;
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|e| failed(format!("debootstrap: {e}")))?;
         if !output.status.success() {
             return Err(failed(format!(
                 "debootstrap exited with {}: {} {}",
@@ -183,23 +226,47 @@ impl ImageStore {
             .await
             .map_err(|e| failed(format!("chroot: {e}")))?;
         if !status.success() {
-            return Err(failed(format!("setting up the sprite user failed: {status}")));
+            return Err(failed(format!(
+                "setting up the sprite user failed: {status}"
+            )));
         }
         let hosts = rootfs.join("etc/hosts");
-        fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n").map_err(CoreError::io("write", &hosts))?;
+        fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n")
+            .map_err(CoreError::io("write", &hosts))?;
         Ok(())
     }
 }
 
 /// Finds a static busybox on the host.
 fn host_busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 fn build_busybox(rootfs: &Path) -> Result<(), CoreError> {
-    let failed = |message: String| CoreError::Image { image: "busybox".into(), message };
-    let busybox = host_busybox().ok_or_else(|| failed("no busybox on the host; install it with `apt-get install busybox-static`".into()))?;
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "home/sprite", "tmp", "proc", "sys", "dev", "var/tmp"] {
+    let failed = |message: String| CoreError::Image {
+        image: "busybox".into(),
+        message,
+    };
+    let busybox = host_busybox().ok_or_else(|| {
+        failed("no busybox on the host; install it with `apt-get install busybox-static`".into())
+    })?;
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "root",
+        "home/sprite",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+        "var/tmp",
+    ] {
         let path = rootfs.join(dir);
         fs::create_dir_all(&path).map_err(CoreError::io("create", &path))?;
     }
@@ -219,8 +286,10 @@ fn build_busybox(rootfs: &Path) -> Result<(), CoreError> {
     }
     if !applets.iter().any(|a| a == "bash") {
         let bash = rootfs.join("bin/bash");
-        fs::write(&bash, "#!/bin/sh\nexec /bin/sh \"$@\"\n").map_err(CoreError::io("write", &bash))?;
-        fs::set_permissions(&bash, fs::Permissions::from_mode(0o755)).map_err(CoreError::io("chmod", &bash))?;
+        fs::write(&bash, "#!/bin/sh\nexec /bin/sh \"$@\"\n")
+            .map_err(CoreError::io("write", &bash))?;
+        fs::set_permissions(&bash, fs::Permissions::from_mode(0o755))
+            .map_err(CoreError::io("chmod", &bash))?;
     }
     let files = [
         ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nsprite:x:1000:1000:sprite:/home/sprite:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
@@ -233,10 +302,12 @@ fn build_busybox(rootfs: &Path) -> Result<(), CoreError> {
     }
     for dir in ["tmp", "var/tmp"] {
         let path = rootfs.join(dir);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o1777)).map_err(CoreError::io("chmod", &path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o1777))
+            .map_err(CoreError::io("chmod", &path))?;
     }
     let home = rootfs.join("home/sprite");
-    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).map_err(CoreError::io("chown", &home))?;
+    std::os::unix::fs::chown(&home, Some(1000), Some(1000))
+        .map_err(CoreError::io("chown", &home))?;
     Ok(())
 }
 
@@ -247,9 +318,18 @@ pub fn shift_ids(root: &Path, base: u32) -> Result<(), CoreError> {
     while let Some(path) = stack.pop() {
         let metadata = fs::symlink_metadata(&path).map_err(CoreError::io("stat", &path))?;
         if metadata.uid() < base || metadata.gid() < base {
-            let uid = if metadata.uid() < base { metadata.uid() + base } else { metadata.uid() };
-            let gid = if metadata.gid() < base { metadata.gid() + base } else { metadata.gid() };
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(CoreError::io("chown", &path))?;
+            let uid = if metadata.uid() < base {
+                metadata.uid() + base
+            } else {
+                metadata.uid()
+            };
+            let gid = if metadata.gid() < base {
+                metadata.gid() + base
+            } else {
+                metadata.gid()
+            };
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .map_err(CoreError::io("chown", &path))?;
             if !metadata.file_type().is_symlink() && metadata.mode() & 0o6000 != 0 {
                 fs::set_permissions(&path, fs::Permissions::from_mode(metadata.mode() & 0o7777))
                     .map_err(CoreError::io("chmod", &path))?;

@@ -7,8 +7,8 @@ use crate::image::{ImageStatus, ImageStore};
 use crate::rootfs::{LocalOverlayStore, RootStore};
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
-    validate_labels, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList, SpriteStatus, UpdateSpriteRequest,
-    UrlAuth, UrlSettings, LIST_MAX_RESULTS,
+    validate_labels, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList, SpriteStatus,
+    UpdateSpriteRequest, UrlAuth, UrlSettings, LIST_MAX_RESULTS,
 };
 use sprite_sandbox::cgroup::{Layout, SpriteCgroup};
 use sprite_sandbox::client::{Attachment, InitClient};
@@ -54,7 +54,8 @@ pub struct SpriteManager {
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
     fs::create_dir_all(path).map_err(CoreError::io("create", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(CoreError::io("chmod", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(CoreError::io("chmod", path))
 }
 
 impl SpriteManager {
@@ -62,12 +63,21 @@ impl SpriteManager {
     pub fn open(config: CoreConfig) -> Result<Arc<SpriteManager>, CoreError> {
         // Sprites' user namespaces must traverse these directories to mount their
         // layers, so they are searchable but not listable.
-        for (dir, mode) in [(config.data_dir.clone(), 0o711), (config.data_dir.join("images"), 0o711), (config.data_dir.join("sprites"), 0o711)] {
+        for (dir, mode) in [
+            (config.data_dir.clone(), 0o711),
+            (config.data_dir.join("images"), 0o711),
+            (config.data_dir.join("sprites"), 0o711),
+        ] {
             make_dir(&dir, mode)?;
         }
         let db = Database::open(&config.data_dir.join("control.db"))?;
-        let images = ImageStore::new(config.data_dir.join("images"), config.id_base, config.debian_mirror.clone());
-        let roots: Arc<dyn RootStore> = Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")));
+        let images = ImageStore::new(
+            config.data_dir.join("images"),
+            config.id_base,
+            config.debian_mirror.clone(),
+        );
+        let roots: Arc<dyn RootStore> =
+            Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")));
         make_dir(&config.data_dir.join("layers"), 0o711)?;
         Ok(Arc::new(SpriteManager {
             config,
@@ -92,22 +102,33 @@ impl SpriteManager {
     }
 
     fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
-        let layout = Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
-            sprite: sprite_id.into(),
-            source: SandboxError::Cgroup(e),
-        })?;
+        let layout =
+            Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
+                sprite: sprite_id.into(),
+                source: SandboxError::Cgroup(e),
+            })?;
         Ok(SpriteCgroup::new(layout, sprite_id))
     }
 
     fn info(&self, record: &SpriteRecord) -> SpriteInfo {
-        let status = if lock(&self.running).contains(&record.id) { SpriteStatus::Running } else { SpriteStatus::Cold };
+        let status = if lock(&self.running).contains(&record.id) {
+            SpriteStatus::Running
+        } else {
+            SpriteStatus::Cold
+        };
         SpriteInfo {
             id: record.id.clone(),
             name: record.name.clone(),
             organization: record.org.clone(),
             status,
             url: format!("http://{}.{}", record.name, self.config.url_domain),
-            url_settings: UrlSettings { auth: if record.url_auth == "public" { UrlAuth::Public } else { UrlAuth::Sprite } },
+            url_settings: UrlSettings {
+                auth: if record.url_auth == "public" {
+                    UrlAuth::Public
+                } else {
+                    UrlAuth::Sprite
+                },
+            },
             labels: record.labels.clone(),
             config: record.config.clone(),
             environment: record.environment.clone(),
@@ -119,20 +140,30 @@ impl SpriteManager {
     }
 
     fn record(&self, org: &str, name: &str) -> Result<SpriteRecord, CoreError> {
-        self.db.get(org, name)?.ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
+        self.db
+            .get(org, name)?
+            .ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
     }
 
     fn resolve_config(&self, requested: Option<SpriteConfig>) -> Result<SpriteConfig, CoreError> {
         let requested = requested.unwrap_or_default();
-        let cpus_available = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let cpus_available = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
         let config = SpriteConfig {
             ram_mb: Some(requested.ram_mb.unwrap_or(self.config.default_ram_mb)),
             cpus: Some(requested.cpus.unwrap_or(self.config.default_cpus)),
-            storage_gb: Some(requested.storage_gb.unwrap_or(self.config.default_storage_gb)),
+            storage_gb: Some(
+                requested
+                    .storage_gb
+                    .unwrap_or(self.config.default_storage_gb),
+            ),
         };
         let ram = config.ram_mb.unwrap_or_default();
         if !(64..=1024 * 1024).contains(&ram) {
-            return Err(CoreError::InvalidRequest(format!("config.ram_mb = {ram} is out of range; use 64 to 1048576")));
+            return Err(CoreError::InvalidRequest(format!(
+                "config.ram_mb = {ram} is out of range; use 64 to 1048576"
+            )));
         }
         let cpus = config.cpus.unwrap_or_default();
         if cpus == 0 || cpus > cpus_available {
@@ -142,20 +173,32 @@ impl SpriteManager {
         }
         let storage = config.storage_gb.unwrap_or_default();
         if !(1..=16 * 1024).contains(&storage) {
-            return Err(CoreError::InvalidRequest(format!("config.storage_gb = {storage} is out of range; use 1 to 16384")));
+            return Err(CoreError::InvalidRequest(format!(
+                "config.storage_gb = {storage} is out of range; use 1 to 16384"
+            )));
         }
         Ok(config)
     }
 
     /// Creates and starts a sprite. A second create of a taken name fails with
     /// `SpriteExists`, never making a second sprite.
-    pub async fn create(&self, org: &str, request: CreateSpriteRequest) -> Result<SpriteInfo, CoreError> {
-        sprite_api::validate_sprite_name(&request.name).map_err(|e| CoreError::InvalidRequest(e.to_string()))?;
+    pub async fn create(
+        &self,
+        org: &str,
+        request: CreateSpriteRequest,
+    ) -> Result<SpriteInfo, CoreError> {
+        sprite_api::validate_sprite_name(&request.name)
+            .map_err(|e| CoreError::InvalidRequest(e.to_string()))?;
         let labels = request.labels.unwrap_or_default();
         validate_labels(&labels).map_err(CoreError::InvalidRequest)?;
         let environment = request.environment.unwrap_or_default();
-        if let Some(key) = environment.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
-            return Err(CoreError::InvalidRequest(format!("environment key {key:?} is not a valid variable name")));
+        if let Some(key) = environment
+            .keys()
+            .find(|k| k.is_empty() || k.contains(['=', '\0']))
+        {
+            return Err(CoreError::InvalidRequest(format!(
+                "environment key {key:?} is not a valid variable name"
+            )));
         }
         let config = self.resolve_config(request.config)?;
         if self.db.count()? >= self.config.max_sprites {
@@ -167,7 +210,12 @@ impl SpriteManager {
             org: org.to_string(),
             name: request.name.clone(),
             image: self.config.default_image.clone(),
-            url_auth: request.url_settings.unwrap_or_default().auth.as_str().to_string(),
+            url_auth: request
+                .url_settings
+                .unwrap_or_default()
+                .auth
+                .as_str()
+                .to_string(),
             labels,
             config,
             environment,
@@ -203,7 +251,10 @@ impl SpriteManager {
     }
 
     fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.start_locks).entry(sprite_id.to_string()).or_default().clone()
+        lock(&self.start_locks)
+            .entry(sprite_id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Starts the sprite's sandbox unless it already runs. Concurrent callers share
@@ -236,7 +287,10 @@ impl SpriteManager {
         };
         sprite_sandbox::start(&self.config.executable, &spec)
             .await
-            .map_err(|source| CoreError::Sandbox { sprite: record.name.clone(), source })?;
+            .map_err(|source| CoreError::Sandbox {
+                sprite: record.name.clone(),
+                source,
+            })?;
         client
             .ping(PING_TIMEOUT)
             .await
@@ -251,10 +305,17 @@ impl SpriteManager {
     async fn kill_cgroup(&self, sprite_id: &str, cgroup: &SpriteCgroup) -> Result<(), CoreError> {
         let cgroup = cgroup.clone();
         let sprite = sprite_id.to_string();
-        tokio::task::spawn_blocking(move || cgroup.kill_all(Duration::from_secs(10)).and_then(|()| cgroup.remove()))
-            .await
-            .map_err(|e| CoreError::InvalidRequest(e.to_string()))?
-            .map_err(|e| CoreError::Sandbox { sprite, source: SandboxError::Cgroup(e) })
+        tokio::task::spawn_blocking(move || {
+            cgroup
+                .kill_all(Duration::from_secs(10))
+                .and_then(|()| cgroup.remove())
+        })
+        .await
+        .map_err(|e| CoreError::InvalidRequest(e.to_string()))?
+        .map_err(|e| CoreError::Sandbox {
+            sprite,
+            source: SandboxError::Cgroup(e),
+        })
     }
 
     /// Stops the sprite's processes and removes its state and layer.
@@ -294,22 +355,39 @@ impl SpriteManager {
         Ok(self.info(&self.record(org, name)?))
     }
 
-    pub fn list(&self, org: &str, prefix: &str, max_results: Option<u32>, continuation: Option<&str>) -> Result<SpriteList, CoreError> {
+    pub fn list(
+        &self,
+        org: &str,
+        prefix: &str,
+        max_results: Option<u32>,
+        continuation: Option<&str>,
+    ) -> Result<SpriteList, CoreError> {
         let max = max_results.unwrap_or(LIST_MAX_RESULTS);
         if max == 0 || max > LIST_MAX_RESULTS {
-            return Err(CoreError::InvalidRequest(format!("max_results = {max} is out of range; use 1 to {LIST_MAX_RESULTS}")));
+            return Err(CoreError::InvalidRequest(format!(
+                "max_results = {max} is out of range; use 1 to {LIST_MAX_RESULTS}"
+            )));
         }
         let mut records = self.db.list(org, prefix, continuation, max as usize + 1)?;
         let has_more = records.len() > max as usize;
         records.truncate(max as usize);
         Ok(SpriteList {
-            next_continuation_token: if has_more { records.last().map(|r| r.name.clone()) } else { None },
+            next_continuation_token: if has_more {
+                records.last().map(|r| r.name.clone())
+            } else {
+                None
+            },
             has_more,
             sprites: records.iter().map(|r| self.info(r)).collect(),
         })
     }
 
-    pub fn update(&self, org: &str, name: &str, request: UpdateSpriteRequest) -> Result<SpriteInfo, CoreError> {
+    pub fn update(
+        &self,
+        org: &str,
+        name: &str,
+        request: UpdateSpriteRequest,
+    ) -> Result<SpriteInfo, CoreError> {
         let mut record = self.record(org, name)?;
         if let Some(settings) = request.url_settings {
             record.url_auth = settings.auth.as_str().to_string();
@@ -337,7 +415,11 @@ impl SpriteManager {
     }
 
     /// The sprite's init client, after making sure the sprite runs.
-    async fn running_client(&self, org: &str, name: &str) -> Result<(SpriteRecord, InitClient), CoreError> {
+    async fn running_client(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<(SpriteRecord, InitClient), CoreError> {
         let record = self.record(org, name)?;
         if !lock(&self.running).contains(&record.id) {
             self.start(&record).await?;
@@ -347,15 +429,42 @@ impl SpriteManager {
 
     fn session_error(&self, sprite: &str, session: Option<&str>, error: SandboxError) -> CoreError {
         match (error, session) {
-            (SandboxError::Init { kind: ErrorCode::NotFound, .. }, Some(id)) => CoreError::SessionNotFound(id.into()),
-            (SandboxError::Init { kind: ErrorCode::Gone, .. }, Some(id)) => CoreError::SessionGone(id.into()),
-            (SandboxError::Init { kind: ErrorCode::SpawnFailed, message }, _) => CoreError::SpawnFailed(message),
-            (source, _) => CoreError::Sandbox { sprite: sprite.into(), source },
+            (
+                SandboxError::Init {
+                    kind: ErrorCode::NotFound,
+                    ..
+                },
+                Some(id),
+            ) => CoreError::SessionNotFound(id.into()),
+            (
+                SandboxError::Init {
+                    kind: ErrorCode::Gone,
+                    ..
+                },
+                Some(id),
+            ) => CoreError::SessionGone(id.into()),
+            (
+                SandboxError::Init {
+                    kind: ErrorCode::SpawnFailed,
+                    message,
+                },
+                _,
+            ) => CoreError::SpawnFailed(message),
+            (source, _) => CoreError::Sandbox {
+                sprite: sprite.into(),
+                source,
+            },
         }
     }
 
     /// Starts a command in the sprite and attaches to it.
-    pub async fn spawn(&self, org: &str, name: &str, params: &ExecParams, run_as: &RunAs) -> Result<Attachment, CoreError> {
+    pub async fn spawn(
+        &self,
+        org: &str,
+        name: &str,
+        params: &ExecParams,
+        run_as: &RunAs,
+    ) -> Result<Attachment, CoreError> {
         let (record, client) = self.running_client(org, name).await?;
         let request = SpawnRequest {
             argv: params.argv.clone(),
@@ -379,21 +488,35 @@ impl SpriteManager {
                 lock(&self.running).remove(&record.id);
                 tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_sandbox::error_chain(&error));
                 let (_, client) = self.running_client(org, name).await?;
-                client.spawn(request).await.map_err(|e| self.session_error(name, None, e))
+                client
+                    .spawn(request)
+                    .await
+                    .map_err(|e| self.session_error(name, None, e))
             }
             Err(error) => Err(self.session_error(name, None, error)),
         }
     }
 
-    pub async fn attach(&self, org: &str, name: &str, session_id: &str) -> Result<Attachment, CoreError> {
+    pub async fn attach(
+        &self,
+        org: &str,
+        name: &str,
+        session_id: &str,
+    ) -> Result<Attachment, CoreError> {
         let (_, client) = self.running_client(org, name).await?;
-        client.attach(session_id).await.map_err(|e| self.session_error(name, Some(session_id), e))
+        client
+            .attach(session_id)
+            .await
+            .map_err(|e| self.session_error(name, Some(session_id), e))
     }
 
     pub async fn sessions(&self, org: &str, name: &str) -> Result<Vec<SessionInfo>, CoreError> {
         let (_, client) = self.running_client(org, name).await?;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        let sessions = client.list().await.map_err(|e| self.session_error(name, None, e))?;
+        let sessions = client
+            .list()
+            .await
+            .map_err(|e| self.session_error(name, None, e))?;
         Ok(sessions
             .into_iter()
             .map(|s| {
@@ -413,9 +536,18 @@ impl SpriteManager {
             .collect())
     }
 
-    pub async fn kill_session(&self, org: &str, name: &str, session_id: &str, signal: i32) -> Result<(), CoreError> {
+    pub async fn kill_session(
+        &self,
+        org: &str,
+        name: &str,
+        session_id: &str,
+        signal: i32,
+    ) -> Result<(), CoreError> {
         let (_, client) = self.running_client(org, name).await?;
-        client.kill(session_id, signal).await.map_err(|e| self.session_error(name, Some(session_id), e))
+        client
+            .kill(session_id, signal)
+            .await
+            .map_err(|e| self.session_error(name, Some(session_id), e))
     }
 
     pub fn image_statuses(&self) -> Vec<ImageStatus> {
@@ -424,7 +556,10 @@ impl SpriteManager {
 
     /// Builds the default image now (the daemon calls this at start, in the background).
     pub async fn prepare_default_image(&self) -> Result<(), CoreError> {
-        self.images.ensure(&self.config.default_image).await.map(|_| ())
+        self.images
+            .ensure(&self.config.default_image)
+            .await
+            .map(|_| ())
     }
 
     /// Number of sprites whose PID 1 this daemon knows to be up.

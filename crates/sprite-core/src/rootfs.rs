@@ -44,7 +44,11 @@ impl RootStore for LocalOverlayStore {
 
     fn layers(&self, sprite_id: &str, image_root: &Path) -> RootLayers {
         let dir = self.layer_dir(sprite_id);
-        RootLayers { lower: vec![image_root.to_path_buf()], upper: dir.join("upper"), work: dir.join("work") }
+        RootLayers {
+            lower: vec![image_root.to_path_buf()],
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        }
     }
 
     fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {

@@ -133,7 +133,10 @@ impl SpriteCgroup {
                     write(&dir.join("memory.swap.max"), "0")?;
                 }
                 write(&dir.join("pids.max"), &limits.pids.to_string())?;
-                write(&dir.join("cpu.max"), &format!("{} 100000", limits.cpu_millis * 100))?;
+                write(
+                    &dir.join("cpu.max"),
+                    &format!("{} 100000", limits.cpu_millis * 100),
+                )?;
             }
             Layout::V1(list) => {
                 for (_, mount) in list {
@@ -141,7 +144,10 @@ impl SpriteCgroup {
                     create_dir(&mount.join(PARENT).join(&self.name))?;
                 }
                 if let Some(dir) = self.v1_dir("memory") {
-                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     let swap = dir.join("memory.memsw.limit_in_bytes");
                     if swap.exists() {
                         let _ = write(&swap, &limits.memory_bytes.to_string());
@@ -152,7 +158,10 @@ impl SpriteCgroup {
                 }
                 if let Some(dir) = self.v1_dir("cpu") {
                     write(&dir.join("cpu.cfs_period_us"), "100000")?;
-                    write(&dir.join("cpu.cfs_quota_us"), &(limits.cpu_millis * 100).to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &(limits.cpu_millis * 100).to_string(),
+                    )?;
                 }
             }
         }
@@ -260,7 +269,10 @@ mod tests {
     fn detects_v2_with_controllers() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids io").expect("write");
-        assert_eq!(Layout::detect(dir.path()).expect("layout"), Layout::V2(dir.path().into()));
+        assert_eq!(
+            Layout::detect(dir.path()).expect("layout"),
+            Layout::V2(dir.path().into())
+        );
     }
 
     #[test]
@@ -281,7 +293,10 @@ mod tests {
     #[test]
     fn no_hierarchy_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(Layout::detect(dir.path()), Err(CgroupError::NoHierarchy(_))));
+        assert!(matches!(
+            Layout::detect(dir.path()),
+            Err(CgroupError::NoHierarchy(_))
+        ));
     }
 
     #[test]
@@ -294,7 +309,11 @@ mod tests {
         }
         let cgroup = SpriteCgroup::new(Layout::V1(list), "s1");
         cgroup
-            .create(&Limits { memory_bytes: 1 << 20, pids: 7, cpu_millis: 500 })
+            .create(&Limits {
+                memory_bytes: 1 << 20,
+                pids: 7,
+                cpu_millis: 500,
+            })
             .expect("create");
         let read = |p: &str| fs::read_to_string(dir.path().join(p)).expect("read");
         assert_eq!(read("memory/sprites/s1/memory.limit_in_bytes"), "1048576");

@@ -52,11 +52,15 @@ fn answer_error(event: Event) -> SandboxError {
 
 impl InitClient {
     pub fn new(socket: impl AsRef<Path>) -> Self {
-        InitClient { socket: socket.as_ref().to_path_buf() }
+        InitClient {
+            socket: socket.as_ref().to_path_buf(),
+        }
     }
 
     async fn connect(&self) -> Result<UnixStream, SandboxError> {
-        UnixStream::connect(&self.socket).await.map_err(|e| SandboxError::Connect(self.socket.clone(), e))
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| SandboxError::Connect(self.socket.clone(), e))
     }
 
     async fn request(&self, request: &Request) -> Result<(UnixStream, Event), SandboxError> {
@@ -85,7 +89,10 @@ impl InitClient {
     }
 
     pub async fn kill(&self, session_id: &str, signal: i32) -> Result<(), SandboxError> {
-        let request = Request::Kill { session_id: session_id.to_string(), signal };
+        let request = Request::Kill {
+            session_id: session_id.to_string(),
+            signal,
+        };
         match self.request(&request).await?.1 {
             Event::Ok => Ok(()),
             other => Err(answer_error(other)),
@@ -97,13 +104,20 @@ impl InitClient {
     }
 
     pub async fn attach(&self, session_id: &str) -> Result<Attachment, SandboxError> {
-        self.open(Request::Attach { session_id: session_id.to_string() }).await
+        self.open(Request::Attach {
+            session_id: session_id.to_string(),
+        })
+        .await
     }
 
     async fn open(&self, request: Request) -> Result<Attachment, SandboxError> {
         let (stream, event) = self.request(&request).await?;
         match event {
-            Event::Started { session_id, pid, tty } => {
+            Event::Started {
+                session_id,
+                pid,
+                tty,
+            } => {
                 let (reader, writer) = stream.into_split();
                 Ok(Attachment {
                     session_id,
@@ -118,7 +132,9 @@ impl InitClient {
     }
 }
 
-async fn read_event(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<Event, SandboxError> {
+async fn read_event(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Event, SandboxError> {
     match protocol::read_message(stream).await? {
         Some(Message::Control(payload)) => Ok(protocol::parse_control(&payload)?),
         Some(other) => Err(SandboxError::Unexpected(format!("{other:?}"))),
@@ -133,10 +149,12 @@ impl SessionReader {
             return match protocol::read_message(&mut self.reader).await? {
                 Some(Message::Stdout(data)) => Ok(Some(SessionEvent::Stdout(data))),
                 Some(Message::Stderr(data)) => Ok(Some(SessionEvent::Stderr(data))),
-                Some(Message::Control(payload)) => match protocol::parse_control::<Event>(&payload)? {
-                    Event::Exit { code } => Ok(Some(SessionEvent::Exit(code))),
-                    _ => continue,
-                },
+                Some(Message::Control(payload)) => {
+                    match protocol::parse_control::<Event>(&payload)? {
+                        Event::Exit { code } => Ok(Some(SessionEvent::Exit(code))),
+                        _ => continue,
+                    }
+                }
                 Some(_) => continue,
                 None => Ok(None),
             };
@@ -154,10 +172,18 @@ impl SessionWriter {
     }
 
     pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), SandboxError> {
-        Ok(protocol::write_message(&mut self.writer, &Message::control(&Request::Resize { cols, rows })?).await?)
+        Ok(protocol::write_message(
+            &mut self.writer,
+            &Message::control(&Request::Resize { cols, rows })?,
+        )
+        .await?)
     }
 
     pub async fn signal(&mut self, signal: i32) -> Result<(), SandboxError> {
-        Ok(protocol::write_message(&mut self.writer, &Message::control(&Request::Signal { signal })?).await?)
+        Ok(protocol::write_message(
+            &mut self.writer,
+            &Message::control(&Request::Signal { signal })?,
+        )
+        .await?)
     }
 }

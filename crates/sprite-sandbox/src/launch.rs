@@ -15,7 +15,9 @@ use crate::error::{step, SandboxError};
 use crate::spec::SandboxSpec;
 use crate::sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::unistd::{chdir, pipe, pivot_root, read, sethostname, setresgid, setresuid, write, Gid, Uid};
+use nix::unistd::{
+    chdir, pipe, pivot_root, read, sethostname, setresgid, setresuid, write, Gid, Uid,
+};
 use std::fs;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -33,27 +35,45 @@ pub struct LaunchResult {
 /// Returns only in the launcher; the sprite's PID 1 never returns from here.
 pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
     let root = spec.root_path();
-    for dir in [&spec.state_dir, &root, &spec.layers.upper, &spec.layers.work] {
+    for dir in [
+        &spec.state_dir,
+        &root,
+        &spec.layers.upper,
+        &spec.layers.work,
+    ] {
         fs::create_dir_all(dir).map_err(|e| SandboxError::CreateDir(dir.clone(), e))?;
     }
     for dir in [&spec.layers.upper, &spec.layers.work] {
-        nix::unistd::chown(dir.as_path(), Some(Uid::from_raw(spec.id_base)), Some(Gid::from_raw(spec.id_base)))
-            .map_err(step(format!("chown {}", dir.display())))?;
+        nix::unistd::chown(
+            dir.as_path(),
+            Some(Uid::from_raw(spec.id_base)),
+            Some(Gid::from_raw(spec.id_base)),
+        )
+        .map_err(step(format!("chown {}", dir.display())))?;
     }
-    for layer in spec.layers.lower.iter().chain([&spec.layers.upper, &spec.layers.work]) {
+    for layer in spec
+        .layers
+        .lower
+        .iter()
+        .chain([&spec.layers.upper, &spec.layers.work])
+    {
         let text = layer.to_string_lossy();
         if text.contains([',', ':', '\n']) {
             return Err(SandboxError::BadLayerPath(layer.clone()));
         }
     }
 
-    let cgroup = SpriteCgroup::new(Layout::detect(Path::new("/sys/fs/cgroup"))?, &spec.sprite_id);
+    let cgroup = SpriteCgroup::new(
+        Layout::detect(Path::new("/sys/fs/cgroup"))?,
+        &spec.sprite_id,
+    );
     cgroup.create(&spec.limits)?;
     cgroup.add_process(std::process::id())?;
 
     let socket = spec.socket_path();
     let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|e| SandboxError::BindSocket(socket.clone(), e))?;
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| SandboxError::BindSocket(socket.clone(), e))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
         .map_err(|e| SandboxError::BindSocket(socket.clone(), e))?;
     let log_path = spec.log_path();
@@ -145,41 +165,88 @@ fn write_id_maps(child: u32, spec: &SandboxSpec) -> Result<(), SandboxError> {
 }
 
 fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), SandboxError> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>)
-        .map_err(step(format!("bind {} on {}", source.display(), target.display())))
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(step(format!(
+        "bind {} on {}",
+        source.display(),
+        target.display()
+    )))
 }
 
 /// Builds the sprite's root and pivots into it. Runs as PID 1, root of the new user
 /// namespace, before anything of the user's runs.
 fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
-    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(step("become gid 0"))?;
-    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(step("become uid 0"))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(step("become gid 0"))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(step("become uid 0"))?;
     sethostname(&spec.hostname).map_err(step("set hostname"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(step("make / private"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step("make / private"))?;
 
     let root = spec.root_path();
-    let lower: Vec<String> = spec.layers.lower.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let lower: Vec<String> = spec
+        .layers
+        .lower
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
         lower.join(":"),
         spec.layers.upper.display(),
         spec.layers.work.display()
     );
-    mount(Some("overlay"), &root, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-        .map_err(step(format!("mount overlay root at {}", root.display())))?;
+    mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(step(format!("mount overlay root at {}", root.display())))?;
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let at = |p: &str| root.join(p);
     for dir in ["proc", "sys", "dev", "tmp", "home", ".sprite"] {
         ensure_dir(&at(dir))?;
     }
-    mount(Some("proc"), &at("proc"), Some("proc"), nosuid_nodev_noexec, None::<&str>)
-        .map_err(step("mount /proc"))?;
-    mount(Some("sysfs"), &at("sys"), Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>)
-        .map_err(step("mount /sys"))?;
-    mount(Some("tmpfs"), &at("dev"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))
-        .map_err(step("mount /dev"))?;
+    mount(
+        Some("proc"),
+        &at("proc"),
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None::<&str>,
+    )
+    .map_err(step("mount /proc"))?;
+    mount(
+        Some("sysfs"),
+        &at("sys"),
+        Some("sysfs"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(step("mount /sys"))?;
+    mount(
+        Some("tmpfs"),
+        &at("dev"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(step("mount /dev"))?;
     for device in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = at("dev").join(device);
         fs::File::create(&target).map_err(|e| SandboxError::CreateDir(target.clone(), e))?;
@@ -196,8 +263,14 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )
     .map_err(step("mount /dev/pts"))?;
-    mount(Some("tmpfs"), &at("dev/shm"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
-        .map_err(step("mount /dev/shm"))?;
+    mount(
+        Some("tmpfs"),
+        &at("dev/shm"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(step("mount /dev/shm"))?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -205,7 +278,8 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        symlink(target, at("dev").join(link)).map_err(|e| SandboxError::CreateDir(at("dev").join(link), e))?;
+        symlink(target, at("dev").join(link))
+            .map_err(|e| SandboxError::CreateDir(at("dev").join(link), e))?;
     }
 
     chdir(&root).map_err(step("enter the new root"))?;

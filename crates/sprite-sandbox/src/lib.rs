@@ -43,7 +43,8 @@ pub async fn start(executable: &Path, spec: &spec::SandboxSpec) -> Result<u32, S
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(launch_error)?;
-    let input = serde_json::to_vec(spec).map_err(|e| SandboxError::LauncherFailed(e.to_string()))?;
+    let input =
+        serde_json::to_vec(spec).map_err(|e| SandboxError::LauncherFailed(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(&input).await.map_err(launch_error)?;
     }

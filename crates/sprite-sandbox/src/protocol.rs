@@ -76,12 +76,26 @@ pub struct SessionSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Pong { pid: u32, sessions: usize },
-    Started { session_id: String, pid: u32, tty: bool },
-    Exit { code: i32 },
-    Sessions { sessions: Vec<SessionSummary> },
+    Pong {
+        pid: u32,
+        sessions: usize,
+    },
+    Started {
+        session_id: String,
+        pid: u32,
+        tty: bool,
+    },
+    Exit {
+        code: i32,
+    },
+    Sessions {
+        sessions: Vec<SessionSummary>,
+    },
     Ok,
-    Error { kind: ErrorCode, message: String },
+    Error {
+        kind: ErrorCode,
+        message: String,
+    },
 }
 
 /// Error classes sprite-init reports.
@@ -210,7 +224,10 @@ mod tests {
         }
         let mut reader = wire.as_slice();
         for message in &messages {
-            assert_eq!(read_message(&mut reader).await.expect("read").as_ref(), Some(message));
+            assert_eq!(
+                read_message(&mut reader).await.expect("read").as_ref(),
+                Some(message)
+            );
         }
         assert_eq!(read_message(&mut reader).await.expect("eof"), None);
     }
@@ -232,8 +249,11 @@ mod tests {
 
     #[test]
     fn requests_are_tagged_json() {
-        let json = serde_json::to_string(&Request::Kill { session_id: "s1".into(), signal: 15 })
-            .expect("json");
+        let json = serde_json::to_string(&Request::Kill {
+            session_id: "s1".into(),
+            signal: 15,
+        })
+        .expect("json");
         assert_eq!(json, r#"{"op":"kill","session_id":"s1","signal":15}"#);
     }
 }

@@ -81,26 +81,40 @@ const DENIED_NAMESPACE_FLAGS: &[u64] = &[
 ];
 
 fn arch() -> Result<TargetArch, SandboxError> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| SandboxError::SeccompBuild(format!("{e:?}")))
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| SandboxError::SeccompBuild(format!("{e:?}")))
 }
 
-fn build(rules: BTreeMap<i64, Vec<SeccompRule>>, action: SeccompAction) -> Result<BpfProgram, SandboxError> {
+fn build(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    action: SeccompAction,
+) -> Result<BpfProgram, SandboxError> {
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()?)
         .map_err(|e| SandboxError::SeccompBuild(e.to_string()))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| SandboxError::SeccompBuild(e.to_string()))
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::SeccompBuild(e.to_string()))
 }
 
 /// The filters, in install order.
 pub fn seccomp_programs() -> Result<Vec<BpfProgram>, SandboxError> {
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED_SYSCALLS.iter().map(|&number| (number, Vec::new())).collect();
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
+        .iter()
+        .map(|&number| (number, Vec::new()))
+        .collect();
     let flag_rules = |argument: u8| -> Result<Vec<SeccompRule>, SandboxError> {
         DENIED_NAMESPACE_FLAGS
             .iter()
             .map(|&flag| {
-                let condition = SeccompCondition::new(argument, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
-                    .map_err(|e| SandboxError::SeccompBuild(e.to_string()))?;
-                SeccompRule::new(vec![condition]).map_err(|e| SandboxError::SeccompBuild(e.to_string()))
+                let condition = SeccompCondition::new(
+                    argument,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(flag),
+                    flag,
+                )
+                .map_err(|e| SandboxError::SeccompBuild(e.to_string()))?;
+                SeccompRule::new(vec![condition])
+                    .map_err(|e| SandboxError::SeccompBuild(e.to_string()))
             })
             .collect()
     };
@@ -122,7 +136,12 @@ pub fn lock_down() -> Result<(), SandboxError> {
     for program in seccomp_programs()? {
         let raw: Vec<libc::sock_filter> = program
             .iter()
-            .map(|f| libc::sock_filter { code: f.code, jt: f.jt, jf: f.jf, k: f.k })
+            .map(|f| libc::sock_filter {
+                code: f.code,
+                jt: f.jt,
+                jf: f.jf,
+                k: f.k,
+            })
             .collect();
         crate::sys::install_seccomp(&raw).map_err(SandboxError::Seccomp)?;
     }
@@ -152,7 +171,12 @@ mod tests {
 
     #[test]
     fn kept_set_excludes_dangerous_capabilities() {
-        for cap in [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_MODULE, Capability::CAP_SYS_BOOT, Capability::CAP_SYS_PTRACE] {
+        for cap in [
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_SYS_MODULE,
+            Capability::CAP_SYS_BOOT,
+            Capability::CAP_SYS_PTRACE,
+        ] {
             assert!(!KEPT_CAPABILITIES.contains(&cap));
         }
     }

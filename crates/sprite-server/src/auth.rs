@@ -40,32 +40,47 @@ pub fn token_from_header(value: &str) -> Option<String> {
     match scheme.to_ascii_lowercase().as_str() {
         "bearer" => Some(rest.trim().to_string()),
         "basic" => {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
             let text = String::from_utf8(decoded).ok()?;
             let (user, password) = text.split_once(':')?;
-            user.eq_ignore_ascii_case("bearer").then(|| password.to_string())
+            user.eq_ignore_ascii_case("bearer")
+                .then(|| password.to_string())
         }
         _ => None,
     }
 }
 
-pub async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let token = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(token_from_header);
-    let org = token.as_deref().and_then(|t| state.tokens.org_of(t)).map(str::to_string);
+    let org = token
+        .as_deref()
+        .and_then(|t| state.tokens.org_of(t))
+        .map(str::to_string);
     match org {
         Some(org) => {
             request.extensions_mut().insert(Org(org));
             next.run(request).await
         }
         None => {
-            let mut response =
-                ApiError::new(ErrorKind::Unauthenticated, "missing or unknown token; pass it as `Authorization: Bearer <token>`")
-                    .into_response();
-            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+            let mut response = ApiError::new(
+                ErrorKind::Unauthenticated,
+                "missing or unknown token; pass it as `Authorization: Bearer <token>`",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
             response
         }
     }
@@ -79,7 +94,10 @@ mod tests {
     fn parses_bearer_and_basic() {
         assert_eq!(token_from_header("Bearer abc").as_deref(), Some("abc"));
         let basic = base64::engine::general_purpose::STANDARD.encode("bearer:xyz");
-        assert_eq!(token_from_header(&format!("Basic {basic}")).as_deref(), Some("xyz"));
+        assert_eq!(
+            token_from_header(&format!("Basic {basic}")).as_deref(),
+            Some("xyz")
+        );
         let other = base64::engine::general_purpose::STANDARD.encode("alice:xyz");
         assert_eq!(token_from_header(&format!("Basic {other}")), None);
         assert_eq!(token_from_header("Token abc"), None);

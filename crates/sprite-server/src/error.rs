@@ -14,7 +14,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into() }
+        ApiError {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -28,17 +31,26 @@ impl From<CoreError> for ApiError {
         if kind == ErrorKind::Internal {
             tracing::error!("{}", sprite_sandbox::error_chain(&error));
         }
-        ApiError { kind, message: sprite_sandbox::error_chain(&error) }
+        ApiError {
+            kind,
+            message: sprite_sandbox::error_chain(&error),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody { error: self.kind.code().to_string(), message: Some(self.message) };
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: self.kind.code().to_string(),
+            message: Some(self.message),
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if self.kind == ErrorKind::RateLimited {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }

@@ -10,7 +10,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::{SinkExt, StreamExt};
-use sprite_api::exec::{ClientMessage, ExecParams, Frame, ServerMessage, SessionList, Signal, MAX_CLIENT_FRAME};
+use sprite_api::exec::{
+    ClientMessage, ExecParams, Frame, ServerMessage, SessionList, Signal, MAX_CLIENT_FRAME,
+};
 use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
 use sprite_sandbox::client::{Attachment, SessionEvent, SessionReader, SessionWriter};
@@ -18,7 +20,9 @@ use sprite_sandbox::client::{Attachment, SessionEvent, SessionReader, SessionWri
 type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// Exit code used when the command could not be started at all, as a shell would.
@@ -32,15 +36,23 @@ fn spawn_failure_code(message: &str) -> i32 {
 
 fn parse_params(raw: &Option<String>) -> Result<(ExecParams, RunAs), ApiError> {
     let pairs = query_pairs(raw);
-    let params = ExecParams::from_query(&pairs, raw.as_deref().map_or(0, str::len)).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let params = ExecParams::from_query(&pairs, raw.as_deref().map_or(0, str::len))
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     // Ours: `user=root` runs as another account of the sprite (the token holder has
     // passwordless sudo in it anyway).
-    let user = pairs.iter().rev().find(|(k, _)| k == "user").map(|(_, v)| v.clone()).filter(|u| !u.is_empty());
+    let user = pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .filter(|u| !u.is_empty());
     Ok((params, RunAs(user)))
 }
 
 fn with_capabilities(mut response: Response) -> Response {
-    response.headers_mut().insert("x-sprite-capabilities", HeaderValue::from_static("signal"));
+    response
+        .headers_mut()
+        .insert("x-sprite-capabilities", HeaderValue::from_static("signal"));
     response
 }
 
@@ -59,12 +71,17 @@ pub async fn exec_or_list(
 ) -> Result<Response, ApiError> {
     let Ok(upgrade) = upgrade else {
         let sessions = state.manager.sessions(&org, &name).await?;
-        return Ok(with_capabilities(Json(SessionList { sessions }).into_response()));
+        return Ok(with_capabilities(
+            Json(SessionList { sessions }).into_response(),
+        ));
     };
     let (params, run_as) = parse_params(&raw)?;
     let bridge = match state.manager.spawn(&org, &name, &params, &run_as).await {
         Ok(attachment) => Bridge::Session(attachment),
-        Err(CoreError::SpawnFailed(message)) => Bridge::Failed { message, tty: params.tty },
+        Err(CoreError::SpawnFailed(message)) => Bridge::Failed {
+            message,
+            tty: params.tty,
+        },
         Err(other) => return Err(other.into()),
     };
     Ok(with_capabilities(upgrade_to(upgrade, bridge)))
@@ -78,7 +95,10 @@ pub async fn attach(
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::invalid("attach needs a WebSocket upgrade"))?;
     let attachment = state.manager.attach(&org, &name, &session).await?;
-    Ok(with_capabilities(upgrade_to(upgrade, Bridge::Session(attachment))))
+    Ok(with_capabilities(upgrade_to(
+        upgrade,
+        Bridge::Session(attachment),
+    )))
 }
 
 fn upgrade_to(upgrade: WebSocketUpgrade, bridge: Bridge) -> Response {
@@ -118,10 +138,20 @@ async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
 /// the process exits (exit frame, then close) or the client leaves (the process keeps
 /// running and can be re-attached).
 async fn run_bridge(socket: WebSocket, attachment: Attachment) {
-    let Attachment { session_id, tty, reader, writer, .. } = attachment;
+    let Attachment {
+        session_id,
+        tty,
+        reader,
+        writer,
+        ..
+    } = attachment;
     let (mut sink, stream) = socket.split();
     let info = ServerMessage::SessionInfo { session_id, tty };
-    if sink.send(Message::Text(info.to_json().into())).await.is_err() {
+    if sink
+        .send(Message::Text(info.to_json().into()))
+        .await
+        .is_err()
+    {
         return;
     }
     let outbound = forward_output(reader, sink, tty);
@@ -140,16 +170,28 @@ async fn forward_output(
     loop {
         let message = match reader.next().await {
             Ok(Some(SessionEvent::Stdout(data))) if tty => Message::Binary(data.into()),
-            Ok(Some(SessionEvent::Stdout(data))) => Message::Binary(Frame::Stdout(data).encode().into()),
-            Ok(Some(SessionEvent::Stderr(data))) => Message::Binary(Frame::Stderr(data).encode().into()),
+            Ok(Some(SessionEvent::Stdout(data))) => {
+                Message::Binary(Frame::Stdout(data).encode().into())
+            }
+            Ok(Some(SessionEvent::Stderr(data))) => {
+                Message::Binary(Frame::Stderr(data).encode().into())
+            }
             Ok(Some(SessionEvent::Exit(code))) => {
                 let _ = sink.send(exit_message(code, tty)).await;
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "exited".into() }))).await;
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "exited".into(),
+                    })))
+                    .await;
                 return;
             }
             Ok(None) | Err(_) => {
                 // Never report success for a process whose end we did not see.
-                let close = CloseFrame { code: 1011, reason: "sprite went away before the command exited".into() };
+                let close = CloseFrame {
+                    code: 1011,
+                    reason: "sprite went away before the command exited".into(),
+                };
                 let _ = sink.send(Message::Close(Some(close))).await;
                 return;
             }
@@ -160,7 +202,11 @@ async fn forward_output(
     }
 }
 
-async fn forward_input(mut stream: futures_util::stream::SplitStream<WebSocket>, mut writer: SessionWriter, tty: bool) {
+async fn forward_input(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut writer: SessionWriter,
+    tty: bool,
+) {
     while let Some(Ok(message)) = stream.next().await {
         let result = match message {
             Message::Binary(data) if tty => writer.stdin(data.to_vec()).await,
@@ -170,7 +216,9 @@ async fn forward_input(mut stream: futures_util::stream::SplitStream<WebSocket>,
                 _ => Ok(()),
             },
             Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
-                Ok(ClientMessage::Resize { cols, rows }) if cols > 0 && rows > 0 => writer.resize(cols, rows).await,
+                Ok(ClientMessage::Resize { cols, rows }) if cols > 0 && rows > 0 => {
+                    writer.resize(cols, rows).await
+                }
                 Ok(ClientMessage::Signal { signal }) => match Signal::parse(&signal) {
                     Some(signal) => writer.signal(signal.number()).await,
                     None => Ok(()),
@@ -207,8 +255,13 @@ pub async fn exec_http(
         }
         Err(other) => return Err(other.into()),
     };
-    let Attachment { reader, mut writer, .. } = attachment;
+    let Attachment { reader, writer, .. } = attachment;
+    // The writer must live until the output ends: closing it tells sprite-init that the
+    // daemon hung up, which detaches the session.
+    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
+    let input_writer = writer.clone();
     tokio::spawn(async move {
+        let mut writer = input_writer.lock().await;
         let mut input = body.into_data_stream();
         while let Some(Ok(chunk)) = input.next().await {
             if writer.stdin(chunk.to_vec()).await.is_err() {
@@ -217,26 +270,37 @@ pub async fn exec_http(
         }
         let _ = writer.stdin_eof().await;
     });
-    let output = futures_util::stream::unfold(Some(reader), |reader| async move {
-        let mut reader = reader?;
+    let output = futures_util::stream::unfold(Some((reader, writer)), |state| async move {
+        let (mut reader, writer) = state?;
         let frame = match reader.next().await {
             Ok(Some(SessionEvent::Stdout(data))) => Frame::Stdout(data),
             Ok(Some(SessionEvent::Stderr(data))) => Frame::Stderr(data),
-            Ok(Some(SessionEvent::Exit(code))) => return Some((Ok(Frame::Exit((code & 0xff) as u8).encode()), None)),
+            Ok(Some(SessionEvent::Exit(code))) => {
+                return Some((Ok(Frame::Exit((code & 0xff) as u8).encode()), None))
+            }
             Ok(None) | Err(_) => {
-                return Some((Err(std::io::Error::other("sprite went away before the command exited")), None));
+                return Some((
+                    Err(std::io::Error::other(
+                        "sprite went away before the command exited",
+                    )),
+                    None,
+                ));
             }
         };
-        Some((Ok::<_, std::io::Error>(frame.encode()), Some(reader)))
+        Some((
+            Ok::<_, std::io::Error>(frame.encode()),
+            Some((reader, writer)),
+        ))
     });
     Ok(octet_stream(Body::from_stream(output)))
 }
 
 fn octet_stream(body: Body) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
-    response
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
     with_capabilities(response)
 }
 
@@ -258,19 +322,28 @@ pub async fn kill(
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let signal_text = query.signal.unwrap_or_else(|| "TERM".into());
-    let signal = Signal::parse(&signal_text)
-        .ok_or_else(|| ApiError::invalid(format!("signal {signal_text:?} is not one of HUP, INT, QUIT, KILL, USR1, USR2, TERM")))?;
+    let signal = Signal::parse(&signal_text).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "signal {signal_text:?} is not one of HUP, INT, QUIT, KILL, USR1, USR2, TERM"
+        ))
+    })?;
     let timeout = match query.timeout.as_deref() {
         None | Some("") => 0,
-        Some(text) => sprite_api::exec::parse_duration_secs(text)
-            .ok_or_else(|| ApiError::invalid(format!("timeout {text:?} is not a duration such as 5s")))?,
+        Some(text) => sprite_api::exec::parse_duration_secs(text).ok_or_else(|| {
+            ApiError::invalid(format!("timeout {text:?} is not a duration such as 5s"))
+        })?,
     };
-    state.manager.kill_session(&org, &name, &session, signal.number()).await?;
+    state
+        .manager
+        .kill_session(&org, &name, &session, signal.number())
+        .await?;
     if timeout > 0 && signal != Signal::Kill {
         let manager = state.manager.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(timeout)).await;
-            let _ = manager.kill_session(&org, &name, &session, Signal::Kill.number()).await;
+            let _ = manager
+                .kill_session(&org, &name, &session, Signal::Kill.number())
+                .await;
         });
     }
     Ok(Json(serde_json::json!({ "status": "signaled", "signal": signal.name() })).into_response())

@@ -33,9 +33,10 @@ pub struct AppState {
 
 async fn version_header(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert("sprite-version", HeaderValue::from_static(sprite_api::SERVER_VERSION));
+    response.headers_mut().insert(
+        "sprite-version",
+        HeaderValue::from_static(sprite_api::SERVER_VERSION),
+    );
     response
 }
 
@@ -55,12 +56,23 @@ async fn images(State(state): State<AppState>) -> axum::Json<serde_json::Value> 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/sprites", post(sprites::create).get(sprites::list))
-        .route("/v1/sprites/{name}", get(sprites::get).put(sprites::update).delete(sprites::destroy))
-        .route("/v1/sprites/{name}/exec", get(exec::exec_or_list).post(exec::exec_http))
+        .route(
+            "/v1/sprites/{name}",
+            get(sprites::get)
+                .put(sprites::update)
+                .delete(sprites::destroy),
+        )
+        .route(
+            "/v1/sprites/{name}/exec",
+            get(exec::exec_or_list).post(exec::exec_http),
+        )
         .route("/v1/sprites/{name}/exec/{session}", get(exec::attach))
         .route("/v1/sprites/{name}/exec/{session}/kill", post(exec::kill))
         .route("/v1/images", get(images))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)

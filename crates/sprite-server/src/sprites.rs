@@ -12,7 +12,11 @@ use sprite_api::sprite::{CreateSpriteRequest, UpdateSpriteRequest};
 use sprite_api::ErrorBody;
 use sprite_core::CoreError;
 
-pub async fn create(State(state): State<AppState>, Extension(Org(org)): Extension<Org>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: CreateSpriteRequest = parse_json(&body)?;
     let name = request.name.clone();
     match state.manager.create(&org, request).await {
@@ -22,7 +26,10 @@ pub async fn create(State(state): State<AppState>, Extension(Org(org)): Extensio
             let existing = state.manager.get(&org, &name)?;
             let mut body = serde_json::to_value(&existing).unwrap_or_default();
             if let Some(map) = body.as_object_mut() {
-                let error = ErrorBody { error: "conflict".into(), message: Some(format!("a sprite named {name} already exists")) };
+                let error = ErrorBody {
+                    error: "conflict".into(),
+                    message: Some(format!("a sprite named {name} already exists")),
+                };
                 map.insert("error".into(), error.error.into());
                 map.insert("message".into(), error.message.unwrap_or_default().into());
             }
@@ -50,7 +57,11 @@ pub async fn list(
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let max_results = match query.max_results.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(text.parse::<u32>().map_err(|_| ApiError::invalid(format!("max_results = {text:?} is not a number from 1 to 50")))?),
+        Some(text) => Some(text.parse::<u32>().map_err(|_| {
+            ApiError::invalid(format!(
+                "max_results = {text:?} is not a number from 1 to 50"
+            ))
+        })?),
     };
     // Clients that page with a larger page size get the largest we serve.
     let max_results = max_results.map(|m| m.min(sprite_api::sprite::LIST_MAX_RESULTS));
@@ -58,12 +69,19 @@ pub async fn list(
         &org,
         query.prefix.as_deref().unwrap_or(""),
         max_results,
-        query.continuation_token.as_deref().filter(|t| !t.is_empty()),
+        query
+            .continuation_token
+            .as_deref()
+            .filter(|t| !t.is_empty()),
     )?;
     Ok(Json(list).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, Extension(Org(org)): Extension<Org>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.manager.get(&org, &name)?).into_response())
 }
 
@@ -77,7 +95,11 @@ pub async fn update(
     Ok(Json(state.manager.update(&org, &name, request)?).into_response())
 }
 
-pub async fn destroy(State(state): State<AppState>, Extension(Org(org)): Extension<Org>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn destroy(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     state.manager.destroy(&org, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

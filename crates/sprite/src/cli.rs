@@ -36,7 +36,9 @@ pub enum Command {
     /// Run the sprite daemon (the API server).
     Daemon(crate::daemon::DaemonArgs),
     /// Create a sprite and open its console.
-    #[command(after_help = "Examples:\n  sprite create\n  sprite create dev --skip-console --label team=web")]
+    #[command(
+        after_help = "Examples:\n  sprite create\n  sprite create dev --skip-console --label team=web"
+    )]
     Create {
         /// Name (a-z, 0-9, -); generated when absent.
         name: Option<String>,
@@ -70,7 +72,10 @@ pub enum Command {
         sprite: Option<String>,
     },
     /// Run a command in a sprite.
-    #[command(alias = "x", after_help = "Examples:\n  sprite exec -s dev -- ls -la /\n  sprite x --tty -- top\n  echo hi | sprite exec -- cat")]
+    #[command(
+        alias = "x",
+        after_help = "Examples:\n  sprite exec -s dev -- ls -la /\n  sprite x --tty -- top\n  echo hi | sprite exec -- cat"
+    )]
     Exec {
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
@@ -147,10 +152,18 @@ fn hint_for(error: &anyhow::Error) -> Option<&'static str> {
     for cause in error.chain() {
         if let Some(client) = cause.downcast_ref::<sprite_client::ClientError>() {
             return Some(match client {
-                sprite_client::ClientError::Unreachable { .. } => "start the daemon with `sprite daemon` (as root), or set SPRITES_API_URL",
-                sprite_client::ClientError::Api { status: 401, .. } => "check --token / SPRITE_TOKEN",
-                sprite_client::ClientError::Api { status: 404, .. } => "`sprite list` shows the sprites that exist",
-                sprite_client::ClientError::Api { status: 409, .. } => "pick another name, or `sprite destroy` the existing sprite",
+                sprite_client::ClientError::Unreachable { .. } => {
+                    "start the daemon with `sprite daemon` (as root), or set SPRITES_API_URL"
+                }
+                sprite_client::ClientError::Api { status: 401, .. } => {
+                    "check --token / SPRITE_TOKEN"
+                }
+                sprite_client::ClientError::Api { status: 404, .. } => {
+                    "`sprite list` shows the sprites that exist"
+                }
+                sprite_client::ClientError::Api { status: 409, .. } => {
+                    "pick another name, or `sprite destroy` the existing sprite"
+                }
                 _ => return None,
             });
         }
@@ -159,17 +172,27 @@ fn hint_for(error: &anyhow::Error) -> Option<&'static str> {
 }
 
 fn client(args: &Args) -> Result<Client> {
-    Ok(Client::new(&settings::api_url(args.api_url.as_deref()), &settings::token(args.token.as_deref())?))
+    Ok(Client::new(
+        &settings::api_url(args.api_url.as_deref()),
+        &settings::token(args.token.as_deref())?,
+    ))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value).context("encode JSON")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("encode JSON")?
+    );
     Ok(())
 }
 
 fn generated_name() -> String {
-    const ADJECTIVES: [&str; 8] = ["brisk", "calm", "eager", "fuzzy", "jolly", "lucky", "quiet", "sunny"];
-    const NOUNS: [&str; 8] = ["otter", "comet", "maple", "pixel", "river", "falcon", "ember", "tulip"];
+    const ADJECTIVES: [&str; 8] = [
+        "brisk", "calm", "eager", "fuzzy", "jolly", "lucky", "quiet", "sunny",
+    ];
+    const NOUNS: [&str; 8] = [
+        "otter", "comet", "maple", "pixel", "river", "falcon", "ember", "tulip",
+    ];
     let bytes = *uuid::Uuid::new_v4().as_bytes();
     format!(
         "{}-{}-{}",
@@ -182,19 +205,28 @@ fn generated_name() -> String {
 pub async fn run(args: Args) -> Result<u8> {
     match &args.command {
         Command::Daemon(_) => {
-            let Command::Daemon(daemon) = args.command else { return Ok(1) };
+            let Command::Daemon(daemon) = args.command else {
+                return Ok(1);
+            };
             crate::daemon::run(daemon).await
         }
         Command::Version => {
             if args.json {
-                print_json(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "api": sprite_api::SERVER_VERSION }))?;
+                print_json(
+                    &serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "api": sprite_api::SERVER_VERSION }),
+                )?;
             } else {
                 println!("sprite {}", env!("CARGO_PKG_VERSION"));
             }
             Ok(0)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Args::command(), "sprite", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Args::command(),
+                "sprite",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
         Command::Use { name } => {
@@ -203,7 +235,13 @@ pub async fn run(args: Args) -> Result<u8> {
             eprintln!("using sprite {name} in this directory ({})", path.display());
             Ok(0)
         }
-        Command::Create { name, skip_console, labels, ram_mb, cpus } => {
+        Command::Create {
+            name,
+            skip_console,
+            labels,
+            ram_mb,
+            cpus,
+        } => {
             crate::console::ensure_local_daemon(&args).await?;
             let client = client(&args)?;
             let name = name.clone().unwrap_or_else(generated_name);
@@ -211,7 +249,11 @@ pub async fn run(args: Args) -> Result<u8> {
                 name: name.clone(),
                 url_settings: None,
                 labels: Some(labels.clone()).filter(|l| !l.is_empty()),
-                config: Some(SpriteConfig { ram_mb: *ram_mb, cpus: *cpus, storage_gb: None }),
+                config: Some(SpriteConfig {
+                    ram_mb: *ram_mb,
+                    cpus: *cpus,
+                    storage_gb: None,
+                }),
                 environment: None,
                 wait_for_capacity: None,
             };
@@ -235,11 +277,20 @@ pub async fn run(args: Args) -> Result<u8> {
             Ok(0)
         }
         Command::Info { sprite } => {
-            let info = client(&args)?.get(&settings::sprite_name(sprite.as_deref())?).await?;
+            let info = client(&args)?
+                .get(&settings::sprite_name(sprite.as_deref())?)
+                .await?;
             if args.json {
                 print_json(&info)?;
             } else {
-                println!("name:     {}\nid:       {}\nstatus:   {}\nurl:      {}\ncreated:  {}", info.name, info.id, info.status.as_str(), info.url, info.created_at);
+                println!(
+                    "name:     {}\nid:       {}\nstatus:   {}\nurl:      {}\ncreated:  {}",
+                    info.name,
+                    info.id,
+                    info.status.as_str(),
+                    info.url,
+                    info.created_at
+                );
             }
             Ok(0)
         }
@@ -247,7 +298,13 @@ pub async fn run(args: Args) -> Result<u8> {
             let name = settings::sprite_name(sprite.as_deref())?;
             crate::console::console(&client(&args)?, &name).await
         }
-        Command::Exec { sprite, tty, dir, env, command } => {
+        Command::Exec {
+            sprite,
+            tty,
+            dir,
+            env,
+            command,
+        } => {
             let name = settings::sprite_name(sprite.as_deref())?;
             let mut params = ExecParams::from_query(&[], 0).map_err(anyhow::Error::msg)?;
             params.argv = command.clone();
@@ -258,12 +315,20 @@ pub async fn run(args: Args) -> Result<u8> {
             if !env.is_empty() {
                 let mut pairs = Vec::new();
                 for entry in env {
-                    let (k, v) = entry.split_once('=').with_context(|| format!("--env {entry:?} is not K=V"))?;
+                    let (k, v) = entry
+                        .split_once('=')
+                        .with_context(|| format!("--env {entry:?} is not K=V"))?;
                     pairs.push((k.to_string(), v.to_string()));
                 }
                 // Keep the default PATH when the caller adds variables.
                 if !pairs.iter().any(|(k, _)| k == "PATH") {
-                    pairs.insert(0, ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+                    pairs.insert(
+                        0,
+                        (
+                            "PATH".into(),
+                            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                        ),
+                    );
                     pairs.insert(1, ("HOME".into(), "/home/sprite".into()));
                 }
                 params.env = Some(pairs);
@@ -279,12 +344,20 @@ pub async fn run(args: Args) -> Result<u8> {
             exec_pipes(stream).await
         }
         Command::Sessions(sessions) => sessions_command(&args, sessions).await,
-        Command::Destroy { name, sprite, force } => {
+        Command::Destroy {
+            name,
+            sprite,
+            force,
+        } => {
             let name = match name.as_deref().or(sprite.as_deref()) {
                 Some(name) => name.to_string(),
                 None => settings::sprite_name(None)?,
             };
-            if !force && !confirm(&format!("destroy sprite {name} and everything in it? [y/N] "))? {
+            if !force
+                && !confirm(&format!(
+                    "destroy sprite {name} and everything in it? [y/N] "
+                ))?
+            {
                 bail!("not confirmed; pass --force to skip the question");
             }
             client(&args)?.destroy(&name).await?;
@@ -301,7 +374,12 @@ pub async fn run(args: Args) -> Result<u8> {
                 print_json(&images)?;
             } else {
                 for image in images["images"].as_array().into_iter().flatten() {
-                    println!("{:<10} {:<9} {}", image["name"].as_str().unwrap_or(""), image["state"].as_str().unwrap_or(""), image["detail"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<10} {:<9} {}",
+                        image["name"].as_str().unwrap_or(""),
+                        image["state"].as_str().unwrap_or(""),
+                        image["detail"].as_str().unwrap_or("")
+                    );
                 }
             }
             Ok(0)
@@ -323,7 +401,13 @@ fn confirm(question: &str) -> Result<bool> {
 fn print_table(sprites: &[SpriteInfo]) {
     println!("{:<30} {:<8} {:<25} URL", "NAME", "STATUS", "CREATED");
     for sprite in sprites {
-        println!("{:<30} {:<8} {:<25} {}", sprite.name, sprite.status.as_str(), sprite.created_at, sprite.url);
+        println!(
+            "{:<30} {:<8} {:<25} {}",
+            sprite.name,
+            sprite.status.as_str(),
+            sprite.created_at,
+            sprite.url
+        );
     }
 }
 
@@ -372,9 +456,15 @@ async fn sessions_command(args: &Args, command: &SessionsCommand) -> Result<u8> 
             if args.json {
                 return print_json(&sessions).map(|()| 0);
             }
-            println!("{:<6} {:<7} {:<5} {:<25} COMMAND", "ID", "ACTIVE", "TTY", "CREATED");
+            println!(
+                "{:<6} {:<7} {:<5} {:<25} COMMAND",
+                "ID", "ACTIVE", "TTY", "CREATED"
+            );
             for s in sessions {
-                println!("{:<6} {:<7} {:<5} {:<25} {}", s.id, s.is_active, s.tty, s.created, s.command);
+                println!(
+                    "{:<6} {:<7} {:<5} {:<25} {}",
+                    s.id, s.is_active, s.tty, s.created, s.command
+                );
             }
             Ok(0)
         }

@@ -39,7 +39,10 @@ pub async fn console(client: &Client, name: &str) -> Result<u8> {
     params.stdin = true;
     params.cols = cols;
     params.rows = rows;
-    let stream = client.exec(name, &params).await.with_context(|| format!("open a console in {name}"))?;
+    let stream = client
+        .exec(name, &params)
+        .await
+        .with_context(|| format!("open a console in {name}"))?;
     interactive(stream).await
 }
 
@@ -50,7 +53,8 @@ pub async fn interactive(stream: ExecStream) -> Result<u8> {
     let (detach_tx, mut detach_rx) = tokio::sync::oneshot::channel::<()>();
     let input = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
-        let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
+        let mut winch =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
             tokio::select! {
@@ -90,7 +94,7 @@ pub async fn interactive(stream: ExecStream) -> Result<u8> {
                 Ok(ExecEvent::Text(_)) => {}
                 Err(error) => break Err(anyhow::Error::new(error)),
             },
-            _ = &mut detach_rx => {
+            Ok(()) = &mut detach_rx => {
                 drop(raw);
                 eprintln!("\r\ndetached; the session keeps running. Re-attach with `sprite sessions attach {session}`");
                 input.abort();
@@ -115,9 +119,14 @@ pub async fn ensure_local_daemon(args: &crate::cli::Args) -> Result<()> {
         return Ok(());
     }
     let data_dir = settings::data_dir();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {} (run as root)", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("create {} (run as root)", data_dir.display()))?;
     let log_path = data_dir.join("daemon.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("open {}", log_path.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
     let executable = std::env::current_exe().context("find the sprite binary")?;
     eprintln!("starting the sprite daemon (log: {})", log_path.display());
     use std::os::unix::process::CommandExt;
@@ -135,11 +144,17 @@ pub async fn ensure_local_daemon(args: &crate::cli::Args) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the daemon did not answer within 10 s; see {}", log_path.display())
+    anyhow::bail!(
+        "the daemon did not answer within 10 s; see {}",
+        log_path.display()
+    )
 }
 
 /// Creates a sprite, showing the image build's progress while the first create waits.
-pub async fn create_with_progress(client: &Client, request: &CreateSpriteRequest) -> Result<SpriteInfo> {
+pub async fn create_with_progress(
+    client: &Client,
+    request: &CreateSpriteRequest,
+) -> Result<SpriteInfo> {
     let create = client.create(request);
     tokio::pin!(create);
     let show = std::io::stderr().is_terminal();

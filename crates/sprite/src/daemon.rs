@@ -44,7 +44,8 @@ pub struct DaemonArgs {
 
 fn load_file_config(path: &Path) -> Result<FileConfig> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display())),
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display())),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
         Err(error) => Err(error).with_context(|| format!("read config file {}", path.display())),
     }
@@ -62,7 +63,11 @@ fn admin_token(given: Option<String>, data_dir: &Path) -> Result<String> {
             return Ok(text.trim().to_string());
         }
     }
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, &token).with_context(|| format!("write {}", temporary.display()))?;
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
@@ -73,11 +78,22 @@ fn admin_token(given: Option<String>, data_dir: &Path) -> Result<String> {
 }
 
 pub async fn run(args: DaemonArgs) -> Result<u8> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let file = load_file_config(&args.config)?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(crate::settings::data_dir);
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(crate::settings::data_dir);
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
     let executable = std::env::current_exe().context("find the sprite binary")?;
     let mut config = CoreConfig::new(data_dir.clone(), executable);
     if let Some(image) = args.image.or(file.image) {
@@ -99,7 +115,11 @@ pub async fn run(args: DaemonArgs) -> Result<u8> {
         .await
         .with_context(|| format!("listen on {listen} (is another daemon running?)"))?;
     let adopted = manager.recover().await.context("recover sprites")?;
-    tracing::info!(adopted, running = manager.running_count(), "sprites recovered");
+    tracing::info!(
+        adopted,
+        running = manager.running_count(),
+        "sprites recovered"
+    );
     {
         let manager = manager.clone();
         tokio::spawn(async move {
@@ -108,7 +128,10 @@ pub async fn run(args: DaemonArgs) -> Result<u8> {
             }
         });
     }
-    let state = AppState { manager, tokens: Arc::new(Tokens::new(vec![(token, "default".into())])) };
+    let state = AppState {
+        manager,
+        tokens: Arc::new(Tokens::new(vec![(token, "default".into())])),
+    };
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
     axum::serve(listener, sprite_server::router(state))
         .with_graceful_shutdown(shutdown_signal())
@@ -120,7 +143,9 @@ pub async fn run(args: DaemonArgs) -> Result<u8> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else { return };
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -17,24 +17,36 @@ pub fn token_file(data_dir: &Path) -> PathBuf {
 }
 
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("SPRITE_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    std::env::var_os("SPRITE_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 pub fn api_url(flag: Option<&str>) -> String {
     flag.map(str::to_string)
-        .or_else(|| std::env::var("SPRITES_API_URL").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("SPRITES_API_URL")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| DEFAULT_API_URL.to_string())
 }
 
 pub fn token(flag: Option<&str>) -> Result<String> {
-    if let Some(token) = flag.map(str::to_string).or_else(|| std::env::var("SPRITE_TOKEN").ok().filter(|s| !s.is_empty())) {
+    if let Some(token) = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("SPRITE_TOKEN").ok().filter(|s| !s.is_empty()))
+    {
         return Ok(token);
     }
     let path = token_file(&data_dir());
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(text.trim().to_string()),
         Err(error) => Err(error).with_context(|| {
-            format!("no token: pass --token, set SPRITE_TOKEN, or run as a user who can read {}", path.display())
+            format!(
+                "no token: pass --token, set SPRITE_TOKEN, or run as a user who can read {}",
+                path.display()
+            )
         }),
     }
 }
@@ -73,7 +85,8 @@ pub fn sprite_name(flag: Option<&str>) -> Result<String> {
 pub fn write_sprite_file(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(SPRITE_FILE);
     let text = serde_json::json!({ "sprite": name }).to_string();
-    std::fs::write(&path, format!("{text}\n")).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, format!("{text}\n"))
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
 

@@ -16,7 +16,10 @@ use tokio::net::UnixStream;
 
 /// Runs sprite-init until the process is killed. Returns an exit code on fatal error.
 pub fn serve(listener: std::os::unix::net::UnixListener) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sprite-init: start runtime: {error}");
@@ -56,16 +59,26 @@ pub fn serve(listener: std::os::unix::net::UnixListener) -> i32 {
     })
 }
 
-async fn send_event(stream: &mut (impl tokio::io::AsyncWrite + Unpin), event: &Event) -> Result<(), protocol::ProtocolError> {
+async fn send_event(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    event: &Event,
+) -> Result<(), protocol::ProtocolError> {
     protocol::write_message(stream, &Message::control(event)?).await
 }
 
-async fn handle_connection(sessions: Arc<Sessions>, mut stream: UnixStream) -> Result<(), protocol::ProtocolError> {
+async fn handle_connection(
+    sessions: Arc<Sessions>,
+    mut stream: UnixStream,
+) -> Result<(), protocol::ProtocolError> {
     let Some(first) = protocol::read_message(&mut stream).await? else {
         return Ok(());
     };
     let Message::Control(payload) = first else {
-        return send_event(&mut stream, &error(ErrorCode::Invalid, "first frame must be a request")).await;
+        return send_event(
+            &mut stream,
+            &error(ErrorCode::Invalid, "first frame must be a request"),
+        )
+        .await;
     };
     let request: Request = match protocol::parse_control(&payload) {
         Ok(request) => request,
@@ -73,16 +86,31 @@ async fn handle_connection(sessions: Arc<Sessions>, mut stream: UnixStream) -> R
     };
     match request {
         Request::Ping => {
-            let event = Event::Pong { pid: std::process::id(), sessions: sessions.count() };
+            let event = Event::Pong {
+                pid: std::process::id(),
+                sessions: sessions.count(),
+            };
             send_event(&mut stream, &event).await
         }
-        Request::List => send_event(&mut stream, &Event::Sessions { sessions: sessions.summaries() }).await,
+        Request::List => {
+            send_event(
+                &mut stream,
+                &Event::Sessions {
+                    sessions: sessions.summaries(),
+                },
+            )
+            .await
+        }
         Request::Kill { session_id, signal } => {
             let event = match sessions.get(&session_id) {
-                None => error(ErrorCode::NotFound, &format!("session {session_id} not found")),
-                Some(session) if session.exit_code().is_some() => {
-                    error(ErrorCode::Gone, &format!("session {session_id} already exited"))
-                }
+                None => error(
+                    ErrorCode::NotFound,
+                    &format!("session {session_id} not found"),
+                ),
+                Some(session) if session.exit_code().is_some() => error(
+                    ErrorCode::Gone,
+                    &format!("session {session_id} already exited"),
+                ),
                 Some(session) => match session.signal(signal) {
                     Ok(()) => Event::Ok,
                     Err(e) => error(ErrorCode::Invalid, &format!("signal {signal}: {e}")),
@@ -96,24 +124,51 @@ async fn handle_connection(sessions: Arc<Sessions>, mut stream: UnixStream) -> R
         },
         Request::Attach { session_id } => match sessions.get(&session_id) {
             Some(session) => attach(session, stream, true).await,
-            None => send_event(&mut stream, &error(ErrorCode::NotFound, &format!("session {session_id} not found"))).await,
+            None => {
+                send_event(
+                    &mut stream,
+                    &error(
+                        ErrorCode::NotFound,
+                        &format!("session {session_id} not found"),
+                    ),
+                )
+                .await
+            }
         },
         Request::Resize { .. } | Request::Signal { .. } => {
-            send_event(&mut stream, &error(ErrorCode::Invalid, "resize and signal belong to an attached session")).await
+            send_event(
+                &mut stream,
+                &error(
+                    ErrorCode::Invalid,
+                    "resize and signal belong to an attached session",
+                ),
+            )
+            .await
         }
     }
 }
 
 fn error(kind: ErrorCode, message: &str) -> Event {
-    Event::Error { kind, message: message.to_string() }
+    Event::Error {
+        kind,
+        message: message.to_string(),
+    }
 }
 
 /// Streams a session to one daemon connection until the process exits (then the exit
 /// event is the last frame) or the daemon goes away (the session keeps running).
-async fn attach(session: Arc<Session>, stream: UnixStream, replay: bool) -> Result<(), protocol::ProtocolError> {
+async fn attach(
+    session: Arc<Session>,
+    stream: UnixStream,
+    replay: bool,
+) -> Result<(), protocol::ProtocolError> {
     let (mut reader, mut writer) = stream.into_split();
     let (subscriber_id, backlog, mut receiver) = session.subscribe(replay);
-    let started = Event::Started { session_id: session.id.clone(), pid: session.pid, tty: session.tty };
+    let started = Event::Started {
+        session_id: session.id.clone(),
+        pid: session.pid,
+        tty: session.tty,
+    };
     send_event(&mut writer, &started).await?;
     let session_in = session.clone();
     let inbound = async move {
@@ -121,32 +176,34 @@ async fn attach(session: Arc<Session>, stream: UnixStream, replay: bool) -> Resu
             match protocol::read_message(&mut reader).await {
                 Ok(Some(Message::Stdin(data))) => session_in.write_stdin(&data).await,
                 Ok(Some(Message::StdinEof)) => session_in.close_stdin().await,
-                Ok(Some(Message::Control(payload))) => match protocol::parse_control::<Request>(&payload) {
-                    Ok(Request::Resize { cols, rows }) => session_in.resize(cols, rows),
-                    Ok(Request::Signal { signal }) => {
-                        let _ = session_in.signal(signal);
+                Ok(Some(Message::Control(payload))) => {
+                    match protocol::parse_control::<Request>(&payload) {
+                        Ok(Request::Resize { cols, rows }) => session_in.resize(cols, rows),
+                        Ok(Request::Signal { signal }) => {
+                            let _ = session_in.signal(signal);
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,
             }
         }
     };
     let outbound = async move {
-            for output in backlog {
-                protocol::write_message(&mut writer, &output.into_message()).await?;
-            }
-            while let Some(output) = receiver.recv().await {
-                match output {
-                    session::Output::Exit(code) => {
-                        send_event(&mut writer, &Event::Exit { code }).await?;
-                        return Ok(());
-                    }
-                    other => protocol::write_message(&mut writer, &other.into_message()).await?,
+        for output in backlog {
+            protocol::write_message(&mut writer, &output.into_message()).await?;
+        }
+        while let Some(output) = receiver.recv().await {
+            match output {
+                session::Output::Exit(code) => {
+                    send_event(&mut writer, &Event::Exit { code }).await?;
+                    return Ok(());
                 }
+                other => protocol::write_message(&mut writer, &other.into_message()).await?,
             }
-            Ok(())
+        }
+        Ok(())
     };
     let result = tokio::select! {
         result = outbound => result,

@@ -33,11 +33,16 @@ const EXITED_TTL_MS: u64 = 10 * 60 * 1000;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a session sends to its clients.
@@ -106,7 +111,8 @@ impl Sessions {
 
     pub fn summaries(&self) -> Vec<SessionSummary> {
         self.forget_old();
-        let mut list: Vec<SessionSummary> = lock(&self.by_id).values().map(|s| s.summary()).collect();
+        let mut list: Vec<SessionSummary> =
+            lock(&self.by_id).values().map(|s| s.summary()).collect();
         list.sort_by_key(|s| s.created_ms);
         list
     }
@@ -118,7 +124,9 @@ impl Sessions {
             .values()
             .filter_map(|s| {
                 let shared = lock(&s.shared);
-                shared.exit_code.map(|_| (shared.last_activity_ms, s.id.clone()))
+                shared
+                    .exit_code
+                    .map(|_| (shared.last_activity_ms, s.id.clone()))
             })
             .collect();
         exited.sort();
@@ -161,7 +169,9 @@ pub async fn reap_forever(sessions: Arc<Sessions>) {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => sessions.exited(pid.as_raw(), code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => sessions.exited(pid.as_raw(), 128 + signal as i32),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    sessions.exited(pid.as_raw(), 128 + signal as i32)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -174,7 +184,9 @@ pub async fn reap_forever(sessions: Arc<Sessions>) {
 
 fn resolve_program(path: &str, search: &str) -> Result<PathBuf, String> {
     let is_executable = |p: &Path| {
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     };
     if path.contains('/') {
         return Ok(PathBuf::from(path));
@@ -197,7 +209,8 @@ fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
 impl Session {
     /// Starts the process of a spawn request and its pumps.
     pub fn spawn(sessions: &Arc<Sessions>, request: SpawnRequest) -> Result<Arc<Session>, String> {
-        let account = users::lookup(&request.user).ok_or_else(|| format!("user {} does not exist in the sprite", request.user))?;
+        let account = users::lookup(&request.user)
+            .ok_or_else(|| format!("user {} does not exist in the sprite", request.user))?;
         let mut env: Vec<(String, String)> = match &request.env {
             Some(env) => env.clone(),
             None => {
@@ -209,59 +222,117 @@ impl Session {
                     ("SHELL".to_string(), account.shell.clone()),
                     ("LANG".to_string(), "C.UTF-8".to_string()),
                 ];
-                env.extend(request.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+                env.extend(
+                    request
+                        .extra_env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
                 env
             }
         };
         if request.tty && !env.iter().any(|(k, _)| k == "TERM") {
             env.push(("TERM".to_string(), "xterm-256color".to_string()));
         }
-        let search = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+        let search = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH);
         let program = resolve_program(&request.path, search)?;
         let workdir = request.dir.clone().unwrap_or_else(|| account.home.clone());
-        let workdir = if Path::new(&workdir).is_dir() { workdir } else if request.dir.is_some() {
+        let workdir = if Path::new(&workdir).is_dir() {
+            workdir
+        } else if request.dir.is_some() {
             return Err(format!("working directory {workdir} does not exist"));
         } else {
             "/".to_string()
         };
 
         let mut command = Command::new(&program);
-        command.arg0(request.argv.first().cloned().unwrap_or_else(|| request.path.clone()));
+        command.arg0(
+            request
+                .argv
+                .first()
+                .cloned()
+                .unwrap_or_else(|| request.path.clone()),
+        );
         command.args(request.argv.iter().skip(1));
-        command.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(&workdir);
+        command
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&workdir);
         sys::apply_child_setup(
             &mut command,
-            ChildSetup { uid: account.uid, gid: account.gid, groups: account.groups.clone(), controlling_tty: request.tty },
+            ChildSetup {
+                uid: account.uid,
+                gid: account.gid,
+                groups: account.groups.clone(),
+                controlling_tty: request.tty,
+            },
         );
 
         let spawn_error = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => format!("{}: permission denied", program.display()),
-            std::io::ErrorKind::NotFound => format!("{}: no such file or directory", program.display()),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("{}: permission denied", program.display())
+            }
+            std::io::ErrorKind::NotFound => {
+                format!("{}: no such file or directory", program.display())
+            }
             _ => format!("start {}: {e}", program.display()),
         };
         let (child, stdin, pty, stdout, stderr) = if request.tty {
-            let size = nix::pty::Winsize { ws_row: request.rows, ws_col: request.cols, ws_xpixel: 0, ws_ypixel: 0 };
-            let pty = nix::pty::openpty(Some(&size), None).map_err(|e| format!("open a pty: {e}"))?;
-            let slave = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| format!("pty: {e}"));
-            command.stdin(slave(&pty.slave)?).stdout(slave(&pty.slave)?).stderr(slave(&pty.slave)?);
+            let size = nix::pty::Winsize {
+                ws_row: request.rows,
+                ws_col: request.cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let pty =
+                nix::pty::openpty(Some(&size), None).map_err(|e| format!("open a pty: {e}"))?;
+            let slave = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| format!("pty: {e}"))
+            };
+            command
+                .stdin(slave(&pty.slave)?)
+                .stdout(slave(&pty.slave)?)
+                .stderr(slave(&pty.slave)?);
             let child = command.spawn().map_err(spawn_error)?;
             drop(pty.slave);
             nonblocking(&pty.master).map_err(|e| format!("pty: {e}"))?;
             let master = Arc::new(sys::async_fd(pty.master).map_err(|e| format!("pty: {e}"))?);
-            (child, Some(StdinWriter::Pty(master.clone())), Some(master), None, None)
+            (
+                child,
+                Some(StdinWriter::Pty(master.clone())),
+                Some(master),
+                None,
+                None,
+            )
         } else {
-            command.stdin(if request.stdin { Stdio::piped() } else { Stdio::null() });
+            command.stdin(if request.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = command.spawn().map_err(spawn_error)?;
             let to_fd = |fd: Option<OwnedFd>| fd.ok_or_else(|| "missing pipe".to_string());
             let stdin = match child.stdin.take() {
-                Some(s) => Some(StdinWriter::Pipe(pipe::Sender::from_owned_fd(OwnedFd::from(s)).map_err(|e| format!("stdin pipe: {e}"))?)),
+                Some(s) => Some(StdinWriter::Pipe(
+                    pipe::Sender::from_owned_fd(OwnedFd::from(s))
+                        .map_err(|e| format!("stdin pipe: {e}"))?,
+                )),
                 None => None,
             };
             let stdout = to_fd(child.stdout.take().map(OwnedFd::from))?;
             let stderr = to_fd(child.stderr.take().map(OwnedFd::from))?;
-            let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(|e| format!("stdout pipe: {e}"))?;
-            let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(|e| format!("stderr pipe: {e}"))?;
+            let stdout =
+                pipe::Receiver::from_owned_fd(stdout).map_err(|e| format!("stdout pipe: {e}"))?;
+            let stderr =
+                pipe::Receiver::from_owned_fd(stderr).map_err(|e| format!("stderr pipe: {e}"))?;
             (child, stdin, None, Some(stdout), Some(stderr))
         };
         // The reaper collects the exit status; dropping `Child` neither waits nor kills.
@@ -326,7 +397,11 @@ impl Session {
                 let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pumps).await;
             }
         }
-        let code = exit.wait_for(|code| code.is_some()).await.map(|code| code.unwrap_or(-1)).unwrap_or(-1);
+        let code = exit
+            .wait_for(|code| code.is_some())
+            .await
+            .map(|code| code.unwrap_or(-1))
+            .unwrap_or(-1);
         *self.stdin.lock().await = None;
         let subscribers: Vec<mpsc::Sender<Output>> = {
             let mut shared = lock(&self.shared);
@@ -348,7 +423,12 @@ impl Session {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     let data = buffer[..n].to_vec();
-                    self.publish(if stdout { Output::Stdout(data) } else { Output::Stderr(data) }).await;
+                    self.publish(if stdout {
+                        Output::Stdout(data)
+                    } else {
+                        Output::Stderr(data)
+                    })
+                    .await;
                 }
             }
         }
@@ -357,8 +437,12 @@ impl Session {
     async fn pump_pty(&self, master: Arc<AsyncFd<OwnedFd>>) {
         let mut buffer = vec![0u8; 32 * 1024];
         loop {
-            let Ok(mut guard) = master.readable().await else { return };
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buffer).map_err(std::io::Error::from)) {
+            let Ok(mut guard) = master.readable().await else {
+                return;
+            };
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref(), &mut buffer).map_err(std::io::Error::from)
+            }) {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(n)) => self.publish(Output::Stdout(buffer[..n].to_vec())).await,
                 Err(_would_block) => continue,
@@ -379,7 +463,9 @@ impl Session {
             shared.replay.push_back(output.clone());
             while shared.replay_bytes > REPLAY_BYTES {
                 match shared.replay.pop_front() {
-                    Some(Output::Stdout(d)) | Some(Output::Stderr(d)) => shared.replay_bytes -= d.len(),
+                    Some(Output::Stdout(d)) | Some(Output::Stderr(d)) => {
+                        shared.replay_bytes -= d.len()
+                    }
                     Some(Output::Exit(_)) => {}
                     None => break,
                 }
@@ -400,7 +486,11 @@ impl Session {
         let mut shared = lock(&self.shared);
         let id = shared.next_subscriber;
         shared.next_subscriber += 1;
-        let backlog = if replay { shared.replay.iter().cloned().collect() } else { Vec::new() };
+        let backlog = if replay {
+            shared.replay.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         if let Some(code) = shared.exit_code {
             let _ = sender.try_send(Output::Exit(code));
         } else {
@@ -434,7 +524,10 @@ impl Session {
         let mut shared = lock(&self.shared);
         let before = shared.subscribers.len();
         shared.subscribers.retain(|(other, _)| *other != id);
-        (before > 0 && shared.subscribers.is_empty(), shared.exit_code.is_none())
+        (
+            before > 0 && shared.subscribers.is_empty(),
+            shared.exit_code.is_none(),
+        )
     }
 
     pub fn exit_code(&self) -> Option<i32> {
@@ -493,7 +586,9 @@ impl Session {
 async fn write_pty(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
     while !data.is_empty() {
         let mut guard = master.writable().await?;
-        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+        match guard
+            .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+        {
             Ok(Ok(n)) => data = &data[n..],
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
@@ -508,7 +603,10 @@ mod tests {
 
     #[test]
     fn resolves_programs_on_path() {
-        assert_eq!(resolve_program("/x/y", "").expect("abs"), PathBuf::from("/x/y"));
+        assert_eq!(
+            resolve_program("/x/y", "").expect("abs"),
+            PathBuf::from("/x/y")
+        );
         let found = resolve_program("sh", "/nonexistent:/bin:/usr/bin").expect("sh");
         assert!(found.ends_with("sh"));
         assert!(resolve_program("no-such-program-xyz", "/bin").is_err());

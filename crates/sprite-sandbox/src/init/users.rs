@@ -18,7 +18,9 @@ pub fn find_account(passwd: &str, group: &str, name: &str) -> Option<Account> {
     let fields: Vec<&str> = passwd
         .lines()
         .map(|line| line.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 7 && (f[0] == name || numeric.is_some_and(|n| f[2].parse() == Ok(n))))?;
+        .find(|f| {
+            f.len() >= 7 && (f[0] == name || numeric.is_some_and(|n| f[2].parse() == Ok(n)))
+        })?;
     let uid = fields[2].parse().ok()?;
     let gid = fields[3].parse().ok()?;
     let account_name = fields[0].to_string();
@@ -63,8 +65,10 @@ pub fn lookup(name: &str) -> Option<Account> {
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nsprite:x:1000:1000::/home/sprite:/bin/bash\n";
-    const GROUP: &str = "root:x:0:\nsudo:x:27:sprite\ntty:x:5:\nsprite:x:1000:\nusers:x:100:other,sprite\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/bash\nsprite:x:1000:1000::/home/sprite:/bin/bash\n";
+    const GROUP: &str =
+        "root:x:0:\nsudo:x:27:sprite\ntty:x:5:\nsprite:x:1000:\nusers:x:100:other,sprite\n";
 
     #[test]
     fn finds_user_and_groups() {
@@ -72,7 +76,10 @@ mod tests {
         assert_eq!(account.uid, 1000);
         assert_eq!(account.home, "/home/sprite");
         assert_eq!(account.groups, vec![1000, 27, 100]);
-        assert_eq!(find_account(PASSWD, GROUP, "1000").map(|a| a.name), Some("sprite".into()));
+        assert_eq!(
+            find_account(PASSWD, GROUP, "1000").map(|a| a.name),
+            Some("sprite".into())
+        );
         assert_eq!(find_account(PASSWD, GROUP, "nobody"), None);
     }
 }

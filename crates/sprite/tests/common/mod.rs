@@ -1,0 +1,246 @@
+//! Test harness: a real daemon (this crate's binary) on a free port with its own data
+//! directory. Dropping it kills the daemon and every sprite it made (by their cgroups),
+//! even when the test failed.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use sprite_api::exec::ExecParams;
+use sprite_client::{Client, ExecEvent, ExecStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub url: String,
+    pub data: tempfile::TempDir,
+    pub client: Client,
+    pub pid: u32,
+    image: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Shared, prebuilt images (debootstrap takes a minute: once per machine).
+fn shared_images() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SPRITE_TEST_IMAGES")
+            .unwrap_or_else(|_| "/var/tmp/sprites-test-images".into()),
+    )
+}
+
+async fn ensure_shared_image(name: &str) -> PathBuf {
+    static BUILD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _guard = BUILD.lock().await;
+    let dir = shared_images();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let store = sprite_core::image::ImageStore::new(
+        dir.clone(),
+        100_000,
+        "http://deb.debian.org/debian".into(),
+    );
+    store.ensure(name).await.unwrap();
+    dir.join(name)
+}
+
+impl Daemon {
+    pub async fn start(image: &str) -> Daemon {
+        Self::start_with(image, "").await
+    }
+
+    pub async fn start_with(image: &str, config: &str) -> Daemon {
+        let data = tempfile::Builder::new()
+            .prefix("sprite-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            data.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        std::fs::create_dir_all(data.path().join("images")).unwrap();
+        let shared = ensure_shared_image(image).await;
+        std::os::unix::fs::symlink(&shared, data.path().join("images").join(image)).unwrap();
+        let config_path = data.path().join("daemon.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(data.path().join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sprite"))
+            .args([
+                "daemon",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--image",
+                image,
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--config")
+            .arg(&config_path)
+            .env("SPRITE_TOKEN", TOKEN)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let client = Client::new(&url, TOKEN);
+        let mut daemon = Daemon {
+            child: Some(child),
+            url,
+            data,
+            client,
+            pid,
+            image: image.to_string(),
+        };
+        daemon.wait_healthy().await;
+        daemon
+    }
+
+    pub async fn wait_healthy(&mut self) {
+        for _ in 0..200 {
+            if self.client.health().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("daemon did not come up: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon process only (sprites keep running), then starts a new one on
+    /// the same data directory and port.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sprite"))
+            .args([
+                "daemon",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--image",
+                &self.image,
+            ])
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--config")
+            .arg(self.data.path().join("daemon.toml"))
+            .env("SPRITE_TOKEN", TOKEN)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.pid = child.id();
+        self.child = Some(child);
+        self.wait_healthy().await;
+    }
+
+    pub fn sprite_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.data.path().join("sprites"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn data_path(&self) -> &Path {
+        self.data.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
+        for id in self.sprite_ids() {
+            let cgroup = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), &id);
+            let _ = cgroup.kill_all(Duration::from_secs(10));
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+pub fn params(argv: &[&str]) -> ExecParams {
+    let mut params = ExecParams::from_query(&[], 0).unwrap();
+    params.argv = argv.iter().map(|s| s.to_string()).collect();
+    params.path = argv[0].to_string();
+    params
+}
+
+/// Output of a finished command.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: i32,
+    pub session: String,
+}
+
+impl Finished {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+pub async fn collect(mut stream: ExecStream) -> Finished {
+    let mut finished = Finished::default();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("exec timed out")
+            .expect("exec stream")
+        {
+            ExecEvent::SessionInfo { session_id, .. } => finished.session = session_id,
+            ExecEvent::Stdout(d) => finished.stdout.extend(d),
+            ExecEvent::Stderr(d) => finished.stderr.extend(d),
+            ExecEvent::Exit(code) => {
+                finished.code = code;
+                return finished;
+            }
+            ExecEvent::Text(_) => {}
+        }
+    }
+}
+
+pub async fn run(client: &Client, sprite: &str, argv: &[&str]) -> Finished {
+    collect(client.exec(sprite, &params(argv)).await.unwrap()).await
+}
+
+pub async fn create(client: &Client, name: &str) {
+    let request = sprite_api::sprite::CreateSpriteRequest {
+        name: name.into(),
+        url_settings: None,
+        labels: None,
+        config: None,
+        environment: None,
+        wait_for_capacity: None,
+    };
+    client.create(&request).await.unwrap();
+}
