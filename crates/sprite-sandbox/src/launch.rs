@@ -83,6 +83,12 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
         .open(&log_path)
         .map_err(|e| SandboxError::OpenLog(log_path.clone(), e))?;
 
+    // A memory hog in the sprite must be the OOM killer's choice, never PID 1, which
+    // inherits this setting; what PID 1 starts resets it to 0. Best effort: a host
+    // without CAP_SYS_RESOURCE refuses, and the OOM killer still picks the largest
+    // process, which PID 1 is not.
+    let _ = fs::write("/proc/self/oom_score_adj", "-999");
+
     let (go_read, go_write) = pipe().map_err(SandboxError::Pipe)?;
     let (ready_read, ready_write) = pipe().map_err(SandboxError::Pipe)?;
 

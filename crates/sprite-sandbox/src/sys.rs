@@ -146,10 +146,19 @@ pub fn apply_child_setup(command: &mut std::process::Command, setup: ChildSetup)
     use std::os::unix::process::CommandExt;
     let groups: Vec<libc::gid_t> = setup.groups.clone();
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (setsid, ioctl, setgroups, setresgid, setresuid,
+    // async-signal-safe functions (open, write, close, setsid, ioctl, setgroups, setresgid, setresuid,
     // signal mask reset); it allocates nothing (`groups` was built before the fork).
     unsafe {
         command.pre_exec(move || {
+            // PID 1 is shielded from the OOM killer; what it starts is not.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

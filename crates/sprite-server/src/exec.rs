@@ -154,13 +154,21 @@ async fn run_bridge(socket: WebSocket, attachment: Attachment) {
     {
         return;
     }
-    let outbound = forward_output(reader, sink, tty);
-    let inbound = forward_input(stream, writer, tty);
-    tokio::select! {
-        () = outbound => {}
-        () = inbound => {}
-    }
+    let (finished, finished_rx) = tokio::sync::oneshot::channel();
+    let outbound = tokio::spawn(async move {
+        forward_output(reader, sink, tty).await;
+        let _ = finished.send(());
+    });
+    forward_input(stream, writer, tty, finished_rx).await;
+    // The client left (or the exit was delivered): stop streaming; the process, if
+    // still running, stays in its session for a later attach.
+    outbound.abort();
 }
+
+/// After the exit frame, how long the client may take to close its side. Input is
+/// drained meanwhile: closing a socket with unread input makes the kernel reset the
+/// connection, which can destroy the exit frame before the client reads it.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn forward_output(
     mut reader: SessionReader,
@@ -186,7 +194,8 @@ async fn forward_output(
                     .await;
                 return;
             }
-            Ok(None) | Err(_) => {
+            other => {
+                tracing::warn!("session stream ended without an exit: {other:?}");
                 // Never report success for a process whose end we did not see.
                 let close = CloseFrame {
                     code: 1011,
@@ -206,8 +215,28 @@ async fn forward_input(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     mut writer: SessionWriter,
     tty: bool,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
 ) {
-    while let Some(Ok(message)) = stream.next().await {
+    let mut input_open = true;
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            _ = &mut finished => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(message)) = stream.next().await {
+                        if matches!(message, Message::Close(_)) {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                return;
+            }
+        };
+        let Some(Ok(message)) = message else { return };
+        if !input_open && !matches!(message, Message::Close(_)) {
+            continue;
+        }
         let result = match message {
             Message::Binary(data) if tty => writer.stdin(data.to_vec()).await,
             Message::Binary(data) => match Frame::decode(&data) {
@@ -228,8 +257,10 @@ async fn forward_input(
             Message::Close(_) => return,
             _ => Ok(()),
         };
+        // sprite-init closes its side right after the exit; input racing with that
+        // (a late stdin EOF) is dropped, and the exit frame still goes out.
         if result.is_err() {
-            return;
+            input_open = false;
         }
     }
 }
