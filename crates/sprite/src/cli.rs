@@ -14,7 +14,8 @@ pub struct Args {
     /// API base URL (default: $SPRITES_API_URL or http://127.0.0.1:7070).
     #[arg(long, global = true)]
     pub api_url: Option<String>,
-    /// API token (default: $SPRITE_TOKEN or the local daemon's admin token).
+    /// API token (default: $SPRITE_TOKEN or the local daemon's admin token); for
+    /// `sprite daemon`, the admin token it accepts.
     #[arg(long, global = true)]
     pub token: Option<String>,
     /// Print data as JSON.
@@ -205,10 +206,11 @@ fn generated_name() -> String {
 pub async fn run(args: Args) -> Result<u8> {
     match &args.command {
         Command::Daemon(_) => {
+            let token = args.token.clone();
             let Command::Daemon(daemon) = args.command else {
                 return Ok(1);
             };
-            crate::daemon::run(daemon).await
+            crate::daemon::run(daemon, token).await
         }
         Command::Version => {
             if args.json {

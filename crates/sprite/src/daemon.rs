@@ -77,7 +77,8 @@ fn admin_token(given: Option<String>, data_dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-pub async fn run(args: DaemonArgs) -> Result<u8> {
+/// `token` is the global `--token` flag: the admin token to accept.
+pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
@@ -110,7 +111,10 @@ pub async fn run(args: DaemonArgs) -> Result<u8> {
     config.url_domain = file.url_domain.unwrap_or(config.url_domain);
 
     let manager = SpriteManager::open(config).context("open the daemon's state")?;
-    let token = admin_token(std::env::var("SPRITE_TOKEN").ok().or(file.token), &data_dir)?;
+    let given = token
+        .or_else(|| std::env::var("SPRITE_TOKEN").ok())
+        .or(file.token);
+    let token = admin_token(given, &data_dir)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listen on {listen} (is another daemon running?)"))?;
@@ -133,6 +137,11 @@ pub async fn run(args: DaemonArgs) -> Result<u8> {
         tokens: Arc::new(Tokens::new(vec![(token, "default".into())])),
     };
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
+    // Small exec frames must not wait for delayed ACKs (Nagle adds ~40 ms per exec).
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
     axum::serve(listener, sprite_server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

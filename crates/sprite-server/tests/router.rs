@@ -1,0 +1,130 @@
+//! The router driven with `oneshot`, no socket and no sandbox: auth, error bodies,
+//! headers and input validation.
+#![allow(clippy::unwrap_used)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use sprite_core::{CoreConfig, SpriteManager};
+use sprite_server::{router, AppState, Tokens};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+fn app(dir: &std::path::Path) -> axum::Router {
+    let manager = SpriteManager::open(CoreConfig::new(
+        dir.to_path_buf(),
+        "/nonexistent/sprite".into(),
+    ))
+    .unwrap();
+    router(AppState {
+        manager,
+        tokens: Arc::new(Tokens::new(vec![("secret".into(), "default".into())])),
+    })
+}
+
+async fn call(
+    app: axum::Router,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for header in [None, Some("Bearer wrong"), Some("Basic Ym9ndXM=")] {
+        let mut request = Request::get("/v1/sprites");
+        if let Some(value) = header {
+            request = request.header("authorization", value);
+        }
+        let (status, headers, body) =
+            call(app(dir.path()), request.body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"], "authentication failed");
+        assert!(headers.contains_key("sprite-version"));
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_with_user_bearer_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    // base64("bearer:secret")
+    let request = Request::get("/v1/sprites").header("authorization", "Basic YmVhcmVyOnNlY3JldA==");
+    let (status, _, body) = call(app(dir.path()), request.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["sprites"], serde_json::json!([]));
+    assert_eq!(body["has_more"], false);
+}
+
+#[tokio::test]
+async fn errors_have_the_api_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let get = |uri: &str| {
+        Request::get(uri)
+            .header("authorization", "Bearer secret")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, _, body) = call(app(dir.path()), get("/v1/sprites/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "sprite not found");
+
+    let (status, _, body) = call(app(dir.path()), get("/v1/sprites?max_results=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("max_results"));
+
+    let post = |body: &'static str| {
+        Request::post("/v1/sprites")
+            .header("authorization", "Bearer secret")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, _, body) = call(app(dir.path()), post("{")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("malformed JSON body"));
+    let (status, _, body) = call(app(dir.path()), post(r#"{"name":"No_Caps"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("use only a-z, 0-9 and -"),
+        "{body}"
+    );
+    let (status, _, body) = call(
+        app(dir.path()),
+        post(r#"{"name":"ok","config":{"cpus":4096}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().unwrap().contains("config.cpus"),
+        "{body}"
+    );
+
+    let (status, _, _) = call(app(dir.path()), get("/v2/unknown")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn healthz_needs_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, _, body) = call(
+        app(dir.path()),
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+}

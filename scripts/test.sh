@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, and the end-to-end tests that
+# start real daemons and sandboxes (they need root, cgroups and namespaces). Also runs
+# the official Python SDK (sprites-py) against the daemon, from a venv made here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "error: the end-to-end tests start sandboxes and need root" >&2
+    echo "hint: run it as root: sudo -E $0" >&2
+    exit 1
+fi
+
+venv=target/sdk-venv
+if ! "$venv/bin/python" -c 'import sprites' 2>/dev/null; then
+    echo "== installing sprites-py into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'sprites-py==0.7.2'
+fi
+export SPRITE_SDK_PYTHON="$PWD/$venv/bin/python"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+
+# Nothing a test made may outlive the suite.
+leaks=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -path '*/sprites/sprite-*' 2>/dev/null || true)
+procs=$(pgrep -af 'sprite (init|daemon)' || true)
+if [ -n "$leaks$procs" ]; then
+    echo "error: the tests left resources behind:" >&2
+    echo "$leaks" >&2
+    echo "$procs" >&2
+    exit 1
+fi
+echo "== no cgroups or sprite processes left behind"
