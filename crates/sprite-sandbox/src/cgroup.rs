@@ -87,6 +87,24 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Creates `parent/name`, recreating `parent` if the last sprite's removal raced us.
+fn create_nested(parent: &Path, name: &str) -> Result<(), CgroupError> {
+    let dir = parent.join(name);
+    for _ in 0..3 {
+        create_dir(parent)?;
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(CgroupError::Create(dir, e)),
+        }
+    }
+    Err(CgroupError::Create(
+        dir,
+        std::io::Error::from(ErrorKind::NotFound),
+    ))
+}
+
 impl SpriteCgroup {
     pub fn new(layout: Layout, sprite_id: &str) -> Self {
         SpriteCgroup {
@@ -127,7 +145,7 @@ impl SpriteCgroup {
                 create_dir(&parent)?;
                 write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
                 let dir = parent.join(&self.name);
-                create_dir(&dir)?;
+                create_nested(&parent, &self.name)?;
                 write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
                 if dir.join("memory.swap.max").exists() {
                     write(&dir.join("memory.swap.max"), "0")?;
@@ -140,8 +158,7 @@ impl SpriteCgroup {
             }
             Layout::V1(list) => {
                 for (_, mount) in list {
-                    create_dir(&mount.join(PARENT))?;
-                    create_dir(&mount.join(PARENT).join(&self.name))?;
+                    create_nested(&mount.join(PARENT), &self.name)?;
                 }
                 if let Some(dir) = self.v1_dir("memory") {
                     write(
@@ -246,6 +263,11 @@ impl SpriteCgroup {
                     }
                     Err(e) => return Err(CgroupError::Remove(dir, e)),
                 }
+            }
+            // The shared parent goes with the last sprite, so an idle host holds no
+            // cgroup of ours; it fails harmlessly while other sprites exist.
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
             }
         }
         Ok(())

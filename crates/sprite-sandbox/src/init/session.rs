@@ -143,8 +143,13 @@ impl Sessions {
         lock(&self.by_id).insert(session.id.clone(), session);
     }
 
+    /// Session ids count up from PID 1's start time in milliseconds, so an id from
+    /// before a sprite restart never names a new session.
     fn next_id(&self) -> String {
         let mut next = lock(&self.next_id);
+        if *next == 0 {
+            *next = now_ms();
+        }
         *next += 1;
         next.to_string()
     }
@@ -199,10 +204,13 @@ fn resolve_program(path: &str, search: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{path}: command not found"))
 }
 
-fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+/// Makes a PTY master non-blocking and keeps it out of every later process (a leaked
+/// master would let one session read another's terminal).
+fn prepare_master(fd: &OwnedFd) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
@@ -302,7 +310,7 @@ impl Session {
                 .stderr(slave(&pty.slave)?);
             let child = command.spawn().map_err(spawn_error)?;
             drop(pty.slave);
-            nonblocking(&pty.master).map_err(|e| format!("pty: {e}"))?;
+            prepare_master(&pty.master).map_err(|e| format!("pty: {e}"))?;
             let master = Arc::new(sys::async_fd(pty.master).map_err(|e| format!("pty: {e}"))?);
             (
                 child,
