@@ -170,29 +170,59 @@ async fn run_bridge(socket: WebSocket, attachment: Attachment) {
 /// connection, which can destroy the exit frame before the client reads it.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often the server pings a client, and how long it waits for any frame from the
+/// client (clients ping every 15 s, and answer our pings) before it gives up on it.
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+const IDLE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
 async fn forward_output(
     mut reader: SessionReader,
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     tty: bool,
 ) {
+    // Reading a session is not cancel-safe, so it runs in its own task and the loop
+    // below selects on a channel and the ping timer instead.
+    let (events, mut received) = tokio::sync::mpsc::channel(16);
+    let _pump = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let event = reader.next().await;
+            let last = !matches!(
+                event,
+                Ok(Some(SessionEvent::Stdout(_) | SessionEvent::Stderr(_)))
+            );
+            if events.send(event).await.is_err() || last {
+                return;
+            }
+        }
+    }));
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
-        let message = match reader.next().await {
-            Ok(Some(SessionEvent::Stdout(data))) if tty => Message::Binary(data.into()),
-            Ok(Some(SessionEvent::Stdout(data))) => {
+        let event = tokio::select! {
+            event = received.recv() => event,
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let message = match event {
+            Some(Ok(Some(SessionEvent::Stdout(data)))) if tty => Message::Binary(data.into()),
+            Some(Ok(Some(SessionEvent::Stdout(data)))) => {
                 Message::Binary(Frame::Stdout(data).encode().into())
             }
-            Ok(Some(SessionEvent::Stderr(data))) => {
+            Some(Ok(Some(SessionEvent::Stderr(data)))) => {
                 Message::Binary(Frame::Stderr(data).encode().into())
             }
-            Ok(Some(SessionEvent::Exit(code))) => {
+            Some(Ok(Some(SessionEvent::Exit(code)))) => {
                 let _ = sink.send(exit_message(code, tty)).await;
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: "exited".into(),
-                    })))
-                    .await;
-                return;
+                let close = CloseFrame {
+                    code: 1000,
+                    reason: "exited".into(),
+                };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                break;
             }
             other => {
                 tracing::warn!("session stream ended without an exit: {other:?}");
@@ -202,12 +232,22 @@ async fn forward_output(
                     reason: "sprite went away before the command exited".into(),
                 };
                 let _ = sink.send(Message::Close(Some(close))).await;
-                return;
+                break;
             }
         };
         if sink.send(message).await.is_err() {
-            return;
+            break;
         }
+    }
+}
+
+/// Aborts a task when dropped, so a client leaving also drops the session reader (and
+/// with it the daemon's attachment in sprite-init).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -220,7 +260,13 @@ async fn forward_input(
     let mut input_open = true;
     loop {
         let message = tokio::select! {
-            message = stream.next() => message,
+            message = tokio::time::timeout(IDLE_READ_TIMEOUT, stream.next()) => match message {
+                Ok(message) => message,
+                Err(_) => {
+                    tracing::info!("exec client silent for {IDLE_READ_TIMEOUT:?}; detaching");
+                    return;
+                }
+            },
             _ = &mut finished => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
                     while let Some(Ok(message)) = stream.next().await {

@@ -336,7 +336,7 @@ pub async fn run(args: Args) -> Result<u8> {
                 params.env = Some(pairs);
             }
             if *tty {
-                let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+                let (cols, rows) = crate::console::terminal_size();
                 params.cols = cols;
                 params.rows = rows;
                 let stream = client(&args)?.exec(&name, &params).await?;

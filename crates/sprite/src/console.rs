@@ -29,9 +29,18 @@ impl Drop for RawMode {
     }
 }
 
+/// The terminal's size, or 80x24 when it has none (or reports 0x0, as a fresh
+/// pseudo-terminal does).
+pub fn terminal_size() -> (u16, u16) {
+    match crossterm::terminal::size() {
+        Ok((cols, rows)) if cols > 0 && rows > 0 => (cols, rows),
+        _ => (80, 24),
+    }
+}
+
 /// Opens a login shell in the sprite.
 pub async fn console(client: &Client, name: &str) -> Result<u8> {
-    let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+    let (cols, rows) = terminal_size();
     let mut params = ExecParams::from_query(&[], 0).map_err(anyhow::Error::msg)?;
     params.argv = vec!["bash".into(), "-l".into()];
     params.path = "bash".into();
@@ -73,9 +82,8 @@ pub async fn interactive(stream: ExecStream) -> Result<u8> {
                     }
                 },
                 Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
-                    if let Ok((cols, rows)) = crossterm::terminal::size() {
-                        let _ = sender.resize(cols, rows).await;
-                    }
+                    let (cols, rows) = terminal_size();
+                    let _ = sender.resize(cols, rows).await;
                 }
             }
         }

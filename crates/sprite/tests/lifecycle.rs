@@ -308,3 +308,37 @@ async fn list_pages_and_prefixes() {
         daemon.client.destroy(name).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_commands_stop_after_their_grace() {
+    let daemon = Daemon::start("busybox").await;
+    create(&daemon.client, "grace").await;
+    let mut p = params(&["sleep", "300"]);
+    p.max_run_after_disconnect_secs = Some(1);
+    let mut stream = daemon.client.exec("grace", &p).await.unwrap();
+    let session = match stream.next().await.unwrap() {
+        ExecEvent::SessionInfo { session_id, .. } => session_id,
+        other => panic!("{other:?}"),
+    };
+    stream.close().await;
+    let active = |sessions: &[sprite_api::exec::SessionInfo]| {
+        sessions.iter().any(|s| s.id == session && s.is_active)
+    };
+    assert!(
+        active(&daemon.client.sessions("grace").await.unwrap()),
+        "stopped too early"
+    );
+    let mut stopped = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !active(&daemon.client.sessions("grace").await.unwrap()) {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(
+        stopped,
+        "an abandoned non-TTY command kept running past max_run_after_disconnect"
+    );
+    daemon.client.destroy("grace").await.unwrap();
+}
