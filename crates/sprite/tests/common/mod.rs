@@ -53,6 +53,33 @@ async fn ensure_shared_image(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Starts `sprite daemon` on a data directory; its log is appended to `daemon.log`.
+fn spawn_daemon(data: &Path, port: u16, image: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("daemon.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_sprite"))
+        .args([
+            "daemon",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--image",
+            image,
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(data.join("daemon.toml"))
+        .env("SPRITE_TOKEN", TOKEN)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 impl Daemon {
     pub async fn start(image: &str) -> Daemon {
         Self::start_with(image, "").await
@@ -71,29 +98,10 @@ impl Daemon {
         std::fs::create_dir_all(data.path().join("images")).unwrap();
         let shared = ensure_shared_image(image).await;
         std::os::unix::fs::symlink(&shared, data.path().join("images").join(image)).unwrap();
-        let config_path = data.path().join("daemon.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(data.path().join("daemon.toml"), config).unwrap();
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(data.path().join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sprite"))
-            .args([
-                "daemon",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--image",
-                image,
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--config")
-            .arg(&config_path)
-            .env("SPRITE_TOKEN", TOKEN)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_daemon(data.path(), port, image);
         let pid = child.id();
         let client = Client::new(&url, TOKEN);
         let mut daemon = Daemon {
@@ -129,28 +137,8 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let port = self.url.rsplit(':').next().unwrap().to_string();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.data.path().join("daemon.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sprite"))
-            .args([
-                "daemon",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--image",
-                &self.image,
-            ])
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .arg("--config")
-            .arg(self.data.path().join("daemon.toml"))
-            .env("SPRITE_TOKEN", TOKEN)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let child = spawn_daemon(self.data.path(), port, &self.image);
         self.pid = child.id();
         self.child = Some(child);
         self.wait_healthy().await;
