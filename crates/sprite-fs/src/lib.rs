@@ -1,7 +1,16 @@
-//! SpriteFS, the storage engine: volumes, versions, block maps, the chunk store, the
-//! cache, the uploader, GC and FUSE. Must not depend on the sandbox or the server.
+//! SpriteFS, the storage engine: volumes, versions, block maps and the
+//! content-addressed chunk store. Must not depend on the sandbox or the server.
 //!
-//! Not built yet: until it is, sprites' writable layers are local directories
-//! (`sprite_core::rootfs::LocalOverlayStore`), behind the `RootStore` trait this crate
-//! will implement.
+//! Built so far: chunks ([`chunk`]), the object-store stack ([`store`]) and volume
+//! metadata with O(1) checkpoint, restore and fork ([`meta`]). Still to come (issue 3):
+//! the block engine with local staging and the uploader, FUSE exposure, GC and the
+//! metadata log in the object store. Until then sprites' writable layers are local
+//! directories (`sprite_core::rootfs::LocalOverlayStore`).
 #![forbid(unsafe_code)]
+
+pub mod chunk;
+mod error;
+pub mod meta;
+pub mod store;
+
+pub use error::{FsError, StoreError};

@@ -1,0 +1,73 @@
+//! Errors of SpriteFS. Store errors say whether a retry can help.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("object store call {operation} on {key} timed out")]
+    Timeout {
+        operation: &'static str,
+        key: String,
+    },
+    #[error("object store call {operation} on {key} failed")]
+    Transient {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("object store call {operation} on {key} failed for good")]
+    Permanent {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("injected fault in {operation} on {key}")]
+    Injected {
+        operation: &'static str,
+        key: String,
+    },
+    #[error("object store url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Transient { .. } | StoreError::Injected { .. }
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("object store")]
+    Store(#[from] StoreError),
+    #[error("chunk compression")]
+    Compress(#[source] std::io::Error),
+    #[error("chunk {chunk} does not match its hash")]
+    Corrupt { chunk: String },
+    #[error("metadata database")]
+    Database(#[from] rusqlite::Error),
+    #[error("volume {0} not found")]
+    VolumeNotFound(String),
+    #[error("version {version} of volume {volume} not found")]
+    VersionNotFound { volume: String, version: String },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("offset {offset} + {len} is past the end of volume {volume} ({size} bytes)")]
+    OutOfRange {
+        volume: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+}

@@ -1,0 +1,499 @@
+//! Volume metadata in SQLite: volumes, layers, versions and block maps.
+//!
+//! A volume's block map is a chain of **layers**: each layer holds only the blocks
+//! written while it was the head, and points at its parent. Reading a block walks from
+//! the head towards the root; the nearest layer that has it wins. That makes the
+//! operations that matter metadata-only and O(1), whatever the volume holds:
+//! - **checkpoint**: seal the head, name it as a version, start a new empty head on top;
+//! - **restore**: start a new empty head on top of the version's layer;
+//! - **fork**: a new volume whose head is a new empty layer on top of the version's.
+//! A sealed layer never changes. Layers no volume head or version can reach are garbage.
+
+use crate::chunk::ChunkId;
+use crate::error::FsError;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    block_size INTEGER NOT NULL,
+    head INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE layers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    volume TEXT NOT NULL,
+    parent INTEGER,
+    sealed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE versions (
+    volume TEXT NOT NULL,
+    name TEXT NOT NULL,
+    layer INTEGER NOT NULL,
+    comment TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (volume, name)
+);
+-- chunk NULL: the block was written with zeros (a hole over an older layer's data).
+CREATE TABLE blocks (
+    layer INTEGER NOT NULL,
+    block INTEGER NOT NULL,
+    chunk BLOB,
+    PRIMARY KEY (layer, block)
+) WITHOUT ROWID;
+"];
+
+/// A volume's fixed properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub size: u64,
+    pub block_size: u64,
+    pub head: i64,
+}
+
+/// A named, immutable version of a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub name: String,
+    pub layer: i64,
+    pub comment: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug)]
+pub struct Meta {
+    connection: Mutex<Connection>,
+}
+
+fn now() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    seconds.to_string()
+}
+
+fn chunk_from(blob: Option<Vec<u8>>) -> Option<ChunkId> {
+    let blob = blob?;
+    let bytes: [u8; 32] = blob.try_into().ok()?;
+    Some(ChunkId(bytes))
+}
+
+impl Meta {
+    pub fn open(path: &Path) -> Result<Meta, FsError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    pub fn in_memory() -> Result<Meta, FsError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut connection: Connection) -> Result<Meta, FsError> {
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        let version: usize =
+            connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(migration)?;
+            transaction.pragma_update(None, "user_version", index + 1)?;
+            transaction.commit()?;
+        }
+        Ok(Meta {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_layer(
+        connection: &Connection,
+        volume: &str,
+        parent: Option<i64>,
+    ) -> Result<i64, FsError> {
+        connection.execute(
+            "INSERT INTO layers (volume, parent) VALUES (?1, ?2)",
+            params![volume, parent],
+        )?;
+        Ok(connection.last_insert_rowid())
+    }
+
+    pub fn create_volume(
+        &self,
+        id: &str,
+        size: u64,
+        block_size: u64,
+    ) -> Result<VolumeInfo, FsError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let head = Self::new_layer(&transaction, id, None)?;
+        transaction.execute(
+            "INSERT INTO volumes (id, size, block_size, head, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, size as i64, block_size as i64, head, now()],
+        )?;
+        transaction.commit()?;
+        Ok(VolumeInfo {
+            id: id.to_string(),
+            size,
+            block_size,
+            head,
+        })
+    }
+
+    pub fn volume(&self, id: &str) -> Result<VolumeInfo, FsError> {
+        self.lock()
+            .query_row(
+                "SELECT id, size, block_size, head FROM volumes WHERE id = ?1",
+                params![id],
+                |row| {
+                    Ok(VolumeInfo {
+                        id: row.get(0)?,
+                        size: row.get::<_, i64>(1)? as u64,
+                        block_size: row.get::<_, i64>(2)? as u64,
+                        head: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| FsError::VolumeNotFound(id.to_string()))
+    }
+
+    pub fn volumes(&self) -> Result<Vec<String>, FsError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT id FROM volumes ORDER BY id")?;
+        let rows = statement.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The block map of a volume's head: block index → chunk (holes left out).
+    pub fn block_map(&self, volume: &str) -> Result<BTreeMap<u64, ChunkId>, FsError> {
+        let head = self.volume(volume)?.head;
+        self.layer_map(head)
+    }
+
+    /// The block map as seen from a layer (its own blocks over its ancestors').
+    pub fn layer_map(&self, layer: i64) -> Result<BTreeMap<u64, ChunkId>, FsError> {
+        let connection = self.lock();
+        let mut chain = Vec::new();
+        let mut next = Some(layer);
+        while let Some(id) = next {
+            chain.push(id);
+            next = connection.query_row(
+                "SELECT parent FROM layers WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )?;
+        }
+        let mut map: BTreeMap<u64, Option<ChunkId>> = BTreeMap::new();
+        let mut statement =
+            connection.prepare("SELECT block, chunk FROM blocks WHERE layer = ?1")?;
+        for id in chain {
+            let rows = statement.query_map(params![id], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, Option<Vec<u8>>>(1)?,
+                ))
+            })?;
+            for row in rows {
+                let (block, chunk) = row?;
+                map.entry(block).or_insert_with(|| chunk_from(chunk));
+            }
+        }
+        Ok(map
+            .into_iter()
+            .filter_map(|(block, chunk)| chunk.map(|c| (block, c)))
+            .collect())
+    }
+
+    /// Records blocks written to the volume's head (`None` = zeros) in one transaction.
+    pub fn record_blocks(
+        &self,
+        volume: &str,
+        blocks: &[(u64, Option<ChunkId>)],
+    ) -> Result<(), FsError> {
+        let head = self.volume(volume)?.head;
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut statement = transaction.prepare(
+                "INSERT OR REPLACE INTO blocks (layer, block, chunk) VALUES (?1, ?2, ?3)",
+            )?;
+            for (block, chunk) in blocks {
+                statement.execute(params![head, *block as i64, chunk.map(|c| c.0.to_vec())])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Seals the head as version `name` and starts a new head on top. Cost is constant.
+    pub fn checkpoint(
+        &self,
+        volume: &str,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<VersionInfo, FsError> {
+        let head = self.volume(volume)?.head;
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        transaction.execute("UPDATE layers SET sealed = 1 WHERE id = ?1", params![head])?;
+        let created_at = now();
+        transaction.execute(
+            "INSERT INTO versions (volume, name, layer, comment, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![volume, name, head, comment, created_at],
+        )?;
+        let new_head = Self::new_layer(&transaction, volume, Some(head))?;
+        transaction.execute(
+            "UPDATE volumes SET head = ?2 WHERE id = ?1",
+            params![volume, new_head],
+        )?;
+        transaction.commit()?;
+        Ok(VersionInfo {
+            name: name.to_string(),
+            layer: head,
+            comment: comment.map(str::to_string),
+            created_at,
+        })
+    }
+
+    pub fn version(&self, volume: &str, name: &str) -> Result<VersionInfo, FsError> {
+        self.lock()
+            .query_row(
+                "SELECT name, layer, comment, created_at FROM versions WHERE volume = ?1 AND name = ?2",
+                params![volume, name],
+                |row| Ok(VersionInfo { name: row.get(0)?, layer: row.get(1)?, comment: row.get(2)?, created_at: row.get(3)? }),
+            )
+            .optional()?
+            .ok_or_else(|| FsError::VersionNotFound { volume: volume.to_string(), version: name.to_string() })
+    }
+
+    pub fn versions(&self, volume: &str) -> Result<Vec<VersionInfo>, FsError> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare("SELECT name, layer, comment, created_at FROM versions WHERE volume = ?1 ORDER BY layer")?;
+        let rows = statement.query_map(params![volume], |row| {
+            Ok(VersionInfo {
+                name: row.get(0)?,
+                layer: row.get(1)?,
+                comment: row.get(2)?,
+                created_at: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Points the volume's head at a new empty layer over version `name`.
+    pub fn restore(&self, volume: &str, name: &str) -> Result<(), FsError> {
+        let version = self.version(volume, name)?;
+        let connection = self.lock();
+        let head = Self::new_layer(&connection, volume, Some(version.layer))?;
+        connection.execute(
+            "UPDATE volumes SET head = ?2 WHERE id = ?1",
+            params![volume, head],
+        )?;
+        Ok(())
+    }
+
+    /// Makes a new volume from a version of another: metadata only.
+    pub fn fork(&self, source: &str, version: &str, new_id: &str) -> Result<VolumeInfo, FsError> {
+        let info = self.volume(source)?;
+        let version = self.version(source, version)?;
+        let connection = self.lock();
+        let head = Self::new_layer(&connection, new_id, Some(version.layer))?;
+        connection.execute(
+            "INSERT INTO volumes (id, size, block_size, head, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![new_id, info.size as i64, info.block_size as i64, head, now()],
+        )?;
+        Ok(VolumeInfo {
+            id: new_id.to_string(),
+            size: info.size,
+            block_size: info.block_size,
+            head,
+        })
+    }
+
+    pub fn delete_version(&self, volume: &str, name: &str) -> Result<(), FsError> {
+        self.version(volume, name)?;
+        self.lock().execute(
+            "DELETE FROM versions WHERE volume = ?1 AND name = ?2",
+            params![volume, name],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, id: &str) -> Result<(), FsError> {
+        let connection = self.lock();
+        connection.execute("DELETE FROM versions WHERE volume = ?1", params![id])?;
+        connection.execute("DELETE FROM volumes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Deletes layers no volume head or version reaches, with their block rows. Returns
+    /// how many layers went.
+    pub fn collect_layers(&self) -> Result<usize, FsError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let live: HashSet<i64> = {
+            let mut roots: Vec<i64> = Vec::new();
+            let mut statement =
+                transaction.prepare("SELECT head FROM volumes UNION SELECT layer FROM versions")?;
+            for row in statement.query_map([], |row| row.get(0))? {
+                roots.push(row?);
+            }
+            let mut parent = transaction.prepare("SELECT parent FROM layers WHERE id = ?1")?;
+            let mut live = HashSet::new();
+            for root in roots {
+                let mut next = Some(root);
+                while let Some(id) = next {
+                    if !live.insert(id) {
+                        break;
+                    }
+                    next = parent
+                        .query_row(params![id], |row| row.get(0))
+                        .optional()?
+                        .flatten();
+                }
+            }
+            live
+        };
+        let all: Vec<i64> = {
+            let mut statement = transaction.prepare("SELECT id FROM layers")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut removed = 0;
+        for id in all.into_iter().filter(|id| !live.contains(id)) {
+            transaction.execute("DELETE FROM blocks WHERE layer = ?1", params![id])?;
+            transaction.execute("DELETE FROM layers WHERE id = ?1", params![id])?;
+            removed += 1;
+        }
+        transaction.commit()?;
+        Ok(removed)
+    }
+
+    /// Every chunk some live block row references.
+    pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, FsError> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare("SELECT DISTINCT chunk FROM blocks WHERE chunk IS NOT NULL")?;
+        let rows = statement.query_map([], |row| row.get::<_, Option<Vec<u8>>>(0))?;
+        let mut chunks = HashSet::new();
+        for row in rows {
+            if let Some(chunk) = chunk_from(row?) {
+                chunks.insert(chunk);
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// Chunks a volume's head reaches (for usage: bytes it references).
+    pub fn volume_chunks(&self, volume: &str) -> Result<HashSet<ChunkId>, FsError> {
+        Ok(self.block_map(volume)?.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    #[test]
+    fn layers_resolve_nearest_first() {
+        let meta = Meta::in_memory().expect("meta");
+        meta.create_volume("v", 1 << 30, 1 << 20).expect("create");
+        meta.record_blocks("v", &[(0, Some(id(1))), (1, Some(id(2)))])
+            .expect("write");
+        meta.checkpoint("v", "v0", Some("first"))
+            .expect("checkpoint");
+        meta.record_blocks("v", &[(1, Some(id(3))), (2, None), (0, None)])
+            .expect("write");
+        let map = meta.block_map("v").expect("map");
+        assert_eq!(map, BTreeMap::from([(1, id(3))]));
+        let v0 = meta.version("v", "v0").expect("version");
+        assert_eq!(
+            meta.layer_map(v0.layer).expect("map"),
+            BTreeMap::from([(0, id(1)), (1, id(2))])
+        );
+    }
+
+    #[test]
+    fn restore_and_fork_are_metadata_only() {
+        let meta = Meta::in_memory().expect("meta");
+        meta.create_volume("a", 1 << 30, 1 << 20).expect("create");
+        meta.record_blocks("a", &[(5, Some(id(5)))]).expect("write");
+        meta.checkpoint("a", "v0", None).expect("checkpoint");
+        meta.record_blocks("a", &[(5, Some(id(6)))]).expect("write");
+        meta.fork("a", "v0", "b").expect("fork");
+        meta.restore("a", "v0").expect("restore");
+        assert_eq!(
+            meta.block_map("a").expect("map"),
+            BTreeMap::from([(5, id(5))])
+        );
+        assert_eq!(
+            meta.block_map("b").expect("map"),
+            BTreeMap::from([(5, id(5))])
+        );
+        meta.record_blocks("b", &[(7, Some(id(7)))]).expect("write");
+        assert!(
+            !meta.block_map("a").expect("map").contains_key(&7),
+            "fork diverges"
+        );
+        assert!(matches!(
+            meta.restore("a", "nope"),
+            Err(FsError::VersionNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_layers_are_collected() {
+        let meta = Meta::in_memory().expect("meta");
+        meta.create_volume("a", 1 << 30, 1 << 20).expect("create");
+        meta.record_blocks("a", &[(0, Some(id(1)))]).expect("write");
+        meta.checkpoint("a", "v0", None).expect("checkpoint");
+        meta.record_blocks("a", &[(0, Some(id(2)))]).expect("write");
+        // Restoring abandons the head that held id(2).
+        meta.restore("a", "v0").expect("restore");
+        assert_eq!(meta.collect_layers().expect("gc"), 1);
+        assert_eq!(
+            meta.referenced_chunks().expect("refs"),
+            HashSet::from([id(1)])
+        );
+        meta.delete_version("a", "v0").expect("delete version");
+        // v0's layer is still the head's parent: nothing to collect.
+        assert_eq!(meta.collect_layers().expect("gc"), 0);
+        meta.delete_volume("a").expect("delete");
+        assert_eq!(meta.collect_layers().expect("gc"), 2);
+        assert!(meta.referenced_chunks().expect("refs").is_empty());
+    }
+
+    #[test]
+    fn checkpoint_cost_does_not_depend_on_data() {
+        let meta = Meta::in_memory().expect("meta");
+        meta.create_volume("big", 1 << 40, 1 << 20).expect("create");
+        let blocks: Vec<(u64, Option<ChunkId>)> = (0..20_000u64)
+            .map(|b| (b, Some(ChunkId::of(&b.to_le_bytes()))))
+            .collect();
+        meta.record_blocks("big", &blocks).expect("write");
+        // A checkpoint touches a constant number of rows: it must not copy the map.
+        let before = meta
+            .lock()
+            .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))
+            .expect("count");
+        meta.checkpoint("big", "v0", None).expect("checkpoint");
+        let after = meta
+            .lock()
+            .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))
+            .expect("count");
+        assert_eq!(before, after);
+    }
+}

@@ -1,0 +1,476 @@
+//! The object store stack: [`BlobStore`] is the narrow interface SpriteFS needs; it is
+//! implemented over the `object_store` crate (a local directory by default, any
+//! S3-compatible store by URL) and wrapped in layers, never in scattered retry loops:
+//! [`Retrying`] (backoff and per-call timeouts) and, in tests, [`FaultInjecting`]
+//! (errors, latency).
+
+use crate::error::StoreError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What SpriteFS asks of an object store. Keys are relative, `/`-separated.
+#[async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Deleting a missing key succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    async fn exists(&self, key: &str) -> Result<bool, StoreError>;
+}
+
+/// A [`BlobStore`] over an `object_store` backend, under a key prefix.
+#[derive(Debug)]
+pub struct ObjectBlobStore {
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+fn classify(operation: &'static str, key: &str, error: object_store::Error) -> StoreError {
+    match error {
+        object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
+        object_store::Error::Generic { .. } => StoreError::Transient {
+            operation,
+            key: key.to_string(),
+            source: Box::new(error),
+        },
+        other => StoreError::Permanent {
+            operation,
+            key: key.to_string(),
+            source: Box::new(other),
+        },
+    }
+}
+
+impl ObjectBlobStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        ObjectBlobStore {
+            inner,
+            prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    /// In memory, for tests.
+    pub fn memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), "")
+    }
+
+    /// Opens `file:///dir` or `s3://bucket/prefix`. S3 settings (endpoint, region,
+    /// credentials) come from the usual `AWS_*` environment variables; `AWS_ENDPOINT`
+    /// (with `AWS_ALLOW_HTTP=true` for plain http) points at MinIO, R2 or a test server.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|()| bad("not a local path".into()))?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| bad(format!("create {}: {e}", path.display())))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Self::new(Arc::new(local), ""))
+            }
+            "s3" => {
+                let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Self::new(Arc::new(s3), parsed.path()))
+            }
+            other => Err(bad(format!(
+                "scheme {other:?} is not supported; use file:// or s3://"
+            ))),
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectBlobStore {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put(&self.path(key), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("put", key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let result = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| classify("get", key, e))?;
+        result.bytes().await.map_err(|e| classify("get", key, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify("delete", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let full = self.path(prefix.trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let objects: Vec<_> = self
+            .inner
+            .list(Some(&full))
+            .try_collect()
+            .await
+            .map_err(|e| classify("list", prefix, e))?;
+        let mut keys: Vec<String> = objects
+            .into_iter()
+            .map(|meta| meta.location.to_string())
+            .map(|location| {
+                location
+                    .strip_prefix(&strip)
+                    .map(str::to_string)
+                    .unwrap_or(location)
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(classify("head", key, e)),
+        }
+    }
+}
+
+/// Retries retryable failures with exponential backoff, and bounds every call.
+#[derive(Debug)]
+pub struct Retrying<S> {
+    inner: S,
+    attempts: u32,
+    base_delay: Duration,
+    timeout: Duration,
+}
+
+impl<S: BlobStore> Retrying<S> {
+    pub fn new(inner: S) -> Self {
+        Retrying {
+            inner,
+            attempts: 8,
+            base_delay: Duration::from_millis(20),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_policy(inner: S, attempts: u32, base_delay: Duration, timeout: Duration) -> Self {
+        Retrying {
+            inner,
+            attempts: attempts.max(1),
+            base_delay,
+            timeout,
+        }
+    }
+
+    async fn run<'a, T, F, Fut>(
+        &'a self,
+        operation: &'static str,
+        key: &str,
+        call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + 'a,
+    {
+        let mut delay = self.base_delay;
+        let mut attempt = 1;
+        loop {
+            let result = match tokio::time::timeout(self.timeout, call()).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout {
+                    operation,
+                    key: key.to_string(),
+                }),
+            };
+            match result {
+                Err(error) if error.is_retryable() && attempt < self.attempts => {
+                    tracing::debug!(operation, key, attempt, "retrying: {error}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<S: BlobStore> BlobStore for Retrying<S> {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.run("put", key, || self.inner.put(key, data.clone()))
+            .await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.run("get", key, || self.inner.get(key)).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.run("delete", key, || self.inner.delete(key)).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run("list", prefix, || self.inner.list(prefix)).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.run("head", key, || self.inner.exists(key)).await
+    }
+}
+
+/// Fails a share of calls and slows calls down, for tests. `failures_per_mille` of
+/// calls fail (half before reaching the store, half after: a put that "failed" may
+/// have landed, as with a real store).
+#[derive(Debug)]
+pub struct FaultInjecting<S> {
+    inner: S,
+    failures_per_mille: u32,
+    latency: Duration,
+    calls: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl<S: BlobStore> FaultInjecting<S> {
+    pub fn new(inner: S, failures_per_mille: u32, latency: Duration) -> Self {
+        FaultInjecting {
+            inner,
+            failures_per_mille,
+            latency,
+            calls: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// How many faults were injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Decides this call's fate: `Some(true)` fails before, `Some(false)` after.
+    async fn roll(&self) -> Option<bool> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let draw: u32 = rand::random_range(0..2000);
+        if draw < self.failures_per_mille * 2 {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            Some(draw < self.failures_per_mille)
+        } else {
+            None
+        }
+    }
+}
+
+macro_rules! faulty {
+    ($self:ident, $operation:literal, $key:expr, $call:expr) => {{
+        let fate = $self.roll().await;
+        if fate == Some(true) {
+            return Err(StoreError::Injected {
+                operation: $operation,
+                key: $key.to_string(),
+            });
+        }
+        let result = $call.await;
+        if fate == Some(false) {
+            return Err(StoreError::Injected {
+                operation: $operation,
+                key: $key.to_string(),
+            });
+        }
+        result
+    }};
+}
+
+#[async_trait]
+impl<S: BlobStore> BlobStore for FaultInjecting<S> {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        faulty!(self, "put", key, self.inner.put(key, data))
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        faulty!(self, "get", key, self.inner.get(key))
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        faulty!(self, "delete", key, self.inner.delete(key))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        faulty!(self, "list", prefix, self.inner.list(prefix))
+    }
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        faulty!(self, "head", key, self.inner.exists(key))
+    }
+}
+
+#[async_trait]
+impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        (**self).put(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        (**self).get(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        (**self).list(prefix).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        (**self).exists(key).await
+    }
+}
+
+/// The conformance suite every [`BlobStore`] must pass; run against each backend.
+pub async fn conformance(store: &dyn BlobStore) -> Result<(), String> {
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+    store
+        .put("t/a", Bytes::from_static(b"one"))
+        .await
+        .map_err(|e| format!("put: {e}"))?;
+    store
+        .put("t/b/c", Bytes::from_static(b"two"))
+        .await
+        .map_err(|e| format!("put: {e}"))?;
+    check(
+        store.get("t/a").await.map_err(|e| format!("get: {e}"))? == "one",
+        "get returns what put stored",
+    )?;
+    store
+        .put("t/a", Bytes::from_static(b"uno"))
+        .await
+        .map_err(|e| format!("overwrite: {e}"))?;
+    check(
+        store.get("t/a").await.map_err(|e| format!("get: {e}"))? == "uno",
+        "put overwrites",
+    )?;
+    check(
+        matches!(store.get("t/missing").await, Err(StoreError::NotFound(_))),
+        "missing key is NotFound",
+    )?;
+    check(
+        store.exists("t/a").await.map_err(|e| e.to_string())?,
+        "exists after put",
+    )?;
+    check(
+        !store.exists("t/missing").await.map_err(|e| e.to_string())?,
+        "missing does not exist",
+    )?;
+    let keys = store.list("t/").await.map_err(|e| format!("list: {e}"))?;
+    check(
+        keys == ["t/a", "t/b/c"],
+        &format!("list is recursive and sorted, got {keys:?}"),
+    )?;
+    store
+        .delete("t/a")
+        .await
+        .map_err(|e| format!("delete: {e}"))?;
+    store
+        .delete("t/a")
+        .await
+        .map_err(|e| format!("delete twice: {e}"))?;
+    check(
+        !store.exists("t/a").await.map_err(|e| e.to_string())?,
+        "gone after delete",
+    )?;
+    store
+        .delete("t/b/c")
+        .await
+        .map_err(|e| format!("delete: {e}"))?;
+    check(
+        store
+            .list("t/")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_empty(),
+        "empty after deletes",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        conformance(&ObjectBlobStore::memory())
+            .await
+            .expect("conformance");
+    }
+
+    #[tokio::test]
+    async fn local_directory_store_conforms() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("file://{}", dir.path().join("store").display());
+        let store = ObjectBlobStore::from_url(&url).expect("open");
+        conformance(&store).await.expect("conformance");
+        let prefixed = Retrying::new(store);
+        conformance(&prefixed).await.expect("through retry layer");
+    }
+
+    #[tokio::test]
+    async fn retries_hide_injected_faults() {
+        let faulty = FaultInjecting::new(ObjectBlobStore::memory(), 300, Duration::ZERO);
+        let store =
+            Retrying::with_policy(faulty, 20, Duration::from_millis(1), Duration::from_secs(5));
+        for round in 0..20 {
+            conformance(&store)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        assert!(
+            store.inner.injected() > 20,
+            "faults were injected: {}",
+            store.inner.injected()
+        );
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_reported() {
+        let slow = FaultInjecting::new(ObjectBlobStore::memory(), 0, Duration::from_millis(200));
+        let store =
+            Retrying::with_policy(slow, 2, Duration::from_millis(1), Duration::from_millis(20));
+        assert!(matches!(
+            store.get("x").await,
+            Err(StoreError::Timeout { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_urls_are_explained() {
+        let error = ObjectBlobStore::from_url("ftp://x/y").expect_err("refused");
+        assert!(
+            error.to_string().contains("use file:// or s3://"),
+            "{error}"
+        );
+    }
+}
