@@ -7,6 +7,7 @@
 //! - **checkpoint**: seal the head, name it as a version, start a new empty head on top;
 //! - **restore**: start a new empty head on top of the version's layer;
 //! - **fork**: a new volume whose head is a new empty layer on top of the version's.
+//!
 //! A sealed layer never changes. Layers no volume head or version can reach are garbage.
 
 use crate::chunk::ChunkId;
