@@ -8,7 +8,9 @@
 //! directories (`sprite_core::rootfs::LocalOverlayStore`).
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod chunk;
+pub mod engine;
 mod error;
 pub mod meta;
 pub mod store;

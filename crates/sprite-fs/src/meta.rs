@@ -46,6 +46,14 @@ CREATE TABLE blocks (
     chunk BLOB,
     PRIMARY KEY (layer, block)
 ) WITHOUT ROWID;
+", "
+-- Blocks whose newest bytes are only in the local staging file (fsynced, not yet
+-- uploaded). Recovery uploads them before the volume is used again.
+CREATE TABLE staged (
+    volume TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    PRIMARY KEY (volume, block)
+) WITHOUT ROWID;
 "];
 
 /// A volume's fixed properties.
@@ -332,6 +340,7 @@ impl Meta {
     pub fn delete_volume(&self, id: &str) -> Result<(), FsError> {
         let connection = self.lock();
         connection.execute("DELETE FROM versions WHERE volume = ?1", params![id])?;
+        connection.execute("DELETE FROM staged WHERE volume = ?1", params![id])?;
         connection.execute("DELETE FROM volumes WHERE id = ?1", params![id])?;
         Ok(())
     }
@@ -377,6 +386,47 @@ impl Meta {
         }
         transaction.commit()?;
         Ok(removed)
+    }
+
+    /// Records blocks as staged (durable locally, upload pending).
+    pub fn stage_blocks(&self, volume: &str, blocks: &[u64]) -> Result<(), FsError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut statement = transaction.prepare("INSERT OR IGNORE INTO staged (volume, block) VALUES (?1, ?2)")?;
+            for block in blocks {
+                statement.execute(params![volume, *block as i64])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Records uploaded blocks in the head and clears them from the staged set, in one
+    /// transaction, so a crash leaves each block either staged or recorded.
+    pub fn commit_uploads(&self, volume: &str, blocks: &[(u64, Option<ChunkId>)], unstage: &[u64]) -> Result<(), FsError> {
+        let head = self.volume(volume)?.head;
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut record = transaction.prepare("INSERT OR REPLACE INTO blocks (layer, block, chunk) VALUES (?1, ?2, ?3)")?;
+            for (block, chunk) in blocks {
+                record.execute(params![head, *block as i64, chunk.map(|c| c.0.to_vec())])?;
+            }
+            let mut clear = transaction.prepare("DELETE FROM staged WHERE volume = ?1 AND block = ?2")?;
+            for block in unstage {
+                clear.execute(params![volume, *block as i64])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    pub fn staged_blocks(&self, volume: &str) -> Result<Vec<u64>, FsError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT block FROM staged WHERE volume = ?1 ORDER BY block")?;
+        let rows = statement.query_map(params![volume], |row| row.get::<_, i64>(0))?;
+        Ok(rows.map(|r| r.map(|b| b as u64)).collect::<Result<_, _>>()?)
     }
 
     /// Every chunk some live block row references.

@@ -1,0 +1,474 @@
+//! The block engine: a volume's bytes, served from local staging (newest writes), the
+//! chunk cache or the object store, and uploaded in the background.
+//!
+//! Writes land in a sparse staging file per volume, at their own offsets. The first
+//! write to a block since its last upload fills the block's old bytes into staging, so
+//! staging always holds whole blocks ("present" blocks). `fsync` makes staging durable
+//! and records which blocks it holds (`staged` in the metadata db) before it returns: a
+//! daemon crash after that loses nothing, and recovery uploads the staged blocks.
+//! `upload` turns present blocks into chunks, records them in the head layer and
+//! forgets them from staging in one metadata transaction; a block written again during
+//! its upload stays present (a generation counter tells).
+
+use crate::cache::ChunkCache;
+use crate::chunk::{self, ChunkId};
+use crate::error::FsError;
+use crate::meta::Meta;
+use crate::store::BlobStore;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Chunk uploads in flight per volume.
+const UPLOAD_PARALLELISM: usize = 8;
+
+/// Shared by every volume of a host.
+#[derive(Debug)]
+pub struct Engine {
+    meta: Arc<Meta>,
+    store: Arc<dyn BlobStore>,
+    cache: ChunkCache,
+    staging_dir: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct Staging {
+    /// Blocks whose newest bytes are in staging, with their write generation.
+    present: HashMap<u64, u64>,
+    /// Present blocks written since the last fsync.
+    unsynced: BTreeSet<u64>,
+    generation: u64,
+}
+
+/// An open volume.
+#[derive(Debug)]
+pub struct Volume {
+    engine: Arc<Engine>,
+    pub id: String,
+    pub size: u64,
+    pub block_size: u64,
+    map: RwLock<BTreeMap<u64, ChunkId>>,
+    staging_file: File,
+    staging: Mutex<Staging>,
+    uploading: tokio::sync::Mutex<()>,
+}
+
+/// What one upload pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UploadStats {
+    pub blocks: usize,
+    pub zero_blocks: usize,
+    pub bytes_stored: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    pub fn new(meta: Arc<Meta>, store: Arc<dyn BlobStore>, cache: ChunkCache, staging_dir: PathBuf) -> Result<Arc<Engine>, FsError> {
+        std::fs::create_dir_all(&staging_dir).map_err(|source| FsError::Io { what: "create", path: staging_dir.clone(), source })?;
+        Ok(Arc::new(Engine { meta, store, cache, staging_dir }))
+    }
+
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// Opens a volume: loads its block map and takes back what staging held at a crash.
+    pub fn open_volume(self: &Arc<Self>, id: &str) -> Result<Arc<Volume>, FsError> {
+        let info = self.meta.volume(id)?;
+        let map = self.meta.block_map(id)?;
+        let path = self.staging_dir.join(format!("{id}.staging"));
+        let staging_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| FsError::Io { what: "open staging", path: path.clone(), source })?;
+        staging_file.set_len(info.size).map_err(|source| FsError::Io { what: "size staging", path: path.clone(), source })?;
+        let mut staging = Staging::default();
+        for block in self.meta.staged_blocks(id)? {
+            staging.generation += 1;
+            staging.present.insert(block, staging.generation);
+        }
+        Ok(Arc::new(Volume {
+            engine: self.clone(),
+            id: id.to_string(),
+            size: info.size,
+            block_size: info.block_size,
+            map: RwLock::new(map),
+            staging_file,
+            staging: Mutex::new(staging),
+            uploading: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Removes a closed volume's staging file.
+    pub fn discard_staging(&self, id: &str) -> Result<(), FsError> {
+        let path = self.staging_dir.join(format!("{id}.staging"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(FsError::Io { what: "remove", path, source }),
+        }
+    }
+
+    /// The bytes of a stored block: from the cache, else from the object store.
+    pub async fn fetch_block(&self, id: &ChunkId, block_size: usize) -> Result<Vec<u8>, FsError> {
+        if let Some(stored) = self.cache.get(id) {
+            if let Ok(data) = chunk::decode(id, &stored, block_size) {
+                return Ok(data);
+            }
+        }
+        let stored = self.store.get(&id.key()).await?;
+        let data = chunk::decode(id, &stored, block_size)?;
+        self.cache.put(id, &stored);
+        Ok(data)
+    }
+
+    /// Stores a block as a chunk (idempotent: the name is the content).
+    async fn store_block(&self, data: &[u8]) -> Result<(ChunkId, u64), FsError> {
+        let id = ChunkId::of(data);
+        let stored = chunk::encode(data)?;
+        let size = stored.len() as u64;
+        self.store.put(&id.key(), Bytes::from(stored.clone())).await?;
+        self.cache.put(&id, &stored);
+        Ok((id, size))
+    }
+}
+
+impl Volume {
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), FsError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(FsError::OutOfRange { volume: self.id.clone(), offset, len, size: self.size });
+        }
+        Ok(())
+    }
+
+    fn staging_io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> FsError + '_ {
+        move |source| FsError::Io { what, path: PathBuf::from(format!("staging of {}", self.id)), source }
+    }
+
+    /// Current bytes of a block that is not present in staging.
+    async fn stored_block(&self, block: u64) -> Result<Option<Vec<u8>>, FsError> {
+        let chunk = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&block).copied();
+        match chunk {
+            Some(id) => Ok(Some(self.engine.fetch_block(&id, self.block_size as usize).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+        self.check_range(offset, len as u64)?;
+        let mut out = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let position = offset + done as u64;
+            let block = position / self.block_size;
+            let within = (position % self.block_size) as usize;
+            let take = (self.block_size as usize - within).min(len - done);
+            let present = lock(&self.staging).present.contains_key(&block);
+            let target = &mut out[done..done + take];
+            if present {
+                self.staging_file.read_exact_at(target, position).map_err(self.staging_io("read staging"))?;
+            } else if let Some(data) = self.stored_block(block).await? {
+                target.copy_from_slice(&data[within..within + take]);
+            }
+            done += take;
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` into staging.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        self.check_range(offset, data.len() as u64)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let position = offset + done as u64;
+            let block = position / self.block_size;
+            let within = (position % self.block_size) as usize;
+            let take = (self.block_size as usize - within).min(data.len() - done);
+            let whole = within == 0 && take == self.block_size as usize;
+            let present = lock(&self.staging).present.contains_key(&block);
+            if !present && !whole {
+                // First write since the last upload: bring the whole block into staging.
+                let old = self.stored_block(block).await?.unwrap_or_else(|| vec![0u8; self.block_size as usize]);
+                self.staging_file.write_all_at(&old, block * self.block_size).map_err(self.staging_io("fill staging"))?;
+            }
+            self.staging_file.write_all_at(&data[done..done + take], position).map_err(self.staging_io("write staging"))?;
+            let mut staging = lock(&self.staging);
+            staging.generation += 1;
+            let generation = staging.generation;
+            staging.present.insert(block, generation);
+            staging.unsynced.insert(block);
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable on local disk. Returns when a daemon crash can
+    /// no longer lose them.
+    pub fn fsync(&self) -> Result<(), FsError> {
+        let unsynced: Vec<u64> = std::mem::take(&mut lock(&self.staging).unsynced).into_iter().collect();
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .staging_file
+            .sync_data()
+            .map_err(self.staging_io("sync staging"))
+            .and_then(|()| self.engine.meta.stage_blocks(&self.id, &unsynced));
+        if result.is_err() {
+            lock(&self.staging).unsynced.extend(unsynced);
+        }
+        result
+    }
+
+    /// Blocks whose newest bytes are only local.
+    pub fn pending_blocks(&self) -> usize {
+        lock(&self.staging).present.len()
+    }
+
+    /// Uploads every present block, then forgets those not rewritten meanwhile.
+    pub async fn upload(&self) -> Result<UploadStats, FsError> {
+        let _one_at_a_time = self.uploading.lock().await;
+        let snapshot: Vec<(u64, u64)> = lock(&self.staging).present.iter().map(|(b, g)| (*b, *g)).collect();
+        if snapshot.is_empty() {
+            return Ok(UploadStats::default());
+        }
+        let block_size = self.block_size as usize;
+        let results: Vec<(u64, u64, Option<ChunkId>, u64)> = futures_util::stream::iter(snapshot)
+            .map(|(block, generation)| async move {
+                let mut data = vec![0u8; block_size];
+                self.staging_file
+                    .read_exact_at(&mut data, block * self.block_size)
+                    .map_err(self.staging_io("read staging"))?;
+                if chunk::is_zero(&data) {
+                    return Ok::<_, FsError>((block, generation, None, 0));
+                }
+                let (id, size) = self.engine.store_block(&data).await?;
+                Ok((block, generation, Some(id), size))
+            })
+            .buffer_unordered(UPLOAD_PARALLELISM)
+            .try_collect()
+            .await?;
+        // Only blocks not rewritten during the upload leave staging.
+        let mut staging = lock(&self.staging);
+        let settled: Vec<(u64, Option<ChunkId>)> = results
+            .iter()
+            .filter(|(block, generation, _, _)| staging.present.get(block) == Some(generation) && !staging.unsynced.contains(block))
+            .map(|(block, _, chunk, _)| (*block, *chunk))
+            .collect();
+        let unstage: Vec<u64> = settled.iter().map(|(b, _)| *b).collect();
+        self.engine.meta.commit_uploads(&self.id, &settled, &unstage)?;
+        {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            for (block, chunk) in &settled {
+                match chunk {
+                    Some(id) => map.insert(*block, *id),
+                    None => map.remove(block),
+                };
+            }
+        }
+        for block in &unstage {
+            staging.present.remove(block);
+        }
+        Ok(UploadStats {
+            blocks: settled.len(),
+            zero_blocks: settled.iter().filter(|(_, c)| c.is_none()).count(),
+            bytes_stored: results.iter().map(|(_, _, _, size)| size).sum(),
+        })
+    }
+
+    /// fsync, then upload everything: when this returns, the volume is fully in the
+    /// object store.
+    pub async fn flush_all(&self) -> Result<UploadStats, FsError> {
+        self.fsync()?;
+        let mut total = UploadStats::default();
+        loop {
+            let stats = self.upload().await?;
+            total.blocks += stats.blocks;
+            total.zero_blocks += stats.zero_blocks;
+            total.bytes_stored += stats.bytes_stored;
+            if self.pending_blocks() == 0 {
+                return Ok(total);
+            }
+            self.fsync()?;
+        }
+    }
+
+    /// Re-reads the block map (after a restore switched the head).
+    pub fn reload_map(&self) -> Result<(), FsError> {
+        let map = self.engine.meta.block_map(&self.id)?;
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FaultInjecting, ObjectBlobStore, Retrying};
+    use std::time::Duration;
+
+    const BLOCK: u64 = 64 * 1024;
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        store: Arc<dyn BlobStore>,
+    }
+
+    impl Setup {
+        fn new(store: Arc<dyn BlobStore>) -> Setup {
+            Setup { dir: tempfile::tempdir().expect("dir"), store }
+        }
+
+        /// An engine over this setup's store and local directories, as a fresh daemon
+        /// would open them.
+        fn engine(&self) -> Arc<Engine> {
+            let meta = Arc::new(Meta::open(&self.dir.path().join("meta.db")).expect("meta"));
+            let cache = ChunkCache::open(&self.dir.path().join("cache"), 64 << 20).expect("cache");
+            Engine::new(meta, self.store.clone(), cache, self.dir.path().join("staging")).expect("engine")
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    async fn chunk_count(store: &Arc<dyn BlobStore>) -> usize {
+        store.list("chunks/").await.expect("list").len()
+    }
+
+    #[tokio::test]
+    async fn unaligned_writes_and_holes_read_back() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        engine.meta().create_volume("v", 16 * BLOCK, BLOCK).expect("create");
+        let volume = engine.open_volume("v").expect("open");
+        let data = pattern(3 * BLOCK as usize, 1);
+        volume.write(BLOCK / 2, &data).await.expect("write");
+        assert_eq!(volume.read(BLOCK / 2, data.len()).await.expect("read"), data);
+        assert_eq!(volume.read(10 * BLOCK, 100).await.expect("hole"), vec![0; 100]);
+        volume.flush_all().await.expect("flush");
+        assert_eq!(volume.pending_blocks(), 0);
+        // After upload, reads come from chunks; a partial overwrite keeps the rest.
+        volume.write(BLOCK, b"hello").await.expect("write");
+        let mut expected = data.clone();
+        expected[(BLOCK / 2) as usize..(BLOCK / 2) as usize + 5].copy_from_slice(b"hello");
+        assert_eq!(volume.read(BLOCK / 2, data.len()).await.expect("read"), expected);
+        assert!(volume.read(16 * BLOCK - 1, 2).await.is_err(), "reads past the end are refused");
+    }
+
+    #[tokio::test]
+    async fn fsynced_writes_survive_a_crash_and_a_lost_host() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let data = pattern(5 * BLOCK as usize + 123, 7);
+        {
+            let engine = setup.engine();
+            engine.meta().create_volume("v", 64 * BLOCK, BLOCK).expect("create");
+            let volume = engine.open_volume("v").expect("open");
+            volume.write(3, &data).await.expect("write");
+            volume.fsync().expect("fsync");
+            // Crash: the process dies before any upload.
+        }
+        {
+            let engine = setup.engine();
+            let volume = engine.open_volume("v").expect("reopen");
+            assert_eq!(volume.pending_blocks(), 6, "staged blocks come back after a crash");
+            assert_eq!(volume.read(3, data.len()).await.expect("read"), data);
+            volume.flush_all().await.expect("upload");
+            assert!(engine.meta().staged_blocks("v").expect("staged").is_empty());
+        }
+        // The host's staging and cache are gone; metadata and the store remain.
+        std::fs::remove_dir_all(setup.dir.path().join("staging")).expect("rm staging");
+        std::fs::remove_dir_all(setup.dir.path().join("cache")).expect("rm cache");
+        let engine = setup.engine();
+        let volume = engine.open_volume("v").expect("reopen");
+        assert_eq!(volume.read(3, data.len()).await.expect("read from store"), data);
+    }
+
+    #[tokio::test]
+    async fn zero_blocks_are_holes_and_equal_blocks_are_stored_once() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        for id in ["a", "b"] {
+            engine.meta().create_volume(id, 8 * BLOCK, BLOCK).expect("create");
+        }
+        let (a, b) = (engine.open_volume("a").expect("a"), engine.open_volume("b").expect("b"));
+        a.write(0, &vec![0u8; 2 * BLOCK as usize]).await.expect("zeros");
+        let stats = a.flush_all().await.expect("flush");
+        assert_eq!(stats.zero_blocks, 2);
+        assert_eq!(chunk_count(&store).await, 0, "zero blocks are never stored");
+        let block = pattern(BLOCK as usize, 3);
+        a.write(0, &block).await.expect("write");
+        b.write(4 * BLOCK, &block).await.expect("write");
+        a.flush_all().await.expect("flush");
+        b.flush_all().await.expect("flush");
+        assert_eq!(chunk_count(&store).await, 1, "identical blocks share one chunk");
+    }
+
+    #[tokio::test]
+    async fn checkpoint_restore_and_fork_through_the_engine() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        engine.meta().create_volume("v", 8 * BLOCK, BLOCK).expect("create");
+        let volume = engine.open_volume("v").expect("open");
+        volume.write(0, b"first").await.expect("write");
+        volume.flush_all().await.expect("flush");
+        engine.meta().checkpoint("v", "v0", None).expect("checkpoint");
+        volume.write(0, b"second").await.expect("write");
+        volume.flush_all().await.expect("flush");
+        engine.meta().fork("v", "v0", "child").expect("fork");
+        engine.meta().restore("v", "v0").expect("restore");
+        volume.reload_map().expect("reload");
+        assert_eq!(volume.read(0, 5).await.expect("read"), b"first");
+        let child = engine.open_volume("child").expect("child");
+        assert_eq!(child.read(0, 5).await.expect("read"), b"first");
+        child.write(0, b"CHILD").await.expect("write");
+        child.flush_all().await.expect("flush");
+        assert_eq!(volume.read(0, 5).await.expect("read"), b"first", "fork diverges");
+    }
+
+    #[tokio::test]
+    async fn store_faults_lose_nothing() {
+        let faulty = FaultInjecting::new(ObjectBlobStore::memory(), 100, Duration::from_millis(1));
+        let store: Arc<dyn BlobStore> = Arc::new(Retrying::with_policy(faulty, 30, Duration::from_millis(1), Duration::from_secs(5)));
+        let setup = Setup::new(store);
+        let engine = setup.engine();
+        engine.meta().create_volume("v", 64 * BLOCK, BLOCK).expect("create");
+        let volume = engine.open_volume("v").expect("open");
+        let mut expected = vec![0u8; 64 * BLOCK as usize];
+        for round in 0..20u64 {
+            let offset = (round * 7919 * 97) % (60 * BLOCK);
+            let data = pattern((BLOCK + round * 1000) as usize, round as u8);
+            volume.write(offset, &data).await.expect("write");
+            expected[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+            if round % 3 == 0 {
+                volume.flush_all().await.expect("flush despite faults");
+            }
+        }
+        volume.flush_all().await.expect("flush");
+        std::fs::remove_dir_all(setup.dir.path().join("cache")).expect("rm cache");
+        let engine = setup.engine();
+        let volume = engine.open_volume("v").expect("reopen");
+        assert!(volume.read(0, expected.len()).await.expect("read") == expected);
+    }
+}
