@@ -32,18 +32,36 @@ pub struct ChunkCache {
 impl ChunkCache {
     /// Opens the cache directory, indexing what an earlier run left there.
     pub fn open(dir: &Path, limit: u64) -> Result<ChunkCache, FsError> {
-        fs::create_dir_all(dir).map_err(|source| FsError::Io { what: "create", path: dir.to_path_buf(), source })?;
+        fs::create_dir_all(dir).map_err(|source| FsError::Io {
+            what: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let mut entries = HashMap::new();
         let mut total = 0;
-        let listing = fs::read_dir(dir).map_err(|source| FsError::Io { what: "read", path: dir.to_path_buf(), source })?;
+        let listing = fs::read_dir(dir).map_err(|source| FsError::Io {
+            what: "read",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         for entry in listing.flatten() {
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(ChunkId::from_hex) else { continue };
+            let Some(id) = name.to_str().and_then(ChunkId::from_hex) else {
+                continue;
+            };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             total += size;
             entries.insert(id, Entry { size, last_use: 0 });
         }
-        let cache = ChunkCache { dir: dir.to_path_buf(), limit, state: Mutex::new(State { entries, total, clock: 1 }) };
+        let cache = ChunkCache {
+            dir: dir.to_path_buf(),
+            limit,
+            state: Mutex::new(State {
+                entries,
+                total,
+                clock: 1,
+            }),
+        };
         cache.evict();
         Ok(cache)
     }
@@ -82,7 +100,10 @@ impl ChunkCache {
             return;
         }
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
-        if fs::write(&temporary, stored).and_then(|()| fs::rename(&temporary, self.path(id))).is_err() {
+        if fs::write(&temporary, stored)
+            .and_then(|()| fs::rename(&temporary, self.path(id)))
+            .is_err()
+        {
             let _ = fs::remove_file(&temporary);
             return;
         }
@@ -91,7 +112,13 @@ impl ChunkCache {
             state.clock += 1;
             let clock = state.clock;
             state.total += stored.len() as u64;
-            state.entries.insert(*id, Entry { size: stored.len() as u64, last_use: clock });
+            state.entries.insert(
+                *id,
+                Entry {
+                    size: stored.len() as u64,
+                    last_use: clock,
+                },
+            );
         }
         self.evict();
     }
@@ -99,7 +126,9 @@ impl ChunkCache {
     fn evict(&self) {
         let mut state = self.lock();
         while state.total > self.limit {
-            let Some((&oldest, _)) = state.entries.iter().min_by_key(|(_, e)| e.last_use) else { break };
+            let Some((&oldest, _)) = state.entries.iter().min_by_key(|(_, e)| e.last_use) else {
+                break;
+            };
             if let Some(entry) = state.entries.remove(&oldest) {
                 state.total -= entry.size;
                 let _ = fs::remove_file(self.path(&oldest));

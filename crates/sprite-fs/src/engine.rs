@@ -70,9 +70,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
-    pub fn new(meta: Arc<Meta>, store: Arc<dyn BlobStore>, cache: ChunkCache, staging_dir: PathBuf) -> Result<Arc<Engine>, FsError> {
-        std::fs::create_dir_all(&staging_dir).map_err(|source| FsError::Io { what: "create", path: staging_dir.clone(), source })?;
-        Ok(Arc::new(Engine { meta, store, cache, staging_dir }))
+    pub fn new(
+        meta: Arc<Meta>,
+        store: Arc<dyn BlobStore>,
+        cache: ChunkCache,
+        staging_dir: PathBuf,
+    ) -> Result<Arc<Engine>, FsError> {
+        std::fs::create_dir_all(&staging_dir).map_err(|source| FsError::Io {
+            what: "create",
+            path: staging_dir.clone(),
+            source,
+        })?;
+        Ok(Arc::new(Engine {
+            meta,
+            store,
+            cache,
+            staging_dir,
+        }))
     }
 
     pub fn meta(&self) -> &Arc<Meta> {
@@ -98,8 +112,18 @@ impl Engine {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|source| FsError::Io { what: "open staging", path: path.clone(), source })?;
-        staging_file.set_len(info.size).map_err(|source| FsError::Io { what: "size staging", path: path.clone(), source })?;
+            .map_err(|source| FsError::Io {
+                what: "open staging",
+                path: path.clone(),
+                source,
+            })?;
+        staging_file
+            .set_len(info.size)
+            .map_err(|source| FsError::Io {
+                what: "size staging",
+                path: path.clone(),
+                source,
+            })?;
         let mut staging = Staging::default();
         for block in self.meta.staged_blocks(id)? {
             staging.generation += 1;
@@ -123,7 +147,11 @@ impl Engine {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(FsError::Io { what: "remove", path, source }),
+            Err(source) => Err(FsError::Io {
+                what: "remove",
+                path,
+                source,
+            }),
         }
     }
 
@@ -145,7 +173,9 @@ impl Engine {
         let id = ChunkId::of(data);
         let stored = chunk::encode(data)?;
         let size = stored.len() as u64;
-        self.store.put(&id.key(), Bytes::from(stored.clone())).await?;
+        self.store
+            .put(&id.key(), Bytes::from(stored.clone()))
+            .await?;
         self.cache.put(&id, &stored);
         Ok((id, size))
     }
@@ -154,20 +184,38 @@ impl Engine {
 impl Volume {
     fn check_range(&self, offset: u64, len: u64) -> Result<(), FsError> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(FsError::OutOfRange { volume: self.id.clone(), offset, len, size: self.size });
+            return Err(FsError::OutOfRange {
+                volume: self.id.clone(),
+                offset,
+                len,
+                size: self.size,
+            });
         }
         Ok(())
     }
 
     fn staging_io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> FsError + '_ {
-        move |source| FsError::Io { what, path: PathBuf::from(format!("staging of {}", self.id)), source }
+        move |source| FsError::Io {
+            what,
+            path: PathBuf::from(format!("staging of {}", self.id)),
+            source,
+        }
     }
 
     /// Current bytes of a block that is not present in staging.
     async fn stored_block(&self, block: u64) -> Result<Option<Vec<u8>>, FsError> {
-        let chunk = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&block).copied();
+        let chunk = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&block)
+            .copied();
         match chunk {
-            Some(id) => Ok(Some(self.engine.fetch_block(&id, self.block_size as usize).await?)),
+            Some(id) => Ok(Some(
+                self.engine
+                    .fetch_block(&id, self.block_size as usize)
+                    .await?,
+            )),
             None => Ok(None),
         }
     }
@@ -185,7 +233,9 @@ impl Volume {
             let present = lock(&self.staging).present.contains_key(&block);
             let target = &mut out[done..done + take];
             if present {
-                self.staging_file.read_exact_at(target, position).map_err(self.staging_io("read staging"))?;
+                self.staging_file
+                    .read_exact_at(target, position)
+                    .map_err(self.staging_io("read staging"))?;
             } else if let Some(data) = self.stored_block(block).await? {
                 target.copy_from_slice(&data[within..within + take]);
             }
@@ -207,10 +257,17 @@ impl Volume {
             let present = lock(&self.staging).present.contains_key(&block);
             if !present && !whole {
                 // First write since the last upload: bring the whole block into staging.
-                let old = self.stored_block(block).await?.unwrap_or_else(|| vec![0u8; self.block_size as usize]);
-                self.staging_file.write_all_at(&old, block * self.block_size).map_err(self.staging_io("fill staging"))?;
+                let old = self
+                    .stored_block(block)
+                    .await?
+                    .unwrap_or_else(|| vec![0u8; self.block_size as usize]);
+                self.staging_file
+                    .write_all_at(&old, block * self.block_size)
+                    .map_err(self.staging_io("fill staging"))?;
             }
-            self.staging_file.write_all_at(&data[done..done + take], position).map_err(self.staging_io("write staging"))?;
+            self.staging_file
+                .write_all_at(&data[done..done + take], position)
+                .map_err(self.staging_io("write staging"))?;
             let mut staging = lock(&self.staging);
             staging.generation += 1;
             let generation = staging.generation;
@@ -224,7 +281,9 @@ impl Volume {
     /// Makes every write so far durable on local disk. Returns when a daemon crash can
     /// no longer lose them.
     pub fn fsync(&self) -> Result<(), FsError> {
-        let unsynced: Vec<u64> = std::mem::take(&mut lock(&self.staging).unsynced).into_iter().collect();
+        let unsynced: Vec<u64> = std::mem::take(&mut lock(&self.staging).unsynced)
+            .into_iter()
+            .collect();
         if unsynced.is_empty() {
             return Ok(());
         }
@@ -247,7 +306,11 @@ impl Volume {
     /// Uploads every present block, then forgets those not rewritten meanwhile.
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
-        let snapshot: Vec<(u64, u64)> = lock(&self.staging).present.iter().map(|(b, g)| (*b, *g)).collect();
+        let snapshot: Vec<(u64, u64)> = lock(&self.staging)
+            .present
+            .iter()
+            .map(|(b, g)| (*b, *g))
+            .collect();
         if snapshot.is_empty() {
             return Ok(UploadStats::default());
         }
@@ -271,11 +334,15 @@ impl Volume {
         let mut staging = lock(&self.staging);
         let settled: Vec<(u64, Option<ChunkId>)> = results
             .iter()
-            .filter(|(block, generation, _, _)| staging.present.get(block) == Some(generation) && !staging.unsynced.contains(block))
+            .filter(|(block, generation, _, _)| {
+                staging.present.get(block) == Some(generation) && !staging.unsynced.contains(block)
+            })
             .map(|(block, _, chunk, _)| (*block, *chunk))
             .collect();
         let unstage: Vec<u64> = settled.iter().map(|(b, _)| *b).collect();
-        self.engine.meta.commit_uploads(&self.id, &settled, &unstage)?;
+        self.engine
+            .meta
+            .commit_uploads(&self.id, &settled, &unstage)?;
         {
             let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
             for (block, chunk) in &settled {
@@ -335,7 +402,10 @@ mod tests {
 
     impl Setup {
         fn new(store: Arc<dyn BlobStore>) -> Setup {
-            Setup { dir: tempfile::tempdir().expect("dir"), store }
+            Setup {
+                dir: tempfile::tempdir().expect("dir"),
+                store,
+            }
         }
 
         /// An engine over this setup's store and local directories, as a fresh daemon
@@ -343,12 +413,20 @@ mod tests {
         fn engine(&self) -> Arc<Engine> {
             let meta = Arc::new(Meta::open(&self.dir.path().join("meta.db")).expect("meta"));
             let cache = ChunkCache::open(&self.dir.path().join("cache"), 64 << 20).expect("cache");
-            Engine::new(meta, self.store.clone(), cache, self.dir.path().join("staging")).expect("engine")
+            Engine::new(
+                meta,
+                self.store.clone(),
+                cache,
+                self.dir.path().join("staging"),
+            )
+            .expect("engine")
         }
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     async fn chunk_count(store: &Arc<dyn BlobStore>) -> usize {
@@ -359,20 +437,35 @@ mod tests {
     async fn unaligned_writes_and_holes_read_back() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        engine.meta().create_volume("v", 16 * BLOCK, BLOCK).expect("create");
+        engine
+            .meta()
+            .create_volume("v", 16 * BLOCK, BLOCK)
+            .expect("create");
         let volume = engine.open_volume("v").expect("open");
         let data = pattern(3 * BLOCK as usize, 1);
         volume.write(BLOCK / 2, &data).await.expect("write");
-        assert_eq!(volume.read(BLOCK / 2, data.len()).await.expect("read"), data);
-        assert_eq!(volume.read(10 * BLOCK, 100).await.expect("hole"), vec![0; 100]);
+        assert_eq!(
+            volume.read(BLOCK / 2, data.len()).await.expect("read"),
+            data
+        );
+        assert_eq!(
+            volume.read(10 * BLOCK, 100).await.expect("hole"),
+            vec![0; 100]
+        );
         volume.flush_all().await.expect("flush");
         assert_eq!(volume.pending_blocks(), 0);
         // After upload, reads come from chunks; a partial overwrite keeps the rest.
         volume.write(BLOCK, b"hello").await.expect("write");
         let mut expected = data.clone();
         expected[(BLOCK / 2) as usize..(BLOCK / 2) as usize + 5].copy_from_slice(b"hello");
-        assert_eq!(volume.read(BLOCK / 2, data.len()).await.expect("read"), expected);
-        assert!(volume.read(16 * BLOCK - 1, 2).await.is_err(), "reads past the end are refused");
+        assert_eq!(
+            volume.read(BLOCK / 2, data.len()).await.expect("read"),
+            expected
+        );
+        assert!(
+            volume.read(16 * BLOCK - 1, 2).await.is_err(),
+            "reads past the end are refused"
+        );
     }
 
     #[tokio::test]
@@ -382,7 +475,10 @@ mod tests {
         let data = pattern(5 * BLOCK as usize + 123, 7);
         {
             let engine = setup.engine();
-            engine.meta().create_volume("v", 64 * BLOCK, BLOCK).expect("create");
+            engine
+                .meta()
+                .create_volume("v", 64 * BLOCK, BLOCK)
+                .expect("create");
             let volume = engine.open_volume("v").expect("open");
             volume.write(3, &data).await.expect("write");
             volume.fsync().expect("fsync");
@@ -391,7 +487,11 @@ mod tests {
         {
             let engine = setup.engine();
             let volume = engine.open_volume("v").expect("reopen");
-            assert_eq!(volume.pending_blocks(), 6, "staged blocks come back after a crash");
+            assert_eq!(
+                volume.pending_blocks(),
+                6,
+                "staged blocks come back after a crash"
+            );
             assert_eq!(volume.read(3, data.len()).await.expect("read"), data);
             volume.flush_all().await.expect("upload");
             assert!(engine.meta().staged_blocks("v").expect("staged").is_empty());
@@ -401,7 +501,10 @@ mod tests {
         std::fs::remove_dir_all(setup.dir.path().join("cache")).expect("rm cache");
         let engine = setup.engine();
         let volume = engine.open_volume("v").expect("reopen");
-        assert_eq!(volume.read(3, data.len()).await.expect("read from store"), data);
+        assert_eq!(
+            volume.read(3, data.len()).await.expect("read from store"),
+            data
+        );
     }
 
     #[tokio::test]
@@ -410,10 +513,18 @@ mod tests {
         let setup = Setup::new(store.clone());
         let engine = setup.engine();
         for id in ["a", "b"] {
-            engine.meta().create_volume(id, 8 * BLOCK, BLOCK).expect("create");
+            engine
+                .meta()
+                .create_volume(id, 8 * BLOCK, BLOCK)
+                .expect("create");
         }
-        let (a, b) = (engine.open_volume("a").expect("a"), engine.open_volume("b").expect("b"));
-        a.write(0, &vec![0u8; 2 * BLOCK as usize]).await.expect("zeros");
+        let (a, b) = (
+            engine.open_volume("a").expect("a"),
+            engine.open_volume("b").expect("b"),
+        );
+        a.write(0, &vec![0u8; 2 * BLOCK as usize])
+            .await
+            .expect("zeros");
         let stats = a.flush_all().await.expect("flush");
         assert_eq!(stats.zero_blocks, 2);
         assert_eq!(chunk_count(&store).await, 0, "zero blocks are never stored");
@@ -422,18 +533,28 @@ mod tests {
         b.write(4 * BLOCK, &block).await.expect("write");
         a.flush_all().await.expect("flush");
         b.flush_all().await.expect("flush");
-        assert_eq!(chunk_count(&store).await, 1, "identical blocks share one chunk");
+        assert_eq!(
+            chunk_count(&store).await,
+            1,
+            "identical blocks share one chunk"
+        );
     }
 
     #[tokio::test]
     async fn checkpoint_restore_and_fork_through_the_engine() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        engine.meta().create_volume("v", 8 * BLOCK, BLOCK).expect("create");
+        engine
+            .meta()
+            .create_volume("v", 8 * BLOCK, BLOCK)
+            .expect("create");
         let volume = engine.open_volume("v").expect("open");
         volume.write(0, b"first").await.expect("write");
         volume.flush_all().await.expect("flush");
-        engine.meta().checkpoint("v", "v0", None).expect("checkpoint");
+        engine
+            .meta()
+            .checkpoint("v", "v0", None)
+            .expect("checkpoint");
         volume.write(0, b"second").await.expect("write");
         volume.flush_all().await.expect("flush");
         engine.meta().fork("v", "v0", "child").expect("fork");
@@ -444,16 +565,28 @@ mod tests {
         assert_eq!(child.read(0, 5).await.expect("read"), b"first");
         child.write(0, b"CHILD").await.expect("write");
         child.flush_all().await.expect("flush");
-        assert_eq!(volume.read(0, 5).await.expect("read"), b"first", "fork diverges");
+        assert_eq!(
+            volume.read(0, 5).await.expect("read"),
+            b"first",
+            "fork diverges"
+        );
     }
 
     #[tokio::test]
     async fn store_faults_lose_nothing() {
         let faulty = FaultInjecting::new(ObjectBlobStore::memory(), 100, Duration::from_millis(1));
-        let store: Arc<dyn BlobStore> = Arc::new(Retrying::with_policy(faulty, 30, Duration::from_millis(1), Duration::from_secs(5)));
+        let store: Arc<dyn BlobStore> = Arc::new(Retrying::with_policy(
+            faulty,
+            30,
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        ));
         let setup = Setup::new(store);
         let engine = setup.engine();
-        engine.meta().create_volume("v", 64 * BLOCK, BLOCK).expect("create");
+        engine
+            .meta()
+            .create_volume("v", 64 * BLOCK, BLOCK)
+            .expect("create");
         let volume = engine.open_volume("v").expect("open");
         let mut expected = vec![0u8; 64 * BLOCK as usize];
         for round in 0..20u64 {

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod chunk;
 pub mod engine;
 mod error;
+pub mod fuse;
 pub mod meta;
 pub mod store;
 

@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE volumes (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -46,7 +47,8 @@ CREATE TABLE blocks (
     chunk BLOB,
     PRIMARY KEY (layer, block)
 ) WITHOUT ROWID;
-", "
+",
+    "
 -- Blocks whose newest bytes are only in the local staging file (fsynced, not yet
 -- uploaded). Recovery uploads them before the volume is used again.
 CREATE TABLE staged (
@@ -54,7 +56,8 @@ CREATE TABLE staged (
     block INTEGER NOT NULL,
     PRIMARY KEY (volume, block)
 ) WITHOUT ROWID;
-"];
+",
+];
 
 /// A volume's fixed properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,7 +396,8 @@ impl Meta {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
         {
-            let mut statement = transaction.prepare("INSERT OR IGNORE INTO staged (volume, block) VALUES (?1, ?2)")?;
+            let mut statement = transaction
+                .prepare("INSERT OR IGNORE INTO staged (volume, block) VALUES (?1, ?2)")?;
             for block in blocks {
                 statement.execute(params![volume, *block as i64])?;
             }
@@ -404,16 +408,24 @@ impl Meta {
 
     /// Records uploaded blocks in the head and clears them from the staged set, in one
     /// transaction, so a crash leaves each block either staged or recorded.
-    pub fn commit_uploads(&self, volume: &str, blocks: &[(u64, Option<ChunkId>)], unstage: &[u64]) -> Result<(), FsError> {
+    pub fn commit_uploads(
+        &self,
+        volume: &str,
+        blocks: &[(u64, Option<ChunkId>)],
+        unstage: &[u64],
+    ) -> Result<(), FsError> {
         let head = self.volume(volume)?.head;
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
         {
-            let mut record = transaction.prepare("INSERT OR REPLACE INTO blocks (layer, block, chunk) VALUES (?1, ?2, ?3)")?;
+            let mut record = transaction.prepare(
+                "INSERT OR REPLACE INTO blocks (layer, block, chunk) VALUES (?1, ?2, ?3)",
+            )?;
             for (block, chunk) in blocks {
                 record.execute(params![head, *block as i64, chunk.map(|c| c.0.to_vec())])?;
             }
-            let mut clear = transaction.prepare("DELETE FROM staged WHERE volume = ?1 AND block = ?2")?;
+            let mut clear =
+                transaction.prepare("DELETE FROM staged WHERE volume = ?1 AND block = ?2")?;
             for block in unstage {
                 clear.execute(params![volume, *block as i64])?;
             }
@@ -424,9 +436,12 @@ impl Meta {
 
     pub fn staged_blocks(&self, volume: &str) -> Result<Vec<u64>, FsError> {
         let connection = self.lock();
-        let mut statement = connection.prepare("SELECT block FROM staged WHERE volume = ?1 ORDER BY block")?;
+        let mut statement =
+            connection.prepare("SELECT block FROM staged WHERE volume = ?1 ORDER BY block")?;
         let rows = statement.query_map(params![volume], |row| row.get::<_, i64>(0))?;
-        Ok(rows.map(|r| r.map(|b| b as u64)).collect::<Result<_, _>>()?)
+        Ok(rows
+            .map(|r| r.map(|b| b as u64))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Every chunk some live block row references.
