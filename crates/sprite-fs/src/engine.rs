@@ -33,6 +33,17 @@ pub struct Engine {
     store: Arc<dyn BlobStore>,
     cache: ChunkCache,
     staging_dir: PathBuf,
+    /// Uploads hold it shared from their first chunk put to their metadata commit; GC
+    /// holds it exclusively, so it never deletes a chunk a commit in flight will use.
+    commits: tokio::sync::RwLock<()>,
+}
+
+/// What a garbage collection did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcStats {
+    pub layers: usize,
+    pub chunks: usize,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +76,22 @@ pub struct UploadStats {
     pub bytes_stored: u64,
 }
 
+fn json<T: serde::Serialize>(value: &T) -> Result<Bytes, FsError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| FsError::Manifest {
+            key: String::new(),
+            message: e.to_string(),
+        })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], key: &str) -> Result<T, FsError> {
+    serde_json::from_slice(bytes).map_err(|e| FsError::Manifest {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -86,6 +113,7 @@ impl Engine {
             store,
             cache,
             staging_dir,
+            commits: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -166,6 +194,137 @@ impl Engine {
         let data = chunk::decode(id, &stored, block_size)?;
         self.cache.put(id, &stored);
         Ok(data)
+    }
+
+    /// Publishes a volume's metadata to the object store: its sealed layers not there
+    /// yet (oldest first), its manifest, then its head layer. After this, a fresh host
+    /// with the same store recovers the volume as it is now.
+    pub async fn publish(&self, volume: &str) -> Result<(), FsError> {
+        for layer in self.meta.unpublished_layers(volume)?.into_iter().rev() {
+            let record = self.meta.export_layer(layer)?;
+            self.store
+                .put(&format!("layers/{layer}.json"), json(&record)?)
+                .await?;
+            self.meta.mark_published(layer)?;
+        }
+        let manifest = self.meta.volume_manifest(volume)?;
+        let head = self.meta.export_layer(manifest.head)?;
+        self.store
+            .put(&format!("volumes/{volume}/manifest.json"), json(&manifest)?)
+            .await?;
+        self.store
+            .put(&format!("volumes/{volume}/head.json"), json(&head)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Rebuilds the metadata of every volume from the object store (a fresh host with
+    /// an empty data directory). Returns the volumes found.
+    pub async fn recover(&self) -> Result<Vec<String>, FsError> {
+        let mut found = Vec::new();
+        let mut imported = std::collections::HashSet::new();
+        for key in self.store.list("volumes/").await? {
+            if !key.ends_with("/manifest.json") {
+                continue;
+            }
+            let manifest: crate::meta::VolumeManifest = parse(&self.store.get(&key).await?, &key)?;
+            let head_key = format!("volumes/{}/head.json", manifest.id);
+            let head: crate::meta::LayerRecord =
+                parse(&self.store.get(&head_key).await?, &head_key)?;
+            self.meta.import_layer(&head)?;
+            // The head's ancestors and every version's layer, each fetched once.
+            let mut pending: Vec<i64> = head
+                .parent
+                .into_iter()
+                .chain(manifest.versions.iter().map(|v| v.layer))
+                .collect();
+            while let Some(layer) = pending.pop() {
+                if !imported.insert(layer) {
+                    continue;
+                }
+                let key = format!("layers/{layer}.json");
+                let record: crate::meta::LayerRecord = parse(&self.store.get(&key).await?, &key)?;
+                pending.extend(record.parent);
+                self.meta.import_layer(&record)?;
+            }
+            self.meta.import_volume(&manifest)?;
+            found.push(manifest.id);
+        }
+        Ok(found)
+    }
+
+    /// Checkpoint: everything written so far goes to the store, the head is sealed as
+    /// version `name`, and the new state is published.
+    pub async fn checkpoint(
+        &self,
+        volume: &Volume,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<crate::meta::VersionInfo, FsError> {
+        volume.flush_all().await?;
+        let version = self.meta.checkpoint(&volume.id, name, comment)?;
+        self.publish(&volume.id).await?;
+        Ok(version)
+    }
+
+    /// Restore: unsaved writes are dropped and the volume reads as version `name`.
+    pub async fn restore(&self, volume: &Volume, name: &str) -> Result<(), FsError> {
+        self.meta.version(&volume.id, name)?;
+        volume.discard_pending()?;
+        self.meta.restore(&volume.id, name)?;
+        volume.reload_map()?;
+        self.publish(&volume.id).await
+    }
+
+    /// Fork: a new volume from a version of another; metadata only.
+    pub async fn fork(&self, source: &str, version: &str, new_id: &str) -> Result<(), FsError> {
+        self.meta.fork(source, version, new_id)?;
+        self.publish(new_id).await
+    }
+
+    /// Deletes a volume (its chunks go at the next GC).
+    pub async fn delete_volume(&self, id: &str) -> Result<(), FsError> {
+        self.meta.delete_volume(id)?;
+        self.discard_staging(id)?;
+        for key in [
+            format!("volumes/{id}/manifest.json"),
+            format!("volumes/{id}/head.json"),
+        ] {
+            self.store.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes layers and chunks nothing references any more.
+    pub async fn collect_garbage(&self) -> Result<GcStats, FsError> {
+        let _exclusive = self.commits.write().await;
+        let layers = self.meta.collect_layers()?;
+        for layer in &layers {
+            self.store.delete(&format!("layers/{layer}.json")).await?;
+        }
+        let live = self.meta.referenced_chunks()?;
+        let mut stats = GcStats {
+            layers: layers.len(),
+            ..GcStats::default()
+        };
+        for key in self.store.list("chunks/").await? {
+            let Some(id) = ChunkId::from_key(&key) else {
+                continue;
+            };
+            if live.contains(&id) {
+                continue;
+            }
+            let size = self
+                .store
+                .get(&key)
+                .await
+                .map(|b| b.len() as u64)
+                .unwrap_or(0);
+            self.store.delete(&key).await?;
+            stats.chunks += 1;
+            stats.bytes += size;
+        }
+        Ok(stats)
     }
 
     /// Stores a block as a chunk (idempotent: the name is the content).
@@ -306,6 +465,7 @@ impl Volume {
     /// Uploads every present block, then forgets those not rewritten meanwhile.
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
+        let _commit = self.engine.commits.read().await;
         let snapshot: Vec<(u64, u64)> = lock(&self.staging)
             .present
             .iter()
@@ -355,6 +515,8 @@ impl Volume {
         for block in &unstage {
             staging.present.remove(block);
         }
+        drop(staging);
+        self.engine.publish(&self.id).await?;
         Ok(UploadStats {
             blocks: settled.len(),
             zero_blocks: settled.iter().filter(|(_, c)| c.is_none()).count(),
@@ -377,6 +539,14 @@ impl Volume {
             }
             self.fsync()?;
         }
+    }
+
+    /// Drops every write not uploaded yet (a restore abandons them).
+    pub fn discard_pending(&self) -> Result<(), FsError> {
+        let mut staging = lock(&self.staging);
+        staging.present.clear();
+        staging.unsynced.clear();
+        self.engine.meta.clear_staged(&self.id)
     }
 
     /// Re-reads the block map (after a restore switched the head).
@@ -569,6 +739,139 @@ mod tests {
             volume.read(0, 5).await.expect("read"),
             b"first",
             "fork diverges"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_host_recovers_volumes_and_versions_from_the_store() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let first = Setup::new(store.clone());
+        {
+            let engine = first.engine();
+            engine
+                .meta()
+                .create_volume("v", 16 * BLOCK, BLOCK)
+                .expect("create");
+            let volume = engine.open_volume("v").expect("open");
+            volume.write(0, b"version zero").await.expect("write");
+            engine
+                .checkpoint(&volume, "v0", Some("first"))
+                .await
+                .expect("checkpoint");
+            volume.write(0, b"version one!").await.expect("write");
+            volume
+                .write(5 * BLOCK, &pattern(BLOCK as usize, 9))
+                .await
+                .expect("write");
+            engine
+                .checkpoint(&volume, "v1", None)
+                .await
+                .expect("checkpoint");
+            volume.write(0, b"live head...").await.expect("write");
+            volume.flush_all().await.expect("flush");
+            engine.fork("v", "v0", "child").await.expect("fork");
+        }
+        // A second host: empty data directory, same store.
+        let second = Setup::new(store.clone());
+        let engine = second.engine();
+        let mut found = engine.recover().await.expect("recover");
+        found.sort();
+        assert_eq!(found, ["child", "v"]);
+        let volume = engine.open_volume("v").expect("open");
+        assert_eq!(volume.read(0, 12).await.expect("read"), b"live head...");
+        assert_eq!(
+            volume.read(5 * BLOCK, BLOCK as usize).await.expect("read"),
+            pattern(BLOCK as usize, 9)
+        );
+        let versions: Vec<String> = engine
+            .meta()
+            .versions("v")
+            .expect("versions")
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(versions, ["v0", "v1"]);
+        engine.restore(&volume, "v0").await.expect("restore");
+        assert_eq!(volume.read(0, 12).await.expect("read"), b"version zero");
+        let child = engine.open_volume("child").expect("child");
+        assert_eq!(child.read(0, 12).await.expect("read"), b"version zero");
+    }
+
+    #[tokio::test]
+    async fn gc_frees_exactly_what_is_unreferenced() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        engine
+            .meta()
+            .create_volume("v", 16 * BLOCK, BLOCK)
+            .expect("create");
+        let volume = engine.open_volume("v").expect("open");
+        let (kept, dropped, shared) = (
+            pattern(BLOCK as usize, 1),
+            pattern(BLOCK as usize, 2),
+            pattern(BLOCK as usize, 3),
+        );
+        volume.write(0, &kept).await.expect("write");
+        volume.write(BLOCK, &shared).await.expect("write");
+        engine
+            .checkpoint(&volume, "v0", None)
+            .await
+            .expect("checkpoint");
+        volume.write(0, &dropped).await.expect("write");
+        volume.flush_all().await.expect("flush");
+        assert_eq!(chunk_count(&store).await, 3);
+        assert_eq!(
+            engine.collect_garbage().await.expect("gc").chunks,
+            0,
+            "everything is referenced"
+        );
+        // Restoring v0 abandons the head that alone referenced `dropped`.
+        engine.restore(&volume, "v0").await.expect("restore");
+        let stats = engine.collect_garbage().await.expect("gc");
+        assert_eq!((stats.layers, stats.chunks), (1, 1));
+        assert!(!store
+            .exists(&ChunkId::of(&dropped).key())
+            .await
+            .expect("exists"));
+        assert!(store
+            .exists(&ChunkId::of(&kept).key())
+            .await
+            .expect("exists"));
+        assert_eq!(volume.read(0, BLOCK as usize).await.expect("read"), kept);
+        engine.delete_volume("v").await.expect("delete");
+        let stats = engine.collect_garbage().await.expect("gc");
+        assert_eq!(stats.chunks, 2);
+        assert_eq!(chunk_count(&store).await, 0);
+        assert!(store.list("volumes/").await.expect("list").is_empty());
+        assert!(store.list("layers/").await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn restore_drops_unsaved_writes() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        engine
+            .meta()
+            .create_volume("v", 4 * BLOCK, BLOCK)
+            .expect("create");
+        let volume = engine.open_volume("v").expect("open");
+        volume.write(0, b"saved").await.expect("write");
+        engine
+            .checkpoint(&volume, "v0", None)
+            .await
+            .expect("checkpoint");
+        volume.write(0, b"draft").await.expect("write");
+        volume.fsync().expect("fsync");
+        engine.restore(&volume, "v0").await.expect("restore");
+        assert_eq!(volume.pending_blocks(), 0);
+        assert_eq!(volume.read(0, 5).await.expect("read"), b"saved");
+        drop(volume);
+        let volume = setup.engine().open_volume("v").expect("reopen");
+        assert_eq!(
+            volume.read(0, 5).await.expect("read"),
+            b"saved",
+            "a crash after restore does not bring the draft back"
         );
     }
 

@@ -63,6 +63,8 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("metadata object {key}: {message}")]
+    Manifest { key: String, message: String },
     #[error("offset {offset} + {len} is past the end of volume {volume} ({size} bytes)")]
     OutOfRange {
         volume: String,

@@ -57,6 +57,10 @@ CREATE TABLE staged (
     PRIMARY KEY (volume, block)
 ) WITHOUT ROWID;
 ",
+    "
+-- Whether a sealed layer's record is in the object store.
+ALTER TABLE layers ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// A volume's fixed properties.
@@ -75,6 +79,35 @@ pub struct VersionInfo {
     pub layer: i64,
     pub comment: Option<String>,
     pub created_at: String,
+}
+
+/// A layer in the object store (`layers/<id>.json`, or a volume's `head.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRecord {
+    pub id: i64,
+    pub volume: String,
+    pub parent: Option<i64>,
+    pub sealed: bool,
+    /// Block index → chunk hash, `None` for a block written with zeros.
+    pub blocks: BTreeMap<u64, Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VersionRecord {
+    pub name: String,
+    pub layer: i64,
+    pub comment: Option<String>,
+    pub created_at: String,
+}
+
+/// A volume in the object store (`volumes/<id>/manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeManifest {
+    pub id: String,
+    pub size: u64,
+    pub block_size: u64,
+    pub head: i64,
+    pub versions: Vec<VersionRecord>,
 }
 
 #[derive(Debug)]
@@ -349,8 +382,8 @@ impl Meta {
     }
 
     /// Deletes layers no volume head or version reaches, with their block rows. Returns
-    /// how many layers went.
-    pub fn collect_layers(&self) -> Result<usize, FsError> {
+    /// the layers that went.
+    pub fn collect_layers(&self) -> Result<Vec<i64>, FsError> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
         let live: HashSet<i64> = {
@@ -381,11 +414,11 @@ impl Meta {
             let rows = statement.query_map([], |row| row.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for id in all.into_iter().filter(|id| !live.contains(id)) {
             transaction.execute("DELETE FROM blocks WHERE layer = ?1", params![id])?;
             transaction.execute("DELETE FROM layers WHERE id = ?1", params![id])?;
-            removed += 1;
+            removed.push(id);
         }
         transaction.commit()?;
         Ok(removed)
@@ -434,6 +467,13 @@ impl Meta {
         Ok(())
     }
 
+    /// Forgets every staged block of a volume (a restore abandons them).
+    pub fn clear_staged(&self, volume: &str) -> Result<(), FsError> {
+        self.lock()
+            .execute("DELETE FROM staged WHERE volume = ?1", params![volume])?;
+        Ok(())
+    }
+
     pub fn staged_blocks(&self, volume: &str) -> Result<Vec<u64>, FsError> {
         let connection = self.lock();
         let mut statement =
@@ -442,6 +482,127 @@ impl Meta {
         Ok(rows
             .map(|r| r.map(|b| b as u64))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// A layer as it is published to the object store.
+    pub fn export_layer(&self, layer: i64) -> Result<LayerRecord, FsError> {
+        let connection = self.lock();
+        let (volume, parent, sealed): (String, Option<i64>, bool) = connection.query_row(
+            "SELECT volume, parent, sealed FROM layers WHERE id = ?1",
+            params![layer],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? != 0)),
+        )?;
+        let mut statement = connection
+            .prepare("SELECT block, chunk FROM blocks WHERE layer = ?1 ORDER BY block")?;
+        let rows = statement.query_map(params![layer], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                row.get::<_, Option<Vec<u8>>>(1)?,
+            ))
+        })?;
+        let mut blocks = BTreeMap::new();
+        for row in rows {
+            let (block, chunk) = row?;
+            blocks.insert(block, chunk_from(chunk).map(|c| c.to_hex()));
+        }
+        Ok(LayerRecord {
+            id: layer,
+            volume,
+            parent,
+            sealed,
+            blocks,
+        })
+    }
+
+    /// Sealed layers in a volume's chain (head first) that are not published yet.
+    pub fn unpublished_layers(&self, volume: &str) -> Result<Vec<i64>, FsError> {
+        let head = self.volume(volume)?.head;
+        let connection = self.lock();
+        let mut layers = Vec::new();
+        let mut next = Some(head);
+        while let Some(id) = next {
+            let (parent, sealed, published): (Option<i64>, i64, i64) = connection.query_row(
+                "SELECT parent, sealed, published FROM layers WHERE id = ?1",
+                params![id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+            if sealed != 0 && published == 0 {
+                layers.push(id);
+            }
+            next = parent;
+        }
+        Ok(layers)
+    }
+
+    pub fn mark_published(&self, layer: i64) -> Result<(), FsError> {
+        self.lock().execute(
+            "UPDATE layers SET published = 1 WHERE id = ?1",
+            params![layer],
+        )?;
+        Ok(())
+    }
+
+    /// Imports a layer with its own id (recovery on a fresh host).
+    pub fn import_layer(&self, layer: &LayerRecord) -> Result<(), FsError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "INSERT OR REPLACE INTO layers (id, volume, parent, sealed, published) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![layer.id, layer.volume, layer.parent, layer.sealed as i64, layer.sealed as i64],
+        )?;
+        transaction.execute("DELETE FROM blocks WHERE layer = ?1", params![layer.id])?;
+        {
+            let mut statement = transaction
+                .prepare("INSERT INTO blocks (layer, block, chunk) VALUES (?1, ?2, ?3)")?;
+            for (block, chunk) in &layer.blocks {
+                let chunk = chunk
+                    .as_deref()
+                    .and_then(ChunkId::from_hex)
+                    .map(|c| c.0.to_vec());
+                statement.execute(params![layer.id, *block as i64, chunk])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Imports a volume row and its versions (recovery on a fresh host).
+    pub fn import_volume(&self, manifest: &VolumeManifest) -> Result<(), FsError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "INSERT OR REPLACE INTO volumes (id, size, block_size, head, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![manifest.id, manifest.size as i64, manifest.block_size as i64, manifest.head, now()],
+        )?;
+        for version in &manifest.versions {
+            transaction.execute(
+                "INSERT OR REPLACE INTO versions (volume, name, layer, comment, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![manifest.id, version.name, version.layer, version.comment, version.created_at],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// What describes a volume in the object store.
+    pub fn volume_manifest(&self, volume: &str) -> Result<VolumeManifest, FsError> {
+        let info = self.volume(volume)?;
+        Ok(VolumeManifest {
+            id: info.id,
+            size: info.size,
+            block_size: info.block_size,
+            head: info.head,
+            versions: self
+                .versions(volume)?
+                .into_iter()
+                .map(|v| VersionRecord {
+                    name: v.name,
+                    layer: v.layer,
+                    comment: v.comment,
+                    created_at: v.created_at,
+                })
+                .collect(),
+        })
     }
 
     /// Every chunk some live block row references.
@@ -529,16 +690,16 @@ mod tests {
         meta.record_blocks("a", &[(0, Some(id(2)))]).expect("write");
         // Restoring abandons the head that held id(2).
         meta.restore("a", "v0").expect("restore");
-        assert_eq!(meta.collect_layers().expect("gc"), 1);
+        assert_eq!(meta.collect_layers().expect("gc").len(), 1);
         assert_eq!(
             meta.referenced_chunks().expect("refs"),
             HashSet::from([id(1)])
         );
         meta.delete_version("a", "v0").expect("delete version");
         // v0's layer is still the head's parent: nothing to collect.
-        assert_eq!(meta.collect_layers().expect("gc"), 0);
+        assert_eq!(meta.collect_layers().expect("gc").len(), 0);
         meta.delete_volume("a").expect("delete");
-        assert_eq!(meta.collect_layers().expect("gc"), 2);
+        assert_eq!(meta.collect_layers().expect("gc").len(), 2);
         assert!(meta.referenced_chunks().expect("refs").is_empty());
     }
 
