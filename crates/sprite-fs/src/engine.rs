@@ -490,20 +490,22 @@ impl Volume {
             .buffer_unordered(UPLOAD_PARALLELISM)
             .try_collect()
             .await?;
-        // Only blocks not rewritten during the upload leave staging.
-        let mut staging = lock(&self.staging);
-        let settled: Vec<(u64, Option<ChunkId>)> = results
-            .iter()
-            .filter(|(block, generation, _, _)| {
-                staging.present.get(block) == Some(generation) && !staging.unsynced.contains(block)
-            })
-            .map(|(block, _, chunk, _)| (*block, *chunk))
-            .collect();
-        let unstage: Vec<u64> = settled.iter().map(|(b, _)| *b).collect();
-        self.engine
-            .meta
-            .commit_uploads(&self.id, &settled, &unstage)?;
-        {
+        // Only blocks not rewritten during the upload leave staging. The staging lock
+        // is held from the check to the removal, so no write slips in between.
+        let settled: Vec<(u64, Option<ChunkId>)> = {
+            let mut staging = lock(&self.staging);
+            let settled: Vec<(u64, Option<ChunkId>)> = results
+                .iter()
+                .filter(|(block, generation, _, _)| {
+                    staging.present.get(block) == Some(generation)
+                        && !staging.unsynced.contains(block)
+                })
+                .map(|(block, _, chunk, _)| (*block, *chunk))
+                .collect();
+            let unstage: Vec<u64> = settled.iter().map(|(b, _)| *b).collect();
+            self.engine
+                .meta
+                .commit_uploads(&self.id, &settled, &unstage)?;
             let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
             for (block, chunk) in &settled {
                 match chunk {
@@ -511,11 +513,11 @@ impl Volume {
                     None => map.remove(block),
                 };
             }
-        }
-        for block in &unstage {
-            staging.present.remove(block);
-        }
-        drop(staging);
+            for block in &unstage {
+                staging.present.remove(block);
+            }
+            settled
+        };
         self.engine.publish(&self.id).await?;
         Ok(UploadStats {
             blocks: settled.len(),
