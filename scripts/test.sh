@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, and the end-to-end tests that
-# start real daemons and sandboxes (they need root, cgroups and namespaces). Also runs
-# the official Python SDK (sprites-py) against the daemon, from a venv made here.
+# start real daemons, sandboxes, FUSE mounts and loop devices (they need root). Also
+# runs the official Python SDK (sprites-py) against the daemon, from a venv made here,
+# and the object-store tests against a real S3-compatible server (s3s-fs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,12 @@ if ! "$venv/bin/python" -c 'import sprites' 2>/dev/null; then
 fi
 export SPRITE_SDK_PYTHON="$PWD/$venv/bin/python"
 
+# A real S3-compatible server for the object-store tests (no mocks of S3).
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+    echo "== installing s3s-fs (S3 test server)"
+    cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -28,11 +35,15 @@ cargo test --workspace
 
 # Nothing a test made may outlive the suite.
 leaks=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -path '*/sprites/sprite-*' 2>/dev/null || true)
-procs=$(pgrep -af 'sprite (init|daemon)' || true)
-if [ -n "$leaks$procs" ]; then
+procs=$(pgrep -af 'sprite (init|daemon)|s3s-fs' || true)
+mounts=$(grep -E 'spritefs|sprite-test' /proc/self/mountinfo || true)
+loops=$(losetup -a 2>/dev/null | grep -E 'spritefs|/fuse/' || true)
+if [ -n "$leaks$procs$mounts$loops" ]; then
     echo "error: the tests left resources behind:" >&2
     echo "$leaks" >&2
     echo "$procs" >&2
+    echo "$mounts" >&2
+    echo "$loops" >&2
     exit 1
 fi
-echo "== no cgroups or sprite processes left behind"
+echo "== no cgroups, mounts, loop devices or sprite processes left behind"

@@ -25,6 +25,16 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn exists(&self, key: &str) -> Result<bool, StoreError>;
 }
 
+/// S3 settings that override the `AWS_*` environment.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct S3Options {
+    /// e.g. `http://127.0.0.1:9000` for MinIO or a test server (path-style requests).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
 /// A [`BlobStore`] over an `object_store` backend, under a key prefix.
 #[derive(Debug)]
 pub struct ObjectBlobStore {
@@ -65,6 +75,12 @@ impl ObjectBlobStore {
     /// credentials) come from the usual `AWS_*` environment variables; `AWS_ENDPOINT`
     /// (with `AWS_ALLOW_HTTP=true` for plain http) points at MinIO, R2 or a test server.
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        Self::from_url_with(url, &S3Options::default())
+    }
+
+    /// Like [`ObjectBlobStore::from_url`], with S3 settings given explicitly (they win
+    /// over the environment).
+    pub fn from_url_with(url: &str, options: &S3Options) -> Result<Self, StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
             url: url.to_string(),
             reason,
@@ -83,10 +99,25 @@ impl ObjectBlobStore {
             }
             "s3" => {
                 let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = &options.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                if let Some(region) = &options.region {
+                    builder = builder.with_region(region);
+                }
+                if let (Some(key), Some(secret)) =
+                    (&options.access_key_id, &options.secret_access_key)
+                {
+                    builder = builder
+                        .with_access_key_id(key)
+                        .with_secret_access_key(secret);
+                }
+                let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
                 Ok(Self::new(Arc::new(s3), parsed.path()))
             }
             other => Err(bad(format!(
