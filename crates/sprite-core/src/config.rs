@@ -2,8 +2,20 @@
 
 use std::path::PathBuf;
 
+/// Where sprites' writable layers live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// Plain directories on the host's disk.
+    Local,
+    /// SpriteFS volumes in an object store (`None`: a directory in the data dir).
+    SpriteFs { store_url: Option<String> },
+}
+
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    pub storage: StorageBackend,
+    /// Block size of new SpriteFS volumes.
+    pub block_bytes: u64,
     /// Root of all state: `control.db`, `images/`, `sprites/`.
     pub data_dir: PathBuf,
     /// The `sprite` binary, run as `sprite init` to launch sandboxes.
@@ -30,6 +42,8 @@ pub struct CoreConfig {
 impl CoreConfig {
     pub fn new(data_dir: PathBuf, executable: PathBuf) -> Self {
         CoreConfig {
+            storage: StorageBackend::Local,
+            block_bytes: 1024 * 1024,
             data_dir,
             executable,
             default_image: "debian".into(),

@@ -35,6 +35,10 @@ pub enum CoreError {
     StartTimeout(String),
     #[error("{0}")]
     SpawnFailed(String),
+    #[error("storage of sprite {sprite}: {message}")]
+    Storage { sprite: String, message: String },
+    #[error("{command}: {message}")]
+    Command { command: String, message: String },
     #[error("too many sprites: the limit is {0}")]
     TooManySprites(usize),
 }
@@ -53,6 +57,8 @@ impl CoreError {
             CoreError::Database(_)
             | CoreError::Sandbox { .. }
             | CoreError::Image { .. }
+            | CoreError::Storage { .. }
+            | CoreError::Command { .. }
             | CoreError::Io { .. } => ErrorKind::Internal,
         }
     }

@@ -12,6 +12,6 @@ pub mod image;
 pub mod manager;
 pub mod rootfs;
 
-pub use config::CoreConfig;
+pub use config::{CoreConfig, StorageBackend};
 pub use error::CoreError;
 pub use manager::SpriteManager;

@@ -1,10 +1,11 @@
 //! [`SpriteManager`]: every operation on sprites the API offers.
 
 use crate::config::CoreConfig;
+use crate::config::StorageBackend;
 use crate::db::{Database, SpriteRecord};
 use crate::error::CoreError;
 use crate::image::{ImageStatus, ImageStore};
-use crate::rootfs::{LocalOverlayStore, RootStore};
+use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
     validate_labels, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList, SpriteStatus,
@@ -76,8 +77,21 @@ impl SpriteManager {
             config.id_base,
             config.debian_mirror.clone(),
         );
-        let roots: Arc<dyn RootStore> =
-            Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")));
+        let roots: Arc<dyn RootStore> = match &config.storage {
+            StorageBackend::Local => {
+                Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")))
+            }
+            StorageBackend::SpriteFs { store_url } => {
+                Arc::new(SpriteFsStore::new(SpriteFsSettings {
+                    data_dir: config.data_dir.clone(),
+                    executable: config.executable.clone(),
+                    store_url: store_url.clone(),
+                    volume_bytes: config.default_storage_gb * 1024 * 1024 * 1024,
+                    block_bytes: config.block_bytes,
+                    id_base: config.id_base,
+                }))
+            }
+        };
         make_dir(&config.data_dir.join("layers"), 0o711)?;
         Ok(Arc::new(SpriteManager {
             config,
@@ -227,7 +241,7 @@ impl SpriteManager {
         self.db.insert(&record)?;
         let started = async {
             self.images.ensure(&record.image).await?;
-            self.roots.create(&record.id)?;
+            self.roots.create(&record.id).await?;
             self.start(&record).await
         }
         .await;
@@ -280,7 +294,7 @@ impl SpriteManager {
             sprite_id: record.id.clone(),
             hostname: record.name.clone(),
             state_dir,
-            layers: self.roots.layers(&record.id, &image_root),
+            layers: self.roots.prepare(&record.id, &image_root).await?,
             id_base: record.id_base,
             id_count: self.config.id_count,
             limits: self.limits(record),
@@ -323,7 +337,7 @@ impl SpriteManager {
         lock(&self.running).remove(&record.id);
         let cgroup = self.cgroup(&record.id)?;
         self.kill_cgroup(&record.id, &cgroup).await?;
-        self.roots.remove(&record.id)?;
+        self.roots.remove(&record.id).await?;
         let state_dir = self.state_dir(&record.id);
         match fs::remove_dir_all(&state_dir) {
             Ok(()) => {}

@@ -1,19 +1,27 @@
-//! Where a sprite's writable layer lives. [`RootStore`] is the seam the storage engine
-//! (SpriteFS) plugs into; [`LocalOverlayStore`] keeps the layer in a local directory.
+//! Where a sprite's writable layer lives. [`RootStore`] is the seam between the
+//! lifecycle and storage: [`LocalOverlayStore`] keeps the layer in a local directory;
+//! [`SpriteFsStore`] keeps it on a SpriteFS volume (ext4 on a loop device over the
+//! storage process's FUSE file), so it lives in the object store.
 
 use crate::error::CoreError;
+use sprite_fs::service::{StorageClient, StorageRequest, StorageResponse};
 use sprite_sandbox::spec::RootLayers;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Storage of sprites' own (upper) layers.
+#[async_trait::async_trait]
 pub trait RootStore: Send + Sync + std::fmt::Debug {
     /// Makes an empty layer for a new sprite.
-    fn create(&self, sprite_id: &str) -> Result<(), CoreError>;
-    /// The overlay layers of a sprite over its image's root.
-    fn layers(&self, sprite_id: &str, image_root: &Path) -> RootLayers;
+    async fn create(&self, sprite_id: &str) -> Result<(), CoreError>;
+    /// Makes the layer ready to mount (idempotent) and returns the overlay layers over
+    /// the image's root.
+    async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError>;
+    /// Undoes `prepare` once the sprite's processes are gone; its data stays.
+    async fn release(&self, sprite_id: &str) -> Result<(), CoreError>;
     /// Deletes a sprite's layer for good.
-    fn remove(&self, sprite_id: &str) -> Result<(), CoreError>;
+    async fn remove(&self, sprite_id: &str) -> Result<(), CoreError>;
 }
 
 /// Upper layers as plain directories under `<dir>/<sprite id>/`.
@@ -26,38 +34,408 @@ impl LocalOverlayStore {
     pub fn new(dir: PathBuf) -> Self {
         LocalOverlayStore { dir }
     }
+}
 
-    fn layer_dir(&self, sprite_id: &str) -> PathBuf {
-        self.dir.join(sprite_id)
+fn remove_tree(dir: &Path) -> Result<(), CoreError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io("remove", dir)(e)),
     }
 }
 
+#[async_trait::async_trait]
 impl RootStore for LocalOverlayStore {
-    fn create(&self, sprite_id: &str) -> Result<(), CoreError> {
-        let dir = self.layer_dir(sprite_id);
+    async fn create(&self, sprite_id: &str) -> Result<(), CoreError> {
         for sub in ["upper", "work"] {
-            let path = dir.join(sub);
+            let path = self.dir.join(sprite_id).join(sub);
             fs::create_dir_all(&path).map_err(CoreError::io("create", &path))?;
         }
         Ok(())
     }
 
-    fn layers(&self, sprite_id: &str, image_root: &Path) -> RootLayers {
-        let dir = self.layer_dir(sprite_id);
-        RootLayers {
+    async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError> {
+        let dir = self.dir.join(sprite_id);
+        Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
             upper: dir.join("upper"),
             work: dir.join("work"),
+        })
+    }
+
+    async fn release(&self, _sprite_id: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
+
+    async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
+        remove_tree(&self.dir.join(sprite_id))
+    }
+}
+
+/// Name of the pre-formatted volume every sprite's volume is forked from.
+const TEMPLATE: &str = "template-ext4";
+const TEMPLATE_VERSION: &str = "formatted";
+
+/// Settings of [`SpriteFsStore`].
+#[derive(Debug, Clone)]
+pub struct SpriteFsSettings {
+    pub data_dir: PathBuf,
+    pub executable: PathBuf,
+    /// Object store URL given to the storage process (None: `<data>/store`).
+    pub store_url: Option<String>,
+    pub volume_bytes: u64,
+    pub block_bytes: u64,
+    /// Host uid/gid that root inside sprites maps to (owns upper and work).
+    pub id_base: u32,
+}
+
+/// Sprite layers on SpriteFS volumes.
+#[derive(Debug)]
+pub struct SpriteFsStore {
+    settings: SpriteFsSettings,
+    client: StorageClient,
+    setup: tokio::sync::Mutex<()>,
+}
+
+fn storage_error(
+    sprite: &str,
+) -> impl FnOnce(sprite_fs::service::StorageClientError) -> CoreError + '_ {
+    move |error| CoreError::Storage {
+        sprite: sprite.to_string(),
+        message: sprite_sandbox::error_chain(&error),
+    }
+}
+
+async fn run(program: &str, args: &[&str]) -> Result<String, CoreError> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| CoreError::Command {
+            command: command.clone(),
+            message: e.to_string(),
+        })?;
+    if !output.status.success() {
+        let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err(CoreError::Command { command, message });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Whether `path` is a mount point (per /proc/self/mountinfo).
+fn is_mount_point(path: &Path) -> bool {
+    let wanted = path.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| {
+            text.lines()
+                .any(|line| line.split(' ').nth(4) == Some(&*wanted))
+        })
+        .unwrap_or(false)
+}
+
+impl SpriteFsStore {
+    pub fn new(settings: SpriteFsSettings) -> Self {
+        let socket = settings.data_dir.join("fs").join("storage.sock");
+        SpriteFsStore {
+            client: StorageClient::new(&socket),
+            settings,
+            setup: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
-        let dir = self.layer_dir(sprite_id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CoreError::io("remove", dir)(e)),
+    async fn request(
+        &self,
+        sprite: &str,
+        request: StorageRequest,
+    ) -> Result<StorageResponse, CoreError> {
+        self.client
+            .request(&request)
+            .await
+            .map_err(storage_error(sprite))
+    }
+
+    /// Starts the storage process unless it answers already. It is not a child that
+    /// dies with the daemon: it keeps serving running sprites across daemon restarts.
+    pub async fn ensure_service(&self) -> Result<(), CoreError> {
+        if self.client.request(&StorageRequest::Ping).await.is_ok() {
+            return Ok(());
         }
+        let log_path = self.settings.data_dir.join("storage.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(CoreError::io("open", &log_path))?;
+        let log_err = log.try_clone().map_err(CoreError::io("open", &log_path))?;
+        let mut command = std::process::Command::new(&self.settings.executable);
+        command
+            .arg("storage")
+            .arg("--data-dir")
+            .arg(&self.settings.data_dir);
+        if let Some(url) = &self.settings.store_url {
+            command.arg("--store").arg(url);
+        }
+        use std::os::unix::process::CommandExt;
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        let child = command.spawn().map_err(|e| CoreError::Storage {
+            sprite: String::new(),
+            message: format!("start the storage process: {e}"),
+        })?;
+        // Reaped by whoever; we only wait for its socket.
+        drop(child);
+        for _ in 0..200 {
+            if self.client.request(&StorageRequest::Ping).await.is_ok() {
+                tracing::info!("storage process started");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(CoreError::Storage {
+            sprite: String::new(),
+            message: format!(
+                "the storage process did not start; see {}",
+                log_path.display()
+            ),
+        })
+    }
+
+    fn mount_dir(&self, sprite_id: &str) -> PathBuf {
+        self.settings
+            .data_dir
+            .join("layers")
+            .join(sprite_id)
+            .join("mnt")
+    }
+
+    /// Attaches a volume, loops it and mounts its ext4 at `target`.
+    async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
+        let StorageResponse::Path { path } = self
+            .request(
+                volume,
+                StorageRequest::Attach {
+                    volume: volume.into(),
+                },
+            )
+            .await?
+        else {
+            return Err(CoreError::Storage {
+                sprite: volume.into(),
+                message: "attach answered without a path".into(),
+            });
+        };
+        fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
+        let device = run(
+            "losetup",
+            &[
+                "--direct-io=on",
+                "--find",
+                "--show",
+                &path.to_string_lossy(),
+            ],
+        )
+        .await?;
+        let mounted = run(
+            "mount",
+            &[
+                "-t",
+                "ext4",
+                "-o",
+                "noinit_itable,nodelalloc",
+                &device,
+                &target.to_string_lossy(),
+            ],
+        )
+        .await;
+        if let Err(error) = mounted {
+            let _ = run("losetup", &["-d", &device]).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Unmounts `target`, detaches its loop device and the volume.
+    async fn unmount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
+        if is_mount_point(target) {
+            let mut attempts = 0;
+            while let Err(error) = run("umount", &[&target.to_string_lossy()]).await {
+                attempts += 1;
+                if attempts > 50 {
+                    return Err(error);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let file = self.settings.data_dir.join("fs").join("mnt").join(volume);
+        let devices = run(
+            "losetup",
+            &["-j", &file.to_string_lossy(), "-n", "-O", "NAME"],
+        )
+        .await
+        .unwrap_or_default();
+        for device in devices.lines().filter(|d| !d.is_empty()) {
+            run("losetup", &["-d", device]).await?;
+        }
+        self.request(
+            volume,
+            StorageRequest::Detach {
+                volume: volume.into(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Makes the pre-formatted template every sprite volume is forked from.
+    async fn ensure_template(&self) -> Result<(), CoreError> {
+        let _one = self.setup.lock().await;
+        self.ensure_service().await?;
+        let formatted = StorageRequest::Exists {
+            volume: TEMPLATE.into(),
+            version: Some(TEMPLATE_VERSION.into()),
+        };
+        if let StorageResponse::Exists { exists: true } = self.request(TEMPLATE, formatted).await? {
+            return Ok(());
+        }
+        // A template whose formatting was interrupted is started over.
+        if let StorageResponse::Exists { exists: true } = self
+            .request(
+                TEMPLATE,
+                StorageRequest::Exists {
+                    volume: TEMPLATE.into(),
+                    version: None,
+                },
+            )
+            .await?
+        {
+            self.request(
+                TEMPLATE,
+                StorageRequest::Delete {
+                    volume: TEMPLATE.into(),
+                },
+            )
+            .await?;
+        }
+        tracing::info!("formatting the sprite volume template");
+        let create = StorageRequest::Create {
+            volume: TEMPLATE.into(),
+            size: self.settings.volume_bytes,
+            block_size: self.settings.block_bytes,
+            from: None,
+        };
+        self.request(TEMPLATE, create).await?;
+        let StorageResponse::Path { path } = self
+            .request(
+                TEMPLATE,
+                StorageRequest::Attach {
+                    volume: TEMPLATE.into(),
+                },
+            )
+            .await?
+        else {
+            return Err(CoreError::Storage {
+                sprite: TEMPLATE.into(),
+                message: "attach answered without a path".into(),
+            });
+        };
+        let device = run(
+            "losetup",
+            &[
+                "--direct-io=on",
+                "--find",
+                "--show",
+                &path.to_string_lossy(),
+            ],
+        )
+        .await?;
+        let formatted = run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                &device,
+            ],
+        )
+        .await;
+        let _ = run("losetup", &["-d", &device]).await;
+        formatted?;
+        let target = self.settings.data_dir.join("layers").join(".template");
+        self.mount_volume(TEMPLATE, &target).await?;
+        let prepared = (|| {
+            for sub in ["upper", "work"] {
+                let dir = target.join(sub);
+                fs::create_dir_all(&dir).map_err(CoreError::io("create", &dir))?;
+                std::os::unix::fs::chown(
+                    &dir,
+                    Some(self.settings.id_base),
+                    Some(self.settings.id_base),
+                )
+                .map_err(CoreError::io("chown", &dir))?;
+            }
+            Ok::<(), CoreError>(())
+        })();
+        self.unmount_volume(TEMPLATE, &target).await?;
+        prepared?;
+        let checkpoint = StorageRequest::Checkpoint {
+            volume: TEMPLATE.into(),
+            name: TEMPLATE_VERSION.into(),
+            comment: None,
+        };
+        self.request(TEMPLATE, checkpoint).await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl RootStore for SpriteFsStore {
+    async fn create(&self, sprite_id: &str) -> Result<(), CoreError> {
+        self.ensure_template().await?;
+        let request = StorageRequest::Create {
+            volume: sprite_id.into(),
+            size: self.settings.volume_bytes,
+            block_size: self.settings.block_bytes,
+            from: Some((TEMPLATE.into(), TEMPLATE_VERSION.into())),
+        };
+        self.request(sprite_id, request).await?;
+        Ok(())
+    }
+
+    async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError> {
+        let target = self.mount_dir(sprite_id);
+        if !is_mount_point(&target) {
+            self.ensure_service().await?;
+            self.mount_volume(sprite_id, &target).await?;
+        }
+        Ok(RootLayers {
+            lower: vec![image_root.to_path_buf()],
+            upper: target.join("upper"),
+            work: target.join("work"),
+        })
+    }
+
+    async fn release(&self, sprite_id: &str) -> Result<(), CoreError> {
+        self.unmount_volume(sprite_id, &self.mount_dir(sprite_id))
+            .await
+    }
+
+    async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        self.release(sprite_id).await?;
+        self.request(
+            sprite_id,
+            StorageRequest::Delete {
+                volume: sprite_id.into(),
+            },
+        )
+        .await?;
+        remove_tree(&self.settings.data_dir.join("layers").join(sprite_id))
     }
 }
 
@@ -65,16 +443,25 @@ impl RootStore for LocalOverlayStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn layers_live_under_the_sprite_dir() {
+    #[tokio::test]
+    async fn local_layers_live_under_the_sprite_dir() {
         let dir = tempfile::tempdir().expect("dir");
         let store = LocalOverlayStore::new(dir.path().to_path_buf());
-        store.create("s1").expect("create");
-        let layers = store.layers("s1", Path::new("/images/debian/rootfs"));
+        store.create("s1").await.expect("create");
+        let layers = store
+            .prepare("s1", Path::new("/images/debian/rootfs"))
+            .await
+            .expect("prepare");
         assert!(layers.upper.is_dir() && layers.work.is_dir());
         assert_eq!(layers.lower, vec![PathBuf::from("/images/debian/rootfs")]);
-        store.remove("s1").expect("remove");
+        store.remove("s1").await.expect("remove");
         assert!(!dir.path().join("s1").exists());
-        store.remove("s1").expect("remove twice");
+        store.remove("s1").await.expect("remove twice");
+    }
+
+    #[test]
+    fn mount_points_are_recognised() {
+        assert!(is_mount_point(Path::new("/")));
+        assert!(!is_mount_point(Path::new("/definitely/not/mounted")));
     }
 }

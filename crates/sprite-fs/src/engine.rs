@@ -437,6 +437,47 @@ impl Volume {
         Ok(())
     }
 
+    /// Zeroes a range (a discard from the loop device, or TRIM from inside the sprite).
+    /// Whole blocks become holes without any data written; partial ones are zeroed.
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<(), FsError> {
+        let len = len.min(self.size.saturating_sub(offset));
+        self.check_range(offset, len)?;
+        let end = offset + len;
+        let first_whole = offset.div_ceil(self.block_size);
+        let end_whole = end / self.block_size;
+        if first_whole >= end_whole {
+            return self.write(offset, &vec![0u8; len as usize]).await;
+        }
+        if offset < first_whole * self.block_size {
+            self.write(
+                offset,
+                &vec![0u8; (first_whole * self.block_size - offset) as usize],
+            )
+            .await?;
+        }
+        if end > end_whole * self.block_size {
+            let start = end_whole * self.block_size;
+            self.write(start, &vec![0u8; (end - start) as usize])
+                .await?;
+        }
+        let mut staging = lock(&self.staging);
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let holes: Vec<u64> = (first_whole..end_whole)
+            .filter(|block| map.contains_key(block) || staging.present.contains_key(block))
+            .collect();
+        if holes.is_empty() {
+            return Ok(());
+        }
+        let zeroed: Vec<(u64, Option<ChunkId>)> = holes.iter().map(|b| (*b, None)).collect();
+        self.engine.meta.commit_uploads(&self.id, &zeroed, &holes)?;
+        for block in &holes {
+            map.remove(block);
+            staging.present.remove(block);
+            staging.unsynced.remove(block);
+        }
+        Ok(())
+    }
+
     /// Makes every write so far durable on local disk. Returns when a daemon crash can
     /// no longer lose them.
     pub fn fsync(&self) -> Result<(), FsError> {
@@ -875,6 +916,37 @@ mod tests {
             b"saved",
             "a crash after restore does not bring the draft back"
         );
+    }
+
+    #[tokio::test]
+    async fn discard_turns_whole_blocks_into_holes() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        engine
+            .meta()
+            .create_volume("v", 8 * BLOCK, BLOCK)
+            .expect("create");
+        let volume = engine.open_volume("v").expect("open");
+        let data = pattern(4 * BLOCK as usize, 5);
+        volume.write(0, &data).await.expect("write");
+        volume.flush_all().await.expect("flush");
+        volume.write(2 * BLOCK, b"staged").await.expect("write");
+        // From the middle of block 0 to the middle of block 3.
+        volume.discard(BLOCK / 2, 3 * BLOCK).await.expect("discard");
+        let mut expected = data.clone();
+        expected[(BLOCK / 2) as usize..(BLOCK / 2 + 3 * BLOCK) as usize].fill(0);
+        assert!(volume.read(0, data.len()).await.expect("read") == expected);
+        assert!(
+            !engine.meta().block_map("v").expect("map").contains_key(&1),
+            "block 1 is a hole"
+        );
+        volume.flush_all().await.expect("flush");
+        drop(volume);
+        let volume = setup.engine().open_volume("v").expect("reopen");
+        assert!(volume.read(0, data.len()).await.expect("read") == expected);
+        // Discarding the whole (mostly empty) volume is cheap and harmless.
+        volume.discard(0, 8 * BLOCK).await.expect("discard all");
+        assert_eq!(volume.read(0, 16).await.expect("read"), vec![0; 16]);
     }
 
     #[tokio::test]

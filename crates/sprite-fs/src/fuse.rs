@@ -40,17 +40,23 @@ impl VolumeTable {
         if table.next_ino < 2 {
             table.next_ino = 2;
         }
-        let ino = table.next_ino;
-        table.next_ino += 1;
-        if let Some(old) = table.by_name.insert(volume.id.clone(), ino) {
-            table.by_ino.remove(&old);
-        }
+        // A volume keeps its inode across detach and attach, so the kernel's cached
+        // entry for its name stays valid.
+        let ino = match table.by_name.get(&volume.id) {
+            Some(ino) => *ino,
+            None => {
+                let ino = table.next_ino;
+                table.next_ino += 1;
+                table.by_name.insert(volume.id.clone(), ino);
+                ino
+            }
+        };
         table.by_ino.insert(ino, volume);
     }
 
     pub fn detach(&self, id: &str) -> Option<Arc<Volume>> {
         let mut table = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let ino = table.by_name.remove(id)?;
+        let ino = *table.by_name.get(id)?;
         table.by_ino.remove(&ino)
     }
 
@@ -64,6 +70,7 @@ impl VolumeTable {
     }
 
     fn lookup(&self, name: &str) -> Option<(u64, Arc<Volume>)> {
+        // (A detached volume keeps its name's inode but has no entry.)
         let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let ino = *table.by_name.get(name)?;
         Some((ino, table.by_ino.get(&ino)?.clone()))
@@ -288,6 +295,53 @@ impl Filesystem for VolumeFs {
             Err(error) => {
                 tracing::error!(volume = %volume.id, "fsync failed: {error}");
                 reply.error(Errno::EIO);
+            }
+        }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(volume) = self.table.get(ino.into()) else {
+            return reply.error(Errno::ENOENT);
+        };
+        const PUNCH_HOLE: i32 = 0x02;
+        const ZERO_RANGE: i32 = 0x10;
+        if mode & (PUNCH_HOLE | ZERO_RANGE) == 0 {
+            // Plain allocation means nothing on a sparse volume.
+            return reply.ok();
+        }
+        match self.runtime.block_on(volume.discard(offset, length)) {
+            Ok(()) => reply.ok(),
+            Err(error) => {
+                tracing::error!(volume = %volume.id, offset, length, "discard failed: {error}");
+                reply.error(errno_of(&error));
             }
         }
     }

@@ -36,6 +36,9 @@ const EXAMPLES: &str = "Examples:
 pub enum Command {
     /// Run the sprite daemon (the API server).
     Daemon(crate::daemon::DaemonArgs),
+    /// The per-host storage process (started by the daemon).
+    #[command(hide = true)]
+    Storage(crate::storage::StorageArgs),
     /// Create a sprite and open its console.
     #[command(
         after_help = "Examples:\n  sprite create\n  sprite create dev --skip-console --label team=web"
@@ -211,6 +214,12 @@ pub async fn run(args: Args) -> Result<u8> {
                 return Ok(1);
             };
             crate::daemon::run(daemon, token).await
+        }
+        Command::Storage(_) => {
+            let Command::Storage(storage) = args.command else {
+                return Ok(1);
+            };
+            crate::storage::run(storage).await
         }
         Command::Version => {
             if args.json {

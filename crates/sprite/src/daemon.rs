@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub pids_limit: Option<u64>,
     pub max_sprites: Option<usize>,
     pub url_domain: Option<String>,
+    /// `local` (default) or `spritefs`.
+    pub storage: Option<String>,
+    /// Object store of SpriteFS: file:///path or s3://bucket/prefix.
+    pub store: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +44,12 @@ pub struct DaemonArgs {
     /// Image of new sprites: debian (default) or busybox.
     #[arg(long)]
     pub image: Option<String>,
+    /// Where sprites' files live: local (default) or spritefs (object storage).
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// SpriteFS object store: file:///path or s3://bucket/prefix (default: <data-dir>/store).
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 fn load_file_config(path: &Path) -> Result<FileConfig> {
@@ -109,6 +119,12 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
     config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
     config.url_domain = file.url_domain.unwrap_or(config.url_domain);
+    let store = args.store.or(file.store);
+    config.storage = match args.storage.or(file.storage).as_deref() {
+        None | Some("local") => sprite_core::StorageBackend::Local,
+        Some("spritefs") => sprite_core::StorageBackend::SpriteFs { store_url: store },
+        Some(other) => anyhow::bail!("storage = {other:?} is not known; use local or spritefs"),
+    };
 
     let manager = SpriteManager::open(config).context("open the daemon's state")?;
     let given = token

@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod daemon;
 mod settings;
+mod storage;
 
 use clap::Parser;
 use std::io::Read;

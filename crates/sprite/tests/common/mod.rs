@@ -172,7 +172,60 @@ impl Drop for Daemon {
             let _ = cgroup.kill_all(Duration::from_secs(10));
             let _ = cgroup.remove();
         }
+        cleanup_storage(self.data.path());
     }
+}
+
+/// Undoes what a SpriteFS daemon left: sprite ext4 mounts, loop devices over the FUSE
+/// files, the storage process and its FUSE mount.
+fn cleanup_storage(data: &Path) {
+    let data_text = data.to_string_lossy().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(&data_text) && !point.ends_with("/fs/mnt"))
+        .map(str::to_string)
+        .collect();
+    mounts.sort();
+    for point in mounts.iter().rev() {
+        let _ = Command::new("umount").arg("-l").arg(point).status();
+    }
+    let loops = Command::new("losetup")
+        .args(["-n", "-O", "NAME,BACK-FILE"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    for line in loops.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(device), Some(file)) = (parts.next(), parts.next()) {
+            if file.starts_with(&data_text) {
+                let _ = Command::new("losetup").args(["-d", device]).status();
+            }
+        }
+    }
+    let pattern = format!("storage --data-dir {data_text}");
+    let _ = Command::new("pkill")
+        .args(["-TERM", "-f", &pattern])
+        .status();
+    for _ in 0..100 {
+        let alive = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false);
+        if !alive {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", &pattern])
+        .status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(data.join("fs/mnt"))
+        .status();
 }
 
 pub fn params(argv: &[&str]) -> ExecParams {

@@ -1,0 +1,328 @@
+//! The storage service: one process per host that owns the engine, the FUSE mount and
+//! the uploader, and answers the daemon over a unix socket (one JSON request and one
+//! JSON answer per line). It is separate from the daemon so that a daemon restart never
+//! interrupts a running sprite's disk I/O: the FUSE server lives on.
+
+use crate::engine::{Engine, GcStats, Volume};
+use crate::error::FsError;
+use crate::fuse::VolumeTable;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// A request to the storage service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StorageRequest {
+    Ping,
+    /// Creates a volume, empty or (metadata only) from a version of another.
+    Create {
+        volume: String,
+        size: u64,
+        block_size: u64,
+        from: Option<(String, String)>,
+    },
+    /// Makes the volume's file appear in the FUSE directory; answers its path.
+    Attach {
+        volume: String,
+    },
+    /// Uploads everything and removes the file from the FUSE directory.
+    Detach {
+        volume: String,
+    },
+    /// Uploads everything: when answered, the volume is fully in the object store.
+    Flush {
+        volume: String,
+    },
+    Checkpoint {
+        volume: String,
+        name: String,
+        comment: Option<String>,
+    },
+    Restore {
+        volume: String,
+        name: String,
+    },
+    Delete {
+        volume: String,
+    },
+    Gc,
+    /// Whether a volume (and, if named, its version) exists.
+    Exists {
+        volume: String,
+        version: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum StorageResponse {
+    Pong {
+        pid: u32,
+        attached: usize,
+    },
+    Ok,
+    Path {
+        path: PathBuf,
+    },
+    Exists {
+        exists: bool,
+    },
+    Collected {
+        layers: usize,
+        chunks: usize,
+        bytes: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// The state of the storage process.
+#[derive(Debug)]
+pub struct StorageService {
+    engine: Arc<Engine>,
+    table: VolumeTable,
+    mount_dir: PathBuf,
+    attached: Mutex<HashMap<String, Arc<Volume>>>,
+}
+
+impl StorageService {
+    pub fn new(engine: Arc<Engine>, table: VolumeTable, mount_dir: PathBuf) -> Arc<Self> {
+        Arc::new(StorageService {
+            engine,
+            table,
+            mount_dir,
+            attached: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Volume>>> {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn volume(&self, id: &str) -> Result<Arc<Volume>, FsError> {
+        if let Some(volume) = self.attached().get(id) {
+            return Ok(volume.clone());
+        }
+        self.engine.open_volume(id)
+    }
+
+    pub async fn handle(&self, request: StorageRequest) -> Result<StorageResponse, FsError> {
+        Ok(match request {
+            StorageRequest::Ping => StorageResponse::Pong {
+                pid: std::process::id(),
+                attached: self.attached().len(),
+            },
+            StorageRequest::Create {
+                volume,
+                size,
+                block_size,
+                from,
+            } => {
+                match from {
+                    Some((source, version)) => self.engine.fork(&source, &version, &volume).await?,
+                    None => {
+                        self.engine
+                            .meta()
+                            .create_volume(&volume, size, block_size)?;
+                        self.engine.publish(&volume).await?;
+                    }
+                }
+                StorageResponse::Ok
+            }
+            StorageRequest::Attach { volume } => {
+                let handle = self.volume(&volume)?;
+                // Blocks staged before a crash go up before anything else happens.
+                handle.upload().await?;
+                self.table.attach(handle.clone());
+                self.attached().insert(volume.clone(), handle);
+                StorageResponse::Path {
+                    path: self.mount_dir.join(&volume),
+                }
+            }
+            StorageRequest::Detach { volume } => {
+                let handle = self.attached().remove(&volume);
+                if let Some(handle) = handle {
+                    self.table.detach(&volume);
+                    handle.flush_all().await?;
+                }
+                StorageResponse::Ok
+            }
+            StorageRequest::Flush { volume } => {
+                self.volume(&volume)?.flush_all().await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::Checkpoint {
+                volume,
+                name,
+                comment,
+            } => {
+                let handle = self.volume(&volume)?;
+                self.engine
+                    .checkpoint(&handle, &name, comment.as_deref())
+                    .await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::Restore { volume, name } => {
+                let handle = self.volume(&volume)?;
+                self.engine.restore(&handle, &name).await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::Delete { volume } => {
+                let handle = self.attached().remove(&volume);
+                if handle.is_some() {
+                    self.table.detach(&volume);
+                }
+                self.engine.delete_volume(&volume).await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::Gc => {
+                let GcStats {
+                    layers,
+                    chunks,
+                    bytes,
+                } = self.engine.collect_garbage().await?;
+                StorageResponse::Collected {
+                    layers,
+                    chunks,
+                    bytes,
+                }
+            }
+            StorageRequest::Exists { volume, version } => {
+                let meta = self.engine.meta();
+                let exists = match version {
+                    Some(version) => meta.version(&volume, &version).is_ok(),
+                    None => meta.volume(&volume).is_ok(),
+                };
+                StorageResponse::Exists { exists }
+            }
+        })
+    }
+
+    /// Keeps the object store at most `interval` behind every attached volume.
+    pub async fn upload_forever(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
+            for volume in volumes {
+                let result = async {
+                    volume.fsync()?;
+                    volume.upload().await
+                }
+                .await;
+                if let Err(error) = result {
+                    tracing::warn!(volume = %volume.id, "background upload failed (will retry): {error}");
+                }
+            }
+        }
+    }
+
+    /// Flushes every attached volume (on shutdown).
+    pub async fn flush_attached(&self) {
+        let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
+        for volume in volumes {
+            if let Err(error) = volume.flush_all().await {
+                tracing::error!(volume = %volume.id, "flush on shutdown failed: {error}");
+            }
+        }
+    }
+
+    /// Serves requests on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = self.clone();
+            tokio::spawn(async move { service.connection(stream).await });
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream) {
+        let (reader, mut writer) = stream.into_split();
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let response = match serde_json::from_str::<StorageRequest>(&line) {
+                Ok(request) => {
+                    self.handle(request)
+                        .await
+                        .unwrap_or_else(|error| StorageResponse::Error {
+                            message: chain(&error),
+                        })
+                }
+                Err(error) => StorageResponse::Error {
+                    message: format!("malformed request: {error}"),
+                },
+            };
+            let mut text = serde_json::to_string(&response).unwrap_or_default();
+            text.push('\n');
+            if writer.write_all(text.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The daemon's side of the storage socket.
+#[derive(Debug, Clone)]
+pub struct StorageClient {
+    socket: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageClientError {
+    #[error("connect to the storage service at {0}")]
+    Connect(PathBuf, #[source] std::io::Error),
+    #[error("talk to the storage service")]
+    Io(#[from] std::io::Error),
+    #[error("unreadable answer from the storage service")]
+    Json(#[from] serde_json::Error),
+    #[error("storage service: {0}")]
+    Service(String),
+}
+
+impl StorageClient {
+    pub fn new(socket: &Path) -> Self {
+        StorageClient {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        request: &StorageRequest,
+    ) -> Result<StorageResponse, StorageClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| StorageClientError::Connect(self.socket.clone(), e))?;
+        let (reader, mut writer) = stream.into_split();
+        let mut text = serde_json::to_string(request)?;
+        text.push('\n');
+        writer.write_all(text.as_bytes()).await?;
+        let mut lines = BufReader::new(reader).lines();
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or_else(|| StorageClientError::Service("closed without an answer".into()))?;
+        match serde_json::from_str(&line)? {
+            StorageResponse::Error { message } => Err(StorageClientError::Service(message)),
+            other => Ok(other),
+        }
+    }
+}

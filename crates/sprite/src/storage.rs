@@ -1,0 +1,112 @@
+//! `sprite storage` (hidden): the per-host storage process. The daemon starts it when
+//! SpriteFS is the storage backend and it outlives daemon restarts, so running sprites
+//! never lose their disks. It owns the engine, the FUSE mount and the uploader.
+
+use anyhow::{Context, Result};
+use sprite_fs::cache::ChunkCache;
+use sprite_fs::engine::Engine;
+use sprite_fs::fuse::{VolumeFs, VolumeTable};
+use sprite_fs::meta::Meta;
+use sprite_fs::service::StorageService;
+use sprite_fs::store::{BlobStore, ObjectBlobStore, Retrying};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct StorageArgs {
+    /// The daemon's data directory; SpriteFS keeps its local state in `<dir>/fs`.
+    #[arg(long, env = "SPRITE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Object store: file:///path or s3://bucket/prefix (default: <data-dir>/store).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Local chunk cache bound, in MiB.
+    #[arg(long, default_value_t = 10 * 1024)]
+    pub cache_mb: u64,
+    /// How far the object store may fall behind a running sprite, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub upload_interval_ms: u64,
+}
+
+/// Paths of the storage process under a data directory.
+pub fn socket_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("fs").join("storage.sock")
+}
+
+pub async fn run(args: StorageArgs) -> Result<u8> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let dir = args.data_dir.join("fs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", args.data_dir.join("store").display()));
+    let store: Arc<dyn BlobStore> = Arc::new(Retrying::new(
+        ObjectBlobStore::from_url(&url).with_context(|| format!("open object store {url}"))?,
+    ));
+    let meta = Arc::new(Meta::open(&dir.join("meta.db")).context("open SpriteFS metadata")?);
+    let cache = ChunkCache::open(&dir.join("cache"), args.cache_mb * 1024 * 1024)
+        .context("open chunk cache")?;
+    let engine =
+        Engine::new(meta, store, cache, dir.join("staging")).context("start the engine")?;
+    if engine.meta().volumes()?.is_empty() {
+        let found = engine
+            .recover()
+            .await
+            .context("recover volumes from the object store")?;
+        if !found.is_empty() {
+            tracing::info!(
+                volumes = found.len(),
+                "recovered volumes from the object store"
+            );
+        }
+    }
+
+    let mount_dir = dir.join("mnt");
+    // A storage process that died leaves its mount behind ("transport endpoint is not
+    // connected"); detach it before mounting again.
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&mount_dir)
+        .output();
+    std::fs::create_dir_all(&mount_dir)
+        .with_context(|| format!("create {}", mount_dir.display()))?;
+    let table = VolumeTable::default();
+    let session = VolumeFs::new(table.clone(), tokio::runtime::Handle::current())
+        .mount(&mount_dir, 4)
+        .with_context(|| format!("mount SpriteFS at {}", mount_dir.display()))?;
+
+    let socket = socket_path(&args.data_dir);
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .context("chmod the storage socket")?;
+    let service = StorageService::new(engine, table, mount_dir.clone());
+    tokio::spawn(service.clone().serve(listener));
+    tokio::spawn(
+        service
+            .clone()
+            .upload_forever(Duration::from_millis(args.upload_interval_ms)),
+    );
+    tracing::info!(store = %url, mount = %mount_dir.display(), "storage service ready");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("watch SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("storage service stopping: flushing attached volumes");
+    service.flush_attached().await;
+    drop(session);
+    Ok(0)
+}
