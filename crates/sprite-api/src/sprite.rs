@@ -73,6 +73,42 @@ pub struct CreateSpriteRequest {
     pub environment: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_capacity: Option<bool>,
+    /// Ours: create from another sprite's checkpoint (fork / template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ForkSource>,
+}
+
+/// Where a forked sprite comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkSource {
+    pub sprite: String,
+    /// Checkpoint id (`v3`); the newest one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// A checkpoint as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub id: String,
+    pub create_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub is_auto: bool,
+}
+
+/// One line of an NDJSON progress stream (checkpoint, restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 /// `PUT /v1/sprites/{name}` body.

@@ -6,7 +6,9 @@
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use sprite_api::exec::{ClientMessage, ExecParams, Frame, ServerMessage, SessionInfo, SessionList};
-use sprite_api::sprite::{CreateSpriteRequest, SpriteInfo, SpriteList, UpdateSpriteRequest};
+use sprite_api::sprite::{
+    CheckpointInfo, CreateSpriteRequest, ProgressEvent, SpriteInfo, SpriteList, UpdateSpriteRequest,
+};
 use sprite_api::ErrorBody;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -216,6 +218,99 @@ impl Client {
         self.send_raw(self.http.post(url).query(&[("signal", signal)]))
             .await
             .map(|_| ())
+    }
+
+    /// Runs an NDJSON progress operation; returns its events, or the `error` event's
+    /// message as an error.
+    async fn progress(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Vec<ProgressEvent>, ClientError> {
+        let text = self
+            .send_raw(request)
+            .await?
+            .text()
+            .await
+            .map_err(ClientError::Decode)?;
+        let events: Vec<ProgressEvent> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        if let Some(failed) = events.iter().find(|e| e.kind == "error") {
+            return Err(ClientError::Api {
+                status: 500,
+                code: "error".into(),
+                message: failed
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "operation failed".into()),
+            });
+        }
+        if !events.iter().any(|e| e.kind == "complete") {
+            return Err(ClientError::Api {
+                status: 500,
+                code: "error".into(),
+                message: "the operation ended without completing".into(),
+            });
+        }
+        Ok(events)
+    }
+
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<Vec<ProgressEvent>, ClientError> {
+        let body = serde_json::json!({ "comment": comment });
+        self.progress(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/checkpoint")))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn checkpoints(
+        &self,
+        name: &str,
+        include_auto: bool,
+    ) -> Result<Vec<CheckpointInfo>, ClientError> {
+        let url = self.url(&format!("/v1/sprites/{name}/checkpoints"));
+        self.send(
+            self.http
+                .get(url)
+                .query(&[("includeAuto", include_auto.to_string())]),
+        )
+        .await
+    }
+
+    pub async fn checkpoint_info(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<CheckpointInfo, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/sprites/{name}/checkpoints/{id}"))),
+        )
+        .await
+    }
+
+    pub async fn delete_checkpoint(&self, name: &str, id: &str) -> Result<(), ClientError> {
+        self.send_raw(
+            self.http
+                .delete(self.url(&format!("/v1/sprites/{name}/checkpoints/{id}"))),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn restore(&self, name: &str, id: &str) -> Result<Vec<ProgressEvent>, ClientError> {
+        self.progress(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/checkpoints/{id}/restore"))),
+        )
+        .await
     }
 
     pub async fn images(&self) -> Result<serde_json::Value, ClientError> {

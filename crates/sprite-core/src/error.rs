@@ -10,6 +10,8 @@ pub enum CoreError {
     SpriteNotFound(String),
     #[error("a sprite named {0} already exists")]
     SpriteExists(String),
+    #[error("checkpoint {checkpoint} of sprite {sprite} not found")]
+    CheckpointNotFound { sprite: String, checkpoint: String },
     #[error("session {0} not found")]
     SessionNotFound(String),
     #[error("session {0} already exited")]
@@ -49,7 +51,9 @@ impl CoreError {
         match self {
             CoreError::InvalidRequest(_) | CoreError::SpawnFailed(_) => ErrorKind::InvalidRequest,
             CoreError::SpriteNotFound(_) => ErrorKind::SpriteNotFound,
-            CoreError::SessionNotFound(_) => ErrorKind::NotFound,
+            CoreError::SessionNotFound(_) | CoreError::CheckpointNotFound { .. } => {
+                ErrorKind::NotFound
+            }
             CoreError::SpriteExists(_) => ErrorKind::Conflict,
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,

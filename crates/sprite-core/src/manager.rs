@@ -8,8 +8,8 @@ use crate::image::{ImageStatus, ImageStore};
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
-    validate_labels, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList, SpriteStatus,
-    UpdateSpriteRequest, UrlAuth, UrlSettings, LIST_MAX_RESULTS,
+    validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
+    SpriteStatus, UpdateSpriteRequest, UrlAuth, UrlSettings, LIST_MAX_RESULTS,
 };
 use sprite_sandbox::cgroup::{Layout, SpriteCgroup};
 use sprite_sandbox::client::{Attachment, InitClient};
@@ -215,6 +215,30 @@ impl SpriteManager {
             )));
         }
         let config = self.resolve_config(request.config)?;
+        let fork = match &request.from {
+            Some(source) => {
+                let parent = self.record(org, &source.sprite)?;
+                let version = match &source.checkpoint {
+                    Some(id) => {
+                        self.checkpoint_info(org, &source.sprite, id).await?;
+                        id.clone()
+                    }
+                    None => self
+                        .checkpoints(org, &source.sprite)
+                        .await?
+                        .pop()
+                        .map(|c| c.id)
+                        .ok_or_else(|| {
+                            CoreError::InvalidRequest(format!(
+                                "sprite {} has no checkpoint to fork from; create one first",
+                                source.sprite
+                            ))
+                        })?,
+                };
+                Some((parent.id, version))
+            }
+            None => None,
+        };
         if self.db.count()? >= self.config.max_sprites {
             return Err(CoreError::TooManySprites(self.config.max_sprites));
         }
@@ -241,7 +265,12 @@ impl SpriteManager {
         self.db.insert(&record)?;
         let started = async {
             self.images.ensure(&record.image).await?;
-            self.roots.create(&record.id).await?;
+            match &fork {
+                Some((parent, version)) => {
+                    self.roots.create_from(&record.id, parent, version).await?
+                }
+                None => self.roots.create(&record.id).await?,
+            }
             self.start(&record).await
         }
         .await;
@@ -276,6 +305,11 @@ impl SpriteManager {
     async fn start(&self, record: &SpriteRecord) -> Result<(), CoreError> {
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
+        self.start_locked(record).await
+    }
+
+    /// [`Self::start`] for a caller that holds the sprite's start lock.
+    async fn start_locked(&self, record: &SpriteRecord) -> Result<(), CoreError> {
         let client = self.client_for(&record.id);
         if client.ping(PING_TIMEOUT).await.is_ok() {
             lock(&self.running).insert(record.id.clone());
@@ -562,6 +596,99 @@ impl SpriteManager {
             .kill(session_id, signal)
             .await
             .map_err(|e| self.session_error(name, Some(session_id), e))
+    }
+
+    /// Checkpoints a sprite's filesystem as the next `vN`.
+    pub async fn checkpoint(
+        &self,
+        org: &str,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<CheckpointInfo, CoreError> {
+        let record = self.record(org, name)?;
+        let start_lock = self.start_lock(&record.id);
+        let _guard = start_lock.lock().await;
+        let next = self
+            .roots
+            .versions(&record.id)
+            .await?
+            .iter()
+            .filter_map(|v| v.name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()))
+            .max()
+            .map_or(0, |n| n + 1);
+        let id = format!("v{next}");
+        self.roots.checkpoint(&record.id, &id, comment).await?;
+        tracing::info!(sprite = %name, checkpoint = %id, "checkpoint created");
+        self.checkpoint_info(org, name, &id).await
+    }
+
+    /// Checkpoints of a sprite, oldest first.
+    pub async fn checkpoints(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Vec<CheckpointInfo>, CoreError> {
+        let record = self.record(org, name)?;
+        Ok(self
+            .roots
+            .versions(&record.id)
+            .await?
+            .into_iter()
+            .map(|v| CheckpointInfo {
+                is_auto: v.name.starts_with("auto-"),
+                create_time: v
+                    .created_at
+                    .parse::<u64>()
+                    .map(ms_to_rfc3339)
+                    .unwrap_or(v.created_at),
+                comment: v.comment,
+                id: v.name,
+            })
+            .collect())
+    }
+
+    pub async fn checkpoint_info(
+        &self,
+        org: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<CheckpointInfo, CoreError> {
+        self.checkpoints(org, name)
+            .await?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| CoreError::CheckpointNotFound {
+                sprite: name.into(),
+                checkpoint: id.into(),
+            })
+    }
+
+    /// Restores a checkpoint: the sprite's processes and sessions end, its filesystem
+    /// becomes the checkpoint's, and it starts again.
+    pub async fn restore(&self, org: &str, name: &str, id: &str) -> Result<(), CoreError> {
+        self.checkpoint_info(org, name, id).await?;
+        let record = self.record(org, name)?;
+        let start_lock = self.start_lock(&record.id);
+        let _guard = start_lock.lock().await;
+        lock(&self.running).remove(&record.id);
+        let cgroup = self.cgroup(&record.id)?;
+        self.kill_cgroup(&record.id, &cgroup).await?;
+        self.roots.release(&record.id).await?;
+        self.roots.restore(&record.id, id).await?;
+        self.start_locked(&record).await?;
+        tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
+        Ok(())
+    }
+
+    pub async fn delete_checkpoint(
+        &self,
+        org: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<(), CoreError> {
+        self.checkpoint_info(org, name, id).await?;
+        let record = self.record(org, name)?;
+        self.roots.delete_version(&record.id, id).await
     }
 
     pub fn image_statuses(&self) -> Vec<ImageStatus> {

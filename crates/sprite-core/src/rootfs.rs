@@ -4,6 +4,7 @@
 //! storage process's FUSE file), so it lives in the object store.
 
 use crate::error::CoreError;
+use sprite_fs::meta::VersionRecord;
 use sprite_fs::service::{StorageClient, StorageRequest, StorageResponse};
 use sprite_sandbox::spec::RootLayers;
 use std::fs;
@@ -22,6 +23,41 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError>;
     /// Deletes a sprite's layer for good.
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError>;
+    /// Makes a new sprite's layer from a version of another's (metadata only).
+    async fn create_from(
+        &self,
+        _sprite_id: &str,
+        _source_id: &str,
+        _version: &str,
+    ) -> Result<(), CoreError> {
+        Err(unsupported("forks"))
+    }
+    /// Records the layer as version `name`; the filesystem is frozen meanwhile if mounted.
+    async fn checkpoint(
+        &self,
+        _sprite_id: &str,
+        _name: &str,
+        _comment: Option<&str>,
+    ) -> Result<(), CoreError> {
+        Err(unsupported("checkpoints"))
+    }
+    /// Versions of the layer, oldest first.
+    async fn versions(&self, _sprite_id: &str) -> Result<Vec<VersionRecord>, CoreError> {
+        Ok(Vec::new())
+    }
+    /// Points the layer at version `name` (the sprite must be stopped and released).
+    async fn restore(&self, _sprite_id: &str, _name: &str) -> Result<(), CoreError> {
+        Err(unsupported("restores"))
+    }
+    async fn delete_version(&self, _sprite_id: &str, _name: &str) -> Result<(), CoreError> {
+        Err(unsupported("checkpoints"))
+    }
+}
+
+fn unsupported(what: &str) -> CoreError {
+    CoreError::InvalidRequest(format!(
+        "{what} need SpriteFS storage; start the daemon with --storage spritefs (or storage = \"spritefs\" in its config)"
+    ))
 }
 
 /// Upper layers as plain directories under `<dir>/<sprite id>/`.
@@ -436,6 +472,94 @@ impl RootStore for SpriteFsStore {
         )
         .await?;
         remove_tree(&self.settings.data_dir.join("layers").join(sprite_id))
+    }
+
+    async fn create_from(
+        &self,
+        sprite_id: &str,
+        source_id: &str,
+        version: &str,
+    ) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        let request = StorageRequest::Create {
+            volume: sprite_id.into(),
+            size: self.settings.volume_bytes,
+            block_size: self.settings.block_bytes,
+            from: Some((source_id.into(), version.into())),
+        };
+        self.request(sprite_id, request).await?;
+        Ok(())
+    }
+
+    async fn checkpoint(
+        &self,
+        sprite_id: &str,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        let target = self.mount_dir(sprite_id);
+        let frozen = is_mount_point(&target);
+        if frozen {
+            sprite_sandbox::sys::freeze_filesystem(&target)
+                .map_err(CoreError::io("freeze", &target))?;
+        }
+        let request = StorageRequest::Checkpoint {
+            volume: sprite_id.into(),
+            name: name.into(),
+            comment: comment.map(str::to_string),
+        };
+        let result = self.request(sprite_id, request).await;
+        if frozen {
+            sprite_sandbox::sys::thaw_filesystem(&target)
+                .map_err(CoreError::io("thaw", &target))?;
+        }
+        result.map(|_| ())
+    }
+
+    async fn versions(&self, sprite_id: &str) -> Result<Vec<VersionRecord>, CoreError> {
+        self.ensure_service().await?;
+        match self
+            .request(
+                sprite_id,
+                StorageRequest::Versions {
+                    volume: sprite_id.into(),
+                },
+            )
+            .await?
+        {
+            StorageResponse::Versions { versions } => Ok(versions),
+            other => Err(CoreError::Storage {
+                sprite: sprite_id.into(),
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    async fn restore(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        self.request(
+            sprite_id,
+            StorageRequest::Restore {
+                volume: sprite_id.into(),
+                name: name.into(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_version(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        self.request(
+            sprite_id,
+            StorageRequest::DeleteVersion {
+                volume: sprite_id.into(),
+                name: name.into(),
+            },
+        )
+        .await?;
+        Ok(())
     }
 }
 

@@ -51,6 +51,13 @@ pub enum StorageRequest {
         volume: String,
     },
     Gc,
+    Versions {
+        volume: String,
+    },
+    DeleteVersion {
+        volume: String,
+        name: String,
+    },
     /// Whether a volume (and, if named, its version) exists.
     Exists {
         volume: String,
@@ -76,6 +83,9 @@ pub enum StorageResponse {
         layers: usize,
         chunks: usize,
         bytes: u64,
+    },
+    Versions {
+        versions: Vec<crate::meta::VersionRecord>,
     },
     Error {
         message: String,
@@ -192,6 +202,15 @@ impl StorageService {
                     chunks,
                     bytes,
                 }
+            }
+            StorageRequest::Versions { volume } => {
+                let versions = self.engine.meta().volume_manifest(&volume)?.versions;
+                StorageResponse::Versions { versions }
+            }
+            StorageRequest::DeleteVersion { volume, name } => {
+                self.engine.meta().delete_version(&volume, &name)?;
+                self.engine.publish(&volume).await?;
+                StorageResponse::Ok
             }
             StorageRequest::Exists { volume, version } => {
                 let meta = self.engine.meta();

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod checkpoints;
 mod error;
 mod exec;
 mod sprites;
@@ -68,6 +69,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/sprites/{name}/exec/{session}", get(exec::attach))
         .route("/v1/sprites/{name}/exec/{session}/kill", post(exec::kill))
+        .route("/v1/sprites/{name}/checkpoint", post(checkpoints::create))
+        .route("/v1/sprites/{name}/checkpoints", get(checkpoints::list))
+        .route(
+            "/v1/sprites/{name}/checkpoints/{id}",
+            get(checkpoints::get).delete(checkpoints::delete),
+        )
+        .route(
+            "/v1/sprites/{name}/checkpoints/{id}/restore",
+            post(checkpoints::restore),
+        )
         .route("/v1/images", get(images))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -55,6 +55,10 @@ pub enum Command {
         ram_mb: Option<u64>,
         #[arg(long)]
         cpus: Option<u32>,
+        /// Fork from another sprite's checkpoint: SPRITE or SPRITE:CHECKPOINT (newest
+        /// checkpoint when absent).
+        #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
+        from: Option<String>,
     },
     /// List sprites.
     #[command(alias = "ls")]
@@ -108,12 +112,52 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
+    /// Create, list, show or delete checkpoints of a sprite's filesystem.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+    /// Restore a checkpoint (the sprite's sessions end; it restarts on the checkpoint).
+    Restore {
+        id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
     /// Show the images and their build state.
     Images,
     /// Print version information.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Checkpoint the filesystem now.
+    Create {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List checkpoints, newest first.
+    #[command(alias = "ls")]
+    List {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        #[arg(long)]
+        include_auto: bool,
+    },
+    /// Show one checkpoint.
+    Info {
+        id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Delete a checkpoint.
+    Delete {
+        id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +296,7 @@ pub async fn run(args: Args) -> Result<u8> {
             labels,
             ram_mb,
             cpus,
+            from,
         } => {
             crate::console::ensure_local_daemon(&args).await?;
             let client = client(&args)?;
@@ -267,6 +312,16 @@ pub async fn run(args: Args) -> Result<u8> {
                 }),
                 environment: None,
                 wait_for_capacity: None,
+                from: from.as_deref().map(|text| {
+                    let (sprite, checkpoint) = match text.split_once(':') {
+                        Some((sprite, checkpoint)) => (sprite, Some(checkpoint.to_string())),
+                        None => (text, None),
+                    };
+                    sprite_api::sprite::ForkSource {
+                        sprite: sprite.to_string(),
+                        checkpoint,
+                    }
+                }),
             };
             let info = crate::console::create_with_progress(&client, &request).await?;
             if args.json {
@@ -379,6 +434,18 @@ pub async fn run(args: Args) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Checkpoint(command) => checkpoint_command(&args, command).await,
+        Command::Restore { id, sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            eprintln!("restoring {name} to {id}; its sessions end");
+            client(&args)?.restore(&name, id).await?;
+            if args.json {
+                print_json(&serde_json::json!({ "restored": id, "sprite": name }))?;
+            } else {
+                eprintln!("restored {name} to {id}");
+            }
+            Ok(0)
+        }
         Command::Images => {
             let images = client(&args)?.images().await?;
             if args.json {
@@ -457,6 +524,67 @@ async fn exec_pipes(stream: sprite_client::ExecStream) -> Result<u8> {
     input.abort();
     let _ = std::io::stdout().flush();
     Ok((code & 0xff) as u8)
+}
+
+async fn checkpoint_command(args: &Args, command: &CheckpointCommand) -> Result<u8> {
+    match command {
+        CheckpointCommand::Create { sprite, comment } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let events = client(args)?.checkpoint(&name, comment.as_deref()).await?;
+            let done = events
+                .iter()
+                .rev()
+                .find_map(|e| e.data.clone())
+                .unwrap_or_default();
+            if args.json {
+                print_json(&events)?;
+            } else {
+                eprintln!("{done}");
+            }
+            Ok(0)
+        }
+        CheckpointCommand::List {
+            sprite,
+            include_auto,
+        } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let list = client(args)?.checkpoints(&name, *include_auto).await?;
+            if args.json {
+                return print_json(&list).map(|()| 0);
+            }
+            println!("{:<16} {:<26} COMMENT", "ID", "CREATED");
+            for checkpoint in list {
+                println!(
+                    "{:<16} {:<26} {}",
+                    checkpoint.id,
+                    checkpoint.create_time,
+                    checkpoint.comment.unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+        CheckpointCommand::Info { id, sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let info = client(args)?.checkpoint_info(&name, id).await?;
+            if args.json {
+                print_json(&info)?;
+            } else {
+                println!(
+                    "id:       {}\ncreated:  {}\ncomment:  {}",
+                    info.id,
+                    info.create_time,
+                    info.comment.unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+        CheckpointCommand::Delete { id, sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            client(args)?.delete_checkpoint(&name, id).await?;
+            eprintln!("deleted checkpoint {id} of {name}");
+            Ok(0)
+        }
+    }
 }
 
 async fn sessions_command(args: &Args, command: &SessionsCommand) -> Result<u8> {

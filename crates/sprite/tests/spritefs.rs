@@ -84,3 +84,109 @@ async fn sprites_live_on_spritefs() {
         "ext4 mounts left behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_restore_and_fork() {
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = &daemon.client;
+    create(client, "origin").await;
+    let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let run_sh = |name: &'static str, script: &str| {
+        let argv = sh(script);
+        async move {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            run(client, name, &argv).await
+        }
+    };
+    assert_eq!(
+        run_sh(
+            "origin",
+            "echo one > /home/sprite/f && mkdir /home/sprite/d"
+        )
+        .await
+        .code,
+        0
+    );
+    let events = client.checkpoint("origin", Some("first")).await.unwrap();
+    assert_eq!(
+        events.last().unwrap().data.as_deref(),
+        Some("Checkpoint v0 created")
+    );
+    assert_eq!(
+        run_sh(
+            "origin",
+            "echo two > /home/sprite/f && rm -r /home/sprite/d && touch /home/sprite/new"
+        )
+        .await
+        .code,
+        0
+    );
+    client.checkpoint("origin", None).await.unwrap();
+    let list = client.checkpoints("origin", false).await.unwrap();
+    assert_eq!(
+        list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["v1", "v0"],
+        "newest first"
+    );
+    assert_eq!(list[1].comment.as_deref(), Some("first"));
+
+    // A session running at restore time ends; the files are v0's.
+    let mut p = params(&["sleep", "300"]);
+    p.max_run_after_disconnect_secs = Some(0);
+    let sleeper = client.exec("origin", &p).await.unwrap();
+    client.restore("origin", "v0").await.unwrap();
+    assert!(
+        collect_or_closed(sleeper).await,
+        "the session survived the restore"
+    );
+    let out = run_sh("origin", "cat /home/sprite/f; ls /home/sprite").await;
+    assert_eq!(out.stdout(), "one\nd\nf\n", "{out:?}");
+
+    // Fork from v1: a new sprite with v1's files that diverges from its parent.
+    let request = sprite_api::sprite::CreateSpriteRequest {
+        name: "forked".into(),
+        url_settings: None,
+        labels: None,
+        config: None,
+        environment: None,
+        wait_for_capacity: None,
+        from: Some(sprite_api::sprite::ForkSource {
+            sprite: "origin".into(),
+            checkpoint: Some("v1".into()),
+        }),
+    };
+    client.create(&request).await.unwrap();
+    assert_eq!(
+        run_sh("forked", "cat /home/sprite/f").await.stdout(),
+        "two\n"
+    );
+    assert_eq!(run_sh("forked", "echo fork > /home/sprite/f").await.code, 0);
+    assert_eq!(
+        run_sh("origin", "cat /home/sprite/f").await.stdout(),
+        "one\n"
+    );
+
+    // Bad ids are 404s with a clear message.
+    let error = client.restore("origin", "v9").await.unwrap_err();
+    assert_eq!(error.status(), Some(404), "{error}");
+    client.delete_checkpoint("origin", "v1").await.unwrap();
+    assert_eq!(client.checkpoints("origin", false).await.unwrap().len(), 1);
+    for name in ["origin", "forked"] {
+        client.destroy(name).await.unwrap();
+    }
+}
+
+/// Whether an exec stream ends (exit or close) within a few seconds.
+async fn collect_or_closed(mut stream: sprite_client::ExecStream) -> bool {
+    let deadline = std::time::Duration::from_secs(10);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match stream.next().await {
+                Ok(sprite_client::ExecEvent::Exit(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}

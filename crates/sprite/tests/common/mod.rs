@@ -189,7 +189,7 @@ fn cleanup_storage(data: &Path) {
         .collect();
     mounts.sort();
     for point in mounts.iter().rev() {
-        let _ = Command::new("umount").arg("-l").arg(point).status();
+        let _ = Command::new("umount").arg("-l").arg(point).output();
     }
     let loops = Command::new("losetup")
         .args(["-n", "-O", "NAME,BACK-FILE"])
@@ -200,7 +200,7 @@ fn cleanup_storage(data: &Path) {
         let mut parts = line.split_whitespace();
         if let (Some(device), Some(file)) = (parts.next(), parts.next()) {
             if file.starts_with(&data_text) {
-                let _ = Command::new("losetup").args(["-d", device]).status();
+                let _ = Command::new("losetup").args(["-d", device]).output();
             }
         }
     }
@@ -282,6 +282,7 @@ pub async fn create(client: &Client, name: &str) {
         config: None,
         environment: None,
         wait_for_capacity: None,
+        from: None,
     };
     client.create(&request).await.unwrap();
 }

@@ -1,0 +1,145 @@
+//! Checkpoint routes. Create and restore answer NDJSON progress (`application/x-ndjson`):
+//! `info` lines, then `complete` or `error`.
+
+use crate::auth::Org;
+use crate::error::parse_json;
+use crate::{ApiError, AppState};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use sprite_api::sprite::ProgressEvent;
+
+fn event(kind: &str, data: Option<String>, error: Option<String>) -> String {
+    let event = ProgressEvent {
+        kind: kind.to_string(),
+        data,
+        error,
+        time: Some(chrono_now()),
+    };
+    let mut line = serde_json::to_string(&event).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
+fn chrono_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+}
+
+/// Streams `info` lines while `work` runs, then its outcome.
+fn ndjson<F>(first: String, work: F) -> Response
+where
+    F: std::future::Future<Output = Result<String, ApiError>> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let _ = sender
+            .send(Ok(Bytes::from(event("info", Some(first), None))))
+            .await;
+        let last = match work.await {
+            Ok(done) => event("complete", Some(done), None),
+            Err(error) => event("error", None, Some(error.message)),
+        };
+        let _ = sender.send(Ok(Bytes::from(last))).await;
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CreateBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: CreateBody = if body.is_empty() {
+        CreateBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    state.manager.get(&org, &name)?;
+    let manager = state.manager.clone();
+    Ok(ndjson(
+        format!("creating a checkpoint of {name}"),
+        async move {
+            let checkpoint = manager
+                .checkpoint(&org, &name, request.comment.as_deref())
+                .await?;
+            Ok(format!("Checkpoint {} created", checkpoint.id))
+        },
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ListQuery {
+    #[serde(default, rename = "includeAuto")]
+    include_auto: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let include_auto = matches!(query.include_auto.as_deref(), Some("true" | "1"));
+    let list: Vec<_> = state
+        .manager
+        .checkpoints(&org, &name)
+        .await?
+        .into_iter()
+        .filter(|c| include_auto || !c.is_auto)
+        .rev()
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.manager.checkpoint_info(&org, &name, &id).await?).into_response())
+}
+
+pub async fn restore(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    state.manager.checkpoint_info(&org, &name, &id).await?;
+    let manager = state.manager.clone();
+    Ok(ndjson(
+        format!("restoring {name} to {id}; its sessions end"),
+        async move {
+            manager.restore(&org, &name, &id).await?;
+            Ok(format!("Checkpoint {id} restored"))
+        },
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    state.manager.delete_checkpoint(&org, &name, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
