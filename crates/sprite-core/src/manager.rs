@@ -703,6 +703,50 @@ impl SpriteManager {
             .map(|_| ())
     }
 
+    /// Watches the storage under the sprites: when the storage process dies or
+    /// restarts, it is brought back and every running sprite is restarted on it (their
+    /// disks were cut off). Data a sprite fsynced before is there again.
+    pub async fn supervise_storage(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            if self.roots.storage_intact().await {
+                continue;
+            }
+            tracing::warn!("the storage process died or restarted; restarting the sprites on it");
+            if let Err(error) = self.roots.recover_storage().await {
+                tracing::error!(
+                    "cannot restart storage: {}",
+                    sprite_sandbox::error_chain(&error)
+                );
+                continue;
+            }
+            let records = match self.db.all() {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::error!(
+                        "cannot list sprites: {}",
+                        sprite_sandbox::error_chain(&error)
+                    );
+                    continue;
+                }
+            };
+            for record in records {
+                let start_lock = self.start_lock(&record.id);
+                let _guard = start_lock.lock().await;
+                lock(&self.running).remove(&record.id);
+                let restarted = async {
+                    let cgroup = self.cgroup(&record.id)?;
+                    self.kill_cgroup(&record.id, &cgroup).await?;
+                    self.start_locked(&record).await
+                }
+                .await;
+                if let Err(error) = restarted {
+                    tracing::error!(sprite = %record.name, "restart after storage loss failed: {}", sprite_sandbox::error_chain(&error));
+                }
+            }
+        }
+    }
+
     /// Number of sprites whose PID 1 this daemon knows to be up.
     pub fn running_count(&self) -> usize {
         lock(&self.running).len()

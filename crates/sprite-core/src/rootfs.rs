@@ -23,6 +23,15 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError>;
     /// Deletes a sprite's layer for good.
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError>;
+    /// Whether the storage under running sprites is the one their layers were mounted
+    /// on. `false` means it died or restarted: those sprites must be restarted.
+    async fn storage_intact(&self) -> bool {
+        true
+    }
+    /// Brings the storage back after it died (restarts the storage process).
+    async fn recover_storage(&self) -> Result<(), CoreError> {
+        Ok(())
+    }
     /// Makes a new sprite's layer from a version of another's (metadata only).
     async fn create_from(
         &self,
@@ -240,6 +249,44 @@ impl SpriteFsStore {
         })
     }
 
+    /// Pid of the running storage process, if it answers.
+    async fn storage_pid(&self) -> Option<u32> {
+        match self.client.request(&StorageRequest::Ping).await {
+            Ok(StorageResponse::Pong { pid, .. }) => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn mounted_by_path(&self, sprite_id: &str) -> PathBuf {
+        self.settings
+            .data_dir
+            .join("layers")
+            .join(sprite_id)
+            .join("mounted-by")
+    }
+
+    /// Detaches whatever is left of a volume's mount after its storage process died:
+    /// the ext4 mount (lazily) and the loop devices over the old FUSE file.
+    async fn clear_stale(&self, volume: &str, target: &Path) {
+        if is_mount_point(target) {
+            let _ = run("umount", &["-l", &target.to_string_lossy()]).await;
+        }
+        // Once its FUSE mount is gone, a loop device shows its backing file relative to
+        // the lost mount (`/<volume>`); volume names are unique, so the name identifies it.
+        let suffix = format!("/{volume}");
+        let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
+            .await
+            .unwrap_or_default();
+        for line in listing.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
+                if back.ends_with(&suffix) {
+                    let _ = run("losetup", &["-d", device]).await;
+                }
+            }
+        }
+    }
+
     fn mount_dir(&self, sprite_id: &str) -> PathBuf {
         self.settings
             .data_dir
@@ -445,9 +492,19 @@ impl RootStore for SpriteFsStore {
 
     async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError> {
         let target = self.mount_dir(sprite_id);
-        if !is_mount_point(&target) {
-            self.ensure_service().await?;
+        self.ensure_service().await?;
+        let pid = self.storage_pid().await;
+        let mounted_by = fs::read_to_string(self.mounted_by_path(sprite_id))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        let healthy = is_mount_point(&target) && mounted_by.is_some() && mounted_by == pid;
+        if !healthy {
+            self.clear_stale(sprite_id, &target).await;
             self.mount_volume(sprite_id, &target).await?;
+            if let Some(pid) = pid {
+                let path = self.mounted_by_path(sprite_id);
+                fs::write(&path, pid.to_string()).map_err(CoreError::io("write", &path))?;
+            }
         }
         Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
@@ -456,9 +513,41 @@ impl RootStore for SpriteFsStore {
         })
     }
 
+    async fn recover_storage(&self) -> Result<(), CoreError> {
+        self.ensure_service().await
+    }
+
+    async fn storage_intact(&self) -> bool {
+        let Some(current) = self.storage_pid().await else {
+            return false;
+        };
+        // Every mounted layer must be on the storage process that runs now.
+        let layers = self.settings.data_dir.join("layers");
+        let Ok(entries) = fs::read_dir(&layers) else {
+            return true;
+        };
+        entries.flatten().all(
+            |entry| match fs::read_to_string(entry.path().join("mounted-by")) {
+                Ok(text) => text.trim().parse::<u32>().ok() == Some(current),
+                Err(_) => true,
+            },
+        )
+    }
+
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError> {
-        self.unmount_volume(sprite_id, &self.mount_dir(sprite_id))
-            .await
+        let target = self.mount_dir(sprite_id);
+        let mounted_by = fs::read_to_string(self.mounted_by_path(sprite_id))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        if mounted_by.is_some() && mounted_by != self.storage_pid().await {
+            // Mounted on a storage process that is gone: nothing to flush, only debris.
+            self.clear_stale(sprite_id, &target).await;
+            let _ = fs::remove_file(self.mounted_by_path(sprite_id));
+            return Ok(());
+        }
+        self.unmount_volume(sprite_id, &target).await?;
+        let _ = fs::remove_file(self.mounted_by_path(sprite_id));
+        Ok(())
     }
 
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {

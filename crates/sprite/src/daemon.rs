@@ -140,6 +140,16 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         running = manager.running_count(),
         "sprites recovered"
     );
+    if matches!(
+        manager.config().storage,
+        sprite_core::StorageBackend::SpriteFs { .. }
+    ) {
+        tokio::spawn(
+            manager
+                .clone()
+                .supervise_storage(std::time::Duration::from_millis(500)),
+        );
+    }
     {
         let manager = manager.clone();
         tokio::spawn(async move {

@@ -172,13 +172,13 @@ impl Drop for Daemon {
             let _ = cgroup.kill_all(Duration::from_secs(10));
             let _ = cgroup.remove();
         }
-        cleanup_storage(self.data.path());
+        cleanup_storage(self.data.path(), &self.sprite_ids());
     }
 }
 
 /// Undoes what a SpriteFS daemon left: sprite ext4 mounts, loop devices over the FUSE
 /// files, the storage process and its FUSE mount.
-fn cleanup_storage(data: &Path) {
+fn cleanup_storage(data: &Path, sprites: &[String]) {
     let data_text = data.to_string_lossy().to_string();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<String> = mountinfo
@@ -199,7 +199,9 @@ fn cleanup_storage(data: &Path) {
     for line in loops.lines() {
         let mut parts = line.split_whitespace();
         if let (Some(device), Some(file)) = (parts.next(), parts.next()) {
-            if file.starts_with(&data_text) {
+            let ours = file.starts_with(&data_text)
+                || sprites.iter().any(|id| file.ends_with(&format!("/{id}")));
+            if ours {
                 let _ = Command::new("losetup").args(["-d", device]).output();
             }
         }
