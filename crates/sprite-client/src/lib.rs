@@ -313,6 +313,18 @@ impl Client {
         .await
     }
 
+    pub async fn usage(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/sprites/{name}/usage"))),
+        )
+        .await
+    }
+
+    pub async fn collect_garbage(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.post(self.url("/v1/admin/gc"))).await
+    }
+
     pub async fn images(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.get(self.url("/v1/images"))).await
     }

@@ -691,6 +691,35 @@ impl SpriteManager {
         self.roots.delete_version(&record.id, id).await
     }
 
+    /// Storage a sprite uses (ours: `GET /v1/sprites/{name}/usage`).
+    pub async fn usage(&self, org: &str, name: &str) -> Result<serde_json::Value, CoreError> {
+        let record = self.record(org, name)?;
+        let usage = self.roots.usage(&record.id).await?;
+        Ok(match usage {
+            Some(usage) => serde_json::json!({
+                "sprite": name,
+                "storage": "spritefs",
+                "bytes_stored": usage.bytes_stored,
+                "chunks": usage.chunks,
+                "bytes_cached_on_host": usage.bytes_cached_on_host,
+                "checkpoints": usage.checkpoints.iter().map(|(id, bytes)| serde_json::json!({"id": id, "bytes_added": bytes})).collect::<Vec<_>>(),
+            }),
+            None => serde_json::json!({ "sprite": name, "storage": "local" }),
+        })
+    }
+
+    /// Garbage collection now (ours: `POST /v1/admin/gc`).
+    pub async fn collect_garbage(&self) -> Result<serde_json::Value, CoreError> {
+        Ok(match self.roots.collect_garbage().await? {
+            Some((layers, chunks, bytes)) => {
+                serde_json::json!({ "layers": layers, "chunks": chunks, "bytes_freed": bytes })
+            }
+            None => {
+                serde_json::json!({ "layers": 0, "chunks": 0, "bytes_freed": 0, "note": "local storage has nothing to collect" })
+            }
+        })
+    }
+
     pub fn image_statuses(&self) -> Vec<ImageStatus> {
         self.images.statuses()
     }

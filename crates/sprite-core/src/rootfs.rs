@@ -28,6 +28,14 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn storage_intact(&self) -> bool {
         true
     }
+    /// Stored bytes of the layer (None: the backend does not count).
+    async fn usage(&self, _sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {
+        Ok(None)
+    }
+    /// Deletes chunks and layers nothing references (None: nothing to collect).
+    async fn collect_garbage(&self) -> Result<Option<(usize, usize, u64)>, CoreError> {
+        Ok(None)
+    }
     /// Brings the storage back after it died (restarts the storage process).
     async fn recover_storage(&self) -> Result<(), CoreError> {
         Ok(())
@@ -115,6 +123,15 @@ impl RootStore for LocalOverlayStore {
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
         remove_tree(&self.dir.join(sprite_id))
     }
+}
+
+/// Storage a sprite's layer uses.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LayerUsage {
+    pub bytes_stored: u64,
+    pub chunks: u64,
+    pub bytes_cached_on_host: u64,
+    pub checkpoints: Vec<(String, u64)>,
 }
 
 /// Name of the pre-formatted volume every sprite's volume is forked from.
@@ -515,6 +532,48 @@ impl RootStore for SpriteFsStore {
 
     async fn recover_storage(&self) -> Result<(), CoreError> {
         self.ensure_service().await
+    }
+
+    async fn usage(&self, sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {
+        self.ensure_service().await?;
+        match self
+            .request(
+                sprite_id,
+                StorageRequest::Usage {
+                    volume: sprite_id.into(),
+                },
+            )
+            .await?
+        {
+            StorageResponse::Usage {
+                usage,
+                cached_bytes,
+            } => Ok(Some(LayerUsage {
+                bytes_stored: usage.bytes_stored,
+                chunks: usage.chunks,
+                bytes_cached_on_host: cached_bytes,
+                checkpoints: usage.versions,
+            })),
+            other => Err(CoreError::Storage {
+                sprite: sprite_id.into(),
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    async fn collect_garbage(&self) -> Result<Option<(usize, usize, u64)>, CoreError> {
+        self.ensure_service().await?;
+        match self.request("", StorageRequest::Gc).await? {
+            StorageResponse::Collected {
+                layers,
+                chunks,
+                bytes,
+            } => Ok(Some((layers, chunks, bytes))),
+            other => Err(CoreError::Storage {
+                sprite: String::new(),
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
     }
 
     async fn storage_intact(&self) -> bool {

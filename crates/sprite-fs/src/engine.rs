@@ -38,6 +38,16 @@ pub struct Engine {
     commits: tokio::sync::RwLock<()>,
 }
 
+/// Storage used by one volume.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeUsage {
+    /// Stored (compressed) bytes of the unique chunks the volume's current state uses.
+    pub bytes_stored: u64,
+    pub chunks: u64,
+    /// Bytes each version's own layer added, oldest first.
+    pub versions: Vec<(String, u64)>,
+}
+
 /// What a garbage collection did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcStats {
@@ -315,16 +325,36 @@ impl Engine {
                 continue;
             }
             let size = self
-                .store
-                .get(&key)
-                .await
-                .map(|b| b.len() as u64)
-                .unwrap_or(0);
+                .meta
+                .stored_bytes(&std::collections::HashSet::from([id]))?;
             self.store.delete(&key).await?;
+            self.meta.forget_chunk(&id)?;
             stats.chunks += 1;
             stats.bytes += size;
         }
         Ok(stats)
+    }
+
+    /// Storage a volume uses: stored bytes of the unique chunks its head reaches, and
+    /// what each version's own layer added.
+    pub fn usage(&self, volume: &str) -> Result<VolumeUsage, FsError> {
+        let head = self.meta.volume_chunks(volume)?;
+        let versions = self
+            .meta
+            .versions(volume)?
+            .into_iter()
+            .map(|v| {
+                Ok((
+                    v.name,
+                    self.meta.stored_bytes(&self.meta.layer_chunks(v.layer)?)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, FsError>>()?;
+        Ok(VolumeUsage {
+            bytes_stored: self.meta.stored_bytes(&head)?,
+            chunks: head.len() as u64,
+            versions,
+        })
     }
 
     /// Stores a block as a chunk (idempotent: the name is the content).
@@ -335,6 +365,7 @@ impl Engine {
         self.store
             .put(&id.key(), Bytes::from(stored.clone()))
             .await?;
+        self.meta.note_chunk(&id, size)?;
         self.cache.put(&id, &stored);
         Ok((id, size))
     }

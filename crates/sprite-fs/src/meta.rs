@@ -61,6 +61,13 @@ CREATE TABLE staged (
 -- Whether a sealed layer's record is in the object store.
 ALTER TABLE layers ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+-- Stored (compressed) size of each chunk this host uploaded or saw, for usage.
+CREATE TABLE chunks (
+    id BLOB PRIMARY KEY,
+    stored_size INTEGER NOT NULL
+) WITHOUT ROWID;
+",
 ];
 
 /// A volume's fixed properties.
@@ -603,6 +610,50 @@ impl Meta {
                 })
                 .collect(),
         })
+    }
+
+    /// Remembers a chunk's stored size.
+    pub fn note_chunk(&self, id: &ChunkId, stored_size: u64) -> Result<(), FsError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO chunks (id, stored_size) VALUES (?1, ?2)",
+            params![id.0.to_vec(), stored_size as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Stored bytes of a set of chunks (unknown ones count as 0).
+    pub fn stored_bytes(&self, chunks: &HashSet<ChunkId>) -> Result<u64, FsError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT stored_size FROM chunks WHERE id = ?1")?;
+        let mut total = 0u64;
+        for chunk in chunks {
+            total += statement
+                .query_row(params![chunk.0.to_vec()], |row| row.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0) as u64;
+        }
+        Ok(total)
+    }
+
+    pub fn forget_chunk(&self, id: &ChunkId) -> Result<(), FsError> {
+        self.lock()
+            .execute("DELETE FROM chunks WHERE id = ?1", params![id.0.to_vec()])?;
+        Ok(())
+    }
+
+    /// Chunks a layer itself holds (what a checkpoint added).
+    pub fn layer_chunks(&self, layer: i64) -> Result<HashSet<ChunkId>, FsError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare("SELECT chunk FROM blocks WHERE layer = ?1 AND chunk IS NOT NULL")?;
+        let rows = statement.query_map(params![layer], |row| row.get::<_, Option<Vec<u8>>>(0))?;
+        let mut chunks = HashSet::new();
+        for row in rows {
+            if let Some(chunk) = chunk_from(row?) {
+                chunks.insert(chunk);
+            }
+        }
+        Ok(chunks)
     }
 
     /// Every chunk some live block row references.

@@ -54,6 +54,10 @@ pub enum StorageRequest {
     Versions {
         volume: String,
     },
+    /// Stored bytes of a volume and of each of its versions.
+    Usage {
+        volume: String,
+    },
     DeleteVersion {
         volume: String,
         name: String,
@@ -86,6 +90,10 @@ pub enum StorageResponse {
     },
     Versions {
         versions: Vec<crate::meta::VersionRecord>,
+    },
+    Usage {
+        usage: crate::engine::VolumeUsage,
+        cached_bytes: u64,
     },
     Error {
         message: String,
@@ -207,6 +215,10 @@ impl StorageService {
                 let versions = self.engine.meta().volume_manifest(&volume)?.versions;
                 StorageResponse::Versions { versions }
             }
+            StorageRequest::Usage { volume } => StorageResponse::Usage {
+                usage: self.engine.usage(&volume)?,
+                cached_bytes: self.engine.cache().size(),
+            },
             StorageRequest::DeleteVersion { volume, name } => {
                 self.engine.meta().delete_version(&volume, &name)?;
                 self.engine.publish(&volume).await?;
@@ -237,6 +249,25 @@ impl StorageService {
                 if let Err(error) = result {
                     tracing::warn!(volume = %volume.id, "background upload failed (will retry): {error}");
                 }
+            }
+        }
+    }
+
+    /// Collects garbage now and then.
+    pub async fn collect_forever(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.engine.collect_garbage().await {
+                Ok(stats) if stats.chunks > 0 || stats.layers > 0 => {
+                    tracing::info!(
+                        layers = stats.layers,
+                        chunks = stats.chunks,
+                        bytes = stats.bytes,
+                        "garbage collected"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!("garbage collection failed: {error}"),
             }
         }
     }

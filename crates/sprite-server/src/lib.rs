@@ -53,6 +53,18 @@ async fn images(State(state): State<AppState>) -> axum::Json<serde_json::Value> 
     axum::Json(serde_json::json!({ "images": state.manager.image_statuses() }))
 }
 
+async fn usage(
+    State(state): State<AppState>,
+    axum::Extension(auth::Org(org)): axum::Extension<auth::Org>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(state.manager.usage(&org, &name).await?))
+}
+
+async fn gc(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(state.manager.collect_garbage().await?))
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -79,6 +91,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/sprites/{name}/checkpoints/{id}/restore",
             post(checkpoints::restore),
         )
+        .route("/v1/sprites/{name}/usage", get(usage))
+        .route("/v1/admin/gc", post(gc))
         .route("/v1/images", get(images))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -121,12 +121,26 @@ pub enum Command {
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
+    /// Storage a sprite uses: bytes stored in the object store, per checkpoint too.
+    Usage {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Administration of the daemon.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Show the images and their build state.
     Images,
     /// Print version information.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Delete chunks and layers no sprite or checkpoint references; prints what it freed.
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +457,40 @@ pub async fn run(args: Args) -> Result<u8> {
                 print_json(&serde_json::json!({ "restored": id, "sprite": name }))?;
             } else {
                 eprintln!("restored {name} to {id}");
+            }
+            Ok(0)
+        }
+        Command::Usage { sprite } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let usage = client(&args)?.usage(&name).await?;
+            if args.json {
+                print_json(&usage)?;
+            } else if usage["storage"] == "spritefs" {
+                println!(
+                    "stored:  {} bytes in {} chunks",
+                    usage["bytes_stored"], usage["chunks"]
+                );
+                for checkpoint in usage["checkpoints"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<10} +{} bytes",
+                        checkpoint["id"].as_str().unwrap_or(""),
+                        checkpoint["bytes_added"]
+                    );
+                }
+            } else {
+                println!("{name} uses local storage; usage is not counted");
+            }
+            Ok(0)
+        }
+        Command::Admin(AdminCommand::Gc) => {
+            let freed = client(&args)?.collect_garbage().await?;
+            if args.json {
+                print_json(&freed)?;
+            } else {
+                println!(
+                    "freed {} bytes ({} chunks, {} layers)",
+                    freed["bytes_freed"], freed["chunks"], freed["layers"]
+                );
             }
             Ok(0)
         }

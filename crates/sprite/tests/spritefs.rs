@@ -171,9 +171,20 @@ async fn checkpoint_restore_and_fork() {
     assert_eq!(error.status(), Some(404), "{error}");
     client.delete_checkpoint("origin", "v1").await.unwrap();
     assert_eq!(client.checkpoints("origin", false).await.unwrap().len(), 1);
+    let usage = client.usage("origin").await.unwrap();
+    assert!(usage["bytes_stored"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(usage["checkpoints"][0]["id"], "v0");
     for name in ["origin", "forked"] {
         client.destroy(name).await.unwrap();
     }
+    // What only the destroyed sprites referenced goes at the next collection.
+    let freed = client.collect_garbage().await.unwrap();
+    assert!(freed["chunks"].as_u64().unwrap() > 0, "{freed}");
+    assert_eq!(
+        client.collect_garbage().await.unwrap()["chunks"],
+        0,
+        "a second collection finds nothing"
+    );
 }
 
 /// Whether an exec stream ends (exit or close) within a few seconds.
