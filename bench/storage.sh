@@ -49,7 +49,7 @@ if [ -d /var/tmp/sprites-test-images/busybox ]; then ln -s /var/tmp/sprites-test
 "$BIN" daemon --data-dir "$DATA" --listen 127.0.0.1:$PORT --image busybox --storage spritefs >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 for _ in $(seq 100); do curl -sf "$SPRITES_API_URL/healthz" >/dev/null && break; sleep 0.1; done
-"$BIN" create bench-a --skip-console --ram-mb 2048 >/dev/null
+"$BIN" create bench-a --skip-console --ram-mb 4096 >/dev/null
 run() { "$BIN" exec -s bench-a -- sh -c "$1"; }
 
 "$BIN" exec -s bench-a -- sh -c 'cat > /home/sprite/tree.tar' < "$WORK/tree.tar"

@@ -23,6 +23,41 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+/// Decompressed blocks kept in memory (with 1 MiB blocks: 32 MiB).
+const DECODED_BLOCKS: usize = 32;
+
+/// A small LRU of decompressed blocks, shared by all volumes.
+#[derive(Debug)]
+struct DecodedBlocks {
+    capacity: usize,
+    entries: Mutex<std::collections::VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
+}
+
+impl DecodedBlocks {
+    fn new(capacity: usize) -> Self {
+        DecodedBlocks {
+            capacity,
+            entries: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        let mut entries = lock(&self.entries);
+        let position = entries.iter().position(|(key, _)| key == id)?;
+        let entry = entries.remove(position)?;
+        let data = entry.1.clone();
+        entries.push_front(entry);
+        Some(data)
+    }
+
+    fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        let mut entries = lock(&self.entries);
+        entries.retain(|(key, _)| *key != id);
+        entries.push_front((id, data));
+        entries.truncate(self.capacity);
+    }
+}
+
 /// Chunk uploads in flight per volume.
 const UPLOAD_PARALLELISM: usize = 8;
 
@@ -33,6 +68,8 @@ pub struct Engine {
     store: Arc<dyn BlobStore>,
     cache: ChunkCache,
     staging_dir: PathBuf,
+    /// Recently used blocks, decompressed.
+    decoded: DecodedBlocks,
     /// Uploads hold it shared from their first chunk put to their metadata commit; GC
     /// holds it exclusively, so it never deletes a chunk a commit in flight will use.
     commits: tokio::sync::RwLock<()>,
@@ -124,6 +161,7 @@ impl Engine {
             cache,
             staging_dir,
             commits: tokio::sync::RwLock::new(()),
+            decoded: DecodedBlocks::new(DECODED_BLOCKS),
         }))
     }
 
@@ -194,15 +232,30 @@ impl Engine {
     }
 
     /// The bytes of a stored block: from the cache, else from the object store.
-    pub async fn fetch_block(&self, id: &ChunkId, block_size: usize) -> Result<Vec<u8>, FsError> {
-        if let Some(stored) = self.cache.get(id) {
-            if let Ok(data) = chunk::decode(id, &stored, block_size) {
-                return Ok(data);
-            }
+    pub async fn fetch_block(
+        &self,
+        id: &ChunkId,
+        block_size: usize,
+    ) -> Result<Arc<Vec<u8>>, FsError> {
+        // The kernel reads a block in several requests (128 KiB each): decode it once.
+        if let Some(data) = self.decoded.get(id) {
+            return Ok(data);
         }
-        let stored = self.store.get(&id.key()).await?;
-        let data = chunk::decode(id, &stored, block_size)?;
-        self.cache.put(id, &stored);
+        let data = match self
+            .cache
+            .get(id)
+            .and_then(|stored| chunk::decode(id, &stored, block_size).ok())
+        {
+            Some(data) => data,
+            None => {
+                let stored = self.store.get(&id.key()).await?;
+                let data = chunk::decode(id, &stored, block_size)?;
+                self.cache.put(id, &stored);
+                data
+            }
+        };
+        let data = Arc::new(data);
+        self.decoded.put(*id, data.clone());
         Ok(data)
     }
 
@@ -393,7 +446,7 @@ impl Volume {
     }
 
     /// Current bytes of a block that is not present in staging.
-    async fn stored_block(&self, block: u64) -> Result<Option<Vec<u8>>, FsError> {
+    async fn stored_block(&self, block: u64) -> Result<Option<Arc<Vec<u8>>>, FsError> {
         let chunk = self
             .map
             .read()
@@ -450,7 +503,7 @@ impl Volume {
                 let old = self
                     .stored_block(block)
                     .await?
-                    .unwrap_or_else(|| vec![0u8; self.block_size as usize]);
+                    .unwrap_or_else(|| Arc::new(vec![0u8; self.block_size as usize]));
                 self.staging_file
                     .write_all_at(&old, block * self.block_size)
                     .map_err(self.staging_io("fill staging"))?;
