@@ -312,9 +312,9 @@ impl SpriteFsStore {
             .join("mnt")
     }
 
-    /// Attaches a volume, loops it and mounts its ext4 at `target`.
-    async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
-        let StorageResponse::Path { path } = self
+    /// Makes a volume's file appear in the storage process's FUSE directory.
+    async fn attach(&self, volume: &str) -> Result<PathBuf, CoreError> {
+        match self
             .request(
                 volume,
                 StorageRequest::Attach {
@@ -322,12 +322,18 @@ impl SpriteFsStore {
                 },
             )
             .await?
-        else {
-            return Err(CoreError::Storage {
+        {
+            StorageResponse::Path { path } => Ok(path),
+            other => Err(CoreError::Storage {
                 sprite: volume.into(),
-                message: "attach answered without a path".into(),
-            });
-        };
+                message: format!("attach answered {other:?}"),
+            }),
+        }
+    }
+
+    /// Attaches a volume, loops it and mounts its ext4 at `target`.
+    async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
+        let path = self.attach(volume).await?;
         fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
         let device = run(
             "losetup",
@@ -428,20 +434,7 @@ impl SpriteFsStore {
             from: None,
         };
         self.request(TEMPLATE, create).await?;
-        let StorageResponse::Path { path } = self
-            .request(
-                TEMPLATE,
-                StorageRequest::Attach {
-                    volume: TEMPLATE.into(),
-                },
-            )
-            .await?
-        else {
-            return Err(CoreError::Storage {
-                sprite: TEMPLATE.into(),
-                message: "attach answered without a path".into(),
-            });
-        };
+        let path = self.attach(TEMPLATE).await?;
         let device = run(
             "losetup",
             &[

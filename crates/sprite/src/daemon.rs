@@ -89,13 +89,7 @@ fn admin_token(given: Option<String>, data_dir: &Path) -> Result<String> {
 
 /// `token` is the global `--token` flag: the admin token to accept.
 pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::init_logging();
     let file = load_file_config(&args.config)?;
     let data_dir = args
         .data_dir

@@ -40,6 +40,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Structured logs on stderr (`SPRITE_LOG` filters, default info), for the daemon and
+/// the storage process.
+pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// The launcher: reads a sandbox spec on stdin, starts the sprite, prints its pid.
 fn run_init() -> ExitCode {
     let mut input = Vec::new();

@@ -36,13 +36,7 @@ pub fn socket_path(data_dir: &std::path::Path) -> PathBuf {
 }
 
 pub async fn run(args: StorageArgs) -> Result<u8> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("SPRITE_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::init_logging();
     let dir = args.data_dir.join("fs");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let url = args
