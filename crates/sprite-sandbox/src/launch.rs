@@ -293,7 +293,24 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the host root"))?;
     chdir("/").map_err(step("chdir /"))?;
     sys::loopback_up().map_err(step("bring up lo"))?;
+    name_in_hosts(&spec.hostname);
     Ok(())
+}
+
+/// Makes the sprite's own name resolve (sudo and many tools look it up), by adding it to
+/// the sprite's /etc/hosts once. Best effort: an image without /etc is still usable.
+fn name_in_hosts(hostname: &str) {
+    let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let known = hosts
+        .lines()
+        .any(|line| line.split_whitespace().skip(1).any(|name| name == hostname));
+    if !known {
+        let _ = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/etc/hosts")
+            .and_then(|mut file| file.write_all(format!("127.0.1.1 {hostname}\n").as_bytes()));
+    }
 }
 
 fn ensure_dir(path: &Path) -> Result<(), SandboxError> {

@@ -182,7 +182,7 @@ pub async fn create_with_progress(
                         let line = format!("building image {}: {}", image["name"].as_str().unwrap_or(""), image["detail"].as_str().unwrap_or(""));
                         if line != shown {
                             if show {
-                                let width = crossterm::terminal::size().map(|(c, _)| c as usize).unwrap_or(80).saturating_sub(1);
+                                let width = (terminal_size().0 as usize).saturating_sub(1);
                                 eprint!("\r\x1b[2K{}", line.chars().take(width).collect::<String>());
                             } else {
                                 eprintln!("{line}");

@@ -32,6 +32,11 @@ async fn a_sprite_cannot_escape() {
     // The sprite user, with passwordless sudo, in its own hostname.
     let out = shell(&daemon, "jail", "id -un; hostname; sudo id -u; pwd").await;
     assert_eq!(out.stdout(), "sprite\njail\n0\n/home/sprite\n", "{:?}", out);
+    assert!(
+        out.stderr.is_empty(),
+        "sudo complained: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Only its own processes.
     let out = shell(&daemon, "jail", "ps -eo args --no-headers").await;
