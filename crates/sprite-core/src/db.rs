@@ -24,7 +24,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sprites (
     );"];
 
 /// One sprite row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpriteRecord {
     pub id: String,
     pub org: String,

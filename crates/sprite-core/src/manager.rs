@@ -282,7 +282,26 @@ impl SpriteManager {
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite created");
         let record = self.record(org, &record.name)?;
+        self.publish_record(&record).await;
         Ok(self.info(&record))
+    }
+
+    fn record_key(record: &SpriteRecord) -> String {
+        format!("sprites/{}/{}.json", record.org, record.name)
+    }
+
+    /// Mirrors a sprite's record into the object store (SpriteFS), so a fresh host
+    /// given only the store recovers the sprite. Failures are logged, not fatal: the
+    /// local database stays the source of truth on this host.
+    async fn publish_record(&self, record: &SpriteRecord) {
+        let value = serde_json::to_value(record).unwrap_or_default();
+        if let Err(error) = self
+            .roots
+            .save_record(&Self::record_key(record), &value)
+            .await
+        {
+            tracing::warn!(sprite = %record.name, "could not save the sprite record to the store: {}", sprite_sandbox::error_chain(&error));
+        }
     }
 
     fn limits(&self, record: &SpriteRecord) -> Limits {
@@ -385,6 +404,18 @@ impl SpriteManager {
     /// Brings every known sprite back after a daemon start: sprites whose PID 1 still
     /// answers are adopted as they are (sessions and all), the others are started.
     pub async fn recover(&self) -> Result<usize, CoreError> {
+        if self.db.count()? == 0 {
+            // A fresh host: sprites recorded in the object store come back.
+            for value in self.roots.load_records("sprites/").await? {
+                match serde_json::from_value::<SpriteRecord>(value) {
+                    Ok(record) => {
+                        tracing::info!(sprite = %record.name, "recovered from the object store");
+                        self.db.insert(&record)?;
+                    }
+                    Err(error) => tracing::warn!("unreadable sprite record in the store: {error}"),
+                }
+            }
+        }
         let mut adopted = 0;
         for record in self.db.all()? {
             if self.client_for(&record.id).ping(PING_TIMEOUT).await.is_ok() {
@@ -430,7 +461,7 @@ impl SpriteManager {
         })
     }
 
-    pub fn update(
+    pub async fn update(
         &self,
         org: &str,
         name: &str,
@@ -449,6 +480,7 @@ impl SpriteManager {
         }
         record.updated_at = now();
         self.db.update(&record)?;
+        self.publish_record(&record).await;
         Ok(self.info(&record))
     }
 
@@ -458,6 +490,9 @@ impl SpriteManager {
         let _guard = start_lock.lock().await;
         self.teardown(&record).await?;
         self.db.delete(&record.id)?;
+        if let Err(error) = self.roots.delete_record(&Self::record_key(&record)).await {
+            tracing::warn!(sprite = %record.name, "could not delete the sprite record from the store: {}", sprite_sandbox::error_chain(&error));
+        }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
         Ok(())
     }

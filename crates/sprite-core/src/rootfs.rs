@@ -28,6 +28,17 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn storage_intact(&self) -> bool {
         true
     }
+    /// Keeps a control-plane record where a fresh host finds it (no-op for local disks).
+    async fn save_record(&self, _key: &str, _value: &serde_json::Value) -> Result<(), CoreError> {
+        Ok(())
+    }
+    async fn delete_record(&self, _key: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
+    /// Records saved under `prefix` (empty for local disks).
+    async fn load_records(&self, _prefix: &str) -> Result<Vec<serde_json::Value>, CoreError> {
+        Ok(Vec::new())
+    }
     /// Stored bytes of the layer (None: the backend does not count).
     async fn usage(&self, _sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {
         Ok(None)
@@ -525,6 +536,45 @@ impl RootStore for SpriteFsStore {
 
     async fn recover_storage(&self) -> Result<(), CoreError> {
         self.ensure_service().await
+    }
+
+    async fn save_record(&self, key: &str, value: &serde_json::Value) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        self.request(
+            key,
+            StorageRequest::PutRecord {
+                key: key.into(),
+                value: value.clone(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_record(&self, key: &str) -> Result<(), CoreError> {
+        self.ensure_service().await?;
+        self.request(key, StorageRequest::DeleteRecord { key: key.into() })
+            .await
+            .map(|_| ())
+    }
+
+    async fn load_records(&self, prefix: &str) -> Result<Vec<serde_json::Value>, CoreError> {
+        self.ensure_service().await?;
+        match self
+            .request(
+                prefix,
+                StorageRequest::ListRecords {
+                    prefix: prefix.into(),
+                },
+            )
+            .await?
+        {
+            StorageResponse::Records { values } => Ok(values),
+            other => Err(CoreError::Storage {
+                sprite: String::new(),
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
     }
 
     async fn usage(&self, sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {

@@ -62,6 +62,19 @@ pub enum StorageRequest {
         volume: String,
         name: String,
     },
+    /// Stores a small control-plane record (JSON) under `control/<key>` in the object
+    /// store, so a fresh host recovers more than volumes.
+    PutRecord {
+        key: String,
+        value: serde_json::Value,
+    },
+    DeleteRecord {
+        key: String,
+    },
+    /// Records whose key starts with `prefix`.
+    ListRecords {
+        prefix: String,
+    },
     /// Whether a volume (and, if named, its version) exists.
     Exists {
         volume: String,
@@ -90,6 +103,9 @@ pub enum StorageResponse {
     },
     Versions {
         versions: Vec<crate::meta::VersionRecord>,
+    },
+    Records {
+        values: Vec<serde_json::Value>,
     },
     Usage {
         usage: crate::engine::VolumeUsage,
@@ -224,6 +240,33 @@ impl StorageService {
                 self.engine.publish(&volume).await?;
                 StorageResponse::Ok
             }
+            StorageRequest::PutRecord { key, value } => {
+                let body = serde_json::to_vec(&value).map_err(|e| FsError::Manifest {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
+                self.engine
+                    .store()
+                    .put(&record_key(&key)?, bytes::Bytes::from(body))
+                    .await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::DeleteRecord { key } => {
+                self.engine.store().delete(&record_key(&key)?).await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::ListRecords { prefix } => {
+                let mut values = Vec::new();
+                for key in self.engine.store().list(&record_key(&prefix)?).await? {
+                    let bytes = self.engine.store().get(&key).await?;
+                    let value = serde_json::from_slice(&bytes).map_err(|e| FsError::Manifest {
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?;
+                    values.push(value);
+                }
+                StorageResponse::Records { values }
+            }
             StorageRequest::Exists { volume, version } => {
                 let meta = self.engine.meta();
                 let exists = match version {
@@ -316,6 +359,17 @@ impl StorageService {
             }
         }
     }
+}
+
+/// Object key of a control-plane record; keys stay inside `control/`.
+fn record_key(key: &str) -> Result<String, FsError> {
+    if key.split('/').any(|part| part == ".." || part == ".") || key.starts_with('/') {
+        return Err(FsError::Manifest {
+            key: key.to_string(),
+            message: "record keys are relative and stay inside control/".into(),
+        });
+    }
+    Ok(format!("control/{key}"))
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

@@ -92,7 +92,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: UpdateSpriteRequest = parse_json(&body)?;
-    Ok(Json(state.manager.update(&org, &name, request)?).into_response())
+    Ok(Json(state.manager.update(&org, &name, request).await?).into_response())
 }
 
 pub async fn destroy(

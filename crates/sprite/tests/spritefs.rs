@@ -306,3 +306,68 @@ async fn fsynced_data_survives_storage_crashes() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// A fresh host with an empty data directory and the same object store comes up with
+/// every sprite, its files and its checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_host_recovers_sprites_from_the_store() {
+    let mut daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    create(&daemon.client, "phoenix").await;
+    let first = run(
+        &daemon.client,
+        "phoenix",
+        &[
+            "sh",
+            "-c",
+            "echo ash > /home/sprite/a && sync && md5sum /home/sprite/a",
+        ],
+    )
+    .await;
+    daemon
+        .client
+        .checkpoint("phoenix", Some("before"))
+        .await
+        .unwrap();
+    let script = "dd if=/dev/urandom of=/home/sprite/b bs=64k count=40 2>/dev/null && sync && md5sum /home/sprite/b";
+    let second = run(&daemon.client, "phoenix", &["sh", "-c", script]).await;
+    // The uploader keeps the store at most a second behind.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    daemon.lose_host().await;
+    let names: Vec<String> = daemon
+        .client
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["phoenix"], "{}", daemon.log());
+    let out = run(
+        &daemon.client,
+        "phoenix",
+        &["md5sum", "/home/sprite/a", "/home/sprite/b"],
+    )
+    .await;
+    assert_eq!(
+        out.stdout(),
+        format!("{}{}", first.stdout(), second.stdout()),
+        "{out:?}"
+    );
+    let checkpoints = daemon.client.checkpoints("phoenix", false).await.unwrap();
+    assert_eq!(
+        checkpoints
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["v0"]
+    );
+    daemon.client.restore("phoenix", "v0").await.unwrap();
+    let out = run(&daemon.client, "phoenix", &["ls", "/home/sprite"]).await;
+    assert_eq!(
+        out.stdout(),
+        "a\n",
+        "restored to the checkpoint taken on the lost host"
+    );
+    daemon.client.destroy("phoenix").await.unwrap();
+}

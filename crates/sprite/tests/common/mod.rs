@@ -144,6 +144,37 @@ impl Daemon {
         self.wait_healthy().await;
     }
 
+    /// Loses the host: kills the daemon, every sprite and the storage process, and
+    /// deletes all local state except the object store (and the shared image link),
+    /// then starts a daemon on the empty data directory.
+    pub async fn lose_host(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ids = self.sprite_ids();
+        let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
+        for id in &ids {
+            let cgroup = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), id);
+            let _ = cgroup.kill_all(Duration::from_secs(10));
+            let _ = cgroup.remove();
+        }
+        cleanup_storage(self.data.path(), &ids);
+        for entry in std::fs::read_dir(self.data.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if ["store", "images", "daemon.toml", "daemon.log"].contains(&name.as_str()) {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        self.restart().await;
+    }
+
     pub fn sprite_ids(&self) -> Vec<String> {
         std::fs::read_dir(self.data.path().join("sprites"))
             .map(|entries| {
