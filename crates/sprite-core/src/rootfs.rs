@@ -691,20 +691,24 @@ impl RootStore for SpriteFsStore {
         self.ensure_service().await?;
         let target = self.mount_dir(sprite_id);
         let frozen = is_mount_point(&target);
+        let started = std::time::Instant::now();
         if frozen {
             sprite_sandbox::sys::freeze_filesystem(&target)
                 .map_err(CoreError::io("freeze", &target))?;
         }
+        let freeze = started.elapsed();
         let request = StorageRequest::Checkpoint {
             volume: sprite_id.into(),
             name: name.into(),
             comment: comment.map(str::to_string),
         };
         let result = self.request(sprite_id, request).await;
+        let record = started.elapsed().saturating_sub(freeze);
         if frozen {
             sprite_sandbox::sys::thaw_filesystem(&target)
                 .map_err(CoreError::io("thaw", &target))?;
         }
+        tracing::debug!(sprite = sprite_id, ?freeze, ?record, total = ?started.elapsed(), "checkpoint timing");
         result.map(|_| ())
     }
 
