@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Decompressed blocks kept in memory (with 1 MiB blocks: 32 MiB).
 const DECODED_BLOCKS: usize = 32;
+/// Blocks fetched ahead of a sequential reader.
+const PREFETCH_BLOCKS: u64 = 4;
 
 /// A small LRU of decompressed blocks, shared by all volumes.
 #[derive(Debug)]
@@ -50,6 +52,10 @@ impl DecodedBlocks {
         Some(data)
     }
 
+    fn contains(&self, id: &ChunkId) -> bool {
+        lock(&self.entries).iter().any(|(key, _)| key == id)
+    }
+
     fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
         let mut entries = lock(&self.entries);
         entries.retain(|(key, _)| *key != id);
@@ -70,6 +76,8 @@ pub struct Engine {
     staging_dir: PathBuf,
     /// Recently used blocks, decompressed.
     decoded: DecodedBlocks,
+    /// Blocks being fetched ahead of readers.
+    prefetching: Mutex<std::collections::HashSet<ChunkId>>,
     /// Uploads hold it shared from their first chunk put to their metadata commit; GC
     /// holds it exclusively, so it never deletes a chunk a commit in flight will use.
     commits: tokio::sync::RwLock<()>,
@@ -162,6 +170,7 @@ impl Engine {
             staging_dir,
             commits: tokio::sync::RwLock::new(()),
             decoded: DecodedBlocks::new(DECODED_BLOCKS),
+            prefetching: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -463,6 +472,27 @@ impl Volume {
         }
     }
 
+    /// Starts background fetches of the stored blocks after `block`.
+    fn prefetch_after(&self, block: u64) {
+        let block_size = self.block_size as usize;
+        let upcoming: Vec<ChunkId> = {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            (block + 1..=block + PREFETCH_BLOCKS)
+                .filter_map(|b| map.get(&b).copied())
+                .collect()
+        };
+        for id in upcoming {
+            if self.engine.decoded.contains(&id) || !lock(&self.engine.prefetching).insert(id) {
+                continue;
+            }
+            let engine = self.engine.clone();
+            tokio::spawn(async move {
+                let _ = engine.fetch_block(&id, block_size).await;
+                lock(&engine.prefetching).remove(&id);
+            });
+        }
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
         self.check_range(offset, len as u64)?;
@@ -479,8 +509,15 @@ impl Volume {
                 self.staging_file
                     .read_exact_at(target, position)
                     .map_err(self.staging_io("read staging"))?;
-            } else if let Some(data) = self.stored_block(block).await? {
-                target.copy_from_slice(&data[within..within + take]);
+            } else {
+                if within == 0 {
+                    // A read from the start of a block is likely sequential: fetch and
+                    // decode the next blocks in the background meanwhile.
+                    self.prefetch_after(block);
+                }
+                if let Some(data) = self.stored_block(block).await? {
+                    target.copy_from_slice(&data[within..within + take]);
+                }
             }
             done += take;
         }
