@@ -5,7 +5,7 @@
 
 use crate::error::CoreError;
 use sprite_fs::meta::VersionRecord;
-use sprite_fs::service::{StorageClient, StorageRequest, StorageResponse};
+use sprite_fs::service::{StorageClient, StorageClientError, StorageRequest, StorageResponse};
 use sprite_sandbox::spec::RootLayers;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -175,7 +175,7 @@ fn storage_error(
 ) -> impl FnOnce(sprite_fs::service::StorageClientError) -> CoreError + '_ {
     move |error| CoreError::Storage {
         sprite: sprite.to_string(),
-        message: sprite_sandbox::error_chain(&error),
+        message: sprite_api::error_chain(&error),
     }
 }
 
@@ -194,6 +194,29 @@ async fn run(program: &str, args: &[&str]) -> Result<String, CoreError> {
         return Err(CoreError::Command { command, message });
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Attaches a file to a free loop device with direct I/O (no second page cache under
+/// ext4's); returns the device.
+async fn loop_attach(file: &Path) -> Result<String, CoreError> {
+    run(
+        "losetup",
+        &[
+            "--direct-io=on",
+            "--find",
+            "--show",
+            &file.to_string_lossy(),
+        ],
+    )
+    .await
+}
+
+/// The error for an answer of the storage process that does not fit the request.
+fn unexpected(sprite: &str, answer: StorageResponse) -> CoreError {
+    CoreError::Storage {
+        sprite: sprite.into(),
+        message: format!("unexpected answer {answer:?}"),
+    }
 }
 
 /// Whether `path` is a mount point (per /proc/self/mountinfo).
@@ -217,22 +240,30 @@ impl SpriteFsStore {
         }
     }
 
+    /// Sends a request to the storage process, starting it first if it does not answer.
     async fn request(
         &self,
         sprite: &str,
         request: StorageRequest,
     ) -> Result<StorageResponse, CoreError> {
-        self.client
-            .request(&request)
-            .await
-            .map_err(storage_error(sprite))
+        match self.client.request(&request).await {
+            Err(StorageClientError::Connect(..)) => {
+                self.ensure_service().await?;
+                self.client
+                    .request(&request)
+                    .await
+                    .map_err(storage_error(sprite))
+            }
+            other => other.map_err(storage_error(sprite)),
+        }
     }
 
     /// Starts the storage process unless it answers already. It is not a child that
     /// dies with the daemon: it keeps serving running sprites across daemon restarts.
-    pub async fn ensure_service(&self) -> Result<(), CoreError> {
-        if self.client.request(&StorageRequest::Ping).await.is_ok() {
-            return Ok(());
+    /// Returns the storage process's pid.
+    pub async fn ensure_service(&self) -> Result<u32, CoreError> {
+        if let Some(pid) = self.storage_pid().await {
+            return Ok(pid);
         }
         let log_path = self.settings.data_dir.join("storage.log");
         let log = fs::OpenOptions::new()
@@ -255,16 +286,20 @@ impl SpriteFsStore {
             .stdout(log)
             .stderr(log_err)
             .process_group(0);
-        let child = command.spawn().map_err(|e| CoreError::Storage {
-            sprite: String::new(),
-            message: format!("start the storage process: {e}"),
-        })?;
-        // Reaped by whoever; we only wait for its socket.
-        drop(child);
+        let mut child = tokio::process::Command::from(command)
+            .spawn()
+            .map_err(|e| CoreError::Storage {
+                sprite: String::new(),
+                message: format!("start the storage process: {e}"),
+            })?;
+        // Reap it if it dies while this daemon runs (it is not killed with the daemon).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
         for _ in 0..200 {
-            if self.client.request(&StorageRequest::Ping).await.is_ok() {
-                tracing::info!("storage process started");
-                return Ok(());
+            if let Some(pid) = self.storage_pid().await {
+                tracing::info!(pid, "storage process started");
+                return Ok(pid);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -283,6 +318,15 @@ impl SpriteFsStore {
             Ok(StorageResponse::Pong { pid, .. }) => Some(pid),
             _ => None,
         }
+    }
+
+    /// The storage process a sprite's layer was mounted on, if it is mounted.
+    fn mounted_by(&self, sprite_id: &str) -> Option<u32> {
+        fs::read_to_string(self.mounted_by_path(sprite_id))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn mounted_by_path(&self, sprite_id: &str) -> PathBuf {
@@ -335,10 +379,7 @@ impl SpriteFsStore {
             .await?
         {
             StorageResponse::Path { path } => Ok(path),
-            other => Err(CoreError::Storage {
-                sprite: volume.into(),
-                message: format!("attach answered {other:?}"),
-            }),
+            other => Err(unexpected(volume, other)),
         }
     }
 
@@ -346,16 +387,7 @@ impl SpriteFsStore {
     async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
         let path = self.attach(volume).await?;
         fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
-        let device = run(
-            "losetup",
-            &[
-                "--direct-io=on",
-                "--find",
-                "--show",
-                &path.to_string_lossy(),
-            ],
-        )
-        .await?;
+        let device = loop_attach(&path).await?;
         let mounted = run(
             "mount",
             &[
@@ -410,7 +442,6 @@ impl SpriteFsStore {
     /// Makes the pre-formatted template every sprite volume is forked from.
     async fn ensure_template(&self) -> Result<(), CoreError> {
         let _one = self.setup.lock().await;
-        self.ensure_service().await?;
         let formatted = StorageRequest::Exists {
             volume: TEMPLATE.into(),
             version: Some(TEMPLATE_VERSION.into()),
@@ -446,16 +477,7 @@ impl SpriteFsStore {
         };
         self.request(TEMPLATE, create).await?;
         let path = self.attach(TEMPLATE).await?;
-        let device = run(
-            "losetup",
-            &[
-                "--direct-io=on",
-                "--find",
-                "--show",
-                &path.to_string_lossy(),
-            ],
-        )
-        .await?;
+        let device = loop_attach(&path).await?;
         let formatted = run(
             "mkfs.ext4",
             &[
@@ -513,19 +535,13 @@ impl RootStore for SpriteFsStore {
 
     async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError> {
         let target = self.mount_dir(sprite_id);
-        self.ensure_service().await?;
-        let pid = self.storage_pid().await;
-        let mounted_by = fs::read_to_string(self.mounted_by_path(sprite_id))
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok());
-        let healthy = is_mount_point(&target) && mounted_by.is_some() && mounted_by == pid;
+        let pid = self.ensure_service().await?;
+        let healthy = is_mount_point(&target) && self.mounted_by(sprite_id) == Some(pid);
         if !healthy {
             self.clear_stale(sprite_id, &target).await;
             self.mount_volume(sprite_id, &target).await?;
-            if let Some(pid) = pid {
-                let path = self.mounted_by_path(sprite_id);
-                fs::write(&path, pid.to_string()).map_err(CoreError::io("write", &path))?;
-            }
+            let path = self.mounted_by_path(sprite_id);
+            fs::write(&path, pid.to_string()).map_err(CoreError::io("write", &path))?;
         }
         Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
@@ -535,11 +551,10 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn recover_storage(&self) -> Result<(), CoreError> {
-        self.ensure_service().await
+        self.ensure_service().await.map(|_| ())
     }
 
     async fn save_record(&self, key: &str, value: &serde_json::Value) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         self.request(
             key,
             StorageRequest::PutRecord {
@@ -552,14 +567,12 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn delete_record(&self, key: &str) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         self.request(key, StorageRequest::DeleteRecord { key: key.into() })
             .await
             .map(|_| ())
     }
 
     async fn load_records(&self, prefix: &str) -> Result<Vec<serde_json::Value>, CoreError> {
-        self.ensure_service().await?;
         match self
             .request(
                 prefix,
@@ -570,15 +583,11 @@ impl RootStore for SpriteFsStore {
             .await?
         {
             StorageResponse::Records { values } => Ok(values),
-            other => Err(CoreError::Storage {
-                sprite: String::new(),
-                message: format!("unexpected answer {other:?}"),
-            }),
+            other => Err(unexpected("", other)),
         }
     }
 
     async fn usage(&self, sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {
-        self.ensure_service().await?;
         match self
             .request(
                 sprite_id,
@@ -597,25 +606,18 @@ impl RootStore for SpriteFsStore {
                 bytes_cached_on_host: cached_bytes,
                 checkpoints: usage.versions,
             })),
-            other => Err(CoreError::Storage {
-                sprite: sprite_id.into(),
-                message: format!("unexpected answer {other:?}"),
-            }),
+            other => Err(unexpected(sprite_id, other)),
         }
     }
 
     async fn collect_garbage(&self) -> Result<Option<(usize, usize, u64)>, CoreError> {
-        self.ensure_service().await?;
         match self.request("", StorageRequest::Gc).await? {
             StorageResponse::Collected {
                 layers,
                 chunks,
                 bytes,
             } => Ok(Some((layers, chunks, bytes))),
-            other => Err(CoreError::Storage {
-                sprite: String::new(),
-                message: format!("unexpected answer {other:?}"),
-            }),
+            other => Err(unexpected("", other)),
         }
     }
 
@@ -628,19 +630,15 @@ impl RootStore for SpriteFsStore {
         let Ok(entries) = fs::read_dir(&layers) else {
             return true;
         };
-        entries.flatten().all(
-            |entry| match fs::read_to_string(entry.path().join("mounted-by")) {
-                Ok(text) => text.trim().parse::<u32>().ok() == Some(current),
-                Err(_) => true,
-            },
-        )
+        entries.flatten().all(|entry| {
+            let sprite = entry.file_name().to_string_lossy().into_owned();
+            self.mounted_by(&sprite).is_none_or(|pid| pid == current)
+        })
     }
 
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError> {
         let target = self.mount_dir(sprite_id);
-        let mounted_by = fs::read_to_string(self.mounted_by_path(sprite_id))
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok());
+        let mounted_by = self.mounted_by(sprite_id);
         if mounted_by.is_some() && mounted_by != self.storage_pid().await {
             // Mounted on a storage process that is gone: nothing to flush, only debris.
             self.clear_stale(sprite_id, &target).await;
@@ -653,7 +651,6 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         self.release(sprite_id).await?;
         self.request(
             sprite_id,
@@ -671,7 +668,6 @@ impl RootStore for SpriteFsStore {
         source_id: &str,
         version: &str,
     ) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         let request = StorageRequest::Create {
             volume: sprite_id.into(),
             size: self.settings.volume_bytes,
@@ -688,7 +684,6 @@ impl RootStore for SpriteFsStore {
         name: &str,
         comment: Option<&str>,
     ) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         let target = self.mount_dir(sprite_id);
         let frozen = is_mount_point(&target);
         let started = std::time::Instant::now();
@@ -713,7 +708,6 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn versions(&self, sprite_id: &str) -> Result<Vec<VersionRecord>, CoreError> {
-        self.ensure_service().await?;
         match self
             .request(
                 sprite_id,
@@ -724,15 +718,11 @@ impl RootStore for SpriteFsStore {
             .await?
         {
             StorageResponse::Versions { versions } => Ok(versions),
-            other => Err(CoreError::Storage {
-                sprite: sprite_id.into(),
-                message: format!("unexpected answer {other:?}"),
-            }),
+            other => Err(unexpected(sprite_id, other)),
         }
     }
 
     async fn restore(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         self.request(
             sprite_id,
             StorageRequest::Restore {
@@ -745,7 +735,6 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn delete_version(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
-        self.ensure_service().await?;
         self.request(
             sprite_id,
             StorageRequest::DeleteVersion {
