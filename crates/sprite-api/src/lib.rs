@@ -10,7 +10,7 @@ pub mod exec;
 pub mod names;
 pub mod sprite;
 
-pub use error::{ErrorBody, ErrorKind};
+pub use error::{error_chain, ErrorBody, ErrorKind};
 pub use names::{validate_sprite_name, NameError};
 
 /// Version string the server reports in the `Sprite-Version` header.

@@ -115,12 +115,7 @@ impl ImageStore {
         let result = self.build(name).await;
         match &result {
             Ok(()) => set_status(&self.status, name, "ready", ""),
-            Err(e) => set_status(
-                &self.status,
-                name,
-                "failed",
-                &sprite_sandbox::error_chain(e),
-            ),
+            Err(e) => set_status(&self.status, name, "failed", &sprite_api::error_chain(e)),
         }
         result.map(|()| self.rootfs(name))
     }

@@ -275,7 +275,7 @@ impl SpriteManager {
         }
         .await;
         if let Err(error) = started {
-            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_sandbox::error_chain(&error));
+            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_api::error_chain(&error));
             let _ = self.teardown(&record).await;
             self.db.delete(&record.id)?;
             return Err(error);
@@ -300,7 +300,7 @@ impl SpriteManager {
             .save_record(&Self::record_key(record), &value)
             .await
         {
-            tracing::warn!(sprite = %record.name, "could not save the sprite record to the store: {}", sprite_sandbox::error_chain(&error));
+            tracing::warn!(sprite = %record.name, "could not save the sprite record to the store: {}", sprite_api::error_chain(&error));
         }
     }
 
@@ -424,7 +424,7 @@ impl SpriteManager {
                 continue;
             }
             if let Err(error) = self.start(&record).await {
-                tracing::warn!(sprite = %record.name, "could not restart: {}", sprite_sandbox::error_chain(&error));
+                tracing::warn!(sprite = %record.name, "could not restart: {}", sprite_api::error_chain(&error));
             }
         }
         Ok(adopted)
@@ -491,7 +491,7 @@ impl SpriteManager {
         self.teardown(&record).await?;
         self.db.delete(&record.id)?;
         if let Err(error) = self.roots.delete_record(&Self::record_key(&record)).await {
-            tracing::warn!(sprite = %record.name, "could not delete the sprite record from the store: {}", sprite_sandbox::error_chain(&error));
+            tracing::warn!(sprite = %record.name, "could not delete the sprite record from the store: {}", sprite_api::error_chain(&error));
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
         Ok(())
@@ -569,7 +569,7 @@ impl SpriteManager {
             Err(error @ SandboxError::Connect(..)) => {
                 // PID 1 went away under us: restart the sprite once and retry.
                 lock(&self.running).remove(&record.id);
-                tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_sandbox::error_chain(&error));
+                tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_api::error_chain(&error));
                 let (_, client) = self.running_client(org, name).await?;
                 client
                     .spawn(request)
@@ -780,17 +780,14 @@ impl SpriteManager {
             if let Err(error) = self.roots.recover_storage().await {
                 tracing::error!(
                     "cannot restart storage: {}",
-                    sprite_sandbox::error_chain(&error)
+                    sprite_api::error_chain(&error)
                 );
                 continue;
             }
             let records = match self.db.all() {
                 Ok(records) => records,
                 Err(error) => {
-                    tracing::error!(
-                        "cannot list sprites: {}",
-                        sprite_sandbox::error_chain(&error)
-                    );
+                    tracing::error!("cannot list sprites: {}", sprite_api::error_chain(&error));
                     continue;
                 }
             };
@@ -805,7 +802,7 @@ impl SpriteManager {
                 }
                 .await;
                 if let Err(error) = restarted {
-                    tracing::error!(sprite = %record.name, "restart after storage loss failed: {}", sprite_sandbox::error_chain(&error));
+                    tracing::error!(sprite = %record.name, "restart after storage loss failed: {}", sprite_api::error_chain(&error));
                 }
             }
         }

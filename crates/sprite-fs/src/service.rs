@@ -345,7 +345,7 @@ impl StorageService {
                     self.handle(request)
                         .await
                         .unwrap_or_else(|error| StorageResponse::Error {
-                            message: chain(&error),
+                            message: sprite_api::error_chain(&error),
                         })
                 }
                 Err(error) => StorageResponse::Error {
@@ -370,17 +370,6 @@ fn record_key(key: &str) -> Result<String, FsError> {
         });
     }
     Ok(format!("control/{key}"))
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The daemon's side of the storage socket.

@@ -103,7 +103,7 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
             let result = setup_sprite(spec).and_then(|()| crate::security::lock_down());
             let verdict = match &result {
                 Ok(()) => "ok".to_string(),
-                Err(error) => crate::error_chain(error),
+                Err(error) => sprite_api::error_chain(error),
             };
             let _ = write(&ready_write, verdict.as_bytes());
             drop(ready_write);

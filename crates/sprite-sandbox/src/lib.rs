@@ -19,18 +19,6 @@ pub use error::SandboxError;
 
 use std::path::Path;
 
-/// Formats an error and its sources as `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Starts a sprite's sandbox by running `executable init` (the launcher) with `spec` on
 /// its stdin. Returns the host pid of the sprite's PID 1.
 pub async fn start(executable: &Path, spec: &spec::SandboxSpec) -> Result<u32, SandboxError> {

@@ -29,11 +29,11 @@ impl From<CoreError> for ApiError {
     fn from(error: CoreError) -> Self {
         let kind = error.kind();
         if kind == ErrorKind::Internal {
-            tracing::error!("{}", sprite_sandbox::error_chain(&error));
+            tracing::error!("{}", sprite_api::error_chain(&error));
         }
         ApiError {
             kind,
-            message: sprite_sandbox::error_chain(&error),
+            message: sprite_api::error_chain(&error),
         }
     }
 }

@@ -148,7 +148,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         let manager = manager.clone();
         tokio::spawn(async move {
             if let Err(error) = manager.prepare_default_image().await {
-                tracing::error!("default image: {}", sprite_sandbox::error_chain(&error));
+                tracing::error!("default image: {}", sprite_api::error_chain(&error));
             }
         });
     }

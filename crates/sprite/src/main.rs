@@ -72,7 +72,7 @@ fn run_init() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("{}", sprite_sandbox::error_chain(&error));
+            eprintln!("{}", sprite_api::error_chain(&error));
             ExitCode::from(1)
         }
     }

@@ -46,7 +46,10 @@ pub fn serve(listener: std::os::unix::net::UnixListener) -> i32 {
                     let sessions = sessions.clone();
                     tokio::spawn(async move {
                         if let Err(error) = handle_connection(sessions, stream).await {
-                            eprintln!("sprite-init: connection: {}", crate::error_chain(&error));
+                            eprintln!(
+                                "sprite-init: connection: {}",
+                                sprite_api::error_chain(&error)
+                            );
                         }
                     });
                 }
