@@ -32,18 +32,10 @@ pub struct ChunkCache {
 impl ChunkCache {
     /// Opens the cache directory, indexing what an earlier run left there.
     pub fn open(dir: &Path, limit: u64) -> Result<ChunkCache, FsError> {
-        fs::create_dir_all(dir).map_err(|source| FsError::Io {
-            what: "create",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(FsError::io("create", dir))?;
         let mut entries = HashMap::new();
         let mut total = 0;
-        let listing = fs::read_dir(dir).map_err(|source| FsError::Io {
-            what: "read",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let listing = fs::read_dir(dir).map_err(FsError::io("read", dir))?;
         for entry in listing.flatten() {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(ChunkId::from_hex) else {

@@ -119,6 +119,7 @@ pub struct Volume {
     pub block_size: u64,
     map: RwLock<BTreeMap<u64, ChunkId>>,
     staging_file: File,
+    staging_path: PathBuf,
     staging: Mutex<Staging>,
     uploading: tokio::sync::Mutex<()>,
 }
@@ -158,11 +159,7 @@ impl Engine {
         cache: ChunkCache,
         staging_dir: PathBuf,
     ) -> Result<Arc<Engine>, FsError> {
-        std::fs::create_dir_all(&staging_dir).map_err(|source| FsError::Io {
-            what: "create",
-            path: staging_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&staging_dir).map_err(FsError::io("create", &staging_dir))?;
         Ok(Arc::new(Engine {
             meta,
             store,
@@ -197,18 +194,10 @@ impl Engine {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|source| FsError::Io {
-                what: "open staging",
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(FsError::io("open staging", &path))?;
         staging_file
             .set_len(info.size)
-            .map_err(|source| FsError::Io {
-                what: "size staging",
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(FsError::io("size staging", &path))?;
         let mut staging = Staging::default();
         for block in self.meta.staged_blocks(id)? {
             staging.generation += 1;
@@ -221,6 +210,7 @@ impl Engine {
             block_size: info.block_size,
             map: RwLock::new(map),
             staging_file,
+            staging_path: path,
             staging: Mutex::new(staging),
             uploading: tokio::sync::Mutex::new(()),
         }))
@@ -232,11 +222,7 @@ impl Engine {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(FsError::Io {
-                what: "remove",
-                path,
-                source,
-            }),
+            Err(source) => Err(FsError::io("remove", path)(source)),
         }
     }
 
@@ -446,12 +432,9 @@ impl Volume {
         Ok(())
     }
 
-    fn staging_io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> FsError + '_ {
-        move |source| FsError::Io {
-            what,
-            path: PathBuf::from(format!("staging of {}", self.id)),
-            source,
-        }
+    /// An I/O error on the staging file (built only on failure: reads and writes are hot).
+    fn staging_error(&self, what: &'static str, source: std::io::Error) -> FsError {
+        FsError::io(what, self.staging_path.clone())(source)
     }
 
     /// Current bytes of a block that is not present in staging.
@@ -508,7 +491,7 @@ impl Volume {
             if present {
                 self.staging_file
                     .read_exact_at(target, position)
-                    .map_err(self.staging_io("read staging"))?;
+                    .map_err(|e| self.staging_error("read staging", e))?;
             } else {
                 if within == 0 {
                     // A read from the start of a block is likely sequential: fetch and
@@ -543,11 +526,11 @@ impl Volume {
                     .unwrap_or_else(|| Arc::new(vec![0u8; self.block_size as usize]));
                 self.staging_file
                     .write_all_at(&old, block * self.block_size)
-                    .map_err(self.staging_io("fill staging"))?;
+                    .map_err(|e| self.staging_error("fill staging", e))?;
             }
             self.staging_file
                 .write_all_at(&data[done..done + take], position)
-                .map_err(self.staging_io("write staging"))?;
+                .map_err(|e| self.staging_error("write staging", e))?;
             let mut staging = lock(&self.staging);
             staging.generation += 1;
             let generation = staging.generation;
@@ -611,7 +594,7 @@ impl Volume {
         let result = self
             .staging_file
             .sync_data()
-            .map_err(self.staging_io("sync staging"))
+            .map_err(|e| self.staging_error("sync staging", e))
             .and_then(|()| self.engine.meta.stage_blocks(&self.id, &unsynced));
         if result.is_err() {
             lock(&self.staging).unsynced.extend(unsynced);
@@ -642,7 +625,7 @@ impl Volume {
                 let mut data = vec![0u8; block_size];
                 self.staging_file
                     .read_exact_at(&mut data, block * self.block_size)
-                    .map_err(self.staging_io("read staging"))?;
+                    .map_err(|e| self.staging_error("read staging", e))?;
                 if chunk::is_zero(&data) {
                     return Ok::<_, FsError>((block, generation, None, 0));
                 }

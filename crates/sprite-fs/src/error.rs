@@ -73,3 +73,14 @@ pub enum FsError {
         size: u64,
     },
 }
+
+impl FsError {
+    /// `map_err` adapter for an I/O step on a path.
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> FsError {
+        let path = path.into();
+        move |source| FsError::Io { what, path, source }
+    }
+}
