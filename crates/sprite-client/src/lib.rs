@@ -479,23 +479,22 @@ impl ExecSender {
 
 impl ExecReceiver {
     pub async fn next(&mut self) -> Result<ExecEvent, ClientError> {
-        let half = self;
         loop {
-            let Some(message) = half.stream.next().await else {
+            let Some(message) = self.stream.next().await else {
                 return Err(ClientError::ClosedBeforeExit);
             };
             match message? {
                 Message::Text(text) => {
                     return Ok(match serde_json::from_str::<ServerMessage>(&text) {
                         Ok(ServerMessage::SessionInfo { session_id, tty }) => {
-                            half.tty = tty;
+                            self.tty = tty;
                             ExecEvent::SessionInfo { session_id, tty }
                         }
                         Ok(ServerMessage::Exit { exit_code, .. }) => ExecEvent::Exit(exit_code),
                         _ => ExecEvent::Text(text.to_string()),
                     })
                 }
-                Message::Binary(data) if half.tty => return Ok(ExecEvent::Stdout(data.to_vec())),
+                Message::Binary(data) if self.tty => return Ok(ExecEvent::Stdout(data.to_vec())),
                 Message::Binary(data) => match Frame::decode(&data) {
                     Ok(Frame::Stdout(d)) => return Ok(ExecEvent::Stdout(d)),
                     Ok(Frame::Stderr(d)) => return Ok(ExecEvent::Stderr(d)),

@@ -39,6 +39,8 @@ pub enum CoreError {
     SpawnFailed(String),
     #[error("storage of sprite {sprite}: {message}")]
     Storage { sprite: String, message: String },
+    #[error("background task {0}")]
+    Task(&'static str, #[source] tokio::task::JoinError),
     #[error("{command}: {message}")]
     Command { command: String, message: String },
     #[error("too many sprites: the limit is {0}")]
@@ -63,6 +65,7 @@ impl CoreError {
             | CoreError::Image { .. }
             | CoreError::Storage { .. }
             | CoreError::Command { .. }
+            | CoreError::Task(..)
             | CoreError::Io { .. } => ErrorKind::Internal,
         }
     }

@@ -135,10 +135,7 @@ impl ImageStore {
         let shift_root = rootfs.clone();
         tokio::task::spawn_blocking(move || shift_ids(&shift_root, base))
             .await
-            .map_err(|e| CoreError::Image {
-                image: name.into(),
-                message: e.to_string(),
-            })??;
+            .map_err(|e| CoreError::Task("image id shift", e))??;
         fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
             .map_err(CoreError::io("chmod", &rootfs))?;
         let _ = fs::remove_dir_all(&image_dir);

@@ -378,7 +378,7 @@ impl SpriteManager {
                 .and_then(|()| cgroup.remove())
         })
         .await
-        .map_err(|e| CoreError::InvalidRequest(e.to_string()))?
+        .map_err(|e| CoreError::Task("cgroup cleanup", e))?
         .map_err(|e| CoreError::Sandbox {
             sprite,
             source: SandboxError::Cgroup(e),

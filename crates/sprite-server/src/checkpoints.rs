@@ -16,14 +16,14 @@ fn event(kind: &str, data: Option<String>, error: Option<String>) -> String {
         kind: kind.to_string(),
         data,
         error,
-        time: Some(chrono_now()),
+        time: Some(unix_time()),
     };
     let mut line = serde_json::to_string(&event).unwrap_or_default();
     line.push('\n');
     line
 }
 
-fn chrono_now() -> String {
+fn unix_time() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -16,10 +16,11 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
+/// p50 and the given tail percentile of the samples.
+fn summary(mut samples: Vec<f64>, tail: f64) -> (f64, f64) {
     samples.sort_by(|a, b| a.total_cmp(b));
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.5), at(tail))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -69,7 +70,7 @@ async fn bench() {
     for i in 0..20 {
         let name = format!("bench-{i}");
         let start = Instant::now();
-        create_sprite(client, &name).await;
+        common::create(client, &name).await;
         create_api.push(ms(start.elapsed()));
         let out = run(client, &name, &["true"]).await;
         assert_eq!(out.code, 0);
@@ -101,7 +102,7 @@ async fn bench() {
     }
 
     // The floor: raw namespaces.
-    let mut unshare = time_command(
+    let unshare = time_command(
         "unshare",
         &[
             "--user",
@@ -118,7 +119,7 @@ async fn bench() {
     );
     let init_pid = first_init_pid(&daemon);
     let pid = init_pid.to_string();
-    let mut nsenter = time_command(
+    let nsenter = time_command(
         "nsenter",
         &[
             "-t",
@@ -137,42 +138,18 @@ async fn bench() {
 
     // Daemon memory with 50 idle sprites.
     for i in 20..50 {
-        create_sprite(client, &format!("bench-{i}")).await;
+        common::create(client, &format!("bench-{i}")).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rss_kib(daemon.pid);
 
     let rows = [
-        (
-            "create → first exec (ms)",
-            percentile(&mut create.clone(), 0.5),
-            percentile(&mut create, 0.9),
-        ),
-        (
-            "create API call only (ms)",
-            percentile(&mut create_api.clone(), 0.5),
-            percentile(&mut create_api, 0.9),
-        ),
-        (
-            "floor: unshare + true (ms)",
-            percentile(&mut unshare.clone(), 0.5),
-            percentile(&mut unshare, 0.9),
-        ),
-        (
-            "exec `true` over WebSocket (ms)",
-            percentile(&mut exec_ws.clone(), 0.5),
-            percentile(&mut exec_ws, 0.99),
-        ),
-        (
-            "exec `true` over HTTP POST (ms)",
-            percentile(&mut exec_http.clone(), 0.5),
-            percentile(&mut exec_http, 0.99),
-        ),
-        (
-            "floor: nsenter + true (ms)",
-            percentile(&mut nsenter.clone(), 0.5),
-            percentile(&mut nsenter, 0.99),
-        ),
+        ("create → first exec (ms)", summary(create, 0.9)),
+        ("create API call only (ms)", summary(create_api, 0.9)),
+        ("floor: unshare + true (ms)", summary(unshare, 0.9)),
+        ("exec `true` over WebSocket (ms)", summary(exec_ws, 0.99)),
+        ("exec `true` over HTTP POST (ms)", summary(exec_http, 0.99)),
+        ("floor: nsenter + true (ms)", summary(nsenter, 0.99)),
     ];
     println!(
         "\nsprites lifecycle benchmark (image {image}, {} CPUs)",
@@ -181,7 +158,7 @@ async fn bench() {
             .unwrap_or(0)
     );
     println!("{:<36} {:>9} {:>12}", "measure", "p50", "p90 / p99");
-    for (name, p50, tail) in rows {
+    for (name, (p50, tail)) in rows {
         println!("{name:<36} {p50:>9.2} {tail:>12.2}");
         report.insert(name.into(), serde_json::json!({ "p50": p50, "tail": tail }));
     }
@@ -205,10 +182,6 @@ async fn bench() {
         serde_json::to_string_pretty(&report).unwrap(),
     )
     .unwrap();
-}
-
-async fn create_sprite(client: &sprite_client::Client, name: &str) {
-    create(client, name).await;
 }
 
 fn first_init_pid(daemon: &Daemon) -> u32 {

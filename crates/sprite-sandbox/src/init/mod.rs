@@ -195,15 +195,14 @@ async fn attach(
     };
     let outbound = async move {
         for output in backlog {
-            protocol::write_message(&mut writer, &output.into_message()).await?;
+            protocol::write_message(&mut writer, &output.into_message()?).await?;
         }
+        // The exit is the last frame of an attachment.
         while let Some(output) = receiver.recv().await {
-            match output {
-                session::Output::Exit(code) => {
-                    send_event(&mut writer, &Event::Exit { code }).await?;
-                    return Ok(());
-                }
-                other => protocol::write_message(&mut writer, &other.into_message()).await?,
+            let last = matches!(output, session::Output::Exit(_));
+            protocol::write_message(&mut writer, &output.into_message()?).await?;
+            if last {
+                return Ok(());
             }
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! buffer and the clients attached to it.
 
 use super::users;
-use crate::protocol::{Message, SessionSummary, SpawnRequest};
+use crate::protocol::{Event, Message, ProtocolError, SessionSummary, SpawnRequest};
 use crate::sys::{self, ChildSetup};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -54,12 +54,13 @@ pub enum Output {
 }
 
 impl Output {
-    pub fn into_message(self) -> Message {
-        match self {
+    /// The frame that carries this output to the daemon.
+    pub fn into_message(self) -> Result<Message, ProtocolError> {
+        Ok(match self {
             Output::Stdout(data) => Message::Stdout(data),
             Output::Stderr(data) => Message::Stderr(data),
-            Output::Exit(_) => Message::Control(Vec::new()),
-        }
+            Output::Exit(code) => Message::control(&Event::Exit { code })?,
+        })
     }
 }
 
