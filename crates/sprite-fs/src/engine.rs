@@ -740,6 +740,15 @@ mod tests {
         }
     }
 
+    /// Creates a volume of `size` bytes in `BLOCK` blocks and opens it.
+    fn new_volume(engine: &Arc<Engine>, id: &str, size: u64) -> Arc<Volume> {
+        engine
+            .meta()
+            .create_volume(id, size, BLOCK)
+            .expect("create");
+        engine.open_volume(id).expect("open")
+    }
+
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -754,11 +763,7 @@ mod tests {
     async fn unaligned_writes_and_holes_read_back() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        engine
-            .meta()
-            .create_volume("v", 16 * BLOCK, BLOCK)
-            .expect("create");
-        let volume = engine.open_volume("v").expect("open");
+        let volume = new_volume(&engine, "v", 16 * BLOCK);
         let data = pattern(3 * BLOCK as usize, 1);
         volume.write(BLOCK / 2, &data).await.expect("write");
         assert_eq!(
@@ -861,11 +866,7 @@ mod tests {
     async fn checkpoint_restore_and_fork_through_the_engine() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        engine
-            .meta()
-            .create_volume("v", 8 * BLOCK, BLOCK)
-            .expect("create");
-        let volume = engine.open_volume("v").expect("open");
+        let volume = new_volume(&engine, "v", 8 * BLOCK);
         volume.write(0, b"first").await.expect("write");
         volume.flush_all().await.expect("flush");
         engine
@@ -949,11 +950,7 @@ mod tests {
         let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
         let setup = Setup::new(store.clone());
         let engine = setup.engine();
-        engine
-            .meta()
-            .create_volume("v", 16 * BLOCK, BLOCK)
-            .expect("create");
-        let volume = engine.open_volume("v").expect("open");
+        let volume = new_volume(&engine, "v", 16 * BLOCK);
         let (kept, dropped, shared) = (
             pattern(BLOCK as usize, 1),
             pattern(BLOCK as usize, 2),
@@ -998,11 +995,7 @@ mod tests {
     async fn restore_drops_unsaved_writes() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        engine
-            .meta()
-            .create_volume("v", 4 * BLOCK, BLOCK)
-            .expect("create");
-        let volume = engine.open_volume("v").expect("open");
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
         volume.write(0, b"saved").await.expect("write");
         engine
             .checkpoint(&volume, "v0", None)
@@ -1026,11 +1019,7 @@ mod tests {
     async fn discard_turns_whole_blocks_into_holes() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        engine
-            .meta()
-            .create_volume("v", 8 * BLOCK, BLOCK)
-            .expect("create");
-        let volume = engine.open_volume("v").expect("open");
+        let volume = new_volume(&engine, "v", 8 * BLOCK);
         let data = pattern(4 * BLOCK as usize, 5);
         volume.write(0, &data).await.expect("write");
         volume.flush_all().await.expect("flush");
@@ -1064,11 +1053,7 @@ mod tests {
         ));
         let setup = Setup::new(store);
         let engine = setup.engine();
-        engine
-            .meta()
-            .create_volume("v", 64 * BLOCK, BLOCK)
-            .expect("create");
-        let volume = engine.open_volume("v").expect("open");
+        let volume = new_volume(&engine, "v", 64 * BLOCK);
         let mut expected = vec![0u8; 64 * BLOCK as usize];
         for round in 0..20u64 {
             let offset = (round * 7919 * 97) % (60 * BLOCK);
