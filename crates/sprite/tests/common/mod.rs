@@ -240,7 +240,7 @@ fn cleanup_storage(data: &Path, sprites: &[String]) {
     let pattern = format!("storage --data-dir {data_text}");
     let _ = Command::new("pkill")
         .args(["-TERM", "-f", &pattern])
-        .status();
+        .output();
     for _ in 0..100 {
         let alive = Command::new("pgrep")
             .args(["-f", &pattern])
@@ -254,11 +254,11 @@ fn cleanup_storage(data: &Path, sprites: &[String]) {
     }
     let _ = Command::new("pkill")
         .args(["-KILL", "-f", &pattern])
-        .status();
+        .output();
     let _ = Command::new("umount")
         .arg("-l")
         .arg(data.join("fs/mnt"))
-        .status();
+        .output();
 }
 
 pub fn params(argv: &[&str]) -> ExecParams {
