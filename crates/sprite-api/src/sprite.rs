@@ -143,6 +143,21 @@ pub struct SpriteInfo {
     pub last_running_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_warming_at: Option<String>,
+    /// Ours: what the sprite keeps in the object store (SpriteFS only; absent on local
+    /// storage or when the storage process cannot answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageUsage>,
+}
+
+/// Object-store usage of one sprite (ours; also `GET /v1/sprites/{name}/usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StorageUsage {
+    /// Stored (compressed) bytes of the unique chunks the sprite's current state uses.
+    pub bytes_stored: u64,
+    /// Unique chunks the current state uses.
+    pub chunks: u64,
+    /// Checkpoints the sprite has.
+    pub checkpoints: u64,
 }
 
 /// `GET /v1/sprites` answer.

@@ -9,7 +9,7 @@ use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStor
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
     validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
-    SpriteStatus, UpdateSpriteRequest, UrlAuth, UrlSettings, LIST_MAX_RESULTS,
+    SpriteStatus, StorageUsage, UpdateSpriteRequest, UrlAuth, UrlSettings, LIST_MAX_RESULTS,
 };
 use sprite_sandbox::cgroup::{Layout, SpriteCgroup};
 use sprite_sandbox::client::{Attachment, InitClient};
@@ -150,7 +150,25 @@ impl SpriteManager {
             updated_at: record.updated_at.clone(),
             last_running_at: record.last_running_at.clone(),
             last_warming_at: None,
+            storage: None,
         }
+    }
+
+    /// [`Self::info`] with the sprite's object-store usage, when the storage answers
+    /// (a listing never fails because the storage process is busy or down).
+    async fn info_with_usage(&self, record: &SpriteRecord) -> SpriteInfo {
+        let mut info = self.info(record);
+        match self.roots.usage(&record.id).await {
+            Ok(usage) => {
+                info.storage = usage.map(|u| StorageUsage {
+                    bytes_stored: u.bytes_stored,
+                    chunks: u.chunks,
+                    checkpoints: u.checkpoints.len() as u64,
+                })
+            }
+            Err(error) => tracing::debug!(sprite = %record.name, "no usage: {}", sprite_api::error_chain(&error)),
+        }
+        info
     }
 
     fn record(&self, org: &str, name: &str) -> Result<SpriteRecord, CoreError> {
@@ -430,11 +448,11 @@ impl SpriteManager {
         Ok(adopted)
     }
 
-    pub fn get(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
-        Ok(self.info(&self.record(org, name)?))
+    pub async fn get(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
+        Ok(self.info_with_usage(&self.record(org, name)?).await)
     }
 
-    pub fn list(
+    pub async fn list(
         &self,
         org: &str,
         prefix: &str,
@@ -450,6 +468,10 @@ impl SpriteManager {
         let mut records = self.db.list(org, prefix, continuation, max as usize + 1)?;
         let has_more = records.len() > max as usize;
         records.truncate(max as usize);
+        let mut sprites = Vec::with_capacity(records.len());
+        for record in &records {
+            sprites.push(self.info_with_usage(record).await);
+        }
         Ok(SpriteList {
             next_continuation_token: if has_more {
                 records.last().map(|r| r.name.clone())
@@ -457,7 +479,7 @@ impl SpriteManager {
                 None
             },
             has_more,
-            sprites: records.iter().map(|r| self.info(r)).collect(),
+            sprites,
         })
     }
 

@@ -74,7 +74,7 @@ pub async fn create(
     } else {
         parse_json(&body)?
     };
-    state.manager.get(&org, &name)?;
+    state.manager.get(&org, &name).await?;
     let manager = state.manager.clone();
     Ok(ndjson(
         format!("creating a checkpoint of {name}"),

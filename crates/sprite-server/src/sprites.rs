@@ -23,7 +23,7 @@ pub async fn create(
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
         Err(CoreError::SpriteExists(_)) => {
             // A retried create sees the sprite its first attempt made.
-            let existing = state.manager.get(&org, &name)?;
+            let existing = state.manager.get(&org, &name).await?;
             let mut body = serde_json::to_value(&existing).unwrap_or_default();
             if let Some(map) = body.as_object_mut() {
                 let error = ErrorBody {
@@ -73,7 +73,8 @@ pub async fn list(
             .continuation_token
             .as_deref()
             .filter(|t| !t.is_empty()),
-    )?;
+    )
+    .await?;
     Ok(Json(list).into_response())
 }
 
@@ -82,7 +83,7 @@ pub async fn get(
     Extension(Org(org)): Extension<Org>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.get(&org, &name)?).into_response())
+    Ok(Json(state.manager.get(&org, &name).await?).into_response())
 }
 
 pub async fn update(

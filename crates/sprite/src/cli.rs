@@ -525,15 +525,39 @@ fn confirm(question: &str) -> Result<bool> {
 }
 
 fn print_table(sprites: &[SpriteInfo]) {
-    println!("{:<30} {:<8} {:<25} URL", "NAME", "STATUS", "CREATED");
+    println!(
+        "{:<30} {:<8} {:<25} {:>9} URL",
+        "NAME", "STATUS", "CREATED", "STORED"
+    );
     for sprite in sprites {
+        let stored = sprite
+            .storage
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |s| human_bytes(s.bytes_stored));
         println!(
-            "{:<30} {:<8} {:<25} {}",
+            "{:<30} {:<8} {:<25} {:>9} {}",
             sprite.name,
             sprite.status.as_str(),
             sprite.created_at,
+            stored,
             sprite.url
         );
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -673,5 +697,19 @@ async fn sessions_command(args: &Args, command: &SessionsCommand) -> Result<u8> 
             eprintln!("sent {signal} to session {id}");
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn byte_counts_read_like_df() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(23_158), "22.6 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
     }
 }

@@ -174,6 +174,16 @@ async fn checkpoint_restore_and_fork() {
     let usage = client.usage("origin").await.unwrap();
     assert!(usage["bytes_stored"].as_u64().unwrap() > 0, "{usage}");
     assert_eq!(usage["checkpoints"][0]["id"], "v0");
+    // The same figures come with the sprite itself and with each sprite of a listing.
+    let info = client.get("origin").await.unwrap();
+    let storage = info.storage.expect("SpriteInfo carries storage usage");
+    assert_eq!(storage.bytes_stored, usage["bytes_stored"].as_u64().unwrap());
+    assert_eq!(storage.checkpoints, 1);
+    let listed = client.list(None, None).await.unwrap();
+    assert!(
+        listed.sprites.iter().all(|s| s.storage.is_some()),
+        "{listed:?}"
+    );
     for name in ["origin", "forked"] {
         client.destroy(name).await.unwrap();
     }
