@@ -166,7 +166,9 @@ impl SpriteManager {
                     checkpoints: u.checkpoints.len() as u64,
                 })
             }
-            Err(error) => tracing::debug!(sprite = %record.name, "no usage: {}", sprite_api::error_chain(&error)),
+            Err(error) => {
+                tracing::debug!(sprite = %record.name, "no usage: {}", sprite_api::error_chain(&error))
+            }
         }
         info
     }
@@ -384,7 +386,20 @@ impl SpriteManager {
         let mut updated = record.clone();
         updated.last_running_at = Some(now());
         self.db.update(&updated)?;
+        self.refresh_views_later(&record.id);
         Ok(())
+    }
+
+    /// Updates the sprite's `/.sprite/checkpoints` in the background: mounting views
+    /// takes a few loop devices and mounts, which no start or checkpoint waits for.
+    fn refresh_views_later(&self, sprite_id: &str) {
+        let roots = self.roots.clone();
+        let sprite_id = sprite_id.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = roots.refresh_views(&sprite_id).await {
+                tracing::warn!(sprite = %sprite_id, "checkpoint views: {}", sprite_api::error_chain(&error));
+            }
+        });
     }
 
     async fn kill_cgroup(&self, sprite_id: &str, cgroup: &SpriteCgroup) -> Result<(), CoreError> {
@@ -676,6 +691,7 @@ impl SpriteManager {
         let id = format!("v{next}");
         self.roots.checkpoint(&record.id, &id, comment).await?;
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint created");
+        self.refresh_views_later(&record.id);
         self.checkpoint_info(org, name, &id).await
     }
 
@@ -745,7 +761,9 @@ impl SpriteManager {
     ) -> Result<(), CoreError> {
         self.checkpoint_info(org, name, id).await?;
         let record = self.record(org, name)?;
-        self.roots.delete_version(&record.id, id).await
+        self.roots.delete_version(&record.id, id).await?;
+        self.refresh_views_later(&record.id);
+        Ok(())
     }
 
     /// Storage a sprite uses (ours: `GET /v1/sprites/{name}/usage`).

@@ -80,7 +80,15 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn delete_version(&self, _sprite_id: &str, _name: &str) -> Result<(), CoreError> {
         Err(unsupported("checkpoints"))
     }
+    /// Brings the read-only checkpoint views of a running sprite up to date (the newest
+    /// [`VIEWS_KEPT`] versions at `/.sprite/checkpoints/<id>/`); no-op if it is stopped.
+    async fn refresh_views(&self, _sprite_id: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
 }
+
+/// Checkpoints readable inside a sprite at `/.sprite/checkpoints/<id>/`.
+pub const VIEWS_KEPT: usize = 5;
 
 fn unsupported(what: &str) -> CoreError {
     CoreError::InvalidRequest(format!(
@@ -124,6 +132,7 @@ impl RootStore for LocalOverlayStore {
             lower: vec![image_root.to_path_buf()],
             upper: dir.join("upper"),
             work: dir.join("work"),
+            views: None,
         })
     }
 
@@ -168,6 +177,10 @@ pub struct SpriteFsStore {
     settings: SpriteFsSettings,
     client: StorageClient,
     setup: tokio::sync::Mutex<()>,
+    /// Serialises mounting and unmounting of checkpoint views.
+    views: tokio::sync::Mutex<()>,
+    /// Image root of each prepared sprite (the lower layer of its checkpoint views).
+    image_roots: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
 fn storage_error(
@@ -237,6 +250,8 @@ impl SpriteFsStore {
             client: StorageClient::new(&socket),
             settings,
             setup: tokio::sync::Mutex::new(()),
+            views: tokio::sync::Mutex::new(()),
+            image_roots: Default::default(),
         }
     }
 
@@ -439,6 +454,176 @@ impl SpriteFsStore {
         Ok(())
     }
 
+    fn layer_dir(&self, sprite_id: &str) -> PathBuf {
+        self.settings.data_dir.join("layers").join(sprite_id)
+    }
+
+    /// The shared tmpfs under which checkpoint views are mounted (bound into the
+    /// sprite); `disks` holds the ext4 mounts of the versions.
+    fn views_dirs(&self, sprite_id: &str) -> (PathBuf, PathBuf) {
+        let dir = self.layer_dir(sprite_id);
+        (dir.join("views"), dir.join("view-disks"))
+    }
+
+    /// Mounts the views directory (an empty tmpfs, shared, so the sprite's slave bind
+    /// of it receives every view mounted later).
+    async fn ensure_views_dir(&self, sprite_id: &str) -> Result<PathBuf, CoreError> {
+        let (views, _) = self.views_dirs(sprite_id);
+        if !is_mount_point(&views) {
+            fs::create_dir_all(&views).map_err(CoreError::io("create", &views))?;
+            let target = views.to_string_lossy();
+            run(
+                "mount",
+                &[
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "mode=755,size=1m",
+                    "sprite-views",
+                    &target,
+                ],
+            )
+            .await?;
+            run("mount", &["--make-shared", &target]).await?;
+        }
+        Ok(views)
+    }
+
+    /// Mounts version `name` read-only at `views/<name>`: an overlay of the version's
+    /// upper directory over the image, so it reads as the sprite's whole root did.
+    async fn mount_view(
+        &self,
+        sprite_id: &str,
+        name: &str,
+        image_root: &Path,
+    ) -> Result<(), CoreError> {
+        let (views, disks) = self.views_dirs(sprite_id);
+        let request = StorageRequest::AttachVersion {
+            volume: sprite_id.into(),
+            version: name.into(),
+        };
+        let file = match self.request(sprite_id, request).await? {
+            StorageResponse::Path { path } => path,
+            other => return Err(unexpected(sprite_id, other)),
+        };
+        let disk = disks.join(name);
+        fs::create_dir_all(&disk).map_err(CoreError::io("create", &disk))?;
+        let device = run(
+            "losetup",
+            &[
+                "--read-only",
+                "--direct-io=on",
+                "--find",
+                "--show",
+                &file.to_string_lossy(),
+            ],
+        )
+        .await?;
+        let disk_path = disk.to_string_lossy();
+        if let Err(error) = run(
+            "mount",
+            &["-t", "ext4", "-o", "ro,noload", &device, &disk_path],
+        )
+        .await
+        {
+            let _ = run("losetup", &["-d", &device]).await;
+            return Err(error);
+        }
+        let target = views.join(name);
+        fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
+        let options = format!(
+            "ro,userxattr,lowerdir={}:{}",
+            disk.join("upper").display(),
+            image_root.display()
+        );
+        run(
+            "mount",
+            &[
+                "-t",
+                "overlay",
+                "-o",
+                &options,
+                "sprite-checkpoint",
+                &target.to_string_lossy(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Unmounts one view (lazily: a process inside may still be in it).
+    async fn unmount_view(&self, sprite_id: &str, name: &str) {
+        let (views, disks) = self.views_dirs(sprite_id);
+        for dir in [views.join(name), disks.join(name)] {
+            if is_mount_point(&dir) {
+                let _ = run("umount", &["-l", &dir.to_string_lossy()]).await;
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+        self.detach_view_loops(sprite_id, Some(name)).await;
+        let request = StorageRequest::DetachVersion {
+            volume: sprite_id.into(),
+            version: name.into(),
+        };
+        // Not `self.request`: a release after the storage process died must not start one.
+        if let Err(error) = self.client.request(&request).await {
+            tracing::debug!(
+                sprite = sprite_id,
+                view = name,
+                "detach view: {}",
+                sprite_api::error_chain(&error)
+            );
+        }
+    }
+
+    /// Detaches the loop devices of a sprite's views (one, or all of them). A device
+    /// still in use goes when its last user does.
+    async fn detach_view_loops(&self, sprite_id: &str, name: Option<&str>) {
+        let pattern = format!(
+            "/{}",
+            sprite_fs::service::view_name(sprite_id, name.unwrap_or(""))
+        );
+        let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
+            .await
+            .unwrap_or_default();
+        for line in listing.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
+                let matches = match name {
+                    Some(_) => back.ends_with(&pattern),
+                    None => back.contains(&pattern),
+                };
+                if matches {
+                    let _ = run("losetup", &["-d", device]).await;
+                }
+            }
+        }
+    }
+
+    /// Unmounts every view of a sprite and the views directory itself.
+    async fn unmount_views(&self, sprite_id: &str) {
+        let (views, disks) = self.views_dirs(sprite_id);
+        let mut names: Vec<String> = Vec::new();
+        for dir in [&views, &disks] {
+            if let Ok(entries) = fs::read_dir(dir) {
+                names.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            self.unmount_view(sprite_id, &name).await;
+        }
+        self.detach_view_loops(sprite_id, None).await;
+        if is_mount_point(&views) {
+            let _ = run("umount", &["-l", &views.to_string_lossy()]).await;
+        }
+    }
+
     /// Makes the pre-formatted template every sprite volume is forked from.
     async fn ensure_template(&self) -> Result<(), CoreError> {
         let _one = self.setup.lock().await;
@@ -543,10 +728,22 @@ impl RootStore for SpriteFsStore {
             let path = self.mounted_by_path(sprite_id);
             fs::write(&path, pid.to_string()).map_err(CoreError::io("write", &path))?;
         }
+        let views = {
+            let _views = self.views.lock().await;
+            if !healthy {
+                self.unmount_views(sprite_id).await;
+            }
+            self.ensure_views_dir(sprite_id).await?
+        };
+        self.image_roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sprite_id.to_string(), image_root.to_path_buf());
         Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
             upper: target.join("upper"),
             work: target.join("work"),
+            views: Some(views),
         })
     }
 
@@ -637,6 +834,10 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError> {
+        {
+            let _views = self.views.lock().await;
+            self.unmount_views(sprite_id).await;
+        }
         let target = self.mount_dir(sprite_id);
         let mounted_by = self.mounted_by(sprite_id);
         if mounted_by.is_some() && mounted_by != self.storage_pid().await {
@@ -743,6 +944,49 @@ impl RootStore for SpriteFsStore {
             },
         )
         .await?;
+        Ok(())
+    }
+
+    async fn refresh_views(&self, sprite_id: &str) -> Result<(), CoreError> {
+        let _views = self.views.lock().await;
+        let (views, _) = self.views_dirs(sprite_id);
+        let image_root = self
+            .image_roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sprite_id)
+            .cloned();
+        let Some(image_root) = image_root else {
+            return Ok(());
+        };
+        if !is_mount_point(&self.mount_dir(sprite_id)) || !is_mount_point(&views) {
+            return Ok(());
+        }
+        let versions = self.versions(sprite_id).await?;
+        let wanted: Vec<&str> = versions
+            .iter()
+            .rev()
+            .take(VIEWS_KEPT)
+            .map(|v| v.name.as_str())
+            .collect();
+        let current: Vec<String> = fs::read_dir(&views)
+            .map_err(CoreError::io("list", &views))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in &current {
+            if !wanted.contains(&name.as_str()) || !is_mount_point(&views.join(name)) {
+                self.unmount_view(sprite_id, name).await;
+            }
+        }
+        for name in wanted {
+            if !is_mount_point(&views.join(name)) {
+                if let Err(error) = self.mount_view(sprite_id, name, &image_root).await {
+                    self.unmount_view(sprite_id, name).await;
+                    return Err(error);
+                }
+            }
+        }
         Ok(())
     }
 }

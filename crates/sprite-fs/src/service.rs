@@ -80,6 +80,23 @@ pub enum StorageRequest {
         volume: String,
         version: Option<String>,
     },
+    /// Makes a version readable as the file `<volume>@<version>` in the FUSE directory;
+    /// answers its path. The file is a metadata-only fork that is never published, for
+    /// a read-only mount (checkpoint views inside sprites).
+    AttachVersion {
+        volume: String,
+        version: String,
+    },
+    /// Removes what `AttachVersion` made.
+    DetachVersion {
+        volume: String,
+        version: String,
+    },
+}
+
+/// Name of the read-only view of a version (see `AttachVersion`).
+pub fn view_name(volume: &str, version: &str) -> String {
+    format!("{volume}@{version}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +154,19 @@ impl StorageService {
 
     fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Volume>>> {
         self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Detaches and forgets a version view (local metadata only: views are never
+    /// published). Nothing to do if there is none.
+    fn drop_view(&self, view: &str) -> Result<(), FsError> {
+        if self.attached().remove(view).is_some() {
+            self.table.detach(view);
+        }
+        if self.engine.meta().volume(view).is_ok() {
+            self.engine.meta().delete_volume(view)?;
+            self.engine.discard_staging(view)?;
+        }
+        Ok(())
     }
 
     fn volume(&self, id: &str) -> Result<Arc<Volume>, FsError> {
@@ -212,7 +242,29 @@ impl StorageService {
                 if handle.is_some() {
                     self.table.detach(&volume);
                 }
+                // Views left by a crash go with their volume.
+                let prefix = view_name(&volume, "");
+                for view in self.engine.meta().volumes()? {
+                    if view.starts_with(&prefix) {
+                        self.drop_view(&view)?;
+                    }
+                }
                 self.engine.delete_volume(&volume).await?;
+                StorageResponse::Ok
+            }
+            StorageRequest::AttachVersion { volume, version } => {
+                let view = view_name(&volume, &version);
+                self.drop_view(&view)?;
+                self.engine.meta().fork(&volume, &version, &view)?;
+                let handle = self.engine.open_volume(&view)?;
+                self.table.attach(handle.clone());
+                self.attached().insert(view.clone(), handle);
+                StorageResponse::Path {
+                    path: self.mount_dir.join(&view),
+                }
+            }
+            StorageRequest::DetachVersion { volume, version } => {
+                self.drop_view(&view_name(&volume, &version))?;
                 StorageResponse::Ok
             }
             StorageRequest::Gc => {

@@ -193,11 +193,19 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
         .map_err(step("become uid 0"))?;
     sethostname(&spec.hostname).map_err(step("set hostname"))?;
+    // Nothing mounted here shows on the host. With checkpoint views, mounts the host
+    // makes under the views directory must still reach the sprite: slave, not private
+    // (the host root is detached after pivot_root, so only the views bind receives).
+    let propagation = if spec.layers.views.is_some() {
+        MsFlags::MS_SLAVE
+    } else {
+        MsFlags::MS_PRIVATE
+    };
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | propagation,
         None::<&str>,
     )
     .map_err(step("make / private"))?;
@@ -286,6 +294,19 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
     ] {
         symlink(target, at("dev").join(link))
             .map_err(|e| SandboxError::CreateDir(at("dev").join(link), e))?;
+    }
+
+    if let Some(views) = &spec.layers.views {
+        // A bind of a slave mount is a slave of the same master: checkpoint views the
+        // host mounts later appear here too. Read-only for the sprite.
+        let target = at(".sprite/checkpoints");
+        ensure_dir(&target)?;
+        bind(views, &target, MsFlags::empty())?;
+        bind(
+            &target,
+            &target,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
     }
 
     chdir(&root).map_err(step("enter the new root"))?;

@@ -29,6 +29,10 @@ pub struct RootLayers {
     pub lower: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// Host directory (a shared mount) whose sub-mounts appear read-only inside the
+    /// sprite at `/.sprite/checkpoints`, also those mounted after the sprite started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<PathBuf>,
 }
 
 /// Everything sprite-init's launcher needs; sent as JSON on its stdin.

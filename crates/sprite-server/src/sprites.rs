@@ -65,16 +65,18 @@ pub async fn list(
     };
     // Clients that page with a larger page size get the largest we serve.
     let max_results = max_results.map(|m| m.min(sprite_api::sprite::LIST_MAX_RESULTS));
-    let list = state.manager.list(
-        &org,
-        query.prefix.as_deref().unwrap_or(""),
-        max_results,
-        query
-            .continuation_token
-            .as_deref()
-            .filter(|t| !t.is_empty()),
-    )
-    .await?;
+    let list = state
+        .manager
+        .list(
+            &org,
+            query.prefix.as_deref().unwrap_or(""),
+            max_results,
+            query
+                .continuation_token
+                .as_deref()
+                .filter(|t| !t.is_empty()),
+        )
+        .await?;
     Ok(Json(list).into_response())
 }
 

@@ -130,6 +130,23 @@ async fn checkpoint_restore_and_fork() {
     );
     assert_eq!(list[1].comment.as_deref(), Some("first"));
 
+    // Both checkpoints are readable (only) inside the sprite.
+    wait_for_views(client, "origin", "v0\nv1\n").await;
+    let out = run_sh(
+        "origin",
+        "cat /.sprite/checkpoints/v0/home/sprite/f; ls /.sprite/checkpoints/v0/home/sprite; \
+         cat /.sprite/checkpoints/v1/home/sprite/f; ls /.sprite/checkpoints/v1/home/sprite; \
+         test -x /.sprite/checkpoints/v1/bin/sh && echo image",
+    )
+    .await;
+    assert_eq!(out.stdout(), "one\nd\nf\ntwo\nf\nnew\nimage\n", "{out:?}");
+    let out = run_sh(
+        "origin",
+        "touch /.sprite/checkpoints/v0/home/sprite/f || touch /.sprite/checkpoints/x || echo refused",
+    )
+    .await;
+    assert_eq!(out.stdout().lines().last(), Some("refused"), "{out:?}");
+
     // A session running at restore time ends; the files are v0's.
     let mut p = params(&["sleep", "300"]);
     p.max_run_after_disconnect_secs = Some(0);
@@ -169,15 +186,20 @@ async fn checkpoint_restore_and_fork() {
     // Bad ids are 404s with a clear message.
     let error = client.restore("origin", "v9").await.unwrap_err();
     assert_eq!(error.status(), Some(404), "{error}");
+    wait_for_views(client, "origin", "v0\nv1\n").await;
     client.delete_checkpoint("origin", "v1").await.unwrap();
     assert_eq!(client.checkpoints("origin", false).await.unwrap().len(), 1);
+    wait_for_views(client, "origin", "v0\n").await;
     let usage = client.usage("origin").await.unwrap();
     assert!(usage["bytes_stored"].as_u64().unwrap() > 0, "{usage}");
     assert_eq!(usage["checkpoints"][0]["id"], "v0");
     // The same figures come with the sprite itself and with each sprite of a listing.
     let info = client.get("origin").await.unwrap();
     let storage = info.storage.expect("SpriteInfo carries storage usage");
-    assert_eq!(storage.bytes_stored, usage["bytes_stored"].as_u64().unwrap());
+    assert_eq!(
+        storage.bytes_stored,
+        usage["bytes_stored"].as_u64().unwrap()
+    );
     assert_eq!(storage.checkpoints, 1);
     let listed = client.list(None, None).await.unwrap();
     assert!(
@@ -195,6 +217,22 @@ async fn checkpoint_restore_and_fork() {
         0,
         "a second collection finds nothing"
     );
+}
+
+/// Waits until `ls /.sprite/checkpoints` in the sprite prints `expected` (views are
+/// mounted in the background after a start or a checkpoint).
+async fn wait_for_views(client: &sprite_client::Client, sprite: &str, expected: &str) {
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = run(client, sprite, &["ls", "/.sprite/checkpoints"])
+            .await
+            .stdout();
+        if last == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("checkpoint views of {sprite}: {last:?}, expected {expected:?}");
 }
 
 /// Whether an exec stream ends (exit or close) within a few seconds.
@@ -238,6 +276,15 @@ async fn fsynced_data_survives_storage_crashes() {
     let client = &daemon.client;
     create(client, "crashy").await;
     let id = daemon.sprite_ids().pop().unwrap();
+    // A checkpoint, so there is a checkpoint view to lose and bring back each time.
+    let out = run(
+        client,
+        "crashy",
+        &["sh", "-c", "echo kept > /home/sprite/kept"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    client.checkpoint("crashy", None).await.unwrap();
     let mounted_by = daemon
         .data_path()
         .join("layers")
@@ -283,6 +330,14 @@ async fn fsynced_data_survives_storage_crashes() {
         let expected: String = files.iter().map(|(_, sum)| sum.clone()).collect();
         assert_eq!(out.stdout(), expected, "round {round}: fsynced data lost");
     }
+    wait_for_views(client, "crashy", "v0\n").await;
+    let out = run(
+        client,
+        "crashy",
+        &["cat", "/.sprite/checkpoints/v0/home/sprite/kept"],
+    )
+    .await;
+    assert_eq!(out.stdout(), "kept\n", "{out:?}");
 
     // Stop the sprite, then check the filesystem offline.
     let layout =
@@ -372,6 +427,14 @@ async fn a_fresh_host_recovers_sprites_from_the_store() {
             .collect::<Vec<_>>(),
         ["v0"]
     );
+    wait_for_views(&daemon.client, "phoenix", "v0\n").await;
+    let out = run(
+        &daemon.client,
+        "phoenix",
+        &["cat", "/.sprite/checkpoints/v0/home/sprite/a"],
+    )
+    .await;
+    assert_eq!(out.stdout(), "ash\n", "{out:?}");
     daemon.client.restore("phoenix", "v0").await.unwrap();
     let out = run(&daemon.client, "phoenix", &["ls", "/home/sprite"]).await;
     assert_eq!(

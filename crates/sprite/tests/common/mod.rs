@@ -231,7 +231,9 @@ fn cleanup_storage(data: &Path, sprites: &[String]) {
         let mut parts = line.split_whitespace();
         if let (Some(device), Some(file)) = (parts.next(), parts.next()) {
             let ours = file.starts_with(&data_text)
-                || sprites.iter().any(|id| file.ends_with(&format!("/{id}")));
+                || sprites.iter().any(|id| {
+                    file.ends_with(&format!("/{id}")) || file.contains(&format!("/{id}@"))
+                });
             if ours {
                 let _ = Command::new("losetup").args(["-d", device]).output();
             }
