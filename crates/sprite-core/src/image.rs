@@ -96,14 +96,32 @@ impl ImageStore {
             .collect()
     }
 
-    /// Returns the image's root, building it first if needed.
-    pub async fn ensure(&self, name: &str) -> Result<PathBuf, CoreError> {
-        if !KNOWN_IMAGES.contains(&name) {
-            return Err(CoreError::InvalidRequest(format!(
+    /// Records that `name` is ready from elsewhere (an image volume in the object
+    /// store), so `sprite images` does not call it absent on a host that never built it.
+    pub fn note_stored(&self, name: &str) {
+        set_status(
+            &self.status,
+            name,
+            "ready",
+            "image volume from the object store",
+        );
+    }
+
+    /// An error naming the known images unless `name` is one.
+    pub fn check_known(name: &str) -> Result<(), CoreError> {
+        if KNOWN_IMAGES.contains(&name) {
+            Ok(())
+        } else {
+            Err(CoreError::InvalidRequest(format!(
                 "unknown image {name:?}; known images: {}",
                 KNOWN_IMAGES.join(", ")
-            )));
+            )))
         }
+    }
+
+    /// Returns the image's root, building it first if needed.
+    pub async fn ensure(&self, name: &str) -> Result<PathBuf, CoreError> {
+        Self::check_known(name)?;
         if self.is_ready(name) {
             return Ok(self.rootfs(name));
         }

@@ -284,7 +284,7 @@ impl SpriteManager {
         };
         self.db.insert(&record)?;
         let started = async {
-            self.images.ensure(&record.image).await?;
+            self.image_root(&record.image).await?;
             match &fork {
                 Some((parent, version)) => {
                     self.roots.create_from(&record.id, parent, version).await?
@@ -360,7 +360,7 @@ impl SpriteManager {
         if cgroup.exists() {
             self.kill_cgroup(&record.id, &cgroup).await?;
         }
-        let image_root = self.images.ensure(&record.image).await?;
+        let image_root = self.image_root(&record.image).await?;
         let state_dir = self.state_dir(&record.id);
         make_dir(&state_dir, 0o711)?;
         let spec = SandboxSpec {
@@ -801,10 +801,22 @@ impl SpriteManager {
 
     /// Builds the default image now (the daemon calls this at start, in the background).
     pub async fn prepare_default_image(&self) -> Result<(), CoreError> {
-        self.images
-            .ensure(&self.config.default_image)
+        self.image_root(&self.config.default_image)
             .await
             .map(|_| ())
+    }
+
+    /// The lower layer of sprites of `image`: on SpriteFS the image's read-only volume
+    /// (from the object store if it is there: a fresh host builds nothing), else the
+    /// image directory, built on first need.
+    async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
+        ImageStore::check_known(image)?;
+        if let Some(root) = self.roots.mount_image(image).await? {
+            self.images.note_stored(image);
+            return Ok(root);
+        }
+        let dir = self.images.ensure(image).await?;
+        Ok(self.roots.import_image(image, &dir).await?.unwrap_or(dir))
     }
 
     /// Watches the storage under the sprites: when the storage process dies or

@@ -8,6 +8,7 @@ use sprite_fs::meta::VersionRecord;
 use sprite_fs::service::{StorageClient, StorageClientError, StorageRequest, StorageResponse};
 use sprite_sandbox::spec::RootLayers;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,6 +80,20 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     }
     async fn delete_version(&self, _sprite_id: &str, _name: &str) -> Result<(), CoreError> {
         Err(unsupported("checkpoints"))
+    }
+    /// The root of `image` if the store already has it as a volume (mounted read-only
+    /// once per host); None: build the image (then [`Self::import_image`]).
+    async fn mount_image(&self, _image: &str) -> Result<Option<PathBuf>, CoreError> {
+        Ok(None)
+    }
+    /// Stores a built image directory as a read-only volume and returns its mounted
+    /// root; None: the directory itself is the root.
+    async fn import_image(
+        &self,
+        _image: &str,
+        _rootfs: &Path,
+    ) -> Result<Option<PathBuf>, CoreError> {
+        Ok(None)
     }
     /// Brings the read-only checkpoint views of a running sprite up to date (the newest
     /// [`VIEWS_KEPT`] versions at `/.sprite/checkpoints/<id>/`); no-op if it is stopped.
@@ -157,6 +172,12 @@ pub struct LayerUsage {
 /// Name of the pre-formatted volume every sprite's volume is forked from.
 const TEMPLATE: &str = "template-ext4";
 const TEMPLATE_VERSION: &str = "formatted";
+/// The sealed version of an image volume (`image-<name>`).
+const IMAGE_VERSION: &str = "built";
+
+fn image_volume(image: &str) -> String {
+    format!("image-{image}")
+}
 
 /// Settings of [`SpriteFsStore`].
 #[derive(Debug, Clone)]
@@ -179,6 +200,8 @@ pub struct SpriteFsStore {
     setup: tokio::sync::Mutex<()>,
     /// Serialises mounting and unmounting of checkpoint views.
     views: tokio::sync::Mutex<()>,
+    /// Serialises image imports and mounts.
+    images: tokio::sync::Mutex<()>,
     /// Image root of each prepared sprite (the lower layer of its checkpoint views).
     image_roots: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
 }
@@ -251,6 +274,7 @@ impl SpriteFsStore {
             settings,
             setup: tokio::sync::Mutex::new(()),
             views: tokio::sync::Mutex::new(()),
+            images: tokio::sync::Mutex::new(()),
             image_roots: Default::default(),
         }
     }
@@ -360,14 +384,16 @@ impl SpriteFsStore {
         }
         // Once its FUSE mount is gone, a loop device shows its backing file relative to
         // the lost mount (`/<volume>`); volume names are unique, so the name identifies it.
-        let suffix = format!("/{volume}");
+        let lost = format!("/{volume}");
+        let live = self.settings.data_dir.join("fs").join("mnt").join(volume);
+        let live = live.to_string_lossy();
         let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
             .await
             .unwrap_or_default();
         for line in listing.lines() {
             let mut parts = line.split_whitespace();
             if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
-                if back.ends_with(&suffix) {
+                if back == lost || back == live {
                     let _ = run("losetup", &["-d", device]).await;
                 }
             }
@@ -622,6 +648,67 @@ impl SpriteFsStore {
         if is_mount_point(&views) {
             let _ = run("umount", &["-l", &views.to_string_lossy()]).await;
         }
+    }
+
+    async fn exists(&self, volume: &str, version: Option<&str>) -> Result<bool, CoreError> {
+        let request = StorageRequest::Exists {
+            volume: volume.into(),
+            version: version.map(str::to_string),
+        };
+        match self.request(volume, request).await? {
+            StorageResponse::Exists { exists } => Ok(exists),
+            other => Err(unexpected(volume, other)),
+        }
+    }
+
+    /// Where an image volume is mounted (read-only, once per host).
+    fn image_mount(&self, image: &str) -> PathBuf {
+        self.settings.data_dir.join("image-volumes").join(image)
+    }
+
+    /// Mounts an image volume read-only unless it is mounted on the storage process that
+    /// runs now (after a storage crash the old mount is debris).
+    async fn mount_image_volume(&self, image: &str) -> Result<PathBuf, CoreError> {
+        let volume = image_volume(image);
+        let target = self.image_mount(image);
+        let mounted_by = target.with_extension("mounted-by");
+        let pid = self.ensure_service().await?;
+        let on = fs::read_to_string(&mounted_by)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        if is_mount_point(&target) && on == Some(pid) {
+            return Ok(target);
+        }
+        self.clear_stale(&volume, &target).await;
+        let parent = self.settings.data_dir.join("image-volumes");
+        fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
+        // Sprites' user namespaces look the path up: traversable, not listable.
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o711))
+            .map_err(CoreError::io("chmod", &parent))?;
+        let file = self.attach(&volume).await?;
+        let device = run(
+            "losetup",
+            &[
+                "--read-only",
+                "--direct-io=on",
+                "--find",
+                "--show",
+                &file.to_string_lossy(),
+            ],
+        )
+        .await?;
+        let mounted = run(
+            "mount",
+            &["-t", "ext4", "-o", "ro", &device, &target.to_string_lossy()],
+        )
+        .await;
+        if let Err(error) = mounted {
+            let _ = run("losetup", &["-d", &device]).await;
+            return Err(error);
+        }
+        fs::write(&mounted_by, pid.to_string()).map_err(CoreError::io("write", &mounted_by))?;
+        tracing::info!(image, root = %target.display(), "image volume mounted");
+        Ok(target)
     }
 
     /// Makes the pre-formatted template every sprite volume is forked from.
@@ -945,6 +1032,82 @@ impl RootStore for SpriteFsStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn mount_image(&self, image: &str) -> Result<Option<PathBuf>, CoreError> {
+        let _one = self.images.lock().await;
+        if !self
+            .exists(&image_volume(image), Some(IMAGE_VERSION))
+            .await?
+        {
+            return Ok(None);
+        }
+        self.mount_image_volume(image).await.map(Some)
+    }
+
+    async fn import_image(&self, image: &str, rootfs: &Path) -> Result<Option<PathBuf>, CoreError> {
+        let _one = self.images.lock().await;
+        let volume = image_volume(image);
+        if self.exists(&volume, Some(IMAGE_VERSION)).await? {
+            return self.mount_image_volume(image).await.map(Some);
+        }
+        if self.exists(&volume, None).await? {
+            // An import that was interrupted starts over.
+            let delete = StorageRequest::Delete {
+                volume: volume.clone(),
+            };
+            self.request(&volume, delete).await?;
+        }
+        tracing::info!(image, "storing the image as a volume");
+        let used: u64 = run("du", &["-sb", &rootfs.to_string_lossy()])
+            .await?
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // Room for ext4's own metadata; a read-only volume never grows.
+        let block = self.settings.block_bytes.max(1);
+        let size = (used * 2 + (512 << 20)).div_ceil(block) * block;
+        let create = StorageRequest::Create {
+            volume: volume.clone(),
+            size,
+            block_size: self.settings.block_bytes,
+            from: None,
+        };
+        self.request(&volume, create).await?;
+        let file = self.attach(&volume).await?;
+        let device = loop_attach(&file).await?;
+        let made = run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal",
+                "-E",
+                "nodiscard,lazy_itable_init=1",
+                "-d",
+                &rootfs.to_string_lossy(),
+                &device,
+            ],
+        )
+        .await;
+        let _ = run("losetup", &["-d", &device]).await;
+        made?;
+        let detach = StorageRequest::Detach {
+            volume: volume.clone(),
+        };
+        self.request(&volume, detach).await?;
+        let seal = StorageRequest::Checkpoint {
+            volume: volume.clone(),
+            name: IMAGE_VERSION.into(),
+            comment: Some(format!("image {image}")),
+        };
+        self.request(&volume, seal).await?;
+        tracing::info!(image, bytes = used, "image stored as a volume");
+        self.mount_image_volume(image).await.map(Some)
     }
 
     async fn refresh_views(&self, sprite_id: &str) -> Result<(), CoreError> {

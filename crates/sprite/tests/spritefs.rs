@@ -74,11 +74,19 @@ async fn sprites_live_on_spritefs() {
         .output()
         .unwrap();
     let data = daemon.data_path().to_string_lossy().to_string();
+    // Only the image volume stays: mounted once per host, for every sprite.
+    let loops = String::from_utf8_lossy(&loops.stdout).to_string();
     assert!(
-        !String::from_utf8_lossy(&loops.stdout).contains(&data),
-        "loop devices left behind"
+        !loops
+            .lines()
+            .any(|l| l.contains(&data) && !l.contains("/image-busybox")),
+        "loop devices left behind: {loops}"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(&format!("{data}/image-volumes/busybox ")),
+        "the image is not a mounted volume"
+    );
     assert!(
         !mounts.contains(&format!("{data}/layers")),
         "ext4 mounts left behind"
@@ -331,6 +339,21 @@ async fn fsynced_data_survives_storage_crashes() {
         assert_eq!(out.stdout(), expected, "round {round}: fsynced data lost");
     }
     wait_for_views(client, "crashy", "v0\n").await;
+    // Nothing of the dead storage processes is left: a loop device over a lost FUSE
+    // file shows it as `/<volume>`.
+    let listing = std::process::Command::new("losetup")
+        .args(["-n", "-O", "BACK-FILE"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    let stale: Vec<&str> = listing
+        .lines()
+        .filter(|l| {
+            let l = l.trim();
+            l == format!("/{id}") || l == format!("/{id}@v0") || l == "/image-busybox"
+        })
+        .collect();
+    assert!(stale.is_empty(), "stale loop devices: {listing}");
     let out = run(
         client,
         "crashy",
@@ -408,6 +431,14 @@ async fn a_fresh_host_recovers_sprites_from_the_store() {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["phoenix"], "{}", daemon.log());
+    // The image came back from the store too: stored once, by the lost host.
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("storing the image as a volume").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.matches("image volume mounted").count() >= 2, "{log}");
     let out = run(
         &daemon.client,
         "phoenix",
