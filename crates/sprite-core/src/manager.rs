@@ -289,7 +289,13 @@ impl SpriteManager {
                 Some((parent, version)) => {
                     self.roots.create_from(&record.id, parent, version).await?
                 }
-                None => self.roots.create(&record.id).await?,
+                None => {
+                    let gb = record
+                        .config
+                        .storage_gb
+                        .unwrap_or(self.config.default_storage_gb);
+                    self.roots.create(&record.id, gb << 30).await?
+                }
             }
             self.start(&record).await
         }

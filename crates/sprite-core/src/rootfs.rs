@@ -16,7 +16,8 @@ use std::time::Duration;
 #[async_trait::async_trait]
 pub trait RootStore: Send + Sync + std::fmt::Debug {
     /// Makes an empty layer for a new sprite.
-    async fn create(&self, sprite_id: &str) -> Result<(), CoreError>;
+    /// Makes the sprite's empty layer; `size` is its volume size where volumes have one.
+    async fn create(&self, sprite_id: &str, size: u64) -> Result<(), CoreError>;
     /// Makes the layer ready to mount (idempotent) and returns the overlay layers over
     /// the image's root.
     async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError>;
@@ -133,7 +134,7 @@ fn remove_tree(dir: &Path) -> Result<(), CoreError> {
 
 #[async_trait::async_trait]
 impl RootStore for LocalOverlayStore {
-    async fn create(&self, sprite_id: &str) -> Result<(), CoreError> {
+    async fn create(&self, sprite_id: &str, _size: u64) -> Result<(), CoreError> {
         for sub in ["upper", "work"] {
             let path = self.dir.join(sprite_id).join(sub);
             fs::create_dir_all(&path).map_err(CoreError::io("create", &path))?;
@@ -171,6 +172,16 @@ pub struct LayerUsage {
 
 /// Name of the pre-formatted volume every sprite's volume is forked from.
 const TEMPLATE: &str = "template-ext4";
+
+/// The template of volumes of `size` bytes: `template-ext4` for the default size,
+/// `template-ext4-<GiB>g` for others.
+fn template_name(size: u64, default_size: u64) -> String {
+    if size == default_size {
+        TEMPLATE.to_string()
+    } else {
+        format!("{TEMPLATE}-{}g", size >> 30)
+    }
+}
 const TEMPLATE_VERSION: &str = "formatted";
 /// The sealed version of an image volume (`image-<name>`).
 const IMAGE_VERSION: &str = "built";
@@ -711,22 +722,25 @@ impl SpriteFsStore {
         Ok(target)
     }
 
-    /// Makes the pre-formatted template every sprite volume is forked from.
-    async fn ensure_template(&self) -> Result<(), CoreError> {
+    /// Makes the pre-formatted template of `size` bytes that sprite volumes of that
+    /// size are forked from (one per size, formatted on first need); returns its name.
+    async fn ensure_template(&self, size: u64) -> Result<String, CoreError> {
         let _one = self.setup.lock().await;
+        let template = template_name(size, self.settings.volume_bytes);
+        let template = template.as_str();
         let formatted = StorageRequest::Exists {
-            volume: TEMPLATE.into(),
+            volume: template.into(),
             version: Some(TEMPLATE_VERSION.into()),
         };
-        if let StorageResponse::Exists { exists: true } = self.request(TEMPLATE, formatted).await? {
-            return Ok(());
+        if let StorageResponse::Exists { exists: true } = self.request(template, formatted).await? {
+            return Ok(template.to_string());
         }
         // A template whose formatting was interrupted is started over.
         if let StorageResponse::Exists { exists: true } = self
             .request(
                 TEMPLATE,
                 StorageRequest::Exists {
-                    volume: TEMPLATE.into(),
+                    volume: template.into(),
                     version: None,
                 },
             )
@@ -735,20 +749,20 @@ impl SpriteFsStore {
             self.request(
                 TEMPLATE,
                 StorageRequest::Delete {
-                    volume: TEMPLATE.into(),
+                    volume: template.into(),
                 },
             )
             .await?;
         }
         tracing::info!("formatting the sprite volume template");
         let create = StorageRequest::Create {
-            volume: TEMPLATE.into(),
-            size: self.settings.volume_bytes,
+            volume: template.into(),
+            size,
             block_size: self.settings.block_bytes,
             from: None,
         };
-        self.request(TEMPLATE, create).await?;
-        let path = self.attach(TEMPLATE).await?;
+        self.request(template, create).await?;
+        let path = self.attach(template).await?;
         let device = loop_attach(&path).await?;
         let formatted = run(
             "mkfs.ext4",
@@ -764,8 +778,12 @@ impl SpriteFsStore {
         .await;
         let _ = run("losetup", &["-d", &device]).await;
         formatted?;
-        let target = self.settings.data_dir.join("layers").join(".template");
-        self.mount_volume(TEMPLATE, &target).await?;
+        let target = self
+            .settings
+            .data_dir
+            .join("layers")
+            .join(format!(".{template}"));
+        self.mount_volume(template, &target).await?;
         let prepared = (|| {
             for sub in ["upper", "work"] {
                 let dir = target.join(sub);
@@ -779,27 +797,27 @@ impl SpriteFsStore {
             }
             Ok::<(), CoreError>(())
         })();
-        self.unmount_volume(TEMPLATE, &target).await?;
+        self.unmount_volume(template, &target).await?;
         prepared?;
         let checkpoint = StorageRequest::Checkpoint {
-            volume: TEMPLATE.into(),
+            volume: template.into(),
             name: TEMPLATE_VERSION.into(),
             comment: None,
         };
-        self.request(TEMPLATE, checkpoint).await?;
-        Ok(())
+        self.request(template, checkpoint).await?;
+        Ok(template.to_string())
     }
 }
 
 #[async_trait::async_trait]
 impl RootStore for SpriteFsStore {
-    async fn create(&self, sprite_id: &str) -> Result<(), CoreError> {
-        self.ensure_template().await?;
+    async fn create(&self, sprite_id: &str, size: u64) -> Result<(), CoreError> {
+        let template = self.ensure_template(size).await?;
         let request = StorageRequest::Create {
             volume: sprite_id.into(),
-            size: self.settings.volume_bytes,
+            size,
             block_size: self.settings.block_bytes,
-            from: Some((TEMPLATE.into(), TEMPLATE_VERSION.into())),
+            from: Some((template, TEMPLATE_VERSION.into())),
         };
         self.request(sprite_id, request).await?;
         Ok(())
@@ -1162,7 +1180,7 @@ mod tests {
     async fn local_layers_live_under_the_sprite_dir() {
         let dir = tempfile::tempdir().expect("dir");
         let store = LocalOverlayStore::new(dir.path().to_path_buf());
-        store.create("s1").await.expect("create");
+        store.create("s1", 1 << 30).await.expect("create");
         let layers = store
             .prepare("s1", Path::new("/images/debian/rootfs"))
             .await
@@ -1172,6 +1190,12 @@ mod tests {
         store.remove("s1").await.expect("remove");
         assert!(!dir.path().join("s1").exists());
         store.remove("s1").await.expect("remove twice");
+    }
+
+    #[test]
+    fn templates_are_per_size() {
+        assert_eq!(template_name(100 << 30, 100 << 30), "template-ext4");
+        assert_eq!(template_name(10 << 30, 100 << 30), "template-ext4-10g");
     }
 
     #[test]

@@ -319,9 +319,13 @@ impl Engine {
         name: &str,
         comment: Option<&str>,
     ) -> Result<crate::meta::VersionInfo, FsError> {
-        volume.flush_all().await?;
+        let started = std::time::Instant::now();
+        let flushed = volume.flush_all().await?;
+        let flush = started.elapsed();
         let version = self.meta.checkpoint(&volume.id, name, comment)?;
+        let record = started.elapsed() - flush;
         self.publish(&volume.id).await?;
+        tracing::debug!(volume = %volume.id, blocks = flushed.blocks, ?flush, ?record, total = ?started.elapsed(), "checkpoint timing");
         Ok(version)
     }
 

@@ -28,6 +28,9 @@ pub struct FileConfig {
     pub storage: Option<String>,
     /// Object store of SpriteFS: file:///path or s3://bucket/prefix.
     pub store: Option<String>,
+    /// SpriteFS: turn on the kernel's expedited RCU grace periods (default true), so the
+    /// freeze of a checkpoint takes milliseconds instead of three grace periods.
+    pub expedite_rcu: Option<bool>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +141,9 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         manager.config().storage,
         sprite_core::StorageBackend::SpriteFs { .. }
     ) {
+        if file.expedite_rcu.unwrap_or(true) {
+            expedite_rcu();
+        }
         tokio::spawn(
             manager
                 .clone()
@@ -168,6 +174,25 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         .context("serve the API")?;
     tracing::info!("daemon stopped; sprites keep running");
     Ok(0)
+}
+
+/// A checkpoint freezes the sprite's ext4 (FIFREEZE); the kernel's freeze waits for
+/// three RCU grace periods, about 50 ms on a small VM, unless grace periods are
+/// expedited (then about 1 ms, at the cost of an IPI to every CPU per grace period).
+const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
+
+fn expedite_rcu() {
+    match std::fs::read_to_string(RCU_EXPEDITED) {
+        Ok(value) if value.trim() == "1" => {}
+        _ => match std::fs::write(RCU_EXPEDITED, "1") {
+            Ok(()) => tracing::info!(
+                "expedited RCU grace periods on ({RCU_EXPEDITED}): checkpoint freezes take ~1 ms instead of ~50; expedite_rcu = false in the config leaves the kernel alone"
+            ),
+            Err(error) => tracing::warn!(
+                "could not turn on expedited RCU grace periods ({RCU_EXPEDITED}: {error}); checkpoints take ~50 ms longer"
+            ),
+        },
+    }
 }
 
 async fn shutdown_signal() {

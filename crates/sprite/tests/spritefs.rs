@@ -66,7 +66,35 @@ async fn sprites_live_on_spritefs() {
         "a new sprite added {added} bytes to the object store"
     );
 
-    for name in ["disk", "disk-2"] {
+    // Another size is another template; the sprite sees its own size.
+    let request = sprite_api::sprite::CreateSpriteRequest {
+        name: "small".into(),
+        url_settings: None,
+        labels: None,
+        config: Some(sprite_api::sprite::SpriteConfig {
+            ram_mb: None,
+            cpus: None,
+            storage_gb: Some(10),
+        }),
+        environment: None,
+        wait_for_capacity: None,
+        from: None,
+    };
+    daemon.client.create(&request).await.unwrap();
+    let out = run(&daemon.client, "small", &["sh", "-c", "df -k / | tail -1"]).await;
+    let size_kib: u64 = out
+        .stdout()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (9 * 1024 * 1024..=10 * 1024 * 1024).contains(&size_kib),
+        "a 10 GiB sprite's root is {size_kib} KiB"
+    );
+
+    for name in ["disk", "disk-2", "small"] {
         daemon.client.destroy(name).await.unwrap();
     }
     let loops = std::process::Command::new("losetup")
