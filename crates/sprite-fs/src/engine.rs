@@ -239,7 +239,7 @@ impl Engine {
         let data = match self
             .cache
             .get(id)
-            .and_then(|stored| chunk::decode(id, &stored, block_size).ok())
+            .and_then(|stored| chunk::decode_local(&stored, block_size).ok())
         {
             Some(data) => data,
             None => {

@@ -31,6 +31,9 @@ pub struct FileConfig {
     /// SpriteFS: turn on the kernel's expedited RCU grace periods (default true), so the
     /// freeze of a checkpoint takes milliseconds instead of three grace periods.
     pub expedite_rcu: Option<bool>,
+    /// SpriteFS block size of new volumes, in KiB (a power of two, 64 to 16384;
+    /// default 1024). Volumes keep the size they were made with.
+    pub block_kib: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +119,14 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
     config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
     config.url_domain = file.url_domain.unwrap_or(config.url_domain);
+    if let Some(kib) = file.block_kib {
+        if !kib.is_power_of_two() || !(64..=16384).contains(&kib) {
+            anyhow::bail!(
+                "block_kib = {kib} is not a power of two from 64 to 16384; the default is 1024"
+            );
+        }
+        config.block_bytes = kib * 1024;
+    }
     let store = args.store.or(file.store);
     config.storage = match args.storage.or(file.storage).as_deref() {
         None | Some("local") => sprite_core::StorageBackend::Local,
