@@ -32,12 +32,15 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== SpriteFS end-to-end tests again, with a real S3 server (s3s-fs) as the object store"
+SPRITE_TEST_STORE=s3 cargo test -p sprite --test spritefs
 
 # Nothing a test made may outlive the suite.
 leaks=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -path '*/sprites/sprite-*' 2>/dev/null || true)
 procs=$(pgrep -af 'sprite (init|daemon)|s3s-fs' || true)
 mounts=$(grep -E 'spritefs|sprite-test' /proc/self/mountinfo || true)
-loops=$(losetup -a 2>/dev/null | grep -E 'spritefs|/fuse/' || true)
+# A loop device over a lost FUSE file shows its back file as /<volume>.
+loops=$(losetup -n -O NAME,BACK-FILE 2>/dev/null | grep -E ' (.*sprite-test-|/(sprite-|image-|template-))' || true)
 if [ -n "$leaks$procs$mounts$loops" ]; then
     echo "error: the tests left resources behind:" >&2
     echo "$leaks" >&2

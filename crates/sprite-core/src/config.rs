@@ -8,7 +8,13 @@ pub enum StorageBackend {
     /// Plain directories on the host's disk.
     Local,
     /// SpriteFS volumes in an object store (`None`: a directory in the data dir).
-    SpriteFs { store_url: Option<String> },
+    SpriteFs {
+        store_url: Option<String>,
+        /// Environment of the storage process (S3 endpoint, region, credentials).
+        store_env: Vec<(String, String)>,
+        /// Fault injection for resilience tests: `PER_MILLE[,LATENCY_MS]`.
+        store_faults: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]

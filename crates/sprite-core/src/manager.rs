@@ -81,11 +81,17 @@ impl SpriteManager {
             StorageBackend::Local => {
                 Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")))
             }
-            StorageBackend::SpriteFs { store_url } => {
+            StorageBackend::SpriteFs {
+                store_url,
+                store_env,
+                store_faults,
+            } => {
                 Arc::new(SpriteFsStore::new(SpriteFsSettings {
                     data_dir: config.data_dir.clone(),
                     executable: config.executable.clone(),
                     store_url: store_url.clone(),
+                    store_env: store_env.clone(),
+                    store_faults: store_faults.clone(),
                     volume_bytes: config.default_storage_gb * 1024 * 1024 * 1024,
                     block_bytes: config.block_bytes,
                     id_base: config.id_base,

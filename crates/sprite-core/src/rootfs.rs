@@ -197,6 +197,10 @@ pub struct SpriteFsSettings {
     pub executable: PathBuf,
     /// Object store URL given to the storage process (None: `<data>/store`).
     pub store_url: Option<String>,
+    /// Extra environment of the storage process (S3 settings).
+    pub store_env: Vec<(String, String)>,
+    /// `--faults` of the storage process (resilience tests), if any.
+    pub store_faults: Option<String>,
     pub volume_bytes: u64,
     pub block_bytes: u64,
     /// Host uid/gid that root inside sprites maps to (owns upper and work).
@@ -330,6 +334,10 @@ impl SpriteFsStore {
         if let Some(url) = &self.settings.store_url {
             command.arg("--store").arg(url);
         }
+        if let Some(faults) = &self.settings.store_faults {
+            command.arg("--faults").arg(faults);
+        }
+        command.envs(self.settings.store_env.iter().map(|(k, v)| (k, v)));
         use std::os::unix::process::CommandExt;
         command
             .stdin(std::process::Stdio::null())
@@ -1093,26 +1101,51 @@ impl RootStore for SpriteFsStore {
             from: None,
         };
         self.request(&volume, create).await?;
-        let file = self.attach(&volume).await?;
-        let device = loop_attach(&file).await?;
-        let made = run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-O",
-                "^has_journal",
-                "-E",
-                "nodiscard,lazy_itable_init=1",
-                "-d",
-                &rootfs.to_string_lossy(),
-                &device,
-            ],
-        )
+        // mkfs.ext4 -d writes file by file in small pieces: it goes to a sparse local
+        // file first (seconds), which then enters the volume in whole blocks, holes
+        // skipped (the Debian image: 20 s straight onto the volume, ~5 s this way).
+        let scratch = self
+            .settings
+            .data_dir
+            .join("fs")
+            .join(format!(".image-{image}.ext4"));
+        let made = async {
+            let file = fs::File::create(&scratch).map_err(CoreError::io("create", &scratch))?;
+            file.set_len(size)
+                .map_err(CoreError::io("size", &scratch))?;
+            drop(file);
+            run(
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-m",
+                    "0",
+                    "-O",
+                    "^has_journal",
+                    "-E",
+                    "nodiscard,lazy_itable_init=1",
+                    "-d",
+                    &rootfs.to_string_lossy(),
+                    &scratch.to_string_lossy(),
+                ],
+            )
+            .await?;
+            let target = self.attach(&volume).await?;
+            run(
+                "dd",
+                &[
+                    &format!("if={}", scratch.display()),
+                    &format!("of={}", target.display()),
+                    &format!("bs={block}"),
+                    "conv=sparse,notrunc",
+                    "status=none",
+                ],
+            )
+            .await
+        }
         .await;
-        let _ = run("losetup", &["-d", &device]).await;
+        let _ = fs::remove_file(&scratch);
         made?;
         let detach = StorageRequest::Detach {
             volume: volume.clone(),

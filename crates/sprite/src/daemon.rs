@@ -24,7 +24,7 @@ pub struct FileConfig {
     pub pids_limit: Option<u64>,
     pub max_sprites: Option<usize>,
     pub url_domain: Option<String>,
-    /// `local` (default) or `spritefs`.
+    /// `spritefs` (default) or `local`.
     pub storage: Option<String>,
     /// Object store of SpriteFS: file:///path or s3://bucket/prefix.
     pub store: Option<String>,
@@ -34,6 +34,41 @@ pub struct FileConfig {
     /// SpriteFS block size of new volumes, in KiB (a power of two, 64 to 16384;
     /// default 1024). Volumes keep the size they were made with.
     pub block_kib: Option<u64>,
+    /// Volume size of sprites whose create gives no `config.storage_gb` (default 100).
+    pub default_storage_gb: Option<u64>,
+    /// S3 settings of `store = "s3://..."` (else the usual AWS_* environment variables).
+    pub s3: Option<S3Config>,
+    /// Fault injection into the object store, for resilience tests:
+    /// "PER_MILLE[,LATENCY_MS]" (e.g. "100,20": 10 % of calls fail, each waits 20 ms).
+    pub store_faults: Option<String>,
+}
+
+/// `[s3]` in the config file. Each key, when set, wins over its AWS_* variable.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow plain http endpoints (MinIO, test servers).
+    pub allow_http: Option<bool>,
+}
+
+impl S3Config {
+    /// The AWS_* variables the storage process reads.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_REGION", self.region.clone()),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+            ("AWS_ALLOW_HTTP", self.allow_http.map(|b| b.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,7 +85,8 @@ pub struct DaemonArgs {
     /// Image of new sprites: debian (default) or busybox.
     #[arg(long)]
     pub image: Option<String>,
-    /// Where sprites' files live: local (default) or spritefs (object storage).
+    /// Where sprites' files live: spritefs (default: volumes in an object store) or
+    /// local (plain host directories: no checkpoints, forks or recovery on a new host).
     #[arg(long)]
     pub storage: Option<String>,
     /// SpriteFS object store: file:///path or s3://bucket/prefix (default: <data-dir>/store).
@@ -119,6 +155,12 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
     config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
     config.url_domain = file.url_domain.unwrap_or(config.url_domain);
+    if let Some(gb) = file.default_storage_gb {
+        if !(1..=16384).contains(&gb) {
+            anyhow::bail!("default_storage_gb = {gb} is out of range; use 1 to 16384");
+        }
+        config.default_storage_gb = gb;
+    }
     if let Some(kib) = file.block_kib {
         if !kib.is_power_of_two() || !(64..=16384).contains(&kib) {
             anyhow::bail!(
@@ -127,10 +169,17 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         }
         config.block_bytes = kib * 1024;
     }
+    if let Some(spec) = &file.store_faults {
+        sprite_fs::store::parse_faults(spec).map_err(anyhow::Error::msg)?;
+    }
     let store = args.store.or(file.store);
     config.storage = match args.storage.or(file.storage).as_deref() {
-        None | Some("local") => sprite_core::StorageBackend::Local,
-        Some("spritefs") => sprite_core::StorageBackend::SpriteFs { store_url: store },
+        Some("local") => sprite_core::StorageBackend::Local,
+        None | Some("spritefs") => sprite_core::StorageBackend::SpriteFs {
+            store_url: store,
+            store_env: file.s3.as_ref().map(S3Config::env).unwrap_or_default(),
+            store_faults: file.store_faults.clone(),
+        },
         Some(other) => anyhow::bail!("storage = {other:?} is not known; use local or spritefs"),
     };
 

@@ -8,7 +8,7 @@ use sprite_fs::engine::Engine;
 use sprite_fs::fuse::{VolumeFs, VolumeTable};
 use sprite_fs::meta::Meta;
 use sprite_fs::service::StorageService;
-use sprite_fs::store::{BlobStore, ObjectBlobStore, Retrying};
+use sprite_fs::store::{parse_faults, BlobStore, FaultInjecting, ObjectBlobStore, Retrying};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub struct StorageArgs {
     /// How far the object store may fall behind a running sprite, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub upload_interval_ms: u64,
+    /// Inject object-store faults (resilience tests): PER_MILLE[,LATENCY_MS].
+    #[arg(long, hide = true)]
+    pub faults: Option<String>,
 }
 
 /// Paths of the storage process under a data directory.
@@ -43,9 +46,16 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
         .store
         .clone()
         .unwrap_or_else(|| format!("file://{}", args.data_dir.join("store").display()));
-    let store: Arc<dyn BlobStore> = Arc::new(Retrying::new(
-        ObjectBlobStore::from_url(&url).with_context(|| format!("open object store {url}"))?,
-    ));
+    let base =
+        ObjectBlobStore::from_url(&url).with_context(|| format!("open object store {url}"))?;
+    let store: Arc<dyn BlobStore> = match args.faults.as_deref() {
+        None => Arc::new(Retrying::new(base)),
+        Some(spec) => {
+            let (per_mille, latency) = parse_faults(spec).map_err(anyhow::Error::msg)?;
+            tracing::warn!(per_mille, ?latency, "injecting object-store faults");
+            Arc::new(Retrying::new(FaultInjecting::new(base, per_mille, latency)))
+        }
+    };
     let meta = Arc::new(Meta::open(&dir.join("meta.db")).context("open SpriteFS metadata")?);
     let cache = ChunkCache::open(&dir.join("cache"), args.cache_mb * 1024 * 1024)
         .context("open chunk cache")?;

@@ -47,6 +47,15 @@ async fn sprites_live_on_spritefs() {
         out.stdout()
     );
 
+    // The chunks are where the configured store keeps them (the S3 server's bucket
+    // directory when SPRITE_TEST_STORE=s3).
+    let chunks = if std::env::var("SPRITE_TEST_STORE").as_deref() == Ok("s3") {
+        daemon.data_path().join("store/sprites/test/chunks")
+    } else {
+        daemon.data_path().join("store/chunks")
+    };
+    assert!(chunks.is_dir(), "no chunks at {}", chunks.display());
+
     let write = "dd if=/dev/urandom of=/home/sprite/data bs=1M count=5 2>/dev/null && sync && md5sum /home/sprite/data";
     let before = run(&daemon.client, "disk", &["sh", "-c", write]).await;
     assert_eq!(before.code, 0, "{before:?}");
@@ -502,4 +511,66 @@ async fn a_fresh_host_recovers_sprites_from_the_store() {
         "restored to the checkpoint taken on the lost host"
     );
     daemon.client.destroy("phoenix").await.unwrap();
+}
+
+/// A tenth of the object-store calls fail (half of them after the call landed) and
+/// every call is slow: sprites still start, write, checkpoint, restore and fork, and a
+/// fresh host recovers every byte from what the faulty store kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_faults_lose_nothing() {
+    let mut daemon = Daemon::start_with(
+        "busybox",
+        "storage = \"spritefs\"\nstore_faults = \"100,5\"\n",
+    )
+    .await;
+    let client = daemon.client.clone();
+    create(&client, "flaky").await;
+    let write = "dd if=/dev/urandom of=/home/sprite/a bs=64k count=48 2>/dev/null && sync && md5sum /home/sprite/a";
+    let first = run(&client, "flaky", &["sh", "-c", write]).await;
+    assert_eq!(first.code, 0, "{first:?}");
+    client.checkpoint("flaky", None).await.unwrap();
+    let change = "echo changed > /home/sprite/a && sync && dd if=/dev/urandom of=/home/sprite/b bs=64k count=32 2>/dev/null && sync && md5sum /home/sprite/b";
+    let second = run(&client, "flaky", &["sh", "-c", change]).await;
+    assert_eq!(second.code, 0, "{second:?}");
+
+    // Fork v0 while the parent moves on; restore the parent to v0.
+    let request = sprite_api::sprite::CreateSpriteRequest {
+        name: "flaky-fork".into(),
+        url_settings: None,
+        labels: None,
+        config: None,
+        environment: None,
+        wait_for_capacity: None,
+        from: Some(sprite_api::sprite::ForkSource {
+            sprite: "flaky".into(),
+            checkpoint: Some("v0".into()),
+        }),
+    };
+    client.create(&request).await.unwrap();
+    let forked = run(&client, "flaky-fork", &["md5sum", "/home/sprite/a"]).await;
+    assert_eq!(forked.stdout(), first.stdout());
+    let faults = std::fs::read_to_string(daemon.data_path().join("storage.log"))
+        .unwrap_or_default()
+        .matches("injected object-store fault")
+        .count();
+    assert!(faults > 0, "no fault was injected");
+
+    // Everything the sprites wrote reaches the store despite the faults.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    daemon.lose_host().await;
+    let client = daemon.client.clone();
+    let out = run(&client, "flaky", &["md5sum", "/home/sprite/b"]).await;
+    assert_eq!(out.stdout(), second.stdout(), "{}", daemon.log());
+    assert_eq!(
+        run(&client, "flaky", &["cat", "/home/sprite/a"]).await.stdout(),
+        "changed\n"
+    );
+    client.restore("flaky", "v0").await.unwrap();
+    let restored = run(&client, "flaky", &["md5sum", "/home/sprite/a"]).await;
+    assert_eq!(restored.stdout(), first.stdout());
+    let forked = run(&client, "flaky-fork", &["md5sum", "/home/sprite/a"]).await;
+    assert_eq!(forked.stdout(), first.stdout());
+    for name in ["flaky", "flaky-fork"] {
+        client.destroy(name).await.unwrap();
+    }
 }

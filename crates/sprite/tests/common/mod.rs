@@ -13,6 +13,8 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The S3 server under a SpriteFS daemon when SPRITE_TEST_STORE=s3.
+    s3: Option<Child>,
     pub url: String,
     pub data: tempfile::TempDir,
     pub client: Client,
@@ -51,6 +53,57 @@ async fn ensure_shared_image(name: &str) -> PathBuf {
     );
     store.ensure(name).await.unwrap();
     dir.join(name)
+}
+
+fn s3s_fs() -> PathBuf {
+    if let Ok(path) = std::env::var("SPRITE_S3S_FS") {
+        return PathBuf::from(path);
+    }
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .join(".cargo/bin/s3s-fs");
+    if home.exists() {
+        home
+    } else {
+        PathBuf::from("s3s-fs")
+    }
+}
+
+/// With SPRITE_TEST_STORE=s3, a SpriteFS daemon's object store is a real S3 server
+/// (s3s-fs) serving `<data>/store` (kept by [`Daemon::lose_host`], like a bucket).
+/// Returns the server and the config lines that point the daemon at it.
+fn s3_store_for(data: &Path, config: &str) -> Option<(Child, String)> {
+    if std::env::var("SPRITE_TEST_STORE").as_deref() != Ok("s3")
+        || !config.contains("storage = \"spritefs\"")
+    {
+        return None;
+    }
+    let root = data.join("store");
+    std::fs::create_dir_all(root.join("sprites")).unwrap();
+    let port = free_port();
+    let child = Command::new(s3s_fs())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "test-key", "--secret-key", "test-secret"])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start s3s-fs ({e}); scripts/test.sh installs it"));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = format!(
+        "store = \"s3://sprites/test\"\n\
+         [s3]\n\
+         endpoint = \"http://127.0.0.1:{port}\"\n\
+         region = \"us-east-1\"\n\
+         access_key_id = \"test-key\"\n\
+         secret_access_key = \"test-secret\"\n\
+         allow_http = true\n"
+    );
+    Some((child, lines))
 }
 
 /// Starts `sprite daemon` on a data directory; its log is appended to `daemon.log`.
@@ -98,6 +151,10 @@ impl Daemon {
         std::fs::create_dir_all(data.path().join("images")).unwrap();
         let shared = ensure_shared_image(image).await;
         std::os::unix::fs::symlink(&shared, data.path().join("images").join(image)).unwrap();
+        let (s3, config) = match s3_store_for(data.path(), config) {
+            Some((child, lines)) => (Some(child), format!("{config}{lines}")),
+            None => (None, config.to_string()),
+        };
         std::fs::write(data.path().join("daemon.toml"), config).unwrap();
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
@@ -106,6 +163,7 @@ impl Daemon {
         let client = Client::new(&url, TOKEN);
         let mut daemon = Daemon {
             child: Some(child),
+            s3,
             url,
             data,
             client,
@@ -204,6 +262,10 @@ impl Drop for Daemon {
             let _ = cgroup.remove();
         }
         cleanup_storage(self.data.path(), &self.sprite_ids());
+        if let Some(mut s3) = self.s3.take() {
+            let _ = s3.kill();
+            let _ = s3.wait();
+        }
     }
 }
 
