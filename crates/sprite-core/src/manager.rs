@@ -85,18 +85,16 @@ impl SpriteManager {
                 store_url,
                 store_env,
                 store_faults,
-            } => {
-                Arc::new(SpriteFsStore::new(SpriteFsSettings {
-                    data_dir: config.data_dir.clone(),
-                    executable: config.executable.clone(),
-                    store_url: store_url.clone(),
-                    store_env: store_env.clone(),
-                    store_faults: store_faults.clone(),
-                    volume_bytes: config.default_storage_gb * 1024 * 1024 * 1024,
-                    block_bytes: config.block_bytes,
-                    id_base: config.id_base,
-                }))
-            }
+            } => Arc::new(SpriteFsStore::new(SpriteFsSettings {
+                data_dir: config.data_dir.clone(),
+                executable: config.executable.clone(),
+                store_url: store_url.clone(),
+                store_env: store_env.clone(),
+                store_faults: store_faults.clone(),
+                volume_bytes: config.default_storage_gb * 1024 * 1024 * 1024,
+                block_bytes: config.block_bytes,
+                id_base: config.id_base,
+            })),
         };
         make_dir(&config.data_dir.join("layers"), 0o711)?;
         Ok(Arc::new(SpriteManager {

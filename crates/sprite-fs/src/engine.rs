@@ -236,22 +236,39 @@ impl Engine {
         if let Some(data) = self.decoded.get(id) {
             return Ok(data);
         }
-        let data = match self
-            .cache
-            .get(id)
-            .and_then(|stored| chunk::decode_local(&stored, block_size).ok())
-        {
+        let data = match self.cache.get(id).filter(|data| data.len() == block_size) {
             Some(data) => data,
             None => {
                 let stored = self.store.get(&id.key()).await?;
                 let data = chunk::decode(id, &stored, block_size)?;
-                self.cache.put(id, &stored);
+                self.cache.put(id, &data);
                 data
             }
         };
         let data = Arc::new(data);
         self.decoded.put(*id, data.clone());
         Ok(data)
+    }
+
+    /// Fills `target` with a stored block's bytes from `within` on: straight from the
+    /// cache file when the block is cached, else by fetching the whole block.
+    pub async fn read_block_range(
+        &self,
+        id: &ChunkId,
+        block_size: usize,
+        within: usize,
+        target: &mut [u8],
+    ) -> Result<(), FsError> {
+        if let Some(data) = self.decoded.get(id) {
+            target.copy_from_slice(&data[within..within + target.len()]);
+            return Ok(());
+        }
+        if self.cache.read_at(id, within as u64, target) {
+            return Ok(());
+        }
+        let data = self.fetch_block(id, block_size).await?;
+        target.copy_from_slice(&data[within..within + target.len()]);
+        Ok(())
     }
 
     /// Publishes a volume's metadata to the object store: its sealed layers not there
@@ -418,7 +435,7 @@ impl Engine {
             .put(&id.key(), Bytes::from(stored.clone()))
             .await?;
         self.meta.note_chunk(&id, size)?;
-        self.cache.put(&id, &stored);
+        self.cache.put(&id, data);
         Ok((id, size))
     }
 }
@@ -469,7 +486,12 @@ impl Volume {
                 .collect()
         };
         for id in upcoming {
-            if self.engine.decoded.contains(&id) || !lock(&self.engine.prefetching).insert(id) {
+            // Cached blocks are read in place; only fetches from the store are worth
+            // starting early.
+            if self.engine.decoded.contains(&id)
+                || self.engine.cache.contains(&id)
+                || !lock(&self.engine.prefetching).insert(id)
+            {
                 continue;
             }
             let engine = self.engine.clone();
@@ -502,8 +524,16 @@ impl Volume {
                     // decode the next blocks in the background meanwhile.
                     self.prefetch_after(block);
                 }
-                if let Some(data) = self.stored_block(block).await? {
-                    target.copy_from_slice(&data[within..within + take]);
+                let chunk = self
+                    .map
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&block)
+                    .copied();
+                if let Some(id) = chunk {
+                    self.engine
+                        .read_block_range(&id, self.block_size as usize, within, target)
+                        .await?;
                 }
             }
             done += take;

@@ -289,17 +289,15 @@ pub fn parse_faults(spec: &str) -> Result<(u32, Duration), String> {
         .ok_or_else(|| format!("faults {spec:?}: the failure rate is a number of calls per 1000, 0 to 1000 (e.g. \"100,20\")"))?;
     let latency = match parts.next() {
         None => 0,
-        Some(ms) => ms
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| format!("faults {spec:?}: the latency is a number of milliseconds (e.g. \"100,20\")"))?,
+        Some(ms) => ms.trim().parse::<u64>().map_err(|_| {
+            format!("faults {spec:?}: the latency is a number of milliseconds (e.g. \"100,20\")")
+        })?,
     };
     if parts.next().is_some() {
         return Err(format!("faults {spec:?}: expected PER_MILLE[,LATENCY_MS]"));
     }
     Ok((per_mille, Duration::from_millis(latency)))
 }
-
 
 /// Fails a share of calls and slows calls down, for tests. `failures_per_mille` of
 /// calls fail (half before reaching the store, half after: a put that "failed" may
@@ -338,7 +336,10 @@ impl<S: BlobStore> FaultInjecting<S> {
         let draw: u32 = rand::random_range(0..2000);
         if draw < self.failures_per_mille * 2 {
             self.injected.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(before = draw < self.failures_per_mille, "injected object-store fault");
+            tracing::info!(
+                before = draw < self.failures_per_mille,
+                "injected object-store fault"
+            );
             Some(draw < self.failures_per_mille)
         } else {
             None

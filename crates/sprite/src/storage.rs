@@ -57,7 +57,9 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
         }
     };
     let meta = Arc::new(Meta::open(&dir.join("meta.db")).context("open SpriteFS metadata")?);
-    let cache = ChunkCache::open(&dir.join("cache"), args.cache_mb * 1024 * 1024)
+    // `cache` held compressed chunks in earlier versions; `blocks` holds them decoded.
+    let _ = std::fs::remove_dir_all(dir.join("cache"));
+    let cache = ChunkCache::open(&dir.join("blocks"), args.cache_mb * 1024 * 1024)
         .context("open chunk cache")?;
     let engine =
         Engine::new(meta, store, cache, dir.join("staging")).context("start the engine")?;

@@ -562,7 +562,9 @@ async fn object_store_faults_lose_nothing() {
     let out = run(&client, "flaky", &["md5sum", "/home/sprite/b"]).await;
     assert_eq!(out.stdout(), second.stdout(), "{}", daemon.log());
     assert_eq!(
-        run(&client, "flaky", &["cat", "/home/sprite/a"]).await.stdout(),
+        run(&client, "flaky", &["cat", "/home/sprite/a"])
+            .await
+            .stdout(),
         "changed\n"
     );
     client.restore("flaky", "v0").await.unwrap();
