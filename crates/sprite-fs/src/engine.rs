@@ -263,7 +263,10 @@ impl Engine {
             target.copy_from_slice(&data[within..within + target.len()]);
             return Ok(());
         }
-        if self.cache.read_at(id, within as u64, target) {
+        // A read from the start of a block is likely sequential: the whole block in one
+        // read (and kept decoded for the requests that follow) beats a pread per
+        // request, each on a fresh file handle without readahead.
+        if within != 0 && self.cache.read_at(id, within as u64, target) {
             return Ok(());
         }
         let data = self.fetch_block(id, block_size).await?;
@@ -486,12 +489,7 @@ impl Volume {
                 .collect()
         };
         for id in upcoming {
-            // Cached blocks are read in place; only fetches from the store are worth
-            // starting early.
-            if self.engine.decoded.contains(&id)
-                || self.engine.cache.contains(&id)
-                || !lock(&self.engine.prefetching).insert(id)
-            {
+            if self.engine.decoded.contains(&id) || !lock(&self.engine.prefetching).insert(id) {
                 continue;
             }
             let engine = self.engine.clone();
