@@ -76,6 +76,10 @@ pub struct CreateSpriteRequest {
     /// Ours: create from another sprite's checkpoint (fork / template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<ForkSource>,
+    /// Ours: the image of the new sprite (`GET /v1/images`); the daemon's default when
+    /// absent. A fork always runs on its parent's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Where a forked sprite comes from.

@@ -329,6 +329,26 @@ impl Client {
         self.send(self.http.get(self.url("/v1/images"))).await
     }
 
+    /// Uploads a root filesystem tarball as image `name` (ours: `POST /v1/images`).
+    /// The tarball is streamed, never held in memory whole.
+    pub async fn import_image<R>(
+        &self,
+        name: &str,
+        tarball: R,
+    ) -> Result<serde_json::Value, ClientError>
+    where
+        R: tokio::io::AsyncRead + Send + Sync + 'static,
+    {
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tarball));
+        self.send(
+            self.http
+                .post(self.url("/v1/images"))
+                .query(&[("name", name)])
+                .body(body),
+        )
+        .await
+    }
+
     async fn websocket(&self, path_and_query: &str, tty: bool) -> Result<ExecStream, ClientError> {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")

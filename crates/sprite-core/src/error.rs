@@ -45,6 +45,8 @@ pub enum CoreError {
     Command { command: String, message: String },
     #[error("too many sprites: the limit is {0}")]
     TooManySprites(usize),
+    #[error("an image named {0} already exists")]
+    ImageExists(String),
 }
 
 impl CoreError {
@@ -56,7 +58,7 @@ impl CoreError {
             CoreError::SessionNotFound(_) | CoreError::CheckpointNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            CoreError::SpriteExists(_) => ErrorKind::Conflict,
+            CoreError::SpriteExists(_) | CoreError::ImageExists(_) => ErrorKind::Conflict,
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) => ErrorKind::Unavailable,

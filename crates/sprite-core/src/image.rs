@@ -2,7 +2,8 @@
 //!
 //! `debian` (the default) is Debian bookworm from debootstrap with a user `sprite`
 //! (uid 1000, passwordless sudo); `busybox` is a tiny image from the host's static
-//! busybox, for tests. An image is built once, on first need, into
+//! busybox, for tests; any other name is a rootfs tarball imported by the user
+//! ([`ImageStore::import_tarball`]). An image is built once, on first need, into
 //! `<data>/images/<name>/rootfs`, with its file owners shifted into the host id range
 //! that sprites' user namespaces map to (uid 0 inside = `id_base` on the host).
 //! A build goes to a scratch directory and is renamed into place when complete, so an
@@ -73,12 +74,32 @@ impl ImageStore {
         self.dir.join(name).join("image.json").exists()
     }
 
-    /// Status of every known image.
+    /// Names of imported images on this host.
+    fn imported(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !KNOWN_IMAGES.contains(&n.as_str()) && !n.starts_with('.'))
+                    .filter(|n| self.is_ready(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Status of every known and imported image.
     pub fn statuses(&self) -> Vec<ImageStatus> {
+        let imported = self.imported();
         let map = self.status.lock().unwrap_or_else(|p| p.into_inner());
         KNOWN_IMAGES
             .iter()
+            .map(|name| name.to_string())
+            .chain(imported)
             .map(|name| {
+                let name = name.as_str();
                 if self.is_ready(name) {
                     ImageStatus {
                         name: name.to_string(),
@@ -86,7 +107,7 @@ impl ImageStore {
                         detail: String::new(),
                     }
                 } else {
-                    map.get(*name).cloned().unwrap_or(ImageStatus {
+                    map.get(name).cloned().unwrap_or(ImageStatus {
                         name: name.to_string(),
                         state: "absent".into(),
                         detail: String::new(),
@@ -107,21 +128,85 @@ impl ImageStore {
         );
     }
 
-    /// An error naming the known images unless `name` is one.
-    pub fn check_known(name: &str) -> Result<(), CoreError> {
-        if KNOWN_IMAGES.contains(&name) {
-            Ok(())
-        } else {
-            Err(CoreError::InvalidRequest(format!(
-                "unknown image {name:?}; known images: {}",
-                KNOWN_IMAGES.join(", ")
-            )))
+    /// An error unless `name` is a well-formed image name (as sprite names).
+    pub fn check_name(name: &str) -> Result<(), CoreError> {
+        sprite_api::validate_sprite_name(name)
+            .map_err(|e| CoreError::InvalidRequest(format!("image name: {e}")))
+    }
+
+    /// An error naming the images there are unless `name` is one.
+    pub fn check_known(&self, name: &str) -> Result<(), CoreError> {
+        Self::check_name(name)?;
+        if KNOWN_IMAGES.contains(&name) || self.is_ready(name) {
+            return Ok(());
         }
+        let mut names: Vec<String> = KNOWN_IMAGES.iter().map(|n| n.to_string()).collect();
+        names.extend(self.imported());
+        Err(CoreError::InvalidRequest(format!(
+            "unknown image {name:?}; images: {} (import one with `sprite images import NAME ROOTFS.tar`)",
+            names.join(", ")
+        )))
+    }
+
+    /// Imports a root filesystem tarball (plain or compressed as tar recognises:
+    /// gzip, xz, zstd, bzip2) as image `name`. Owners are kept as numbers (uid 0 in
+    /// the tarball is root inside sprites). Answers the image's root.
+    pub async fn import_tarball(&self, name: &str, tarball: &Path) -> Result<PathBuf, CoreError> {
+        Self::check_name(name)?;
+        if KNOWN_IMAGES.contains(&name) {
+            return Err(CoreError::InvalidRequest(format!(
+                "{name} is a built-in image; import under another name"
+            )));
+        }
+        let _guard = self.builds.lock().await;
+        if self.is_ready(name) {
+            return Err(CoreError::ImageExists(name.to_string()));
+        }
+        set_status(&self.status, name, "building", "unpacking the tarball");
+        let result = self.unpack(name, tarball).await;
+        match &result {
+            Ok(()) => set_status(&self.status, name, "ready", ""),
+            Err(e) => set_status(&self.status, name, "failed", &sprite_api::error_chain(e)),
+        }
+        result.map(|()| self.rootfs(name))
+    }
+
+    async fn unpack(&self, name: &str, tarball: &Path) -> Result<(), CoreError> {
+        let scratch = self.dir.join(format!(".build-{name}"));
+        let _ = fs::remove_dir_all(&scratch);
+        let rootfs = scratch.join("rootfs");
+        fs::create_dir_all(&rootfs).map_err(CoreError::io("create", &rootfs))?;
+        let output = tokio::process::Command::new("tar")
+            .arg("-xf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["--numeric-owner", "--same-owner", "--same-permissions"])
+            .output()
+            .await
+            .map_err(|e| CoreError::Image {
+                image: name.into(),
+                message: format!("cannot run tar: {e}"),
+            })?;
+        if !output.status.success() {
+            let _ = fs::remove_dir_all(&scratch);
+            return Err(CoreError::InvalidRequest(format!(
+                "image {name}: not a tarball tar can read: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        if !rootfs.join("bin").exists() && !rootfs.join("usr/bin").exists() {
+            let _ = fs::remove_dir_all(&scratch);
+            return Err(CoreError::InvalidRequest(format!(
+                "image {name}: the tarball has no bin/ or usr/bin/ at its top; pack the root filesystem itself (tar -C ROOT -c .)"
+            )));
+        }
+        self.finish(name, &scratch, &rootfs, "tarball").await
     }
 
     /// Returns the image's root, building it first if needed.
     pub async fn ensure(&self, name: &str) -> Result<PathBuf, CoreError> {
-        Self::check_known(name)?;
+        self.check_known(name)?;
         if self.is_ready(name) {
             return Ok(self.rootfs(name));
         }
@@ -139,7 +224,6 @@ impl ImageStore {
     }
 
     async fn build(&self, name: &str) -> Result<(), CoreError> {
-        let image_dir = self.dir.join(name);
         let scratch = self.dir.join(format!(".build-{name}"));
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch).map_err(CoreError::io("create", &scratch))?;
@@ -149,29 +233,42 @@ impl ImageStore {
             "debian" => self.build_debian(&rootfs).await?,
             _ => build_busybox(&rootfs)?,
         }
+        self.finish(name, &scratch, &rootfs, "built").await
+    }
+
+    /// Shifts owners into the sprites' id range and moves a complete root into place.
+    async fn finish(
+        &self,
+        name: &str,
+        scratch: &Path,
+        rootfs: &Path,
+        source: &str,
+    ) -> Result<(), CoreError> {
+        let image_dir = self.dir.join(name);
         let base = self.id_base;
-        let shift_root = rootfs.clone();
+        let shift_root = rootfs.to_path_buf();
         tokio::task::spawn_blocking(move || shift_ids(&shift_root, base))
             .await
             .map_err(|e| CoreError::Task("image id shift", e))??;
-        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
-            .map_err(CoreError::io("chmod", &rootfs))?;
+        fs::set_permissions(rootfs, fs::Permissions::from_mode(0o755))
+            .map_err(CoreError::io("chmod", rootfs))?;
         let _ = fs::remove_dir_all(&image_dir);
         fs::create_dir_all(&image_dir).map_err(CoreError::io("create", &image_dir))?;
         fs::set_permissions(&image_dir, fs::Permissions::from_mode(0o711))
             .map_err(CoreError::io("chmod", &image_dir))?;
-        fs::rename(&rootfs, self.rootfs(name))
+        fs::rename(rootfs, self.rootfs(name))
             .map_err(CoreError::io("move image into", self.rootfs(name)))?;
         let manifest = serde_json::json!({
             "name": name,
             "built_at": chrono::Utc::now().to_rfc3339(),
             "id_base": self.id_base,
+            "source": source,
         });
         let manifest_path = image_dir.join("image.json");
         fs::write(&manifest_path, manifest.to_string())
             .map_err(CoreError::io("write", &manifest_path))?;
-        let _ = fs::remove_dir_all(&scratch);
-        tracing::info!(image = name, "image ready");
+        let _ = fs::remove_dir_all(scratch);
+        tracing::info!(image = name, source, "image ready");
         Ok(())
     }
 

@@ -259,9 +259,18 @@ impl SpriteManager {
                             ))
                         })?,
                 };
-                Some((parent.id, version))
+                Some((parent.id, version, parent.image))
             }
             None => None,
+        };
+        // A fork runs on its parent's image; others on the one asked for, or the default.
+        let image = match (&fork, &request.image) {
+            (Some((_, _, parent_image)), _) => parent_image.clone(),
+            (None, Some(image)) => {
+                ImageStore::check_name(image)?;
+                image.clone()
+            }
+            (None, None) => self.config.default_image.clone(),
         };
         if self.db.count()? >= self.config.max_sprites {
             return Err(CoreError::TooManySprites(self.config.max_sprites));
@@ -271,7 +280,7 @@ impl SpriteManager {
             id: format!("sprite-{}", uuid::Uuid::new_v4().simple()),
             org: org.to_string(),
             name: request.name.clone(),
-            image: self.config.default_image.clone(),
+            image,
             url_auth: request
                 .url_settings
                 .unwrap_or_default()
@@ -290,7 +299,7 @@ impl SpriteManager {
         let started = async {
             self.image_root(&record.image).await?;
             match &fork {
-                Some((parent, version)) => {
+                Some((parent, version, _)) => {
                     self.roots.create_from(&record.id, parent, version).await?
                 }
                 None => {
@@ -809,6 +818,34 @@ impl SpriteManager {
         self.images.statuses()
     }
 
+    /// A fresh path for an upload in progress (inside the data directory).
+    pub fn upload_path(&self) -> PathBuf {
+        self.config
+            .data_dir
+            .join("images")
+            .join(format!(".upload-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Imports a root filesystem tarball as image `name` (ours: `POST /v1/images`) and,
+    /// on SpriteFS, stores it as a read-only volume.
+    pub async fn import_image(&self, name: &str, tarball: &Path) -> Result<ImageStatus, CoreError> {
+        if self.roots.mount_image(name).await?.is_some() {
+            return Err(CoreError::ImageExists(name.to_string()));
+        }
+        let dir = self.images.import_tarball(name, tarball).await?;
+        self.roots.import_image(name, &dir).await?;
+        Ok(self
+            .images
+            .statuses()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or(ImageStatus {
+                name: name.to_string(),
+                state: "ready".into(),
+                detail: String::new(),
+            }))
+    }
+
     /// Builds the default image now (the daemon calls this at start, in the background).
     pub async fn prepare_default_image(&self) -> Result<(), CoreError> {
         self.image_root(&self.config.default_image)
@@ -820,7 +857,7 @@ impl SpriteManager {
     /// (from the object store if it is there: a fresh host builds nothing), else the
     /// image directory, built on first need.
     async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
-        ImageStore::check_known(image)?;
+        ImageStore::check_name(image)?;
         if let Some(root) = self.roots.mount_image(image).await? {
             self.images.note_stored(image);
             return Ok(root);

@@ -53,6 +53,48 @@ async fn images(State(state): State<AppState>) -> axum::Json<serde_json::Value> 
     axum::Json(serde_json::json!({ "images": state.manager.image_statuses() }))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct ImportQuery {
+    name: Option<String>,
+}
+
+/// `POST /v1/images?name=NAME` with a root filesystem tarball as the body (ours).
+async fn import_image(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<ImportQuery>,
+    body: axum::body::Body,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let name = query.name.ok_or_else(|| {
+        ApiError::invalid(
+            "name is missing: POST /v1/images?name=NAME with the rootfs tarball as the body",
+        )
+    })?;
+    sprite_core::image::ImageStore::check_name(&name)?;
+    let path = state.manager.upload_path();
+    let received = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk.map_err(std::io::Error::other)?)
+                .await?;
+        }
+        file.flush().await
+    }
+    .await;
+    let result = match received {
+        Ok(()) => state.manager.import_image(&name, &path).await,
+        Err(error) => Err(sprite_core::CoreError::InvalidRequest(format!(
+            "the upload of the tarball broke off: {error}"
+        ))),
+    };
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok(axum::Json(
+        serde_json::to_value(result?).unwrap_or_default(),
+    ))
+}
+
 async fn usage(
     State(state): State<AppState>,
     axum::Extension(auth::Org(org)): axum::Extension<auth::Org>,
@@ -93,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/sprites/{name}/usage", get(usage))
         .route("/v1/admin/gc", post(gc))
-        .route("/v1/images", get(images))
+        .route("/v1/images", get(images).post(import_image))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -7,6 +7,7 @@ use sprite_api::exec::ExecParams;
 use sprite_api::sprite::{CreateSpriteRequest, SpriteConfig, SpriteInfo};
 use sprite_client::{Client, ExecEvent};
 use std::io::Write;
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(name = "sprite", version, about = "Disposable Linux computers that sleep when idle", after_help = EXAMPLES)]
@@ -55,6 +56,12 @@ pub enum Command {
         ram_mb: Option<u64>,
         #[arg(long)]
         cpus: Option<u32>,
+        /// Size of the sprite's root filesystem in GiB (default 100).
+        #[arg(long)]
+        storage_gb: Option<u64>,
+        /// Image to start from (`sprite images`); the daemon's default when absent.
+        #[arg(long)]
+        image: Option<String>,
         /// Fork from another sprite's checkpoint: SPRITE or SPRITE:CHECKPOINT (newest
         /// checkpoint when absent).
         #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
@@ -129,12 +136,28 @@ pub enum Command {
     /// Administration of the daemon.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Show the images and their build state.
-    Images,
+    /// Show the images and their build state, or import one.
+    #[command(
+        after_help = "Examples:\n  sprite images\n  sprite images import alpine alpine-minirootfs.tar.gz\n  docker export $(docker create ubuntu) | sprite images import ubuntu -\n  sprite create --image alpine"
+    )]
+    Images {
+        #[command(subcommand)]
+        command: Option<ImagesCommand>,
+    },
     /// Print version information.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List the images (the default).
+    List,
+    /// Import a root filesystem tarball (tar, .tar.gz, .tar.xz, .tar.zst; `-` reads
+    /// stdin) as image NAME. Owners are kept by number: uid 0 in the tarball is root in
+    /// the sprite.
+    Import { name: String, file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +333,8 @@ pub async fn run(args: Args) -> Result<u8> {
             labels,
             ram_mb,
             cpus,
+            storage_gb,
+            image,
             from,
         } => {
             crate::console::ensure_local_daemon(&args).await?;
@@ -322,10 +347,11 @@ pub async fn run(args: Args) -> Result<u8> {
                 config: Some(SpriteConfig {
                     ram_mb: *ram_mb,
                     cpus: *cpus,
-                    storage_gb: None,
+                    storage_gb: *storage_gb,
                 }),
                 environment: None,
                 wait_for_capacity: None,
+                image: image.clone(),
                 from: from.as_deref().map(|text| {
                     let (sprite, checkpoint) = match text.split_once(':') {
                         Some((sprite, checkpoint)) => (sprite, Some(checkpoint.to_string())),
@@ -494,7 +520,27 @@ pub async fn run(args: Args) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Images => {
+        Command::Images {
+            command: Some(ImagesCommand::Import { name, file }),
+        } => {
+            eprintln!("importing {} as image {name} ...", file.display());
+            let client = client(&args)?;
+            let status = if file.as_os_str() == "-" {
+                client.import_image(name, tokio::io::stdin()).await?
+            } else {
+                let opened = tokio::fs::File::open(file)
+                    .await
+                    .with_context(|| format!("open {}", file.display()))?;
+                client.import_image(name, opened).await?
+            };
+            if args.json {
+                print_json(&status)?;
+            } else {
+                eprintln!("image {name} is ready: sprite create --image {name}");
+            }
+            Ok(0)
+        }
+        Command::Images { .. } => {
             let images = client(&args)?.images().await?;
             if args.json {
                 print_json(&images)?;

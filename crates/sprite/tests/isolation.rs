@@ -25,6 +25,7 @@ async fn a_sprite_cannot_escape() {
         }),
         environment: None,
         wait_for_capacity: None,
+        image: None,
         from: None,
     };
     daemon.client.create(&request).await.unwrap();

@@ -87,6 +87,7 @@ async fn sprites_live_on_spritefs() {
         }),
         environment: None,
         wait_for_capacity: None,
+        image: None,
         from: None,
     };
     daemon.client.create(&request).await.unwrap();
@@ -212,6 +213,7 @@ async fn checkpoint_restore_and_fork() {
         config: None,
         environment: None,
         wait_for_capacity: None,
+        image: None,
         from: Some(sprite_api::sprite::ForkSource {
             sprite: "origin".into(),
             checkpoint: Some("v1".into()),
@@ -251,9 +253,13 @@ async fn checkpoint_restore_and_fork() {
         listed.sprites.iter().all(|s| s.storage.is_some()),
         "{listed:?}"
     );
-    for name in ["origin", "forked"] {
-        client.destroy(name).await.unwrap();
-    }
+    // Destroying the parent (and collecting) leaves the fork whole: it still reaches
+    // the parent's checkpoint layers.
+    client.destroy("origin").await.unwrap();
+    client.collect_garbage().await.unwrap();
+    let out = run_sh("forked", "cat /home/sprite/f; ls /home/sprite").await;
+    assert_eq!(out.stdout(), "fork\nf\nnew\n", "{out:?}");
+    client.destroy("forked").await.unwrap();
     // What only the destroyed sprites referenced goes at the next collection.
     let freed = client.collect_garbage().await.unwrap();
     assert!(freed["chunks"].as_u64().unwrap() > 0, "{freed}");
@@ -541,6 +547,7 @@ async fn object_store_faults_lose_nothing() {
         config: None,
         environment: None,
         wait_for_capacity: None,
+        image: None,
         from: Some(sprite_api::sprite::ForkSource {
             sprite: "flaky".into(),
             checkpoint: Some("v0".into()),
@@ -574,5 +581,98 @@ async fn object_store_faults_lose_nothing() {
     assert_eq!(forked.stdout(), first.stdout());
     for name in ["flaky", "flaky-fork"] {
         client.destroy(name).await.unwrap();
+    }
+}
+
+/// A root filesystem tarball becomes an image (a read-only volume on SpriteFS) that
+/// sprites can start from; bad imports are refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfs_tarballs_become_images() {
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = &daemon.client;
+    // The shared busybox root (owners shifted on disk) packed as uid 0, plus a marker.
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(extra.path().join("etc")).unwrap();
+    std::fs::write(extra.path().join("etc/marker"), "from a tarball\n").unwrap();
+    let tarball = extra.path().join("rootfs.tar.gz");
+    let shared = std::path::Path::new("/var/tmp/sprites-test-images/busybox/rootfs");
+    let status = std::process::Command::new("tar")
+        .args(["-czf"])
+        .arg(&tarball)
+        .args(["--owner=0", "--group=0", "--numeric-owner", "-C"])
+        .arg(shared)
+        .arg(".")
+        .arg("-C")
+        .arg(extra.path())
+        .arg("etc/marker")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&tarball).unwrap();
+
+    let imported = client
+        .import_image("tiny", std::io::Cursor::new(bytes.clone()))
+        .await
+        .unwrap();
+    assert_eq!(imported["state"], "ready", "{imported}");
+    let images = client.images().await.unwrap();
+    assert!(
+        images["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "tiny"),
+        "{images}"
+    );
+    let mut request = sprite_request("from-tarball");
+    request.image = Some("tiny".into());
+    client.create(&request).await.unwrap();
+    let out = run(client, "from-tarball", &["cat", "/etc/marker"]).await;
+    assert_eq!(out.stdout(), "from a tarball\n", "{out:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(&format!(
+            "{}/image-volumes/tiny ",
+            daemon.data_path().display()
+        )),
+        "the imported image is not a mounted volume"
+    );
+
+    // Refusals: the same name again, a built-in name, not a tarball, no root inside,
+    // and a sprite on an image there is not.
+    let again = client
+        .import_image("tiny", std::io::Cursor::new(bytes))
+        .await
+        .unwrap_err();
+    assert_eq!(again.status(), Some(409), "{again}");
+    let builtin = client
+        .import_image("debian", std::io::Cursor::new(b"x".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(builtin.status(), Some(400), "{builtin}");
+    let garbage = client
+        .import_image("junk", std::io::Cursor::new(b"not a tarball".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.status(), Some(400), "{garbage}");
+    assert!(garbage.to_string().contains("not a tarball"), "{garbage}");
+    let mut request = sprite_request("nowhere");
+    request.image = Some("no-such-image".into());
+    let missing = client.create(&request).await.unwrap_err();
+    assert_eq!(missing.status(), Some(400), "{missing}");
+    assert!(missing.to_string().contains("unknown image"), "{missing}");
+    client.destroy("from-tarball").await.unwrap();
+}
+
+fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
+    sprite_api::sprite::CreateSpriteRequest {
+        name: name.into(),
+        url_settings: None,
+        labels: None,
+        config: None,
+        environment: None,
+        wait_for_capacity: None,
+        image: None,
+        from: None,
     }
 }

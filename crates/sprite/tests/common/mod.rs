@@ -379,6 +379,7 @@ pub async fn create(client: &Client, name: &str) {
         config: None,
         environment: None,
         wait_for_capacity: None,
+        image: None,
         from: None,
     };
     client.create(&request).await.unwrap();
