@@ -42,6 +42,10 @@ cleanup() {
     pkill -TERM -f "storage --data-dir $DATA" 2>/dev/null || true
     sleep 1
     umount -l "$DATA/fs/mnt" 2>/dev/null || true
+    # Keep the logs: with SPRITE_LOG=sprite_core=debug,sprite_fs=debug they hold each
+    # checkpoint's timing.
+    mkdir -p target/bench/logs
+    cp "$WORK/daemon.log" "$DATA/storage.log" target/bench/logs/ 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -482,6 +482,11 @@ impl SpriteManager {
         Ok(adopted)
     }
 
+    /// `SpriteNotFound` unless the sprite exists.
+    pub fn check_exists(&self, org: &str, name: &str) -> Result<(), CoreError> {
+        self.record(org, name).map(|_| ())
+    }
+
     pub async fn get(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
         Ok(self.info_with_usage(&self.record(org, name)?).await)
     }

@@ -140,7 +140,13 @@ pub struct StorageService {
     table: VolumeTable,
     mount_dir: PathBuf,
     attached: Mutex<HashMap<String, Arc<Volume>>>,
+    /// Usage answers, reused for [`USAGE_TTL`] (listing many large sprites would
+    /// otherwise walk every block map each time); dropped when versions change.
+    usage: Mutex<HashMap<String, (std::time::Instant, crate::engine::VolumeUsage)>>,
 }
+
+/// How long a usage answer may be reused.
+const USAGE_TTL: Duration = Duration::from_secs(5);
 
 impl StorageService {
     pub fn new(engine: Arc<Engine>, table: VolumeTable, mount_dir: PathBuf) -> Arc<Self> {
@@ -149,7 +155,32 @@ impl StorageService {
             table,
             mount_dir,
             attached: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A volume's usage, computed at most once per [`USAGE_TTL`].
+    fn cached_usage(&self, volume: &str) -> Result<crate::engine::VolumeUsage, FsError> {
+        let mut cache = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, usage)) = cache.get(volume) {
+            if at.elapsed() < USAGE_TTL {
+                return Ok(usage.clone());
+            }
+        }
+        let usage = self.engine.usage(volume)?;
+        cache.insert(
+            volume.to_string(),
+            (std::time::Instant::now(), usage.clone()),
+        );
+        Ok(usage)
+    }
+
+    /// Forgets a volume's usage answer (its versions changed).
+    fn usage_changed(&self, volume: &str) {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(volume);
     }
 
     fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Volume>>> {
@@ -177,6 +208,14 @@ impl StorageService {
     }
 
     pub async fn handle(&self, request: StorageRequest) -> Result<StorageResponse, FsError> {
+        match &request {
+            StorageRequest::Checkpoint { volume, .. }
+            | StorageRequest::Restore { volume, .. }
+            | StorageRequest::DeleteVersion { volume, .. }
+            | StorageRequest::Delete { volume }
+            | StorageRequest::Create { volume, .. } => self.usage_changed(volume),
+            _ => {}
+        }
         Ok(match request {
             StorageRequest::Ping => StorageResponse::Pong {
                 pid: std::process::id(),
@@ -284,7 +323,7 @@ impl StorageService {
                 StorageResponse::Versions { versions }
             }
             StorageRequest::Usage { volume } => StorageResponse::Usage {
-                usage: self.engine.usage(&volume)?,
+                usage: self.cached_usage(&volume)?,
                 cached_bytes: self.engine.cache().size(),
             },
             StorageRequest::DeleteVersion { volume, name } => {

@@ -74,7 +74,8 @@ pub async fn create(
     } else {
         parse_json(&body)?
     };
-    state.manager.get(&org, &name).await?;
+    // 404 before the stream starts (a cheap lookup: `get` also reads storage usage).
+    state.manager.check_exists(&org, &name)?;
     let manager = state.manager.clone();
     Ok(ndjson(
         format!("creating a checkpoint of {name}"),
