@@ -128,8 +128,9 @@ measure() { # name, sprite command, native command
 echo "== workloads"
 measure untar "mkdir -p /home/sprite/t && tar xf /home/sprite/tree.tar -C /home/sprite/t && sync" \
     "mkdir -p t && tar xf tree.tar -C t && sync"
-measure small_writes "mkdir -p /home/sprite/g && cd /home/sprite/g && i=0; while [ \$i -lt 2000 ]; do echo \$i > f\$i; i=\$((i+1)); done; sync" \
-    "mkdir -p g && cd g && i=0; while [ \$i -lt 2000 ]; do echo \$i > f\$i; i=\$((i+1)); done; sync"
+# git-clone-like: 10,000 small files in 100 directories, created one by one, then sync.
+SMALL_FILES='d=0; while [ $d -lt 100 ]; do mkdir -p g/d$d; i=0; while [ $i -lt 100 ]; do echo "file $d $i" > g/d$d/f$i; i=$((i+1)); done; d=$((d+1)); done; sync'
+measure small_writes "cd /home/sprite && $SMALL_FILES" "$SMALL_FILES"
 measure seq_write "dd if=/dev/urandom of=/home/sprite/big bs=1M count=$SIZE_MB conv=fsync" \
     "dd if=/dev/urandom of=big bs=1M count=$SIZE_MB conv=fsync"
 # Let the background upload of what was just written finish before timing reads.
