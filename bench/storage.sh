@@ -111,7 +111,7 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # starts after that shell is up (for the sprite: after the exec round trip), and the
 # workload's own programs (tar, python3, dd...) load inside the timed part.
 timed() { echo "s=\$(date +%s%N); { $1; } >/dev/null 2>&1; e=\$(date +%s%N); echo \$((e - s))"; }
-seconds() { echo "$1 / 1000000000" | bc -l; }
+seconds() { printf '%.4f' "$(echo "$1 / 1000000000" | bc -l)"; }
 in_sprite() { seconds "$(run "$(timed "$1")" | tail -1)"; }
 in_dir() { seconds "$(cd "$1" && sh -c "$(timed "$2")" | tail -1)"; }
 measure() { # name, sprite command, native command
@@ -154,7 +154,7 @@ echo "== checkpoints"
 # bench-a gets CP_BIG_MB more; bench-b has 100 MiB.
 run "dd if=/dev/urandom of=/home/sprite/cp-big bs=1M count=$CP_BIG_MB conv=fsync 2>/dev/null"
 sleep 3
-checkpoint_ms() { local s; s=$(now); "$BIN" checkpoint create -s "$1" >/dev/null 2>&1; echo "($(elapsed "$s")) * 1000" | bc; }
+checkpoint_ms() { local s; s=$(now); "$BIN" checkpoint create -s "$1" >/dev/null 2>&1; printf '%.1f' "$(echo "($(elapsed "$s")) * 1000" | bc)"; }
 "$BIN" create bench-b --skip-console >/dev/null
 "$BIN" exec -s bench-b -- sh -c 'dd if=/dev/urandom of=/home/sprite/f bs=1M count=100 conv=fsync 2>/dev/null'
 sleep 3

@@ -122,6 +122,10 @@ pub struct Volume {
     staging_path: PathBuf,
     staging: Mutex<Staging>,
     uploading: tokio::sync::Mutex<()>,
+    /// Reads and writes of the staging file hold it shared; an upload holds it
+    /// exclusively while it settles blocks and gives their staging space back, so no
+    /// read or write lands in a block between its "present" check and its file I/O.
+    io_gate: tokio::sync::RwLock<()>,
 }
 
 /// What one upload pass did.
@@ -213,6 +217,7 @@ impl Engine {
             staging_path: path,
             staging: Mutex::new(staging),
             uploading: tokio::sync::Mutex::new(()),
+            io_gate: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -503,6 +508,7 @@ impl Volume {
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
         self.check_range(offset, len as u64)?;
+        let _gate = self.io_gate.read().await;
         let mut out = vec![0u8; len];
         let mut done = 0usize;
         while done < len {
@@ -542,6 +548,7 @@ impl Volume {
     /// Writes `data` at `offset` into staging.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         self.check_range(offset, data.len() as u64)?;
+        let _gate = self.io_gate.read().await;
         let mut done = 0usize;
         while done < data.len() {
             let position = offset + done as u64;
@@ -668,7 +675,9 @@ impl Volume {
             .try_collect()
             .await?;
         // Only blocks not rewritten during the upload leave staging. The staging lock
-        // is held from the check to the removal, so no write slips in between.
+        // is held from the check to the removal, so no write slips in between; the I/O
+        // gate keeps reads and writes out until the blocks' staging space is released.
+        let gate = self.io_gate.write().await;
         let settled: Vec<(u64, Option<ChunkId>)> = {
             let mut staging = lock(&self.staging);
             let settled: Vec<(u64, Option<ChunkId>)> = results
@@ -695,6 +704,20 @@ impl Volume {
             }
             settled
         };
+        // Uploaded blocks need no local copy: staging holds only what is not uploaded
+        // (the chunk cache keeps recently used blocks, within its bound).
+        for (block, _) in &settled {
+            if let Err(error) = nix::fcntl::fallocate(
+                &self.staging_file,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                (block * self.block_size) as i64,
+                self.block_size as i64,
+            ) {
+                tracing::debug!(volume = %self.id, block, "release staging space: {error}");
+            }
+        }
+        drop(gate);
         self.engine.publish(&self.id).await?;
         Ok(UploadStats {
             blocks: settled.len(),
@@ -820,6 +843,34 @@ mod tests {
             volume.read(16 * BLOCK - 1, 2).await.is_err(),
             "reads past the end are refused"
         );
+    }
+
+    #[tokio::test]
+    async fn uploaded_blocks_give_their_staging_space_back() {
+        use std::os::unix::fs::MetadataExt;
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 64 * BLOCK);
+        let data = pattern(32 * BLOCK as usize, 5);
+        volume.write(0, &data).await.expect("write");
+        volume.fsync().expect("fsync");
+        let allocated = || {
+            std::fs::metadata(&volume.staging_path)
+                .expect("stat")
+                .blocks()
+                * 512
+        };
+        assert!(allocated() >= 32 * BLOCK, "staged: {} bytes", allocated());
+        volume.flush_all().await.expect("upload");
+        assert!(
+            allocated() < BLOCK,
+            "still allocated after upload: {}",
+            allocated()
+        );
+        // The bytes now come from the chunks, unchanged; new writes stage again.
+        assert_eq!(volume.read(0, data.len()).await.expect("read"), data);
+        volume.write(BLOCK + 7, b"again").await.expect("write");
+        assert_eq!(volume.read(BLOCK + 7, 5).await.expect("read"), b"again");
     }
 
     #[tokio::test]
