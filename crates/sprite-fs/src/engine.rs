@@ -108,7 +108,15 @@ struct Staging {
     /// Present blocks written since the last fsync.
     unsynced: BTreeSet<u64>,
     generation: u64,
+    /// Uploaded blocks whose staging space is still allocated (released in bulk).
+    idle: BTreeSet<u64>,
 }
+
+/// Uploaded blocks whose staging space is kept before it is given back (256 MiB at
+/// 1 MiB blocks). Writing into a released (punched) block makes the next fsync commit
+/// the host filesystem's journal too, so hot blocks (superblock, journal, bitmaps) keep
+/// their space; bursts do not.
+const STAGING_SLACK_BLOCKS: usize = 256;
 
 /// An open volume.
 #[derive(Debug)]
@@ -574,6 +582,7 @@ impl Volume {
             staging.generation += 1;
             let generation = staging.generation;
             staging.present.insert(block, generation);
+            staging.idle.remove(&block);
             staging.unsynced.insert(block);
             done += take;
         }
@@ -701,12 +710,21 @@ impl Volume {
             }
             for block in &unstage {
                 staging.present.remove(block);
+                staging.idle.insert(*block);
             }
             settled
         };
-        // Uploaded blocks need no local copy: staging holds only what is not uploaded
-        // (the chunk cache keeps recently used blocks, within its bound).
-        for (block, _) in &settled {
+        // Uploaded blocks need no local copy (the chunk cache keeps recently used ones,
+        // within its bound): past the slack, their staging space goes back.
+        let release: Vec<u64> = {
+            let mut staging = lock(&self.staging);
+            if staging.idle.len() > STAGING_SLACK_BLOCKS {
+                std::mem::take(&mut staging.idle).into_iter().collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for block in &release {
             if let Err(error) = nix::fcntl::fallocate(
                 &self.staging_file,
                 nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
@@ -850,8 +868,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
-        let volume = new_volume(&engine, "v", 64 * BLOCK);
-        let data = pattern(32 * BLOCK as usize, 5);
+        let volume = new_volume(&engine, "v", 512 * BLOCK);
+        let blocks = STAGING_SLACK_BLOCKS as u64 + 32;
+        let data = pattern((blocks * BLOCK) as usize, 5);
         volume.write(0, &data).await.expect("write");
         volume.fsync().expect("fsync");
         let allocated = || {
@@ -860,7 +879,11 @@ mod tests {
                 .blocks()
                 * 512
         };
-        assert!(allocated() >= 32 * BLOCK, "staged: {} bytes", allocated());
+        assert!(
+            allocated() >= blocks * BLOCK,
+            "staged: {} bytes",
+            allocated()
+        );
         volume.flush_all().await.expect("upload");
         assert!(
             allocated() < BLOCK,
