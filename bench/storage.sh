@@ -101,7 +101,9 @@ cp "$WORK/tree.tar" "$WORK/rio.py" "$NATIVE/"
 if [ "$JUICEFS" = 1 ]; then
     "$VENV/bin/juicefs" format --storage file --bucket "$WORK/jfs-store/" "sqlite3://$WORK/jfs.db" bench >/dev/null 2>&1
     mkdir -p "$JFS"
-    "$VENV/bin/juicefs" mount -d "sqlite3://$WORK/jfs.db" "$JFS" >/dev/null 2>&1
+    # Its cache on the same disk, and gone with the run (the default /var/jfsCache
+    # outlives it).
+    "$VENV/bin/juicefs" mount -d --cache-dir "$WORK/jfs-cache" "sqlite3://$WORK/jfs.db" "$JFS" >/dev/null 2>&1
     cp "$WORK/tree.tar" "$WORK/rio.py" "$JFS/"
 fi
 
