@@ -249,17 +249,62 @@ async fn run(program: &str, args: &[&str]) -> Result<String, CoreError> {
 
 /// Attaches a file to a free loop device with direct I/O (no second page cache under
 /// ext4's); returns the device.
-async fn loop_attach(file: &Path) -> Result<String, CoreError> {
-    run(
-        "losetup",
+async fn loop_attach(file: &Path, read_only: bool) -> Result<String, CoreError> {
+    let file = file.to_string_lossy();
+    let mut args = vec!["--direct-io=on", "--find", "--show", &*file];
+    if read_only {
+        args.insert(0, "--read-only");
+    }
+    run("losetup", &args).await
+}
+
+/// Loops `file` and mounts its ext4 at `target` with `options`; the loop device goes
+/// again if the mount fails.
+async fn loop_mount(
+    file: &Path,
+    target: &Path,
+    read_only: bool,
+    options: &str,
+) -> Result<(), CoreError> {
+    fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
+    let device = loop_attach(file, read_only).await?;
+    let mounted = run(
+        "mount",
         &[
-            "--direct-io=on",
-            "--find",
-            "--show",
-            &file.to_string_lossy(),
+            "-t",
+            "ext4",
+            "-o",
+            options,
+            &device,
+            &target.to_string_lossy(),
         ],
     )
-    .await
+    .await;
+    if mounted.is_err() {
+        let _ = run("losetup", &["-d", &device]).await;
+    }
+    mounted.map(|_| ())
+}
+
+/// Detaches every loop device whose backing file `matches`. A device still in use goes
+/// when its last user does.
+async fn detach_loops(matches: impl Fn(&str) -> bool) {
+    let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
+        .await
+        .unwrap_or_default();
+    for line in listing.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
+            if matches(back) {
+                let _ = run("losetup", &["-d", device]).await;
+            }
+        }
+    }
+}
+
+/// The storage process pid recorded in a `mounted-by` file.
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The error for an answer of the storage process that does not fit the request.
@@ -380,19 +425,11 @@ impl SpriteFsStore {
 
     /// The storage process a sprite's layer was mounted on, if it is mounted.
     fn mounted_by(&self, sprite_id: &str) -> Option<u32> {
-        fs::read_to_string(self.mounted_by_path(sprite_id))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        read_pid(&self.mounted_by_path(sprite_id))
     }
 
     fn mounted_by_path(&self, sprite_id: &str) -> PathBuf {
-        self.settings
-            .data_dir
-            .join("layers")
-            .join(sprite_id)
-            .join("mounted-by")
+        self.layer_dir(sprite_id).join("mounted-by")
     }
 
     /// Detaches whatever is left of a volume's mount after its storage process died:
@@ -406,25 +443,11 @@ impl SpriteFsStore {
         let lost = format!("/{volume}");
         let live = self.settings.data_dir.join("fs").join("mnt").join(volume);
         let live = live.to_string_lossy();
-        let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
-            .await
-            .unwrap_or_default();
-        for line in listing.lines() {
-            let mut parts = line.split_whitespace();
-            if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
-                if back == lost || back == live {
-                    let _ = run("losetup", &["-d", device]).await;
-                }
-            }
-        }
+        detach_loops(|back| back == lost || back == live).await;
     }
 
     fn mount_dir(&self, sprite_id: &str) -> PathBuf {
-        self.settings
-            .data_dir
-            .join("layers")
-            .join(sprite_id)
-            .join("mnt")
+        self.layer_dir(sprite_id).join("mnt")
     }
 
     /// Makes a volume's file appear in the storage process's FUSE directory.
@@ -446,25 +469,7 @@ impl SpriteFsStore {
     /// Attaches a volume, loops it and mounts its ext4 at `target`.
     async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
         let path = self.attach(volume).await?;
-        fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
-        let device = loop_attach(&path).await?;
-        let mounted = run(
-            "mount",
-            &[
-                "-t",
-                "ext4",
-                "-o",
-                "noinit_itable,nodelalloc",
-                &device,
-                &target.to_string_lossy(),
-            ],
-        )
-        .await;
-        if let Err(error) = mounted {
-            let _ = run("losetup", &["-d", &device]).await;
-            return Err(error);
-        }
-        Ok(())
+        loop_mount(&path, target, false, "noinit_itable,nodelalloc").await
     }
 
     /// Unmounts `target`, detaches its loop device and the volume.
@@ -552,28 +557,7 @@ impl SpriteFsStore {
             other => return Err(unexpected(sprite_id, other)),
         };
         let disk = disks.join(name);
-        fs::create_dir_all(&disk).map_err(CoreError::io("create", &disk))?;
-        let device = run(
-            "losetup",
-            &[
-                "--read-only",
-                "--direct-io=on",
-                "--find",
-                "--show",
-                &file.to_string_lossy(),
-            ],
-        )
-        .await?;
-        let disk_path = disk.to_string_lossy();
-        if let Err(error) = run(
-            "mount",
-            &["-t", "ext4", "-o", "ro,noload", &device, &disk_path],
-        )
-        .await
-        {
-            let _ = run("losetup", &["-d", &device]).await;
-            return Err(error);
-        }
+        loop_mount(&file, &disk, true, "ro,noload").await?;
         let target = views.join(name);
         fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
         let options = format!(
@@ -621,28 +605,17 @@ impl SpriteFsStore {
         }
     }
 
-    /// Detaches the loop devices of a sprite's views (one, or all of them). A device
-    /// still in use goes when its last user does.
+    /// Detaches the loop devices of a sprite's views (one, or all of them).
     async fn detach_view_loops(&self, sprite_id: &str, name: Option<&str>) {
         let pattern = format!(
             "/{}",
             sprite_fs::service::view_name(sprite_id, name.unwrap_or(""))
         );
-        let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
-            .await
-            .unwrap_or_default();
-        for line in listing.lines() {
-            let mut parts = line.split_whitespace();
-            if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
-                let matches = match name {
-                    Some(_) => back.ends_with(&pattern),
-                    None => back.contains(&pattern),
-                };
-                if matches {
-                    let _ = run("losetup", &["-d", device]).await;
-                }
-            }
-        }
+        detach_loops(|back| match name {
+            Some(_) => back.ends_with(&pattern),
+            None => back.contains(&pattern),
+        })
+        .await;
     }
 
     /// Unmounts every view of a sprite and the views directory itself.
@@ -680,6 +653,18 @@ impl SpriteFsStore {
         }
     }
 
+    /// Deletes what an interrupted setup (template format, image import) left of
+    /// `volume`, unsealed, so it can start over.
+    async fn start_over(&self, volume: &str) -> Result<(), CoreError> {
+        if self.exists(volume, None).await? {
+            let delete = StorageRequest::Delete {
+                volume: volume.into(),
+            };
+            self.request(volume, delete).await?;
+        }
+        Ok(())
+    }
+
     /// Where an image volume is mounted (read-only, once per host).
     fn image_mount(&self, image: &str) -> PathBuf {
         self.settings.data_dir.join("image-volumes").join(image)
@@ -687,17 +672,21 @@ impl SpriteFsStore {
 
     /// Mounts an image volume read-only unless it is mounted on the storage process that
     /// runs now (after a storage crash the old mount is debris).
+    /// The image's mount point if it is mounted on the storage process that runs now.
+    async fn current_image_mount(&self, image: &str) -> Option<PathBuf> {
+        let target = self.image_mount(image);
+        let mounted_by = read_pid(&target.with_extension("mounted-by"))?;
+        (is_mount_point(&target) && Some(mounted_by) == self.storage_pid().await).then_some(target)
+    }
+
     async fn mount_image_volume(&self, image: &str) -> Result<PathBuf, CoreError> {
+        if let Some(root) = self.current_image_mount(image).await {
+            return Ok(root);
+        }
         let volume = image_volume(image);
         let target = self.image_mount(image);
         let mounted_by = target.with_extension("mounted-by");
         let pid = self.ensure_service().await?;
-        let on = fs::read_to_string(&mounted_by)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok());
-        if is_mount_point(&target) && on == Some(pid) {
-            return Ok(target);
-        }
         self.clear_stale(&volume, &target).await;
         let parent = self.settings.data_dir.join("image-volumes");
         fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
@@ -705,26 +694,7 @@ impl SpriteFsStore {
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o711))
             .map_err(CoreError::io("chmod", &parent))?;
         let file = self.attach(&volume).await?;
-        let device = run(
-            "losetup",
-            &[
-                "--read-only",
-                "--direct-io=on",
-                "--find",
-                "--show",
-                &file.to_string_lossy(),
-            ],
-        )
-        .await?;
-        let mounted = run(
-            "mount",
-            &["-t", "ext4", "-o", "ro", &device, &target.to_string_lossy()],
-        )
-        .await;
-        if let Err(error) = mounted {
-            let _ = run("losetup", &["-d", &device]).await;
-            return Err(error);
-        }
+        loop_mount(&file, &target, true, "ro").await?;
         fs::write(&mounted_by, pid.to_string()).map_err(CoreError::io("write", &mounted_by))?;
         tracing::info!(image, root = %target.display(), "image volume mounted");
         Ok(target)
@@ -736,32 +706,10 @@ impl SpriteFsStore {
         let _one = self.setup.lock().await;
         let template = template_name(size, self.settings.volume_bytes);
         let template = template.as_str();
-        let formatted = StorageRequest::Exists {
-            volume: template.into(),
-            version: Some(TEMPLATE_VERSION.into()),
-        };
-        if let StorageResponse::Exists { exists: true } = self.request(template, formatted).await? {
+        if self.exists(template, Some(TEMPLATE_VERSION)).await? {
             return Ok(template.to_string());
         }
-        // A template whose formatting was interrupted is started over.
-        if let StorageResponse::Exists { exists: true } = self
-            .request(
-                TEMPLATE,
-                StorageRequest::Exists {
-                    volume: template.into(),
-                    version: None,
-                },
-            )
-            .await?
-        {
-            self.request(
-                TEMPLATE,
-                StorageRequest::Delete {
-                    volume: template.into(),
-                },
-            )
-            .await?;
-        }
+        self.start_over(template).await?;
         tracing::info!("formatting the sprite volume template");
         let create = StorageRequest::Create {
             volume: template.into(),
@@ -771,7 +719,7 @@ impl SpriteFsStore {
         };
         self.request(template, create).await?;
         let path = self.attach(template).await?;
-        let device = loop_attach(&path).await?;
+        let device = loop_attach(&path, false).await?;
         let formatted = run(
             "mkfs.ext4",
             &[
@@ -1062,6 +1010,11 @@ impl RootStore for SpriteFsStore {
 
     async fn mount_image(&self, image: &str) -> Result<Option<PathBuf>, CoreError> {
         let _one = self.images.lock().await;
+        // Every sprite start comes here: an image already mounted on the storage process
+        // that runs now needs no question about whether it exists.
+        if let Some(root) = self.current_image_mount(image).await {
+            return Ok(Some(root));
+        }
         if !self
             .exists(&image_volume(image), Some(IMAGE_VERSION))
             .await?
@@ -1077,13 +1030,7 @@ impl RootStore for SpriteFsStore {
         if self.exists(&volume, Some(IMAGE_VERSION)).await? {
             return self.mount_image_volume(image).await.map(Some);
         }
-        if self.exists(&volume, None).await? {
-            // An import that was interrupted starts over.
-            let delete = StorageRequest::Delete {
-                volume: volume.clone(),
-            };
-            self.request(&volume, delete).await?;
-        }
+        self.start_over(&volume).await?;
         tracing::info!(image, "storing the image as a volume");
         let used: u64 = run("du", &["-sb", &rootfs.to_string_lossy()])
             .await?

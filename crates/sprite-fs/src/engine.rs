@@ -474,15 +474,18 @@ impl Volume {
         FsError::io(what, self.staging_path.clone())(source)
     }
 
-    /// Current bytes of a block that is not present in staging.
-    async fn stored_block(&self, block: u64) -> Result<Option<Arc<Vec<u8>>>, FsError> {
-        let chunk = self
-            .map
+    /// The chunk a block is stored as (None: a hole).
+    fn chunk_at(&self, block: u64) -> Option<ChunkId> {
+        self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&block)
-            .copied();
-        match chunk {
+            .copied()
+    }
+
+    /// Current bytes of a block that is not present in staging.
+    async fn stored_block(&self, block: u64) -> Result<Option<Arc<Vec<u8>>>, FsError> {
+        match self.chunk_at(block) {
             Some(id) => Ok(Some(
                 self.engine
                     .fetch_block(&id, self.block_size as usize)
@@ -536,13 +539,7 @@ impl Volume {
                     // decode the next blocks in the background meanwhile.
                     self.prefetch_after(block);
                 }
-                let chunk = self
-                    .map
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&block)
-                    .copied();
-                if let Some(id) = chunk {
+                if let Some(id) = self.chunk_at(block) {
                     self.engine
                         .read_block_range(&id, self.block_size as usize, within, target)
                         .await?;
