@@ -14,20 +14,11 @@ async fn shell(daemon: &Daemon, sprite: &str, script: &str) -> Finished {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sprite_cannot_escape() {
     let daemon = Daemon::start_with("debian", "pids_limit = 200\n").await;
-    let request = sprite_api::sprite::CreateSpriteRequest {
-        name: "jail".into(),
-        url_settings: None,
-        labels: None,
-        config: Some(sprite_api::sprite::SpriteConfig {
-            ram_mb: Some(128),
-            cpus: None,
-            storage_gb: None,
-        }),
-        environment: None,
-        wait_for_capacity: None,
-        image: None,
-        from: None,
-    };
+    let mut request = sprite_request("jail");
+    request.config = Some(sprite_api::sprite::SpriteConfig {
+        ram_mb: Some(128),
+        ..Default::default()
+    });
     daemon.client.create(&request).await.unwrap();
 
     // The sprite user, with passwordless sudo, in its own hostname.

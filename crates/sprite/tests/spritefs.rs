@@ -76,20 +76,11 @@ async fn sprites_live_on_spritefs() {
     );
 
     // Another size is another template; the sprite sees its own size.
-    let request = sprite_api::sprite::CreateSpriteRequest {
-        name: "small".into(),
-        url_settings: None,
-        labels: None,
-        config: Some(sprite_api::sprite::SpriteConfig {
-            ram_mb: None,
-            cpus: None,
-            storage_gb: Some(10),
-        }),
-        environment: None,
-        wait_for_capacity: None,
-        image: None,
-        from: None,
-    };
+    let mut request = sprite_request("small");
+    request.config = Some(sprite_api::sprite::SpriteConfig {
+        storage_gb: Some(10),
+        ..Default::default()
+    });
     daemon.client.create(&request).await.unwrap();
     let out = run(&daemon.client, "small", &["sh", "-c", "df -k / | tail -1"]).await;
     let size_kib: u64 = out
@@ -133,8 +124,8 @@ async fn sprites_live_on_spritefs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_restore_and_fork() {
-    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
-    let client = &daemon.client;
+    let mut daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = &daemon.client.clone();
     create(client, "origin").await;
     let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
     let run_sh = |name: &'static str, script: &str| {
@@ -206,25 +197,20 @@ async fn checkpoint_restore_and_fork() {
     assert_eq!(out.stdout(), "one\nd\nf\n", "{out:?}");
 
     // Fork from v1: a new sprite with v1's files that diverges from its parent.
-    let request = sprite_api::sprite::CreateSpriteRequest {
-        name: "forked".into(),
-        url_settings: None,
-        labels: None,
-        config: None,
-        environment: None,
-        wait_for_capacity: None,
-        image: None,
-        from: Some(sprite_api::sprite::ForkSource {
-            sprite: "origin".into(),
-            checkpoint: Some("v1".into()),
-        }),
-    };
-    client.create(&request).await.unwrap();
+    client
+        .create(&fork_request("forked", "origin", "v1"))
+        .await
+        .unwrap();
     assert_eq!(
         run_sh("forked", "cat /home/sprite/f").await.stdout(),
         "two\n"
     );
-    assert_eq!(run_sh("forked", "echo fork > /home/sprite/f").await.code, 0);
+    assert_eq!(
+        run_sh("forked", "echo fork > /home/sprite/f && sync")
+            .await
+            .code,
+        0
+    );
     assert_eq!(
         run_sh("origin", "cat /home/sprite/f").await.stdout(),
         "one\n"
@@ -254,9 +240,12 @@ async fn checkpoint_restore_and_fork() {
         "{listed:?}"
     );
     // Destroying the parent (and collecting) leaves the fork whole: it still reaches
-    // the parent's checkpoint layers.
+    // the parent's checkpoint layers. Checked on a fresh host, which has nothing but
+    // what the collection left in the store (no cached block can hide a lost chunk).
     client.destroy("origin").await.unwrap();
     client.collect_garbage().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    daemon.lose_host().await;
     let out = run_sh("forked", "cat /home/sprite/f; ls /home/sprite").await;
     assert_eq!(out.stdout(), "fork\nf\nnew\n", "{out:?}");
     client.destroy("forked").await.unwrap();
@@ -540,20 +529,10 @@ async fn object_store_faults_lose_nothing() {
     assert_eq!(second.code, 0, "{second:?}");
 
     // Fork v0 while the parent moves on; restore the parent to v0.
-    let request = sprite_api::sprite::CreateSpriteRequest {
-        name: "flaky-fork".into(),
-        url_settings: None,
-        labels: None,
-        config: None,
-        environment: None,
-        wait_for_capacity: None,
-        image: None,
-        from: Some(sprite_api::sprite::ForkSource {
-            sprite: "flaky".into(),
-            checkpoint: Some("v0".into()),
-        }),
-    };
-    client.create(&request).await.unwrap();
+    client
+        .create(&fork_request("flaky-fork", "flaky", "v0"))
+        .await
+        .unwrap();
     let forked = run(&client, "flaky-fork", &["md5sum", "/home/sprite/a"]).await;
     assert_eq!(forked.stdout(), first.stdout());
     let faults = std::fs::read_to_string(daemon.data_path().join("storage.log"))
@@ -662,17 +641,4 @@ async fn rootfs_tarballs_become_images() {
     assert_eq!(missing.status(), Some(400), "{missing}");
     assert!(missing.to_string().contains("unknown image"), "{missing}");
     client.destroy("from-tarball").await.unwrap();
-}
-
-fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
-    sprite_api::sprite::CreateSpriteRequest {
-        name: name.into(),
-        url_settings: None,
-        labels: None,
-        config: None,
-        environment: None,
-        wait_for_capacity: None,
-        image: None,
-        from: None,
-    }
 }

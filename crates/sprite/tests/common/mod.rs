@@ -371,8 +371,9 @@ pub async fn run(client: &Client, sprite: &str, argv: &[&str]) -> Finished {
     collect(client.exec(sprite, &params(argv)).await.unwrap()).await
 }
 
-pub async fn create(client: &Client, name: &str) {
-    let request = sprite_api::sprite::CreateSpriteRequest {
+/// A create request with nothing but the name set.
+pub fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
+    sprite_api::sprite::CreateSpriteRequest {
         name: name.into(),
         url_settings: None,
         labels: None,
@@ -381,6 +382,24 @@ pub async fn create(client: &Client, name: &str) {
         wait_for_capacity: None,
         image: None,
         from: None,
-    };
-    client.create(&request).await.unwrap();
+    }
+}
+
+/// A create request forking `parent` at `checkpoint`.
+pub fn fork_request(
+    name: &str,
+    parent: &str,
+    checkpoint: &str,
+) -> sprite_api::sprite::CreateSpriteRequest {
+    sprite_api::sprite::CreateSpriteRequest {
+        from: Some(sprite_api::sprite::ForkSource {
+            sprite: parent.into(),
+            checkpoint: Some(checkpoint.into()),
+        }),
+        ..sprite_request(name)
+    }
+}
+
+pub async fn create(client: &Client, name: &str) {
+    client.create(&sprite_request(name)).await.unwrap();
 }
