@@ -1048,9 +1048,10 @@ impl RootStore for SpriteFsStore {
             from: None,
         };
         self.request(&volume, create).await?;
-        // mkfs.ext4 -d writes file by file in small pieces: it goes to a sparse local
-        // file first (seconds), which then enters the volume in whole blocks, holes
-        // skipped (the Debian image: 20 s straight onto the volume, ~5 s this way).
+        // mkfs.ext4 -d writes file by file in small pieces, each of which would be a
+        // FUSE round trip and a block read-modify-write: it goes to a sparse local file
+        // first, which then enters the volume in whole blocks, holes skipped
+        // (bench/storage.sh prints how long the import takes).
         let scratch = self
             .settings
             .data_dir

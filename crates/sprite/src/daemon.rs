@@ -237,8 +237,8 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
 }
 
 /// A checkpoint freezes the sprite's ext4 (FIFREEZE); the kernel's freeze waits for
-/// three RCU grace periods, about 50 ms on a small VM, unless grace periods are
-/// expedited (then about 1 ms, at the cost of an IPI to every CPU per grace period).
+/// three RCU grace periods (bench/freeze.sh: 51 ms on a 2-CPU VM) unless grace periods
+/// are expedited (then 1–2 ms, at the cost of an IPI to every CPU per grace period).
 const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
 
 fn expedite_rcu() {
