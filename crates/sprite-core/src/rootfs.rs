@@ -149,6 +149,7 @@ impl RootStore for LocalOverlayStore {
             upper: dir.join("upper"),
             work: dir.join("work"),
             views: None,
+            home: own_home(&dir, image_root).await?,
         })
     }
 
@@ -159,6 +160,36 @@ impl RootStore for LocalOverlayStore {
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
         remove_tree(&self.dir.join(sprite_id))
     }
+}
+
+/// The sprite's `/home`: a directory on its own disk beside the overlay's `upper`, bound
+/// at `/home` so that work there skips the overlay. Made on first need as a copy of the
+/// image's `/home`. `None` keeps `/home` in the overlay: for a disk whose `upper` already
+/// has a `home` (made before this layout) and for an image without `/home`.
+async fn own_home(disk: &Path, image_root: &Path) -> Result<Option<PathBuf>, CoreError> {
+    let home = disk.join("home");
+    if home.is_dir() {
+        return Ok(Some(home));
+    }
+    let image_home = image_root.join("home");
+    let image_has_home = fs::symlink_metadata(&image_home).is_ok_and(|m| m.is_dir());
+    if !image_has_home || fs::symlink_metadata(disk.join("upper/home")).is_ok() {
+        return Ok(None);
+    }
+    // Copied aside, then renamed: a crash leaves either no home (copied again) or all of it.
+    let partial = disk.join(".home.partial");
+    remove_tree(&partial)?;
+    run(
+        "cp",
+        &[
+            "-a",
+            &image_home.to_string_lossy(),
+            &partial.to_string_lossy(),
+        ],
+    )
+    .await?;
+    fs::rename(&partial, &home).map_err(CoreError::io("rename", &partial))?;
+    Ok(Some(home))
 }
 
 /// Storage a sprite's layer uses.
@@ -577,6 +608,14 @@ impl SpriteFsStore {
             ],
         )
         .await?;
+        // The checkpoint's own /home, when the sprite keeps it beside the overlay.
+        let home = disk.join("home");
+        if home.is_dir() {
+            let home_target = target.join("home");
+            let (home, home_target) = (home.to_string_lossy(), home_target.to_string_lossy());
+            run("mount", &["--bind", &home, &home_target]).await?;
+            run("mount", &["-o", "remount,bind,ro", &home_target]).await?;
+        }
         Ok(())
     }
 
@@ -805,6 +844,7 @@ impl RootStore for SpriteFsStore {
             upper: target.join("upper"),
             work: target.join("work"),
             views: Some(views),
+            home: own_home(&target, image_root).await?,
         })
     }
 

@@ -296,6 +296,9 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
             .map_err(|e| SandboxError::CreateDir(at("dev").join(link), e))?;
     }
 
+    if let Some(home) = &spec.layers.home {
+        bind(home, &at("home"), MsFlags::empty())?;
+    }
     if let Some(views) = &spec.layers.views {
         // A bind of a slave mount is a slave of the same master: checkpoint views the
         // host mounts later appear here too. Read-only for the sprite.

@@ -33,6 +33,10 @@ pub struct RootLayers {
     /// sprite at `/.sprite/checkpoints`, also those mounted after the sprite started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<PathBuf>,
+    /// Host directory on the sprite's own disk bound at `/home`: files there skip the
+    /// overlay (whose create and open cost about a third more CPU than the disk's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<PathBuf>,
 }
 
 /// Everything sprite-init's launcher needs; sent as JSON on its stdin.

@@ -138,7 +138,7 @@ async fn checkpoint_restore_and_fork() {
     assert_eq!(
         run_sh(
             "origin",
-            "echo one > /home/sprite/f && mkdir /home/sprite/d"
+            "echo one > /home/sprite/f && mkdir /home/sprite/d && echo outside > /tmp/o"
         )
         .await
         .code,
@@ -152,7 +152,8 @@ async fn checkpoint_restore_and_fork() {
     assert_eq!(
         run_sh(
             "origin",
-            "echo two > /home/sprite/f && rm -r /home/sprite/d && touch /home/sprite/new"
+            "echo two > /home/sprite/f && rm -r /home/sprite/d && touch /home/sprite/new \
+             && echo changed > /tmp/o"
         )
         .await
         .code,
@@ -173,10 +174,21 @@ async fn checkpoint_restore_and_fork() {
         "origin",
         "cat /.sprite/checkpoints/v0/home/sprite/f; ls /.sprite/checkpoints/v0/home/sprite; \
          cat /.sprite/checkpoints/v1/home/sprite/f; ls /.sprite/checkpoints/v1/home/sprite; \
-         test -x /.sprite/checkpoints/v1/bin/sh && echo image",
+         test -x /.sprite/checkpoints/v1/bin/sh && echo image; cat /.sprite/checkpoints/v0/tmp/o",
     )
     .await;
-    assert_eq!(out.stdout(), "one\nd\nf\ntwo\nf\nnew\nimage\n", "{out:?}");
+    assert_eq!(
+        out.stdout(),
+        "one\nd\nf\ntwo\nf\nnew\nimage\noutside\n",
+        "{out:?}"
+    );
+    // /home is on the sprite's disk itself, beside the overlay root: its own mount.
+    let out = run_sh(
+        "origin",
+        "awk '$5 == \"/home\"' /proc/self/mountinfo | wc -l",
+    )
+    .await;
+    assert_eq!(out.stdout(), "1\n", "{out:?}");
     let out = run_sh(
         "origin",
         "touch /.sprite/checkpoints/v0/home/sprite/f || touch /.sprite/checkpoints/x || echo refused",
@@ -193,8 +205,8 @@ async fn checkpoint_restore_and_fork() {
         collect_or_closed(sleeper).await,
         "the session survived the restore"
     );
-    let out = run_sh("origin", "cat /home/sprite/f; ls /home/sprite").await;
-    assert_eq!(out.stdout(), "one\nd\nf\n", "{out:?}");
+    let out = run_sh("origin", "cat /home/sprite/f; ls /home/sprite; cat /tmp/o").await;
+    assert_eq!(out.stdout(), "one\nd\nf\noutside\n", "{out:?}");
 
     // Fork from v1: a new sprite with v1's files that diverges from its parent.
     client
