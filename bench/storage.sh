@@ -8,8 +8,9 @@
 #   FILES=5000 SIZE_MB=256 CP_BIG_MB=1024 sudo ./bench/storage.sh   # quicker
 #   BLOCK_KIB=256 JUICEFS=0 sudo ./bench/storage.sh                 # block-size study
 #
-# Workloads run in a Debian sprite (GNU tar and python3, like the host). Results also go
-# to target/bench/storage-<BLOCK_KIB>k.json.
+# Workloads run in a Debian sprite (GNU tar and python3, like the host), in /home/sprite
+# (the sprite's own disk; one workload again outside /home, through the root overlay).
+# Results also go to target/bench/storage-<BLOCK_KIB>k.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-50000}
@@ -137,6 +138,9 @@ measure untar "mkdir -p /home/sprite/t && tar xf /home/sprite/tree.tar -C /home/
 # git-clone-like: 10,000 small files in 100 directories, created one by one, then sync.
 SMALL_FILES='d=0; while [ $d -lt 100 ]; do mkdir -p g/d$d; i=0; while [ $i -lt 100 ]; do echo "file $d $i" > g/d$d/f$i; i=$((i+1)); done; d=$((d+1)); done; sync'
 measure small_writes "cd /home/sprite && $SMALL_FILES" "$SMALL_FILES"
+# The same outside /home, where the sprite's root is an overlay over the image.
+measure small_writes_root "mkdir -p /var/tmp/sw && cd /var/tmp/sw && $SMALL_FILES" \
+    "mkdir -p sw && cd sw && $SMALL_FILES"
 measure seq_write "dd if=/dev/urandom of=/home/sprite/big bs=1M count=$SIZE_MB conv=fsync" \
     "dd if=/dev/urandom of=big bs=1M count=$SIZE_MB conv=fsync"
 # Let the background upload of what was just written finish before timing reads.
@@ -183,7 +187,7 @@ printf '\nSpriteFS storage benchmark (%s files, %s MiB, %s KiB blocks, %s CPUs, 
     "$FILES" "$SIZE_MB" "$BLOCK_KIB" "$(nproc)" "$IMAGE"
 printf '%-20s %11s %11s %11s %12s %13s\n' workload "sprite (s)" "host (s)" "juicefs (s)" "vs host" "vs juicefs"
 JSON="{\"block_kib\": $BLOCK_KIB, \"files\": $FILES, \"size_mb\": $SIZE_MB, \"workloads\": {"
-for w in untar small_writes seq_write seq_read_cold seq_read_warm rand_read rand_write; do
+for w in untar small_writes small_writes_root seq_write seq_read_cold seq_read_warm rand_read rand_write; do
     s=${RESULT[$w,sprite]}; n=${RESULT[$w,native]}; j=${RESULT[$w,juicefs]}
     printf '%-20s %11.3f %11.3f %11.3f %11.0f%% %12.1fx\n' "$w" "$s" "$n" "$j" \
         "$(echo "$n / $s * 100" | bc -l)" "$(echo "$j / $s" | bc -l)"

@@ -23,22 +23,23 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-/// Decompressed blocks kept in memory (with 1 MiB blocks: 32 MiB).
-const DECODED_BLOCKS: usize = 32;
-/// Blocks fetched ahead of a sequential reader.
-const PREFETCH_BLOCKS: u64 = 4;
+/// Bytes of decompressed blocks kept in memory, whatever the block size.
+const DECODED_BYTES: usize = 32 << 20;
+/// Bytes fetched ahead of a sequential reader (whole blocks, at least one).
+const PREFETCH_BYTES: u64 = 4 << 20;
 
-/// A small LRU of decompressed blocks, shared by all volumes.
+/// A small LRU of decompressed blocks, shared by all volumes (whose block sizes may
+/// differ: the bound is in bytes).
 #[derive(Debug)]
 struct DecodedBlocks {
-    capacity: usize,
+    capacity_bytes: usize,
     entries: Mutex<std::collections::VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
 }
 
 impl DecodedBlocks {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity_bytes: usize) -> Self {
         DecodedBlocks {
-            capacity,
+            capacity_bytes,
             entries: Mutex::new(std::collections::VecDeque::new()),
         }
     }
@@ -60,7 +61,16 @@ impl DecodedBlocks {
         let mut entries = lock(&self.entries);
         entries.retain(|(key, _)| *key != id);
         entries.push_front((id, data));
-        entries.truncate(self.capacity);
+        let mut total = 0usize;
+        let keep = entries
+            .iter()
+            .take_while(|(_, block)| {
+                total += block.len();
+                total <= self.capacity_bytes
+            })
+            .count()
+            .max(1);
+        entries.truncate(keep);
     }
 }
 
@@ -178,7 +188,7 @@ impl Engine {
             cache,
             staging_dir,
             commits: tokio::sync::RwLock::new(()),
-            decoded: DecodedBlocks::new(DECODED_BLOCKS),
+            decoded: DecodedBlocks::new(DECODED_BYTES),
             prefetching: Mutex::new(std::collections::HashSet::new()),
         }))
     }
@@ -500,7 +510,8 @@ impl Volume {
         let block_size = self.block_size as usize;
         let upcoming: Vec<ChunkId> = {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-            (block + 1..=block + PREFETCH_BLOCKS)
+            let ahead = (PREFETCH_BYTES / self.block_size).max(1);
+            (block + 1..=block + ahead)
                 .filter_map(|b| map.get(&b).copied())
                 .collect()
         };
@@ -781,6 +792,26 @@ mod tests {
     use std::time::Duration;
 
     const BLOCK: u64 = 64 * 1024;
+
+    #[test]
+    fn decoded_blocks_are_bounded_in_bytes() {
+        let cache = DecodedBlocks::new(10);
+        let block = |byte: u8, len: usize| {
+            let data = vec![byte; len];
+            (ChunkId::of(&data), Arc::new(data))
+        };
+        let (a, b, c) = (block(1, 4), block(2, 4), block(3, 4));
+        for (id, data) in [&a, &b, &c] {
+            cache.put(*id, data.clone());
+        }
+        assert!(!cache.contains(&a.0), "12 bytes kept under a 10-byte bound");
+        assert!(cache.contains(&b.0) && cache.contains(&c.0));
+        assert_eq!(cache.get(&b.0).as_deref(), Some(&vec![2u8; 4]));
+        // A block larger than the bound is still kept (alone) until the next one.
+        let big = block(4, 64);
+        cache.put(big.0, big.1.clone());
+        assert!(cache.contains(&big.0) && !cache.contains(&b.0));
+    }
 
     struct Setup {
         dir: tempfile::TempDir,
