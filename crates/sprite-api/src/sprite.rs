@@ -38,6 +38,13 @@ pub struct SpriteConfig {
     pub cpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_gb: Option<u64>,
+    /// Ours: idle time before warm sleep (`30s`, `10m`, `never`); the daemon's default
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_after: Option<String>,
+    /// Ours: idle time before cold sleep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_after: Option<String>,
 }
 
 /// Lifecycle state as reported to clients.
@@ -151,6 +158,38 @@ pub struct SpriteInfo {
     /// storage or when the storage process cannot answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageUsage>,
+    /// Ours: since when the sprite has its status, what keeps it awake, and when it
+    /// sleeps if nothing does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleInfo>,
+}
+
+/// Why a sprite is awake and when it will sleep (ours).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LifecycleInfo {
+    /// When the sprite entered its current status (RFC 3339).
+    pub since: String,
+    /// What keeps it awake now; empty when it is idle.
+    #[serde(default)]
+    pub awake_because: Vec<AwakeReason>,
+    /// When it was last active (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_at: Option<String>,
+    /// When it goes warm if it stays idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_at: Option<String>,
+    /// When it goes cold if it stays idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_at: Option<String>,
+}
+
+/// One thing keeping a sprite awake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwakeReason {
+    /// `session`, `tty`, `api`, `proxy` or `task`.
+    pub reason: String,
+    pub count: usize,
+    pub description: String,
 }
 
 /// Object-store usage of one sprite (ours; also `GET /v1/sprites/{name}/usage`).

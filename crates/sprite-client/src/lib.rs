@@ -321,6 +321,25 @@ impl Client {
         .await
     }
 
+    /// Puts a sprite to sleep now: warm (frozen) or cold (stopped).
+    pub async fn sleep(&self, name: &str, cold: bool) -> Result<SpriteInfo, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/sleep")))
+                .query(&[("cold", cold)]),
+        )
+        .await
+    }
+
+    /// Wakes a sleeping sprite.
+    pub async fn wake(&self, name: &str) -> Result<SpriteInfo, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/wake"))),
+        )
+        .await
+    }
+
     pub async fn collect_garbage(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.post(self.url("/v1/admin/gc"))).await
     }

@@ -1,6 +1,8 @@
 //! Settings of the sprite lifecycle, resolved by the daemon from flags and its config file.
 
+use crate::lifecycle::SleepPolicy;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where sprites' writable layers live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,16 @@ pub struct CoreConfig {
     pub max_sprites: usize,
     /// Base of sprite URLs: `http://<name>.<url_domain>`.
     pub url_domain: String,
+    /// Idle times before warm and cold sleep (a sprite's `config` may override them).
+    pub sleep: SleepPolicy,
+    /// How long services get between SIGTERM and SIGKILL when a sprite goes cold.
+    pub stop_grace: Duration,
+    /// How often idle sprites are looked at.
+    pub lifecycle_tick: Duration,
+    /// Below this much available host memory, warm sprites go cold (longest idle first).
+    pub min_free_memory_mb: u64,
+    /// Ready sprites kept frozen for instant creates (default image and size; 0: none).
+    pub pool_size: usize,
 }
 
 impl CoreConfig {
@@ -62,6 +74,11 @@ impl CoreConfig {
             pids_limit: 2048,
             max_sprites: 1000,
             url_domain: "localhost:7080".into(),
+            sleep: SleepPolicy::default(),
+            stop_grace: Duration::from_secs(10),
+            lifecycle_tick: Duration::from_secs(1),
+            min_free_memory_mb: 256,
+            pool_size: 0,
         }
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Schema migrations, in order. Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sprites (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sprites (
         id TEXT PRIMARY KEY,
         org TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -21,7 +22,25 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sprites (
         last_running_at TEXT,
         id_base INTEGER NOT NULL,
         UNIQUE (org, name)
-    );"];
+    );",
+    // Sleep state survives daemon restarts: a cold sprite stays cold, timers go on.
+    "CREATE TABLE lifecycle (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        last_active_ms INTEGER NOT NULL,
+        last_warming_ms INTEGER
+    );",
+];
+
+/// A sprite's sleep state as last saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifeRecord {
+    pub status: String,
+    pub since_ms: u64,
+    pub last_active_ms: u64,
+    pub last_warming_ms: Option<u64>,
+}
 
 /// One sprite row.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -187,9 +206,76 @@ impl Database {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), CoreError> {
-        self.lock()
-            .execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
+        let connection = self.lock();
+        connection.execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
+        connection.execute("DELETE FROM lifecycle WHERE id = ?1", params![id])?;
         Ok(())
+    }
+
+    /// Gives the sprite `id`, recorded in organization `from_org`, the organization,
+    /// name and settings of `sprite` (a pooled sprite taken by a create).
+    /// `SpriteExists` if that name is taken.
+    pub fn adopt(&self, from_org: &str, sprite: &SpriteRecord) -> Result<(), CoreError> {
+        let result = self.lock().execute(
+            "UPDATE sprites SET org = ?3, name = ?4, url_auth = ?5, labels = ?6, config = ?7,
+                 environment = ?8, created_at = ?9, updated_at = ?10
+             WHERE id = ?1 AND org = ?2",
+            params![
+                sprite.id,
+                from_org,
+                sprite.org,
+                sprite.name,
+                sprite.url_auth,
+                to_json(&sprite.labels),
+                to_json(&sprite.config),
+                to_json(&sprite.environment),
+                sprite.created_at,
+                sprite.updated_at,
+            ],
+        );
+        match result {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(CoreError::SpriteNotFound(sprite.id.clone())),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(CoreError::SpriteExists(sprite.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save_life(&self, id: &str, life: &LifeRecord) -> Result<(), CoreError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO lifecycle (id, status, since_ms, last_active_ms, last_warming_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id,
+                life.status,
+                life.since_ms as i64,
+                life.last_active_ms as i64,
+                life.last_warming_ms.map(|ms| ms as i64)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn life(&self, id: &str) -> Result<Option<LifeRecord>, CoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT status, since_ms, last_active_ms, last_warming_ms FROM lifecycle WHERE id = ?1",
+                params![id],
+                |row| {
+                    Ok(LifeRecord {
+                        status: row.get(0)?,
+                        since_ms: row.get::<_, i64>(1)?.max(0) as u64,
+                        last_active_ms: row.get::<_, i64>(2)?.max(0) as u64,
+                        last_warming_ms: row.get::<_, Option<i64>>(3)?.map(|ms| ms.max(0) as u64),
+                    })
+                },
+            )
+            .optional()?)
     }
 
     pub fn count(&self) -> Result<usize, CoreError> {
@@ -251,6 +337,59 @@ mod tests {
             ["app-3"]
         );
         assert_eq!(db.list("default", "app_", None, 10).expect("list").len(), 0);
+    }
+
+    #[test]
+    fn sleep_state_is_saved_and_goes_with_the_sprite() {
+        let db = Database::in_memory().expect("db");
+        let record = sprite("a");
+        db.insert(&record).expect("insert");
+        assert_eq!(db.life(&record.id).expect("life"), None);
+        let life = LifeRecord {
+            status: "warm".into(),
+            since_ms: 5,
+            last_active_ms: 4,
+            last_warming_ms: Some(5),
+        };
+        db.save_life(&record.id, &life).expect("save");
+        assert_eq!(db.life(&record.id).expect("life"), Some(life.clone()));
+        let colder = LifeRecord {
+            status: "cold".into(),
+            ..life
+        };
+        db.save_life(&record.id, &colder).expect("save again");
+        assert_eq!(db.life(&record.id).expect("life"), Some(colder));
+        db.delete(&record.id).expect("delete");
+        assert_eq!(db.life(&record.id).expect("life"), None);
+    }
+
+    #[test]
+    fn adopting_a_pooled_sprite_renames_it_unless_the_name_is_taken() {
+        let db = Database::in_memory().expect("db");
+        let mut pooled = sprite("pool-1");
+        pooled.org = "_pool".into();
+        db.insert(&pooled).expect("insert");
+        db.insert(&sprite("taken")).expect("insert");
+        let mut wanted = sprite("taken");
+        wanted.id = pooled.id.clone();
+        assert!(matches!(
+            db.adopt("_pool", &wanted),
+            Err(CoreError::SpriteExists(_))
+        ));
+        wanted.name = "fresh".into();
+        wanted.labels = vec!["web".into()];
+        db.adopt("_pool", &wanted).expect("adopt");
+        let got = db.get("default", "fresh").expect("get").expect("adopted");
+        assert_eq!(
+            (got.id.as_str(), got.labels.as_slice()),
+            (pooled.id.as_str(), &["web".to_string()][..])
+        );
+        assert!(db.get("_pool", "pool-1").expect("get").is_none());
+        // Only once: it is no longer in the pool.
+        assert!(matches!(
+            db.adopt("_pool", &wanted),
+            Err(CoreError::SpriteNotFound(_))
+        ));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum CoreError {
     TooManySprites(usize),
     #[error("an image named {0} already exists")]
     ImageExists(String),
+    #[error("sprite {sprite} is in use ({reasons}); end those first, then sleep it")]
+    InUse { sprite: String, reasons: String },
 }
 
 impl CoreError {
@@ -58,7 +60,9 @@ impl CoreError {
             CoreError::SessionNotFound(_) | CoreError::CheckpointNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            CoreError::SpriteExists(_) | CoreError::ImageExists(_) => ErrorKind::Conflict,
+            CoreError::SpriteExists(_) | CoreError::ImageExists(_) | CoreError::InUse { .. } => {
+                ErrorKind::Conflict
+            }
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) => ErrorKind::Unavailable,

@@ -9,8 +9,11 @@ pub mod config;
 pub mod db;
 mod error;
 pub mod image;
+pub mod lifecycle;
 pub mod manager;
+mod pool;
 pub mod rootfs;
+mod sleep;
 
 pub use config::{CoreConfig, StorageBackend};
 pub use error::CoreError;

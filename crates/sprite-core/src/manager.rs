@@ -5,6 +5,8 @@ use crate::config::StorageBackend;
 use crate::db::{Database, SpriteRecord};
 use crate::error::CoreError;
 use crate::image::{ImageStatus, ImageStore};
+use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemClock};
+use crate::pool::{Pool, POOL_ORG};
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
@@ -16,7 +18,7 @@ use sprite_sandbox::client::{Attachment, InitClient};
 use sprite_sandbox::protocol::{ErrorCode, SpawnRequest};
 use sprite_sandbox::spec::{Limits, SandboxSpec};
 use sprite_sandbox::SandboxError;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -25,17 +27,17 @@ use std::time::Duration;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn ms_to_rfc3339(ms: u64) -> String {
+pub(crate) fn ms_to_rfc3339(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -45,12 +47,14 @@ pub struct RunAs(pub Option<String>);
 
 #[derive(Debug)]
 pub struct SpriteManager {
-    config: CoreConfig,
-    db: Database,
+    pub(crate) config: CoreConfig,
+    pub(crate) db: Database,
     images: ImageStore,
-    roots: Arc<dyn RootStore>,
-    running: Mutex<HashSet<String>>,
+    pub(crate) roots: Arc<dyn RootStore>,
+    /// Status of each sprite and what keeps it awake (see `sleep.rs`).
+    pub(crate) activity: Arc<Activity>,
     start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) pool: Pool,
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
@@ -102,8 +106,9 @@ impl SpriteManager {
             db,
             images,
             roots,
-            running: Mutex::new(HashSet::new()),
+            activity: Activity::new(Arc::new(SystemClock)),
             start_locks: Mutex::new(HashMap::new()),
+            pool: Pool::default(),
         }))
     }
 
@@ -115,11 +120,11 @@ impl SpriteManager {
         self.config.data_dir.join("sprites").join(sprite_id)
     }
 
-    fn client_for(&self, sprite_id: &str) -> InitClient {
+    pub(crate) fn client_for(&self, sprite_id: &str) -> InitClient {
         InitClient::new(self.state_dir(sprite_id).join("init.sock"))
     }
 
-    fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
+    pub(crate) fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
         let layout =
             Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
                 sprite: sprite_id.into(),
@@ -128,12 +133,8 @@ impl SpriteManager {
         Ok(SpriteCgroup::new(layout, sprite_id))
     }
 
-    fn info(&self, record: &SpriteRecord) -> SpriteInfo {
-        let status = if lock(&self.running).contains(&record.id) {
-            SpriteStatus::Running
-        } else {
-            SpriteStatus::Cold
-        };
+    pub(crate) fn info(&self, record: &SpriteRecord) -> SpriteInfo {
+        let (status, _) = self.activity.status(&record.id);
         SpriteInfo {
             id: record.id.clone(),
             name: record.name.clone(),
@@ -153,8 +154,9 @@ impl SpriteManager {
             created_at: record.created_at.clone(),
             updated_at: record.updated_at.clone(),
             last_running_at: record.last_running_at.clone(),
-            last_warming_at: None,
+            last_warming_at: self.last_warming_at(&record.id),
             storage: None,
+            lifecycle: Some(self.lifecycle_info(record)),
         }
     }
 
@@ -177,13 +179,16 @@ impl SpriteManager {
         info
     }
 
-    fn record(&self, org: &str, name: &str) -> Result<SpriteRecord, CoreError> {
+    pub(crate) fn record(&self, org: &str, name: &str) -> Result<SpriteRecord, CoreError> {
         self.db
             .get(org, name)?
             .ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
     }
 
-    fn resolve_config(&self, requested: Option<SpriteConfig>) -> Result<SpriteConfig, CoreError> {
+    pub(crate) fn resolve_config(
+        &self,
+        requested: Option<SpriteConfig>,
+    ) -> Result<SpriteConfig, CoreError> {
         let requested = requested.unwrap_or_default();
         let cpus_available = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -196,7 +201,18 @@ impl SpriteManager {
                     .storage_gb
                     .unwrap_or(self.config.default_storage_gb),
             ),
+            warm_after: requested.warm_after,
+            cold_after: requested.cold_after,
         };
+        for (key, value) in [
+            ("warm_after", &config.warm_after),
+            ("cold_after", &config.cold_after),
+        ] {
+            if let Some(text) = value {
+                parse_duration(text)
+                    .map_err(|e| CoreError::InvalidRequest(format!("config.{key}: {e}")))?;
+            }
+        }
         let ram = config.ram_mb.unwrap_or_default();
         if !(64..=1024 * 1024).contains(&ram) {
             return Err(CoreError::InvalidRequest(format!(
@@ -295,6 +311,13 @@ impl SpriteManager {
             last_running_at: None,
             id_base: self.config.id_base,
         };
+        if fork.is_none() && self.poolable(&record.image, record.config.storage_gb) {
+            if let Some(taken) = self.take_pooled(&record).await? {
+                tracing::info!(sprite = %taken.name, id = %taken.id, "sprite created from the pool");
+                self.publish_record(&taken).await;
+                return Ok(self.info(&taken));
+            }
+        }
         self.db.insert(&record)?;
         let started = async {
             self.image_root(&record.image).await?;
@@ -333,6 +356,9 @@ impl SpriteManager {
     /// given only the store recovers the sprite. Failures are logged, not fatal: the
     /// local database stays the source of truth on this host.
     async fn publish_record(&self, record: &SpriteRecord) {
+        if record.org == POOL_ORG {
+            return;
+        }
         let value = serde_json::to_value(record).unwrap_or_default();
         if let Err(error) = self
             .roots
@@ -343,7 +369,7 @@ impl SpriteManager {
         }
     }
 
-    fn limits(&self, record: &SpriteRecord) -> Limits {
+    pub(crate) fn limits(&self, record: &SpriteRecord) -> Limits {
         Limits {
             memory_bytes: record.config.ram_mb.unwrap_or(self.config.default_ram_mb) * 1024 * 1024,
             pids: self.config.pids_limit,
@@ -351,7 +377,7 @@ impl SpriteManager {
         }
     }
 
-    fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.start_locks)
             .entry(sprite_id.to_string())
             .or_default()
@@ -360,22 +386,29 @@ impl SpriteManager {
 
     /// Starts the sprite's sandbox unless it already runs. Concurrent callers share
     /// one start.
-    async fn start(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+    pub(crate) async fn start(&self, record: &SpriteRecord) -> Result<(), CoreError> {
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
         self.start_locked(record).await
     }
 
     /// [`Self::start`] for a caller that holds the sprite's start lock.
-    async fn start_locked(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+    pub(crate) async fn start_locked(&self, record: &SpriteRecord) -> Result<(), CoreError> {
         let client = self.client_for(&record.id);
+        let cgroup = self.cgroup(&record.id)?;
+        // Wake from warm sleep: the processes are all there, frozen.
+        if cgroup.is_frozen() {
+            cgroup.thaw().map_err(|e| CoreError::Sandbox {
+                sprite: record.name.clone(),
+                source: SandboxError::Cgroup(e),
+            })?;
+        }
         if client.ping(PING_TIMEOUT).await.is_ok() {
-            lock(&self.running).insert(record.id.clone());
+            self.became_running(record);
             return Ok(());
         }
-        lock(&self.running).remove(&record.id);
+        self.activity.set_status(&record.id, SpriteStatus::Cold);
         // A dead sprite may have left processes or its cgroup behind.
-        let cgroup = self.cgroup(&record.id)?;
         if cgroup.exists() {
             self.kill_cgroup(&record.id, &cgroup).await?;
         }
@@ -401,7 +434,8 @@ impl SpriteManager {
             .ping(PING_TIMEOUT)
             .await
             .map_err(|_| CoreError::StartTimeout(record.name.clone()))?;
-        lock(&self.running).insert(record.id.clone());
+        tracing::info!(sprite = %record.name, "sprite started");
+        self.became_running(record);
         let mut updated = record.clone();
         updated.last_running_at = Some(now());
         self.db.update(&updated)?;
@@ -421,7 +455,11 @@ impl SpriteManager {
         });
     }
 
-    async fn kill_cgroup(&self, sprite_id: &str, cgroup: &SpriteCgroup) -> Result<(), CoreError> {
+    pub(crate) async fn kill_cgroup(
+        &self,
+        sprite_id: &str,
+        cgroup: &SpriteCgroup,
+    ) -> Result<(), CoreError> {
         let cgroup = cgroup.clone();
         let sprite = sprite_id.to_string();
         tokio::task::spawn_blocking(move || {
@@ -438,8 +476,8 @@ impl SpriteManager {
     }
 
     /// Stops the sprite's processes and removes its state and layer.
-    async fn teardown(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        lock(&self.running).remove(&record.id);
+    pub(crate) async fn teardown(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        self.activity.set_status(&record.id, SpriteStatus::Cold);
         let cgroup = self.cgroup(&record.id)?;
         self.kill_cgroup(&record.id, &cgroup).await?;
         self.roots.remove(&record.id).await?;
@@ -450,6 +488,7 @@ impl SpriteManager {
             Err(e) => return Err(CoreError::io("remove", state_dir)(e)),
         }
         lock(&self.start_locks).remove(&record.id);
+        self.activity.forget(&record.id);
         Ok(())
     }
 
@@ -470,8 +509,18 @@ impl SpriteManager {
         }
         let mut adopted = 0;
         for record in self.db.all()? {
+            if record.org == POOL_ORG {
+                if let Err(error) = self.recover_pooled(&record).await {
+                    tracing::warn!(sprite = %record.name, "pooled sprite: {}", sprite_api::error_chain(&error));
+                }
+                continue;
+            }
+            if self.adopt_sleeping(&record)? {
+                adopted += 1;
+                continue;
+            }
             if self.client_for(&record.id).ping(PING_TIMEOUT).await.is_ok() {
-                lock(&self.running).insert(record.id.clone());
+                self.became_running(&record);
                 adopted += 1;
                 continue;
             }
@@ -559,16 +608,17 @@ impl SpriteManager {
     }
 
     /// The sprite's init client, after making sure the sprite runs.
+    /// The sprite's init client, after waking the sprite if it sleeps. The guard keeps
+    /// it awake until the caller is done.
     async fn running_client(
         &self,
         org: &str,
         name: &str,
-    ) -> Result<(SpriteRecord, InitClient), CoreError> {
+    ) -> Result<(SpriteRecord, InitClient, ActivityGuard), CoreError> {
         let record = self.record(org, name)?;
-        if !lock(&self.running).contains(&record.id) {
-            self.start(&record).await?;
-        }
-        Ok((record.clone(), self.client_for(&record.id)))
+        let guard = self.wake_record(&record, Reason::Api).await?;
+        let client = self.client_for(&record.id);
+        Ok((record, client, guard))
     }
 
     fn session_error(&self, sprite: &str, session: Option<&str>, error: SandboxError) -> CoreError {
@@ -609,7 +659,7 @@ impl SpriteManager {
         params: &ExecParams,
         run_as: &RunAs,
     ) -> Result<Attachment, CoreError> {
-        let (record, client) = self.running_client(org, name).await?;
+        let (record, client, _awake) = self.running_client(org, name).await?;
         let request = SpawnRequest {
             argv: params.argv.clone(),
             path: params.path.clone(),
@@ -629,9 +679,9 @@ impl SpriteManager {
             Ok(attachment) => Ok(attachment),
             Err(error @ SandboxError::Connect(..)) => {
                 // PID 1 went away under us: restart the sprite once and retry.
-                lock(&self.running).remove(&record.id);
+                self.activity.set_status(&record.id, SpriteStatus::Cold);
                 tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_api::error_chain(&error));
-                let (_, client) = self.running_client(org, name).await?;
+                let (_, client, _awake) = self.running_client(org, name).await?;
                 client
                     .spawn(request)
                     .await
@@ -647,7 +697,7 @@ impl SpriteManager {
         name: &str,
         session_id: &str,
     ) -> Result<Attachment, CoreError> {
-        let (_, client) = self.running_client(org, name).await?;
+        let (_, client, _awake) = self.running_client(org, name).await?;
         client
             .attach(session_id)
             .await
@@ -655,7 +705,7 @@ impl SpriteManager {
     }
 
     pub async fn sessions(&self, org: &str, name: &str) -> Result<Vec<SessionInfo>, CoreError> {
-        let (_, client) = self.running_client(org, name).await?;
+        let (_, client, _awake) = self.running_client(org, name).await?;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         let sessions = client
             .list()
@@ -687,7 +737,7 @@ impl SpriteManager {
         session_id: &str,
         signal: i32,
     ) -> Result<(), CoreError> {
-        let (_, client) = self.running_client(org, name).await?;
+        let (_, client, _awake) = self.running_client(org, name).await?;
         client
             .kill(session_id, signal)
             .await
@@ -702,6 +752,8 @@ impl SpriteManager {
         comment: Option<&str>,
     ) -> Result<CheckpointInfo, CoreError> {
         let record = self.record(org, name)?;
+        // The freeze of a checkpoint needs the sprite's disk mounted: a cold sprite wakes.
+        let _awake = self.wake_record(&record, Reason::Api).await?;
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
         let next = self
@@ -765,9 +817,10 @@ impl SpriteManager {
     pub async fn restore(&self, org: &str, name: &str, id: &str) -> Result<(), CoreError> {
         self.checkpoint_info(org, name, id).await?;
         let record = self.record(org, name)?;
+        let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
-        lock(&self.running).remove(&record.id);
+        self.activity.set_status(&record.id, SpriteStatus::Cold);
         let cgroup = self.cgroup(&record.id)?;
         self.kill_cgroup(&record.id, &cgroup).await?;
         self.roots.release(&record.id).await?;
@@ -861,7 +914,7 @@ impl SpriteManager {
     /// The lower layer of sprites of `image`: on SpriteFS the image's read-only volume
     /// (from the object store if it is there: a fresh host builds nothing), else the
     /// image directory, built on first need.
-    async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
+    pub(crate) async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
         ImageStore::check_name(image)?;
         if let Some(root) = self.roots.mount_image(image).await? {
             self.images.note_stored(image);
@@ -888,8 +941,19 @@ impl SpriteManager {
                 );
                 continue;
             }
+            // Only sprites that were up had a disk on the lost process; cold ones wake
+            // on the new one when asked.
+            let awake: std::collections::HashSet<String> = self
+                .activity
+                .awake()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
             let records = match self.db.all() {
-                Ok(records) => records,
+                Ok(records) => records
+                    .into_iter()
+                    .filter(|r| awake.contains(&r.id))
+                    .collect::<Vec<_>>(),
                 Err(error) => {
                     tracing::error!("cannot list sprites: {}", sprite_api::error_chain(&error));
                     continue;
@@ -898,7 +962,7 @@ impl SpriteManager {
             for record in records {
                 let start_lock = self.start_lock(&record.id);
                 let _guard = start_lock.lock().await;
-                lock(&self.running).remove(&record.id);
+                self.activity.set_status(&record.id, SpriteStatus::Cold);
                 let restarted = async {
                     let cgroup = self.cgroup(&record.id)?;
                     self.kill_cgroup(&record.id, &cgroup).await?;
@@ -912,8 +976,8 @@ impl SpriteManager {
         }
     }
 
-    /// Number of sprites whose PID 1 this daemon knows to be up.
+    /// Number of sprites whose PID 1 this daemon knows to be up (running or warm).
     pub fn running_count(&self) -> usize {
-        lock(&self.running).len()
+        self.activity.awake().len()
     }
 }

@@ -33,6 +33,10 @@ pub enum CgroupError {
     NotEmpty(PathBuf),
     #[error("remove cgroup {0}")]
     Remove(PathBuf, #[source] std::io::Error),
+    #[error("cgroup {0} has no freezer")]
+    NoFreezer(PathBuf),
+    #[error("cgroup {0} did not freeze within {1:?}")]
+    FreezeTimeout(PathBuf, Duration),
 }
 
 /// Which cgroup layout the host has.
@@ -271,6 +275,67 @@ impl SpriteCgroup {
             }
         }
         Ok(())
+    }
+
+    /// The file that freezes the cgroup, and what to write to freeze and thaw it.
+    fn freezer(&self) -> Result<(PathBuf, &'static str, &'static str), CgroupError> {
+        match &self.layout {
+            Layout::V2(_) => Ok((self.dirs()[0].join("cgroup.freeze"), "1", "0")),
+            Layout::V1(_) => self
+                .v1_dir("freezer")
+                .map(|dir| (dir.join("freezer.state"), "FROZEN", "THAWED"))
+                .ok_or_else(|| CgroupError::NoFreezer(self.dirs().remove(0))),
+        }
+    }
+
+    /// Freezes every process of the cgroup (memory kept, no CPU) and waits until the
+    /// kernel reports all of them frozen.
+    pub fn freeze(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let (file, frozen, _) = self.freezer()?;
+        write(&file, frozen)?;
+        let deadline = Instant::now() + timeout;
+        while !self.is_frozen() {
+            if Instant::now() > deadline {
+                let _ = self.thaw();
+                return Err(CgroupError::FreezeTimeout(file, timeout));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Lets the cgroup's processes run again.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let (file, _, thawed) = self.freezer()?;
+        write(&file, thawed)
+    }
+
+    /// Whether every process of the cgroup is frozen (false when it does not exist).
+    pub fn is_frozen(&self) -> bool {
+        match &self.layout {
+            Layout::V2(_) => fs::read_to_string(self.dirs()[0].join("cgroup.events"))
+                .is_ok_and(|events| events.lines().any(|line| line.trim() == "frozen 1")),
+            Layout::V1(_) => self.v1_dir("freezer").is_some_and(|dir| {
+                fs::read_to_string(dir.join("freezer.state"))
+                    .is_ok_and(|state| state.trim() == "FROZEN")
+            }),
+        }
+    }
+
+    /// Host pid of the sprite's PID 1: the process of the cgroup that is pid 1 in its
+    /// own pid namespace.
+    pub fn init_pid(&self) -> Result<Option<u32>, CgroupError> {
+        for pid in self.pids()? {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let is_init = status
+                .lines()
+                .find_map(|line| line.strip_prefix("NSpid:"))
+                .is_some_and(|ids| ids.split_whitespace().last() == Some("1"));
+            if is_init {
+                return Ok(u32::try_from(pid).ok());
+            }
+        }
+        Ok(None)
     }
 
     /// Memory in use by the sprite, in bytes.

@@ -99,6 +99,17 @@ impl InitClient {
         }
     }
 
+    /// Tells sprite-init the sprite's new name (it makes the name resolve).
+    pub async fn rename(&self, hostname: &str) -> Result<(), SandboxError> {
+        let request = Request::Rename {
+            hostname: hostname.to_string(),
+        };
+        match self.request(&request).await?.1 {
+            Event::Ok => Ok(()),
+            other => Err(answer_error(other)),
+        }
+    }
+
     pub async fn spawn(&self, spawn: SpawnRequest) -> Result<Attachment, SandboxError> {
         self.open(Request::Spawn(spawn)).await
     }

@@ -12,6 +12,8 @@ pub enum SandboxError {
     BindSocket(PathBuf, #[source] std::io::Error),
     #[error("open log {0}")]
     OpenLog(PathBuf, #[source] std::io::Error),
+    #[error("open namespace {0}")]
+    OpenNamespace(PathBuf, #[source] std::io::Error),
     #[error("create sync pipe")]
     Pipe(#[source] nix::Error),
     #[error("clone the sprite's pid 1 with new namespaces")]

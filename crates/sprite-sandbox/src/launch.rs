@@ -323,7 +323,7 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
 
 /// Makes the sprite's own name resolve (sudo and many tools look it up), by adding it to
 /// the sprite's /etc/hosts once. Best effort: an image without /etc is still usable.
-fn name_in_hosts(hostname: &str) {
+pub(crate) fn name_in_hosts(hostname: &str) {
     let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
     let known = hosts
         .lines()

@@ -49,3 +49,25 @@ pub async fn start(executable: &Path, spec: &spec::SandboxSpec) -> Result<u32, S
         .map_err(|e| SandboxError::LauncherFailed(format!("unreadable launcher answer: {e}")))?;
     Ok(result.pid)
 }
+
+/// Sets the hostname inside a running sprite (its UTS namespace), from the host: the
+/// sprite's own root lacks CAP_SYS_ADMIN. Used when a pooled sprite gets its name.
+pub fn set_hostname(init_pid: u32, hostname: &str) -> Result<(), SandboxError> {
+    let path = format!("/proc/{init_pid}/ns/uts");
+    let namespace = std::fs::File::open(&path)
+        .map_err(|e| SandboxError::OpenNamespace(std::path::PathBuf::from(&path), e))?;
+    // A thread of its own enters the namespace and ends; the daemon's threads stay put.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                nix::unistd::sethostname(hostname)
+            })
+            .join()
+            .unwrap_or(Err(nix::Error::EIO))
+    })
+    .map_err(|source| SandboxError::Syscall {
+        step: format!("set hostname {hostname} in the sprite of pid {init_pid}"),
+        source,
+    })
+}

@@ -49,11 +49,25 @@ pub struct SpawnRequest {
 pub enum Request {
     Ping,
     Spawn(SpawnRequest),
-    Attach { session_id: String },
-    Resize { cols: u16, rows: u16 },
-    Signal { signal: i32 },
+    Attach {
+        session_id: String,
+    },
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
+    Signal {
+        signal: i32,
+    },
     List,
-    Kill { session_id: String, signal: i32 },
+    Kill {
+        session_id: String,
+        signal: i32,
+    },
+    /// The sprite got a new name (a pooled sprite taken by a create): make it resolve.
+    Rename {
+        hostname: String,
+    },
 }
 
 /// A session as sprite-init knows it.

@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use sprite_api::exec::{
     ClientMessage, ExecParams, Frame, ServerMessage, SessionList, Signal, MAX_CLIENT_FRAME,
 };
+use sprite_core::lifecycle::{ActivityGuard, Reason};
 use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
 use sprite_sandbox::client::{Attachment, SessionEvent, SessionReader, SessionWriter};
@@ -76,6 +77,8 @@ pub async fn exec_or_list(
         ));
     };
     let (params, run_as) = parse_params(&raw)?;
+    // A connected client keeps the sprite awake, however quiet its command is.
+    let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
     let bridge = match state.manager.spawn(&org, &name, &params, &run_as).await {
         Ok(attachment) => Bridge::Session(attachment),
         Err(CoreError::SpawnFailed(message)) => Bridge::Failed {
@@ -84,7 +87,7 @@ pub async fn exec_or_list(
         },
         Err(other) => return Err(other.into()),
     };
-    Ok(with_capabilities(upgrade_to(upgrade, bridge)))
+    Ok(with_capabilities(upgrade_to(upgrade, bridge, awake)))
 }
 
 pub async fn attach(
@@ -94,18 +97,23 @@ pub async fn attach(
     upgrade: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::invalid("attach needs a WebSocket upgrade"))?;
+    let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
     let attachment = state.manager.attach(&org, &name, &session).await?;
     Ok(with_capabilities(upgrade_to(
         upgrade,
         Bridge::Session(attachment),
+        awake,
     )))
 }
 
-fn upgrade_to(upgrade: WebSocketUpgrade, bridge: Bridge) -> Response {
+/// Answers the upgrade and bridges the socket; `awake` keeps the sprite awake until the
+/// socket closes.
+fn upgrade_to(upgrade: WebSocketUpgrade, bridge: Bridge, awake: ActivityGuard) -> Response {
     upgrade
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {
+            let _awake = awake;
             match bridge {
                 Bridge::Session(attachment) => run_bridge(socket, attachment).await,
                 Bridge::Failed { message, tty } => fail_bridge(socket, &message, tty).await,
@@ -323,6 +331,7 @@ pub async fn exec_http(
     let (mut params, run_as) = parse_params(&raw)?;
     params.tty = false;
     params.stdin = true;
+    let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
     let attachment = match state.manager.spawn(&org, &name, &params, &run_as).await {
         Ok(attachment) => attachment,
         Err(CoreError::SpawnFailed(message)) => {
@@ -347,8 +356,9 @@ pub async fn exec_http(
         }
         let _ = writer.stdin_eof().await;
     });
-    let output = futures_util::stream::unfold(Some((reader, writer)), |state| async move {
-        let (mut reader, writer) = state?;
+    // The sprite stays awake until the answer has streamed out (or the client left).
+    let output = futures_util::stream::unfold(Some((reader, writer, awake)), |state| async move {
+        let (mut reader, writer, awake) = state?;
         let frame = match reader.next().await {
             Ok(Some(SessionEvent::Stdout(data))) => Frame::Stdout(data),
             Ok(Some(SessionEvent::Stderr(data))) => Frame::Stderr(data),
@@ -366,7 +376,7 @@ pub async fn exec_http(
         };
         Some((
             Ok::<_, std::io::Error>(frame.encode()),
-            Some((reader, writer)),
+            Some((reader, writer, awake)),
         ))
     });
     Ok(octet_stream(Body::from_stream(output)))

@@ -46,6 +46,7 @@ async fn healthz(State(state): State<AppState>) -> axum::Json<serde_json::Value>
         "status": "ok",
         "version": sprite_api::SERVER_VERSION,
         "sprites_running": state.manager.running_count(),
+        "pool_ready": state.manager.pool_ready(),
     }))
 }
 
@@ -134,6 +135,8 @@ pub fn router(state: AppState) -> Router {
             post(checkpoints::restore),
         )
         .route("/v1/sprites/{name}/usage", get(usage))
+        .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
+        .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))
         .route("/v1/images", get(images).post(import_image))
         .route_layer(middleware::from_fn_with_state(

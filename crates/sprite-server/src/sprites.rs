@@ -106,3 +106,39 @@ pub async fn destroy(
     state.manager.destroy(&org, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+#[derive(Debug, serde::Deserialize)]
+pub struct SleepQuery {
+    #[serde(default)]
+    cold: Option<String>,
+}
+
+/// `POST /v1/sprites/{name}/sleep[?cold=false]` (ours): cold sleep now, or warm with
+/// `cold=false`. 409 while a client is using the sprite.
+pub async fn sleep(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    query: Result<Query<SleepQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let cold = match query.cold.as_deref() {
+        None | Some("") | Some("true") | Some("1") => true,
+        Some("false") | Some("0") => false,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "cold = {other:?} is not true or false"
+            )))
+        }
+    };
+    Ok(Json(state.manager.sleep(&org, &name, cold).await?).into_response())
+}
+
+/// `POST /v1/sprites/{name}/wake` (ours).
+pub async fn wake(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.manager.wake(&org, &name).await?).into_response())
+}

@@ -66,6 +66,13 @@ pub enum Command {
         /// checkpoint when absent).
         #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
         from: Option<String>,
+        /// Idle time before warm sleep (like 30s, 5m, or never); the daemon's default
+        /// when absent.
+        #[arg(long, value_name = "DURATION")]
+        warm_after: Option<String>,
+        /// Idle time before cold sleep (like 10m, 1h, or never).
+        #[arg(long, value_name = "DURATION")]
+        cold_after: Option<String>,
     },
     /// List sprites.
     #[command(alias = "ls")]
@@ -125,6 +132,23 @@ pub enum Command {
     /// Restore a checkpoint (the sprite's sessions end; it restarts on the checkpoint).
     Restore {
         id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+    /// Put a sprite to sleep now: warm (frozen, memory kept, wakes in milliseconds) or,
+    /// with --cold, cold (stopped, disk in the object store, no memory used).
+    #[command(after_help = "Examples:\n  sprite sleep dev\n  sprite sleep dev --cold")]
+    Sleep {
+        name: Option<String>,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        /// Stop the sprite instead of freezing it.
+        #[arg(long)]
+        cold: bool,
+    },
+    /// Wake a sleeping sprite (any command that needs it also wakes it).
+    Wake {
+        name: Option<String>,
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
@@ -336,6 +360,8 @@ pub async fn run(args: Args) -> Result<u8> {
             storage_gb,
             image,
             from,
+            warm_after,
+            cold_after,
         } => {
             crate::console::ensure_local_daemon(&args).await?;
             let client = client(&args)?;
@@ -348,6 +374,8 @@ pub async fn run(args: Args) -> Result<u8> {
                     ram_mb: *ram_mb,
                     cpus: *cpus,
                     storage_gb: *storage_gb,
+                    warm_after: warm_after.clone(),
+                    cold_after: cold_after.clone(),
                 }),
                 environment: None,
                 wait_for_capacity: None,
@@ -389,14 +417,27 @@ pub async fn run(args: Args) -> Result<u8> {
             if args.json {
                 print_json(&info)?;
             } else {
-                println!(
-                    "name:     {}\nid:       {}\nstatus:   {}\nurl:      {}\ncreated:  {}",
-                    info.name,
-                    info.id,
-                    info.status.as_str(),
-                    info.url,
-                    info.created_at
-                );
+                print_info(&info);
+            }
+            Ok(0)
+        }
+        Command::Sleep { name, sprite, cold } => {
+            let name = settings::sprite_name(name.as_deref().or(sprite.as_deref()))?;
+            let info = client(&args)?.sleep(&name, *cold).await?;
+            if args.json {
+                print_json(&info)?;
+            } else {
+                println!("sprite {name} is {}", info.status.as_str());
+            }
+            Ok(0)
+        }
+        Command::Wake { name, sprite } => {
+            let name = settings::sprite_name(name.as_deref().or(sprite.as_deref()))?;
+            let info = client(&args)?.wake(&name).await?;
+            if args.json {
+                print_json(&info)?;
+            } else {
+                println!("sprite {name} is {}", info.status.as_str());
             }
             Ok(0)
         }
@@ -743,6 +784,40 @@ async fn sessions_command(args: &Args, command: &SessionsCommand) -> Result<u8> 
             eprintln!("sent {signal} to session {id}");
             Ok(0)
         }
+    }
+}
+
+/// `sprite info` for people: identity, then the sleep state and why.
+fn print_info(info: &SpriteInfo) {
+    println!(
+        "name:     {}\nid:       {}\nstatus:   {}\nurl:      {}\ncreated:  {}",
+        info.name,
+        info.id,
+        info.status.as_str(),
+        info.url,
+        info.created_at
+    );
+    let Some(life) = &info.lifecycle else {
+        return;
+    };
+    println!("since:    {}", life.since);
+    if life.awake_because.is_empty() {
+        if let Some(at) = &life.last_active_at {
+            println!("idle:     since {at}");
+        }
+    } else {
+        let reasons: Vec<String> = life
+            .awake_because
+            .iter()
+            .map(|r| format!("{} × {}", r.count, r.description))
+            .collect();
+        println!("awake:    {}", reasons.join(", "));
+    }
+    if let Some(at) = &life.warm_at {
+        println!("warm at:  {at} (if still idle)");
+    }
+    if let Some(at) = &life.cold_at {
+        println!("cold at:  {at} (if still idle)");
     }
 }
 

@@ -41,6 +41,17 @@ pub struct FileConfig {
     /// Fault injection into the object store, for resilience tests:
     /// "PER_MILLE[,LATENCY_MS]" (e.g. "100,20": 10 % of calls fail, each waits 20 ms).
     pub store_faults: Option<String>,
+    /// Idle time before a sprite goes warm (cgroup frozen): "30s" (default), "never".
+    pub warm_after: Option<String>,
+    /// Idle time before a sprite goes cold (stopped, disk released): "10m" (default).
+    pub cold_after: Option<String>,
+    /// Time between SIGTERM and SIGKILL when a sprite goes cold (default "10s").
+    pub stop_grace: Option<String>,
+    /// Below this much available host memory (MiB), warm sprites go cold, longest idle
+    /// first (default 256).
+    pub min_free_memory_mb: Option<u64>,
+    /// Ready sprites kept frozen so a create takes milliseconds (default 2; 0: none).
+    pub pool: Option<usize>,
 }
 
 /// `[s3]` in the config file. Each key, when set, wins over its AWS_* variable.
@@ -92,6 +103,30 @@ pub struct DaemonArgs {
     /// SpriteFS object store: file:///path or s3://bucket/prefix (default: <data-dir>/store).
     #[arg(long)]
     pub store: Option<String>,
+    /// Idle time before a sprite goes warm: its processes are frozen, memory kept
+    /// (default 30s; "never" turns it off).
+    #[arg(long, value_name = "DURATION")]
+    pub warm_after: Option<String>,
+    /// Idle time before a sprite goes cold: stopped, disk flushed to the object store
+    /// and released (default 10m; "never" turns it off).
+    #[arg(long, value_name = "DURATION")]
+    pub cold_after: Option<String>,
+    /// Ready sprites of the default image kept frozen, so a create only renames and
+    /// thaws one (default 2; 0 turns the pool off).
+    #[arg(long, value_name = "N")]
+    pub pool: Option<usize>,
+}
+
+/// A duration setting: `Some(None)` is "never".
+fn duration_setting(
+    key: &str,
+    value: Option<String>,
+) -> Result<Option<Option<std::time::Duration>>> {
+    value
+        .map(|text| {
+            sprite_core::lifecycle::parse_duration(&text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        })
+        .transpose()
 }
 
 fn load_file_config(path: &Path) -> Result<FileConfig> {
@@ -155,6 +190,20 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
     config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
     config.url_domain = file.url_domain.unwrap_or(config.url_domain);
+    if let Some(after) = duration_setting("warm_after", args.warm_after.or(file.warm_after))? {
+        config.sleep.warm_after = after;
+    }
+    if let Some(after) = duration_setting("cold_after", args.cold_after.or(file.cold_after))? {
+        config.sleep.cold_after = after;
+    }
+    if let Some(grace) = duration_setting("stop_grace", file.stop_grace)? {
+        config.stop_grace = grace.unwrap_or_default();
+    }
+    config.min_free_memory_mb = file.min_free_memory_mb.unwrap_or(config.min_free_memory_mb);
+    config.pool_size = args.pool.or(file.pool).unwrap_or(2);
+    if config.pool_size > 100 {
+        anyhow::bail!("pool = {} is too large; use 0 to 100", config.pool_size);
+    }
     if let Some(gb) = file.default_storage_gb {
         if !(1..=16384).contains(&gb) {
             anyhow::bail!("default_storage_gb = {gb} is out of range; use 1 to 16384");
@@ -192,6 +241,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         .await
         .with_context(|| format!("listen on {listen} (is another daemon running?)"))?;
     let adopted = manager.recover().await.context("recover sprites")?;
+    tokio::spawn(manager.clone().run_lifecycle());
     tracing::info!(
         adopted,
         running = manager.running_count(),
@@ -215,7 +265,9 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         tokio::spawn(async move {
             if let Err(error) = manager.prepare_default_image().await {
                 tracing::error!("default image: {}", sprite_api::error_chain(&error));
+                return;
             }
+            manager.run_pool().await;
         });
     }
     let state = AppState {

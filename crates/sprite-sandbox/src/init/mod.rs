@@ -121,6 +121,10 @@ async fn handle_connection(
             };
             send_event(&mut stream, &event).await
         }
+        Request::Rename { hostname } => {
+            crate::launch::name_in_hosts(&hostname);
+            send_event(&mut stream, &Event::Ok).await
+        }
         Request::Spawn(spawn) => match Session::spawn(&sessions, spawn) {
             Ok(session) => attach(session, stream, false).await,
             Err(message) => send_event(&mut stream, &error(ErrorCode::SpawnFailed, &message)).await,

@@ -151,7 +151,13 @@ impl Daemon {
         std::fs::create_dir_all(data.path().join("images")).unwrap();
         let shared = ensure_shared_image(image).await;
         std::os::unix::fs::symlink(&shared, data.path().join("images").join(image)).unwrap();
-        let (s3, config) = match s3_store_for(data.path(), config) {
+        // No pool unless a test asks: pooled sprites would start alongside every test.
+        let config = if config.contains("pool =") {
+            config.to_string()
+        } else {
+            format!("pool = 0\n{config}")
+        };
+        let (s3, config) = match s3_store_for(data.path(), &config) {
             Some((child, lines)) => (Some(child), format!("{config}{lines}")),
             None => (None, config.to_string()),
         };

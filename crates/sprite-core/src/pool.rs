@@ -1,0 +1,178 @@
+//! The pool of ready sprites: made ahead (volume cloned and mounted, namespaces and
+//! sprite-init up) and frozen, so a create only renames one and thaws it.
+//!
+//! A pooled sprite is an ordinary sprite record in a hidden organization
+//! ([`POOL_ORG`]), so it survives daemon restarts like any other; taking it moves the
+//! record to the caller's organization and name in one database update.
+
+use crate::db::SpriteRecord;
+use crate::error::CoreError;
+use crate::manager::{lock, SpriteManager};
+use sprite_api::sprite::SpriteStatus;
+use sprite_sandbox::SandboxError;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Organization of pooled sprites; no token maps to it.
+pub(crate) const POOL_ORG: &str = "_pool";
+
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    /// Ids of frozen, ready sprites, oldest first.
+    ready: Mutex<VecDeque<String>>,
+    /// Wakes the filler (a sprite was taken).
+    taken: tokio::sync::Notify,
+}
+
+impl SpriteManager {
+    /// Ready sprites in the pool now.
+    pub fn pool_ready(&self) -> usize {
+        lock(&self.pool.ready).len()
+    }
+
+    /// Whether a create with this image and size may come from the pool.
+    pub(crate) fn poolable(&self, image: &str, storage_gb: Option<u64>) -> bool {
+        self.config.pool_size > 0
+            && image == self.config.default_image
+            && storage_gb.unwrap_or(self.config.default_storage_gb)
+                == self.config.default_storage_gb
+    }
+
+    /// Keeps the pool full, forever: fills it, then again after each take. A failed
+    /// fill is retried after a pause.
+    pub async fn run_pool(self: Arc<Self>) {
+        if self.config.pool_size == 0 {
+            return;
+        }
+        loop {
+            while self.pool_ready() < self.config.pool_size {
+                if let Err(error) = self.make_pooled().await {
+                    tracing::warn!(
+                        "could not fill the sprite pool: {}",
+                        sprite_api::error_chain(&error)
+                    );
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+            self.pool.taken.notified().await;
+        }
+    }
+
+    async fn make_pooled(&self) -> Result<(), CoreError> {
+        let id = format!("sprite-{}", uuid::Uuid::new_v4().simple());
+        let timestamp = crate::manager::now();
+        let record = SpriteRecord {
+            name: format!("pool-{}", &id[7..19]),
+            id,
+            org: POOL_ORG.into(),
+            image: self.config.default_image.clone(),
+            url_auth: "sprite".into(),
+            labels: Vec::new(),
+            config: self.resolve_config(None)?,
+            environment: Default::default(),
+            created_at: timestamp.clone(),
+            updated_at: timestamp,
+            last_running_at: None,
+            id_base: self.config.id_base,
+        };
+        self.db.insert(&record)?;
+        let made = async {
+            self.image_root(&record.image).await?;
+            self.roots
+                .create(&record.id, self.config.default_storage_gb << 30)
+                .await?;
+            self.start(&record).await?;
+            self.freeze_pooled(&record).await
+        }
+        .await;
+        if let Err(error) = made {
+            let _ = self.teardown(&record).await;
+            self.db.delete(&record.id)?;
+            return Err(error);
+        }
+        lock(&self.pool.ready).push_back(record.id.clone());
+        tracing::debug!(id = %record.id, "pooled sprite ready");
+        Ok(())
+    }
+
+    async fn freeze_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let cgroup = self.cgroup(&record.id)?;
+        tokio::task::spawn_blocking(move || cgroup.freeze(Duration::from_secs(5)))
+            .await
+            .map_err(|e| CoreError::Task("freeze", e))?
+            .map_err(|e| CoreError::Sandbox {
+                sprite: record.name.clone(),
+                source: SandboxError::Cgroup(e),
+            })?;
+        self.activity.set_status(&record.id, SpriteStatus::Warm);
+        Ok(())
+    }
+
+    /// After a daemon restart: frozen pooled sprites go back in the pool; the others
+    /// (a fill cut short) are removed.
+    pub(crate) async fn recover_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        if self.cgroup(&record.id)?.is_frozen() {
+            self.activity.set_status(&record.id, SpriteStatus::Warm);
+            lock(&self.pool.ready).push_back(record.id.clone());
+            return Ok(());
+        }
+        self.teardown(record).await?;
+        self.db.delete(&record.id)
+    }
+
+    /// Gives `wanted` (a new sprite's record) a pooled sprite: its id, volume and
+    /// running sandbox. `Ok(None)` when the pool is empty or the pooled sprite could not
+    /// be used (the caller then makes one the normal way).
+    pub(crate) async fn take_pooled(
+        &self,
+        wanted: &SpriteRecord,
+    ) -> Result<Option<SpriteRecord>, CoreError> {
+        let Some(id) = lock(&self.pool.ready).pop_front() else {
+            return Ok(None);
+        };
+        self.pool.taken.notify_one();
+        let record = SpriteRecord {
+            id: id.clone(),
+            ..wanted.clone()
+        };
+        if let Err(error) = self.db.adopt(POOL_ORG, &record) {
+            // The name is taken (a racing create): the pooled sprite stays pooled.
+            lock(&self.pool.ready).push_front(id);
+            return Err(error);
+        }
+        match self.ready_pooled(&record).await {
+            Ok(()) => Ok(Some(record)),
+            Err(error) => {
+                tracing::warn!(sprite = %record.name, "pooled sprite unusable, making one: {}", sprite_api::error_chain(&error));
+                let _ = self.teardown(&record).await;
+                self.db.delete(&record.id)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Renames a taken pooled sprite, applies its limits and thaws it.
+    async fn ready_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let sandbox = |source| CoreError::Sandbox {
+            sprite: record.name.clone(),
+            source,
+        };
+        let cgroup = self.cgroup(&record.id)?;
+        cgroup
+            .create(&self.limits(record))
+            .map_err(|e| sandbox(SandboxError::Cgroup(e)))?;
+        let init = cgroup
+            .init_pid()
+            .map_err(|e| sandbox(SandboxError::Cgroup(e)))?
+            .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))?;
+        sprite_sandbox::set_hostname(init, &record.name).map_err(sandbox)?;
+        let start_lock = self.start_lock(&record.id);
+        let _one = start_lock.lock().await;
+        self.start_locked(record).await?;
+        self.client_for(&record.id)
+            .rename(&record.name)
+            .await
+            .map_err(sandbox)
+    }
+}
