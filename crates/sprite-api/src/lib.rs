@@ -8,6 +8,7 @@
 pub mod error;
 pub mod exec;
 pub mod names;
+pub mod services;
 pub mod sprite;
 
 pub use error::{error_chain, ErrorBody, ErrorKind};

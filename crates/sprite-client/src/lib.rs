@@ -6,6 +6,7 @@
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use sprite_api::exec::{ClientMessage, ExecParams, Frame, ServerMessage, SessionInfo, SessionList};
+use sprite_api::services::{ServiceEvent, ServiceInfo, ServiceSignal, ServiceSpec};
 use sprite_api::sprite::{
     CheckpointInfo, CreateSpriteRequest, ProgressEvent, SpriteInfo, SpriteList, UpdateSpriteRequest,
 };
@@ -319,6 +320,124 @@ impl Client {
                 .get(self.url(&format!("/v1/sprites/{name}/usage"))),
         )
         .await
+    }
+
+    pub async fn services(&self, name: &str) -> Result<Vec<ServiceInfo>, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/sprites/{name}/services"))),
+        )
+        .await
+    }
+
+    pub async fn service(&self, name: &str, service: &str) -> Result<ServiceInfo, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/sprites/{name}/services/{service}"))),
+        )
+        .await
+    }
+
+    /// Creates or replaces a service; follows its output for `duration` (like `5s`).
+    /// Each NDJSON event goes to `on_event` as it arrives; all are returned.
+    pub async fn put_service(
+        &self,
+        name: &str,
+        service: &str,
+        spec: &ServiceSpec,
+        duration: Option<&str>,
+        on_event: impl FnMut(&ServiceEvent),
+    ) -> Result<Vec<ServiceEvent>, ClientError> {
+        let url = self.url(&format!("/v1/sprites/{name}/services/{service}"));
+        let request = self
+            .http
+            .put(url)
+            .query(&[("duration", duration.unwrap_or(""))])
+            .json(spec);
+        self.service_events(request, on_event).await
+    }
+
+    /// `start` or `stop` a service, with its NDJSON events.
+    pub async fn service_action(
+        &self,
+        name: &str,
+        service: &str,
+        action: &str,
+        duration: Option<&str>,
+        on_event: impl FnMut(&ServiceEvent),
+    ) -> Result<Vec<ServiceEvent>, ClientError> {
+        let url = self.url(&format!("/v1/sprites/{name}/services/{service}/{action}"));
+        let request = self
+            .http
+            .post(url)
+            .query(&[("duration", duration.unwrap_or(""))]);
+        self.service_events(request, on_event).await
+    }
+
+    async fn service_events(
+        &self,
+        request: reqwest::RequestBuilder,
+        mut on_event: impl FnMut(&ServiceEvent),
+    ) -> Result<Vec<ServiceEvent>, ClientError> {
+        let mut response = self.send_raw(request).await?;
+        let mut pending = Vec::new();
+        let mut events = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(ClientError::Decode)? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(event) = serde_json::from_slice::<ServiceEvent>(&line) {
+                    on_event(&event);
+                    events.push(event);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    pub async fn signal_service(
+        &self,
+        name: &str,
+        service: &str,
+        signal: &str,
+    ) -> Result<(), ClientError> {
+        let body = ServiceSignal {
+            name: service.into(),
+            signal: signal.into(),
+        };
+        self.send_raw(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/services/signal")))
+                .json(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete_service(&self, name: &str, service: &str) -> Result<(), ClientError> {
+        self.send_raw(
+            self.http
+                .delete(self.url(&format!("/v1/sprites/{name}/services/{service}"))),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn service_logs(
+        &self,
+        name: &str,
+        service: &str,
+        lines: usize,
+    ) -> Result<String, ClientError> {
+        self.send_raw(
+            self.http
+                .get(self.url(&format!("/v1/sprites/{name}/services/{service}/logs")))
+                .query(&[("lines", lines)]),
+        )
+        .await?
+        .text()
+        .await
+        .map_err(ClientError::Decode)
     }
 
     /// Puts a sprite to sleep now: warm (frozen) or cold (stopped).

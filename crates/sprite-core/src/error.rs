@@ -49,6 +49,10 @@ pub enum CoreError {
     ImageExists(String),
     #[error("sprite {sprite} is in use ({reasons}); end those first, then sleep it")]
     InUse { sprite: String, reasons: String },
+    #[error("{0}")]
+    ServiceNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl CoreError {
@@ -60,9 +64,11 @@ impl CoreError {
             CoreError::SessionNotFound(_) | CoreError::CheckpointNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            CoreError::SpriteExists(_) | CoreError::ImageExists(_) | CoreError::InUse { .. } => {
-                ErrorKind::Conflict
-            }
+            CoreError::SpriteExists(_)
+            | CoreError::ImageExists(_)
+            | CoreError::InUse { .. }
+            | CoreError::Conflict(_) => ErrorKind::Conflict,
+            CoreError::ServiceNotFound(_) => ErrorKind::NotFound,
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) => ErrorKind::Unavailable,

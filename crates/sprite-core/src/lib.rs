@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod manager;
 mod pool;
 pub mod rootfs;
+mod services;
 mod sleep;
 
 pub use config::{CoreConfig, StorageBackend};

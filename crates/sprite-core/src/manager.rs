@@ -610,7 +610,7 @@ impl SpriteManager {
     /// The sprite's init client, after making sure the sprite runs.
     /// The sprite's init client, after waking the sprite if it sleeps. The guard keeps
     /// it awake until the caller is done.
-    async fn running_client(
+    pub(crate) async fn running_client(
         &self,
         org: &str,
         name: &str,

@@ -99,6 +99,14 @@ impl InitClient {
         }
     }
 
+    /// A service request; the answer event, or sprite-init's error.
+    pub async fn service(&self, request: Request) -> Result<Event, SandboxError> {
+        match self.request(&request).await?.1 {
+            error @ Event::Error { .. } => Err(answer_error(error)),
+            other => Ok(other),
+        }
+    }
+
     /// Tells sprite-init the sprite's new name (it makes the name resolve).
     pub async fn rename(&self, hostname: &str) -> Result<(), SandboxError> {
         let request = Request::Rename {

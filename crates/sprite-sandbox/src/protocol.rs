@@ -6,6 +6,7 @@
 //! a spawn or attach streams until the process exits, the rest answer once.
 
 use serde::{Deserialize, Serialize};
+use sprite_api::services::{ServiceInfo, ServiceSpec};
 use std::collections::BTreeMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -68,6 +69,34 @@ pub enum Request {
     Rename {
         hostname: String,
     },
+    /// Creates or replaces a service and starts it.
+    ServicePut {
+        name: String,
+        spec: ServiceSpec,
+    },
+    ServiceList,
+    ServiceGet {
+        name: String,
+    },
+    ServiceStart {
+        name: String,
+    },
+    /// Stops a service (sticky: it stays stopped across restarts until started).
+    ServiceStop {
+        name: String,
+    },
+    ServiceSignal {
+        name: String,
+        signal: i32,
+    },
+    ServiceDelete {
+        name: String,
+    },
+    /// The last `lines` lines of the service's log.
+    ServiceLogs {
+        name: String,
+        lines: usize,
+    },
 }
 
 /// A session as sprite-init knows it.
@@ -110,6 +139,15 @@ pub enum Event {
         kind: ErrorCode,
         message: String,
     },
+    Service {
+        service: Box<ServiceInfo>,
+    },
+    ServiceList {
+        services: Vec<ServiceInfo>,
+    },
+    Logs {
+        text: String,
+    },
 }
 
 /// Error classes sprite-init reports.
@@ -120,6 +158,7 @@ pub enum ErrorCode {
     Gone,
     Invalid,
     SpawnFailed,
+    Conflict,
 }
 
 /// One frame on the wire.

@@ -11,6 +11,7 @@ mod auth;
 mod checkpoints;
 mod error;
 mod exec;
+mod services;
 mod sprites;
 
 pub use auth::Tokens;
@@ -135,6 +136,26 @@ pub fn router(state: AppState) -> Router {
             post(checkpoints::restore),
         )
         .route("/v1/sprites/{name}/usage", get(usage))
+        .route("/v1/sprites/{name}/services", get(services::list))
+        .route("/v1/sprites/{name}/services/signal", post(services::signal))
+        .route(
+            "/v1/sprites/{name}/services/{service}",
+            get(services::get)
+                .put(services::put)
+                .delete(services::delete),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/start",
+            post(services::start),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/stop",
+            post(services::stop),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/logs",
+            get(services::logs),
+        )
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))

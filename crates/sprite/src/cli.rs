@@ -135,6 +135,10 @@ pub enum Command {
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
+    /// Long-running processes of a sprite: started at boot and cold wake in `needs`
+    /// order, restarted when they exit, logged to /.sprite/logs/services.
+    #[command(subcommand)]
+    Services(crate::services::ServicesCommand),
     /// Put a sprite to sleep now: warm (frozen, memory kept, wakes in milliseconds) or,
     /// with --cold, cold (stopped, disk in the object store, no memory used).
     #[command(after_help = "Examples:\n  sprite sleep dev\n  sprite sleep dev --cold")]
@@ -280,14 +284,14 @@ fn hint_for(error: &anyhow::Error) -> Option<&'static str> {
     None
 }
 
-fn client(args: &Args) -> Result<Client> {
+pub(crate) fn client(args: &Args) -> Result<Client> {
     Ok(Client::new(
         &settings::api_url(args.api_url.as_deref()),
         &settings::token(args.token.as_deref())?,
     ))
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(value).context("encode JSON")?
@@ -516,6 +520,7 @@ pub async fn run(args: Args) -> Result<u8> {
             Ok(0)
         }
         Command::Checkpoint(command) => checkpoint_command(&args, command).await,
+        Command::Services(command) => crate::services::run(&args, command).await,
         Command::Restore { id, sprite } => {
             let name = settings::sprite_name(sprite.as_deref())?;
             eprintln!("restoring {name} to {id}; its sessions end");

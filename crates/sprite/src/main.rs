@@ -5,6 +5,7 @@
 mod cli;
 mod console;
 mod daemon;
+mod services;
 mod settings;
 mod storage;
 

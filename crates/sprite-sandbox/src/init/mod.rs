@@ -6,10 +6,12 @@
 //! here, not in the daemon, so a daemon restart loses nothing: the daemon reconnects to
 //! `init.sock` and re-attaches. A session keeps its recent output for replay.
 
+pub mod services;
 mod session;
 pub mod users;
 
 use crate::protocol::{self, ErrorCode, Event, Message, Request};
+use services::Services;
 use session::{Session, Sessions};
 use std::sync::Arc;
 use tokio::net::UnixStream;
@@ -40,12 +42,15 @@ pub fn serve(listener: std::os::unix::net::UnixListener) -> i32 {
             }
         };
         tokio::spawn(session::reap_forever(sessions.clone()));
+        let services = Services::load(sessions.clone(), std::path::Path::new("/"));
+        services.boot();
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let sessions = sessions.clone();
+                    let services = services.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = handle_connection(sessions, stream).await {
+                        if let Err(error) = handle_connection(sessions, services, stream).await {
                             eprintln!(
                                 "sprite-init: connection: {}",
                                 sprite_api::error_chain(&error)
@@ -71,6 +76,7 @@ async fn send_event(
 
 async fn handle_connection(
     sessions: Arc<Sessions>,
+    services: Arc<Services>,
     mut stream: UnixStream,
 ) -> Result<(), protocol::ProtocolError> {
     let Some(first) = protocol::read_message(&mut stream).await? else {
@@ -121,6 +127,46 @@ async fn handle_connection(
             };
             send_event(&mut stream, &event).await
         }
+        Request::ServicePut { name, spec } => {
+            let answer = services.put(&name, spec).await;
+            send_event(&mut stream, &service_event(answer)).await
+        }
+        Request::ServiceList => {
+            let event = Event::ServiceList {
+                services: services.list(),
+            };
+            send_event(&mut stream, &event).await
+        }
+        Request::ServiceGet { name } => {
+            send_event(&mut stream, &service_event(services.get(&name))).await
+        }
+        Request::ServiceStart { name } => {
+            send_event(&mut stream, &service_event(services.start(&name))).await
+        }
+        Request::ServiceStop { name } => {
+            send_event(&mut stream, &service_event(services.stop(&name))).await
+        }
+        Request::ServiceSignal { name, signal } => {
+            let event = match services.signal(&name, signal) {
+                Ok(()) => Event::Ok,
+                Err((kind, message)) => error(kind, &message),
+            };
+            send_event(&mut stream, &event).await
+        }
+        Request::ServiceDelete { name } => {
+            let event = match services.delete(&name).await {
+                Ok(()) => Event::Ok,
+                Err((kind, message)) => error(kind, &message),
+            };
+            send_event(&mut stream, &event).await
+        }
+        Request::ServiceLogs { name, lines } => {
+            let event = match services.logs(&name, lines) {
+                Ok(text) => Event::Logs { text },
+                Err((kind, message)) => error(kind, &message),
+            };
+            send_event(&mut stream, &event).await
+        }
         Request::Rename { hostname } => {
             crate::launch::name_in_hosts(&hostname);
             send_event(&mut stream, &Event::Ok).await
@@ -152,6 +198,15 @@ async fn handle_connection(
             )
             .await
         }
+    }
+}
+
+fn service_event(answer: Result<sprite_api::services::ServiceInfo, (ErrorCode, String)>) -> Event {
+    match answer {
+        Ok(service) => Event::Service {
+            service: Box::new(service),
+        },
+        Err((kind, message)) => error(kind, &message),
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Sessions {
     by_id: Mutex<HashMap<String, Arc<Session>>>,
     by_pid: Mutex<HashMap<i32, Arc<Session>>>,
     next_id: Mutex<u64>,
+    /// Sessions that are service runs: not listed as exec sessions.
+    hidden: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Sessions {
@@ -112,8 +114,12 @@ impl Sessions {
 
     pub fn summaries(&self) -> Vec<SessionSummary> {
         self.forget_old();
-        let mut list: Vec<SessionSummary> =
-            lock(&self.by_id).values().map(|s| s.summary()).collect();
+        let hidden = lock(&self.hidden).clone();
+        let mut list: Vec<SessionSummary> = lock(&self.by_id)
+            .values()
+            .filter(|s| !hidden.contains(&s.id))
+            .map(|s| s.summary())
+            .collect();
         list.sort_by_key(|s| s.created_ms);
         list
     }
@@ -135,8 +141,14 @@ impl Sessions {
         for (index, (last, id)) in exited.iter().enumerate() {
             if index < excess || now.saturating_sub(*last) > EXITED_TTL_MS {
                 by_id.remove(id);
+                lock(&self.hidden).remove(id);
             }
         }
+    }
+
+    /// Keeps a session out of listings (a service's run).
+    pub fn hide(&self, id: &str) {
+        lock(&self.hidden).insert(id.to_string());
     }
 
     fn register(&self, session: Arc<Session>) {

@@ -1,0 +1,182 @@
+//! Services: long-running processes a sprite keeps up (API.md, Services).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest service name.
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// `PUT /v1/sprites/{name}/services/{svc}` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceSpec {
+    pub cmd: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Services that must be started before this one.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// The port the sprite's URL is proxied to (one service per sprite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+}
+
+/// What a service is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceStatus {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub status: ServiceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub restart_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<String>,
+    /// Ours: the exec session of the current run (attach to it to follow its output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// A service as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+    pub state: ServiceState,
+}
+
+/// One line of a service's NDJSON stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEvent {
+    /// `started`, `stdout`, `stderr`, `exit`, `error` or `complete`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub timestamp: String,
+}
+
+/// `POST /v1/sprites/{name}/services/signal` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSignal {
+    pub name: String,
+    pub signal: String,
+}
+
+/// Checks a service name: 1 to 63 of a-z, 0-9, `-` and `_`, not `signal` (a route).
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name != "signal";
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "service name {name:?} is not valid; use 1 to {MAX_SERVICE_NAME} of a-z, 0-9, - and _ (not \"signal\")"
+        ))
+    }
+}
+
+/// Checks a service spec on its own (the names it needs are checked against the
+/// sprite's other services where it is stored).
+pub fn validate_service_spec(name: &str, spec: &ServiceSpec) -> Result<(), String> {
+    validate_service_name(name)?;
+    if spec.cmd.trim().is_empty() {
+        return Err(format!("service {name}: cmd is required"));
+    }
+    if spec.needs.iter().any(|n| n == name) {
+        return Err(format!("service {name} cannot need itself"));
+    }
+    if spec.http_port == Some(0) {
+        return Err(format!("service {name}: http_port 0 is not a port"));
+    }
+    if let Some(key) = spec
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains(['=', '\0']))
+    {
+        return Err(format!(
+            "service {name}: environment key {key:?} is not valid"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_info_has_the_api_shape() {
+        let info = ServiceInfo {
+            name: "web".into(),
+            spec: ServiceSpec {
+                cmd: "python3".into(),
+                args: vec!["-m".into(), "http.server".into()],
+                http_port: Some(8080),
+                ..Default::default()
+            },
+            state: ServiceState {
+                name: "web".into(),
+                status: ServiceStatus::Running,
+                pid: Some(7),
+                started_at: None,
+                error: None,
+                restart_count: 0,
+                next_restart_at: None,
+                session_id: None,
+            },
+        };
+        let value = serde_json::to_value(&info).expect("json");
+        assert_eq!(value["cmd"], "python3");
+        assert_eq!(value["http_port"], 8080);
+        assert_eq!(value["state"]["status"], "running");
+        let back: ServiceInfo = serde_json::from_value(value).expect("parse");
+        assert_eq!(back, info);
+    }
+
+    #[test]
+    fn names_and_specs_are_checked() {
+        assert!(validate_service_name("web-1_a").is_ok());
+        for bad in ["", "Web", "a/b", "signal", &"x".repeat(64)] {
+            assert!(validate_service_name(bad).is_err(), "{bad}");
+        }
+        let spec = ServiceSpec {
+            cmd: "run".into(),
+            ..Default::default()
+        };
+        assert!(validate_service_spec("a", &spec).is_ok());
+        let needs_itself = ServiceSpec {
+            needs: vec!["a".into()],
+            ..spec.clone()
+        };
+        assert!(validate_service_spec("a", &needs_itself).is_err());
+        let no_cmd = ServiceSpec::default();
+        assert!(validate_service_spec("a", &no_cmd)
+            .expect_err("no cmd")
+            .contains("cmd is required"));
+    }
+}

@@ -1,0 +1,161 @@
+//! Services of a sprite: the daemon's side. sprite-init runs them and keeps their
+//! definitions in the sprite's filesystem; every call here wakes the sprite first.
+
+use crate::error::CoreError;
+use crate::manager::SpriteManager;
+use sprite_api::services::{ServiceInfo, ServiceSpec};
+use sprite_sandbox::protocol::{ErrorCode, Event, Request};
+use sprite_sandbox::SandboxError;
+
+impl SpriteManager {
+    async fn service_call(
+        &self,
+        org: &str,
+        name: &str,
+        request: Request,
+    ) -> Result<Event, CoreError> {
+        let (_, client, _awake) = self.running_client(org, name).await?;
+        client.service(request).await.map_err(|error| match error {
+            SandboxError::Init {
+                kind: ErrorCode::NotFound,
+                message,
+            } => CoreError::ServiceNotFound(message),
+            SandboxError::Init {
+                kind: ErrorCode::Conflict | ErrorCode::Gone,
+                message,
+            } => CoreError::Conflict(message),
+            SandboxError::Init {
+                kind: ErrorCode::Invalid | ErrorCode::SpawnFailed,
+                message,
+            } => CoreError::InvalidRequest(message),
+            source => CoreError::Sandbox {
+                sprite: name.to_string(),
+                source,
+            },
+        })
+    }
+
+    async fn service_answer(
+        &self,
+        org: &str,
+        name: &str,
+        request: Request,
+    ) -> Result<ServiceInfo, CoreError> {
+        match self.service_call(org, name, request).await? {
+            Event::Service { service } => Ok(*service),
+            other => Err(unexpected(name, &other)),
+        }
+    }
+
+    pub async fn services(&self, org: &str, name: &str) -> Result<Vec<ServiceInfo>, CoreError> {
+        match self.service_call(org, name, Request::ServiceList).await? {
+            Event::ServiceList { services } => Ok(services),
+            other => Err(unexpected(name, &other)),
+        }
+    }
+
+    pub async fn service(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+    ) -> Result<ServiceInfo, CoreError> {
+        let request = Request::ServiceGet {
+            name: service.into(),
+        };
+        self.service_answer(org, name, request).await
+    }
+
+    /// Creates or replaces a service and starts it.
+    pub async fn put_service(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+        spec: ServiceSpec,
+    ) -> Result<ServiceInfo, CoreError> {
+        sprite_api::services::validate_service_spec(service, &spec)
+            .map_err(CoreError::InvalidRequest)?;
+        let request = Request::ServicePut {
+            name: service.into(),
+            spec,
+        };
+        self.service_answer(org, name, request).await
+    }
+
+    pub async fn start_service(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+    ) -> Result<ServiceInfo, CoreError> {
+        let request = Request::ServiceStart {
+            name: service.into(),
+        };
+        self.service_answer(org, name, request).await
+    }
+
+    /// Stops a service (it stays stopped until started again).
+    pub async fn stop_service(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+    ) -> Result<ServiceInfo, CoreError> {
+        let request = Request::ServiceStop {
+            name: service.into(),
+        };
+        self.service_answer(org, name, request).await
+    }
+
+    pub async fn signal_service(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+        signal: i32,
+    ) -> Result<(), CoreError> {
+        let request = Request::ServiceSignal {
+            name: service.into(),
+            signal,
+        };
+        self.service_call(org, name, request).await.map(|_| ())
+    }
+
+    pub async fn delete_service(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+    ) -> Result<(), CoreError> {
+        let request = Request::ServiceDelete {
+            name: service.into(),
+        };
+        self.service_call(org, name, request).await.map(|_| ())
+    }
+
+    /// The last `lines` lines of a service's log.
+    pub async fn service_logs(
+        &self,
+        org: &str,
+        name: &str,
+        service: &str,
+        lines: usize,
+    ) -> Result<String, CoreError> {
+        let request = Request::ServiceLogs {
+            name: service.into(),
+            lines,
+        };
+        match self.service_call(org, name, request).await? {
+            Event::Logs { text } => Ok(text),
+            other => Err(unexpected(name, &other)),
+        }
+    }
+}
+
+fn unexpected(name: &str, event: &Event) -> CoreError {
+    CoreError::Sandbox {
+        sprite: name.to_string(),
+        source: SandboxError::Unexpected(format!("{event:?}")),
+    }
+}
