@@ -31,6 +31,13 @@ const MIGRATIONS: &[&str] = &[
         last_active_ms INTEGER NOT NULL,
         last_warming_ms INTEGER
     );",
+    // Tasks keep sprites awake across daemon restarts.
+    "CREATE TABLE tasks (
+        sprite_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (sprite_id, name)
+    );",
 ];
 
 /// A sprite's sleep state as last saved.
@@ -243,6 +250,54 @@ impl Database {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Result<Option<SpriteRecord>, CoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sprites WHERE id = ?1"),
+                params![id],
+                record,
+            )
+            .optional()?)
+    }
+
+    pub fn save_task(&self, sprite_id: &str, name: &str, expires_ms: u64) -> Result<(), CoreError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO tasks (sprite_id, name, expires_ms) VALUES (?1, ?2, ?3)",
+            params![sprite_id, name, expires_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes one task of a sprite, or all of them.
+    pub fn delete_task(&self, sprite_id: &str, name: Option<&str>) -> Result<(), CoreError> {
+        let connection = self.lock();
+        match name {
+            Some(name) => connection.execute(
+                "DELETE FROM tasks WHERE sprite_id = ?1 AND name = ?2",
+                params![sprite_id, name],
+            )?,
+            None => {
+                connection.execute("DELETE FROM tasks WHERE sprite_id = ?1", params![sprite_id])?
+            }
+        };
+        Ok(())
+    }
+
+    /// Every saved task: (sprite id, name, expiry in Unix ms).
+    pub fn tasks(&self) -> Result<Vec<(String, String, u64)>, CoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT sprite_id, name, expires_ms FROM tasks")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn save_life(&self, id: &str, life: &LifeRecord) -> Result<(), CoreError> {

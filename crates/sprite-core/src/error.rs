@@ -50,7 +50,7 @@ pub enum CoreError {
     #[error("sprite {sprite} is in use ({reasons}); end those first, then sleep it")]
     InUse { sprite: String, reasons: String },
     #[error("{0}")]
-    ServiceNotFound(String),
+    NotFound(String),
     #[error("{0}")]
     Conflict(String),
 }
@@ -68,7 +68,7 @@ impl CoreError {
             | CoreError::ImageExists(_)
             | CoreError::InUse { .. }
             | CoreError::Conflict(_) => ErrorKind::Conflict,
-            CoreError::ServiceNotFound(_) => ErrorKind::NotFound,
+            CoreError::NotFound(_) => ErrorKind::NotFound,
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) => ErrorKind::Unavailable,

@@ -15,6 +15,7 @@ mod pool;
 pub mod rootfs;
 mod services;
 mod sleep;
+pub mod tasks;
 
 pub use config::{CoreConfig, StorageBackend};
 pub use error::CoreError;

@@ -8,6 +8,7 @@ use crate::image::{ImageStatus, ImageStore};
 use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemClock};
 use crate::pool::{Pool, POOL_ORG};
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
+use crate::tasks::Tasks;
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
     validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
@@ -55,6 +56,9 @@ pub struct SpriteManager {
     pub(crate) activity: Arc<Activity>,
     start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) pool: Pool,
+    pub(crate) tasks: Tasks,
+    /// Told when sprites are created or destroyed (the in-sprite API serves each).
+    sprites_changed: tokio::sync::Notify,
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
@@ -109,6 +113,8 @@ impl SpriteManager {
             activity: Activity::new(Arc::new(SystemClock)),
             start_locks: Mutex::new(HashMap::new()),
             pool: Pool::default(),
+            tasks: Tasks::default(),
+            sprites_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -343,6 +349,7 @@ impl SpriteManager {
             return Err(error);
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite created");
+        self.note_sprites_changed();
         let record = self.record(org, &record.name)?;
         self.publish_record(&record).await;
         Ok(self.info(&record))
@@ -415,6 +422,9 @@ impl SpriteManager {
         let image_root = self.image_root(&record.image).await?;
         let state_dir = self.state_dir(&record.id);
         make_dir(&state_dir, 0o711)?;
+        let run_dir = state_dir.join("run");
+        make_dir(&run_dir, 0o755)?;
+        let bin_dir = self.config.data_dir.join("bin");
         let spec = SandboxSpec {
             sprite_id: record.id.clone(),
             hostname: record.name.clone(),
@@ -423,6 +433,8 @@ impl SpriteManager {
             id_base: record.id_base,
             id_count: self.config.id_count,
             limits: self.limits(record),
+            run_dir: Some(run_dir),
+            bin_dir: bin_dir.is_dir().then_some(bin_dir),
         };
         sprite_sandbox::start(&self.config.executable, &spec)
             .await
@@ -488,6 +500,7 @@ impl SpriteManager {
             Err(e) => return Err(CoreError::io("remove", state_dir)(e)),
         }
         lock(&self.start_locks).remove(&record.id);
+        self.forget_tasks(&record.id);
         self.activity.forget(&record.id);
         Ok(())
     }
@@ -507,6 +520,7 @@ impl SpriteManager {
                 }
             }
         }
+        self.recover_tasks()?;
         let mut adopted = 0;
         for record in self.db.all()? {
             if record.org == POOL_ORG {
@@ -604,6 +618,7 @@ impl SpriteManager {
             tracing::warn!(sprite = %record.name, "could not delete the sprite record from the store: {}", sprite_api::error_chain(&error));
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
+        self.note_sprites_changed();
         Ok(())
     }
 
@@ -974,6 +989,38 @@ impl SpriteManager {
                 }
             }
         }
+    }
+
+    /// The organization and name of a sprite, by id.
+    pub fn sprite_by_id(&self, sprite_id: &str) -> Result<(String, String), CoreError> {
+        self.db
+            .get_by_id(sprite_id)?
+            .map(|r| (r.org, r.name))
+            .ok_or_else(|| CoreError::SpriteNotFound(sprite_id.to_string()))
+    }
+
+    /// Ids of every sprite (pooled ones too) and the directory of each one's
+    /// `/.sprite/run` (where its `api.sock` goes).
+    pub fn sprite_run_dirs(&self) -> Result<Vec<(String, PathBuf)>, CoreError> {
+        Ok(self
+            .db
+            .all()?
+            .into_iter()
+            .map(|r| {
+                let dir = self.state_dir(&r.id).join("run");
+                (r.id, dir)
+            })
+            .collect())
+    }
+
+    /// Waits until a sprite is created or destroyed.
+    pub async fn sprites_changed(&self) {
+        self.sprites_changed.notified().await;
+    }
+
+    pub(crate) fn note_sprites_changed(&self) {
+        // One listener (the in-sprite API); a permit waits for it if it is busy.
+        self.sprites_changed.notify_one();
     }
 
     /// Number of sprites whose PID 1 this daemon knows to be up (running or warm).

@@ -19,7 +19,7 @@ impl SpriteManager {
             SandboxError::Init {
                 kind: ErrorCode::NotFound,
                 message,
-            } => CoreError::ServiceNotFound(message),
+            } => CoreError::NotFound(message),
             SandboxError::Init {
                 kind: ErrorCode::Conflict | ErrorCode::Gone,
                 message,

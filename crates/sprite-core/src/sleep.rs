@@ -268,16 +268,25 @@ impl SpriteManager {
         if cgroup.is_frozen() {
             cgroup.thaw().map_err(sandbox)?;
         }
-        let pids = cgroup.pids().map_err(sandbox)?;
-        for pid in &pids {
+        // Everything but sprite-init gets SIGTERM and the grace period to exit (PID 1 of
+        // a pid namespace ignores SIGTERM; it goes with the SIGKILL below).
+        let init = cgroup.init_pid().map_err(sandbox)?.map(|pid| pid as i32);
+        let others = || -> Result<Vec<i32>, CoreError> {
+            Ok(cgroup
+                .pids()
+                .map_err(sandbox)?
+                .into_iter()
+                .filter(|pid| Some(*pid) != init)
+                .collect())
+        };
+        for pid in others()? {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
         let deadline = tokio::time::Instant::now() + self.config.stop_grace;
-        while !cgroup.pids().map_err(sandbox)?.is_empty() && tokio::time::Instant::now() < deadline
-        {
+        while !others()?.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.kill_cgroup(&record.id, cgroup).await?;
@@ -299,6 +308,7 @@ impl SpriteManager {
     /// memory pressure the longest-idle warm sprite goes cold. `saved` holds the last
     /// activity time written to the database per sprite.
     async fn lifecycle_tick(&self, saved: &mut HashMap<String, u64>) {
+        self.expire_tasks();
         let records = match self.db.all() {
             Ok(records) => records,
             Err(error) => {

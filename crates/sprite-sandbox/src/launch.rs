@@ -299,6 +299,26 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
     if let Some(home) = &spec.layers.home {
         bind(home, &at("home"), MsFlags::empty())?;
     }
+    if let Some(run) = &spec.run_dir {
+        let target = at(".sprite/run");
+        ensure_dir(&target)?;
+        bind(run, &target, MsFlags::empty())?;
+        // A link, not a bound socket: the daemon re-creates the socket when it restarts.
+        let link = at(".sprite/api.sock");
+        if fs::symlink_metadata(&link).is_err() {
+            symlink("run/api.sock", &link).map_err(|e| SandboxError::CreateDir(link.clone(), e))?;
+        }
+    }
+    if let Some(bin) = &spec.bin_dir {
+        let target = at(".sprite/bin");
+        ensure_dir(&target)?;
+        bind(bin, &target, MsFlags::empty())?;
+        bind(
+            &target,
+            &target,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
+    }
     if let Some(views) = &spec.layers.views {
         // A bind of a slave mount is a slave of the same master: checkpoint views the
         // host mounts later appear here too. Read-only for the sprite.

@@ -54,6 +54,13 @@ pub struct SandboxSpec {
     /// How many ids are mapped.
     pub id_count: u32,
     pub limits: Limits,
+    /// Host directory bound at `/.sprite/run`; the daemon serves the in-sprite API on
+    /// `api.sock` there (`/.sprite/api.sock` links to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<PathBuf>,
+    /// Host directory bound read-only at `/.sprite/bin` (holds `sprite-env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl SandboxSpec {

@@ -11,6 +11,7 @@ mod auth;
 mod checkpoints;
 mod error;
 mod exec;
+pub mod inner;
 mod services;
 mod sprites;
 
@@ -109,9 +110,9 @@ async fn gc(State(state): State<AppState>) -> Result<axum::Json<serde_json::Valu
     Ok(axum::Json(state.manager.collect_garbage().await?))
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// The API's routes, without authentication (the in-sprite API reuses them).
+fn api_routes() -> Router<AppState> {
+    Router::new()
         .route("/v1/sprites", post(sprites::create).get(sprites::list))
         .route(
             "/v1/sprites/{name}",
@@ -160,10 +161,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))
         .route("/v1/images", get(images).post(import_image))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let api = api_routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)

@@ -3,7 +3,8 @@
 //!   (`unshare` of the same namespaces + `true`);
 //! - wake from warm (the API call, and an exec on a warm sprite against one on a
 //!   running sprite);
-//! - wake from cold until the first exec has run;
+//! - wake from cold until the first exec has run, and until an HTTP server inside (a
+//!   service the wake starts) answers;
 //! - memory of 100 warm sprites (their cgroups), and what 100 cold sprites still hold
 //!   (cgroups, mounts, loop devices, processes, and the daemon's RSS per sprite).
 //!
@@ -15,6 +16,7 @@
 mod common;
 
 use common::*;
+use sprite_api::services::ServiceSpec;
 use sprite_api::sprite::SpriteStatus;
 use sprite_client::Client;
 use std::process::Command;
@@ -165,6 +167,34 @@ async fn bench() {
         cold_exec.push(ms(start.elapsed()));
     }
 
+    // Cold wake until an HTTP server inside (a service, started by the wake) answers:
+    // the exec that probes it is what wakes the sprite.
+    let web = ServiceSpec {
+        cmd: "python3".into(),
+        args: ["-m", "http.server", "8080", "--bind", "127.0.0.1"]
+            .map(String::from)
+            .to_vec(),
+        http_port: Some(8080),
+        ..Default::default()
+    };
+    client
+        .put_service("bench-2", "web", &web, None, |_| {})
+        .await
+        .unwrap();
+    let probe = "until exec 3<>/dev/tcp/127.0.0.1/8080; do sleep 0.005; done 2>/dev/null; \
+                 printf 'GET / HTTP/1.0\r\n\r\n' >&3; head -c 12 <&3";
+    let answer = run(client, "bench-2", &["bash", "-c", probe]).await;
+    assert!(answer.stdout().starts_with("HTTP/1.0 200"), "{answer:?}");
+    let mut cold_http = Vec::new();
+    for _ in 0..runs {
+        client.sleep("bench-2", true).await.unwrap();
+        let start = Instant::now();
+        let answer = run(client, "bench-2", &["bash", "-c", probe]).await;
+        cold_http.push(ms(start.elapsed()));
+        assert!(answer.stdout().starts_with("HTTP/1.0 200"), "{answer:?}");
+    }
+    client.delete_service("bench-2", "web").await.unwrap();
+
     // 100 warm sprites: the memory their cgroups hold.
     let rss_before = rss_kib(daemon.pid);
     for i in runs..100 {
@@ -227,6 +257,10 @@ async fn bench() {
             summary(exec_running, 0.9),
         ),
         ("wake from cold → first exec (ms)", summary(cold_exec, 0.9)),
+        (
+            "wake from cold → HTTP service answers (ms)",
+            summary(cold_http, 0.9),
+        ),
     ];
     println!(
         "\nsprites sleep/wake/pool benchmark (image {image}, SpriteFS, {} CPUs)",

@@ -270,10 +270,14 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
             manager.run_pool().await;
         });
     }
+    if let Err(error) = install_sprite_env(&data_dir) {
+        tracing::warn!("sprite-env will be missing in sprites: {error:#}");
+    }
     let state = AppState {
         manager,
         tokens: Arc::new(Tokens::new(vec![(token, "default".into())])),
     };
+    tokio::spawn(sprite_server::inner::serve_sprite_sockets(state.clone()));
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
     // Small exec frames must not wait for delayed ACKs (Nagle adds ~40 ms per exec).
     let listener =
@@ -316,4 +320,31 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+}
+
+/// Copies this binary to `<data>/bin/sprite-env`, which every sprite sees read-only at
+/// `/.sprite/bin/sprite-env` (the binary acts as sprite-env under that name). Replaced
+/// by rename, so sprites running the old one are not disturbed.
+fn install_sprite_env(data_dir: &Path) -> Result<()> {
+    let executable = std::env::current_exe().context("find the sprite binary")?;
+    let dir = data_dir.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    let target = dir.join("sprite-env");
+    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.len() == b.len() && a.modified().ok() <= b.modified().ok(),
+        _ => false,
+    };
+    if same(&executable, &target) {
+        return Ok(());
+    }
+    let temporary = dir.join(".sprite-env.new");
+    std::fs::copy(&executable, &temporary)
+        .with_context(|| format!("copy {} to {}", executable.display(), temporary.display()))?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", temporary.display()))?;
+    std::fs::rename(&temporary, &target)
+        .with_context(|| format!("rename {} to {}", temporary.display(), target.display()))?;
+    Ok(())
 }

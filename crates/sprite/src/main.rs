@@ -7,6 +7,7 @@ mod console;
 mod daemon;
 mod services;
 mod settings;
+mod sprite_env;
 mod storage;
 
 use clap::Parser;
@@ -17,6 +18,11 @@ fn main() -> ExitCode {
     // `sprite init` must run before any thread exists: it forks into new namespaces.
     if std::env::args().nth(1).as_deref() == Some("init") {
         return run_init();
+    }
+    // Inside a sprite, this binary is `/.sprite/bin/sprite-env`.
+    let called = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&called).file_name() == Some(std::ffi::OsStr::new("sprite-env")) {
+        return ExitCode::from(sprite_env::main());
     }
     let args = cli::Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

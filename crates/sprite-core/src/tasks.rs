@@ -1,0 +1,171 @@
+//! Tasks (API.md, inside a sprite): named leases that keep a sprite awake until they
+//! expire or are deleted. Code inside the sprite (an agent mid-job) registers one
+//! through `/.sprite/api.sock`. Saved in the database, so a daemon restart keeps them.
+
+use crate::error::CoreError;
+use crate::lifecycle::{ActivityGuard, Reason};
+use crate::manager::{lock, ms_to_rfc3339, SpriteManager};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Longest a task may keep a sprite awake without being renewed.
+pub const MAX_TASK: Duration = Duration::from_secs(3600);
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskInfo {
+    pub name: String,
+    pub expires_at: String,
+}
+
+/// A sprite's live tasks: name → (expiry in Unix ms, the guard keeping it awake).
+type SpriteTasks = BTreeMap<String, (u64, ActivityGuard)>;
+
+#[derive(Debug, Default)]
+pub(crate) struct Tasks {
+    /// By sprite id.
+    live: Mutex<HashMap<String, SpriteTasks>>,
+}
+
+/// Checks a task name: 1 to 128 printable characters without `/`.
+fn check_name(name: &str) -> Result<(), CoreError> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c == '/' || c.is_control()) {
+        return Err(CoreError::InvalidRequest(format!(
+            "task name {name:?} is not valid; use 1 to 128 printable characters without /"
+        )));
+    }
+    Ok(())
+}
+
+fn check_expire(expire: Duration) -> Result<(), CoreError> {
+    if expire.is_zero() || expire > MAX_TASK {
+        return Err(CoreError::InvalidRequest(format!(
+            "expire = {}s is out of range; use more than 0 and at most 1h",
+            expire.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+impl SpriteManager {
+    fn task_info(name: &str, expires_ms: u64) -> TaskInfo {
+        TaskInfo {
+            name: name.to_string(),
+            expires_at: ms_to_rfc3339(expires_ms),
+        }
+    }
+
+    /// The live tasks of a sprite (by id).
+    pub fn tasks(&self, sprite_id: &str) -> Vec<TaskInfo> {
+        self.expire_tasks();
+        lock(&self.tasks.live)
+            .get(sprite_id)
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .map(|(name, (expires, _))| Self::task_info(name, *expires))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Registers a task; 409 if one of that name is live.
+    pub fn add_task(
+        &self,
+        sprite_id: &str,
+        name: &str,
+        expire: Duration,
+    ) -> Result<TaskInfo, CoreError> {
+        check_name(name)?;
+        check_expire(expire)?;
+        self.expire_tasks();
+        let expires = self.activity.now_ms() + expire.as_millis() as u64;
+        {
+            let mut live = lock(&self.tasks.live);
+            let tasks = live.entry(sprite_id.to_string()).or_default();
+            if tasks.contains_key(name) {
+                return Err(CoreError::Conflict(format!(
+                    "task {name} exists; renew it with PUT or delete it first"
+                )));
+            }
+            let (guard, _) = self.activity.hold(sprite_id, Reason::Task);
+            tasks.insert(name.to_string(), (expires, guard));
+        }
+        self.db.save_task(sprite_id, name, expires)?;
+        Ok(Self::task_info(name, expires))
+    }
+
+    /// Moves a live task's expiry to `expire` from now.
+    pub fn renew_task(
+        &self,
+        sprite_id: &str,
+        name: &str,
+        expire: Duration,
+    ) -> Result<TaskInfo, CoreError> {
+        check_expire(expire)?;
+        self.expire_tasks();
+        let expires = self.activity.now_ms() + expire.as_millis() as u64;
+        {
+            let mut live = lock(&self.tasks.live);
+            let task = live
+                .get_mut(sprite_id)
+                .and_then(|tasks| tasks.get_mut(name))
+                .ok_or_else(|| CoreError::NotFound(format!("task {name} not found")))?;
+            task.0 = expires;
+        }
+        self.db.save_task(sprite_id, name, expires)?;
+        Ok(Self::task_info(name, expires))
+    }
+
+    pub fn delete_task(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
+        let removed = lock(&self.tasks.live)
+            .get_mut(sprite_id)
+            .and_then(|tasks| tasks.remove(name));
+        if removed.is_none() {
+            return Err(CoreError::NotFound(format!("task {name} not found")));
+        }
+        self.db.delete_task(sprite_id, Some(name))
+    }
+
+    /// Drops expired tasks (their guards let the sprite sleep).
+    pub(crate) fn expire_tasks(&self) {
+        let now = self.activity.now_ms();
+        let mut expired = Vec::new();
+        for (sprite, tasks) in lock(&self.tasks.live).iter_mut() {
+            tasks.retain(|name, (expires, _)| {
+                let keep = *expires > now;
+                if !keep {
+                    expired.push((sprite.clone(), name.clone()));
+                }
+                keep
+            });
+        }
+        for (sprite, name) in expired {
+            let _ = self.db.delete_task(&sprite, Some(&name));
+        }
+    }
+
+    /// After a daemon restart: the saved tasks that have not expired hold again.
+    pub(crate) fn recover_tasks(&self) -> Result<(), CoreError> {
+        let now = self.activity.now_ms();
+        for (sprite, name, expires) in self.db.tasks()? {
+            if expires <= now {
+                let _ = self.db.delete_task(&sprite, Some(&name));
+                continue;
+            }
+            let (guard, _) = self.activity.hold(&sprite, Reason::Task);
+            lock(&self.tasks.live)
+                .entry(sprite)
+                .or_default()
+                .insert(name, (expires, guard));
+        }
+        Ok(())
+    }
+
+    /// Forgets the tasks of a destroyed sprite.
+    pub(crate) fn forget_tasks(&self, sprite_id: &str) {
+        lock(&self.tasks.live).remove(sprite_id);
+        let _ = self.db.delete_task(sprite_id, None);
+    }
+}

@@ -1,0 +1,202 @@
+//! The API a sprite reaches from inside, at `/.sprite/api.sock` (API.md): its own
+//! services (`/v1/services...`), checkpoints (`/v1/checkpoint`, `/v1/checkpoints...`) and
+//! Tasks (`/v1/tasks...`). No token: reaching the socket is the credential, and every
+//! request is about the sprite whose socket it came in on.
+
+use crate::auth::Org;
+use crate::error::parse_json;
+use crate::{ApiError, AppState};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Extension, Json, Router};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use tower::ServiceExt;
+
+#[derive(Debug, Clone)]
+struct SpriteId(String);
+
+/// Keeps one listener per sprite on `<state>/run/api.sock` (bound into the sprite at
+/// `/.sprite/run`), for as long as the daemon runs: new sprites get theirs when they
+/// are created, destroyed ones lose it.
+pub async fn serve_sprite_sockets(state: AppState) {
+    let mut serving: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        match state.manager.sprite_run_dirs() {
+            Ok(dirs) => {
+                let ids: HashSet<&String> = dirs.iter().map(|(id, _)| id).collect();
+                serving.retain(|id, task| {
+                    let keep = ids.contains(id) && !task.is_finished();
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for (id, dir) in &dirs {
+                    if serving.contains_key(id) {
+                        continue;
+                    }
+                    match listen(dir) {
+                        Ok(listener) => {
+                            let router = sprite_router(state.clone(), id.clone());
+                            let task = tokio::spawn(async move {
+                                if let Err(error) = axum::serve(listener, router).await {
+                                    tracing::warn!("in-sprite API: {error}");
+                                }
+                            });
+                            serving.insert(id.clone(), task);
+                        }
+                        Err(error) => {
+                            tracing::warn!(sprite = %id, dir = %dir.display(), "cannot serve api.sock: {error}")
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!("in-sprite API: {}", sprite_api::error_chain(&error)),
+        }
+        tokio::select! {
+            () = state.manager.sprites_changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+fn listen(dir: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("api.sock");
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    // The sprite's users (ids mapped away from the host's) must be able to connect.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// The in-sprite API of one sprite.
+pub fn sprite_router(state: AppState, sprite_id: String) -> Router {
+    let api = crate::api_routes().with_state(state.clone());
+    Router::new()
+        .route("/v1/tasks", get(list_tasks).post(add_task))
+        .route("/v1/tasks/{task}", put(renew_task).delete(delete_task))
+        .fallback(
+            move |State(state): State<AppState>,
+                  Extension(SpriteId(id)): Extension<SpriteId>,
+                  request: Request| {
+                let api = api.clone();
+                async move { forward(state, api, &id, request).await }
+            },
+        )
+        .layer(Extension(SpriteId(sprite_id)))
+        .with_state(state)
+}
+
+/// Services and checkpoints: the same routes as the outer API, for this sprite only.
+async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Request) -> Response {
+    let (org, name) = match state.manager.sprite_by_id(sprite_id) {
+        Ok(found) => found,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let path = request.uri().path().to_string();
+    let allowed = path == "/v1/services"
+        || path.starts_with("/v1/services/")
+        || path == "/v1/checkpoint"
+        || path == "/v1/checkpoints"
+        || path.starts_with("/v1/checkpoints/");
+    if !allowed {
+        return ApiError::new(
+            sprite_api::ErrorKind::NotFound,
+            "no such route here: the in-sprite API serves /v1/services, /v1/checkpoint(s) and /v1/tasks",
+        )
+        .into_response();
+    }
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let rewritten = format!("/v1/sprites/{name}{}{query}", &path["/v1".len()..]);
+    match rewritten.parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => return ApiError::invalid("bad path").into_response(),
+    }
+    request.extensions_mut().insert(Org(org));
+    match api.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// `expire` of a task body: seconds, or a duration like `10m`.
+fn expire_of(value: &serde_json::Value) -> Result<Duration, ApiError> {
+    let seconds = match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(text) => {
+            sprite_api::exec::parse_duration_secs(text).map(|s| s as f64)
+        }
+        _ => None,
+    };
+    seconds
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "expire = {value} is not a number of seconds or a duration such as 10m"
+            ))
+        })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NewTask {
+    name: String,
+    expire: serde_json::Value,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Renewal {
+    expire: serde_json::Value,
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    Extension(SpriteId(id)): Extension<SpriteId>,
+) -> Response {
+    Json(state.manager.tasks(&id)).into_response()
+}
+
+async fn add_task(
+    State(state): State<AppState>,
+    Extension(SpriteId(id)): Extension<SpriteId>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let task: NewTask = parse_json(&body)?;
+    let expire = expire_of(&task.expire)?;
+    let info = state.manager.add_task(&id, &task.name, expire)?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn renew_task(
+    State(state): State<AppState>,
+    Extension(SpriteId(id)): Extension<SpriteId>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let renewal: Renewal = parse_json(&body)?;
+    let expire = expire_of(&renewal.expire)?;
+    Ok(Json(state.manager.renew_task(&id, &name, expire)?).into_response())
+}
+
+async fn delete_task(
+    State(state): State<AppState>,
+    Extension(SpriteId(id)): Extension<SpriteId>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.manager.delete_task(&id, &name)?;
+    Ok((StatusCode::NO_CONTENT, Body::empty()).into_response())
+}
