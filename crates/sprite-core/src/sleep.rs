@@ -15,6 +15,8 @@ use std::time::Duration;
 
 /// Longest wait for a cgroup to freeze.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a forced sleep waits for the sprite's users to finish before a 409.
+const IN_USE_PATIENCE: Duration = Duration::from_secs(2);
 /// Longest wait for sprite-init to list its sessions in the idle check.
 const LIST_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -186,10 +188,19 @@ impl SpriteManager {
         } else {
             SpriteStatus::Warm
         };
-        if !self.put_to_sleep(&record, target).await? {
+        // A client that just got its command's exit may still be winding down its
+        // connection: give such holders a moment before refusing.
+        let deadline = tokio::time::Instant::now() + IN_USE_PATIENCE;
+        loop {
+            if self.put_to_sleep(&record, target).await? {
+                break;
+            }
             let (status, _) = self.activity.status(&record.id);
             let deeper_or_same = status == target || status == SpriteStatus::Cold;
-            if !deeper_or_same {
+            if deeper_or_same {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
                 let reasons = self
                     .activity
                     .reasons(&record.id)
@@ -202,6 +213,7 @@ impl SpriteManager {
                     reasons,
                 });
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(self.info(&record))
     }

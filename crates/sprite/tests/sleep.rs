@@ -410,3 +410,28 @@ async fn creates_come_from_the_pool_and_it_refills() {
     let out = run(&client, "pooled", &["hostname"]).await;
     assert_eq!(out.stdout(), "pooled\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_sends_warm_sprites_cold_longest_idle_first() {
+    // More free memory asked for than any host has: the pressure never ends.
+    let daemon = Daemon::start_with(
+        "busybox",
+        "warm_after = \"1s\"\ncold_after = \"never\"\nmin_free_memory_mb = 100000000\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "older").await;
+    create(client, "newer").await;
+    // Both go warm, then cold one per look (every second), the longest idle first.
+    wait_status(client, "older", SpriteStatus::Cold, Duration::from_secs(10)).await;
+    let newer = info(client, "newer").await.status;
+    let older_cold_since = info(client, "older").await.lifecycle.unwrap().since;
+    wait_status(client, "newer", SpriteStatus::Cold, Duration::from_secs(10)).await;
+    let newer_cold_since = info(client, "newer").await.lifecycle.unwrap().since;
+    assert!(
+        newer != SpriteStatus::Cold || older_cold_since <= newer_cold_since,
+        "the newer sprite went cold first"
+    );
+    assert!(older_cold_since <= newer_cold_since);
+    assert!(daemon.log().contains("memory pressure: cold sleep"));
+}
