@@ -252,6 +252,21 @@ impl Database {
         }
     }
 
+    /// The oldest sprite of that name outside the pool, in any organization.
+    pub fn find_by_name(&self, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM sprites WHERE name = ?1 AND org != '_pool'
+                     ORDER BY created_at LIMIT 1"
+                ),
+                params![name],
+                record,
+            )
+            .optional()?)
+    }
+
     pub fn get_by_id(&self, id: &str) -> Result<Option<SpriteRecord>, CoreError> {
         Ok(self
             .lock()

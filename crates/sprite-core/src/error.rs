@@ -53,6 +53,12 @@ pub enum CoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("nothing in sprite {sprite} answered on port {port} within {seconds} s; start a server there (or a service with http_port)")]
+    PortTimeout {
+        sprite: String,
+        port: u16,
+        seconds: u64,
+    },
 }
 
 impl CoreError {
@@ -71,7 +77,7 @@ impl CoreError {
             CoreError::NotFound(_) => ErrorKind::NotFound,
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,
-            CoreError::StartTimeout(_) => ErrorKind::Unavailable,
+            CoreError::StartTimeout(_) | CoreError::PortTimeout { .. } => ErrorKind::Unavailable,
             CoreError::Database(_)
             | CoreError::Sandbox { .. }
             | CoreError::Image { .. }

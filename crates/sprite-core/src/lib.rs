@@ -12,6 +12,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod manager;
 mod pool;
+pub mod proxy;
 pub mod rootfs;
 mod services;
 mod sleep;

@@ -57,6 +57,8 @@ pub struct SpriteManager {
     start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) pool: Pool,
     pub(crate) tasks: Tasks,
+    /// `http_port` of each sprite's services, and when it was looked up.
+    pub(crate) http_ports: Mutex<HashMap<String, (u16, std::time::Instant)>>,
     /// Told when sprites are created or destroyed (the in-sprite API serves each).
     sprites_changed: tokio::sync::Notify,
 }
@@ -114,6 +116,7 @@ impl SpriteManager {
             start_locks: Mutex::new(HashMap::new()),
             pool: Pool::default(),
             tasks: Tasks::default(),
+            http_ports: Mutex::new(HashMap::new()),
             sprites_changed: tokio::sync::Notify::new(),
         }))
     }

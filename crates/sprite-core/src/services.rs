@@ -80,7 +80,9 @@ impl SpriteManager {
             name: service.into(),
             spec,
         };
-        self.service_answer(org, name, request).await
+        let answer = self.service_answer(org, name, request).await;
+        self.forget_http_port(&self.record(org, name)?.id);
+        answer
     }
 
     pub async fn start_service(
@@ -131,7 +133,9 @@ impl SpriteManager {
         let request = Request::ServiceDelete {
             name: service.into(),
         };
-        self.service_call(org, name, request).await.map(|_| ())
+        let answer = self.service_call(org, name, request).await.map(|_| ());
+        self.forget_http_port(&self.record(org, name)?.id);
+        answer
     }
 
     /// The last `lines` lines of a service's log.

@@ -71,3 +71,27 @@ pub fn set_hostname(init_pid: u32, hostname: &str) -> Result<(), SandboxError> {
         source,
     })
 }
+
+/// Opens a TCP connection to `127.0.0.1:port` inside a sprite's network namespace (so
+/// servers bound to the sprite's loopback are reachable), from a thread of its own that
+/// enters the namespace and ends. The socket keeps its namespace wherever it is used.
+pub fn connect_in_sprite(
+    init_pid: u32,
+    port: u16,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let namespace = std::fs::File::open(format!("/proc/{init_pid}/ns/net"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
+    })
+}

@@ -12,6 +12,7 @@ mod checkpoints;
 mod error;
 mod exec;
 pub mod inner;
+pub mod proxy;
 mod services;
 mod sprites;
 

@@ -23,7 +23,15 @@ pub struct FileConfig {
     pub default_cpus: Option<u32>,
     pub pids_limit: Option<u64>,
     pub max_sprites: Option<usize>,
+    /// What sprite URLs show: `http://<name>.<url_domain>` (default `<domain>:<proxy
+    /// port>`; set it when a front proxy or DNS name serves them).
     pub url_domain: Option<String>,
+    /// Address of the URL proxy (default 127.0.0.1:7080).
+    pub proxy_listen: Option<String>,
+    /// Sprites are served at `<name>.<domain>` (default localhost).
+    pub domain: Option<String>,
+    /// How long a request to a sleeping sprite waits for it to wake and answer (30s).
+    pub wake_timeout: Option<String>,
     /// `spritefs` (default) or `local`.
     pub storage: Option<String>,
     /// Object store of SpriteFS: file:///path or s3://bucket/prefix.
@@ -115,6 +123,14 @@ pub struct DaemonArgs {
     /// thaws one (default 2; 0 turns the pool off).
     #[arg(long, value_name = "N")]
     pub pool: Option<usize>,
+    /// Address of the URL proxy that serves http://NAME.DOMAIN:PORT/ (default
+    /// 127.0.0.1:7080).
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_listen: Option<String>,
+    /// Domain of sprite URLs (default localhost: browsers on the host open
+    /// http://NAME.localhost:7080/ directly).
+    #[arg(long)]
+    pub domain: Option<String>,
 }
 
 /// A duration setting: `Some(None)` is "never".
@@ -189,7 +205,30 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.default_cpus = file.default_cpus.unwrap_or(config.default_cpus);
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
     config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
-    config.url_domain = file.url_domain.unwrap_or(config.url_domain);
+    let proxy_listen = args
+        .proxy_listen
+        .or(file.proxy_listen)
+        .unwrap_or_else(|| "127.0.0.1:7080".into());
+    let domain = args
+        .domain
+        .or(file.domain)
+        .unwrap_or_else(|| "localhost".into())
+        .trim_matches('.')
+        .to_string();
+    if domain.is_empty() || domain.contains(['/', ':', ' ']) {
+        anyhow::bail!("domain {domain:?} is not a domain name; use something like localhost or sprites.example.com");
+    }
+    let wake_timeout = duration_setting("wake_timeout", file.wake_timeout)?
+        .flatten()
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let proxy_port = proxy_listen
+        .rsplit(':')
+        .next()
+        .unwrap_or("7080")
+        .to_string();
+    config.url_domain = file
+        .url_domain
+        .unwrap_or_else(|| format!("{domain}:{proxy_port}"));
     if let Some(after) = duration_setting("warm_after", args.warm_after.or(file.warm_after))? {
         config.sleep.warm_after = after;
     }
@@ -240,6 +279,9 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listen on {listen} (is another daemon running?)"))?;
+    let proxy_listener = tokio::net::TcpListener::bind(&proxy_listen)
+        .await
+        .with_context(|| format!("listen on {proxy_listen} for sprite URLs (is another daemon running? --proxy-listen picks another address)"))?;
     let adopted = manager.recover().await.context("recover sprites")?;
     tokio::spawn(manager.clone().run_lifecycle());
     tracing::info!(
@@ -278,6 +320,15 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         tokens: Arc::new(Tokens::new(vec![(token, "default".into())])),
     };
     tokio::spawn(sprite_server::inner::serve_sprite_sockets(state.clone()));
+    tokio::spawn(sprite_server::proxy::serve_proxy(
+        state.clone(),
+        proxy_listener,
+        sprite_server::proxy::ProxySettings {
+            domain: domain.clone(),
+            wake_timeout,
+        },
+    ));
+    tracing::info!(listen = %proxy_listen, %domain, "sprite URLs served");
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
     // Small exec frames must not wait for delayed ACKs (Nagle adds ~40 ms per exec).
     let listener =

@@ -13,6 +13,8 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 pub struct Daemon {
     child: Option<Child>,
+    /// Base of the URL proxy: `http://127.0.0.1:PORT`.
+    pub proxy_url: String,
     /// The S3 server under a SpriteFS daemon when SPRITE_TEST_STORE=s3.
     s3: Option<Child>,
     pub url: String,
@@ -157,6 +159,9 @@ impl Daemon {
         } else {
             format!("pool = 0\n{config}")
         };
+        // Each daemon its own URL proxy port.
+        let proxy_port = free_port();
+        let config = format!("proxy_listen = \"127.0.0.1:{proxy_port}\"\n{config}");
         let (s3, config) = match s3_store_for(data.path(), &config) {
             Some((child, lines)) => (Some(child), format!("{config}{lines}")),
             None => (None, config.to_string()),
@@ -169,6 +174,7 @@ impl Daemon {
         let client = Client::new(&url, TOKEN);
         let mut daemon = Daemon {
             child: Some(child),
+            proxy_url: format!("http://127.0.0.1:{proxy_port}"),
             s3,
             url,
             data,

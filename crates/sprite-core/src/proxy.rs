@@ -1,0 +1,105 @@
+//! What the URL proxy needs from the lifecycle: which sprite a host name means, and a
+//! connection to its HTTP port, waking it first and waiting for the port to answer.
+
+use crate::db::SpriteRecord;
+use crate::error::CoreError;
+use crate::lifecycle::{ActivityGuard, Reason};
+use crate::manager::{lock, SpriteManager};
+use std::time::{Duration, Instant};
+
+/// The port a sprite's URL goes to when no service claims one.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// How long a looked-up `http_port` is reused.
+const PORT_CACHE: Duration = Duration::from_secs(2);
+
+impl SpriteManager {
+    /// The sprite a URL names (`<name>.<domain>`), in any organization (the oldest if
+    /// several share the name).
+    pub fn sprite_for_url(&self, name: &str) -> Result<SpriteRecord, CoreError> {
+        self.db
+            .find_by_name(name)?
+            .ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
+    }
+
+    /// The port the sprite's URL goes to: its service with `http_port`, else 8080.
+    async fn http_port(&self, record: &SpriteRecord) -> u16 {
+        if let Some((port, at)) = lock(&self.http_ports).get(&record.id) {
+            if at.elapsed() < PORT_CACHE {
+                return *port;
+            }
+        }
+        let port = match self.services(&record.org, &record.name).await {
+            Ok(services) => services
+                .iter()
+                .find_map(|s| s.spec.http_port)
+                .unwrap_or(DEFAULT_HTTP_PORT),
+            Err(_) => DEFAULT_HTTP_PORT,
+        };
+        lock(&self.http_ports).insert(record.id.clone(), (port, Instant::now()));
+        port
+    }
+
+    /// Forgets the cached `http_port` (its services changed).
+    pub(crate) fn forget_http_port(&self, sprite_id: &str) {
+        lock(&self.http_ports).remove(sprite_id);
+    }
+
+    /// Wakes the sprite and connects to its HTTP port, retrying until `timeout` while
+    /// the server inside comes up. The guard keeps the sprite awake (hold it for as
+    /// long as the client's connection lasts).
+    pub async fn connect_http(
+        &self,
+        record: &SpriteRecord,
+        timeout: Duration,
+    ) -> Result<(tokio::net::TcpStream, u16, ActivityGuard), CoreError> {
+        let deadline = Instant::now() + timeout;
+        let guard = self.wake_record(record, Reason::Proxy).await?;
+        let port = self.http_port(record).await;
+        loop {
+            let attempt = async {
+                let init = self
+                    .cgroup(&record.id)?
+                    .init_pid()
+                    .map_err(|e| CoreError::Sandbox {
+                        sprite: record.name.clone(),
+                        source: sprite_sandbox::SandboxError::Cgroup(e),
+                    })?
+                    .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))?;
+                let connected = tokio::task::spawn_blocking(move || {
+                    sprite_sandbox::connect_in_sprite(init, port, Duration::from_secs(1)).and_then(
+                        |stream| {
+                            stream.set_nonblocking(true)?;
+                            Ok(stream)
+                        },
+                    )
+                })
+                .await
+                .map_err(|e| CoreError::Task("connect", e))?;
+                Ok::<_, CoreError>(connected)
+            };
+            match attempt.await? {
+                Ok(stream) => {
+                    let stream = tokio::net::TcpStream::from_std(stream).map_err(|source| {
+                        CoreError::Io {
+                            what: "adopt a connection to",
+                            path: format!("{}:{port}", record.name).into(),
+                            source,
+                        }
+                    })?;
+                    return Ok((stream, port, guard));
+                }
+                Err(error) if Instant::now() < deadline => {
+                    tracing::debug!(sprite = %record.name, port, "not answering yet: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => {
+                    return Err(CoreError::PortTimeout {
+                        sprite: record.name.clone(),
+                        port,
+                        seconds: timeout.as_secs(),
+                    })
+                }
+            }
+        }
+    }
+}

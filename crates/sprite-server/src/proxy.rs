@@ -1,0 +1,376 @@
+//! The URL proxy: `http://<name>.<domain>:<port>/` goes to port 8080 in the sprite (or
+//! the port of its service with `http_port`). HTTP/1.1 and HTTP/2 (h2c) from clients,
+//! WebSocket and other upgrades, streaming bodies both ways, `X-Forwarded-*`. A sprite
+//! that sleeps is woken and the request held until its port answers; each client
+//! connection keeps the sprite awake while open. `url_settings.auth = "sprite"` wants a
+//! token of the sprite's organization: `Authorization`, the `sprite_token` cookie, or
+//! `?token=` once (which sets the cookie and redirects).
+
+use crate::auth::token_from_header;
+use crate::AppState;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, COOKIE, HOST};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sprite_core::lifecycle::ActivityGuard;
+use sprite_core::CoreError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Sprites are `<name>.<domain>`.
+    pub domain: String,
+    /// How long a request waits for a sleeping sprite to wake and its port to answer.
+    pub wake_timeout: Duration,
+}
+
+/// One client connection: the upstream connection it uses, and what keeps the sprite
+/// awake while it is open.
+struct ClientConnection {
+    peer: SocketAddr,
+    upstream: tokio::sync::Mutex<Option<Upstream>>,
+}
+
+struct Upstream {
+    sprite_id: String,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    _awake: ActivityGuard,
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>{title}</title>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{title}</h1><p>{text}</p></body>\n"
+    );
+    let mut response = Response::new(Full::new(Bytes::from(html)).map_err(|e| match e {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// Serves sprite URLs on `listener` until the daemon stops.
+pub async fn serve_proxy(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    settings: ProxySettings,
+) {
+    let settings = Arc::new(settings);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!("proxy accept: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let connection = Arc::new(ClientConnection {
+                peer,
+                upstream: tokio::sync::Mutex::new(None),
+            });
+            let service = hyper::service::service_fn(move |request| {
+                let (state, settings, connection) =
+                    (state.clone(), settings.clone(), connection.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        handle(&state, &settings, &connection, request).await,
+                    )
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The sprite name in a `Host` (or HTTP/2 `:authority`).
+fn sprite_name<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!name.is_empty() && !name.contains('.')).then_some(name)
+}
+
+fn cookie_token(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            pair.trim()
+                .strip_prefix("sprite_token=")
+                .map(str::to_string)
+        })
+}
+
+fn query_token(request: &Request<Incoming>) -> Option<(String, String)> {
+    let query = request.uri().query()?;
+    let mut token = None;
+    let rest: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter_map(|(k, v)| {
+            if k == "token" {
+                token = Some(v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    let rest = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(rest)
+        .finish();
+    let path = request.uri().path();
+    let location = if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{rest}")
+    };
+    token.map(|t| (t, location))
+}
+
+async fn handle(
+    state: &AppState,
+    settings: &ProxySettings,
+    connection: &ClientConnection,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let Some(name) = sprite_name(&host, &settings.domain) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Not a sprite address",
+            &format!(
+                "Sprites are served at http://NAME.{}/ on this port.",
+                settings.domain
+            ),
+        );
+    };
+    let record = match state.manager.sprite_for_url(name) {
+        Ok(record) => record,
+        Err(_) => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "No such sprite",
+                &format!("There is no sprite named {name} here."),
+            )
+        }
+    };
+
+    // Auth: a token of the sprite's organization, unless its URL is public.
+    let header_token = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(token_from_header);
+    let valid = |token: &str| state.tokens.org_of(token) == Some(record.org.as_str());
+    if record.url_auth != "public" {
+        if let Some((token, location)) = query_token(&request) {
+            if valid(&token) {
+                let mut response = page(StatusCode::FOUND, "Signed in", "Redirecting…");
+                let cookie = format!("sprite_token={token}; HttpOnly; SameSite=Lax; Path=/");
+                if let (Ok(cookie), Ok(location)) = (
+                    HeaderValue::from_str(&cookie),
+                    HeaderValue::from_str(&location),
+                ) {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::SET_COOKIE, cookie);
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::LOCATION, location);
+                }
+                return response;
+            }
+        }
+        let authorized = header_token.as_deref().is_some_and(valid)
+            || cookie_token(&request).as_deref().is_some_and(valid);
+        if !authorized {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in needed",
+                &format!(
+                    "This sprite's URL needs a token: send <code>Authorization: Bearer TOKEN</code>, \
+                     or open <code>http://{host}/?token=TOKEN</code> once in a browser. \
+                     <code>sprite url update --auth public -s {name}</code> makes it public."
+                ),
+            );
+        }
+    }
+
+    // Our credentials stay here: the app in the sprite sees neither.
+    if header_token.as_deref().is_some_and(valid) {
+        request.headers_mut().remove(AUTHORIZATION);
+    }
+    let cookies: Vec<String> = request
+        .headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.starts_with("sprite_token=") && !pair.is_empty())
+        .map(str::to_string)
+        .collect();
+    request.headers_mut().remove(COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&cookies.join("; ")) {
+        if !cookies.is_empty() {
+            request.headers_mut().insert(COOKIE, value);
+        }
+    }
+    let headers = request.headers_mut();
+    let forwarded_for = connection.peer.ip().to_string();
+    for (name, value) in [
+        ("x-forwarded-for", forwarded_for.as_str()),
+        ("x-forwarded-host", host.as_str()),
+        ("x-forwarded-proto", "http"),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&host) {
+        headers.insert(HOST, value);
+    }
+    // Upstream is HTTP/1.1 whatever the client spoke; origin-form URI.
+    *request.version_mut() = hyper::Version::HTTP_11;
+    if let Some(path) = request.uri().path_and_query().cloned() {
+        if let Ok(uri) = hyper::Uri::builder().path_and_query(path).build() {
+            *request.uri_mut() = uri;
+        }
+    }
+
+    let mut upstream = connection.upstream.lock().await;
+    let reusable = upstream
+        .as_ref()
+        .is_some_and(|u| u.sprite_id == record.id && !u.sender.is_closed());
+    if !reusable {
+        *upstream = None;
+        match state
+            .manager
+            .connect_http(&record, settings.wake_timeout)
+            .await
+        {
+            Ok((stream, _port, awake)) => {
+                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                    Ok((sender, conn)) => {
+                        tokio::spawn(conn.with_upgrades());
+                        *upstream = Some(Upstream {
+                            sprite_id: record.id.clone(),
+                            sender,
+                            _awake: awake,
+                        });
+                    }
+                    Err(error) => {
+                        return page(StatusCode::BAD_GATEWAY, "Bad gateway", &format!("{error}"))
+                    }
+                }
+            }
+            Err(error @ CoreError::PortTimeout { .. }) => {
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Nothing answered",
+                    &error.to_string(),
+                )
+            }
+            Err(error) => {
+                return page(
+                    StatusCode::BAD_GATEWAY,
+                    "The sprite could not be reached",
+                    &sprite_api::error_chain(&error),
+                )
+            }
+        }
+    }
+    let Some(current) = upstream.as_mut() else {
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "Bad gateway",
+            "no upstream connection",
+        );
+    };
+    let wants_upgrade = request.headers().contains_key(hyper::header::UPGRADE);
+    if !wants_upgrade {
+        for name in ["connection", "keep-alive", "proxy-connection"] {
+            request.headers_mut().remove(name);
+        }
+    }
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let response = current.sender.send_request(request).await;
+    let mut response = match response {
+        Ok(response) => response,
+        Err(error) => {
+            *upstream = None;
+            return page(StatusCode::BAD_GATEWAY, "Bad gateway", &format!("{error}"));
+        }
+    };
+    // Hop-by-hop headers are the upstream connection's, not the client's: a server
+    // that closes after each answer must not close the client's connection.
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        for name in ["connection", "keep-alive", "proxy-connection"] {
+            response.headers_mut().remove(name);
+        }
+    }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The upstream connection now belongs to the upgraded stream.
+        let taken = upstream.take();
+        if let Some(client_upgrade) = client_upgrade {
+            let server_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                let _keep_awake = taken;
+                if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(server),
+                    )
+                    .await;
+                }
+            });
+        }
+    }
+    response.map(|body| body.boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_name_sprites() {
+        assert_eq!(sprite_name("dev.localhost:7080", "localhost"), Some("dev"));
+        assert_eq!(sprite_name("dev.localhost", "localhost"), Some("dev"));
+        assert_eq!(
+            sprite_name("my-app.sprites.example.com", "sprites.example.com"),
+            Some("my-app")
+        );
+        assert_eq!(sprite_name("localhost:7080", "localhost"), None);
+        assert_eq!(sprite_name("a.b.localhost", "localhost"), None);
+        assert_eq!(sprite_name("devlocalhost", "localhost"), None);
+        assert_eq!(sprite_name("dev.example.com", "localhost"), None);
+    }
+}

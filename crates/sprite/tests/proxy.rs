@@ -1,0 +1,197 @@
+//! End to end, as root: a sprite's URL reaches the server in it (port 8080 or its
+//! service's `http_port`), wakes it when it sleeps, and asks for a token unless public.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sprite_api::services::ServiceSpec;
+use sprite_api::sprite::{SpriteStatus, UpdateSpriteRequest, UrlAuth, UrlSettings};
+use std::time::Duration;
+
+async fn get(daemon: &Daemon, host: &str, path: &str, token: Option<&str>) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = client
+        .get(format!("{}{path}", daemon.proxy_url))
+        .header("host", host)
+        .timeout(Duration::from_secs(30));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sprite_url_reaches_its_server_wakes_it_and_checks_the_token() {
+    let daemon = Daemon::start_with(
+        "busybox",
+        "storage = \"spritefs\"\nwarm_after = \"never\"\ncold_after = \"never\"\nwake_timeout = \"3s\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "site").await;
+    let page = "mkdir -p /home/sprite/www && echo hello from site > /home/sprite/www/index.html";
+    assert_eq!(run(client, "site", &["sh", "-c", page]).await.code, 0);
+    let web = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/www"]
+            .map(String::from)
+            .to_vec(),
+        http_port: Some(8080),
+        ..Default::default()
+    };
+    client
+        .put_service("site", "web", &web, None, |_| {})
+        .await
+        .unwrap();
+
+    // With the token: the page.
+    let response = get(&daemon, "site.localhost", "/index.html", Some(TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello from site\n");
+
+    // Without it: 401 with a page saying how; `?token=` once sets a cookie.
+    let response = get(&daemon, "site.localhost:7080", "/index.html", None).await;
+    assert_eq!(response.status(), 401);
+    assert!(response.text().await.unwrap().contains("token"));
+    let response = get(
+        &daemon,
+        "site.localhost",
+        &format!("/index.html?token={TOKEN}"),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "/index.html");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("sprite_token="), "{cookie}");
+    let with_cookie = reqwest::Client::new()
+        .get(format!("{}/index.html", daemon.proxy_url))
+        .header("host", "site.localhost")
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status(), 200);
+    let response = get(&daemon, "site.localhost", "/", Some("wrong-token")).await;
+    assert_eq!(response.status(), 401);
+
+    // Public: no token needed.
+    let public = UpdateSpriteRequest {
+        url_settings: Some(UrlSettings {
+            auth: UrlAuth::Public,
+        }),
+        ..Default::default()
+    };
+    client.update("site", &public).await.unwrap();
+    let response = get(&daemon, "site.localhost", "/index.html", None).await;
+    assert_eq!(response.status(), 200);
+
+    // A cold sprite wakes on a request (its service starts with it) and answers it.
+    assert_eq!(
+        client.sleep("site", true).await.unwrap().status,
+        SpriteStatus::Cold
+    );
+    let response = get(&daemon, "site.localhost", "/index.html", None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello from site\n");
+    assert_eq!(
+        client.get("site").await.unwrap().status,
+        SpriteStatus::Running
+    );
+
+    // Nothing listening: 503 after the wake timeout, with the reason.
+    create(client, "empty").await;
+    let response = get(&daemon, "empty.localhost", "/", Some(TOKEN)).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.text().await.unwrap().contains("port 8080"));
+
+    // Not a sprite.
+    assert_eq!(
+        get(&daemon, "nobody.localhost", "/", Some(TOKEN))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        get(&daemon, "example.com", "/", Some(TOKEN)).await.status(),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_url_connection_keeps_the_sprite_awake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = Daemon::start_with(
+        "busybox",
+        "warm_after = \"1s\"\ncold_after = \"never\"\nwake_timeout = \"5s\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "held").await;
+    assert_eq!(
+        run(client, "held", &["sh", "-c", "echo hi > /home/sprite/hi"])
+            .await
+            .code,
+        0
+    );
+    let web = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    client
+        .put_service("held", "web", &web, None, |_| {})
+        .await
+        .unwrap();
+    let status = || async { client.get("held").await.unwrap().status };
+    // Asleep first: the request wakes it.
+    let start = std::time::Instant::now();
+    while status().await != SpriteStatus::Warm {
+        assert!(start.elapsed() < Duration::from_secs(5), "never went warm");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let address = daemon.proxy_url.trim_start_matches("http://").to_string();
+    let mut connection = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "GET /hi HTTP/1.1\r\nHost: held.localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = connection.read(&mut answer).await.unwrap();
+    let head = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The connection stays open (keep-alive): the sprite stays awake.
+    for _ in 0..15 {
+        assert_eq!(status().await, SpriteStatus::Running);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reasons: Vec<String> = client
+        .get("held")
+        .await
+        .unwrap()
+        .lifecycle
+        .unwrap()
+        .awake_because
+        .into_iter()
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(reasons, ["proxy"]);
+    drop(connection);
+    let start = std::time::Instant::now();
+    while status().await != SpriteStatus::Warm {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the closed connection kept it awake"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
