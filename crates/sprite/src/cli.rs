@@ -139,6 +139,16 @@ pub enum Command {
     /// order, restarted when they exit, logged to /.sprite/logs/services.
     #[command(subcommand)]
     Services(crate::services::ServicesCommand),
+    /// Show a sprite's URL (and who may open it), or change that with `update`.
+    #[command(
+        after_help = "Examples:\n  sprite url -s dev\n  sprite url update --auth public -s dev"
+    )]
+    Url {
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+        #[command(subcommand)]
+        command: Option<UrlCommand>,
+    },
     /// Put a sprite to sleep now: warm (frozen, memory kept, wakes in milliseconds) or,
     /// with --cold, cold (stopped, disk in the object store, no memory used).
     #[command(after_help = "Examples:\n  sprite sleep dev\n  sprite sleep dev --cold")]
@@ -220,6 +230,17 @@ pub enum CheckpointCommand {
     /// Delete a checkpoint.
     Delete {
         id: String,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UrlCommand {
+    /// Change who may open the URL: `sprite` (a token of the organization) or `public`.
+    Update {
+        #[arg(long, value_parser = ["sprite", "public"])]
+        auth: String,
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
@@ -422,6 +443,47 @@ pub async fn run(args: Args) -> Result<u8> {
                 print_json(&info)?;
             } else {
                 print_info(&info);
+            }
+            Ok(0)
+        }
+        Command::Url { sprite, command } => {
+            let client = client(&args)?;
+            let info = match command {
+                None => {
+                    client
+                        .get(&settings::sprite_name(sprite.as_deref())?)
+                        .await?
+                }
+                Some(UrlCommand::Update {
+                    auth,
+                    sprite: inner,
+                }) => {
+                    let name = settings::sprite_name(inner.as_deref().or(sprite.as_deref()))?;
+                    let auth = if auth == "public" {
+                        sprite_api::sprite::UrlAuth::Public
+                    } else {
+                        sprite_api::sprite::UrlAuth::Sprite
+                    };
+                    let request = sprite_api::sprite::UpdateSpriteRequest {
+                        url_settings: Some(sprite_api::sprite::UrlSettings { auth }),
+                        ..Default::default()
+                    };
+                    client.update(&name, &request).await?
+                }
+            };
+            if args.json {
+                print_json(
+                    &serde_json::json!({ "url": info.url, "auth": info.url_settings.auth }),
+                )?;
+            } else {
+                println!("{}", info.url);
+                match info.url_settings.auth {
+                    sprite_api::sprite::UrlAuth::Public => eprintln!("auth: public (anyone who can reach it)"),
+                    sprite_api::sprite::UrlAuth::Sprite => eprintln!(
+                        "auth: sprite (a token: Authorization: Bearer, or open {}/?token=TOKEN once)",
+                        info.url
+                    ),
+                }
             }
             Ok(0)
         }

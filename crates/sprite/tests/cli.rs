@@ -40,6 +40,46 @@ async fn cli_round_trips() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["name"], "cli");
 
+    // The URL, and who may open it.
+    let out = sprite(&daemon, &["url", "-s", "cli", "--json"], b"");
+    let url: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(url["auth"], "sprite");
+    assert!(url["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://cli.localhost:"));
+    let out = sprite(
+        &daemon,
+        &["url", "update", "--auth", "public", "-s", "cli", "--json"],
+        b"",
+    );
+    let url: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        url["auth"],
+        "public",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sprite(
+        &daemon,
+        &["url", "update", "--auth", "everyone", "-s", "cli"],
+        b"",
+    );
+    assert!(!out.status.success());
+
+    // Sleep and wake from the CLI.
+    let out = sprite(&daemon, &["sleep", "cli", "--json"], b"");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        info["status"],
+        "warm",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sprite(&daemon, &["wake", "cli", "--json"], b"");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["status"], "running");
+
     // Exit codes pass through.
     let out = sprite(
         &daemon,

@@ -195,3 +195,102 @@ async fn an_open_url_connection_keeps_the_sprite_awake() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_and_large_downloads_pass_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = Daemon::start_with(
+        "busybox",
+        "warm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "pipe").await;
+    // An upgrade server (101, then it echoes) on 8080 and a file server on 8081.
+    let setup = r#"cat > /home/sprite/echo.sh <<'SH'
+#!/bin/sh
+while read -r line; do line=$(printf '%s' "$line" | tr -d '\r'); [ -z "$line" ] && break; done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+SH
+chmod +x /home/sprite/echo.sh && mkdir -p /home/sprite/files && dd if=/dev/urandom of=/home/sprite/files/big bs=1M count=100 2>/dev/null"#;
+    assert_eq!(run(client, "pipe", &["sh", "-c", setup]).await.code, 0);
+    let echo = ServiceSpec {
+        cmd: "nc".into(),
+        args: ["-ll", "-p", "8080", "-e", "/home/sprite/echo.sh"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    client
+        .put_service("pipe", "echo", &echo, None, |_| {})
+        .await
+        .unwrap();
+
+    let address = daemon.proxy_url.trim_start_matches("http://").to_string();
+    let mut connection = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "GET /socket HTTP/1.1\r\nHost: pipe.localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        connection.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for message in ["ping\n", "second message\n"] {
+        connection.write_all(message.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), connection.read_exact(&mut echoed))
+            .await
+            .expect("no echo")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&echoed), message);
+    }
+    drop(connection);
+
+    // 100 MiB through the proxy, read as it streams: the daemon's memory stays flat.
+    let files = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/files"]
+            .map(String::from)
+            .to_vec(),
+        http_port: Some(8080),
+        ..Default::default()
+    };
+    client.delete_service("pipe", "echo").await.unwrap();
+    client
+        .put_service("pipe", "files", &files, None, |_| {})
+        .await
+        .unwrap();
+    let before = rss_kib(daemon.pid);
+    let mut response = get(&daemon, "pipe.localhost", "/big", Some(TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    let mut total = 0usize;
+    let mut peak = before;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        total += chunk.len();
+        if total % (8 << 20) < chunk.len() {
+            peak = peak.max(rss_kib(daemon.pid));
+        }
+    }
+    assert_eq!(total, 100 << 20);
+    let grown_mib = (peak.saturating_sub(before)) / 1024;
+    assert!(
+        grown_mib < 16,
+        "the daemon grew {grown_mib} MiB streaming 100 MiB"
+    );
+}
