@@ -294,12 +294,19 @@ impl SpriteCgroup {
         let (file, frozen, _) = self.freezer()?;
         write(&file, frozen)?;
         let deadline = Instant::now() + timeout;
+        let mut polls = 0u32;
         while !self.is_frozen() {
             if Instant::now() > deadline {
                 let _ = self.thaw();
                 return Err(CgroupError::FreezeTimeout(file, timeout));
             }
             std::thread::sleep(Duration::from_micros(200));
+            polls += 1;
+            // The v1 freezer can stay FREEZING when a task forked while it froze (the
+            // child was missed): writing FROZEN again retries the ones left.
+            if polls.is_multiple_of(50) {
+                write(&file, frozen)?;
+            }
         }
         Ok(())
     }

@@ -4,9 +4,9 @@
 use crate::auth::Org;
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sprite_api::sprite::ProgressEvent;
@@ -46,15 +46,7 @@ where
         };
         let _ = sender.send(Ok(Bytes::from(last))).await;
     });
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
-    let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
-    response.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    response
+    crate::ndjson_response(receiver)
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

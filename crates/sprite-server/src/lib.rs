@@ -22,7 +22,7 @@ pub use error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use sprite_core::SpriteManager;
@@ -109,6 +109,25 @@ async fn usage(
 
 async fn gc(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(state.manager.collect_garbage().await?))
+}
+
+/// An `application/x-ndjson` answer whose lines come from `lines` as they are sent.
+pub(crate) fn ndjson_response(
+    lines: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> Response {
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        lines.recv().await.map(|item| (item, lines))
+    });
+    let mut response = (
+        axum::http::StatusCode::OK,
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
 }
 
 /// The API's routes, without authentication (the in-sprite API reuses them).

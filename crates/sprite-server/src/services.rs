@@ -5,7 +5,7 @@
 use crate::auth::Org;
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -106,15 +106,7 @@ fn ndjson(
         }
         let _ = sender.send(Ok(line("complete", None, None))).await;
     });
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
-    let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
-    response.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    response
+    crate::ndjson_response(receiver)
 }
 
 fn started(service: &ServiceInfo) -> Option<Bytes> {

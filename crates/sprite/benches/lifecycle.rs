@@ -16,17 +16,6 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// p50 and the given tail percentile of the samples.
-fn summary(mut samples: Vec<f64>, tail: f64) -> (f64, f64) {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    (at(0.5), at(tail))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn time_command(program: &str, args: &[&str], runs: usize) -> Vec<f64> {
     (0..runs)
         .map(|_| {
@@ -36,16 +25,6 @@ fn time_command(program: &str, args: &[&str], runs: usize) -> Vec<f64> {
             ms(start.elapsed())
         })
         .collect()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 fn main() {

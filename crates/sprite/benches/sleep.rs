@@ -22,26 +22,6 @@ use sprite_client::Client;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn summary(mut samples: Vec<f64>, tail: f64) -> (f64, f64) {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    (at(0.5), at(tail))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -49,28 +29,6 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(bench());
-}
-
-async fn pool_ready(daemon: &Daemon) -> u64 {
-    let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    health["pool_ready"].as_u64().unwrap_or(0)
-}
-
-async fn wait_pool_full(daemon: &Daemon, size: u64) {
-    let start = Instant::now();
-    while pool_ready(daemon).await < size {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the pool did not fill: {}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Create until the first exec has run.
@@ -100,7 +58,7 @@ async fn bench() {
     let pooled = Daemon::start_with(&image, &format!("pool = 2\n{config}")).await;
     let mut from_pool = Vec::new();
     for i in 0..runs {
-        wait_pool_full(&pooled, 2).await;
+        wait_pool(&pooled, 2).await;
         from_pool.push(create_then_exec(&pooled.client, &format!("pool-bench-{i}")).await);
     }
     assert!(

@@ -196,16 +196,6 @@ async fn an_open_url_connection_keeps_the_sprite_awake() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_and_large_downloads_pass_through() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -310,28 +310,6 @@ async fn forced_sleep_wake_and_one_wake_for_many_callers() {
     assert_eq!(wakes, 2, "{}", daemon.log());
 }
 
-async fn pool_ready(daemon: &Daemon) -> u64 {
-    let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    health["pool_ready"].as_u64().unwrap_or(0)
-}
-
-async fn wait_pool(daemon: &Daemon, want: u64) {
-    let start = Instant::now();
-    while pool_ready(daemon).await != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "pool never reached {want}: {}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_come_from_the_pool_and_it_refills() {
     let mut daemon = Daemon::start_with(

@@ -415,3 +415,49 @@ pub fn fork_request(
 pub async fn create(client: &Client, name: &str) {
     client.create(&sprite_request(name)).await.unwrap();
 }
+
+/// p50 and the `tail` percentile of samples.
+pub fn summary(mut samples: Vec<f64>, tail: f64) -> (f64, f64) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.5), at(tail))
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Ready sprites in the daemon's pool (`/healthz`).
+pub async fn pool_ready(daemon: &Daemon) -> u64 {
+    let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["pool_ready"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the pool holds `want` sprites.
+pub async fn wait_pool(daemon: &Daemon, want: u64) {
+    let start = std::time::Instant::now();
+    while pool_ready(daemon).await != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "pool never reached {want}: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
