@@ -55,6 +55,35 @@ impl SpriteManager {
         let deadline = Instant::now() + timeout;
         let guard = self.wake_record(record, Reason::Proxy).await?;
         let port = self.http_port(record).await;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let stream = self.connect_port(record, port, remaining).await?;
+        Ok((stream, port, guard))
+    }
+
+    /// The TCP proxy's connection: wakes the sprite (the guard keeps it awake) and
+    /// connects to `port` on its loopback, retrying until `timeout`.
+    pub async fn connect_tcp(
+        &self,
+        org: &str,
+        name: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(tokio::net::TcpStream, ActivityGuard), CoreError> {
+        let record = self.record(org, name)?;
+        let guard = self.wake_record(&record, Reason::Proxy).await?;
+        let stream = self.connect_port(&record, port, timeout).await?;
+        Ok((stream, guard))
+    }
+
+    /// Connects to `port` on the sprite's loopback (it must be awake), retrying until
+    /// `timeout` while nothing answers yet.
+    async fn connect_port(
+        &self,
+        record: &SpriteRecord,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, CoreError> {
+        let deadline = Instant::now() + timeout;
         loop {
             let attempt = async {
                 let init = self
@@ -86,7 +115,7 @@ impl SpriteManager {
                             source,
                         }
                     })?;
-                    return Ok((stream, port, guard));
+                    return Ok(stream);
                 }
                 Err(error) if Instant::now() < deadline => {
                     tracing::debug!(sprite = %record.name, port, "not answering yet: {error}");

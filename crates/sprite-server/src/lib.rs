@@ -15,6 +15,7 @@ pub mod inner;
 pub mod proxy;
 mod services;
 mod sprites;
+mod tcp;
 
 pub use auth::Tokens;
 pub use error::ApiError;
@@ -177,6 +178,7 @@ fn api_routes() -> Router<AppState> {
             "/v1/sprites/{name}/services/{service}/logs",
             get(services::logs),
         )
+        .route("/v1/sprites/{name}/proxy", get(tcp::proxy))
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))

@@ -284,3 +284,85 @@ chmod +x /home/sprite/echo.sh && mkdir -p /home/sprite/files && dd if=/dev/urand
         "the daemon grew {grown_mib} MiB streaming 100 MiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_proxy_reaches_a_port_in_a_sleeping_sprite() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let daemon = Daemon::start_with(
+        "busybox",
+        "storage = \"spritefs\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "db").await;
+    let echo = ServiceSpec {
+        cmd: "nc".into(),
+        args: ["-ll", "-p", "5432", "-e", "cat"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    client
+        .put_service("db", "echo", &echo, None, |_| {})
+        .await
+        .unwrap();
+    // Cold: the proxy wakes it and waits for the port.
+    assert_eq!(
+        client.sleep("db", true).await.unwrap().status,
+        SpriteStatus::Cold
+    );
+
+    let open = || async {
+        let url = format!(
+            "{}/v1/sprites/db/proxy",
+            daemon.url.replacen("http://", "ws://", 1)
+        );
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        tokio_tungstenite::connect_async(request).await.unwrap().0
+    };
+    let mut socket = open().await;
+    socket
+        .send(Message::Text(r#"{"host":"localhost","port":5432}"#.into()))
+        .await
+        .unwrap();
+    let answer = socket.next().await.unwrap().unwrap().into_text().unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["status"], "connected", "{answer}");
+    assert_eq!(answer["target"], "localhost:5432");
+    assert_eq!(
+        client.get("db").await.unwrap().status,
+        SpriteStatus::Running
+    );
+    socket
+        .send(Message::Binary(b"ping through the tunnel".to_vec().into()))
+        .await
+        .unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 23 {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("no echo")
+            .unwrap()
+            .unwrap();
+        echoed.extend_from_slice(&message.into_data());
+    }
+    assert_eq!(echoed, b"ping through the tunnel");
+    drop(socket);
+
+    // Other hosts are refused, saying why.
+    let mut socket = open().await;
+    socket
+        .send(Message::Text(r#"{"host":"10.0.0.1","port":22}"#.into()))
+        .await
+        .unwrap();
+    let answer = socket.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(
+        answer.contains("error") && answer.contains("loopback"),
+        "{answer}"
+    );
+}

@@ -1,0 +1,119 @@
+//! `WS /v1/sprites/{name}/proxy` (API.md, TCP proxy): the client sends
+//! `{"host":"localhost","port":5432}`, the server answers
+//! `{"status":"connected","target":"localhost:5432"}`, then raw bytes flow both ways as
+//! binary messages. The sprite is woken first and kept awake while the socket is open.
+
+use crate::auth::Org;
+use crate::{ApiError, AppState};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Extension;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a connect waits for a sleeping sprite and its port.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, serde::Deserialize)]
+struct Target {
+    #[serde(default)]
+    host: Option<String>,
+    port: u16,
+}
+
+pub async fn proxy(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    state.manager.check_exists(&org, &name)?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        serve(state, org, name, socket).await;
+    }))
+}
+
+async fn refuse(mut socket: WebSocket, error: String) {
+    let body = serde_json::json!({ "status": "error", "error": error }).to_string();
+    let _ = socket.send(Message::Text(body.into())).await;
+    let _ = socket.close().await;
+}
+
+async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket) {
+    let target = match socket.recv().await {
+        Some(Ok(Message::Text(text))) => serde_json::from_str::<Target>(&text),
+        _ => return,
+    };
+    let target = match target {
+        Ok(target) => target,
+        Err(error) => {
+            return refuse(
+                socket,
+                format!("the first message must be {{\"host\":\"localhost\",\"port\":N}}: {error}"),
+            )
+            .await
+        }
+    };
+    let host = target.host.unwrap_or_else(|| "localhost".into());
+    if !["localhost", "127.0.0.1", "::1", "0.0.0.0"].contains(&host.as_str()) {
+        return refuse(
+            socket,
+            format!("host {host} is not reachable: the proxy connects to ports on the sprite's own loopback (localhost)"),
+        )
+        .await;
+    }
+    let (stream, _awake) = match state
+        .manager
+        .connect_tcp(&org, &name, target.port, CONNECT_TIMEOUT)
+        .await
+    {
+        Ok(connected) => connected,
+        Err(error) => return refuse(socket, sprite_api::error_chain(&error)).await,
+    };
+    let connected = serde_json::json!({
+        "status": "connected",
+        "target": format!("{host}:{}", target.port),
+    })
+    .to_string();
+    if socket.send(Message::Text(connected.into())).await.is_err() {
+        return;
+    }
+    let (mut tcp_in, mut tcp_out) = stream.into_split();
+    let (mut ws_out, mut ws_in) = socket.split();
+    let upstream = async {
+        while let Some(Ok(message)) = ws_in.next().await {
+            let data = match message {
+                Message::Binary(data) => data.to_vec(),
+                Message::Text(text) => text.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if tcp_out.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = tcp_out.shutdown().await;
+    };
+    let downstream = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match tcp_in.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let frame = Message::Binary(buffer[..n].to_vec().into());
+                    if ws_out.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_out.close().await;
+    };
+    // Either side ending ends the tunnel.
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
+}
