@@ -14,6 +14,13 @@ use sprite_api::ErrorBody;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+pub use tokio_tungstenite::tungstenite::Message as TunnelMessage;
+
+/// A WebSocket to the daemon (a TCP tunnel from [`Client::tcp_tunnel`]: binary messages
+/// carry the bytes).
+pub type Tunnel =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the sprite daemon at {url}")]
@@ -488,6 +495,46 @@ impl Client {
     }
 
     async fn websocket(&self, path_and_query: &str, tty: bool) -> Result<ExecStream, ClientError> {
+        let socket = self.connect_websocket(path_and_query).await?;
+        let (sink, stream) = socket.split();
+        Ok(ExecStream {
+            sender: ExecSender { sink, tty },
+            receiver: ExecReceiver { stream, tty },
+        })
+    }
+
+    /// Opens a TCP tunnel to `host:port` in a sprite (`WS .../proxy`), waking it.
+    pub async fn tcp_tunnel(
+        &self,
+        name: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Tunnel, ClientError> {
+        let mut socket = self
+            .connect_websocket(&format!("/v1/sprites/{name}/proxy"))
+            .await?;
+        let target = serde_json::json!({ "host": host, "port": port }).to_string();
+        socket.send(Message::Text(target.into())).await?;
+        let answer = match socket.next().await {
+            Some(Ok(Message::Text(text))) => text.to_string(),
+            Some(Err(error)) => return Err(error.into()),
+            _ => return Err(ClientError::ClosedBeforeExit),
+        };
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if answer["status"] == "connected" {
+            return Ok(socket);
+        }
+        Err(ClientError::Api {
+            status: 502,
+            code: "proxy".into(),
+            message: answer["error"]
+                .as_str()
+                .unwrap_or("the sprite refused the tunnel")
+                .to_string(),
+        })
+    }
+
+    async fn connect_websocket(&self, path_and_query: &str) -> Result<Tunnel, ClientError> {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
@@ -503,13 +550,7 @@ impl Client {
             .map_err(|_| ClientError::Url("token is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", header);
         match tokio_tungstenite::connect_async(request).await {
-            Ok((socket, _)) => {
-                let (sink, stream) = socket.split();
-                Ok(ExecStream {
-                    sender: ExecSender { sink, tty },
-                    receiver: ExecReceiver { stream, tty },
-                })
-            }
+            Ok((socket, _)) => Ok(socket),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
                 let body = response.body().as_deref().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `WS /v1/sprites/{name}/proxy` (API.md, TCP proxy): the client sends
 //! `{"host":"localhost","port":5432}`, the server answers
 //! `{"status":"connected","target":"localhost:5432"}`, then raw bytes flow both ways as
-//! binary messages. The sprite is woken first and kept awake while the socket is open.
+//! binary messages (ours: an empty one from the client is its EOF, a half-close). The sprite is woken first and kept awake while the socket is open.
 
 use crate::auth::Org;
 use crate::{ApiError, AppState};
@@ -85,9 +85,12 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
     let upstream = async {
         while let Some(Ok(message)) = ws_in.next().await {
             let data = match message {
+                // Ours: an empty binary message is the client's EOF (a half-close: the
+                // answer still flows back).
+                Message::Binary(data) if data.is_empty() => break,
                 Message::Binary(data) => data.to_vec(),
                 Message::Text(text) => text.as_bytes().to_vec(),
-                Message::Close(_) => break,
+                Message::Close(_) => return true,
                 _ => continue,
             };
             if tcp_out.write_all(&data).await.is_err() {
@@ -95,6 +98,7 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
             }
         }
         let _ = tcp_out.shutdown().await;
+        false
     };
     let downstream = async {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -111,9 +115,15 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
         }
         let _ = ws_out.close().await;
     };
-    // Either side ending ends the tunnel.
+    // The program's end ends the tunnel; the client's EOF only ends its direction,
+    // its close ends both.
+    tokio::pin!(upstream, downstream);
     tokio::select! {
-        () = upstream => {}
-        () = downstream => {}
+        () = &mut downstream => {}
+        closed = &mut upstream => {
+            if !closed {
+                downstream.await;
+            }
+        }
     }
 }

@@ -139,6 +139,19 @@ pub enum Command {
     /// order, restarted when they exit, logged to /.sprite/logs/services.
     #[command(subcommand)]
     Services(crate::services::ServicesCommand),
+    /// Forward local ports to ports in a sprite, or stdin/stdout to one with -W.
+    #[command(
+        after_help = "Examples:\n  sprite proxy 5432 -s db            127.0.0.1:5432 → port 5432 in db\n  sprite proxy 8000:3000 9229 -s dev\n  ssh -o ProxyCommand='sprite proxy -W localhost:22 -s dev' sprite@dev"
+    )]
+    Proxy {
+        /// PORT or LOCAL:REMOTE (repeatable).
+        ports: Vec<String>,
+        /// Connect stdin and stdout to HOST:PORT in the sprite (an ssh ProxyCommand).
+        #[arg(short = 'W', value_name = "HOST:PORT")]
+        stdio: Option<String>,
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
     /// Show a sprite's URL (and who may open it), or change that with `update`.
     #[command(
         after_help = "Examples:\n  sprite url -s dev\n  sprite url update --auth public -s dev"
@@ -445,6 +458,27 @@ pub async fn run(args: Args) -> Result<u8> {
                 print_info(&info);
             }
             Ok(0)
+        }
+        Command::Proxy {
+            ports,
+            stdio,
+            sprite,
+        } => {
+            let name = settings::sprite_name(sprite.as_deref())?;
+            let client = client(&args)?;
+            match stdio {
+                Some(target) => crate::tcp_proxy::stdio(&client, &name, target).await,
+                None if ports.is_empty() => {
+                    bail!("give a PORT or LOCAL:REMOTE to forward, or -W HOST:PORT")
+                }
+                None => {
+                    let forwards = ports
+                        .iter()
+                        .map(|p| crate::tcp_proxy::parse_forward(p))
+                        .collect::<Result<Vec<_>>>()?;
+                    crate::tcp_proxy::forward(&client, &name, &forwards).await
+                }
+            }
         }
         Command::Url { sprite, command } => {
             let client = client(&args)?;

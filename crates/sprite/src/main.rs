@@ -9,6 +9,7 @@ mod services;
 mod settings;
 mod sprite_env;
 mod storage;
+mod tcp_proxy;
 
 use clap::Parser;
 use std::io::Read;

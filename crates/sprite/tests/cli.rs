@@ -67,6 +67,10 @@ async fn cli_round_trips() {
     );
     assert!(!out.status.success());
 
+    // `sprite proxy` needs something to forward.
+    let out = sprite(&daemon, &["proxy", "-s", "cli"], b"");
+    assert!(!out.status.success());
+
     // Sleep and wake from the CLI.
     let out = sprite(&daemon, &["sleep", "cli", "--json"], b"");
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -352,6 +352,27 @@ async fn the_tcp_proxy_reaches_a_port_in_a_sleeping_sprite() {
         echoed.extend_from_slice(&message.into_data());
     }
     assert_eq!(echoed, b"ping through the tunnel");
+    // Our EOF (an empty message) half-closes: what the program still says comes back,
+    // then the tunnel closes.
+    socket
+        .send(Message::Binary(b"last words".to_vec().into()))
+        .await
+        .unwrap();
+    socket
+        .send(Message::Binary(Vec::new().into()))
+        .await
+        .unwrap();
+    let mut tail = Vec::new();
+    while let Some(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("the tunnel did not close")
+    {
+        if message.is_close() {
+            break;
+        }
+        tail.extend_from_slice(&message.into_data());
+    }
+    assert_eq!(tail, b"last words");
     drop(socket);
 
     // Other hosts are refused, saying why.
