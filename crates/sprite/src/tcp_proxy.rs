@@ -39,12 +39,13 @@ async fn pump(
                         .await
                         .is_err()
                     {
-                        break;
+                        return;
                     }
                 }
             }
         }
-        let _ = sink.close().await;
+        // Our EOF: an empty message (the answer keeps coming until the program closes).
+        let _ = sink.send(Message::Binary(Vec::new().into())).await;
     };
     let down = async {
         while let Some(Ok(message)) = stream.next().await {
@@ -60,9 +61,10 @@ async fn pump(
             let _ = output.flush().await;
         }
     };
+    tokio::pin!(up, down);
     tokio::select! {
-        () = up => {}
-        () = down => {}
+        () = &mut down => {}
+        () = &mut up => down.await,
     }
     Ok(())
 }

@@ -67,6 +67,38 @@ async fn cli_round_trips() {
     );
     assert!(!out.status.success());
 
+    // A TCP tunnel on stdin/stdout (`-W`, as an ssh ProxyCommand uses it): stdin's end
+    // half-closes, the answer still comes back.
+    let create = [
+        "services",
+        "create",
+        "echo",
+        "-s",
+        "cli",
+        "--duration",
+        "0s",
+        "--",
+        "nc",
+        "-ll",
+        "-p",
+        "7000",
+        "-e",
+        "cat",
+    ];
+    let out = sprite(&daemon, &create, b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tunnel = ["proxy", "-W", "localhost:7000", "-s", "cli"];
+    let out = sprite(&daemon, &tunnel, b"through the tunnel\n");
+    assert_eq!(
+        out.stdout,
+        b"through the tunnel\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // `sprite proxy` needs something to forward.
     let out = sprite(&daemon, &["proxy", "-s", "cli"], b"");
     assert!(!out.status.success());
