@@ -34,7 +34,8 @@ pub struct RootLayers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<PathBuf>,
     /// Host directory on the sprite's own disk bound at `/home`: files there skip the
-    /// overlay (whose create and open cost about a third more CPU than the disk's own).
+    /// overlay (whose creates and opens cost extra lookups; `bench/storage.sh` measures
+    /// both paths).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<PathBuf>,
 }
