@@ -163,15 +163,24 @@ impl Database {
         }
     }
 
-    pub fn get(&self, org: &str, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
+    /// The first sprite row matching `condition` (SQL after WHERE).
+    fn one(
+        &self,
+        condition: &str,
+        values: impl rusqlite::Params,
+    ) -> Result<Option<SpriteRecord>, CoreError> {
         Ok(self
             .lock()
             .query_row(
-                &format!("SELECT {COLUMNS} FROM sprites WHERE org = ?1 AND name = ?2"),
-                params![org, name],
+                &format!("SELECT {COLUMNS} FROM sprites WHERE {condition}"),
+                values,
                 record,
             )
             .optional()?)
+    }
+
+    pub fn get(&self, org: &str, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
+        self.one("org = ?1 AND name = ?2", params![org, name])
     }
 
     /// Sprites of an organization whose name starts with `prefix` and sorts after
@@ -252,30 +261,20 @@ impl Database {
         }
     }
 
-    /// The oldest sprite of that name outside the pool, in any organization.
-    pub fn find_by_name(&self, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM sprites WHERE name = ?1 AND org != '_pool'
-                     ORDER BY created_at LIMIT 1"
-                ),
-                params![name],
-                record,
-            )
-            .optional()?)
+    /// The oldest sprite of that name in any organization but `except_org`.
+    pub fn find_by_name(
+        &self,
+        name: &str,
+        except_org: &str,
+    ) -> Result<Option<SpriteRecord>, CoreError> {
+        self.one(
+            "name = ?1 AND org != ?2 ORDER BY created_at LIMIT 1",
+            params![name, except_org],
+        )
     }
 
     pub fn get_by_id(&self, id: &str) -> Result<Option<SpriteRecord>, CoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sprites WHERE id = ?1"),
-                params![id],
-                record,
-            )
-            .optional()?)
+        self.one("id = ?1", params![id])
     }
 
     pub fn save_task(&self, sprite_id: &str, name: &str, expires_ms: u64) -> Result<(), CoreError> {

@@ -98,14 +98,7 @@ impl SpriteManager {
     }
 
     async fn freeze_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let cgroup = self.cgroup(&record.id)?;
-        tokio::task::spawn_blocking(move || cgroup.freeze(Duration::from_secs(5)))
-            .await
-            .map_err(|e| CoreError::Task("freeze", e))?
-            .map_err(|e| CoreError::Sandbox {
-                sprite: record.name.clone(),
-                source: SandboxError::Cgroup(e),
-            })?;
+        self.freeze(record).await?;
         self.activity.set_status(&record.id, SpriteStatus::Warm);
         Ok(())
     }

@@ -232,19 +232,9 @@ impl SpriteManager {
             return Ok(false);
         }
         let started = std::time::Instant::now();
-        let cgroup = self.cgroup(&record.id)?;
         let result = match target {
-            SpriteStatus::Warm => {
-                let cgroup = cgroup.clone();
-                match tokio::task::spawn_blocking(move || cgroup.freeze(FREEZE_TIMEOUT)).await {
-                    Ok(frozen) => frozen.map_err(|e| CoreError::Sandbox {
-                        sprite: record.name.clone(),
-                        source: SandboxError::Cgroup(e),
-                    }),
-                    Err(e) => Err(CoreError::Task("freeze", e)),
-                }
-            }
-            _ => self.stop_for_cold(record, &cgroup).await,
+            SpriteStatus::Warm => self.freeze(record).await,
+            _ => self.stop_for_cold(record).await,
         };
         match result {
             Ok(()) => {
@@ -266,13 +256,22 @@ impl SpriteManager {
         }
     }
 
+    /// Freezes every process of the sprite (its cgroup), waiting until all are frozen.
+    pub(crate) async fn freeze(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let cgroup = self.cgroup(&record.id)?;
+        tokio::task::spawn_blocking(move || cgroup.freeze(FREEZE_TIMEOUT))
+            .await
+            .map_err(|e| CoreError::Task("freeze", e))?
+            .map_err(|e| CoreError::Sandbox {
+                sprite: record.name.clone(),
+                source: SandboxError::Cgroup(e),
+            })
+    }
+
     /// Cold sleep: SIGTERM to every process, SIGKILL after the grace period, then the
     /// disk is flushed to the object store and released.
-    async fn stop_for_cold(
-        &self,
-        record: &SpriteRecord,
-        cgroup: &sprite_sandbox::cgroup::SpriteCgroup,
-    ) -> Result<(), CoreError> {
+    async fn stop_for_cold(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let cgroup = &self.cgroup(&record.id)?;
         let sandbox = |e| CoreError::Sandbox {
             sprite: record.name.clone(),
             source: SandboxError::Cgroup(e),

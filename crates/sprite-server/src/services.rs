@@ -40,7 +40,11 @@ pub struct FollowQuery {
     duration: Option<String>,
 }
 
-fn follow_for(query: &FollowQuery) -> Result<Duration, ApiError> {
+type FollowQueryResult = Result<Query<FollowQuery>, axum::extract::rejection::QueryRejection>;
+
+/// How long a stream follows the run, from `?duration=` (none: not at all).
+fn follow_for(query: FollowQueryResult) -> Result<Duration, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     match query.duration.as_deref() {
         None | Some("") => Ok(Duration::ZERO),
         Some(text) => parse_duration_secs(text)
@@ -51,20 +55,21 @@ fn follow_for(query: &FollowQuery) -> Result<Duration, ApiError> {
     }
 }
 
-/// Streams `first`, then the service run's output for `follow` (or until it exits),
-/// then `complete`.
+/// Streams `started` (when `announce` and it runs), then the service run's output for
+/// `follow` (or until it exits), then `complete`.
 fn ndjson(
     manager: Arc<SpriteManager>,
     org: String,
     name: String,
-    first: Option<Bytes>,
+    announce: bool,
     service: ServiceInfo,
     follow: Duration,
 ) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
-        if let Some(first) = first {
-            let _ = sender.send(Ok(first)).await;
+        if let Some(pid) = service.state.pid.filter(|_| announce) {
+            let text = format!("{} started with pid {pid}", service.name);
+            let _ = sender.send(Ok(line("started", Some(text), None))).await;
         }
         if let Some(session) = service.state.session_id.filter(|_| !follow.is_zero()) {
             match manager.attach(&org, &name, &session).await {
@@ -109,16 +114,6 @@ fn ndjson(
     crate::ndjson_response(receiver)
 }
 
-fn started(service: &ServiceInfo) -> Option<Bytes> {
-    service.state.pid.map(|pid| {
-        line(
-            "started",
-            Some(format!("{} started with pid {pid}", service.name)),
-            None,
-        )
-    })
-}
-
 pub async fn list(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
@@ -139,45 +134,27 @@ pub async fn put(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
     Path((name, service)): Path<(String, String)>,
-    query: Result<Query<FollowQuery>, axum::extract::rejection::QueryRejection>,
+    query: FollowQueryResult,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let follow = follow_for(&query)?;
+    let follow = follow_for(query)?;
     let spec: ServiceSpec = parse_json(&body)?;
     let info = state
         .manager
         .put_service(&org, &name, &service, spec)
         .await?;
-    let first = started(&info);
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        first,
-        info,
-        follow,
-    ))
+    Ok(ndjson(state.manager.clone(), org, name, true, info, follow))
 }
 
 pub async fn start(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
     Path((name, service)): Path<(String, String)>,
-    query: Result<Query<FollowQuery>, axum::extract::rejection::QueryRejection>,
+    query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let follow = follow_for(&query)?;
+    let follow = follow_for(query)?;
     let info = state.manager.start_service(&org, &name, &service).await?;
-    let first = started(&info);
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        first,
-        info,
-        follow,
-    ))
+    Ok(ndjson(state.manager.clone(), org, name, true, info, follow))
 }
 
 pub async fn stop(
@@ -191,7 +168,7 @@ pub async fn stop(
         state.manager.clone(),
         org,
         name,
-        None,
+        false,
         info,
         STOP_WAIT,
     ))

@@ -28,12 +28,7 @@ fn time_command(program: &str, args: &[&str], runs: usize) -> Vec<f64> {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    run_bench(bench());
 }
 
 async fn bench() {
@@ -154,13 +149,7 @@ async fn bench() {
     for i in 0..50 {
         client.destroy(&format!("bench-{i}")).await.unwrap();
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("lifecycle.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
+    write_report("lifecycle", &report);
 }
 
 fn first_init_pid(daemon: &Daemon) -> u32 {

@@ -101,12 +101,7 @@ fn measure(mut client: Client) -> (Vec<f64>, f64) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    run_bench(bench());
 }
 
 async fn bench() {
@@ -201,11 +196,5 @@ async fn bench() {
         "added_p50_ms": proxy_p50 - direct_p50,
         "download_mib_s": { "direct": direct_mibs, "proxy": proxied_mibs },
     });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("proxy.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
+    write_report("proxy", &report);
 }

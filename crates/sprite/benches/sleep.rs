@@ -23,12 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    run_bench(bench());
 }
 
 /// Create until the first exec has run.
@@ -257,11 +252,5 @@ async fn bench() {
     for name in &names {
         client.destroy(name).await.unwrap();
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("sleep.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
+    write_report("sleep", &report);
 }

@@ -19,19 +19,6 @@ async fn env(client: &Client, name: &str, args: &[&str]) -> Finished {
     run(client, name, &argv).await
 }
 
-/// Waits for `want`, polling without exec (an exec would be activity itself).
-async fn wait_status(client: &Client, name: &str, want: SpriteStatus, within: Duration) {
-    let start = Instant::now();
-    while status(client, name).await != want {
-        assert!(
-            start.elapsed() < within,
-            "{name} not {want:?} after {within:?}: {:?}",
-            client.get(name).await.unwrap().lifecycle
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sprite_checkpoints_itself_and_holds_tasks_through_its_socket() {
     let mut daemon = Daemon::start_with(

@@ -14,29 +14,6 @@ async fn info(client: &Client, name: &str) -> SpriteInfo {
     client.get(name).await.unwrap()
 }
 
-/// Waits until the sprite has `want`; answers how long that took.
-async fn wait_status(
-    client: &Client,
-    name: &str,
-    want: SpriteStatus,
-    within: Duration,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let now = info(client, name).await;
-        if now.status == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{name} still {:?} after {within:?}, wanted {want:?}: {:?}",
-            now.status,
-            now.lifecycle
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Asserts the sprite keeps `want` for all of `period`.
 async fn stays(client: &Client, name: &str, want: SpriteStatus, period: Duration) {
     let start = Instant::now();
@@ -150,8 +127,6 @@ async fn idle_sprites_go_warm_then_cold_and_wake_on_demand() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cgroups = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(cgroups.contains("cgroup"));
     let layout =
         sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
     assert!(
@@ -402,14 +377,12 @@ async fn memory_pressure_sends_warm_sprites_cold_longest_idle_first() {
     create(client, "newer").await;
     // Both go warm, then cold one per look (every second), the longest idle first.
     wait_status(client, "older", SpriteStatus::Cold, Duration::from_secs(10)).await;
-    let newer = info(client, "newer").await.status;
     let older_cold_since = info(client, "older").await.lifecycle.unwrap().since;
     wait_status(client, "newer", SpriteStatus::Cold, Duration::from_secs(10)).await;
     let newer_cold_since = info(client, "newer").await.lifecycle.unwrap().since;
     assert!(
-        newer != SpriteStatus::Cold || older_cold_since <= newer_cold_since,
+        older_cold_since <= newer_cold_since,
         "the newer sprite went cold first"
     );
-    assert!(older_cold_since <= newer_cold_since);
     assert!(daemon.log().contains("memory pressure: cold sleep"));
 }

@@ -461,3 +461,48 @@ pub async fn wait_pool(daemon: &Daemon, want: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until the sprite has `want`, polling its info (never an exec: that would be
+/// activity); answers how long that took.
+pub async fn wait_status(
+    client: &Client,
+    name: &str,
+    want: sprite_api::sprite::SpriteStatus,
+    within: Duration,
+) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let now = client.get(name).await.unwrap();
+        if now.status == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} still {:?} after {within:?}, wanted {want:?}: {:?}",
+            now.status,
+            now.lifecycle
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a benchmark's async body on a 2-worker runtime (the benches' `main`).
+pub fn run_bench<F: std::future::Future<Output = ()>>(bench: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench);
+}
+
+/// Writes a benchmark's figures to `target/bench/<name>.json`.
+pub fn write_report(name: &str, report: &impl serde::Serialize) {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report).unwrap(),
+    )
+    .unwrap();
+}
