@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod fs;
 pub mod names;
 pub mod services;
 pub mod sprite;

@@ -129,7 +129,11 @@ impl Client {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => (body.error.clone(), body.message.unwrap_or(body.error)),
+            // A file-system error's code is its errno name (ENOENT...).
+            Ok(body) => (
+                body.code.clone().unwrap_or(body.error.clone()),
+                body.message.unwrap_or(body.error),
+            ),
             Err(_) => (
                 String::new(),
                 if text.is_empty() {
@@ -492,6 +496,135 @@ impl Client {
                 .body(body),
         )
         .await
+    }
+
+    /// `GET fs/read`: the response, to stream; `range` is `(first, last)` bytes,
+    /// inclusive (`None` last = to the end).
+    pub async fn fs_read(
+        &self,
+        name: &str,
+        path: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/v1/sprites/{name}/fs/read")))
+            .query(&[("path", path)]);
+        if let Some((first, last)) = range {
+            let last = last.map(|l| l.to_string()).unwrap_or_default();
+            request = request.header("range", format!("bytes={first}-{last}"));
+        }
+        self.send_raw(request).await
+    }
+
+    /// `PUT fs/write`: streams `body` into `path` in the sprite.
+    pub async fn fs_write<R>(
+        &self,
+        name: &str,
+        path: &str,
+        mode: Option<u32>,
+        make_parents: bool,
+        body: R,
+    ) -> Result<sprite_api::fs::FsWritten, ClientError>
+    where
+        R: tokio::io::AsyncRead + Send + Sync + 'static,
+    {
+        let mut query = vec![
+            ("path", path.to_string()),
+            ("mkdirParents", make_parents.to_string()),
+        ];
+        if let Some(mode) = mode {
+            query.push(("mode", format!("{mode:04o}")));
+        }
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, 1 << 20));
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/sprites/{name}/fs/write")))
+                .header("content-type", "application/octet-stream")
+                .query(&query)
+                .body(body),
+        )
+        .await
+    }
+
+    /// `GET fs/list`.
+    pub async fn fs_list(
+        &self,
+        name: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<sprite_api::fs::FsList, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/sprites/{name}/fs/list")))
+                .query(&[("path", path), ("recursive", &recursive.to_string())]),
+        )
+        .await
+    }
+
+    /// `DELETE fs/delete`.
+    pub async fn fs_delete(
+        &self,
+        name: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<sprite_api::fs::FsDeleted, ClientError> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/v1/sprites/{name}/fs/delete")))
+                .query(&[("path", path), ("recursive", &recursive.to_string())]),
+        )
+        .await
+    }
+
+    /// `POST fs/{operation}` (`rename`, `copy`, `chmod`, `chown`) with a JSON body.
+    pub async fn fs_post<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        operation: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/fs/{operation}")))
+                .json(body),
+        )
+        .await
+    }
+
+    /// `WS fs/watch`, subscribed to `paths`: the socket, after the server confirmed.
+    pub async fn fs_watch(
+        &self,
+        name: &str,
+        paths: &[&str],
+        recursive: bool,
+    ) -> Result<Tunnel, ClientError> {
+        let mut socket = self
+            .connect_websocket(&format!("/v1/sprites/{name}/fs/watch"))
+            .await?;
+        let subscribe =
+            serde_json::json!({"type": "subscribe", "paths": paths, "recursive": recursive});
+        socket
+            .send(Message::Text(subscribe.to_string().into()))
+            .await?;
+        let answer = match socket.next().await {
+            Some(Ok(Message::Text(text))) => text.to_string(),
+            Some(Err(error)) => return Err(error.into()),
+            _ => return Err(ClientError::ClosedBeforeExit),
+        };
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if answer["type"] == "subscribed" {
+            return Ok(socket);
+        }
+        Err(ClientError::Api {
+            status: 400,
+            code: answer["code"].as_str().unwrap_or_default().to_string(),
+            message: answer["error"]
+                .as_str()
+                .unwrap_or("the watch was refused")
+                .to_string(),
+        })
     }
 
     async fn websocket(&self, path_and_query: &str, tty: bool) -> Result<ExecStream, ClientError> {

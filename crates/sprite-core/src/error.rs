@@ -59,6 +59,8 @@ pub enum CoreError {
         port: u16,
         seconds: u64,
     },
+    #[error(transparent)]
+    Fs(#[from] crate::files::FsError),
 }
 
 impl CoreError {
@@ -75,6 +77,14 @@ impl CoreError {
             | CoreError::InUse { .. }
             | CoreError::Conflict(_) => ErrorKind::Conflict,
             CoreError::NotFound(_) => ErrorKind::NotFound,
+            CoreError::Fs(error) => match error.code {
+                sprite_api::fs::FsCode::NotFound => ErrorKind::NotFound,
+                sprite_api::fs::FsCode::Exists | sprite_api::fs::FsCode::NotEmpty => {
+                    ErrorKind::Conflict
+                }
+                sprite_api::fs::FsCode::Io => ErrorKind::Internal,
+                _ => ErrorKind::InvalidRequest,
+            },
             CoreError::SessionGone(_) => ErrorKind::Gone,
             CoreError::TooManySprites(_) => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) | CoreError::PortTimeout { .. } => ErrorKind::Unavailable,

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod db;
 mod error;
+pub mod files;
 pub mod image;
 pub mod lifecycle;
 pub mod manager;

@@ -142,6 +142,17 @@ impl SpriteManager {
         Ok(SpriteCgroup::new(layout, sprite_id))
     }
 
+    /// The host pid of a running sprite's PID 1.
+    pub(crate) fn init_pid(&self, record: &SpriteRecord) -> Result<u32, CoreError> {
+        self.cgroup(&record.id)?
+            .init_pid()
+            .map_err(|e| CoreError::Sandbox {
+                sprite: record.name.clone(),
+                source: SandboxError::Cgroup(e),
+            })?
+            .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))
+    }
+
     pub(crate) fn info(&self, record: &SpriteRecord) -> SpriteInfo {
         let (status, _) = self.activity.status(&record.id);
         SpriteInfo {

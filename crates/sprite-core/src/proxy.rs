@@ -86,14 +86,7 @@ impl SpriteManager {
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = async {
-                let init = self
-                    .cgroup(&record.id)?
-                    .init_pid()
-                    .map_err(|e| CoreError::Sandbox {
-                        sprite: record.name.clone(),
-                        source: sprite_sandbox::SandboxError::Cgroup(e),
-                    })?
-                    .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))?;
+                let init = self.init_pid(record)?;
                 let connected = tokio::task::spawn_blocking(move || {
                     sprite_sandbox::connect_in_sprite(init, port, Duration::from_secs(1)).and_then(
                         |stream| {

@@ -95,3 +95,31 @@ pub fn connect_in_sprite(
             .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
     })
 }
+
+/// Runs `work` on the calling thread with its file-system ids set to `uid` and `gid`
+/// (the sprite's root as the host sees it) and its file capabilities kept, so that file
+/// systems mounted inside the sprite's user namespace (its overlay root) accept files
+/// the host makes: the kernel refuses to create an inode whose owner that namespace
+/// cannot map (EOVERFLOW). File-system ids and capabilities are per thread; both are
+/// restored before returning.
+pub fn with_fs_ids<T>(uid: u32, gid: u32, work: impl FnOnce() -> T) -> T {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // Back to 0: the kernel re-raises the file capabilities from the permitted set.
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+            if let Ok(permitted) = caps::read(None, caps::CapSet::Permitted) {
+                let _ = caps::set(None, caps::CapSet::Effective, &permitted);
+            }
+        }
+    }
+    let _restore = Restore;
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+    // Leaving fsuid 0 dropped the file capabilities from the effective set: raise them.
+    if let Ok(permitted) = caps::read(None, caps::CapSet::Permitted) {
+        let _ = caps::set(None, caps::CapSet::Effective, &permitted);
+    }
+    work()
+}

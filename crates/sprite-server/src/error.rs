@@ -10,6 +10,8 @@ use sprite_core::CoreError;
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// File-system errors: the errno code and the path (API.md, File system).
+    pub fs: Option<(sprite_api::fs::FsCode, String)>,
 }
 
 impl ApiError {
@@ -17,6 +19,7 @@ impl ApiError {
         ApiError {
             kind,
             message: message.into(),
+            fs: None,
         }
     }
 
@@ -31,20 +34,39 @@ impl From<CoreError> for ApiError {
         if kind == ErrorKind::Internal {
             tracing::error!("{}", sprite_api::error_chain(&error));
         }
+        let fs = match &error {
+            CoreError::Fs(fs) => Some((fs.code, fs.path.clone())),
+            _ => None,
+        };
         ApiError {
             kind,
             message: sprite_api::error_chain(&error),
+            fs,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: self.kind.code().to_string(),
-            message: Some(self.message),
+        let status = self
+            .fs
+            .as_ref()
+            .map_or(self.kind.status(), |(code, _)| code.status());
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = match self.fs {
+            // The SDKs show `error` as the message of a file-system error.
+            Some((code, path)) => ErrorBody {
+                error: self.message.clone(),
+                message: Some(self.message),
+                code: Some(code.as_str().to_string()),
+                path: Some(path),
+            },
+            None => ErrorBody {
+                error: self.kind.code().to_string(),
+                message: Some(self.message),
+                code: None,
+                path: None,
+            },
         };
         let mut response = (status, axum::Json(body)).into_response();
         if self.kind == ErrorKind::RateLimited {

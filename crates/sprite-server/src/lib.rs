@@ -11,6 +11,7 @@ mod auth;
 mod checkpoints;
 mod error;
 mod exec;
+mod fs;
 pub mod inner;
 pub mod proxy;
 mod services;
@@ -179,6 +180,18 @@ fn api_routes() -> Router<AppState> {
             get(services::logs),
         )
         .route("/v1/sprites/{name}/proxy", get(tcp::proxy))
+        .route("/v1/sprites/{name}/fs/read", get(fs::read))
+        .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
+        .route("/v1/sprites/{name}/fs/list", get(fs::list))
+        .route(
+            "/v1/sprites/{name}/fs/delete",
+            axum::routing::delete(fs::delete),
+        )
+        .route("/v1/sprites/{name}/fs/rename", post(fs::rename))
+        .route("/v1/sprites/{name}/fs/copy", post(fs::copy))
+        .route("/v1/sprites/{name}/fs/chmod", post(fs::chmod))
+        .route("/v1/sprites/{name}/fs/chown", post(fs::chown))
+        .route("/v1/sprites/{name}/fs/watch", get(fs::watch))
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))

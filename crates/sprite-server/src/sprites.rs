@@ -29,6 +29,8 @@ pub async fn create(
                 let error = ErrorBody {
                     error: "conflict".into(),
                     message: Some(format!("a sprite named {name} already exists")),
+                    code: None,
+                    path: None,
                 };
                 map.insert("error".into(), error.error.into());
                 map.insert("message".into(), error.message.unwrap_or_default().into());

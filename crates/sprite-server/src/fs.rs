@@ -1,0 +1,571 @@
+//! The file-system API, `/v1/sprites/{name}/fs/...` (API.md, "File system"). Paths are
+//! cleaned against `workingDir` here and resolved by the kernel inside the sprite's
+//! root by `sprite_core::files`; every route wakes a sleeping sprite and keeps it awake
+//! while it works. Bodies stream both ways through a bounded channel to a blocking
+//! thread, so no file is ever held in memory whole.
+
+use crate::auth::Org;
+use crate::error::parse_json;
+use crate::{ApiError, AppState};
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::{SinkExt, StreamExt};
+use sprite_api::fs::{
+    clean_path, format_mode, parse_mode, ChmodRequest, ChownRequest, CopyRequest, DeleteRequest,
+    FsAffected, FsCode, FsDeleted, FsList, FsRenamed, FsWritten, RenameRequest, WatchSubscribe,
+};
+use sprite_api::ErrorKind;
+use sprite_core::files::{FsError, SpriteRoot, Watcher};
+use sprite_core::CoreError;
+use std::collections::HashMap;
+use std::io::{Read, Seek, Write};
+use std::sync::Arc;
+
+/// Size of the pieces a file is read and written in.
+const CHUNK: usize = 1 << 20;
+/// Pieces in flight between the network and the disk thread.
+const IN_FLIGHT: usize = 8;
+
+/// The query of a file-system route, read leniently (`true`, `1`, `yes`).
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn parse(query: Option<String>) -> Params {
+        Params(
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        self.get(key).map(|v| parse_flag(key, v)).transpose()
+    }
+
+    /// The cleaned absolute path of `path` (default: the working directory).
+    fn path(&self) -> Result<String, ApiError> {
+        let working_dir = self.get("workingDir");
+        let path = self.get("path").or(working_dir).unwrap_or("/");
+        clean(working_dir, path)
+    }
+}
+
+fn parse_flag(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(ApiError::invalid(format!(
+            "{key}={other} is not a boolean: use true or false"
+        ))),
+    }
+}
+
+fn clean(working_dir: Option<&str>, path: &str) -> Result<String, ApiError> {
+    clean_path(working_dir, path)
+        .map_err(|message| fs_error(FsError::new(FsCode::Invalid, path, message)))
+}
+
+fn fs_error(error: FsError) -> ApiError {
+    CoreError::Fs(error).into()
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FsError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("file task failed: {e}")))?
+        .map_err(fs_error)
+}
+
+async fn root(
+    state: &AppState,
+    org: &str,
+    name: &str,
+) -> Result<(Arc<SpriteRoot>, sprite_core::lifecycle::ActivityGuard), ApiError> {
+    let (root, guard) = state.manager.fs_root(org, name).await?;
+    Ok((Arc::new(root), guard))
+}
+
+/// A `Range: bytes=...` header against a file of `size` bytes: `Ok(None)` to send it
+/// whole, `Ok(Some((start, length)))` for one range, `Err` when it cannot be met.
+fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None); // another unit: ignored, as HTTP allows
+    };
+    if spec.contains(',') {
+        return Ok(None); // several ranges: the whole file is a valid answer
+    }
+    let (first, last) = spec.split_once('-').ok_or(())?;
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        let suffix: u64 = last.parse().map_err(|_| ())?;
+        if suffix == 0 || size == 0 {
+            return Err(());
+        }
+        let length = suffix.min(size);
+        return Ok(Some((size - length, length)));
+    }
+    let start: u64 = first.parse().map_err(|_| ())?;
+    if start >= size {
+        return Err(());
+    }
+    let end = if last.is_empty() {
+        size - 1
+    } else {
+        last.parse::<u64>().map_err(|_| ())?.min(size - 1)
+    };
+    if end < start {
+        return Err(());
+    }
+    Ok(Some((start, end - start + 1)))
+}
+
+/// `GET fs/read?path=&workingDir=`, honouring `Range`.
+pub async fn read(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = Params::parse(query).path()?;
+    let (root, guard) = root(&state, &org, &name).await?;
+    let opened = path.clone();
+    let (file, size) = blocking(move || root.run(|r| r.open_read(&opened))).await?;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) => match parse_range(value, size) {
+            Ok(range) => range,
+            Err(()) => {
+                let mut response = fs_error(FsError::new(
+                    FsCode::Invalid,
+                    &path,
+                    format!("range {value} is outside {path}, which has {size} bytes"),
+                ))
+                .into_response();
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(response);
+            }
+        },
+        None => None,
+    };
+    let (start, length) = range.unwrap_or((0, size));
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut left = length;
+        if start > 0 {
+            if let Err(error) = file.seek(std::io::SeekFrom::Start(start)) {
+                let _ = sender.blocking_send(Err(error));
+                return;
+            }
+        }
+        while left > 0 {
+            let mut buffer = vec![0u8; CHUNK.min(left as usize)];
+            match file.read(&mut buffer) {
+                Ok(0) => break, // the file shrank meanwhile: the answer ends short
+                Ok(n) => {
+                    buffer.truncate(n);
+                    left -= n as u64;
+                    if sender.blocking_send(Ok(Bytes::from(buffer))).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    // The guard rides along with the body: the sprite stays awake until it is sent.
+    let stream =
+        futures_util::stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
+            receiver.recv().await.map(|item| (item, (receiver, guard)))
+        });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let end = start + length.saturating_sub(1);
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// `PUT fs/write?path=&workingDir=&mode=&mkdirParents=` with the file as the body.
+/// The body goes to a temporary file beside the target, which replaces the target
+/// only once complete and synced: a broken upload leaves the old file as it was.
+pub async fn write(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Json<FsWritten>, ApiError> {
+    let params = Params::parse(query);
+    let path = params.path()?;
+    let mode = params
+        .get("mode")
+        .map(|m| parse_mode(&serde_json::Value::String(m.to_string())))
+        .transpose()
+        .map_err(|message| fs_error(FsError::new(FsCode::Invalid, &path, message)))?;
+    let make_parents = params
+        .flag("mkdirParents")?
+        .or(params.flag("mkdir")?)
+        .unwrap_or(false);
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let finisher = root.clone();
+    let target = path.clone();
+    let mut pending =
+        blocking(move || root.run(|r| r.start_write(&target, mode, make_parents))).await?;
+    let Some(mut file) = pending.take_file() else {
+        return Err(ApiError::new(
+            ErrorKind::Internal,
+            "the file to write was not opened",
+        ));
+    };
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
+    let written_path = path.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = receiver.blocking_recv() {
+            file.write_all(&chunk).map_err(|e| {
+                FsError::new(
+                    FsCode::Io,
+                    &written_path,
+                    format!("write {written_path}: {e}"),
+                )
+            })?;
+        }
+        Ok::<_, FsError>(file)
+    });
+    let mut stream = body.into_data_stream();
+    let mut broken = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                if sender.send(chunk).await.is_err() {
+                    break; // the writer failed: its error is reported below
+                }
+            }
+            Err(error) => {
+                broken = Some(error);
+                break;
+            }
+        }
+    }
+    drop(sender);
+    let file = writer
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("file task failed: {e}")))?
+        .map_err(fs_error)?;
+    if let Some(error) = broken {
+        // `pending` is dropped here, removing the partial file.
+        return Err(ApiError::invalid(format!(
+            "the upload of {path} broke off ({error}); the file was not changed"
+        )));
+    }
+    let (path, size, mode) = blocking(move || finisher.run(|_| pending.finish(file))).await?;
+    Ok(Json(FsWritten {
+        path,
+        size,
+        mode: format_mode(mode),
+    }))
+}
+
+/// `GET fs/list?path=&workingDir=&recursive=&pattern=`.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<FsList>, ApiError> {
+    let params = Params::parse(query);
+    let path = params.path()?;
+    let recursive = params.flag("recursive")?.unwrap_or(false);
+    let pattern = params
+        .get("pattern")
+        .filter(|p| !p.is_empty())
+        .map(str::to_string);
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let listed = path.clone();
+    let entries =
+        blocking(move || root.run(|r| r.list(&listed, recursive, pattern.as_deref()))).await?;
+    Ok(Json(FsList {
+        path,
+        count: entries.len(),
+        entries,
+    }))
+}
+
+/// `DELETE fs/delete?path=&workingDir=&recursive=` (or the same fields as JSON).
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Json<FsDeleted>, ApiError> {
+    let params = Params::parse(query);
+    let request: DeleteRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let working_dir = request.working_dir.as_deref().or(params.get("workingDir"));
+    let path = match request.path.as_deref().or(params.get("path")) {
+        Some(path) => clean(working_dir, path)?,
+        None => {
+            return Err(ApiError::invalid(
+                "path is missing: DELETE fs/delete?path=/the/path (add recursive=true for a directory tree)",
+            ))
+        }
+    };
+    let recursive = match request.recursive {
+        Some(recursive) => recursive,
+        None => params.flag("recursive")?.unwrap_or(false),
+    };
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let deleted = blocking(move || root.run(|r| r.delete(&path, recursive))).await?;
+    Ok(Json(FsDeleted {
+        count: deleted.len(),
+        deleted,
+    }))
+}
+
+/// `POST fs/rename {source, dest, workingDir}`.
+pub async fn rename(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<FsRenamed>, ApiError> {
+    let request: RenameRequest = parse_json(&body)?;
+    let working_dir = request.working_dir.as_deref();
+    let source = clean(working_dir, &request.source)?;
+    let dest = clean(working_dir, &request.dest)?;
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let (s, d) = (source.clone(), dest.clone());
+    blocking(move || root.run(|r| r.rename(&s, &d))).await?;
+    Ok(Json(FsRenamed { source, dest }))
+}
+
+/// `POST fs/copy {source, dest, workingDir, recursive, preserveAttrs}`.
+pub async fn copy(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<sprite_api::fs::FsCopied>, ApiError> {
+    let request: CopyRequest = parse_json(&body)?;
+    let working_dir = request.working_dir.as_deref();
+    let source = clean(working_dir, &request.source)?;
+    let dest = clean(working_dir, &request.dest)?;
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let copied = blocking(move || {
+        root.run(|r| r.copy(&source, &dest, request.recursive, request.preserve_attrs))
+    })
+    .await?;
+    Ok(Json(copied))
+}
+
+/// `POST fs/chmod {path, workingDir, mode, recursive}`.
+pub async fn chmod(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<FsAffected>, ApiError> {
+    let request: ChmodRequest = parse_json(&body)?;
+    let path = clean(request.working_dir.as_deref(), &request.path)?;
+    let mode = parse_mode(&request.mode)
+        .map_err(|message| fs_error(FsError::new(FsCode::Invalid, &path, message)))?;
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let affected = blocking(move || root.run(|r| r.chmod(&path, mode, request.recursive))).await?;
+    Ok(Json(FsAffected {
+        count: affected.len(),
+        affected,
+    }))
+}
+
+/// `POST fs/chown {path, workingDir, uid, gid, recursive}` (ids as seen inside).
+pub async fn chown(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<FsAffected>, ApiError> {
+    let request: ChownRequest = parse_json(&body)?;
+    let path = clean(request.working_dir.as_deref(), &request.path)?;
+    if request.uid.is_none() && request.gid.is_none() {
+        return Err(fs_error(FsError::new(
+            FsCode::Invalid,
+            &path,
+            "chown needs uid, gid or both (as numbers seen inside the sprite, e.g. 1000)",
+        )));
+    }
+    let (root, _awake) = root(&state, &org, &name).await?;
+    let affected =
+        blocking(move || root.run(|r| r.chown(&path, request.uid, request.gid, request.recursive)))
+            .await?;
+    Ok(Json(FsAffected {
+        count: affected.len(),
+        affected,
+    }))
+}
+
+/// `WS fs/watch`: the client subscribes with `{"type":"subscribe","paths":[...],
+/// "recursive":bool,"workingDir":"/"}` (more subscriptions may follow); events are
+/// sent as JSON text messages. An open watch keeps the sprite awake.
+pub async fn watch(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    state.manager.check_exists(&org, &name)?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        if let Err(error) = serve_watch(state, org, name, socket).await {
+            tracing::debug!("fs watch ended: {error}");
+        }
+    }))
+}
+
+async fn send_json(socket: &mut WebSocket, value: serde_json::Value) -> Result<(), axum::Error> {
+    socket.send(Message::Text(value.to_string().into())).await
+}
+
+async fn serve_watch(
+    state: AppState,
+    org: String,
+    name: String,
+    mut socket: WebSocket,
+) -> Result<(), axum::Error> {
+    let (root, _awake) = match root(&state, &org, &name).await {
+        Ok(root) => root,
+        Err(error) => {
+            send_json(
+                &mut socket,
+                serde_json::json!({"type": "error", "error": error.message}),
+            )
+            .await?;
+            return socket.close().await;
+        }
+    };
+    let mut watcher = match Watcher::new(root) {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            send_json(
+                &mut socket,
+                serde_json::json!({"type": "error", "error": error.message}),
+            )
+            .await?;
+            return socket.close().await;
+        }
+    };
+    loop {
+        tokio::select! {
+            message = socket.recv() => {
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                    Some(Ok(_)) => continue,
+                };
+                let answer = subscribe(&mut watcher, &text);
+                send_json(&mut socket, answer).await?;
+            }
+            events = watcher.next(), if !watcher.is_empty() => {
+                match events {
+                    Ok(events) => {
+                        for event in events {
+                            send_json(&mut socket, serde_json::to_value(&event).unwrap_or_default()).await?;
+                        }
+                    }
+                    Err(error) => {
+                        send_json(&mut socket, serde_json::json!({"type": "error", "error": error.message})).await?;
+                        return socket.close().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies one subscribe message; answers `{"type":"subscribed",...}` or an error.
+fn subscribe(watcher: &mut Watcher, text: &str) -> serde_json::Value {
+    let request: WatchSubscribe = match serde_json::from_str(text) {
+        Ok(request) => request,
+        Err(error) => {
+            return serde_json::json!({"type": "error", "error": format!(
+                "malformed message ({error}): send {{\"type\":\"subscribe\",\"paths\":[\"/home/sprite\"],\"recursive\":true}}"
+            )})
+        }
+    };
+    if request.kind != "subscribe" {
+        return serde_json::json!({"type": "error", "error": format!("unknown message type {:?}: only subscribe is understood", request.kind)});
+    }
+    let mut watched = Vec::new();
+    for path in &request.paths {
+        let path = match clean_path(request.working_dir.as_deref(), path) {
+            Ok(path) => path,
+            Err(message) => {
+                return serde_json::json!({"type": "error", "error": message, "path": path})
+            }
+        };
+        if let Err(error) = watcher.add(&path, request.recursive) {
+            return serde_json::json!({"type": "error", "error": error.message, "code": error.code.as_str(), "path": error.path});
+        }
+        watched.push(path);
+    }
+    serde_json::json!({"type": "subscribed", "paths": watched, "recursive": request.recursive})
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_read_like_http() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(Some((0, 10))));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(Some((90, 10))));
+        assert_eq!(parse_range("bytes=-5", 100), Ok(Some((95, 5))));
+        assert_eq!(parse_range("bytes=-500", 100), Ok(Some((0, 100))));
+        assert_eq!(parse_range("bytes=50-500", 100), Ok(Some((50, 50))));
+        assert_eq!(parse_range("bytes=100-", 100), Err(()));
+        assert_eq!(parse_range("bytes=9-3", 100), Err(()));
+        assert_eq!(parse_range("bytes=x-3", 100), Err(()));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(parse_range("items=0-1", 100), Ok(None));
+        assert_eq!(parse_range("bytes=-1", 0), Err(()));
+    }
+
+    #[test]
+    fn flags_are_lenient_but_not_silent() {
+        assert!(parse_flag("r", "true").unwrap());
+        assert!(parse_flag("r", "1").unwrap());
+        assert!(!parse_flag("r", "False").unwrap());
+        assert!(parse_flag("r", "maybe").is_err());
+    }
+}
