@@ -152,6 +152,24 @@ pub enum Command {
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
+    /// Copy files and directories between this machine and a sprite.
+    #[command(
+        after_help = "Paths in a sprite are SPRITE:PATH, or :PATH for the current sprite (relative ones start in /home/sprite).\n\nExamples:\n  sprite cp notes.txt dev:/home/sprite/\n  sprite cp -r ./src dev:project/src\n  sprite cp -r dev:/var/log/app ./logs\n  sprite cp :/etc/hosts . -s dev"
+    )]
+    Cp {
+        /// Sources, then the destination.
+        #[arg(required = true, num_args = 2.., value_name = "PATH")]
+        paths: Vec<String>,
+        /// Copy directories and everything in them.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// No progress line.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// The sprite that `:PATH` means (default: `sprite use`).
+        #[arg(short = 's', long = "sprite")]
+        sprite: Option<String>,
+    },
     /// Show a sprite's URL (and who may open it), or change that with `update`.
     #[command(
         after_help = "Examples:\n  sprite url -s dev\n  sprite url update --auth public -s dev"
@@ -456,6 +474,39 @@ pub async fn run(args: Args) -> Result<u8> {
                 print_json(&info)?;
             } else {
                 print_info(&info);
+            }
+            Ok(0)
+        }
+        Command::Cp {
+            paths,
+            recursive,
+            quiet,
+            sprite,
+        } => {
+            let client = client(&args)?;
+            let (dest, sources) = paths
+                .split_last()
+                .context("give at least one source and a destination")?;
+            let started = std::time::Instant::now();
+            let report = crate::copy::run(
+                &client,
+                || settings::sprite_name(sprite.as_deref()),
+                sources,
+                dest,
+                *recursive,
+                *quiet || args.json,
+            )
+            .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if !quiet {
+                eprintln!(
+                    "copied {} file(s), {} director(ies), {:.1} MiB in {:.1} s",
+                    report.files,
+                    report.directories,
+                    report.bytes as f64 / (1 << 20) as f64,
+                    started.elapsed().as_secs_f64()
+                );
             }
             Ok(0)
         }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod console;
+mod copy;
 mod daemon;
 mod services;
 mod settings;

@@ -237,3 +237,192 @@ async fn cli_round_trips() {
     assert!(out.status.success());
     assert!(daemon.sprite_ids().is_empty());
 }
+
+/// Every file and directory under `root`: relative path → (mode, contents; None for a
+/// directory).
+fn snapshot(root: &std::path::Path) -> std::collections::BTreeMap<String, (u32, Option<Vec<u8>>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                found.insert(rel, (mode, None));
+                stack.push(path);
+            } else {
+                found.insert(rel, (mode, Some(std::fs::read(&path).unwrap())));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_round_trips_a_tree_with_contents_and_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    create(&daemon.client, "cp").await;
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("src/deep")).unwrap();
+    std::fs::create_dir_all(tree.join("empty")).unwrap();
+    std::fs::write(tree.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(tree.join("src/secret"), "s3cr3t").unwrap();
+    std::fs::write(tree.join("src/deep/empty-file"), "").unwrap();
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(tree.join("src/deep/big.bin"), &big).unwrap();
+    for (path, mode) in [
+        ("run.sh", 0o755),
+        ("src/secret", 0o600),
+        ("empty", 0o700),
+        ("src/deep", 0o750),
+    ] {
+        std::fs::set_permissions(tree.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    let up = sprite(
+        &daemon,
+        &[
+            "cp",
+            "-r",
+            tree.to_str().unwrap(),
+            "cp:/home/sprite/tree",
+            "--json",
+        ],
+        b"",
+    );
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    assert_eq!(
+        (report["files"].as_u64(), report["bytes"].as_u64()),
+        (Some(4), Some(big.len() as u64 + 24))
+    );
+    let inside = run(&daemon.client, "cp", &["sh", "-c", "cd /home/sprite/tree && ./run.sh && stat -c '%a %U' src/secret empty src/deep && md5sum src/deep/big.bin"]).await;
+    let md5 = format!("{:x}", md5_of(&big));
+    assert_eq!(
+        inside.stdout(),
+        format!("hi\n600 sprite\n700 sprite\n750 sprite\n{md5}  src/deep/big.bin\n")
+    );
+
+    let back = work.path().join("back");
+    let down = sprite(
+        &daemon,
+        &["cp", "-r", "-q", "cp:tree", back.to_str().unwrap()],
+        b"",
+    );
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(snapshot(&back), snapshot(&tree));
+
+    // One file each way, into a directory; errors name the path and exit non-zero.
+    let single = sprite(
+        &daemon,
+        &["cp", tree.join("run.sh").to_str().unwrap(), "cp:/tmp/"],
+        b"",
+    );
+    assert!(
+        single.status.success(),
+        "{}",
+        String::from_utf8_lossy(&single.stderr)
+    );
+    let out = sprite(
+        &daemon,
+        &[
+            "cp",
+            ":/tmp/run.sh",
+            work.path().to_str().unwrap(),
+            "-s",
+            "cp",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("run.sh")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    let missing = sprite(
+        &daemon,
+        &["cp", "cp:/home/sprite/nope", work.path().to_str().unwrap()],
+        b"",
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/home/sprite/nope"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let dir_without_r = sprite(&daemon, &["cp", tree.to_str().unwrap(), "cp:/tmp/x"], b"");
+    assert!(String::from_utf8_lossy(&dir_without_r.stderr).contains("add -r"));
+}
+
+/// MD5 (RFC 1321), to compare with `md5sum` in the sprite without a dependency.
+fn md5_of(data: &[u8]) -> u128 {
+    let s: [u32; 64] = [
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+    ];
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((i as f64 + 1.0).sin().abs() * 4294967296.0) as u32)
+        .collect();
+    let (mut a0, mut b0, mut c0, mut d0) =
+        (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_le_bytes());
+    for chunk in message.chunks(64) {
+        let m: Vec<u32> = chunk
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(s[i]));
+        }
+        a0 = a0.wrapping_add(a);
+        b0 = b0.wrapping_add(b);
+        c0 = c0.wrapping_add(c);
+        d0 = d0.wrapping_add(d);
+    }
+    let mut digest = [0u8; 16];
+    for (i, word) in [a0, b0, c0, d0].iter().enumerate() {
+        digest[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    u128::from_be_bytes(digest)
+}
