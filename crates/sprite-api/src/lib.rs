@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod fs;
 pub mod names;
+pub mod policy;
 pub mod services;
 pub mod sprite;
 

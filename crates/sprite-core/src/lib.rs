@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod db;
+pub mod dns;
 mod error;
 pub mod files;
 pub mod image;
