@@ -70,11 +70,7 @@ impl Progress {
         let done = self.done.load(Ordering::Relaxed);
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        let percent = if self.total == 0 {
-            100
-        } else {
-            done * 100 / self.total
-        };
+        let percent = (done * 100).checked_div(self.total).unwrap_or(100);
         eprint!(
             "\r\x1b[2K{:.1} / {:.1} MiB  {percent:>3}%  {:.0} MiB/s  {file}",
             mib(done),
