@@ -593,6 +593,12 @@ impl Client {
         .await
     }
 
+    /// `WS .../ports/watch`: a `port_list` message, then `port_opened`/`port_closed`.
+    pub async fn ports_watch(&self, name: &str) -> Result<Tunnel, ClientError> {
+        self.connect_websocket(&format!("/v1/sprites/{name}/ports/watch"))
+            .await
+    }
+
     /// `WS fs/watch`, subscribed to `paths`: the socket, after the server confirmed.
     pub async fn fs_watch(
         &self,

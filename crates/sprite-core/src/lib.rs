@@ -14,6 +14,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod manager;
 mod pool;
+pub mod ports;
 pub mod proxy;
 pub mod rootfs;
 mod services;

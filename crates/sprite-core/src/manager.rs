@@ -59,6 +59,8 @@ pub struct SpriteManager {
     pub(crate) tasks: Tasks,
     /// `http_port` of each sprite's services, and when it was looked up.
     pub(crate) http_ports: Mutex<HashMap<String, (u16, std::time::Instant)>>,
+    /// The port pollers of watched sprites (see `ports`).
+    pub(crate) port_watches: Mutex<HashMap<String, std::sync::Weak<crate::ports::PortWatch>>>,
     /// Told when sprites are created or destroyed (the in-sprite API serves each).
     sprites_changed: tokio::sync::Notify,
 }
@@ -117,6 +119,7 @@ impl SpriteManager {
             pool: Pool::default(),
             tasks: Tasks::default(),
             http_ports: Mutex::new(HashMap::new()),
+            port_watches: Mutex::new(HashMap::new()),
             sprites_changed: tokio::sync::Notify::new(),
         }))
     }

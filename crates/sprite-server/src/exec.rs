@@ -59,8 +59,12 @@ fn with_capabilities(mut response: Response) -> Response {
 
 /// What a WebSocket bridges to: a live session, or a command that could not start.
 enum Bridge {
-    Session(Attachment),
-    Failed { message: String, tty: bool },
+    /// A session, and the sprite's port changes to report on it.
+    Session(Attachment, Option<sprite_core::ports::PortSubscription>),
+    Failed {
+        message: String,
+        tty: bool,
+    },
 }
 
 pub async fn exec_or_list(
@@ -80,7 +84,7 @@ pub async fn exec_or_list(
     // A connected client keeps the sprite awake, however quiet its command is.
     let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
     let bridge = match state.manager.spawn(&org, &name, &params, &run_as).await {
-        Ok(attachment) => Bridge::Session(attachment),
+        Ok(attachment) => Bridge::Session(attachment, state.manager.watch_ports(&org, &name).ok()),
         Err(CoreError::SpawnFailed(message)) => Bridge::Failed {
             message,
             tty: params.tty,
@@ -101,7 +105,7 @@ pub async fn attach(
     let attachment = state.manager.attach(&org, &name, &session).await?;
     Ok(with_capabilities(upgrade_to(
         upgrade,
-        Bridge::Session(attachment),
+        Bridge::Session(attachment, state.manager.watch_ports(&org, &name).ok()),
         awake,
     )))
 }
@@ -115,7 +119,7 @@ fn upgrade_to(upgrade: WebSocketUpgrade, bridge: Bridge, awake: ActivityGuard) -
         .on_upgrade(move |socket| async move {
             let _awake = awake;
             match bridge {
-                Bridge::Session(attachment) => run_bridge(socket, attachment).await,
+                Bridge::Session(attachment, ports) => run_bridge(socket, attachment, ports).await,
                 Bridge::Failed { message, tty } => fail_bridge(socket, &message, tty).await,
             }
         })
@@ -145,7 +149,11 @@ async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
 /// Pumps a session to a WebSocket and the WebSocket's input to the session. Ends when
 /// the process exits (exit frame, then close) or the client leaves (the process keeps
 /// running and can be re-attached).
-async fn run_bridge(socket: WebSocket, attachment: Attachment) {
+async fn run_bridge(
+    socket: WebSocket,
+    attachment: Attachment,
+    ports: Option<sprite_core::ports::PortSubscription>,
+) {
     let Attachment {
         session_id,
         tty,
@@ -164,7 +172,7 @@ async fn run_bridge(socket: WebSocket, attachment: Attachment) {
     }
     let (finished, finished_rx) = tokio::sync::oneshot::channel();
     let outbound = tokio::spawn(async move {
-        forward_output(reader, sink, tty).await;
+        forward_output(reader, sink, tty, ports).await;
         let _ = finished.send(());
     });
     forward_input(stream, writer, tty, finished_rx).await;
@@ -187,6 +195,7 @@ async fn forward_output(
     mut reader: SessionReader,
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     tty: bool,
+    mut ports: Option<sprite_core::ports::PortSubscription>,
 ) {
     // Reading a session is not cancel-safe, so it runs in its own task and the loop
     // below selects on a channel and the ping timer instead.
@@ -208,6 +217,18 @@ async fn forward_output(
     loop {
         let event = tokio::select! {
             event = received.recv() => event,
+            port = next_port_event(&mut ports), if ports.is_some() => {
+                match port {
+                    Some(port) => {
+                        let text = crate::tcp::port_message(&port);
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => ports = None, // the poller ended: no more port events
+                }
+                continue;
+            }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                     break;
@@ -247,6 +268,12 @@ async fn forward_output(
             break;
         }
     }
+}
+
+async fn next_port_event(
+    ports: &mut Option<sprite_core::ports::PortSubscription>,
+) -> Option<sprite_core::ports::PortEvent> {
+    ports.as_mut()?.recv().await
 }
 
 /// Aborts a task when dropped, so a client leaving also drops the session reader (and

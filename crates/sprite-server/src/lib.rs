@@ -180,6 +180,7 @@ fn api_routes() -> Router<AppState> {
             get(services::logs),
         )
         .route("/v1/sprites/{name}/proxy", get(tcp::proxy))
+        .route("/v1/sprites/{name}/ports/watch", get(tcp::watch_ports))
         .route("/v1/sprites/{name}/fs/read", get(fs::read))
         .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
         .route("/v1/sprites/{name}/fs/list", get(fs::list))

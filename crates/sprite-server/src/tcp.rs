@@ -127,3 +127,60 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
         }
     }
 }
+
+/// `WS /v1/sprites/{name}/ports/watch`: `{"type":"port_list","ports":[...]}` first, then
+/// `port_opened` / `port_closed` as processes in the sprite start or stop listening.
+/// Watching neither wakes the sprite nor keeps it awake.
+pub async fn watch_ports(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let mut subscription = state.manager.watch_ports(&org, &name)?;
+    let ports = state.manager.ports_now(&org, &name).await?;
+    Ok(upgrade.on_upgrade(move |mut socket| async move {
+        let list = serde_json::json!({"type": "port_list", "ports": ports});
+        if socket
+            .send(Message::Text(list.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                event = subscription.recv() => {
+                    let Some(event) = event else { return };
+                    let message = port_message(&event);
+                    if socket.send(Message::Text(message.into())).await.is_err() {
+                        return;
+                    }
+                }
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }))
+}
+
+/// A port event as the exec and ports/watch sockets send it.
+pub(crate) fn port_message(event: &sprite_core::ports::PortEvent) -> String {
+    use sprite_api::exec::ServerMessage;
+    use sprite_core::ports::PortEvent;
+    let message = match event.clone() {
+        PortEvent::Opened(p) => ServerMessage::PortOpened {
+            port: p.port,
+            address: p.address,
+            pid: p.pid,
+        },
+        PortEvent::Closed(p) => ServerMessage::PortClosed {
+            port: p.port,
+            address: p.address,
+            pid: p.pid,
+        },
+    };
+    message.to_json()
+}

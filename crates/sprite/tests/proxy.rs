@@ -387,3 +387,76 @@ async fn the_tcp_proxy_reaches_a_port_in_a_sleeping_sprite() {
         "{answer}"
     );
 }
+
+async fn next_text(socket: &mut sprite_client::Tunnel) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("no message in 10 s")
+            .expect("the socket closed")
+            .expect("the socket failed");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_opening_and_closing_are_reported() {
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = &daemon.client;
+    create(client, "ports").await;
+    let mut watch = client.ports_watch("ports").await.unwrap();
+    let list = next_text(&mut watch).await;
+    assert_eq!(list["type"], "port_list");
+    assert_eq!(list["ports"], serde_json::json!([]));
+
+    // An exec that starts a server gets port_opened on its own socket, with its pid.
+    let mut exec = client
+        .exec(
+            "ports",
+            &params(&["sh", "-c", "sleep 1; exec httpd -f -p 127.0.0.1:9123"]),
+        )
+        .await
+        .unwrap();
+    let opened = loop {
+        match tokio::time::timeout(Duration::from_secs(10), exec.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            sprite_client::ExecEvent::Text(text) => {
+                break serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+            sprite_client::ExecEvent::Exit(code) => panic!("server exited with {code}"),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        (
+            opened["type"].as_str(),
+            opened["port"].as_u64(),
+            opened["address"].as_str()
+        ),
+        (Some("port_opened"), Some(9123), Some("127.0.0.1"))
+    );
+    let pid = opened["pid"].as_u64().unwrap();
+    assert!(pid > 1, "{opened}");
+    // ... and the watcher too.
+    let event = next_text(&mut watch).await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["port"].as_u64(),
+            event["pid"].as_u64()
+        ),
+        (Some("port_opened"), Some(9123), Some(pid))
+    );
+    exec.signal("KILL").await.unwrap();
+    let event = next_text(&mut watch).await;
+    assert_eq!(
+        (event["type"].as_str(), event["port"].as_u64()),
+        (Some("port_closed"), Some(9123))
+    );
+}
