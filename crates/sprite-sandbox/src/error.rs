@@ -51,6 +51,31 @@ pub enum SandboxError {
         kind: crate::protocol::ErrorCode,
         message: String,
     },
+    #[error("invalid network plan ({plan}): {reason}")]
+    NetworkPlan { plan: String, reason: String },
+    #[error("slot {slot} is outside the network plan ({max_slots} slots)")]
+    NetworkSlot { slot: u32, max_slots: u32 },
+    #[error("list host interfaces in /sys/class/net")]
+    ListInterfaces(#[source] std::io::Error),
+    #[error("host interface {interface} starts with the sprite interface prefix {prefix:?} but is not named like a slot's")]
+    ForeignInterface { interface: String, prefix: String },
+    #[error("process {0} shares the host's network namespace, so it is not a sprite")]
+    SharedNetworkNamespace(u32),
+    #[error("enable ip forwarding in /proc/sys/net/ipv4/ip_forward")]
+    IpForwarding(#[source] std::io::Error),
+    #[error("{step}: run `{command}`")]
+    NetworkSpawn {
+        step: String,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step}: `{command}` failed: {stderr}")]
+    NetworkCommand {
+        step: String,
+        command: String,
+        stderr: String,
+    },
 }
 
 /// Shorthand for a syscall step that failed.

@@ -1,0 +1,955 @@
+//! A sprite's network: one veth pair to the host per sprite, NAT to the outside, and
+//! nftables rules that keep sprites away from the host and from each other.
+//!
+//! # Addresses
+//!
+//! The daemon's [`NetPlan`] subnet (say `10.231.0.0/16`) is carved into /30 blocks, one
+//! per *slot*. Slot `s` (counted from 0; every slot is usable) owns
+//! `base + 4s .. base + 4s + 3`: the host end of its veth, named `<iface_prefix><s>`
+//! (`spv17`), has the gateway address `base + 4s + 1`, and the sprite's end, `eth0` in the
+//! sprite's network namespace, has `base + 4s + 2` and a default route via the gateway.
+//!
+//! # Rules
+//!
+//! Everything lives in one nftables table, `inet <table>`, that the daemon owns:
+//!
+//! - `input` (filter, priority 0, policy accept) sends packets that come in on a sprite
+//!   interface to `from_sprite`, which accepts replies (`ct state established,related`)
+//!   and DNS (TCP or UDP port 53) to the slot's own gateway address only (the set
+//!   `resolvers`, `ifname . ipv4_addr`, where the daemon runs one resolver per sprite),
+//!   and drops the rest. A sprite cannot reach the daemon's API, ssh or any other service
+//!   of the host, on any host address, over IPv4 or IPv6.
+//! - `forward` (filter, priority 0, policy accept, so the host's other forwarding is left
+//!   alone) drops sprite-to-sprite packets, lets into a sprite only replies to what the
+//!   sprite started, drops everything but IPv4 from sprites, and sends a sprite's packets
+//!   through the verdict map `egress` (`ifname : verdict`) to its slot's chain
+//!   `egress_<slot>`. A packet from a sprite interface without a slot in the map is dropped.
+//! - `egress_<slot>` first drops packets whose source is not the sprite's address (root in a
+//!   sprite has `CAP_NET_RAW`), then either accepts ([`Egress::Open`]) or accepts only
+//!   destinations in the set `allow_<slot>` (`ipv4_addr`, with timeouts) and rejects the
+//!   rest, TCP with a reset ([`Egress::Restricted`]). The chain sees every packet, not
+//!   only new connections, so revoking an address cuts live connections: the sprite's next
+//!   packet gets a reset.
+//! - `postrouting` (nat, priority 100) masquerades what leaves the subnet on every
+//!   interface that is not a sprite's.
+//!
+//! [`install`] turns on IPv4 forwarding and (re)creates the table in one nft transaction;
+//! [`attach`] and [`detach`] add and remove one slot's veth pair and objects. Each change
+//! is one `nft -f -` script, so it applies atomically. Interfaces are matched by the
+//! wildcard `<iface_prefix>*`, so the prefix must belong to this daemon alone; [`install`]
+//! refuses to run if a host interface starts with it but is not named like a slot.
+//!
+//! # A restarted daemon
+//!
+//! Sprites outlive the daemon, and so do their veth pairs. A restarted daemon calls
+//! [`install`] with the slots still alive and their egress policy: the new table is built
+//! with their chains, sets and map entries in the same transaction, and the addresses their
+//! `allow_<slot>` sets held in the old table are carried over with the time they had left,
+//! so neither their connectivity nor their allowed connections are interrupted.
+
+use crate::SandboxError;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Linux's interface name limit (IFNAMSIZ 16, minus the terminating NUL).
+const MAX_INTERFACE_NAME: usize = 15;
+/// The name of the sprite's end of its veth pair, inside its network namespace.
+const SPRITE_INTERFACE: &str = "eth0";
+/// nftables takes element timeouts up to `u32::MAX` milliseconds on older kernels.
+const MAX_ALLOW_SECONDS: u64 = u32::MAX as u64 / 1000;
+/// The block each slot gets: a /30, so four addresses.
+const SLOT_PREFIX_LEN: u8 = 30;
+/// nft reading a script from stdin, applied as one transaction.
+const NFT_SCRIPT: [&str; 3] = ["nft", "-f", "-"];
+
+/// How the daemon lays out sprite networking: the subnet its slots come from, the nftables
+/// table it owns and the prefix of the host-side interface names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPlan {
+    /// Network address of the sprites' subnet, aligned to `prefix_len`.
+    pub subnet: Ipv4Addr,
+    /// Length of the subnet's prefix, 8 to 28.
+    pub prefix_len: u8,
+    /// Name of the `inet` nftables table the daemon owns (letters, digits, `_`).
+    pub table: String,
+    /// Prefix of the host-side interface names: slot 17 is `<iface_prefix>17`.
+    pub iface_prefix: String,
+}
+
+/// The addresses of one slot's veth pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotAddrs {
+    /// The host's end: the sprite's default gateway and DNS resolver.
+    pub gateway: Ipv4Addr,
+    /// The sprite's end (`eth0` in its network namespace).
+    pub sprite: Ipv4Addr,
+    /// Prefix length of the pair's link, always 30.
+    pub prefix_len: u8,
+}
+
+/// What a sprite may reach beyond the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// Any address (through NAT).
+    Open,
+    /// Only the addresses in the slot's allow set ([`allow`]); other connections are
+    /// refused at once (TCP reset, ICMP unreachable otherwise).
+    Restricted,
+}
+
+impl NetPlan {
+    /// Parses `cidr` (like `10.231.0.0/16`) and checks the names: the prefix must be 8 to
+    /// 28 bits and the address the network's own, `table` must be letters, digits or `_`
+    /// starting with a letter, and `iface_prefix` letters, digits or `_` short enough that
+    /// the name of the last slot's interface fits in 15 characters.
+    pub fn new(cidr: &str, table: &str, iface_prefix: &str) -> Result<NetPlan, SandboxError> {
+        let invalid = |reason: String| SandboxError::NetworkPlan {
+            plan: format!("{cidr} {table} {iface_prefix}"),
+            reason,
+        };
+        let (address, prefix_len) = cidr
+            .split_once('/')
+            .ok_or_else(|| invalid(format!("subnet {cidr:?} is not address/prefix")))?;
+        let subnet: Ipv4Addr = address
+            .parse()
+            .map_err(|_| invalid(format!("{address:?} is not an IPv4 address")))?;
+        let prefix_len: u8 = prefix_len
+            .parse()
+            .map_err(|_| invalid(format!("{prefix_len:?} is not a prefix length")))?;
+        if !(8..=28).contains(&prefix_len) {
+            return Err(invalid(format!(
+                "prefix length {prefix_len} is not between 8 and 28"
+            )));
+        }
+        let host_bits = u32::MAX >> prefix_len;
+        if u32::from(subnet) & host_bits != 0 {
+            let network = Ipv4Addr::from(u32::from(subnet) & !host_bits);
+            return Err(invalid(format!(
+                "{subnet} is not the network address of /{prefix_len} (that is {network})"
+            )));
+        }
+        let name_chars = |name: &str| {
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !name_chars(table) || !table.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(invalid(format!(
+                "table name {table:?} must be lowercase letters, digits or _, starting with a letter"
+            )));
+        }
+        if iface_prefix.is_empty() || !name_chars(iface_prefix) {
+            return Err(invalid(format!(
+                "interface prefix {iface_prefix:?} must be lowercase letters, digits or _"
+            )));
+        }
+        let plan = NetPlan {
+            subnet,
+            prefix_len,
+            table: table.to_string(),
+            iface_prefix: iface_prefix.to_string(),
+        };
+        let longest = plan.host_iface(plan.max_slots() - 1);
+        if longest.len() > MAX_INTERFACE_NAME {
+            return Err(invalid(format!(
+                "interface prefix {iface_prefix:?} is too long: the last slot's interface \
+                 {longest} has more than {MAX_INTERFACE_NAME} characters"
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// How many slots (sprites) the subnet holds: one per /30, slots `0..max_slots()`, all
+    /// usable. Zero only for a hand-built plan whose prefix is longer than 30 bits.
+    pub fn max_slots(&self) -> u32 {
+        SLOT_PREFIX_LEN
+            .checked_sub(self.prefix_len)
+            .and_then(|bits| 1u32.checked_shl(u32::from(bits)))
+            .unwrap_or(0)
+    }
+
+    /// The addresses of `slot`, or `None` if the subnet has no such slot.
+    pub fn addresses(&self, slot: u32) -> Option<SlotAddrs> {
+        if slot >= self.max_slots() {
+            return None;
+        }
+        let block = u32::from(self.subnet).checked_add(slot.checked_mul(4)?)?;
+        Some(SlotAddrs {
+            gateway: Ipv4Addr::from(block.checked_add(1)?),
+            sprite: Ipv4Addr::from(block.checked_add(2)?),
+            prefix_len: SLOT_PREFIX_LEN,
+        })
+    }
+
+    /// The name of the host's end of `slot`'s veth pair: `<iface_prefix><slot>`.
+    pub fn host_iface(&self, slot: u32) -> String {
+        format!("{}{slot}", self.iface_prefix)
+    }
+
+    /// The slot's addresses, or an error naming the slot.
+    fn slot(&self, slot: u32) -> Result<SlotAddrs, SandboxError> {
+        self.addresses(slot).ok_or(SandboxError::NetworkSlot {
+            slot,
+            max_slots: self.max_slots(),
+        })
+    }
+
+    /// Whether `name` is an interface name this plan gives a slot.
+    fn is_slot_iface(&self, name: &str) -> bool {
+        name.strip_prefix(&self.iface_prefix)
+            .and_then(|rest| rest.parse::<u32>().ok())
+            .is_some_and(|slot| slot < self.max_slots() && self.host_iface(slot) == name)
+    }
+}
+
+/// Turns on IPv4 forwarding and (re)creates the daemon's nftables table (see the module
+/// documentation) in one transaction. `live` lists the slots whose sprites are still
+/// running (from a previous daemon) with their egress policy: their chains, sets and map
+/// entries are part of the new table, and the addresses their allow sets held in the old
+/// table are kept with the time they had left. Their veth pairs are not touched. A slot
+/// left out gets nothing through until it is attached again; [`detach`] it to remove its
+/// interface if that is still there.
+///
+/// Fails if a host interface starts with the plan's interface prefix but is not named like
+/// one of its slots: the rules match the prefix as a wildcard.
+pub fn install(plan: &NetPlan, live: &[(u32, Egress)]) -> Result<(), SandboxError> {
+    check_interfaces(plan)?;
+    let mut slots = Vec::with_capacity(live.len());
+    for &(slot, egress) in live {
+        slots.push((slot, plan.slot(slot)?, egress));
+    }
+    enable_forwarding()?;
+    let kept = if slots.is_empty() {
+        Vec::new()
+    } else {
+        allowed_in_old_table(plan)
+    };
+    let mut script = table_script(plan);
+    for &(slot, addrs, egress) in &slots {
+        script.push_str(&slot_script(plan, slot, addrs, egress));
+        let elements: Vec<String> = kept
+            .iter()
+            .filter(|element| element.slot == slot)
+            .map(|element| match element.seconds_left {
+                Some(seconds) => format!("{} timeout {seconds}s", element.address),
+                None => element.address.to_string(),
+            })
+            .collect();
+        if !elements.is_empty() {
+            let _ = writeln!(
+                script,
+                "add element inet {} allow_{slot} {{ {} }}",
+                plan.table,
+                elements.join(", ")
+            );
+        }
+    }
+    nft(&script, || format!("create table inet {}", plan.table))
+}
+
+/// Deletes the daemon's nftables table, and with it every slot's rules; fine if it is
+/// absent. Leaves IPv4 forwarding on (other software may rely on it) and the veth pairs
+/// alone (they vanish with their sprites).
+pub fn uninstall(plan: &NetPlan) -> Result<(), SandboxError> {
+    let table = &plan.table;
+    nft(
+        &format!("add table inet {table}\ndelete table inet {table}\n"),
+        || format!("delete table inet {table}"),
+    )
+}
+
+/// Gives the sprite whose PID 1 has host pid `init_pid` its network: a veth pair whose host
+/// end is [`NetPlan::host_iface`] (a stale interface of that name is deleted first) and whose
+/// other end is created as `eth0` in the sprite's network namespace, the slot's addresses,
+/// a default route via the gateway, loopback up, and the slot's nftables objects with
+/// [`Egress::Open`] and an empty allow set.
+///
+/// Refuses a process in the daemon's own network namespace (a stale pid, say), whose
+/// `eth0` would otherwise be the host's. Three processes: `nft`, run alongside `ip` on the
+/// host and then `nsenter … ip` in the sprite. Until nft's transaction lands, the table
+/// drops what comes from an interface without a slot, so that order is safe. If a step
+/// fails, what was done is undone.
+pub fn attach(plan: &NetPlan, slot: u32, init_pid: u32) -> Result<SlotAddrs, SandboxError> {
+    let addrs = plan.slot(slot)?;
+    check_separate_namespace(init_pid)?;
+    let host = plan.host_iface(slot);
+    let mut script = slot_script(plan, slot, addrs, Egress::Open);
+    // A new sprite in the slot does not inherit what the previous one was allowed.
+    let _ = writeln!(script, "flush set inet {} allow_{slot}", plan.table);
+    let nft_step = || format!("add slot {slot} to table inet {}", plan.table);
+    // nft runs while the links are made: until its transaction lands, the table's own
+    // rules drop whatever comes from an interface without a slot, so it is safe.
+    let rules = start(&NFT_SCRIPT, &script, nft_step)?;
+
+    let mut links = String::new();
+    if interface_exists(&host) {
+        let _ = writeln!(links, "link del {host}");
+    }
+    let _ = writeln!(
+        links,
+        "link add name {host} type veth peer name {SPRITE_INTERFACE} netns {init_pid}\n\
+         addr add {}/{} dev {host}\n\
+         link set {host} up",
+        addrs.gateway, addrs.prefix_len
+    );
+    let sprite_side = format!(
+        "link set lo up\n\
+         addr add {}/{} dev {SPRITE_INTERFACE}\n\
+         link set {SPRITE_INTERFACE} up\n\
+         route add default via {} dev {SPRITE_INTERFACE}\n",
+        addrs.sprite, addrs.prefix_len, addrs.gateway
+    );
+    let result = run(&["ip", "-batch", "-"], &links, || {
+        format!("create veth {host} to the sprite of pid {init_pid}")
+    })
+    .and_then(|_| {
+        let namespace = format!("--net=/proc/{init_pid}/ns/net");
+        run(
+            &["nsenter", &namespace, "ip", "-batch", "-"],
+            &sprite_side,
+            || format!("configure {SPRITE_INTERFACE} in the sprite of pid {init_pid}"),
+        )
+    });
+    let result = result.and(rules.finish(nft_step).map(drop));
+    if let Err(error) = result {
+        if let Err(undo) = detach(plan, slot) {
+            tracing::warn!(slot, error = %undo, "could not undo a failed attach");
+        }
+        return Err(error);
+    }
+    Ok(addrs)
+}
+
+/// Removes `slot`'s nftables objects and the host end of its veth pair, and forgets the
+/// connections the sprite started (so a later sprite in the slot receives no packet of
+/// them). Whatever is already gone (the pair vanishes by itself with the sprite's
+/// network namespace; the table may not exist) is fine. Detach a slot before reusing it.
+pub fn detach(plan: &NetPlan, slot: u32) -> Result<(), SandboxError> {
+    let addrs = plan.slot(slot)?;
+    let table = &plan.table;
+    let host = plan.host_iface(slot);
+    // Adding each object first makes deleting it succeed whether it existed or not, all in
+    // one transaction; only the table itself must exist.
+    let script = format!(
+        "add chain inet {table} egress_{slot}\n\
+         add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
+         add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
+         add element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+         delete element inet {table} egress {{ \"{host}\" }}\n\
+         delete element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+         flush chain inet {table} egress_{slot}\n\
+         delete chain inet {table} egress_{slot}\n\
+         delete set inet {table} allow_{slot}\n",
+        gateway = addrs.gateway
+    );
+    let nft_step = || format!("remove slot {slot} from table inet {table}");
+    let sprite = addrs.sprite.to_string();
+    let forget = ["conntrack", "-D", "-s", &sprite];
+    let forget_step = || format!("forget tracked connections from {sprite}");
+    // The three run at once: each mostly waits for the kernel.
+    let rules = start(&NFT_SCRIPT, &script, nft_step)?;
+    let forgetting = start(&forget, "", forget_step);
+    let link = if interface_exists(&host) {
+        match run(&["ip", "link", "del", &host], "", || {
+            format!("delete interface {host}")
+        }) {
+            Err(SandboxError::NetworkCommand { stderr, .. })
+                if stderr.contains("Cannot find device") =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    } else {
+        Ok(())
+    };
+    let rules = match rules.finish(nft_step) {
+        Err(SandboxError::NetworkCommand { stderr, .. }) if is_missing(&stderr) => Ok(()),
+        other => other.map(drop),
+    };
+    let forgotten = match forgetting.and_then(|running| running.finish(forget_step)) {
+        Err(error) if conntrack_harmless(&error) => Ok(()),
+        other => other.map(drop),
+    };
+    rules.and(link).and(forgotten)
+}
+
+/// Sets what `slot`'s sprite may reach (see [`Egress`]), replacing its egress chain in one
+/// transaction. The allow set is kept either way.
+pub fn set_egress(plan: &NetPlan, slot: u32, egress: Egress) -> Result<(), SandboxError> {
+    let addrs = plan.slot(slot)?;
+    let mut script = format!("flush chain inet {} egress_{slot}\n", plan.table);
+    script.push_str(&egress_rules(plan, slot, addrs, egress));
+    nft(&script, || {
+        format!("set egress of slot {slot} to {egress:?}")
+    })
+}
+
+/// Lets `slot`'s sprite reach each address for its duration (at least 1 s, at most about
+/// 49 days) when its egress is [`Egress::Restricted`]. Adding an address already there
+/// restarts its timeout.
+pub fn allow(
+    plan: &NetPlan,
+    slot: u32,
+    addrs: &[(Ipv4Addr, Duration)],
+) -> Result<(), SandboxError> {
+    plan.slot(slot)?;
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let set = format!("inet {} allow_{slot}", plan.table);
+    let mut script = String::new();
+    for &(address, duration) in addrs {
+        let seconds = allow_seconds(duration);
+        // Older kernels keep an existing element's timeout on `add`; deleting and adding
+        // it again in the same transaction restarts it everywhere.
+        let _ = writeln!(
+            script,
+            "add element {set} {{ {address} timeout {seconds}s }}\n\
+             delete element {set} {{ {address} }}\n\
+             add element {set} {{ {address} timeout {seconds}s }}"
+        );
+    }
+    nft(&script, || format!("allow addresses for slot {slot}"))
+}
+
+/// Takes addresses out of `slot`'s allow set (absent ones are fine) and deletes the
+/// connection-tracking entries from the sprite to them, so a restricted sprite's live
+/// connections to them end at its next packet. Skips the latter if `conntrack` is not
+/// installed.
+pub fn revoke(plan: &NetPlan, slot: u32, addrs: &[Ipv4Addr]) -> Result<(), SandboxError> {
+    let slot_addrs = plan.slot(slot)?;
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let set = format!("inet {} allow_{slot}", plan.table);
+    let mut script = String::new();
+    for address in addrs {
+        let _ = writeln!(
+            script,
+            "add element {set} {{ {address} timeout 1s }}\ndelete element {set} {{ {address} }}"
+        );
+    }
+    nft(&script, || format!("revoke addresses of slot {slot}"))?;
+    // One conntrack each: the kernel walks its whole table for each (milliseconds).
+    let sprite = slot_addrs.sprite.to_string();
+    for address in addrs {
+        let address = address.to_string();
+        match run(
+            &["conntrack", "-D", "-s", &sprite, "-d", &address],
+            "",
+            || format!("forget tracked connections from {sprite} to {address}"),
+        ) {
+            Err(error) if !conntrack_harmless(&error) => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a failed `conntrack -D` only means there was nothing to delete (exit status 1,
+/// "0 flow entries have been deleted") or that conntrack is not installed.
+fn conntrack_harmless(error: &SandboxError) -> bool {
+    match error {
+        SandboxError::NetworkCommand { stderr, .. } => stderr.contains("0 flow entries"),
+        SandboxError::NetworkSpawn { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// Empties `slot`'s allow set. Live connections are cut at their next packet if the slot's
+/// egress is [`Egress::Restricted`] (their conntrack entries stay until they time out).
+pub fn clear_allowed(plan: &NetPlan, slot: u32) -> Result<(), SandboxError> {
+    plan.slot(slot)?;
+    nft(
+        &format!("flush set inet {} allow_{slot}\n", plan.table),
+        || format!("clear allowed addresses of slot {slot}"),
+    )
+}
+
+/// The script that replaces the table with a fresh one holding the shared objects.
+fn table_script(plan: &NetPlan) -> String {
+    let NetPlan {
+        subnet,
+        prefix_len,
+        table,
+        iface_prefix,
+    } = plan;
+    let sprites = format!("\"{iface_prefix}*\"");
+    format!(
+        "add table inet {table}
+delete table inet {table}
+table inet {table} {{
+    set resolvers {{
+        type ifname . ipv4_addr
+    }}
+    map egress {{
+        type ifname : verdict
+    }}
+    chain from_sprite {{
+        ct state established,related accept
+        iifname . ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 accept
+        drop
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        iifname {sprites} jump from_sprite
+    }}
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname {sprites} oifname {sprites} drop
+        oifname {sprites} ct state established,related accept
+        oifname {sprites} drop
+        iifname {sprites} meta nfproto != ipv4 drop
+        iifname vmap @egress
+        iifname {sprites} drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority 100; policy accept;
+        ip saddr {subnet}/{prefix_len} ip daddr != {subnet}/{prefix_len} oifname != {sprites} masquerade
+    }}
+}}
+"
+    )
+}
+
+/// The commands that create (or reset) one slot's set, egress chain and map entries.
+fn slot_script(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> String {
+    let table = &plan.table;
+    let host = plan.host_iface(slot);
+    let mut script = format!(
+        "add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
+         add chain inet {table} egress_{slot}\n\
+         flush chain inet {table} egress_{slot}\n"
+    );
+    script.push_str(&egress_rules(plan, slot, addrs, egress));
+    let _ = writeln!(
+        script,
+        "add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
+         add element inet {table} resolvers {{ \"{host}\" . {} }}",
+        addrs.gateway
+    );
+    script
+}
+
+/// The rules of an (empty) egress chain.
+fn egress_rules(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> String {
+    let chain = format!("inet {} egress_{slot}", plan.table);
+    let mut rules = format!("add rule {chain} ip saddr != {} drop\n", addrs.sprite);
+    match egress {
+        Egress::Open => {
+            let _ = writeln!(rules, "add rule {chain} accept");
+        }
+        Egress::Restricted => {
+            let _ = writeln!(
+                rules,
+                "add rule {chain} ip daddr @allow_{slot} accept\n\
+                 add rule {chain} meta l4proto tcp reject with tcp reset\n\
+                 add rule {chain} reject"
+            );
+        }
+    }
+    rules
+}
+
+/// An element of a slot's allow set found in the old table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeptElement {
+    slot: u32,
+    address: Ipv4Addr,
+    /// Whole seconds before it expires (at least 1), or `None` if it never does.
+    seconds_left: Option<u64>,
+}
+
+/// The allow-set elements of the table as it is now: none if there is no table, and none
+/// with a warning if it cannot be read (nft without JSON support, say).
+fn allowed_in_old_table(plan: &NetPlan) -> Vec<KeptElement> {
+    let table = format!("inet {}", plan.table);
+    let listing = match run(
+        &["nft", "-j", "list", "table", "inet", &plan.table],
+        "",
+        || format!("list table {table}"),
+    ) {
+        Ok(listing) => listing,
+        Err(SandboxError::NetworkCommand { stderr, .. }) if is_missing(&stderr) => {
+            return Vec::new()
+        }
+        Err(error) => {
+            tracing::warn!(%table, error = %error, "allowed addresses of live sprites not kept");
+            return Vec::new();
+        }
+    };
+    match serde_json::from_str(&listing) {
+        Ok(listing) => allowed_in_listing(&listing),
+        Err(error) => {
+            tracing::warn!(%table, %error, "unreadable nft listing; allowed addresses not kept");
+            Vec::new()
+        }
+    }
+}
+
+/// The elements of the `allow_<slot>` sets in `nft -j list table` output.
+fn allowed_in_listing(listing: &serde_json::Value) -> Vec<KeptElement> {
+    let items = listing
+        .get("nftables")
+        .and_then(|items| items.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut kept = Vec::new();
+    for set in items.iter().filter_map(|item| item.get("set")) {
+        let Some(slot) = set
+            .get("name")
+            .and_then(|name| name.as_str())
+            .and_then(|name| name.strip_prefix("allow_"))
+            .and_then(|slot| slot.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let elements = set
+            .get("elem")
+            .and_then(|elements| elements.as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for element in elements {
+            // A plain value, or {"elem": {"val": ..., "timeout": s, "expires": s}}.
+            let (value, seconds_left) = match element.get("elem") {
+                Some(inner) => (
+                    inner.get("val"),
+                    inner
+                        .get("expires")
+                        .or_else(|| inner.get("timeout"))
+                        .and_then(|seconds| seconds.as_u64())
+                        .map(|seconds| seconds.clamp(1, MAX_ALLOW_SECONDS)),
+                ),
+                None => (Some(element), None),
+            };
+            if let Some(address) = value
+                .and_then(|value| value.as_str())
+                .and_then(|value| value.parse().ok())
+            {
+                kept.push(KeptElement {
+                    slot,
+                    address,
+                    seconds_left,
+                });
+            }
+        }
+    }
+    kept
+}
+
+/// A duration in whole seconds as nft takes it: at least 1, at most [`MAX_ALLOW_SECONDS`].
+fn allow_seconds(duration: Duration) -> u64 {
+    let rounded_up = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
+    rounded_up.clamp(1, MAX_ALLOW_SECONDS)
+}
+
+/// Refuses a plan whose interface prefix matches a host interface that is not a slot's.
+fn check_interfaces(plan: &NetPlan) -> Result<(), SandboxError> {
+    let entries = std::fs::read_dir("/sys/class/net").map_err(SandboxError::ListInterfaces)?;
+    for entry in entries {
+        let name = entry.map_err(SandboxError::ListInterfaces)?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&plan.iface_prefix) && !plan.is_slot_iface(&name) {
+            return Err(SandboxError::ForeignInterface {
+                interface: name.into_owned(),
+                prefix: plan.iface_prefix.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn enable_forwarding() -> Result<(), SandboxError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    // Writing it, even the same value, resets other per-interface settings; only if needed.
+    let current = std::fs::read_to_string(PATH).map_err(SandboxError::IpForwarding)?;
+    if current.trim() != "1" {
+        std::fs::write(PATH, "1").map_err(SandboxError::IpForwarding)?;
+    }
+    Ok(())
+}
+
+/// Fails unless the process `pid` has a network namespace other than this process's.
+fn check_separate_namespace(pid: u32) -> Result<(), SandboxError> {
+    let namespace = |path: String| {
+        std::fs::read_link(&path).map_err(|e| SandboxError::OpenNamespace(path.into(), e))
+    };
+    if namespace(format!("/proc/{pid}/ns/net"))? == namespace("/proc/self/ns/net".into())? {
+        return Err(SandboxError::SharedNetworkNamespace(pid));
+    }
+    Ok(())
+}
+
+fn interface_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether nft's error says an object (like the table) does not exist.
+fn is_missing(stderr: &str) -> bool {
+    stderr.contains("No such file or directory")
+}
+
+/// Applies an nft script in one transaction.
+fn nft(script: &str, step: impl Fn() -> String) -> Result<(), SandboxError> {
+    run(&NFT_SCRIPT, script, step).map(drop)
+}
+
+/// Runs `command` with `input` on its stdin and returns its stdout; a failure carries
+/// `step` and, if the command ran, its stderr.
+fn run(command: &[&str], input: &str, step: impl Fn() -> String) -> Result<String, SandboxError> {
+    start(command, input, &step)?.finish(step)
+}
+
+/// A command started by [`start`], its input written, not yet waited for.
+struct Running<'a> {
+    command: &'a [&'a str],
+    child: std::process::Child,
+    written: std::io::Result<()>,
+}
+
+/// Starts `command` and writes `input` to its stdin. The input is small and read whole
+/// before the command writes much, so writing it all first cannot deadlock.
+fn start<'a>(
+    command: &'a [&'a str],
+    input: &str,
+    step: impl Fn() -> String,
+) -> Result<Running<'a>, SandboxError> {
+    let (program, args) = command.split_first().unwrap_or((&"true", &[]));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SandboxError::NetworkSpawn {
+            step: step(),
+            command: command.join(" "),
+            source,
+        })?;
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(input.as_bytes()),
+        None => Ok(()),
+    };
+    Ok(Running {
+        command,
+        child,
+        written,
+    })
+}
+
+impl Running<'_> {
+    /// Waits for the command; its stdout, or an error with `step` and its stderr.
+    fn finish(self, step: impl Fn() -> String) -> Result<String, SandboxError> {
+        let command = self.command.join(" ");
+        let spawn_error = |source| SandboxError::NetworkSpawn {
+            step: step(),
+            command: command.clone(),
+            source,
+        };
+        let output = self.child.wait_with_output().map_err(spawn_error)?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            return Err(SandboxError::NetworkCommand {
+                step: step(),
+                command,
+                stderr: if stderr.is_empty() {
+                    format!("exited with {}", output.status)
+                } else {
+                    stderr
+                },
+            });
+        }
+        self.written.map_err(spawn_error)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> NetPlan {
+        NetPlan::new("10.231.0.0/16", "sprites_ab12", "spv").expect("valid plan")
+    }
+
+    #[test]
+    fn a_plan_parses_and_carves_slots_into_30s() {
+        let plan = plan();
+        assert_eq!(plan.subnet, Ipv4Addr::new(10, 231, 0, 0));
+        assert_eq!(plan.prefix_len, 16);
+        assert_eq!(plan.max_slots(), 16384);
+        let first = plan.addresses(0).expect("slot 0");
+        assert_eq!(first.gateway, Ipv4Addr::new(10, 231, 0, 1));
+        assert_eq!(first.sprite, Ipv4Addr::new(10, 231, 0, 2));
+        assert_eq!(first.prefix_len, 30);
+        let seventeen = plan.addresses(17).expect("slot 17");
+        assert_eq!(seventeen.gateway, Ipv4Addr::new(10, 231, 0, 69));
+        assert_eq!(seventeen.sprite, Ipv4Addr::new(10, 231, 0, 70));
+        let last = plan.addresses(16383).expect("last slot");
+        assert_eq!(last.gateway, Ipv4Addr::new(10, 231, 255, 253));
+        assert_eq!(last.sprite, Ipv4Addr::new(10, 231, 255, 254));
+        assert_eq!(plan.addresses(16384), None);
+        assert_eq!(plan.addresses(u32::MAX), None);
+        assert_eq!(plan.host_iface(17), "spv17");
+    }
+
+    #[test]
+    fn the_smallest_and_largest_subnets() {
+        let small = NetPlan::new("192.168.7.16/28", "t", "spv").expect("/28");
+        assert_eq!(small.max_slots(), 4);
+        assert_eq!(
+            small.addresses(3).map(|a| a.sprite),
+            Some(Ipv4Addr::new(192, 168, 7, 30))
+        );
+        assert_eq!(small.addresses(4), None);
+        // /8 has 4194304 slots: seven digits, so the prefix may have eight characters.
+        let large = NetPlan::new("10.0.0.0/8", "t", "abcdefgh").expect("/8");
+        assert_eq!(large.max_slots(), 4_194_304);
+        assert_eq!(large.host_iface(4_194_303).len(), 15);
+        assert!(NetPlan::new("10.0.0.0/8", "t", "abcdefghi").is_err());
+        // /16 has 16384 slots: five digits, so ten characters.
+        assert!(NetPlan::new("10.231.0.0/16", "t", "abcdefghij").is_ok());
+        assert!(NetPlan::new("10.231.0.0/16", "t", "abcdefghijk").is_err());
+    }
+
+    #[test]
+    fn bad_plans_say_what_is_wrong() {
+        let message = |cidr: &str, table: &str, prefix: &str| {
+            NetPlan::new(cidr, table, prefix)
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default()
+        };
+        assert!(message("10.231.0.0", "t", "spv").contains("not address/prefix"));
+        assert!(message("10.231.0/16", "t", "spv").contains("not an IPv4 address"));
+        assert!(message("10.231.0.0/x", "t", "spv").contains("not a prefix length"));
+        assert!(message("10.0.0.0/7", "t", "spv").contains("not between 8 and 28"));
+        assert!(message("10.0.0.0/29", "t", "spv").contains("not between 8 and 28"));
+        assert!(message("10.231.0.4/16", "t", "spv").contains("that is 10.231.0.0"));
+        assert!(message("10.231.0.0/16", "Sprites", "spv").contains("table name"));
+        assert!(message("10.231.0.0/16", "1sprites", "spv").contains("table name"));
+        assert!(message("10.231.0.0/16", "sprites-x", "spv").contains("table name"));
+        assert!(message("10.231.0.0/16", "t", "").contains("interface prefix"));
+        assert!(message("10.231.0.0/16", "t", "sp*").contains("interface prefix"));
+        assert!(message("10.231.0.0/16", "t", "sp v").contains("interface prefix"));
+    }
+
+    #[test]
+    fn a_hand_built_plan_never_panics() {
+        let plan = NetPlan {
+            subnet: Ipv4Addr::new(255, 255, 255, 252),
+            prefix_len: 31,
+            table: "t".into(),
+            iface_prefix: "spv".into(),
+        };
+        assert_eq!(plan.max_slots(), 0);
+        assert_eq!(plan.addresses(0), None);
+        let unaligned = NetPlan {
+            subnet: Ipv4Addr::new(255, 255, 255, 255),
+            prefix_len: 28,
+            ..plan
+        };
+        assert_eq!(unaligned.addresses(3), None);
+    }
+
+    #[test]
+    fn only_slot_names_count_as_slot_interfaces() {
+        let plan = NetPlan::new("10.253.0.0/24", "t", "spv").expect("plan");
+        assert!(plan.is_slot_iface("spv0"));
+        assert!(plan.is_slot_iface("spv63"));
+        assert!(!plan.is_slot_iface("spv64"));
+        assert!(!plan.is_slot_iface("spv07"));
+        assert!(!plan.is_slot_iface("spv+1"));
+        assert!(!plan.is_slot_iface("spvx"));
+        assert!(!plan.is_slot_iface("eth0"));
+    }
+
+    #[test]
+    fn attach_refuses_a_process_in_the_hosts_namespace() {
+        // Checked before any command runs, so this needs no privilege and changes nothing.
+        assert!(matches!(
+            attach(&plan(), 3, std::process::id()),
+            Err(SandboxError::SharedNetworkNamespace(pid)) if pid == std::process::id()
+        ));
+        assert!(matches!(
+            attach(&plan(), 16384, std::process::id()),
+            Err(SandboxError::NetworkSlot {
+                slot: 16384,
+                max_slots: 16384
+            })
+        ));
+    }
+
+    #[test]
+    fn timeouts_round_up_and_stay_in_nft_range() {
+        assert_eq!(allow_seconds(Duration::ZERO), 1);
+        assert_eq!(allow_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(allow_seconds(Duration::from_secs(300)), 300);
+        assert_eq!(allow_seconds(Duration::MAX), 4_294_967);
+    }
+
+    #[test]
+    fn the_slot_script_names_its_objects_and_guards_the_source() {
+        let plan = plan();
+        let addrs = plan.addresses(5).expect("slot 5");
+        let open = slot_script(&plan, 5, addrs, Egress::Open);
+        assert!(open.contains("add rule inet sprites_ab12 egress_5 ip saddr != 10.231.0.22 drop"));
+        assert!(open.contains("add rule inet sprites_ab12 egress_5 accept"));
+        assert!(open.contains("egress { \"spv5\" : jump egress_5 }"));
+        assert!(open.contains("resolvers { \"spv5\" . 10.231.0.21 }"));
+        let restricted = egress_rules(&plan, 5, addrs, Egress::Restricted);
+        let lines: Vec<&str> = restricted.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[1].ends_with("ip daddr @allow_5 accept"));
+        assert!(lines[2].ends_with("meta l4proto tcp reject with tcp reset"));
+        assert!(lines[3].ends_with(" reject"));
+        let table = table_script(&plan);
+        assert!(table.starts_with("add table inet sprites_ab12\ndelete table inet sprites_ab12\n"));
+        assert!(table.contains(
+            "ip saddr 10.231.0.0/16 ip daddr != 10.231.0.0/16 oifname != \"spv*\" masquerade"
+        ));
+    }
+
+    #[test]
+    fn allow_sets_of_an_old_table_are_read_from_its_listing() {
+        let listing = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "t", "handle": 1}},
+            {"set": {"family": "inet", "name": "allow_3", "table": "t", "type": "ipv4_addr",
+                "flags": ["timeout"], "elem": [
+                    {"elem": {"val": "1.2.3.4", "timeout": 50, "expires": 49}},
+                    {"elem": {"val": "5.6.7.8", "timeout": 3600, "expires": 0}},
+                    "9.9.9.9"]}},
+            {"set": {"family": "inet", "name": "allow_4", "table": "t", "type": "ipv4_addr"}},
+            {"set": {"family": "inet", "name": "resolvers", "table": "t",
+                "elem": [{"concat": ["spv1", "10.0.0.1"]}]}},
+            {"chain": {"family": "inet", "table": "t", "name": "egress_3"}}
+        ]});
+        assert_eq!(
+            allowed_in_listing(&listing),
+            vec![
+                KeptElement {
+                    slot: 3,
+                    address: Ipv4Addr::new(1, 2, 3, 4),
+                    seconds_left: Some(49)
+                },
+                KeptElement {
+                    slot: 3,
+                    address: Ipv4Addr::new(5, 6, 7, 8),
+                    seconds_left: Some(1)
+                },
+                KeptElement {
+                    slot: 3,
+                    address: Ipv4Addr::new(9, 9, 9, 9),
+                    seconds_left: None
+                },
+            ]
+        );
+        assert!(allowed_in_listing(&serde_json::json!({})).is_empty());
+    }
+}
