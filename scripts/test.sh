@@ -41,12 +41,15 @@ procs=$(pgrep -af 'sprite (init|daemon)|s3s-fs' || true)
 mounts=$(grep -E 'spritefs|sprite-test' /proc/self/mountinfo || true)
 # A loop device over a lost FUSE file shows its back file as /<volume>.
 loops=$(losetup -n -O NAME,BACK-FILE 2>/dev/null | grep -E ' (.*sprite-test-|/(sprite-|image-|template-))' || true)
-if [ -n "$leaks$procs$mounts$loops" ]; then
+# Network: the daemons' nftables tables, the tests' namespaces and links.
+nets=$( (nft list tables 2>/dev/null | grep -E 'sprites_|sprt' ; ip netns list 2>/dev/null | grep -E '^sprt' ; ip -br link 2>/dev/null | grep -E '^(sp[0-9a-f]{5}[0-9]|sprti)') || true)
+if [ -n "$leaks$procs$mounts$loops$nets" ]; then
     echo "error: the tests left resources behind:" >&2
     echo "$leaks" >&2
     echo "$procs" >&2
     echo "$mounts" >&2
     echo "$loops" >&2
+    echo "$nets" >&2
     exit 1
 fi
-echo "== no cgroups, mounts, loop devices or sprite processes left behind"
+echo "== no cgroups, mounts, loop devices, network tables or sprite processes left behind"

@@ -55,6 +55,8 @@ pub struct CoreConfig {
     pub min_free_memory_mb: u64,
     /// Ready sprites kept frozen for instant creates (default image and size; 0: none).
     pub pool_size: usize,
+    /// Sprite networking (veth + NAT + DNS + egress policy); `None`: loopback only.
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 impl CoreConfig {
@@ -79,6 +81,7 @@ impl CoreConfig {
             lifecycle_tick: Duration::from_secs(1),
             min_free_memory_mb: 256,
             pool_size: 0,
+            network: None,
         }
     }
 }

@@ -38,6 +38,11 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL,
         PRIMARY KEY (sprite_id, name)
     );",
+    // Egress policy per sprite (API.md, Policy): the JSON as last set.
+    "CREATE TABLE policies (
+        sprite_id TEXT PRIMARY KEY,
+        network TEXT NOT NULL
+    );",
 ];
 
 /// A sprite's sleep state as last saved.
@@ -225,6 +230,30 @@ impl Database {
         let connection = self.lock();
         connection.execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
         connection.execute("DELETE FROM lifecycle WHERE id = ?1", params![id])?;
+        connection.execute("DELETE FROM policies WHERE sprite_id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// A sprite's network policy JSON, if one was set.
+    pub fn network_policy(&self, sprite_id: &str) -> Result<Option<String>, CoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT network FROM policies WHERE sprite_id = ?1",
+                params![sprite_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records a sprite's network policy JSON.
+    pub fn set_network_policy(&self, sprite_id: &str, json: &str) -> Result<(), CoreError> {
+        self.lock().execute(
+            "INSERT INTO policies (sprite_id, network) VALUES (?1, ?2)
+             ON CONFLICT (sprite_id) DO UPDATE SET network = excluded.network",
+            params![sprite_id, json],
+        )?;
         Ok(())
     }
 

@@ -262,9 +262,13 @@ impl PendingWrite {
 
     /// Makes the written file durable and puts it in place (run it through
     /// [`SpriteRoot::run`]). Answers its size and mode.
-    pub fn finish(mut self, file: File) -> Result<(String, u64, u32), FsError> {
+    pub fn finish(self, file: File) -> Result<(String, u64, u32), FsError> {
         file.sync_all()
             .map_err(|e| FsError::io("write", &self.path, e))?;
+        self.put_in_place(file)
+    }
+
+    fn put_in_place(mut self, file: File) -> Result<(String, u64, u32), FsError> {
         let size = file
             .metadata()
             .map_err(|e| FsError::io("write", &self.path, e))?
@@ -542,6 +546,21 @@ impl SpriteRoot {
         Self::set_mode(&fd, mode, path)?;
         pending.file = Some(File::from(fd));
         Ok(pending)
+    }
+
+    /// Writes a small file the daemon keeps in the sprite (its resolver address, its
+    /// policy): whole, atomically, not synced.
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
+        use std::io::Write;
+        self.run(|root| {
+            let mut pending = root.start_write(path, Some(mode), true)?;
+            let mut file = pending
+                .take_file()
+                .ok_or_else(|| FsError::new(FsCode::Io, path, "the file was not opened"))?;
+            file.write_all(data)
+                .map_err(|e| FsError::io("write", path, e))?;
+            pending.put_in_place(file).map(|_| ())
+        })
     }
 
     /// `GET fs/list`: a directory's entries (recursively, if asked; names matching

@@ -13,6 +13,7 @@ pub mod files;
 pub mod image;
 pub mod lifecycle;
 pub mod manager;
+pub mod network;
 mod pool;
 pub mod ports;
 pub mod proxy;

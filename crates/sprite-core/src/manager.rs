@@ -63,6 +63,8 @@ pub struct SpriteManager {
     pub(crate) port_watches: Mutex<HashMap<String, std::sync::Weak<crate::ports::PortWatch>>>,
     /// Told when sprites are created or destroyed (the in-sprite API serves each).
     sprites_changed: tokio::sync::Notify,
+    /// Sprite networking (veth, NAT, DNS, egress policy); `None` when turned off.
+    pub(crate) network: Option<crate::network::Network>,
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
@@ -109,7 +111,13 @@ impl SpriteManager {
             })),
         };
         make_dir(&config.data_dir.join("layers"), 0o711)?;
+        let network = config
+            .network
+            .as_ref()
+            .map(|n| crate::network::Network::new(n, &config.data_dir))
+            .transpose()?;
         Ok(Arc::new(SpriteManager {
+            network,
             config,
             db,
             images,
@@ -128,7 +136,7 @@ impl SpriteManager {
         &self.config
     }
 
-    fn state_dir(&self, sprite_id: &str) -> PathBuf {
+    pub(crate) fn state_dir(&self, sprite_id: &str) -> PathBuf {
         self.config.data_dir.join("sprites").join(sprite_id)
     }
 
@@ -464,6 +472,7 @@ impl SpriteManager {
             .await
             .map_err(|_| CoreError::StartTimeout(record.name.clone()))?;
         tracing::info!(sprite = %record.name, "sprite started");
+        self.attach_network(record).await;
         self.became_running(record);
         let mut updated = record.clone();
         updated.last_running_at = Some(now());
@@ -501,7 +510,12 @@ impl SpriteManager {
         .map_err(|e| CoreError::Sandbox {
             sprite,
             source: SandboxError::Cgroup(e),
-        })
+        })?;
+        // Its network namespace is gone with its processes: give the slot back.
+        if let Some(network) = &self.network {
+            network.release(sprite_id, &self.state_dir(sprite_id)).await;
+        }
+        Ok(())
     }
 
     /// Stops the sprite's processes and removes its state and layer.
@@ -538,6 +552,7 @@ impl SpriteManager {
             }
         }
         self.recover_tasks()?;
+        self.recover_network().await?;
         let mut adopted = 0;
         for record in self.db.all()? {
             if record.org == POOL_ORG {

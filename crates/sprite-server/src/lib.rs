@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod fs;
 pub mod inner;
+mod policy;
 pub mod proxy;
 mod services;
 mod sprites;
@@ -181,6 +182,10 @@ fn api_routes() -> Router<AppState> {
         )
         .route("/v1/sprites/{name}/proxy", get(tcp::proxy))
         .route("/v1/sprites/{name}/ports/watch", get(tcp::watch_ports))
+        .route(
+            "/v1/sprites/{name}/policy/network",
+            get(policy::get).post(policy::set).put(policy::set),
+        )
         .route("/v1/sprites/{name}/fs/read", get(fs::read))
         .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
         .route("/v1/sprites/{name}/fs/list", get(fs::list))

@@ -60,6 +60,12 @@ pub struct FileConfig {
     pub min_free_memory_mb: Option<u64>,
     /// Ready sprites kept frozen so a create takes milliseconds (default 2; 0: none).
     pub pool: Option<usize>,
+    /// The subnet sprites' network links come from (a /30 each; default
+    /// "10.231.0.0/16"), or "off" for loopback-only sprites.
+    pub network: Option<String>,
+    /// Where the sprites' DNS resolvers forward allowed queries, "IP:PORT" (default:
+    /// the nameservers of the host's /etc/resolv.conf).
+    pub dns_upstreams: Option<Vec<String>>,
 }
 
 /// `[s3]` in the config file. Each key, when set, wins over its AWS_* variable.
@@ -123,6 +129,10 @@ pub struct DaemonArgs {
     /// thaws one (default 2; 0 turns the pool off).
     #[arg(long, value_name = "N")]
     pub pool: Option<usize>,
+    /// Subnet of the sprites' network links (default 10.231.0.0/16), or "off" for
+    /// loopback-only sprites.
+    #[arg(long, value_name = "CIDR|off")]
+    pub network: Option<String>,
     /// Address of the URL proxy that serves http://NAME.DOMAIN:PORT/ (default
     /// 127.0.0.1:7080).
     #[arg(long, value_name = "ADDR")]
@@ -240,6 +250,40 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     }
     config.min_free_memory_mb = file.min_free_memory_mb.unwrap_or(config.min_free_memory_mb);
     config.pool_size = args.pool.or(file.pool).unwrap_or(2);
+    let network = args
+        .network
+        .or(file.network)
+        .unwrap_or_else(|| "10.231.0.0/16".into());
+    if network != "off" {
+        for (tool, package) in [("nft", "nftables"), ("ip", "iproute2"), ("nsenter", "util-linux")] {
+            let found = std::env::var_os("PATH")
+                .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+                .unwrap_or(false);
+            if !found {
+                anyhow::bail!(
+                    "sprite networking needs `{tool}`: apt install {package} (or run ./install.sh), or start with --network off for loopback-only sprites"
+                );
+            }
+        }
+        let dns_upstreams = match file.dns_upstreams {
+            Some(list) => list
+                .iter()
+                .map(|a| {
+                    a.parse::<std::net::SocketAddr>()
+                        .or_else(|_| a.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                        .with_context(|| format!("dns_upstreams: {a:?} is not IP or IP:PORT"))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => sprite_core::dns::upstreams_from_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                false,
+            ),
+        };
+        config.network = Some(sprite_core::network::NetworkConfig {
+            cidr: network,
+            dns_upstreams,
+        });
+    }
     if config.pool_size > 100 {
         anyhow::bail!("pool = {} is too large; use 0 to 100", config.pool_size);
     }

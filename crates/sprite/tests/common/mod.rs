@@ -162,6 +162,18 @@ impl Daemon {
         // Each daemon its own URL proxy port.
         let proxy_port = free_port();
         let config = format!("proxy_listen = \"127.0.0.1:{proxy_port}\"\n{config}");
+        // Each daemon its own sprite subnet (a /23, 128 sprites), from its proxy port
+        // (ephemeral, so 32768 and up, and unique among running daemons).
+        let config = if config.contains("network =") {
+            config
+        } else {
+            let index = proxy_port.saturating_sub(32768) as u32;
+            format!(
+                "network = \"10.{}.{}.0/23\"\n{config}",
+                (index >> 7) & 255,
+                (index & 127) << 1
+            )
+        };
         let (s3, config) = match s3_store_for(data.path(), &config) {
             Some((child, lines)) => (Some(child), format!("{config}{lines}")),
             None => (None, config.to_string()),
@@ -274,6 +286,12 @@ impl Drop for Daemon {
             let _ = cgroup.remove();
         }
         cleanup_storage(self.data.path(), &self.sprite_ids());
+        // The daemon's nftables table outlives it by design (sprites keep running).
+        if let Ok(table) = std::fs::read_to_string(self.data.path().join("network-table")) {
+            let mut args = vec!["delete", "table"];
+            args.extend(table.split_whitespace());
+            let _ = Command::new("nft").args(&args).output();
+        }
         if let Some(mut s3) = self.s3.take() {
             let _ = s3.kill();
             let _ = s3.wait();

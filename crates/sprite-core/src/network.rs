@@ -1,0 +1,486 @@
+//! Each running sprite's network: a slot of the daemon's subnet (a veth pair with NAT,
+//! `sprite_sandbox::net`), a DNS resolver on its gateway address that enforces its
+//! egress policy (`dns`), and the policy itself (API.md, "Policy").
+//!
+//! With an empty policy a sprite reaches anything beyond the host. With rules, its
+//! egress is restricted to the addresses its allowed names resolved to: the resolver
+//! admits them into the slot's nftables set before it answers, so raw-IP connections
+//! go nowhere unless the address came from an allowed name. A policy change applies
+//! at once; addresses no allowed name accounts for any more are revoked, which cuts
+//! their live connections.
+//!
+//! A slot lives as long as the sprite's network namespace: from a start to the next
+//! cold sleep or destroy. It is recorded in the sprite's state directory, so a
+//! restarted daemon re-installs its tables around the sprites that still run.
+
+use crate::dns::{self, Admitted, AllowSink, ResolverConfig};
+use crate::error::CoreError;
+use crate::manager::lock;
+use sprite_api::policy::NetworkPolicy;
+use sprite_sandbox::net::{self, Egress, NetPlan, SlotAddrs};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the daemon's sprite networking is set up (`[network]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The subnet sprites' links come from, e.g. `10.231.0.0/16` (a /30 each).
+    pub cidr: String,
+    /// Where the sprites' resolvers forward allowed queries.
+    pub dns_upstreams: Vec<SocketAddr>,
+}
+
+/// The file in a sprite's state directory that records its slot.
+const SLOT_FILE: &str = "net-slot";
+
+struct Slot {
+    slot: u32,
+    addrs: SlotAddrs,
+    policy: tokio::sync::watch::Sender<Arc<NetworkPolicy>>,
+    admitted: Arc<Mutex<Admitted>>,
+    resolver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.resolver.abort();
+    }
+}
+
+/// The daemon's sprite networking.
+pub struct Network {
+    plan: Arc<NetPlan>,
+    upstreams: Vec<SocketAddr>,
+    slots: Mutex<HashMap<String, Slot>>,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("plan", &self.plan)
+            .field("slots", &lock(&self.slots).len())
+            .finish()
+    }
+}
+
+fn net_error(sprite: &str) -> impl FnOnce(sprite_sandbox::SandboxError) -> CoreError + '_ {
+    move |source| CoreError::Sandbox {
+        sprite: sprite.to_string(),
+        source,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CoreError::Task(what, e))
+}
+
+/// Admits what a sprite's allowed names resolve to into its slot's set.
+struct SlotSink {
+    plan: Arc<NetPlan>,
+    slot: u32,
+    admitted: Arc<Mutex<Admitted>>,
+}
+
+#[async_trait::async_trait]
+impl AllowSink for SlotSink {
+    async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) {
+        lock(&self.admitted).note(name, &addrs, Instant::now());
+        let plan = self.plan.clone();
+        let slot = self.slot;
+        match blocking("admit addresses", move || net::allow(&plan, slot, &addrs)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    slot,
+                    "could not admit the addresses of {name}: {}",
+                    sprite_api::error_chain(&error)
+                )
+            }
+            Err(error) => tracing::warn!(slot, "could not admit the addresses of {name}: {error}"),
+        }
+    }
+}
+
+fn egress_of(policy: &NetworkPolicy) -> Egress {
+    if policy.restricted() {
+        Egress::Restricted
+    } else {
+        Egress::Open
+    }
+}
+
+impl Network {
+    /// The networking of the daemon whose data lives in `data_dir`: its own nftables
+    /// table and interface prefix, named after the directory so that several daemons
+    /// on one host keep apart.
+    pub fn new(config: &NetworkConfig, data_dir: &Path) -> Result<Network, CoreError> {
+        let tag = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            data_dir.hash(&mut hasher);
+            format!("{:05x}", hasher.finish() & 0xfffff)
+        };
+        let plan = NetPlan::new(&config.cidr, &format!("sprites_{tag}"), &format!("sp{tag}"))
+            .map_err(|e| {
+                CoreError::InvalidRequest(format!(
+                    "network = {:?}: {}",
+                    config.cidr,
+                    sprite_api::error_chain(&e)
+                ))
+            })?;
+        // For admins (and test harnesses): which nftables table is this daemon's.
+        let note = data_dir.join("network-table");
+        std::fs::write(&note, format!("inet {}\n", plan.table))
+            .map_err(CoreError::io("write", note))?;
+        Ok(Network {
+            plan: Arc::new(plan),
+            upstreams: config.dns_upstreams.clone(),
+            slots: Mutex::new(HashMap::new()),
+            used: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn slot_file(state_dir: &Path) -> PathBuf {
+        state_dir.join(SLOT_FILE)
+    }
+
+    /// The slot a sprite recorded in its state directory, if any.
+    pub fn recorded_slot(state_dir: &Path) -> Option<u32> {
+        std::fs::read_to_string(Self::slot_file(state_dir))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Installs the daemon's tables, keeping the slots of sprites that still run
+    /// (`live`: sprite id, slot, policy) and starting their resolvers again.
+    pub async fn install(&self, live: Vec<(String, u32, NetworkPolicy)>) -> Result<(), CoreError> {
+        let plan = self.plan.clone();
+        let slots: Vec<(u32, Egress)> = live
+            .iter()
+            .map(|(_, slot, policy)| (*slot, egress_of(policy)))
+            .collect();
+        blocking("install the network", move || net::install(&plan, &slots))
+            .await?
+            .map_err(net_error("(all)"))?;
+        for (sprite_id, slot, policy) in live {
+            let Some(addrs) = self.plan.addresses(slot) else {
+                continue;
+            };
+            lock(&self.used).insert(slot);
+            self.register(&sprite_id, slot, addrs, policy).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the daemon's tables (the sprites' links go with their namespaces).
+    pub async fn uninstall(&self) -> Result<(), CoreError> {
+        let plan = self.plan.clone();
+        blocking("remove the network", move || net::uninstall(&plan))
+            .await?
+            .map_err(net_error("(all)"))
+    }
+
+    async fn register(
+        &self,
+        sprite_id: &str,
+        slot: u32,
+        addrs: SlotAddrs,
+        policy: NetworkPolicy,
+    ) -> Result<(), CoreError> {
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::from((addrs.gateway, 53)))
+            .await
+            .map_err(|source| CoreError::Io {
+                what: "bind the DNS resolver of a sprite on",
+                path: format!("{}:53", addrs.gateway).into(),
+                source,
+            })?;
+        let (policy, watched) = tokio::sync::watch::channel(Arc::new(policy));
+        let admitted = Arc::new(Mutex::new(Admitted::new()));
+        let sink = Arc::new(SlotSink {
+            plan: self.plan.clone(),
+            slot,
+            admitted: admitted.clone(),
+        });
+        let config = ResolverConfig {
+            upstreams: self.upstreams.clone(),
+            timeout: Duration::from_secs(3),
+        };
+        let id = sprite_id.to_string();
+        let resolver = tokio::spawn(async move {
+            let Err(error) = dns::serve(socket, config, watched, sink).await;
+            tracing::warn!(sprite = %id, "DNS resolver stopped: {}", sprite_api::error_chain(&error));
+        });
+        lock(&self.slots).insert(
+            sprite_id.to_string(),
+            Slot {
+                slot,
+                addrs,
+                policy,
+                admitted,
+                resolver,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives a just-started sprite (PID 1 `init_pid`) its link, resolver and policy.
+    /// Answers its addresses.
+    pub async fn attach(
+        &self,
+        sprite: &str,
+        sprite_id: &str,
+        init_pid: u32,
+        state_dir: &Path,
+        policy: NetworkPolicy,
+    ) -> Result<SlotAddrs, CoreError> {
+        // A sprite restarted in place (a restore) gives its old slot back first.
+        self.release(sprite_id, state_dir).await;
+        let slot = {
+            let mut used = lock(&self.used);
+            let free = (0..self.plan.max_slots()).find(|s| !used.contains(s));
+            let slot =
+                free.ok_or_else(|| CoreError::TooManySprites(self.plan.max_slots() as usize))?;
+            used.insert(slot);
+            slot
+        };
+        let plan = self.plan.clone();
+        let egress = egress_of(&policy);
+        let attached = blocking("attach a sprite's network", move || {
+            let addrs = net::attach(&plan, slot, init_pid)?;
+            if egress == Egress::Restricted {
+                net::set_egress(&plan, slot, egress)?;
+            }
+            Ok::<_, sprite_sandbox::SandboxError>(addrs)
+        })
+        .await
+        .and_then(|r| r.map_err(net_error(sprite)));
+        let addrs = match attached {
+            Ok(addrs) => addrs,
+            Err(error) => {
+                lock(&self.used).remove(&slot);
+                return Err(error);
+            }
+        };
+        std::fs::write(Self::slot_file(state_dir), slot.to_string())
+            .map_err(CoreError::io("write", Self::slot_file(state_dir)))?;
+        if let Err(error) = self.register(sprite_id, slot, addrs, policy).await {
+            self.release(sprite_id, state_dir).await;
+            return Err(error);
+        }
+        Ok(addrs)
+    }
+
+    /// Takes a stopped sprite's slot back: its resolver, nftables objects and link.
+    pub async fn release(&self, sprite_id: &str, state_dir: &Path) {
+        let slot = lock(&self.slots)
+            .remove(sprite_id)
+            .map(|s| s.slot)
+            .or_else(|| Self::recorded_slot(state_dir));
+        let _ = std::fs::remove_file(Self::slot_file(state_dir));
+        let Some(slot) = slot else {
+            return;
+        };
+        let plan = self.plan.clone();
+        match blocking("detach a sprite's network", move || {
+            net::detach(&plan, slot)
+        })
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(
+                slot,
+                "network slot cleanup: {}",
+                sprite_api::error_chain(&error)
+            ),
+            Err(error) => tracing::warn!(slot, "network slot cleanup: {error}"),
+        }
+        lock(&self.used).remove(&slot);
+    }
+
+    /// Applies a new policy to a running sprite at once: its resolver answers by it,
+    /// its egress is opened or restricted, and addresses no allowed name accounts for
+    /// any more are revoked (cutting their connections).
+    pub async fn set_policy(
+        &self,
+        sprite: &str,
+        sprite_id: &str,
+        policy: NetworkPolicy,
+    ) -> Result<(), CoreError> {
+        let (slot, revoked) = {
+            let slots = lock(&self.slots);
+            let Some(state) = slots.get(sprite_id) else {
+                return Ok(()); // not running: the policy applies at its next start
+            };
+            let revoked = lock(&state.admitted).revoke_for(&policy, Instant::now());
+            state.policy.send_replace(Arc::new(policy.clone()));
+            (state.slot, revoked)
+        };
+        let plan = self.plan.clone();
+        let egress = egress_of(&policy);
+        blocking("apply a network policy", move || {
+            net::set_egress(&plan, slot, egress)?;
+            if !revoked.is_empty() {
+                net::revoke(&plan, slot, &revoked)?;
+            }
+            Ok::<_, sprite_sandbox::SandboxError>(())
+        })
+        .await?
+        .map_err(net_error(sprite))
+    }
+
+    /// A running sprite's addresses.
+    pub fn addresses(&self, sprite_id: &str) -> Option<SlotAddrs> {
+        lock(&self.slots).get(sprite_id).map(|s| s.addrs)
+    }
+}
+
+/// Where a sprite can read its policy (API.md, Policy).
+const POLICY_FILE: &str = "/.sprite/policy/network.json";
+
+impl crate::SpriteManager {
+    fn stored_policy(&self, sprite_id: &str) -> NetworkPolicy {
+        match self.db.network_policy(sprite_id) {
+            Ok(Some(json)) => serde_json::from_str(&json).unwrap_or_else(|error| {
+                tracing::warn!(sprite = %sprite_id, "unreadable network policy, using none: {error}");
+                NetworkPolicy::default()
+            }),
+            Ok(None) => NetworkPolicy::default(),
+            Err(error) => {
+                tracing::warn!(sprite = %sprite_id, "cannot read the network policy: {}", sprite_api::error_chain(&error));
+                NetworkPolicy::default()
+            }
+        }
+    }
+
+    /// Writes the daemon's files into a running sprite: its resolver and its policy.
+    fn write_network_files(
+        &self,
+        record: &crate::db::SpriteRecord,
+        gateway: Option<Ipv4Addr>,
+        policy: &NetworkPolicy,
+    ) {
+        let files = || -> Result<(), CoreError> {
+            let root =
+                crate::files::SpriteRoot::open(self.init_pid(record)?).map_err(|source| {
+                    CoreError::Io {
+                        what: "open the root of",
+                        path: format!("sprite {}", record.name).into(),
+                        source,
+                    }
+                })?;
+            if let Some(gateway) = gateway {
+                root.write_file(
+                    "/etc/resolv.conf",
+                    format!("# written by the sprite daemon: its resolver for this sprite\nnameserver {gateway}\n").as_bytes(),
+                    0o644,
+                )?;
+            }
+            let json = serde_json::to_vec_pretty(policy).unwrap_or_default();
+            root.write_file(POLICY_FILE, &json, 0o644)?;
+            Ok(())
+        };
+        if let Err(error) = files() {
+            tracing::warn!(sprite = %record.name, "could not write the network files: {}", sprite_api::error_chain(&error));
+        }
+    }
+
+    /// Gives a just-started sprite its network. A failure leaves it with loopback only
+    /// (safe: nothing to reach) and is logged.
+    pub(crate) async fn attach_network(&self, record: &crate::db::SpriteRecord) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let policy = self.stored_policy(&record.id);
+        let attached = async {
+            let pid = self.init_pid(record)?;
+            network
+                .attach(
+                    &record.name,
+                    &record.id,
+                    pid,
+                    &self.state_dir(&record.id),
+                    policy.clone(),
+                )
+                .await
+        }
+        .await;
+        match attached {
+            Ok(addrs) => {
+                tracing::debug!(sprite = %record.name, address = %addrs.sprite, "network attached");
+                self.write_network_files(record, Some(addrs.gateway), &policy);
+            }
+            Err(error) => {
+                tracing::warn!(sprite = %record.name, "no network for this sprite: {}", sprite_api::error_chain(&error))
+            }
+        }
+    }
+
+    /// Installs the daemon's network tables around the sprites that still run (after a
+    /// daemon restart) and starts their resolvers again.
+    pub(crate) async fn recover_network(&self) -> Result<(), CoreError> {
+        let Some(network) = &self.network else {
+            return Ok(());
+        };
+        let mut live = Vec::new();
+        for record in self.db.all()? {
+            let state_dir = self.state_dir(&record.id);
+            let Some(slot) = Network::recorded_slot(&state_dir) else {
+                continue;
+            };
+            let running = self
+                .cgroup(&record.id)
+                .ok()
+                .and_then(|c| c.init_pid().ok().flatten())
+                .is_some();
+            if running {
+                live.push((record.id.clone(), slot, self.stored_policy(&record.id)));
+            } else {
+                let _ = std::fs::remove_file(state_dir.join(SLOT_FILE));
+            }
+        }
+        network.install(live).await
+    }
+
+    /// `GET /v1/sprites/{name}/policy/network`.
+    pub fn network_policy(&self, org: &str, name: &str) -> Result<NetworkPolicy, CoreError> {
+        let record = self.record(org, name)?;
+        Ok(self.stored_policy(&record.id))
+    }
+
+    /// `POST /v1/sprites/{name}/policy/network`: validated, stored, and applied at
+    /// once when the sprite runs (else at its next start). Does not wake the sprite.
+    pub async fn set_network_policy(
+        &self,
+        org: &str,
+        name: &str,
+        policy: NetworkPolicy,
+    ) -> Result<NetworkPolicy, CoreError> {
+        let record = self.record(org, name)?;
+        policy
+            .validate()
+            .map_err(|e| CoreError::InvalidRequest(sprite_api::error_chain(&e)))?;
+        let json = serde_json::to_string(&policy).unwrap_or_default();
+        self.db.set_network_policy(&record.id, &json)?;
+        if let Some(network) = &self.network {
+            network
+                .set_policy(&record.name, &record.id, policy.clone())
+                .await?;
+            if network.addresses(&record.id).is_some() {
+                self.write_network_files(&record, None, &policy);
+            }
+        }
+        tracing::info!(sprite = %record.name, rules = policy.rules.len(), "network policy set");
+        Ok(policy)
+    }
+}

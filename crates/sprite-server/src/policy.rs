@@ -1,0 +1,34 @@
+//! `GET|POST /v1/sprites/{name}/policy/network` (API.md, Policy): the sprite's egress
+//! rules. A change applies at once to a running sprite (cutting connections that become
+//! denied) and is kept for its next start otherwise.
+
+use crate::auth::Org;
+use crate::error::parse_json;
+use crate::{ApiError, AppState};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use sprite_api::policy::NetworkPolicy;
+
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<NetworkPolicy>, ApiError> {
+    Ok(Json(state.manager.network_policy(&org, &name)?))
+}
+
+pub async fn set(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<NetworkPolicy>, ApiError> {
+    let policy: NetworkPolicy = parse_json(&body)?;
+    Ok(Json(
+        state
+            .manager
+            .set_network_policy(&org, &name, policy)
+            .await?,
+    ))
+}
