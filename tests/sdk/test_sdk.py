@@ -7,7 +7,8 @@ import os
 import sys
 
 from sprites import SpritesClient
-from sprites.exceptions import ExitError, NotFoundError
+from sprites.exceptions import ExitError, FileNotFoundError_, NotFoundError
+from sprites.types import NetworkPolicy, PolicyRule, URLSettings
 
 URL = os.environ["SPRITES_API_URL"]
 TOKEN = os.environ["SPRITE_TOKEN"]
@@ -47,6 +48,45 @@ try:
     cmd = sprite.command("wc", "-c", stdin=io.BytesIO(b"x" * 100000), stdout=out)
     cmd.run()
     assert out.getvalue().strip() == b"100000", out.getvalue()
+
+    # File system (the SDK's pathlib-like API over /fs/...).
+    fs = sprite.filesystem("/home/sprite")
+    (fs / "proj/src").mkdir(parents=True)
+    (fs / "proj/src/main.py").write_text("print('hi')\n")
+    assert (fs / "proj/src/main.py").read_text() == "print('hi')\n"
+    assert (fs / "proj/src/main.py").read_bytes() == b"print('hi')\n"
+    assert (fs / "proj/src/main.py").exists() and (fs / "proj/src/main.py").is_file()
+    assert not (fs / "proj/nope").exists()
+    assert sorted(p.name for p in (fs / "proj/src").iterdir()) == ["main.py"]
+    stat = (fs / "proj/src/main.py").stat()
+    assert stat.size == 12 and stat.mode == "0644" and not stat.is_dir, stat
+    (fs / "proj/src/main.py").copy_to(fs / "proj/src/copy.py")
+    (fs / "proj/src/copy.py").rename("moved.py")
+    assert sorted((fs / "proj/src").listdir()) == ["main.py", "moved.py"]
+    (fs / "proj/src/moved.py").chmod(0o755)
+    assert (fs / "proj/src/moved.py").stat().mode == "0755"
+    result = sprite.run("python3", "/home/sprite/proj/src/main.py", capture_output=True)
+    assert result.stdout == b"hi\n", result
+    (fs / "proj/src/moved.py").unlink()
+    try:
+        (fs / "proj/src/moved.py").read_text()
+        raise AssertionError("read of a deleted file did not raise")
+    except FileNotFoundError_:
+        pass
+    (fs / "proj").rmtree()
+    assert not (fs / "proj").exists()
+
+    # URL settings.
+    sprite.update_url_settings(URLSettings(auth="public"))
+    assert client.get_sprite(NAME).url_settings.auth == "public"
+    assert client.get_sprite(NAME).url
+
+    # Network policy.
+    sprite.update_network_policy(NetworkPolicy(rules=[PolicyRule(domain="*.example.com", action="allow"), PolicyRule(include="defaults")]))
+    policy = sprite.get_network_policy()
+    assert [(r.domain, r.action, r.include) for r in policy.rules] == [("*.example.com", "allow", None), (None, None, "defaults")], policy
+    sprite.update_network_policy(NetworkPolicy(rules=[]))
+    assert sprite.get_network_policy().rules == []
 
     names = [s.name for s in client.list_sprites().sprites]
     assert NAME in names, names

@@ -57,6 +57,8 @@ pub struct CoreConfig {
     pub pool_size: usize,
     /// Sprite networking (veth + NAT + DNS + egress policy); `None`: loopback only.
     pub network: Option<crate::network::NetworkConfig>,
+    /// `http` or `https` (TLS on the URL proxy): the scheme SpriteInfo.url shows.
+    pub url_scheme: String,
 }
 
 impl CoreConfig {
@@ -82,6 +84,7 @@ impl CoreConfig {
             min_free_memory_mb: 256,
             pool_size: 0,
             network: None,
+            url_scheme: "http".into(),
         }
     }
 }

@@ -171,7 +171,10 @@ impl SpriteManager {
             name: record.name.clone(),
             organization: record.org.clone(),
             status,
-            url: format!("http://{}.{}", record.name, self.config.url_domain),
+            url: format!(
+                "{}://{}.{}",
+                self.config.url_scheme, record.name, self.config.url_domain
+            ),
             url_settings: UrlSettings {
                 auth: if record.url_auth == "public" {
                     UrlAuth::Public

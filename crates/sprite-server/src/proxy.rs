@@ -23,13 +23,68 @@ use std::time::Duration;
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Settings of the proxy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxySettings {
     /// Sprites are `<name>.<domain>`.
     pub domain: String,
     /// How long a request waits for a sleeping sprite to wake and its port to answer.
     pub wake_timeout: Duration,
+    /// HTTPS instead of HTTP (ALPN offers h2 and http/1.1), from [`tls_acceptor`].
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySettings")
+            .field("domain", &self.domain)
+            .field("wake_timeout", &self.wake_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Why the proxy's certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("read the certificate chain {0}")]
+    Certificates(std::path::PathBuf, #[source] rustls_pki_types::pem::Error),
+    #[error("{0} holds no certificate (it must be a PEM file with BEGIN CERTIFICATE blocks)")]
+    NoCertificate(std::path::PathBuf),
+    #[error("read the private key {0}")]
+    Key(std::path::PathBuf, #[source] rustls_pki_types::pem::Error),
+    #[error("the certificate and key do not make a TLS configuration")]
+    Config(#[source] tokio_rustls::rustls::Error),
+}
+
+/// A TLS acceptor for the URL proxy from PEM files: the certificate chain (leaf
+/// first) and its private key (PKCS#8, PKCS#1 or SEC1). ALPN offers HTTP/2 first.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificates(cert.to_path_buf(), e))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key(key.to_path_buf(), e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One client connection: the upstream connection it uses, and what keeps the sprite
 /// awake while it is open.
@@ -78,6 +133,7 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let settings = settings.clone();
+        let tls = settings.tls.clone();
         tokio::spawn(async move {
             let connection = Arc::new(ClientConnection {
                 peer,
@@ -92,9 +148,29 @@ pub async fn serve_proxy(
                     )
                 }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match &tls {
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {error}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .await;
+                }
+            }
         });
     }
 }
@@ -154,6 +230,11 @@ async fn handle(
     connection: &ClientConnection,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let host = request
         .headers()
         .get(HOST)
@@ -193,7 +274,13 @@ async fn handle(
         if let Some((token, location)) = query_token(&request) {
             if valid(&token) {
                 let mut response = page(StatusCode::FOUND, "Signed in", "Redirecting…");
-                let cookie = format!("sprite_token={token}; HttpOnly; SameSite=Lax; Path=/");
+                let secure = if settings.tls.is_some() {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                let cookie =
+                    format!("sprite_token={token}; HttpOnly; SameSite=Lax; Path=/{secure}");
                 if let (Ok(cookie), Ok(location)) = (
                     HeaderValue::from_str(&cookie),
                     HeaderValue::from_str(&location),
@@ -216,7 +303,7 @@ async fn handle(
                 "Sign in needed",
                 &format!(
                     "This sprite's URL needs a token: send <code>Authorization: Bearer TOKEN</code>, \
-                     or open <code>http://{host}/?token=TOKEN</code> once in a browser. \
+                     or open <code>{scheme}://{host}/?token=TOKEN</code> once in a browser. \
                      <code>sprite url update --auth public -s {name}</code> makes it public."
                 ),
             );
@@ -248,7 +335,7 @@ async fn handle(
     for (name, value) in [
         ("x-forwarded-for", forwarded_for.as_str()),
         ("x-forwarded-host", host.as_str()),
-        ("x-forwarded-proto", "http"),
+        ("x-forwarded-proto", scheme),
     ] {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);

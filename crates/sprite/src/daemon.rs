@@ -66,6 +66,10 @@ pub struct FileConfig {
     /// Where the sprites' DNS resolvers forward allowed queries, "IP:PORT" (default:
     /// the nameservers of the host's /etc/resolv.conf).
     pub dns_upstreams: Option<Vec<String>>,
+    /// HTTPS on the URL proxy: the certificate chain (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[s3]` in the config file. Each key, when set, wins over its AWS_* variable.
@@ -141,6 +145,12 @@ pub struct DaemonArgs {
     /// http://NAME.localhost:7080/ directly).
     #[arg(long)]
     pub domain: Option<String>,
+    /// Serve sprite URLs over HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A duration setting: `Some(None)` is "never".
@@ -228,6 +238,19 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     if domain.is_empty() || domain.contains(['/', ':', ' ']) {
         anyhow::bail!("domain {domain:?} is not a domain name; use something like localhost or sprites.example.com");
     }
+    let tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => {
+            config.url_scheme = "https".into();
+            Some(sprite_server::proxy::tls_acceptor(&cert, &key).context("TLS for sprite URLs")?)
+        }
+        (None, None) => None,
+        _ => {
+            anyhow::bail!("tls_cert and tls_key go together: give both, or neither for plain http")
+        }
+    };
     let wake_timeout = duration_setting("wake_timeout", file.wake_timeout)?
         .flatten()
         .unwrap_or(std::time::Duration::from_secs(30));
@@ -255,7 +278,11 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         .or(file.network)
         .unwrap_or_else(|| "10.231.0.0/16".into());
     if network != "off" {
-        for (tool, package) in [("nft", "nftables"), ("ip", "iproute2"), ("nsenter", "util-linux")] {
+        for (tool, package) in [
+            ("nft", "nftables"),
+            ("ip", "iproute2"),
+            ("nsenter", "util-linux"),
+        ] {
             let found = std::env::var_os("PATH")
                 .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
                 .unwrap_or(false);
@@ -370,6 +397,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         sprite_server::proxy::ProxySettings {
             domain: domain.clone(),
             wake_timeout,
+            tls,
         },
     ));
     tracing::info!(listen = %proxy_listen, %domain, "sprite URLs served");

@@ -460,3 +460,89 @@ async fn ports_opening_and_closing_are_reported() {
         (Some("port_closed"), Some(9123))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_with_h2_and_http1() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=secure.localhost",
+        ])
+        .arg("-addext")
+        .arg("subjectAltName=DNS:secure.localhost")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = format!(
+        "storage = \"local\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let daemon = Daemon::start_with("busybox", &config).await;
+    let client = &daemon.client;
+    create(client, "secure").await;
+    let info = client.get("secure").await.unwrap();
+    assert!(
+        info.url.starts_with("https://secure.localhost:"),
+        "{info:?}"
+    );
+    let server = "mkdir -p /tmp/www && echo over tls > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let _server = client
+        .exec("secure", &params(&["sh", "-c", server]))
+        .await
+        .unwrap();
+    let port = daemon.proxy_url.rsplit(':').next().unwrap().to_string();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&cert)
+            .args([
+                flag,
+                "--retry",
+                "5",
+                "--retry-all-errors",
+                "--retry-delay",
+                "1",
+            ])
+            .args(["--resolve", &format!("secure.localhost:{port}:127.0.0.1")])
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args(["-w", "|%{http_version}|%{http_code}"])
+            .arg(format!("https://secure.localhost:{port}/index.html"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            text,
+            format!("over tls\n|{version}|200"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Plain HTTP on the TLS port gets no page.
+    let plain = reqwest::Client::new()
+        .get(format!("{}/", daemon.proxy_url))
+        .header("host", "secure.localhost")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
