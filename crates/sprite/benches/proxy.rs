@@ -4,6 +4,11 @@
 //! - small requests: p50 and p99 latency, and the latency the proxy adds;
 //! - a 256 MiB download: throughput both ways.
 //!
+//! And the file-system API in the same run: `sprite cp` of a 1 GiB file into the sprite
+//! (fs/write, synced) and back out (fs/read, then synced on the host), against `cp` of
+//! the same file on the host followed by `sync` of the copy, page caches dropped before
+//! each copy. The sprite is on SpriteFS (the default storage).
+//!
 //! Run: `sudo ./bench/proxy.sh` (or `cargo bench -p sprite --bench proxy`).
 //! Results go to stdout and to target/bench/proxy.json.
 #![allow(clippy::unwrap_used)]
@@ -19,6 +24,77 @@ use std::time::{Duration, Instant};
 
 const SMALL_REQUESTS: usize = 2000;
 const BIG_MIB: usize = 256;
+const FS_MIB: usize = 1024;
+
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Seconds a command takes, after dropping caches; panics if it fails.
+fn timed(program: &str, args: &[&str]) -> f64 {
+    drop_caches();
+    let start = Instant::now();
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed().as_secs_f64()
+}
+
+/// MiB/s of `cp` + `sync` on the host, and of `sprite cp` into the sprite and back.
+fn measure_fs(daemon: &Daemon) -> (f64, f64, f64) {
+    let dir = tempfile::Builder::new()
+        .prefix("sprite-fs-bench-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let source = dir.path().join("source");
+    let out = std::process::Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={}", source.display()),
+            "bs=1M",
+            &format!("count={FS_MIB}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let copy = dir.path().join("copy");
+    let back = dir.path().join("back");
+    let (source, copy, back) = (
+        source.to_str().unwrap(),
+        copy.to_str().unwrap(),
+        back.to_str().unwrap(),
+    );
+    let host = timed("sh", &["-c", &format!("cp {source} {copy} && sync {copy}")]);
+    let sprite = env!("CARGO_BIN_EXE_sprite");
+    let cp = |args: &[&str]| {
+        let mut full = vec![
+            "--api-url",
+            daemon.url.as_str(),
+            "--token",
+            TOKEN,
+            "cp",
+            "-q",
+        ];
+        full.extend_from_slice(args);
+        timed(sprite, &full)
+    };
+    let write = cp(&[source, "web:/home/sprite/fs-bench"]);
+    let read = cp(&["web:/home/sprite/fs-bench", back]);
+    let same = std::process::Command::new("cmp")
+        .args([source, back])
+        .status()
+        .unwrap();
+    assert!(same.success(), "the file came back different");
+    let mib = FS_MIB as f64;
+    (mib / host, mib / write, mib / read)
+}
 
 /// A minimal HTTP/1.1 client on one kept-alive connection.
 struct Client {
@@ -105,11 +181,8 @@ fn main() {
 }
 
 async fn bench() {
-    let daemon = Daemon::start_with(
-        "debian",
-        "storage = \"local\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
-    )
-    .await;
+    let daemon =
+        Daemon::start_with("debian", "warm_after = \"never\"\ncold_after = \"never\"\n").await;
     let client = &daemon.client;
     create(client, "web").await;
     let setup = format!(
@@ -159,6 +232,8 @@ async fn bench() {
     .await
     .unwrap();
 
+    let (host_mibs, write_mibs, read_mibs) = measure_fs(&daemon);
+
     let (direct_p50, direct_p99) = summary(direct, 0.99);
     let (proxy_p50, proxy_p99) = summary(proxied, 0.99);
     println!(
@@ -190,7 +265,25 @@ async fn bench() {
         "proxy throughput vs direct",
         proxied_mibs / direct_mibs * 100.0
     );
+    println!(
+        "\n{:<44} {:>10} {:>10}",
+        format!("file-system API, {FS_MIB} MiB (MiB/s)"),
+        "host cp",
+        "sprite"
+    );
+    println!(
+        "{:<44} {host_mibs:>10.0} {write_mibs:>10.0}  ({:.0}%)",
+        "into the sprite: sprite cp (fs/write, synced)",
+        write_mibs / host_mibs * 100.0
+    );
+    println!(
+        "{:<44} {host_mibs:>10.0} {read_mibs:>10.0}  ({:.0}%)",
+        "out of the sprite: sprite cp (fs/read)",
+        read_mibs / host_mibs * 100.0
+    );
     let report = serde_json::json!({
+        "fs_mib_s": { "host_cp_sync": host_mibs, "write": write_mibs, "read": read_mibs },
+        "fs_vs_host": { "write": write_mibs / host_mibs, "read": read_mibs / host_mibs },
         "small_p50_ms": { "direct": direct_p50, "proxy": proxy_p50 },
         "small_p99_ms": { "direct": direct_p99, "proxy": proxy_p99 },
         "added_p50_ms": proxy_p50 - direct_p50,
