@@ -555,7 +555,11 @@ impl SpriteManager {
             }
         }
         self.recover_tasks()?;
-        self.recover_network().await?;
+        // Sprites keep their links even when the tables cannot be re-installed (the old
+        // table stays as it was: installs are atomic).
+        if let Err(error) = self.recover_network().await {
+            tracing::error!("sprite network: {}", sprite_api::error_chain(&error));
+        }
         let mut adopted = 0;
         for record in self.db.all()? {
             if record.org == POOL_ORG {

@@ -240,7 +240,7 @@ pub async fn write(
     let target = path.clone();
     let mut pending =
         blocking(move || root.run(|r| r.start_write(&target, mode, make_parents))).await?;
-    let Some(mut file) = pending.take_file() else {
+    let Some(file) = pending.take_file() else {
         return Err(ApiError::new(
             ErrorKind::Internal,
             "the file to write was not opened",
@@ -249,16 +249,19 @@ pub async fn write(
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
     let written_path = path.clone();
     let writer = tokio::task::spawn_blocking(move || {
+        let failed = |e: std::io::Error| {
+            FsError::new(
+                FsCode::Io,
+                &written_path,
+                format!("write {written_path}: {e}"),
+            )
+        };
+        // Bodies arrive in pieces of a few KiB to a few hundred: the disk gets whole MiBs.
+        let mut buffered = std::io::BufWriter::with_capacity(CHUNK, file);
         while let Some(chunk) = receiver.blocking_recv() {
-            file.write_all(&chunk).map_err(|e| {
-                FsError::new(
-                    FsCode::Io,
-                    &written_path,
-                    format!("write {written_path}: {e}"),
-                )
-            })?;
+            buffered.write_all(&chunk).map_err(failed)?;
         }
-        Ok::<_, FsError>(file)
+        buffered.into_inner().map_err(|e| failed(e.into_error()))
     });
     let mut stream = body.into_data_stream();
     let mut broken = None;

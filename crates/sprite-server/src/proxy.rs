@@ -91,6 +91,27 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 struct ClientConnection {
     peer: SocketAddr,
     upstream: tokio::sync::Mutex<Option<Upstream>>,
+    /// The sprite the last request named, and when it was looked up: requests on a
+    /// kept-alive connection skip the database for [`RECORD_REUSE`].
+    record: std::sync::Mutex<Option<(String, sprite_core::db::SpriteRecord, std::time::Instant)>>,
+}
+
+/// How long a connection reuses the sprite record it looked up (so a change of the
+/// URL's auth reaches open connections within this time).
+const RECORD_REUSE: Duration = Duration::from_secs(1);
+
+impl ClientConnection {
+    fn record(&self, state: &AppState, name: &str) -> Option<sprite_core::db::SpriteRecord> {
+        let mut cached = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached_name, record, at)) = cached.as_ref() {
+            if cached_name == name && at.elapsed() < RECORD_REUSE {
+                return Some(record.clone());
+            }
+        }
+        let record = state.manager.sprite_for_url(name).ok()?;
+        *cached = Some((name.to_string(), record.clone(), std::time::Instant::now()));
+        Some(record)
+    }
 }
 
 struct Upstream {
@@ -138,6 +159,7 @@ pub async fn serve_proxy(
             let connection = Arc::new(ClientConnection {
                 peer,
                 upstream: tokio::sync::Mutex::new(None),
+                record: std::sync::Mutex::new(None),
             });
             let service = hyper::service::service_fn(move |request| {
                 let (state, settings, connection) =
@@ -252,9 +274,9 @@ async fn handle(
             ),
         );
     };
-    let record = match state.manager.sprite_for_url(name) {
-        Ok(record) => record,
-        Err(_) => {
+    let record = match connection.record(state, name) {
+        Some(record) => record,
+        None => {
             return page(
                 StatusCode::NOT_FOUND,
                 "No such sprite",

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,25 +340,50 @@ async fn download_file(
         .unwrap_or_default();
     let partial = local.with_file_name(format!(".{file_name}.sprite-cp-{}", std::process::id()));
     let result = async {
-        let mut file = tokio::fs::File::create(&partial)
-            .await
+        let file = std::fs::File::create(&partial)
             .with_context(|| format!("create {}", partial.display()))?;
+        // The disk is written by a thread of its own, so the network never waits on it.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let target = local.to_path_buf();
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            while let Some(chunk) = receiver.blocking_recv() {
+                buffered
+                    .write_all(&chunk)
+                    .with_context(|| format!("write {}", target.display()))?;
+            }
+            let file = buffered
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("write {}", target.display()))?;
+            file.sync_all()
+                .with_context(|| format!("write {}", target.display()))
+        });
         let mut stream = response.bytes_stream();
         let mut bytes = 0u64;
+        let mut broken = None;
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.with_context(|| format!("copy {name}:{remote}: the download broke off"))?;
-            file.write_all(&chunk)
-                .await
-                .with_context(|| format!("write {}", local.display()))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    broken = Some(error);
+                    break;
+                }
+            };
             bytes += chunk.len() as u64;
             progress.add(chunk.len() as u64);
             progress.show(remote);
+            if sender.send(chunk).await.is_err() {
+                break; // the writer failed: its error is reported below
+            }
         }
-        file.sync_all()
-            .await
-            .with_context(|| format!("write {}", local.display()))?;
-        drop(file);
+        drop(sender);
+        writer.await.context("the writer thread failed")??;
+        if let Some(error) = broken {
+            return Err(anyhow::Error::new(error))
+                .with_context(|| format!("copy {name}:{remote}: the download broke off"));
+        }
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("set the mode of {}", local.display()))?;
         std::fs::rename(&partial, local).with_context(|| format!("write {}", local.display()))?;
