@@ -614,10 +614,13 @@ impl Client {
         socket
             .send(Message::Text(subscribe.to_string().into()))
             .await?;
-        let answer = match socket.next().await {
-            Some(Ok(Message::Text(text))) => text.to_string(),
-            Some(Err(error)) => return Err(error.into()),
-            _ => return Err(ClientError::ClosedBeforeExit),
+        let answer = loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => break text.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Err(error)) => return Err(error.into()),
+                _ => return Err(ClientError::ClosedBeforeExit),
+            }
         };
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
         if answer["type"] == "subscribed" {

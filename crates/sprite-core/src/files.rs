@@ -149,6 +149,63 @@ pub struct SpriteRoot {
     root: OwnedFd,
     uids: Vec<IdRange>,
     gids: Vec<IdRange>,
+    /// Mounts the API may change: the sprite's own file systems (its root, `/home`, its
+    /// private tmpfs mounts), never bind mounts of host paths, kernel file systems or
+    /// anything under `/.sprite` that the daemon mounts.
+    writable_mounts: std::collections::HashSet<u64>,
+}
+
+/// Kernel file systems the API neither reads nor changes: host state shows through
+/// them (`/proc/kcore`, `/proc/sysrq-trigger`, `/sys`), whatever the sprite's view.
+fn on_kernel_fs(fd: &OwnedFd) -> bool {
+    use nix::sys::statfs::*;
+    match fstatfs(fd) {
+        Ok(stat) => [
+            PROC_SUPER_MAGIC,
+            SYSFS_MAGIC,
+            DEVPTS_SUPER_MAGIC,
+            CGROUP_SUPER_MAGIC,
+            CGROUP2_SUPER_MAGIC,
+            SECURITYFS_MAGIC,
+            DEBUGFS_MAGIC,
+            TRACEFS_MAGIC,
+            BPF_FS_MAGIC,
+            SELINUX_MAGIC,
+            SMACK_MAGIC,
+            NSFS_MAGIC,
+            HUGETLBFS_MAGIC,
+            RDTGROUP_SUPER_MAGIC,
+        ]
+        .contains(&stat.filesystem_type()),
+        Err(_) => true,
+    }
+}
+
+/// The id of the mount a descriptor is on (`mnt_id` of its fdinfo).
+fn mount_id(fd: &OwnedFd) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("mnt_id:"))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+/// The sprite's own mounts, from its `mountinfo`: file systems of its own (root `/` of
+/// the file system, a regular type), not under `/.sprite`.
+fn own_mounts(init_pid: u32) -> std::collections::HashSet<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let (id, root, point) = (fields.first()?, fields.get(3)?, fields.get(4)?);
+            let fstype = fields.get(dash + 1)?;
+            let own = *root == "/"
+                && ["overlay", "tmpfs", "ext4", "xfs", "btrfs"].contains(fstype)
+                && !point.starts_with("/.sprite");
+            own.then(|| id.parse().ok()).flatten()
+        })
+        .collect()
 }
 
 fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
@@ -324,11 +381,25 @@ impl Budget {
 impl SpriteRoot {
     /// Opens the root of the sprite whose PID 1 has host pid `init_pid`.
     pub fn open(init_pid: u32) -> std::io::Result<SpriteRoot> {
-        let root = File::open(format!("/proc/{init_pid}/root"))?;
+        let root: OwnedFd = File::open(format!("/proc/{init_pid}/root"))?.into();
+        let mut writable_mounts = own_mounts(init_pid);
+        // The root and /home (the sprite's disk, bound in) are its own whatever they are.
+        writable_mounts.extend(mount_id(&root));
+        if let Ok(home) = open_at(
+            &root,
+            "home",
+            how(
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS,
+            ),
+        ) {
+            writable_mounts.extend(mount_id(&home));
+        }
         Ok(SpriteRoot {
-            root: root.into(),
+            root,
             uids: IdRange::read(init_pid, "uid_map")?,
             gids: IdRange::read(init_pid, "gid_map")?,
+            writable_mounts,
         })
     }
 
@@ -353,6 +424,32 @@ impl SpriteRoot {
                 ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             ),
         )
+    }
+
+    /// Refuses to change what is not on one of the sprite's own file systems.
+    fn check_writable(&self, fd: &OwnedFd, path: &str, what: &str) -> Result<(), FsError> {
+        match mount_id(fd) {
+            Some(id) if self.writable_mounts.contains(&id) => Ok(()),
+            _ => Err(FsError::new(
+                FsCode::PermissionDenied,
+                path,
+                format!(
+                    "{what} {path}: permission denied (it is on a mount the API does not change, like /proc, /dev or /.sprite/bin; only the sprite's own files)"
+                ),
+            )),
+        }
+    }
+
+    /// Refuses to read from kernel file systems.
+    fn check_readable(fd: &OwnedFd, path: &str, what: &str) -> Result<(), FsError> {
+        if on_kernel_fs(fd) {
+            return Err(FsError::new(
+                FsCode::PermissionDenied,
+                path,
+                format!("{what} {path}: permission denied (/proc, /sys and other kernel file systems are not served by the API)"),
+            ));
+        }
+        Ok(())
     }
 
     fn resolve_path(&self, path: &str, what: &str) -> Result<OwnedFd, FsError> {
@@ -422,7 +519,7 @@ impl SpriteRoot {
     /// Opens a regular file for reading. Answers it and its size.
     pub fn open_read(&self, path: &str) -> Result<(File, u64), FsError> {
         let fd = self
-            .resolve(path, OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .resolve(path, OFlag::O_PATH)
             .map_err(|e| FsError::errno("open", path, e))?;
         let stat = fstat(&fd).map_err(|e| FsError::errno("stat", path, e))?;
         match kind_of(&stat) {
@@ -437,8 +534,10 @@ impl SpriteRoot {
                 ))
             }
         }
-        // Regular files ignore O_NONBLOCK; it only kept a FIFO's open from hanging.
-        Ok((File::from(fd), stat.st_size.max(0) as u64))
+        Self::check_readable(&fd, path, "read")?;
+        // Opened for reading only now that it is known to be a regular file.
+        let file = File::open(proc_fd(&fd)).map_err(|e| FsError::io("open", path, e))?;
+        Ok((file, stat.st_size.max(0) as u64))
     }
 
     /// Makes the directories of `path` that are missing, each owned like its parent.
@@ -457,6 +556,7 @@ impl SpriteRoot {
                 Err(e) => return Err(FsError::errno("make directory", &done, e)),
             }
             let dir = self.resolve_path(&parent, "make directory")?;
+            self.check_writable(&dir, &done, "make directory")?;
             let owner = Self::owner_of(&dir, &parent)?;
             match mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
@@ -483,6 +583,7 @@ impl SpriteRoot {
             self.make_dirs(parent)?;
         }
         let (dir, name) = self.parent(path, "write")?;
+        self.check_writable(&dir, path, "write")?;
         let existing = match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(stat) => Some(stat),
             Err(Errno::ENOENT) => None,
@@ -493,22 +594,36 @@ impl SpriteRoot {
         }
         if existing
             .as_ref()
+            .is_some_and(|s| matches!(kind_of(s), EntryType::Other))
+        {
+            return Err(FsError::invalid(
+                path,
+                format!("write {path}: not a regular file (a device, socket or FIFO)"),
+            ));
+        }
+        if existing
+            .as_ref()
             .is_some_and(|s| kind_of(s) == EntryType::Symlink)
         {
-            // Write through the link, inside the root, in place.
-            let fd = self
-                .resolve(
-                    path,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOCTTY,
-                )
+            // Write through the link, inside the root, in place: only to an existing
+            // regular file on the sprite's own disk.
+            let target = self
+                .resolve(path, OFlag::O_PATH)
                 .map_err(|e| FsError::errno("write", path, e))?;
-            let stat = fstat(&fd).map_err(|e| FsError::errno("write", path, e))?;
+            let stat = fstat(&target).map_err(|e| FsError::errno("write", path, e))?;
             if kind_of(&stat) != EntryType::File {
                 return Err(FsError::invalid(
                     path,
                     format!("write {path}: the link does not point to a regular file"),
                 ));
             }
+            self.check_writable(&target, path, "write")?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(proc_fd(&target))
+                .map_err(|e| FsError::io("write", path, e))?;
+            file.set_len(0).map_err(|e| FsError::io("write", path, e))?;
+            let fd: OwnedFd = file.into();
             let mode = mode.unwrap_or(stat.st_mode & 0o7777);
             Self::set_mode(&fd, mode, path)?;
             return Ok(PendingWrite {
@@ -527,7 +642,8 @@ impl SpriteRoot {
         let mode = mode
             .or(existing.as_ref().map(|s| s.st_mode & 0o7777))
             .unwrap_or(0o644);
-        let temp = format!(".{name}.sprite-write-{}", uuid::Uuid::new_v4().simple());
+        // Short whatever the target's name (names may be 255 bytes long).
+        let temp = format!(".sprite-write-{}", uuid::Uuid::new_v4().simple());
         let fd = open_child(
             &dir,
             &temp,
@@ -619,14 +735,16 @@ impl SpriteRoot {
     /// directory, or with `recursive` a whole tree. Answers the removed paths.
     pub fn delete(&self, path: &str, recursive: bool) -> Result<Vec<String>, FsError> {
         let (dir, name) = self.parent(path, "delete")?;
+        self.check_writable(&dir, path, "delete")?;
         let stat = Self::lstat_in(&dir, name, path, "delete")?;
         let mut deleted = Vec::new();
         if is_dir(&stat) {
             if recursive {
                 let sub = open_child(&dir, name, OFlag::O_PATH | OFlag::O_DIRECTORY)
                     .map_err(|e| FsError::errno("delete", path, e))?;
+                self.check_writable(&sub, path, "delete")?;
                 let mut budget = Budget::new(path);
-                Self::empty_dir(&sub, path, &mut deleted, &mut budget)?;
+                self.empty_dir(&sub, path, &mut deleted, &mut budget)?;
             }
             unlinkat(&dir, name, UnlinkatFlags::RemoveDir)
                 .map_err(|e| FsError::errno("delete", path, e))?;
@@ -639,6 +757,7 @@ impl SpriteRoot {
     }
 
     fn empty_dir(
+        &self,
         dir: &OwnedFd,
         path: &str,
         deleted: &mut Vec<String>,
@@ -655,7 +774,9 @@ impl SpriteRoot {
             if is_dir(&stat) {
                 let sub = open_child(dir, &name, OFlag::O_PATH | OFlag::O_DIRECTORY)
                     .map_err(|e| FsError::errno("delete", &child, e))?;
-                Self::empty_dir(&sub, &child, deleted, budget)?;
+                // Never into a mount (a bind of a host path, /proc...): refused whole.
+                self.check_writable(&sub, &child, "delete")?;
+                self.empty_dir(&sub, &child, deleted, budget)?;
                 unlinkat(dir, name.as_str(), UnlinkatFlags::RemoveDir)
             } else {
                 unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
@@ -680,6 +801,8 @@ impl SpriteRoot {
         }
         let (from_dir, from_name) = self.parent(source, "rename")?;
         let (to_dir, to_name) = self.parent(dest, "rename")?;
+        self.check_writable(&from_dir, source, "rename")?;
+        self.check_writable(&to_dir, dest, "rename")?;
         match renameat(&from_dir, from_name, &to_dir, to_name) {
             Ok(()) => Ok(()),
             Err(Errno::EXDEV) => {
@@ -712,6 +835,7 @@ impl SpriteRoot {
             return Err(FsError::errno("copy", source, Errno::EISDIR));
         }
         let (to_dir, to_name) = self.parent(dest, "copy")?;
+        self.check_writable(&to_dir, dest, "copy")?;
         let mut report = FsCopied {
             copied: Vec::new(),
             count: 0,
@@ -809,15 +933,31 @@ impl SpriteRoot {
         action: &mut dyn FnMut(&OwnedFd, &str) -> Result<(), FsError>,
     ) -> Result<(), FsError> {
         budget.spend()?;
-        action(fd, path)?;
         let stat = fstat(fd).map_err(|e| FsError::errno("stat", path, e))?;
+        if !matches!(kind_of(&stat), EntryType::File | EntryType::Directory) {
+            return Err(FsError::invalid(
+                path,
+                format!("{path}: only files and directories can be changed (not devices, sockets or FIFOs)"),
+            ));
+        }
+        self.check_writable(fd, path, "change")?;
+        action(fd, path)?;
         if !recursive || !is_dir(&stat) {
             return Ok(());
         }
         for name in read_names(fd, path)? {
             let child = join(path, &name);
             match open_child(fd, &name, OFlag::O_PATH) {
-                Ok(sub) => self.apply(&sub, &child, recursive, budget, action)?,
+                Ok(sub) => {
+                    // Special files and other mounts inside a tree are left alone.
+                    let skip = fstat(&sub)
+                        .map(|s| !matches!(kind_of(&s), EntryType::File | EntryType::Directory))
+                        .unwrap_or(true)
+                        || !mount_id(&sub).is_some_and(|id| self.writable_mounts.contains(&id));
+                    if !skip {
+                        self.apply(&sub, &child, recursive, budget, action)?;
+                    }
+                }
                 // a symlink (not followed, not changed) or removed meanwhile
                 Err(Errno::ELOOP | Errno::ENOENT) => {}
                 Err(e) => return Err(FsError::errno("open", &child, e)),
@@ -830,6 +970,7 @@ impl SpriteRoot {
     /// whether it is a directory: what `fs/watch` adds a watch on.
     pub fn open_watch(&self, path: &str) -> Result<(OwnedFd, bool), FsError> {
         let fd = self.resolve_path(path, "watch")?;
+        Self::check_readable(&fd, path, "watch")?;
         let stat = fstat(&fd).map_err(|e| FsError::errno("watch", path, e))?;
         Ok((fd, is_dir(&stat)))
     }
@@ -945,17 +1086,26 @@ impl Copier<'_> {
                 });
             }
             EntryType::File => {
-                let from = open_child(from_dir, from_name, OFlag::O_RDONLY)
+                let from = open_child(from_dir, from_name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
                     .map_err(|e| FsError::errno("copy", from_path, e))?;
+                SpriteRoot::check_readable(&from, from_path, "copy")?;
                 if let Ok(existing) = fstatat(to_dir, to_name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                     if is_dir(&existing) {
                         return Err(FsError::errno("copy", to_path, Errno::EISDIR));
+                    }
+                    if kind_of(&existing) != EntryType::File {
+                        return Err(FsError::invalid(
+                            to_path,
+                            format!(
+                                "copy to {to_path}: something other than a regular file is there"
+                            ),
+                        ));
                     }
                 }
                 let to = open_child(
                     to_dir,
                     to_name,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NONBLOCK,
                 )
                 .map_err(|e| FsError::errno("copy", to_path, e))?;
                 let mut reader = File::from(from);

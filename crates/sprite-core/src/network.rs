@@ -170,6 +170,8 @@ impl Network {
             .iter()
             .map(|(_, slot, policy)| (*slot, egress_of(policy)))
             .collect();
+        // Live slots stay taken whatever happens below: a new sprite must never get one.
+        lock(&self.used).extend(live.iter().map(|(_, slot, _)| *slot));
         blocking("install the network", move || net::install(&plan, &slots))
             .await?
             .map_err(net_error("(all)"))?;
@@ -177,8 +179,9 @@ impl Network {
             let Some(addrs) = self.plan.addresses(slot) else {
                 continue;
             };
-            lock(&self.used).insert(slot);
-            self.register(&sprite_id, slot, addrs, policy).await?;
+            if let Err(error) = self.register(&sprite_id, slot, addrs, policy).await {
+                tracing::warn!(sprite = %sprite_id, "no DNS resolver after the restart: {}", sprite_api::error_chain(&error));
+            }
         }
         Ok(())
     }
@@ -418,7 +421,17 @@ impl crate::SpriteManager {
         match attached {
             Ok(addrs) => {
                 tracing::debug!(sprite = %record.name, address = %addrs.sprite, "network attached");
-                self.write_network_files(record, Some(addrs.gateway), &policy);
+                // A policy set while the sprite was starting found no slot to apply to.
+                let current = self.stored_policy(&record.id);
+                if current != policy {
+                    if let Err(error) = network
+                        .set_policy(&record.name, &record.id, current.clone())
+                        .await
+                    {
+                        tracing::warn!(sprite = %record.name, "network policy: {}", sprite_api::error_chain(&error));
+                    }
+                }
+                self.write_network_files(record, Some(addrs.gateway), &current);
             }
             Err(error) => {
                 tracing::warn!(sprite = %record.name, "no network for this sprite: {}", sprite_api::error_chain(&error))

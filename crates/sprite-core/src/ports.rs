@@ -52,7 +52,8 @@ pub struct PortSubscription {
 }
 
 impl PortSubscription {
-    /// The next change (`None` once the poller is gone). A subscriber that fell behind
+    /// The next change (`None` only if the channel closed, which a live subscription,
+    /// holding the sender, never sees). A subscriber that fell behind
     /// skips what it missed.
     pub async fn recv(&mut self) -> Option<PortEvent> {
         loop {

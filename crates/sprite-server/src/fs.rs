@@ -29,6 +29,10 @@ use std::sync::Arc;
 const CHUNK: usize = 1 << 20;
 /// Pieces in flight between the network and the disk thread.
 const IN_FLIGHT: usize = 8;
+/// How often a watch socket is pinged, and how long it may stay silent (no pong, no
+/// message) before it is closed.
+pub(crate) const WATCH_PING: std::time::Duration = std::time::Duration::from_secs(15);
+pub(crate) const WATCH_IDLE: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// The query of a file-system route, read leniently (`true`, `1`, `yes`).
 struct Params(HashMap<String, String>);
@@ -487,9 +491,20 @@ async fn serve_watch(
             return socket.close().await;
         }
     };
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PING, WATCH_PING);
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                // A client gone without closing (or one that never answers pings) ends
+                // its watch, and with it what keeps the sprite awake.
+                if heard.elapsed() > WATCH_IDLE {
+                    return socket.close().await;
+                }
+                socket.send(Message::Ping(Vec::new().into())).await?;
+            }
             message = socket.recv() => {
+                heard = tokio::time::Instant::now();
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),

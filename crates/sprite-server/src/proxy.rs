@@ -375,9 +375,11 @@ async fn handle(
     }
 
     let mut upstream = connection.upstream.lock().await;
+    // An upstream still streaming an earlier answer (HTTP/2 clients send requests
+    // side by side on one connection) is not ready: this request gets a new one.
     let reusable = upstream
         .as_ref()
-        .is_some_and(|u| u.sprite_id == record.id && !u.sender.is_closed());
+        .is_some_and(|u| u.sprite_id == record.id && !u.sender.is_closed() && u.sender.is_ready());
     if !reusable {
         *upstream = None;
         match state

@@ -148,8 +148,20 @@ pub async fn watch_ports(
         {
             return;
         }
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + crate::fs::WATCH_PING,
+            crate::fs::WATCH_PING,
+        );
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if heard.elapsed() > crate::fs::WATCH_IDLE
+                        || socket.send(Message::Ping(Vec::new().into())).await.is_err()
+                    {
+                        return;
+                    }
+                }
                 event = subscription.recv() => {
                     let Some(event) = event else { return };
                     let message = port_message(&event);
@@ -157,10 +169,13 @@ pub async fn watch_ports(
                         return;
                     }
                 }
-                message = socket.recv() => match message {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => {}
-                },
+                message = socket.recv() => {
+                    heard = tokio::time::Instant::now();
+                    match message {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
             }
         }
     }))

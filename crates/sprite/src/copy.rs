@@ -159,6 +159,11 @@ fn join_remote(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
+/// Permission bits only: a download never makes setuid, setgid or sticky files.
+fn safe_mode(mode: u32) -> u32 {
+    mode & 0o777
+}
+
 fn mode_of(metadata: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     metadata.permissions().mode() & 0o7777
@@ -425,8 +430,10 @@ async fn download(
             dest.to_path_buf()
         };
         let progress = Progress::new(entry.size, quiet);
-        let mode = sprite_api::fs::parse_mode(&serde_json::Value::String(entry.mode.clone()))
-            .unwrap_or(0o644);
+        let mode = safe_mode(
+            sprite_api::fs::parse_mode(&serde_json::Value::String(entry.mode.clone()))
+                .unwrap_or(0o644),
+        );
         report.bytes = download_file(client, name, &listed.path, &target, mode, &progress).await?;
         report.files = 1;
         progress.finish();
@@ -454,13 +461,16 @@ async fn download(
     std::fs::create_dir_all(&target).with_context(|| format!("create {}", target.display()))?;
     let prefix = format!("{}/", listed.path.trim_end_matches('/'));
     let mut dir_modes = Vec::new();
+    let mut links = Vec::new();
     for entry in &tree.entries {
         let Some(rel) = entry.path.strip_prefix(&prefix) else {
             continue;
         };
         let local = target.join(rel);
-        let mode = sprite_api::fs::parse_mode(&serde_json::Value::String(entry.mode.clone()))
-            .unwrap_or(0o644);
+        let mode = safe_mode(
+            sprite_api::fs::parse_mode(&serde_json::Value::String(entry.mode.clone()))
+                .unwrap_or(0o644),
+        );
         match entry.kind {
             EntryType::Directory => {
                 std::fs::create_dir_all(&local)
@@ -475,10 +485,8 @@ async fn download(
             }
             EntryType::Symlink => {
                 if let Some(link) = &entry.target {
-                    let _ = std::fs::remove_file(&local);
-                    std::os::unix::fs::symlink(link, &local)
-                        .with_context(|| format!("create the link {}", local.display()))?;
-                    report.files += 1;
+                    // Made last: nothing is ever written through a link this copy made.
+                    links.push((local, link.clone()));
                 }
             }
             EntryType::Other => eprintln!(
@@ -487,13 +495,19 @@ async fn download(
             ),
         }
     }
+    for (local, link) in links {
+        let _ = std::fs::remove_file(&local);
+        std::os::unix::fs::symlink(&link, &local)
+            .with_context(|| format!("create the link {}", local.display()))?;
+        report.files += 1;
+    }
     let top_mode = sprite_api::fs::parse_mode(&serde_json::Value::String(
         remote_mode(client, name, &listed.path)
             .await
             .unwrap_or_else(|| "0755".into()),
     ))
     .unwrap_or(0o755);
-    dir_modes.push((target.clone(), top_mode));
+    dir_modes.push((target.clone(), safe_mode(top_mode)));
     for (dir, mode) in dir_modes.iter().rev() {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
             .with_context(|| format!("set the mode of {}", dir.display()))?;

@@ -40,6 +40,13 @@ async fn write(
         .map_err(|e| (e.status().unwrap_or(0), e.to_string()))
 }
 
+fn err_of<T: std::fmt::Debug>(result: Result<T, sprite_client::ClientError>) -> (u16, String) {
+    match result {
+        Ok(value) => panic!("expected a refusal, got {value:?}"),
+        Err(error) => (error.status().unwrap_or(0), error.to_string()),
+    }
+}
+
 async fn sh(daemon: &Daemon, sprite: &str, script: &str) -> String {
     let done = run(&daemon.client, sprite, &["sh", "-c", script]).await;
     assert_eq!(
@@ -497,6 +504,60 @@ async fn no_path_gets_out_of_the_sprite() {
         inside.trim().parse::<u32>().unwrap() > 0,
         "the writes went nowhere"
     );
+
+    // Kernel file systems and the daemon's own mounts are off limits, even for root's API.
+    // (Each request is harmless even if it got through: same modes, a tiny range.)
+    let sysrq_mode = std::fs::metadata("/proc/sysrq-trigger").map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o7777
+    });
+    let refused: Vec<(u16, String)> = vec![
+        err_of(daemon.client.fs_post::<serde_json::Value>("jail", "chmod", &serde_json::json!({"path": "/proc/sysrq-trigger", "mode": format!("{:04o}", sysrq_mode.as_ref().map_or(0o200, |m| *m))})).await),
+        err_of(daemon.client.fs_read("jail", "/proc/kcore", Some((0, Some(15)))).await.map(|_| serde_json::Value::Null)),
+        err_of(daemon.client.fs_read("jail", "/proc/version", None).await.map(|_| serde_json::Value::Null)),
+        err_of(daemon.client.fs_post::<serde_json::Value>("jail", "copy", &serde_json::json!({"source": "/proc/version", "dest": "/home/sprite/version"})).await),
+        err_of(daemon.client.fs_post::<serde_json::Value>("jail", "chmod", &serde_json::json!({"path": "/.sprite/bin", "mode": "0755"})).await),
+        err_of(daemon.client.fs_post::<serde_json::Value>("jail", "chown", &serde_json::json!({"path": "/dev/null", "uid": 0})).await),
+    ];
+    for (status, message) in &refused {
+        assert!([400, 403, 404].contains(status), "{status} {message}");
+    }
+    // /proc/version exists in the sprite: refused for what it is, not missing.
+    assert_eq!(refused[2].0, 403, "{:?}", refused[2]);
+    sh(
+        &daemon,
+        "jail",
+        "ln -s /proc/1/comm /home/sprite/comm && mkfifo /home/sprite/fifo",
+    )
+    .await;
+    let error = write(&daemon, "jail", "/home/sprite/comm", b"x")
+        .await
+        .unwrap_err();
+    assert_eq!(error.0, 403, "{error:?}");
+    // A FIFO as a copy's destination is refused at once, not waited on.
+    let started = std::time::Instant::now();
+    let error = err_of(daemon.client.fs_post::<serde_json::Value>("jail", "copy", &serde_json::json!({"source": "/home/sprite/d", "dest": "/home/sprite/fifo", "recursive": true})).await);
+    assert!(
+        error.0 >= 400 && started.elapsed() < Duration::from_secs(5),
+        "{error:?}"
+    );
+    let error = err_of(
+        daemon
+            .client
+            .fs_read("jail", "/home/sprite/fifo", None)
+            .await
+            .map(|_| serde_json::Value::Null),
+    );
+    assert_eq!(error.0, 400, "{error:?}");
+    if let Ok(mode) = sysrq_mode {
+        use std::os::unix::fs::PermissionsExt;
+        let now = std::fs::metadata("/proc/sysrq-trigger")
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(now, mode);
+    }
 
     // A symlink swapped between a directory and / while paths through it are read.
     let swapper = daemon
