@@ -505,7 +505,7 @@ async fn tls_serves_https_with_h2_and_http1() {
         info.url.starts_with("https://secure.localhost:"),
         "{info:?}"
     );
-    let server = "mkdir -p /tmp/www && echo over tls > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let server = "mkdir -p /tmp/www && echo over tls > /tmp/www/index.html && dd if=/dev/zero of=/tmp/www/big bs=1M count=16 2>/dev/null && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
     let _server = client
         .exec("secure", &params(&["sh", "-c", server]))
         .await
@@ -537,6 +537,27 @@ async fn tls_serves_https_with_h2_and_http1() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // HTTP/2 requests side by side on one connection all get their answer, while the
+    // other answers (16 MiB each) are still streaming.
+    let url = format!("https://secure.localhost:{port}/big");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .args([
+            "--http2",
+            "--parallel",
+            "--parallel-immediate",
+            "--parallel-max",
+            "8",
+        ])
+        .args(["--resolve", &format!("secure.localhost:{port}:127.0.0.1")])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-w", "%{http_code} %{size_download}\n"])
+        .args([&url, &url, &url, &url, &url, &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.matches("200 16777216").count(), 6, "{text}");
     // Plain HTTP on the TLS port gets no page.
     let plain = reqwest::Client::new()
         .get(format!("{}/", daemon.proxy_url))
