@@ -30,6 +30,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// Most entries one list, delete, copy, chmod or chown touches.
 pub const MAX_ENTRIES: usize = 200_000;
+/// Deepest path (in components) a tree operation walks to.
+pub const MAX_DEPTH: usize = 256;
 
 /// A file-system error as the API reports it: errno code, the path inside the sprite,
 /// and a message saying what failed.
@@ -363,7 +365,17 @@ impl Budget {
         }
     }
 
-    fn spend(&mut self) -> Result<(), FsError> {
+    /// Counts one more entry, at `path`: refuses trees too big or too deep (a deep
+    /// enough tree would otherwise exhaust the walking thread's stack).
+    fn spend(&mut self, path: &str) -> Result<(), FsError> {
+        if path.matches('/').count() > MAX_DEPTH {
+            return Err(FsError::invalid(
+                path,
+                format!(
+                    "{path} is more than {MAX_DEPTH} directories deep: the API does not walk trees that deep"
+                ),
+            ));
+        }
         if self.left == 0 {
             return Err(FsError::invalid(
                 &self.path,
@@ -710,8 +722,8 @@ impl SpriteRoot {
         budget: &mut Budget,
     ) -> Result<(), FsError> {
         for name in read_names(dir, path)? {
-            budget.spend()?;
             let child = join(path, &name);
+            budget.spend(&child)?;
             let stat = match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
                 Err(Errno::ENOENT) => continue, // removed meanwhile
@@ -764,8 +776,8 @@ impl SpriteRoot {
         budget: &mut Budget,
     ) -> Result<(), FsError> {
         for name in read_names(dir, path)? {
-            budget.spend()?;
             let child = join(path, &name);
+            budget.spend(&child)?;
             let stat = match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
                 Err(Errno::ENOENT) => continue,
@@ -806,6 +818,13 @@ impl SpriteRoot {
         match renameat(&from_dir, from_name, &to_dir, to_name) {
             Ok(()) => Ok(()),
             Err(Errno::EXDEV) => {
+                // Like rename(2): a directory does not merge into an existing one.
+                let source_stat = Self::lstat_in(&from_dir, from_name, source, "rename")?;
+                if let Ok(existing) = fstatat(&to_dir, to_name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    if is_dir(&existing) || is_dir(&source_stat) {
+                        return Err(FsError::errno("rename", dest, Errno::EEXIST));
+                    }
+                }
                 self.copy(source, dest, true, true)?;
                 self.delete(source, true).map(|_| ())
             }
@@ -846,6 +865,7 @@ impl SpriteRoot {
             preserve,
             report: &mut report,
             budget: &mut budget,
+            made: std::collections::HashSet::new(),
         };
         copier.copy_entry(&from_dir, from_name, source, &to_dir, to_name, dest)?;
         report.count = report.copied.len();
@@ -932,7 +952,7 @@ impl SpriteRoot {
         budget: &mut Budget,
         action: &mut dyn FnMut(&OwnedFd, &str) -> Result<(), FsError>,
     ) -> Result<(), FsError> {
-        budget.spend()?;
+        budget.spend(path)?;
         let stat = fstat(fd).map_err(|e| FsError::errno("stat", path, e))?;
         if !matches!(kind_of(&stat), EntryType::File | EntryType::Directory) {
             return Err(FsError::invalid(
@@ -1000,6 +1020,9 @@ struct Copier<'a> {
     preserve: bool,
     report: &'a mut FsCopied,
     budget: &'a mut Budget,
+    /// Directories this copy made (device, inode): never copied again, so a copy whose
+    /// destination lies inside its source (through a symlink) does not feed on itself.
+    made: std::collections::HashSet<(u64, u64)>,
 }
 
 impl Copier<'_> {
@@ -1013,8 +1036,11 @@ impl Copier<'_> {
         to_name: &str,
         to_path: &str,
     ) -> Result<(), FsError> {
-        self.budget.spend()?;
+        self.budget.spend(to_path)?;
         let stat = SpriteRoot::lstat_in(from_dir, from_name, from_path, "copy")?;
+        if is_dir(&stat) && self.made.contains(&(stat.st_dev, stat.st_ino)) {
+            return Ok(());
+        }
         let owner = if self.preserve {
             (stat.st_uid, stat.st_gid)
         } else {
@@ -1039,6 +1065,9 @@ impl Copier<'_> {
                     .map_err(|e| FsError::errno("copy", to_path, e))?;
                 // Owned before its entries are copied: they take its owner.
                 SpriteRoot::give(&to, owner, to_path)?;
+                if let Ok(made) = fstat(&to) {
+                    self.made.insert((made.st_dev, made.st_ino));
+                }
                 for name in read_names(&from, from_path)? {
                     self.copy_entry(
                         &from,

@@ -29,6 +29,10 @@ use std::sync::Arc;
 const CHUNK: usize = 1 << 20;
 /// Pieces in flight between the network and the disk thread.
 const IN_FLIGHT: usize = 8;
+/// Most `fs/watch` sockets open at once on a daemon.
+const MAX_WATCHES: usize = 64;
+static OPEN_WATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// How often a watch socket is pinged, and how long it may stay silent (no pong, no
 /// message) before it is closed.
 pub(crate) const WATCH_PING: std::time::Duration = std::time::Duration::from_secs(15);
@@ -452,7 +456,25 @@ pub async fn watch(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     state.manager.check_exists(&org, &name)?;
+    // Each watch is an inotify instance of the daemon's user, and the host allows that
+    // user 128 of them for everything it runs.
+    let open = OPEN_WATCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if open >= MAX_WATCHES {
+        OPEN_WATCHES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(ApiError::new(
+            ErrorKind::RateLimited,
+            format!("{MAX_WATCHES} fs watches are open on this daemon; close one (or watch a parent directory recursively)"),
+        ));
+    }
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            OPEN_WATCHES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let release = Release;
     Ok(upgrade.on_upgrade(move |socket| async move {
+        let _release = release;
         if let Err(error) = serve_watch(state, org, name, socket).await {
             tracing::debug!("fs watch ended: {error}");
         }
