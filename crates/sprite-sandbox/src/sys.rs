@@ -213,3 +213,17 @@ fn filesystem_ioctl(mount_point: &std::path::Path, request: libc::c_ulong) -> st
     }
     Ok(())
 }
+
+/// Starts writeback of a file's dirty pages (all of them) without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a long write streams to the disk
+/// while it goes on instead of all at its final fsync. Not a durability guarantee.
+pub fn start_writeback(file: &impl std::os::fd::AsFd) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes a descriptor and plain integers; the descriptor is
+    // borrowed from a live owner for the duration of the call, and offset 0 with
+    // length 0 means "to the end of the file". No memory is passed to the kernel.
+    let result = unsafe {
+        libc::sync_file_range(file.as_fd().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    nix::errno::Errno::result(result).map(drop)
+}

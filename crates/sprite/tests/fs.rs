@@ -283,9 +283,15 @@ async fn every_route_works_and_errors_say_code_and_path() {
     );
 
     // Across mounts a directory does not merge into an existing one (as rename(2)).
-    write(&daemon, "files", "/opt/again/f", b"again").await.unwrap();
+    write(&daemon, "files", "/opt/again/f", b"again")
+        .await
+        .unwrap();
     let error = client
-        .fs_post::<FsRenamed>("files", "rename", &serde_json::json!({"source": "/opt/again", "dest": "/home/sprite/tree"}))
+        .fs_post::<FsRenamed>(
+            "files",
+            "rename",
+            &serde_json::json!({"source": "/opt/again", "dest": "/home/sprite/tree"}),
+        )
         .await
         .unwrap_err();
     assert_eq!(error.status(), Some(409), "{error}");
@@ -295,7 +301,10 @@ async fn every_route_works_and_errors_say_code_and_path() {
         .fs_post("files", "copy", &serde_json::json!({"source": "/home/sprite/src", "dest": "/home/sprite/l/x", "recursive": true}))
         .await
         .unwrap();
-    assert_eq!(sh(&daemon, "files", "cd /home/sprite/src && find . | sort").await, ".\n./f\n./x\n./x/f\n");
+    assert_eq!(
+        sh(&daemon, "files", "cd /home/sprite/src && find . | sort").await,
+        ".\n./f\n./x\n./x/f\n"
+    );
 
     // chmod and chown, recursive; ids as seen inside.
     let changed: FsAffected = client
