@@ -457,9 +457,7 @@ impl Engine {
         let id = ChunkId::of(data);
         let stored = chunk::encode(data)?;
         let size = stored.len() as u64;
-        self.store
-            .put(&id.key(), Bytes::from(stored.clone()))
-            .await?;
+        self.store.put(&id.key(), Bytes::from(stored)).await?;
         self.meta.note_chunk(&id, size)?;
         self.cache.put(&id, data);
         Ok((id, size))
