@@ -90,6 +90,16 @@ pub struct FsList {
     pub count: usize,
 }
 
+impl FsList {
+    /// The listed path's own entry, when it is not a directory (a file lists as itself).
+    pub fn itself(&self) -> Option<&FsEntry> {
+        match self.entries.as_slice() {
+            [entry] if entry.path == self.path => Some(entry),
+            _ => None,
+        }
+    }
+}
+
 /// Answer of `PUT fs/write`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsWritten {
@@ -249,16 +259,19 @@ pub fn format_mode(mode: u32) -> String {
 /// Reads a mode given as octal text (`"755"`, `"0755"`, `"0o755"`) or as a JSON
 /// number whose decimal digits are the octal ones (`755`).
 pub fn parse_mode(value: &serde_json::Value) -> Result<u32, String> {
-    let text = match value {
-        serde_json::Value::String(text) => text.trim().to_string(),
-        serde_json::Value::Number(number) => number.to_string(),
-        other => {
-            return Err(format!(
-                "mode must be octal text like \"0755\", not {other}"
-            ))
-        }
-    };
-    let digits = text.strip_prefix("0o").unwrap_or(&text);
+    match value {
+        serde_json::Value::String(text) => parse_mode_text(text),
+        serde_json::Value::Number(number) => parse_mode_text(&number.to_string()),
+        other => Err(format!(
+            "mode must be octal text like \"0755\", not {other}"
+        )),
+    }
+}
+
+/// Reads a mode given as octal text (`"755"`, `"0755"`, `"0o755"`).
+pub fn parse_mode_text(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
     let mode = u32::from_str_radix(digits, 8)
         .map_err(|_| format!("mode {text:?} is not octal: write it like \"0644\" or \"0755\""))?;
     if mode > 0o7777 {
@@ -426,6 +439,20 @@ mod tests {
             is_dir: true,
             target: None,
         };
+        let dir = FsList {
+            path: "/".into(),
+            entries: vec![entry.clone()],
+            count: 1,
+        };
+        assert!(
+            dir.itself().is_none(),
+            "a directory's child is not the directory"
+        );
+        let file = FsList {
+            path: "/a".into(),
+            ..dir
+        };
+        assert_eq!(file.itself(), Some(&entry));
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["type"], "directory");
         assert_eq!(json["isDir"], true);

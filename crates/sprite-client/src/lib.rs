@@ -54,6 +54,27 @@ impl ClientError {
     }
 }
 
+/// Sends `message` as the first text frame of a WebSocket and answers the server's
+/// first text frame, as JSON (pings and pongs on the way are skipped).
+async fn first_answer(
+    socket: &mut Tunnel,
+    message: &serde_json::Value,
+) -> Result<serde_json::Value, ClientError> {
+    socket
+        .send(Message::Text(message.to_string().into()))
+        .await?;
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return Ok(serde_json::from_str(&text).unwrap_or_default())
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Err(error)) => return Err(error.into()),
+            _ => return Err(ClientError::ClosedBeforeExit),
+        }
+    }
+}
+
 /// A connection to one daemon with one token.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -611,18 +632,7 @@ impl Client {
             .await?;
         let subscribe =
             serde_json::json!({"type": "subscribe", "paths": paths, "recursive": recursive});
-        socket
-            .send(Message::Text(subscribe.to_string().into()))
-            .await?;
-        let answer = loop {
-            match socket.next().await {
-                Some(Ok(Message::Text(text))) => break text.to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Err(error)) => return Err(error.into()),
-                _ => return Err(ClientError::ClosedBeforeExit),
-            }
-        };
-        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        let answer = first_answer(&mut socket, &subscribe).await?;
         if answer["type"] == "subscribed" {
             return Ok(socket);
         }
@@ -655,14 +665,8 @@ impl Client {
         let mut socket = self
             .connect_websocket(&format!("/v1/sprites/{name}/proxy"))
             .await?;
-        let target = serde_json::json!({ "host": host, "port": port }).to_string();
-        socket.send(Message::Text(target.into())).await?;
-        let answer = match socket.next().await {
-            Some(Ok(Message::Text(text))) => text.to_string(),
-            Some(Err(error)) => return Err(error.into()),
-            _ => return Err(ClientError::ClosedBeforeExit),
-        };
-        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        let target = serde_json::json!({ "host": host, "port": port });
+        let answer = first_answer(&mut socket, &target).await?;
         if answer["status"] == "connected" {
             return Ok(socket);
         }

@@ -185,14 +185,11 @@ impl Forwarder {
         policy: &NetworkPolicy,
         peer: SocketAddr,
     ) -> Option<Vec<u8>> {
-        let (header, query) = match parse_query(packet)? {
+        let (header, query, question) = match parse_query(packet)? {
             Ok(parsed) => parsed,
             Err(refusal) => return Some(refusal),
         };
-        let [question] = query.queries.as_slice() else {
-            return Some(header.refusal(ResponseCode::FormErr));
-        };
-        let name = question_name(question);
+        let name = question_name(&question);
         if policy.decide(&name) == Decision::Deny {
             tracing::debug!(%peer, name, "dns question denied by the network policy");
             return Some(response(&header, &query, ResponseCode::NXDomain));
@@ -428,14 +425,21 @@ impl RawHeader {
 }
 
 /// Parses a query: None to ignore the packet, Err with the answer that refuses it (NOTIMP
-/// for opcodes other than QUERY, FORMERR for what does not parse), else the query.
-fn parse_query(packet: &[u8]) -> Option<Result<(RawHeader, Message), Vec<u8>>> {
+/// for opcodes other than QUERY, FORMERR for what does not parse or does not ask exactly
+/// one question), else the query and its question.
+fn parse_query(packet: &[u8]) -> Option<Result<(RawHeader, Message, Query), Vec<u8>>> {
     let header = RawHeader::read(packet)?;
     if header.opcode() != 0 {
         return Some(Err(header.refusal(ResponseCode::NotImp)));
     }
     match Message::from_vec(packet) {
-        Ok(query) => Some(Ok((header, query))),
+        Ok(query) => match query.queries.as_slice() {
+            [question] => {
+                let question = question.clone();
+                Some(Ok((header, query, question)))
+            }
+            _ => Some(Err(header.refusal(ResponseCode::FormErr))),
+        },
         Err(error) => {
             tracing::debug!(error = %error, "dns query does not parse");
             Some(Err(header.refusal(ResponseCode::FormErr)))
@@ -658,14 +662,11 @@ fn static_answer(
     records: &HashMap<String, Vec<Ipv4Addr>>,
     udp: bool,
 ) -> Option<Vec<u8>> {
-    let (header, query) = match parse_query(packet)? {
+    let (_, query, question) = match parse_query(packet)? {
         Ok(parsed) => parsed,
         Err(refusal) => return Some(refusal),
     };
-    let [question] = query.queries.as_slice() else {
-        return Some(header.refusal(ResponseCode::FormErr));
-    };
-    let (code, addresses) = match records.get(&question_name(question)) {
+    let (code, addresses) = match records.get(&question_name(&question)) {
         None => (ResponseCode::NXDomain, &[][..]),
         Some(addresses) if question.query_type() == RecordType::A => {
             (ResponseCode::NoError, addresses.as_slice())

@@ -151,10 +151,11 @@ pub struct SpriteRoot {
     root: OwnedFd,
     uids: Vec<IdRange>,
     gids: Vec<IdRange>,
+    init_pid: u32,
     /// Mounts the API may change: the sprite's own file systems (its root, `/home`, its
     /// private tmpfs mounts), never bind mounts of host paths, kernel file systems or
-    /// anything under `/.sprite` that the daemon mounts.
-    writable_mounts: std::collections::HashSet<u64>,
+    /// anything under `/.sprite` that the daemon mounts. Read on the first change.
+    writable_mounts: std::sync::OnceLock<std::collections::HashSet<u64>>,
 }
 
 /// Kernel file systems the API neither reads nor changes: host state shows through
@@ -263,8 +264,8 @@ fn split(path: &str) -> Option<(&str, &str)> {
     Some((if parent.is_empty() { "/" } else { parent }, name))
 }
 
-fn proc_fd(fd: &impl AsRawFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
+fn proc_fd(fd: &impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 /// The names in a directory (not `.` or `..`), from a descriptor of it.
@@ -288,6 +289,27 @@ fn read_names(dir: &OwnedFd, path: &str) -> Result<Vec<String>, FsError> {
     Ok(names)
 }
 
+/// The entries of a directory with their `lstat`, each counted against `budget` at
+/// its path; entries removed meanwhile are left out.
+fn children(
+    dir: &OwnedFd,
+    path: &str,
+    what: &str,
+    budget: &mut Budget,
+) -> Result<Vec<(String, String, FileStat)>, FsError> {
+    let mut found = Vec::new();
+    for name in read_names(dir, path)? {
+        let child = join(path, &name);
+        budget.spend(&child)?;
+        match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => found.push((name, child, stat)),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(FsError::errno(what, &child, e)),
+        }
+    }
+    Ok(found)
+}
+
 /// Opens `name`, a child of `dir`, without following any symlink.
 fn open_child(dir: &OwnedFd, name: &str, flags: OFlag) -> nix::Result<OwnedFd> {
     open_at(
@@ -300,7 +322,8 @@ fn open_child(dir: &OwnedFd, name: &str, flags: OFlag) -> nix::Result<OwnedFd> {
     )
 }
 
-/// A file being written: a temporary file beside its target, renamed over it by
+/// A file being written (the file itself goes with it, from
+/// [`SpriteRoot::start_write`]): a temporary file beside its target, renamed over it by
 /// [`PendingWrite::finish`], removed if dropped unfinished. A target that is a symlink
 /// is written through in place instead.
 #[derive(Debug)]
@@ -308,17 +331,11 @@ pub struct PendingWrite {
     dir: OwnedFd,
     name: String,
     temp: Option<String>,
-    file: Option<File>,
     path: String,
     mode: u32,
 }
 
 impl PendingWrite {
-    /// The file to write the body into.
-    pub fn take_file(&mut self) -> Option<File> {
-        self.file.take()
-    }
-
     /// Makes the written file durable and puts it in place (run it through
     /// [`SpriteRoot::run`]). Answers its size and mode.
     pub fn finish(self, file: File) -> Result<(String, u64, u32), FsError> {
@@ -394,25 +411,38 @@ impl SpriteRoot {
     /// Opens the root of the sprite whose PID 1 has host pid `init_pid`.
     pub fn open(init_pid: u32) -> std::io::Result<SpriteRoot> {
         let root: OwnedFd = File::open(format!("/proc/{init_pid}/root"))?.into();
-        let mut writable_mounts = own_mounts(init_pid);
-        // The root and /home (the sprite's disk, bound in) are its own whatever they are.
-        writable_mounts.extend(mount_id(&root));
-        if let Ok(home) = open_at(
-            &root,
-            "home",
-            how(
-                OFlag::O_PATH | OFlag::O_DIRECTORY,
-                ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS,
-            ),
-        ) {
-            writable_mounts.extend(mount_id(&home));
-        }
         Ok(SpriteRoot {
             root,
             uids: IdRange::read(init_pid, "uid_map")?,
             gids: IdRange::read(init_pid, "gid_map")?,
-            writable_mounts,
+            init_pid,
+            writable_mounts: std::sync::OnceLock::new(),
         })
+    }
+
+    fn writable_mounts(&self) -> &std::collections::HashSet<u64> {
+        self.writable_mounts.get_or_init(|| {
+            let mut mounts = own_mounts(self.init_pid);
+            // The root and /home (the sprite's disk, bound in) are its own whatever
+            // they are.
+            mounts.extend(mount_id(&self.root));
+            if let Ok(home) = open_at(
+                &self.root,
+                "home",
+                how(
+                    OFlag::O_PATH | OFlag::O_DIRECTORY,
+                    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS,
+                ),
+            ) {
+                mounts.extend(mount_id(&home));
+            }
+            mounts
+        })
+    }
+
+    /// Whether `fd` is on one of the sprite's own file systems.
+    fn is_writable(&self, fd: &OwnedFd) -> bool {
+        mount_id(fd).is_some_and(|id| self.writable_mounts().contains(&id))
     }
 
     /// Runs `work` (on this thread) as the sprite's root is seen from the host, so that
@@ -440,9 +470,9 @@ impl SpriteRoot {
 
     /// Refuses to change what is not on one of the sprite's own file systems.
     fn check_writable(&self, fd: &OwnedFd, path: &str, what: &str) -> Result<(), FsError> {
-        match mount_id(fd) {
-            Some(id) if self.writable_mounts.contains(&id) => Ok(()),
-            _ => Err(FsError::new(
+        match self.is_writable(fd) {
+            true => Ok(()),
+            false => Err(FsError::new(
                 FsCode::PermissionDenied,
                 path,
                 format!(
@@ -511,7 +541,7 @@ impl SpriteRoot {
         Ok((stat.st_uid, stat.st_gid))
     }
 
-    fn give(fd: &OwnedFd, (uid, gid): (u32, u32), path: &str) -> Result<(), FsError> {
+    fn give(fd: &impl AsFd, (uid, gid): (u32, u32), path: &str) -> Result<(), FsError> {
         fchownat(
             fd,
             "",
@@ -522,7 +552,7 @@ impl SpriteRoot {
         .map_err(|e| FsError::errno("set the owner of", path, e))
     }
 
-    fn set_mode(fd: &OwnedFd, mode: u32, path: &str) -> Result<(), FsError> {
+    fn set_mode(fd: &impl AsFd, mode: u32, path: &str) -> Result<(), FsError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(proc_fd(fd), std::fs::Permissions::from_mode(mode))
             .map_err(|e| FsError::io("change the mode of", path, e))
@@ -582,13 +612,14 @@ impl SpriteRoot {
     }
 
     /// Starts writing `path`: makes its parents if asked, and opens a temporary file
-    /// beside it with `mode` and the owner it will have.
+    /// beside it with `mode` and the owner it will have. Answers the pending write and
+    /// the file to write the body into.
     pub fn start_write(
         &self,
         path: &str,
         mode: Option<u32>,
         make_parents: bool,
-    ) -> Result<PendingWrite, FsError> {
+    ) -> Result<(PendingWrite, File), FsError> {
         let (parent, _) =
             split(path).ok_or_else(|| FsError::errno("write", path, Errno::EISDIR))?;
         if make_parents {
@@ -601,79 +632,75 @@ impl SpriteRoot {
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(FsError::errno("write", path, e)),
         };
-        if existing.as_ref().is_some_and(is_dir) {
-            return Err(FsError::errno("write", path, Errno::EISDIR));
-        }
-        if existing
-            .as_ref()
-            .is_some_and(|s| matches!(kind_of(s), EntryType::Other))
-        {
-            return Err(FsError::invalid(
-                path,
-                format!("write {path}: not a regular file (a device, socket or FIFO)"),
-            ));
-        }
-        if existing
-            .as_ref()
-            .is_some_and(|s| kind_of(s) == EntryType::Symlink)
-        {
-            // Write through the link, inside the root, in place: only to an existing
-            // regular file on the sprite's own disk.
-            let target = self
-                .resolve(path, OFlag::O_PATH)
-                .map_err(|e| FsError::errno("write", path, e))?;
-            let stat = fstat(&target).map_err(|e| FsError::errno("write", path, e))?;
-            if kind_of(&stat) != EntryType::File {
+        let mut pending = PendingWrite {
+            dir,
+            name: name.to_string(),
+            temp: None,
+            path: path.to_string(),
+            mode: 0,
+        };
+        match existing.as_ref().map(kind_of) {
+            Some(EntryType::Directory) => return Err(FsError::errno("write", path, Errno::EISDIR)),
+            Some(EntryType::Other) => {
                 return Err(FsError::invalid(
                     path,
-                    format!("write {path}: the link does not point to a regular file"),
-                ));
+                    format!("write {path}: not a regular file (a device, socket or FIFO)"),
+                ))
             }
-            self.check_writable(&target, path, "write")?;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(proc_fd(&target))
-                .map_err(|e| FsError::io("write", path, e))?;
-            file.set_len(0).map_err(|e| FsError::io("write", path, e))?;
-            let fd: OwnedFd = file.into();
-            let mode = mode.unwrap_or(stat.st_mode & 0o7777);
-            Self::set_mode(&fd, mode, path)?;
-            return Ok(PendingWrite {
-                dir,
-                name: name.to_string(),
-                temp: None,
-                file: Some(File::from(fd)),
-                path: path.to_string(),
-                mode,
-            });
+            Some(EntryType::Symlink) => {
+                let (file, mode) = self.open_through_link(path, mode)?;
+                pending.mode = mode;
+                return Ok((pending, file));
+            }
+            Some(EntryType::File) | None => {}
         }
         let owner = match &existing {
             Some(stat) => (stat.st_uid, stat.st_gid),
-            None => Self::owner_of(&dir, path)?,
+            None => Self::owner_of(&pending.dir, path)?,
         };
-        let mode = mode
+        pending.mode = mode
             .or(existing.as_ref().map(|s| s.st_mode & 0o7777))
             .unwrap_or(0o644);
         // Short whatever the target's name (names may be 255 bytes long).
         let temp = format!(".sprite-write-{}", uuid::Uuid::new_v4().simple());
-        let fd = open_child(
-            &dir,
-            &temp,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
-        )
-        .map_err(|e| FsError::errno("write", path, e))?;
-        let mut pending = PendingWrite {
-            dir,
-            name: name.to_string(),
-            temp: Some(temp),
-            file: None,
-            path: path.to_string(),
-            mode,
-        };
-        Self::give(&fd, owner, path)?;
-        Self::set_mode(&fd, mode, path)?;
-        pending.file = Some(File::from(fd));
-        Ok(pending)
+        let file = File::from(
+            open_child(
+                &pending.dir,
+                &temp,
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            )
+            .map_err(|e| FsError::errno("write", path, e))?,
+        );
+        // From here on, dropping `pending` removes the temporary file.
+        pending.temp = Some(temp);
+        Self::give(&file, owner, path)?;
+        Self::set_mode(&file, pending.mode, path)?;
+        Ok((pending, file))
+    }
+
+    /// Opens the file a symlink at `path` points to (inside the root), in place and
+    /// truncated: only an existing regular file on the sprite's own disk. Answers it and
+    /// the mode it now has.
+    fn open_through_link(&self, path: &str, mode: Option<u32>) -> Result<(File, u32), FsError> {
+        let target = self
+            .resolve(path, OFlag::O_PATH)
+            .map_err(|e| FsError::errno("write", path, e))?;
+        let stat = fstat(&target).map_err(|e| FsError::errno("write", path, e))?;
+        if kind_of(&stat) != EntryType::File {
+            return Err(FsError::invalid(
+                path,
+                format!("write {path}: the link does not point to a regular file"),
+            ));
+        }
+        self.check_writable(&target, path, "write")?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(proc_fd(&target))
+            .map_err(|e| FsError::io("write", path, e))?;
+        file.set_len(0).map_err(|e| FsError::io("write", path, e))?;
+        let mode = mode.unwrap_or(stat.st_mode & 0o7777);
+        Self::set_mode(&file, mode, path)?;
+        Ok((file, mode))
     }
 
     /// Writes a small file the daemon keeps in the sprite (its resolver address, its
@@ -681,10 +708,7 @@ impl SpriteRoot {
     pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
         use std::io::Write;
         self.run(|root| {
-            let mut pending = root.start_write(path, Some(mode), true)?;
-            let mut file = pending
-                .take_file()
-                .ok_or_else(|| FsError::new(FsCode::Io, path, "the file was not opened"))?;
+            let (pending, mut file) = root.start_write(path, Some(mode), true)?;
             file.write_all(data)
                 .map_err(|e| FsError::io("write", path, e))?;
             pending.put_in_place(file).map(|_| ())
@@ -721,14 +745,7 @@ impl SpriteRoot {
         entries: &mut Vec<FsEntry>,
         budget: &mut Budget,
     ) -> Result<(), FsError> {
-        for name in read_names(dir, path)? {
-            let child = join(path, &name);
-            budget.spend(&child)?;
-            let stat = match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(stat) => stat,
-                Err(Errno::ENOENT) => continue, // removed meanwhile
-                Err(e) => return Err(FsError::errno("list", &child, e)),
-            };
+        for (name, child, stat) in children(dir, path, "list", budget)? {
             if pattern.is_none_or(|p| glob_match(p, &name)) {
                 entries.push(self.entry(&child, &name, &stat, dir));
             }
@@ -775,14 +792,7 @@ impl SpriteRoot {
         deleted: &mut Vec<String>,
         budget: &mut Budget,
     ) -> Result<(), FsError> {
-        for name in read_names(dir, path)? {
-            let child = join(path, &name);
-            budget.spend(&child)?;
-            let stat = match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(stat) => stat,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(FsError::errno("delete", &child, e)),
-            };
+        for (name, child, stat) in children(dir, path, "delete", budget)? {
             if is_dir(&stat) {
                 let sub = open_child(dir, &name, OFlag::O_PATH | OFlag::O_DIRECTORY)
                     .map_err(|e| FsError::errno("delete", &child, e))?;
@@ -875,19 +885,26 @@ impl SpriteRoot {
     /// `POST fs/chmod`: sets permission bits on a path (following a symlink inside the
     /// root), and with `recursive` on everything beneath it (links are skipped).
     pub fn chmod(&self, path: &str, mode: u32, recursive: bool) -> Result<Vec<Affected>, FsError> {
-        let target = self.resolve_path(path, "chmod")?;
+        let (target, stat) = self.change_target(path, "chmod")?;
         let mut affected = Vec::new();
         let mut budget = Budget::new(path);
-        self.apply(&target, path, recursive, &mut budget, &mut |fd, p| {
-            Self::set_mode(fd, mode, p)?;
-            affected.push(Affected {
-                path: p.to_string(),
-                mode: Some(format_mode(mode)),
-                uid: None,
-                gid: None,
-            });
-            Ok(())
-        })?;
+        self.apply(
+            &target,
+            &stat,
+            path,
+            recursive,
+            &mut budget,
+            &mut |fd, p| {
+                Self::set_mode(fd, mode, p)?;
+                affected.push(Affected {
+                    path: p.to_string(),
+                    mode: Some(format_mode(mode)),
+                    uid: None,
+                    gid: None,
+                });
+                Ok(())
+            },
+        )?;
         Ok(affected)
     }
 
@@ -900,87 +917,94 @@ impl SpriteRoot {
         gid: Option<u32>,
         recursive: bool,
     ) -> Result<Vec<Affected>, FsError> {
-        let host_uid = uid
-            .map(|id| {
-                IdRange::to_host(&self.uids, id).ok_or_else(|| {
+        let host = |ranges: &[IdRange], id: Option<u32>, kind: &str| {
+            id.map(|id| {
+                IdRange::to_host(ranges, id).ok_or_else(|| {
                     FsError::invalid(
                         path,
-                        format!("uid {id} does not exist in the sprite (its ids are 0-65535)"),
+                        format!("{kind} {id} does not exist in the sprite (its ids are 0-65535)"),
                     )
                 })
             })
-            .transpose()?;
-        let host_gid = gid
-            .map(|id| {
-                IdRange::to_host(&self.gids, id).ok_or_else(|| {
-                    FsError::invalid(
-                        path,
-                        format!("gid {id} does not exist in the sprite (its ids are 0-65535)"),
-                    )
-                })
-            })
-            .transpose()?;
-        let target = self.resolve_path(path, "chown")?;
+            .transpose()
+        };
+        let host_uid = host(&self.uids, uid, "uid")?;
+        let host_gid = host(&self.gids, gid, "gid")?;
+        let (target, stat) = self.change_target(path, "chown")?;
         let mut affected = Vec::new();
         let mut budget = Budget::new(path);
-        self.apply(&target, path, recursive, &mut budget, &mut |fd, p| {
-            fchownat(
-                fd,
-                "",
-                host_uid.map(Uid::from_raw),
-                host_gid.map(Gid::from_raw),
-                AtFlags::AT_EMPTY_PATH,
-            )
-            .map_err(|e| FsError::errno("chown", p, e))?;
-            let stat = fstat(fd).map_err(|e| FsError::errno("chown", p, e))?;
-            affected.push(Affected {
-                path: p.to_string(),
-                mode: None,
-                uid: Some(IdRange::to_sprite(&self.uids, stat.st_uid)),
-                gid: Some(IdRange::to_sprite(&self.gids, stat.st_gid)),
-            });
-            Ok(())
-        })?;
+        self.apply(
+            &target,
+            &stat,
+            path,
+            recursive,
+            &mut budget,
+            &mut |fd, p| {
+                fchownat(
+                    fd,
+                    "",
+                    host_uid.map(Uid::from_raw),
+                    host_gid.map(Gid::from_raw),
+                    AtFlags::AT_EMPTY_PATH,
+                )
+                .map_err(|e| FsError::errno("chown", p, e))?;
+                let stat = fstat(fd).map_err(|e| FsError::errno("chown", p, e))?;
+                affected.push(Affected {
+                    path: p.to_string(),
+                    mode: None,
+                    uid: Some(IdRange::to_sprite(&self.uids, stat.st_uid)),
+                    gid: Some(IdRange::to_sprite(&self.gids, stat.st_gid)),
+                });
+                Ok(())
+            },
+        )?;
         Ok(affected)
     }
 
+    /// What chmod or chown changes: `path` (following a symlink inside the root), which
+    /// must be a file or directory on the sprite's own disk.
+    fn change_target(&self, path: &str, what: &str) -> Result<(OwnedFd, FileStat), FsError> {
+        let target = self.resolve_path(path, what)?;
+        let stat = fstat(&target).map_err(|e| FsError::errno(what, path, e))?;
+        if !matches!(kind_of(&stat), EntryType::File | EntryType::Directory) {
+            return Err(FsError::invalid(
+                path,
+                format!("{what} {path}: only files and directories can be changed (not devices, sockets or FIFOs)"),
+            ));
+        }
+        self.check_writable(&target, path, what)?;
+        Ok((target, stat))
+    }
+
+    /// Runs `action` on `fd` (already checked), and with `recursive` on every file and
+    /// directory beneath it; links, special files and other mounts are left alone.
     fn apply(
         &self,
         fd: &OwnedFd,
+        stat: &FileStat,
         path: &str,
         recursive: bool,
         budget: &mut Budget,
         action: &mut dyn FnMut(&OwnedFd, &str) -> Result<(), FsError>,
     ) -> Result<(), FsError> {
         budget.spend(path)?;
-        let stat = fstat(fd).map_err(|e| FsError::errno("stat", path, e))?;
-        if !matches!(kind_of(&stat), EntryType::File | EntryType::Directory) {
-            return Err(FsError::invalid(
-                path,
-                format!("{path}: only files and directories can be changed (not devices, sockets or FIFOs)"),
-            ));
-        }
-        self.check_writable(fd, path, "change")?;
         action(fd, path)?;
-        if !recursive || !is_dir(&stat) {
+        if !recursive || !is_dir(stat) {
             return Ok(());
         }
         for name in read_names(fd, path)? {
             let child = join(path, &name);
-            match open_child(fd, &name, OFlag::O_PATH) {
-                Ok(sub) => {
-                    // Special files and other mounts inside a tree are left alone.
-                    let skip = fstat(&sub)
-                        .map(|s| !matches!(kind_of(&s), EntryType::File | EntryType::Directory))
-                        .unwrap_or(true)
-                        || !mount_id(&sub).is_some_and(|id| self.writable_mounts.contains(&id));
-                    if !skip {
-                        self.apply(&sub, &child, recursive, budget, action)?;
-                    }
-                }
+            let sub = match open_child(fd, &name, OFlag::O_PATH) {
+                Ok(sub) => sub,
                 // a symlink (not followed, not changed) or removed meanwhile
-                Err(Errno::ELOOP | Errno::ENOENT) => {}
+                Err(Errno::ELOOP | Errno::ENOENT) => continue,
                 Err(e) => return Err(FsError::errno("open", &child, e)),
+            };
+            let Ok(sub_stat) = fstat(&sub) else { continue };
+            let changeable = matches!(kind_of(&sub_stat), EntryType::File | EntryType::Directory)
+                && self.is_writable(&sub);
+            if changeable {
+                self.apply(&sub, &sub_stat, &child, recursive, budget, action)?;
             }
         }
         Ok(())

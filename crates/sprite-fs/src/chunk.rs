@@ -70,8 +70,8 @@ const ZSTD_LEVEL_INCOMPRESSIBLE: i32 = -7;
 const SAMPLE_BYTES: usize = 64 * 1024;
 
 /// Compresses a block for storage. Compressed media, archives and random bytes do not
-/// shrink, and level 3 spends about 2 ms of CPU per MiB finding that out; a sample of
-/// the block decides, and such blocks are framed at the fastest level instead.
+/// shrink, and level 3 spends its full search finding that out; a sample of the block
+/// decides, and such blocks are framed at the fastest level instead.
 pub fn encode(data: &[u8]) -> Result<Vec<u8>, FsError> {
     if data.len() >= 2 * SAMPLE_BYTES {
         let sample = &data[..SAMPLE_BYTES];

@@ -3,6 +3,7 @@
 
 use crate::auth::Org;
 use crate::{ApiError, AppState};
+use crate::{IDLE_READ_TIMEOUT, PING_INTERVAL};
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
@@ -185,11 +186,6 @@ async fn run_bridge(
 /// drained meanwhile: closing a socket with unread input makes the kernel reset the
 /// connection, which can destroy the exit frame before the client reads it.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// How often the server pings a client, and how long it waits for any frame from the
-/// client (clients ping every 15 s, and answer our pings) before it gives up on it.
-const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-const IDLE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
 
 async fn forward_output(
     mut reader: SessionReader,

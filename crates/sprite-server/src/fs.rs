@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::{SinkExt, StreamExt};
 use sprite_api::fs::{
-    clean_path, format_mode, parse_mode, ChmodRequest, ChownRequest, CopyRequest, DeleteRequest,
-    FsAffected, FsCode, FsDeleted, FsList, FsRenamed, FsWritten, RenameRequest, WatchSubscribe,
+    clean_path, format_mode, parse_mode, parse_mode_text, ChmodRequest, ChownRequest, CopyRequest,
+    DeleteRequest, FsAffected, FsCode, FsDeleted, FsList, FsRenamed, FsWritten, RenameRequest,
+    WatchSubscribe,
 };
 use sprite_api::ErrorKind;
 use sprite_core::files::{FsError, SpriteRoot, Watcher};
@@ -34,11 +35,6 @@ const WRITEBACK_EVERY: usize = 32 << 20;
 /// Most `fs/watch` sockets open at once on a daemon.
 const MAX_WATCHES: usize = 64;
 static OPEN_WATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// How often a watch socket is pinged, and how long it may stay silent (no pong, no
-/// message) before it is closed.
-pub(crate) const WATCH_PING: std::time::Duration = std::time::Duration::from_secs(15);
-pub(crate) const WATCH_IDLE: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// The query of a file-system route, read leniently (`true`, `1`, `yes`).
 struct Params(HashMap<String, String>);
@@ -104,6 +100,18 @@ async fn root(
 ) -> Result<(Arc<SpriteRoot>, sprite_core::lifecycle::ActivityGuard), ApiError> {
     let (root, guard) = state.manager.fs_root(org, name).await?;
     Ok((Arc::new(root), guard))
+}
+
+/// Opens the sprite's root (waking it; it stays awake meanwhile) and runs `work` there
+/// on the blocking pool, as the sprite's root user.
+async fn in_sprite<T: Send + 'static>(
+    state: &AppState,
+    org: &str,
+    name: &str,
+    work: impl FnOnce(&SpriteRoot) -> Result<T, FsError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let (root, _awake) = root(state, org, name).await?;
+    blocking(move || root.run(work)).await
 }
 
 /// A `Range: bytes=...` header against a file of `size` bytes: `Ok(None)` to send it
@@ -238,7 +246,7 @@ pub async fn write(
     let path = params.path()?;
     let mode = params
         .get("mode")
-        .map(|m| parse_mode(&serde_json::Value::String(m.to_string())))
+        .map(parse_mode_text)
         .transpose()
         .map_err(|message| fs_error(FsError::new(FsCode::Invalid, &path, message)))?;
     let make_parents = params
@@ -248,14 +256,8 @@ pub async fn write(
     let (root, _awake) = root(&state, &org, &name).await?;
     let finisher = root.clone();
     let target = path.clone();
-    let mut pending =
+    let (pending, file) =
         blocking(move || root.run(|r| r.start_write(&target, mode, make_parents))).await?;
-    let Some(file) = pending.take_file() else {
-        return Err(ApiError::new(
-            ErrorKind::Internal,
-            "the file to write was not opened",
-        ));
-    };
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
     let written_path = path.clone();
     let writer = tokio::task::spawn_blocking(move || {
@@ -328,10 +330,11 @@ pub async fn list(
         .get("pattern")
         .filter(|p| !p.is_empty())
         .map(str::to_string);
-    let (root, _awake) = root(&state, &org, &name).await?;
     let listed = path.clone();
-    let entries =
-        blocking(move || root.run(|r| r.list(&listed, recursive, pattern.as_deref()))).await?;
+    let entries = in_sprite(&state, &org, &name, move |r| {
+        r.list(&listed, recursive, pattern.as_deref())
+    })
+    .await?;
     Ok(Json(FsList {
         path,
         count: entries.len(),
@@ -366,8 +369,7 @@ pub async fn delete(
         Some(recursive) => recursive,
         None => params.flag("recursive")?.unwrap_or(false),
     };
-    let (root, _awake) = root(&state, &org, &name).await?;
-    let deleted = blocking(move || root.run(|r| r.delete(&path, recursive))).await?;
+    let deleted = in_sprite(&state, &org, &name, move |r| r.delete(&path, recursive)).await?;
     Ok(Json(FsDeleted {
         count: deleted.len(),
         deleted,
@@ -385,9 +387,8 @@ pub async fn rename(
     let working_dir = request.working_dir.as_deref();
     let source = clean(working_dir, &request.source)?;
     let dest = clean(working_dir, &request.dest)?;
-    let (root, _awake) = root(&state, &org, &name).await?;
     let (s, d) = (source.clone(), dest.clone());
-    blocking(move || root.run(|r| r.rename(&s, &d))).await?;
+    in_sprite(&state, &org, &name, move |r| r.rename(&s, &d)).await?;
     Ok(Json(FsRenamed { source, dest }))
 }
 
@@ -402,9 +403,8 @@ pub async fn copy(
     let working_dir = request.working_dir.as_deref();
     let source = clean(working_dir, &request.source)?;
     let dest = clean(working_dir, &request.dest)?;
-    let (root, _awake) = root(&state, &org, &name).await?;
-    let copied = blocking(move || {
-        root.run(|r| r.copy(&source, &dest, request.recursive, request.preserve_attrs))
+    let copied = in_sprite(&state, &org, &name, move |r| {
+        r.copy(&source, &dest, request.recursive, request.preserve_attrs)
     })
     .await?;
     Ok(Json(copied))
@@ -421,8 +421,10 @@ pub async fn chmod(
     let path = clean(request.working_dir.as_deref(), &request.path)?;
     let mode = parse_mode(&request.mode)
         .map_err(|message| fs_error(FsError::new(FsCode::Invalid, &path, message)))?;
-    let (root, _awake) = root(&state, &org, &name).await?;
-    let affected = blocking(move || root.run(|r| r.chmod(&path, mode, request.recursive))).await?;
+    let affected = in_sprite(&state, &org, &name, move |r| {
+        r.chmod(&path, mode, request.recursive)
+    })
+    .await?;
     Ok(Json(FsAffected {
         count: affected.len(),
         affected,
@@ -445,10 +447,10 @@ pub async fn chown(
             "chown needs uid, gid or both (as numbers seen inside the sprite, e.g. 1000)",
         )));
     }
-    let (root, _awake) = root(&state, &org, &name).await?;
-    let affected =
-        blocking(move || root.run(|r| r.chown(&path, request.uid, request.gid, request.recursive)))
-            .await?;
+    let affected = in_sprite(&state, &org, &name, move |r| {
+        r.chown(&path, request.uid, request.gid, request.recursive)
+    })
+    .await?;
     Ok(Json(FsAffected {
         count: affected.len(),
         affected,
@@ -500,42 +502,28 @@ async fn serve_watch(
     name: String,
     mut socket: WebSocket,
 ) -> Result<(), axum::Error> {
-    let (root, _awake) = match root(&state, &org, &name).await {
-        Ok(root) => root,
-        Err(error) => {
-            send_json(
-                &mut socket,
-                serde_json::json!({"type": "error", "error": error.message}),
-            )
-            .await?;
-            return socket.close().await;
-        }
+    let opened = async {
+        let (root, awake) = root(&state, &org, &name).await?;
+        let watcher = Watcher::new(root).map_err(fs_error)?;
+        Ok::<_, ApiError>((watcher, awake))
+    }
+    .await;
+    let (mut watcher, _awake) = match opened {
+        Ok(opened) => opened,
+        Err(error) => return refuse_watch(socket, &error.message).await,
     };
-    let mut watcher = match Watcher::new(root) {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            send_json(
-                &mut socket,
-                serde_json::json!({"type": "error", "error": error.message}),
-            )
-            .await?;
-            return socket.close().await;
-        }
-    };
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PING, WATCH_PING);
-    let mut heard = tokio::time::Instant::now();
+    let mut keepalive = crate::Keepalive::new();
     loop {
         tokio::select! {
-            _ = ping.tick() => {
-                // A client gone without closing (or one that never answers pings) ends
-                // its watch, and with it what keeps the sprite awake.
-                if heard.elapsed() > WATCH_IDLE {
+            alive = keepalive.ping_due() => {
+                // A silent client's watch ends, and with it what keeps the sprite awake.
+                if !alive {
                     return socket.close().await;
                 }
                 socket.send(Message::Ping(Vec::new().into())).await?;
             }
             message = socket.recv() => {
-                heard = tokio::time::Instant::now();
+                keepalive.heard();
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
@@ -551,14 +539,21 @@ async fn serve_watch(
                             send_json(&mut socket, serde_json::to_value(&event).unwrap_or_default()).await?;
                         }
                     }
-                    Err(error) => {
-                        send_json(&mut socket, serde_json::json!({"type": "error", "error": error.message})).await?;
-                        return socket.close().await;
-                    }
+                    Err(error) => return refuse_watch(socket, &error.message).await,
                 }
             }
         }
     }
+}
+
+/// Sends `{"type":"error",...}` and closes the watch socket.
+async fn refuse_watch(mut socket: WebSocket, message: &str) -> Result<(), axum::Error> {
+    send_json(
+        &mut socket,
+        serde_json::json!({"type": "error", "error": message}),
+    )
+    .await?;
+    socket.close().await
 }
 
 /// Applies one subscribe message; answers `{"type":"subscribed",...}` or an error.

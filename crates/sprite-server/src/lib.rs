@@ -114,6 +114,40 @@ async fn gc(State(state): State<AppState>) -> Result<axum::Json<serde_json::Valu
     Ok(axum::Json(state.manager.collect_garbage().await?))
 }
 
+/// How often the server pings a WebSocket client, and how long it waits for any frame
+/// from the client (clients ping every 15 s, and answer our pings) before it gives up
+/// on it.
+pub(crate) const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+pub(crate) const IDLE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// The ping timer of a long-lived WebSocket, and when its client was last heard from:
+/// a client gone without closing (or one that never answers pings) is let go.
+pub(crate) struct Keepalive {
+    ping: tokio::time::Interval,
+    heard: tokio::time::Instant,
+}
+
+impl Keepalive {
+    pub(crate) fn new() -> Keepalive {
+        let now = tokio::time::Instant::now();
+        Keepalive {
+            ping: tokio::time::interval_at(now + PING_INTERVAL, PING_INTERVAL),
+            heard: now,
+        }
+    }
+
+    /// Waits until a ping is due; `false` when the client has been silent too long.
+    pub(crate) async fn ping_due(&mut self) -> bool {
+        self.ping.tick().await;
+        self.heard.elapsed() <= IDLE_READ_TIMEOUT
+    }
+
+    /// Notes a frame from the client.
+    pub(crate) fn heard(&mut self) {
+        self.heard = tokio::time::Instant::now();
+    }
+}
+
 /// An `application/x-ndjson` answer whose lines come from `lines` as they are sent.
 pub(crate) fn ndjson_response(
     lines: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,

@@ -148,17 +148,11 @@ pub async fn watch_ports(
         {
             return;
         }
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + crate::fs::WATCH_PING,
-            crate::fs::WATCH_PING,
-        );
-        let mut heard = tokio::time::Instant::now();
+        let mut keepalive = crate::Keepalive::new();
         loop {
             tokio::select! {
-                _ = ping.tick() => {
-                    if heard.elapsed() > crate::fs::WATCH_IDLE
-                        || socket.send(Message::Ping(Vec::new().into())).await.is_err()
-                    {
+                alive = keepalive.ping_due() => {
+                    if !alive || socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                         return;
                     }
                 }
@@ -170,7 +164,7 @@ pub async fn watch_ports(
                     }
                 }
                 message = socket.recv() => {
-                    heard = tokio::time::Instant::now();
+                    keepalive.heard();
                     match message {
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                         Some(Ok(_)) => {}

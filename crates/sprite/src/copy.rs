@@ -142,14 +142,11 @@ pub async fn run(
 /// What a path in the sprite is: `None` when it does not exist.
 async fn remote_kind(client: &Client, name: &str, path: &str) -> Result<Option<EntryType>> {
     match client.fs_list(name, path, false).await {
-        Ok(listed) => {
-            let itself = listed.entries.len() == 1 && listed.entries[0].path == listed.path;
-            Ok(Some(if itself {
-                listed.entries[0].kind
-            } else {
-                EntryType::Directory
-            }))
-        }
+        Ok(listed) => Ok(Some(
+            listed
+                .itself()
+                .map_or(EntryType::Directory, |entry| entry.kind),
+        )),
         Err(error) if error.status() == Some(404) => Ok(None),
         Err(error) => Err(error).with_context(|| format!("look at {name}:{path}")),
     }
@@ -159,9 +156,10 @@ fn join_remote(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
-/// Permission bits only: a download never makes setuid, setgid or sticky files.
-fn safe_mode(mode: u32) -> u32 {
-    mode & 0o777
+/// The permission bits of a listed mode (`"0755"`), else `default`: a download never
+/// makes setuid, setgid or sticky files.
+fn safe_mode(mode: &str, default: u32) -> u32 {
+    sprite_api::fs::parse_mode_text(mode).unwrap_or(default) & 0o777
 }
 
 fn mode_of(metadata: &std::fs::Metadata) -> u32 {
@@ -421,26 +419,20 @@ async fn download(
         .fs_list(name, source, false)
         .await
         .with_context(|| format!("copy {name}:{source}"))?;
-    let is_file = listed.entries.len() == 1
-        && listed.entries[0].path == listed.path
-        && !listed.entries[0].is_dir;
+    let file = listed.itself().filter(|entry| !entry.is_dir);
     let base = Path::new(&listed.path)
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| "root".into());
     let mut report = Report::default();
-    if is_file {
-        let entry = &listed.entries[0];
+    if let Some(entry) = file {
         let target = if dest.is_dir() {
             dest.join(&base)
         } else {
             dest.to_path_buf()
         };
         let progress = Progress::new(entry.size, quiet);
-        let mode = safe_mode(
-            sprite_api::fs::parse_mode(&serde_json::Value::String(entry.mode.clone()))
-                .unwrap_or(0o644),
-        );
+        let mode = safe_mode(&entry.mode, 0o644);
         report.bytes = download_file(client, name, &listed.path, &target, mode, &progress).await?;
         report.files = 1;
         progress.finish();
@@ -474,10 +466,7 @@ async fn download(
             continue;
         };
         let local = target.join(rel);
-        let mode = safe_mode(
-            sprite_api::fs::parse_mode(&serde_json::Value::String(entry.mode.clone()))
-                .unwrap_or(0o644),
-        );
+        let mode = safe_mode(&entry.mode, 0o644);
         match entry.kind {
             EntryType::Directory => {
                 std::fs::create_dir_all(&local)
@@ -508,13 +497,11 @@ async fn download(
             .with_context(|| format!("create the link {}", local.display()))?;
         report.files += 1;
     }
-    let top_mode = sprite_api::fs::parse_mode(&serde_json::Value::String(
-        remote_mode(client, name, &listed.path)
-            .await
-            .unwrap_or_else(|| "0755".into()),
-    ))
-    .unwrap_or(0o755);
-    dir_modes.push((target.clone(), safe_mode(top_mode)));
+    let top_mode = remote_mode(client, name, &listed.path).await;
+    dir_modes.push((
+        target.clone(),
+        safe_mode(top_mode.as_deref().unwrap_or("0755"), 0o755),
+    ));
     for (dir, mode) in dir_modes.iter().rev() {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
             .with_context(|| format!("set the mode of {}", dir.display()))?;

@@ -201,20 +201,9 @@ async fn every_route_works_and_errors_say_code_and_path() {
         .unwrap();
     let paths: Vec<_> = all.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["/home/sprite/a/b", "/home/sprite/a/b/hello.txt"]);
-    let matched: serde_json::Value = http
-        .get(url("list"))
-        .query(&[
-            ("path", "/home/sprite/a"),
-            ("recursive", "true"),
-            ("pattern", "*.txt"),
-        ])
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let matched = daemon
+        .get_json("/v1/sprites/files/fs/list?path=/home/sprite/a&recursive=true&pattern=*.txt")
+        .await;
     assert_eq!(matched["count"], 1);
     assert_eq!(matched["entries"][0]["type"], "file");
     assert!(matched["entries"][0]["modTime"]

@@ -284,16 +284,7 @@ async fn list_pages_and_prefixes() {
         ["pa-1", "pa-2"]
     );
     assert!(!list.has_more);
-    let http = reqwest::Client::new();
-    let page: serde_json::Value = http
-        .get(format!("{}/v1/sprites?max_results=2", daemon.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = daemon.get_json("/v1/sprites?max_results=2").await;
     assert_eq!(page["has_more"], true);
     assert_eq!(page["next_continuation_token"], "pa-2");
     let update = sprite_api::sprite::UpdateSpriteRequest {

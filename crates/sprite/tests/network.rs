@@ -311,15 +311,7 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
         .await
         .stdout();
     assert!(inside.contains("allowed.test"), "{inside}");
-    let policy: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/sprites/a/policy/network", daemon.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let policy = daemon.get_json("/v1/sprites/a/policy/network").await;
     assert_eq!(
         policy,
         serde_json::json!({"rules": [{"domain": "allowed.test", "action": "allow"}]})

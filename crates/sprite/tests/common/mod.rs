@@ -136,6 +136,19 @@ fn spawn_daemon(data: &Path, port: u16, image: &str) -> Child {
 }
 
 impl Daemon {
+    /// `GET path_and_query` on the API with the test token, as JSON.
+    pub async fn get_json(&self, path_and_query: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{path_and_query}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn start(image: &str) -> Daemon {
         Self::start_with(image, "").await
     }
