@@ -885,27 +885,15 @@ impl SpriteRoot {
     /// `POST fs/chmod`: sets permission bits on a path (following a symlink inside the
     /// root), and with `recursive` on everything beneath it (links are skipped).
     pub fn chmod(&self, path: &str, mode: u32, recursive: bool) -> Result<Vec<Affected>, FsError> {
-        let (target, stat) = self.change_target(path, "chmod")?;
-        let mut affected = Vec::new();
-        let mut budget = Budget::new(path);
-        self.apply(
-            &target,
-            &stat,
-            path,
-            recursive,
-            &mut budget,
-            &mut |fd, p| {
-                Self::set_mode(fd, mode, p)?;
-                affected.push(Affected {
-                    path: p.to_string(),
-                    mode: Some(format_mode(mode)),
-                    uid: None,
-                    gid: None,
-                });
-                Ok(())
-            },
-        )?;
-        Ok(affected)
+        self.change_tree(path, "chmod", recursive, &mut |fd, p| {
+            Self::set_mode(fd, mode, p)?;
+            Ok(Affected {
+                path: p.to_string(),
+                mode: Some(format_mode(mode)),
+                uid: None,
+                gid: None,
+            })
+        })
     }
 
     /// `POST fs/chown`: sets owner and group as seen inside the sprite (absent ones are
@@ -928,9 +916,31 @@ impl SpriteRoot {
             })
             .transpose()
         };
-        let host_uid = host(&self.uids, uid, "uid")?;
-        let host_gid = host(&self.gids, gid, "gid")?;
-        let (target, stat) = self.change_target(path, "chown")?;
+        let host_uid = host(&self.uids, uid, "uid")?.map(Uid::from_raw);
+        let host_gid = host(&self.gids, gid, "gid")?.map(Gid::from_raw);
+        self.change_tree(path, "chown", recursive, &mut |fd, p| {
+            fchownat(fd, "", host_uid, host_gid, AtFlags::AT_EMPTY_PATH)
+                .map_err(|e| FsError::errno("chown", p, e))?;
+            let stat = fstat(fd).map_err(|e| FsError::errno("chown", p, e))?;
+            Ok(Affected {
+                path: p.to_string(),
+                mode: None,
+                uid: Some(IdRange::to_sprite(&self.uids, stat.st_uid)),
+                gid: Some(IdRange::to_sprite(&self.gids, stat.st_gid)),
+            })
+        })
+    }
+
+    /// Runs `change` on `path` (see [`Self::change_target`]) and, with `recursive`, on
+    /// what [`Self::apply`] walks to; answers what was changed.
+    fn change_tree(
+        &self,
+        path: &str,
+        what: &str,
+        recursive: bool,
+        change: &mut dyn FnMut(&OwnedFd, &str) -> Result<Affected, FsError>,
+    ) -> Result<Vec<Affected>, FsError> {
+        let (target, stat) = self.change_target(path, what)?;
         let mut affected = Vec::new();
         let mut budget = Budget::new(path);
         self.apply(
@@ -940,21 +950,7 @@ impl SpriteRoot {
             recursive,
             &mut budget,
             &mut |fd, p| {
-                fchownat(
-                    fd,
-                    "",
-                    host_uid.map(Uid::from_raw),
-                    host_gid.map(Gid::from_raw),
-                    AtFlags::AT_EMPTY_PATH,
-                )
-                .map_err(|e| FsError::errno("chown", p, e))?;
-                let stat = fstat(fd).map_err(|e| FsError::errno("chown", p, e))?;
-                affected.push(Affected {
-                    path: p.to_string(),
-                    mode: None,
-                    uid: Some(IdRange::to_sprite(&self.uids, stat.st_uid)),
-                    gid: Some(IdRange::to_sprite(&self.gids, stat.st_gid)),
-                });
+                affected.push(change(fd, p)?);
                 Ok(())
             },
         )?;
