@@ -117,8 +117,17 @@ struct Staging {
     present: HashMap<u64, u64>,
     /// Present blocks written since the last fsync.
     unsynced: BTreeSet<u64>,
+    /// Blocks an fsync in progress is making durable (taken from `unsynced`): not
+    /// settled by an upload until that fsync has recorded them.
+    syncing: BTreeSet<u64>,
+    /// Present blocks of which staging holds only the sectors written since the block
+    /// came back into staging; their other sectors are still only in their chunk.
+    /// Completed from the chunk before an fsync records them, or before an unaligned
+    /// write, so a block overwritten whole in pieces is never read first.
+    partial: HashMap<u64, Sectors>,
     generation: u64,
-    /// Uploaded blocks whose staging space is still allocated (released in bulk).
+    /// Uploaded blocks whose staging space is still allocated (released in bulk): their
+    /// staging bytes are still their current bytes.
     idle: BTreeSet<u64>,
 }
 
@@ -127,6 +136,67 @@ struct Staging {
 /// the host filesystem's journal too, so hot blocks (superblock, journal, bitmaps) keep
 /// their space; bursts do not.
 const STAGING_SLACK_BLOCKS: usize = 256;
+
+/// Locks that serialize first writes into a block, by block number.
+const FILL_STRIPES: u64 = 64;
+
+/// The unit in which staging tracks which bytes of a partial block it holds (the loop
+/// device's logical block size: every request it sends is aligned to it).
+const SECTOR: usize = 512;
+
+/// Which sectors of a block staging holds.
+#[derive(Debug, Clone)]
+struct Sectors(Vec<u64>);
+
+impl Sectors {
+    fn none(block_size: usize) -> Sectors {
+        Sectors(vec![0; (block_size / SECTOR).div_ceil(64)])
+    }
+
+    fn has(&self, sector: usize) -> bool {
+        self.0[sector / 64] & (1 << (sector % 64)) != 0
+    }
+
+    /// Marks the sectors of bytes `within..within + len` (sector-aligned).
+    fn add(&mut self, within: usize, len: usize) {
+        for sector in within / SECTOR..(within + len) / SECTOR {
+            self.0[sector / 64] |= 1 << (sector % 64);
+        }
+    }
+
+    /// Byte ranges (within the block) of the runs of sectors in `within..within + len`
+    /// that staging holds (`held`) or lacks.
+    fn runs(&self, within: usize, len: usize, held: bool) -> Vec<std::ops::Range<usize>> {
+        let first = within / SECTOR;
+        let end = (within + len).div_ceil(SECTOR);
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for sector in first..end {
+            if self.has(sector) != held {
+                continue;
+            }
+            let start = (sector * SECTOR).max(within);
+            let stop = ((sector + 1) * SECTOR).min(within + len);
+            match runs.last_mut() {
+                Some(run) if run.end == start => run.end = stop,
+                _ => runs.push(start..stop),
+            }
+        }
+        runs
+    }
+
+    fn all(&self, block_size: usize) -> bool {
+        self.runs(0, block_size, false).is_empty()
+    }
+}
+
+fn sector_aligned(within: usize, len: usize) -> bool {
+    within % SECTOR == 0 && len % SECTOR == 0
+}
+
+/// Staging bytes written between two starts of its writeback: a long write streams to
+/// the disk while it goes on, instead of all at the next fsync (the host's own
+/// background writeback waits for far more dirty pages than one write makes).
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// An open volume.
 #[derive(Debug)]
@@ -140,6 +210,12 @@ pub struct Volume {
     staging_path: PathBuf,
     staging: Mutex<Staging>,
     uploading: tokio::sync::Mutex<()>,
+    /// Staging bytes written since its writeback was last started.
+    unflushed: std::sync::atomic::AtomicU64,
+    /// A write into a block that is not present holds the block's stripe, so two
+    /// first writes into one block never both fill it (the second fill would undo the
+    /// first write).
+    filling: Vec<tokio::sync::Mutex<()>>,
     /// Reads and writes of the staging file hold it shared; an upload holds it
     /// exclusively while it settles blocks and gives their staging space back, so no
     /// read or write lands in a block between its "present" check and its file I/O.
@@ -235,6 +311,10 @@ impl Engine {
             staging_path: path,
             staging: Mutex::new(staging),
             uploading: tokio::sync::Mutex::new(()),
+            unflushed: std::sync::atomic::AtomicU64::new(0),
+            filling: (0..FILL_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             io_gate: tokio::sync::RwLock::new(()),
         }))
     }
@@ -452,14 +532,18 @@ impl Engine {
         })
     }
 
-    /// Stores a block as a chunk (idempotent: the name is the content).
+    /// Stores a block as a chunk (idempotent: the name is the content). The cache keeps
+    /// a copy, so reads after staging gives the block back stay local, unless the store
+    /// is itself on this host's disks.
     async fn store_block(&self, data: &[u8]) -> Result<(ChunkId, u64), FsError> {
         let id = ChunkId::of(data);
         let stored = chunk::encode(data)?;
         let size = stored.len() as u64;
         self.store.put(&id.key(), Bytes::from(stored)).await?;
         self.meta.note_chunk(&id, size)?;
-        self.cache.put(&id, data);
+        if !self.store.is_local() {
+            self.cache.put(&id, data);
+        }
         Ok((id, size))
     }
 }
@@ -536,9 +620,31 @@ impl Volume {
             let block = position / self.block_size;
             let within = (position % self.block_size) as usize;
             let take = (self.block_size as usize - within).min(len - done);
-            let present = lock(&self.staging).present.contains_key(&block);
+            let (present, partial) = {
+                let staging = lock(&self.staging);
+                (
+                    staging.present.contains_key(&block),
+                    staging.partial.get(&block).cloned(),
+                )
+            };
             let target = &mut out[done..done + take];
-            if present {
+            if let Some(sectors) = partial {
+                // The chunk's bytes, then the sectors written since, from staging.
+                if let Some(id) = self.chunk_at(block) {
+                    self.engine
+                        .read_block_range(&id, self.block_size as usize, within, target)
+                        .await?;
+                }
+                let start = block * self.block_size;
+                for run in sectors.runs(within, take, true) {
+                    self.staging_file
+                        .read_exact_at(
+                            &mut target[run.start - within..run.end - within],
+                            start + run.start as u64,
+                        )
+                        .map_err(|e| self.staging_error("read staging", e))?;
+                }
+            } else if present {
                 self.staging_file
                     .read_exact_at(target, position)
                     .map_err(|e| self.staging_error("read staging", e))?;
@@ -569,30 +675,153 @@ impl Volume {
             let block = position / self.block_size;
             let within = (position % self.block_size) as usize;
             let take = (self.block_size as usize - within).min(data.len() - done);
-            let whole = within == 0 && take == self.block_size as usize;
-            let present = lock(&self.staging).present.contains_key(&block);
-            if !present && !whole {
-                // First write since the last upload: bring the whole block into staging.
-                let old = self
-                    .stored_block(block)
-                    .await?
-                    .unwrap_or_else(|| Arc::new(vec![0u8; self.block_size as usize]));
-                self.staging_file
-                    .write_all_at(&old, block * self.block_size)
-                    .map_err(|e| self.staging_error("fill staging", e))?;
-            }
+            let ready = {
+                let staging = lock(&self.staging);
+                staging.present.contains_key(&block) && !staging.partial.contains_key(&block)
+            };
+            // A block not wholly in staging: one write at a time prepares it.
+            let _stripe = match ready {
+                true => None,
+                false => Some(self.filling[(block % FILL_STRIPES) as usize].lock().await),
+            };
+            let lazy = !ready && self.prepare(block, within, take).await?;
             self.staging_file
                 .write_all_at(&data[done..done + take], position)
                 .map_err(|e| self.staging_error("write staging", e))?;
-            let mut staging = lock(&self.staging);
-            staging.generation += 1;
-            let generation = staging.generation;
-            staging.present.insert(block, generation);
-            staging.idle.remove(&block);
-            staging.unsynced.insert(block);
+            self.mark_written(block, within, take, lazy);
             done += take;
         }
+        self.note_unflushed(data.len() as u64);
         Ok(())
+    }
+
+    /// Starts the staging file's writeback every `WRITEBACK_EVERY` bytes written.
+    fn note_unflushed(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.unflushed.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total >= WRITEBACK_EVERY && self.unflushed.swap(0, Ordering::Relaxed) >= WRITEBACK_EVERY
+        {
+            if let Err(error) = sprite_sandbox::sys::start_writeback(&self.staging_file) {
+                tracing::debug!(volume = %self.id, "start staging writeback: {error}");
+            }
+        }
+    }
+
+    /// Records a write of `take` bytes at `within` in `block`: its newest bytes are in
+    /// staging, not yet fsynced. `lazy`: the block came into staging with this write
+    /// alone, its other sectors still in its chunk.
+    fn mark_written(&self, block: u64, within: usize, take: usize, lazy: bool) {
+        let mut staging = lock(&self.staging);
+        staging.generation += 1;
+        let generation = staging.generation;
+        let was_present = staging.present.insert(block, generation).is_some();
+        if lazy && !was_present {
+            staging
+                .partial
+                .insert(block, Sectors::none(self.block_size as usize));
+        }
+        if let Some(sectors) = staging.partial.get_mut(&block) {
+            sectors.add(within, take);
+            if sectors.all(self.block_size as usize) {
+                staging.partial.remove(&block);
+            }
+        }
+        staging.idle.remove(&block);
+        staging.unsynced.insert(block);
+    }
+
+    /// Before a write of `take` bytes at `within` into a block that is not wholly in
+    /// staging (the caller holds the block's stripe of `filling`): makes staging ready
+    /// for it. True when the write may go in alone, its block partial (a sector-aligned
+    /// write into a block whose current bytes are in a chunk: the chunk is read only if
+    /// sectors are still missing at the next fsync, never for a block overwritten
+    /// whole in pieces).
+    async fn prepare(&self, block: u64, within: usize, take: usize) -> Result<bool, FsError> {
+        let (present, partial, idle) = {
+            let staging = lock(&self.staging);
+            (
+                staging.present.contains_key(&block),
+                staging.partial.contains_key(&block),
+                staging.idle.contains(&block),
+            )
+        };
+        let whole = within == 0 && take == self.block_size as usize;
+        if (present && !partial) || whole || (!present && idle) {
+            // Made ready by a write this one waited for; or written whole; or uploaded
+            // with its staging space kept, which still holds its bytes.
+            return Ok(false);
+        }
+        let aligned = sector_aligned(within, take);
+        if partial {
+            if !aligned {
+                self.complete(block).await?;
+            }
+            return Ok(false);
+        }
+        if self.chunk_at(block).is_none() {
+            // Never written, or zero: a hole in staging reads as its zeros.
+            self.punch(block)
+                .map_err(|e| self.staging_error("clear staging", std::io::Error::from(e)))?;
+            return Ok(false);
+        }
+        if aligned {
+            return Ok(true);
+        }
+        // An unaligned write into a stored block: its bytes come in first, whole.
+        self.complete(block).await?;
+        Ok(false)
+    }
+
+    /// Writes the sectors of `block` that staging lacks (all of them when the block is
+    /// not present) from its chunk, so staging holds the whole block. The caller holds
+    /// the block's stripe of `filling`.
+    async fn complete(&self, block: u64) -> Result<(), FsError> {
+        let block_size = self.block_size as usize;
+        let missing = {
+            let staging = lock(&self.staging);
+            match (
+                staging.present.contains_key(&block),
+                staging.partial.get(&block),
+            ) {
+                (true, None) => return Ok(()),
+                (true, Some(sectors)) => sectors.runs(0, block_size, false),
+                (false, _) => vec![0..block_size],
+            }
+        };
+        let start = block * self.block_size;
+        match self.stored_block(block).await? {
+            Some(old) => {
+                for run in missing {
+                    self.staging_file
+                        .write_all_at(&old[run.clone()], start + run.start as u64)
+                        .map_err(|e| self.staging_error("fill staging", e))?;
+                }
+            }
+            // Discarded meanwhile: what is missing reads as zeros.
+            None => {
+                for run in missing {
+                    self.staging_file
+                        .write_all_at(&vec![0u8; run.len()], start + run.start as u64)
+                        .map_err(|e| self.staging_error("fill staging", e))?;
+                }
+            }
+        }
+        let mut staging = lock(&self.staging);
+        if staging.present.contains_key(&block) {
+            staging.partial.remove(&block);
+        }
+        Ok(())
+    }
+
+    /// Gives a block's staging space back (it then reads as zeros).
+    fn punch(&self, block: u64) -> nix::Result<()> {
+        nix::fcntl::fallocate(
+            &self.staging_file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            (block * self.block_size) as i64,
+            self.block_size as i64,
+        )
     }
 
     /// Zeroes a range (a discard from the loop device, or TRIM from inside the sprite).
@@ -632,26 +861,48 @@ impl Volume {
             map.remove(block);
             staging.present.remove(block);
             staging.unsynced.remove(block);
+            staging.idle.remove(block);
+            staging.partial.remove(block);
         }
         Ok(())
     }
 
     /// Makes every write so far durable on local disk. Returns when a daemon crash can
     /// no longer lose them.
-    pub fn fsync(&self) -> Result<(), FsError> {
-        let unsynced: Vec<u64> = std::mem::take(&mut lock(&self.staging).unsynced)
-            .into_iter()
-            .collect();
+    pub async fn fsync(&self) -> Result<(), FsError> {
+        let (unsynced, partial) = {
+            let mut staging = lock(&self.staging);
+            let unsynced: Vec<u64> = std::mem::take(&mut staging.unsynced).into_iter().collect();
+            staging.syncing.extend(unsynced.iter().copied());
+            let partial: Vec<u64> = unsynced
+                .iter()
+                .filter(|block| staging.partial.contains_key(block))
+                .copied()
+                .collect();
+            (unsynced, partial)
+        };
         if unsynced.is_empty() {
             return Ok(());
         }
-        let result = self
-            .staging_file
-            .sync_data()
-            .map_err(|e| self.staging_error("sync staging", e))
-            .and_then(|()| self.engine.meta.stage_blocks(&self.id, &unsynced));
+        let result = async {
+            // Staging must hold every recorded block whole: a crash recovers it from there.
+            for block in partial {
+                let _gate = self.io_gate.read().await;
+                let _stripe = self.filling[(block % FILL_STRIPES) as usize].lock().await;
+                self.complete(block).await?;
+            }
+            self.staging_file
+                .sync_data()
+                .map_err(|e| self.staging_error("sync staging", e))?;
+            self.engine.meta.stage_blocks(&self.id, &unsynced)
+        }
+        .await;
+        let mut staging = lock(&self.staging);
+        for block in &unsynced {
+            staging.syncing.remove(block);
+        }
         if result.is_err() {
-            lock(&self.staging).unsynced.extend(unsynced);
+            staging.unsynced.extend(unsynced);
         }
         result
     }
@@ -661,15 +912,26 @@ impl Volume {
         lock(&self.staging).present.len()
     }
 
-    /// Uploads every present block, then forgets those not rewritten meanwhile.
+    /// Uploads every present block that is fsynced, then forgets those not rewritten
+    /// meanwhile. Blocks written since the last fsync wait for it: they could not be
+    /// settled, and a long write would otherwise be read, hashed and stored again on
+    /// every pass.
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
         let _commit = self.engine.commits.read().await;
-        let snapshot: Vec<(u64, u64)> = lock(&self.staging)
-            .present
-            .iter()
-            .map(|(b, g)| (*b, *g))
-            .collect();
+        let snapshot: Vec<(u64, u64)> = {
+            let staging = lock(&self.staging);
+            staging
+                .present
+                .iter()
+                .filter(|(block, _)| {
+                    !staging.unsynced.contains(block)
+                        && !staging.syncing.contains(block)
+                        && !staging.partial.contains_key(block)
+                })
+                .map(|(b, g)| (*b, *g))
+                .collect()
+        };
         if snapshot.is_empty() {
             return Ok(UploadStats::default());
         }
@@ -700,6 +962,7 @@ impl Volume {
                 .filter(|(block, generation, _, _)| {
                     staging.present.get(block) == Some(generation)
                         && !staging.unsynced.contains(block)
+                        && !staging.syncing.contains(block)
                 })
                 .map(|(block, _, chunk, _)| (*block, *chunk))
                 .collect();
@@ -731,13 +994,7 @@ impl Volume {
             }
         };
         for block in &release {
-            if let Err(error) = nix::fcntl::fallocate(
-                &self.staging_file,
-                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                (block * self.block_size) as i64,
-                self.block_size as i64,
-            ) {
+            if let Err(error) = self.punch(*block) {
                 tracing::debug!(volume = %self.id, block, "release staging space: {error}");
             }
         }
@@ -753,7 +1010,7 @@ impl Volume {
     /// fsync, then upload everything: when this returns, the volume is fully in the
     /// object store.
     pub async fn flush_all(&self) -> Result<UploadStats, FsError> {
-        self.fsync()?;
+        self.fsync().await?;
         let mut total = UploadStats::default();
         loop {
             let stats = self.upload().await?;
@@ -763,7 +1020,7 @@ impl Volume {
             if self.pending_blocks() == 0 {
                 return Ok(total);
             }
-            self.fsync()?;
+            self.fsync().await?;
         }
     }
 
@@ -772,6 +1029,9 @@ impl Volume {
         let mut staging = lock(&self.staging);
         staging.present.clear();
         staging.unsynced.clear();
+        staging.partial.clear();
+        // Their staging bytes belong to the abandoned state.
+        staging.idle.clear();
         self.engine.meta.clear_staged(&self.id)
     }
 
@@ -890,6 +1150,269 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upload_waits_for_fsync() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 16 * BLOCK);
+        volume
+            .write(0, &pattern(BLOCK as usize, 3))
+            .await
+            .expect("write");
+        volume
+            .write(BLOCK, &pattern(BLOCK as usize, 4))
+            .await
+            .expect("write");
+        let stats = volume.upload().await.expect("upload");
+        assert_eq!(stats.blocks, 0, "unsynced blocks were uploaded");
+        assert_eq!(chunk_count(&store).await, 0);
+        assert_eq!(volume.pending_blocks(), 2);
+        volume.fsync().await.expect("fsync");
+        // A block written after the fsync waits for the next one; the others go.
+        volume.write(5 * BLOCK, b"later").await.expect("write");
+        let stats = volume.upload().await.expect("upload");
+        assert_eq!(stats.blocks, 2);
+        assert_eq!(chunk_count(&store).await, 2);
+        assert_eq!(volume.pending_blocks(), 1);
+        assert_eq!(volume.read(5 * BLOCK, 5).await.expect("read"), b"later");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn first_writes_into_one_block_at_once_are_all_kept() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        let blocks = 32u64;
+        let volume = new_volume(&engine, "v", blocks * BLOCK);
+        // Half the blocks have a stored chunk (filled from it), half are new (holes).
+        let old = pattern((blocks * BLOCK) as usize, 9);
+        for block in (0..blocks).step_by(2) {
+            let at = (block * BLOCK) as usize;
+            volume
+                .write(block * BLOCK, &old[at..at + BLOCK as usize])
+                .await
+                .expect("write");
+        }
+        volume.flush_all().await.expect("flush");
+        // Fill every uploaded block from its chunk, not from staging.
+        volume.discard_pending().expect("forget staging");
+        let piece = BLOCK / 8;
+        let new = pattern((blocks * BLOCK) as usize, 77);
+        let writes = (0..blocks * 8).map(|n| {
+            let volume = volume.clone();
+            let bytes = new[(n * piece) as usize..((n + 1) * piece) as usize].to_vec();
+            tokio::spawn(async move { volume.write(n * piece, &bytes).await })
+        });
+        for write in futures_util::future::join_all(writes).await {
+            write.expect("join").expect("write");
+        }
+        assert!(
+            volume.read(0, new.len()).await.expect("read") == new,
+            "a concurrent fill undid a write"
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_writes_after_discard_and_restore_see_the_right_rest() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 8 * BLOCK);
+        let first = pattern(4 * BLOCK as usize, 1);
+        volume.write(0, &first).await.expect("write");
+        volume.flush_all().await.expect("flush");
+        engine
+            .checkpoint(&volume, "v1", None)
+            .await
+            .expect("checkpoint");
+        // Block 0 uploaded (its staging kept), then discarded: the rest reads as zeros.
+        volume.discard(0, BLOCK).await.expect("discard");
+        volume.write(10, b"x").await.expect("write");
+        let mut expected = vec![0u8; BLOCK as usize];
+        expected[10] = b'x';
+        assert_eq!(
+            volume.read(0, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        // Block 1 present in staging, then discarded before any upload.
+        volume
+            .write(BLOCK, &pattern(BLOCK as usize, 2))
+            .await
+            .expect("write");
+        volume.discard(BLOCK, BLOCK).await.expect("discard");
+        volume.write(BLOCK + 5, b"y").await.expect("write");
+        let mut expected = vec![0u8; BLOCK as usize];
+        expected[5] = b'y';
+        assert_eq!(
+            volume.read(BLOCK, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        // Block 2 rewritten and uploaded, then the volume restored to v1: a partial
+        // write keeps v1's bytes around it, not the abandoned ones in staging.
+        volume
+            .write(2 * BLOCK, &pattern(BLOCK as usize, 3))
+            .await
+            .expect("write");
+        volume.flush_all().await.expect("flush");
+        engine.restore(&volume, "v1").await.expect("restore");
+        volume.write(2 * BLOCK, b"z").await.expect("write");
+        let mut expected = first[2 * BLOCK as usize..3 * BLOCK as usize].to_vec();
+        expected[0] = b'z';
+        assert_eq!(
+            volume.read(2 * BLOCK, BLOCK as usize).await.expect("read"),
+            expected
+        );
+    }
+
+    #[test]
+    fn sectors_track_runs() {
+        let block = 64 * SECTOR;
+        let mut sectors = Sectors::none(block);
+        assert_eq!(sectors.runs(0, block, false), vec![0..block]);
+        sectors.add(2 * SECTOR, 3 * SECTOR);
+        sectors.add(63 * SECTOR, SECTOR);
+        assert_eq!(
+            sectors.runs(0, block, true),
+            vec![2 * SECTOR..5 * SECTOR, 63 * SECTOR..block]
+        );
+        assert_eq!(
+            sectors.runs(0, block, false),
+            vec![0..2 * SECTOR, 5 * SECTOR..63 * SECTOR]
+        );
+        // Unaligned ranges are clipped to themselves.
+        assert_eq!(
+            sectors.runs(2 * SECTOR + 7, 100, true),
+            vec![2 * SECTOR + 7..2 * SECTOR + 107]
+        );
+        assert!(!sectors.all(block));
+        sectors.add(0, block);
+        assert!(sectors.all(block));
+    }
+
+    /// A volume on a `file://` store whose first `blocks` blocks are stored (not in
+    /// staging, not cached), and the store's directory.
+    async fn stored_volume(
+        setup_dir: &std::path::Path,
+        blocks: u64,
+        seed: u8,
+    ) -> (Arc<Engine>, Arc<Volume>, Vec<u8>, tempfile::TempDir) {
+        let store_dir = tempfile::tempdir().expect("dir");
+        let url = format!("file://{}", store_dir.path().display());
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::from_url(&url).expect("store"));
+        let meta = Arc::new(Meta::open(&setup_dir.join("meta.db")).expect("meta"));
+        let cache = ChunkCache::open(&setup_dir.join("cache"), 64 << 20).expect("cache");
+        let engine = Engine::new(meta, store, cache, setup_dir.join("staging")).expect("engine");
+        let volume = new_volume(&engine, "v", 16 * BLOCK);
+        let data = pattern((blocks * BLOCK) as usize, seed);
+        volume.write(0, &data).await.expect("write");
+        volume.flush_all().await.expect("flush");
+        volume.discard_pending().expect("forget staging");
+        // What staging still has of them must never be read: make it garbage.
+        volume
+            .staging_file
+            .write_all_at(&vec![0xee; data.len()], 0)
+            .expect("scribble");
+        (engine, volume, data, store_dir)
+    }
+
+    #[tokio::test]
+    async fn a_stored_block_overwritten_in_aligned_pieces_is_never_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (_engine, volume, _, store_dir) = stored_volume(dir.path(), 2, 21).await;
+        // Without its chunks, any read of the old bytes fails.
+        std::fs::remove_dir_all(store_dir.path().join("chunks")).expect("rm chunks");
+        let new = pattern(BLOCK as usize, 99);
+        let piece = BLOCK as usize / 8;
+        for n in (0..8).rev() {
+            volume
+                .write((n * piece) as u64, &new[n * piece..(n + 1) * piece])
+                .await
+                .expect("an aligned piece needs nothing from the chunk");
+        }
+        volume.fsync().await.expect("block 0 is whole in staging");
+        assert_eq!(volume.read(0, BLOCK as usize).await.expect("read"), new);
+        // Block 1 only partly overwritten: the fsync needs its chunk, which is gone.
+        volume.write(BLOCK, &new[..piece]).await.expect("write");
+        assert!(volume.fsync().await.is_err(), "completed without its chunk");
+    }
+
+    #[tokio::test]
+    async fn partial_blocks_read_right_and_are_whole_after_fsync_and_a_crash() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (engine, volume, old, _store_dir) = stored_volume(dir.path(), 3, 31).await;
+        let mut expected = old.clone();
+        let at = |block: u64, byte: usize| (block * BLOCK) as usize + byte;
+        // Block 0: aligned sectors (partial: reads mix staging and the chunk), then an
+        // unaligned write (the rest comes in first).
+        volume
+            .write(2 * SECTOR as u64, &[7u8; 2 * SECTOR])
+            .await
+            .expect("write");
+        expected[2 * SECTOR..4 * SECTOR].fill(7);
+        assert_eq!(
+            volume.read(0, expected.len()).await.expect("read"),
+            expected
+        );
+        volume.write(5000, b"unaligned").await.expect("write");
+        expected[5000..5009].copy_from_slice(b"unaligned");
+        // Block 1: unaligned first (filled whole), then aligned.
+        volume.write(BLOCK + 3, b"odd").await.expect("write");
+        expected[at(1, 3)..at(1, 6)].copy_from_slice(b"odd");
+        volume
+            .write(BLOCK + 8 * SECTOR as u64, &[9u8; SECTOR])
+            .await
+            .expect("write");
+        expected[at(1, 8 * SECTOR)..at(1, 9 * SECTOR)].fill(9);
+        // Block 2: aligned only, still partial at the fsync.
+        volume
+            .write(2 * BLOCK, &[5u8; SECTOR])
+            .await
+            .expect("write");
+        expected[at(2, 0)..at(2, SECTOR)].fill(5);
+        assert_eq!(
+            volume.read(0, expected.len()).await.expect("read"),
+            expected
+        );
+        volume.fsync().await.expect("fsync");
+        assert_eq!(
+            volume.read(0, expected.len()).await.expect("read"),
+            expected
+        );
+        // Crash: staging alone must give the recorded blocks back whole.
+        drop(volume);
+        drop(engine);
+        let meta = Arc::new(Meta::open(&dir.path().join("meta.db")).expect("meta"));
+        let cache = ChunkCache::open(&dir.path().join("cache"), 64 << 20).expect("cache");
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let engine = Engine::new(meta, store, cache, dir.path().join("staging")).expect("engine");
+        let volume = engine.open_volume("v").expect("reopen");
+        assert_eq!(volume.pending_blocks(), 3);
+        assert_eq!(
+            volume.read(0, expected.len()).await.expect("read"),
+            expected
+        );
+    }
+
+    #[tokio::test]
+    async fn uploads_are_cached_only_when_the_store_is_remote() {
+        let store_dir = tempfile::tempdir().expect("dir");
+        let url = format!("file://{}", store_dir.path().display());
+        let local: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::from_url(&url).expect("store"));
+        let remote: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        assert!(local.is_local() && !remote.is_local());
+        for (store, cached) in [(local, false), (remote, true)] {
+            let setup = Setup::new(store);
+            let engine = setup.engine();
+            let volume = new_volume(&engine, "v", 512 * BLOCK);
+            let blocks = STAGING_SLACK_BLOCKS as u64 + 8;
+            let data = pattern((blocks * BLOCK) as usize, 11);
+            volume.write(0, &data).await.expect("write");
+            volume.flush_all().await.expect("flush");
+            assert_eq!(engine.cache().size() > 0, cached);
+            // Staging gave the blocks back: they read from the cache or the store.
+            assert_eq!(volume.read(0, data.len()).await.expect("read"), data);
+        }
+    }
+
+    #[tokio::test]
     async fn uploaded_blocks_give_their_staging_space_back() {
         use std::os::unix::fs::MetadataExt;
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
@@ -898,7 +1421,7 @@ mod tests {
         let blocks = STAGING_SLACK_BLOCKS as u64 + 32;
         let data = pattern((blocks * BLOCK) as usize, 5);
         volume.write(0, &data).await.expect("write");
-        volume.fsync().expect("fsync");
+        volume.fsync().await.expect("fsync");
         let allocated = || {
             std::fs::metadata(&volume.staging_path)
                 .expect("stat")
@@ -935,7 +1458,7 @@ mod tests {
                 .expect("create");
             let volume = engine.open_volume("v").expect("open");
             volume.write(3, &data).await.expect("write");
-            volume.fsync().expect("fsync");
+            volume.fsync().await.expect("fsync");
             // Crash: the process dies before any upload.
         }
         {
@@ -1134,7 +1657,7 @@ mod tests {
             .await
             .expect("checkpoint");
         volume.write(0, b"draft").await.expect("write");
-        volume.fsync().expect("fsync");
+        volume.fsync().await.expect("fsync");
         engine.restore(&volume, "v0").await.expect("restore");
         assert_eq!(volume.pending_blocks(), 0);
         assert_eq!(volume.read(0, 5).await.expect("read"), b"saved");

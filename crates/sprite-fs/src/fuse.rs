@@ -290,7 +290,7 @@ impl Filesystem for VolumeFs {
         let Some(volume) = self.table.get(ino.into()) else {
             return reply.error(Errno::ENOENT);
         };
-        match volume.fsync() {
+        match self.runtime.block_on(volume.fsync()) {
             Ok(()) => reply.ok(),
             Err(error) => {
                 tracing::error!(volume = %volume.id, "fsync failed: {error}");

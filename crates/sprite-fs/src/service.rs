@@ -376,7 +376,7 @@ impl StorageService {
             let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
             for volume in volumes {
                 let result = async {
-                    volume.fsync()?;
+                    volume.fsync().await?;
                     volume.upload().await
                 }
                 .await;

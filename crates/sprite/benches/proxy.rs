@@ -2,12 +2,14 @@
 //! one keep-alive connection, talks to a server in a sprite directly (from inside the
 //! sprite's network namespace) and through the URL proxy (from the host):
 //! - small requests: p50 and p99 latency, and the latency the proxy adds;
-//! - a 256 MiB download: throughput both ways.
+//! - a 256 MiB download: throughput both ways, median of 5 downloads each, alternating.
 //!
 //! And the file-system API in the same run: `sprite cp` of a 1 GiB file into the sprite
 //! (fs/write, synced) and back out (fs/read, then synced on the host), against `cp` of
 //! the same file followed by `sync` of the copy, both inside the sprite (its own disk:
-//! what the API adds) and on the host's disk; page caches dropped before each copy. The
+//! what the API adds) and on the host's disk. Three rounds of all four; before each
+//! copy the disks are left to go quiet (the previous copy's writeback and upload done)
+//! and page caches are dropped; medians are reported, with each round in the JSON. The
 //! sprite is on SpriteFS (the default storage).
 //!
 //! Run: `sudo ./bench/proxy.sh` (or `cargo bench -p sprite --bench proxy`).
@@ -25,16 +27,49 @@ use std::time::{Duration, Instant};
 
 const SMALL_REQUESTS: usize = 2000;
 const BIG_MIB: usize = 256;
+const DOWNLOADS: usize = 5;
 const FS_MIB: usize = 1024;
+const FS_ROUNDS: usize = 3;
 
-fn drop_caches() {
+/// Sectors written to the machine's disks so far (loop and ram devices left out: what
+/// they write reaches a real disk, or nothing).
+fn sectors_written() -> u64 {
+    std::fs::read_to_string("/proc/diskstats")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let device = fields.get(2)?;
+            if device.starts_with("loop") || device.starts_with("ram") {
+                return None;
+            }
+            fields.get(9)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Syncs, waits until no disk has been written for a second (at most a minute: a
+/// previous copy's writeback and the storage process's upload are over), then drops
+/// the page caches, so every copy starts from the same quiet machine.
+fn settle() {
     let _ = std::process::Command::new("sync").status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = sectors_written();
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sectors_written();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
-/// Seconds a command takes, after dropping caches; panics if it fails.
+/// Seconds a command takes, from a settled machine; panics if it fails.
 fn timed(program: &str, args: &[&str]) -> f64 {
-    drop_caches();
+    settle();
     let start = Instant::now();
     let out = std::process::Command::new(program)
         .args(args)
@@ -48,9 +83,18 @@ fn timed(program: &str, args: &[&str]) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// MiB/s of `cp` + `sync` on the host, of the same inside the sprite (its own disk),
+/// MiB/s of one round of each copy.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct FsRound {
+    cp_on_host: f64,
+    cp_in_sprite: f64,
+    write: f64,
+    read: f64,
+}
+
+/// Rounds of `cp` + `sync` on the host, of the same inside the sprite (its own disk),
 /// and of `sprite cp` into the sprite and back.
-fn measure_fs(daemon: &Daemon) -> (f64, f64, f64, f64) {
+fn measure_fs(daemon: &Daemon) -> Vec<FsRound> {
     let dir = tempfile::Builder::new()
         .prefix("sprite-fs-bench-")
         .tempdir_in("/var/tmp")
@@ -73,45 +117,59 @@ fn measure_fs(daemon: &Daemon) -> (f64, f64, f64, f64) {
         copy.to_str().unwrap(),
         back.to_str().unwrap(),
     );
-    let host = timed("sh", &["-c", &format!("cp {source} {copy} && sync {copy}")]);
     let sprite = env!("CARGO_BIN_EXE_sprite");
+    let api = ["--api-url", daemon.url.as_str(), "--token", TOKEN];
     let cp = |args: &[&str]| {
-        let mut full = vec![
-            "--api-url",
-            daemon.url.as_str(),
-            "--token",
-            TOKEN,
-            "cp",
-            "-q",
-        ];
+        let mut full = api.to_vec();
+        full.extend_from_slice(&["cp", "-q"]);
         full.extend_from_slice(args);
         timed(sprite, &full)
     };
-    let write = cp(&[source, "web:/home/sprite/fs-bench"]);
-    let read = cp(&["web:/home/sprite/fs-bench", back]);
-    let inside = timed(
-        sprite,
-        &[
-            "--api-url",
-            daemon.url.as_str(),
-            "--token",
-            TOKEN,
-            "exec",
-            "-s",
-            "web",
-            "--",
-            "sh",
-            "-c",
-            "cp /home/sprite/fs-bench /home/sprite/fs-bench-copy && sync /home/sprite/fs-bench-copy",
-        ],
-    );
-    let same = std::process::Command::new("cmp")
-        .args([source, back])
-        .status()
-        .unwrap();
-    assert!(same.success(), "the file came back different");
+    let in_sprite = |script: &str, timing: bool| {
+        let mut full = api.to_vec();
+        full.extend_from_slice(&["exec", "-s", "web", "--", "sh", "-c", script]);
+        if timing {
+            timed(sprite, &full)
+        } else {
+            let out = std::process::Command::new(sprite)
+                .args(&full)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}");
+            0.0
+        }
+    };
     let mib = FS_MIB as f64;
-    (mib / host, mib / inside, mib / write, mib / read)
+    (0..FS_ROUNDS)
+        .map(|_| {
+            let _ = std::fs::remove_file(copy);
+            let _ = std::fs::remove_file(back);
+            in_sprite("rm -f /home/sprite/fs-bench /home/sprite/fs-bench-copy", false);
+            let host = timed("sh", &["-c", &format!("cp {source} {copy} && sync {copy}")]);
+            let write = cp(&[source, "web:/home/sprite/fs-bench"]);
+            let read = cp(&["web:/home/sprite/fs-bench", back]);
+            let inside = in_sprite(
+                "cp /home/sprite/fs-bench /home/sprite/fs-bench-copy && sync /home/sprite/fs-bench-copy",
+                true,
+            );
+            let same = std::process::Command::new("cmp")
+                .args([source, back])
+                .status()
+                .unwrap();
+            assert!(same.success(), "the file came back different");
+            FsRound {
+                cp_on_host: mib / host,
+                cp_in_sprite: mib / inside,
+                write: mib / write,
+                read: mib / read,
+            }
+        })
+        .collect()
+}
+
+/// The median of what `pick` takes from each round.
+fn median_of<T>(rounds: &[T], pick: impl Fn(&T) -> f64) -> f64 {
+    summary(rounds.iter().map(pick).collect(), 0.5).0
 }
 
 /// A minimal HTTP/1.1 client on one kept-alive connection.
@@ -176,22 +234,25 @@ impl Client {
     }
 }
 
-/// Small-request latencies (ms) and big-download throughput (MiB/s) over `client`.
-fn measure(mut client: Client) -> (Vec<f64>, f64) {
+/// Small-request latencies (ms) over `client`.
+fn latencies(client: &mut Client) -> Vec<f64> {
     for _ in 0..100 {
         client.get("/small");
     }
-    let latencies = (0..SMALL_REQUESTS)
+    (0..SMALL_REQUESTS)
         .map(|_| {
             let start = Instant::now();
             client.get("/small");
             start.elapsed().as_secs_f64() * 1000.0
         })
-        .collect();
+        .collect()
+}
+
+/// MiB/s of one big download over `client`.
+fn download(client: &mut Client) -> f64 {
     let start = Instant::now();
     assert_eq!(client.get("/big"), BIG_MIB << 20);
-    let throughput = BIG_MIB as f64 / start.elapsed().as_secs_f64();
-    (latencies, throughput)
+    BIG_MIB as f64 / start.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -236,21 +297,31 @@ async fn bench() {
         .init_pid()
         .unwrap()
         .unwrap();
-    let (direct, direct_mibs) = tokio::task::spawn_blocking(move || {
-        let stream = sprite_sandbox::connect_in_sprite(init, 8080, Duration::from_secs(5)).unwrap();
-        measure(Client::new(stream, "127.0.0.1:8080", None))
-    })
-    .await
-    .unwrap();
     let address = daemon.proxy_url.trim_start_matches("http://").to_string();
-    let (proxied, proxied_mibs) = tokio::task::spawn_blocking(move || {
-        let stream = TcpStream::connect(&address).unwrap();
-        measure(Client::new(stream, "web.localhost", Some(TOKEN)))
+    let (direct, proxied, downloads) = tokio::task::spawn_blocking(move || {
+        let stream = sprite_sandbox::connect_in_sprite(init, 8080, Duration::from_secs(5)).unwrap();
+        let mut direct = Client::new(stream, "127.0.0.1:8080", None);
+        let mut proxied = Client::new(
+            TcpStream::connect(&address).unwrap(),
+            "web.localhost",
+            Some(TOKEN),
+        );
+        let latencies = (latencies(&mut direct), latencies(&mut proxied));
+        let downloads: Vec<(f64, f64)> = (0..DOWNLOADS)
+            .map(|_| (download(&mut direct), download(&mut proxied)))
+            .collect();
+        (latencies.0, latencies.1, downloads)
     })
     .await
     .unwrap();
+    let direct_mibs = median_of(&downloads, |d| d.0);
+    let proxied_mibs = median_of(&downloads, |d| d.1);
 
-    let (host_mibs, inside_mibs, write_mibs, read_mibs) = measure_fs(&daemon);
+    let rounds = measure_fs(&daemon);
+    let host_mibs = median_of(&rounds, |r| r.cp_on_host);
+    let inside_mibs = median_of(&rounds, |r| r.cp_in_sprite);
+    let write_mibs = median_of(&rounds, |r| r.write);
+    let read_mibs = median_of(&rounds, |r| r.read);
 
     let (direct_p50, direct_p99) = summary(direct, 0.99);
     let (proxy_p50, proxy_p99) = summary(proxied, 0.99);
@@ -276,7 +347,7 @@ async fn bench() {
     );
     println!(
         "{:<44} {direct_mibs:>10.0} {proxied_mibs:>10.0}",
-        format!("{BIG_MIB} MiB download (MiB/s)")
+        format!("{BIG_MIB} MiB download (MiB/s, median of {DOWNLOADS})")
     );
     println!(
         "{:<44} {:>21.0}%",
@@ -285,7 +356,7 @@ async fn bench() {
     );
     println!(
         "\n{:<44} {:>10} {:>10} {:>10}",
-        format!("file-system API, {FS_MIB} MiB (MiB/s)"),
+        format!("file-system API, {FS_MIB} MiB (MiB/s, median of {FS_ROUNDS})"),
         "API",
         "cp sprite",
         "cp host"
@@ -310,7 +381,19 @@ async fn bench() {
         read_mibs / inside_mibs * 100.0,
         read_mibs / host_mibs * 100.0
     );
+    for (n, round) in rounds.iter().enumerate() {
+        println!(
+            "  round {}: write {:.0}, read {:.0}, cp in the sprite {:.0}, cp on the host {:.0}",
+            n + 1,
+            round.write,
+            round.read,
+            round.cp_in_sprite,
+            round.cp_on_host
+        );
+    }
     let report = serde_json::json!({
+        "fs_rounds_mib_s": rounds,
+        "downloads_mib_s": downloads.iter().map(|(d, p)| serde_json::json!({ "direct": d, "proxy": p })).collect::<Vec<_>>(),
         "fs_mib_s": { "cp_in_sprite": inside_mibs, "cp_on_host": host_mibs, "write": write_mibs, "read": read_mibs },
         "fs_vs_cp_in_sprite": { "write": write_mibs / inside_mibs, "read": read_mibs / inside_mibs },
         "fs_vs_cp_on_host": { "write": write_mibs / host_mibs, "read": read_mibs / host_mibs },
