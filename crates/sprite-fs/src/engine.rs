@@ -190,7 +190,7 @@ impl Sectors {
 }
 
 fn sector_aligned(within: usize, len: usize) -> bool {
-    within % SECTOR == 0 && len % SECTOR == 0
+    within.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR)
 }
 
 /// Staging bytes written between two starts of its writeback: a long write streams to
@@ -785,7 +785,7 @@ impl Volume {
             ) {
                 (true, None) => return Ok(()),
                 (true, Some(sectors)) => sectors.runs(0, block_size, false),
-                (false, _) => vec![0..block_size],
+                (false, _) => std::iter::once(0..block_size).collect(),
             }
         };
         let start = block * self.block_size;
