@@ -502,8 +502,10 @@ impl Engine {
             let size = self
                 .meta
                 .stored_bytes(&std::collections::HashSet::from([id]))?;
-            self.store.delete(&key).await?;
+            // Forgotten first: a crash in between leaves an unknown chunk in the store
+            // (the next collection deletes it), never a known chunk that is gone.
             self.meta.forget_chunk(&id)?;
+            self.store.delete(&key).await?;
             stats.chunks += 1;
             stats.bytes += size;
         }
@@ -532,15 +534,20 @@ impl Engine {
         })
     }
 
-    /// Stores a block as a chunk (idempotent: the name is the content). The cache keeps
-    /// a copy, so reads after staging gives the block back stay local, unless the store
-    /// is itself on this host's disks.
+    /// Stores a block as a chunk (idempotent: the name is the content); answers its id
+    /// and the bytes this call added to the store (recorded by the caller's commit). A
+    /// chunk the metadata already knows is in the store (GC forgets a chunk before
+    /// deleting it, and cannot run during an upload), so it is not sent again. The
+    /// cache keeps a copy, so reads after staging gives the block back stay local,
+    /// unless the store is itself on this host's disks.
     async fn store_block(&self, data: &[u8]) -> Result<(ChunkId, u64), FsError> {
         let id = ChunkId::of(data);
+        if self.meta.has_chunk(&id)? {
+            return Ok((id, 0));
+        }
         let stored = chunk::encode(data)?;
         let size = stored.len() as u64;
         self.store.put(&id.key(), Bytes::from(stored)).await?;
-        self.meta.note_chunk(&id, size)?;
         if !self.store.is_local() {
             self.cache.put(&id, data);
         }
@@ -856,7 +863,9 @@ impl Volume {
             return Ok(());
         }
         let zeroed: Vec<(u64, Option<ChunkId>)> = holes.iter().map(|b| (*b, None)).collect();
-        self.engine.meta.commit_uploads(&self.id, &zeroed, &holes)?;
+        self.engine
+            .meta
+            .commit_uploads(&self.id, &zeroed, &holes, &[])?;
         for block in &holes {
             map.remove(block);
             staging.present.remove(block);
@@ -912,10 +921,11 @@ impl Volume {
         lock(&self.staging).present.len()
     }
 
-    /// Uploads every present block that is fsynced, then forgets those not rewritten
-    /// meanwhile. Blocks written since the last fsync wait for it: they could not be
-    /// settled, and a long write would otherwise be read, hashed and stored again on
-    /// every pass.
+    /// Uploads every present block, then forgets those not rewritten meanwhile: once
+    /// committed to the block map, a block is durable in the store, fsynced or not.
+    /// Left for a later pass: partial blocks (staging does not hold them whole) and
+    /// blocks an fsync is recording (it would record them as staged after the upload
+    /// gave their staging space back).
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
         let _commit = self.engine.commits.read().await;
@@ -925,9 +935,7 @@ impl Volume {
                 .present
                 .iter()
                 .filter(|(block, _)| {
-                    !staging.unsynced.contains(block)
-                        && !staging.syncing.contains(block)
-                        && !staging.partial.contains_key(block)
+                    !staging.syncing.contains(block) && !staging.partial.contains_key(block)
                 })
                 .map(|(b, g)| (*b, *g))
                 .collect()
@@ -952,8 +960,9 @@ impl Volume {
             .try_collect()
             .await?;
         // Only blocks not rewritten during the upload leave staging. The staging lock
-        // is held from the check to the removal, so no write slips in between; the I/O
-        // gate keeps reads and writes out until the blocks' staging space is released.
+        // is held from the check to the removal, so no fsync slips in between; the I/O
+        // gate keeps reads and writes out, so none is between its check of a block
+        // and its file I/O when the block leaves.
         let gate = self.io_gate.write().await;
         let settled: Vec<(u64, Option<ChunkId>)> = {
             let mut staging = lock(&self.staging);
@@ -961,15 +970,19 @@ impl Volume {
                 .iter()
                 .filter(|(block, generation, _, _)| {
                     staging.present.get(block) == Some(generation)
-                        && !staging.unsynced.contains(block)
                         && !staging.syncing.contains(block)
                 })
                 .map(|(block, _, chunk, _)| (*block, *chunk))
                 .collect();
             let unstage: Vec<u64> = settled.iter().map(|(b, _)| *b).collect();
+            // Every chunk this pass stored is recorded, settled or not: it is in the store.
+            let stored: Vec<(ChunkId, u64)> = results
+                .iter()
+                .filter_map(|(_, _, chunk, size)| chunk.filter(|_| *size > 0).map(|c| (c, *size)))
+                .collect();
             self.engine
                 .meta
-                .commit_uploads(&self.id, &settled, &unstage)?;
+                .commit_uploads(&self.id, &settled, &unstage, &stored)?;
             let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
             for (block, chunk) in &settled {
                 match chunk {
@@ -979,12 +992,16 @@ impl Volume {
             }
             for block in &unstage {
                 staging.present.remove(block);
+                staging.unsynced.remove(block);
                 staging.idle.insert(*block);
             }
             settled
         };
         // Uploaded blocks need no local copy (the chunk cache keeps recently used ones,
-        // within its bound): past the slack, their staging space goes back.
+        // within its bound): past the slack, their staging space goes back. Once out of
+        // `idle`, a write into one prepares it under its stripe (as any stored block),
+        // so each is punched under its stripe too, and only while still not present;
+        // reads and writes of other blocks go on meanwhile.
         let release: Vec<u64> = {
             let mut staging = lock(&self.staging);
             if staging.idle.len() > STAGING_SLACK_BLOCKS {
@@ -993,12 +1010,16 @@ impl Volume {
                 Vec::new()
             }
         };
-        for block in &release {
-            if let Err(error) = self.punch(*block) {
+        drop(gate);
+        for block in release {
+            let _stripe = self.filling[(block % FILL_STRIPES) as usize].lock().await;
+            if lock(&self.staging).present.contains_key(&block) {
+                continue;
+            }
+            if let Err(error) = self.punch(block) {
                 tracing::debug!(volume = %self.id, block, "release staging space: {error}");
             }
         }
-        drop(gate);
         self.engine.publish(&self.id).await?;
         Ok(UploadStats {
             blocks: settled.len(),
@@ -1150,31 +1171,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn upload_waits_for_fsync() {
+    async fn uploaded_blocks_are_durable_without_an_fsync() {
         let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
         let setup = Setup::new(store.clone());
+        let data = [pattern(BLOCK as usize, 3), pattern(BLOCK as usize, 5)].concat();
+        {
+            let engine = setup.engine();
+            let volume = new_volume(&engine, "v", 16 * BLOCK);
+            volume
+                .write(0, &data[..BLOCK as usize])
+                .await
+                .expect("write");
+            volume
+                .write(BLOCK, &pattern(BLOCK as usize, 4))
+                .await
+                .expect("write");
+            volume
+                .write(BLOCK, &data[BLOCK as usize..])
+                .await
+                .expect("write");
+            let stats = volume.upload().await.expect("upload");
+            assert_eq!(stats.blocks, 2);
+            assert_eq!(chunk_count(&store).await, 2);
+            assert_eq!(volume.pending_blocks(), 0);
+            // Nothing left for an fsync to record.
+            volume.fsync().await.expect("fsync");
+            assert!(engine.meta().staged_blocks("v").expect("staged").is_empty());
+        }
+        // A crash with no fsync ever: the blocks come from the store.
+        std::fs::remove_dir_all(setup.dir.path().join("staging")).expect("rm staging");
         let engine = setup.engine();
-        let volume = new_volume(&engine, "v", 16 * BLOCK);
-        volume
-            .write(0, &pattern(BLOCK as usize, 3))
-            .await
-            .expect("write");
-        volume
-            .write(BLOCK, &pattern(BLOCK as usize, 4))
-            .await
-            .expect("write");
-        let stats = volume.upload().await.expect("upload");
-        assert_eq!(stats.blocks, 0, "unsynced blocks were uploaded");
-        assert_eq!(chunk_count(&store).await, 0);
-        assert_eq!(volume.pending_blocks(), 2);
-        volume.fsync().await.expect("fsync");
-        // A block written after the fsync waits for the next one; the others go.
-        volume.write(5 * BLOCK, b"later").await.expect("write");
-        let stats = volume.upload().await.expect("upload");
-        assert_eq!(stats.blocks, 2);
-        assert_eq!(chunk_count(&store).await, 2);
-        assert_eq!(volume.pending_blocks(), 1);
-        assert_eq!(volume.read(5 * BLOCK, 5).await.expect("read"), b"later");
+        let volume = engine.open_volume("v").expect("reopen");
+        assert_eq!(volume.read(0, data.len()).await.expect("read"), data);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1508,8 +1536,12 @@ mod tests {
         let block = pattern(BLOCK as usize, 3);
         a.write(0, &block).await.expect("write");
         b.write(4 * BLOCK, &block).await.expect("write");
-        a.flush_all().await.expect("flush");
-        b.flush_all().await.expect("flush");
+        assert!(a.flush_all().await.expect("flush").bytes_stored > 0);
+        assert_eq!(
+            b.flush_all().await.expect("flush").bytes_stored,
+            0,
+            "a known chunk is not stored again"
+        );
         assert_eq!(
             chunk_count(&store).await,
             1,

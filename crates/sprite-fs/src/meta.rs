@@ -446,13 +446,15 @@ impl Meta {
         Ok(())
     }
 
-    /// Records uploaded blocks in the head and clears them from the staged set, in one
-    /// transaction, so a crash leaves each block either staged or recorded.
+    /// Records uploaded blocks in the head, clears them from the staged set and records
+    /// the chunks the upload stored (with their sizes), in one transaction, so a crash
+    /// leaves each block either staged or recorded.
     pub fn commit_uploads(
         &self,
         volume: &str,
         blocks: &[(u64, Option<ChunkId>)],
         unstage: &[u64],
+        stored: &[(ChunkId, u64)],
     ) -> Result<(), FsError> {
         let head = self.volume(volume)?.head;
         let mut connection = self.lock();
@@ -468,6 +470,11 @@ impl Meta {
                 transaction.prepare("DELETE FROM staged WHERE volume = ?1 AND block = ?2")?;
             for block in unstage {
                 clear.execute(params![volume, *block as i64])?;
+            }
+            let mut note = transaction
+                .prepare("INSERT OR REPLACE INTO chunks (id, stored_size) VALUES (?1, ?2)")?;
+            for (id, size) in stored {
+                note.execute(params![id.0.to_vec(), *size as i64])?;
             }
         }
         transaction.commit()?;
@@ -612,15 +619,6 @@ impl Meta {
         })
     }
 
-    /// Remembers a chunk's stored size.
-    pub fn note_chunk(&self, id: &ChunkId, stored_size: u64) -> Result<(), FsError> {
-        self.lock().execute(
-            "INSERT OR REPLACE INTO chunks (id, stored_size) VALUES (?1, ?2)",
-            params![id.0.to_vec(), stored_size as i64],
-        )?;
-        Ok(())
-    }
-
     /// Stored bytes of a set of chunks (unknown ones count as 0).
     pub fn stored_bytes(&self, chunks: &HashSet<ChunkId>) -> Result<u64, FsError> {
         let connection = self.lock();
@@ -633,6 +631,13 @@ impl Meta {
                 .unwrap_or(0) as u64;
         }
         Ok(total)
+    }
+
+    /// Whether a chunk is recorded as stored.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, FsError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        Ok(statement.exists(params![id.0.to_vec()])?)
     }
 
     pub fn forget_chunk(&self, id: &ChunkId) -> Result<(), FsError> {

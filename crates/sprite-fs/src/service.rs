@@ -375,12 +375,9 @@ impl StorageService {
             tokio::time::sleep(interval).await;
             let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
             for volume in volumes {
-                let result = async {
-                    volume.fsync().await?;
-                    volume.upload().await
-                }
-                .await;
-                if let Err(error) = result {
+                // No fsync first: an uploaded block is durable once committed, and a
+                // flush of the host's disk every second would slow every writer.
+                if let Err(error) = volume.upload().await {
                     tracing::warn!(volume = %volume.id, "background upload failed (will retry): {error}");
                 }
             }
