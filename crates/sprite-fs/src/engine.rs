@@ -121,9 +121,10 @@ struct Staging {
     /// settled by an upload until that fsync has recorded them.
     syncing: BTreeSet<u64>,
     /// Present blocks of which staging holds only the sectors written since the block
-    /// came back into staging; their other sectors are still only in their chunk.
-    /// Completed from the chunk before an fsync records them, or before an unaligned
-    /// write, so a block overwritten whole in pieces is never read first.
+    /// came back into staging; their other sectors are still only in their chunk (or
+    /// zeros, for a block with none). Completed before an fsync records them, or
+    /// before an unaligned write, so a block overwritten whole in pieces is never read
+    /// or zeroed first.
     partial: HashMap<u64, Sectors>,
     generation: u64,
     /// Uploaded blocks whose staging space is still allocated (released in bulk): their
@@ -740,9 +741,9 @@ impl Volume {
     /// Before a write of `take` bytes at `within` into a block that is not wholly in
     /// staging (the caller holds the block's stripe of `filling`): makes staging ready
     /// for it. True when the write may go in alone, its block partial (a sector-aligned
-    /// write into a block whose current bytes are in a chunk: the chunk is read only if
-    /// sectors are still missing at the next fsync, never for a block overwritten
-    /// whole in pieces).
+    /// write: the block's other bytes, from its chunk or zeros when it has none, are
+    /// written only if still missing at the next fsync, so a block overwritten whole in
+    /// pieces is never read first, and a new one never zeroed).
     async fn prepare(&self, block: u64, within: usize, take: usize) -> Result<bool, FsError> {
         let (present, partial, idle) = {
             let staging = lock(&self.staging);
@@ -765,16 +766,10 @@ impl Volume {
             }
             return Ok(false);
         }
-        if self.chunk_at(block).is_none() {
-            // Never written, or zero: a hole in staging reads as its zeros.
-            self.punch(block)
-                .map_err(|e| self.staging_error("clear staging", std::io::Error::from(e)))?;
-            return Ok(false);
-        }
         if aligned {
             return Ok(true);
         }
-        // An unaligned write into a stored block: its bytes come in first, whole.
+        // An unaligned write: the block's bytes (or zeros) come in first, whole.
         self.complete(block).await?;
         Ok(false)
     }
@@ -1271,6 +1266,28 @@ mod tests {
         expected[5] = b'y';
         assert_eq!(
             volume.read(BLOCK, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        // Block 3 in staging, discarded, then one aligned sector: the rest reads as
+        // zeros (not the stale staging bytes), before and after the fsync.
+        volume
+            .write(3 * BLOCK, &pattern(BLOCK as usize, 4))
+            .await
+            .expect("write");
+        volume.discard(3 * BLOCK, BLOCK).await.expect("discard");
+        volume
+            .write(3 * BLOCK + 512, &[6u8; 512])
+            .await
+            .expect("write");
+        let mut expected = vec![0u8; BLOCK as usize];
+        expected[512..1024].fill(6);
+        assert_eq!(
+            volume.read(3 * BLOCK, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        volume.fsync().await.expect("fsync");
+        assert_eq!(
+            volume.read(3 * BLOCK, BLOCK as usize).await.expect("read"),
             expected
         );
         // Block 2 rewritten and uploaded, then the volume restored to v1: a partial
