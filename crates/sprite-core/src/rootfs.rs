@@ -500,7 +500,10 @@ impl SpriteFsStore {
     /// Attaches a volume, loops it and mounts its ext4 at `target`.
     async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
         let path = self.attach(volume).await?;
-        loop_mount(&path, target, false, "noinit_itable,nodelalloc").await
+        // Delayed allocation (ext4's default) is kept: blocks are allocated in whole
+        // extents at writeback instead of page by page in every write() (with
+        // `nodelalloc`, a 1 GiB upload into a sprite took 4.1-4.6 s against 2.7-3.1 s).
+        loop_mount(&path, target, false, "noinit_itable").await
     }
 
     /// Unmounts `target`, detaches its loop device and the volume.
