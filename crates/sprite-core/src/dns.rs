@@ -1073,11 +1073,17 @@ mod tests {
     #[tokio::test]
     async fn a_truncated_answer_is_fetched_over_tcp_and_every_address_admitted() {
         let mut tasks = JoinSet::new();
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let upstream = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(upstream)
-            .await
-            .expect("tcp on the same port");
+        // A free UDP port whose TCP twin is free too (other tests hold TCP ports).
+        let mut attempts = 0;
+        let (udp, upstream, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let upstream = udp.local_addr().expect("addr");
+            match TcpListener::bind(upstream).await {
+                Ok(tcp) => break (udp, upstream, tcp),
+                Err(_) if attempts < 50 => attempts += 1,
+                Err(error) => panic!("no port free for both udp and tcp: {error}"),
+            }
+        };
         tasks.spawn(async move {
             let _ = serve_static(udp, records()).await;
         });

@@ -127,6 +127,10 @@ struct Staging {
     /// or zeroed first.
     partial: HashMap<u64, Sectors>,
     generation: u64,
+    /// When the volume was last written, and since when it has had blocks waiting for
+    /// an upload (roughly: reset to the start of the upload pass that left some).
+    last_write: Option<std::time::Instant>,
+    pending_since: Option<std::time::Instant>,
     /// Uploaded blocks whose staging space is still allocated (released in bulk): their
     /// staging bytes are still their current bytes.
     idle: BTreeSet<u64>,
@@ -736,6 +740,9 @@ impl Volume {
         }
         staging.idle.remove(&block);
         staging.unsynced.insert(block);
+        let now = std::time::Instant::now();
+        staging.last_write = Some(now);
+        staging.pending_since.get_or_insert(now);
     }
 
     /// Before a write of `take` bytes at `within` into a block that is not wholly in
@@ -916,6 +923,23 @@ impl Volume {
         lock(&self.staging).present.len()
     }
 
+    /// Whether a background upload pass is due: blocks wait, and either the volume has
+    /// not been written for `quiet` (a burst of writes is over), or blocks have waited
+    /// for `max_lag` (sustained writes still reach the store that often). Deferring
+    /// while a burst goes on keeps its disk and CPU for the writer, and uploads a block
+    /// rewritten many times in a burst (ext4's journal, bitmaps) once.
+    pub fn upload_due(&self, quiet: std::time::Duration, max_lag: std::time::Duration) -> bool {
+        let staging = lock(&self.staging);
+        if staging.present.is_empty() {
+            return false;
+        }
+        let quiet_now = staging.last_write.is_none_or(|at| at.elapsed() >= quiet);
+        let lagging = staging
+            .pending_since
+            .is_none_or(|at| at.elapsed() >= max_lag);
+        quiet_now || lagging
+    }
+
     /// Uploads every present block, then forgets those not rewritten meanwhile: once
     /// committed to the block map, a block is durable in the store, fsynced or not.
     /// Left for a later pass: partial blocks (staging does not hold them whole) and
@@ -924,6 +948,7 @@ impl Volume {
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
         let _commit = self.engine.commits.read().await;
+        let started = std::time::Instant::now();
         let snapshot: Vec<(u64, u64)> = {
             let staging = lock(&self.staging);
             staging
@@ -990,6 +1015,8 @@ impl Volume {
                 staging.unsynced.remove(block);
                 staging.idle.insert(*block);
             }
+            // What is left was written during this pass (or is partial or being synced).
+            staging.pending_since = (!staging.present.is_empty()).then_some(started);
             settled
         };
         // Uploaded blocks need no local copy (the chunk cache keeps recently used ones,
@@ -1163,6 +1190,27 @@ mod tests {
             volume.read(16 * BLOCK - 1, 2).await.is_err(),
             "reads past the end are refused"
         );
+    }
+
+    #[tokio::test]
+    async fn uploads_wait_for_a_pause_or_the_longest_lag() {
+        let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 16 * BLOCK);
+        let (zero, hour) = (Duration::ZERO, Duration::from_secs(3600));
+        assert!(!volume.upload_due(zero, zero), "nothing to upload");
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        assert!(
+            !volume.upload_due(hour, hour),
+            "written just now, not waiting long"
+        );
+        assert!(volume.upload_due(zero, hour), "quiet long enough");
+        assert!(volume.upload_due(hour, zero), "waiting long enough");
+        volume.upload().await.expect("upload");
+        assert!(!volume.upload_due(zero, zero), "all uploaded");
     }
 
     #[tokio::test]

@@ -148,6 +148,10 @@ pub struct StorageService {
 /// How long a usage answer may be reused.
 const USAGE_TTL: Duration = Duration::from_secs(5);
 
+/// The longest blocks wait for an upload while their volume is written without a
+/// pause (a pause of one upload interval lets them go at once).
+const UPLOAD_MAX_LAG: Duration = Duration::from_secs(10);
+
 impl StorageService {
     pub fn new(engine: Arc<Engine>, table: VolumeTable, mount_dir: PathBuf) -> Arc<Self> {
         Arc::new(StorageService {
@@ -369,12 +373,16 @@ impl StorageService {
         })
     }
 
-    /// Keeps the object store at most `interval` behind every attached volume.
+    /// Checks every `interval` which attached volumes are due an upload (written, and
+    /// quiet for `interval` or waiting for `UPLOAD_MAX_LAG`) and uploads them.
     pub async fn upload_forever(self: Arc<Self>, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
             let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
             for volume in volumes {
+                if !volume.upload_due(interval, UPLOAD_MAX_LAG) {
+                    continue;
+                }
                 // No fsync first: an uploaded block is durable once committed, and a
                 // flush of the host's disk every second would slow every writer.
                 if let Err(error) = volume.upload().await {
