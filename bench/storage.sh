@@ -87,7 +87,7 @@ PY
 mkdir -p "$DATA/images"
 if [ -d "/var/tmp/sprites-test-images/$IMAGE" ]; then ln -s "/var/tmp/sprites-test-images/$IMAGE" "$DATA/images/$IMAGE"; fi
 printf 'block_kib = %s\n' "$BLOCK_KIB" > "$WORK/daemon.toml"
-"$BIN" daemon --data-dir "$DATA" --listen 127.0.0.1:$PORT --proxy-listen 127.0.0.1:$((PORT + 1)) --image "$IMAGE" --storage spritefs \
+"$BIN" daemon --pool 0 --data-dir "$DATA" --listen 127.0.0.1:$PORT --proxy-listen 127.0.0.1:$((PORT + 1)) --image "$IMAGE" --storage spritefs \
     --config "$WORK/daemon.toml" >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 for _ in $(seq 100); do curl -sf "$SPRITES_API_URL/healthz" >/dev/null && break; sleep 0.1; done

@@ -543,8 +543,7 @@ impl Engine {
     /// and the bytes this call added to the store (recorded by the caller's commit). A
     /// chunk the metadata already knows is in the store (GC forgets a chunk before
     /// deleting it, and cannot run during an upload), so it is not sent again. The
-    /// cache keeps a copy, so reads after staging gives the block back stay local,
-    /// unless the store is itself on this host's disks.
+    /// cache keeps a copy, so reads after staging gives the block back stay local.
     async fn store_block(&self, data: &[u8]) -> Result<(ChunkId, u64), FsError> {
         let id = ChunkId::of(data);
         if self.meta.has_chunk(&id)? {
@@ -553,9 +552,7 @@ impl Engine {
         let stored = chunk::encode(data)?;
         let size = stored.len() as u64;
         self.store.put(&id.key(), Bytes::from(stored)).await?;
-        if !self.store.is_local() {
-            self.cache.put(&id, data);
-        }
+        self.cache.put(&id, data);
         Ok((id, size))
     }
 }
@@ -1381,7 +1378,7 @@ mod tests {
     }
 
     /// A volume on a `file://` store whose first `blocks` blocks are stored (not in
-    /// staging, not cached), and the store's directory.
+    /// staging), and the store's directory.
     async fn stored_volume(
         setup_dir: &std::path::Path,
         blocks: u64,
@@ -1410,8 +1407,9 @@ mod tests {
     async fn a_stored_block_overwritten_in_aligned_pieces_is_never_read() {
         let dir = tempfile::tempdir().expect("dir");
         let (_engine, volume, _, store_dir) = stored_volume(dir.path(), 2, 21).await;
-        // Without its chunks, any read of the old bytes fails.
+        // Without its chunks (in the store and the cache), any read of the old bytes fails.
         std::fs::remove_dir_all(store_dir.path().join("chunks")).expect("rm chunks");
+        std::fs::remove_dir_all(dir.path().join("cache")).expect("rm cache");
         let new = pattern(BLOCK as usize, 99);
         let piece = BLOCK as usize / 8;
         for n in (0..8).rev() {
@@ -1482,27 +1480,6 @@ mod tests {
             volume.read(0, expected.len()).await.expect("read"),
             expected
         );
-    }
-
-    #[tokio::test]
-    async fn uploads_are_cached_only_when_the_store_is_remote() {
-        let store_dir = tempfile::tempdir().expect("dir");
-        let url = format!("file://{}", store_dir.path().display());
-        let local: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::from_url(&url).expect("store"));
-        let remote: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
-        assert!(local.is_local() && !remote.is_local());
-        for (store, cached) in [(local, false), (remote, true)] {
-            let setup = Setup::new(store);
-            let engine = setup.engine();
-            let volume = new_volume(&engine, "v", 512 * BLOCK);
-            let blocks = STAGING_SLACK_BLOCKS as u64 + 8;
-            let data = pattern((blocks * BLOCK) as usize, 11);
-            volume.write(0, &data).await.expect("write");
-            volume.flush_all().await.expect("flush");
-            assert_eq!(engine.cache().size() > 0, cached);
-            // Staging gave the blocks back: they read from the cache or the store.
-            assert_eq!(volume.read(0, data.len()).await.expect("read"), data);
-        }
     }
 
     #[tokio::test]

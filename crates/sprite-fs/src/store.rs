@@ -23,11 +23,6 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     async fn exists(&self, key: &str) -> Result<bool, StoreError>;
-    /// True when the objects live on this host's own disks (a `file://` store): a
-    /// cached copy of what was just stored would only write the same bytes twice.
-    fn is_local(&self) -> bool {
-        false
-    }
 }
 
 /// S3 settings that override the `AWS_*` environment.
@@ -45,7 +40,6 @@ pub struct S3Options {
 pub struct ObjectBlobStore {
     inner: Arc<dyn ObjectStore>,
     prefix: String,
-    local: bool,
 }
 
 fn classify(operation: &'static str, key: &str, error: object_store::Error) -> StoreError {
@@ -69,7 +63,6 @@ impl ObjectBlobStore {
         ObjectBlobStore {
             inner,
             prefix: prefix.trim_matches('/').to_string(),
-            local: false,
         }
     }
 
@@ -102,10 +95,7 @@ impl ObjectBlobStore {
                     .map_err(|e| bad(format!("create {}: {e}", path.display())))?;
                 let local = object_store::local::LocalFileSystem::new_with_prefix(&path)
                     .map_err(|e| bad(e.to_string()))?;
-                Ok(ObjectBlobStore {
-                    local: true,
-                    ..Self::new(Arc::new(local), "")
-                })
+                Ok(Self::new(Arc::new(local), ""))
             }
             "s3" => {
                 let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
@@ -147,10 +137,6 @@ impl ObjectBlobStore {
 
 #[async_trait]
 impl BlobStore for ObjectBlobStore {
-    fn is_local(&self) -> bool {
-        self.local
-    }
-
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.inner
             .put(&self.path(key), PutPayload::from_bytes(data))
@@ -274,10 +260,6 @@ impl<S: BlobStore> Retrying<S> {
 
 #[async_trait]
 impl<S: BlobStore> BlobStore for Retrying<S> {
-    fn is_local(&self) -> bool {
-        self.inner.is_local()
-    }
-
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.run("put", key, || self.inner.put(key, data.clone()))
             .await
@@ -387,10 +369,6 @@ macro_rules! faulty {
 
 #[async_trait]
 impl<S: BlobStore> BlobStore for FaultInjecting<S> {
-    fn is_local(&self) -> bool {
-        self.inner.is_local()
-    }
-
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         faulty!(self, "put", key, self.inner.put(key, data))
     }
@@ -410,10 +388,6 @@ impl<S: BlobStore> BlobStore for FaultInjecting<S> {
 
 #[async_trait]
 impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
-    fn is_local(&self) -> bool {
-        (**self).is_local()
-    }
-
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         (**self).put(key, data).await
     }
