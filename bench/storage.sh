@@ -43,6 +43,8 @@ cleanup() {
     pkill -TERM -f "storage --data-dir $DATA" 2>/dev/null || true
     sleep 1
     umount -l "$DATA/fs/mnt" 2>/dev/null || true
+    # The daemon's nftables table outlives it (for sprites that outlive a restart).
+    [ -f "$DATA/network-table" ] && nft delete table $(cat "$DATA/network-table") 2>/dev/null || true
     # Keep the logs: with SPRITE_LOG=sprite_core=debug,sprite_fs=debug they hold each
     # checkpoint's timing.
     mkdir -p target/bench/logs
