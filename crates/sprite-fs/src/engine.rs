@@ -1120,15 +1120,14 @@ mod tests {
         /// An engine over this setup's store and local directories, as a fresh daemon
         /// would open them.
         fn engine(&self) -> Arc<Engine> {
+            self.engine_with(self.store.clone())
+        }
+
+        /// The same over another store (a host that lost its store, say).
+        fn engine_with(&self, store: Arc<dyn BlobStore>) -> Arc<Engine> {
             let meta = Arc::new(Meta::open(&self.dir.path().join("meta.db")).expect("meta"));
             let cache = ChunkCache::open(&self.dir.path().join("cache"), 64 << 20).expect("cache");
-            Engine::new(
-                meta,
-                self.store.clone(),
-                cache,
-                self.dir.path().join("staging"),
-            )
-            .expect("engine")
+            Engine::new(meta, store, cache, self.dir.path().join("staging")).expect("engine")
         }
     }
 
@@ -1377,19 +1376,16 @@ mod tests {
         assert!(sectors.all(block));
     }
 
-    /// A volume on a `file://` store whose first `blocks` blocks are stored (not in
-    /// staging), and the store's directory.
+    /// A setup on a `file://` store (and the store's directory) with a volume whose
+    /// first `blocks` blocks are stored, not in staging.
     async fn stored_volume(
-        setup_dir: &std::path::Path,
         blocks: u64,
         seed: u8,
-    ) -> (Arc<Engine>, Arc<Volume>, Vec<u8>, tempfile::TempDir) {
+    ) -> (Setup, tempfile::TempDir, Arc<Engine>, Arc<Volume>, Vec<u8>) {
         let store_dir = tempfile::tempdir().expect("dir");
         let url = format!("file://{}", store_dir.path().display());
-        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::from_url(&url).expect("store"));
-        let meta = Arc::new(Meta::open(&setup_dir.join("meta.db")).expect("meta"));
-        let cache = ChunkCache::open(&setup_dir.join("cache"), 64 << 20).expect("cache");
-        let engine = Engine::new(meta, store, cache, setup_dir.join("staging")).expect("engine");
+        let setup = Setup::new(Arc::new(ObjectBlobStore::from_url(&url).expect("store")));
+        let engine = setup.engine();
         let volume = new_volume(&engine, "v", 16 * BLOCK);
         let data = pattern((blocks * BLOCK) as usize, seed);
         volume.write(0, &data).await.expect("write");
@@ -1400,16 +1396,15 @@ mod tests {
             .staging_file
             .write_all_at(&vec![0xee; data.len()], 0)
             .expect("scribble");
-        (engine, volume, data, store_dir)
+        (setup, store_dir, engine, volume, data)
     }
 
     #[tokio::test]
     async fn a_stored_block_overwritten_in_aligned_pieces_is_never_read() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (_engine, volume, _, store_dir) = stored_volume(dir.path(), 2, 21).await;
+        let (setup, store_dir, _engine, volume, _) = stored_volume(2, 21).await;
         // Without its chunks (in the store and the cache), any read of the old bytes fails.
         std::fs::remove_dir_all(store_dir.path().join("chunks")).expect("rm chunks");
-        std::fs::remove_dir_all(dir.path().join("cache")).expect("rm cache");
+        std::fs::remove_dir_all(setup.dir.path().join("cache")).expect("rm cache");
         let new = pattern(BLOCK as usize, 99);
         let piece = BLOCK as usize / 8;
         for n in (0..8).rev() {
@@ -1427,8 +1422,7 @@ mod tests {
 
     #[tokio::test]
     async fn partial_blocks_read_right_and_are_whole_after_fsync_and_a_crash() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (engine, volume, old, _store_dir) = stored_volume(dir.path(), 3, 31).await;
+        let (setup, _store_dir, engine, volume, old) = stored_volume(3, 31).await;
         let mut expected = old.clone();
         let at = |block: u64, byte: usize| (block * BLOCK) as usize + byte;
         // Block 0: aligned sectors (partial: reads mix staging and the chunk), then an
@@ -1470,10 +1464,7 @@ mod tests {
         // Crash: staging alone must give the recorded blocks back whole.
         drop(volume);
         drop(engine);
-        let meta = Arc::new(Meta::open(&dir.path().join("meta.db")).expect("meta"));
-        let cache = ChunkCache::open(&dir.path().join("cache"), 64 << 20).expect("cache");
-        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
-        let engine = Engine::new(meta, store, cache, dir.path().join("staging")).expect("engine");
+        let engine = setup.engine_with(Arc::new(ObjectBlobStore::memory()));
         let volume = engine.open_volume("v").expect("reopen");
         assert_eq!(volume.pending_blocks(), 3);
         assert_eq!(
