@@ -199,11 +199,6 @@ fn sector_aligned(within: usize, len: usize) -> bool {
     within.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR)
 }
 
-/// Staging bytes written between two starts of its writeback: a long write streams to
-/// the disk while it goes on, instead of all at the next fsync (the host's own
-/// background writeback waits for far more dirty pages than one write makes).
-const WRITEBACK_EVERY: u64 = 32 << 20;
-
 /// An open volume.
 #[derive(Debug)]
 pub struct Volume {
@@ -216,8 +211,8 @@ pub struct Volume {
     staging_path: PathBuf,
     staging: Mutex<Staging>,
     uploading: tokio::sync::Mutex<()>,
-    /// Staging bytes written since its writeback was last started.
-    unflushed: std::sync::atomic::AtomicU64,
+    /// Starts the staging file's writeback as writes go on.
+    writeback: sprite_sandbox::sys::WritebackPacer,
     /// A write into a block that is not present holds the block's stripe, so two
     /// first writes into one block never both fill it (the second fill would undo the
     /// first write).
@@ -317,7 +312,7 @@ impl Engine {
             staging_path: path,
             staging: Mutex::new(staging),
             uploading: tokio::sync::Mutex::new(()),
-            unflushed: std::sync::atomic::AtomicU64::new(0),
+            writeback: Default::default(),
             filling: (0..FILL_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -701,25 +696,15 @@ impl Volume {
             self.mark_written(block, within, take, lazy);
             done += take;
         }
-        self.note_unflushed(data.len() as u64);
+        if let Err(error) = self.writeback.wrote(&self.staging_file, data.len() as u64) {
+            tracing::debug!(volume = %self.id, "start staging writeback: {error}");
+        }
         Ok(())
     }
 
     /// The lock a write into `block` holds while the block is not wholly in staging.
     fn stripe(&self, block: u64) -> &tokio::sync::Mutex<()> {
         &self.filling[(block % FILL_STRIPES) as usize]
-    }
-
-    /// Starts the staging file's writeback every `WRITEBACK_EVERY` bytes written.
-    fn note_unflushed(&self, bytes: u64) {
-        use std::sync::atomic::Ordering;
-        let total = self.unflushed.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total >= WRITEBACK_EVERY && self.unflushed.swap(0, Ordering::Relaxed) >= WRITEBACK_EVERY
-        {
-            if let Err(error) = sprite_sandbox::sys::start_writeback(&self.staging_file) {
-                tracing::debug!(volume = %self.id, "start staging writeback: {error}");
-            }
-        }
     }
 
     /// Records a write of `take` bytes at `within` in `block`: its newest bytes are in

@@ -30,8 +30,6 @@ use std::sync::Arc;
 const CHUNK: usize = 1 << 20;
 /// Pieces in flight between the network and the disk thread.
 const IN_FLIGHT: usize = 8;
-/// How much a write buffers in the page cache before its writeback is started.
-const WRITEBACK_EVERY: usize = 32 << 20;
 /// Most `fs/watch` sockets open at once on a daemon.
 const MAX_WATCHES: usize = 64;
 static OPEN_WATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -270,15 +268,11 @@ pub async fn write(
         };
         // Bodies arrive in pieces of a few KiB to a few hundred: the disk gets whole MiBs.
         let mut buffered = std::io::BufWriter::with_capacity(CHUNK, file);
-        let mut since_writeback = 0usize;
+        // The disk works while the body is still arriving, not all at the end.
+        let writeback = sprite_sandbox::sys::WritebackPacer::default();
         while let Some(chunk) = receiver.blocking_recv() {
             buffered.write_all(&chunk).map_err(failed)?;
-            since_writeback += chunk.len();
-            if since_writeback >= WRITEBACK_EVERY {
-                // The disk works while the body is still arriving, not all at the end.
-                let _ = sprite_sandbox::sys::start_writeback(buffered.get_ref());
-                since_writeback = 0;
-            }
+            let _ = writeback.wrote(buffered.get_ref(), chunk.len() as u64);
         }
         buffered.into_inner().map_err(|e| failed(e.into_error()))
     });

@@ -351,17 +351,13 @@ async fn download_file(
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut buffered = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut since_writeback = 0usize;
+            // The disk works while the download goes on, not all at the end.
+            let writeback = sprite_sandbox::sys::WritebackPacer::default();
             while let Some(chunk) = receiver.blocking_recv() {
                 buffered
                     .write_all(&chunk)
                     .with_context(|| format!("write {}", target.display()))?;
-                since_writeback += chunk.len();
-                if since_writeback >= 32 << 20 {
-                    // The disk works while the download goes on, not all at the end.
-                    let _ = sprite_sandbox::sys::start_writeback(buffered.get_ref());
-                    since_writeback = 0;
-                }
+                let _ = writeback.wrote(buffered.get_ref(), chunk.len() as u64);
             }
             let file = buffered
                 .into_inner()
