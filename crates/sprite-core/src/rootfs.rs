@@ -501,8 +501,9 @@ impl SpriteFsStore {
     async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
         let path = self.attach(volume).await?;
         // Delayed allocation (ext4's default) is kept: blocks are allocated in whole
-        // extents at writeback instead of page by page in every write() (with
-        // `nodelalloc`, a 1 GiB upload into a sprite took 4.1-4.6 s against 2.7-3.1 s).
+        // extents at writeback instead of page by page in every write()
+        // (`./bench/proxy.sh` measures a 1 GiB upload into a sprite; docs/STATUS.md has
+        // the runs before and after `nodelalloc` was dropped).
         loop_mount(&path, target, false, "noinit_itable").await
     }
 

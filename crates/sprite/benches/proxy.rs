@@ -67,10 +67,8 @@ fn settle() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
-/// Seconds a command takes, from a settled machine; panics if it fails.
-fn timed(program: &str, args: &[&str]) -> f64 {
-    settle();
-    let start = Instant::now();
+/// Runs a command; panics if it fails.
+fn run_ok(program: &str, args: &[&str]) {
     let out = std::process::Command::new(program)
         .args(args)
         .output()
@@ -80,7 +78,19 @@ fn timed(program: &str, args: &[&str]) -> f64 {
         "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Seconds a command takes, from a settled machine; panics if it fails.
+fn timed(program: &str, args: &[&str]) -> f64 {
+    settle();
+    let start = Instant::now();
+    run_ok(program, args);
     start.elapsed().as_secs_f64()
+}
+
+/// `sprite` arguments for `sprite <api> <command>...`.
+fn sprite_args<'a>(api: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    [api, command].concat()
 }
 
 /// MiB/s of one round of each copy.
@@ -119,39 +129,22 @@ fn measure_fs(daemon: &Daemon) -> Vec<FsRound> {
     );
     let sprite = env!("CARGO_BIN_EXE_sprite");
     let api = ["--api-url", daemon.url.as_str(), "--token", TOKEN];
-    let cp = |args: &[&str]| {
-        let mut full = api.to_vec();
-        full.extend_from_slice(&["cp", "-q"]);
-        full.extend_from_slice(args);
-        timed(sprite, &full)
-    };
-    let in_sprite = |script: &str, timing: bool| {
-        let mut full = api.to_vec();
-        full.extend_from_slice(&["exec", "-s", "web", "--", "sh", "-c", script]);
-        if timing {
-            timed(sprite, &full)
-        } else {
-            let out = std::process::Command::new(sprite)
-                .args(&full)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{script}");
-            0.0
-        }
-    };
+    let cp = |from: &str, to: &str| timed(sprite, &sprite_args(&api, &["cp", "-q", from, to]));
+    let in_sprite =
+        |script: &'static str| sprite_args(&api, &["exec", "-s", "web", "--", "sh", "-c", script]);
     let mib = FS_MIB as f64;
     (0..FS_ROUNDS)
         .map(|_| {
             let _ = std::fs::remove_file(copy);
             let _ = std::fs::remove_file(back);
-            in_sprite("rm -f /home/sprite/fs-bench /home/sprite/fs-bench-copy", false);
+            let clear = "rm -f /home/sprite/fs-bench /home/sprite/fs-bench-copy";
+            run_ok(sprite, &in_sprite(clear));
             let host = timed("sh", &["-c", &format!("cp {source} {copy} && sync {copy}")]);
-            let write = cp(&[source, "web:/home/sprite/fs-bench"]);
-            let read = cp(&["web:/home/sprite/fs-bench", back]);
-            let inside = in_sprite(
-                "cp /home/sprite/fs-bench /home/sprite/fs-bench-copy && sync /home/sprite/fs-bench-copy",
-                true,
-            );
+            let write = cp(source, "web:/home/sprite/fs-bench");
+            let read = cp("web:/home/sprite/fs-bench", back);
+            let copy_inside =
+                "cp /home/sprite/fs-bench /home/sprite/fs-bench-copy && sync /home/sprite/fs-bench-copy";
+            let inside = timed(sprite, &in_sprite(copy_inside));
             let same = std::process::Command::new("cmp")
                 .args([source, back])
                 .status()
