@@ -32,9 +32,15 @@ pub struct CoreConfig {
     pub default_image: String,
     /// Debian mirror for building the default image.
     pub debian_mirror: String,
-    /// First host uid/gid of the range sprites' ids map to, and its size.
+    /// First host uid/gid of the ids the files of images and sprite disks are stored
+    /// with (uid 0 inside a sprite is stored as this id), and how many ids a sprite has.
     pub id_base: u32,
     pub id_count: u32,
+    /// First host uid/gid of the sprites' own ranges: each sprite gets `id_count` ids
+    /// of its own from here (its layers are idmapped from the storage ids onto them).
+    pub sprite_ids_from: u32,
+    /// `oom_score_adj` of every sprite process; none can lower its own below it.
+    pub sprite_oom_score_adj: i32,
     /// Defaults of `config` when a create omits them.
     pub default_ram_mb: u64,
     pub default_cpus: u32,
@@ -62,6 +68,18 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
+    /// Where sprites' own id ranges are cut from: as many as fit below 2^31 (ids above
+    /// it confuse programs that read them as signed).
+    pub fn id_ranges(&self) -> crate::db::IdRanges {
+        let size = self.id_count.max(1);
+        let room = (1u32 << 31).saturating_sub(self.sprite_ids_from) / size;
+        crate::db::IdRanges {
+            first: self.sprite_ids_from,
+            size,
+            count: room,
+        }
+    }
+
     pub fn new(data_dir: PathBuf, executable: PathBuf) -> Self {
         CoreConfig {
             storage: StorageBackend::Local,
@@ -72,6 +90,8 @@ impl CoreConfig {
             debian_mirror: "http://deb.debian.org/debian".into(),
             id_base: 100_000,
             id_count: 65_536,
+            sprite_ids_from: 1 << 30,
+            sprite_oom_score_adj: 500,
             default_ram_mb: 1024,
             default_cpus: 1,
             default_storage_gb: 100,

@@ -71,6 +71,23 @@ pub struct SpriteRecord {
     pub id_base: u32,
 }
 
+/// The host ids sprites' ranges are cut from: `count` ranges of `size` ids from `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRanges {
+    pub first: u32,
+    pub size: u32,
+    pub count: u32,
+}
+
+impl IdRanges {
+    /// Whether `base` is the start of one of these ranges.
+    pub fn holds(&self, base: u32) -> bool {
+        base >= self.first
+            && (base - self.first).is_multiple_of(self.size.max(1))
+            && (base - self.first) / self.size.max(1) < self.count
+    }
+}
+
 #[derive(Debug)]
 pub struct Database {
     connection: Mutex<Connection>,
@@ -232,6 +249,40 @@ impl Database {
         connection.execute("DELETE FROM lifecycle WHERE id = ?1", params![id])?;
         connection.execute("DELETE FROM policies WHERE sprite_id = ?1", params![id])?;
         Ok(())
+    }
+
+    /// Gives sprite `id` a host id range of its own unless it has one: ranges are
+    /// `ranges.first + k * ranges.size` for `k < ranges.count`, and the lowest one no
+    /// other sprite holds is taken. Picking and recording happen under one lock, so two
+    /// sprites never get the same range; a range is free again once its sprite's row is
+    /// deleted (destroy). Answers the sprite's range (its first id).
+    pub fn assign_id_range(&self, id: &str, ranges: &IdRanges) -> Result<u32, CoreError> {
+        let connection = self.lock();
+        let current: u32 = connection
+            .query_row(
+                "SELECT id_base FROM sprites WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| CoreError::SpriteNotFound(id.to_string()))?;
+        if ranges.holds(current) {
+            return Ok(current);
+        }
+        let mut statement =
+            connection.prepare("SELECT id_base FROM sprites WHERE id_base >= ?1")?;
+        let taken: std::collections::HashSet<u32> = statement
+            .query_map(params![ranges.first], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let free = (0..ranges.count)
+            .map(|k| ranges.first + k * ranges.size)
+            .find(|base| !taken.contains(base))
+            .ok_or(CoreError::NoIdRange(ranges.count))?;
+        connection.execute(
+            "UPDATE sprites SET id_base = ?2 WHERE id = ?1",
+            params![id, free],
+        )?;
+        Ok(free)
     }
 
     /// A sprite's network policy JSON, if one was set.
@@ -488,6 +539,39 @@ mod tests {
             db.adopt("_pool", &wanted),
             Err(CoreError::SpriteNotFound(_))
         ));
+    }
+
+    #[test]
+    fn every_sprite_gets_a_range_of_its_own_and_keeps_it() {
+        let db = Database::in_memory().unwrap();
+        let ranges = IdRanges {
+            first: 1 << 30,
+            size: 65_536,
+            count: 3,
+        };
+        for name in ["a", "b", "c", "d"] {
+            db.insert(&sprite(name)).unwrap();
+        }
+        let id = |name: &str| db.get("default", name).unwrap().unwrap().id;
+        // A sprite of the old shared range (100000) is moved to a range of its own.
+        let a = db.assign_id_range(&id("a"), &ranges).unwrap();
+        let b = db.assign_id_range(&id("b"), &ranges).unwrap();
+        assert_eq!((a, b), (1 << 30, (1 << 30) + 65_536));
+        assert_eq!(db.assign_id_range(&id("a"), &ranges).unwrap(), a, "kept");
+        assert_eq!(
+            db.get("default", "a").unwrap().unwrap().id_base,
+            a,
+            "recorded"
+        );
+        db.assign_id_range(&id("c"), &ranges).unwrap();
+        assert!(matches!(
+            db.assign_id_range(&id("d"), &ranges),
+            Err(CoreError::NoIdRange(3))
+        ));
+        // Destroying a sprite frees its range for the next one.
+        db.delete(&id("a")).unwrap();
+        assert_eq!(db.assign_id_range(&id("d"), &ranges).unwrap(), a);
+        assert!(ranges.holds(a) && !ranges.holds(a + 1) && !ranges.holds(100_000));
     }
 
     #[test]

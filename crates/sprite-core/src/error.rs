@@ -45,6 +45,8 @@ pub enum CoreError {
     Command { command: String, message: String },
     #[error("too many sprites: the limit is {0}")]
     TooManySprites(usize),
+    #[error("all {0} host id ranges for sprites are taken; destroy a sprite or raise max_sprites")]
+    NoIdRange(u32),
     #[error("an image named {0} already exists")]
     ImageExists(String),
     #[error("sprite {sprite} is in use ({reasons}); end those first, then sleep it")]
@@ -86,7 +88,7 @@ impl CoreError {
                 _ => ErrorKind::InvalidRequest,
             },
             CoreError::SessionGone(_) => ErrorKind::Gone,
-            CoreError::TooManySprites(_) => ErrorKind::RateLimited,
+            CoreError::TooManySprites(_) | CoreError::NoIdRange(_) => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) | CoreError::PortTimeout { .. } => ErrorKind::Unavailable,
             CoreError::Database(_)
             | CoreError::Sandbox { .. }

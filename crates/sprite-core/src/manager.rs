@@ -28,6 +28,11 @@ use std::time::Duration;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Directory of the data dir holding `.sprite/bin/sprite-env`, the lowest layer of
+/// every sprite's root (the daemon installs its own binary there at start, owned by
+/// the storage ids like any layer's files).
+pub const SPRITE_ENV_LAYER: &str = "sprite-env-layer";
+
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -67,6 +72,20 @@ pub struct SpriteManager {
     pub(crate) network: Option<crate::network::Network>,
 }
 
+/// The directories sprites' in-sprite API sockets live in (`run/<sprite id>`) are on
+/// one tmpfs of the daemon's, so what a sprite sees of its `/.sprite/run` mount names
+/// no host path. It stays mounted across daemon restarts (sprites keep using it).
+fn mount_run_dir(dir: &Path) -> Result<(), CoreError> {
+    if crate::rootfs::is_mount_point(dir) {
+        return Ok(());
+    }
+    sprite_sandbox::mounts::mount_tmpfs(dir, "sprite-run", "mode=0700,size=1m,nr_inodes=65536")
+        .map_err(|source| CoreError::Sandbox {
+            sprite: String::new(),
+            source,
+        })
+}
+
 fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
     fs::create_dir_all(path).map_err(CoreError::io("create", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -76,15 +95,20 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
 impl SpriteManager {
     /// Opens the state under `config.data_dir`, creating it on first use.
     pub fn open(config: CoreConfig) -> Result<Arc<SpriteManager>, CoreError> {
-        // Sprites' user namespaces must traverse these directories to mount their
-        // layers, so they are searchable but not listable.
+        // A sprite's PID 1 (its own host uid) looks up its state directory to mount
+        // its root there: the way to it is searchable, not listable. Everything else is
+        // root's alone: layers and images hold files with setuid bits and devices a
+        // sprite made (mounted nosuid and nodev besides).
         for (dir, mode) in [
             (config.data_dir.clone(), 0o711),
-            (config.data_dir.join("images"), 0o711),
             (config.data_dir.join("sprites"), 0o711),
+            (config.data_dir.join("images"), 0o700),
+            (config.data_dir.join("layers"), 0o700),
+            (config.data_dir.join("run"), 0o700),
         ] {
             make_dir(&dir, mode)?;
         }
+        mount_run_dir(&config.data_dir.join("run"))?;
         let db = Database::open(&config.data_dir.join("control.db"))?;
         let images = ImageStore::new(
             config.data_dir.join("images"),
@@ -108,9 +132,9 @@ impl SpriteManager {
                 volume_bytes: config.default_storage_gb * 1024 * 1024 * 1024,
                 block_bytes: config.block_bytes,
                 id_base: config.id_base,
+                id_count: config.id_count,
             })),
         };
-        make_dir(&config.data_dir.join("layers"), 0o711)?;
         let network = config
             .network
             .as_ref()
@@ -138,6 +162,11 @@ impl SpriteManager {
 
     pub(crate) fn state_dir(&self, sprite_id: &str) -> PathBuf {
         self.config.data_dir.join("sprites").join(sprite_id)
+    }
+
+    /// The host directory of a sprite's `/.sprite/run` (its `api.sock`).
+    pub(crate) fn run_dir(&self, sprite_id: &str) -> PathBuf {
+        self.config.data_dir.join("run").join(sprite_id)
     }
 
     pub(crate) fn client_for(&self, sprite_id: &str) -> InitClient {
@@ -343,7 +372,8 @@ impl SpriteManager {
             created_at: timestamp.clone(),
             updated_at: timestamp,
             last_running_at: None,
-            id_base: self.config.id_base,
+            // Assigned at its first start (`Database::assign_id_range`).
+            id_base: 0,
         };
         if fork.is_none() && self.poolable(&record.image, record.config.storage_gb) {
             if let Some(taken) = self.take_pooled(&record).await? {
@@ -448,21 +478,30 @@ impl SpriteManager {
             self.kill_cgroup(&record.id, &cgroup).await?;
         }
         let image_root = self.image_root(&record.image).await?;
+        // A sprite made before sprites had ranges of their own gets one now.
+        let id_base = self
+            .db
+            .assign_id_range(&record.id, &self.config.id_ranges())?;
         let state_dir = self.state_dir(&record.id);
-        make_dir(&state_dir, 0o711)?;
-        let run_dir = state_dir.join("run");
+        make_dir(&state_dir, 0o700)?;
+        let run_dir = self.run_dir(&record.id);
         make_dir(&run_dir, 0o755)?;
-        let bin_dir = self.config.data_dir.join("bin");
+        let mut layers = self.roots.prepare(&record.id, &image_root, id_base).await?;
+        let env_layer = self.config.data_dir.join(SPRITE_ENV_LAYER);
+        if env_layer.is_dir() {
+            layers.lower.push(env_layer);
+        }
         let spec = SandboxSpec {
             sprite_id: record.id.clone(),
             hostname: record.name.clone(),
             state_dir,
-            layers: self.roots.prepare(&record.id, &image_root).await?,
-            id_base: record.id_base,
+            layers,
+            id_base,
             id_count: self.config.id_count,
+            storage_id_base: self.config.id_base,
             limits: self.limits(record),
             run_dir: Some(run_dir),
-            bin_dir: bin_dir.is_dir().then_some(bin_dir),
+            oom_score_adj: self.config.sprite_oom_score_adj,
         };
         sprite_sandbox::start(&self.config.executable, &spec)
             .await
@@ -527,11 +566,12 @@ impl SpriteManager {
         let cgroup = self.cgroup(&record.id)?;
         self.kill_cgroup(&record.id, &cgroup).await?;
         self.roots.remove(&record.id).await?;
-        let state_dir = self.state_dir(&record.id);
-        match fs::remove_dir_all(&state_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CoreError::io("remove", state_dir)(e)),
+        for dir in [self.state_dir(&record.id), self.run_dir(&record.id)] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CoreError::io("remove", dir)(e)),
+            }
         }
         lock(&self.start_locks).remove(&record.id);
         self.forget_tasks(&record.id);
@@ -1046,7 +1086,7 @@ impl SpriteManager {
             .all()?
             .into_iter()
             .map(|r| {
-                let dir = self.state_dir(&r.id).join("run");
+                let dir = self.run_dir(&r.id);
                 (r.id, dir)
             })
             .collect())

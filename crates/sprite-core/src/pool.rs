@@ -74,7 +74,7 @@ impl SpriteManager {
             created_at: timestamp.clone(),
             updated_at: timestamp,
             last_running_at: None,
-            id_base: self.config.id_base,
+            id_base: 0,
         };
         self.db.insert(&record)?;
         let made = async {

@@ -19,8 +19,14 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     /// Makes the sprite's empty layer; `size` is its volume size where volumes have one.
     async fn create(&self, sprite_id: &str, size: u64) -> Result<(), CoreError>;
     /// Makes the layer ready to mount (idempotent) and returns the overlay layers over
-    /// the image's root.
-    async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError>;
+    /// the image's root. `id_base` is the sprite's own host id range (its checkpoint
+    /// views are idmapped onto it).
+    async fn prepare(
+        &self,
+        sprite_id: &str,
+        image_root: &Path,
+        id_base: u32,
+    ) -> Result<RootLayers, CoreError>;
     /// Undoes `prepare` once the sprite's processes are gone; its data stays.
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError>;
     /// Deletes a sprite's layer for good.
@@ -142,14 +148,18 @@ impl RootStore for LocalOverlayStore {
         Ok(())
     }
 
-    async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError> {
+    async fn prepare(
+        &self,
+        sprite_id: &str,
+        image_root: &Path,
+        _id_base: u32,
+    ) -> Result<RootLayers, CoreError> {
         let dir = self.dir.join(sprite_id);
         Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            views: None,
             home: own_home(&dir, image_root).await?,
+            disk: dir,
+            views: None,
         })
     }
 
@@ -164,17 +174,17 @@ impl RootStore for LocalOverlayStore {
 
 /// The sprite's `/home`: a directory on its own disk beside the overlay's `upper`, bound
 /// at `/home` so that work there skips the overlay. Made on first need as a copy of the
-/// image's `/home`. `None` keeps `/home` in the overlay: for a disk whose `upper` already
-/// has a `home` (made before this layout) and for an image without `/home`.
-async fn own_home(disk: &Path, image_root: &Path) -> Result<Option<PathBuf>, CoreError> {
+/// image's `/home`. `false` keeps `/home` in the overlay: for a disk whose `upper`
+/// already has a `home` (made before this layout) and for an image without `/home`.
+async fn own_home(disk: &Path, image_root: &Path) -> Result<bool, CoreError> {
     let home = disk.join("home");
     if home.is_dir() {
-        return Ok(Some(home));
+        return Ok(true);
     }
     let image_home = image_root.join("home");
     let image_has_home = fs::symlink_metadata(&image_home).is_ok_and(|m| m.is_dir());
     if !image_has_home || fs::symlink_metadata(disk.join("upper/home")).is_ok() {
-        return Ok(None);
+        return Ok(false);
     }
     // Copied aside, then renamed: a crash leaves either no home (copied again) or all of it.
     let partial = disk.join(".home.partial");
@@ -189,7 +199,7 @@ async fn own_home(disk: &Path, image_root: &Path) -> Result<Option<PathBuf>, Cor
     )
     .await?;
     fs::rename(&partial, &home).map_err(CoreError::io("rename", &partial))?;
-    Ok(Some(home))
+    Ok(true)
 }
 
 /// Storage a sprite's layer uses.
@@ -234,8 +244,10 @@ pub struct SpriteFsSettings {
     pub store_faults: Option<String>,
     pub volume_bytes: u64,
     pub block_bytes: u64,
-    /// Host uid/gid that root inside sprites maps to (owns upper and work).
+    /// Host uid/gid that root inside sprites is stored as (owns upper and work).
     pub id_base: u32,
+    /// Ids per sprite.
+    pub id_count: u32,
 }
 
 /// Sprite layers on SpriteFS volumes.
@@ -248,8 +260,9 @@ pub struct SpriteFsStore {
     views: tokio::sync::Mutex<()>,
     /// Serialises image imports and mounts.
     images: tokio::sync::Mutex<()>,
-    /// Image root of each prepared sprite (the lower layer of its checkpoint views).
-    image_roots: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+    /// Image root and host id range of each prepared sprite (its checkpoint views are
+    /// overlays on that image, idmapped onto that range).
+    prepared: std::sync::Mutex<std::collections::HashMap<String, (PathBuf, u32)>>,
 }
 
 fn storage_error(
@@ -347,7 +360,7 @@ fn unexpected(sprite: &str, answer: StorageResponse) -> CoreError {
 }
 
 /// Whether `path` is a mount point (per /proc/self/mountinfo).
-fn is_mount_point(path: &Path) -> bool {
+pub(crate) fn is_mount_point(path: &Path) -> bool {
     let wanted = path.to_string_lossy();
     fs::read_to_string("/proc/self/mountinfo")
         .map(|text| {
@@ -366,7 +379,7 @@ impl SpriteFsStore {
             setup: tokio::sync::Mutex::new(()),
             views: tokio::sync::Mutex::new(()),
             images: tokio::sync::Mutex::new(()),
-            image_roots: Default::default(),
+            prepared: Default::default(),
         }
     }
 
@@ -504,7 +517,7 @@ impl SpriteFsStore {
         // extents at writeback instead of page by page in every write()
         // (`./bench/proxy.sh` measures a 1 GiB upload into a sprite; docs/STATUS.md has
         // the runs before and after `nodelalloc` was dropped).
-        loop_mount(&path, target, false, "noinit_itable").await
+        loop_mount(&path, target, false, "noinit_itable,nosuid,nodev").await
     }
 
     /// Unmounts `target`, detaches its loop device and the volume.
@@ -563,7 +576,7 @@ impl SpriteFsStore {
                     "-t",
                     "tmpfs",
                     "-o",
-                    "mode=755,size=1m",
+                    "mode=755,size=1m,nosuid,nodev,noexec",
                     "sprite-views",
                     &target,
                 ],
@@ -575,12 +588,14 @@ impl SpriteFsStore {
     }
 
     /// Mounts version `name` read-only at `views/<name>`: an overlay of the version's
-    /// upper directory over the image, so it reads as the sprite's whole root did.
+    /// upper directory over the image, so it reads as the sprite's whole root did, with
+    /// the ids of the sprite's own range (`id_base`).
     async fn mount_view(
         &self,
         sprite_id: &str,
         name: &str,
         image_root: &Path,
+        id_base: u32,
     ) -> Result<(), CoreError> {
         let (views, disks) = self.views_dirs(sprite_id);
         let request = StorageRequest::AttachVersion {
@@ -592,35 +607,24 @@ impl SpriteFsStore {
             other => return Err(unexpected(sprite_id, other)),
         };
         let disk = disks.join(name);
-        loop_mount(&file, &disk, true, "ro,noload").await?;
+        loop_mount(&file, &disk, true, "ro,noload,nosuid,nodev,noexec").await?;
         let target = views.join(name);
         fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
-        let options = format!(
-            "ro,userxattr,lowerdir={}:{}",
-            disk.join("upper").display(),
-            image_root.display()
-        );
-        run(
-            "mount",
-            &[
-                "-t",
-                "overlay",
-                "-o",
-                &options,
-                "sprite-checkpoint",
-                &target.to_string_lossy(),
-            ],
-        )
-        .await?;
-        // The checkpoint's own /home, when the sprite keeps it beside the overlay.
-        let home = disk.join("home");
-        if home.is_dir() {
-            let home_target = target.join("home");
-            let (home, home_target) = (home.to_string_lossy(), home_target.to_string_lossy());
-            run("mount", &["--bind", &home, &home_target]).await?;
-            run("mount", &["-o", "remount,bind,ro", &home_target]).await?;
-        }
-        Ok(())
+        let (storage_ids, id_count) = (self.settings.id_base, self.settings.id_count);
+        let image_root = image_root.to_path_buf();
+        let sprite = sprite_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let idmap = sprite_sandbox::mounts::storage_idmap(storage_ids, id_base, id_count)?;
+            sprite_sandbox::mounts::mount_view(
+                &disk,
+                &image_root,
+                &target,
+                idmap.as_ref().map(|fd| std::os::fd::AsFd::as_fd(fd)),
+            )
+        })
+        .await
+        .map_err(|e| CoreError::Task("checkpoint view mount", e))?
+        .map_err(|source| CoreError::Sandbox { sprite, source })
     }
 
     /// Unmounts one view (lazily: a process inside may still be in it).
@@ -733,11 +737,11 @@ impl SpriteFsStore {
         self.clear_stale(&volume, &target).await;
         let parent = self.settings.data_dir.join("image-volumes");
         fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
-        // Sprites' user namespaces look the path up: traversable, not listable.
-        fs::set_permissions(&parent, fs::Permissions::from_mode(0o711))
+        // Root's alone: sprites get their image as a detached mount from the launcher.
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
             .map_err(CoreError::io("chmod", &parent))?;
         let file = self.attach(&volume).await?;
-        loop_mount(&file, &target, true, "ro").await?;
+        loop_mount(&file, &target, true, "ro,nosuid,nodev").await?;
         fs::write(&mounted_by, pid.to_string()).map_err(CoreError::io("write", &mounted_by))?;
         tracing::info!(image, root = %target.display(), "image volume mounted");
         Ok(target)
@@ -822,7 +826,12 @@ impl RootStore for SpriteFsStore {
         Ok(())
     }
 
-    async fn prepare(&self, sprite_id: &str, image_root: &Path) -> Result<RootLayers, CoreError> {
+    async fn prepare(
+        &self,
+        sprite_id: &str,
+        image_root: &Path,
+        id_base: u32,
+    ) -> Result<RootLayers, CoreError> {
         let target = self.mount_dir(sprite_id);
         let pid = self.ensure_service().await?;
         let healthy = is_mount_point(&target) && self.mounted_by(sprite_id) == Some(pid);
@@ -839,16 +848,15 @@ impl RootStore for SpriteFsStore {
             }
             self.ensure_views_dir(sprite_id).await?
         };
-        self.image_roots
+        self.prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(sprite_id.to_string(), image_root.to_path_buf());
+            .insert(sprite_id.to_string(), (image_root.to_path_buf(), id_base));
         Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
-            upper: target.join("upper"),
-            work: target.join("work"),
-            views: Some(views),
             home: own_home(&target, image_root).await?,
+            disk: target,
+            views: Some(views),
         })
     }
 
@@ -1156,13 +1164,13 @@ impl RootStore for SpriteFsStore {
     async fn refresh_views(&self, sprite_id: &str) -> Result<(), CoreError> {
         let _views = self.views.lock().await;
         let (views, _) = self.views_dirs(sprite_id);
-        let image_root = self
-            .image_roots
+        let prepared = self
+            .prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(sprite_id)
             .cloned();
-        let Some(image_root) = image_root else {
+        let Some((image_root, id_base)) = prepared else {
             return Ok(());
         };
         if !is_mount_point(&self.mount_dir(sprite_id)) || !is_mount_point(&views) {
@@ -1187,7 +1195,7 @@ impl RootStore for SpriteFsStore {
         }
         for name in wanted {
             if !is_mount_point(&views.join(name)) {
-                if let Err(error) = self.mount_view(sprite_id, name, &image_root).await {
+                if let Err(error) = self.mount_view(sprite_id, name, &image_root, id_base).await {
                     self.unmount_view(sprite_id, name).await;
                     return Err(error);
                 }
@@ -1207,10 +1215,10 @@ mod tests {
         let store = LocalOverlayStore::new(dir.path().to_path_buf());
         store.create("s1", 1 << 30).await.expect("create");
         let layers = store
-            .prepare("s1", Path::new("/images/debian/rootfs"))
+            .prepare("s1", Path::new("/images/debian/rootfs"), 1 << 30)
             .await
             .expect("prepare");
-        assert!(layers.upper.is_dir() && layers.work.is_dir());
+        assert!(layers.upper().is_dir() && layers.work().is_dir());
         assert_eq!(layers.lower, vec![PathBuf::from("/images/debian/rootfs")]);
         store.remove("s1").await.expect("remove");
         assert!(!dir.path().join("s1").exists());

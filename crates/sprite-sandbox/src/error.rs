@@ -22,8 +22,14 @@ pub enum SandboxError {
     IdMap(PathBuf, #[source] std::io::Error),
     #[error("sprite setup failed: {0}")]
     Setup(String),
-    #[error("path {0} cannot be used in overlay options (it has a comma, colon or newline)")]
-    BadLayerPath(PathBuf),
+    #[error("make the id-mapping user namespace of the sprite's layers")]
+    IdmapNamespace(#[source] std::io::Error),
+    #[error("make a detached mount of {0}")]
+    CloneMount(PathBuf, #[source] std::io::Error),
+    #[error("attach a mount at {0}")]
+    AttachMount(PathBuf, #[source] std::io::Error),
+    #[error("set the sprite's oom_score_adj to {0}")]
+    OomScore(i32, #[source] std::io::Error),
     #[error("{step}")]
     Syscall {
         step: String,

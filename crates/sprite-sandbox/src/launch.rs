@@ -20,7 +20,7 @@ use nix::unistd::{
 };
 use std::fs;
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -34,34 +34,10 @@ pub struct LaunchResult {
 /// Entry of `sprite init`: reads the spec, starts the sprite, reports its pid.
 /// Returns only in the launcher; the sprite's PID 1 never returns from here.
 pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
-    let root = spec.root_path();
-    for dir in [
-        &spec.state_dir,
-        &root,
-        &spec.layers.upper,
-        &spec.layers.work,
-    ] {
-        fs::create_dir_all(dir).map_err(|e| SandboxError::CreateDir(dir.clone(), e))?;
-    }
-    for dir in [&spec.layers.upper, &spec.layers.work] {
-        nix::unistd::chown(
-            dir.as_path(),
-            Some(Uid::from_raw(spec.id_base)),
-            Some(Gid::from_raw(spec.id_base)),
-        )
-        .map_err(step(format!("chown {}", dir.display())))?;
-    }
-    for layer in spec
-        .layers
-        .lower
-        .iter()
-        .chain([&spec.layers.upper, &spec.layers.work])
-    {
-        let text = layer.to_string_lossy();
-        if text.contains([',', ':', '\n']) {
-            return Err(SandboxError::BadLayerPath(layer.clone()));
-        }
-    }
+    // The launcher runs as root with root's groups: none of them may follow the sprite.
+    nix::unistd::setgroups(&[]).map_err(step("drop supplementary groups"))?;
+    prepare_state_dir(spec)?;
+    let mounts = LayerMounts::prepare(spec)?;
 
     let cgroup = SpriteCgroup::new(
         Layout::detect(Path::new("/sys/fs/cgroup"))?,
@@ -83,16 +59,16 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
         .open(&log_path)
         .map_err(|e| SandboxError::OpenLog(log_path.clone(), e))?;
 
-    // A memory hog in the sprite must be the OOM killer's choice, never PID 1, which
-    // inherits this setting; what PID 1 starts resets it to 0. Best effort: a host
-    // without CAP_SYS_RESOURCE refuses, and the OOM killer still picks the largest
-    // process, which PID 1 is not.
-    let _ = fs::write("/proc/self/oom_score_adj", "-999");
+    // Every process of the sprite inherits this score and, because the launcher sets it
+    // with CAP_SYS_RESOURCE, cannot go below it: no sprite process can make the host's
+    // OOM killer take the daemon or the storage process instead of itself.
+    fs::write("/proc/self/oom_score_adj", spec.oom_score_adj.to_string())
+        .map_err(|e| SandboxError::OomScore(spec.oom_score_adj, e))?;
 
     let (go_read, go_write) = pipe().map_err(SandboxError::Pipe)?;
     let (ready_read, ready_write) = pipe().map_err(SandboxError::Pipe)?;
 
-    match sys::clone_into_namespaces().map_err(SandboxError::Clone)? {
+    match sys::clone_into_namespaces_as(spec.id_base).map_err(SandboxError::Clone)? {
         None => {
             // The child: PID 1 of the sprite.
             drop(go_write);
@@ -100,7 +76,7 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
             let mut byte = [0u8; 1];
             let _ = read(&go_read, &mut byte);
             drop(go_read);
-            let result = setup_sprite(spec).and_then(|()| crate::security::lock_down());
+            let result = setup_sprite(spec, mounts).and_then(|()| crate::security::lock_down());
             let verdict = match &result {
                 Ok(()) => "ok".to_string(),
                 Err(error) => sprite_api::error_chain(error),
@@ -116,6 +92,7 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
             std::process::exit(code);
         }
         Some(child) => {
+            drop(mounts);
             drop(go_read);
             drop(ready_write);
             let outcome = write_id_maps(child, spec).and_then(|()| {
@@ -133,6 +110,99 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
             }
             Ok(LaunchResult { pid: child })
         }
+    }
+}
+
+/// The sprite's state directory belongs to the host uid of its root, mode 0700: PID 1
+/// mounts its root there before it pivots, as that uid, and no other host user can
+/// look inside. The disk's `upper/` and `work/` are made with the storage owner.
+fn prepare_state_dir(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let owner = (
+        Some(Uid::from_raw(spec.id_base)),
+        Some(Gid::from_raw(spec.id_base)),
+    );
+    fs::create_dir_all(&spec.state_dir)
+        .map_err(|e| SandboxError::CreateDir(spec.state_dir.clone(), e))?;
+    nix::unistd::chown(&spec.state_dir, owner.0, owner.1)
+        .map_err(step(format!("chown {}", spec.state_dir.display())))?;
+    fs::set_permissions(&spec.state_dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| SandboxError::CreateDir(spec.state_dir.clone(), e))?;
+    let mount_points = (0..spec.layers.lower.len())
+        .map(lower_name)
+        .chain(["root".to_string(), "disk".to_string()]);
+    for name in mount_points {
+        ensure_dir(&spec.state_dir.join(name))?;
+    }
+    for dir in [spec.layers.upper(), spec.layers.work()] {
+        fs::create_dir_all(&dir).map_err(|e| SandboxError::CreateDir(dir.clone(), e))?;
+        nix::unistd::chown(
+            dir.as_path(),
+            Some(Uid::from_raw(spec.storage_id_base)),
+            Some(Gid::from_raw(spec.storage_id_base)),
+        )
+        .map_err(step(format!("chown {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Where lower layer `index` is attached in the state directory while PID 1 builds
+/// its root (relative names: the overlay's options, which the sprite can read in its
+/// mountinfo, name no host path).
+fn lower_name(index: usize) -> String {
+    format!("lower{index}")
+}
+
+/// The mounts PID 1 builds its root from, made by the launcher (as root, on the host)
+/// as detached mounts and attached by PID 1 in its own mount namespace: the image and
+/// the disk idmapped from the storage ids onto the sprite's own range, all of them
+/// nosuid and nodev (a setuid file or device node the sprite makes is inert on the
+/// host side), the lower layers read-only.
+struct LayerMounts {
+    lower: Vec<OwnedFd>,
+    disk: OwnedFd,
+    run: Option<OwnedFd>,
+    views: Option<OwnedFd>,
+}
+
+impl LayerMounts {
+    fn prepare(spec: &SandboxSpec) -> Result<LayerMounts, SandboxError> {
+        use sys::mount_attr::{NO_DEV, NO_EXEC, NO_SUID, READ_ONLY};
+        let idmap = (spec.storage_id_base != spec.id_base)
+            .then(|| {
+                let map = format!(
+                    "{} {} {}\n",
+                    spec.storage_id_base, spec.id_base, spec.id_count
+                );
+                sys::user_namespace(&map).map_err(SandboxError::IdmapNamespace)
+            })
+            .transpose()?;
+        let idmap = idmap.as_ref().map(|fd| fd.as_fd());
+        let clone = |path: &Path, attributes: u64, idmap, recursive| {
+            let fd = sys::clone_mount(None, path, recursive)
+                .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
+            sys::set_mount_attributes(fd.as_fd(), attributes, idmap, recursive)
+                .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
+            Ok::<_, SandboxError>(fd)
+        };
+        let mut lower = Vec::new();
+        for layer in &spec.layers.lower {
+            lower.push(clone(layer, READ_ONLY | NO_SUID | NO_DEV, idmap, false)?);
+        }
+        Ok(LayerMounts {
+            lower,
+            disk: clone(&spec.layers.disk, NO_SUID | NO_DEV, idmap, false)?,
+            run: spec
+                .run_dir
+                .as_deref()
+                .map(|run| clone(run, NO_SUID | NO_DEV | NO_EXEC, None, false))
+                .transpose()?,
+            views: spec
+                .layers
+                .views
+                .as_deref()
+                .map(|views| clone(views, READ_ONLY | NO_SUID | NO_DEV, None, true))
+                .transpose()?,
+        })
     }
 }
 
@@ -187,7 +257,7 @@ fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), SandboxError
 
 /// Builds the sprite's root and pivots into it. Runs as PID 1, root of the new user
 /// namespace, before anything of the user's runs.
-fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
+fn setup_sprite(spec: &SandboxSpec, mounts: LayerMounts) -> Result<(), SandboxError> {
     setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
         .map_err(step("become gid 0"))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
@@ -210,28 +280,29 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
     )
     .map_err(step("make / private"))?;
 
-    let root = spec.root_path();
-    let lower: Vec<String> = spec
-        .layers
-        .lower
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    // Relative names from here on: the overlay keeps its options as given.
+    chdir(&spec.state_dir).map_err(step("enter the state directory"))?;
+    let mut lower = Vec::new();
+    for (index, layer) in mounts.lower.iter().enumerate() {
+        let name = lower_name(index);
+        attach(layer, Path::new(&name))?;
+        lower.push(name);
+    }
+    attach(&mounts.disk, Path::new("disk"))?;
     let options = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
-        lower.join(":"),
-        spec.layers.upper.display(),
-        spec.layers.work.display()
+        "lowerdir={},upperdir=disk/upper,workdir=disk/work,userxattr",
+        lower.join(":")
     );
     mount(
         Some("overlay"),
-        &root,
+        "root",
         Some("overlay"),
         MsFlags::empty(),
         Some(options.as_str()),
     )
-    .map_err(step(format!("mount overlay root at {}", root.display())))?;
+    .map_err(step("mount the overlay root"))?;
 
+    let root = spec.root_path();
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let at = |p: &str| root.join(p);
     for dir in ["proc", "sys", "dev", "tmp", "home", ".sprite"] {
@@ -296,41 +367,35 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
             .map_err(|e| SandboxError::CreateDir(at("dev").join(link), e))?;
     }
 
-    if let Some(home) = &spec.layers.home {
-        bind(home, &at("home"), MsFlags::empty())?;
+    if spec.layers.home {
+        bind(Path::new("disk/home"), &at("home"), MsFlags::empty())?;
     }
-    if let Some(run) = &spec.run_dir {
+    if let Some(run) = &mounts.run {
         let target = at(".sprite/run");
         ensure_dir(&target)?;
-        bind(run, &target, MsFlags::empty())?;
+        attach(run, &target)?;
         // A link, not a bound socket: the daemon re-creates the socket when it restarts.
         let link = at(".sprite/api.sock");
         if fs::symlink_metadata(&link).is_err() {
             symlink("run/api.sock", &link).map_err(|e| SandboxError::CreateDir(link.clone(), e))?;
         }
     }
-    if let Some(bin) = &spec.bin_dir {
-        let target = at(".sprite/bin");
-        ensure_dir(&target)?;
-        bind(bin, &target, MsFlags::empty())?;
-        bind(
-            &target,
-            &target,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        )?;
-    }
-    if let Some(views) = &spec.layers.views {
-        // A bind of a slave mount is a slave of the same master: checkpoint views the
-        // host mounts later appear here too. Read-only for the sprite.
+    if let Some(views) = &mounts.views {
+        // The views directory's own mount is shared with the host's: as a slave of it,
+        // checkpoint views the host mounts later appear here too, and nothing goes back.
         let target = at(".sprite/checkpoints");
         ensure_dir(&target)?;
-        bind(views, &target, MsFlags::empty())?;
-        bind(
+        attach(views, &target)?;
+        mount(
+            None::<&str>,
             &target,
-            &target,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        )?;
+            None::<&str>,
+            MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(step("make the checkpoint views a slave mount"))?;
     }
+    drop(mounts);
 
     chdir(&root).map_err(step("enter the new root"))?;
     pivot_root(".", ".").map_err(step("pivot_root"))?;
@@ -339,6 +404,11 @@ fn setup_sprite(spec: &SandboxSpec) -> Result<(), SandboxError> {
     sys::loopback_up().map_err(step("bring up lo"))?;
     name_in_hosts(&spec.hostname);
     Ok(())
+}
+
+fn attach(mount: &OwnedFd, target: &Path) -> Result<(), SandboxError> {
+    sys::attach_mount(mount.as_fd(), target)
+        .map_err(|e| SandboxError::AttachMount(target.to_path_buf(), e))
 }
 
 /// Makes the sprite's own name resolve (sudo and many tools look it up), by adding it to

@@ -10,6 +10,7 @@ pub mod client;
 mod error;
 pub mod init;
 pub mod launch;
+pub mod mounts;
 pub mod net;
 pub mod protocol;
 pub mod security;

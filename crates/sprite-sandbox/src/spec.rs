@@ -22,22 +22,34 @@ impl Default for Limits {
     }
 }
 
-/// The root filesystem: an overlay of read-only lower layers and one writable upper.
+/// The root filesystem: an overlay of read-only lower layers and the sprite's own disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootLayers {
-    /// Uppermost first, as overlayfs wants them.
+    /// Uppermost first, as overlayfs wants them. Their files are stored with the
+    /// storage ids ([`SandboxSpec::storage_id_base`]).
     pub lower: Vec<PathBuf>,
-    pub upper: PathBuf,
-    pub work: PathBuf,
+    /// The sprite's own disk: holds `upper/` and `work/`, the overlay's writable half,
+    /// and `home/` when [`Self::home`] is set. Stored with the storage ids too.
+    pub disk: PathBuf,
     /// Host directory (a shared mount) whose sub-mounts appear read-only inside the
     /// sprite at `/.sprite/checkpoints`, also those mounted after the sprite started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<PathBuf>,
-    /// Host directory on the sprite's own disk bound at `/home`: files there skip the
-    /// overlay (whose creates and opens cost extra lookups; `bench/storage.sh` measures
-    /// both paths).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub home: Option<PathBuf>,
+    /// Whether the disk's `home/` is bound at `/home`: files there skip the overlay
+    /// (whose creates and opens cost extra lookups; `bench/storage.sh` measures both
+    /// paths).
+    #[serde(default)]
+    pub home: bool,
+}
+
+impl RootLayers {
+    pub fn upper(&self) -> PathBuf {
+        self.disk.join("upper")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.disk.join("work")
+    }
 }
 
 /// Everything sprite-init's launcher needs; sent as JSON on its stdin.
@@ -50,18 +62,25 @@ pub struct SandboxSpec {
     /// and `init.log`.
     pub state_dir: PathBuf,
     pub layers: RootLayers,
-    /// First host uid/gid that uid/gid 0 inside maps to.
+    /// First host uid/gid that uid/gid 0 inside maps to: the sprite's own range on
+    /// the host, and the owner of its user namespace (see [`crate::sys::clone_into_namespaces_as`]).
     pub id_base: u32,
     /// How many ids are mapped.
     pub id_count: u32,
+    /// First host id the files of its layers are stored with (uid 0 inside is stored
+    /// as this id on disk, in images and sprite disks alike). When it differs from
+    /// `id_base`, the layers are mounted idmapped from one range onto the other, so no
+    /// file is ever chowned when a sprite gets its range.
+    pub storage_id_base: u32,
     pub limits: Limits,
     /// Host directory bound at `/.sprite/run`; the daemon serves the in-sprite API on
     /// `api.sock` there (`/.sprite/api.sock` links to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<PathBuf>,
-    /// Host directory bound read-only at `/.sprite/bin` (holds `sprite-env`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bin_dir: Option<PathBuf>,
+    /// `oom_score_adj` of every process of the sprite, PID 1 included: none can go
+    /// below it (the kernel lets only CAP_SYS_RESOURCE on the host lower it).
+    #[serde(default)]
+    pub oom_score_adj: i32,
 }
 
 impl SandboxSpec {

@@ -39,6 +39,267 @@ pub fn clone_into_namespaces() -> nix::Result<Option<u32>> {
     }
 }
 
+/// Forks into new namespaces (as [`clone_into_namespaces`]) with the calling process's
+/// effective ids switched to `owner` for the clone alone, so the new user namespace is
+/// owned by that host uid and gid: the kernel charges every per-user budget of the
+/// sprite (inotify instances, epoll watches, pending signals, message queues, locked
+/// memory) to `owner` in the host's namespace, not to root. The caller's ids are back
+/// to what they were when this returns, in the parent.
+pub fn clone_into_namespaces_as(owner: u32) -> nix::Result<Option<u32>> {
+    use nix::unistd::{getegid, geteuid, setegid, seteuid, Gid, Uid};
+    let (uid, gid) = (geteuid(), getegid());
+    setegid(Gid::from_raw(owner))?;
+    if let Err(error) = seteuid(Uid::from_raw(owner)) {
+        let _ = setegid(gid);
+        return Err(error);
+    }
+    let result = clone_into_namespaces();
+    if let Ok(Some(_)) | Err(_) = result {
+        // Back to root (the saved uid): the effective capabilities come back with it.
+        seteuid(uid)?;
+        setegid(gid)?;
+    }
+    result
+}
+
+/// A user namespace whose id maps are `map` (`inside outside count` lines, for both
+/// uids and gids), held by the returned descriptor alone. Used to give idmapped mounts
+/// their mapping. Safe to call from a multi-threaded process: the helper child that
+/// creates the namespace only reads a pipe and exits.
+pub fn user_namespace(map: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let (wait_read, wait_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (read_fd, write_fd) = (wait_read.as_raw_fd(), wait_write.as_raw_fd());
+    // SAFETY: a clone without CLONE_VM and with a null stack has fork semantics. The
+    // child calls only close(2), read(2) and _exit(2), which are async-signal-safe, so
+    // it is sound even though the caller may have other threads (whose locks the child
+    // never touches) and it never returns into Rust code that could run destructors.
+    let pid = unsafe {
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        );
+        if pid == 0 {
+            libc::close(write_fd);
+            let mut byte = 0u8;
+            libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+        pid
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(wait_read);
+    let made = (|| {
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{file}"), map)?;
+        }
+        std::fs::File::open(format!("/proc/{pid}/ns/user")).map(std::os::fd::OwnedFd::from)
+    })();
+    // The child reads end of file and exits; reap it.
+    drop(wait_write);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+    made
+}
+
+/// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`): a bind mount
+/// attached nowhere yet, to change with [`set_mount_attributes`] and attach with
+/// [`attach_mount`], also from inside another mount namespace. `at` is a directory
+/// descriptor `path` is relative to (a detached mount, say), or None for the cwd.
+pub fn clone_mount(
+    at: Option<std::os::fd::BorrowedFd<'_>>,
+    path: &std::path::Path,
+    recursive: bool,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let path = c_path(path)?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    let at = at.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    // SAFETY: `path` is a NUL-terminated string alive for the call; the kernel returns
+    // a new descriptor we take ownership of, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, at, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just opened for us and nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Mount attributes for [`set_mount_attributes`].
+pub mod mount_attr {
+    pub const READ_ONLY: u64 = libc::MOUNT_ATTR_RDONLY;
+    pub const NO_SUID: u64 = libc::MOUNT_ATTR_NOSUID;
+    pub const NO_DEV: u64 = libc::MOUNT_ATTR_NODEV;
+    pub const NO_EXEC: u64 = libc::MOUNT_ATTR_NOEXEC;
+}
+
+/// Sets attributes (`mount_attr::*`) on a mount (a detached one from [`clone_mount`]
+/// or any other), and with `idmap` makes it an idmapped mount: files are seen with
+/// their owners translated through that user namespace's maps.
+pub fn set_mount_attributes(
+    mount: std::os::fd::BorrowedFd<'_>,
+    set: u64,
+    idmap: Option<std::os::fd::BorrowedFd<'_>>,
+    recursive: bool,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut attributes = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    if let Some(namespace) = idmap {
+        attributes.attr_set |= libc::MOUNT_ATTR_IDMAP;
+        attributes.userns_fd = namespace.as_raw_fd() as u64;
+    }
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: the empty path is a static NUL-terminated string; `attributes` is a
+    // fully initialised `mount_attr` that outlives the call, and its size is passed.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_uint,
+            &attributes as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches a detached mount (from [`clone_mount`]) at `target`, in the caller's
+/// mount namespace.
+pub fn attach_mount(
+    mount: std::os::fd::BorrowedFd<'_>,
+    target: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let target = c_path(target)?;
+    // SAFETY: both strings are NUL-terminated and alive for the call; the descriptor
+    // is borrowed from a live owner.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new overlay mount, detached, read-only, nosuid, nodev and noexec, of `layers`
+/// (uppermost first) given as descriptors (detached mounts too, say idmapped ones):
+/// its options then name no host path (the kernel shows each layer as `/`).
+pub fn overlay_from(
+    layers: &[std::os::fd::BorrowedFd<'_>],
+    source: &str,
+    flags: &[&str],
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let context = {
+        // SAFETY: a static NUL-terminated name; the kernel returns a new descriptor.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_fsopen,
+                c"overlay".as_ptr(),
+                FSOPEN_CLOEXEC as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor the kernel just opened for us and nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+    };
+    let configure = |command: libc::c_uint,
+                     key: Option<&std::ffi::CStr>,
+                     value: Option<&std::ffi::CStr>,
+                     aux: libc::c_int| {
+        // SAFETY: key and value are NUL-terminated strings (or null where the command
+        // takes none) alive for the call; `context` is an open fs context.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                command,
+                key.map_or(std::ptr::null(), |k| k.as_ptr()),
+                value.map_or(std::ptr::null(), |v| v.as_ptr()),
+                aux,
+            )
+        };
+        if result < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    for layer in layers {
+        configure(FSCONFIG_SET_FD, Some(c"lowerdir+"), None, layer.as_raw_fd())?;
+    }
+    let source = std::ffi::CString::new(source)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    configure(FSCONFIG_SET_STRING, Some(c"source"), Some(&source), 0)?;
+    for flag in flags {
+        let flag = std::ffi::CString::new(*flag)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        configure(FSCONFIG_SET_FLAG, Some(&flag), None, 0)?;
+    }
+    configure(FSCONFIG_CMD_CREATE, None, None, 0)?;
+    let attributes = libc::MOUNT_ATTR_RDONLY
+        | libc::MOUNT_ATTR_NOSUID
+        | libc::MOUNT_ATTR_NODEV
+        | libc::MOUNT_ATTR_NOEXEC;
+    // SAFETY: integer arguments only; the kernel returns a new descriptor.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            FSMOUNT_CLOEXEC as libc::c_uint,
+            attributes as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just opened for us and nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+// From <linux/mount.h>.
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSMOUNT_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_FLAG: u32 = 0;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_SET_FD: u32 = 5;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+
+fn c_path(path: &std::path::Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
 /// Points stdout and stderr at `fd` and stdin at /dev/null.
 pub fn redirect_stdio(fd: RawFd) {
     // SAFETY: dup2 on descriptors we own; failures leave the old descriptors in place,
@@ -146,19 +407,10 @@ pub fn apply_child_setup(command: &mut std::process::Command, setup: ChildSetup)
     use std::os::unix::process::CommandExt;
     let groups: Vec<libc::gid_t> = setup.groups.clone();
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (open, write, close, setsid, ioctl, setgroups, setresgid, setresuid,
+    // async-signal-safe functions (setsid, ioctl, setgroups, setresgid, setresuid,
     // signal mask reset); it allocates nothing (`groups` was built before the fork).
     unsafe {
         command.pre_exec(move || {
-            // PID 1 is shielded from the OOM killer; what it starts is not.
-            let fd = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if fd >= 0 {
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

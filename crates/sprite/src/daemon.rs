@@ -19,6 +19,12 @@ pub struct FileConfig {
     pub image: Option<String>,
     pub debian_mirror: Option<String>,
     pub id_base: Option<u32>,
+    /// First host uid/gid of the sprites' own id ranges (65,536 ids each; default
+    /// 1073741824, 2^30): pick ids no host user or other container manager uses.
+    pub sprite_ids_from: Option<u32>,
+    /// `oom_score_adj` of every sprite process (default 500): the host's OOM killer
+    /// takes sprite processes before host services, and no sprite can lower it.
+    pub sprite_oom_score_adj: Option<i32>,
     pub default_ram_mb: Option<u64>,
     pub default_cpus: Option<u32>,
     pub pids_limit: Option<u64>,
@@ -221,6 +227,15 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         config.debian_mirror = mirror;
     }
     config.id_base = file.id_base.unwrap_or(config.id_base);
+    config.sprite_ids_from = file.sprite_ids_from.unwrap_or(config.sprite_ids_from);
+    if let Some(score) = file.sprite_oom_score_adj {
+        if !(-1000..=1000).contains(&score) {
+            anyhow::bail!(
+                "sprite_oom_score_adj = {score} is out of range; use -1000 to 1000 (default 500)"
+            );
+        }
+        config.sprite_oom_score_adj = score;
+    }
     config.default_ram_mb = file.default_ram_mb.unwrap_or(config.default_ram_mb);
     config.default_cpus = file.default_cpus.unwrap_or(config.default_cpus);
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
@@ -342,6 +357,33 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         Some(other) => anyhow::bail!("storage = {other:?} is not known; use local or spritefs"),
     };
 
+    let storage_ids =
+        u64::from(config.id_base)..u64::from(config.id_base) + u64::from(config.id_count);
+    let ranges = config.id_ranges();
+    let sprite_ids = u64::from(ranges.first)
+        ..u64::from(ranges.first) + u64::from(ranges.size) * u64::from(ranges.count);
+    if sprite_ids.start < storage_ids.end && storage_ids.start < sprite_ids.end {
+        anyhow::bail!(
+            "sprite_ids_from = {} overlaps the storage ids {}..{} (id_base); pick ids above them",
+            config.sprite_ids_from,
+            storage_ids.start,
+            storage_ids.end
+        );
+    }
+    if (ranges.count as usize) < config.max_sprites + config.pool_size {
+        anyhow::bail!(
+            "sprite_ids_from = {} leaves room for {} sprites below 2^31, fewer than max_sprites + pool ({}); use a lower value (the default is 1073741824)",
+            config.sprite_ids_from,
+            ranges.count,
+            config.max_sprites + config.pool_size
+        );
+    }
+    // The host's OOM killer takes sprites first; the daemon (restartable, but every
+    // API call needs it) only after them.
+    protect_from_oom("daemon", -900);
+    if let Err(error) = install_sprite_env(&data_dir, config.id_base) {
+        tracing::warn!("sprite-env will be missing in sprites: {error:#}");
+    }
     let manager = SpriteManager::open(config).context("open the daemon's state")?;
     let given = token
         .or_else(|| std::env::var("SPRITE_TOKEN").ok())
@@ -382,9 +424,6 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
             }
             manager.run_pool().await;
         });
-    }
-    if let Err(error) = install_sprite_env(&data_dir) {
-        tracing::warn!("sprite-env will be missing in sprites: {error:#}");
     }
     let state = AppState {
         manager,
@@ -445,15 +484,22 @@ async fn shutdown_signal() {
     }
 }
 
-/// Copies this binary to `<data>/bin/sprite-env`, which every sprite sees read-only at
+/// Copies this binary to `<data>/sprite-env-layer/.sprite/bin/sprite-env`: that
+/// directory is a read-only lower layer of every sprite's root, so sprites find it at
 /// `/.sprite/bin/sprite-env` (the binary acts as sprite-env under that name). Replaced
-/// by rename, so sprites running the old one are not disturbed.
-fn install_sprite_env(data_dir: &Path) -> Result<()> {
+/// by rename, so sprites running the old one are not disturbed. Owned by `owner` (the
+/// storage id of root inside sprites), so `/.sprite` is root's inside.
+fn install_sprite_env(data_dir: &Path, owner: u32) -> Result<()> {
     let executable = std::env::current_exe().context("find the sprite binary")?;
-    let dir = data_dir.join("bin");
+    let layer = data_dir.join(sprite_core::manager::SPRITE_ENV_LAYER);
+    let dir = layer.join(".sprite/bin");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", dir.display()))?;
+    for dir in [&layer, &layer.join(".sprite"), &dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+        std::os::unix::fs::chown(dir, Some(owner), Some(owner))
+            .with_context(|| format!("chown {}", dir.display()))?;
+    }
     let target = dir.join("sprite-env");
     let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.len() == b.len() && a.modified().ok() <= b.modified().ok(),
@@ -465,9 +511,19 @@ fn install_sprite_env(data_dir: &Path) -> Result<()> {
     let temporary = dir.join(".sprite-env.new");
     std::fs::copy(&executable, &temporary)
         .with_context(|| format!("copy {} to {}", executable.display(), temporary.display()))?;
+    std::os::unix::fs::chown(&temporary, Some(owner), Some(owner))
+        .with_context(|| format!("chown {}", temporary.display()))?;
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", temporary.display()))?;
     std::fs::rename(&temporary, &target)
         .with_context(|| format!("rename {} to {}", temporary.display(), target.display()))?;
     Ok(())
+}
+
+/// Lowers this process's `oom_score_adj` (root may: CAP_SYS_RESOURCE), so the host's
+/// OOM killer takes sprite processes (`sprite_oom_score_adj`, 500 by default) first.
+pub(crate) fn protect_from_oom(what: &str, score: i32) {
+    if let Err(error) = std::fs::write("/proc/self/oom_score_adj", score.to_string()) {
+        tracing::warn!("the {what} could not lower its oom_score_adj to {score}: {error}");
+    }
 }

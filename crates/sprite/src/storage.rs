@@ -40,8 +40,13 @@ pub fn socket_path(data_dir: &std::path::Path) -> PathBuf {
 
 pub async fn run(args: StorageArgs) -> Result<u8> {
     crate::init_logging();
+    // Every sprite's disk dies with this process: the host's OOM killer takes sprites
+    // and even the daemon before it.
+    crate::daemon::protect_from_oom("storage process", -950);
     let dir = args.data_dir.join("fs");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))?;
     let url = args
         .store
         .clone()

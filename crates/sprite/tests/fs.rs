@@ -529,7 +529,7 @@ async fn no_path_gets_out_of_the_sprite() {
         err_of(daemon.client.fs_read("jail", "/proc/kcore", Some((0, Some(15)))).await.map(|_| serde_json::Value::Null)),
         err_of(daemon.client.fs_read("jail", "/proc/version", None).await.map(|_| serde_json::Value::Null)),
         err_of(daemon.client.fs_post::<serde_json::Value>("jail", "copy", &serde_json::json!({"source": "/proc/version", "dest": "/home/sprite/version"})).await),
-        err_of(daemon.client.fs_post::<serde_json::Value>("jail", "chmod", &serde_json::json!({"path": "/.sprite/bin", "mode": "0755"})).await),
+        err_of(daemon.client.fs_post::<serde_json::Value>("jail", "chmod", &serde_json::json!({"path": "/.sprite/run", "mode": "0755"})).await),
         err_of(daemon.client.fs_post::<serde_json::Value>("jail", "chown", &serde_json::json!({"path": "/dev/null", "uid": 0})).await),
     ];
     for (status, message) in &refused {

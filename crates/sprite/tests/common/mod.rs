@@ -45,7 +45,8 @@ async fn ensure_shared_image(name: &str) -> PathBuf {
     let _guard = BUILD.lock().await;
     let dir = shared_images();
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    // Root's alone: sprites get their image as a detached mount, never by path.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let lock = std::fs::File::create(dir.join(".lock")).unwrap();
     lock.lock().unwrap();
     let store = sprite_core::image::ImageStore::new(
