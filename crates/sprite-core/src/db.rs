@@ -542,6 +542,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn every_sprite_gets_a_range_of_its_own_and_keeps_it() {
         let db = Database::in_memory().unwrap();
         let ranges = IdRanges {
