@@ -12,6 +12,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing or wrong token.
     Unauthenticated,
+    /// The caller may not do this (a sprite acting on what is not its own).
+    Forbidden,
     /// The sprite does not exist in the caller's organization.
     SpriteNotFound,
     /// Something other than a sprite was not found (a session, a route).
@@ -34,6 +36,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::Unauthenticated => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::SpriteNotFound | ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Gone => 410,
@@ -48,6 +51,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Unauthenticated => "authentication failed",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::SpriteNotFound => "sprite not found",
             ErrorKind::NotFound => "not found",
             ErrorKind::Conflict => "conflict",

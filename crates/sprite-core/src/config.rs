@@ -41,6 +41,8 @@ pub struct CoreConfig {
     pub sprite_ids_from: u32,
     /// `oom_score_adj` of every sprite process; none can lower its own below it.
     pub sprite_oom_score_adj: i32,
+    /// Most checkpoints a sprite keeps; a create past it is refused until some go.
+    pub max_checkpoints: usize,
     /// Defaults of `config` when a create omits them.
     pub default_ram_mb: u64,
     pub default_cpus: u32,
@@ -92,6 +94,7 @@ impl CoreConfig {
             id_count: 65_536,
             sprite_ids_from: 1 << 30,
             sprite_oom_score_adj: 500,
+            max_checkpoints: 100,
             default_ram_mb: 1024,
             default_cpus: 1,
             default_storage_gb: 100,

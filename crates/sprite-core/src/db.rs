@@ -43,6 +43,13 @@ const MIGRATIONS: &[&str] = &[
         sprite_id TEXT PRIMARY KEY,
         network TEXT NOT NULL
     );",
+    // Checkpoints a sprite made itself (through its api.sock): the only ones it may
+    // restore or delete from inside.
+    "CREATE TABLE checkpoints_made_inside (
+        sprite_id TEXT NOT NULL,
+        checkpoint TEXT NOT NULL,
+        PRIMARY KEY (sprite_id, checkpoint)
+    );",
 ];
 
 /// A sprite's sleep state as last saved.
@@ -248,7 +255,40 @@ impl Database {
         connection.execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
         connection.execute("DELETE FROM lifecycle WHERE id = ?1", params![id])?;
         connection.execute("DELETE FROM policies WHERE sprite_id = ?1", params![id])?;
+        connection.execute(
+            "DELETE FROM checkpoints_made_inside WHERE sprite_id = ?1",
+            params![id],
+        )?;
         Ok(())
+    }
+
+    /// Records (or forgets) that sprite `sprite_id` made `checkpoint` itself.
+    pub fn set_made_inside(
+        &self,
+        sprite_id: &str,
+        checkpoint: &str,
+        made_inside: bool,
+    ) -> Result<(), CoreError> {
+        let sql = if made_inside {
+            "INSERT OR IGNORE INTO checkpoints_made_inside (sprite_id, checkpoint) VALUES (?1, ?2)"
+        } else {
+            "DELETE FROM checkpoints_made_inside WHERE sprite_id = ?1 AND checkpoint = ?2"
+        };
+        self.lock().execute(sql, params![sprite_id, checkpoint])?;
+        Ok(())
+    }
+
+    /// Whether sprite `sprite_id` made `checkpoint` itself.
+    pub fn made_inside(&self, sprite_id: &str, checkpoint: &str) -> Result<bool, CoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM checkpoints_made_inside WHERE sprite_id = ?1 AND checkpoint = ?2",
+                params![sprite_id, checkpoint],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Gives sprite `id` a host id range of its own unless it has one: ranges are

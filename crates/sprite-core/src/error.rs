@@ -54,6 +54,10 @@ pub enum CoreError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("nothing in sprite {sprite} answered on port {port} within {seconds} s; start a server there (or a service with http_port)")]
     PortTimeout {
@@ -79,6 +83,8 @@ impl CoreError {
             | CoreError::InUse { .. }
             | CoreError::Conflict(_) => ErrorKind::Conflict,
             CoreError::NotFound(_) => ErrorKind::NotFound,
+            CoreError::Forbidden(_) => ErrorKind::Forbidden,
+            CoreError::RateLimited(_) => ErrorKind::RateLimited,
             CoreError::Fs(error) => match error.code {
                 sprite_api::fs::FsCode::NotFound => ErrorKind::NotFound,
                 sprite_api::fs::FsCode::Exists | sprite_api::fs::FsCode::NotEmpty => {

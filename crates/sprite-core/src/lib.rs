@@ -12,6 +12,7 @@ mod error;
 pub mod files;
 pub mod image;
 pub mod lifecycle;
+pub mod limits;
 pub mod manager;
 pub mod network;
 mod pool;
@@ -24,4 +25,4 @@ pub mod tasks;
 
 pub use config::{CoreConfig, StorageBackend};
 pub use error::CoreError;
-pub use manager::SpriteManager;
+pub use manager::{Caller, SpriteManager};

@@ -28,6 +28,9 @@ use std::time::Duration;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest checkpoint comment, in bytes.
+pub const MAX_CHECKPOINT_COMMENT: usize = 4096;
+
 /// Directory of the data dir holding `.sprite/bin/sprite-env`, the lowest layer of
 /// every sprite's root (the daemon installs its own binary there at start, owned by
 /// the storage ids like any layer's files).
@@ -46,6 +49,18 @@ pub(crate) fn ms_to_rfc3339(ms: u64) -> String {
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Who asks: a holder of the organization's token, or the sprite itself through its
+/// `/.sprite/api.sock` (which may act only on what it made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Api,
+    Sprite,
+}
+
+/// Checkpoints a sprite may make of itself: 20 at once, then one every 3 seconds.
+const INSIDE_CHECKPOINT_BURST: u32 = 20;
+const INSIDE_CHECKPOINTS_PER_SECOND: f64 = 1.0 / 3.0;
 
 /// Who runs a command: the sprite's user unless the caller asks for another account.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +85,8 @@ pub struct SpriteManager {
     sprites_changed: tokio::sync::Notify,
     /// Sprite networking (veth, NAT, DNS, egress policy); `None` when turned off.
     pub(crate) network: Option<crate::network::Network>,
+    /// Checkpoints sprites make of themselves, per sprite.
+    inside_checkpoints: crate::limits::Buckets,
 }
 
 /// The directories sprites' in-sprite API sockets live in (`run/<sprite id>`) are on
@@ -153,6 +170,10 @@ impl SpriteManager {
             http_ports: Mutex::new(HashMap::new()),
             port_watches: Mutex::new(HashMap::new()),
             sprites_changed: tokio::sync::Notify::new(),
+            inside_checkpoints: crate::limits::Buckets::new(
+                INSIDE_CHECKPOINT_BURST,
+                INSIDE_CHECKPOINTS_PER_SECOND,
+            ),
         }))
     }
 
@@ -844,25 +865,65 @@ impl SpriteManager {
         org: &str,
         name: &str,
         comment: Option<&str>,
+        caller: Caller,
     ) -> Result<CheckpointInfo, CoreError> {
         let record = self.record(org, name)?;
+        if let Some(comment) = comment {
+            if comment.len() > MAX_CHECKPOINT_COMMENT {
+                return Err(CoreError::InvalidRequest(format!(
+                    "comment is {} bytes; a checkpoint comment is at most {MAX_CHECKPOINT_COMMENT}",
+                    comment.len()
+                )));
+            }
+        }
+        if caller == Caller::Sprite {
+            self.inside_checkpoints.take(&record.id).map_err(|wait| {
+                CoreError::RateLimited(format!(
+                    "sprite {name} made {INSIDE_CHECKPOINT_BURST} checkpoints of itself in a short time; try again in {} s",
+                    wait.as_secs().max(1)
+                ))
+            })?;
+        }
         // The freeze of a checkpoint needs the sprite's disk mounted: a cold sprite wakes.
         let _awake = self.wake_record(&record, Reason::Api).await?;
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
-        let next = self
-            .roots
-            .versions(&record.id)
-            .await?
+        let versions = self.roots.versions(&record.id).await?;
+        if versions.len() >= self.config.max_checkpoints {
+            return Err(CoreError::Conflict(format!(
+                "sprite {name} has {} checkpoints, the most it may keep (max_checkpoints); delete old ones first (sprite checkpoint delete)",
+                versions.len()
+            )));
+        }
+        let next = versions
             .iter()
             .filter_map(|v| v.name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()))
             .max()
             .map_or(0, |n| n + 1);
         let id = format!("v{next}");
         self.roots.checkpoint(&record.id, &id, comment).await?;
-        tracing::info!(sprite = %name, checkpoint = %id, "checkpoint created");
+        if caller == Caller::Sprite {
+            self.db.set_made_inside(&record.id, &id, true)?;
+        }
+        tracing::info!(sprite = %name, checkpoint = %id, ?caller, "checkpoint created");
         self.refresh_views_later(&record.id);
         self.checkpoint_info(org, name, &id).await
+    }
+
+    /// Refuses a sprite acting from inside on a checkpoint it did not make itself.
+    fn check_own_checkpoint(
+        &self,
+        record: &SpriteRecord,
+        id: &str,
+        caller: Caller,
+    ) -> Result<(), CoreError> {
+        if caller == Caller::Sprite && !self.db.made_inside(&record.id, id)? {
+            return Err(CoreError::Forbidden(format!(
+                "checkpoint {id} of sprite {} was not made from inside it; a sprite may restore or delete only the checkpoints it made itself (its owner can, through the API)",
+                record.name
+            )));
+        }
+        Ok(())
     }
 
     /// Checkpoints of a sprite, oldest first.
@@ -908,9 +969,16 @@ impl SpriteManager {
 
     /// Restores a checkpoint: the sprite's processes and sessions end, its filesystem
     /// becomes the checkpoint's, and it starts again.
-    pub async fn restore(&self, org: &str, name: &str, id: &str) -> Result<(), CoreError> {
+    pub async fn restore(
+        &self,
+        org: &str,
+        name: &str,
+        id: &str,
+        caller: Caller,
+    ) -> Result<(), CoreError> {
         self.checkpoint_info(org, name, id).await?;
         let record = self.record(org, name)?;
+        self.check_own_checkpoint(&record, id, caller)?;
         let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
@@ -929,10 +997,13 @@ impl SpriteManager {
         org: &str,
         name: &str,
         id: &str,
+        caller: Caller,
     ) -> Result<(), CoreError> {
         self.checkpoint_info(org, name, id).await?;
         let record = self.record(org, name)?;
+        self.check_own_checkpoint(&record, id, caller)?;
         self.roots.delete_version(&record.id, id).await?;
+        self.db.set_made_inside(&record.id, id, false)?;
         self.refresh_views_later(&record.id);
         Ok(())
     }

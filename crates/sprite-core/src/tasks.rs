@@ -12,6 +12,9 @@ use std::time::Duration;
 /// Longest a task may keep a sprite awake without being renewed.
 pub const MAX_TASK: Duration = Duration::from_secs(3600);
 
+/// Most live tasks of one sprite.
+pub const MAX_TASKS: usize = 64;
+
 /// A task as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskInfo {
@@ -87,6 +90,11 @@ impl SpriteManager {
             if tasks.contains_key(name) {
                 return Err(CoreError::Conflict(format!(
                     "task {name} exists; renew it with PUT or delete it first"
+                )));
+            }
+            if tasks.len() >= MAX_TASKS {
+                return Err(CoreError::Conflict(format!(
+                    "the sprite has {MAX_TASKS} tasks, the most it may hold; delete one first"
                 )));
             }
             let (guard, _) = self.activity.hold(sprite_id, Reason::Task);

@@ -7,6 +7,10 @@ use std::time::Duration;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
+/// Longest wait for sprite-init's answer to a request (a service stop waits up to its
+/// grace period before it answers).
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Talks to the sprite-init of one sprite.
 #[derive(Debug, Clone)]
 pub struct InitClient {
@@ -63,11 +67,18 @@ impl InitClient {
             .map_err(|e| SandboxError::Connect(self.socket.clone(), e))
     }
 
+    /// One request and its first answer, within [`INIT_TIMEOUT`]: a sprite whose PID 1
+    /// does not answer (stuck, or frozen under the caller) never holds a daemon task.
     async fn request(&self, request: &Request) -> Result<(UnixStream, Event), SandboxError> {
-        let mut stream = self.connect().await?;
-        protocol::write_message(&mut stream, &Message::control(request)?).await?;
-        let event = read_event(&mut stream).await?;
-        Ok((stream, event))
+        let exchange = async {
+            let mut stream = self.connect().await?;
+            protocol::write_message(&mut stream, &Message::control(request)?).await?;
+            let event = read_event(&mut stream).await?;
+            Ok((stream, event))
+        };
+        tokio::time::timeout(INIT_TIMEOUT, exchange)
+            .await
+            .map_err(|_| SandboxError::InitTimeout(self.socket.clone(), INIT_TIMEOUT))?
     }
 
     /// Checks that sprite-init answers; returns its pid as seen inside the sprite.

@@ -50,6 +50,8 @@ pub enum SandboxError {
     Protocol(#[from] crate::protocol::ProtocolError),
     #[error("connect to sprite-init at {0}")]
     Connect(PathBuf, #[source] std::io::Error),
+    #[error("sprite-init at {0} did not answer within {1:?}")]
+    InitTimeout(PathBuf, std::time::Duration),
     #[error("sprite-init answered {0}")]
     Unexpected(String),
     #[error("{message}")]

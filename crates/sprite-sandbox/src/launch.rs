@@ -412,18 +412,22 @@ fn attach(mount: &OwnedFd, target: &Path) -> Result<(), SandboxError> {
 }
 
 /// Makes the sprite's own name resolve (sudo and many tools look it up), by adding it to
-/// the sprite's /etc/hosts once. Best effort: an image without /etc is still usable.
+/// the sprite's /etc/hosts once, and writes it to /etc/hostname. Best effort: an image
+/// without /etc is still usable.
 pub(crate) fn name_in_hosts(hostname: &str) {
-    let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let hosts = crate::init::files::read_text_or_empty(Path::new("/etc/hosts"), 1 << 20);
     let known = hosts
         .lines()
         .any(|line| line.split_whitespace().skip(1).any(|name| name == hostname));
     if !known {
-        let _ = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open("/etc/hosts")
+        let _ = crate::init::files::open_append(Path::new("/etc/hosts"))
             .and_then(|mut file| file.write_all(format!("127.0.1.1 {hostname}\n").as_bytes()));
+    }
+    // The image's /etc/hostname names the host it was built on: the sprite's own name.
+    let path = Path::new("/etc/hostname");
+    let current = crate::init::files::read_text_or_empty(path, 4096);
+    if current.trim() != hostname && Path::new("/etc").is_dir() {
+        let _ = crate::init::files::overwrite(path, format!("{hostname}\n").as_bytes());
     }
 }
 

@@ -55,7 +55,9 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_clock_adjtime,
     libc::SYS_adjtimex,
     libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
     libc::SYS_quotactl,
+    libc::SYS_quotactl_fd,
     libc::SYS_syslog,
     libc::SYS_fsopen,
     libc::SYS_fsconfig,
@@ -66,6 +68,45 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_mount_setattr,
     libc::SYS_setns,
     libc::SYS_userfaultfd,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_uselib,
+    libc::SYS_vhangup,
+];
+
+/// System calls that answer ENOSYS, as on a kernel without them, so programs that
+/// probe for them fall back: io_uring (a large kernel surface of its own, and the
+/// path of many recent kernel exploits; libuv, liburing users and databases fall back
+/// to epoll and threads).
+const ABSENT_SYSCALLS: &[i64] = &[
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
+/// Socket families a sprite may open: what Linux userland needs (unix, IPv4, IPv6,
+/// netlink for `ip` and `ss`, packet for `ping`, `tcpdump` and DHCP clients). Any other
+/// family answers EAFNOSUPPORT: it would otherwise make the kernel load its module
+/// (a sprite must not choose which kernel code gets loaded), and AF_VSOCK reaches the
+/// hypervisor.
+pub const ALLOWED_SOCKET_FAMILIES: [i32; 5] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+    libc::AF_PACKET,
+];
+
+/// Netlink protocols a sprite may open (routes and links for `ip`, socket diagnostics
+/// for `ss`, xfrm, audit for sudo and PAM, netfilter for nft, uevents, generic netlink):
+/// the others answer EAFNOSUPPORT instead of loading modules.
+pub const ALLOWED_NETLINK_PROTOCOLS: [u64; 7] = [
+    libc::NETLINK_ROUTE as u64,
+    libc::NETLINK_SOCK_DIAG as u64,
+    libc::NETLINK_XFRM as u64,
+    libc::NETLINK_AUDIT as u64,
+    libc::NETLINK_NETFILTER as u64,
+    libc::NETLINK_KOBJECT_UEVENT as u64,
+    libc::NETLINK_GENERIC as u64,
 ];
 
 /// Namespace flags refused in clone and unshare: a new user namespace would give back
@@ -96,8 +137,88 @@ fn build(
         .map_err(|e: seccompiler::BackendError| SandboxError::SeccompBuild(e.to_string()))
 }
 
+fn condition(
+    argument: u8,
+    operator: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, SandboxError> {
+    SeccompCondition::new(argument, SeccompCmpArgLen::Dword, operator, value)
+        .map_err(|e| SandboxError::SeccompBuild(e.to_string()))
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
+    SeccompRule::new(conditions).map_err(|e| SandboxError::SeccompBuild(e.to_string()))
+}
+
+/// Rules matching a socket family outside [`ALLOWED_SOCKET_FAMILIES`] (argument 0 of
+/// socket and socketpair), and for `socket`, a netlink protocol outside
+/// [`ALLOWED_NETLINK_PROTOCOLS`] (argument 2).
+fn socket_rules(netlink: bool) -> Result<Vec<SeccompRule>, SandboxError> {
+    // Families are small numbers (AF_MAX is 46 in Linux 6.x): every one below 64 that
+    // is not allowed, and anything from 64 up.
+    const FAMILIES: i32 = 64;
+    let mut rules = vec![rule(vec![condition(0, SeccompCmpOp::Ge, FAMILIES as u64)?])?];
+    for family in 0..FAMILIES {
+        if !ALLOWED_SOCKET_FAMILIES.contains(&family) {
+            rules.push(rule(vec![condition(0, SeccompCmpOp::Eq, family as u64)?])?);
+        }
+    }
+    if netlink {
+        // Netlink has 32 protocol slots (MAX_LINKS).
+        let family = || condition(0, SeccompCmpOp::Eq, libc::AF_NETLINK as u64);
+        rules.push(rule(vec![family()?, condition(2, SeccompCmpOp::Ge, 32)?])?);
+        for protocol in 0..32 {
+            if !ALLOWED_NETLINK_PROTOCOLS.contains(&protocol) {
+                rules.push(rule(vec![
+                    family()?,
+                    condition(2, SeccompCmpOp::Eq, protocol)?,
+                ])?);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// Refuses every call made through another ABI than the native one: a foreign
+/// architecture (the i386 `int 0x80` entry on x86_64) kills the process, as
+/// seccompiler's own check does, and an x32 call (the native architecture with bit 30
+/// of the number set, which no rule keyed by number would match) answers ENOSYS.
+fn abi_guard() -> Result<Vec<libc::sock_filter>, SandboxError> {
+    const LOAD_WORD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JUMP_EQUAL: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JUMP_AT_LEAST: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const RETURN: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let statement = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    let native: u32 = match std::env::consts::ARCH {
+        "x86_64" => 0xC000_003E,  // AUDIT_ARCH_X86_64
+        "aarch64" => 0xC000_00B7, // AUDIT_ARCH_AARCH64
+        other => {
+            return Err(SandboxError::SeccompBuild(format!(
+                "no seccomp ABI guard for {other}"
+            )))
+        }
+    };
+    // struct seccomp_data: nr at offset 0, arch at offset 4.
+    Ok(vec![
+        statement(LOAD_WORD, 4),
+        jump(JUMP_EQUAL, native, 1, 0),
+        statement(RETURN, libc::SECCOMP_RET_KILL_PROCESS),
+        statement(LOAD_WORD, 0),
+        jump(JUMP_AT_LEAST, X32_SYSCALL_BIT, 0, 1),
+        statement(RETURN, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        statement(RETURN, libc::SECCOMP_RET_ALLOW),
+    ])
+}
+
 /// The filters, in install order.
-pub fn seccomp_programs() -> Result<Vec<BpfProgram>, SandboxError> {
+pub fn seccomp_programs() -> Result<Vec<Vec<libc::sock_filter>>, SandboxError> {
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
         .iter()
         .map(|&number| (number, Vec::new()))
@@ -113,8 +234,7 @@ pub fn seccomp_programs() -> Result<Vec<BpfProgram>, SandboxError> {
                     flag,
                 )
                 .map_err(|e| SandboxError::SeccompBuild(e.to_string()))?;
-                SeccompRule::new(vec![condition])
-                    .map_err(|e| SandboxError::SeccompBuild(e.to_string()))
+                rule(vec![condition])
             })
             .collect()
     };
@@ -123,18 +243,23 @@ pub fn seccomp_programs() -> Result<Vec<BpfProgram>, SandboxError> {
     let deny = build(denied, SeccompAction::Errno(libc::EPERM as u32))?;
     // clone3 passes its flags in memory a filter cannot read: answer ENOSYS so libc
     // falls back to clone, whose flags the rule above checks.
-    let clone3 = build(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+    let absent = build(
+        ABSENT_SYSCALLS
+            .iter()
+            .chain([&libc::SYS_clone3])
+            .map(|&number| (number, Vec::new()))
+            .collect(),
         SeccompAction::Errno(libc::ENOSYS as u32),
     )?;
-    Ok(vec![deny, clone3])
-}
-
-/// Applies the filters, drops capabilities and core dumps. Call once, in PID 1, after
-/// the mounts are done.
-pub fn lock_down() -> Result<(), SandboxError> {
-    for program in seccomp_programs()? {
-        let raw: Vec<libc::sock_filter> = program
+    let sockets = build(
+        BTreeMap::from([
+            (libc::SYS_socket, socket_rules(true)?),
+            (libc::SYS_socketpair, socket_rules(false)?),
+        ]),
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+    )?;
+    let raw = |program: BpfProgram| -> Vec<libc::sock_filter> {
+        program
             .iter()
             .map(|f| libc::sock_filter {
                 code: f.code,
@@ -142,8 +267,16 @@ pub fn lock_down() -> Result<(), SandboxError> {
                 jf: f.jf,
                 k: f.k,
             })
-            .collect();
-        crate::sys::install_seccomp(&raw).map_err(SandboxError::Seccomp)?;
+            .collect()
+    };
+    Ok(vec![abi_guard()?, raw(deny), raw(absent), raw(sockets)])
+}
+
+/// Applies the filters, drops capabilities and core dumps. Call once, in PID 1, after
+/// the mounts are done.
+pub fn lock_down() -> Result<(), SandboxError> {
+    for program in seccomp_programs()? {
+        crate::sys::install_seccomp(&program).map_err(SandboxError::Seccomp)?;
     }
     let kept: CapsHashSet = KEPT_CAPABILITIES.iter().copied().collect();
     for capability in caps::all() {
@@ -165,7 +298,7 @@ mod tests {
     #[test]
     fn filters_compile_for_this_arch() {
         let programs = seccomp_programs().expect("build");
-        assert_eq!(programs.len(), 2);
+        assert_eq!(programs.len(), 4);
         assert!(programs.iter().all(|p| !p.is_empty()));
     }
 

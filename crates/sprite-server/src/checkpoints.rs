@@ -10,6 +10,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sprite_api::sprite::ProgressEvent;
+use sprite_core::Caller;
+
+/// Who asks: the API unless the in-sprite API marked the request as the sprite's own.
+fn caller(marked: Option<Extension<Caller>>) -> Caller {
+    marked.map_or(Caller::Api, |Extension(caller)| caller)
+}
 
 fn event(kind: &str, data: Option<String>, error: Option<String>) -> String {
     let event = ProgressEvent {
@@ -58,9 +64,11 @@ pub struct CreateBody {
 pub async fn create(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
+    marked: Option<Extension<Caller>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let caller = caller(marked);
     let request: CreateBody = if body.is_empty() {
         CreateBody::default()
     } else {
@@ -73,7 +81,7 @@ pub async fn create(
         format!("creating a checkpoint of {name}"),
         async move {
             let checkpoint = manager
-                .checkpoint(&org, &name, request.comment.as_deref())
+                .checkpoint(&org, &name, request.comment.as_deref(), caller)
                 .await?;
             Ok(format!("Checkpoint {} created", checkpoint.id))
         },
@@ -115,14 +123,16 @@ pub async fn get(
 pub async fn restore(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
+    marked: Option<Extension<Caller>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let caller = caller(marked);
     state.manager.checkpoint_info(&org, &name, &id).await?;
     let manager = state.manager.clone();
     Ok(ndjson(
         format!("restoring {name} to {id}; its sessions end"),
         async move {
-            manager.restore(&org, &name, &id).await?;
+            manager.restore(&org, &name, &id, caller).await?;
             Ok(format!("Checkpoint {id} restored"))
         },
     ))
@@ -131,8 +141,12 @@ pub async fn restore(
 pub async fn delete(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
+    marked: Option<Extension<Caller>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    state.manager.delete_checkpoint(&org, &name, &id).await?;
+    state
+        .manager
+        .delete_checkpoint(&org, &name, &id, caller(marked))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -127,6 +127,7 @@ async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Req
         Err(_) => return ApiError::invalid("bad path").into_response(),
     }
     request.extensions_mut().insert(Org(org));
+    request.extensions_mut().insert(sprite_core::Caller::Sprite);
     match api.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -142,14 +143,18 @@ fn expire_of(value: &serde_json::Value) -> Result<Duration, ApiError> {
         }
         _ => None,
     };
-    seconds
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "expire = {value} is not a number of seconds or a duration such as 10m"
-            ))
-        })
+    let seconds = seconds.ok_or_else(|| {
+        ApiError::invalid(format!(
+            "expire = {value} is not a number of seconds or a duration such as 10m"
+        ))
+    })?;
+    let most = sprite_core::tasks::MAX_TASK.as_secs_f64();
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= most) {
+        return Err(ApiError::invalid(format!(
+            "expire = {value} is out of range; use more than 0 and at most {most} seconds (1h)"
+        )));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -25,6 +25,8 @@ pub struct FileConfig {
     /// `oom_score_adj` of every sprite process (default 500): the host's OOM killer
     /// takes sprite processes before host services, and no sprite can lower it.
     pub sprite_oom_score_adj: Option<i32>,
+    /// Most checkpoints one sprite keeps (default 100); a create past it is refused.
+    pub max_checkpoints: Option<usize>,
     pub default_ram_mb: Option<u64>,
     pub default_cpus: Option<u32>,
     pub pids_limit: Option<u64>,
@@ -228,6 +230,12 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     }
     config.id_base = file.id_base.unwrap_or(config.id_base);
     config.sprite_ids_from = file.sprite_ids_from.unwrap_or(config.sprite_ids_from);
+    if let Some(most) = file.max_checkpoints {
+        if !(1..=10_000).contains(&most) {
+            anyhow::bail!("max_checkpoints = {most} is out of range; use 1 to 10000 (default 100)");
+        }
+        config.max_checkpoints = most;
+    }
     if let Some(score) = file.sprite_oom_score_adj {
         if !(-1000..=1000).contains(&score) {
             anyhow::bail!(

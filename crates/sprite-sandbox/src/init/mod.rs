@@ -6,6 +6,7 @@
 //! here, not in the daemon, so a daemon restart loses nothing: the daemon reconnects to
 //! `init.sock` and re-attaches. A session keeps its recent output for replay.
 
+pub(crate) mod files;
 pub mod services;
 mod session;
 pub mod users;

@@ -18,6 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LOG_ROTATE_BYTES: u64 = 1 << 20;
+/// Most bytes of one log file a `logs` request reads (a sprite can grow its own
+/// files past the rotation size).
+const LOG_READ_MAX: u64 = 2 * LOG_ROTATE_BYTES;
+/// Largest service definition PID 1 reads.
+const DEFINITION_MAX: u64 = 256 << 10;
+/// Most services of one sprite: each is a process PID 1 supervises and a log it
+/// writes; definitions past this many in the sprite's files are not loaded.
+pub const MAX_SERVICES: usize = 64;
 /// Between SIGTERM and SIGKILL on a stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait between restarts of a failing service.
@@ -180,7 +188,11 @@ impl Services {
             root: root.to_path_buf(),
         };
         if let Ok(dir) = std::fs::read_dir(services.defs_dir()) {
-            for entry in dir.flatten() {
+            for entry in dir.flatten().take(4 * MAX_SERVICES) {
+                if lock(&services.entries).len() >= MAX_SERVICES {
+                    eprintln!("sprite-init: more than {MAX_SERVICES} service definitions; the rest are not loaded");
+                    break;
+                }
                 let path = entry.path();
                 let Some(name) = path
                     .file_name()
@@ -189,7 +201,7 @@ impl Services {
                 else {
                     continue;
                 };
-                match std::fs::read(&path)
+                match super::files::read_capped(&path, DEFINITION_MAX)
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| {
                         serde_json::from_slice::<Stored>(&bytes).map_err(|e| e.to_string())
@@ -265,6 +277,12 @@ impl Services {
         validate_service_spec(name, &spec).map_err(|m| (ErrorCode::Invalid, m))?;
         let old_run = {
             let mut entries = lock(&self.entries);
+            if !entries.contains_key(name) && entries.len() >= MAX_SERVICES {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("a sprite has at most {MAX_SERVICES} services; delete one first"),
+                ));
+            }
             if let Some(missing) = spec.needs.iter().find(|n| !entries.contains_key(*n)) {
                 return Err((
                     ErrorCode::Invalid,
@@ -412,8 +430,8 @@ impl Services {
             return Err(not_found(name));
         }
         let path = self.log_path(name);
-        let old = std::fs::read_to_string(path.with_extension("log.1")).unwrap_or_default();
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        let old = super::files::read_text_or_empty(&path.with_extension("log.1"), LOG_READ_MAX);
+        let current = super::files::read_text_or_empty(&path, LOG_READ_MAX);
         Ok(tail_lines(&format!("{old}{current}"), lines))
     }
 
@@ -566,13 +584,7 @@ async fn write_log(path: &Path, mut output: tokio::sync::mpsc::Receiver<Output>)
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let open = |path: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()
-    };
+    let open = |path: &Path| super::files::open_append(path).ok();
     let mut file = open(path);
     while let Some(event) = output.recv().await {
         match event {

@@ -1,6 +1,10 @@
 //! Account lookup in the sprite's own /etc/passwd and /etc/group.
 
-use std::fs;
+use super::files::read_text_or_empty;
+use std::path::Path;
+
+/// Largest account file PID 1 reads (a sprite controls its own /etc).
+const ACCOUNT_FILE_MAX: u64 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -47,8 +51,8 @@ pub fn find_account(passwd: &str, group: &str, name: &str) -> Option<Account> {
 
 /// Looks up an account in the running sprite's files.
 pub fn lookup(name: &str) -> Option<Account> {
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = read_text_or_empty(Path::new("/etc/passwd"), ACCOUNT_FILE_MAX);
+    let group = read_text_or_empty(Path::new("/etc/group"), ACCOUNT_FILE_MAX);
     find_account(&passwd, &group, name).or_else(|| {
         (name == "root").then(|| Account {
             name: "root".into(),
