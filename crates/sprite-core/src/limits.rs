@@ -35,10 +35,9 @@ impl Buckets {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
         }
-        let (tokens, at) = buckets
-            .entry(key.to_string())
-            .or_insert((self.burst, now));
-        let refilled = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
+        let (tokens, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
+        let refilled = (*tokens
+            + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
             .min(self.burst);
         *at = now;
         if refilled >= 1.0 {
@@ -68,10 +67,11 @@ mod tests {
         }
         let wait = buckets.take_at("a", start).expect_err("empty");
         assert!((1.9..=2.1).contains(&wait.as_secs_f64()), "{wait:?}");
-        assert!(buckets.take_at("b", start).is_ok(), "another key has its own");
-        assert!(buckets
-            .take_at("a", start + Duration::from_secs(2))
-            .is_ok());
+        assert!(
+            buckets.take_at("b", start).is_ok(),
+            "another key has its own"
+        );
+        assert!(buckets.take_at("a", start + Duration::from_secs(2)).is_ok());
         assert!(buckets
             .take_at("a", start + Duration::from_secs(2))
             .is_err());

@@ -87,6 +87,8 @@ pub struct SpriteManager {
     pub(crate) network: Option<crate::network::Network>,
     /// Checkpoints sprites make of themselves, per sprite.
     inside_checkpoints: crate::limits::Buckets,
+    /// Places for connections into each sprite (see `proxy.rs`).
+    pub(crate) connection_places: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// The directories sprites' in-sprite API sockets live in (`run/<sprite id>`) are on
@@ -170,6 +172,7 @@ impl SpriteManager {
             http_ports: Mutex::new(HashMap::new()),
             port_watches: Mutex::new(HashMap::new()),
             sprites_changed: tokio::sync::Notify::new(),
+            connection_places: Mutex::new(HashMap::new()),
             inside_checkpoints: crate::limits::Buckets::new(
                 INSIDE_CHECKPOINT_BURST,
                 INSIDE_CHECKPOINTS_PER_SECOND,
@@ -595,6 +598,7 @@ impl SpriteManager {
             }
         }
         lock(&self.start_locks).remove(&record.id);
+        lock(&self.connection_places).remove(&record.id);
         self.forget_tasks(&record.id);
         self.activity.forget(&record.id);
         Ok(())

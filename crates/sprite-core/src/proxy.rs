@@ -11,6 +11,18 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// How long a looked-up `http_port` is reused.
 const PORT_CACHE: Duration = Duration::from_secs(2);
+/// Most connections into one sprite at once (URL proxy and TCP proxy together): a
+/// sprite drowned in clients (or one whose clients never leave) takes no more of the
+/// daemon's descriptors than this.
+pub const MAX_CONNECTIONS_PER_SPRITE: usize = 512;
+
+/// What a connection into a sprite holds for as long as it is open: the sprite stays
+/// awake, and one of its [`MAX_CONNECTIONS_PER_SPRITE`] places is taken.
+#[derive(Debug)]
+pub struct ConnectionLease {
+    _awake: ActivityGuard,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl SpriteManager {
     /// The sprite a URL names (`<name>.<domain>`), in any organization (the oldest if
@@ -51,13 +63,40 @@ impl SpriteManager {
         &self,
         record: &SpriteRecord,
         timeout: Duration,
-    ) -> Result<(tokio::net::TcpStream, u16, ActivityGuard), CoreError> {
+    ) -> Result<(tokio::net::TcpStream, u16, ConnectionLease), CoreError> {
         let deadline = Instant::now() + timeout;
+        let place = self.connection_place(record)?;
         let guard = self.wake_record(record, Reason::Proxy).await?;
         let port = self.http_port(record).await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let stream = self.connect_port(record, port, remaining).await?;
-        Ok((stream, port, guard))
+        Ok((
+            stream,
+            port,
+            ConnectionLease {
+                _awake: guard,
+                _place: place,
+            },
+        ))
+    }
+
+    /// One of the sprite's connection places, or a clear refusal.
+    fn connection_place(
+        &self,
+        record: &SpriteRecord,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, CoreError> {
+        let places = lock(&self.connection_places)
+            .entry(record.id.clone())
+            .or_insert_with(|| {
+                std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SPRITE))
+            })
+            .clone();
+        places.try_acquire_owned().map_err(|_| {
+            CoreError::RateLimited(format!(
+                "sprite {} has {MAX_CONNECTIONS_PER_SPRITE} open connections, the most one sprite may have; retry when some close",
+                record.name
+            ))
+        })
     }
 
     /// The TCP proxy's connection: wakes the sprite (the guard keeps it awake) and
@@ -68,11 +107,18 @@ impl SpriteManager {
         name: &str,
         port: u16,
         timeout: Duration,
-    ) -> Result<(tokio::net::TcpStream, ActivityGuard), CoreError> {
+    ) -> Result<(tokio::net::TcpStream, ConnectionLease), CoreError> {
         let record = self.record(org, name)?;
+        let place = self.connection_place(&record)?;
         let guard = self.wake_record(&record, Reason::Proxy).await?;
         let stream = self.connect_port(&record, port, timeout).await?;
-        Ok((stream, guard))
+        Ok((
+            stream,
+            ConnectionLease {
+                _awake: guard,
+                _place: place,
+            },
+        ))
     }
 
     /// Connects to `port` on the sprite's loopback (it must be awake), retrying until

@@ -125,3 +125,13 @@ pub fn with_fs_ids<T>(uid: u32, gid: u32, work: impl FnOnce() -> T) -> T {
     }
     work()
 }
+
+/// Raises this process's soft limit of open files to its hard limit (the daemon holds
+/// a socket per connection, per sprite resolver and per watched file). Answers the
+/// new limit.
+pub fn raise_open_files_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}

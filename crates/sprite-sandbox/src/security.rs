@@ -157,7 +157,11 @@ fn socket_rules(netlink: bool) -> Result<Vec<SeccompRule>, SandboxError> {
     // Families are small numbers (AF_MAX is 46 in Linux 6.x): every one below 64 that
     // is not allowed, and anything from 64 up.
     const FAMILIES: i32 = 64;
-    let mut rules = vec![rule(vec![condition(0, SeccompCmpOp::Ge, FAMILIES as u64)?])?];
+    let mut rules = vec![rule(vec![condition(
+        0,
+        SeccompCmpOp::Ge,
+        FAMILIES as u64,
+    )?])?];
     for family in 0..FAMILIES {
         if !ALLOWED_SOCKET_FAMILIES.contains(&family) {
             rules.push(rule(vec![condition(0, SeccompCmpOp::Eq, family as u64)?])?);

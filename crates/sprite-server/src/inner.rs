@@ -43,11 +43,7 @@ pub async fn serve_sprite_sockets(state: AppState) {
                     match listen(dir) {
                         Ok(listener) => {
                             let router = sprite_router(state.clone(), id.clone());
-                            let task = tokio::spawn(async move {
-                                if let Err(error) = axum::serve(listener, router).await {
-                                    tracing::warn!("in-sprite API: {error}");
-                                }
-                            });
+                            let task = tokio::spawn(serve_socket(listener, router));
                             serving.insert(id.clone(), task);
                         }
                         Err(error) => {
@@ -61,6 +57,32 @@ pub async fn serve_sprite_sockets(state: AppState) {
         tokio::select! {
             () = state.manager.sprites_changed() => {}
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Serves one sprite's `api.sock`: at most [`crate::serve::SPRITE_SOCKET_LIMITS`]
+/// connections at once, each sending its headers in time; a sprite that opens more is
+/// refused, and the daemon, the API and other sprites never notice.
+async fn serve_socket(listener: tokio::net::UnixListener, router: Router) {
+    let gate = crate::serve::Gate::new(crate::serve::SPRITE_SOCKET_LIMITS);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!("in-sprite API accept: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match gate.admit(()) {
+            Some(admission) => crate::serve::serve_connection(stream, router.clone(), admission),
+            None => {
+                tokio::spawn(crate::serve::refuse(
+                    stream,
+                    "too many open connections to this sprite's api.sock; close some and retry",
+                ));
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ mod fs;
 pub mod inner;
 mod policy;
 pub mod proxy;
+pub mod serve;
 mod services;
 mod sprites;
 mod tcp;

@@ -13,8 +13,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, COOKIE, HOST};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use sprite_core::lifecycle::ActivityGuard;
+use hyper_util::rt::TokioIo;
 use sprite_core::CoreError;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,7 +116,7 @@ impl ClientConnection {
 struct Upstream {
     sprite_id: String,
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
-    _awake: ActivityGuard,
+    _lease: sprite_core::proxy::ConnectionLease,
 }
 
 fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
@@ -142,6 +141,7 @@ pub async fn serve_proxy(
     settings: ProxySettings,
 ) {
     let settings = Arc::new(settings);
+    let gate = crate::serve::Gate::new(crate::serve::PROXY_LIMITS);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -152,10 +152,19 @@ pub async fn serve_proxy(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Some(admission) = gate.admit(peer.ip()) else {
+            tracing::debug!(%peer, "proxy connection refused: too many open");
+            tokio::spawn(crate::serve::refuse(
+                stream,
+                "too many open connections from this address; close some and retry",
+            ));
+            continue;
+        };
         let state = state.clone();
         let settings = settings.clone();
         let tls = settings.tls.clone();
         tokio::spawn(async move {
+            let _admission = admission;
             let connection = Arc::new(ClientConnection {
                 peer,
                 upstream: tokio::sync::Mutex::new(None),
@@ -170,7 +179,7 @@ pub async fn serve_proxy(
                     )
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let builder = crate::serve::http_server(crate::serve::PROXY_LIMITS);
             match &tls {
                 None => {
                     let _ = builder
@@ -394,7 +403,7 @@ async fn handle(
                         *upstream = Some(Upstream {
                             sprite_id: record.id.clone(),
                             sender,
-                            _awake: awake,
+                            _lease: awake,
                         });
                     }
                     Err(error) => {

@@ -389,6 +389,10 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     // The host's OOM killer takes sprites first; the daemon (restartable, but every
     // API call needs it) only after them.
     protect_from_oom("daemon", -900);
+    match sprite_sandbox::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit raised"),
+        Err(error) => tracing::warn!("could not raise the open files limit: {error}"),
+    }
     if let Err(error) = install_sprite_env(&data_dir, config.id_base) {
         tracing::warn!("sprite-env will be missing in sprites: {error:#}");
     }
@@ -449,15 +453,13 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     ));
     tracing::info!(listen = %proxy_listen, %domain, "sprite URLs served");
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
-    // Small exec frames must not wait for delayed ACKs (Nagle adds ~40 ms per exec).
-    let listener =
-        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-            let _ = stream.set_nodelay(true);
-        });
-    axum::serve(listener, sprite_server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serve the API")?;
+    sprite_server::serve::serve_tcp(
+        listener,
+        sprite_server::router(state),
+        sprite_server::serve::API_LIMITS,
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("daemon stopped; sprites keep running");
     Ok(0)
 }

@@ -97,12 +97,21 @@ mod tests {
         assert_eq!(read_capped(&big, 101).expect("read").len(), 101);
         let log = dir.path().join("log");
         use std::io::Write;
-        open_append(&log).expect("create").write_all(b"a").expect("write");
-        open_append(&log).expect("append").write_all(b"b").expect("write");
+        open_append(&log)
+            .expect("create")
+            .write_all(b"a")
+            .expect("write");
+        open_append(&log)
+            .expect("append")
+            .write_all(b"b")
+            .expect("write");
         assert_eq!(read_text_or_empty(&log, 10), "ab");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&log, &link).expect("symlink");
-        assert!(open_append(&link).is_err(), "logs are never written through a link");
+        assert!(
+            open_append(&link).is_err(),
+            "logs are never written through a link"
+        );
         assert!(overwrite(&link, b"x").is_err());
         assert!(overwrite(&fifo, b"x").is_err());
         overwrite(&log, b"new").expect("overwrite");
