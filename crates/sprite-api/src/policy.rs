@@ -103,8 +103,21 @@ pub struct NetworkPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "WireRule", into = "WireRule")]
 pub enum PolicyRule {
-    Domain { domain: String, action: Action },
-    Include { include: String },
+    Domain {
+        domain: String,
+        action: Action,
+    },
+    Include {
+        include: String,
+    },
+    /// `{"cidr":"10.1.2.0/24","action":"allow"}` (ours): allowed names may resolve into
+    /// this private or special-purpose range. Such addresses (private, loopback,
+    /// link-local, shared, multicast, reserved, the sprites' own subnet) are never
+    /// admitted otherwise, so an allowed name cannot point a sprite at the host's LAN.
+    Network {
+        cidr: String,
+        action: Action,
+    },
 }
 
 /// What a rule does with the names it matches.
@@ -142,6 +155,14 @@ impl PolicyRule {
         PolicyRule::Domain {
             domain: domain.into(),
             action: Action::Deny,
+        }
+    }
+
+    /// `{"cidr":…,"action":"allow"}`.
+    pub fn allow_network(cidr: impl Into<String>) -> Self {
+        PolicyRule::Network {
+            cidr: cidr.into(),
+            action: Action::Allow,
         }
     }
 
@@ -198,9 +219,34 @@ impl NetworkPolicy {
                     })
                 }
                 PolicyRule::Include { .. } => {}
+                PolicyRule::Network { cidr, action } => {
+                    parse_cidr(cidr).map_err(|reason| PolicyError::Network {
+                        index,
+                        cidr: cidr.clone(),
+                        reason,
+                    })?;
+                    if *action != Action::Allow {
+                        return Err(PolicyError::NetworkDeny {
+                            index,
+                            cidr: cidr.clone(),
+                        });
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether an `allow` network rule covers `address` (answers in private and other
+    /// special ranges are admitted only then).
+    pub fn names_network(&self, address: std::net::Ipv4Addr) -> bool {
+        self.rules.iter().any(|rule| match rule {
+            PolicyRule::Network {
+                cidr,
+                action: Action::Allow,
+            } => parse_cidr(cidr).is_ok_and(|(network, bits)| in_network(address, network, bits)),
+            _ => false,
+        })
     }
 
     /// Every domain rule in force, with `{"include":"defaults"}` expanded (once, however
@@ -211,7 +257,7 @@ impl NetworkPolicy {
         );
         let explicit = self.rules.iter().filter_map(|rule| match rule {
             PolicyRule::Domain { domain, action } => Some((domain.as_str(), *action)),
-            PolicyRule::Include { .. } => None,
+            PolicyRule::Include { .. } | PolicyRule::Network { .. } => None,
         });
         let preset = DEFAULT_ALLOWED_DOMAINS
             .iter()
@@ -262,6 +308,58 @@ fn specificity(domain: &str, name: &str) -> Option<Specificity> {
         .then_some(Specificity::Exact)
 }
 
+/// Parses an IPv4 CIDR (`10.1.2.0/24`): its network address must be the network's own.
+pub fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (address, bits) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not address/prefix, as in 10.1.2.0/24"))?;
+    let address: std::net::Ipv4Addr = address
+        .parse()
+        .map_err(|_| format!("{address:?} is not an IPv4 address"))?;
+    let bits: u8 = bits
+        .parse()
+        .ok()
+        .filter(|bits| *bits <= 32)
+        .ok_or_else(|| format!("{bits:?} is not a prefix length from 0 to 32"))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    if u32::from(address) & !mask != 0 {
+        return Err(format!(
+            "{address} is not the network address of /{bits}; write {}/{bits}",
+            std::net::Ipv4Addr::from(u32::from(address) & mask)
+        ));
+    }
+    Ok((address, bits))
+}
+
+/// Whether `address` is in `network/bits`.
+pub fn in_network(address: std::net::Ipv4Addr, network: std::net::Ipv4Addr, bits: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    u32::from(address) & mask == u32::from(network) & mask
+}
+
+/// Ranges a DNS answer never admits unless a network rule names them: "this network",
+/// private (RFC 1918), shared (CGNAT, RFC 6598), loopback, link-local, IETF protocol
+/// assignments, multicast, reserved and broadcast.
+pub const SPECIAL_NETWORKS: [(std::net::Ipv4Addr, u8); 10] = [
+    (std::net::Ipv4Addr::new(0, 0, 0, 0), 8),
+    (std::net::Ipv4Addr::new(10, 0, 0, 0), 8),
+    (std::net::Ipv4Addr::new(100, 64, 0, 0), 10),
+    (std::net::Ipv4Addr::new(127, 0, 0, 0), 8),
+    (std::net::Ipv4Addr::new(169, 254, 0, 0), 16),
+    (std::net::Ipv4Addr::new(172, 16, 0, 0), 12),
+    (std::net::Ipv4Addr::new(192, 0, 0, 0), 24),
+    (std::net::Ipv4Addr::new(192, 168, 0, 0), 16),
+    (std::net::Ipv4Addr::new(224, 0, 0, 0), 4),
+    (std::net::Ipv4Addr::new(240, 0, 0, 0), 4),
+];
+
+/// Whether `address` is in one of [`SPECIAL_NETWORKS`].
+pub fn is_special(address: std::net::Ipv4Addr) -> bool {
+    SPECIAL_NETWORKS
+        .iter()
+        .any(|&(network, bits)| in_network(address, network, bits))
+}
+
 fn without_trailing_dot(name: &str) -> &str {
     name.strip_suffix('.').unwrap_or(name)
 }
@@ -277,6 +375,14 @@ pub enum PolicyError {
         "rules[{index}]: include {include:?} is not a known preset; the only one is \"defaults\""
     )]
     UnknownInclude { index: usize, include: String },
+    #[error("rules[{index}]: cidr {cidr:?}: {reason}")]
+    Network {
+        index: usize,
+        cidr: String,
+        reason: String,
+    },
+    #[error("rules[{index}]: a cidr rule ({cidr}) can only allow: ranges nothing allows are never reached")]
+    NetworkDeny { index: usize, cidr: String },
 }
 
 /// Why a rule's domain was refused. Where the text looks like a URL or `host:port`, the
@@ -411,6 +517,8 @@ struct WireRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     include: Option<String>,
@@ -439,21 +547,35 @@ impl TryFrom<WireRule> for PolicyRule {
     type Error = RuleShapeError;
 
     fn try_from(wire: WireRule) -> Result<Self, RuleShapeError> {
+        if let Some(cidr) = wire.cidr {
+            return match (wire.domain, wire.action, wire.include) {
+                (None, Some(action), None) => Ok(PolicyRule::Network {
+                    cidr,
+                    action: parse_action(action)?,
+                }),
+                (None, None, None) => Err(RuleShapeError::MissingAction(cidr)),
+                _ => Err(RuleShapeError::Both),
+            };
+        }
         match (wire.domain, wire.action, wire.include) {
             (None, None, Some(include)) => Ok(PolicyRule::Include { include }),
-            (Some(domain), Some(action), None) => {
-                let action = match action.as_str() {
-                    "allow" => Action::Allow,
-                    "deny" => Action::Deny,
-                    _ => return Err(RuleShapeError::BadAction(action)),
-                };
-                Ok(PolicyRule::Domain { domain, action })
-            }
+            (Some(domain), Some(action), None) => Ok(PolicyRule::Domain {
+                domain,
+                action: parse_action(action)?,
+            }),
             (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(RuleShapeError::Both),
             (None, None, None) => Err(RuleShapeError::Neither),
             (Some(domain), None, None) => Err(RuleShapeError::MissingAction(domain)),
             (None, Some(action), None) => Err(RuleShapeError::MissingDomain(action)),
         }
+    }
+}
+
+fn parse_action(action: String) -> Result<Action, RuleShapeError> {
+    match action.as_str() {
+        "allow" => Ok(Action::Allow),
+        "deny" => Ok(Action::Deny),
+        _ => Err(RuleShapeError::BadAction(action)),
     }
 }
 
@@ -463,10 +585,15 @@ impl From<PolicyRule> for WireRule {
             PolicyRule::Domain { domain, action } => WireRule {
                 domain: Some(domain),
                 action: Some(action.as_str().to_string()),
-                include: None,
+                ..WireRule::default()
             },
             PolicyRule::Include { include } => WireRule {
                 include: Some(include),
+                ..WireRule::default()
+            },
+            PolicyRule::Network { cidr, action } => WireRule {
+                cidr: Some(cidr),
+                action: Some(action.as_str().to_string()),
                 ..WireRule::default()
             },
         }
@@ -504,6 +631,53 @@ mod tests {
             serde_json::to_string(&NetworkPolicy::default()).expect("json"),
             r#"{"rules":[]}"#
         );
+    }
+
+    #[test]
+    fn network_rules_name_private_ranges_a_name_may_resolve_into() {
+        let policy = parse(
+            r#"{"rules":[{"domain":"intranet.test","action":"allow"},{"cidr":"10.1.0.0/16","action":"allow"}]}"#,
+        )
+        .expect("parse");
+        assert!(policy.validate().is_ok());
+        assert!(policy.names_network("10.1.2.3".parse().expect("ip")));
+        assert!(!policy.names_network("10.2.0.1".parse().expect("ip")));
+        assert_eq!(
+            serde_json::to_string(&policy).expect("json"),
+            r#"{"rules":[{"domain":"intranet.test","action":"allow"},{"cidr":"10.1.0.0/16","action":"allow"}]}"#
+        );
+        let bad = |json: &str| {
+            parse(json)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.validate().map_err(|e| e.to_string()))
+                .expect_err("refused")
+        };
+        assert!(
+            bad(r#"{"rules":[{"cidr":"10.1.2.3/16","action":"allow"}]}"#).contains("10.1.0.0/16")
+        );
+        assert!(bad(r#"{"rules":[{"cidr":"10.1.0.0/33","action":"allow"}]}"#).contains("prefix"));
+        assert!(bad(r#"{"rules":[{"cidr":"10.1.0.0/16","action":"deny"}]}"#).contains("only allow"));
+        assert!(bad(r#"{"rules":[{"cidr":"10.1.0.0/16"}]}"#).contains("no action"));
+        assert!(
+            bad(r#"{"rules":[{"cidr":"10.1.0.0/16","domain":"a.com","action":"allow"}]}"#)
+                .contains("not both")
+        );
+        for special in [
+            "10.0.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "192.168.1.1",
+            "172.20.0.1",
+            "100.64.0.1",
+            "224.0.0.1",
+            "0.1.2.3",
+            "255.255.255.255",
+        ] {
+            assert!(is_special(special.parse().expect("ip")), "{special}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "172.32.0.1", "198.18.0.1"] {
+            assert!(!is_special(public.parse().expect("ip")), "{public}");
+        }
     }
 
     #[test]

@@ -67,9 +67,15 @@ pub trait AllowSink: Send + Sync + 'static {
     /// answer is sent to the sprite, so a firewall set can admit them first. Only called
     /// when the sprite is restricted and the answer has at least one address. TTLs are
     /// clamped to [`MIN_ADMIT_TTL`]..=[`MAX_ADMIT_TTL`]; `name` is lowercase, without the
-    /// trailing dot.
-    async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>);
+    /// trailing dot. Answers whether the addresses were admitted: `false` (the sprite
+    /// looked up too much, too fast) makes the answer SERVFAIL.
+    async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) -> bool;
 }
+
+/// Largest answer sent to a sprite over UDP, whatever EDNS size its resolver offers
+/// (the size DNS flag day 2020 settled on: no fragmentation, and the resolver is no
+/// amplifier).
+pub const MAX_UDP_ANSWER: usize = 1232;
 
 /// Where [`serve`] sends allowed questions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +85,9 @@ pub struct ResolverConfig {
     pub upstreams: Vec<SocketAddr>,
     /// Per upstream attempt (and again for the TCP retry of a truncated answer).
     pub timeout: Duration,
+    /// The sprites' own subnet: never admitted, like the special ranges, unless the
+    /// policy names it.
+    pub sprite_network: Option<(Ipv4Addr, u8)>,
 }
 
 /// What went wrong in the forwarder. Only [`DnsError::Receive`] ends [`serve`]; the others
@@ -110,7 +119,7 @@ pub enum DnsError {
         upstream: SocketAddr,
         timeout: Duration,
     },
-    #[error("upstream {upstream} answered with another query's id")]
+    #[error("upstream {upstream} answered with another query's id or question")]
     Mismatch { upstream: SocketAddr },
     #[error("the answer of upstream {upstream} is not a dns message")]
     Decode {
@@ -203,15 +212,20 @@ impl Forwarder {
         {
             return Some(response(&header, &query, ResponseCode::NoError));
         }
-        match self.forward(packet).await {
+        match self.forward(packet, &question).await {
             Ok(answer) => {
                 if restricted {
-                    let addresses = admitted_addresses(&answer.message);
-                    if !addresses.is_empty() {
-                        self.sink.allow(&name, addresses).await;
+                    let addresses: Vec<(Ipv4Addr, Duration)> = admitted_addresses(&answer.message)
+                        .into_iter()
+                        .filter(|(address, _)| self.admissible(*address, policy))
+                        .collect();
+                    if !addresses.is_empty() && !self.sink.allow(&name, addresses).await {
+                        tracing::debug!(%peer, name, "dns answer not admitted: too many lookups");
+                        return Some(response(&header, &query, ResponseCode::ServFail));
                     }
                 }
-                Some(fit(answer, usize::from(query.max_payload())))
+                let limit = usize::from(query.max_payload()).min(MAX_UDP_ANSWER);
+                Some(fit(answer, limit))
             }
             Err(error) => {
                 tracing::debug!(%peer, name, error = error_chain(&error), "no upstream answered");
@@ -220,13 +234,23 @@ impl Forwarder {
         }
     }
 
+    /// Whether an address of an answer may be admitted: not in a private or special
+    /// range nor the sprites' own subnet, unless the policy names its network.
+    fn admissible(&self, address: Ipv4Addr, policy: &NetworkPolicy) -> bool {
+        let special = sprite_api::policy::is_special(address)
+            || self.config.sprite_network.is_some_and(|(network, bits)| {
+                sprite_api::policy::in_network(address, network, bits)
+            });
+        !special || policy.names_network(address)
+    }
+
     /// Asks each upstream in turn; an answer of SERVFAIL or REFUSED is kept for when no
     /// other upstream does better.
-    async fn forward(&self, packet: &[u8]) -> Result<UpstreamAnswer, DnsError> {
+    async fn forward(&self, packet: &[u8], question: &Query) -> Result<UpstreamAnswer, DnsError> {
         let mut fallback = None;
         let mut last_error = DnsError::NoUpstreams;
         for &upstream in &self.config.upstreams {
-            match exchange(packet, upstream, self.config.timeout).await {
+            match exchange(packet, question, upstream, self.config.timeout).await {
                 Ok(answer)
                     if matches!(
                         answer.message.metadata.response_code,
@@ -247,17 +271,29 @@ impl Forwarder {
 }
 
 /// One attempt at one upstream: UDP, then TCP if the UDP answer was truncated.
+///
+/// The query goes out under a transaction id of its own (random, never the sprite's,
+/// which the sprite knows), from a fresh socket on a random port, and an answer counts
+/// only if it carries that id and asks the same question: forging one takes guessing
+/// both the port and the id, and the sprite's own packets cannot even reach the host
+/// with another source than its address. The answer goes back with the sprite's id.
 async fn exchange(
     packet: &[u8],
+    question: &Query,
     upstream: SocketAddr,
     timeout: Duration,
 ) -> Result<UpstreamAnswer, DnsError> {
     let timed_out = |_| DnsError::Timeout { upstream, timeout };
-    let mut bytes = tokio::time::timeout(timeout, exchange_udp(packet, upstream))
+    let mut outgoing = packet.to_vec();
+    if outgoing.len() < 12 {
+        return Err(DnsError::Mismatch { upstream });
+    }
+    outgoing[..2].copy_from_slice(&random_id());
+    let mut bytes = tokio::time::timeout(timeout, exchange_udp(&outgoing, upstream))
         .await
         .map_err(timed_out)??;
     if is_truncated(&bytes) {
-        bytes = tokio::time::timeout(timeout, exchange_tcp(packet, upstream))
+        bytes = tokio::time::timeout(timeout, exchange_tcp(&outgoing, upstream))
             .await
             .map_err(timed_out)??;
     }
@@ -265,7 +301,32 @@ async fn exchange(
         upstream,
         source: Box::new(source),
     })?;
+    if !same_question(&message, question) {
+        return Err(DnsError::Mismatch { upstream });
+    }
+    bytes[..2].copy_from_slice(&packet[..2]);
+    let mut message = message;
+    message.metadata.id = u16::from_be_bytes([packet[0], packet[1]]);
     Ok(UpstreamAnswer { bytes, message })
+}
+
+/// A transaction id nobody can predict.
+fn random_id() -> [u8; 2] {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    [bytes[0], bytes[1]]
+}
+
+/// Whether an answer's question section is exactly `question` (names compared without
+/// regard to case, as DNS does).
+fn same_question(answer: &Message, question: &Query) -> bool {
+    match answer.queries.as_slice() {
+        [asked] => {
+            asked.query_type() == question.query_type()
+                && asked.query_class() == question.query_class()
+                && asked.name().to_lowercase() == question.name().to_lowercase()
+        }
+        _ => false,
+    }
 }
 
 /// Sends `packet` from a fresh socket on a random port connected to `upstream` (so only
@@ -711,12 +772,13 @@ mod tests {
 
     #[async_trait]
     impl AllowSink for RecordingSink {
-        async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) {
+        async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) -> bool {
             tokio::time::sleep(self.delay).await;
             self.calls
                 .lock()
                 .expect("calls lock")
                 .push((name.to_string(), addrs));
+            true
         }
     }
 
@@ -728,12 +790,33 @@ mod tests {
         HashMap::from([
             (
                 "allowed.test".to_string(),
-                vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+                vec![
+                    Ipv4Addr::new(198, 51, 100, 1),
+                    Ipv4Addr::new(198, 51, 100, 2),
+                ],
             ),
-            ("Denied.Test.".to_string(), vec![Ipv4Addr::new(10, 0, 0, 3)]),
+            (
+                "Denied.Test.".to_string(),
+                vec![Ipv4Addr::new(198, 51, 100, 3)],
+            ),
+            (
+                "lan.test".to_string(),
+                vec![
+                    Ipv4Addr::new(192, 168, 1, 5),
+                    Ipv4Addr::new(198, 51, 100, 9),
+                ],
+            ),
+            (
+                "metadata.test".to_string(),
+                vec![Ipv4Addr::new(169, 254, 169, 254)],
+            ),
+            (
+                "neighbour.test".to_string(),
+                vec![Ipv4Addr::new(10, 231, 0, 6)],
+            ),
             (
                 "many.test".to_string(),
-                (1..=100).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect(),
+                (1..=100).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect(),
             ),
         ])
     }
@@ -783,7 +866,11 @@ mod tests {
                 calls: Arc::clone(&sink_calls),
                 delay: Duration::from_millis(100),
             });
-            let config = ResolverConfig { upstreams, timeout };
+            let config = ResolverConfig {
+                upstreams,
+                timeout,
+                sprite_network: Some((Ipv4Addr::new(10, 231, 0, 0), 16)),
+            };
             tasks.spawn(async move {
                 let _ = serve(socket, config, receiver, sink).await;
             });
@@ -858,13 +945,136 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn private_answers_are_admitted_only_where_the_policy_names_their_network() {
+        let harness =
+            Harness::start(allow_only(&["lan.test", "metadata.test", "neighbour.test"])).await;
+        for name in ["lan.test", "metadata.test", "neighbour.test"] {
+            let answer = harness.ask(name, RecordType::A).await;
+            assert_eq!(code(&answer), ResponseCode::NoError, "{name}");
+        }
+        // Only the public address of lan.test; nothing of the link-local or sprite ones.
+        let admitted: Vec<Ipv4Addr> = calls(&harness.sink_calls)
+            .into_iter()
+            .flat_map(|(_, addrs)| addrs.into_iter().map(|(a, _)| a))
+            .collect();
+        assert_eq!(admitted, [Ipv4Addr::new(198, 51, 100, 9)]);
+        harness
+            .policy
+            .send_replace(Arc::new(NetworkPolicy::new(vec![
+                PolicyRule::allow("lan.test"),
+                PolicyRule::allow_network("192.168.1.0/24"),
+            ])));
+        harness.ask("lan.test", RecordType::A).await;
+        let last = calls(&harness.sink_calls).pop().expect("a call");
+        let addrs: Vec<Ipv4Addr> = last.1.iter().map(|(a, _)| *a).collect();
+        assert_eq!(
+            addrs,
+            [
+                Ipv4Addr::new(192, 168, 1, 5),
+                Ipv4Addr::new(198, 51, 100, 9)
+            ]
+        );
+    }
+
+    /// An upstream that answers every query with `answer(query)`, and records the ids
+    /// it saw.
+    async fn scripted_upstream(
+        answer: impl Fn(&Message) -> Message + Send + 'static,
+    ) -> (SocketAddr, Arc<Mutex<Vec<u16>>>, JoinSet<()>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let address = socket.local_addr().expect("addr");
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let seen = ids.clone();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut buffer = vec![0u8; MAX_MESSAGE];
+            while let Ok((length, peer)) = socket.recv_from(&mut buffer).await {
+                let Ok(query) = Message::from_vec(&buffer[..length]) else {
+                    continue;
+                };
+                seen.lock().expect("ids").push(query.metadata.id);
+                let reply = answer(&query).to_vec().expect("encode");
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+        (address, ids, tasks)
+    }
+
+    #[tokio::test]
+    async fn upstream_queries_carry_ids_of_their_own_and_other_questions_are_refused() {
+        // An honest upstream: it sees another id than the sprite's, the sprite its own.
+        let (upstream, ids, tasks) = scripted_upstream(|query| {
+            let mut reply = response_message(query, ResponseCode::NoError);
+            reply.add_answer(Record::from_rdata(
+                query.queries[0].name().clone(),
+                60,
+                RData::A(A(Ipv4Addr::new(198, 51, 100, 1))),
+            ));
+            reply
+        })
+        .await;
+        let harness = Harness::with_upstreams(
+            tasks,
+            vec![upstream],
+            Duration::from_secs(2),
+            allow_only(&["a.test"]),
+        )
+        .await;
+        let mut query = query_message("a.test", RecordType::A);
+        query.metadata.id = 0x1234;
+        let answer = Message::from_vec(
+            &harness
+                .ask_raw(&query.to_vec().expect("encode"))
+                .await
+                .expect("answer"),
+        )
+        .expect("parse");
+        assert_eq!(answer.metadata.id, 0x1234);
+        assert_eq!(addresses(&answer), [Ipv4Addr::new(198, 51, 100, 1)]);
+        assert!(
+            !ids.lock().expect("ids").contains(&0x1234),
+            "the sprite's id went out"
+        );
+
+        // One that answers another question (a forged answer for another name) is
+        // refused: SERVFAIL, and nothing admitted.
+        let (forger, _, tasks) = scripted_upstream(|query| {
+            let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+            reply.add_query(Query::query(
+                Name::from_ascii("evil.test.").expect("name"),
+                RecordType::A,
+            ));
+            reply.add_answer(Record::from_rdata(
+                Name::from_ascii("evil.test.").expect("name"),
+                60,
+                RData::A(A(Ipv4Addr::new(198, 51, 100, 66))),
+            ));
+            reply
+        })
+        .await;
+        let harness = Harness::with_upstreams(
+            tasks,
+            vec![forger],
+            Duration::from_secs(2),
+            allow_only(&["a.test"]),
+        )
+        .await;
+        let answer = harness.ask("a.test", RecordType::A).await;
+        assert_eq!(code(&answer), ResponseCode::ServFail);
+        assert!(calls(&harness.sink_calls).is_empty());
+    }
+
+    #[tokio::test]
     async fn an_allowed_name_is_forwarded_and_admitted_before_the_answer() {
         let harness = Harness::start(allow_only(&["allowed.test"])).await;
         let answer = harness.ask("Allowed.Test.", RecordType::A).await;
         assert_eq!(code(&answer), ResponseCode::NoError);
         assert_eq!(
             addresses(&answer),
-            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]
+            [
+                Ipv4Addr::new(198, 51, 100, 1),
+                Ipv4Addr::new(198, 51, 100, 2)
+            ]
         );
         assert!(answer.metadata.recursion_available || answer.metadata.authoritative);
         // The sink sleeps before recording: the answer arriving after the record shows
@@ -874,8 +1084,8 @@ mod tests {
             [(
                 "allowed.test".to_string(),
                 vec![
-                    (Ipv4Addr::new(10, 0, 0, 1), Duration::from_secs(60)),
-                    (Ipv4Addr::new(10, 0, 0, 2), Duration::from_secs(60)),
+                    (Ipv4Addr::new(198, 51, 100, 1), Duration::from_secs(60)),
+                    (Ipv4Addr::new(198, 51, 100, 2), Duration::from_secs(60)),
                 ]
             )]
         );
@@ -914,7 +1124,7 @@ mod tests {
             .expect("send policy");
         let answer = harness.ask("denied.test", RecordType::A).await;
         assert_eq!(code(&answer), ResponseCode::NoError);
-        assert_eq!(addresses(&answer), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(addresses(&answer), [Ipv4Addr::new(198, 51, 100, 3)]);
         let answer = harness.ask("allowed.test", RecordType::A).await;
         assert_eq!(code(&answer), ResponseCode::NXDomain);
         assert_eq!(harness.upstream_saw(), ["denied.test"]);
@@ -924,7 +1134,7 @@ mod tests {
     async fn an_unrestricted_sprite_resolves_everything_without_the_sink() {
         let harness = Harness::start(Arc::new(NetworkPolicy::default())).await;
         let answer = harness.ask("denied.test", RecordType::A).await;
-        assert_eq!(addresses(&answer), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(addresses(&answer), [Ipv4Addr::new(198, 51, 100, 3)]);
         let answer = harness.ask("unknown.test", RecordType::A).await;
         assert_eq!(code(&answer), ResponseCode::NXDomain);
         // Not restricted: AAAA goes upstream too (which has none).
@@ -1105,14 +1315,15 @@ mod tests {
         assert!(!answer.metadata.truncation);
         let got = addresses(&answer);
         assert!(got.len() > 10, "{}", got.len());
-        assert_eq!(got[0], Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(got[0], Ipv4Addr::new(203, 0, 113, 1));
 
         let calls = calls(&harness.sink_calls);
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].0, "many.test");
         assert_eq!(calls[0].1.len(), 100);
 
-        // A resolver that takes big EDNS answers gets them whole over UDP.
+        // A resolver that offers a big EDNS size gets more, but never more than
+        // MAX_UDP_ANSWER bytes over UDP: the resolver is no amplifier.
         let mut big = query_message("many.test", RecordType::A);
         let mut edns = hickory_proto::op::Edns::new();
         edns.set_max_payload(4096);
@@ -1121,8 +1332,13 @@ mod tests {
             .ask_raw(&big.to_vec().expect("encode"))
             .await
             .expect("answer");
+        assert!(bytes.len() <= MAX_UDP_ANSWER, "{} bytes", bytes.len());
         let answer = Message::from_vec(&bytes).expect("parse");
-        assert_eq!(addresses(&answer).len(), 100);
+        assert!(
+            addresses(&answer).len() > got.len(),
+            "more than 512 bytes hold"
+        );
+        assert!(addresses(&answer).len() < 100);
     }
 
     #[test]
@@ -1220,7 +1436,7 @@ mod tests {
         };
         let found = answer("DENIED.test.", RecordType::A);
         assert!(found.metadata.authoritative);
-        assert_eq!(addresses(&found), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(addresses(&found), [Ipv4Addr::new(198, 51, 100, 3)]);
         assert_eq!(found.answers[0].ttl, STATIC_TTL);
         let nodata = answer("denied.test", RecordType::MX);
         assert_eq!(code(&nodata), ResponseCode::NoError);

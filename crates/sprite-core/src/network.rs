@@ -31,7 +31,18 @@ pub struct NetworkConfig {
     pub cidr: String,
     /// Where the sprites' resolvers forward allowed queries.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// Whether sprites without a policy may reach link-local addresses and the host's
+    /// own networks (`egress_private = "allow"`; dropped by default).
+    pub local_egress: bool,
 }
+
+/// DNS answers whose addresses one sprite may have admitted: 200 at once, then 50 a
+/// second. Past that its lookups answer SERVFAIL until the budget refills (answers
+/// whose addresses are still admitted cost nothing).
+const ADMISSION_BURST: u32 = 200;
+const ADMISSIONS_PER_SECOND: f64 = 50.0;
+/// Admissions waiting for the nft transaction of their batch.
+const ADMISSION_QUEUE: usize = 4096;
 
 /// The file in a sprite's state directory that records its slot.
 const SLOT_FILE: &str = "net-slot";
@@ -56,6 +67,8 @@ pub struct Network {
     upstreams: Vec<SocketAddr>,
     slots: Mutex<HashMap<String, Slot>>,
     used: Mutex<BTreeSet<u32>>,
+    /// The queue of [`run_admissions`] (started with the first resolver).
+    admissions: Mutex<Option<tokio::sync::mpsc::Sender<Admission>>>,
 }
 
 impl std::fmt::Debug for Network {
@@ -83,30 +96,110 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| CoreError::Task(what, e))
 }
 
+/// One DNS answer's addresses waiting to be admitted into a slot's set.
+struct Admission {
+    slot: u32,
+    addrs: Vec<(Ipv4Addr, Duration)>,
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Admits queued answers in batches: whatever queued while one nft transaction ran goes
+/// into the next, so admissions cost one process per batch, not one per answer, however
+/// many sprites look names up at once. A batch that fails (a slot just went away) is
+/// retried slot by slot.
+async fn run_admissions(plan: Arc<NetPlan>, mut queue: tokio::sync::mpsc::Receiver<Admission>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let work: Vec<(u32, Vec<(Ipv4Addr, Duration)>)> =
+            batch.iter().map(|a| (a.slot, a.addrs.clone())).collect();
+        let batch_plan = plan.clone();
+        let all = blocking("admit addresses", move || {
+            net::allow_many(&batch_plan, &work).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        for admission in batch {
+            let admitted = all || {
+                let one_plan = plan.clone();
+                let (slot, addrs) = (admission.slot, admission.addrs.clone());
+                match blocking("admit addresses", move || {
+                    net::allow(&one_plan, slot, &addrs)
+                })
+                .await
+                {
+                    Ok(Ok(())) => true,
+                    Ok(Err(error)) => {
+                        tracing::warn!(
+                            slot,
+                            "could not admit addresses: {}",
+                            sprite_api::error_chain(&error)
+                        );
+                        false
+                    }
+                    Err(error) => {
+                        tracing::warn!(slot, "could not admit addresses: {error}");
+                        false
+                    }
+                }
+            };
+            let _ = admission.done.send(admitted);
+        }
+    }
+}
+
 /// Admits what a sprite's allowed names resolve to into its slot's set.
 struct SlotSink {
-    plan: Arc<NetPlan>,
     slot: u32,
     admitted: Arc<Mutex<Admitted>>,
+    queue: tokio::sync::mpsc::Sender<Admission>,
+    budget: crate::limits::Buckets,
+    /// When each address's element in the slot's set expires (as last admitted).
+    in_set: Mutex<HashMap<Ipv4Addr, Instant>>,
 }
 
 #[async_trait::async_trait]
 impl AllowSink for SlotSink {
-    async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) {
-        lock(&self.admitted).note(name, &addrs, Instant::now());
-        let plan = self.plan.clone();
-        let slot = self.slot;
-        match blocking("admit addresses", move || net::allow(&plan, slot, &addrs)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    slot,
-                    "could not admit the addresses of {name}: {}",
-                    sprite_api::error_chain(&error)
-                )
-            }
-            Err(error) => tracing::warn!(slot, "could not admit the addresses of {name}: {error}"),
+    async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) -> bool {
+        let now = Instant::now();
+        lock(&self.admitted).note(name, &addrs, now);
+        // Addresses still admitted for at least half their new TTL need no transaction.
+        let fresh = {
+            let in_set = lock(&self.in_set);
+            addrs.iter().all(|(address, ttl)| {
+                in_set
+                    .get(address)
+                    .is_some_and(|until| *until >= now + *ttl / 2)
+            })
+        };
+        if fresh {
+            return true;
         }
+        if self.budget.take("").is_err() {
+            return false;
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let admission = Admission {
+            slot: self.slot,
+            addrs: addrs.clone(),
+            done,
+        };
+        if self.queue.try_send(admission).is_err() || !answer.await.unwrap_or(false) {
+            return false;
+        }
+        let mut in_set = lock(&self.in_set);
+        if in_set.len() > 4096 {
+            in_set.retain(|_, until| *until > now);
+        }
+        for (address, ttl) in addrs {
+            in_set.insert(address, now + ttl);
+        }
+        true
     }
 }
 
@@ -129,14 +222,15 @@ impl Network {
             data_dir.hash(&mut hasher);
             format!("{:05x}", hasher.finish() & 0xfffff)
         };
-        let plan = NetPlan::new(&config.cidr, &format!("sprites_{tag}"), &format!("sp{tag}"))
+        let mut plan = NetPlan::new(&config.cidr, &format!("sprites_{tag}"), &format!("sp{tag}"))
             .map_err(|e| {
-                CoreError::InvalidRequest(format!(
-                    "network = {:?}: {}",
-                    config.cidr,
-                    sprite_api::error_chain(&e)
-                ))
-            })?;
+            CoreError::InvalidRequest(format!(
+                "network = {:?}: {}",
+                config.cidr,
+                sprite_api::error_chain(&e)
+            ))
+        })?;
+        plan.local_egress = config.local_egress;
         // For admins (and test harnesses): which nftables table is this daemon's.
         let note = data_dir.join("network-table");
         std::fs::write(&note, format!("inet {}\n", plan.table))
@@ -146,7 +240,19 @@ impl Network {
             upstreams: config.dns_upstreams.clone(),
             slots: Mutex::new(HashMap::new()),
             used: Mutex::new(BTreeSet::new()),
+            admissions: Mutex::new(None),
         })
+    }
+
+    /// The admissions queue, its worker started on first use (inside the runtime).
+    fn admissions(&self) -> tokio::sync::mpsc::Sender<Admission> {
+        lock(&self.admissions)
+            .get_or_insert_with(|| {
+                let (sender, receiver) = tokio::sync::mpsc::channel(ADMISSION_QUEUE);
+                tokio::spawn(run_admissions(self.plan.clone(), receiver));
+                sender
+            })
+            .clone()
     }
 
     fn slot_file(state_dir: &Path) -> PathBuf {
@@ -211,13 +317,16 @@ impl Network {
         let (policy, watched) = tokio::sync::watch::channel(Arc::new(policy));
         let admitted = Arc::new(Mutex::new(Admitted::new()));
         let sink = Arc::new(SlotSink {
-            plan: self.plan.clone(),
             slot,
             admitted: admitted.clone(),
+            queue: self.admissions(),
+            budget: crate::limits::Buckets::new(ADMISSION_BURST, ADMISSIONS_PER_SECOND),
+            in_set: Mutex::new(HashMap::new()),
         });
         let config = ResolverConfig {
             upstreams: self.upstreams.clone(),
             timeout: Duration::from_secs(3),
+            sprite_network: Some((self.plan.subnet, self.plan.prefix_len)),
         };
         let id = sprite_id.to_string();
         let resolver = tokio::spawn(async move {
@@ -260,11 +369,7 @@ impl Network {
         let plan = self.plan.clone();
         let egress = egress_of(&policy);
         let attached = blocking("attach a sprite's network", move || {
-            let addrs = net::attach(&plan, slot, init_pid)?;
-            if egress == Egress::Restricted {
-                net::set_egress(&plan, slot, egress)?;
-            }
-            Ok::<_, sprite_sandbox::SandboxError>(addrs)
+            net::attach(&plan, slot, init_pid, egress)
         })
         .await
         .and_then(|r| r.map_err(net_error(sprite)));

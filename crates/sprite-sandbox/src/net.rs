@@ -77,6 +77,10 @@ pub struct NetPlan {
     pub table: String,
     /// Prefix of the host-side interface names: slot 17 is `<iface_prefix>17`.
     pub iface_prefix: String,
+    /// Whether sprites with open egress may reach link-local addresses (169.254.0.0/16,
+    /// where clouds serve instance metadata) and the networks the host is connected to
+    /// (its LAN). Off by default: `egress_private = "allow"` turns it on.
+    pub local_egress: bool,
 }
 
 /// The addresses of one slot's veth pair.
@@ -150,6 +154,7 @@ impl NetPlan {
             prefix_len,
             table: table.to_string(),
             iface_prefix: iface_prefix.to_string(),
+            local_egress: false,
         };
         let longest = plan.host_iface(plan.max_slots() - 1);
         if longest.len() > MAX_INTERFACE_NAME {
@@ -264,18 +269,25 @@ pub fn uninstall(plan: &NetPlan) -> Result<(), SandboxError> {
 /// end is [`NetPlan::host_iface`] (a stale interface of that name is deleted first) and whose
 /// other end is created as `eth0` in the sprite's network namespace, the slot's addresses,
 /// a default route via the gateway, loopback up, and the slot's nftables objects with
-/// [`Egress::Open`] and an empty allow set.
+/// `egress` and an empty allow set.
 ///
 /// Refuses a process in the daemon's own network namespace (a stale pid, say), whose
 /// `eth0` would otherwise be the host's. Three processes: `nft`, run alongside `ip` on the
 /// host and then `nsenter … ip` in the sprite. Until nft's transaction lands, the table
 /// drops what comes from an interface without a slot, so that order is safe. If a step
 /// fails, what was done is undone.
-pub fn attach(plan: &NetPlan, slot: u32, init_pid: u32) -> Result<SlotAddrs, SandboxError> {
+pub fn attach(
+    plan: &NetPlan,
+    slot: u32,
+    init_pid: u32,
+    egress: Egress,
+) -> Result<SlotAddrs, SandboxError> {
     let addrs = plan.slot(slot)?;
     check_separate_namespace(init_pid)?;
     let host = plan.host_iface(slot);
-    let mut script = slot_script(plan, slot, addrs, Egress::Open);
+    // The sprite's egress is in force in the same transaction that lets its packets
+    // through at all: there is no moment of open egress before a restricted policy.
+    let mut script = slot_script(plan, slot, addrs, egress);
     // A new sprite in the slot does not inherit what the previous one was allowed.
     let _ = writeln!(script, "flush set inet {} allow_{slot}", plan.table);
     let nft_step = || format!("add slot {slot} to table inet {}", plan.table);
@@ -337,12 +349,15 @@ pub fn detach(plan: &NetPlan, slot: u32) -> Result<(), SandboxError> {
          add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
          add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
          add element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+         add element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
          delete element inet {table} egress {{ \"{host}\" }}\n\
          delete element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+         delete element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
          flush chain inet {table} egress_{slot}\n\
          delete chain inet {table} egress_{slot}\n\
          delete set inet {table} allow_{slot}\n",
-        gateway = addrs.gateway
+        gateway = addrs.gateway,
+        sprite = addrs.sprite
     );
     let nft_step = || format!("remove slot {slot} from table inet {table}");
     let sprite = addrs.sprite.to_string();
@@ -395,24 +410,37 @@ pub fn allow(
     slot: u32,
     addrs: &[(Ipv4Addr, Duration)],
 ) -> Result<(), SandboxError> {
-    plan.slot(slot)?;
-    if addrs.is_empty() {
+    allow_many(plan, &[(slot, addrs.to_vec())])
+}
+
+/// [`allow`] for several slots in one nft transaction (one process for a whole batch of
+/// DNS answers, however many sprites they came from).
+pub fn allow_many(
+    plan: &NetPlan,
+    batch: &[(u32, Vec<(Ipv4Addr, Duration)>)],
+) -> Result<(), SandboxError> {
+    let mut script = String::new();
+    for (slot, addrs) in batch {
+        plan.slot(*slot)?;
+        let set = format!("inet {} allow_{slot}", plan.table);
+        for &(address, duration) in addrs {
+            let seconds = allow_seconds(duration);
+            // Older kernels keep an existing element's timeout on `add`; deleting and
+            // adding it again in the same transaction restarts it everywhere.
+            let _ = writeln!(
+                script,
+                "add element {set} {{ {address} timeout {seconds}s }}\n\
+                 delete element {set} {{ {address} }}\n\
+                 add element {set} {{ {address} timeout {seconds}s }}"
+            );
+        }
+    }
+    if script.is_empty() {
         return Ok(());
     }
-    let set = format!("inet {} allow_{slot}", plan.table);
-    let mut script = String::new();
-    for &(address, duration) in addrs {
-        let seconds = allow_seconds(duration);
-        // Older kernels keep an existing element's timeout on `add`; deleting and adding
-        // it again in the same transaction restarts it everywhere.
-        let _ = writeln!(
-            script,
-            "add element {set} {{ {address} timeout {seconds}s }}\n\
-             delete element {set} {{ {address} }}\n\
-             add element {set} {{ {address} timeout {seconds}s }}"
-        );
-    }
-    nft(&script, || format!("allow addresses for slot {slot}"))
+    nft(&script, || {
+        format!("allow addresses for {} slots", batch.len())
+    })
 }
 
 /// Takes addresses out of `slot`'s allow set (absent ones are fine) and deletes the
@@ -476,8 +504,12 @@ fn table_script(plan: &NetPlan) -> String {
         prefix_len,
         table,
         iface_prefix,
+        ..
     } = plan;
     let sprites = format!("\"{iface_prefix}*\"");
+    let mut local: Vec<String> = LOCAL_NETWORKS.iter().map(|n| n.to_string()).collect();
+    local.extend(connected_networks(iface_prefix));
+    let local = local.join(", ");
     format!(
         "add table inet {table}
 delete table inet {table}
@@ -485,10 +517,21 @@ table inet {table} {{
     set resolvers {{
         type ifname . ipv4_addr
     }}
+    set sources {{
+        type ifname . ipv4_addr
+    }}
+    set local_networks {{
+        type ipv4_addr
+        flags interval
+        auto-merge
+        elements = {{ {local} }}
+    }}
     map egress {{
         type ifname : verdict
     }}
     chain from_sprite {{
+        meta nfproto != ipv4 drop
+        iifname . ip saddr != @sources drop
         ct state established,related accept
         iifname . ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 accept
         drop
@@ -528,8 +571,9 @@ fn slot_script(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> S
     let _ = writeln!(
         script,
         "add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
-         add element inet {table} resolvers {{ \"{host}\" . {} }}",
-        addrs.gateway
+         add element inet {table} resolvers {{ \"{host}\" . {} }}\n\
+         add element inet {table} sources {{ \"{host}\" . {} }}",
+        addrs.gateway, addrs.sprite
     );
     script
 }
@@ -540,6 +584,13 @@ fn egress_rules(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> 
     let mut rules = format!("add rule {chain} ip saddr != {} drop\n", addrs.sprite);
     match egress {
         Egress::Open => {
+            if !plan.local_egress {
+                let _ = writeln!(
+                    rules,
+                    "add rule {chain} ip daddr @local_networks meta l4proto tcp reject with tcp reset\n\
+                     add rule {chain} ip daddr @local_networks reject"
+                );
+            }
             let _ = writeln!(rules, "add rule {chain} accept");
         }
         Egress::Restricted => {
@@ -552,6 +603,48 @@ fn egress_rules(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> 
         }
     }
     rules
+}
+
+/// Where a sprite with open egress never goes (unless [`NetPlan::local_egress`]): "this
+/// network", link-local (cloud instance metadata at 169.254.169.254), multicast and the
+/// reserved block; the host's connected networks are added at [`install`].
+pub const LOCAL_NETWORKS: [&str; 4] = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
+
+/// The IPv4 networks the host is directly connected to (its routes without a gateway,
+/// from /proc/net/route), but its loopback and the sprites' own links.
+fn connected_networks(iface_prefix: &str) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    parse_connected_networks(&table, iface_prefix)
+}
+
+fn parse_connected_networks(table: &str, iface_prefix: &str) -> Vec<String> {
+    let mut networks = Vec::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [iface, destination, gateway, _, _, _, _, mask, ..] = fields.as_slice() else {
+            continue;
+        };
+        if *iface == "lo" || iface.starts_with(iface_prefix) || *gateway != "00000000" {
+            continue;
+        }
+        // Little-endian hex, as the kernel prints them.
+        let parse = |hex: &str| u32::from_str_radix(hex, 16).ok().map(u32::swap_bytes);
+        let (Some(destination), Some(mask)) = (parse(destination), parse(mask)) else {
+            continue;
+        };
+        if mask == 0 || mask.leading_ones() + mask.trailing_zeros() != 32 {
+            continue;
+        }
+        let network = format!(
+            "{}/{}",
+            Ipv4Addr::from(destination & mask),
+            mask.leading_ones()
+        );
+        if !networks.contains(&network) {
+            networks.push(network);
+        }
+    }
+    networks
 }
 
 /// An element of a slot's allow set found in the old table.
@@ -846,6 +939,7 @@ mod tests {
             prefix_len: 31,
             table: "t".into(),
             iface_prefix: "spv".into(),
+            local_egress: false,
         };
         assert_eq!(plan.max_slots(), 0);
         assert_eq!(plan.addresses(0), None);
@@ -873,11 +967,11 @@ mod tests {
     fn attach_refuses_a_process_in_the_hosts_namespace() {
         // Checked before any command runs, so this needs no privilege and changes nothing.
         assert!(matches!(
-            attach(&plan(), 3, std::process::id()),
+            attach(&plan(), 3, std::process::id(), Egress::Open),
             Err(SandboxError::SharedNetworkNamespace(pid)) if pid == std::process::id()
         ));
         assert!(matches!(
-            attach(&plan(), 16384, std::process::id()),
+            attach(&plan(), 16384, std::process::id(), Egress::Open),
             Err(SandboxError::NetworkSlot {
                 slot: 16384,
                 max_slots: 16384
@@ -900,6 +994,11 @@ mod tests {
         let open = slot_script(&plan, 5, addrs, Egress::Open);
         assert!(open.contains("add rule inet sprites_ab12 egress_5 ip saddr != 10.231.0.22 drop"));
         assert!(open.contains("add rule inet sprites_ab12 egress_5 accept"));
+        assert!(open.contains("egress_5 ip daddr @local_networks meta l4proto tcp reject"));
+        assert!(open.contains("sources { \"spv5\" . 10.231.0.22 }"));
+        let mut lan = plan.clone();
+        lan.local_egress = true;
+        assert!(!slot_script(&lan, 5, addrs, Egress::Open).contains("@local_networks"));
         assert!(open.contains("egress { \"spv5\" : jump egress_5 }"));
         assert!(open.contains("resolvers { \"spv5\" . 10.231.0.21 }"));
         let restricted = egress_rules(&plan, 5, addrs, Egress::Restricted);
@@ -909,10 +1008,28 @@ mod tests {
         assert!(lines[2].ends_with("meta l4proto tcp reject with tcp reset"));
         assert!(lines[3].ends_with(" reject"));
         let table = table_script(&plan);
+        assert!(table.contains("iifname . ip saddr != @sources drop"));
+        assert!(table.contains("169.254.0.0/16"));
         assert!(table.starts_with("add table inet sprites_ab12\ndelete table inet sprites_ab12\n"));
         assert!(table.contains(
             "ip saddr 10.231.0.0/16 ip daddr != 10.231.0.0/16 oifname != \"spv*\" masquerade"
         ));
+    }
+
+    #[test]
+    fn connected_networks_come_from_routes_without_a_gateway() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+spv3\t0C00E70A\t00000000\t0001\t0\t0\t0\tFCFFFFFF\t0\t0\t0
+lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
+";
+        assert_eq!(
+            parse_connected_networks(table, "spv"),
+            vec!["192.168.2.0/24", "172.17.0.0/16"]
+        );
     }
 
     #[test]

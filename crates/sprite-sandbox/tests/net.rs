@@ -209,7 +209,7 @@ fn interfaces_named(matches: impl Fn(&str) -> bool) -> Vec<String> {
 
 fn attach_timed(plan: &NetPlan, slot: u32, pid: u32) -> (SlotAddrs, Duration) {
     let started = Instant::now();
-    let addrs = net::attach(plan, slot, pid).expect("attach");
+    let addrs = net::attach(plan, slot, pid, Egress::Open).expect("attach");
     (addrs, started.elapsed())
 }
 
@@ -367,6 +367,14 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
 
     // A restarted daemon re-installs with the live slots: the connection, the allowed
     // address and the isolation all survive.
+    // The internet link exists now, so the new table counts its network among the
+    // host's own: open egress does not reach it by default (the host's LAN)...
+    net::install(&plan, &[(1, Egress::Restricted), (2, Egress::Open)]).expect("reinstall");
+    let refused = connect(b, server, Duration::from_secs(2)).expect_err("B to the host's LAN");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    // ...unless the daemon lets sprites reach local networks.
+    let mut plan = plan.clone();
+    plan.local_egress = true;
     net::install(&plan, &[(1, Egress::Restricted), (2, Egress::Open)]).expect("reinstall");
     echo(&mut stream, b"after reinstall").expect("echo after reinstall");
     connect(a, server, Duration::from_secs(2)).expect("allowed after reinstall");
@@ -409,7 +417,7 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
         Vec::<String>::new()
     );
     assert!(matches!(
-        net::attach(&plan, 64, a),
+        net::attach(&plan, 64, a, Egress::Open),
         Err(sprite_sandbox::SandboxError::NetworkSlot { slot: 64, .. })
     ));
 

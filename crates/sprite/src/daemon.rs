@@ -74,6 +74,10 @@ pub struct FileConfig {
     /// Where the sprites' DNS resolvers forward allowed queries, "IP:PORT" (default:
     /// the nameservers of the host's /etc/resolv.conf).
     pub dns_upstreams: Option<Vec<String>>,
+    /// "deny" (default): sprites without a policy cannot reach link-local addresses
+    /// (169.254.169.254, cloud metadata) nor the networks the host is connected to (its
+    /// LAN); "allow" lets them.
+    pub egress_private: Option<String>,
     /// HTTPS on the URL proxy: the certificate chain (PEM), with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
@@ -329,9 +333,17 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
                 false,
             ),
         };
+        let local_egress = match file.egress_private.as_deref() {
+            None | Some("deny") => false,
+            Some("allow") => true,
+            Some(other) => anyhow::bail!(
+                "egress_private = {other:?} is not known; use \"deny\" (the default) or \"allow\""
+            ),
+        };
         config.network = Some(sprite_core::network::NetworkConfig {
             cidr: network,
             dns_upstreams,
+            local_egress,
         });
     }
     if config.pool_size > 100 {

@@ -54,7 +54,9 @@ impl Internet {
         let tag = std::process::id() % 200 + 20;
         let namespace = format!("sprt-inet-{}", std::process::id());
         let host_link = format!("sprti{}", std::process::id() % 100_000);
-        let prefix = format!("10.254.{tag}");
+        // Not a private range: answers in private ranges are never admitted by a policy
+        // that does not name them (the escape suite tests that).
+        let prefix = format!("198.18.{tag}");
         let mut internet = Internet {
             namespace: namespace.clone(),
             host_link: host_link.clone(),
@@ -173,7 +175,9 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
     let dns = tokio::spawn(sprite_core::dns::serve_static(dns_socket, records));
     let daemon = Daemon::start_with(
         "debian",
-        &format!("storage = \"local\"\nwarm_after = \"never\"\ncold_after = \"never\"\ndns_upstreams = [\"127.0.0.1:{dns_port}\"]\n"),
+        // The test's internet is a network the host is connected to, which sprites
+        // without a policy do not reach by default.
+        &format!("storage = \"local\"\nwarm_after = \"never\"\ncold_after = \"never\"\negress_private = \"allow\"\ndns_upstreams = [\"127.0.0.1:{dns_port}\"]\n"),
     )
     .await;
     let client = &daemon.client;
