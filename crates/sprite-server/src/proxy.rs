@@ -3,8 +3,14 @@
 //! WebSocket and other upgrades, streaming bodies both ways, `X-Forwarded-*`. A sprite
 //! that sleeps is woken and the request held until its port answers; each client
 //! connection keeps the sprite awake while open. `url_settings.auth = "sprite"` wants a
-//! token of the sprite's organization: `Authorization`, the `sprite_token` cookie, or
-//! `?token=` once (which sets the cookie and redirects).
+//! token of the sprite's organization in `Authorization`, or the `sprite_auth` cookie
+//! that `?token=` sets once (with a redirect). The cookie is never the token: it is a
+//! capability for that one sprite, expiring, signed with the daemon's secret (HMAC),
+//! host-only, `HttpOnly`, `Secure` under TLS. A request that carries it from another
+//! origin (`Origin` not the sprite's own: another sprite's page on the same domain) is
+//! refused, and a WebSocket upgrade on the cookie needs the sprite's own `Origin`.
+//! `token` never reaches the app (public sprites included), nor do our cookies, and an
+//! app cannot set them.
 
 use crate::auth::token_from_header;
 use crate::AppState;
@@ -30,6 +36,92 @@ pub struct ProxySettings {
     pub wake_timeout: Duration,
     /// HTTPS instead of HTTP (ALPN offers h2 and http/1.1), from [`tls_acceptor`].
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Signs the `sprite_auth` cookies ([`CookieKey::load`]).
+    pub cookies: CookieKey,
+}
+
+/// The cookie a `?token=` sign-in sets.
+pub const AUTH_COOKIE: &str = "sprite_auth";
+/// The cookie that held the token itself before `sprite_auth` (never accepted, always
+/// stripped).
+const OLD_COOKIE: &str = "sprite_token";
+/// How long a `sprite_auth` cookie is good for.
+pub const COOKIE_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// The daemon's key for `sprite_auth` cookies: HMAC-SHA256 over the sprite id and the
+/// expiry, so a cookie works for one sprite, until it expires, and cannot be made
+/// without the key (which never leaves the daemon's data directory).
+#[derive(Clone)]
+pub struct CookieKey(ring::hmac::Key);
+
+impl CookieKey {
+    /// The key in `path` (32 random bytes, mode 0600), made on first use.
+    pub fn load(path: &std::path::Path) -> std::io::Result<CookieKey> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) if bytes.len() >= 32 => bytes,
+            _ => {
+                let mut bytes = vec![0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| std::io::Error::other("no random bytes for the cookie key"))?;
+                let temporary = path.with_extension("new");
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&temporary)?
+                    .write_all(&bytes)?;
+                std::fs::rename(&temporary, path)?;
+                bytes
+            }
+        };
+        Ok(CookieKey::from_bytes(&bytes))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> CookieKey {
+        CookieKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    fn message(sprite_id: &str, expires: u64) -> String {
+        format!("sprite_auth v1|{sprite_id}|{expires}")
+    }
+
+    /// A cookie value for `sprite_id`, good until `expires` (Unix seconds).
+    pub fn issue(&self, sprite_id: &str, expires: u64) -> String {
+        use base64::Engine;
+        let tag = ring::hmac::sign(&self.0, Self::message(sprite_id, expires).as_bytes());
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
+        format!("v1.{expires}.{tag}")
+    }
+
+    /// Whether `value` is a cookie this key issued for `sprite_id` that has not expired
+    /// at `now` (Unix seconds). The tag is checked in constant time.
+    pub fn verify(&self, value: &str, sprite_id: &str, now: u64) -> bool {
+        use base64::Engine;
+        let mut parts = value.splitn(3, '.');
+        let (Some("v1"), Some(expires), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let (Ok(expires), Ok(tag)) = (
+            expires.parse::<u64>(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tag),
+        ) else {
+            return false;
+        };
+        expires > now
+            && ring::hmac::verify(&self.0, Self::message(sprite_id, expires).as_bytes(), &tag)
+                .is_ok()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for ProxySettings {
@@ -38,7 +130,7 @@ impl std::fmt::Debug for ProxySettings {
             .field("domain", &self.domain)
             .field("wake_timeout", &self.wake_timeout)
             .field("tls", &self.tls.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -216,20 +308,27 @@ fn sprite_name<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
     (!name.is_empty() && !name.contains('.')).then_some(name)
 }
 
-fn cookie_token(request: &Request<Incoming>) -> Option<String> {
+/// The values of the cookies named `name` in a request.
+fn cookie_values(request: &Request<Incoming>, name: &str) -> Vec<String> {
     request
         .headers()
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            pair.trim()
-                .strip_prefix("sprite_token=")
-                .map(str::to_string)
-        })
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim().to_string())
+        .collect()
 }
 
+/// Whether a cookie pair (`name=value`) is one of ours.
+fn is_our_cookie(pair: &str) -> bool {
+    let name = pair.split('=').next().unwrap_or_default().trim();
+    name.eq_ignore_ascii_case(AUTH_COOKIE) || name.eq_ignore_ascii_case(OLD_COOKIE)
+}
+
+/// The `token` of the query, if any, and the path and query without it.
 fn query_token(request: &Request<Incoming>) -> Option<(String, String)> {
     let query = request.uri().query()?;
     let mut token = None;
@@ -301,34 +400,20 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(token_from_header);
     let valid = |token: &str| state.tokens.org_of(token) == Some(record.org.as_str());
+    let query = query_token(&request);
     if record.url_auth != "public" {
-        if let Some((token, location)) = query_token(&request) {
-            if valid(&token) {
-                let mut response = page(StatusCode::FOUND, "Signed in", "Redirecting…");
-                let secure = if settings.tls.is_some() {
-                    "; Secure"
-                } else {
-                    ""
-                };
-                let cookie =
-                    format!("sprite_token={token}; HttpOnly; SameSite=Lax; Path=/{secure}");
-                if let (Ok(cookie), Ok(location)) = (
-                    HeaderValue::from_str(&cookie),
-                    HeaderValue::from_str(&location),
-                ) {
-                    response
-                        .headers_mut()
-                        .insert(hyper::header::SET_COOKIE, cookie);
-                    response
-                        .headers_mut()
-                        .insert(hyper::header::LOCATION, location);
-                }
-                return response;
+        if let Some((token, location)) = &query {
+            if valid(token) {
+                return signed_in(settings, &record.id, location);
             }
         }
-        let authorized = header_token.as_deref().is_some_and(valid)
-            || cookie_token(&request).as_deref().is_some_and(valid);
-        if !authorized {
+        let by_header = header_token.as_deref().is_some_and(valid);
+        let now = unix_now();
+        let by_cookie = !by_header
+            && cookie_values(&request, AUTH_COOKIE)
+                .iter()
+                .any(|value| settings.cookies.verify(value, &record.id, now));
+        if !by_header && !by_cookie {
             return page(
                 StatusCode::UNAUTHORIZED,
                 "Sign in needed",
@@ -339,11 +424,43 @@ async fn handle(
                 ),
             );
         }
+        // A cookie rides along on any request the browser makes to this host, also
+        // from another sprite's page on the same domain: only the sprite's own pages
+        // may use it, and a WebSocket on it must say where it comes from.
+        if by_cookie {
+            let own = format!("{scheme}://{host}");
+            let origin = request
+                .headers()
+                .get(hyper::header::ORIGIN)
+                .map(|o| o.to_str().unwrap_or_default());
+            let upgrade = request.headers().contains_key(hyper::header::UPGRADE);
+            let allowed = match origin {
+                Some(origin) => origin.eq_ignore_ascii_case(&own),
+                None => !upgrade,
+            };
+            if !allowed {
+                return page(
+                    StatusCode::FORBIDDEN,
+                    "Not from this sprite",
+                    &format!(
+                        "This request carries the sign-in cookie of {own} but comes from {}; \
+                         only the sprite's own pages may use it (send a token in \
+                         <code>Authorization</code> from elsewhere).",
+                        origin.unwrap_or("a page that does not say where it is")
+                    ),
+                );
+            }
+        }
     }
 
     // Our credentials stay here: the app in the sprite sees neither.
     if header_token.as_deref().is_some_and(valid) {
         request.headers_mut().remove(AUTHORIZATION);
+    }
+    if let Some((_, location)) = query {
+        if let Ok(uri) = location.parse::<hyper::Uri>() {
+            *request.uri_mut() = uri;
+        }
     }
     let cookies: Vec<String> = request
         .headers()
@@ -352,7 +469,7 @@ async fn handle(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.starts_with("sprite_token=") && !pair.is_empty())
+        .filter(|pair| !is_our_cookie(pair) && !pair.is_empty())
         .map(str::to_string)
         .collect();
     request.headers_mut().remove(COOKIE);
@@ -449,6 +566,22 @@ async fn handle(
             return page(StatusCode::BAD_GATEWAY, "Bad gateway", &format!("{error}"));
         }
     };
+    // The app cannot set (or clear) our cookies.
+    let kept: Vec<HeaderValue> = response
+        .headers()
+        .get_all(hyper::header::SET_COOKIE)
+        .iter()
+        .filter(|value| !is_our_cookie(value.to_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    if response.headers().contains_key(hyper::header::SET_COOKIE) {
+        response.headers_mut().remove(hyper::header::SET_COOKIE);
+        for value in kept {
+            response
+                .headers_mut()
+                .append(hyper::header::SET_COOKIE, value);
+        }
+    }
     // Hop-by-hop headers are the upstream connection's, not the client's: a server
     // that closes after each answer must not close the client's connection.
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -476,9 +609,61 @@ async fn handle(
     response.map(|body| body.boxed())
 }
 
+/// The answer to a `?token=` sign-in: the signed cookie, and a redirect to the same
+/// page without the token.
+fn signed_in(settings: &ProxySettings, sprite_id: &str, location: &str) -> Response<Body> {
+    let mut response = page(StatusCode::FOUND, "Signed in", "Redirecting…");
+    let secure = if settings.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let lifetime = COOKIE_LIFETIME.as_secs();
+    let value = settings.cookies.issue(sprite_id, unix_now() + lifetime);
+    let cookie = format!(
+        "{AUTH_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={lifetime}{secure}"
+    );
+    if let (Ok(cookie), Ok(location)) = (
+        HeaderValue::from_str(&cookie),
+        HeaderValue::from_str(location),
+    ) {
+        response
+            .headers_mut()
+            .insert(hyper::header::SET_COOKIE, cookie);
+        response
+            .headers_mut()
+            .insert(hyper::header::LOCATION, location);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_are_for_one_sprite_until_they_expire_and_cannot_be_forged() {
+        let key = CookieKey::from_bytes(&[7; 32]);
+        let cookie = key.issue("sprite-a", 1000);
+        assert!(key.verify(&cookie, "sprite-a", 999));
+        assert!(!key.verify(&cookie, "sprite-a", 1000), "expired");
+        assert!(!key.verify(&cookie, "sprite-b", 999), "another sprite");
+        assert!(
+            !CookieKey::from_bytes(&[8; 32]).verify(&cookie, "sprite-a", 999),
+            "another key"
+        );
+        let later = cookie.replacen("1000", "9999", 1);
+        assert!(
+            !key.verify(&later, "sprite-a", 999),
+            "a longer life is not forged"
+        );
+        for bad in ["", "v1", "v1.x.y", "v2.1000.AAAA", "v1.1000.!!!"] {
+            assert!(!key.verify(bad, "sprite-a", 1), "{bad:?}");
+        }
+        assert!(is_our_cookie("sprite_auth=x; Path=/"));
+        assert!(is_our_cookie(" SPRITE_TOKEN=x"));
+        assert!(!is_our_cookie("session=sprite_auth"));
+    }
 
     #[test]
     fn hosts_name_sprites() {

@@ -449,6 +449,9 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
             manager.run_pool().await;
         });
     }
+    let cookie_key = data_dir.join("proxy-cookie-key");
+    let cookies = sprite_server::proxy::CookieKey::load(&cookie_key)
+        .with_context(|| format!("load the URL proxy's cookie key {}", cookie_key.display()))?;
     let state = AppState {
         manager,
         tokens: Arc::new(Tokens::new(vec![(token, "default".into())])),
@@ -461,6 +464,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
             domain: domain.clone(),
             wake_timeout,
             tls,
+            cookies,
         },
     ));
     tracing::info!(listen = %proxy_listen, %domain, "sprite URLs served");

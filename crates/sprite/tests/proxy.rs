@@ -70,7 +70,11 @@ async fn a_sprite_url_reaches_its_server_wakes_it_and_checks_the_token() {
         .to_str()
         .unwrap()
         .to_string();
-    assert!(cookie.starts_with("sprite_token="), "{cookie}");
+    assert!(cookie.starts_with("sprite_auth="), "{cookie}");
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is not the token: {cookie}"
+    );
     let with_cookie = reqwest::Client::new()
         .get(format!("{}/index.html", daemon.proxy_url))
         .header("host", "site.localhost")
