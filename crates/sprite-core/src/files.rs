@@ -110,10 +110,8 @@ struct IdRange {
 }
 
 impl IdRange {
-    fn read(pid: u32, file: &str) -> std::io::Result<Vec<IdRange>> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
-        Ok(text
-            .lines()
+    fn parse(text: &str) -> Vec<IdRange> {
+        text.lines()
             .filter_map(|line| {
                 let mut fields = line.split_whitespace().map(|f| f.parse::<u32>());
                 match (fields.next(), fields.next(), fields.next()) {
@@ -125,7 +123,7 @@ impl IdRange {
                     _ => None,
                 }
             })
-            .collect())
+            .collect()
     }
 
     fn to_host(ranges: &[IdRange], id: u32) -> Option<u32> {
@@ -133,6 +131,13 @@ impl IdRange {
             .iter()
             .find(|r| id >= r.inside && id - r.inside < r.count)
             .map(|r| r.outside + (id - r.inside))
+    }
+
+    /// Whether the host id `id` is one of the sprite's.
+    fn maps_host(ranges: &[IdRange], id: u32) -> bool {
+        ranges
+            .iter()
+            .any(|r| id >= r.outside && id - r.outside < r.count)
     }
 
     /// An id of the host as the sprite sees it (`65534`, nobody, when unmapped).
@@ -145,13 +150,16 @@ impl IdRange {
     }
 }
 
+/// The kernel's overflow id (`nobody`), what an unmapped id shows as.
+const OVERFLOW_ID: u32 = 65534;
+
 /// A sprite's root, opened from the host, and its id maps.
 #[derive(Debug)]
 pub struct SpriteRoot {
     root: OwnedFd,
     uids: Vec<IdRange>,
     gids: Vec<IdRange>,
-    init_pid: u32,
+    init: sprite_sandbox::PinnedProcess,
     /// Mounts the API may change: the sprite's own file systems (its root, `/home`, its
     /// private tmpfs mounts), never bind mounts of host paths, kernel file systems or
     /// anything under `/.sprite` that the daemon mounts. Read on the first change.
@@ -195,8 +203,9 @@ fn mount_id(fd: &OwnedFd) -> Option<u64> {
 
 /// The sprite's own mounts, from its `mountinfo`: file systems of its own (root `/` of
 /// the file system, a regular type), not under `/.sprite`.
-fn own_mounts(init_pid: u32) -> std::collections::HashSet<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).unwrap_or_default();
+fn own_mounts(init: &sprite_sandbox::PinnedProcess) -> std::collections::HashSet<u64> {
+    // Empty (nothing writable) if PID 1 is gone: its pid may be another process's now.
+    let text = init.read_entry("mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
@@ -408,21 +417,22 @@ impl Budget {
 }
 
 impl SpriteRoot {
-    /// Opens the root of the sprite whose PID 1 has host pid `init_pid`.
-    pub fn open(init_pid: u32) -> std::io::Result<SpriteRoot> {
-        let root: OwnedFd = File::open(format!("/proc/{init_pid}/root"))?.into();
+    /// Opens the root of the sprite whose PID 1 is `init` (pinned: a recycled pid is
+    /// refused, never opened).
+    pub fn open(init: sprite_sandbox::PinnedProcess) -> std::io::Result<SpriteRoot> {
+        let root: OwnedFd = init.open("root")?.into();
         Ok(SpriteRoot {
             root,
-            uids: IdRange::read(init_pid, "uid_map")?,
-            gids: IdRange::read(init_pid, "gid_map")?,
-            init_pid,
+            uids: IdRange::parse(&init.read_entry("uid_map")?),
+            gids: IdRange::parse(&init.read_entry("gid_map")?),
+            init,
             writable_mounts: std::sync::OnceLock::new(),
         })
     }
 
     fn writable_mounts(&self) -> &std::collections::HashSet<u64> {
         self.writable_mounts.get_or_init(|| {
-            let mut mounts = own_mounts(self.init_pid);
+            let mut mounts = own_mounts(&self.init);
             // The root and /home (the sprite's disk, bound in) are its own whatever
             // they are.
             mounts.extend(mount_id(&self.root));
@@ -449,8 +459,10 @@ impl SpriteRoot {
     /// what it creates in the sprite's overlay root is accepted. Every operation that
     /// creates, renames or changes files runs through here.
     pub fn run<T>(&self, work: impl FnOnce(&SpriteRoot) -> T) -> T {
-        let uid = IdRange::to_host(&self.uids, 0).unwrap_or(0);
-        let gid = IdRange::to_host(&self.gids, 0).unwrap_or(0);
+        // Never the host's root: a sprite without a mapped root (none is made so) gets
+        // the overflow id, which can create nothing.
+        let uid = IdRange::to_host(&self.uids, 0).unwrap_or(OVERFLOW_ID);
+        let gid = IdRange::to_host(&self.gids, 0).unwrap_or(OVERFLOW_ID);
         sprite_sandbox::with_fs_ids(uid, gid, || work(self))
     }
 
@@ -873,6 +885,8 @@ impl SpriteRoot {
         let mut budget = Budget::new(source);
         let mut copier = Copier {
             preserve,
+            uids: &self.uids,
+            gids: &self.gids,
             report: &mut report,
             budget: &mut budget,
             made: std::collections::HashSet::new(),
@@ -1038,6 +1052,9 @@ impl SpriteRoot {
 
 struct Copier<'a> {
     preserve: bool,
+    /// The sprite's uid and gid maps: only owners inside them are preserved.
+    uids: &'a [IdRange],
+    gids: &'a [IdRange],
     report: &'a mut FsCopied,
     budget: &'a mut Budget,
     /// Directories this copy made (device, inode): never copied again, so a copy whose
@@ -1061,7 +1078,11 @@ impl Copier<'_> {
         if is_dir(&stat) && self.made.contains(&(stat.st_dev, stat.st_ino)) {
             return Ok(());
         }
-        let owner = if self.preserve {
+        // A file the sprite does not own (an owner outside its id maps, such as the
+        // host's root) never passes its owner on: the copy is the sprite's.
+        let sprite_owned = IdRange::maps_host(self.uids, stat.st_uid)
+            && IdRange::maps_host(self.gids, stat.st_gid);
+        let owner = if self.preserve && sprite_owned {
             (stat.st_uid, stat.st_gid)
         } else {
             SpriteRoot::owner_of(to_dir, to_path)?
@@ -1413,11 +1434,12 @@ impl crate::SpriteManager {
         let guard = self
             .wake_record(&record, crate::lifecycle::Reason::Api)
             .await?;
-        let pid = self.init_pid(&record)?;
-        let root = SpriteRoot::open(pid).map_err(|source| crate::CoreError::Io {
-            what: "open the root of",
-            path: format!("sprite {name}").into(),
-            source,
+        let root = SpriteRoot::open(self.pinned_init(&record)?).map_err(|source| {
+            crate::CoreError::Io {
+                what: "open the root of",
+                path: format!("sprite {name}").into(),
+                source,
+            }
         })?;
         Ok((root, guard))
     }

@@ -217,6 +217,20 @@ impl SpriteManager {
             .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))
     }
 
+    /// The sprite's PID 1, pinned (see [`sprite_sandbox::PinnedProcess`]) for opening
+    /// its `/proc` entries: its root, namespaces and maps.
+    pub(crate) fn pinned_init(
+        &self,
+        record: &SpriteRecord,
+    ) -> Result<sprite_sandbox::PinnedProcess, CoreError> {
+        let pid = self.init_pid(record)?;
+        sprite_sandbox::PinnedProcess::pin(pid, &record.id).map_err(|source| CoreError::Io {
+            what: "pin the pid 1 of",
+            path: format!("sprite {}", record.name).into(),
+            source,
+        })
+    }
+
     pub(crate) fn info(&self, record: &SpriteRecord) -> SpriteInfo {
         let (status, _) = self.activity.status(&record.id);
         SpriteInfo {

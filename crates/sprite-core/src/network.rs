@@ -480,7 +480,7 @@ impl crate::SpriteManager {
     ) {
         let files = || -> Result<(), CoreError> {
             let root =
-                crate::files::SpriteRoot::open(self.init_pid(record)?).map_err(|source| {
+                crate::files::SpriteRoot::open(self.pinned_init(record)?).map_err(|source| {
                     CoreError::Io {
                         what: "open the root of",
                         path: format!("sprite {}", record.name).into(),

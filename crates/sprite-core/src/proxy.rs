@@ -132,9 +132,9 @@ impl SpriteManager {
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = async {
-                let init = self.init_pid(record)?;
+                let init = self.pinned_init(record)?;
                 let connected = tokio::task::spawn_blocking(move || {
-                    sprite_sandbox::connect_in_sprite(init, port, Duration::from_secs(1)).and_then(
+                    sprite_sandbox::connect_in_sprite(&init, port, Duration::from_secs(1)).and_then(
                         |stream| {
                             stream.set_nonblocking(true)?;
                             Ok(stream)

@@ -19,6 +19,73 @@ pub mod sys;
 
 pub use error::SandboxError;
 
+/// A sprite's process pinned by a pidfd, for reading its `/proc/<pid>` entries from the
+/// host: the pid is checked to be in the sprite's cgroup once pinned, and every open
+/// through `/proc/<pid>` is checked to have happened while that same process lived. A
+/// pid recycled by a host process (the sprite's PID 1 died in between) is refused,
+/// never opened: the daemon must not act on a host process's root or namespaces.
+#[derive(Debug)]
+pub struct PinnedProcess {
+    pid: u32,
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl PinnedProcess {
+    /// Pins `pid`, which must be in the cgroup of sprite `sprite_id`.
+    pub fn pin(pid: u32, sprite_id: &str) -> std::io::Result<PinnedProcess> {
+        let pidfd = sys::pidfd_open(pid)?;
+        let pinned = PinnedProcess { pid, pidfd };
+        let cgroups = pinned.read(&format!("/proc/{pid}/cgroup"))?;
+        let marker = format!("/sprites/{sprite_id}");
+        if !cgroups
+            .lines()
+            .any(|line| line.ends_with(&marker) || line.contains(&format!("{marker}/")))
+        {
+            return Err(std::io::Error::other(format!(
+                "process {pid} is not in the cgroup of sprite {sprite_id}"
+            )));
+        }
+        Ok(pinned)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Fails if the pinned process has exited (its pid may belong to another by now).
+    pub fn check_alive(&self) -> std::io::Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::ZERO).map_err(std::io::Error::from)?;
+        if ready > 0 {
+            return Err(std::io::Error::other(format!(
+                "process {} exited",
+                self.pid
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens `/proc/<pid>/<entry>` of the pinned process.
+    pub fn open(&self, entry: &str) -> std::io::Result<std::fs::File> {
+        let file = std::fs::File::open(format!("/proc/{}/{entry}", self.pid))?;
+        self.check_alive()?;
+        Ok(file)
+    }
+
+    fn read(&self, path: &str) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(path)?;
+        self.check_alive()?;
+        Ok(text)
+    }
+
+    /// Reads `/proc/<pid>/<entry>` of the pinned process.
+    pub fn read_entry(&self, entry: &str) -> std::io::Result<String> {
+        self.read(&format!("/proc/{}/{entry}", self.pid))
+    }
+}
+
 use std::path::Path;
 
 /// Starts a sprite's sandbox by running `executable init` (the launcher) with `spec` on
@@ -78,11 +145,11 @@ pub fn set_hostname(init_pid: u32, hostname: &str) -> Result<(), SandboxError> {
 /// servers bound to the sprite's loopback are reachable), from a thread of its own that
 /// enters the namespace and ends. The socket keeps its namespace wherever it is used.
 pub fn connect_in_sprite(
-    init_pid: u32,
+    init: &PinnedProcess,
     port: u16,
     timeout: std::time::Duration,
 ) -> std::io::Result<std::net::TcpStream> {
-    let namespace = std::fs::File::open(format!("/proc/{init_pid}/ns/net"))?;
+    let namespace = init.open("ns/net")?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

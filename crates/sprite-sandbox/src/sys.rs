@@ -300,6 +300,19 @@ fn c_path(path: &std::path::Path) -> std::io::Result<std::ffi::CString> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
+/// A descriptor for process `pid` (`pidfd_open`): it names that process, never another
+/// one that gets the same pid number after it exits.
+pub fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments only; the kernel returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just opened for us and nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
 /// Points stdout and stderr at `fd` and stdin at /dev/null.
 pub fn redirect_stdio(fd: RawFd) {
     // SAFETY: dup2 on descriptors we own; failures leave the old descriptors in place,

@@ -292,7 +292,9 @@ async fn bench() {
         .unwrap();
     let address = daemon.proxy_url.trim_start_matches("http://").to_string();
     let (direct, proxied, downloads) = tokio::task::spawn_blocking(move || {
-        let stream = sprite_sandbox::connect_in_sprite(init, 8080, Duration::from_secs(5)).unwrap();
+        let init = sprite_sandbox::PinnedProcess::pin(init, &id).unwrap();
+        let stream =
+            sprite_sandbox::connect_in_sprite(&init, 8080, Duration::from_secs(5)).unwrap();
         let mut direct = Client::new(stream, "127.0.0.1:8080", None);
         let mut proxied = Client::new(
             TcpStream::connect(&address).unwrap(),

@@ -166,6 +166,10 @@ pub enum Command {
         /// No progress line.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Uploads: copy what symbolic links in a tree point at (without it, links are
+        /// skipped: a link to ~/.ssh must not carry your keys into a sprite).
+        #[arg(short = 'L', long = "dereference")]
+        dereference: bool,
         /// The sprite that `:PATH` means (default: `sprite use`).
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
@@ -481,6 +485,7 @@ pub async fn run(args: Args) -> Result<u8> {
             paths,
             recursive,
             quiet,
+            dereference,
             sprite,
         } => {
             let client = client(&args)?;
@@ -493,8 +498,11 @@ pub async fn run(args: Args) -> Result<u8> {
                 || settings::sprite_name(sprite.as_deref()),
                 sources,
                 dest,
-                *recursive,
-                *quiet || args.json,
+                crate::copy::Options {
+                    recursive: *recursive,
+                    quiet: *quiet || args.json,
+                    follow: *dereference,
+                },
             )
             .await?;
             if args.json {

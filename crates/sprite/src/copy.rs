@@ -93,14 +93,24 @@ pub struct Report {
     pub bytes: u64,
 }
 
+/// How a copy goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Directories and everything in them.
+    pub recursive: bool,
+    /// No progress line.
+    pub quiet: bool,
+    /// Uploads copy what symlinks in a tree point at (else they are skipped).
+    pub follow: bool,
+}
+
 /// Runs `sprite cp`.
 pub async fn run(
     client: &Client,
     current: impl Fn() -> Result<String>,
     sources: &[String],
     dest: &str,
-    recursive: bool,
-    quiet: bool,
+    options: Options,
 ) -> Result<Report> {
     let dest = parse_place(dest);
     let sources: Vec<Place> = sources.iter().map(|s| parse_place(s)).collect();
@@ -120,7 +130,7 @@ pub async fn run(
                     ),
                 }
             }
-            upload(client, &name, &locals, &path, recursive, quiet).await
+            upload(client, &name, &locals, &path, options).await
         }
         Place::Local(path) => {
             if sources.len() != 1 {
@@ -129,7 +139,7 @@ pub async fn run(
             match &sources[0] {
                 Place::Remote(name, remote) => {
                     let name = name_of(name)?;
-                    download(client, &name, remote, &path, recursive, quiet).await
+                    download(client, &name, remote, &path, options).await
                 }
                 Place::Local(_) => bail!(
                     "one side must be in a sprite: write it as SPRITE:PATH (or :PATH for the current sprite)"
@@ -168,14 +178,19 @@ fn mode_of(metadata: &std::fs::Metadata) -> u32 {
 }
 
 /// Local files of a tree: (path, path relative to the tree, mode, size); directories
-/// with their modes. Symlinks are followed (the API cannot make links).
+/// with their modes. Symlinks in the tree are skipped (the API makes no links, and
+/// following them would send what they point at, `~/.ssh` say, into the sprite) unless
+/// `follow` (`-L`); a directory met twice through links is walked once.
 #[allow(clippy::type_complexity)]
 fn walk(
     root: &Path,
     relative: &Path,
+    follow: bool,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
     files: &mut Vec<(PathBuf, PathBuf, u32, u64)>,
     dirs: &mut Vec<(PathBuf, u32)>,
 ) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let here = root.join(relative);
     let mut entries: Vec<_> = std::fs::read_dir(&here)
         .with_context(|| format!("read {}", here.display()))?
@@ -185,11 +200,26 @@ fn walk(
     for entry in entries {
         let path = entry.path();
         let rel = relative.join(entry.file_name());
-        let metadata =
-            std::fs::metadata(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut metadata =
+            std::fs::symlink_metadata(&path).with_context(|| format!("read {}", path.display()))?;
+        if metadata.file_type().is_symlink() {
+            if !follow {
+                eprintln!(
+                    "skipping {}: a symbolic link (-L copies what links point at)",
+                    path.display()
+                );
+                continue;
+            }
+            metadata =
+                std::fs::metadata(&path).with_context(|| format!("read {}", path.display()))?;
+        }
         if metadata.is_dir() {
+            if !seen.insert((metadata.dev(), metadata.ino())) {
+                eprintln!("skipping {}: a directory already copied", path.display());
+                continue;
+            }
             dirs.push((rel.clone(), mode_of(&metadata)));
-            walk(root, &rel, files, dirs)?;
+            walk(root, &rel, follow, seen, files, dirs)?;
         } else if metadata.is_file() {
             files.push((path, rel, mode_of(&metadata), metadata.len()));
         } else {
@@ -230,9 +260,13 @@ async fn upload(
     name: &str,
     sources: &[PathBuf],
     dest: &str,
-    recursive: bool,
-    quiet: bool,
+    options: Options,
 ) -> Result<Report> {
+    let Options {
+        recursive,
+        quiet,
+        follow,
+    } = options;
     let dest_kind = remote_kind(client, name, dest).await?;
     let into_dir =
         dest.ends_with('/') || dest_kind == Some(EntryType::Directory) || sources.len() > 1;
@@ -269,7 +303,19 @@ async fn upload(
             };
             let mut files = Vec::new();
             let mut subdirs = Vec::new();
-            walk(source, Path::new(""), &mut files, &mut subdirs)?;
+            let mut seen = std::collections::HashSet::new();
+            {
+                use std::os::unix::fs::MetadataExt;
+                seen.insert((metadata.dev(), metadata.ino()));
+            }
+            walk(
+                source,
+                Path::new(""),
+                follow,
+                &mut seen,
+                &mut files,
+                &mut subdirs,
+            )?;
             dirs.push((target.clone(), mode_of(&metadata)));
             for (rel, mode) in subdirs {
                 dirs.push((join_remote(&target, &rel.to_string_lossy()), mode));
@@ -324,32 +370,134 @@ async fn upload(
     Ok(report)
 }
 
+/// Where a download writes: a directory it opened, and every path under it resolved
+/// by the kernel beneath it with no symbolic link followed (`openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so no name the sprite chose, and no link
+/// already on this machine (one an earlier download made, say), leads a write
+/// anywhere else.
+struct LocalTree {
+    root: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl LocalTree {
+    fn open(path: &Path) -> Result<LocalTree> {
+        use nix::fcntl::{open, OFlag};
+        let root = open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .with_context(|| format!("open {}", path.display()))?;
+        Ok(LocalTree {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A directory beneath the root (`""` is the root itself), never through a link.
+    fn dir(&self, relative: &Path) -> Result<std::os::fd::OwnedFd> {
+        use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+        let relative = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        openat2(&self.root, relative, how).with_context(|| {
+            format!(
+                "open {} (a download never writes through a symbolic link or outside {})",
+                self.path.join(relative).display(),
+                self.path.display()
+            )
+        })
+    }
+
+    /// Makes `relative` and its parents, each beneath the root and never a link.
+    fn make_dirs(&self, relative: &Path) -> Result<()> {
+        let mut done = PathBuf::new();
+        for part in relative.components() {
+            let parent = self.dir(&done)?;
+            match nix::sys::stat::mkdirat(
+                &parent,
+                part.as_os_str(),
+                nix::sys::stat::Mode::from_bits_truncate(0o700),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!("create {}", self.path.join(&done).join(part).display())
+                    })
+                }
+            }
+            done.push(part);
+        }
+        self.dir(&done).map(drop)
+    }
+
+    /// The directory and name of a file at `relative`.
+    fn parent_of(&self, relative: &Path) -> Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
+        let name = relative
+            .file_name()
+            .context("a file to download has no name")?
+            .to_os_string();
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        Ok((self.dir(parent)?, name))
+    }
+
+    fn set_mode(&self, relative: &Path, mode: u32) -> Result<()> {
+        let dir = self.dir(relative)?;
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir)),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .with_context(|| format!("set the mode of {}", self.path.join(relative).display()))
+    }
+}
+
+/// Downloads one file to `name` in the directory `parent`: into a temporary file made
+/// there (never through a link), renamed over `name` when complete and synced.
+#[allow(clippy::too_many_arguments)]
 async fn download_file(
     client: &Client,
-    name: &str,
+    sprite: &str,
     remote: &str,
-    local: &Path,
+    parent: &std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
     mode: u32,
     progress: &Arc<Progress>,
 ) -> Result<u64> {
-    use std::os::unix::fs::PermissionsExt;
+    use nix::fcntl::{openat, renameat, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{unlinkat, UnlinkatFlags};
     let response = client
-        .fs_read(name, remote, None)
+        .fs_read(sprite, remote, None)
         .await
-        .with_context(|| format!("copy {name}:{remote}"))?;
-    let file_name = local
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = local.with_file_name(format!(".{file_name}.sprite-cp-{}", std::process::id()));
+        .with_context(|| format!("copy {sprite}:{remote}"))?;
+    let partial = format!(
+        ".{}.sprite-cp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    let _ = unlinkat(parent, partial.as_str(), UnlinkatFlags::NoRemoveDir);
+    let file: std::fs::File = openat(
+        parent,
+        partial.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .with_context(|| format!("create a temporary file beside {}", shown.display()))?
+    .into();
     let result = async {
-        let file = std::fs::File::create(&partial)
-            .with_context(|| format!("create {}", partial.display()))?;
         // The disk is written by a thread of its own, so the network never waits on it.
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-        let target = local.to_path_buf();
+        let target = shown.to_path_buf();
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
+            use std::os::unix::fs::PermissionsExt;
             let mut buffered = std::io::BufWriter::with_capacity(1 << 20, file);
             // The disk works while the download goes on, not all at the end.
             let writeback = sprite_sandbox::sys::WritebackPacer::default();
@@ -363,6 +511,8 @@ async fn download_file(
                 .into_inner()
                 .map_err(|e| e.into_error())
                 .with_context(|| format!("write {}", target.display()))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("set the mode of {}", target.display()))?;
             file.sync_all()
                 .with_context(|| format!("write {}", target.display()))
         });
@@ -388,16 +538,16 @@ async fn download_file(
         writer.await.context("the writer thread failed")??;
         if let Some(error) = broken {
             return Err(anyhow::Error::new(error))
-                .with_context(|| format!("copy {name}:{remote}: the download broke off"));
+                .with_context(|| format!("copy {sprite}:{remote}: the download broke off"));
         }
-        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("set the mode of {}", local.display()))?;
-        std::fs::rename(&partial, local).with_context(|| format!("write {}", local.display()))?;
+        // A rename replaces a link in the way, never writes through it.
+        renameat(parent, partial.as_str(), parent, name)
+            .with_context(|| format!("write {}", shown.display()))?;
         Ok(bytes)
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        let _ = unlinkat(parent, partial.as_str(), UnlinkatFlags::NoRemoveDir);
     }
     result
 }
@@ -407,10 +557,11 @@ async fn download(
     name: &str,
     source: &str,
     dest: &Path,
-    recursive: bool,
-    quiet: bool,
+    options: Options,
 ) -> Result<Report> {
-    use std::os::unix::fs::PermissionsExt;
+    let Options {
+        recursive, quiet, ..
+    } = options;
     let listed = client
         .fs_list(name, source, false)
         .await
@@ -427,9 +578,26 @@ async fn download(
         } else {
             dest.to_path_buf()
         };
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tree = LocalTree::open(parent)?;
+        let (dir, file_name) =
+            tree.parent_of(Path::new(target.file_name().context("no file name")?))?;
         let progress = Progress::new(entry.size, quiet);
         let mode = safe_mode(&entry.mode, 0o644);
-        report.bytes = download_file(client, name, &listed.path, &target, mode, &progress).await?;
+        report.bytes = download_file(
+            client,
+            name,
+            &listed.path,
+            &dir,
+            &file_name,
+            &target,
+            mode,
+            &progress,
+        )
+        .await?;
         report.files = 1;
         progress.finish();
         return Ok(report);
@@ -442,43 +610,72 @@ async fn download(
     } else {
         dest.to_path_buf()
     };
-    let tree = client
+    let entries = client
         .fs_list(name, &listed.path, true)
         .await
         .with_context(|| format!("list {name}:{source}"))?;
-    let total = tree
+    let total = entries
         .entries
         .iter()
         .filter(|e| e.kind == EntryType::File)
         .map(|e| e.size)
         .sum();
     let progress = Progress::new(total, quiet);
-    std::fs::create_dir_all(&target).with_context(|| format!("create {}", target.display()))?;
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    match std::fs::create_dir(&target) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error).with_context(|| format!("create {}", target.display())),
+    }
+    let tree = LocalTree::open(&target)?;
     let prefix = format!("{}/", listed.path.trim_end_matches('/'));
     let mut dir_modes = Vec::new();
     let mut links = Vec::new();
-    for entry in &tree.entries {
+    for entry in &entries.entries {
         let Some(rel) = entry.path.strip_prefix(&prefix) else {
             continue;
         };
+        let rel = Path::new(rel);
+        // Names come from the sprite: only plain names, never `..` or an absolute path.
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            eprintln!("skipping {name}:{}: not a plain path", entry.path);
+            continue;
+        }
         let local = target.join(rel);
         let mode = safe_mode(&entry.mode, 0o644);
         match entry.kind {
             EntryType::Directory => {
-                std::fs::create_dir_all(&local)
-                    .with_context(|| format!("create {}", local.display()))?;
-                dir_modes.push((local, mode));
+                tree.make_dirs(rel)?;
+                dir_modes.push((rel.to_path_buf(), mode));
                 report.directories += 1;
             }
             EntryType::File => {
-                report.bytes +=
-                    download_file(client, name, &entry.path, &local, mode, &progress).await?;
+                if let Some(parent) = rel.parent() {
+                    tree.make_dirs(parent)?;
+                }
+                let (dir, file_name) = tree.parent_of(rel)?;
+                report.bytes += download_file(
+                    client,
+                    name,
+                    &entry.path,
+                    &dir,
+                    &file_name,
+                    &local,
+                    mode,
+                    &progress,
+                )
+                .await?;
                 report.files += 1;
             }
             EntryType::Symlink => {
                 if let Some(link) = &entry.target {
                     // Made last: nothing is ever written through a link this copy made.
-                    links.push((local, link.clone()));
+                    links.push((rel.to_path_buf(), link.clone()));
                 }
             }
             EntryType::Other => eprintln!(
@@ -487,20 +684,24 @@ async fn download(
             ),
         }
     }
-    for (local, link) in links {
-        let _ = std::fs::remove_file(&local);
-        std::os::unix::fs::symlink(&link, &local)
-            .with_context(|| format!("create the link {}", local.display()))?;
+    for (rel, link) in links {
+        let (dir, link_name) = tree.parent_of(&rel)?;
+        let _ = nix::unistd::unlinkat(
+            &dir,
+            link_name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        nix::unistd::symlinkat(link.as_str(), &dir, link_name.as_os_str())
+            .with_context(|| format!("create the link {}", target.join(&rel).display()))?;
         report.files += 1;
     }
     let top_mode = remote_mode(client, name, &listed.path).await;
     dir_modes.push((
-        target.clone(),
+        PathBuf::new(),
         safe_mode(top_mode.as_deref().unwrap_or("0755"), 0o755),
     ));
     for (dir, mode) in dir_modes.iter().rev() {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
-            .with_context(|| format!("set the mode of {}", dir.display()))?;
+        tree.set_mode(dir, *mode)?;
     }
     progress.finish();
     Ok(report)
