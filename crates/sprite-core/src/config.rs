@@ -43,6 +43,9 @@ pub struct CoreConfig {
     pub sprite_oom_score_adj: i32,
     /// Most checkpoints a sprite keeps; a create past it is refused until some go.
     pub max_checkpoints: usize,
+    /// Below this much free space under the data directory, sprites that write get a
+    /// full disk (see `space`); 0 turns the guard off.
+    pub min_free_disk_mb: u64,
     /// Defaults of `config` when a create omits them.
     pub default_ram_mb: u64,
     pub default_cpus: u32,
@@ -95,6 +98,7 @@ impl CoreConfig {
             sprite_ids_from: 1 << 30,
             sprite_oom_score_adj: 500,
             max_checkpoints: 100,
+            min_free_disk_mb: 2048,
             default_ram_mb: 1024,
             default_cpus: 1,
             default_storage_gb: 100,

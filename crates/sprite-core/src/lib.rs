@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod rootfs;
 mod services;
 mod sleep;
+pub mod space;
 pub mod tasks;
 
 pub use config::{CoreConfig, StorageBackend};

@@ -102,6 +102,11 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<PathBuf>, CoreError> {
         Ok(None)
     }
+    /// Where the sprite's own disk is mounted on the host while it runs (None: its layer
+    /// is no disk of its own; the space guard passes it by).
+    fn disk_mount(&self, _sprite_id: &str) -> Option<PathBuf> {
+        None
+    }
     /// Brings the read-only checkpoint views of a running sprite up to date (the newest
     /// [`VIEWS_KEPT`] versions at `/.sprite/checkpoints/<id>/`); no-op if it is stopped.
     async fn refresh_views(&self, _sprite_id: &str) -> Result<(), CoreError> {
@@ -838,6 +843,10 @@ impl RootStore for SpriteFsStore {
         if !healthy {
             self.clear_stale(sprite_id, &target).await;
             self.mount_volume(sprite_id, &target).await?;
+            // A reserve of the space guard does not outlive a mount (a crash, a restore
+            // or a fork from a checkpoint taken while it was there).
+            crate::space::release(&target)
+                .map_err(CoreError::io("remove the reserve of", &target))?;
             let path = self.mounted_by_path(sprite_id);
             fs::write(&path, pid.to_string()).map_err(CoreError::io("write", &path))?;
         }
@@ -862,6 +871,11 @@ impl RootStore for SpriteFsStore {
 
     async fn recover_storage(&self) -> Result<(), CoreError> {
         self.ensure_service().await.map(|_| ())
+    }
+
+    fn disk_mount(&self, sprite_id: &str) -> Option<PathBuf> {
+        let target = self.mount_dir(sprite_id);
+        is_mount_point(&target).then_some(target)
     }
 
     async fn save_record(&self, key: &str, value: &serde_json::Value) -> Result<(), CoreError> {

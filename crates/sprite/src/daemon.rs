@@ -27,6 +27,10 @@ pub struct FileConfig {
     pub sprite_oom_score_adj: Option<i32>,
     /// Most checkpoints one sprite keeps (default 100); a create past it is refused.
     pub max_checkpoints: Option<usize>,
+    /// Below this much free disk under the data directory (MiB, default 2048), sprites
+    /// that write get a full disk (ENOSPC inside) until the host has twice as much
+    /// again; 0 turns the guard off.
+    pub min_free_disk_mb: Option<u64>,
     pub default_ram_mb: Option<u64>,
     pub default_cpus: Option<u32>,
     pub pids_limit: Option<u64>,
@@ -234,6 +238,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     }
     config.id_base = file.id_base.unwrap_or(config.id_base);
     config.sprite_ids_from = file.sprite_ids_from.unwrap_or(config.sprite_ids_from);
+    config.min_free_disk_mb = file.min_free_disk_mb.unwrap_or(config.min_free_disk_mb);
     if let Some(most) = file.max_checkpoints {
         if !(1..=10_000).contains(&most) {
             anyhow::bail!("max_checkpoints = {most} is out of range; use 1 to 10000 (default 100)");
@@ -438,6 +443,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
                 .clone()
                 .supervise_storage(std::time::Duration::from_millis(500)),
         );
+        tokio::spawn(manager.clone().run_space_guard());
     }
     {
         let manager = manager.clone();
