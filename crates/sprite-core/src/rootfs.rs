@@ -317,23 +317,44 @@ async fn loop_mount(
 ) -> Result<(), CoreError> {
     fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
     let device = loop_attach(file, read_only).await?;
-    let mounted = run(
-        "mount",
-        &[
-            "-t",
-            "ext4",
-            "-o",
-            options,
-            &device,
-            &target.to_string_lossy(),
-        ],
-    )
+    // The kernel shows a mount's source as it was given, to the sprite too (its /home
+    // and checkpoint views are this mount, bound in): not the host's device name but
+    // `spritefs`, a link to it in a directory of its own, given uncanonicalized.
+    let links = target.with_extension("device");
+    let _ = fs::remove_dir_all(&links);
+    let mounted = async {
+        fs::create_dir_all(&links).map_err(CoreError::io("create", &links))?;
+        std::os::unix::fs::symlink(&device, links.join(DEVICE_NAME))
+            .map_err(CoreError::io("link", &links))?;
+        let command = format!("mount -c -t ext4 -o {options} {DEVICE_NAME} {}", target.display());
+        let output = tokio::process::Command::new("mount")
+            .args(["-c", "-t", "ext4", "-o", options, DEVICE_NAME])
+            .arg(target)
+            .current_dir(&links)
+            .output()
+            .await
+            .map_err(|e| CoreError::Command {
+                command: command.clone(),
+                message: e.to_string(),
+            })?;
+        if !output.status.success() {
+            return Err(CoreError::Command {
+                command,
+                message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
     .await;
+    let _ = fs::remove_dir_all(&links);
     if mounted.is_err() {
         let _ = run("losetup", &["-d", &device]).await;
     }
-    mounted.map(|_| ())
+    mounted
 }
+
+/// What a sprite disk's mount names as its source.
+const DEVICE_NAME: &str = "spritefs";
 
 /// Detaches every loop device whose backing file `matches`. A device still in use goes
 /// when its last user does.
