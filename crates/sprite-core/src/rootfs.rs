@@ -326,7 +326,10 @@ async fn loop_mount(
         fs::create_dir_all(&links).map_err(CoreError::io("create", &links))?;
         std::os::unix::fs::symlink(&device, links.join(DEVICE_NAME))
             .map_err(CoreError::io("link", &links))?;
-        let command = format!("mount -c -t ext4 -o {options} {DEVICE_NAME} {}", target.display());
+        let command = format!(
+            "mount -c -t ext4 -o {options} {DEVICE_NAME} {}",
+            target.display()
+        );
         let output = tokio::process::Command::new("mount")
             .args(["-c", "-t", "ext4", "-o", options, DEVICE_NAME])
             .arg(target)

@@ -7,158 +7,15 @@
 
 mod common;
 
+use common::internet::*;
 use common::*;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Duration;
-
-/// The test's stand-in for the internet; removed on drop, even when the test fails.
-struct Internet {
-    namespace: String,
-    host_link: String,
-    servers: Option<std::process::Child>,
-    /// Addresses inside: `.2` (allowed.test) and `.3` (denied.test).
-    prefix: String,
-}
-
-const SERVERS: &str = r#"
-import socket, threading, http.server, socketserver
-class Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"hello from the internet\n"
-        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-class Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        while True:
-            data = self.request.recv(4096)
-            if not data: return
-            self.request.sendall(data)
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-threading.Thread(target=socketserver.ThreadingTCPServer(("0.0.0.0", 8001), Echo).serve_forever, daemon=True).start()
-http.server.ThreadingHTTPServer(("0.0.0.0", 8000), Page).serve_forever()
-"#;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Internet {
-    fn new() -> Internet {
-        let tag = std::process::id() % 200 + 20;
-        let namespace = format!("sprt-inet-{}", std::process::id());
-        let host_link = format!("sprti{}", std::process::id() % 100_000);
-        // Not a private range: answers in private ranges are never admitted by a policy
-        // that does not name them (the escape suite tests that).
-        let prefix = format!("198.18.{tag}");
-        let mut internet = Internet {
-            namespace: namespace.clone(),
-            host_link: host_link.clone(),
-            servers: None,
-            prefix: prefix.clone(),
-        };
-        ip(&["netns", "add", &namespace]);
-        ip(&[
-            "link", "add", &host_link, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
-        ]);
-        ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", &host_link]);
-        ip(&["link", "set", &host_link, "up"]);
-        for args in [
-            format!("addr add {prefix}.2/24 dev eth0"),
-            format!("addr add {prefix}.3/24 dev eth0"),
-            "link set eth0 up".to_string(),
-            "link set lo up".to_string(),
-            format!("route add default via {prefix}.1"),
-        ] {
-            let mut full = vec!["-n", namespace.as_str()];
-            full.extend(args.split(' '));
-            ip(&full);
-        }
-        internet.servers = Some(
-            Command::new("ip")
-                .args(["netns", "exec", &namespace, "python3", "-c", SERVERS])
-                .spawn()
-                .unwrap(),
-        );
-        internet
-    }
-
-    fn address(&self, last: u8) -> String {
-        format!("{}.{last}", self.prefix)
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        if let Some(mut servers) = self.servers.take() {
-            let _ = servers.kill();
-            let _ = servers.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.namespace])
-            .output();
-    }
-}
-
-/// A program run in the sprite: `net.py resolve NAME`, `get URL`, `connect IP PORT`,
-/// `hold HOST PORT` (echoes a line every 200 ms; prints "cut" when the connection dies).
-const CLIENT: &str = r#"
-import socket, sys, time, urllib.request
-what = sys.argv[1]
-try:
-    if what == "resolve":
-        print(socket.gethostbyname(sys.argv[2]))
-    elif what == "get":
-        print(urllib.request.urlopen(sys.argv[2], timeout=3).read().decode().strip())
-    elif what == "connect":
-        socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=2).close()
-        print("connected")
-    elif what == "hold":
-        s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
-        s.settimeout(3)
-        print("held", flush=True)
-        for i in range(200):
-            s.sendall(b"ping\n")
-            if not s.recv(100):
-                raise OSError("closed")
-            time.sleep(0.2)
-        print("never cut")
-except Exception as e:
-    print("failed", type(e).__name__, e, flush=True)
-"#;
-
-async fn py(daemon: &Daemon, sprite: &str, args: &[&str]) -> String {
-    let mut argv = vec!["python3", "/home/sprite/net.py"];
-    argv.extend_from_slice(args);
-    run(&daemon.client, sprite, &argv)
-        .await
-        .stdout()
-        .trim()
-        .to_string()
-}
-
-async fn set_policy(daemon: &Daemon, sprite: &str, rules: serde_json::Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/v1/sprites/{sprite}/policy/network", daemon.url))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "rules": rules }))
-        .send()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
-    let internet = Internet::new();
+    let internet = Internet::new(0, 0.0, false);
     // The test's DNS server, the daemon's upstream.
     let dns_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dns_port = dns_socket.local_addr().unwrap().port();
@@ -183,16 +40,7 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
     let client = &daemon.client;
     for name in ["a", "b"] {
         create(client, name).await;
-        client
-            .fs_write(
-                name,
-                "/home/sprite/net.py",
-                None,
-                true,
-                std::io::Cursor::new(CLIENT.as_bytes().to_vec()),
-            )
-            .await
-            .unwrap();
+        install_client(&daemon, name).await;
     }
 
     // Unrestricted: names resolve through the sprite's resolver, NAT reaches the world.

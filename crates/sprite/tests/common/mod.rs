@@ -3,6 +3,8 @@
 //! even when the test failed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod internet;
+
 use sprite_api::exec::ExecParams;
 use sprite_client::{Client, ExecEvent, ExecStream};
 use std::path::{Path, PathBuf};

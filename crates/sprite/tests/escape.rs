@@ -1,0 +1,416 @@
+//! The escape suite: attempts a hostile sprite (root inside, through sudo) or a caller
+//! with a token would make to hurt the host, the daemon, other sprites or its own
+//! policy, each checked for the safe outcome. Every attempt is recorded in an
+//! [`Attempts`] ledger that fails the test listing every escape at once; the suite makes
+//! well over 60 attempts (each test prints its count). docs/threat-model.md names the
+//! boundary each one tests.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::internet::*;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// The attempts of one test and how each ended.
+struct Attempts {
+    test: &'static str,
+    made: Vec<(String, bool, String)>,
+}
+
+impl Attempts {
+    fn new(test: &'static str) -> Attempts {
+        Attempts {
+            test,
+            made: Vec::new(),
+        }
+    }
+
+    /// Records an attempt; `safe` is whether it ended the way the sandbox promises.
+    fn check(&mut self, attempt: &str, safe: bool, detail: impl std::fmt::Display) {
+        self.made
+            .push((attempt.to_string(), safe, detail.to_string()));
+    }
+
+    /// The attempts of the in-sprite probe: JSON lines `{"name", "safe", "detail"}`.
+    fn record_probe(&mut self, output: &str) {
+        for line in output.lines().filter(|l| l.starts_with('{')) {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            self.check(
+                value["name"].as_str().unwrap(),
+                value["safe"].as_bool().unwrap(),
+                value["detail"].as_str().unwrap_or_default(),
+            );
+        }
+    }
+
+    fn finish(self, at_least: usize) {
+        let escapes: Vec<String> = self
+            .made
+            .iter()
+            .filter(|(_, safe, _)| !safe)
+            .map(|(name, _, detail)| format!("{name}: {detail}"))
+            .collect();
+        eprintln!(
+            "{}: {} attempts, {} escapes",
+            self.test,
+            self.made.len(),
+            escapes.len()
+        );
+        assert!(
+            escapes.is_empty(),
+            "escapes in {}:\n{}",
+            self.test,
+            escapes.join("\n")
+        );
+        assert!(
+            self.made.len() >= at_least,
+            "{} made {} attempts, fewer than {at_least}",
+            self.test,
+            self.made.len()
+        );
+    }
+}
+
+async fn root_shell(daemon: &Daemon, sprite: &str, script: &str) -> Finished {
+    run(&daemon.client, sprite, &["sudo", "bash", "-c", script]).await
+}
+
+async fn root_python(daemon: &Daemon, sprite: &str, script: &str) -> Finished {
+    run(&daemon.client, sprite, &["sudo", "python3", "-c", script]).await
+}
+
+/// Runs `argv` on the host as an unprivileged user (nobody), from a shell of that user
+/// (setpriv itself still holds root's capabilities when it executes its command).
+fn as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            "sh",
+            "-c",
+            "exec \"$@\"",
+            "sh",
+        ])
+        .args(argv)
+        .output()
+        .unwrap()
+}
+
+/// The in-sprite probe, run as root inside: each attempt prints whether it was refused.
+const PROBE: &str = r#"
+import ctypes, errno, json, mmap, os, socket, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def report(name, safe, detail=""):
+    print(json.dumps({"name": name, "safe": bool(safe), "detail": str(detail)}), flush=True)
+def call(name, number, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(number, *args)
+    err = ctypes.get_errno()
+    report(name, result == -1, f"result {result} errno {errno.errorcode.get(err, err)}")
+    return err
+def fails(name, action):
+    try:
+        action()
+        report(name, False, "it worked")
+    except Exception as e:
+        report(name, True, repr(e))
+# Kernel and mounts.
+call("mount tmpfs", 165, b"none", b"/mnt", b"tmpfs", 0, None)
+call("umount /proc", 166, b"/proc", 2)
+call("fsopen", 430, b"tmpfs", 0)
+call("open_tree", 428, -100, b"/", 1)
+call("move_mount", 429, -100, b"/proc", -100, b"/mnt", 0)
+call("mount_setattr", 442, -100, b"/", 0, None, 0)
+call("pivot_root", 155, b"/tmp", b"/tmp")
+call("mknod char device", 133, b"/tmp/mem", 0o20600, os.makedev(1, 1))
+call("mknod block device", 133, b"/tmp/disk", 0o60600, os.makedev(7, 0))
+call("init_module", 175, None, 0, b"")
+call("finit_module", 313, 0, b"", 0)
+call("delete_module", 176, b"ext4", 0)
+call("kexec_load", 246, 0, 0, None, 0)
+call("reboot", 169, 0xfee1dead, 672274793, 0x1234567, None)
+call("swapon", 167, b"/tmp/swap", 0)
+call("settimeofday", 164, None, None)
+call("clock_settime", 227, 0, None)
+call("syslog read", 103, 3, None, 0)
+call("bpf", 321, 0, None, 0)
+call("perf_event_open", 298, None, 0, -1, -1, 0)
+call("keyctl", 250, 0, 0)
+call("add_key", 248, b"user", b"x", b"y", 1, -4)
+call("userfaultfd", 323, 0)
+call("open_by_handle_at", 304, 3, None, 0)
+call("name_to_handle_at", 303, -100, b"/", None, None, 0)
+call("unshare user namespace", 272, 0x10000000)
+call("unshare mount namespace", 272, 0x00020000)
+call("unshare net namespace", 272, 0x40000000)
+call("setns", 308, 0, 0)
+call("acct", 163, b"/tmp/acct")
+call("quotactl", 179, 0, b"/", 0, None)
+# Seccomp: other ABIs and io_uring.
+err = call("x32 getpid", 0x40000000 | 39)
+report("x32 answers ENOSYS", err == errno.ENOSYS, errno.errorcode.get(err, err))
+call("io_uring_setup", 425, 8, ctypes.create_string_buffer(120))
+call("clone3", 435, None, 0)
+code = subprocess.run([sys.executable, "-c", """
+import ctypes, mmap
+page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(bytes([0xb8, 20, 0, 0, 0, 0xcd, 0x80, 0xc3]))  # mov eax, 20 (getpid, i386); int 0x80; ret
+address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+print("i386 pid", ctypes.CFUNCTYPE(ctypes.c_int)(address)())
+"""], capture_output=True, text=True)
+report("i386 int 0x80", code.returncode != 0 and "i386 pid" not in code.stdout, f"exit {code.returncode} {code.stdout.strip()}")
+# Socket families a sprite must not open.
+for name, family, proto in [("AF_VSOCK", 40, 0), ("AF_BLUETOOTH", 31, 0), ("AF_KEY", 15, 2), ("AF_ALG", 38, 0), ("AF_RDS", 21, 0), ("AF_CAN", 29, 1), ("AF_TIPC", 30, 0), ("family 60", 60, 0), ("netlink SCSITRANSPORT", 16, 18), ("netlink RDMA", 16, 20)]:
+    try:
+        s = socket.socket(family, socket.SOCK_DGRAM if family != 16 else socket.SOCK_RAW, proto)
+        s.close()
+        report("socket " + name, False, "opened")
+    except OSError as e:
+        report("socket " + name, e.errno == errno.EAFNOSUPPORT, repr(e))
+# What Linux userland needs still works (not attempts: the probe fails loudly).
+socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()
+socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+# Capabilities.
+status = open("/proc/self/status").read()
+bounding = int([l for l in status.splitlines() if l.startswith("CapBnd")][0].split()[1], 16)
+for name, bit in [("CAP_SYS_ADMIN", 21), ("CAP_SYS_MODULE", 16), ("CAP_SYS_PTRACE", 19), ("CAP_SYS_RAWIO", 17), ("CAP_SYS_RESOURCE", 24), ("CAP_NET_ADMIN", 12), ("CAP_SYS_TIME", 25), ("CAP_SYSLOG", 34), ("CAP_BPF", 39)]:
+    report("bounding set lacks " + name, not bounding & (1 << bit), hex(bounding))
+# PID 1 and the host's processes.
+call("ptrace PID 1", 101, 16, 1, None, None)
+fails("read /proc/1/environ", lambda: open("/proc/1/environ").read())
+fails("list /proc/1/root", lambda: os.listdir("/proc/1/root"))
+fails("read /proc/1/mem", lambda: open("/proc/1/mem", "rb").read(1))
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+report("no host process visible", len(pids) < 50, f"{len(pids)} pids")
+# /proc and /sys.
+fails("write /proc/sysrq-trigger", lambda: open("/proc/sysrq-trigger", "w").write("h"))
+fails("write /proc/sys/kernel/core_pattern", lambda: open("/proc/sys/kernel/core_pattern", "w").write("|/tmp/x"))
+fails("write /proc/sys/vm/drop_caches", lambda: open("/proc/sys/vm/drop_caches", "w").write("3"))
+fails("read /proc/kcore", lambda: open("/proc/kcore", "rb").read(1))
+fails("write /sys/kernel/uevent_helper", lambda: open("/sys/kernel/uevent_helper", "w").write("/tmp/x"))
+fails("write a cgroup file", lambda: open("/sys/fs/cgroup/pids.max", "w").write("max"))
+fails("open /dev/mem", lambda: open("/dev/mem", "rb"))
+fails("open /dev/kmsg", lambda: open("/dev/kmsg", "rb"))
+# OOM: no process goes below the sprite's baseline.
+baseline = int(open("/proc/self/oom_score_adj").read())
+def lower_oom():
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+    try:
+        os.write(fd, b"-999")
+    finally:
+        os.close(fd)
+fails("oom_score_adj -999", lower_oom)
+report("oom_score_adj baseline kept", int(open("/proc/self/oom_score_adj").read()) == baseline and baseline >= 0, baseline)
+# Leaks: no host path or device in mountinfo; the sprite's own hostname.
+mountinfo = open("/proc/self/mountinfo").read()
+leaks = [w for w in mountinfo.split() if w.startswith(("/tmp/", "/var/", "/dev/loop", "/dev/vd", "/dev/sd", "/dev/nvme"))]
+report("mountinfo names no host path or device", not leaks, leaks[:5])
+report("/etc/hostname is the sprite's name", open("/etc/hostname").read().strip() == socket.gethostname(), open("/etc/hostname").read().strip())
+"#;
+
+/// The owner of a process's user namespace (`NS_GET_OWNER_UID`).
+fn userns_owner(pid: u32) -> u32 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, struct, sys; fd = os.open(f'/proc/{sys.argv[1]}/ns/user', os.O_RDONLY); b = bytearray(4); fcntl.ioctl(fd, 0xb704, b); print(struct.unpack('I', b)[0])",
+        ])
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn init_pid(daemon: &Daemon, sprite_id: &str) -> u32 {
+    let layout =
+        sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
+    sprite_sandbox::cgroup::SpriteCgroup::new(layout, sprite_id)
+        .init_pid()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no pid 1: {}", daemon.log()))
+}
+
+/// A root filesystem tarball with a static busybox and a character device node (1, 3:
+/// what the host calls /dev/null), as a hostile image would ship one.
+fn image_with_a_device(dir: &std::path::Path) -> std::path::PathBuf {
+    let tarball = dir.join("devimage.tar");
+    let script = r#"
+import io, os, sys, tarfile
+with tarfile.open(sys.argv[1], "w") as tar:
+    tar.add("/bin/busybox", arcname="bin/busybox")
+    for applet in ["sh", "cat", "ls", "id", "sleep", "head"]:
+        link = tarfile.TarInfo("bin/" + applet); link.type = tarfile.SYMTYPE; link.linkname = "busybox"; tar.addfile(link)
+    for d in ["etc", "tmp", "home/sprite", "proc", "sys", "dev"]:
+        info = tarfile.TarInfo(d); info.type = tarfile.DIRTYPE; info.mode = 0o755; tar.addfile(info)
+    data = b"root:x:0:0:root:/root:/bin/sh\nsprite:x:1000:1000::/home/sprite:/bin/sh\n"
+    info = tarfile.TarInfo("etc/passwd"); info.size = len(data); tar.addfile(info, io.BytesIO(data))
+    node = tarfile.TarInfo("evil"); node.type = tarfile.CHRTYPE; node.devmajor = 1; node.devminor = 3; node.mode = 0o666
+    tar.addfile(node)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tarball
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_inside_reaches_nothing_of_the_kernel_the_host_or_its_neighbours() {
+    let mut attempts = Attempts::new("kernel, host and neighbours");
+    let daemon = Daemon::start_with(
+        "debian",
+        "storage = \"spritefs\"\nnetwork = \"off\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "jail").await;
+    create(client, "other").await;
+
+    // The probe: kernel, mounts, devices, seccomp, capabilities, /proc, /sys, OOM, leaks.
+    let probe = root_python(&daemon, "jail", PROBE).await;
+    assert!(
+        probe.stderr.is_empty() || probe.code == 0,
+        "probe failed: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    attempts.record_probe(&probe.stdout());
+
+    // Each sprite's user namespace is its own host uid's, with its own id range.
+    let jail = client.get("jail").await.unwrap();
+    let other = client.get("other").await.unwrap();
+    let (jail_pid, other_pid) = (init_pid(&daemon, &jail.id), init_pid(&daemon, &other.id));
+    let (jail_owner, other_owner) = (userns_owner(jail_pid), userns_owner(other_pid));
+    attempts.check(
+        "the sprite's user namespace is not root's",
+        jail_owner != 0 && other_owner != 0,
+        format!("owners {jail_owner} and {other_owner}"),
+    );
+    attempts.check(
+        "two sprites have different host ids",
+        jail_owner != other_owner,
+        format!("owners {jail_owner} and {other_owner}"),
+    );
+    let map = std::fs::read_to_string(format!("/proc/{jail_pid}/uid_map")).unwrap();
+    attempts.check(
+        "root inside is the namespace owner's uid",
+        map.split_whitespace().nth(1) == Some(jail_owner.to_string().as_str()),
+        map.trim(),
+    );
+
+    // Host-side mounts of what a sprite controls: a setuid shell made inside is inert
+    // for a local user, who cannot even reach it.
+    let made = root_shell(
+        &daemon,
+        "jail",
+        "cp /bin/bash /home/sprite/rootbash && chmod 4755 /home/sprite/rootbash && ls -l /home/sprite/rootbash",
+    )
+    .await;
+    assert_eq!(made.code, 0, "{}", String::from_utf8_lossy(&made.stderr));
+    client.checkpoint("jail", None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // views mount in the background
+    let data = daemon.data_path().to_string_lossy().to_string();
+    let disk = format!("{data}/layers/{}/mnt/home/sprite/rootbash", jail.id);
+    let view = format!("{data}/layers/{}/views/v0/home/sprite/rootbash", jail.id);
+    assert!(std::path::Path::new(&disk).exists(), "{disk}");
+    for (what, path) in [("disk", &disk), ("checkpoint view", &view)] {
+        let out = as_nobody(&[path.as_str(), "-p", "-c", "id -u"]);
+        attempts.check(
+            &format!("a local user runs the sprite's setuid shell through its {what}"),
+            String::from_utf8_lossy(&out.stdout).trim() != "0",
+            format!(
+                "{} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        );
+    }
+    let out = as_nobody(&["ls", &format!("{data}/layers")]);
+    attempts.check(
+        "a local user lists the sprites' layers",
+        !out.status.success(),
+        out.status,
+    );
+    let out = as_nobody(&["ls", &format!("{data}/sprites/{}", jail.id)]);
+    attempts.check(
+        "a local user looks into a sprite's state directory",
+        !out.status.success(),
+        out.status,
+    );
+    // Every host mount under the data directory that holds sprite files: nosuid, nodev.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (point, options) = (fields[4], fields[5]);
+        let sprite_files = point.contains("/layers/") || point.contains("/image-volumes/");
+        if point.starts_with(&data) && sprite_files {
+            attempts.check(
+                &format!("host mount {point} allows setuid or devices"),
+                options.contains("nosuid") && options.contains("nodev"),
+                options,
+            );
+        }
+    }
+
+    // A device node shipped in an imported image opens nowhere: not in the sprite, not
+    // through a checkpoint view, not on the host side.
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = image_with_a_device(dir.path());
+    let file = tokio::fs::File::open(&tarball).await.unwrap();
+    client.import_image("devimage", file).await.unwrap();
+    let mut request = sprite_request("devbox");
+    request.image = Some("devimage".into());
+    client.create(&request).await.unwrap();
+    let inside = run(
+        client,
+        "devbox",
+        &["sh", "-c", "ls -l /evil; head -c1 /evil && echo opened"],
+    )
+    .await;
+    attempts.check(
+        "open an image's device node inside",
+        !inside.stdout().contains("opened"),
+        format!(
+            "{} {}",
+            inside.stdout(),
+            String::from_utf8_lossy(&inside.stderr)
+        ),
+    );
+    client.checkpoint("devbox", None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let through_view = run(
+        client,
+        "devbox",
+        &[
+            "sh",
+            "-c",
+            "head -c1 /.sprite/checkpoints/v0/evil && echo opened",
+        ],
+    )
+    .await;
+    attempts.check(
+        "open an image's device node through a checkpoint view",
+        !through_view.stdout().contains("opened"),
+        String::from_utf8_lossy(&through_view.stderr),
+    );
+    let host_side = std::fs::File::open(format!("{data}/image-volumes/devimage/evil"));
+    attempts.check(
+        "open an image's device node on the host side (as root)",
+        host_side.is_err(),
+        format!("{host_side:?}"),
+    );
+    attempts.finish(85);
+}
