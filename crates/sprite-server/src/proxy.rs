@@ -274,6 +274,10 @@ pub async fn serve_proxy(
             let builder = crate::serve::http_server(crate::serve::PROXY_LIMITS);
             match &tls {
                 None => {
+                    let stream = crate::serve::FirstByteDeadline::new(
+                        stream,
+                        crate::serve::PROXY_LIMITS.header_timeout,
+                    );
                     let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -289,6 +293,10 @@ pub async fn serve_proxy(
                         }
                         Err(_) => return,
                     };
+                    let tls = crate::serve::FirstByteDeadline::new(
+                        tls,
+                        crate::serve::PROXY_LIMITS.header_timeout,
+                    );
                     let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;

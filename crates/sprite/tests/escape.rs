@@ -414,3 +414,318 @@ async fn root_inside_reaches_nothing_of_the_kernel_the_host_or_its_neighbours() 
     );
     attempts.finish(85);
 }
+
+/// Floods the sprite's api.sock with 1000 idle connections and reports, as JSON lines,
+/// how many the daemon refused at once and, after its header deadline, closed.
+const API_SOCK_FLOOD: &str = r#"
+import json, socket, sys, time
+conns = []
+failed = 0
+for i in range(1000):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect("/.sprite/api.sock")
+        conns.append(s)
+    except OSError:
+        failed += 1
+time.sleep(2)
+refused = 0
+for s in conns:
+    s.setblocking(False)
+    try:
+        if s.recv(64).startswith(b"HTTP/1.1 503"):
+            refused += 1
+    except BlockingIOError:
+        pass
+print(json.dumps({"opened": len(conns), "failed": failed, "refused": refused}), flush=True)
+# Some of the admitted ones make a request first, then stay idle (kept alive).
+asked = 0
+for s in conns:
+    if asked == 8:
+        break
+    try:
+        s.setblocking(True)
+        s.settimeout(5)
+        s.sendall(b"GET /v1/tasks HTTP/1.1\r\nHost: sprite\r\n\r\n")
+        if s.recv(4096).startswith(b"HTTP/1.1 200"):
+            asked += 1
+        s.setblocking(False)
+    except OSError:
+        pass
+print(json.dumps({"asked": asked}), flush=True)
+time.sleep(14)
+closed = 0
+for s in conns:
+    try:
+        s.recv(64)
+        closed += 1
+    except BlockingIOError:
+        pass
+    except OSError:
+        closed += 1
+print(json.dumps({"closed": closed, "held": len(conns)}), flush=True)
+"#;
+
+/// Makes inotify instances until the kernel refuses one, then holds them 60 s.
+const INOTIFY_HOG: &str = r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+fds = []
+while len(fds) < 10000:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    fds.append(fd)
+print("instances", len(fds), flush=True)
+time.sleep(60)
+"#;
+
+/// Adds epoll watches (8 epoll instances over up to 2500 descriptors) until the kernel
+/// refuses one, then holds them 60 s. With an argument N: adds N watches and reports.
+const EPOLL_HOG: &str = r#"
+import os, select, sys, time
+wanted = int(sys.argv[1]) if len(sys.argv) > 1 else None
+r, w = os.pipe()
+fds = [os.dup(r) for _ in range(2500)]
+polls = [select.epoll() for _ in range(8)]
+added = 0
+try:
+    for p in polls:
+        for fd in fds:
+            if wanted is not None and added >= wanted:
+                raise StopIteration
+            p.register(fd, select.EPOLLIN)
+            added += 1
+except StopIteration:
+    pass
+except OSError as e:
+    print("refused after", added, e, flush=True)
+print("watches", added, flush=True)
+if wanted is None:
+    time.sleep(60)
+"#;
+
+/// Puts `/proc/sys/fs/epoll/max_user_watches` back when dropped.
+struct EpollLimit(String);
+
+impl Drop for EpollLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/fs/epoll/max_user_watches", &self.0);
+    }
+}
+
+/// Waits for a line of an exec stream that contains `marker`; the stream stays open.
+async fn line_with(stream: &mut sprite_client::ExecStream, marker: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("waited a minute for the sprite's output")
+            .unwrap()
+        {
+            sprite_client::ExecEvent::Stdout(data) => {
+                seen.push_str(&String::from_utf8_lossy(&data));
+                if let Some(line) = seen.lines().find(|l| l.contains(marker)) {
+                    return line.to_string();
+                }
+            }
+            sprite_client::ExecEvent::Exit(code) => panic!("exited {code} before {marker}: {seen}"),
+            _ => {}
+        }
+    }
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A host process (root, like the daemon) makes an inotify instance and `count` epoll
+/// watches: what breaks first when a sprite spends root's per-user budgets.
+fn host_can_watch(count: usize) -> Result<(), String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes, os, select, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nassert libc.inotify_init1(0) >= 0, 'no inotify instance'\nr, w = os.pipe()\np = select.epoll()\nfor fd in [os.dup(r) for _ in range(int(sys.argv[1]))]:\n    p.register(fd, select.EPOLLIN)\n",
+        ])
+        .arg(count.to_string())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
+    let mut attempts = Attempts::new("daemon resources and kernel budgets");
+    let internet = Internet::new(1, 0.0, false);
+    let daemon = Daemon::start_with(
+        "debian",
+        &format!(
+            "storage = \"local\"\nwarm_after = \"never\"\ncold_after = \"never\"\ndns_upstreams = [\"{}\"]\n",
+            internet.dns()
+        ),
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "flood").await;
+    create(client, "neighbour").await;
+    install_client(&daemon, "neighbour").await;
+    let _web = client
+        .exec(
+            "neighbour",
+            &params(&[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "8080",
+            ]),
+        )
+        .await
+        .unwrap();
+    let public = sprite_api::sprite::UpdateSpriteRequest {
+        url_settings: Some(sprite_api::sprite::UrlSettings {
+            auth: sprite_api::sprite::UrlAuth::Public,
+        }),
+        ..Default::default()
+    };
+    client.update("neighbour", &public).await.unwrap();
+    let descriptors_before = open_descriptors(daemon.pid);
+
+    // 1000 idle connections to one sprite's api.sock.
+    let mut flood = client
+        .exec("flood", &params(&["python3", "-c", API_SOCK_FLOOD]))
+        .await
+        .unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&line_with(&mut flood, "opened").await).unwrap();
+    let opened = first["opened"].as_u64().unwrap();
+    let refused = first["refused"].as_u64().unwrap();
+    attempts.check(
+        "1000 idle connections to api.sock are all held",
+        opened - refused <= 64,
+        &first,
+    );
+    let held = open_descriptors(daemon.pid).saturating_sub(descriptors_before);
+    attempts.check(
+        "the flood takes the daemon's descriptors",
+        held < 150,
+        format!("{held} more open descriptors in the daemon"),
+    );
+    // Meanwhile the API, the URL proxy and another sprite's DNS answer.
+    let started = std::time::Instant::now();
+    let listed = client.list_all(None).await;
+    attempts.check(
+        "the API answers during the flood",
+        listed.is_ok() && started.elapsed() < Duration::from_secs(5),
+        format!(
+            "{:?} in {:?}",
+            listed.as_ref().map(|l| l.len()),
+            started.elapsed()
+        ),
+    );
+    let page = reqwest::Client::new()
+        .get(format!("{}/", daemon.proxy_url))
+        .header("host", "neighbour.localhost")
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    attempts.check(
+        "the URL proxy serves another sprite during the flood",
+        page.as_ref().is_ok_and(|r| r.status() == 200),
+        format!("{:?}", page.map(|r| r.status())),
+    );
+    let resolved = py(&daemon, "neighbour", &["resolve", "allowed.test"]).await;
+    attempts.check(
+        "another sprite's DNS answers during the flood",
+        resolved == internet.address(2),
+        &resolved,
+    );
+    let asked: serde_json::Value =
+        serde_json::from_str(&line_with(&mut flood, "asked").await).unwrap();
+    assert_eq!(asked["asked"], 8, "admitted connections answer requests");
+    let second: serde_json::Value =
+        serde_json::from_str(&line_with(&mut flood, "closed").await).unwrap();
+    attempts.check(
+        "idle connections (kept-alive ones too) outlive the header deadline",
+        second["closed"] == second["held"],
+        &second,
+    );
+
+    // inotify instances: one sprite spends its own budget, not root's.
+    let mut hog = client
+        .exec("flood", &params(&["python3", "-c", INOTIFY_HOG]))
+        .await
+        .unwrap();
+    let made = line_with(&mut hog, "instances").await;
+    let count: usize = made.split_whitespace().nth(1).unwrap().parse().unwrap();
+    attempts.check(
+        "the hog's instances are bounded by a budget",
+        (50..10000).contains(&count),
+        &made,
+    );
+    let neighbour = run(
+        client,
+        "neighbour",
+        &[
+            "python3",
+            "-c",
+            "import ctypes; assert ctypes.CDLL(None).inotify_init1(0) >= 0",
+        ],
+    )
+    .await;
+    attempts.check(
+        "another sprite makes an inotify instance",
+        neighbour.code == 0,
+        String::from_utf8_lossy(&neighbour.stderr),
+    );
+    let host = host_can_watch(0);
+    attempts.check(
+        "the host makes an inotify instance",
+        host.is_ok(),
+        format!("{host:?}"),
+    );
+    let watch = client.fs_watch("neighbour", &["/home/sprite"], false).await;
+    attempts.check(
+        "fs/watch works on another sprite",
+        watch.is_ok(),
+        format!("{:?}", watch.err()),
+    );
+    drop(hog);
+
+    // epoll watches, with the host's per-user limit made small for the test.
+    let before = std::fs::read_to_string("/proc/sys/fs/epoll/max_user_watches").unwrap();
+    let _restore = EpollLimit(before.trim().to_string());
+    std::fs::write("/proc/sys/fs/epoll/max_user_watches", "15000").unwrap();
+    let mut hog = client
+        .exec("flood", &params(&["python3", "-c", EPOLL_HOG]))
+        .await
+        .unwrap();
+    let made = line_with(&mut hog, "watches").await;
+    let count: usize = made.split_whitespace().nth(1).unwrap().parse().unwrap();
+    attempts.check(
+        "the hog's epoll watches are bounded by a budget",
+        (10000..=15000).contains(&count),
+        &made,
+    );
+    let neighbour = run(client, "neighbour", &["python3", "-c", EPOLL_HOG, "1000"]).await;
+    attempts.check(
+        "another sprite adds 1000 epoll watches",
+        neighbour.stdout().contains("watches 1000"),
+        neighbour.stdout(),
+    );
+    let host = host_can_watch(1000);
+    attempts.check(
+        "the host adds 1000 epoll watches",
+        host.is_ok(),
+        format!("{host:?}"),
+    );
+    drop(hog);
+    attempts.finish(13);
+}
