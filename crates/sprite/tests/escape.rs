@@ -1009,3 +1009,182 @@ async fn root_python_args(daemon: &Daemon, sprite: &str, script: &str, args: &[&
     argv.extend_from_slice(args);
     run(&daemon.client, sprite, &argv).await
 }
+
+/// An app for the proxy tests: answers every request with what it saw (path and
+/// cookies, as JSON) and tries to set the daemon's cookies, and one of its own.
+const ECHO_APP: &str = r#"
+import http.server, json
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "cookie": self.headers.get("cookie", ""), "authorization": self.headers.get("authorization", "")}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("set-cookie", "sprite_auth=chosen-by-the-app; Path=/")
+        self.send_header("set-cookie", "SPRITE_TOKEN=chosen-by-the-app; Path=/")
+        self.send_header("set-cookie", "theme=dark; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Echo).serve_forever()
+"#;
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn proxied(
+    daemon: &Daemon,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = no_redirects()
+        .get(format!("{}{path}", daemon.proxy_url))
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
+    let mut attempts = Attempts::new("URL proxy");
+    let daemon = Daemon::start_with(
+        "debian",
+        "storage = \"local\"\nnetwork = \"off\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    for name in ["app", "evil", "open"] {
+        create(client, name).await;
+        client
+            .fs_write(name, "/home/sprite/echo.py", None, true, std::io::Cursor::new(ECHO_APP.as_bytes().to_vec()))
+            .await
+            .unwrap();
+        let web = sprite_api::services::ServiceSpec {
+            cmd: "python3".into(),
+            args: vec!["/home/sprite/echo.py".into()],
+            http_port: Some(8080),
+            ..Default::default()
+        };
+        client.put_service(name, "web", &web, None, |_| {}).await.unwrap();
+    }
+    let public = sprite_api::sprite::UpdateSpriteRequest {
+        url_settings: Some(sprite_api::sprite::UrlSettings {
+            auth: sprite_api::sprite::UrlAuth::Public,
+        }),
+        ..Default::default()
+    };
+    client.update("open", &public).await.unwrap();
+
+    // Signing in: the cookie is a capability, not the token.
+    let signed = proxied(&daemon, "app.localhost", &format!("/?token={TOKEN}"), &[]).await;
+    assert_eq!(signed.status(), 302);
+    let set = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    attempts.check("the sign-in cookie carries the API token", !set.contains(TOKEN), &set);
+    attempts.check(
+        "the sign-in cookie is readable by scripts or sent to other hosts",
+        set.contains("HttpOnly") && !set.to_ascii_lowercase().contains("domain="),
+        &set,
+    );
+    let own = proxied(&daemon, "app.localhost", "/", &[("cookie", &cookie)]).await;
+    assert_eq!(own.status(), 200, "the cookie works on its own sprite");
+    let seen: serde_json::Value = own.json().await.unwrap();
+    attempts.check(
+        "the app sees the sign-in cookie",
+        !seen["cookie"].as_str().unwrap().contains("sprite_auth"),
+        &seen,
+    );
+
+    // Cookies that must not work.
+    let on_evil = proxied(&daemon, "evil.localhost", "/", &[("cookie", &cookie)]).await;
+    attempts.check("app's cookie opens another sprite", on_evil.status() == 401, on_evil.status());
+    let value = cookie.split_once('=').unwrap().1;
+    let tampered = format!("sprite_auth={}", value.replacen("v1.", "v1.9", 1));
+    let out = proxied(&daemon, "app.localhost", "/", &[("cookie", &tampered)]).await;
+    attempts.check("a cookie with a longer life forged", out.status() == 401, out.status());
+    let raw_token = format!("sprite_token={TOKEN}");
+    let out = proxied(&daemon, "app.localhost", "/", &[("cookie", &raw_token)]).await;
+    attempts.check("the old token cookie still opens a sprite", out.status() == 401, out.status());
+
+    // Another sprite's page drives this one with its cookie: refused.
+    let out = proxied(
+        &daemon,
+        "app.localhost",
+        "/",
+        &[("cookie", &cookie), ("origin", "http://evil.localhost:7080")],
+    )
+    .await;
+    attempts.check("a request from another sprite's page with the cookie", out.status() == 403, out.status());
+    let upgrade = [
+        ("cookie", cookie.as_str()),
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let out = proxied(&daemon, "app.localhost", "/", &upgrade).await;
+    attempts.check("a WebSocket upgrade on the cookie without Origin", out.status() == 403, out.status());
+    let mut from_evil = upgrade.to_vec();
+    from_evil.push(("origin", "http://evil.localhost"));
+    let out = proxied(&daemon, "app.localhost", "/", &from_evil).await;
+    attempts.check("a WebSocket upgrade on the cookie from another origin", out.status() == 403, out.status());
+    let origin = format!("http://app.localhost:{}", daemon.proxy_url.rsplit(':').next().unwrap());
+    let mut from_own = upgrade.to_vec();
+    from_own.push(("origin", &origin));
+    let host = format!("app.localhost:{}", daemon.proxy_url.rsplit(':').next().unwrap());
+    let out = no_redirects()
+        .get(format!("{}/", daemon.proxy_url))
+        .header("host", &host)
+        .headers({
+            let mut map = reqwest::header::HeaderMap::new();
+            for (name, value) in &from_own {
+                map.insert(
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            map
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(out.status(), 403, "the sprite's own page may upgrade");
+
+    // The app cannot set (or reset) the daemon's cookies; its own pass.
+    let answer = proxied(&daemon, "app.localhost", "/", &[("authorization", &format!("Bearer {TOKEN}"))]).await;
+    let cookies: Vec<String> = answer
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    attempts.check(
+        "the app sets the daemon's cookie",
+        !cookies.iter().any(|c| c.to_ascii_lowercase().starts_with("sprite_")),
+        format!("{cookies:?}"),
+    );
+    assert!(cookies.iter().any(|c| c.starts_with("theme=")), "{cookies:?}");
+    let seen: serde_json::Value = answer.json().await.unwrap();
+    attempts.check(
+        "the app sees the API token",
+        !seen["authorization"].as_str().unwrap().contains(TOKEN),
+        &seen,
+    );
+
+    // ?token= never reaches an app, public ones included.
+    let out = proxied(&daemon, "open.localhost", &format!("/page?token={TOKEN}&q=1"), &[]).await;
+    let seen: serde_json::Value = out.json().await.unwrap();
+    attempts.check(
+        "a public sprite's app sees ?token=",
+        seen["path"] == "/page?q=1",
+        &seen,
+    );
+    attempts.finish(12);
+}
