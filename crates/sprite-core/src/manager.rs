@@ -886,22 +886,6 @@ impl SpriteManager {
         caller: Caller,
     ) -> Result<CheckpointInfo, CoreError> {
         let record = self.record(org, name)?;
-        if let Some(comment) = comment {
-            if comment.len() > MAX_CHECKPOINT_COMMENT {
-                return Err(CoreError::InvalidRequest(format!(
-                    "comment is {} bytes; a checkpoint comment is at most {MAX_CHECKPOINT_COMMENT}",
-                    comment.len()
-                )));
-            }
-        }
-        if caller == Caller::Sprite {
-            self.inside_checkpoints.take(&record.id).map_err(|wait| {
-                CoreError::RateLimited(format!(
-                    "sprite {name} made {INSIDE_CHECKPOINT_BURST} checkpoints of itself in a short time; try again in {} s",
-                    wait.as_secs().max(1)
-                ))
-            })?;
-        }
         // The freeze of a checkpoint needs the sprite's disk mounted: a cold sprite wakes.
         let _awake = self.wake_record(&record, Reason::Api).await?;
         let start_lock = self.start_lock(&record.id);
@@ -926,6 +910,49 @@ impl SpriteManager {
         tracing::info!(sprite = %name, checkpoint = %id, ?caller, "checkpoint created");
         self.refresh_views_later(&record.id);
         self.checkpoint_info(org, name, &id).await
+    }
+
+    /// What a checkpoint create is refused for, answered before it starts (the API
+    /// streams its progress, so the status must be known first): a comment too long,
+    /// a sprite checkpointing itself too fast. Takes one of the sprite's tokens.
+    pub fn admit_checkpoint(
+        &self,
+        org: &str,
+        name: &str,
+        comment: Option<&str>,
+        caller: Caller,
+    ) -> Result<(), CoreError> {
+        let record = self.record(org, name)?;
+        if let Some(comment) = comment {
+            if comment.len() > MAX_CHECKPOINT_COMMENT {
+                return Err(CoreError::InvalidRequest(format!(
+                    "comment is {} bytes; a checkpoint comment is at most {MAX_CHECKPOINT_COMMENT}",
+                    comment.len()
+                )));
+            }
+        }
+        if caller == Caller::Sprite {
+            self.inside_checkpoints.take(&record.id).map_err(|wait| {
+                CoreError::RateLimited(format!(
+                    "sprite {name} made {INSIDE_CHECKPOINT_BURST} checkpoints of itself in a short time; try again in {} s",
+                    wait.as_secs().max(1)
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether `caller` may restore or delete checkpoint `id` of the sprite.
+    pub async fn admit_checkpoint_change(
+        &self,
+        org: &str,
+        name: &str,
+        id: &str,
+        caller: Caller,
+    ) -> Result<(), CoreError> {
+        self.checkpoint_info(org, name, id).await?;
+        let record = self.record(org, name)?;
+        self.check_own_checkpoint(&record, id, caller)
     }
 
     /// Refuses a sprite acting from inside on a checkpoint it did not make itself.

@@ -74,8 +74,10 @@ pub async fn create(
     } else {
         parse_json(&body)?
     };
-    // 404 before the stream starts (a cheap lookup: `get` also reads storage usage).
-    state.manager.check_exists(&org, &name)?;
+    // 404, 400 and 429 before the stream starts (cheap: no storage is asked).
+    state
+        .manager
+        .admit_checkpoint(&org, &name, request.comment.as_deref(), caller)?;
     let manager = state.manager.clone();
     Ok(ndjson(
         format!("creating a checkpoint of {name}"),
@@ -127,7 +129,10 @@ pub async fn restore(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let caller = caller(marked);
-    state.manager.checkpoint_info(&org, &name, &id).await?;
+    state
+        .manager
+        .admit_checkpoint_change(&org, &name, &id, caller)
+        .await?;
     let manager = state.manager.clone();
     Ok(ndjson(
         format!("restoring {name} to {id}; its sessions end"),

@@ -1063,7 +1063,13 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
     for name in ["app", "evil", "open"] {
         create(client, name).await;
         client
-            .fs_write(name, "/home/sprite/echo.py", None, true, std::io::Cursor::new(ECHO_APP.as_bytes().to_vec()))
+            .fs_write(
+                name,
+                "/home/sprite/echo.py",
+                None,
+                true,
+                std::io::Cursor::new(ECHO_APP.as_bytes().to_vec()),
+            )
             .await
             .unwrap();
         let web = sprite_api::services::ServiceSpec {
@@ -1072,7 +1078,10 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
             http_port: Some(8080),
             ..Default::default()
         };
-        client.put_service(name, "web", &web, None, |_| {}).await.unwrap();
+        client
+            .put_service(name, "web", &web, None, |_| {})
+            .await
+            .unwrap();
     }
     let public = sprite_api::sprite::UpdateSpriteRequest {
         url_settings: Some(sprite_api::sprite::UrlSettings {
@@ -1087,7 +1096,11 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
     assert_eq!(signed.status(), 302);
     let set = signed.headers()["set-cookie"].to_str().unwrap().to_string();
     let cookie = set.split(';').next().unwrap().to_string();
-    attempts.check("the sign-in cookie carries the API token", !set.contains(TOKEN), &set);
+    attempts.check(
+        "the sign-in cookie carries the API token",
+        !set.contains(TOKEN),
+        &set,
+    );
     attempts.check(
         "the sign-in cookie is readable by scripts or sent to other hosts",
         set.contains("HttpOnly") && !set.to_ascii_lowercase().contains("domain="),
@@ -1104,24 +1117,43 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
 
     // Cookies that must not work.
     let on_evil = proxied(&daemon, "evil.localhost", "/", &[("cookie", &cookie)]).await;
-    attempts.check("app's cookie opens another sprite", on_evil.status() == 401, on_evil.status());
+    attempts.check(
+        "app's cookie opens another sprite",
+        on_evil.status() == 401,
+        on_evil.status(),
+    );
     let value = cookie.split_once('=').unwrap().1;
     let tampered = format!("sprite_auth={}", value.replacen("v1.", "v1.9", 1));
     let out = proxied(&daemon, "app.localhost", "/", &[("cookie", &tampered)]).await;
-    attempts.check("a cookie with a longer life forged", out.status() == 401, out.status());
+    attempts.check(
+        "a cookie with a longer life forged",
+        out.status() == 401,
+        out.status(),
+    );
     let raw_token = format!("sprite_token={TOKEN}");
     let out = proxied(&daemon, "app.localhost", "/", &[("cookie", &raw_token)]).await;
-    attempts.check("the old token cookie still opens a sprite", out.status() == 401, out.status());
+    attempts.check(
+        "the old token cookie still opens a sprite",
+        out.status() == 401,
+        out.status(),
+    );
 
     // Another sprite's page drives this one with its cookie: refused.
     let out = proxied(
         &daemon,
         "app.localhost",
         "/",
-        &[("cookie", &cookie), ("origin", "http://evil.localhost:7080")],
+        &[
+            ("cookie", &cookie),
+            ("origin", "http://evil.localhost:7080"),
+        ],
     )
     .await;
-    attempts.check("a request from another sprite's page with the cookie", out.status() == 403, out.status());
+    attempts.check(
+        "a request from another sprite's page with the cookie",
+        out.status() == 403,
+        out.status(),
+    );
     let upgrade = [
         ("cookie", cookie.as_str()),
         ("connection", "upgrade"),
@@ -1130,15 +1162,29 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
     let out = proxied(&daemon, "app.localhost", "/", &upgrade).await;
-    attempts.check("a WebSocket upgrade on the cookie without Origin", out.status() == 403, out.status());
+    attempts.check(
+        "a WebSocket upgrade on the cookie without Origin",
+        out.status() == 403,
+        out.status(),
+    );
     let mut from_evil = upgrade.to_vec();
     from_evil.push(("origin", "http://evil.localhost"));
     let out = proxied(&daemon, "app.localhost", "/", &from_evil).await;
-    attempts.check("a WebSocket upgrade on the cookie from another origin", out.status() == 403, out.status());
-    let origin = format!("http://app.localhost:{}", daemon.proxy_url.rsplit(':').next().unwrap());
+    attempts.check(
+        "a WebSocket upgrade on the cookie from another origin",
+        out.status() == 403,
+        out.status(),
+    );
+    let origin = format!(
+        "http://app.localhost:{}",
+        daemon.proxy_url.rsplit(':').next().unwrap()
+    );
     let mut from_own = upgrade.to_vec();
     from_own.push(("origin", &origin));
-    let host = format!("app.localhost:{}", daemon.proxy_url.rsplit(':').next().unwrap());
+    let host = format!(
+        "app.localhost:{}",
+        daemon.proxy_url.rsplit(':').next().unwrap()
+    );
     let out = no_redirects()
         .get(format!("{}/", daemon.proxy_url))
         .header("host", &host)
@@ -1158,7 +1204,13 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
     assert_ne!(out.status(), 403, "the sprite's own page may upgrade");
 
     // The app cannot set (or reset) the daemon's cookies; its own pass.
-    let answer = proxied(&daemon, "app.localhost", "/", &[("authorization", &format!("Bearer {TOKEN}"))]).await;
+    let answer = proxied(
+        &daemon,
+        "app.localhost",
+        "/",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
     let cookies: Vec<String> = answer
         .headers()
         .get_all("set-cookie")
@@ -1167,10 +1219,15 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
         .collect();
     attempts.check(
         "the app sets the daemon's cookie",
-        !cookies.iter().any(|c| c.to_ascii_lowercase().starts_with("sprite_")),
+        !cookies
+            .iter()
+            .any(|c| c.to_ascii_lowercase().starts_with("sprite_")),
         format!("{cookies:?}"),
     );
-    assert!(cookies.iter().any(|c| c.starts_with("theme=")), "{cookies:?}");
+    assert!(
+        cookies.iter().any(|c| c.starts_with("theme=")),
+        "{cookies:?}"
+    );
     let seen: serde_json::Value = answer.json().await.unwrap();
     attempts.check(
         "the app sees the API token",
@@ -1179,7 +1236,13 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
     );
 
     // ?token= never reaches an app, public ones included.
-    let out = proxied(&daemon, "open.localhost", &format!("/page?token={TOKEN}&q=1"), &[]).await;
+    let out = proxied(
+        &daemon,
+        "open.localhost",
+        &format!("/page?token={TOKEN}&q=1"),
+        &[],
+    )
+    .await;
     let seen: serde_json::Value = out.json().await.unwrap();
     attempts.check(
         "a public sprite's app sees ?token=",
@@ -1187,4 +1250,287 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
         &seen,
     );
     attempts.finish(12);
+}
+
+/// Runs the CLI against the daemon; answers (success, stdout and stderr).
+fn cli(daemon: &Daemon, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sprite"))
+        .args(args)
+        .env("SPRITES_API_URL", &daemon.url)
+        .env("SPRITE_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A request to the sprite's own API from inside: `METHOD PATH [BODY]`; prints the
+/// status code.
+async fn inside_api(daemon: &Daemon, sprite: &str, method: &str, path: &str, body: &str) -> String {
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--unix-socket",
+        "/.sprite/api.sock",
+        "-X",
+        method,
+    ];
+    let url = format!("http://sprite{path}");
+    if !body.is_empty() {
+        argv.extend_from_slice(&["-H", "content-type: application/json", "-d", body]);
+    }
+    argv.push(&url);
+    run(&daemon.client, sprite, &argv)
+        .await
+        .stdout()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_copies_and_the_inner_api_stay_within_their_sprite() {
+    let mut attempts = Attempts::new("files, cp and api.sock");
+    let daemon = Daemon::start_with(
+        "debian",
+        "storage = \"spritefs\"\nnetwork = \"off\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "box").await;
+
+    // api.sock: the owner's checkpoints are not the sprite's to restore or delete.
+    client.checkpoint("box", Some("the owner's")).await.unwrap();
+    let code = inside_api(&daemon, "box", "POST", "/v1/checkpoints/v0/restore", "").await;
+    attempts.check(
+        "restore the owner's checkpoint from inside",
+        code == "403",
+        &code,
+    );
+    let code = inside_api(&daemon, "box", "DELETE", "/v1/checkpoints/v0", "").await;
+    attempts.check(
+        "delete the owner's checkpoint from inside",
+        code == "403",
+        &code,
+    );
+    assert!(
+        client.checkpoint_info("box", "v0").await.is_ok(),
+        "v0 is still there"
+    );
+    let code = inside_api(&daemon, "box", "POST", "/v1/checkpoint", "{}").await;
+    assert_eq!(code, "200", "a sprite checkpoints itself");
+    let code = inside_api(&daemon, "box", "DELETE", "/v1/checkpoints/v1", "").await;
+    assert_eq!(code, "204", "and deletes what it made");
+    let code = inside_api(&daemon, "box", "GET", "/v1/sprites", "").await;
+    attempts.check(
+        "list the organization's sprites from inside",
+        code == "404",
+        &code,
+    );
+    let code = inside_api(
+        &daemon,
+        "box",
+        "POST",
+        "/v1/tasks",
+        r#"{"name":"forever","expire":1e300}"#,
+    )
+    .await;
+    attempts.check("a task that never expires (1e300 s)", code == "400", &code);
+    let mut codes = Vec::new();
+    for task in 0..65 {
+        let body = format!(r#"{{"name":"t{task}","expire":60}}"#);
+        codes.push(inside_api(&daemon, "box", "POST", "/v1/tasks", &body).await);
+    }
+    attempts.check(
+        "unlimited tasks",
+        codes[..64].iter().all(|c| c == "201") && codes[64] == "409",
+        format!("{:?}", &codes[60..]),
+    );
+    let mut codes = Vec::new();
+    for _ in 0..24 {
+        codes.push(inside_api(&daemon, "box", "POST", "/v1/checkpoint", "{}").await);
+    }
+    attempts.check(
+        "checkpoints as fast as a sprite can ask",
+        codes.iter().any(|c| c == "429"),
+        format!("{codes:?}"),
+    );
+    attempts.check(
+        "the daemon answers after all that",
+        client.get("box").await.is_ok(),
+        "",
+    );
+
+    // The fs API never hands host-owned files to a sprite with their host owner.
+    let copied = client
+        .fs_post::<serde_json::Value>(
+            "box",
+            "copy",
+            &serde_json::json!({"source": "/.sprite/run", "dest": "/home/sprite/runcopy", "recursive": true, "preserveAttrs": true}),
+        )
+        .await;
+    let owners = run(
+        client,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "stat -c '%u %n' /home/sprite/runcopy /home/sprite/runcopy/* 2>/dev/null; true",
+        ],
+    )
+    .await;
+    attempts.check(
+        "copy host-owned files into the sprite with their host owner",
+        !owners.stdout().lines().any(|l| l.starts_with("65534")),
+        format!("{copied:?} {}", owners.stdout()),
+    );
+
+    // sprite cp: a download never writes through a link on this machine.
+    let made = run(
+        client,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /home/sprite/tree/link && echo payload > /home/sprite/tree/link/payload",
+        ],
+    )
+    .await;
+    assert_eq!(made.code, 0);
+    let local = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(local.path().join("tree")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), local.path().join("tree/link")).unwrap();
+    let (ok, said) = cli(
+        &daemon,
+        &[
+            "cp",
+            "-r",
+            "box:/home/sprite/tree",
+            &local.path().to_string_lossy(),
+        ],
+    );
+    attempts.check(
+        "a download writes through a symbolic link on this machine",
+        !outside.path().join("payload").exists(),
+        format!("exit ok {ok}: {said}"),
+    );
+    // An upload does not follow links out of the tree it copies (unless -L).
+    let tree = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("id_ed25519");
+    std::fs::write(&secret, "private key").unwrap();
+    std::fs::write(tree.path().join("notes.txt"), "notes").unwrap();
+    std::os::unix::fs::symlink(&secret, tree.path().join("key")).unwrap();
+    let source = tree.path().to_string_lossy().to_string();
+    let (ok, said) = cli(&daemon, &["cp", "-r", &source, "box:/home/sprite/up"]);
+    assert!(ok, "{said}");
+    let listed = run(
+        client,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "ls /home/sprite/up; cat /home/sprite/up/key 2>/dev/null; true",
+        ],
+    )
+    .await;
+    attempts.check(
+        "an upload carries what a link in the tree points at",
+        listed.stdout().contains("notes.txt") && !listed.stdout().contains("private key"),
+        listed.stdout(),
+    );
+    let (ok, said) = cli(
+        &daemon,
+        &["cp", "-r", "-L", &source, "box:/home/sprite/up2"],
+    );
+    assert!(ok, "{said}");
+    let followed = run(client, "box", &["cat", "/home/sprite/up2/key"]).await;
+    assert_eq!(
+        followed.stdout(),
+        "private key",
+        "-L copies what links point at"
+    );
+    attempts.finish(10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sprite_cannot_fill_the_host_disk_nor_keep_endless_checkpoints() {
+    let mut attempts = Attempts::new("storage");
+    // A threshold no host meets: the guard acts at once on whoever writes.
+    let daemon = Daemon::start_with(
+        "busybox",
+        "storage = \"spritefs\"\nnetwork = \"off\"\nwarm_after = \"never\"\ncold_after = \"never\"\nmin_free_disk_mb = 100000000\nmax_checkpoints = 3\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "writer").await;
+    create(client, "quiet").await;
+    let first = run(
+        client,
+        "writer",
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/home/sprite/a",
+            "bs=1M",
+            "count=8",
+        ],
+    )
+    .await;
+    assert_eq!(first.code, 0, "{}", String::from_utf8_lossy(&first.stderr));
+    // The guard looks every 2 s: a sprite that goes on writing is stopped within a
+    // few of its writes.
+    let more = run(
+        client,
+        "writer",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 400 ]; do dd if=/dev/zero of=/home/sprite/b$i bs=1M count=1 conv=fsync 2>/tmp/err || { cat /tmp/err >&2; exit 1; }; i=$((i+1)); sleep 0.05; done",
+        ],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&more.stderr).to_string();
+    attempts.check(
+        "a sprite keeps writing while the host is short of disk",
+        more.code != 0 && said.contains("No space left"),
+        format!("exit {}: {said}", more.code),
+    );
+    let quiet = run(
+        client,
+        "quiet",
+        &[
+            "sh",
+            "-c",
+            "echo small > /home/sprite/note && cat /home/sprite/note",
+        ],
+    )
+    .await;
+    assert_eq!(
+        quiet.stdout(),
+        "small\n",
+        "a sprite that did not write is not held back"
+    );
+
+    // Checkpoints per sprite are capped, with a message that says so.
+    for _ in 0..3 {
+        client.checkpoint("quiet", None).await.unwrap();
+    }
+    let fourth = client.checkpoint("quiet", None).await;
+    let message = format!("{fourth:?}");
+    attempts.check(
+        "a fourth checkpoint past max_checkpoints = 3",
+        fourth.is_err() && message.contains("max_checkpoints"),
+        &message,
+    );
+    attempts.finish(2);
 }
