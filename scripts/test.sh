@@ -32,6 +32,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== fuzz targets, 30 s each (exec queries and frames, init frames, DNS messages, policy JSON, paths, durations, the config file)"
+SPRITE_FUZZ_SECONDS="${SPRITE_FUZZ_SECONDS:-30}" cargo test --workspace --lib --bins fuzz_targets:: -- --test-threads=2
 echo "== SpriteFS end-to-end tests again, with a real S3 server (s3s-fs) as the object store"
 SPRITE_TEST_STORE=s3 cargo test -p sprite --test spritefs
 

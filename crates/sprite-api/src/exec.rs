@@ -255,16 +255,21 @@ pub fn parse_duration_secs(text: &str) -> Option<u64> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
+    let (per_unit, divisor) = match unit {
+        "" | "s" => (1, 1),
+        "ms" => (1, 1000),
+        "m" => (60, 1),
+        "h" => (3600, 1),
         _ => return None,
     };
-    let seconds = number * factor;
-    (seconds.is_finite() && seconds >= 0.0).then(|| seconds.ceil() as u64)
+    // Whole numbers exactly (no float rounding), too large ones refused.
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(per_unit).map(|n| n.div_ceil(divisor));
+    }
+    let number: f64 = number.parse().ok()?;
+    let seconds = number * per_unit as f64 / divisor as f64;
+    (seconds.is_finite() && (0.0..u64::MAX as f64).contains(&seconds))
+        .then(|| seconds.ceil() as u64)
 }
 
 impl ExecParams {
@@ -512,5 +517,77 @@ mod tests {
             let expected = ExecParams { cols: if tty { 100 } else { 80 }, rows: if tty { 30 } else { 24 }, ..params };
             prop_assert_eq!(parsed, expected);
         }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use crate::fuzz::{budget, fuzz};
+
+    /// Binary and text frames a client sends over the exec WebSocket: decoding never
+    /// panics, and what decodes encodes back to the same bytes.
+    #[test]
+    fn fuzz_exec_frames() {
+        let seeds: &[&[u8]] = &[
+            b"\x00hello",
+            b"\x01out",
+            b"\x02err",
+            b"\x03\x07",
+            b"\x04",
+            br#"{"type":"resize","cols":80,"rows":24}"#,
+            br#"{"type":"signal","signal":"SIGINT"}"#,
+        ];
+        fuzz(
+            "exec frames",
+            budget(),
+            seeds,
+            &[b"\"type\"", b"resize", b"\xff\xff"],
+            |input| {
+                if let Ok(frame) = Frame::decode(input) {
+                    assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
+                }
+                if let Ok(message) = serde_json::from_slice::<ClientMessage>(input) {
+                    if let ClientMessage::Signal { signal } = &message {
+                        let _ = Signal::parse(signal);
+                    }
+                    let again: ClientMessage =
+                        serde_json::from_str(&serde_json::to_string(&message).expect("encode"))
+                            .expect("decode what we encoded");
+                    assert_eq!(again, message);
+                }
+            },
+        );
+    }
+
+    /// Durations in exec queries and task bodies (`10m`, `1.5h`, `30`).
+    #[test]
+    fn fuzz_durations() {
+        // The last one once came back as another number (parsed through a float).
+        let seeds: &[&[u8]] = &[
+            b"10",
+            b"10s",
+            b"1.5m",
+            b"2h",
+            b"250ms",
+            b"1e300",
+            b"",
+            b"2250250250250250250",
+        ];
+        fuzz(
+            "durations",
+            budget(),
+            seeds,
+            &[b"e9", b"ms", b"."],
+            |input| {
+                let text = String::from_utf8_lossy(input);
+                if let Some(seconds) = parse_duration_secs(&text) {
+                    // Whole seconds the way they were written, never wrapped around.
+                    if let Ok(n) = text.trim().parse::<u64>() {
+                        assert_eq!(seconds, n);
+                    }
+                }
+            },
+        );
     }
 }

@@ -350,21 +350,45 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
         None
     }
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|skip| go(&p[1..], &n[skip..])),
-            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
-            Some('[') => match (
-                n.first(),
-                class(&p[1..], n.first().copied().unwrap_or('\0')),
-            ) {
-                (Some(_), Some((true, used))) => go(&p[1 + used..], &n[1..]),
-                (Some(_), Some((false, _))) | (None, _) => false,
-                (Some(c), None) => *c == '[' && go(&p[1..], &n[1..]),
+    /// Whether one pattern item at `p[0]` matches `c`; answers how many pattern chars
+    /// the item takes (None: no match).
+    fn single(p: &[char], c: char) -> Option<usize> {
+        match p.first()? {
+            '?' => Some(1),
+            '[' => match class(&p[1..], c) {
+                Some((true, used)) => Some(1 + used),
+                Some((false, _)) => None,
+                None => (c == '[').then_some(1),
             },
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+            literal => (*literal == c).then_some(1),
         }
+    }
+    // Stars match greedily with one backtracking point (the last star): linear in the
+    // pattern times the name, never exponential, however many stars a caller sends.
+    fn go(p: &[char], n: &[char]) -> bool {
+        let (mut pi, mut ni) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ni < n.len() {
+            if p.get(pi) == Some(&'*') {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            if let Some(used) = single(&p[pi..], n[ni]) {
+                pi += used;
+                ni += 1;
+                continue;
+            }
+            match star {
+                Some((star_p, star_n)) => {
+                    pi = star_p + 1;
+                    ni = star_n + 1;
+                    star = Some((star_p, star_n + 1));
+                }
+                None => return false,
+            }
+        }
+        p[pi..].iter().all(|c| *c == '*')
     }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
@@ -424,6 +448,15 @@ mod tests {
         assert!(glob_match("[a-c]*", "cat"));
         assert!(!glob_match("[a-c]*", "dog"));
         assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXbYc") && !glob_match("a*b*c", "aXbY"));
+        assert!(glob_match("*[0-9]", "file7") && !glob_match("*[0-9]", "file"));
+        // Many stars against a long name that almost matches: quick, not exponential.
+        let started = std::time::Instant::now();
+        assert!(!glob_match(
+            &format!("{}*c", "*a".repeat(30)),
+            &"a".repeat(200)
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert!(glob_match("[", "["));
     }
 
@@ -464,6 +497,50 @@ mod tests {
         assert_eq!(
             serde_json::to_value(FsCode::NotEmpty).unwrap(),
             serde_json::json!("ENOTEMPTY")
+        );
+    }
+}
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use crate::fuzz::{budget, fuzz};
+
+    /// Paths of the fs API (working directory, then the path, split at a NUL): a
+    /// cleaned path is absolute, has no `.`, `..` or empty parts, and cleans to itself.
+    #[test]
+    fn fuzz_path_cleaning() {
+        let seeds: &[&[u8]] = &[
+            b"/home/sprite\0file",
+            b"\0../../etc/passwd",
+            b"/a/b\0./c/../../../d",
+            b"\0/proc/1/root/etc",
+            b"rel\0x//y/./z/",
+            // Once took exponential time as a glob pattern (fs/list `pattern`).
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab\0*a*a*a*a*a*a*a*a*a*a*a*a*a*a*c",
+        ];
+        fuzz(
+            "fs paths",
+            budget(),
+            seeds,
+            &[b"..", b"/", b"\0", b"."],
+            |input| {
+                let text = String::from_utf8_lossy(input);
+                let (working_dir, path) = text.split_once('\0').unwrap_or(("", &text));
+                let working_dir = (!working_dir.is_empty()).then_some(working_dir);
+                if let Ok(cleaned) = clean_path(working_dir, path) {
+                    assert!(cleaned.starts_with('/'), "{cleaned}");
+                    assert!(
+                        cleaned == "/"
+                            || cleaned[1..]
+                                .split('/')
+                                .all(|part| !part.is_empty() && part != "." && part != ".."),
+                        "{cleaned}"
+                    );
+                    assert_eq!(clean_path(None, &cleaned).as_deref(), Ok(cleaned.as_str()));
+                }
+                let _ = glob_match(path, working_dir.unwrap_or("x"));
+            },
         );
     }
 }

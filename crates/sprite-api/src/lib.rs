@@ -8,6 +8,7 @@
 pub mod error;
 pub mod exec;
 pub mod fs;
+pub mod fuzz;
 pub mod names;
 pub mod policy;
 pub mod services;

@@ -1053,3 +1053,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use crate::fuzz::{budget, fuzz};
+
+    /// Policy documents as a client posts them: reading, validating and deciding never
+    /// panic, and a valid policy survives a round trip unchanged.
+    #[test]
+    fn fuzz_policy_json() {
+        let seeds: &[&[u8]] = &[
+            br#"{"rules":[{"domain":"github.com","action":"allow"},{"include":"defaults"}]}"#,
+            br#"{"rules":[{"domain":"*.x.com","action":"deny"},{"domain":"*","action":"allow"}]}"#,
+            br#"{"rules":[{"cidr":"10.1.0.0/16","action":"allow"}]}"#,
+            br#"{"rules":[]}"#,
+        ];
+        let dictionary: &[&[u8]] = &[
+            b"\"domain\"",
+            b"\"cidr\"",
+            b"\"action\"",
+            b"\"allow\"",
+            b"\"deny\"",
+            b"*.",
+            b"/32",
+            b"\"include\"",
+        ];
+        fuzz("policy json", budget(), seeds, dictionary, |input| {
+            let Ok(policy) = serde_json::from_slice::<NetworkPolicy>(input) else {
+                return;
+            };
+            if policy.validate().is_ok() {
+                for name in ["github.com", "a.x.com", "x.com", "", "."] {
+                    let _ = policy.decide(name);
+                }
+                let _ = policy.names_network(std::net::Ipv4Addr::new(10, 1, 2, 3));
+                let json = serde_json::to_vec(&policy).expect("encode");
+                let again: NetworkPolicy = serde_json::from_slice(&json).expect("decode");
+                assert_eq!(again, policy);
+            }
+        });
+    }
+}

@@ -1577,3 +1577,85 @@ options edns0 trust-ad
         assert_eq!(admitted.until(first), Some(start + MAX_ADMIT_TTL));
     }
 }
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use sprite_api::fuzz::{budget, fuzz};
+
+    /// What the forwarder reads: a sprite's query (any bytes on its socket), and an
+    /// upstream's answer to it. Nothing panics; an answer cut for UDP fits the limit (or
+    /// is sent as the upstream sent it when it cannot be cut).
+    #[test]
+    fn fuzz_dns_messages() {
+        let query = {
+            let mut message = Message::query();
+            message.add_query(Query::query(
+                hickory_proto::rr::Name::from_ascii("allowed.test.").expect("name"),
+                RecordType::A,
+            ));
+            message.to_vec().expect("encode")
+        };
+        let answer = {
+            let mut message = Message::from_vec(&query).expect("parse");
+            message.metadata.message_type = hickory_proto::op::MessageType::Response;
+            for i in 0..40 {
+                message.add_answer(Record::from_rdata(
+                    hickory_proto::rr::Name::from_ascii("allowed.test.").expect("name"),
+                    60,
+                    RData::A(A(Ipv4Addr::new(198, 51, 100, i))),
+                ));
+            }
+            message.to_vec().expect("encode")
+        };
+        let seeds: &[&[u8]] = &[
+            &query,
+            &answer,
+            &[0u8; 12],
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+        ];
+        let question = Query::query(
+            hickory_proto::rr::Name::from_ascii("allowed.test.").expect("name"),
+            RecordType::A,
+        );
+        let policy = NetworkPolicy::new(vec![
+            sprite_api::policy::PolicyRule::allow("allowed.test"),
+            sprite_api::policy::PolicyRule::allow_network("198.51.100.0/24"),
+        ]);
+        fuzz(
+            "dns messages",
+            budget(),
+            seeds,
+            &[b"\xc0\x0c", b"\x00\x29", b"\xff\xff"],
+            |input| {
+                // As a sprite's query.
+                if let Some(Ok((header, query, question))) = parse_query(input) {
+                    let _ = question_name(&question);
+                    let _ = response(&header, &query, ResponseCode::NXDomain);
+                    let _ = policy.decide(&question_name(&question));
+                }
+                // As an upstream's answer.
+                if let Ok(message) = Message::from_vec(input) {
+                    let _ = same_question(&message, &question);
+                    let addresses = admitted_addresses(&message);
+                    assert!(addresses
+                        .iter()
+                        .all(|(_, ttl)| (MIN_ADMIT_TTL..=MAX_ADMIT_TTL).contains(ttl)));
+                    let bytes = input.to_vec();
+                    let cut = fit(
+                        UpstreamAnswer {
+                            bytes: bytes.clone(),
+                            message,
+                        },
+                        MAX_UDP_ANSWER,
+                    );
+                    assert!(
+                        cut.len() <= MAX_UDP_ANSWER || cut == bytes,
+                        "{} bytes",
+                        cut.len()
+                    );
+                }
+            },
+        );
+    }
+}

@@ -474,3 +474,36 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use sprite_api::fuzz::{budget, fuzz};
+
+    /// Sleep timers in configs and create requests (`30s`, `10m`, `never`).
+    #[test]
+    fn fuzz_sleep_durations() {
+        let seeds: &[&[u8]] = &[
+            b"30s",
+            b"10m",
+            b"1h",
+            b"never",
+            b"0",
+            b"1.5h",
+            b"99999999999999h",
+        ];
+        fuzz(
+            "sleep durations",
+            budget(),
+            seeds,
+            &[b"never", b"ms", b"h", b"."],
+            |input| {
+                let text = String::from_utf8_lossy(input);
+                if let Ok(Some(duration)) = parse_duration(&text) {
+                    // Whatever was written, a duration that sleep timers can add to a clock.
+                    assert!(std::time::Instant::now().checked_add(duration).is_some());
+                }
+            },
+        );
+    }
+}

@@ -310,3 +310,60 @@ mod tests {
         assert_eq!(json, r#"{"op":"kill","session_id":"s1","signal":15}"#);
     }
 }
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use sprite_api::fuzz::{budget, fuzz};
+
+    /// A stream of init-protocol frames, read by both ends (the daemon reads sprite-init's
+    /// events, sprite-init reads the daemon's requests): reading never panics nor
+    /// allocates past [`MAX_FRAME`], and what decodes encodes back the same.
+    #[test]
+    fn fuzz_init_frames() {
+        let mut seeds: Vec<Vec<u8>> = Vec::new();
+        for message in [
+            Message::control(&Request::Ping).expect("json"),
+            Message::control(&Request::Kill {
+                session_id: "3".into(),
+                signal: 9,
+            })
+            .expect("json"),
+            Message::control(&Event::Exit { code: 1 }).expect("json"),
+            Message::Stdin(b"abc".to_vec()),
+            Message::StdinEof,
+            Message::Stdout(vec![0, 1, 2, 255]),
+        ] {
+            seeds.push(message.encode());
+        }
+        seeds.push([seeds[0].clone(), seeds[3].clone(), seeds[5].clone()].concat());
+        let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        fuzz(
+            "init frames",
+            budget(),
+            &seeds,
+            &[b"\x00\x00\x00", b"\xff\xff\xff\xff", b"{\"op\":"],
+            |input| {
+                runtime.block_on(async {
+                    let mut reader = input;
+                    for _ in 0..64 {
+                        let Ok(Some(message)) = read_message(&mut reader).await else {
+                            break;
+                        };
+                        let encoded = message.encode();
+                        let mut again = encoded.as_slice();
+                        let decoded = read_message(&mut again).await.expect("our own encoding");
+                        assert_eq!(decoded.as_ref(), Some(&message));
+                        if let Message::Control(payload) = &message {
+                            let _ = parse_control::<Request>(payload);
+                            let _ = parse_control::<Event>(payload);
+                        }
+                    }
+                });
+            },
+        );
+    }
+}

@@ -458,3 +458,44 @@ pub async fn kill(
     }
     Ok(Json(serde_json::json!({ "status": "signaled", "signal": signal.name() })).into_response())
 }
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use sprite_api::fuzz::{budget, fuzz};
+
+    /// The query of `GET|POST /v1/sprites/{name}/exec` as a client sends it: parsing
+    /// never panics, and parameters that parse give back a query that parses the same.
+    #[test]
+    fn fuzz_exec_query() {
+        let seeds: &[&[u8]] = &[
+            b"cmd=ls&cmd=-la&path=ls&stdin=true&tty=false",
+            b"cmd=bash&tty=true&cols=80&rows=24&env=A%3D1&dir=%2Ftmp",
+            b"cmd=sleep&cmd=10&max_run_after_disconnect=10m&user=root",
+            b"cmd=%00&cols=99999999999&rows=-1",
+        ];
+        let dictionary: &[&[u8]] = &[
+            b"&cmd=",
+            b"&env=",
+            b"&tty=true",
+            b"%3D",
+            b"%00",
+            b"&cols=",
+            b"&max_run_after_disconnect=",
+        ];
+        fuzz("exec query", budget(), seeds, dictionary, |input| {
+            let raw = Some(String::from_utf8_lossy(input).into_owned());
+            if let Ok((params, _)) = parse_params(&raw) {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(params.to_query())
+                    .finish();
+                if query.len() > sprite_api::exec::MAX_QUERY_LEN {
+                    return; // escaping made it longer than any query may be
+                }
+                let (again, _) = parse_params(&Some(query)).expect("a query we wrote parses");
+                assert_eq!(again.argv, params.argv);
+                assert_eq!(again.tty, params.tty);
+            }
+        });
+    }
+}

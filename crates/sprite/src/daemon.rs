@@ -559,3 +559,49 @@ pub(crate) fn protect_from_oom(what: &str, score: i32) {
         tracing::warn!("the {what} could not lower its oom_score_adj to {score}: {error}");
     }
 }
+
+#[cfg(test)]
+mod fuzz_targets {
+    use super::*;
+    use sprite_api::fuzz::{budget, fuzz};
+
+    /// The daemon's config file: reading it never panics, and every duration in a file
+    /// that reads is either understood or refused with a message.
+    #[test]
+    fn fuzz_toml_config() {
+        let seeds: &[&[u8]] = &[
+            b"pool = 2\nwarm_after = \"30s\"\ncold_after = \"10m\"\n",
+            b"storage = \"spritefs\"\nstore = \"s3://b/p\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n",
+            b"network = \"10.231.0.0/16\"\ndns_upstreams = [\"127.0.0.1:53\"]\negress_private = \"allow\"\n",
+            b"sprite_ids_from = 1073741824\nmax_checkpoints = 100\nmin_free_disk_mb = 2048\n",
+            b"stop_grace = \"never\"\nwake_timeout = \"1e300s\"\n",
+        ];
+        let dictionary: &[&[u8]] = &[
+            b" = ",
+            b"\"",
+            b"\n[",
+            b"]\n",
+            b"warm_after",
+            b"1e999",
+            b"[[",
+            b"\\u0000",
+        ];
+        fuzz("toml config", budget(), seeds, dictionary, |input| {
+            let text = String::from_utf8_lossy(input);
+            let Ok(file) = toml::from_str::<FileConfig>(&text) else {
+                return;
+            };
+            for (key, value) in [
+                ("warm_after", file.warm_after),
+                ("cold_after", file.cold_after),
+                ("stop_grace", file.stop_grace),
+                ("wake_timeout", file.wake_timeout),
+            ] {
+                let _ = duration_setting(key, value);
+            }
+            if let Some(s3) = &file.s3 {
+                let _ = s3.env();
+            }
+        });
+    }
+}
