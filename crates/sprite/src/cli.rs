@@ -154,7 +154,7 @@ pub enum Command {
     },
     /// Copy files and directories between this machine and a sprite.
     #[command(
-        after_help = "Paths in a sprite are SPRITE:PATH, or :PATH for the current sprite (relative ones start in /home/sprite).\n\nExamples:\n  sprite cp notes.txt dev:/home/sprite/\n  sprite cp -r ./src dev:project/src\n  sprite cp -r dev:/var/log/app ./logs\n  sprite cp :/etc/hosts . -s dev"
+        after_help = "Paths in a sprite are SPRITE:PATH, or :PATH for the current sprite (relative ones start in /home/sprite).\n\nExamples:\n  sprite cp notes.txt dev:/home/sprite/\n  sprite cp -r ./src dev:project/src\n  sprite cp -rL ./project dev:project   # copy what symlinks point at\n  sprite cp -r dev:/var/log/app ./logs\n  sprite cp :/etc/hosts . -s dev"
     )]
     Cp {
         /// Sources, then the destination.
