@@ -1021,9 +1021,8 @@ impl SpriteManager {
         id: &str,
         caller: Caller,
     ) -> Result<(), CoreError> {
-        self.checkpoint_info(org, name, id).await?;
+        self.admit_checkpoint_change(org, name, id, caller).await?;
         let record = self.record(org, name)?;
-        self.check_own_checkpoint(&record, id, caller)?;
         let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
@@ -1044,9 +1043,8 @@ impl SpriteManager {
         id: &str,
         caller: Caller,
     ) -> Result<(), CoreError> {
-        self.checkpoint_info(org, name, id).await?;
+        self.admit_checkpoint_change(org, name, id, caller).await?;
         let record = self.record(org, name)?;
-        self.check_own_checkpoint(&record, id, caller)?;
         self.roots.delete_version(&record.id, id).await?;
         self.db.set_made_inside(&record.id, id, false)?;
         self.refresh_views_later(&record.id);

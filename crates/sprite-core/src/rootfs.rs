@@ -280,15 +280,21 @@ fn storage_error(
 }
 
 async fn run(program: &str, args: &[&str]) -> Result<String, CoreError> {
+    run_in(None, program, args).await
+}
+
+/// [`run`] in the directory `dir`.
+async fn run_in(dir: Option<&Path>, program: &str, args: &[&str]) -> Result<String, CoreError> {
     let command = format!("{program} {}", args.join(" "));
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| CoreError::Command {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
+    let mut child = tokio::process::Command::new(program);
+    child.args(args);
+    if let Some(dir) = dir {
+        child.current_dir(dir);
+    }
+    let output = child.output().await.map_err(|e| CoreError::Command {
+        command: command.clone(),
+        message: e.to_string(),
+    })?;
     if !output.status.success() {
         let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
         return Err(CoreError::Command { command, message });
@@ -326,27 +332,14 @@ async fn loop_mount(
         fs::create_dir_all(&links).map_err(CoreError::io("create", &links))?;
         std::os::unix::fs::symlink(&device, links.join(DEVICE_NAME))
             .map_err(CoreError::io("link", &links))?;
-        let command = format!(
-            "mount -c -t ext4 -o {options} {DEVICE_NAME} {}",
-            target.display()
-        );
-        let output = tokio::process::Command::new("mount")
-            .args(["-c", "-t", "ext4", "-o", options, DEVICE_NAME])
-            .arg(target)
-            .current_dir(&links)
-            .output()
-            .await
-            .map_err(|e| CoreError::Command {
-                command: command.clone(),
-                message: e.to_string(),
-            })?;
-        if !output.status.success() {
-            return Err(CoreError::Command {
-                command,
-                message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        let target = target.to_string_lossy();
+        run_in(
+            Some(&links),
+            "mount",
+            &["-c", "-t", "ext4", "-o", options, DEVICE_NAME, &target],
+        )
+        .await
+        .map(drop)
     }
     .await;
     let _ = fs::remove_dir_all(&links);
@@ -546,7 +539,7 @@ impl SpriteFsStore {
         // extents at writeback instead of page by page in every write()
         // (`./bench/proxy.sh` measures a 1 GiB upload into a sprite; docs/STATUS.md has
         // the runs before and after `nodelalloc` was dropped).
-        loop_mount(&path, target, false, "noinit_itable,nosuid,nodev").await
+        loop_mount(&path, target, false, "noinit_itable,nosuid,nodev,noexec").await
     }
 
     /// Unmounts `target`, detaches its loop device and the volume.
@@ -770,7 +763,7 @@ impl SpriteFsStore {
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
             .map_err(CoreError::io("chmod", &parent))?;
         let file = self.attach(&volume).await?;
-        loop_mount(&file, &target, true, "ro,nosuid,nodev").await?;
+        loop_mount(&file, &target, true, "ro,nosuid,nodev,noexec").await?;
         fs::write(&mounted_by, pid.to_string()).map_err(CoreError::io("write", &mounted_by))?;
         tracing::info!(image, root = %target.display(), "image volume mounted");
         Ok(target)

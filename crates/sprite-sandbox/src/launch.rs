@@ -177,11 +177,19 @@ impl LayerMounts {
             })
             .transpose()?;
         let idmap = idmap.as_ref().map(|fd| fd.as_fd());
+        // The host mounts sprite disks and images noexec (the host never runs what is
+        // on them); the sprite's own view of them runs its programs.
         let clone = |path: &Path, attributes: u64, idmap, recursive| {
             let fd = sys::clone_mount(None, path, recursive)
                 .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
-            sys::set_mount_attributes(fd.as_fd(), attributes, idmap, recursive)
-                .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
+            sys::set_mount_attributes(
+                fd.as_fd(),
+                attributes,
+                NO_EXEC & !attributes,
+                idmap,
+                recursive,
+            )
+            .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
             Ok::<_, SandboxError>(fd)
         };
         let mut lower = Vec::new();

@@ -40,7 +40,7 @@ pub fn mount_view(
                  idmap: Option<std::os::fd::BorrowedFd<'_>>| {
         let fd = sys::clone_mount(at, path, false)
             .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
-        sys::set_mount_attributes(fd.as_fd(), attributes, idmap, false)
+        sys::set_mount_attributes(fd.as_fd(), attributes, 0, idmap, false)
             .map_err(|e| SandboxError::CloneMount(path.to_path_buf(), e))?;
         Ok::<_, SandboxError>(fd)
     };

@@ -141,19 +141,20 @@ pub mod mount_attr {
     pub const NO_EXEC: u64 = libc::MOUNT_ATTR_NOEXEC;
 }
 
-/// Sets attributes (`mount_attr::*`) on a mount (a detached one from [`clone_mount`]
-/// or any other), and with `idmap` makes it an idmapped mount: files are seen with
+/// Sets and clears attributes (`mount_attr::*`) of a mount (a detached one from
+/// [`clone_mount`] or any other), and with `idmap` makes it an idmapped mount: files are seen with
 /// their owners translated through that user namespace's maps.
 pub fn set_mount_attributes(
     mount: std::os::fd::BorrowedFd<'_>,
     set: u64,
+    clear: u64,
     idmap: Option<std::os::fd::BorrowedFd<'_>>,
     recursive: bool,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut attributes = libc::mount_attr {
         attr_set: set,
-        attr_clr: 0,
+        attr_clr: clear,
         propagation: 0,
         userns_fd: 0,
     };
