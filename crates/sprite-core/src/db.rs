@@ -78,6 +78,48 @@ pub struct SpriteRecord {
     pub id_base: u32,
 }
 
+/// Inserts a sprite row; `SpriteExists` if the name is taken in its organization.
+fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreError> {
+    let result = connection.execute(
+        &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        params![
+            sprite.id,
+            sprite.org,
+            sprite.name,
+            sprite.image,
+            sprite.url_auth,
+            to_json(&sprite.labels),
+            to_json(&sprite.config),
+            to_json(&sprite.environment),
+            sprite.created_at,
+            sprite.updated_at,
+            sprite.last_running_at,
+            sprite.id_base,
+        ],
+    );
+    match result {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(CoreError::SpriteExists(sprite.name.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The lowest range no sprite holds.
+fn free_range(connection: &Connection, ranges: &IdRanges) -> Result<u32, CoreError> {
+    let mut statement = connection.prepare("SELECT id_base FROM sprites WHERE id_base >= ?1")?;
+    let taken: std::collections::HashSet<u32> = statement
+        .query_map(params![ranges.first], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    (0..ranges.count)
+        .map(|k| ranges.first + k * ranges.size)
+        .find(|base| !taken.contains(base))
+        .ok_or(CoreError::NoIdRange(ranges.count))
+}
+
 /// The host ids sprites' ranges are cut from: `count` ranges of `size` ids from `first`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRanges {
@@ -164,32 +206,26 @@ impl Database {
 
     /// Inserts a sprite; `SpriteExists` if the name is taken in its organization.
     pub fn insert(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
-        let result = self.lock().execute(
-            &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
-            params![
-                sprite.id,
-                sprite.org,
-                sprite.name,
-                sprite.image,
-                sprite.url_auth,
-                to_json(&sprite.labels),
-                to_json(&sprite.config),
-                to_json(&sprite.environment),
-                sprite.created_at,
-                sprite.updated_at,
-                sprite.last_running_at,
-                sprite.id_base,
-            ],
-        );
-        match result {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(CoreError::SpriteExists(sprite.name.clone()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        insert_on(&self.lock(), sprite)
+    }
+
+    /// Inserts a new sprite with a host id range of its own (see
+    /// [`Self::assign_id_range`]), picked and recorded in one commit. Answers it.
+    pub fn insert_with_id_range(
+        &self,
+        sprite: &SpriteRecord,
+        ranges: &IdRanges,
+    ) -> Result<u32, CoreError> {
+        let connection = self.lock();
+        let base = free_range(&connection, ranges)?;
+        insert_on(
+            &connection,
+            &SpriteRecord {
+                id_base: base,
+                ..sprite.clone()
+            },
+        )?;
+        Ok(base)
     }
 
     /// The first sprite row matching `condition` (SQL after WHERE).
@@ -309,15 +345,7 @@ impl Database {
         if ranges.holds(current) {
             return Ok(current);
         }
-        let mut statement =
-            connection.prepare("SELECT id_base FROM sprites WHERE id_base >= ?1")?;
-        let taken: std::collections::HashSet<u32> = statement
-            .query_map(params![ranges.first], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        let free = (0..ranges.count)
-            .map(|k| ranges.first + k * ranges.size)
-            .find(|base| !taken.contains(base))
-            .ok_or(CoreError::NoIdRange(ranges.count))?;
+        let free = free_range(&connection, ranges)?;
         connection.execute(
             "UPDATE sprites SET id_base = ?2 WHERE id = ?1",
             params![id, free],
@@ -612,6 +640,18 @@ mod tests {
         // Destroying a sprite frees its range for the next one.
         db.delete(&id("a")).unwrap();
         assert_eq!(db.assign_id_range(&id("d"), &ranges).unwrap(), a);
+        // A new sprite gets its range as it is inserted; none left: a clear error.
+        db.delete(&id("b")).unwrap();
+        let mut e = sprite("e");
+        e.id = "id-e".into();
+        assert_eq!(db.insert_with_id_range(&e, &ranges).unwrap(), b);
+        assert_eq!(db.get("default", "e").unwrap().unwrap().id_base, b);
+        let mut f = sprite("f");
+        f.id = "id-f".into();
+        assert!(matches!(
+            db.insert_with_id_range(&f, &ranges),
+            Err(CoreError::NoIdRange(3))
+        ));
         assert!(ranges.holds(a) && !ranges.holds(a + 1) && !ranges.holds(100_000));
     }
 

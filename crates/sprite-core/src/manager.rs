@@ -410,7 +410,7 @@ impl SpriteManager {
             created_at: timestamp.clone(),
             updated_at: timestamp,
             last_running_at: None,
-            // Assigned at its first start (`Database::assign_id_range`).
+            // Picked when the record is inserted (`Database::insert_with_id_range`).
             id_base: 0,
         };
         if fork.is_none() && self.poolable(&record.image, record.config.storage_gb) {
@@ -420,7 +420,10 @@ impl SpriteManager {
                 return Ok(self.info(&taken));
             }
         }
-        self.db.insert(&record)?;
+        let mut record = record;
+        record.id_base = self
+            .db
+            .insert_with_id_range(&record, &self.config.id_ranges())?;
         let started = async {
             self.image_root(&record.image).await?;
             match &fork {

@@ -76,7 +76,10 @@ impl SpriteManager {
             last_running_at: None,
             id_base: 0,
         };
-        self.db.insert(&record)?;
+        let mut record = record;
+        record.id_base = self
+            .db
+            .insert_with_id_range(&record, &self.config.id_ranges())?;
         let made = async {
             self.image_root(&record.image).await?;
             self.roots

@@ -420,8 +420,7 @@ fn attach(mount: &OwnedFd, target: &Path) -> Result<(), SandboxError> {
 }
 
 /// Makes the sprite's own name resolve (sudo and many tools look it up), by adding it to
-/// the sprite's /etc/hosts once, and writes it to /etc/hostname. Best effort: an image
-/// without /etc is still usable.
+/// the sprite's /etc/hosts once. Best effort: an image without /etc is still usable.
 pub(crate) fn name_in_hosts(hostname: &str) {
     let hosts = crate::init::files::read_text_or_empty(Path::new("/etc/hosts"), 1 << 20);
     let known = hosts
@@ -431,7 +430,12 @@ pub(crate) fn name_in_hosts(hostname: &str) {
         let _ = crate::init::files::open_append(Path::new("/etc/hosts"))
             .and_then(|mut file| file.write_all(format!("127.0.1.1 {hostname}\n").as_bytes()));
     }
-    // The image's /etc/hostname names the host it was built on: the sprite's own name.
+}
+
+/// Writes the sprite's name to its /etc/hostname (the image's names the host it was
+/// built on) unless it is there already. Off the start's path: sprite-init does it once
+/// it serves (a first write copies the file up, a few milliseconds), and on a rename.
+pub(crate) fn name_in_hostname_file(hostname: &str) {
     let path = Path::new("/etc/hostname");
     let current = crate::init::files::read_text_or_empty(path, 4096);
     if current.trim() != hostname && Path::new("/etc").is_dir() {

@@ -443,7 +443,7 @@ async fn handle(
                 .map(|o| o.to_str().unwrap_or_default());
             let upgrade = request.headers().contains_key(hyper::header::UPGRADE);
             let allowed = match origin {
-                Some(origin) => origin.eq_ignore_ascii_case(&own),
+                Some(origin) => same_host(origin, &host),
                 None => !upgrade,
             };
             if !allowed {
@@ -617,6 +617,14 @@ async fn handle(
     response.map(|body| body.boxed())
 }
 
+/// Whether an `Origin` names the host a request came to (its scheme aside: behind a
+/// TLS front proxy the browser's origin is https while this proxy speaks http).
+fn same_host(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, origin_host)| origin_host.eq_ignore_ascii_case(host))
+}
+
 /// The answer to a `?token=` sign-in: the signed cookie, and a redirect to the same
 /// page without the token.
 fn signed_in(settings: &ProxySettings, sprite_id: &str, location: &str) -> Response<Body> {
@@ -668,6 +676,15 @@ mod tests {
         for bad in ["", "v1", "v1.x.y", "v2.1000.AAAA", "v1.1000.!!!"] {
             assert!(!key.verify(bad, "sprite-a", 1), "{bad:?}");
         }
+        assert!(same_host(
+            "https://app.localhost:7080",
+            "app.localhost:7080"
+        ));
+        assert!(!same_host(
+            "http://evil.localhost:7080",
+            "app.localhost:7080"
+        ));
+        assert!(!same_host("null", "app.localhost:7080"));
         assert!(is_our_cookie("sprite_auth=x; Path=/"));
         assert!(is_our_cookie(" SPRITE_TOKEN=x"));
         assert!(!is_our_cookie("session=sprite_auth"));

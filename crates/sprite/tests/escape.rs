@@ -102,6 +102,19 @@ fn as_nobody(argv: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// An ICMP echo to the sprite's loopback over a raw socket, as ping sends it.
+const ICMP_ECHO: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+s.sendto(struct.pack("!BBHHH", 8, 0, 0xf7fd, 1, 1), ("127.0.0.1", 0))
+while True:
+    data = s.recv(100)
+    if data[20] == 0:
+        print("icmp reply")
+        break
+"#;
+
 /// The in-sprite probe, run as root inside: each attempt prints whether it was refused.
 const PROBE: &str = r#"
 import ctypes, errno, json, mmap, os, socket, subprocess, sys
@@ -288,6 +301,29 @@ async fn root_inside_reaches_nothing_of_the_kernel_the_host_or_its_neighbours() 
         String::from_utf8_lossy(&probe.stderr)
     );
     attempts.record_probe(&probe.stdout());
+
+    // What Linux userland needs keeps working under the same lockdown: ICMP echo (what
+    // ping does with CAP_NET_RAW), ip and ss over netlink, apt and dpkg as root.
+    let tools = root_shell(
+        &daemon,
+        "jail",
+        "ip -o link show lo && ss -ltn && apt-get check -qq && dpkg -s bash >/dev/null",
+    )
+    .await;
+    let echo = root_python(&daemon, "jail", ICMP_ECHO).await;
+    assert_eq!(
+        echo.stdout(),
+        "icmp reply\n",
+        "{}",
+        String::from_utf8_lossy(&echo.stderr)
+    );
+    assert_eq!(
+        tools.code,
+        0,
+        "ip, ss, apt, dpkg or raw ICMP broke: {} {}",
+        tools.stdout(),
+        String::from_utf8_lossy(&tools.stderr)
+    );
 
     // Each sprite's user namespace is its own host uid's, with its own id range.
     let jail = client.get("jail").await.unwrap();

@@ -30,6 +30,10 @@ pub fn serve(listener: std::os::unix::net::UnixListener) -> i32 {
         }
     };
     runtime.block_on(async move {
+        if let Ok(hostname) = nix::unistd::gethostname() {
+            let hostname = hostname.to_string_lossy().into_owned();
+            tokio::task::spawn_blocking(move || crate::launch::name_in_hostname_file(&hostname));
+        }
         let sessions = Arc::new(Sessions::default());
         if let Err(error) = listener.set_nonblocking(true) {
             eprintln!("sprite-init: listener: {error}");
@@ -170,6 +174,7 @@ async fn handle_connection(
         }
         Request::Rename { hostname } => {
             crate::launch::name_in_hosts(&hostname);
+            crate::launch::name_in_hostname_file(&hostname);
             send_event(&mut stream, &Event::Ok).await
         }
         Request::Spawn(spawn) => match Session::spawn(&sessions, spawn) {
