@@ -654,3 +654,65 @@ async fn rootfs_tarballs_become_images() {
     assert!(missing.to_string().contains("unknown image"), "{missing}");
     client.destroy("from-tarball").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sprite_from_before_id_ranges_gets_its_own_at_its_next_start() {
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = daemon.client.clone();
+    create(&client, "old").await;
+    let made = run(
+        &client,
+        "old",
+        &[
+            "sh",
+            "-c",
+            "echo kept > /home/sprite/file && chown 1000:1000 /home/sprite/file && id -u",
+        ],
+    )
+    .await;
+    assert_eq!(made.code, 0, "{}", String::from_utf8_lossy(&made.stderr));
+    client.sleep("old", true).await.unwrap();
+    // As a daemon before ranges recorded it: every sprite on the shared 100000.
+    let id = client.get("old").await.unwrap().id;
+    let db = daemon.data_path().join("control.db");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE sprites SET id_base = 100000 WHERE id = ?', (sys.argv[2],)); c.commit()",
+        ])
+        .arg(&db)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its next start gives it a range of its own; its files keep their owners inside.
+    let seen = run(
+        &client,
+        "old",
+        &[
+            "sh",
+            "-c",
+            "cat /home/sprite/file; stat -c %u /home/sprite/file",
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen.stdout(),
+        "kept\n1000\n",
+        "{}",
+        String::from_utf8_lossy(&seen.stderr)
+    );
+    let layout =
+        sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
+    let pid = sprite_sandbox::cgroup::SpriteCgroup::new(layout, &id)
+        .init_pid()
+        .unwrap()
+        .unwrap();
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let outside: u32 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(outside >= 1 << 30, "still on the shared range: {map}");
+}
