@@ -1531,7 +1531,7 @@ async fn a_sprite_cannot_fill_the_host_disk_nor_keep_endless_checkpoints() {
         &[
             "sh",
             "-c",
-            "i=0; while [ $i -lt 400 ]; do dd if=/dev/zero of=/home/sprite/b$i bs=1M count=1 conv=fsync 2>/tmp/err || { cat /tmp/err >&2; exit 1; }; i=$((i+1)); sleep 0.05; done",
+            "i=0; while [ $i -lt 400 ]; do dd if=/dev/zero of=/home/sprite/b$i bs=1M count=1 conv=fsync status=none || exit 1; i=$((i+1)); sleep 0.05; done",
         ],
     )
     .await;
