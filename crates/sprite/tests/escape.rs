@@ -242,15 +242,6 @@ fn userns_owner(pid: u32) -> u32 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-fn init_pid(daemon: &Daemon, sprite_id: &str) -> u32 {
-    let layout =
-        sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
-    sprite_sandbox::cgroup::SpriteCgroup::new(layout, sprite_id)
-        .init_pid()
-        .unwrap()
-        .unwrap_or_else(|| panic!("no pid 1: {}", daemon.log()))
-}
-
 /// A root filesystem tarball with a static busybox and a character device node (1, 3:
 /// what the host calls /dev/null), as a hostile image would ship one.
 fn image_with_a_device(dir: &std::path::Path) -> std::path::PathBuf {
@@ -328,7 +319,7 @@ async fn root_inside_reaches_nothing_of_the_kernel_the_host_or_its_neighbours() 
     // Each sprite's user namespace is its own host uid's, with its own id range.
     let jail = client.get("jail").await.unwrap();
     let other = client.get("other").await.unwrap();
-    let (jail_pid, other_pid) = (init_pid(&daemon, &jail.id), init_pid(&daemon, &other.id));
+    let (jail_pid, other_pid) = (init_pid_of(&jail.id), init_pid_of(&other.id));
     let (jail_owner, other_owner) = (userns_owner(jail_pid), userns_owner(other_pid));
     attempts.check(
         "the sprite's user namespace is not root's",

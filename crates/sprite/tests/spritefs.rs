@@ -706,12 +706,7 @@ async fn a_sprite_from_before_id_ranges_gets_its_own_at_its_next_start() {
         "{}",
         String::from_utf8_lossy(&seen.stderr)
     );
-    let layout =
-        sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
-    let pid = sprite_sandbox::cgroup::SpriteCgroup::new(layout, &id)
-        .init_pid()
-        .unwrap()
-        .unwrap();
+    let pid = init_pid_of(&id);
     let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
     let outside: u32 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(outside >= 1 << 30, "still on the shared range: {map}");

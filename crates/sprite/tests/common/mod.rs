@@ -540,3 +540,12 @@ pub fn write_report(name: &str, report: &impl serde::Serialize) {
     )
     .unwrap();
 }
+
+/// The host pid of a running sprite's PID 1, from its cgroup.
+pub fn init_pid_of(sprite_id: &str) -> u32 {
+    let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
+    sprite_sandbox::cgroup::SpriteCgroup::new(layout, sprite_id)
+        .init_pid()
+        .unwrap()
+        .unwrap_or_else(|| panic!("sprite {sprite_id} has no pid 1"))
+}
