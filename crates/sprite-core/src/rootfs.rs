@@ -631,7 +631,6 @@ impl SpriteFsStore {
         let disk = disks.join(name);
         loop_mount(&file, &disk, true, "ro,noload,nosuid,nodev,noexec").await?;
         let target = views.join(name);
-        fs::create_dir_all(&target).map_err(CoreError::io("create", &target))?;
         let (storage_ids, id_count) = (self.settings.id_base, self.settings.id_count);
         let image_root = image_root.to_path_buf();
         let sprite = sprite_id.to_string();

@@ -53,10 +53,16 @@ pub fn mount_view(
         &["ro", "userxattr"],
     )
     .map_err(|e| SandboxError::CloneMount(target.to_path_buf(), e))?;
+    let home = match disk.join("home").is_dir() {
+        true => Some(clone(Some(disk_mount.as_fd()), Path::new("home"), None)?),
+        false => None,
+    };
+    // Everything is ready before the view's name appears: a sprite listing its views
+    // never sees one without its files (only the three calls below lie between).
+    std::fs::create_dir(target).map_err(|e| SandboxError::CreateDir(target.to_path_buf(), e))?;
     sys::attach_mount(overlay.as_fd(), target)
         .map_err(|e| SandboxError::AttachMount(target.to_path_buf(), e))?;
-    if disk.join("home").is_dir() {
-        let home = clone(Some(disk_mount.as_fd()), Path::new("home"), None)?;
+    if let Some(home) = home {
         let home_target = target.join("home");
         sys::attach_mount(home.as_fd(), &home_target)
             .map_err(|e| SandboxError::AttachMount(home_target, e))?;
