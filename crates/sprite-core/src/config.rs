@@ -41,6 +41,9 @@ pub struct CoreConfig {
     pub sprite_ids_from: u32,
     /// `oom_score_adj` of every sprite process; none can lower its own below it.
     pub sprite_oom_score_adj: i32,
+    /// Whether sprites may make namespaces of their own (rootless containers): off by
+    /// default, as it opens the kernel surface behind user namespaces to sprite code.
+    pub nested_containers: bool,
     /// Most checkpoints a sprite keeps; a create past it is refused until some go.
     pub max_checkpoints: usize,
     /// Below this much free space under the data directory, sprites that write get a
@@ -97,6 +100,7 @@ impl CoreConfig {
             id_count: 65_536,
             sprite_ids_from: 1 << 30,
             sprite_oom_score_adj: 500,
+            nested_containers: false,
             max_checkpoints: 100,
             min_free_disk_mb: 2048,
             default_ram_mb: 1024,

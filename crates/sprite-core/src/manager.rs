@@ -543,6 +543,7 @@ impl SpriteManager {
             limits: self.limits(record),
             run_dir: Some(run_dir),
             oom_score_adj: self.config.sprite_oom_score_adj,
+            nested_containers: self.config.nested_containers,
         };
         sprite_sandbox::start(&self.config.executable, &spec)
             .await

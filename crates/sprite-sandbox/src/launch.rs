@@ -76,7 +76,8 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
             let mut byte = [0u8; 1];
             let _ = read(&go_read, &mut byte);
             drop(go_read);
-            let result = setup_sprite(spec, mounts).and_then(|()| crate::security::lock_down());
+            let result = setup_sprite(spec, mounts)
+                .and_then(|()| crate::security::lock_down(spec.nested_containers));
             let verdict = match &result {
                 Ok(()) => "ok".to_string(),
                 Err(error) => sprite_api::error_chain(error),

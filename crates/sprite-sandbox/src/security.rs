@@ -109,8 +109,27 @@ pub const ALLOWED_NETLINK_PROTOCOLS: [u64; 7] = [
     libc::NETLINK_GENERIC as u64,
 ];
 
-/// Namespace flags refused in clone and unshare: a new user namespace would give back
-/// the capabilities dropped here.
+/// System calls that only act on namespaces the caller holds CAP_SYS_ADMIN over: a
+/// sprite's root never does over the sprite's own, so with nested containers on (see
+/// [`seccomp_programs`]) these work only inside namespaces the sprite made itself.
+const NESTED_CONTAINER_SYSCALLS: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_setns,
+];
+
+/// Namespace flags refused in clone and unshare (unless nested containers are on): a
+/// new user namespace gives its maker every capability over the namespaces it makes
+/// in it, and so the whole kernel surface those reach (netfilter, mounts of many
+/// filesystems), where most kernel privilege escalations of recent years began.
 const DENIED_NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWUSER as u64,
     libc::CLONE_NEWNS as u64,
@@ -221,10 +240,17 @@ fn abi_guard() -> Result<Vec<libc::sock_filter>, SandboxError> {
     ])
 }
 
-/// The filters, in install order.
-pub fn seccomp_programs() -> Result<Vec<Vec<libc::sock_filter>>, SandboxError> {
+/// The filters, in install order. With `nested_containers`, a sprite may make user
+/// namespaces and the others inside them, and mount, pivot and enter what it made there
+/// (what rootless podman, buildah, bubblewrap and `unshare -r` need); the calls named
+/// in [`NESTED_CONTAINER_SYSCALLS`] still fail with EPERM on the sprite's own
+/// namespaces, for lack of CAP_SYS_ADMIN over them.
+pub fn seccomp_programs(
+    nested_containers: bool,
+) -> Result<Vec<Vec<libc::sock_filter>>, SandboxError> {
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
         .iter()
+        .filter(|number| !(nested_containers && NESTED_CONTAINER_SYSCALLS.contains(number)))
         .map(|&number| (number, Vec::new()))
         .collect();
     let flag_rules = |argument: u8| -> Result<Vec<SeccompRule>, SandboxError> {
@@ -242,8 +268,10 @@ pub fn seccomp_programs() -> Result<Vec<Vec<libc::sock_filter>>, SandboxError> {
             })
             .collect()
     };
-    denied.insert(libc::SYS_clone, flag_rules(0)?);
-    denied.insert(libc::SYS_unshare, flag_rules(0)?);
+    if !nested_containers {
+        denied.insert(libc::SYS_clone, flag_rules(0)?);
+        denied.insert(libc::SYS_unshare, flag_rules(0)?);
+    }
     let deny = build(denied, SeccompAction::Errno(libc::EPERM as u32))?;
     // clone3 passes its flags in memory a filter cannot read: answer ENOSYS so libc
     // falls back to clone, whose flags the rule above checks.
@@ -278,8 +306,8 @@ pub fn seccomp_programs() -> Result<Vec<Vec<libc::sock_filter>>, SandboxError> {
 
 /// Applies the filters, drops capabilities and core dumps. Call once, in PID 1, after
 /// the mounts are done.
-pub fn lock_down() -> Result<(), SandboxError> {
-    for program in seccomp_programs()? {
+pub fn lock_down(nested_containers: bool) -> Result<(), SandboxError> {
+    for program in seccomp_programs(nested_containers)? {
         crate::sys::install_seccomp(&program).map_err(SandboxError::Seccomp)?;
     }
     let kept: CapsHashSet = KEPT_CAPABILITIES.iter().copied().collect();
@@ -301,9 +329,35 @@ mod tests {
 
     #[test]
     fn filters_compile_for_this_arch() {
-        let programs = seccomp_programs().expect("build");
-        assert_eq!(programs.len(), 4);
-        assert!(programs.iter().all(|p| !p.is_empty()));
+        for nested in [false, true] {
+            let programs = seccomp_programs(nested).expect("build");
+            assert_eq!(programs.len(), 4);
+            assert!(programs.iter().all(|p| !p.is_empty()));
+        }
+        // Nested containers take out the namespace and mount rules, nothing else.
+        let (locked, nested) = (
+            seccomp_programs(false).expect("build"),
+            seccomp_programs(true).expect("build"),
+        );
+        assert!(nested[1].len() < locked[1].len());
+        assert_eq!(nested[2].len(), locked[2].len());
+        assert_eq!(nested[3].len(), locked[3].len());
+    }
+
+    #[test]
+    fn nested_containers_keep_the_kernel_calls_denied() {
+        for number in [
+            libc::SYS_bpf,
+            libc::SYS_init_module,
+            libc::SYS_keyctl,
+            libc::SYS_kexec_load,
+        ] {
+            assert!(DENIED_SYSCALLS.contains(&number));
+            assert!(!NESTED_CONTAINER_SYSCALLS.contains(&number));
+        }
+        assert!(NESTED_CONTAINER_SYSCALLS
+            .iter()
+            .all(|number| DENIED_SYSCALLS.contains(number)));
     }
 
     #[test]

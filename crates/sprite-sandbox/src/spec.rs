@@ -81,6 +81,10 @@ pub struct SandboxSpec {
     /// below it (the kernel lets only CAP_SYS_RESOURCE on the host lower it).
     #[serde(default)]
     pub oom_score_adj: i32,
+    /// Whether the sprite may make namespaces of its own (rootless containers); see
+    /// [`crate::security::seccomp_programs`].
+    #[serde(default)]
+    pub nested_containers: bool,
 }
 
 impl SandboxSpec {

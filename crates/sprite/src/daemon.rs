@@ -25,6 +25,10 @@ pub struct FileConfig {
     /// `oom_score_adj` of every sprite process (default 500): the host's OOM killer
     /// takes sprite processes before host services, and no sprite can lower it.
     pub sprite_oom_score_adj: Option<i32>,
+    /// Lets sprites make user namespaces and the others inside them, for rootless
+    /// containers (podman, buildah, bubblewrap, `unshare -r`); default false. It opens
+    /// the kernel surface behind user namespaces to sprite code (docs/threat-model.md).
+    pub nested_containers: Option<bool>,
     /// Most checkpoints one sprite keeps (default 100); a create past it is refused.
     pub max_checkpoints: Option<usize>,
     /// Below this much free disk under the data directory (MiB, default 2048), sprites
@@ -253,6 +257,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         }
         config.sprite_oom_score_adj = score;
     }
+    config.nested_containers = file.nested_containers.unwrap_or(config.nested_containers);
     config.default_ram_mb = file.default_ram_mb.unwrap_or(config.default_ram_mb);
     config.default_cpus = file.default_cpus.unwrap_or(config.default_cpus);
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);

@@ -115,9 +115,10 @@ while True:
         break
 "#;
 
-/// The in-sprite probe, run as root inside: each attempt prints whether it was refused.
-const PROBE: &str = r#"
-import ctypes, errno, json, mmap, os, socket, subprocess, sys
+/// What the in-sprite probes share: each attempt prints a JSON line saying whether it
+/// was refused.
+const PRELUDE: &str = r#"
+import ctypes, errno, json, mmap, os, socket, subprocess, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 def report(name, safe, detail=""):
@@ -134,6 +135,10 @@ def fails(name, action):
         report(name, False, "it worked")
     except Exception as e:
         report(name, True, repr(e))
+"#;
+
+/// The in-sprite probe, run as root inside (after [`PRELUDE`]).
+const PROBE: &str = r#"
 # Kernel and mounts.
 call("mount tmpfs", 165, b"none", b"/mnt", b"tmpfs", 0, None)
 call("umount /proc", 166, b"/proc", 2)
@@ -160,9 +165,10 @@ call("add_key", 248, b"user", b"x", b"y", 1, -4)
 call("userfaultfd", 323, 0)
 call("open_by_handle_at", 304, 3, None, 0)
 call("name_to_handle_at", 303, -100, b"/", None, None, 0)
-call("unshare user namespace", 272, 0x10000000)
-call("unshare mount namespace", 272, 0x00020000)
-call("unshare net namespace", 272, 0x40000000)
+if not globals().get("NESTED"):  # with nested containers on, these work (own test)
+    call("unshare user namespace", 272, 0x10000000)
+    call("unshare mount namespace", 272, 0x00020000)
+    call("unshare net namespace", 272, 0x40000000)
 call("setns", 308, 0, 0)
 call("acct", 163, b"/tmp/acct")
 call("quotactl", 179, 0, b"/", 0, None)
@@ -229,6 +235,43 @@ report("mountinfo names no host path or device", not leaks, leaks[:5])
 report("/etc/hostname is the sprite's name", open("/etc/hostname").read().strip() == socket.gethostname(), open("/etc/hostname").read().strip())
 "#;
 
+/// Run as root inside (after [`PRELUDE`]) with nested containers on: from a user and mount namespace of
+/// its own (where it holds every capability), what the sprite's own namespaces, the
+/// kernel and the host still refuse.
+const NESTED_PROBE: &str = r#"
+NESTED_MARK = "nested:"
+outer = subprocess.Popen(["sleep", "60"])  # stays in the sprite's own namespaces
+time.sleep(0.2)
+own = {kind: os.open(f"/proc/{outer.pid}/ns/{kind}", os.O_RDONLY) for kind in ["mnt", "user", "net", "pid"]}
+uid, gid = os.getuid(), os.getgid()
+if libc.unshare(0x10000000 | 0x00020000) != 0:
+    sys.exit(f"unshare failed: errno {ctypes.get_errno()}")
+open("/proc/self/setgroups", "w").write("deny")
+open("/proc/self/uid_map", "w").write(f"0 {uid} 1")
+open("/proc/self/gid_map", "w").write(f"0 {gid} 1")
+print(NESTED_MARK, "mount", libc.mount(b"scratch", b"/mnt", b"tmpfs", 0, None), flush=True)
+call("nested: setns into the sprite's mount namespace", 308, own["mnt"], 0x00020000)
+call("nested: setns into the sprite's user namespace", 308, own["user"], 0x10000000)
+call("nested: setns into the sprite's network namespace", 308, own["net"], 0x40000000)
+call("nested: setns into the sprite's pid namespace", 308, own["pid"], 0x20000000)
+call("nested: unmount a locked mount (/proc)", 166, b"/proc", 2)
+call("nested: unmount a locked mount (/.sprite/checkpoints)", 166, b"/.sprite/checkpoints", 2)
+call("nested: remount /sys writable", 165, None, b"/sys", None, 32 | 4096, None)
+call("nested: mount a block device's ext4", 165, b"/dev/loop0", b"/mnt", b"ext4", 0, None)
+call("nested: init_module", 175, None, 0, b"")
+call("nested: bpf", 321, 0, None, 0)
+call("nested: keyctl", 250, 0, 0)
+call("nested: perf_event_open", 298, None, 0, -1, -1, 0)
+call("nested: kexec_load", 246, 0, 0, None, 0)
+call("nested: open_by_handle_at", 304, 3, None, 0)
+call("nested: io_uring_setup", 425, 8, ctypes.create_string_buffer(120))
+call("nested: reboot", 169, 0xfee1dead, 672274793, 0x1234567, None)
+fails("nested: write /proc/sys/kernel/core_pattern", lambda: open("/proc/sys/kernel/core_pattern", "w").write("|/tmp/x"))
+fails("nested: write /proc/sysrq-trigger", lambda: open("/proc/sysrq-trigger", "w").write("h"))
+fails("nested: open /dev/mem", lambda: open("/dev/mem", "rb"))
+outer.kill()
+"#;
+
 /// The owner of a process's user namespace (`NS_GET_OWNER_UID`).
 fn userns_owner(pid: u32) -> u32 {
     let out = Command::new("python3")
@@ -285,7 +328,7 @@ async fn root_inside_reaches_nothing_of_the_kernel_the_host_or_its_neighbours() 
     create(client, "other").await;
 
     // The probe: kernel, mounts, devices, seccomp, capabilities, /proc, /sys, OOM, leaks.
-    let probe = root_python(&daemon, "jail", PROBE).await;
+    let probe = root_python(&daemon, "jail", &format!("{PRELUDE}{PROBE}")).await;
     assert!(
         probe.stderr.is_empty() || probe.code == 0,
         "probe failed: {}",
@@ -584,6 +627,98 @@ fn host_can_watch(count: usize) -> Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
+}
+
+/// With `nested_containers = true`, a sprite runs rootless containers (user, mount,
+/// pid and network namespaces of its own, mounts inside them), and from inside those
+/// still reaches nothing of its own sprite's namespaces, the kernel or the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_containers_when_allowed_reach_nothing_more() {
+    let mut attempts = Attempts::new("nested containers");
+    let daemon = Daemon::start_with(
+        "debian",
+        "network = \"off\"\nnested_containers = true\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "nest").await;
+
+    // What rootless container tools do, as the sprite's unprivileged user.
+    let tools = run(
+        client,
+        "nest",
+        &[
+            "bash",
+            "-c",
+            "set -e
+            unshare -Urm sh -c 'mount -t tmpfs scratch /mnt && touch /mnt/x && echo mounted'
+            unshare -Urpf --mount-proc sh -c 'echo pid $$'
+            unshare -Urn sh -c 'ip link set lo up && ip -o addr show lo | grep -q 127.0.0.1 && echo network'
+            unshare -Ur unshare -Ur id -u",
+        ],
+    )
+    .await;
+    assert_eq!(
+        tools.stdout(),
+        "mounted\npid 1\nnetwork\n0\n",
+        "{}",
+        String::from_utf8_lossy(&tools.stderr)
+    );
+
+    // The whole probe of the locked-down sprite still holds, namespace calls aside.
+    let probe = root_python(&daemon, "nest", &format!("{PRELUDE}NESTED = True\n{PROBE}")).await;
+    assert!(
+        probe.code == 0,
+        "probe failed: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    attempts.record_probe(&probe.stdout());
+
+    // From a namespace of its own, with every capability there.
+    let nested = root_python(&daemon, "nest", &format!("{PRELUDE}{NESTED_PROBE}")).await;
+    assert!(
+        nested.stdout().contains("nested: mount 0\n"),
+        "the nested mount failed: {} {}",
+        nested.stdout(),
+        String::from_utf8_lossy(&nested.stderr)
+    );
+    attempts.record_probe(&nested.stdout());
+
+    // A nested namespace's processes are still the sprite's own host ids.
+    let sprite = client.get("nest").await.unwrap();
+    let owner = userns_owner(init_pid_of(&sprite.id));
+    let mut stream = client
+        .exec(
+            "nest",
+            &params(&["unshare", "-Ur", "sh", "-c", "echo ready; sleep 30"]),
+        )
+        .await
+        .unwrap();
+    line_with(&mut stream, "ready").await;
+    let pids = Command::new("pgrep")
+        .args(["-f", "^sleep 30$"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .expect("the nested sleep runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap();
+    attempts.check(
+        "a nested namespace's process runs with a host id outside its sprite's range",
+        uid >= owner && uid < owner + 65_536,
+        format!("uid {uid}, the sprite's range starts at {owner}"),
+    );
+    drop(stream);
+    client.destroy("nest").await.unwrap();
+    attempts.finish(60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
