@@ -28,6 +28,21 @@ fn store_bytes(daemon: &Daemon) -> u64 {
     walk(&daemon.data_path().join("store"))
 }
 
+/// The store's size once the uploads of earlier writes are done: unchanged over two
+/// uploader rounds (a busy machine may take several seconds to upload 5 MiB).
+async fn settled_store_bytes(daemon: &Daemon) -> u64 {
+    let mut last = store_bytes(daemon);
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let now = store_bytes(daemon);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the object store kept growing for 75 s after the writes stopped");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sprites_live_on_spritefs() {
     let mut daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
@@ -66,8 +81,7 @@ async fn sprites_live_on_spritefs() {
     assert_eq!(after.stdout(), before.stdout());
 
     // A second sprite is a fork of the formatted template: metadata only.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let used = store_bytes(&daemon);
+    let used = settled_store_bytes(&daemon).await;
     create(&daemon.client, "disk-2").await;
     let added = store_bytes(&daemon) - used;
     assert!(
