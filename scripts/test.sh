@@ -40,7 +40,7 @@ SPRITE_TEST_STORE=s3 cargo test -p sprite --test spritefs
 # Nothing a test made may outlive the suite.
 leaks=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -path '*/sprites/sprite-*' 2>/dev/null || true)
 procs=$(pgrep -af 'sprite (init|daemon)|s3s-fs' || true)
-mounts=$(grep -E 'spritefs|sprite-test' /proc/self/mountinfo || true)
+mounts=$(grep -E 'spritefs|sprite-(test|run|views|checkpoint)' /proc/self/mountinfo || true)
 # A loop device over a lost FUSE file shows its back file as /<volume>.
 loops=$(losetup -n -O NAME,BACK-FILE 2>/dev/null | grep -E ' (.*sprite-test-|/(sprite-|image-|template-))' || true)
 # Network: the daemons' nftables tables, the tests' namespaces and links.

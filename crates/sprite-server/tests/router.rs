@@ -1,5 +1,6 @@
 //! The router driven with `oneshot`, no socket and no sandbox: auth, error bodies,
-//! headers and input validation.
+//! headers and input validation. (Run as root, the manager still mounts its `run/`
+//! tmpfs in the data directory: [`DataDir`] unmounts it.)
 #![allow(clippy::unwrap_used)]
 
 use axum::body::Body;
@@ -9,6 +10,27 @@ use sprite_core::{CoreConfig, SpriteManager};
 use sprite_server::{router, AppState, Tokens};
 use std::sync::Arc;
 use tower::ServiceExt;
+
+/// A temporary data directory whose `run/` tmpfs (mounted by the manager when it runs
+/// as root) goes with it.
+struct DataDir(tempfile::TempDir);
+
+impl DataDir {
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let run = self.0.path().join("run");
+        let _ = std::process::Command::new("umount").arg(&run).output();
+    }
+}
+
+fn data_dir() -> DataDir {
+    DataDir(tempfile::tempdir().unwrap())
+}
 
 fn app(dir: &std::path::Path) -> axum::Router {
     let manager = SpriteManager::open(CoreConfig::new(
@@ -39,7 +61,7 @@ async fn call(
 
 #[tokio::test]
 async fn requests_without_a_valid_token_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     for header in [None, Some("Bearer wrong"), Some("Basic Ym9ndXM=")] {
         let mut request = Request::get("/v1/sprites");
         if let Some(value) = header {
@@ -55,7 +77,7 @@ async fn requests_without_a_valid_token_are_refused() {
 
 #[tokio::test]
 async fn basic_auth_with_user_bearer_is_accepted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     // base64("bearer:secret")
     let request = Request::get("/v1/sprites").header("authorization", "Basic YmVhcmVyOnNlY3JldA==");
     let (status, _, body) = call(app(dir.path()), request.body(Body::empty()).unwrap()).await;
@@ -66,7 +88,7 @@ async fn basic_auth_with_user_bearer_is_accepted() {
 
 #[tokio::test]
 async fn errors_have_the_api_shape() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let get = |uri: &str| {
         Request::get(uri)
             .header("authorization", "Bearer secret")
@@ -119,7 +141,7 @@ async fn errors_have_the_api_shape() {
 
 #[tokio::test]
 async fn healthz_needs_no_token() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let (status, _, body) = call(
         app(dir.path()),
         Request::get("/healthz").body(Body::empty()).unwrap(),
