@@ -7,6 +7,7 @@ use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use sprite_api::policy::NetworkPolicy;
 
@@ -23,12 +24,13 @@ pub async fn set(
     Extension(Org(org)): Extension<Org>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<NetworkPolicy>, ApiError> {
+) -> Result<StatusCode, ApiError> {
     let policy: NetworkPolicy = parse_json(&body)?;
-    Ok(Json(
-        state
-            .manager
-            .set_network_policy(&org, &name, policy)
-            .await?,
-    ))
+    state
+        .manager
+        .set_network_policy(&org, &name, policy)
+        .await?;
+    // 204, no body: the policy clients of sprites-py, @fly/sprites and sprites-go
+    // accept nothing else (a GET reads the policy back).
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1035,7 +1035,7 @@ async fn network_attacks_from_a_sprite_fail() {
         set_policy(&daemon, "strict", only_allowed.clone())
             .await
             .status(),
-        200
+        204
     );
     assert_eq!(
         py(&daemon, "strict", &["get", "http://allowed.test:8000/"]).await,
@@ -1056,7 +1056,7 @@ async fn network_attacks_from_a_sprite_fail() {
         {"domain": "metadata.test", "action": "allow"},
         {"cidr": "169.254.169.254/32", "action": "allow"}
     ]);
-    assert_eq!(set_policy(&daemon, "strict", named).await.status(), 200);
+    assert_eq!(set_policy(&daemon, "strict", named).await.status(), 204);
     assert_eq!(
         py(&daemon, "strict", &["resolve", "metadata.test"]).await,
         "169.254.169.254"
@@ -1067,7 +1067,7 @@ async fn network_attacks_from_a_sprite_fail() {
     );
     assert_eq!(
         set_policy(&daemon, "strict", only_allowed).await.status(),
-        200
+        204
     );
 
     // Forged answers for an allowed name, sprayed at every port of the resolver's
@@ -1133,7 +1133,7 @@ async fn network_attacks_from_a_sprite_fail() {
         .await
         .unwrap();
     let policy = serde_json::json!([{"domain": "allowed.test", "action": "allow"}]);
-    assert_eq!(set_policy(&daemon, "window", policy).await.status(), 200);
+    assert_eq!(set_policy(&daemon, "window", policy).await.status(), 204);
     let prober = sprite_api::services::ServiceSpec {
         cmd: "python3".into(),
         args: vec!["/home/sprite/prober.py".into(), denied.clone()],

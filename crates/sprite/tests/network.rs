@@ -132,7 +132,7 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
         serde_json::json!([{"domain": "allowed.test", "action": "allow"}]),
     )
     .await;
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 204);
     assert!(
         py(&daemon, "a", &["connect", &allowed_ip, "8000"])
             .await
@@ -203,7 +203,7 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
         serde_json::json!([{"domain": "*.example.org", "action": "allow"}]),
     )
     .await;
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 204);
     let cut_at = std::time::Instant::now();
     let done = collect(hold).await;
     assert!(
@@ -230,7 +230,7 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
         set_policy(&daemon, "a", serde_json::json!([]))
             .await
             .status(),
-        200
+        204
     );
     assert_eq!(
         py(&daemon, "a", &["connect", &denied_ip, "8000"]).await,
