@@ -53,10 +53,11 @@ pub fn mount_view(
         &["ro", "userxattr"],
     )
     .map_err(|e| SandboxError::CloneMount(target.to_path_buf(), e))?;
-    let home = match disk.join("home").is_dir() {
-        true => Some(clone(Some(disk_mount.as_fd()), Path::new("home"), None)?),
-        false => None,
-    };
+    let home = disk
+        .join("home")
+        .is_dir()
+        .then(|| clone(Some(disk_mount.as_fd()), Path::new("home"), None))
+        .transpose()?;
     // Everything is ready before the view's name appears: a sprite listing its views
     // never sees one without its files (only the three calls below lie between).
     std::fs::create_dir(target).map_err(|e| SandboxError::CreateDir(target.to_path_buf(), e))?;

@@ -31,7 +31,8 @@ pub const KEPT_CAPABILITIES: [Capability; 14] = [
     Capability::CAP_AUDIT_WRITE,
 ];
 
-/// System calls refused with EPERM whatever their arguments.
+/// System calls refused with EPERM whatever their arguments (with
+/// [`NESTED_CONTAINER_SYSCALLS`] too unless nested containers are on).
 const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_kexec_load,
     libc::SYS_kexec_file_load,
@@ -44,9 +45,6 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_add_key,
     libc::SYS_request_key,
     libc::SYS_reboot,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
     libc::SYS_swapon,
     libc::SYS_swapoff,
     libc::SYS_acct,
@@ -59,14 +57,6 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_quotactl,
     libc::SYS_quotactl_fd,
     libc::SYS_syslog,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_mount_setattr,
-    libc::SYS_setns,
     libc::SYS_userfaultfd,
     libc::SYS_lookup_dcookie,
     libc::SYS_uselib,
@@ -109,9 +99,10 @@ pub const ALLOWED_NETLINK_PROTOCOLS: [u64; 7] = [
     libc::NETLINK_GENERIC as u64,
 ];
 
-/// System calls that only act on namespaces the caller holds CAP_SYS_ADMIN over: a
-/// sprite's root never does over the sprite's own, so with nested containers on (see
-/// [`seccomp_programs`]) these work only inside namespaces the sprite made itself.
+/// System calls refused with EPERM unless nested containers are on. They only act on
+/// namespaces the caller holds CAP_SYS_ADMIN over: a sprite's root never does over the
+/// sprite's own, so when allowed (see [`seccomp_programs`]) they work only inside
+/// namespaces the sprite made itself.
 const NESTED_CONTAINER_SYSCALLS: &[i64] = &[
     libc::SYS_mount,
     libc::SYS_umount2,
@@ -240,6 +231,15 @@ fn abi_guard() -> Result<Vec<libc::sock_filter>, SandboxError> {
     ])
 }
 
+/// The calls refused whatever their arguments.
+fn denied_syscalls(nested_containers: bool) -> impl Iterator<Item = i64> {
+    let mounts: &[i64] = match nested_containers {
+        true => &[],
+        false => NESTED_CONTAINER_SYSCALLS,
+    };
+    DENIED_SYSCALLS.iter().chain(mounts).copied()
+}
+
 /// The filters, in install order. With `nested_containers`, a sprite may make user
 /// namespaces and the others inside them, and mount, pivot and enter what it made there
 /// (what rootless podman, buildah, bubblewrap and `unshare -r` need); the calls named
@@ -248,10 +248,8 @@ fn abi_guard() -> Result<Vec<libc::sock_filter>, SandboxError> {
 pub fn seccomp_programs(
     nested_containers: bool,
 ) -> Result<Vec<Vec<libc::sock_filter>>, SandboxError> {
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
-        .iter()
-        .filter(|number| !(nested_containers && NESTED_CONTAINER_SYSCALLS.contains(number)))
-        .map(|&number| (number, Vec::new()))
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = denied_syscalls(nested_containers)
+        .map(|number| (number, Vec::new()))
         .collect();
     let flag_rules = |argument: u8| -> Result<Vec<SeccompRule>, SandboxError> {
         DENIED_NAMESPACE_FLAGS
@@ -329,16 +327,15 @@ mod tests {
 
     #[test]
     fn filters_compile_for_this_arch() {
-        for nested in [false, true] {
-            let programs = seccomp_programs(nested).expect("build");
-            assert_eq!(programs.len(), 4);
-            assert!(programs.iter().all(|p| !p.is_empty()));
-        }
-        // Nested containers take out the namespace and mount rules, nothing else.
         let (locked, nested) = (
             seccomp_programs(false).expect("build"),
             seccomp_programs(true).expect("build"),
         );
+        for programs in [&locked, &nested] {
+            assert_eq!(programs.len(), 4);
+            assert!(programs.iter().all(|p| !p.is_empty()));
+        }
+        // Nested containers take out the namespace and mount rules, nothing else.
         assert!(nested[1].len() < locked[1].len());
         assert_eq!(nested[2].len(), locked[2].len());
         assert_eq!(nested[3].len(), locked[3].len());
@@ -352,12 +349,14 @@ mod tests {
             libc::SYS_keyctl,
             libc::SYS_kexec_load,
         ] {
-            assert!(DENIED_SYSCALLS.contains(&number));
+            assert!(denied_syscalls(true).any(|denied| denied == number));
             assert!(!NESTED_CONTAINER_SYSCALLS.contains(&number));
         }
+        let locked: Vec<i64> = denied_syscalls(false).collect();
         assert!(NESTED_CONTAINER_SYSCALLS
             .iter()
-            .all(|number| DENIED_SYSCALLS.contains(number)));
+            .all(|number| locked.contains(number)));
+        assert!(!denied_syscalls(true).any(|n| NESTED_CONTAINER_SYSCALLS.contains(&n)));
     }
 
     #[test]

@@ -118,7 +118,7 @@ while True:
 /// What the in-sprite probes share: each attempt prints a JSON line saying whether it
 /// was refused.
 const PRELUDE: &str = r#"
-import ctypes, errno, json, mmap, os, socket, subprocess, sys, time
+import ctypes, errno, json, mmap, os, socket, subprocess, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 def report(name, safe, detail=""):
@@ -239,9 +239,7 @@ report("/etc/hostname is the sprite's name", open("/etc/hostname").read().strip(
 /// its own (where it holds every capability), what the sprite's own namespaces, the
 /// kernel and the host still refuse.
 const NESTED_PROBE: &str = r#"
-NESTED_MARK = "nested:"
 outer = subprocess.Popen(["sleep", "60"])  # stays in the sprite's own namespaces
-time.sleep(0.2)
 own = {kind: os.open(f"/proc/{outer.pid}/ns/{kind}", os.O_RDONLY) for kind in ["mnt", "user", "net", "pid"]}
 uid, gid = os.getuid(), os.getgid()
 if libc.unshare(0x10000000 | 0x00020000) != 0:
@@ -249,7 +247,7 @@ if libc.unshare(0x10000000 | 0x00020000) != 0:
 open("/proc/self/setgroups", "w").write("deny")
 open("/proc/self/uid_map", "w").write(f"0 {uid} 1")
 open("/proc/self/gid_map", "w").write(f"0 {gid} 1")
-print(NESTED_MARK, "mount", libc.mount(b"scratch", b"/mnt", b"tmpfs", 0, None), flush=True)
+print("nested: mount", libc.mount(b"scratch", b"/mnt", b"tmpfs", 0, None), flush=True)
 call("nested: setns into the sprite's mount namespace", 308, own["mnt"], 0x00020000)
 call("nested: setns into the sprite's user namespace", 308, own["user"], 0x10000000)
 call("nested: setns into the sprite's network namespace", 308, own["net"], 0x40000000)
@@ -690,13 +688,13 @@ async fn nested_containers_when_allowed_reach_nothing_more() {
     let mut stream = client
         .exec(
             "nest",
-            &params(&["unshare", "-Ur", "sh", "-c", "echo ready; sleep 30"]),
+            &params(&["unshare", "-Ur", "sh", "-c", "echo ready; sleep 29.25"]),
         )
         .await
         .unwrap();
     line_with(&mut stream, "ready").await;
     let pids = Command::new("pgrep")
-        .args(["-f", "^sleep 30$"])
+        .args(["-f", "^sleep 29.25$"])
         .output()
         .unwrap();
     let pid = String::from_utf8_lossy(&pids.stdout)
