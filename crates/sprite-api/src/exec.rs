@@ -247,29 +247,73 @@ fn parse_number<T: std::str::FromStr>(
     })
 }
 
-/// Parses a duration such as `10`, `10s`, `500ms`, `2m` or `1h` into whole seconds
-/// (rounded up).
-pub fn parse_duration_secs(text: &str) -> Option<u64> {
+/// Parses a duration: a bare number of seconds (`10`, `1.5`) or a Go duration, a
+/// sequence of numbers with units `ns`, `us` (`µs`), `ms`, `s`, `m`, `h` such as
+/// `500ms`, `1m30s` or `2h0m0s` (what the Go SDK sends). Exact, no float rounding;
+/// `None` for anything else, a negative or a value too large to hold.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    const NANOS: u128 = 1_000_000_000;
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let (per_unit, divisor) = match unit {
-        "" | "s" => (1, 1),
-        "ms" => (1, 1000),
-        "m" => (60, 1),
-        "h" => (3600, 1),
-        _ => return None,
-    };
-    // Whole numbers exactly (no float rounding), too large ones refused.
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole.checked_mul(per_unit).map(|n| n.div_ceil(divisor));
+    if text.is_empty() || text.len() > 64 {
+        return None;
     }
-    let number: f64 = number.parse().ok()?;
-    let seconds = number * per_unit as f64 / divisor as f64;
-    (seconds.is_finite() && (0.0..u64::MAX as f64).contains(&seconds))
-        .then(|| seconds.ceil() as u64)
+    // A number and its unit's length in nanoseconds, added up exactly.
+    let amount = |number: &str, unit_nanos: u128| -> Option<u128> {
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return None;
+        }
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(fraction) || fraction.len() > 18 {
+            return None;
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        let mut total = whole.checked_mul(unit_nanos)?;
+        if !fraction.is_empty() {
+            let scale = 10u128.pow(fraction.len() as u32);
+            let fraction: u128 = fraction.parse().ok()?;
+            total = total.checked_add(fraction.checked_mul(unit_nanos)? / scale)?;
+        }
+        Some(total)
+    };
+    let is_number = |c: char| c.is_ascii_digit() || c == '.';
+    let total = if text.chars().all(is_number) {
+        amount(text, NANOS)?
+    } else {
+        let mut rest = text;
+        let mut total: u128 = 0;
+        while !rest.is_empty() {
+            let split = rest.find(|c: char| !is_number(c))?;
+            let (number, tail) = rest.split_at(split);
+            let unit_len = tail.find(is_number).unwrap_or(tail.len());
+            let (unit, tail) = tail.split_at(unit_len);
+            let unit_nanos = match unit {
+                "ns" => 1,
+                "us" | "µs" | "μs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => NANOS,
+                "m" => 60 * NANOS,
+                "h" => 3600 * NANOS,
+                _ => return None,
+            };
+            total = total.checked_add(amount(number, unit_nanos)?)?;
+            rest = tail;
+        }
+        total
+    };
+    let secs = u64::try_from(total / NANOS).ok()?;
+    Some(std::time::Duration::new(secs, (total % NANOS) as u32))
+}
+
+/// [`parse_duration`] in whole seconds, rounded up.
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
+    let duration = parse_duration(text)?;
+    let extra = u64::from(duration.subsec_nanos() > 0);
+    duration.as_secs().checked_add(extra)
 }
 
 impl ExecParams {
@@ -459,6 +503,31 @@ mod tests {
         assert_eq!(parse_duration_secs("2m"), Some(120));
         assert_eq!(parse_duration_secs("x"), None);
         assert_eq!(parse_duration_secs("5d"), None);
+        assert_eq!(parse_duration_secs("1.5"), Some(2));
+        assert_eq!(parse_duration_secs("18446744073709551616"), None);
+    }
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        // What Go's time.Duration.String() gives, as the Go SDK sends it.
+        assert_eq!(parse_duration("1m0s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h0m0s"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("1µs"), Some(Duration::from_micros(1)));
+        assert_eq!(parse_duration("2us"), Some(Duration::from_micros(2)));
+        assert_eq!(parse_duration("3ns"), Some(Duration::from_nanos(3)));
+        assert_eq!(
+            parse_duration("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_duration_secs("1m0.001s"), Some(61));
+        for bad in ["", "1m30", "s", "-1s", "1x", "1..5s", "1 s", "5d", ".s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

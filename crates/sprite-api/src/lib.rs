@@ -17,5 +17,6 @@ pub mod sprite;
 pub use error::{error_chain, ErrorBody, ErrorKind};
 pub use names::{validate_sprite_name, NameError};
 
-/// Version string the server reports in the `Sprite-Version` header.
-pub const SERVER_VERSION: &str = concat!("sprites-", env!("CARGO_PKG_VERSION"));
+/// Version the server reports in the `Sprite-Version` header: a bare semver, as the Go
+/// SDK parses it (a release version tells it that `WS .../exec/{id}` attach works).
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -66,14 +66,24 @@ pub struct ServiceInfo {
 /// One line of a service's NDJSON stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEvent {
-    /// `started`, `stdout`, `stderr`, `exit`, `error` or `complete`.
+    /// `started`, `stdout`, `stderr`, `exit`, `stopping`, `stopped`, `error` or
+    /// `complete`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    pub timestamp: String,
+    /// Milliseconds since the Unix epoch (the SDKs read an integer).
+    pub timestamp: i64,
+    /// On `complete`: where the service's output is logged inside the sprite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_files: Option<BTreeMap<String, String>>,
+}
+
+/// The log file of a service inside its sprite.
+pub fn service_log_path(name: &str) -> String {
+    format!("/.sprite/logs/services/{name}.log")
 }
 
 /// `POST /v1/sprites/{name}/services/signal` body.

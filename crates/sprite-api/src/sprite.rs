@@ -122,11 +122,18 @@ pub struct ProgressEvent {
     pub time: Option<String>,
 }
 
+/// `url_settings` of an update: absent fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UrlSettingsUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<UrlAuth>,
+}
+
 /// `PUT /v1/sprites/{name}` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UpdateSpriteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_settings: Option<UrlSettings>,
+    pub url_settings: Option<UrlSettingsUpdate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -241,16 +241,36 @@ impl Client {
         Ok(list.sessions)
     }
 
+    /// Signals a session; with a `timeout` ("10s"; "0s" only signals), waits that long
+    /// for it to exit and then sends SIGKILL. Returns the NDJSON events (`signal`,
+    /// `exited` or `timeout` + `killed`, `complete`) as they came.
     pub async fn kill_session(
         &self,
         name: &str,
         session: &str,
         signal: &str,
-    ) -> Result<(), ClientError> {
+        timeout: &str,
+        mut on_event: impl FnMut(&serde_json::Value),
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
         let url = self.url(&format!("/v1/sprites/{name}/exec/{session}/kill"));
-        self.send_raw(self.http.post(url).query(&[("signal", signal)]))
-            .await
-            .map(|_| ())
+        let request = self
+            .http
+            .post(url)
+            .query(&[("signal", signal), ("timeout", timeout)]);
+        let mut response = self.send_raw(request).await?;
+        let mut pending = Vec::new();
+        let mut events = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(ClientError::Decode)? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) {
+                    on_event(&event);
+                    events.push(event);
+                }
+            }
+        }
+        Ok(events)
     }
 
     /// Runs an NDJSON progress operation; returns its events, or the `error` event's
@@ -455,21 +475,23 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The last `lines` of a service's log (the NDJSON stream's `stdout` lines).
     pub async fn service_logs(
         &self,
         name: &str,
         service: &str,
         lines: usize,
     ) -> Result<String, ClientError> {
-        self.send_raw(
-            self.http
-                .get(self.url(&format!("/v1/sprites/{name}/services/{service}/logs")))
-                .query(&[("lines", lines)]),
-        )
-        .await?
-        .text()
-        .await
-        .map_err(ClientError::Decode)
+        let request = self
+            .http
+            .get(self.url(&format!("/v1/sprites/{name}/services/{service}/logs")))
+            .query(&[("lines", lines)]);
+        let events = self.service_events(request, |_| {}).await?;
+        Ok(events
+            .iter()
+            .filter(|e| e.kind == "stdout" || e.kind == "stderr")
+            .filter_map(|e| e.data.as_deref())
+            .collect())
     }
 
     /// Puts a sprite to sleep now: warm (frozen) or cold (stopped).

@@ -714,8 +714,8 @@ impl SpriteManager {
         request: UpdateSpriteRequest,
     ) -> Result<SpriteInfo, CoreError> {
         let mut record = self.record(org, name)?;
-        if let Some(settings) = request.url_settings {
-            record.url_auth = settings.auth.as_str().to_string();
+        if let Some(auth) = request.url_settings.and_then(|s| s.auth) {
+            record.url_auth = auth.as_str().to_string();
         }
         if request.clear_labels == Some(true) {
             record.labels.clear();
@@ -834,9 +834,20 @@ impl SpriteManager {
         name: &str,
         session_id: &str,
     ) -> Result<Attachment, CoreError> {
+        self.attach_from(org, name, session_id, true).await
+    }
+
+    /// Attaches to a session; `replay` sends its recent output first.
+    pub async fn attach_from(
+        &self,
+        org: &str,
+        name: &str,
+        session_id: &str,
+        replay: bool,
+    ) -> Result<Attachment, CoreError> {
         let (_, client, _awake) = self.running_client(org, name).await?;
         client
-            .attach(session_id)
+            .attach_from(session_id, replay)
             .await
             .map_err(|e| self.session_error(name, Some(session_id), e))
     }

@@ -97,15 +97,18 @@ impl SpriteManager {
         self.service_answer(org, name, request).await
     }
 
-    /// Stops a service (it stays stopped until started again).
+    /// Stops a service (it stays stopped until started again): SIGTERM, then SIGKILL
+    /// after `grace` (sprite-init's default when `None`).
     pub async fn stop_service(
         &self,
         org: &str,
         name: &str,
         service: &str,
+        grace: Option<std::time::Duration>,
     ) -> Result<ServiceInfo, CoreError> {
         let request = Request::ServiceStop {
             name: service.into(),
+            grace_ms: grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),
         };
         self.service_answer(org, name, request).await
     }

@@ -134,8 +134,18 @@ impl InitClient {
     }
 
     pub async fn attach(&self, session_id: &str) -> Result<Attachment, SandboxError> {
+        self.attach_from(session_id, true).await
+    }
+
+    /// Attaches to a session; `replay` sends its recent output first.
+    pub async fn attach_from(
+        &self,
+        session_id: &str,
+        replay: bool,
+    ) -> Result<Attachment, SandboxError> {
         self.open(Request::Attach {
             session_id: session_id.to_string(),
+            replay,
         })
         .await
     }

@@ -44,6 +44,10 @@ pub struct SpawnRequest {
     pub max_run_after_disconnect_secs: u64,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// A request from the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -52,6 +56,9 @@ pub enum Request {
     Spawn(SpawnRequest),
     Attach {
         session_id: String,
+        /// Whether recent output is replayed first (absent: yes).
+        #[serde(default = "yes")]
+        replay: bool,
     },
     Resize {
         cols: u16,
@@ -84,6 +91,9 @@ pub enum Request {
     /// Stops a service (sticky: it stays stopped across restarts until started).
     ServiceStop {
         name: String,
+        /// Between SIGTERM and SIGKILL (absent: sprite-init's default, 5 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_ms: Option<u64>,
     },
     ServiceSignal {
         name: String,

@@ -19,7 +19,8 @@ use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
 use sprite_sandbox::client::{Attachment, SessionEvent, SessionReader, SessionWriter};
 
-type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+pub(crate) type WsUpgrade =
+    Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
@@ -28,7 +29,7 @@ fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
 }
 
 /// Exit code used when the command could not be started at all, as a shell would.
-fn spawn_failure_code(message: &str) -> i32 {
+pub(crate) fn spawn_failure_code(message: &str) -> i32 {
     if message.contains("permission denied") {
         126
     } else {
@@ -81,6 +82,15 @@ pub async fn exec_or_list(
             Json(SessionList { sessions }).into_response(),
         ));
     };
+    // `?id=SESSION` is the legacy attach (the Go SDK uses it with servers whose
+    // version it cannot parse): the same as `WS .../exec/{id}`.
+    let attach_id = query_pairs(&raw)
+        .into_iter()
+        .find(|(k, v)| k == "id" && !v.is_empty())
+        .map(|(_, v)| v);
+    if let Some(session) = attach_id {
+        return attach_session(&state, &org, &name, &session, upgrade).await;
+    }
     let (params, run_as) = parse_params(&raw)?;
     // A connected client keeps the sprite awake, however quiet its command is.
     let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
@@ -102,11 +112,21 @@ pub async fn attach(
     upgrade: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::invalid("attach needs a WebSocket upgrade"))?;
-    let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
-    let attachment = state.manager.attach(&org, &name, &session).await?;
+    attach_session(&state, &org, &name, &session, upgrade).await
+}
+
+async fn attach_session(
+    state: &AppState,
+    org: &str,
+    name: &str,
+    session: &str,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let awake = state.manager.keep_awake(org, name, Reason::Session)?;
+    let attachment = state.manager.attach(org, name, session).await?;
     Ok(with_capabilities(upgrade_to(
         upgrade,
-        Bridge::Session(attachment, state.manager.watch_ports(&org, &name).ok()),
+        Bridge::Session(attachment, state.manager.watch_ports(org, name).ok()),
         awake,
     )))
 }
@@ -134,6 +154,23 @@ fn exit_message(code: i32, tty: bool) -> Message {
     }
 }
 
+/// The close frame after an exit. The JS SDK reads a TTY command's exit code from the
+/// close code alone (1000 is 0, anything else 1), so a TTY command that failed closes
+/// with 4000 + its code (private-use range); other clients read the exit frame.
+fn exit_close(code: i32, tty: bool) -> CloseFrame {
+    if tty && code != 0 {
+        CloseFrame {
+            code: 4000 + (code & 0xff) as u16,
+            reason: format!("exited with code {code}").into(),
+        }
+    } else {
+        CloseFrame {
+            code: 1000,
+            reason: "exited".into(),
+        }
+    }
+}
+
 async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
     let code = spawn_failure_code(message);
     let text = format!("sprite: {message}\r\n");
@@ -144,7 +181,9 @@ async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
     };
     let _ = socket.send(output).await;
     let _ = socket.send(exit_message(code, tty)).await;
-    let _ = socket.close().await;
+    let _ = socket
+        .send(Message::Close(Some(exit_close(code, tty))))
+        .await;
 }
 
 /// Pumps a session to a WebSocket and the WebSocket's input to the session. Ends when
@@ -242,10 +281,7 @@ async fn forward_output(
             }
             Some(Ok(Some(SessionEvent::Exit(code)))) => {
                 let _ = sink.send(exit_message(code, tty)).await;
-                let close = CloseFrame {
-                    code: 1000,
-                    reason: "exited".into(),
-                };
+                let close = exit_close(code, tty);
                 let _ = sink.send(Message::Close(Some(close))).await;
                 break;
             }
@@ -274,7 +310,7 @@ async fn next_port_event(
 
 /// Aborts a task when dropped, so a client leaving also drops the session reader (and
 /// with it the daemon's attachment in sprite-init).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -358,9 +394,15 @@ pub async fn exec_http(
     let attachment = match state.manager.spawn(&org, &name, &params, &run_as).await {
         Ok(attachment) => attachment,
         Err(CoreError::SpawnFailed(message)) => {
-            let mut bytes = Frame::Stderr(format!("sprite: {message}\n").into_bytes()).encode();
-            bytes.extend(Frame::Exit(spawn_failure_code(&message) as u8).encode());
-            return Ok(octet_stream(Body::from(bytes)));
+            // One frame per chunk: the JS SDK's HTTP exec reads a frame from each.
+            let frames = [
+                Frame::Stderr(format!("sprite: {message}\n").into_bytes()),
+                Frame::Exit(spawn_failure_code(&message) as u8),
+            ]
+            .map(|frame| Ok::<_, std::io::Error>(frame.encode()));
+            return Ok(octet_stream(Body::from_stream(futures_util::stream::iter(
+                frames,
+            ))));
         }
         Err(other) => return Err(other.into()),
     };
@@ -414,7 +456,7 @@ fn octet_stream(body: Body) -> Response {
     with_capabilities(response)
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct KillQuery {
     #[serde(default)]
     signal: Option<String>,
@@ -422,41 +464,215 @@ pub struct KillQuery {
     timeout: Option<String>,
 }
 
-/// `POST .../exec/{id}/kill?signal=TERM&timeout=5s`: signals the session; with a
-/// timeout, escalates to KILL if it has not exited by then.
-pub async fn kill(
-    State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, session)): Path<(String, String)>,
-    query: Result<axum::extract::Query<KillQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let signal_text = query.signal.unwrap_or_else(|| "TERM".into());
+/// The JSON body sprites-py sends: `{"signal": "SIGTERM", "timeout": 10}` (seconds).
+#[derive(Debug, Default, serde::Deserialize)]
+struct KillBody {
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timeout: Option<serde_json::Value>,
+}
+
+/// How long a kill waits for the exit before escalating to SIGKILL, by default.
+const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest kill timeout.
+const MAX_KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long after SIGKILL the stream waits to see the exit.
+const KILL_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One line of a kill's NDJSON stream, with the fields every SDK reads (JS:
+/// `message`, `signal`, `pid`, `exit_code`; Python: `data`, `error`).
+fn kill_line(
+    kind: &str,
+    message: &str,
+    signal: Option<Signal>,
+    pid: u32,
+    exit: Option<i32>,
+) -> bytes::Bytes {
+    let mut line = serde_json::json!({
+        "type": kind,
+        "message": message,
+        "data": message,
+        "pid": pid,
+        "timestamp": chrono::Utc::now().timestamp_millis(),
+    });
+    if let Some(signal) = signal {
+        line["signal"] = format!("SIG{}", signal.name()).into();
+    }
+    if let Some(code) = exit {
+        line["exit_code"] = code.into();
+    }
+    if kind == "error" {
+        line["error"] = message.into();
+    }
+    let mut text = line.to_string();
+    text.push('\n');
+    bytes::Bytes::from(text)
+}
+
+/// The exit code of an attached session, read in a task of its own (reading a
+/// session is not cancel-safe; the caller times out on the task instead).
+fn exit_of(mut reader: SessionReader) -> tokio::task::JoinHandle<Option<i32>> {
+    tokio::spawn(async move {
+        loop {
+            match reader.next().await {
+                Ok(Some(SessionEvent::Exit(code))) => return Some(code),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    })
+}
+
+/// Reads the kill's signal and timeout from the query (JS, Go) or a JSON body
+/// (sprites-py); the query wins.
+fn kill_request(query: KillQuery, body: &[u8]) -> Result<(Signal, std::time::Duration), ApiError> {
+    let body: KillBody = if body.iter().all(u8::is_ascii_whitespace) {
+        KillBody::default()
+    } else {
+        crate::error::parse_json(body)?
+    };
+    let signal_text = query
+        .signal
+        .filter(|s| !s.is_empty())
+        .or(body.signal)
+        .unwrap_or_else(|| "TERM".into());
     let signal = Signal::parse(&signal_text).ok_or_else(|| {
         ApiError::invalid(format!(
             "signal {signal_text:?} is not one of HUP, INT, QUIT, KILL, USR1, USR2, TERM"
         ))
     })?;
-    let timeout = match query.timeout.as_deref() {
-        None | Some("") => 0,
-        Some(text) => sprite_api::exec::parse_duration_secs(text).ok_or_else(|| {
-            ApiError::invalid(format!("timeout {text:?} is not a duration such as 5s"))
-        })?,
+    let timeout_text = match (query.timeout, body.timeout) {
+        (Some(text), _) => Some(text),
+        (None, Some(serde_json::Value::Number(n))) => Some(n.to_string()),
+        (None, Some(serde_json::Value::String(text))) => Some(text),
+        (None, Some(serde_json::Value::Null) | None) => None,
+        (None, Some(other)) => {
+            return Err(ApiError::invalid(format!(
+                "timeout {other} is not a number of seconds or a duration such as 5s"
+            )))
+        }
+    };
+    let timeout = match timeout_text.as_deref() {
+        None => KILL_TIMEOUT,
+        Some("") => std::time::Duration::ZERO,
+        Some(text) => sprite_api::exec::parse_duration(text)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "timeout {text:?} is not a duration such as 10, 5s or 1m30s"
+                ))
+            })?
+            .min(MAX_KILL_TIMEOUT),
+    };
+    Ok((signal, timeout))
+}
+
+/// `POST .../exec/{id}/kill[?signal=TERM&timeout=10s]` (or the same as a JSON body):
+/// signals the session, waits up to `timeout` for it to exit, then sends SIGKILL.
+/// Answers NDJSON: `signal`, then `exited`, or `timeout` and `killed`, then
+/// `complete` (`error` if something failed); 404 for an unknown session, 410 for one
+/// that already exited. A zero timeout only signals.
+pub async fn kill(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path((name, session)): Path<(String, String)>,
+    query: Result<axum::extract::Query<KillQuery>, axum::extract::rejection::QueryRejection>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let (signal, timeout) = kill_request(query, &body)?;
+    // Attached (without replay) before the signal, so the exit cannot be missed.
+    let watch = if timeout.is_zero() {
+        None
+    } else {
+        Some(
+            state
+                .manager
+                .attach_from(&org, &name, &session, false)
+                .await?,
+        )
     };
     state
         .manager
         .kill_session(&org, &name, &session, signal.number())
         .await?;
-    if timeout > 0 && signal != Signal::Kill {
-        let manager = state.manager.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(timeout)).await;
-            let _ = manager
-                .kill_session(&org, &name, &session, Signal::Kill.number())
-                .await;
-        });
-    }
-    Ok(Json(serde_json::json!({ "status": "signaled", "signal": signal.name() })).into_response())
+    let pid = watch.as_ref().map_or(0, |w| w.pid);
+    let (lines, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+    let manager = state.manager.clone();
+    tokio::spawn(async move {
+        let sent = format!("sent SIG{} to session {session}", signal.name());
+        let _ = lines
+            .send(Ok(kill_line("signal", &sent, Some(signal), pid, None)))
+            .await;
+        if let Some(watch) = watch {
+            let (reader, _writer) = (watch.reader, watch.writer);
+            let mut exit = exit_of(reader);
+            let line = match tokio::time::timeout(timeout, &mut exit).await {
+                Ok(Ok(Some(code))) => kill_line(
+                    "exited",
+                    &format!("session {session} exited with code {code}"),
+                    None,
+                    pid,
+                    Some(code),
+                ),
+                Ok(_) => kill_line(
+                    "exited",
+                    &format!("session {session} ended"),
+                    None,
+                    pid,
+                    None,
+                ),
+                Err(_) if signal == Signal::Kill => kill_line(
+                    "error",
+                    &format!("session {session} has not exited {timeout:?} after SIGKILL"),
+                    None,
+                    pid,
+                    None,
+                ),
+                Err(_) => {
+                    let text = format!(
+                        "session {session} still running after {timeout:?}; sending SIGKILL"
+                    );
+                    let _ = lines
+                        .send(Ok(kill_line("timeout", &text, None, pid, None)))
+                        .await;
+                    match manager
+                        .kill_session(&org, &name, &session, Signal::Kill.number())
+                        .await
+                    {
+                        Err(error) => {
+                            kill_line("error", &sprite_api::error_chain(&error), None, pid, None)
+                        }
+                        Ok(()) => match tokio::time::timeout(KILL_SLACK, &mut exit).await {
+                            Ok(code) => kill_line(
+                                "killed",
+                                &format!("session {session} killed"),
+                                Some(Signal::Kill),
+                                pid,
+                                code.ok().flatten(),
+                            ),
+                            Err(_) => kill_line(
+                                "error",
+                                &format!(
+                                    "session {session} has not exited {KILL_SLACK:?} after SIGKILL"
+                                ),
+                                None,
+                                pid,
+                                None,
+                            ),
+                        },
+                    }
+                }
+            };
+            // A run that outlived the SIGKILL wait is not followed any longer.
+            exit.abort();
+            let _ = lines.send(Ok(line)).await;
+        }
+        let _ = lines
+            .send(Ok(kill_line("complete", "done", None, pid, None)))
+            .await;
+    });
+    Ok(crate::ndjson_response(receiver))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 mod auth;
 mod checkpoints;
+mod control;
 mod error;
 mod exec;
 mod fs;
@@ -212,10 +213,15 @@ fn api_routes() -> Router<AppState> {
             post(services::stop),
         )
         .route(
+            "/v1/sprites/{name}/services/{service}/restart",
+            post(services::restart),
+        )
+        .route(
             "/v1/sprites/{name}/services/{service}/logs",
             get(services::logs),
         )
         .route("/v1/sprites/{name}/proxy", get(tcp::proxy))
+        .route("/v1/sprites/{name}/control", get(control::control))
         .route("/v1/sprites/{name}/ports/watch", get(tcp::watch_ports))
         .route(
             "/v1/sprites/{name}/policy/network",

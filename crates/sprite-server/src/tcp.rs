@@ -35,6 +35,15 @@ pub async fn proxy(
     }))
 }
 
+/// Whether the proxy may connect to `host`: the sprite's own loopback.
+pub(crate) fn is_local_host(host: &str) -> bool {
+    ["localhost", "127.0.0.1", "::1", "0.0.0.0"].contains(&host)
+}
+
+pub(crate) fn not_local_message(host: &str) -> String {
+    format!("host {host} is not reachable: the proxy connects to ports on the sprite's own loopback (localhost)")
+}
+
 async fn refuse(mut socket: WebSocket, error: String) {
     let body = serde_json::json!({ "status": "error", "error": error }).to_string();
     let _ = socket.send(Message::Text(body.into())).await;
@@ -57,12 +66,8 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
         }
     };
     let host = target.host.unwrap_or_else(|| "localhost".into());
-    if !["localhost", "127.0.0.1", "::1", "0.0.0.0"].contains(&host.as_str()) {
-        return refuse(
-            socket,
-            format!("host {host} is not reachable: the proxy connects to ports on the sprite's own loopback (localhost)"),
-        )
-        .await;
+    if !is_local_host(&host) {
+        return refuse(socket, not_local_message(&host)).await;
     }
     let (stream, _awake) = match state
         .manager

@@ -295,13 +295,19 @@ pub enum SessionsCommand {
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
-    /// Signal a session.
+    /// Signal a session; if it has not exited after --timeout, send SIGKILL.
+    ///
+    /// Examples: `sprite sessions kill 12`, `sprite sessions kill 12 --signal INT
+    /// --timeout 0s` (only signal).
     Kill {
         id: String,
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
         #[arg(long, default_value = "TERM")]
         signal: String,
+        /// How long to wait for the exit before SIGKILL (`0s`: do not escalate).
+        #[arg(long, default_value = "10s")]
+        timeout: String,
     },
 }
 
@@ -558,7 +564,9 @@ pub async fn run(args: Args) -> Result<u8> {
                         sprite_api::sprite::UrlAuth::Sprite
                     };
                     let request = sprite_api::sprite::UpdateSpriteRequest {
-                        url_settings: Some(sprite_api::sprite::UrlSettings { auth }),
+                        url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
+                            auth: Some(auth),
+                        }),
                         ..Default::default()
                     };
                     client.update(&name, &request).await?
@@ -938,11 +946,27 @@ async fn sessions_command(args: &Args, command: &SessionsCommand) -> Result<u8> 
                 exec_pipes(stream).await
             }
         }
-        SessionsCommand::Kill { id, sprite, signal } => {
+        SessionsCommand::Kill {
+            id,
+            sprite,
+            signal,
+            timeout,
+        } => {
             let name = settings::sprite_name(sprite.as_deref())?;
-            client(args)?.kill_session(&name, id, signal).await?;
-            eprintln!("sent {signal} to session {id}");
-            Ok(0)
+            let json = args.json;
+            let events = client(args)?
+                .kill_session(&name, id, signal, timeout, |event| {
+                    if json {
+                        println!("{event}");
+                    } else if let Some(message) = event["message"].as_str() {
+                        if event["type"] != "complete" {
+                            eprintln!("{message}");
+                        }
+                    }
+                })
+                .await?;
+            let failed = events.iter().any(|e| e["type"] == "error");
+            Ok(u8::from(failed))
         }
     }
 }

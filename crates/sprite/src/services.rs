@@ -50,7 +50,7 @@ pub enum ServicesCommand {
         #[arg(short = 's', long = "sprite")]
         sprite: Option<String>,
     },
-    /// Stop a service: SIGTERM, then SIGKILL after 5 s. It stays stopped.
+    /// Stop a service: SIGTERM, then SIGKILL after 10 s. It stays stopped.
     Stop {
         name: String,
         #[arg(short = 's', long = "sprite")]
@@ -98,7 +98,9 @@ fn print_event(event: &ServiceEvent) {
         "stderr" => {
             let _ = std::io::stderr().write_all(event.data.as_deref().unwrap_or("").as_bytes());
         }
-        "started" => eprintln!("{}", event.data.as_deref().unwrap_or("started")),
+        "started" | "stopping" | "stopped" => {
+            eprintln!("{}", event.data.as_deref().unwrap_or(&event.kind))
+        }
         "exit" => eprintln!("exited with code {}", event.exit_code.unwrap_or(-1)),
         "error" => eprintln!("error: {}", event.data.as_deref().unwrap_or("")),
         _ => {}
@@ -223,10 +225,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
         } => {
             let name = settings::sprite_name(sprite.as_deref())?;
             client
-                .service_action(&name, service, "stop", None, show)
-                .await?;
-            client
-                .service_action(&name, service, "start", Some("1s"), show)
+                .service_action(&name, service, "restart", Some("1s"), show)
                 .await?;
             Ok(0)
         }

@@ -750,8 +750,8 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
         .await
         .unwrap();
     let public = sprite_api::sprite::UpdateSpriteRequest {
-        url_settings: Some(sprite_api::sprite::UrlSettings {
-            auth: sprite_api::sprite::UrlAuth::Public,
+        url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
+            auth: Some(sprite_api::sprite::UrlAuth::Public),
         }),
         ..Default::default()
     };
@@ -1244,8 +1244,8 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
             .unwrap();
     }
     let public = sprite_api::sprite::UpdateSpriteRequest {
-        url_settings: Some(sprite_api::sprite::UrlSettings {
-            auth: sprite_api::sprite::UrlAuth::Public,
+        url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
+            auth: Some(sprite_api::sprite::UrlAuth::Public),
         }),
         ..Default::default()
     };

@@ -111,7 +111,7 @@ async fn create_exec_tty_reattach_destroy() {
 
     // Kill of an exited session is 410.
     let error = client
-        .kill_session("life", &session, "TERM")
+        .kill_session("life", &session, "TERM", "10s", |_| {})
         .await
         .unwrap_err();
     assert_eq!(error.status(), Some(410));

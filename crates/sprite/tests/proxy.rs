@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use sprite_api::services::ServiceSpec;
-use sprite_api::sprite::{SpriteStatus, UpdateSpriteRequest, UrlAuth, UrlSettings};
+use sprite_api::sprite::{SpriteStatus, UpdateSpriteRequest, UrlAuth, UrlSettingsUpdate};
 use std::time::Duration;
 
 async fn get(daemon: &Daemon, host: &str, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -88,8 +88,8 @@ async fn a_sprite_url_reaches_its_server_wakes_it_and_checks_the_token() {
 
     // Public: no token needed.
     let public = UpdateSpriteRequest {
-        url_settings: Some(UrlSettings {
-            auth: UrlAuth::Public,
+        url_settings: Some(UrlSettingsUpdate {
+            auth: Some(UrlAuth::Public),
         }),
         ..Default::default()
     };

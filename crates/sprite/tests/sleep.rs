@@ -199,7 +199,10 @@ async fn activity_keeps_sprites_awake() {
     .await;
     let life = info(client, "busy").await.lifecycle.unwrap();
     assert!(life.awake_because.is_empty(), "{life:?}");
-    client.kill_session("busy", &session, "KILL").await.unwrap();
+    client
+        .kill_session("busy", &session, "KILL", "0s", |_| {})
+        .await
+        .unwrap();
     wait_status(client, "busy", SpriteStatus::Warm, Duration::from_secs(5)).await;
 
     // A detached non-TTY command does not keep it awake.

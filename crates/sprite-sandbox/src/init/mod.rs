@@ -148,8 +148,9 @@ async fn handle_connection(
         Request::ServiceStart { name } => {
             send_event(&mut stream, &service_event(services.start(&name))).await
         }
-        Request::ServiceStop { name } => {
-            send_event(&mut stream, &service_event(services.stop(&name))).await
+        Request::ServiceStop { name, grace_ms } => {
+            let grace = grace_ms.map(std::time::Duration::from_millis);
+            send_event(&mut stream, &service_event(services.stop(&name, grace))).await
         }
         Request::ServiceSignal { name, signal } => {
             let event = match services.signal(&name, signal) {
@@ -181,8 +182,8 @@ async fn handle_connection(
             Ok(session) => attach(session, stream, false).await,
             Err(message) => send_event(&mut stream, &error(ErrorCode::SpawnFailed, &message)).await,
         },
-        Request::Attach { session_id } => match sessions.get(&session_id) {
-            Some(session) => attach(session, stream, true).await,
+        Request::Attach { session_id, replay } => match sessions.get(&session_id) {
+            Some(session) => attach(session, stream, replay).await,
             None => {
                 send_event(
                     &mut stream,

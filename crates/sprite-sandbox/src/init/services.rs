@@ -28,6 +28,8 @@ const DEFINITION_MAX: u64 = 256 << 10;
 pub const MAX_SERVICES: usize = 64;
 /// Between SIGTERM and SIGKILL on a stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The longest grace a stop may ask for.
+const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
 /// Longest wait between restarts of a failing service.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A run this long resets the backoff.
@@ -314,7 +316,7 @@ impl Services {
             entry.session.take()
         };
         if let Some(run) = old_run {
-            stop_run(&run).await;
+            stop_run(&run, STOP_GRACE).await;
         }
         self.start_run(name);
         self.get(name)
@@ -339,8 +341,13 @@ impl Services {
     }
 
     /// Stops a service and keeps it stopped: SIGTERM to its process group, SIGKILL after
-    /// the grace period. Answers at once (status `stopping`).
-    pub fn stop(self: &Arc<Self>, name: &str) -> Result<ServiceInfo, Failure> {
+    /// `grace` (default [`STOP_GRACE`]). Answers at once (status `stopping`).
+    pub fn stop(
+        self: &Arc<Self>,
+        name: &str,
+        grace: Option<Duration>,
+    ) -> Result<ServiceInfo, Failure> {
+        let grace = grace.unwrap_or(STOP_GRACE).min(MAX_STOP_GRACE);
         let run = {
             let mut entries = lock(&self.entries);
             let entry = entries.get_mut(name).ok_or_else(|| not_found(name))?;
@@ -359,7 +366,7 @@ impl Services {
             let services = self.clone();
             let name = name.to_string();
             tokio::spawn(async move {
-                stop_run(&run).await;
+                stop_run(&run, grace).await;
                 // Started again while it was stopping: the next run starts now.
                 let restart = {
                     let mut entries = lock(&services.entries);
@@ -419,7 +426,7 @@ impl Services {
             entries.remove(name).and_then(|e| e.session)
         };
         if let Some(run) = run {
-            stop_run(&run).await;
+            stop_run(&run, STOP_GRACE).await;
         }
         Ok(())
     }
@@ -558,8 +565,8 @@ impl Services {
     }
 }
 
-/// SIGTERM to the run's process group, SIGKILL if it has not exited after the grace.
-async fn stop_run(run: &Arc<Session>) {
+/// SIGTERM to the run's process group, SIGKILL if it has not exited after `grace`.
+async fn stop_run(run: &Arc<Session>, grace: Duration) {
     use nix::sys::signal::Signal;
     if run.exit_code().is_some() {
         return;
@@ -573,7 +580,7 @@ async fn stop_run(run: &Arc<Session>) {
             }
         }
     };
-    if tokio::time::timeout(STOP_GRACE, exited).await.is_err() {
+    if tokio::time::timeout(grace, exited).await.is_err() {
         let _ = run.signal(Signal::SIGKILL as i32);
     }
 }
