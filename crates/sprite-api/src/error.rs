@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Internal,
     /// The sprite or a dependency is not available right now.
     Unavailable,
+    /// A route of the Sprites API this server does not serve yet.
+    NotImplemented,
 }
 
 impl ErrorKind {
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => 429,
             ErrorKind::Internal => 500,
             ErrorKind::Unavailable => 503,
+            ErrorKind::NotImplemented => 501,
         }
     }
 
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Internal => "internal_error",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NotImplemented => "not_implemented",
         }
     }
 

@@ -239,6 +239,7 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/sprites/{name}/fs/chmod", post(fs::chmod))
         .route("/v1/sprites/{name}/fs/chown", post(fs::chown))
         .route("/v1/sprites/{name}/fs/watch", get(fs::watch))
+        .route("/v1/sprites/{name}/upgrade", post(sprites::upgrade))
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))

@@ -144,3 +144,18 @@ pub async fn wake(
 ) -> Result<Response, ApiError> {
     Ok(Json(state.manager.wake(&org, &name).await?).into_response())
 }
+
+/// `POST /v1/sprites/{name}/upgrade`: moving a sprite to a newer base image belongs to
+/// the images work; until then a clear 501 (never a 404 the SDKs read as "sprite not
+/// found").
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.manager.check_exists(&org, &name)?;
+    Err(ApiError::new(
+        sprite_api::ErrorKind::NotImplemented,
+        format!("upgrade is not served yet: sprite {name} keeps its image; create a new sprite (or fork this one) on the image you want"),
+    ))
+}

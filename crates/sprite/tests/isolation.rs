@@ -134,20 +134,24 @@ async fn official_python_sdk_works() {
     };
     let daemon = Daemon::start("debian").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/test_sdk.py");
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .env("SPRITES_API_URL", &daemon.url)
-        .env("SPRITE_TOKEN", TOKEN)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "sprites-py test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("sdk ok"));
+    // Plain exec, then the same methods with control_mode=True.
+    for control in ["0", "1"] {
+        let output = tokio::process::Command::new(&python)
+            .arg(script)
+            .env("SPRITES_API_URL", &daemon.url)
+            .env("SPRITE_TOKEN", TOKEN)
+            .env("SPRITES_CONTROL_MODE", control)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "sprites-py test (control mode {control}) failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("sdk ok"));
+    }
     assert!(
         daemon.sprite_ids().is_empty(),
         "the SDK test left sprites behind"

@@ -1,0 +1,642 @@
+//! The wire as the official SDKs read it, end to end on a real daemon (busybox image):
+//! what the Go SDK expects (it cannot be built here) checked frame by frame, and the
+//! fixes the Python and JS SDKs need (docs/sdk-compat.md).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use sprite_api::services::ServiceSpec;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const CONFIG: &str = "warm_after = \"never\"\ncold_after = \"never\"\n";
+
+async fn socket(daemon: &Daemon, path_and_query: &str, agent: &str) -> Socket {
+    let url = format!("{}{path_and_query}", daemon.url.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    headers.insert("user-agent", agent.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// The next message that is not a ping or pong.
+async fn next(socket: &mut Socket) -> Message {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("no message within 20 s")
+            .expect("the socket ended")
+            .unwrap();
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+fn text(message: &Message) -> String {
+    match message {
+        Message::Text(text) => text.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+fn binary(message: &Message) -> Vec<u8> {
+    match message {
+        Message::Binary(data) => data.to_vec(),
+        other => panic!("expected a binary message, got {other:?}"),
+    }
+}
+
+fn op_start(args: serde_json::Value) -> Message {
+    let body = serde_json::json!({ "type": "op.start", "op": "exec", "args": args });
+    Message::Text(format!("control:{body}").into())
+}
+
+/// Reads one control exec op to its `op.complete`: (stdout, stderr, exit frame code,
+/// op.complete exitCode, session id).
+async fn finish_op(socket: &mut Socket, tty: bool) -> (Vec<u8>, Vec<u8>, i32, i64, String) {
+    let info: serde_json::Value = serde_json::from_str(&text(&next(socket).await)).unwrap();
+    assert_eq!(info["type"], "session_info", "{info}");
+    assert_eq!(info["tty"], tty);
+    let session = info["session_id"].as_str().unwrap().to_string();
+    let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
+    loop {
+        match next(socket).await {
+            Message::Binary(data) if tty => stdout.extend_from_slice(&data),
+            Message::Binary(data) => match data[0] {
+                1 => stdout.extend_from_slice(&data[1..]),
+                2 => stderr.extend_from_slice(&data[1..]),
+                3 => {
+                    assert!(exit.is_none(), "two exit frames");
+                    exit = Some(i32::from(data[1]));
+                }
+                other => panic!("stream id {other}"),
+            },
+            Message::Text(text) if text.starts_with("control:") => {
+                let envelope: serde_json::Value =
+                    serde_json::from_str(text.strip_prefix("control:").unwrap()).unwrap();
+                assert_eq!(envelope["type"], "op.complete", "{envelope}");
+                let code = envelope["args"]["exitCode"].as_i64().unwrap();
+                let exit = exit.expect("op.complete before the exit (Go needs the exit)");
+                return (stdout, stderr, exit, code, session);
+            }
+            Message::Text(text) => {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "exit" {
+                    assert!(tty, "a text exit without a TTY: {message}");
+                    exit = Some(message["exit_code"].as_i64().unwrap() as i32);
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_connection_runs_ops_one_after_another() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    create(&daemon.client, "ctl").await;
+    let mut ws = socket(&daemon, "/v1/sprites/ctl/control", "sprites-py/0.7.2").await;
+
+    // Output on both streams, the exit frame, then op.complete with the same code.
+    let args = serde_json::json!({
+        "cmd": ["sh", "-c", "echo out; echo err >&2; exit 3"], "stdin": "false",
+    });
+    ws.send(op_start(args)).await.unwrap();
+    let (stdout, stderr, exit, complete, _) = finish_op(&mut ws, false).await;
+    assert_eq!(
+        (stdout.as_slice(), stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    assert_eq!((exit, complete), (3, 3));
+
+    // The same socket, next op: stdin as [0]+data, EOF as [4]; env and dir apply.
+    let args = serde_json::json!({
+        "cmd": ["sh", "-c", "cat; echo \" $GREETING $(pwd)\""], "stdin": "true",
+        "env": ["GREETING=hi"], "dir": "/tmp",
+    });
+    ws.send(op_start(args)).await.unwrap();
+    ws.send(Message::Binary([&[0u8][..], b"hello"].concat().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![4u8].into())).await.unwrap();
+    let (stdout, _, exit, complete, _) = finish_op(&mut ws, false).await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "hello hi /tmp\n");
+    assert_eq!((exit, complete), (0, 0));
+
+    // A TTY op: raw output, the text exit, op.complete.
+    let args = serde_json::json!({
+        "cmd": ["sh", "-c", "tty; exit 2"], "tty": "true", "rows": "30", "cols": "100",
+    });
+    ws.send(op_start(args)).await.unwrap();
+    let (stdout, _, exit, complete, _) = finish_op(&mut ws, true).await;
+    assert!(String::from_utf8_lossy(&stdout).contains("/dev/pts/"));
+    assert_eq!((exit, complete), (2, 2));
+
+    // A missing program fails like a shell would, and the socket stays usable.
+    ws.send(op_start(serde_json::json!({ "cmd": ["no-such-program"] })))
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    loop {
+        let message = next(&mut ws).await;
+        if text_is_complete(&message) {
+            break;
+        }
+        frames.push(message);
+    }
+    assert!(frames
+        .iter()
+        .any(|m| matches!(m, Message::Binary(d) if d[..] == [3u8, 127])));
+
+    // A bad op is an op.error, not a closed socket.
+    ws.send(op_start(
+        serde_json::json!({ "cmd": ["sh"], "cols": "wide", "tty": "true" }),
+    ))
+    .await
+    .unwrap();
+    let error = text(&next(&mut ws).await);
+    assert!(
+        error.starts_with("control:") && error.contains("op.error"),
+        "{error}"
+    );
+    ws.send(op_start(serde_json::json!({ "cmd": ["true"] })))
+        .await
+        .unwrap();
+    assert_eq!(finish_op(&mut ws, false).await.3, 0);
+
+    // A new op.start while one runs lets the old one go and runs the new one.
+    ws.send(op_start(serde_json::json!({ "cmd": ["sleep", "30"] })))
+        .await
+        .unwrap();
+    assert!(text(&next(&mut ws).await).contains("session_info"));
+    ws.send(op_start(serde_json::json!({ "cmd": ["echo", "second"] })))
+        .await
+        .unwrap();
+    let (stdout, _, _, complete, _) = finish_op(&mut ws, false).await;
+    assert_eq!((stdout.as_slice(), complete), (&b"second\n"[..], 0));
+
+    // Ops on many sockets at once.
+    let started = Instant::now();
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let mut ws = socket(&daemon, "/v1/sprites/ctl/control", "sprites-py/0.7.2").await;
+        ws.send(op_start(serde_json::json!({ "cmd": ["sleep", "1"] })))
+            .await
+            .unwrap();
+        sockets.push(ws);
+    }
+    for mut ws in sockets {
+        assert_eq!(finish_op(&mut ws, false).await.3, 0);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "ops ran one by one"
+    );
+
+    // An unknown sprite: 404 on the upgrade, which is what makes the SDKs fall back.
+    let url = format!(
+        "{}/v1/sprites/nope/control",
+        daemon.url.replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404)
+        }
+        other => panic!("expected 404, got {:?}", other.map(|_| ())),
+    }
+}
+
+fn text_is_complete(message: &Message) -> bool {
+    matches!(message, Message::Text(t) if t.starts_with("control:") && t.contains("op.complete"))
+}
+
+/// What the Go SDK does over the control socket: raw stdin, attach by id, fs ops
+/// with query-string args, the TCP proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_connection_speaks_go() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    create(&daemon.client, "goctl").await;
+    let agent = "sprites-go-sdk/1.0";
+    let mut ws = socket(&daemon, "/v1/sprites/goctl/control", agent).await;
+
+    // Raw stdin (no stream id byte), [4] EOF.
+    let args = serde_json::json!({ "cmd": ["cat"], "path": "cat", "stdin": "true" });
+    ws.send(op_start(args)).await.unwrap();
+    ws.send(Message::Binary(b"\x00raw\x01".to_vec().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![4u8].into())).await.unwrap();
+    let (stdout, _, exit, _, _) = finish_op(&mut ws, false).await;
+    assert_eq!((stdout.as_slice(), exit), (&b"\x00raw\x01"[..], 0));
+    ws.send(Message::Text("{\"type\":\"release\"}\n".into()))
+        .await
+        .unwrap();
+
+    // Attach by id: session_info, then the replay.
+    let args = serde_json::json!({ "cmd": ["sh", "-c", "echo early; sleep 30"] });
+    ws.send(op_start(args)).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    let session = info["session_id"].as_str().unwrap().to_string();
+    assert_eq!(binary(&next(&mut ws).await), b"\x01early\n");
+    ws.send(Message::Text("{\"type\":\"release\"}\n".into()))
+        .await
+        .unwrap();
+    let mut again = socket(&daemon, "/v1/sprites/goctl/control", agent).await;
+    again
+        .send(op_start(serde_json::json!({ "id": session })))
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&text(&next(&mut again).await)).unwrap();
+    assert_eq!(info["session_id"], session.as_str());
+    assert_eq!(binary(&next(&mut again).await), b"\x01early\n");
+    // Go signals over HTTP: ?signal=TERM&timeout=0s, then 410 once it is gone.
+    let kill = format!("/v1/sprites/goctl/exec/{session}/kill?signal=TERM&timeout=0s");
+    let response = post(&daemon, &kill, "").await;
+    assert_eq!(response.status(), 200);
+    let (_, _, exit, _, _) = finish_rest(&mut again).await;
+    assert_eq!(exit, 143);
+    assert_eq!(post(&daemon, &kill, "").await.status(), 410);
+
+    // fs ops: un-prefixed envelopes, args as a query string, un-prefixed answers.
+    let fs = |op: &str, args: &str| {
+        let body = serde_json::json!({ "type": "op.start", "op": op, "args": args });
+        Message::Text(format!("{body}\n").into())
+    };
+    ws.send(fs(
+        "fs.write",
+        "path=%2Fhome%2Fsprite%2Fnote.txt&workingDir=%2Fhome%2Fsprite&mode=0600",
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary(b"hello go".to_vec().into()))
+        .await
+        .unwrap();
+    let written: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert_eq!(written["size"], 8, "{written}");
+    assert_complete(&mut ws).await;
+    ws.send(fs("fs.read", "path=note.txt&workingDir=%2Fhome%2Fsprite"))
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert_eq!(info["size"], 8, "{info}");
+    assert_eq!(binary(&next(&mut ws).await), b"hello go");
+    assert_complete(&mut ws).await;
+    ws.send(fs("fs.list", "path=%2Fhome%2Fsprite&workingDir=%2F"))
+        .await
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert!(list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "note.txt" && e["mode"] == "0600"));
+    assert_complete(&mut ws).await;
+    // An error is the error JSON alone (Go returns on it without reading further).
+    ws.send(fs("fs.read", "path=%2Fno%2Fsuch")).await.unwrap();
+    let error: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert_eq!(error["code"], "ENOENT", "{error}");
+    ws.send(fs("fs.mkfifo", "path=x")).await.unwrap();
+    let error: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert_eq!(error["code"], "ENOTSUP", "{error}");
+
+    // The TCP proxy over the socket, to a port in the sprite.
+    let echo = ServiceSpec {
+        cmd: "sh".into(),
+        args: ["-c", "while true; do nc -l -p 9000 -e cat; done"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    daemon
+        .client
+        .put_service("goctl", "echo", &echo, Some(""), |_| {})
+        .await
+        .unwrap();
+    let start = serde_json::json!({
+        "type": "start", "operation": "proxy",
+        "params": { "host": "localhost", "port": 9000, "keep_alive": true },
+    });
+    ws.send(Message::Text(start.to_string().into()))
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert_eq!(status["status"], "connected", "{status}");
+    ws.send(Message::Binary(b"ping through\n".to_vec().into()))
+        .await
+        .unwrap();
+    let mut echoed = Vec::new();
+    while echoed != b"ping through\n" {
+        echoed.extend(binary(&next(&mut ws).await));
+    }
+    ws.send(Message::Text("{\"type\":\"release\"}\n".into()))
+        .await
+        .unwrap();
+    // Released: the socket takes the next op.
+    ws.send(op_start(serde_json::json!({ "cmd": ["echo", "after"] })))
+        .await
+        .unwrap();
+    assert_eq!(finish_op(&mut ws, false).await.0, b"after\n");
+}
+
+/// The rest of an op already past its session_info.
+async fn finish_rest(socket: &mut Socket) -> (Vec<u8>, Vec<u8>, i32, i64, String) {
+    let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
+    loop {
+        match next(socket).await {
+            Message::Binary(data) => match data[0] {
+                1 => stdout.extend_from_slice(&data[1..]),
+                2 => stderr.extend_from_slice(&data[1..]),
+                3 => exit = Some(i32::from(data[1])),
+                _ => {}
+            },
+            message if text_is_complete(&message) => {
+                return (stdout, stderr, exit.unwrap(), 0, String::new());
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn assert_complete(socket: &mut Socket) {
+    let message: serde_json::Value = serde_json::from_str(&text(&next(socket).await)).unwrap();
+    assert_eq!(message["type"], "op.complete", "{message}");
+}
+
+async fn post(daemon: &Daemon, path: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}{path}", daemon.url))
+        .bearer_auth(TOKEN)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn ndjson(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Items 2, 3, 4, 6, 7, 10, 11 of issue 13 as each SDK reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_wire_matches_the_sdks() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    let client = &daemon.client;
+    create(client, "wire").await;
+    let http = reqwest::Client::new();
+
+    // Sprite-Version is a bare semver (Go parses it; a release version means the
+    // path attach works).
+    let response = http
+        .head(format!("{}/v1/sprites/wire/exec", daemon.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let version = response.headers()["sprite-version"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let parts: Vec<&str> = version.split('.').collect();
+    assert!(
+        parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok()),
+        "{version}"
+    );
+
+    // The legacy attach, WS .../exec?id=SESSION, attaches (and replays).
+    let mut first = socket(
+        &daemon,
+        "/v1/sprites/wire/exec?cmd=sh&cmd=-c&cmd=echo+kept%3B+sleep+30&max_run_after_disconnect=1m0s",
+        "sprites-go-sdk/1.0",
+    )
+    .await;
+    let info: serde_json::Value = serde_json::from_str(&text(&next(&mut first).await)).unwrap();
+    let session = info["session_id"].as_str().unwrap().to_string();
+    assert_eq!(binary(&next(&mut first).await), b"\x01kept\n");
+    drop(first);
+    let mut legacy = socket(
+        &daemon,
+        &format!("/v1/sprites/wire/exec?id={session}&stdin=false"),
+        "sprites-go-sdk/1.0",
+    )
+    .await;
+    let info: serde_json::Value = serde_json::from_str(&text(&next(&mut legacy).await)).unwrap();
+    assert_eq!(
+        info["session_id"],
+        session.as_str(),
+        "a new command started"
+    );
+    assert_eq!(binary(&next(&mut legacy).await), b"\x01kept\n");
+
+    // Kill as sprites-py sends it: a JSON body; the NDJSON says what happened.
+    let kill = format!("/v1/sprites/wire/exec/{session}/kill");
+    let events = ndjson(
+        &post(&daemon, &kill, r#"{"signal":"SIGTERM","timeout":10}"#)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["signal", "exited", "complete"], "{events:?}");
+    assert_eq!(events[1]["exit_code"], 143);
+    drop(legacy);
+
+    // A process that ignores TERM is killed after the timeout (a Go duration).
+    let mut stubborn = client
+        .exec(
+            "wire",
+            &params(&[
+                "sh",
+                "-c",
+                "trap '' TERM; echo ready; while true; do sleep 1; done",
+            ]),
+        )
+        .await
+        .unwrap();
+    let session = match stubborn.next().await.unwrap() {
+        sprite_client::ExecEvent::SessionInfo { session_id, .. } => session_id,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        stubborn.next().await.unwrap(),
+        sprite_client::ExecEvent::Stdout(_)
+    ));
+    let started = Instant::now();
+    let path = format!("/v1/sprites/wire/exec/{session}/kill?signal=TERM&timeout=500ms");
+    let events = ndjson(&post(&daemon, &path, "").await.text().await.unwrap());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["signal", "timeout", "killed", "complete"],
+        "{events:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(collect(stubborn).await.code, 137);
+    let bad = post(
+        &daemon,
+        &format!("/v1/sprites/wire/exec/{session}/kill?timeout=soon"),
+        "",
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+
+    // A TTY command's exit code is in its close code (the JS SDK reads only that).
+    for (code, close) in [(0, 1000u16), (3, 4003)] {
+        let path = format!("/v1/sprites/wire/exec?cmd=sh&cmd=-c&cmd=exit+{code}&tty=true");
+        let mut tty = socket(&daemon, &path, "sprites-js").await;
+        let seen = loop {
+            match next(&mut tty).await {
+                Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+                _ => continue,
+            }
+        };
+        assert_eq!(seen, Some(close), "exit {code}");
+    }
+
+    // Services: integer millisecond timestamps, log_files on complete; PUT follows
+    // 5 s by default (here the run ends first); stop honours ?timeout= and says
+    // stopping/exit/stopped.
+    let body =
+        r#"{"cmd":"sh","args":["-c","echo up; trap '' TERM; while true; do sleep 1; done"]}"#;
+    let response = http
+        .put(format!(
+            "{}/v1/sprites/wire/services/web?duration=1s",
+            daemon.url
+        ))
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let events = ndjson(&response.text().await.unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for event in &events {
+        let at = event["timestamp"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{event}"));
+        assert!((now - 60_000..=now + 1000).contains(&at), "{event}");
+    }
+    assert_eq!(events[0]["type"], "started");
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "stdout" && e["data"] == "up\n"));
+    let complete = events.last().unwrap();
+    assert_eq!(complete["type"], "complete");
+    assert_eq!(
+        complete["log_files"]["combined"],
+        "/.sprite/logs/services/web.log"
+    );
+    let logs = http
+        .get(format!(
+            "{}/v1/sprites/wire/services/web/logs?lines=5",
+            daemon.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.headers()["content-type"], "application/x-ndjson");
+    let events = ndjson(&logs.text().await.unwrap());
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "stdout" && e["data"] == "up\n"),
+        "{events:?}"
+    );
+    let started = Instant::now();
+    let events = ndjson(
+        &post(&daemon, "/v1/sprites/wire/services/web/stop?timeout=1s", "")
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["stopping", "exit", "stopped", "complete"],
+        "{events:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let events = ndjson(
+        &post(
+            &daemon,
+            "/v1/sprites/wire/services/web/restart?duration=500ms",
+            "",
+        )
+        .await
+        .text()
+        .await
+        .unwrap(),
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"stopped"), "{events:?}");
+    assert!(
+        kinds.contains(&"started") && kinds.last() == Some(&"complete"),
+        "{events:?}"
+    );
+    let bad = post(&daemon, "/v1/sprites/wire/services/web/stop?timeout=1d", "").await;
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("1m30s"));
+
+    // PUT of only some url_settings keeps the rest.
+    let public = serde_json::json!({ "url_settings": { "auth": "public" } });
+    let response = http
+        .put(format!("{}/v1/sprites/wire", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(&public)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let labels_only = serde_json::json!({ "url_settings": {}, "labels": ["a"] });
+    let info: serde_json::Value = http
+        .put(format!("{}/v1/sprites/wire", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(&labels_only)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["url_settings"]["auth"], "public", "{info}");
+
+    // HTTP exec of a missing program: a stderr frame, then [3, 127].
+    let body = http
+        .post(format!(
+            "{}/v1/sprites/wire/exec?cmd=no-such-program",
+            daemon.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body[0], 2);
+    assert!(body.ends_with(&[3, 127]));
+}
