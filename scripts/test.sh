@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, and the end-to-end tests that
 # start real daemons, sandboxes, FUSE mounts and loop devices (they need root). Also
-# runs the official Python SDK (sprites-py) against the daemon, from a venv made here,
+# runs the official Python SDK (sprites-py) and JS SDK (@fly/sprites on Node 24) against
+# the daemon, installed here from PyPI and npm,
 # and the object-store tests against a real S3-compatible server (s3s-fs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,17 @@ if ! "$venv/bin/python" -c 'import sprites' 2>/dev/null; then
     "$venv/bin/pip" install --quiet 'sprites-py==0.7.2'
 fi
 export SPRITE_SDK_PYTHON="$PWD/$venv/bin/python"
+
+# The official JS SDK on Node 24, both from npm (the `node@24` package brings the
+# runtime; any npm can install it).
+js=target/sdk-js
+if [ ! -x "$js/node_modules/.bin/node" ] || [ ! -f "$js/node_modules/@fly/sprites/dist/index.js" ]; then
+    echo "== installing @fly/sprites and Node 24 into $js"
+    mkdir -p "$js"
+    (cd "$js" && npm install --silent --no-audit --no-fund --prefix . '@fly/sprites@0.1.0' 'node@24' >/dev/null)
+fi
+export SPRITE_SDK_NODE="$PWD/$js/node_modules/.bin/node"
+export SPRITE_SDK_JS="$PWD/$js/node_modules/@fly/sprites/dist/index.js"
 
 # A real S3-compatible server for the object-store tests (no mocks of S3).
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then

@@ -395,14 +395,14 @@ pub async fn exec_http(
         Ok(attachment) => attachment,
         Err(CoreError::SpawnFailed(message)) => {
             // One frame per chunk: the JS SDK's HTTP exec reads a frame from each.
-            let frames = [
-                Frame::Stderr(format!("sprite: {message}\n").into_bytes()),
-                Frame::Exit(spawn_failure_code(&message) as u8),
-            ]
-            .map(|frame| Ok::<_, std::io::Error>(frame.encode()));
-            return Ok(octet_stream(Body::from_stream(futures_util::stream::iter(
-                frames,
-            ))));
+            let stderr = Frame::Stderr(format!("sprite: {message}\n").into_bytes()).encode();
+            let exit = Frame::Exit(spawn_failure_code(&message) as u8).encode();
+            let frames = futures_util::stream::once(async { Ok::<_, std::io::Error>(stderr) })
+                .chain(futures_util::stream::once(async move {
+                    pace(Some(tokio::time::Instant::now())).await;
+                    Ok(exit)
+                }));
+            return Ok(octet_stream(Body::from_stream(frames)));
         }
         Err(other) => return Err(other.into()),
     };
@@ -422,29 +422,42 @@ pub async fn exec_http(
         let _ = writer.stdin_eof().await;
     });
     // The sprite stays awake until the answer has streamed out (or the client left).
-    let output = futures_util::stream::unfold(Some((reader, writer, awake)), |state| async move {
-        let (mut reader, writer, awake) = state?;
-        let frame = match reader.next().await {
-            Ok(Some(SessionEvent::Stdout(data))) => Frame::Stdout(data),
-            Ok(Some(SessionEvent::Stderr(data))) => Frame::Stderr(data),
-            Ok(Some(SessionEvent::Exit(code))) => {
-                return Some((Ok(Frame::Exit((code & 0xff) as u8).encode()), None))
-            }
-            Ok(None) | Err(_) => {
-                return Some((
-                    Err(std::io::Error::other(
-                        "sprite went away before the command exited",
-                    )),
-                    None,
-                ));
-            }
-        };
-        Some((
-            Ok::<_, std::io::Error>(frame.encode()),
-            Some((reader, writer, awake)),
-        ))
-    });
+    let output = futures_util::stream::unfold(
+        // The headers count as a frame: the client needs time to start reading.
+        Some((reader, writer, awake, Some(tokio::time::Instant::now()))),
+        |state| async move {
+            let (mut reader, writer, awake, last) = state?;
+            let (frame, more) = match reader.next().await {
+                Ok(Some(SessionEvent::Stdout(data))) => (Frame::Stdout(data), true),
+                Ok(Some(SessionEvent::Stderr(data))) => (Frame::Stderr(data), true),
+                Ok(Some(SessionEvent::Exit(code))) => (Frame::Exit((code & 0xff) as u8), false),
+                Ok(None) | Err(_) => {
+                    return Some((
+                        Err(std::io::Error::other(
+                            "sprite went away before the command exited",
+                        )),
+                        None,
+                    ));
+                }
+            };
+            pace(last).await;
+            let next = more.then(|| (reader, writer, awake, Some(tokio::time::Instant::now())));
+            Some((Ok::<_, std::io::Error>(frame.encode()), next))
+        },
+    );
     Ok(octet_stream(Body::from_stream(output)))
+}
+
+/// The least time between two frames of an HTTP exec answer. The JS SDK reads one
+/// frame from each chunk its HTTP client hands it, and Node's client joins chunks
+/// that arrive before it reads (seen in tests: `[2,...,1,...,3,0]` in one read), so
+/// frames are spaced (the first from the headers).
+const FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(3);
+
+async fn pace(last: Option<tokio::time::Instant>) {
+    if let Some(last) = last {
+        tokio::time::sleep_until(last + FRAME_GAP).await;
+    }
 }
 
 fn octet_stream(body: Body) -> Response {

@@ -157,3 +157,41 @@ async fn official_python_sdk_works() {
         "the SDK test left sprites behind"
     );
 }
+
+/// The official JS SDK (`@fly/sprites` on Node 24) against this daemon, without and
+/// with control mode. Needs SPRITE_SDK_NODE and SPRITE_SDK_JS (scripts/test.sh sets
+/// them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_js_sdk_works() {
+    let (Ok(node), Ok(sdk)) = (
+        std::env::var("SPRITE_SDK_NODE"),
+        std::env::var("SPRITE_SDK_JS"),
+    ) else {
+        eprintln!("SPRITE_SDK_NODE or SPRITE_SDK_JS is not set: skipping the @fly/sprites test (CI runs it)");
+        return;
+    };
+    let daemon = Daemon::start("debian").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/test_sdk.mjs");
+    for control in ["0", "1"] {
+        let output = tokio::process::Command::new(&node)
+            .arg(script)
+            .env("SPRITES_API_URL", &daemon.url)
+            .env("SPRITE_TOKEN", TOKEN)
+            .env("SPRITES_JS_SDK", &sdk)
+            .env("SPRITES_CONTROL_MODE", control)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "@fly/sprites test (control mode {control}) failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("js sdk ok"));
+    }
+    assert!(
+        daemon.sprite_ids().is_empty(),
+        "the SDK test left sprites behind"
+    );
+}
