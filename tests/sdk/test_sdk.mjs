@@ -109,6 +109,16 @@ try {
   assert.deepEqual(await fs.readJSON('proj/data.json'), { a: 1 });
   assert.ok(await fs.exists('proj/src/moved.txt'));
   assert.ok(!(await fs.exists('proj/nope')));
+  // Watch: subscribed, then {type: 'event', event, path, isDir, timestamp}.
+  const watcher = await fs.watch('proj/src', { recursive: true });
+  assert.equal((await watcher.next()).type, 'subscribed');
+  await sprite.execFile('bash', ['-c', 'echo x > /home/sprite/proj/src/new.txt']);
+  const created = await watcher.next();
+  assert.equal(created.type, 'event', JSON.stringify(created));
+  assert.equal(created.event, 'create');
+  assert.equal(created.path, '/home/sprite/proj/src/new.txt');
+  assert.equal(created.isDir, false);
+  watcher.close();
   await fs.rm('proj', { recursive: true });
   assert.ok(!(await fs.exists('proj')));
 
@@ -160,6 +170,17 @@ try {
     'while True:',
     '    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()',
   ].join('\n')] }, '1s').then(collect);
+  const ports = await sprite.watchPorts();
+  const portList = await ports.next();
+  assert.equal(portList.type, 'port_list', JSON.stringify(portList));
+  // 9000 is in the list, or opens soon after (the service may still be starting).
+  let seen = portList.ports.some((p) => p.port === 9000);
+  while (!seen) {
+    const event = await ports.next();
+    assert.ok(event, 'the port watch ended before 9000 opened');
+    seen = event.type === 'port_opened' && event.port === 9000;
+  }
+  ports.close();
   const local = 20000 + Math.floor(Math.random() * 20000);
   const proxy = await sprite.proxyPort(local, 9000);
   const echoed = await new Promise((resolve, reject) => {

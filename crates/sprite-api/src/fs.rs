@@ -240,9 +240,11 @@ pub struct WatchSubscribe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchEvent {
-    /// `create`, `modify`, `delete` or `rename`.
+    /// Always `event` (the socket also carries `subscribed` and `error`).
     #[serde(rename = "type")]
     pub kind: String,
+    /// `create`, `write`, `remove`, `rename` or `chmod` (what the JS SDK reads).
+    pub event: String,
     pub path: String,
     pub is_dir: bool,
     pub timestamp: String,

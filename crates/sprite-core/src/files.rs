@@ -1252,6 +1252,7 @@ fn watch_mask() -> nix::sys::inotify::AddWatchFlags {
     use nix::sys::inotify::AddWatchFlags as F;
     F::IN_CREATE
         | F::IN_MODIFY
+        | F::IN_ATTRIB
         | F::IN_DELETE
         | F::IN_DELETE_SELF
         | F::IN_MOVED_FROM
@@ -1347,7 +1348,8 @@ impl Watcher {
                 std::collections::HashMap::new();
             let event = |kind: &str, path: String, is_dir: bool, old: Option<String>| {
                 sprite_api::fs::WatchEvent {
-                    kind: kind.to_string(),
+                    kind: "event".to_string(),
+                    event: kind.to_string(),
                     path,
                     is_dir,
                     timestamp: now.clone(),
@@ -1379,12 +1381,14 @@ impl Watcher {
                 } else if raw.mask.contains(F::IN_MODIFY) {
                     let repeat = out
                         .last()
-                        .is_some_and(|last| last.kind == "modify" && last.path == path);
+                        .is_some_and(|last| last.event == "write" && last.path == path);
                     if !repeat {
-                        out.push(event("modify", path, is_dir, None));
+                        out.push(event("write", path, is_dir, None));
                     }
+                } else if raw.mask.contains(F::IN_ATTRIB) {
+                    out.push(event("chmod", path, is_dir, None));
                 } else if raw.mask.contains(F::IN_DELETE) {
-                    out.push(event("delete", path, is_dir, None));
+                    out.push(event("remove", path, is_dir, None));
                 } else if raw.mask.contains(F::IN_DELETE_SELF) && raw.name.is_none() {
                     // Reported by the parent's watch when the parent is watched too.
                     if !self
@@ -1392,7 +1396,7 @@ impl Watcher {
                         .values()
                         .any(|(p, _, _)| split(&base).is_some_and(|(parent, _)| parent == p))
                     {
-                        out.push(event("delete", path, base_is_dir, None));
+                        out.push(event("remove", path, base_is_dir, None));
                     }
                 } else if raw.mask.contains(F::IN_MOVED_FROM) {
                     moved_from.insert(raw.cookie, (path, is_dir));

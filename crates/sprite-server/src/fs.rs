@@ -544,7 +544,7 @@ async fn serve_watch(
 async fn refuse_watch(mut socket: WebSocket, message: &str) -> Result<(), axum::Error> {
     send_json(
         &mut socket,
-        serde_json::json!({"type": "error", "error": message}),
+        serde_json::json!({"type": "error", "error": message, "message": message}),
     )
     .await?;
     socket.close().await
@@ -555,24 +555,29 @@ fn subscribe(watcher: &mut Watcher, text: &str) -> serde_json::Value {
     let request: WatchSubscribe = match serde_json::from_str(text) {
         Ok(request) => request,
         Err(error) => {
-            return serde_json::json!({"type": "error", "error": format!(
+            let message = format!(
                 "malformed message ({error}): send {{\"type\":\"subscribe\",\"paths\":[\"/home/sprite\"],\"recursive\":true}}"
-            )})
+            );
+            return serde_json::json!({"type": "error", "error": message, "message": message});
         }
     };
     if request.kind != "subscribe" {
-        return serde_json::json!({"type": "error", "error": format!("unknown message type {:?}: only subscribe is understood", request.kind)});
+        let message = format!(
+            "unknown message type {:?}: only subscribe is understood",
+            request.kind
+        );
+        return serde_json::json!({"type": "error", "error": message, "message": message});
     }
     let mut watched = Vec::new();
     for path in &request.paths {
         let path = match clean_path(request.working_dir.as_deref(), path) {
             Ok(path) => path,
             Err(message) => {
-                return serde_json::json!({"type": "error", "error": message, "path": path})
+                return serde_json::json!({"type": "error", "error": message, "message": message, "path": path})
             }
         };
         if let Err(error) = watcher.add(&path, request.recursive) {
-            return serde_json::json!({"type": "error", "error": error.message, "code": error.code.as_str(), "path": error.path});
+            return serde_json::json!({"type": "error", "error": error.message, "message": error.message, "code": error.code.as_str(), "path": error.path});
         }
         watched.push(path);
     }

@@ -629,17 +629,24 @@ async fn watch_reports_create_modify_delete_and_rename() {
         .unwrap();
     sh(&daemon, "watched", "cd /home/sprite/w && echo one > a").await;
     let events = next_events(&mut socket, 2).await;
+    // The shape the JS SDK parses: {type: "event", event, path, isDir, timestamp}.
+    assert!(
+        events
+            .iter()
+            .all(|e| e["type"] == "event" && e["timestamp"].is_string()),
+        "{events:?}"
+    );
     assert_eq!(
-        (events[0]["type"].as_str(), events[0]["path"].as_str()),
+        (events[0]["event"].as_str(), events[0]["path"].as_str()),
         (Some("create"), Some("/home/sprite/w/a"))
     );
-    assert_eq!(events[1]["type"], "modify");
+    assert_eq!(events[1]["event"], "write");
     assert_eq!(events[1]["isDir"], false);
     sh(&daemon, "watched", "cd /home/sprite/w && mv a b").await;
     let events = next_events(&mut socket, 1).await;
     assert_eq!(
         (
-            events[0]["type"].as_str(),
+            events[0]["event"].as_str(),
             events[0]["path"].as_str(),
             events[0]["oldPath"].as_str()
         ),
@@ -652,20 +659,32 @@ async fn watch_reports_create_modify_delete_and_rename() {
     sh(&daemon, "watched", "rm /home/sprite/w/b").await;
     let events = next_events(&mut socket, 1).await;
     assert_eq!(
-        (events[0]["type"].as_str(), events[0]["path"].as_str()),
-        (Some("delete"), Some("/home/sprite/w/b"))
+        (events[0]["event"].as_str(), events[0]["path"].as_str()),
+        (Some("remove"), Some("/home/sprite/w/b"))
+    );
+    sh(
+        &daemon,
+        "watched",
+        "touch /home/sprite/w/c && chmod 600 /home/sprite/w/c",
+    )
+    .await;
+    let events = next_events(&mut socket, 2).await;
+    assert_eq!(events[0]["event"], "create");
+    assert_eq!(
+        (events[1]["event"].as_str(), events[1]["path"].as_str()),
+        (Some("chmod"), Some("/home/sprite/w/c"))
     );
     // A directory made later is watched too (recursive).
     sh(&daemon, "watched", "mkdir /home/sprite/w/sub").await;
     let events = next_events(&mut socket, 1).await;
     assert_eq!(
-        (events[0]["type"].as_str(), events[0]["isDir"].as_bool()),
+        (events[0]["event"].as_str(), events[0]["isDir"].as_bool()),
         (Some("create"), Some(true))
     );
     sh(&daemon, "watched", "touch /home/sprite/w/sub/deep").await;
     let events = next_events(&mut socket, 1).await;
     assert_eq!(
-        (events[0]["type"].as_str(), events[0]["path"].as_str()),
+        (events[0]["event"].as_str(), events[0]["path"].as_str()),
         (Some("create"), Some("/home/sprite/w/sub/deep"))
     );
     // A bad subscription is answered with the code and path.
