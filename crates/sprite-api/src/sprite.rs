@@ -27,6 +27,30 @@ impl UrlAuth {
 pub struct UrlSettings {
     #[serde(default)]
     pub auth: UrlAuth,
+    /// `admins` or `org_users`: kept and shown as the SDKs send it. Tokens here belong
+    /// to one organization, so both mean "a token of the sprite's organization".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_access: Option<String>,
+}
+
+/// Checks `url_settings.private_access`.
+pub fn validate_private_access(value: &str) -> Result<(), String> {
+    if ["admins", "org_users"].contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "url_settings.private_access {value:?} is not admins or org_users"
+        ))
+    }
+}
+
+/// Checks `runtime` (the SDKs' runtime image variant).
+pub fn validate_runtime(value: &str) -> Result<(), String> {
+    if ["default", "dev"].contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("runtime {value:?} is not default or dev"))
+    }
 }
 
 /// Resources of a sprite. Absent fields take the daemon's defaults.
@@ -38,6 +62,10 @@ pub struct SpriteConfig {
     pub cpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_gb: Option<u64>,
+    /// The region asked for at create; it must be the daemon's own (`region` in its
+    /// config, default `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Ours: idle time before warm sleep (`30s`, `10m`, `never`); the daemon's default
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +108,10 @@ pub struct CreateSpriteRequest {
     pub environment: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_capacity: Option<bool>,
+    /// `default` or `dev` (kept and shown; every sprite here runs the image it was
+    /// created with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// Ours: create from another sprite's checkpoint (fork / template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<ForkSource>,
@@ -127,6 +159,8 @@ pub struct ProgressEvent {
 pub struct UrlSettingsUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<UrlAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_access: Option<String>,
 }
 
 /// `PUT /v1/sprites/{name}` body.
@@ -161,6 +195,11 @@ pub struct SpriteInfo {
     pub last_running_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_warming_at: Option<String>,
+    /// The daemon's region (what the SDKs show as the primary region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// Ours: what the sprite keeps in the object store (SpriteFS only; absent on local
     /// storage or when the storage process cannot answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]

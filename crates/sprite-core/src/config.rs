@@ -30,6 +30,8 @@ pub struct CoreConfig {
     pub executable: PathBuf,
     /// Image of new sprites.
     pub default_image: String,
+    /// The region this daemon serves (`config.region` of a create must be it).
+    pub region: String,
     /// Debian mirror for building the default image.
     pub debian_mirror: String,
     /// First host uid/gid of the ids the files of images and sprite disks are stored
@@ -95,6 +97,7 @@ impl CoreConfig {
             data_dir,
             executable,
             default_image: "debian".into(),
+            region: "local".into(),
             debian_mirror: "http://deb.debian.org/debian".into(),
             id_base: 100_000,
             id_count: 65_536,

@@ -50,7 +50,18 @@ const MIGRATIONS: &[&str] = &[
         checkpoint TEXT NOT NULL,
         PRIMARY KEY (sprite_id, checkpoint)
     );",
+    // What the SDKs send at create and read back (runtime, private access), as JSON.
+    "ALTER TABLE sprites ADD COLUMN attrs TEXT NOT NULL DEFAULT '{}';",
 ];
+
+/// Settings the SDKs send and read back that change nothing here (API.md, create).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SpriteAttrs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_access: Option<String>,
+}
 
 /// A sprite's sleep state as last saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,12 +87,14 @@ pub struct SpriteRecord {
     pub updated_at: String,
     pub last_running_at: Option<String>,
     pub id_base: u32,
+    #[serde(default)]
+    pub attrs: SpriteAttrs,
 }
 
 /// Inserts a sprite row; `SpriteExists` if the name is taken in its organization.
 fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreError> {
     let result = connection.execute(
-        &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
         params![
             sprite.id,
             sprite.org,
@@ -95,6 +108,7 @@ fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreE
             sprite.updated_at,
             sprite.last_running_at,
             sprite.id_base,
+            to_json(&sprite.attrs),
         ],
     );
     match result {
@@ -160,11 +174,12 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
         updated_at: row.get(9)?,
         last_running_at: row.get(10)?,
         id_base: row.get(11)?,
+        attrs: json_column(row.get(12)?),
     })
 }
 
 const COLUMNS: &str =
-    "id, org, name, image, url_auth, labels, config, environment, created_at, updated_at, last_running_at, id_base";
+    "id, org, name, image, url_auth, labels, config, environment, created_at, updated_at, last_running_at, id_base, attrs";
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
@@ -280,8 +295,8 @@ impl Database {
 
     pub fn update(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
         self.lock().execute(
-            "UPDATE sprites SET url_auth = ?2, labels = ?3, updated_at = ?4, last_running_at = ?5 WHERE id = ?1",
-            params![sprite.id, sprite.url_auth, to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at],
+            "UPDATE sprites SET url_auth = ?2, labels = ?3, updated_at = ?4, last_running_at = ?5, attrs = ?6 WHERE id = ?1",
+            params![sprite.id, sprite.url_auth, to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at, to_json(&sprite.attrs)],
         )?;
         Ok(())
     }
@@ -382,7 +397,7 @@ impl Database {
     pub fn adopt(&self, from_org: &str, sprite: &SpriteRecord) -> Result<(), CoreError> {
         let result = self.lock().execute(
             "UPDATE sprites SET org = ?3, name = ?4, url_auth = ?5, labels = ?6, config = ?7,
-                 environment = ?8, created_at = ?9, updated_at = ?10
+                 environment = ?8, created_at = ?9, updated_at = ?10, attrs = ?11
              WHERE id = ?1 AND org = ?2",
             params![
                 sprite.id,
@@ -395,6 +410,7 @@ impl Database {
                 to_json(&sprite.environment),
                 sprite.created_at,
                 sprite.updated_at,
+                to_json(&sprite.attrs),
             ],
         );
         match result {
@@ -522,6 +538,10 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             last_running_at: None,
             id_base: 100000,
+            attrs: SpriteAttrs {
+                runtime: Some("dev".into()),
+                private_access: None,
+            },
         }
     }
 

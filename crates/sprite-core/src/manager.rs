@@ -248,6 +248,7 @@ impl SpriteManager {
                 } else {
                     UrlAuth::Sprite
                 },
+                private_access: record.attrs.private_access.clone(),
             },
             labels: record.labels.clone(),
             config: record.config.clone(),
@@ -256,6 +257,8 @@ impl SpriteManager {
             updated_at: record.updated_at.clone(),
             last_running_at: record.last_running_at.clone(),
             last_warming_at: self.last_warming_at(&record.id),
+            primary_region: Some(self.config.region.clone()),
+            runtime: record.attrs.runtime.clone(),
             storage: None,
             lifecycle: Some(self.lifecycle_info(record)),
         }
@@ -302,9 +305,21 @@ impl SpriteManager {
                     .storage_gb
                     .unwrap_or(self.config.default_storage_gb),
             ),
+            region: Some(
+                requested
+                    .region
+                    .unwrap_or_else(|| self.config.region.clone()),
+            ),
             warm_after: requested.warm_after,
             cold_after: requested.cold_after,
         };
+        if config.region.as_deref() != Some(self.config.region.as_str()) {
+            return Err(CoreError::InvalidRequest(format!(
+                "config.region {:?} is not served here: this daemon serves region {:?} (leave config.region out, or set region in the daemon's config)",
+                config.region.as_deref().unwrap_or_default(),
+                self.config.region
+            )));
+        }
         for (key, value) in [
             ("warm_after", &config.warm_after),
             ("cold_after", &config.cold_after),
@@ -392,18 +407,21 @@ impl SpriteManager {
         if self.db.count()? >= self.config.max_sprites {
             return Err(CoreError::TooManySprites(self.config.max_sprites));
         }
+        let url_settings = request.url_settings.clone().unwrap_or_default();
+        if let Some(access) = &url_settings.private_access {
+            sprite_api::sprite::validate_private_access(access)
+                .map_err(CoreError::InvalidRequest)?;
+        }
+        if let Some(runtime) = &request.runtime {
+            sprite_api::sprite::validate_runtime(runtime).map_err(CoreError::InvalidRequest)?;
+        }
         let timestamp = now();
         let record = SpriteRecord {
             id: format!("sprite-{}", uuid::Uuid::new_v4().simple()),
             org: org.to_string(),
             name: request.name.clone(),
             image,
-            url_auth: request
-                .url_settings
-                .unwrap_or_default()
-                .auth
-                .as_str()
-                .to_string(),
+            url_auth: url_settings.auth.as_str().to_string(),
             labels,
             config,
             environment,
@@ -412,6 +430,10 @@ impl SpriteManager {
             last_running_at: None,
             // Picked when the record is inserted (`Database::insert_with_id_range`).
             id_base: 0,
+            attrs: crate::db::SpriteAttrs {
+                runtime: request.runtime.clone(),
+                private_access: url_settings.private_access.clone(),
+            },
         };
         if fork.is_none() && self.poolable(&record.image, record.config.storage_gb) {
             if let Some(taken) = self.take_pooled(&record).await? {
@@ -714,8 +736,15 @@ impl SpriteManager {
         request: UpdateSpriteRequest,
     ) -> Result<SpriteInfo, CoreError> {
         let mut record = self.record(org, name)?;
-        if let Some(auth) = request.url_settings.and_then(|s| s.auth) {
-            record.url_auth = auth.as_str().to_string();
+        if let Some(settings) = request.url_settings {
+            if let Some(auth) = settings.auth {
+                record.url_auth = auth.as_str().to_string();
+            }
+            if let Some(access) = settings.private_access {
+                sprite_api::sprite::validate_private_access(&access)
+                    .map_err(CoreError::InvalidRequest)?;
+                record.attrs.private_access = Some(access);
+            }
         }
         if request.clear_labels == Some(true) {
             record.labels.clear();

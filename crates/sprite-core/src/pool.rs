@@ -75,6 +75,7 @@ impl SpriteManager {
             updated_at: timestamp,
             last_running_at: None,
             id_base: 0,
+            attrs: Default::default(),
         };
         let mut record = record;
         record.id_base = self

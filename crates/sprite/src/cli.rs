@@ -442,9 +442,11 @@ pub async fn run(args: Args) -> Result<u8> {
                     storage_gb: *storage_gb,
                     warm_after: warm_after.clone(),
                     cold_after: cold_after.clone(),
+                    region: None,
                 }),
                 environment: None,
                 wait_for_capacity: None,
+                runtime: None,
                 image: image.clone(),
                 from: from.as_deref().map(|text| {
                     let (sprite, checkpoint) = match text.split_once(':') {
@@ -566,6 +568,7 @@ pub async fn run(args: Args) -> Result<u8> {
                     let request = sprite_api::sprite::UpdateSpriteRequest {
                         url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
                             auth: Some(auth),
+                            private_access: None,
                         }),
                         ..Default::default()
                     };

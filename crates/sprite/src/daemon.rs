@@ -31,6 +31,9 @@ pub struct FileConfig {
     pub nested_containers: Option<bool>,
     /// Most checkpoints one sprite keeps (default 100); a create past it is refused.
     pub max_checkpoints: Option<usize>,
+    /// The region this daemon serves (default `local`): sprites report it as their
+    /// `primary_region`, and a create asking for another `config.region` is refused.
+    pub region: Option<String>,
     /// Below this much free disk under the data directory (MiB, default 2048), sprites
     /// that write get a full disk (ENOSPC inside) until the host has twice as much
     /// again; 0 turns the guard off.
@@ -243,6 +246,17 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.id_base = file.id_base.unwrap_or(config.id_base);
     config.sprite_ids_from = file.sprite_ids_from.unwrap_or(config.sprite_ids_from);
     config.min_free_disk_mb = file.min_free_disk_mb.unwrap_or(config.min_free_disk_mb);
+    if let Some(region) = file.region {
+        let valid = !region.is_empty()
+            && region.len() <= 32
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            anyhow::bail!("region = {region:?} is not valid; use 1 to 32 of a-z, 0-9 and - (default \"local\")");
+        }
+        config.region = region;
+    }
     if let Some(most) = file.max_checkpoints {
         if !(1..=10_000).contains(&most) {
             anyhow::bail!("max_checkpoints = {most} is out of range; use 1 to 10000 (default 100)");

@@ -752,6 +752,7 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
     let public = sprite_api::sprite::UpdateSpriteRequest {
         url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
             auth: Some(sprite_api::sprite::UrlAuth::Public),
+            private_access: None,
         }),
         ..Default::default()
     };
@@ -1246,6 +1247,7 @@ async fn the_url_proxy_gives_no_sprite_another_ones_credentials() {
     let public = sprite_api::sprite::UpdateSpriteRequest {
         url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
             auth: Some(sprite_api::sprite::UrlAuth::Public),
+            private_access: None,
         }),
         ..Default::default()
     };

@@ -90,6 +90,7 @@ async fn a_sprite_url_reaches_its_server_wakes_it_and_checks_the_token() {
     let public = UpdateSpriteRequest {
         url_settings: Some(UrlSettingsUpdate {
             auth: Some(UrlAuth::Public),
+            private_access: None,
         }),
         ..Default::default()
     };

@@ -624,6 +624,70 @@ async fn rest_wire_matches_the_sdks() {
         .unwrap();
     assert_eq!(info["url_settings"]["auth"], "public", "{info}");
 
+    // Create keeps what the SDKs send (runtime, config.region, private_access) and
+    // shows it back; a region this daemon does not serve is a 400 that says which it does.
+    let body = serde_json::json!({
+        "name": "kept", "runtime": "dev", "config": { "region": "local", "ram_mb": 256 },
+        "url_settings": { "auth": "sprite", "private_access": "org_users" },
+    });
+    let created = http
+        .post(format!("{}/v1/sprites", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let info: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(info["runtime"], "dev", "{info}");
+    assert_eq!(info["config"]["region"], "local", "{info}");
+    assert_eq!(info["primary_region"], "local", "{info}");
+    assert_eq!(
+        info["url_settings"]["private_access"], "org_users",
+        "{info}"
+    );
+    let public = serde_json::json!({ "url_settings": { "auth": "public" } });
+    let info: serde_json::Value = http
+        .put(format!("{}/v1/sprites/kept", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(&public)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["url_settings"]["private_access"], "org_users",
+        "{info}"
+    );
+    assert_eq!(daemon.get_json("/v1/sprites/kept").await["runtime"], "dev");
+    for (bad, hint) in [
+        (
+            serde_json::json!({ "name": "far", "config": { "region": "iad" } }),
+            "local",
+        ),
+        (
+            serde_json::json!({ "name": "far", "runtime": "gpu" }),
+            "default or dev",
+        ),
+        (
+            serde_json::json!({ "name": "far", "url_settings": { "private_access": "all" } }),
+            "org_users",
+        ),
+    ] {
+        let response = http
+            .post(format!("{}/v1/sprites", daemon.url))
+            .bearer_auth(TOKEN)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        assert!(response.text().await.unwrap().contains(hint), "{bad}");
+    }
+    client.destroy("kept").await.unwrap();
+
     // HTTP exec of a missing program: a stderr frame, then [3, 127].
     let body = http
         .post(format!(

@@ -426,6 +426,7 @@ pub fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
         config: None,
         environment: None,
         wait_for_capacity: None,
+        runtime: None,
         image: None,
         from: None,
     }
