@@ -206,6 +206,21 @@ try {
   assert.ok(list.sprites.some((s) => s.name === NAME), JSON.stringify(list));
   assert.ok((await client.listAllSprites('js-')).some((s) => s.name === NAME));
 
+  // Counts, health, restart, and the NDJSON watch.
+  assert.ok(list.running >= 1 && list.organizationName, JSON.stringify(list));
+  const health = await client.checkSprite(NAME);
+  assert.equal(health.status, 'healthy', JSON.stringify(health));
+  assert.equal((await sprite.check()).spriteName, NAME);
+  const stream = await client.watchSprites({ prefix: NAME });
+  const firstState = await stream.next();
+  assert.equal(firstState.name, NAME, JSON.stringify(firstState));
+  assert.ok(firstState.organization.running >= 1, JSON.stringify(firstState));
+  stream.close?.();
+  const restarted = await client.restartSprite(NAME);
+  assert.equal(restarted.spriteName, NAME, JSON.stringify(restarted));
+  assert.equal((await sprite.execFile('echo', ['back'])).stdout, 'back\n');
+  await sprite.restart();
+
   // Upgrade is not served yet: a clear error, not "sprite not found".
   await rejects(sprite.upgrade(), (error) => {
     assert.ok(!/not found/i.test(String(error)), String(error));

@@ -256,6 +256,25 @@ pub struct SpriteList {
     pub has_more: bool,
     #[serde(default)]
     pub next_continuation_token: Option<String>,
+    /// The organization's name, counts and limits, at the top level as the JS SDK
+    /// reads them and as `org` (both describe the whole organization, not the page).
+    #[serde(flatten, default)]
+    pub counts: Option<OrgCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<OrgCounts>,
+}
+
+/// An organization's sprites by status, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OrgCounts {
+    pub name: String,
+    pub running: u64,
+    pub warm: u64,
+    pub cold: u64,
+    /// The most sprites that may be awake at once (running or warm); this daemon's
+    /// only bound is on sprites in all (`max_sprites`).
+    pub running_limit: u64,
+    pub warm_limit: u64,
 }
 
 /// Limits of the list route.

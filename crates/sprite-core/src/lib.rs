@@ -27,3 +27,4 @@ pub mod tasks;
 pub use config::{CoreConfig, StorageBackend};
 pub use error::CoreError;
 pub use manager::{Caller, SpriteManager};
+pub use sleep::SpriteCheck;

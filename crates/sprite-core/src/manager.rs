@@ -718,6 +718,7 @@ impl SpriteManager {
         for record in &records {
             sprites.push(self.info_with_usage(record).await);
         }
+        let counts = self.org_counts(org)?;
         Ok(SpriteList {
             next_continuation_token: if has_more {
                 records.last().map(|r| r.name.clone())
@@ -726,7 +727,52 @@ impl SpriteManager {
             },
             has_more,
             sprites,
+            counts: Some(counts.clone()),
+            org: Some(counts),
         })
+    }
+
+    /// An organization's sprites by status (`GET /v1/organization`, lists, watches).
+    pub fn org_counts(&self, org: &str) -> Result<sprite_api::sprite::OrgCounts, CoreError> {
+        let records = self.db.list(org, "", None, self.config.max_sprites + 1)?;
+        let mut counts = sprite_api::sprite::OrgCounts {
+            name: org.to_string(),
+            running_limit: self.config.max_sprites as u64,
+            warm_limit: self.config.max_sprites as u64,
+            ..Default::default()
+        };
+        for record in &records {
+            match self.activity.status(&record.id).0 {
+                SpriteStatus::Running => counts.running += 1,
+                SpriteStatus::Warm => counts.warm += 1,
+                SpriteStatus::Cold => counts.cold += 1,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Name and status of each of an organization's sprites whose name starts with
+    /// `prefix` (the NDJSON watch of `GET /v1/sprites`).
+    pub fn statuses(
+        &self,
+        org: &str,
+        prefix: &str,
+    ) -> Result<Vec<(SpriteRecord, SpriteStatus)>, CoreError> {
+        let records = self
+            .db
+            .list(org, prefix, None, self.config.max_sprites + 1)?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let status = self.activity.status(&record.id).0;
+                (record, status)
+            })
+            .collect())
+    }
+
+    /// When a sprite last went to warm sleep (RFC 3339), if it did.
+    pub fn last_warming(&self, sprite_id: &str) -> Option<String> {
+        self.last_warming_at(sprite_id)
     }
 
     pub async fn update(

@@ -411,3 +411,105 @@ fn available_memory_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// What `GET /v1/sprites/{name}/check` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpriteCheck {
+    pub sprite_name: String,
+    pub sprite_id: String,
+    /// `healthy`, `unhealthy`, or the sleep status (`warm`, `cold`): a check does not
+    /// wake a sprite.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub checked_at: String,
+    /// Milliseconds the check took.
+    pub elapsed: u64,
+}
+
+impl SpriteManager {
+    /// `POST /v1/sprites/{name}/restart`: stops the sprite as a cold sleep does (SIGTERM,
+    /// the grace period, SIGKILL; its disk flushed), then starts it again; its services
+    /// come back with it. Sessions end.
+    pub async fn restart(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
+        let record = self.record(org, name)?;
+        let started = std::time::Instant::now();
+        let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
+        let start_lock = self.start_lock(&record.id);
+        let _guard = start_lock.lock().await;
+        let (before, _) = self.activity.status(&record.id);
+        if before != SpriteStatus::Cold {
+            self.activity.set_status(&record.id, SpriteStatus::Cold);
+            let stopped = self.stop_for_cold(&record).await;
+            self.save_life(&record.id);
+            stopped?;
+        }
+        self.start_locked(&record).await?;
+        self.save_life(&record.id);
+        tracing::info!(sprite = %name, from = before.as_str(), ms = started.elapsed().as_millis() as u64, "sprite restarted");
+        Ok(self.info(&record))
+    }
+
+    /// `GET /v1/sprites/{name}/check`: a running sprite's PID 1 answers, its root and
+    /// disk are mounted, its network is attached; the first that fails is the reason.
+    /// A sleeping sprite is reported as sleeping, not woken.
+    pub async fn check(&self, org: &str, name: &str) -> Result<SpriteCheck, CoreError> {
+        let record = self.record(org, name)?;
+        let started = std::time::Instant::now();
+        let (status, _) = self.activity.status(&record.id);
+        let problem = match status {
+            SpriteStatus::Cold | SpriteStatus::Warm => None,
+            SpriteStatus::Running => self.find_problem(&record).await,
+        };
+        let status = match (status, &problem) {
+            (SpriteStatus::Running, None) => "healthy".to_string(),
+            (SpriteStatus::Running, Some(_)) => "unhealthy".to_string(),
+            (other, _) => other.as_str().to_string(),
+        };
+        Ok(SpriteCheck {
+            sprite_name: record.name.clone(),
+            sprite_id: record.id.clone(),
+            status,
+            reason: problem,
+            checked_at: crate::manager::now(),
+            elapsed: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn find_problem(&self, record: &crate::db::SpriteRecord) -> Option<String> {
+        if let Err(error) = self
+            .client_for(&record.id)
+            .ping(Duration::from_secs(2))
+            .await
+        {
+            return Some(format!(
+                "its init does not answer: {}",
+                sprite_api::error_chain(&error)
+            ));
+        }
+        let mounts = match self.pinned_init(record) {
+            Ok(init) => init.read_entry("mountinfo").unwrap_or_default(),
+            Err(error) => return Some(sprite_api::error_chain(&error)),
+        };
+        let points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .collect();
+        let on_disk = matches!(
+            self.config.storage,
+            crate::config::StorageBackend::SpriteFs { .. }
+        );
+        for (point, what) in [("/", "its root"), ("/home", "its disk (/home)")] {
+            let needed = point == "/" || on_disk;
+            if needed && !points.contains(&point) {
+                return Some(format!("{what} is not mounted"));
+            }
+        }
+        if let Some(network) = &self.network {
+            if network.addresses(&record.id).is_none() {
+                return Some("its network is not attached".into());
+            }
+        }
+        None
+    }
+}

@@ -54,9 +54,17 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let wants_stream = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/x-ndjson"));
+    if wants_stream {
+        return watch(state, org, query.prefix.unwrap_or_default());
+    }
     let max_results = match query.max_results.as_deref() {
         None | Some("") => None,
         Some(text) => Some(text.parse::<u32>().map_err(|_| {
@@ -158,4 +166,135 @@ pub async fn upgrade(
         sprite_api::ErrorKind::NotImplemented,
         format!("upgrade is not served yet: sprite {name} keeps its image; create a new sprite (or fork this one) on the image you want"),
     ))
+}
+
+/// How often the watch looks for changes, and how often it says it is alive.
+const WATCH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `GET /v1/sprites` with `Accept: application/x-ndjson`: a line per sprite (name,
+/// status, times, and the organization's counts as `org`), then a line whenever one
+/// changes status, appears (`created`... its status) or goes (`destroyed`), and a
+/// `{"type":"heartbeat"}` line every 30 s. Ends when the client leaves.
+fn watch(state: AppState, org: String, prefix: String) -> Result<Response, ApiError> {
+    let first = state.manager.statuses(&org, &prefix)?;
+    let (lines, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let manager = &state.manager;
+        let line = |value: serde_json::Value| {
+            let mut text = value.to_string();
+            text.push('\n');
+            Ok(bytes::Bytes::from(text))
+        };
+        let event = |record: &sprite_core::db::SpriteRecord, status: &str| {
+            let org = manager.org_counts(&record.org).unwrap_or_default();
+            serde_json::json!({
+                "name": record.name,
+                "status": status,
+                "last_running_at": record.last_running_at,
+                "last_warming_at": manager.last_warming(&record.id),
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "org": org,
+            })
+        };
+        let mut known: std::collections::BTreeMap<String, (sprite_core::db::SpriteRecord, String)> =
+            std::collections::BTreeMap::new();
+        for (record, status) in first {
+            if lines
+                .send(line(event(&record, status.as_str())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            known.insert(record.id.clone(), (record, status.as_str().to_string()));
+        }
+        let mut heartbeat = tokio::time::Instant::now() + WATCH_HEARTBEAT;
+        loop {
+            tokio::time::sleep(WATCH_TICK).await;
+            let Ok(now) = manager.statuses(&org, &prefix) else {
+                continue;
+            };
+            let mut changes = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for (record, status) in now {
+                seen.insert(record.id.clone());
+                let status = status.as_str().to_string();
+                let changed = known.get(&record.id).is_none_or(|(_, old)| *old != status);
+                if changed {
+                    changes.push(event(&record, &status));
+                    known.insert(record.id.clone(), (record, status));
+                }
+            }
+            let gone: Vec<String> = known
+                .keys()
+                .filter(|id| !seen.contains(*id))
+                .cloned()
+                .collect();
+            for id in gone {
+                if let Some((record, _)) = known.remove(&id) {
+                    changes.push(event(&record, "destroyed"));
+                }
+            }
+            if changes.is_empty() && tokio::time::Instant::now() >= heartbeat {
+                let org = manager.org_counts(&org).unwrap_or_default();
+                changes.push(serde_json::json!({
+                    "type": "heartbeat",
+                    "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "org": org,
+                }));
+            }
+            for change in changes {
+                heartbeat = tokio::time::Instant::now() + WATCH_HEARTBEAT;
+                if lines.send(line(change)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(crate::ndjson_response(receiver))
+}
+
+/// `POST /v1/sprites/{name}/restart`: stop and start again (services come back).
+pub async fn restart(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = state.manager.restart(&org, &name).await?;
+    Ok(Json(serde_json::json!({
+        "sprite_name": info.name,
+        "machine_id": info.id,
+        "status": info.status,
+        "message": format!("sprite {name} restarted"),
+    }))
+    .into_response())
+}
+
+/// `GET /v1/sprites/{name}/check`: the sprite's health (a sleeping sprite is not woken).
+pub async fn check(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.manager.check(&org, &name).await?).into_response())
+}
+
+/// `GET /v1/organization`: the caller's organization, its sprites by status, limits.
+pub async fn organization(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+) -> Result<Response, ApiError> {
+    let counts = state.manager.org_counts(&org)?;
+    Ok(Json(serde_json::json!({
+        "name": counts.name,
+        "sprites": counts.running + counts.warm + counts.cold,
+        "running": counts.running,
+        "warm": counts.warm,
+        "cold": counts.cold,
+        "running_limit": counts.running_limit,
+        "warm_limit": counts.warm_limit,
+        "max_sprites": state.manager.config().max_sprites,
+    }))
+    .into_response())
 }

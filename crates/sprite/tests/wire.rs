@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-const CONFIG: &str = "warm_after = \"never\"\ncold_after = \"never\"\n";
+const CONFIG: &str = "warm_after = \"never\"\ncold_after = \"never\"\nstop_grace = \"1s\"\n";
 
 async fn socket(daemon: &Daemon, path_and_query: &str, agent: &str) -> Socket {
     let url = format!("{}{path_and_query}", daemon.url.replacen("http", "ws", 1));
@@ -687,6 +687,88 @@ async fn rest_wire_matches_the_sdks() {
         assert!(response.text().await.unwrap().contains(hint), "{bad}");
     }
     client.destroy("kept").await.unwrap();
+
+    // Health, restart, the organization, list counts and the NDJSON watch.
+    let check = daemon.get_json("/v1/sprites/wire/check").await;
+    assert_eq!(check["status"], "healthy", "{check}");
+    assert_eq!(check["sprite_name"], "wire");
+    let org = daemon.get_json("/v1/organization").await;
+    assert_eq!(
+        (org["running"].as_u64(), org["sprites"].as_u64()),
+        (Some(1), Some(1)),
+        "{org}"
+    );
+    let list = daemon.get_json("/v1/sprites").await;
+    assert_eq!(list["running"], 1, "{list}");
+    assert_eq!(list["org"]["running"], 1, "{list}");
+    assert!(list["running_limit"].as_u64().unwrap() >= 1, "{list}");
+    let mut watch = http
+        .get(format!("{}/v1/sprites", daemon.url))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.headers()["content-type"], "application/x-ndjson");
+    let mut pending = Vec::new();
+    let mut next_line = async || -> serde_json::Value {
+        loop {
+            if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+                .await
+                .expect("no watch line within 10 s")
+                .unwrap()
+                .expect("the watch ended");
+            pending.extend_from_slice(&chunk);
+        }
+    };
+    let first = next_line().await;
+    assert_eq!(
+        (first["name"].as_str(), first["status"].as_str()),
+        (Some("wire"), Some("running")),
+        "{first}"
+    );
+    // A service comes back after a restart, as a new process; the watch sees the stop.
+    let before = daemon.get_json("/v1/sprites/wire/services/web").await["state"]["pid"].clone();
+    let _ = post(&daemon, "/v1/sprites/wire/services/web/start", "").await;
+    let before = if before.is_null() {
+        daemon.get_json("/v1/sprites/wire/services/web").await["state"]["pid"].clone()
+    } else {
+        before
+    };
+    let restarted: serde_json::Value = post(&daemon, "/v1/sprites/wire/restart", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(restarted["sprite_name"], "wire", "{restarted}");
+    assert_eq!(restarted["status"], "running", "{restarted}");
+    let mut pid = serde_json::Value::Null;
+    for _ in 0..100 {
+        pid = daemon.get_json("/v1/sprites/wire/services/web").await["state"]["pid"].clone();
+        if !pid.is_null() && pid != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !pid.is_null() && pid != before,
+        "service not back after the restart: {before} {pid}"
+    );
+    let _ = post(&daemon, "/v1/sprites/wire/sleep", "").await;
+    let mut statuses = Vec::new();
+    while statuses.last().map(String::as_str) != Some("cold") {
+        let line = next_line().await;
+        if line["type"] != "heartbeat" {
+            statuses.push(line["status"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let check = daemon.get_json("/v1/sprites/wire/check").await;
+    assert_eq!(check["status"], "cold", "a check woke the sprite: {check}");
+    assert_eq!(daemon.get_json("/v1/organization").await["cold"], 1);
 
     // HTTP exec of a missing program: a stderr frame, then [3, 127].
     let body = http
