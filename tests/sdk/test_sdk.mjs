@@ -134,6 +134,9 @@ try {
   const restored = await collect(await sprite.restoreCheckpoint(first.id));
   assert.equal(restored.at(-1).type, 'complete', JSON.stringify(restored));
   assert.equal((await sprite.execFile('cat', ['/home/sprite/state'])).stdout, 'one\n');
+  const lineage = await sprite.listCheckpoints('true');
+  assert.equal(lineage[0].id, 'Current', JSON.stringify(lineage));
+  assert.equal(lineage[0].sourceId, first.id, JSON.stringify(lineage));
 
   // Services: integer-ms timestamps, stop/restart/logs streams.
   const script = "trap 'echo hup' HUP; echo tick; while true; do sleep 0.2; done";

@@ -172,6 +172,8 @@ try:
     assert messages and messages[-1].type == "complete", messages
     result = sprite.run("cat", "/home/sprite/state", capture_output=True)
     assert result.stdout == b"one\n", result
+    lineage = sprite.list_checkpoints(history_filter="true")
+    assert lineage[0].id == "Current" and lineage[0].history == [ids[0]], lineage
 
     # Services.
     events = list(sprite.create_service("ticker", "bash", args=["-c", "trap 'echo hup' HUP; echo tick; while true; do sleep 0.2; done"], duration=1))

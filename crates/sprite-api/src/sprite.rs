@@ -139,7 +139,16 @@ pub struct CheckpointInfo {
     pub comment: Option<String>,
     #[serde(default)]
     pub is_auto: bool,
+    /// The checkpoint this one descends from (the newest in its history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    /// The checkpoints it descends from, nearest first (with `?history=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<String>>,
 }
+
+/// The id of the row that stands for a sprite's current state in checkpoint lists.
+pub const CURRENT_CHECKPOINT: &str = "Current";
 
 /// One line of an NDJSON progress stream (checkpoint, restore).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

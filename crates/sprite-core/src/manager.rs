@@ -376,6 +376,7 @@ impl SpriteManager {
                 let parent = self.record(org, &source.sprite)?;
                 let version = match &source.checkpoint {
                     Some(id) => {
+                        refuse_current(id)?;
                         self.checkpoint_info(org, &source.sprite, id).await?;
                         id.clone()
                     }
@@ -1040,6 +1041,7 @@ impl SpriteManager {
         id: &str,
         caller: Caller,
     ) -> Result<(), CoreError> {
+        refuse_current(id)?;
         self.checkpoint_info(org, name, id).await?;
         let record = self.record(org, name)?;
         self.check_own_checkpoint(&record, id, caller)
@@ -1067,11 +1069,20 @@ impl SpriteManager {
         org: &str,
         name: &str,
     ) -> Result<Vec<CheckpointInfo>, CoreError> {
+        Ok(self.checkpoint_lineage(org, name).await?.0)
+    }
+
+    /// The sprite's checkpoints, oldest first, each with its `source_id` and `history`,
+    /// and the row for its current state (`Current`: what it was restored from or
+    /// last checkpointed as, and before).
+    pub async fn checkpoint_lineage(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<(Vec<CheckpointInfo>, CheckpointInfo), CoreError> {
         let record = self.record(org, name)?;
-        Ok(self
-            .roots
-            .versions(&record.id)
-            .await?
+        let (versions, current) = self.roots.lineage(&record.id).await?;
+        let rows = versions
             .into_iter()
             .map(|v| CheckpointInfo {
                 is_auto: v.name.starts_with("auto-"),
@@ -1081,9 +1092,20 @@ impl SpriteManager {
                     .map(ms_to_rfc3339)
                     .unwrap_or(v.created_at),
                 comment: v.comment,
+                source_id: v.history.first().cloned(),
+                history: Some(v.history),
                 id: v.name,
             })
-            .collect())
+            .collect();
+        let current = CheckpointInfo {
+            id: sprite_api::sprite::CURRENT_CHECKPOINT.to_string(),
+            create_time: now(),
+            comment: Some("the sprite's current state".into()),
+            is_auto: false,
+            source_id: current.first().cloned(),
+            history: Some(current),
+        };
+        Ok((rows, current))
     }
 
     pub async fn checkpoint_info(
@@ -1092,9 +1114,11 @@ impl SpriteManager {
         name: &str,
         id: &str,
     ) -> Result<CheckpointInfo, CoreError> {
-        self.checkpoints(org, name)
-            .await?
-            .into_iter()
+        let (rows, current) = self.checkpoint_lineage(org, name).await?;
+        if id == sprite_api::sprite::CURRENT_CHECKPOINT {
+            return Ok(current);
+        }
+        rows.into_iter()
             .find(|c| c.id == id)
             .ok_or_else(|| CoreError::CheckpointNotFound {
                 sprite: name.into(),
@@ -1310,4 +1334,15 @@ impl SpriteManager {
     pub fn running_count(&self) -> usize {
         self.activity.awake().len()
     }
+}
+
+/// The `Current` row of a checkpoint list is the live state: nothing to restore, fork
+/// or delete.
+fn refuse_current(id: &str) -> Result<(), CoreError> {
+    if id == sprite_api::sprite::CURRENT_CHECKPOINT {
+        return Err(CoreError::InvalidRequest(format!(
+            "{id} is the sprite's current state, not a checkpoint: name a checkpoint (v0, v1, ...), or make one first"
+        )));
+    }
+    Ok(())
 }

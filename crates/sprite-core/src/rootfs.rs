@@ -81,6 +81,14 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn versions(&self, _sprite_id: &str) -> Result<Vec<VersionRecord>, CoreError> {
         Ok(Vec::new())
     }
+    /// Versions with their history, and the history of the current state (nearest
+    /// first).
+    async fn lineage(
+        &self,
+        sprite_id: &str,
+    ) -> Result<(Vec<VersionRecord>, Vec<String>), CoreError> {
+        Ok((self.versions(sprite_id).await?, Vec::new()))
+    }
     /// Points the layer at version `name` (the sprite must be stopped and released).
     async fn restore(&self, _sprite_id: &str, _name: &str) -> Result<(), CoreError> {
         Err(unsupported("restores"))
@@ -1061,7 +1069,25 @@ impl RootStore for SpriteFsStore {
             )
             .await?
         {
-            StorageResponse::Versions { versions } => Ok(versions),
+            StorageResponse::Versions { versions, .. } => Ok(versions),
+            other => Err(unexpected(sprite_id, other)),
+        }
+    }
+
+    async fn lineage(
+        &self,
+        sprite_id: &str,
+    ) -> Result<(Vec<VersionRecord>, Vec<String>), CoreError> {
+        match self
+            .request(
+                sprite_id,
+                StorageRequest::Versions {
+                    volume: sprite_id.into(),
+                },
+            )
+            .await?
+        {
+            StorageResponse::Versions { versions, current } => Ok((versions, current)),
             other => Err(unexpected(sprite_id, other)),
         }
     }

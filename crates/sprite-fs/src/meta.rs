@@ -13,7 +13,7 @@
 use crate::chunk::ChunkId;
 use crate::error::FsError;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -105,6 +105,10 @@ pub struct VersionRecord {
     pub layer: i64,
     pub comment: Option<String>,
     pub created_at: String,
+    /// The versions of the same volume this one descends from, nearest first (filled
+    /// when versions are listed for the API; not part of a stored manifest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 /// A volume in the object store (`volumes/<id>/manifest.json`).
@@ -614,9 +618,53 @@ impl Meta {
                     layer: v.layer,
                     comment: v.comment,
                     created_at: v.created_at,
+                    history: Vec::new(),
                 })
                 .collect(),
         })
+    }
+
+    /// The volume's versions with their history (the versions each descends from,
+    /// nearest first), and the history of the volume's head: what it was restored from
+    /// or last checkpointed as, and before.
+    pub fn lineage(&self, volume: &str) -> Result<(Vec<VersionRecord>, Vec<String>), FsError> {
+        let mut versions = self.volume_manifest(volume)?;
+        let names: HashMap<i64, String> = versions
+            .versions
+            .iter()
+            .map(|v| (v.layer, v.name.clone()))
+            .collect();
+        let connection = self.lock();
+        let mut parent_of = connection.prepare("SELECT parent FROM layers WHERE id = ?1")?;
+        let mut parent = |layer: i64| -> Result<Option<i64>, FsError> {
+            Ok(parent_of
+                .query_row(params![layer], |row| row.get::<_, Option<i64>>(0))
+                .optional()?
+                .flatten())
+        };
+        // Chains are short (one layer per checkpoint or restore); the bound only stops a
+        // corrupt cycle.
+        let mut history = |start: i64| -> Result<Vec<String>, FsError> {
+            let mut names_seen = Vec::new();
+            let mut next = parent(start)?;
+            let mut steps = 0;
+            while let Some(layer) = next {
+                if let Some(name) = names.get(&layer) {
+                    names_seen.push(name.clone());
+                }
+                steps += 1;
+                if steps > 100_000 {
+                    break;
+                }
+                next = parent(layer)?;
+            }
+            Ok(names_seen)
+        };
+        for version in &mut versions.versions {
+            version.history = history(version.layer)?;
+        }
+        let current = history(versions.head)?;
+        Ok((versions.versions, current))
     }
 
     /// Stored bytes of a set of chunks (unknown ones count as 0).

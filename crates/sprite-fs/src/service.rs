@@ -120,6 +120,9 @@ pub enum StorageResponse {
     },
     Versions {
         versions: Vec<crate::meta::VersionRecord>,
+        /// The history of the volume's head (its current state), nearest first.
+        #[serde(default)]
+        current: Vec<String>,
     },
     Records {
         values: Vec<serde_json::Value>,
@@ -323,8 +326,8 @@ impl StorageService {
                 }
             }
             StorageRequest::Versions { volume } => {
-                let versions = self.engine.meta().volume_manifest(&volume)?.versions;
-                StorageResponse::Versions { versions }
+                let (versions, current) = self.engine.meta().lineage(&volume)?;
+                StorageResponse::Versions { versions, current }
             }
             StorageRequest::Usage { volume } => StorageResponse::Usage {
                 usage: self.cached_usage(&volume)?,

@@ -22,18 +22,16 @@ fn event(kind: &str, data: Option<String>, error: Option<String>) -> String {
         kind: kind.to_string(),
         data,
         error,
-        time: Some(unix_time()),
+        time: Some(event_time()),
     };
     let mut line = serde_json::to_string(&event).unwrap_or_default();
     line.push('\n');
     line
 }
 
-fn unix_time() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+/// Now, in RFC 3339 (ISO 8601) as the SDKs parse event times.
+fn event_time() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Streams `info` lines while `work` runs, then its outcome.
@@ -94,6 +92,9 @@ pub async fn create(
 pub struct ListQuery {
     #[serde(default, rename = "includeAuto")]
     include_auto: Option<String>,
+    /// Any value: rows carry `history`, and the `Current` row comes first.
+    #[serde(default)]
+    history: Option<String>,
 }
 
 pub async fn list(
@@ -103,14 +104,19 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let include_auto = matches!(query.include_auto.as_deref(), Some("true" | "1"));
-    let list: Vec<_> = state
-        .manager
-        .checkpoints(&org, &name)
-        .await?
-        .into_iter()
-        .filter(|c| include_auto || !c.is_auto)
-        .rev()
-        .collect();
+    let with_history = query.history.is_some_and(|h| !h.is_empty() && h != "false");
+    let (rows, current) = state.manager.checkpoint_lineage(&org, &name).await?;
+    let mut list: Vec<_> = with_history.then_some(current).into_iter().collect();
+    list.extend(
+        rows.into_iter()
+            .filter(|c| include_auto || !c.is_auto)
+            .rev(),
+    );
+    if !with_history {
+        for row in &mut list {
+            row.history = None;
+        }
+    }
     Ok(Json(list).into_response())
 }
 

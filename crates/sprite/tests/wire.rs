@@ -786,3 +786,71 @@ async fn rest_wire_matches_the_sdks() {
     assert_eq!(body[0], 2);
     assert!(body.ends_with(&[3, 127]));
 }
+
+/// Checkpoints as the SDKs read them (item 13): ISO 8601 event times, `source_id` and
+/// `history`, the `Current` row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_lineage() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    create(&daemon.client, "lin").await;
+    let checkpoint = async |comment: &str| {
+        let body = serde_json::json!({ "comment": comment }).to_string();
+        let events = ndjson(
+            &post(&daemon, "/v1/sprites/lin/checkpoint", &body)
+                .await
+                .text()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(events.last().unwrap()["type"], "complete", "{events:?}");
+        for event in &events {
+            let time = event["time"].as_str().unwrap_or_default();
+            assert!(time.contains('T') && time.ends_with('Z'), "{event}");
+        }
+    };
+    checkpoint("a").await; // v0
+    checkpoint("b").await; // v1, from v0
+    let restored = ndjson(
+        &post(&daemon, "/v1/sprites/lin/checkpoints/v0/restore", "")
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(restored.last().unwrap()["type"], "complete", "{restored:?}");
+    checkpoint("c").await; // v2, from v0 (not v1)
+
+    let plain = daemon.get_json("/v1/sprites/lin/checkpoints").await;
+    let ids: Vec<&str> = plain
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["v2", "v1", "v0"], "{plain}");
+    assert_eq!(plain[0]["source_id"], "v0", "{plain}");
+    assert_eq!(plain[1]["source_id"], "v0", "{plain}");
+    assert!(plain[2].get("source_id").is_none(), "{plain}");
+    assert!(
+        plain[0].get("history").is_none(),
+        "history without ?history: {plain}"
+    );
+
+    let full = daemon
+        .get_json("/v1/sprites/lin/checkpoints?history=true")
+        .await;
+    assert_eq!(full[0]["id"], "Current", "{full}");
+    assert_eq!(full[0]["source_id"], "v2", "{full}");
+    assert_eq!(
+        full[0]["history"],
+        serde_json::json!(["v2", "v0"]),
+        "{full}"
+    );
+    assert_eq!(full[1]["history"], serde_json::json!(["v0"]), "{full}");
+    let current = daemon.get_json("/v1/sprites/lin/checkpoints/Current").await;
+    assert_eq!(current["source_id"], "v2", "{current}");
+    let refused = post(&daemon, "/v1/sprites/lin/checkpoints/Current/restore", "").await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("current state"));
+    daemon.client.destroy("lin").await.unwrap();
+}
