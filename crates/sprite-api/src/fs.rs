@@ -194,13 +194,42 @@ pub struct ChownRequest {
     pub path: String,
     #[serde(default)]
     pub working_dir: Option<String>,
-    /// As seen inside the sprite; absent keeps the current owner.
+    /// As seen inside the sprite, a number or a name (from the sprite's
+    /// `/etc/passwd` and `/etc/group`); absent keeps the current owner.
     #[serde(default)]
-    pub uid: Option<u32>,
+    pub uid: Option<IdOrName>,
     #[serde(default)]
-    pub gid: Option<u32>,
+    pub gid: Option<IdOrName>,
     #[serde(default)]
     pub recursive: bool,
+}
+
+/// A user or group as the SDKs send it: `1000`, `"1000"` or `"sprite"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IdOrName {
+    Id(u32),
+    Name(String),
+}
+
+impl IdOrName {
+    /// The number, if it is one (`"1000"` counts).
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            IdOrName::Id(id) => Some(*id),
+            IdOrName::Name(text) => text.parse().ok(),
+        }
+    }
+}
+
+/// Finds `name` in `/etc/passwd` or `/etc/group` text: the third field of its line.
+pub fn lookup_id(database: &str, name: &str) -> Option<u32> {
+    database.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name)
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// One changed path of `POST fs/chmod` or `fs/chown`.
@@ -400,6 +429,22 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn owners_by_name_or_number() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nsprite:x:1000:1000::/home/sprite:/bin/bash\n";
+        assert_eq!(lookup_id(passwd, "sprite"), Some(1000));
+        assert_eq!(lookup_id(passwd, "root"), Some(0));
+        assert_eq!(lookup_id(passwd, "nobody"), None);
+        assert_eq!(lookup_id("broken", "broken"), None);
+        let parsed: IdOrName = serde_json::from_str("\"1000\"").unwrap_or(IdOrName::Id(1));
+        assert_eq!(parsed.id(), Some(1000));
+        let parsed: IdOrName = serde_json::from_str("7").unwrap_or(IdOrName::Id(1));
+        assert_eq!(parsed.id(), Some(7));
+        let parsed: IdOrName = serde_json::from_str("\"sprite\"").unwrap_or(IdOrName::Id(1));
+        assert_eq!(parsed, IdOrName::Name("sprite".into()));
+    }
+
     use super::*;
 
     #[test]

@@ -105,13 +105,14 @@ impl SpriteManager {
         &self,
         org: &str,
         name: &str,
+        ip: std::net::IpAddr,
         port: u16,
         timeout: Duration,
     ) -> Result<(tokio::net::TcpStream, ConnectionLease), CoreError> {
         let record = self.record(org, name)?;
         let place = self.connection_place(&record)?;
         let guard = self.wake_record(&record, Reason::Proxy).await?;
-        let stream = self.connect_port(&record, port, timeout).await?;
+        let stream = self.connect_port_at(&record, ip, port, timeout).await?;
         Ok((
             stream,
             ConnectionLease {
@@ -129,17 +130,29 @@ impl SpriteManager {
         port: u16,
         timeout: Duration,
     ) -> Result<tokio::net::TcpStream, CoreError> {
+        let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        self.connect_port_at(record, loopback, port, timeout).await
+    }
+
+    /// [`Self::connect_port`] to `ip`, an address of the sprite itself; another
+    /// address is refused at once.
+    async fn connect_port_at(
+        &self,
+        record: &SpriteRecord,
+        ip: std::net::IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, CoreError> {
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = async {
                 let init = self.pinned_init(record)?;
                 let connected = tokio::task::spawn_blocking(move || {
-                    sprite_sandbox::connect_in_sprite(&init, port, Duration::from_secs(1)).and_then(
-                        |stream| {
+                    sprite_sandbox::connect_in_sprite_at(&init, ip, port, Duration::from_secs(1))
+                        .and_then(|stream| {
                             stream.set_nonblocking(true)?;
                             Ok(stream)
-                        },
-                    )
+                        })
                 })
                 .await
                 .map_err(|e| CoreError::Task("connect", e))?;
@@ -155,6 +168,11 @@ impl SpriteManager {
                         }
                     })?;
                     return Ok(stream);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    return Err(CoreError::InvalidRequest(format!(
+                        "{error}: the proxy reaches the sprite's loopback and its own interface addresses (as port_opened reports them)"
+                    )));
                 }
                 Err(error) if Instant::now() < deadline => {
                     tracing::debug!(sprite = %record.name, port, "not answering yet: {error}");

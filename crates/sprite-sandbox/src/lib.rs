@@ -149,13 +149,39 @@ pub fn connect_in_sprite(
     port: u16,
     timeout: std::time::Duration,
 ) -> std::io::Result<std::net::TcpStream> {
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    connect_in_sprite_at(init, loopback, port, timeout)
+}
+
+/// [`connect_in_sprite`] to `ip`, which must be an address of the sprite itself (its
+/// loopback or an address of one of its interfaces): anything else fails with
+/// `AddrNotAvailable` before a packet is sent (a socket of the sprite's namespace can
+/// only be bound to its own addresses).
+pub fn connect_in_sprite_at(
+    init: &PinnedProcess,
+    ip: std::net::IpAddr,
+    port: u16,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
     let namespace = init.open("ns/net")?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::from)?;
-                let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                if !ip.is_loopback() {
+                    std::net::UdpSocket::bind((ip, 0)).map_err(|error| {
+                        if error.kind() == std::io::ErrorKind::AddrNotAvailable {
+                            std::io::Error::new(
+                                std::io::ErrorKind::AddrNotAvailable,
+                                format!("{ip} is not an address of the sprite"),
+                            )
+                        } else {
+                            error
+                        }
+                    })?;
+                }
+                let address = std::net::SocketAddr::from((ip, port));
                 let stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
                 stream.set_nodelay(true)?;
                 Ok(stream)

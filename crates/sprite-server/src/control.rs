@@ -476,14 +476,17 @@ impl Conn {
             refuse("params.port must be a TCP port number".into()).await;
             return None;
         };
-        if !crate::tcp::is_local_host(&host) {
-            refuse(crate::tcp::not_local_message(&host)).await;
-            return None;
-        }
+        let ip = match crate::tcp::target_ip(&host) {
+            Ok(ip) => ip,
+            Err(message) => {
+                refuse(message).await;
+                return None;
+            }
+        };
         let connected = self
             .state
             .manager
-            .connect_tcp(&self.org, &self.name, port, CONNECT_TIMEOUT)
+            .connect_tcp(&self.org, &self.name, ip, port, CONNECT_TIMEOUT)
             .await;
         let (stream, awake) = match connected {
             Ok(connected) => connected,
@@ -615,10 +618,9 @@ impl Conn {
                 )
             }
             "fs.chown" => {
-                let number = |key: &str| get(key).and_then(|v| v.parse::<u32>().ok());
                 let body = serde_json::json!({
                     "path": get("path"), "workingDir": get("workingDir"),
-                    "uid": number("uid"), "gid": number("gid"), "recursive": flag("recursive"),
+                    "uid": get("uid"), "gid": get("gid"), "recursive": flag("recursive"),
                 });
                 (
                     "POST",

@@ -438,17 +438,50 @@ pub async fn chown(
         return Err(fs_error(FsError::new(
             FsCode::Invalid,
             &path,
-            "chown needs uid, gid or both (as numbers seen inside the sprite, e.g. 1000)",
+            "chown needs uid, gid or both (numbers seen inside the sprite, e.g. 1000, or names from its /etc/passwd and /etc/group)",
         )));
     }
     let affected = in_sprite(&state, &org, &name, move |r| {
-        r.chown(&path, request.uid, request.gid, request.recursive)
+        let uid = resolve_owner(r, request.uid.as_ref(), "/etc/passwd", "user", &path)?;
+        let gid = resolve_owner(r, request.gid.as_ref(), "/etc/group", "group", &path)?;
+        r.chown(&path, uid, gid, request.recursive)
     })
     .await?;
     Ok(Json(FsAffected {
         count: affected.len(),
         affected,
     }))
+}
+
+/// A chown's uid or gid: a number as it is, a name looked up in the sprite's own
+/// `/etc/passwd` or `/etc/group` (read through the sprite's root, capped at 1 MiB).
+fn resolve_owner(
+    root: &sprite_core::files::SpriteRoot,
+    owner: Option<&sprite_api::fs::IdOrName>,
+    database: &str,
+    what: &str,
+    path: &str,
+) -> Result<Option<u32>, FsError> {
+    use std::io::Read;
+    let Some(owner) = owner else { return Ok(None) };
+    if let Some(id) = owner.id() {
+        return Ok(Some(id));
+    }
+    let sprite_api::fs::IdOrName::Name(name) = owner else {
+        return Ok(None);
+    };
+    let (file, _) = root.open_read(database)?;
+    let mut text = String::new();
+    file.take(1024 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| FsError::new(FsCode::Io, database, format!("read {database}: {e}")))?;
+    sprite_api::fs::lookup_id(&text, name).map(Some).ok_or_else(|| {
+        FsError::new(
+            FsCode::Invalid,
+            path,
+            format!("{what} {name:?} does not exist in the sprite ({database}); give a number or a name listed there"),
+        )
+    })
 }
 
 /// `WS fs/watch`: the client subscribes with `{"type":"subscribe","paths":[...],

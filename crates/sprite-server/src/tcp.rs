@@ -35,13 +35,24 @@ pub async fn proxy(
     }))
 }
 
-/// Whether the proxy may connect to `host`: the sprite's own loopback.
-pub(crate) fn is_local_host(host: &str) -> bool {
-    ["localhost", "127.0.0.1", "::1", "0.0.0.0"].contains(&host)
-}
-
-pub(crate) fn not_local_message(host: &str) -> String {
-    format!("host {host} is not reachable: the proxy connects to ports on the sprite's own loopback (localhost)")
+/// The address the proxy connects to for `host`: `localhost` (or nothing) is the
+/// sprite's loopback, an unspecified address (`0.0.0.0`, `::`, as `port_opened` shows
+/// a server bound to all) its loopback of that family, an IP address itself (the
+/// connect checks it is the sprite's own). Host names are not resolved.
+pub(crate) fn target_ip(host: &str) -> Result<std::net::IpAddr, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if host.is_empty() || host.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
+    match trimmed.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) if ip.is_unspecified() => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Ok(IpAddr::V6(ip)) if ip.is_unspecified() => Ok(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        Ok(ip) => Ok(ip),
+        Err(_) => Err(format!(
+            "host {host:?} is not reachable: give localhost or an IP address of the sprite itself (as port_opened reports it)"
+        )),
+    }
 }
 
 async fn refuse(mut socket: WebSocket, error: String) {
@@ -66,12 +77,13 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
         }
     };
     let host = target.host.unwrap_or_else(|| "localhost".into());
-    if !is_local_host(&host) {
-        return refuse(socket, not_local_message(&host)).await;
-    }
+    let ip = match target_ip(&host) {
+        Ok(ip) => ip,
+        Err(message) => return refuse(socket, message).await,
+    };
     let (stream, _awake) = match state
         .manager
-        .connect_tcp(&org, &name, target.port, CONNECT_TIMEOUT)
+        .connect_tcp(&org, &name, ip, target.port, CONNECT_TIMEOUT)
         .await
     {
         Ok(connected) => connected,
@@ -145,6 +157,15 @@ pub async fn watch_ports(
     let mut subscription = state.manager.watch_ports(&org, &name)?;
     let ports = state.manager.ports_now(&org, &name).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
+        // Each entry as the JS SDK types it: a port_opened notification.
+        let ports: Vec<serde_json::Value> = ports
+            .iter()
+            .map(|p| {
+                let mut entry = serde_json::to_value(p).unwrap_or_default();
+                entry["type"] = "port_opened".into();
+                entry
+            })
+            .collect();
         let list = serde_json::json!({"type": "port_list", "ports": ports});
         if socket
             .send(Message::Text(list.to_string().into()))

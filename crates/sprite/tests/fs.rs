@@ -334,6 +334,29 @@ async fn every_route_works_and_errors_say_code_and_path() {
         .await
         .unwrap_err();
     assert_eq!(error.status(), Some(400));
+    // Names, as the JS SDK allows: looked up in the sprite's own /etc/passwd, /etc/group.
+    let owned: FsAffected = client
+        .fs_post(
+            "files",
+            "chown",
+            &serde_json::json!({"path": "/etc/owned-by-root", "uid": "root", "gid": "nogroup"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (owned.affected[0].uid, owned.affected[0].gid),
+        (Some(0), Some(65534))
+    );
+    let error = client
+        .fs_post::<FsAffected>(
+            "files",
+            "chown",
+            &serde_json::json!({"path": "/etc/owned-by-root", "uid": "nosuchuser"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(400));
+    assert!(error.to_string().contains("/etc/passwd"), "{error}");
     let error = client
         .fs_post::<FsAffected>(
             "files",

@@ -854,3 +854,91 @@ async fn checkpoint_lineage() {
     assert!(refused.text().await.unwrap().contains("current state"));
     daemon.client.destroy("lin").await.unwrap();
 }
+
+/// The TCP proxy reaches any address of the sprite itself, and nothing else; the port
+/// list's entries carry `type` (item 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_reaches_the_sprites_own_addresses() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    let client = &daemon.client;
+    create(client, "addr").await;
+    let script = "ip -4 -o addr show | grep -v ' lo ' | awk '{print $4}' | cut -d/ -f1 | head -1";
+    let out = run(client, "addr", &["sh", "-c", script]).await;
+    let own = out.stdout().trim().to_string();
+    assert!(
+        own.parse::<std::net::Ipv4Addr>().is_ok(),
+        "no address: {:?}",
+        out.stdout()
+    );
+    // A web server bound to the sprite's own address only (not its loopback).
+    let page = "mkdir -p /tmp/www && echo own address > /tmp/www/index.html";
+    assert_eq!(run(client, "addr", &["sh", "-c", page]).await.code, 0);
+    let web = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", &format!("{own}:9100"), "-h", "/tmp/www"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    client
+        .put_service("addr", "web", &web, Some(""), |_| {})
+        .await
+        .unwrap();
+    // The port list: entries are port_opened notifications.
+    let mut ports = socket(&daemon, "/v1/sprites/addr/ports/watch", "sprites-js").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while !seen {
+        assert!(Instant::now() < deadline, "port 9100 never reported");
+        let event: serde_json::Value =
+            serde_json::from_str(&text(&next(&mut ports).await)).unwrap();
+        seen = match event["type"].as_str() {
+            Some("port_list") => event["ports"].as_array().unwrap().iter().any(|p| {
+                assert_eq!(p["type"], "port_opened", "{p}");
+                p["port"] == 9100
+            }),
+            Some("port_opened") => event["port"] == 9100,
+            _ => false,
+        };
+    }
+    let connect = async |host: &str| -> (serde_json::Value, Socket) {
+        let mut ws = socket(&daemon, "/v1/sprites/addr/proxy", "sprites-go-sdk/1.0").await;
+        let init = serde_json::json!({ "host": host, "port": 9100 });
+        ws.send(Message::Text(init.to_string().into()))
+            .await
+            .unwrap();
+        let answer = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+        (answer, ws)
+    };
+    let (answer, mut ws) = connect(&own).await;
+    assert_eq!(answer["status"], "connected", "{answer}");
+    let request = format!("GET /index.html HTTP/1.0\r\nHost: {own}\r\n\r\n");
+    ws.send(Message::Binary(request.into_bytes().into()))
+        .await
+        .unwrap();
+    let mut page = Vec::new();
+    while !String::from_utf8_lossy(&page).contains("own address") {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) => page.extend_from_slice(&data),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!(
+                "no page through the proxy: {other:?} after {:?}",
+                String::from_utf8_lossy(&page)
+            ),
+        }
+    }
+    // Addresses that are not the sprite's are refused at once, names are not resolved.
+    let started = Instant::now();
+    for host in ["10.255.255.1", "198.51.100.7"] {
+        let (answer, _) = connect(host).await;
+        assert_eq!(answer["status"], "error", "{host}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains("not an address of the sprite"), "{answer}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusals waited for a timeout"
+    );
+    let (answer, _) = connect("example.com").await;
+    assert_eq!(answer["status"], "error", "{answer}");
+}
