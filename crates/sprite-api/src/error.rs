@@ -76,7 +76,7 @@ impl ErrorKind {
 }
 
 /// JSON body of every error answer: `{"error": ..., "message": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +87,16 @@ pub struct ErrorBody {
     /// File-system errors: the path inside the sprite the error is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// 429s about creating sprites: the limit, its window, when to retry, how many
+    /// there are (the fields the SDKs' `APIError` reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_count: Option<u64>,
 }
 
 /// Formats an error and its sources as `a: b: c`, for logs and error bodies.

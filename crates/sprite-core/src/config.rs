@@ -59,6 +59,9 @@ pub struct CoreConfig {
     pub pids_limit: u64,
     /// Most sprites on this host.
     pub max_sprites: usize,
+    /// Sprites an organization may create per minute (a burst of as many, then one
+    /// every 60/n s); a create past it is a 429 `sprite_creation_rate_limited`.
+    pub creates_per_minute: u32,
     /// Base of sprite URLs: `http://<name>.<url_domain>`.
     pub url_domain: String,
     /// Idle times before warm and cold sleep (a sprite's `config` may override them).
@@ -111,6 +114,7 @@ impl CoreConfig {
             default_storage_gb: 100,
             pids_limit: 2048,
             max_sprites: 1000,
+            creates_per_minute: 600,
             url_domain: "localhost:7080".into(),
             sleep: SleepPolicy::default(),
             stop_grace: Duration::from_secs(10),

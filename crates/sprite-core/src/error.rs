@@ -45,6 +45,19 @@ pub enum CoreError {
     Command { command: String, message: String },
     #[error("too many sprites: the limit is {0}")]
     TooManySprites(usize),
+    #[error("organization {org} has {current} sprites, the most it may have (max_sprites = {limit}); destroy one, or create with wait_for_capacity")]
+    ConcurrentLimit {
+        org: String,
+        limit: usize,
+        current: usize,
+    },
+    #[error("organization {org} created {limit} sprites in the last {window_seconds} s, the most it may (creates_per_minute); retry in {retry_after} s, or create with wait_for_capacity")]
+    CreationRateLimited {
+        org: String,
+        limit: u32,
+        window_seconds: u32,
+        retry_after: u64,
+    },
     #[error("all {0} host id ranges for sprites are taken; destroy a sprite or raise max_sprites")]
     NoIdRange(u32),
     #[error("an image named {0} already exists")]
@@ -94,7 +107,10 @@ impl CoreError {
                 _ => ErrorKind::InvalidRequest,
             },
             CoreError::SessionGone(_) => ErrorKind::Gone,
-            CoreError::TooManySprites(_) | CoreError::NoIdRange(_) => ErrorKind::RateLimited,
+            CoreError::TooManySprites(_)
+            | CoreError::NoIdRange(_)
+            | CoreError::ConcurrentLimit { .. }
+            | CoreError::CreationRateLimited { .. } => ErrorKind::RateLimited,
             CoreError::StartTimeout(_) | CoreError::PortTimeout { .. } => ErrorKind::Unavailable,
             CoreError::Database(_)
             | CoreError::Sandbox { .. }
@@ -112,5 +128,44 @@ impl CoreError {
     ) -> impl FnOnce(std::io::Error) -> CoreError {
         let path = path.into();
         move |source| CoreError::Io { what, path, source }
+    }
+}
+
+/// What a 429 tells the SDKs (their `APIError` fields and the `X-RateLimit-*` headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// `sprite_creation_rate_limited` or `concurrent_sprite_limit_exceeded`.
+    pub code: &'static str,
+    pub limit: u64,
+    pub window_seconds: Option<u32>,
+    pub retry_after_seconds: u64,
+    pub current_count: Option<u64>,
+}
+
+impl CoreError {
+    /// The limit behind a 429 about sprite creation, if this is one.
+    pub fn rate_limit(&self) -> Option<RateLimitInfo> {
+        match self {
+            CoreError::CreationRateLimited {
+                limit,
+                window_seconds,
+                retry_after,
+                ..
+            } => Some(RateLimitInfo {
+                code: "sprite_creation_rate_limited",
+                limit: u64::from(*limit),
+                window_seconds: Some(*window_seconds),
+                retry_after_seconds: *retry_after,
+                current_count: None,
+            }),
+            CoreError::ConcurrentLimit { limit, current, .. } => Some(RateLimitInfo {
+                code: "concurrent_sprite_limit_exceeded",
+                limit: *limit as u64,
+                window_seconds: None,
+                retry_after_seconds: 5,
+                current_count: Some(*current as u64),
+            }),
+            _ => None,
+        }
     }
 }

@@ -25,6 +25,6 @@ pub mod space;
 pub mod tasks;
 
 pub use config::{CoreConfig, StorageBackend};
-pub use error::CoreError;
+pub use error::{CoreError, RateLimitInfo};
 pub use manager::{Caller, SpriteManager};
 pub use sleep::SpriteCheck;

@@ -87,6 +87,8 @@ pub struct SpriteManager {
     pub(crate) network: Option<crate::network::Network>,
     /// Checkpoints sprites make of themselves, per sprite.
     inside_checkpoints: crate::limits::Buckets,
+    /// Creates per organization (`creates_per_minute`).
+    creates: crate::limits::Buckets,
     /// Places for connections into each sprite (see `proxy.rs`).
     pub(crate) connection_places: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
@@ -114,6 +116,7 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
 impl SpriteManager {
     /// Opens the state under `config.data_dir`, creating it on first use.
     pub fn open(config: CoreConfig) -> Result<Arc<SpriteManager>, CoreError> {
+        let creates = config.creates_per_minute;
         // A sprite's PID 1 (its own host uid) looks up its state directory to mount
         // its root there: the way to it is searchable, not listable. Everything else is
         // root's alone: layers and images hold files with setuid bits and devices a
@@ -177,6 +180,7 @@ impl SpriteManager {
                 INSIDE_CHECKPOINT_BURST,
                 INSIDE_CHECKPOINTS_PER_SECOND,
             ),
+            creates: crate::limits::Buckets::new(creates, f64::from(creates) / 60.0),
         }))
     }
 
@@ -405,9 +409,8 @@ impl SpriteManager {
             }
             (None, None) => self.config.default_image.clone(),
         };
-        if self.db.count()? >= self.config.max_sprites {
-            return Err(CoreError::TooManySprites(self.config.max_sprites));
-        }
+        self.admit_create(org, request.wait_for_capacity == Some(true))
+            .await?;
         let url_settings = request.url_settings.clone().unwrap_or_default();
         if let Some(access) = &url_settings.private_access {
             sprite_api::sprite::validate_private_access(access)
@@ -731,6 +734,34 @@ impl SpriteManager {
             counts: Some(counts.clone()),
             org: Some(counts),
         })
+    }
+
+    /// Room for one more sprite: under `max_sprites` and within `creates_per_minute`.
+    /// With `wait`, waits for room (up to [`CAPACITY_WAIT`]) instead of refusing.
+    async fn admit_create(&self, org: &str, wait: bool) -> Result<(), CoreError> {
+        let deadline = tokio::time::Instant::now() + CAPACITY_WAIT;
+        loop {
+            let refusal = match self.db.count()? {
+                current if current >= self.config.max_sprites => CoreError::ConcurrentLimit {
+                    org: org.to_string(),
+                    limit: self.config.max_sprites,
+                    current,
+                },
+                _ => match self.creates.take(org) {
+                    Ok(()) => return Ok(()),
+                    Err(retry) => CoreError::CreationRateLimited {
+                        org: org.to_string(),
+                        limit: self.config.creates_per_minute,
+                        window_seconds: 60,
+                        retry_after: retry.as_secs().max(1),
+                    },
+                },
+            };
+            if !wait || tokio::time::Instant::now() >= deadline {
+                return Err(refusal);
+            }
+            tokio::time::sleep(CAPACITY_POLL).await;
+        }
     }
 
     /// An organization's sprites by status (`GET /v1/organization`, lists, watches).
@@ -1335,6 +1366,11 @@ impl SpriteManager {
         self.activity.awake().len()
     }
 }
+
+/// The longest a create with `wait_for_capacity` waits for room (the SDKs' own create
+/// timeout is 120 s), and how often it looks.
+const CAPACITY_WAIT: Duration = Duration::from_secs(60);
+const CAPACITY_POLL: Duration = Duration::from_millis(250);
 
 /// The `Current` row of a checkpoint list is the live state: nothing to restore, fork
 /// or delete.

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     /// File-system errors: the errno code and the path (API.md, File system).
     pub fs: Option<(sprite_api::fs::FsCode, String)>,
+    /// 429s about creating sprites: what the SDKs read from the body and headers.
+    pub limit: Option<sprite_core::RateLimitInfo>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             kind,
             message: message.into(),
             fs: None,
+            limit: None,
         }
     }
 
@@ -40,6 +43,7 @@ impl From<CoreError> for ApiError {
         };
         ApiError {
             kind,
+            limit: error.rate_limit(),
             message: sprite_api::error_chain(&error),
             fs,
         }
@@ -60,19 +64,36 @@ impl IntoResponse for ApiError {
                 message: Some(self.message),
                 code: Some(code.as_str().to_string()),
                 path: Some(path),
+                ..ErrorBody::default()
             },
             None => ErrorBody {
-                error: self.kind.code().to_string(),
+                error: self
+                    .limit
+                    .as_ref()
+                    .map_or(self.kind.code(), |limit| limit.code)
+                    .to_string(),
                 message: Some(self.message),
-                code: None,
-                path: None,
+                limit: self.limit.as_ref().map(|l| l.limit),
+                window_seconds: self.limit.as_ref().and_then(|l| l.window_seconds),
+                retry_after_seconds: self.limit.as_ref().map(|l| l.retry_after_seconds),
+                current_count: self.limit.as_ref().and_then(|l| l.current_count),
+                ..ErrorBody::default()
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
         if self.kind == ErrorKind::RateLimited {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            let retry = self.limit.as_ref().map_or(5, |l| l.retry_after_seconds);
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            if let Some(limit) = &self.limit {
+                let reset = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    + retry;
+                headers.insert("x-ratelimit-limit", HeaderValue::from(limit.limit));
+                headers.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
+                headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+            }
         }
         response
     }

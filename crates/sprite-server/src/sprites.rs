@@ -29,8 +29,7 @@ pub async fn create(
                 let error = ErrorBody {
                     error: "conflict".into(),
                     message: Some(format!("a sprite named {name} already exists")),
-                    code: None,
-                    path: None,
+                    ..ErrorBody::default()
                 };
                 map.insert("error".into(), error.error.into());
                 map.insert("message".into(), error.message.unwrap_or_default().into());

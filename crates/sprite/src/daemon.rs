@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub default_cpus: Option<u32>,
     pub pids_limit: Option<u64>,
     pub max_sprites: Option<usize>,
+    /// Sprites an organization may create per minute (default 600; a burst of as many).
+    pub creates_per_minute: Option<u32>,
     /// What sprite URLs show: `http://<name>.<url_domain>` (default `<domain>:<proxy
     /// port>`; set it when a front proxy or DNS name serves them).
     pub url_domain: Option<String>,
@@ -276,6 +278,14 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     config.default_cpus = file.default_cpus.unwrap_or(config.default_cpus);
     config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
     config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
+    if let Some(rate) = file.creates_per_minute {
+        if !(1..=100_000).contains(&rate) {
+            anyhow::bail!(
+                "creates_per_minute = {rate} is out of range; use 1 to 100000 (default 600)"
+            );
+        }
+        config.creates_per_minute = rate;
+    }
     let proxy_listen = args
         .proxy_listen
         .or(file.proxy_listen)

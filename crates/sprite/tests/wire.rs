@@ -942,3 +942,71 @@ async fn proxy_reaches_the_sprites_own_addresses() {
     let (answer, _) = connect("example.com").await;
     assert_eq!(answer["status"], "error", "{answer}");
 }
+
+/// 429s as the SDKs read them, and `wait_for_capacity` (item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_as_the_sdks_read_them() {
+    let config = format!("{CONFIG}max_sprites = 2\ncreates_per_minute = 3\n");
+    let daemon = Daemon::start_with("busybox", &config).await;
+    let http = reqwest::Client::new();
+    let create = async |name: &str, wait: bool| {
+        let mut body = serde_json::json!({ "name": name });
+        if wait {
+            body["wait_for_capacity"] = true.into();
+        }
+        http.post(format!("{}/v1/sprites", daemon.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(create("a", false).await.status(), 201);
+    assert_eq!(create("b", false).await.status(), 201);
+    let full = create("c", false).await;
+    assert_eq!(full.status(), 429);
+    assert!(full.headers().contains_key("retry-after"));
+    assert_eq!(full.headers()["x-ratelimit-limit"], "2");
+    let body: serde_json::Value = full.json().await.unwrap();
+    assert_eq!(body["error"], "concurrent_sprite_limit_exceeded", "{body}");
+    assert_eq!(
+        (body["limit"].as_u64(), body["current_count"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("wait_for_capacity"),
+        "{body}"
+    );
+
+    // With wait_for_capacity the create waits for room instead.
+    let started = Instant::now();
+    let waiting = create("c", true);
+    let freeing = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        daemon.client.destroy("a").await.unwrap();
+    };
+    let (created, ()) = tokio::join!(waiting, freeing);
+    assert_eq!(created.status(), 201);
+    assert!(started.elapsed() >= Duration::from_millis(800));
+
+    // Three creates used the minute's budget: the next is rate limited.
+    daemon.client.destroy("b").await.unwrap();
+    let limited = create("d", false).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "3");
+    assert_eq!(limited.headers()["x-ratelimit-remaining"], "0");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "sprite_creation_rate_limited", "{body}");
+    assert_eq!(body["window_seconds"], 60, "{body}");
+    assert_eq!(body["retry_after_seconds"].as_u64(), Some(retry), "{body}");
+    daemon.client.destroy("c").await.unwrap();
+}
