@@ -155,6 +155,18 @@ pub enum ServerMessage {
     SessionInfo {
         session_id: String,
         tty: bool,
+        /// The command line, when it started (RFC 3339), its terminal size (TTY only),
+        /// and whether this connection started it (false on an attach).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cols: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_owner: Option<bool>,
     },
     Exit {
         exit_code: i32,
@@ -175,6 +187,27 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
+    /// `session_info` for a session (`created` in RFC 3339): `owner` when this
+    /// connection started it.
+    pub fn session_info(
+        session_id: String,
+        tty: bool,
+        command: String,
+        created: Option<String>,
+        size: (u16, u16),
+        owner: bool,
+    ) -> ServerMessage {
+        ServerMessage::SessionInfo {
+            session_id,
+            tty,
+            command: (!command.is_empty()).then_some(command),
+            created,
+            cols: (size.0 > 0).then_some(size.0),
+            rows: (size.1 > 0).then_some(size.1),
+            is_owner: Some(owner),
+        }
+    }
+
     pub fn exit(code: i32) -> Self {
         ServerMessage::Exit {
             exit_code: code,
@@ -439,6 +472,15 @@ pub struct SessionInfo {
     /// Exit code once the process has exited (ours; absent while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Terminal size (TTY sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Whether the caller owns it: tokens here belong to one organization, which owns
+    /// all its sprites' sessions.
+    #[serde(default)]
+    pub is_owner: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -853,7 +853,9 @@ impl ExecReceiver {
             match message? {
                 Message::Text(text) => {
                     return Ok(match serde_json::from_str::<ServerMessage>(&text) {
-                        Ok(ServerMessage::SessionInfo { session_id, tty }) => {
+                        Ok(ServerMessage::SessionInfo {
+                            session_id, tty, ..
+                        }) => {
                             self.tty = tty;
                             ExecEvent::SessionInfo { session_id, tty }
                         }

@@ -980,6 +980,9 @@ impl SpriteManager {
                     tty: s.tty,
                     bytes_per_second: s.bytes_out as f64 / seconds,
                     exit_code: s.exit_code,
+                    cols: (s.cols > 0).then_some(s.cols),
+                    rows: (s.rows > 0).then_some(s.rows),
+                    is_owner: true,
                 }
             })
             .collect())

@@ -43,6 +43,10 @@ pub struct Attachment {
     pub session_id: String,
     pub pid: u32,
     pub tty: bool,
+    /// The command line, when it started (Unix ms), its terminal size (0 without one).
+    pub command: String,
+    pub created_ms: u64,
+    pub size: (u16, u16),
     pub reader: SessionReader,
     pub writer: SessionWriter,
 }
@@ -157,12 +161,19 @@ impl InitClient {
                 session_id,
                 pid,
                 tty,
+                command,
+                created_ms,
+                cols,
+                rows,
             } => {
                 let (reader, writer) = stream.into_split();
                 Ok(Attachment {
                     session_id,
                     pid,
                     tty,
+                    command,
+                    created_ms,
+                    size: (cols, rows),
                     reader: SessionReader { reader },
                     writer: SessionWriter { writer },
                 })

@@ -123,6 +123,11 @@ pub struct SessionSummary {
     pub attached: usize,
     pub exit_code: Option<i32>,
     pub bytes_out: u64,
+    /// Terminal size (0 without a TTY, or from an older sprite-init).
+    #[serde(default)]
+    pub cols: u16,
+    #[serde(default)]
+    pub rows: u16,
 }
 
 /// An answer or event from sprite-init.
@@ -137,6 +142,16 @@ pub enum Event {
         session_id: String,
         pid: u32,
         tty: bool,
+        /// The command line, when it started (Unix ms) and its terminal size (0 without
+        /// a TTY); absent from an older sprite-init.
+        #[serde(default)]
+        command: String,
+        #[serde(default)]
+        created_ms: u64,
+        #[serde(default)]
+        cols: u16,
+        #[serde(default)]
+        rows: u16,
     },
     Exit {
         code: i32,

@@ -434,8 +434,8 @@ impl Conn {
                 return None;
             }
         };
+        let info = crate::exec::session_info(&attachment, attach.is_none());
         let Attachment {
-            session_id,
             tty,
             reader,
             writer,
@@ -449,7 +449,6 @@ impl Conn {
             let done = done.clone();
             tokio::spawn(async move {
                 let _awake = awake;
-                let info = ServerMessage::SessionInfo { session_id, tty };
                 let _ = out.send(Message::Text(info.to_json().into())).await;
                 forward_output(reader, tty, &out, &finished).await;
                 let _ = done.send(()).await;

@@ -59,10 +59,31 @@ fn with_capabilities(mut response: Response) -> Response {
     response
 }
 
+/// The `session_info` message of an attachment; `owner` when this connection started
+/// the session.
+pub(crate) fn session_info(attachment: &Attachment, owner: bool) -> ServerMessage {
+    let created = chrono::DateTime::from_timestamp_millis(attachment.created_ms as i64)
+        .filter(|_| attachment.created_ms > 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    ServerMessage::session_info(
+        attachment.session_id.clone(),
+        attachment.tty,
+        attachment.command.clone(),
+        created,
+        attachment.size,
+        owner,
+    )
+}
+
 /// What a WebSocket bridges to: a live session, or a command that could not start.
 enum Bridge {
-    /// A session, and the sprite's port changes to report on it.
-    Session(Attachment, Option<sprite_core::ports::PortSubscription>),
+    /// A session (and whether this connection started it), and the sprite's port
+    /// changes to report on it.
+    Session(
+        Attachment,
+        bool,
+        Option<sprite_core::ports::PortSubscription>,
+    ),
     Failed {
         message: String,
         tty: bool,
@@ -95,7 +116,11 @@ pub async fn exec_or_list(
     // A connected client keeps the sprite awake, however quiet its command is.
     let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
     let bridge = match state.manager.spawn(&org, &name, &params, &run_as).await {
-        Ok(attachment) => Bridge::Session(attachment, state.manager.watch_ports(&org, &name).ok()),
+        Ok(attachment) => Bridge::Session(
+            attachment,
+            true,
+            state.manager.watch_ports(&org, &name).ok(),
+        ),
         Err(CoreError::SpawnFailed(message)) => Bridge::Failed {
             message,
             tty: params.tty,
@@ -126,7 +151,7 @@ async fn attach_session(
     let attachment = state.manager.attach(org, name, session).await?;
     Ok(with_capabilities(upgrade_to(
         upgrade,
-        Bridge::Session(attachment, state.manager.watch_ports(org, name).ok()),
+        Bridge::Session(attachment, false, state.manager.watch_ports(org, name).ok()),
         awake,
     )))
 }
@@ -140,7 +165,9 @@ fn upgrade_to(upgrade: WebSocketUpgrade, bridge: Bridge, awake: ActivityGuard) -
         .on_upgrade(move |socket| async move {
             let _awake = awake;
             match bridge {
-                Bridge::Session(attachment, ports) => run_bridge(socket, attachment, ports).await,
+                Bridge::Session(attachment, owner, ports) => {
+                    run_bridge(socket, attachment, owner, ports).await
+                }
                 Bridge::Failed { message, tty } => fail_bridge(socket, &message, tty).await,
             }
         })
@@ -192,17 +219,17 @@ async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
 async fn run_bridge(
     socket: WebSocket,
     attachment: Attachment,
+    owner: bool,
     ports: Option<sprite_core::ports::PortSubscription>,
 ) {
+    let info = session_info(&attachment, owner);
     let Attachment {
-        session_id,
         tty,
         reader,
         writer,
         ..
     } = attachment;
     let (mut sink, stream) = socket.split();
-    let info = ServerMessage::SessionInfo { session_id, tty };
     if sink
         .send(Message::Text(info.to_json().into()))
         .await

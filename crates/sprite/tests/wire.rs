@@ -132,11 +132,18 @@ async fn control_connection_runs_ops_one_after_another() {
     assert_eq!((exit, complete), (0, 0));
 
     // A TTY op: raw output, the text exit, op.complete.
-    let args = serde_json::json!({
+    ws.send(op_start(serde_json::json!({
         "cmd": ["sh", "-c", "tty; exit 2"], "tty": "true", "rows": "30", "cols": "100",
-    });
-    ws.send(op_start(args)).await.unwrap();
-    let (stdout, _, exit, complete, _) = finish_op(&mut ws, true).await;
+    })))
+    .await
+    .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&text(&next(&mut ws).await)).unwrap();
+    assert_eq!(
+        (info["cols"].as_u64(), info["rows"].as_u64()),
+        (Some(100), Some(30)),
+        "{info}"
+    );
+    let (stdout, _, exit, complete, _) = finish_rest_tty(&mut ws).await;
     assert!(String::from_utf8_lossy(&stdout).contains("/dev/pts/"));
     assert_eq!((exit, complete), (2, 2));
 
@@ -350,6 +357,29 @@ async fn control_connection_speaks_go() {
     assert_eq!(finish_op(&mut ws, false).await.0, b"after\n");
 }
 
+/// The rest of a TTY op already past its session_info: (output, _, exit, op.complete).
+async fn finish_rest_tty(socket: &mut Socket) -> (Vec<u8>, Vec<u8>, i32, i64, String) {
+    let (mut stdout, mut exit) = (Vec::new(), None);
+    loop {
+        match next(socket).await {
+            Message::Binary(data) => stdout.extend_from_slice(&data),
+            Message::Text(text) if text.starts_with("control:") => {
+                let envelope: serde_json::Value =
+                    serde_json::from_str(text.strip_prefix("control:").unwrap()).unwrap();
+                let code = envelope["args"]["exitCode"].as_i64().unwrap();
+                return (stdout, Vec::new(), exit.unwrap(), code, String::new());
+            }
+            Message::Text(text) => {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "exit" {
+                    exit = Some(message["exit_code"].as_i64().unwrap() as i32);
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// The rest of an op already past its session_info.
 async fn finish_rest(socket: &mut Socket) -> (Vec<u8>, Vec<u8>, i32, i64, String) {
     let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
@@ -426,6 +456,11 @@ async fn rest_wire_matches_the_sdks() {
     .await;
     let info: serde_json::Value = serde_json::from_str(&text(&next(&mut first).await)).unwrap();
     let session = info["session_id"].as_str().unwrap().to_string();
+    // session_info says what runs, since when, and that this connection started it.
+    assert_eq!(info["command"], "sh -c echo kept; sleep 30", "{info}");
+    assert!(info["created"].as_str().unwrap().ends_with('Z'), "{info}");
+    assert_eq!(info["is_owner"], true, "{info}");
+    assert!(info.get("cols").is_none(), "a size without a TTY: {info}");
     assert_eq!(binary(&next(&mut first).await), b"\x01kept\n");
     drop(first);
     let mut legacy = socket(
@@ -439,6 +474,20 @@ async fn rest_wire_matches_the_sdks() {
         info["session_id"],
         session.as_str(),
         "a new command started"
+    );
+    assert_eq!(info["is_owner"], false, "{info}");
+    let listed = daemon.get_json("/v1/sprites/wire/exec").await;
+    let entry = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == session.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (entry["is_owner"].as_bool(), entry["command"].as_str()),
+        (Some(true), Some("sh -c echo kept; sleep 30")),
+        "{entry}"
     );
     assert_eq!(binary(&next(&mut legacy).await), b"\x01kept\n");
 

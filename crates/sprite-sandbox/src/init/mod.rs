@@ -233,10 +233,15 @@ async fn attach(
 ) -> Result<(), protocol::ProtocolError> {
     let (mut reader, mut writer) = stream.into_split();
     let (subscriber_id, backlog, mut receiver) = session.subscribe(replay);
+    let (command, created_ms, (cols, rows)) = session.details();
     let started = Event::Started {
         session_id: session.id.clone(),
         pid: session.pid,
         tty: session.tty,
+        command,
+        created_ms,
+        cols,
+        rows,
     };
     send_event(&mut writer, &started).await?;
     let session_in = session.clone();

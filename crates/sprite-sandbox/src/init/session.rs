@@ -78,6 +78,8 @@ struct Shared {
     exit_code: Option<i32>,
     last_activity_ms: u64,
     bytes_out: u64,
+    /// Terminal size (0, 0 without a TTY).
+    size: (u16, u16),
 }
 
 pub struct Session {
@@ -382,6 +384,11 @@ impl Session {
                 exit_code: None,
                 last_activity_ms: now,
                 bytes_out: 0,
+                size: if request.tty {
+                    (request.cols, request.rows)
+                } else {
+                    (0, 0)
+                },
             }),
             stdin: tokio::sync::Mutex::new(stdin),
             pty: pty.clone(),
@@ -564,8 +571,19 @@ impl Session {
 
     pub fn resize(&self, cols: u16, rows: u16) {
         if let Some(master) = &self.pty {
-            let _ = sys::set_window_size(master.get_ref().as_raw_fd(), cols, rows);
+            if sys::set_window_size(master.get_ref().as_raw_fd(), cols, rows).is_ok() {
+                lock(&self.shared).size = (cols, rows);
+            }
         }
+    }
+
+    /// The command line, when it started (Unix ms), and its terminal size.
+    pub fn details(&self) -> (String, u64, (u16, u16)) {
+        (
+            self.command.clone(),
+            self.created_ms,
+            lock(&self.shared).size,
+        )
     }
 
     pub async fn write_stdin(&self, data: &[u8]) {
@@ -601,6 +619,8 @@ impl Session {
             attached: shared.subscribers.len(),
             exit_code: shared.exit_code,
             bytes_out: shared.bytes_out,
+            cols: shared.size.0,
+            rows: shared.size.1,
         }
     }
 }
