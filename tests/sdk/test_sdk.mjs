@@ -165,6 +165,20 @@ try {
   assert.equal(policy.rules[0].domain, '*.example.com', JSON.stringify(policy));
   await sprite.updateNetworkPolicy({ rules: [] });
 
+  // Resources (live) and privileges policies.
+  const resources = await sprite.getResourcesPolicy();
+  assert.ok(resources.memory.limitMB >= 64, JSON.stringify(resources));
+  await sprite.updateResourcesPolicy({ memory: { limitMB: 768 } });
+  assert.equal((await sprite.getResourcesPolicy()).memory.limitMB, 768);
+  await sprite.deleteResourcesPolicy();
+  assert.equal((await sprite.getResourcesPolicy()).memory.limitMB, resources.memory.limitMB);
+  assert.equal((await sprite.getPrivilegesPolicy()).profile, 'standard');
+  await sprite.updatePrivilegesPolicy({ profile: 'standard' });
+  await rejects(sprite.updatePrivilegesPolicy({ profile: 'privileged' }), (error) => {
+    assert.ok(/standard profile/.test(String(error)), String(error));
+  });
+  await sprite.deletePrivilegesPolicy();
+
   // TCP proxy: a local port to a port in the sprite.
   await sprite.createService('echo', { cmd: 'python3', args: ['-c', [
     'import socket',

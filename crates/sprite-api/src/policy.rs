@@ -1095,3 +1095,81 @@ mod fuzz_targets {
         });
     }
 }
+
+/// `GET|POST /v1/sprites/{name}/policy/resources`: a sprite's limits. A POST changes
+/// the fields it names, live for a running sprite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPolicy {
+    pub limit_mb: u64,
+    /// Growing the limit by itself under pressure: not done here (always false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CpuPolicy {
+    pub cpus: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiskPolicy {
+    pub storage_gb: u64,
+}
+
+/// `GET|POST|DELETE /v1/sprites/{name}/policy/privileges`, as the JS SDK types it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PrivilegesPolicy {
+    /// `""`, `minimal`, `standard` or `privileged`; sprites here run `standard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_new_privileges: Option<bool>,
+}
+
+impl PrivilegesPolicy {
+    /// The one profile this daemon runs sprites with (docs/threat-model.md).
+    pub fn standard() -> PrivilegesPolicy {
+        PrivilegesPolicy {
+            profile: Some("standard".into()),
+            devices: Some(Vec::new()),
+            no_new_privileges: Some(false),
+        }
+    }
+
+    /// Accepts a request that asks for what sprites have; explains anything else.
+    pub fn check(&self) -> Result<(), String> {
+        let profile = self.profile.as_deref().unwrap_or("");
+        if !["", "standard"].contains(&profile) {
+            return Err(format!(
+                "profile {profile:?} is not available: every sprite here runs the standard profile (its own user, pid, mount and network namespaces, seccomp, no host devices; docs/threat-model.md); rootless containers inside are the daemon setting nested_containers"
+            ));
+        }
+        if self.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err("devices: host devices are not passed into sprites; ask for none".into());
+        }
+        if self.no_new_privileges == Some(true) {
+            return Err(
+                "no_new_privileges: sprites keep sudo (setuid) inside; it cannot be set here"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -295,8 +295,8 @@ impl Database {
 
     pub fn update(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
         self.lock().execute(
-            "UPDATE sprites SET url_auth = ?2, labels = ?3, updated_at = ?4, last_running_at = ?5, attrs = ?6 WHERE id = ?1",
-            params![sprite.id, sprite.url_auth, to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at, to_json(&sprite.attrs)],
+            "UPDATE sprites SET url_auth = ?2, labels = ?3, updated_at = ?4, last_running_at = ?5, attrs = ?6, config = ?7 WHERE id = ?1",
+            params![sprite.id, sprite.url_auth, to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at, to_json(&sprite.attrs), to_json(&sprite.config)],
         )?;
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod network;
 mod pool;
 pub mod ports;
 pub mod proxy;
+mod resources;
 pub mod rootfs;
 mod services;
 mod sleep;

@@ -487,7 +487,7 @@ impl SpriteManager {
     /// Mirrors a sprite's record into the object store (SpriteFS), so a fresh host
     /// given only the store recovers the sprite. Failures are logged, not fatal: the
     /// local database stays the source of truth on this host.
-    async fn publish_record(&self, record: &SpriteRecord) {
+    pub(crate) async fn publish_record(&self, record: &SpriteRecord) {
         if record.org == POOL_ORG {
             return;
         }

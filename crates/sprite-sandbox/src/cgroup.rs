@@ -148,8 +148,24 @@ impl SpriteCgroup {
                 let _ = write(&root.join("cgroup.subtree_control"), "+memory +pids +cpu");
                 create_dir(&parent)?;
                 write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
-                let dir = parent.join(&self.name);
                 create_nested(&parent, &self.name)?;
+            }
+            Layout::V1(list) => {
+                for (_, mount) in list {
+                    create_nested(&mount.join(PARENT), &self.name)?;
+                }
+            }
+        }
+        self.set_limits(limits)
+    }
+
+    /// Sets the limits of an existing cgroup (at creation, and live for a running
+    /// sprite). Lowering memory below what the sprite uses makes the kernel reclaim
+    /// first and fails if it cannot.
+    pub fn set_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+        match &self.layout {
+            Layout::V2(root) => {
+                let dir = root.join(PARENT).join(&self.name);
                 write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
                 if dir.join("memory.swap.max").exists() {
                     write(&dir.join("memory.swap.max"), "0")?;
@@ -160,18 +176,23 @@ impl SpriteCgroup {
                     &format!("{} 100000", limits.cpu_millis * 100),
                 )?;
             }
-            Layout::V1(list) => {
-                for (_, mount) in list {
-                    create_nested(&mount.join(PARENT), &self.name)?;
-                }
+            Layout::V1(_) => {
                 if let Some(dir) = self.v1_dir("memory") {
-                    write(
-                        &dir.join("memory.limit_in_bytes"),
-                        &limits.memory_bytes.to_string(),
-                    )?;
+                    let memory = dir.join("memory.limit_in_bytes");
                     let swap = dir.join("memory.memsw.limit_in_bytes");
-                    if swap.exists() {
-                        let _ = write(&swap, &limits.memory_bytes.to_string());
+                    let bytes = limits.memory_bytes.to_string();
+                    // memory + swap may never be below memory: raising takes the
+                    // combined limit first, lowering the memory limit first.
+                    let first = write(&memory, &bytes);
+                    match (first, swap.exists()) {
+                        (Ok(()), true) => {
+                            let _ = write(&swap, &bytes);
+                        }
+                        (Err(_), true) => {
+                            write(&swap, &bytes)?;
+                            write(&memory, &bytes)?;
+                        }
+                        (result, false) => result?,
                     }
                 }
                 if let Some(dir) = self.v1_dir("pids") {

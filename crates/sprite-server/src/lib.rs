@@ -227,6 +227,20 @@ fn api_routes() -> Router<AppState> {
             "/v1/sprites/{name}/policy/network",
             get(policy::get).post(policy::set).put(policy::set),
         )
+        .route(
+            "/v1/sprites/{name}/policy/resources",
+            get(policy::get_resources)
+                .post(policy::set_resources)
+                .put(policy::set_resources)
+                .delete(policy::reset_resources),
+        )
+        .route(
+            "/v1/sprites/{name}/policy/privileges",
+            get(policy::get_privileges)
+                .post(policy::set_privileges)
+                .put(policy::set_privileges)
+                .delete(policy::reset_privileges),
+        )
         .route("/v1/sprites/{name}/fs/read", get(fs::read))
         .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
         .route("/v1/sprites/{name}/fs/list", get(fs::list))

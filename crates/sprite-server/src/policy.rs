@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use sprite_api::policy::NetworkPolicy;
+use sprite_api::policy::{NetworkPolicy, PrivilegesPolicy, ResourcesPolicy};
 
 pub async fn get(
     State(state): State<AppState>,
@@ -33,4 +33,76 @@ pub async fn set(
     // 204, no body: the policy clients of sprites-py, @fly/sprites and sprites-go
     // accept nothing else (a GET reads the policy back).
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET .../policy/resources`: memory, CPU and disk of the sprite.
+pub async fn get_resources(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<ResourcesPolicy>, ApiError> {
+    Ok(Json(state.manager.resources_policy(&org, &name)?))
+}
+
+/// `POST .../policy/resources`: changes the limits it names, live.
+pub async fn set_resources(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ResourcesPolicy>, ApiError> {
+    let request: ResourcesPolicy = parse_json(&body)?;
+    Ok(Json(
+        state
+            .manager
+            .set_resources_policy(&org, &name, Some(request))
+            .await?,
+    ))
+}
+
+/// `DELETE .../policy/resources`: memory and CPU back to the daemon's defaults.
+pub async fn reset_resources(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<ResourcesPolicy>, ApiError> {
+    Ok(Json(
+        state
+            .manager
+            .set_resources_policy(&org, &name, None)
+            .await?,
+    ))
+}
+
+/// `GET .../policy/privileges`: the profile sprites run with (one: standard).
+pub async fn get_privileges(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<PrivilegesPolicy>, ApiError> {
+    state.manager.check_exists(&org, &name)?;
+    Ok(Json(PrivilegesPolicy::standard()))
+}
+
+/// `POST .../policy/privileges`: accepts what sprites have, explains anything else.
+pub async fn set_privileges(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<PrivilegesPolicy>, ApiError> {
+    state.manager.check_exists(&org, &name)?;
+    let request: PrivilegesPolicy = parse_json(&body)?;
+    request.check().map_err(ApiError::invalid)?;
+    Ok(Json(PrivilegesPolicy::standard()))
+}
+
+/// `DELETE .../policy/privileges`: back to the standard profile (which it has).
+pub async fn reset_privileges(
+    State(state): State<AppState>,
+    Extension(Org(org)): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<PrivilegesPolicy>, ApiError> {
+    state.manager.check_exists(&org, &name)?;
+    Ok(Json(PrivilegesPolicy::standard()))
 }

@@ -1059,3 +1059,105 @@ async fn limits_answer_as_the_sdks_read_them() {
     assert_eq!(body["retry_after_seconds"].as_u64(), Some(retry), "{body}");
     daemon.client.destroy("c").await.unwrap();
 }
+
+/// `/policy/resources` changes a running sprite's cgroup live; `/policy/privileges`
+/// answers as the JS SDK types it (item 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_and_privilege_policies() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    create(&daemon.client, "res").await;
+    let http = reqwest::Client::new();
+    let id = daemon.get_json("/v1/sprites/res").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let memory_limit = || -> u64 {
+        for path in [
+            format!("/sys/fs/cgroup/memory/sprites/{id}/memory.limit_in_bytes"),
+            format!("/sys/fs/cgroup/unified/sprites/{id}/memory.max"),
+            format!("/sys/fs/cgroup/sprites/{id}/memory.max"),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return text.trim().parse().unwrap();
+            }
+        }
+        panic!("no memory limit file for {id}");
+    };
+    let send = async |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut request = http
+            .request(
+                method,
+                format!("{}/v1/sprites/res/policy/{path}", daemon.url),
+            )
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    };
+    let before = daemon.get_json("/v1/sprites/res/policy/resources").await;
+    let default_mb = before["memory"]["limit_mb"].as_u64().unwrap();
+    assert_eq!(memory_limit(), default_mb * 1024 * 1024);
+    let changed = send(
+        reqwest::Method::POST,
+        "resources",
+        Some(serde_json::json!({ "memory": { "limit_mb": 300 }, "cpu": { "cpus": 1 } })),
+    )
+    .await;
+    assert_eq!(changed.status(), 200);
+    let changed: serde_json::Value = changed.json().await.unwrap();
+    assert_eq!(changed["memory"]["limit_mb"], 300, "{changed}");
+    assert_eq!(memory_limit(), 300 * 1024 * 1024, "not applied live");
+    assert_eq!(
+        daemon.get_json("/v1/sprites/res").await["config"]["ram_mb"],
+        300
+    );
+    // Still runs, and keeps the limit across a restart.
+    assert_eq!(run(&daemon.client, "res", &["true"]).await.code, 0);
+    let _ = post(&daemon, "/v1/sprites/res/restart", "").await;
+    assert_eq!(memory_limit(), 300 * 1024 * 1024, "lost at restart");
+    for (bad, hint) in [
+        (serde_json::json!({ "memory": { "limit_mb": 8 } }), "ram_mb"),
+        (
+            serde_json::json!({ "memory": { "limit_mb": 512, "autoscale": true } }),
+            "autoscale",
+        ),
+        (
+            serde_json::json!({ "disk": { "storage_gb": 99999 } }),
+            "set at create",
+        ),
+        (serde_json::json!({ "gpu": {} }), "gpu"),
+    ] {
+        let response = send(reqwest::Method::POST, "resources", Some(bad.clone())).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        assert!(response.text().await.unwrap().contains(hint), "{bad}");
+    }
+    let reset = send(reqwest::Method::DELETE, "resources", None).await;
+    assert_eq!(reset.status(), 200);
+    assert_eq!(memory_limit(), default_mb * 1024 * 1024);
+
+    let privileges = daemon.get_json("/v1/sprites/res/policy/privileges").await;
+    assert_eq!(privileges["profile"], "standard", "{privileges}");
+    let same = send(
+        reqwest::Method::POST,
+        "privileges",
+        Some(serde_json::json!({ "profile": "standard", "devices": [] })),
+    )
+    .await;
+    assert_eq!(same.status(), 200);
+    let more = send(
+        reqwest::Method::POST,
+        "privileges",
+        Some(serde_json::json!({ "profile": "privileged" })),
+    )
+    .await;
+    assert_eq!(more.status(), 400);
+    assert!(more.text().await.unwrap().contains("standard profile"));
+    assert_eq!(
+        send(reqwest::Method::DELETE, "privileges", None)
+            .await
+            .status(),
+        200
+    );
+    daemon.client.destroy("res").await.unwrap();
+}

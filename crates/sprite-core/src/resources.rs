@@ -1,0 +1,93 @@
+//! A sprite's resource limits as a policy (`/policy/resources`): memory and CPU change
+//! live, in its cgroup, and are kept in its config for its next start.
+
+use crate::error::CoreError;
+use crate::manager::SpriteManager;
+use sprite_api::policy::{CpuPolicy, DiskPolicy, MemoryPolicy, ResourcesPolicy};
+use sprite_api::sprite::SpriteConfig;
+use sprite_sandbox::SandboxError;
+
+impl SpriteManager {
+    fn resources_of(&self, config: &SpriteConfig) -> ResourcesPolicy {
+        ResourcesPolicy {
+            memory: Some(MemoryPolicy {
+                limit_mb: config.ram_mb.unwrap_or(self.config.default_ram_mb),
+                autoscale: Some(false),
+            }),
+            cpu: Some(CpuPolicy {
+                cpus: config.cpus.unwrap_or(self.config.default_cpus),
+            }),
+            disk: Some(DiskPolicy {
+                storage_gb: config.storage_gb.unwrap_or(self.config.default_storage_gb),
+            }),
+        }
+    }
+
+    pub fn resources_policy(&self, org: &str, name: &str) -> Result<ResourcesPolicy, CoreError> {
+        Ok(self.resources_of(&self.record(org, name)?.config))
+    }
+
+    /// Changes the limits `request` names (absent fields stay); `None` puts memory and
+    /// CPU back to the daemon's defaults. Applied at once to a running or sleeping
+    /// sprite's cgroup; lowering memory below what it uses is refused (409).
+    pub async fn set_resources_policy(
+        &self,
+        org: &str,
+        name: &str,
+        request: Option<ResourcesPolicy>,
+    ) -> Result<ResourcesPolicy, CoreError> {
+        let mut record = self.record(org, name)?;
+        let mut config = record.config.clone();
+        match &request {
+            None => {
+                config.ram_mb = Some(self.config.default_ram_mb);
+                config.cpus = Some(self.config.default_cpus);
+            }
+            Some(request) => {
+                if let Some(memory) = &request.memory {
+                    if memory.autoscale == Some(true) {
+                        return Err(CoreError::InvalidRequest(
+                            "memory.autoscale is not available here: a sprite's memory limit is fixed; raise memory.limit_mb instead".into(),
+                        ));
+                    }
+                    config.ram_mb = Some(memory.limit_mb);
+                }
+                if let Some(cpu) = &request.cpu {
+                    config.cpus = Some(cpu.cpus);
+                }
+                if let Some(disk) = &request.disk {
+                    let current = config.storage_gb.unwrap_or(self.config.default_storage_gb);
+                    if disk.storage_gb != current {
+                        return Err(CoreError::InvalidRequest(format!(
+                            "disk.storage_gb: the disk of sprite {name} is {current} GB and its size is set at create (config.storage_gb); fork it into a new sprite with another size"
+                        )));
+                    }
+                }
+            }
+        }
+        // The same ranges as at create.
+        let config = self.resolve_config(Some(config))?;
+        record.config = config;
+        let cgroup = self.cgroup(&record.id)?;
+        if cgroup.exists() {
+            cgroup
+                .set_limits(&self.limits(&record))
+                .map_err(|error| match error {
+                    sprite_sandbox::cgroup::CgroupError::Write { .. } => CoreError::Conflict(format!(
+                        "sprite {name} could not take the new limits ({}); it may use more memory than {} MB now",
+                        sprite_api::error_chain(&error),
+                        record.config.ram_mb.unwrap_or_default()
+                    )),
+                    other => CoreError::Sandbox {
+                        sprite: name.to_string(),
+                        source: SandboxError::Cgroup(other),
+                    },
+                })?;
+        }
+        record.updated_at = crate::manager::now();
+        self.db.update(&record)?;
+        self.publish_record(&record).await;
+        tracing::info!(sprite = %name, ram_mb = ?record.config.ram_mb, cpus = ?record.config.cpus, "resources changed");
+        Ok(self.resources_of(&record.config))
+    }
+}
