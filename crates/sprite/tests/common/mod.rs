@@ -26,12 +26,23 @@ pub struct Daemon {
     image: String,
 }
 
+/// Where test daemons listen: below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection can take a daemon's port while it restarts.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A free port from [`PORTS`], picked at random (tests run in parallel) and checked.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u32..1000 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(attempt);
+        hasher.write_u32(std::process::id());
+        let port = PORTS.start + (hasher.finish() % u64::from(PORTS.end - PORTS.start)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// Shared, prebuilt images (debootstrap takes a minute: once per machine).
@@ -179,11 +190,11 @@ impl Daemon {
         let proxy_port = free_port();
         let config = format!("proxy_listen = \"127.0.0.1:{proxy_port}\"\n{config}");
         // Each daemon its own sprite subnet (a /23, 128 sprites), from its proxy port
-        // (ephemeral, so 32768 and up, and unique among running daemons).
+        // (in PORTS, and unique among running daemons).
         let config = if config.contains("network =") {
             config
         } else {
-            let index = proxy_port.saturating_sub(32768) as u32;
+            let index = u32::from(proxy_port - PORTS.start);
             format!(
                 "network = \"10.{}.{}.0/23\"\n{config}",
                 (index >> 7) & 255,
