@@ -401,6 +401,22 @@ pub(crate) fn is_mount_point(path: &Path) -> bool {
 }
 
 impl SpriteFsStore {
+    /// The volume's versions; with `history`, each one's and the head's history too.
+    async fn list_versions(
+        &self,
+        sprite_id: &str,
+        history: bool,
+    ) -> Result<(Vec<VersionRecord>, Vec<String>), CoreError> {
+        let request = StorageRequest::Versions {
+            volume: sprite_id.into(),
+            history,
+        };
+        match self.request(sprite_id, request).await? {
+            StorageResponse::Versions { versions, current } => Ok((versions, current)),
+            other => Err(unexpected(sprite_id, other)),
+        }
+    }
+
     pub fn new(settings: SpriteFsSettings) -> Self {
         let socket = settings.data_dir.join("fs").join("storage.sock");
         SpriteFsStore {
@@ -1060,36 +1076,14 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn versions(&self, sprite_id: &str) -> Result<Vec<VersionRecord>, CoreError> {
-        match self
-            .request(
-                sprite_id,
-                StorageRequest::Versions {
-                    volume: sprite_id.into(),
-                },
-            )
-            .await?
-        {
-            StorageResponse::Versions { versions, .. } => Ok(versions),
-            other => Err(unexpected(sprite_id, other)),
-        }
+        Ok(self.list_versions(sprite_id, false).await?.0)
     }
 
     async fn lineage(
         &self,
         sprite_id: &str,
     ) -> Result<(Vec<VersionRecord>, Vec<String>), CoreError> {
-        match self
-            .request(
-                sprite_id,
-                StorageRequest::Versions {
-                    volume: sprite_id.into(),
-                },
-            )
-            .await?
-        {
-            StorageResponse::Versions { versions, current } => Ok((versions, current)),
-            other => Err(unexpected(sprite_id, other)),
-        }
+        self.list_versions(sprite_id, true).await
     }
 
     async fn restore(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {

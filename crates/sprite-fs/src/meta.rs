@@ -636,29 +636,45 @@ impl Meta {
             .collect();
         let connection = self.lock();
         let mut parent_of = connection.prepare("SELECT parent FROM layers WHERE id = ?1")?;
-        let mut parent = |layer: i64| -> Result<Option<i64>, FsError> {
-            Ok(parent_of
-                .query_row(params![layer], |row| row.get::<_, Option<i64>>(0))
-                .optional()?
-                .flatten())
-        };
-        // Chains are short (one layer per checkpoint or restore); the bound only stops a
-        // corrupt cycle.
+        // The versions above each layer, nearest first, found once per layer: versions
+        // share their ancestors (one layer per checkpoint or restore).
+        let mut above: HashMap<i64, Vec<String>> = HashMap::new();
         let mut history = |start: i64| -> Result<Vec<String>, FsError> {
-            let mut names_seen = Vec::new();
-            let mut next = parent(start)?;
-            let mut steps = 0;
+            // Up from `start` to the first layer already known (or the root); `known`
+            // ends as the history of the chain's top layer.
+            let mut chain: Vec<i64> = Vec::new();
+            let mut next = Some(start);
+            let mut known = Vec::new();
             while let Some(layer) = next {
-                if let Some(name) = names.get(&layer) {
-                    names_seen.push(name.clone());
-                }
-                steps += 1;
-                if steps > 100_000 {
+                if let Some(found) = above.get(&layer) {
+                    if chain.is_empty() {
+                        return Ok(found.clone());
+                    }
+                    // `layer` is the parent of the chain's top.
+                    known = names.get(&layer).cloned().into_iter().collect();
+                    known.extend(found.iter().cloned());
                     break;
                 }
-                next = parent(layer)?;
+                chain.push(layer);
+                // The bound only stops a corrupt cycle.
+                next = if chain.len() < 100_000 {
+                    parent_of
+                        .query_row(params![layer], |row| row.get::<_, Option<i64>>(0))
+                        .optional()?
+                        .flatten()
+                } else {
+                    None
+                };
             }
-            Ok(names_seen)
+            // Back down: a layer's history is its parent's name (if a version) and the
+            // parent's history.
+            while let Some(layer) = chain.pop() {
+                above.insert(layer, known.clone());
+                if let Some(name) = names.get(&layer) {
+                    known.insert(0, name.clone());
+                }
+            }
+            Ok(above.get(&start).cloned().unwrap_or_default())
         };
         for version in &mut versions.versions {
             version.history = history(version.layer)?;
@@ -755,6 +771,43 @@ mod tests {
             meta.layer_map(v0.layer).expect("map"),
             BTreeMap::from([(0, id(1)), (1, id(2))])
         );
+    }
+
+    #[test]
+    fn lineage_follows_checkpoints_and_restores() {
+        let meta = Meta::in_memory().expect("meta");
+        meta.create_volume("a", 1 << 30, 1 << 20).expect("create");
+        meta.checkpoint("a", "v0", None).expect("checkpoint");
+        meta.checkpoint("a", "v1", None).expect("checkpoint");
+        meta.checkpoint("a", "v2", None).expect("checkpoint");
+        meta.restore("a", "v0").expect("restore");
+        meta.checkpoint("a", "v3", None).expect("checkpoint");
+        // A fork's versions are its own: the parent's are not in its history.
+        meta.fork("a", "v1", "b").expect("fork");
+        meta.checkpoint("b", "w0", None).expect("checkpoint");
+        let (versions, current) = meta.lineage("a").expect("lineage");
+        let history = |name: &str| {
+            versions
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.history.clone())
+                .unwrap_or_else(|| vec!["missing".into()])
+        };
+        assert_eq!(history("v0"), Vec::<String>::new());
+        assert_eq!(history("v1"), ["v0"]);
+        assert_eq!(history("v2"), ["v1", "v0"]);
+        assert_eq!(history("v3"), ["v0"], "v3 was made after restoring v0");
+        assert_eq!(current, ["v3", "v0"]);
+        let (forked, forked_current) = meta.lineage("b").expect("lineage");
+        assert_eq!(forked[0].history, Vec::<String>::new());
+        assert_eq!(forked_current, ["w0"]);
+        // The plain listing carries no history.
+        assert!(meta
+            .volume_manifest("a")
+            .expect("manifest")
+            .versions
+            .iter()
+            .all(|v| v.history.is_empty()));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum StorageRequest {
     Gc,
     Versions {
         volume: String,
+        /// Also each version's history and the head's (costs a walk of the layers; an
+        /// older storage process ignores it and answers without).
+        #[serde(default)]
+        history: bool,
     },
     /// Stored bytes of a volume and of each of its versions.
     Usage {
@@ -325,8 +329,15 @@ impl StorageService {
                     bytes,
                 }
             }
-            StorageRequest::Versions { volume } => {
-                let (versions, current) = self.engine.meta().lineage(&volume)?;
+            StorageRequest::Versions { volume, history } => {
+                let (versions, current) = if history {
+                    self.engine.meta().lineage(&volume)?
+                } else {
+                    (
+                        self.engine.meta().volume_manifest(&volume)?.versions,
+                        Vec::new(),
+                    )
+                };
                 StorageResponse::Versions { versions, current }
             }
             StorageRequest::Usage { volume } => StorageResponse::Usage {
