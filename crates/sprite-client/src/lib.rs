@@ -250,27 +250,14 @@ impl Client {
         session: &str,
         signal: &str,
         timeout: &str,
-        mut on_event: impl FnMut(&serde_json::Value),
+        on_event: impl FnMut(&serde_json::Value),
     ) -> Result<Vec<serde_json::Value>, ClientError> {
         let url = self.url(&format!("/v1/sprites/{name}/exec/{session}/kill"));
         let request = self
             .http
             .post(url)
             .query(&[("signal", signal), ("timeout", timeout)]);
-        let mut response = self.send_raw(request).await?;
-        let mut pending = Vec::new();
-        let mut events = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(ClientError::Decode)? {
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) {
-                    on_event(&event);
-                    events.push(event);
-                }
-            }
-        }
-        Ok(events)
+        self.ndjson_events(request, on_event).await
     }
 
     /// Runs an NDJSON progress operation; returns its events, or the `error` event's
@@ -429,8 +416,18 @@ impl Client {
     async fn service_events(
         &self,
         request: reqwest::RequestBuilder,
-        mut on_event: impl FnMut(&ServiceEvent),
+        on_event: impl FnMut(&ServiceEvent),
     ) -> Result<Vec<ServiceEvent>, ClientError> {
+        self.ndjson_events(request, on_event).await
+    }
+
+    /// Reads an NDJSON answer line by line as it comes (lines that are not a `T` are
+    /// passed over), calling `on_event` on each; returns them all.
+    async fn ndjson_events<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        mut on_event: impl FnMut(&T),
+    ) -> Result<Vec<T>, ClientError> {
         let mut response = self.send_raw(request).await?;
         let mut pending = Vec::new();
         let mut events = Vec::new();
@@ -438,7 +435,7 @@ impl Client {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(event) = serde_json::from_slice::<ServiceEvent>(&line) {
+                if let Ok(event) = serde_json::from_slice::<T>(&line) {
                     on_event(&event);
                     events.push(event);
                 }

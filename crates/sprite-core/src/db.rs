@@ -511,6 +511,14 @@ impl Database {
             .optional()?)
     }
 
+    /// The ids of an organization's sprites (what counting them by status needs).
+    pub fn ids(&self, org: &str) -> Result<Vec<String>, CoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT id FROM sprites WHERE org = ?1")?;
+        let rows = statement.query_map(params![org], |row| row.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     pub fn count(&self) -> Result<usize, CoreError> {
         Ok(self
             .lock()

@@ -36,11 +36,13 @@ pub const MAX_CHECKPOINT_COMMENT: usize = 4096;
 /// the storage ids like any layer's files).
 pub const SPRITE_ENV_LAYER: &str = "sprite-env-layer";
 
-pub(crate) fn now() -> String {
+/// Now in RFC 3339 with milliseconds, as the API writes times.
+pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-pub(crate) fn ms_to_rfc3339(ms: u64) -> String {
+/// Unix milliseconds in RFC 3339, as the API writes times.
+pub fn ms_to_rfc3339(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
@@ -766,15 +768,15 @@ impl SpriteManager {
 
     /// An organization's sprites by status (`GET /v1/organization`, lists, watches).
     pub fn org_counts(&self, org: &str) -> Result<sprite_api::sprite::OrgCounts, CoreError> {
-        let records = self.db.list(org, "", None, self.config.max_sprites + 1)?;
+        let ids = self.db.ids(org)?;
         let mut counts = sprite_api::sprite::OrgCounts {
             name: org.to_string(),
             running_limit: self.config.max_sprites as u64,
             warm_limit: self.config.max_sprites as u64,
             ..Default::default()
         };
-        for record in &records {
-            match self.activity.status(&record.id).0 {
+        for id in &ids {
+            match self.activity.status(id).0 {
                 SpriteStatus::Running => counts.running += 1,
                 SpriteStatus::Warm => counts.warm += 1,
                 SpriteStatus::Cold => counts.cold += 1,
@@ -800,11 +802,6 @@ impl SpriteManager {
                 (record, status)
             })
             .collect())
-    }
-
-    /// When a sprite last went to warm sleep (RFC 3339), if it did.
-    pub fn last_warming(&self, sprite_id: &str) -> Option<String> {
-        self.last_warming_at(sprite_id)
     }
 
     pub async fn update(

@@ -93,7 +93,8 @@ impl SpriteManager {
         Ok(false)
     }
 
-    pub(crate) fn last_warming_at(&self, sprite_id: &str) -> Option<String> {
+    /// When a sprite last went to warm sleep (RFC 3339), if it did.
+    pub fn last_warming_at(&self, sprite_id: &str) -> Option<String> {
         match self.activity.status(sprite_id) {
             (SpriteStatus::Warm, since) => Some(ms_to_rfc3339(since)),
             _ => self

@@ -17,21 +17,15 @@ fn caller(marked: Option<Extension<Caller>>) -> Caller {
     marked.map_or(Caller::Api, |Extension(caller)| caller)
 }
 
-fn event(kind: &str, data: Option<String>, error: Option<String>) -> String {
+fn event(kind: &str, data: Option<String>, error: Option<String>) -> Bytes {
     let event = ProgressEvent {
         kind: kind.to_string(),
         data,
         error,
-        time: Some(event_time()),
+        // RFC 3339 (ISO 8601), as the SDKs parse event times.
+        time: Some(sprite_core::manager::now()),
     };
-    let mut line = serde_json::to_string(&event).unwrap_or_default();
-    line.push('\n');
-    line
-}
-
-/// Now, in RFC 3339 (ISO 8601) as the SDKs parse event times.
-fn event_time() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::ndjson_line(&event)
 }
 
 /// Streams `info` lines while `work` runs, then its outcome.
@@ -39,18 +33,16 @@ fn ndjson<F>(first: String, work: F) -> Response
 where
     F: std::future::Future<Output = Result<String, ApiError>> + Send + 'static,
 {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (sender, response) = crate::ndjson_channel(4);
     tokio::spawn(async move {
-        let _ = sender
-            .send(Ok(Bytes::from(event("info", Some(first), None))))
-            .await;
+        let _ = sender.send(Ok(event("info", Some(first), None))).await;
         let last = match work.await {
             Ok(done) => event("complete", Some(done), None),
             Err(error) => event("error", None, Some(error.message)),
         };
-        let _ = sender.send(Ok(Bytes::from(last))).await;
+        let _ = sender.send(Ok(last)).await;
     });
-    crate::ndjson_response(receiver)
+    response
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

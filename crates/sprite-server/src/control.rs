@@ -22,7 +22,7 @@
 //! An operation keeps the sprite awake like plain exec does; an idle socket does not.
 
 use crate::auth::Org;
-use crate::exec::{spawn_failure_code, AbortOnDrop};
+use crate::exec::{exit_message, lost_close, session_message, spawn_failure, AbortOnDrop, Sent};
 use crate::{ApiError, AppState, PING_INTERVAL};
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -31,15 +31,15 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
-use sprite_api::exec::{ClientMessage, ExecParams, Frame, ServerMessage, Signal};
+use sprite_api::exec::{ClientMessage, ExecParams, Frame, Signal};
 use sprite_core::lifecycle::Reason;
 use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
-use sprite_sandbox::client::{Attachment, SessionEvent, SessionWriter};
+use sprite_sandbox::client::{Attachment, SessionWriter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
@@ -80,7 +80,6 @@ pub async fn control(
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
             let conn = Conn {
-                routes: crate::api_routes().with_state(state.clone()),
                 state,
                 org,
                 name,
@@ -95,8 +94,6 @@ struct Conn {
     org: String,
     name: String,
     raw_stdin: bool,
-    /// The API's routes, for fs operations.
-    routes: axum::Router,
 }
 
 type Out = mpsc::Sender<Message>;
@@ -108,6 +105,7 @@ enum Active {
 }
 
 struct ExecOp {
+    id: u64,
     input: mpsc::Sender<Input>,
     tty: bool,
     stdin: bool,
@@ -118,6 +116,7 @@ struct ExecOp {
 }
 
 struct ProxyOp {
+    id: u64,
     tcp: tokio::net::tcp::OwnedWriteHalf,
     _downstream: AbortOnDrop,
     _awake: sprite_core::proxy::ConnectionLease,
@@ -228,14 +227,6 @@ fn complete(code: i32) -> Message {
     )
 }
 
-fn exit_message(code: i32, tty: bool) -> Message {
-    if tty {
-        Message::Text(ServerMessage::exit(code).to_json().into())
-    } else {
-        Message::Binary(Frame::Exit((code & 0xff) as u8).encode().into())
-    }
-}
-
 impl Conn {
     async fn serve(self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
@@ -259,7 +250,10 @@ impl Conn {
             }
             let _ = sink.close().await;
         }));
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        // Operations report their end here by id; one that was let go meanwhile (a
+        // release, a new op.start) is not the active one and its end is ignored.
+        let (done_tx, mut done_rx) = mpsc::channel::<u64>(4);
+        let mut next_id = 0u64;
         let mut active: Option<Active> = None;
         loop {
             let timeout = if active.is_some() {
@@ -269,9 +263,19 @@ impl Conn {
             };
             let message = tokio::select! {
                 message = tokio::time::timeout(timeout, stream.next()) => message,
-                Some(()) = done_rx.recv() => {
-                    if matches!(&active, Some(Active::Exec(op)) if op.finished.load(Ordering::Acquire)) {
-                        active = None;
+                Some(id) = done_rx.recv() => {
+                    match &active {
+                        Some(Active::Exec(op)) if op.id == id => active = None,
+                        Some(Active::Proxy(op)) if op.id == id => {
+                            active = None;
+                            // The target's end is the only end the Go SDK understands.
+                            let close = CloseFrame {
+                                code: 1000,
+                                reason: "the target closed the connection".into(),
+                            };
+                            let _ = out.send(Message::Close(Some(close))).await;
+                        }
+                        _ => {}
                     }
                     continue;
                 }
@@ -293,7 +297,8 @@ impl Conn {
                 Message::Text(text) => match parse_text(&text) {
                     Request::Exec(args) => {
                         drop(active.take()); // a running exec is let go first
-                        active = self.start_exec(&args, &out, &done_tx).await;
+                        next_id += 1;
+                        active = self.start_exec(&args, &out, &done_tx, next_id).await;
                     }
                     Request::Fs(op, args) => {
                         active = None;
@@ -303,7 +308,8 @@ impl Conn {
                     }
                     Request::Proxy(params) => {
                         drop(active.take());
-                        active = self.start_proxy(&params, &out).await;
+                        next_id += 1;
+                        active = self.start_proxy(&params, &out, &done_tx, next_id).await;
                     }
                     Request::Release => active = None,
                     Request::Resize(cols, rows) => {
@@ -370,7 +376,8 @@ impl Conn {
         &self,
         args: &serde_json::Value,
         out: &Out,
-        done: &mpsc::Sender<()>,
+        done: &mpsc::Sender<u64>,
+        id: u64,
     ) -> Option<Active> {
         let fail = |message: String| async move {
             let error = serde_json::json!({ "error": message });
@@ -417,14 +424,8 @@ impl Conn {
         let attachment = match started {
             Ok(attachment) => attachment,
             Err(CoreError::SpawnFailed(message)) => {
-                let code = spawn_failure_code(&message);
-                let text = format!("sprite: {message}\r\n").into_bytes();
-                let output = if params.tty {
-                    Message::Binary(text.into())
-                } else {
-                    Message::Binary(Frame::Stderr(text).encode().into())
-                };
-                for message in [output, exit_message(code, params.tty), complete(code)] {
+                let (code, [output, exit]) = spawn_failure(&message, params.tty);
+                for message in [output, exit, complete(code)] {
                     let _ = out.send(message).await;
                 }
                 return None;
@@ -451,10 +452,11 @@ impl Conn {
                 let _awake = awake;
                 let _ = out.send(Message::Text(info.to_json().into())).await;
                 forward_output(reader, tty, &out, &finished).await;
-                let _ = done.send(()).await;
+                let _ = done.send(id).await;
             })
         };
         Some(Active::Exec(ExecOp {
+            id,
             input,
             tty,
             stdin: params.stdin || tty || attach.is_some(),
@@ -465,7 +467,13 @@ impl Conn {
     }
 
     /// Go's TCP proxy over the socket.
-    async fn start_proxy(&self, params: &serde_json::Value, out: &Out) -> Option<Active> {
+    async fn start_proxy(
+        &self,
+        params: &serde_json::Value,
+        out: &Out,
+        done: &mpsc::Sender<u64>,
+        id: u64,
+    ) -> Option<Active> {
         let refuse = |error: String| async move {
             let body = serde_json::json!({ "status": "error", "error": error }).to_string();
             let _ = out.send(Message::Text(body.into())).await;
@@ -497,28 +505,18 @@ impl Conn {
         let body = serde_json::json!({ "status": "connected", "target": format!("{host}:{port}") });
         let _ = out.send(Message::Text(body.to_string().into())).await;
         let (mut tcp_in, tcp_out) = stream.into_split();
-        let out = out.clone();
+        let (out, done) = (out.clone(), done.clone());
         let downstream = tokio::spawn(async move {
-            let mut buffer = vec![0u8; 64 * 1024];
-            loop {
-                match tcp_in.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let frame = Message::Binary(buffer[..n].to_vec().into());
-                        if out.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
+            let mut buffer = vec![0u8; crate::tcp::FRAME_BYTES];
+            while let Some(frame) = crate::tcp::next_frame(&mut tcp_in, &mut buffer).await {
+                if out.send(frame).await.is_err() {
+                    return;
                 }
             }
-            // The target's end is the only end the Go SDK understands: a close.
-            let close = CloseFrame {
-                code: 1000,
-                reason: "the target closed the connection".into(),
-            };
-            let _ = out.send(Message::Close(Some(close))).await;
+            let _ = done.send(id).await;
         });
         Some(Active::Proxy(ProxyOp {
+            id,
             tcp: tcp_out,
             _downstream: AbortOnDrop(downstream),
             _awake: awake,
@@ -640,7 +638,12 @@ impl Conn {
             .extension(Org(self.org.clone()))
             .body(body);
         let response = match request {
-            Ok(request) => self.routes.clone().oneshot(request).await,
+            // Through the API's own fs routes (built here: fs ops over this socket are
+            // rare, and most control sockets never make one).
+            Ok(request) => {
+                let routes = crate::api_routes().with_state(self.state.clone());
+                routes.oneshot(request).await
+            }
             Err(e) => {
                 let _ = out
                     .send(error(
@@ -724,32 +727,20 @@ async fn forward_output(
     finished: &AtomicBool,
 ) {
     loop {
-        let message = match reader.next().await {
-            Ok(Some(SessionEvent::Stdout(data))) if tty => Message::Binary(data.into()),
-            Ok(Some(SessionEvent::Stdout(data))) => {
-                Message::Binary(Frame::Stdout(data).encode().into())
-            }
-            Ok(Some(SessionEvent::Stderr(data))) => {
-                Message::Binary(Frame::Stderr(data).encode().into())
-            }
-            Ok(Some(SessionEvent::Exit(code))) => {
+        let message = match session_message(reader.next().await, tty) {
+            Sent::Output(message) => message,
+            Sent::Exit(code) => {
                 // Marked before op.complete goes out: the client's next op.start is new.
                 finished.store(true, Ordering::Release);
                 let _ = out.send(exit_message(code, tty)).await;
                 let _ = out.send(complete(code)).await;
                 return;
             }
-            other => {
-                tracing::warn!("control exec ended without an exit: {other:?}");
+            Sent::Lost => {
                 finished.store(true, Ordering::Release);
-                let error =
-                    serde_json::json!({ "error": "sprite went away before the command exited" });
+                let error = serde_json::json!({ "error": lost_close().reason.as_str() });
                 let _ = out.send(envelope("op.error", "exec", error)).await;
-                let close = CloseFrame {
-                    code: 1011,
-                    reason: "sprite went away before the command exited".into(),
-                };
-                let _ = out.send(Message::Close(Some(close))).await;
+                let _ = out.send(Message::Close(Some(lost_close()))).await;
                 return;
             }
         };

@@ -29,7 +29,7 @@ fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
 }
 
 /// Exit code used when the command could not be started at all, as a shell would.
-pub(crate) fn spawn_failure_code(message: &str) -> i32 {
+fn spawn_failure_code(message: &str) -> i32 {
     if message.contains("permission denied") {
         126
     } else {
@@ -62,9 +62,9 @@ fn with_capabilities(mut response: Response) -> Response {
 /// The `session_info` message of an attachment; `owner` when this connection started
 /// the session.
 pub(crate) fn session_info(attachment: &Attachment, owner: bool) -> ServerMessage {
-    let created = chrono::DateTime::from_timestamp_millis(attachment.created_ms as i64)
-        .filter(|_| attachment.created_ms > 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    // 0: an older sprite-init that does not say.
+    let created = (attachment.created_ms > 0)
+        .then(|| sprite_core::manager::ms_to_rfc3339(attachment.created_ms));
     ServerMessage::session_info(
         attachment.session_id.clone(),
         attachment.tty,
@@ -173,7 +173,9 @@ fn upgrade_to(upgrade: WebSocketUpgrade, bridge: Bridge, awake: ActivityGuard) -
         })
 }
 
-fn exit_message(code: i32, tty: bool) -> Message {
+/// The exit as an exec socket sends it: the text `exit` with a TTY, `[3, code]`
+/// without.
+pub(crate) fn exit_message(code: i32, tty: bool) -> Message {
     if tty {
         Message::Text(ServerMessage::exit(code).to_json().into())
     } else {
@@ -198,16 +200,61 @@ fn exit_close(code: i32, tty: bool) -> CloseFrame {
     }
 }
 
-async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
+/// What a command that could not start answers, as a shell would: its error on
+/// stderr (the terminal with a TTY), then the exit (126 or 127). Returns the code.
+pub(crate) fn spawn_failure(message: &str, tty: bool) -> (i32, [Message; 2]) {
     let code = spawn_failure_code(message);
-    let text = format!("sprite: {message}\r\n");
+    let text = format!("sprite: {message}\r\n").into_bytes();
     let output = if tty {
-        Message::Binary(text.into_bytes().into())
+        Message::Binary(text.into())
     } else {
-        Message::Binary(Frame::Stderr(text.into_bytes()).encode().into())
+        Message::Binary(Frame::Stderr(text).encode().into())
     };
-    let _ = socket.send(output).await;
-    let _ = socket.send(exit_message(code, tty)).await;
+    (code, [output, exit_message(code, tty)])
+}
+
+/// A session's output as an exec socket sends it (raw with a TTY, framed without), or
+/// how it ended.
+pub(crate) enum Sent {
+    Output(Message),
+    Exit(i32),
+    /// The session's stream ended without an exit: never reported as success.
+    Lost,
+}
+
+pub(crate) fn session_message(
+    event: Result<Option<SessionEvent>, sprite_sandbox::SandboxError>,
+    tty: bool,
+) -> Sent {
+    match event {
+        Ok(Some(SessionEvent::Stdout(data))) if tty => Sent::Output(Message::Binary(data.into())),
+        Ok(Some(SessionEvent::Stdout(data))) => {
+            Sent::Output(Message::Binary(Frame::Stdout(data).encode().into()))
+        }
+        Ok(Some(SessionEvent::Stderr(data))) => {
+            Sent::Output(Message::Binary(Frame::Stderr(data).encode().into()))
+        }
+        Ok(Some(SessionEvent::Exit(code))) => Sent::Exit(code),
+        other => {
+            tracing::warn!("session stream ended without an exit: {other:?}");
+            Sent::Lost
+        }
+    }
+}
+
+/// The close frame of a socket whose session was lost before it exited.
+pub(crate) fn lost_close() -> CloseFrame {
+    CloseFrame {
+        code: 1011,
+        reason: "sprite went away before the command exited".into(),
+    }
+}
+
+async fn fail_bridge(mut socket: WebSocket, message: &str, tty: bool) {
+    let (code, messages) = spawn_failure(message, tty);
+    for message in messages {
+        let _ = socket.send(message).await;
+    }
     let _ = socket
         .send(Message::Close(Some(exit_close(code, tty))))
         .await;
@@ -298,28 +345,17 @@ async fn forward_output(
                 continue;
             }
         };
-        let message = match event {
-            Some(Ok(Some(SessionEvent::Stdout(data)))) if tty => Message::Binary(data.into()),
-            Some(Ok(Some(SessionEvent::Stdout(data)))) => {
-                Message::Binary(Frame::Stdout(data).encode().into())
-            }
-            Some(Ok(Some(SessionEvent::Stderr(data)))) => {
-                Message::Binary(Frame::Stderr(data).encode().into())
-            }
-            Some(Ok(Some(SessionEvent::Exit(code)))) => {
+        let event = event.unwrap_or(Ok(None));
+        let message = match session_message(event, tty) {
+            Sent::Output(message) => message,
+            Sent::Exit(code) => {
                 let _ = sink.send(exit_message(code, tty)).await;
                 let close = exit_close(code, tty);
                 let _ = sink.send(Message::Close(Some(close))).await;
                 break;
             }
-            other => {
-                tracing::warn!("session stream ended without an exit: {other:?}");
-                // Never report success for a process whose end we did not see.
-                let close = CloseFrame {
-                    code: 1011,
-                    reason: "sprite went away before the command exited".into(),
-                };
-                let _ = sink.send(Message::Close(Some(close))).await;
+            Sent::Lost => {
+                let _ = sink.send(Message::Close(Some(lost_close()))).await;
                 break;
             }
         };
@@ -337,9 +373,9 @@ async fn next_port_event(
 
 /// Aborts a task when dropped, so a client leaving also drops the session reader (and
 /// with it the daemon's attachment in sprite-init).
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -545,9 +581,7 @@ fn kill_line(
     if kind == "error" {
         line["error"] = message.into();
     }
-    let mut text = line.to_string();
-    text.push('\n');
-    bytes::Bytes::from(text)
+    crate::ndjson_line(&line)
 }
 
 /// The exit code of an attached session, read in a task of its own (reading a
@@ -637,82 +671,63 @@ pub async fn kill(
         .kill_session(&org, &name, &session, signal.number())
         .await?;
     let pid = watch.as_ref().map_or(0, |w| w.pid);
-    let (lines, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+    let (lines, response) = crate::ndjson_channel(8);
     let manager = state.manager.clone();
     tokio::spawn(async move {
+        let line = |kind: &str, message: String, signal, exit| {
+            Ok(kill_line(kind, &message, signal, pid, exit))
+        };
         let sent = format!("sent SIG{} to session {session}", signal.name());
-        let _ = lines
-            .send(Ok(kill_line("signal", &sent, Some(signal), pid, None)))
-            .await;
+        let _ = lines.send(line("signal", sent, Some(signal), None)).await;
         if let Some(watch) = watch {
             let (reader, _writer) = (watch.reader, watch.writer);
-            let mut exit = exit_of(reader);
-            let line = match tokio::time::timeout(timeout, &mut exit).await {
-                Ok(Ok(Some(code))) => kill_line(
-                    "exited",
-                    &format!("session {session} exited with code {code}"),
-                    None,
-                    pid,
-                    Some(code),
-                ),
-                Ok(_) => kill_line(
-                    "exited",
-                    &format!("session {session} ended"),
-                    None,
-                    pid,
-                    None,
-                ),
-                Err(_) if signal == Signal::Kill => kill_line(
-                    "error",
-                    &format!("session {session} has not exited {timeout:?} after SIGKILL"),
-                    None,
-                    pid,
-                    None,
-                ),
+            let mut exit = AbortOnDrop(exit_of(reader));
+            let outcome = match tokio::time::timeout(timeout, &mut exit.0).await {
+                Ok(Ok(Some(code))) => {
+                    let text = format!("session {session} exited with code {code}");
+                    line("exited", text, None, Some(code))
+                }
+                Ok(_) => line("exited", format!("session {session} ended"), None, None),
+                Err(_) if signal == Signal::Kill => {
+                    let text =
+                        format!("session {session} has not exited {timeout:?} after SIGKILL");
+                    line("error", text, None, None)
+                }
                 Err(_) => {
                     let text = format!(
                         "session {session} still running after {timeout:?}; sending SIGKILL"
                     );
-                    let _ = lines
-                        .send(Ok(kill_line("timeout", &text, None, pid, None)))
-                        .await;
-                    match manager
+                    let _ = lines.send(line("timeout", text, None, None)).await;
+                    let killed = manager
                         .kill_session(&org, &name, &session, Signal::Kill.number())
-                        .await
-                    {
-                        Err(error) => {
-                            kill_line("error", &sprite_api::error_chain(&error), None, pid, None)
+                        .await;
+                    match killed {
+                        Err(error) => line("error", sprite_api::error_chain(&error), None, None),
+                        Ok(()) => {
+                            match tokio::time::timeout(KILL_SLACK, &mut exit.0).await {
+                                Ok(code) => {
+                                    let text = format!("session {session} killed");
+                                    line("killed", text, Some(Signal::Kill), code.ok().flatten())
+                                }
+                                Err(_) => {
+                                    let text = format!("session {session} has not exited {KILL_SLACK:?} after SIGKILL");
+                                    line("error", text, None, None)
+                                }
+                            }
                         }
-                        Ok(()) => match tokio::time::timeout(KILL_SLACK, &mut exit).await {
-                            Ok(code) => kill_line(
-                                "killed",
-                                &format!("session {session} killed"),
-                                Some(Signal::Kill),
-                                pid,
-                                code.ok().flatten(),
-                            ),
-                            Err(_) => kill_line(
-                                "error",
-                                &format!(
-                                    "session {session} has not exited {KILL_SLACK:?} after SIGKILL"
-                                ),
-                                None,
-                                pid,
-                                None,
-                            ),
-                        },
                     }
                 }
             };
-            // A run that outlived the SIGKILL wait is not followed any longer.
-            exit.abort();
-            let _ = lines.send(Ok(line)).await;
+            // A run that outlived the SIGKILL wait is not followed any longer (the
+            // reader task ends with `exit`).
+            drop(exit);
+            let _ = lines.send(outcome).await;
         }
         let _ = lines
-            .send(Ok(kill_line("complete", "done", None, pid, None)))
+            .send(line("complete", "done".into(), None, None))
             .await;
     });
-    Ok(crate::ndjson_response(receiver))
+    Ok(response)
 }
 
 #[cfg(test)]

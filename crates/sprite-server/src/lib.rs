@@ -150,8 +150,25 @@ impl Keepalive {
     }
 }
 
+/// The sending side of an NDJSON answer (see [`ndjson_channel`]).
+pub(crate) type NdjsonLines = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
+
+/// An `application/x-ndjson` answer, and the sender of its lines (at most `capacity`
+/// wait for the client). The answer ends when the sender is dropped.
+pub(crate) fn ndjson_channel(capacity: usize) -> (NdjsonLines, Response) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(capacity);
+    (sender, ndjson_response(receiver))
+}
+
+/// A value as one NDJSON line.
+pub(crate) fn ndjson_line(value: &impl serde::Serialize) -> bytes::Bytes {
+    let mut text = serde_json::to_string(value).unwrap_or_default();
+    text.push('\n');
+    bytes::Bytes::from(text)
+}
+
 /// An `application/x-ndjson` answer whose lines come from `lines` as they are sent.
-pub(crate) fn ndjson_response(
+fn ndjson_response(
     lines: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
 ) -> Response {
     let stream = futures_util::stream::unfold(lines, |mut lines| async move {
@@ -236,10 +253,10 @@ fn api_routes() -> Router<AppState> {
         )
         .route(
             "/v1/sprites/{name}/policy/privileges",
-            get(policy::get_privileges)
+            get(policy::privileges)
                 .post(policy::set_privileges)
                 .put(policy::set_privileges)
-                .delete(policy::reset_privileges),
+                .delete(policy::privileges),
         )
         .route("/v1/sprites/{name}/fs/read", get(fs::read))
         .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))

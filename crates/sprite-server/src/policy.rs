@@ -74,8 +74,9 @@ pub async fn reset_resources(
     ))
 }
 
-/// `GET .../policy/privileges`: the profile sprites run with (one: standard).
-pub async fn get_privileges(
+/// `GET .../policy/privileges`: the profile sprites run with (one: standard). A
+/// `DELETE` (back to the default) answers the same: it is the default.
+pub async fn privileges(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
     Path(name): Path<String>,
@@ -94,15 +95,5 @@ pub async fn set_privileges(
     state.manager.check_exists(&org, &name)?;
     let request: PrivilegesPolicy = parse_json(&body)?;
     request.check().map_err(ApiError::invalid)?;
-    Ok(Json(PrivilegesPolicy::standard()))
-}
-
-/// `DELETE .../policy/privileges`: back to the standard profile (which it has).
-pub async fn reset_privileges(
-    State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
-) -> Result<Json<PrivilegesPolicy>, ApiError> {
-    state.manager.check_exists(&org, &name)?;
     Ok(Json(PrivilegesPolicy::standard()))
 }

@@ -6,6 +6,7 @@
 
 use crate::auth::Org;
 use crate::error::parse_json;
+use crate::NdjsonLines;
 use crate::{ApiError, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -18,7 +19,6 @@ use sprite_api::services::{
 };
 use sprite_core::SpriteManager;
 use sprite_sandbox::client::SessionEvent;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest `duration` a stream may follow a service.
@@ -40,21 +40,18 @@ fn event(kind: &str, data: Option<String>, exit_code: Option<i32>) -> ServiceEve
     }
 }
 
-fn encode(event: &ServiceEvent) -> Bytes {
-    let mut text = serde_json::to_string(event).unwrap_or_default();
-    text.push('\n');
-    Bytes::from(text)
-}
+/// The client stopped reading.
+struct Gone;
 
-fn line(kind: &str, data: Option<String>, exit_code: Option<i32>) -> Bytes {
-    encode(&event(kind, data, exit_code))
-}
-
-/// The last line of every stream: `complete`, with where the service logs.
-fn complete_line(service: &str) -> Bytes {
-    let mut complete = event("complete", None, None);
-    complete.log_files = Some([("combined".to_string(), service_log_path(service))].into());
-    encode(&complete)
+/// Sends one event line; `Gone` when the client left.
+async fn send(
+    lines: &NdjsonLines,
+    kind: &str,
+    data: Option<String>,
+    exit_code: Option<i32>,
+) -> Result<(), Gone> {
+    let line = crate::ndjson_line(&event(kind, data, exit_code));
+    lines.send(Ok(line)).await.map_err(|_| Gone)
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -65,6 +62,23 @@ pub struct FollowQuery {
     timeout: Option<String>,
     #[serde(default)]
     lines: Option<String>,
+}
+
+impl FollowQuery {
+    /// How long to follow the run (`?duration=`), `default` when absent.
+    fn follow(&self, default: Duration) -> Result<Duration, ApiError> {
+        duration_param("duration", self.duration.as_deref(), default, MAX_FOLLOW)
+    }
+
+    /// Between SIGTERM and SIGKILL on a stop (`?timeout=`).
+    fn grace(&self) -> Result<Duration, ApiError> {
+        duration_param(
+            "timeout",
+            self.timeout.as_deref(),
+            STOP_TIMEOUT,
+            MAX_STOP_TIMEOUT,
+        )
+    }
 }
 
 type FollowQueryResult = Result<Query<FollowQuery>, axum::extract::rejection::QueryRejection>;
@@ -93,11 +107,6 @@ fn duration_param(
     }
 }
 
-type Lines = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
-
-/// The client stopped reading.
-struct Gone;
-
 /// Streams a run's output (`stdout`/`stderr` lines) for up to `follow`, then its
 /// `exit` line if it ended; `Ok(true)` when it ended. `replay` starts with its recent
 /// output.
@@ -107,22 +116,18 @@ async fn follow_run(
     session: &str,
     follow: Duration,
     replay: bool,
-    lines: &Lines,
+    lines: &NdjsonLines,
 ) -> Result<bool, Gone> {
-    let attachment = match manager.attach_from(org, name, session, replay).await {
-        Ok(attachment) => attachment,
+    match manager.attach_from(org, name, session, replay).await {
+        Ok(attachment) => follow_attachment(attachment, follow, lines).await,
         // The run is already gone: nothing more to follow.
-        Err(sprite_core::CoreError::NotFound(_)) => return Ok(true),
+        Err(sprite_core::CoreError::NotFound(_)) => Ok(true),
         Err(error) => {
             let text = sprite_api::error_chain(&error);
-            lines
-                .send(Ok(line("error", Some(text), None)))
-                .await
-                .map_err(|_| Gone)?;
-            return Ok(false);
+            send(lines, "error", Some(text), None).await?;
+            Ok(false)
         }
-    };
-    follow_attachment(attachment, follow, lines).await
+    }
 }
 
 /// Streams an attached run's output for up to `follow`, then its `exit` line if it
@@ -130,29 +135,24 @@ async fn follow_run(
 async fn follow_attachment(
     attachment: sprite_sandbox::client::Attachment,
     follow: Duration,
-    lines: &Lines,
+    lines: &NdjsonLines,
 ) -> Result<bool, Gone> {
     // The writer stays open while following: closing it detaches.
     let (mut reader, _writer) = (attachment.reader, attachment.writer);
     let deadline = tokio::time::Instant::now() + follow;
     loop {
-        let next = tokio::time::timeout_at(deadline, reader.next()).await;
-        let bytes = match next {
+        let (kind, data) = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_elapsed) => return Ok(false),
-            Ok(Ok(Some(SessionEvent::Stdout(data)))) => {
-                line("stdout", Some(String::from_utf8_lossy(&data).into()), None)
-            }
-            Ok(Ok(Some(SessionEvent::Stderr(data)))) => {
-                line("stderr", Some(String::from_utf8_lossy(&data).into()), None)
-            }
+            Ok(Ok(Some(SessionEvent::Stdout(data)))) => ("stdout", data),
+            Ok(Ok(Some(SessionEvent::Stderr(data)))) => ("stderr", data),
             Ok(Ok(Some(SessionEvent::Exit(code)))) => {
-                let exit = line("exit", None, Some(code));
-                lines.send(Ok(exit)).await.map_err(|_| Gone)?;
+                send(lines, "exit", None, Some(code)).await?;
                 return Ok(true);
             }
             Ok(Ok(None)) | Ok(Err(_)) => return Ok(true),
         };
-        lines.send(Ok(bytes)).await.map_err(|_| Gone)?;
+        let text = String::from_utf8_lossy(&data).into_owned();
+        send(lines, kind, Some(text), None).await?;
     }
 }
 
@@ -162,12 +162,11 @@ async fn announce_start(
     at: (&str, &str),
     service: &ServiceInfo,
     follow: Duration,
-    lines: &Lines,
+    lines: &NdjsonLines,
 ) -> Result<(), Gone> {
     if let Some(pid) = service.state.pid {
         let text = format!("{} started with pid {pid}", service.name);
-        let started = line("started", Some(text), None);
-        lines.send(Ok(started)).await.map_err(|_| Gone)?;
+        send(lines, "started", Some(text), None).await?;
     }
     if let Some(session) = service.state.session_id.as_deref() {
         if !follow.is_zero() {
@@ -183,53 +182,40 @@ async fn announce_stop(
     at: (&str, &str),
     service: &ServiceInfo,
     wait: Duration,
-    lines: &Lines,
+    lines: &NdjsonLines,
 ) -> Result<(), Gone> {
+    let name = &service.name;
     let running = service.state.status == ServiceStatus::Stopping;
     let session = service.state.session_id.as_deref().filter(|_| running);
     let Some(session) = session else {
-        let stopped = line(
-            "stopped",
-            Some(format!("{} is stopped", service.name)),
-            None,
-        );
-        return lines.send(Ok(stopped)).await.map_err(|_| Gone);
+        return send(lines, "stopped", Some(format!("{name} is stopped")), None).await;
     };
-    let stopping = line("stopping", Some(format!("stopping {}", service.name)), None);
-    lines.send(Ok(stopping)).await.map_err(|_| Gone)?;
+    send(lines, "stopping", Some(format!("stopping {name}")), None).await?;
     if follow_run(manager, at, session, wait, false, lines).await? {
-        let stopped = line("stopped", Some(format!("{} stopped", service.name)), None);
-        lines.send(Ok(stopped)).await.map_err(|_| Gone)?;
+        send(lines, "stopped", Some(format!("{name} stopped")), None).await
     } else {
-        let text = format!("{} has not exited after {wait:?}", service.name);
-        lines
-            .send(Ok(line("error", Some(text), None)))
-            .await
-            .map_err(|_| Gone)?;
+        let text = format!("{name} has not exited after {wait:?}");
+        send(lines, "error", Some(text), None).await
     }
-    Ok(())
 }
 
-/// Runs `body` in a task that writes NDJSON lines, then `complete`; answers with the
-/// stream.
-fn ndjson<F, Fut>(
-    manager: Arc<SpriteManager>,
-    org: String,
-    name: String,
-    service: String,
-    body: F,
-) -> Response
+/// Answers with an NDJSON stream: `work` writes its lines in a task of its own, then
+/// the `complete` line (with where the service logs) ends it.
+fn ndjson<F, Fut>(service: String, work: F) -> Response
 where
-    F: FnOnce(Arc<SpriteManager>, String, String, Lines) -> Fut + Send + 'static,
+    F: FnOnce(NdjsonLines) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Gone>> + Send,
 {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let (lines, response) = crate::ndjson_channel(16);
     tokio::spawn(async move {
-        if body(manager, org, name, sender.clone()).await.is_ok() {
-            let _ = sender.send(Ok(complete_line(&service))).await;
+        if work(lines.clone()).await.is_ok() {
+            let mut complete = event("complete", None, None);
+            let logs = [("combined".to_string(), service_log_path(&service))];
+            complete.log_files = Some(logs.into());
+            let _ = lines.send(Ok(crate::ndjson_line(&complete))).await;
         }
     });
-    crate::ndjson_response(receiver)
+    response
 }
 
 /// How long after the SIGKILL deadline a stop stream still waits for the exit.
@@ -258,27 +244,13 @@ pub async fn put(
     query: FollowQueryResult,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = query_of(query)?;
-    let follow = duration_param(
-        "duration",
-        query.duration.as_deref(),
-        PUT_FOLLOW,
-        MAX_FOLLOW,
-    )?;
+    let follow = query_of(query)?.follow(PUT_FOLLOW)?;
     let spec: ServiceSpec = parse_json(&body)?;
-    let info = state
-        .manager
-        .put_service(&org, &name, &service, spec)
-        .await?;
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        service,
-        move |m, org, name, lines| async move {
-            announce_start(&m, (&org, &name), &info, follow, &lines).await
-        },
-    ))
+    let manager = state.manager.clone();
+    let info = manager.put_service(&org, &name, &service, spec).await?;
+    Ok(ndjson(service, move |lines| async move {
+        announce_start(&manager, (&org, &name), &info, follow, &lines).await
+    }))
 }
 
 pub async fn start(
@@ -287,23 +259,12 @@ pub async fn start(
     Path((name, service)): Path<(String, String)>,
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
-    let query = query_of(query)?;
-    let follow = duration_param(
-        "duration",
-        query.duration.as_deref(),
-        Duration::ZERO,
-        MAX_FOLLOW,
-    )?;
-    let info = state.manager.start_service(&org, &name, &service).await?;
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        service,
-        move |m, org, name, lines| async move {
-            announce_start(&m, (&org, &name), &info, follow, &lines).await
-        },
-    ))
+    let follow = query_of(query)?.follow(Duration::ZERO)?;
+    let manager = state.manager.clone();
+    let info = manager.start_service(&org, &name, &service).await?;
+    Ok(ndjson(service, move |lines| async move {
+        announce_start(&manager, (&org, &name), &info, follow, &lines).await
+    }))
 }
 
 /// `POST .../services/{svc}/stop[?timeout=10s]`: SIGTERM, SIGKILL after `timeout`;
@@ -314,26 +275,14 @@ pub async fn stop(
     Path((name, service)): Path<(String, String)>,
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
-    let query = query_of(query)?;
-    let grace = duration_param(
-        "timeout",
-        query.timeout.as_deref(),
-        STOP_TIMEOUT,
-        MAX_STOP_TIMEOUT,
-    )?;
-    let info = state
-        .manager
+    let grace = query_of(query)?.grace()?;
+    let manager = state.manager.clone();
+    let info = manager
         .stop_service(&org, &name, &service, Some(grace))
         .await?;
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        service,
-        move |m, org, name, lines| async move {
-            announce_stop(&m, (&org, &name), &info, grace + EXIT_SLACK, &lines).await
-        },
-    ))
+    Ok(ndjson(service, move |lines| async move {
+        announce_stop(&manager, (&org, &name), &info, grace + EXIT_SLACK, &lines).await
+    }))
 }
 
 /// `POST .../services/{svc}/restart[?duration=&timeout=]`: a stop (waiting for the run
@@ -345,42 +294,23 @@ pub async fn restart(
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
     let query = query_of(query)?;
-    let follow = duration_param(
-        "duration",
-        query.duration.as_deref(),
-        Duration::ZERO,
-        MAX_FOLLOW,
-    )?;
-    let grace = duration_param(
-        "timeout",
-        query.timeout.as_deref(),
-        STOP_TIMEOUT,
-        MAX_STOP_TIMEOUT,
-    )?;
-    let stopped = state
-        .manager
+    let (follow, grace) = (query.follow(Duration::ZERO)?, query.grace()?);
+    let manager = state.manager.clone();
+    let stopped = manager
         .stop_service(&org, &name, &service, Some(grace))
         .await?;
     let svc = service.clone();
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        service,
-        move |m, org, name, lines| async move {
-            announce_stop(&m, (&org, &name), &stopped, grace + EXIT_SLACK, &lines).await?;
-            match m.start_service(&org, &name, &svc).await {
-                Ok(info) => announce_start(&m, (&org, &name), &info, follow, &lines).await,
-                Err(error) => {
-                    let text = sprite_api::error_chain(&error);
-                    lines
-                        .send(Ok(line("error", Some(text), None)))
-                        .await
-                        .map_err(|_| Gone)
-                }
+    Ok(ndjson(service, move |lines| async move {
+        let at = (org.as_str(), name.as_str());
+        announce_stop(&manager, at, &stopped, grace + EXIT_SLACK, &lines).await?;
+        match manager.start_service(&org, &name, &svc).await {
+            Ok(info) => announce_start(&manager, at, &info, follow, &lines).await,
+            Err(error) => {
+                let text = sprite_api::error_chain(&error);
+                send(&lines, "error", Some(text), None).await
             }
-        },
-    ))
+        }
+    }))
 }
 
 pub async fn signal(
@@ -432,47 +362,28 @@ pub async fn logs(
                 ApiError::invalid(format!("lines = {text:?} is not a number from 1 to 100000"))
             })?,
     };
-    let follow = duration_param(
-        "duration",
-        query.duration.as_deref(),
-        Duration::ZERO,
-        MAX_FOLLOW,
-    )?;
+    let follow = query.follow(Duration::ZERO)?;
     // Attach before reading the log so no output falls between the two.
     let info = state.manager.service(&org, &name, &service).await?;
-    let live = match info
-        .state
-        .session_id
-        .as_deref()
-        .filter(|_| !follow.is_zero())
-    {
-        Some(session) => state
+    let live = match info.state.session_id.as_deref() {
+        Some(session) if !follow.is_zero() => state
             .manager
             .attach_from(&org, &name, session, false)
             .await
             .ok(),
-        None => None,
+        _ => None,
     };
     let text = state
         .manager
         .service_logs(&org, &name, &service, count)
         .await?;
-    Ok(ndjson(
-        state.manager.clone(),
-        org,
-        name,
-        service,
-        move |_, _, _, lines| async move {
-            for text in text.split_inclusive('\n') {
-                lines
-                    .send(Ok(line("stdout", Some(text.to_string()), None)))
-                    .await
-                    .map_err(|_| Gone)?;
-            }
-            if let Some(attachment) = live {
-                follow_attachment(attachment, follow, &lines).await?;
-            }
-            Ok(())
-        },
-    ))
+    Ok(ndjson(service, move |lines| async move {
+        for line in text.split_inclusive('\n') {
+            send(&lines, "stdout", Some(line.to_string()), None).await?;
+        }
+        if let Some(attachment) = live {
+            follow_attachment(attachment, follow, &lines).await?;
+        }
+        Ok(())
+    }))
 }

@@ -173,85 +173,86 @@ const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `GET /v1/sprites` with `Accept: application/x-ndjson`: a line per sprite (name,
 /// status, times, and the organization's counts as `org`), then a line whenever one
-/// changes status, appears (`created`... its status) or goes (`destroyed`), and a
-/// `{"type":"heartbeat"}` line every 30 s. Ends when the client leaves.
+/// changes status, appears or goes (`destroyed`), and a `{"type":"heartbeat"}` line
+/// after 30 s without one. Looks once a second; ends when the client leaves.
 fn watch(state: AppState, org: String, prefix: String) -> Result<Response, ApiError> {
+    type Known = std::collections::BTreeMap<String, (sprite_core::db::SpriteRecord, String)>;
     let first = state.manager.statuses(&org, &prefix)?;
-    let (lines, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    let (lines, response) = crate::ndjson_channel(16);
     tokio::spawn(async move {
         let manager = &state.manager;
-        let line = |value: serde_json::Value| {
-            let mut text = value.to_string();
-            text.push('\n');
-            Ok(bytes::Bytes::from(text))
-        };
-        let event = |record: &sprite_core::db::SpriteRecord, status: &str| {
-            let org = manager.org_counts(&record.org).unwrap_or_default();
+        let event = |record: &sprite_core::db::SpriteRecord,
+                     status: &str,
+                     counts: &sprite_api::sprite::OrgCounts| {
             serde_json::json!({
                 "name": record.name,
                 "status": status,
                 "last_running_at": record.last_running_at,
-                "last_warming_at": manager.last_warming(&record.id),
-                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "org": org,
+                "last_warming_at": manager.last_warming_at(&record.id),
+                "timestamp": sprite_core::manager::now(),
+                "org": counts,
             })
         };
-        let mut known: std::collections::BTreeMap<String, (sprite_core::db::SpriteRecord, String)> =
-            std::collections::BTreeMap::new();
-        for (record, status) in first {
-            if lines
-                .send(line(event(&record, status.as_str())))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            known.insert(record.id.clone(), (record, status.as_str().to_string()));
-        }
-        let mut heartbeat = tokio::time::Instant::now() + WATCH_HEARTBEAT;
+        let mut known = Known::new();
+        let mut heartbeat = tokio::time::Instant::now();
+        let mut first = Some(first);
         loop {
-            tokio::time::sleep(WATCH_TICK).await;
-            let Ok(now) = manager.statuses(&org, &prefix) else {
-                continue;
+            let now = match first.take() {
+                Some(first) => first,
+                None => {
+                    tokio::select! {
+                        () = tokio::time::sleep(WATCH_TICK) => {}
+                        () = lines.closed() => return,
+                    }
+                    match manager.statuses(&org, &prefix) {
+                        Ok(now) => now,
+                        Err(_) => continue,
+                    }
+                }
             };
+            // What changed since the last look (everything, the first time).
             let mut changes = Vec::new();
             let mut seen = std::collections::BTreeSet::new();
             for (record, status) in now {
                 seen.insert(record.id.clone());
                 let status = status.as_str().to_string();
-                let changed = known.get(&record.id).is_none_or(|(_, old)| *old != status);
-                if changed {
-                    changes.push(event(&record, &status));
+                if known.get(&record.id).is_none_or(|(_, old)| *old != status) {
+                    changes.push((record.clone(), status.clone()));
                     known.insert(record.id.clone(), (record, status));
                 }
             }
-            let gone: Vec<String> = known
-                .keys()
-                .filter(|id| !seen.contains(*id))
-                .cloned()
-                .collect();
-            for id in gone {
-                if let Some((record, _)) = known.remove(&id) {
-                    changes.push(event(&record, "destroyed"));
+            known.retain(|id, (record, _)| {
+                let stays = seen.contains(id);
+                if !stays {
+                    changes.push((record.clone(), "destroyed".into()));
                 }
-            }
-            if changes.is_empty() && tokio::time::Instant::now() >= heartbeat {
-                let org = manager.org_counts(&org).unwrap_or_default();
-                changes.push(serde_json::json!({
-                    "type": "heartbeat",
-                    "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "org": org,
-                }));
-            }
-            for change in changes {
-                heartbeat = tokio::time::Instant::now() + WATCH_HEARTBEAT;
-                if lines.send(line(change)).await.is_err() {
-                    return;
+                stays
+            });
+            // One count of the organization a look, for every line it sends.
+            let quiet = tokio::time::Instant::now() >= heartbeat + WATCH_HEARTBEAT;
+            if !changes.is_empty() || quiet {
+                let counts = manager.org_counts(&org).unwrap_or_default();
+                let mut out: Vec<serde_json::Value> = changes
+                    .iter()
+                    .map(|(record, status)| event(record, status, &counts))
+                    .collect();
+                if out.is_empty() {
+                    out.push(serde_json::json!({
+                        "type": "heartbeat",
+                        "timestamp": sprite_core::manager::now(),
+                        "org": counts,
+                    }));
                 }
+                for line in out {
+                    if lines.send(Ok(crate::ndjson_line(&line))).await.is_err() {
+                        return;
+                    }
+                }
+                heartbeat = tokio::time::Instant::now();
             }
         }
     });
-    Ok(crate::ndjson_response(receiver))
+    Ok(response)
 }
 
 /// `POST /v1/sprites/{name}/restart`: stop and start again (services come back).

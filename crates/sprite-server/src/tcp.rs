@@ -35,6 +35,20 @@ pub async fn proxy(
     }))
 }
 
+/// Most bytes of the target's that go out in one binary message.
+pub(crate) const FRAME_BYTES: usize = 64 * 1024;
+
+/// The target's next bytes as a binary message; `None` once it has closed (or failed).
+pub(crate) async fn next_frame(
+    tcp_in: &mut tokio::net::tcp::OwnedReadHalf,
+    buffer: &mut [u8],
+) -> Option<Message> {
+    match tcp_in.read(buffer).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(Message::Binary(buffer[..n].to_vec().into())),
+    }
+}
+
 /// The address the proxy connects to for `host`: `localhost` (or nothing) is the
 /// sprite's loopback, an unspecified address (`0.0.0.0`, `::`, as `port_opened` shows
 /// a server bound to all) its loopback of that family, an IP address itself (the
@@ -118,16 +132,10 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
         false
     };
     let downstream = async {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            match tcp_in.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = Message::Binary(buffer[..n].to_vec().into());
-                    if ws_out.send(frame).await.is_err() {
-                        break;
-                    }
-                }
+        let mut buffer = vec![0u8; FRAME_BYTES];
+        while let Some(frame) = next_frame(&mut tcp_in, &mut buffer).await {
+            if ws_out.send(frame).await.is_err() {
+                break;
             }
         }
         let _ = ws_out.close().await;
