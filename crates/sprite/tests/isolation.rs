@@ -124,43 +124,48 @@ PY"#;
     daemon.client.destroy("jail").await.unwrap();
 }
 
+/// Runs an official SDK's suite (`tests/sdk/<script>`) against a fresh daemon, without
+/// and then with control mode; it must print `done` and leave no sprite behind.
+async fn run_sdk_suite(what: &str, program: &str, script: &str, env: &[(&str, &str)], done: &str) {
+    let daemon = Daemon::start("debian").await;
+    let script = format!("{}/../../tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    for control in ["0", "1"] {
+        let output = tokio::process::Command::new(program)
+            .arg(&script)
+            .env("SPRITES_API_URL", &daemon.url)
+            .env("SPRITE_TOKEN", TOKEN)
+            .env("SPRITES_CONTROL_MODE", control)
+            .envs(env.iter().copied())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{what} test (control mode {control}) failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains(done));
+    }
+    assert!(
+        daemon.sprite_ids().is_empty(),
+        "the {what} test left sprites behind"
+    );
+}
+
 /// The official Python SDK (`sprites-py`) against this daemon. Needs a Python with
-/// the SDK installed, named by SPRITE_SDK_PYTHON (CI sets it; see .ci/run).
+/// the SDK installed, named by SPRITE_SDK_PYTHON (scripts/test.sh sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_works() {
     let Ok(python) = std::env::var("SPRITE_SDK_PYTHON") else {
         eprintln!("SPRITE_SDK_PYTHON is not set: skipping the sprites-py test (CI runs it)");
         return;
     };
-    let daemon = Daemon::start("debian").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/test_sdk.py");
-    // Plain exec, then the same methods with control_mode=True.
-    for control in ["0", "1"] {
-        let output = tokio::process::Command::new(&python)
-            .arg(script)
-            .env("SPRITES_API_URL", &daemon.url)
-            .env("SPRITE_TOKEN", TOKEN)
-            .env("SPRITES_CONTROL_MODE", control)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "sprites-py test (control mode {control}) failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("sdk ok"));
-    }
-    assert!(
-        daemon.sprite_ids().is_empty(),
-        "the SDK test left sprites behind"
-    );
+    run_sdk_suite("sprites-py", &python, "test_sdk.py", &[], "sdk ok").await;
 }
 
-/// The official JS SDK (`@fly/sprites` on Node 24) against this daemon, without and
-/// with control mode. Needs SPRITE_SDK_NODE and SPRITE_SDK_JS (scripts/test.sh sets
-/// them).
+/// The official JS SDK (`@fly/sprites` on Node 24) against this daemon. Needs
+/// SPRITE_SDK_NODE and SPRITE_SDK_JS (scripts/test.sh sets them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_js_sdk_works() {
     let (Ok(node), Ok(sdk)) = (
@@ -170,28 +175,6 @@ async fn official_js_sdk_works() {
         eprintln!("SPRITE_SDK_NODE or SPRITE_SDK_JS is not set: skipping the @fly/sprites test (CI runs it)");
         return;
     };
-    let daemon = Daemon::start("debian").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/test_sdk.mjs");
-    for control in ["0", "1"] {
-        let output = tokio::process::Command::new(&node)
-            .arg(script)
-            .env("SPRITES_API_URL", &daemon.url)
-            .env("SPRITE_TOKEN", TOKEN)
-            .env("SPRITES_JS_SDK", &sdk)
-            .env("SPRITES_CONTROL_MODE", control)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "@fly/sprites test (control mode {control}) failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("js sdk ok"));
-    }
-    assert!(
-        daemon.sprite_ids().is_empty(),
-        "the SDK test left sprites behind"
-    );
+    let env = [("SPRITES_JS_SDK", sdk.as_str())];
+    run_sdk_suite("@fly/sprites", &node, "test_sdk.mjs", &env, "js sdk ok").await;
 }

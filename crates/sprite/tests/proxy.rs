@@ -293,7 +293,6 @@ chmod +x /home/sprite/echo.sh && mkdir -p /home/sprite/files && dd if=/dev/urand
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tcp_proxy_reaches_a_port_in_a_sleeping_sprite() {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
     let daemon = Daemon::start_with(
         "busybox",
@@ -320,14 +319,7 @@ async fn the_tcp_proxy_reaches_a_port_in_a_sleeping_sprite() {
     );
 
     let open = || async {
-        let url = format!(
-            "{}/v1/sprites/db/proxy",
-            daemon.url.replacen("http://", "ws://", 1)
-        );
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let request = daemon.ws_request("/v1/sprites/db/proxy");
         tokio_tungstenite::connect_async(request).await.unwrap().0
     };
     let mut socket = open().await;

@@ -9,7 +9,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use sprite_api::services::ServiceSpec;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
@@ -18,11 +17,10 @@ type Socket =
 const CONFIG: &str = "warm_after = \"never\"\ncold_after = \"never\"\nstop_grace = \"1s\"\n";
 
 async fn socket(daemon: &Daemon, path_and_query: &str, agent: &str) -> Socket {
-    let url = format!("{}{path_and_query}", daemon.url.replacen("http", "ws", 1));
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    headers.insert("user-agent", agent.parse().unwrap());
+    let mut request = daemon.ws_request(path_and_query);
+    request
+        .headers_mut()
+        .insert("user-agent", agent.parse().unwrap());
     tokio_tungstenite::connect_async(request).await.unwrap().0
 }
 
@@ -209,14 +207,7 @@ async fn control_connection_runs_ops_one_after_another() {
     );
 
     // An unknown sprite: 404 on the upgrade, which is what makes the SDKs fall back.
-    let url = format!(
-        "{}/v1/sprites/nope/control",
-        daemon.url.replacen("http", "ws", 1)
-    );
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let request = daemon.ws_request("/v1/sprites/nope/control");
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 404)
@@ -404,6 +395,22 @@ async fn assert_complete(socket: &mut Socket) {
     assert_eq!(message["type"], "op.complete", "{message}");
 }
 
+/// A JSON request to the API with the test token.
+async fn send_json(
+    daemon: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(method, format!("{}{path}", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn post(daemon: &Daemon, path: &str, body: &str) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{}{path}", daemon.url))
@@ -558,8 +565,35 @@ async fn rest_wire_matches_the_sdks() {
     }
 
     // Services: integer millisecond timestamps, log_files on complete; PUT follows
-    // 5 s by default (here the run ends first); stop honours ?timeout= and says
-    // stopping/exit/stopped.
+    // 5 s when no duration is given (output a second in is still in the stream); stop
+    // honours ?timeout= and says stopping/exit/stopped.
+    let late = serde_json::json!({ "cmd": "sh", "args": ["-c", "sleep 1; echo late; sleep 100"] });
+    let started = Instant::now();
+    let response = send_json(
+        &daemon,
+        reqwest::Method::PUT,
+        "/v1/sprites/wire/services/late",
+        &late,
+    )
+    .await;
+    let events = ndjson(&response.text().await.unwrap());
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "stdout" && e["data"] == "late\n"),
+        "{events:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = http
+        .delete(format!("{}/v1/sprites/wire/services/late", daemon.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     let body =
         r#"{"cmd":"sh","args":["-c","echo up; trap '' TERM; while true; do sleep 1; done"]}"#;
     let response = http
@@ -652,25 +686,19 @@ async fn rest_wire_matches_the_sdks() {
 
     // PUT of only some url_settings keeps the rest.
     let public = serde_json::json!({ "url_settings": { "auth": "public" } });
-    let response = http
-        .put(format!("{}/v1/sprites/wire", daemon.url))
-        .bearer_auth(TOKEN)
-        .json(&public)
-        .send()
-        .await
-        .unwrap();
+    let response = send_json(&daemon, reqwest::Method::PUT, "/v1/sprites/wire", &public).await;
     assert_eq!(response.status(), 200);
     let labels_only = serde_json::json!({ "url_settings": {}, "labels": ["a"] });
-    let info: serde_json::Value = http
-        .put(format!("{}/v1/sprites/wire", daemon.url))
-        .bearer_auth(TOKEN)
-        .json(&labels_only)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = send_json(
+        &daemon,
+        reqwest::Method::PUT,
+        "/v1/sprites/wire",
+        &labels_only,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(info["url_settings"]["auth"], "public", "{info}");
 
     // Create keeps what the SDKs send (runtime, config.region, private_access) and
@@ -679,13 +707,7 @@ async fn rest_wire_matches_the_sdks() {
         "name": "kept", "runtime": "dev", "config": { "region": "local", "ram_mb": 256 },
         "url_settings": { "auth": "sprite", "private_access": "org_users" },
     });
-    let created = http
-        .post(format!("{}/v1/sprites", daemon.url))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let created = send_json(&daemon, reqwest::Method::POST, "/v1/sprites", &body).await;
     assert_eq!(created.status(), 201);
     let info: serde_json::Value = created.json().await.unwrap();
     assert_eq!(info["runtime"], "dev", "{info}");
@@ -696,16 +718,12 @@ async fn rest_wire_matches_the_sdks() {
         "{info}"
     );
     let public = serde_json::json!({ "url_settings": { "auth": "public" } });
-    let info: serde_json::Value = http
-        .put(format!("{}/v1/sprites/kept", daemon.url))
-        .bearer_auth(TOKEN)
-        .json(&public)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value =
+        send_json(&daemon, reqwest::Method::PUT, "/v1/sprites/kept", &public)
+            .await
+            .json()
+            .await
+            .unwrap();
     assert_eq!(
         info["url_settings"]["private_access"], "org_users",
         "{info}"
@@ -725,13 +743,7 @@ async fn rest_wire_matches_the_sdks() {
             "org_users",
         ),
     ] {
-        let response = http
-            .post(format!("{}/v1/sprites", daemon.url))
-            .bearer_auth(TOKEN)
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let response = send_json(&daemon, reqwest::Method::POST, "/v1/sprites", &bad).await;
         assert_eq!(response.status(), 400, "{bad}");
         assert!(response.text().await.unwrap().contains(hint), "{bad}");
     }
@@ -997,18 +1009,12 @@ async fn proxy_reaches_the_sprites_own_addresses() {
 async fn limits_answer_as_the_sdks_read_them() {
     let config = format!("{CONFIG}max_sprites = 2\ncreates_per_minute = 3\n");
     let daemon = Daemon::start_with("busybox", &config).await;
-    let http = reqwest::Client::new();
     let create = async |name: &str, wait: bool| {
         let mut body = serde_json::json!({ "name": name });
         if wait {
             body["wait_for_capacity"] = true.into();
         }
-        http.post(format!("{}/v1/sprites", daemon.url))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        send_json(&daemon, reqwest::Method::POST, "/v1/sprites", &body).await
     };
     assert_eq!(create("a", false).await.status(), 201);
     assert_eq!(create("b", false).await.status(), 201);
@@ -1066,7 +1072,6 @@ async fn limits_answer_as_the_sdks_read_them() {
 async fn resource_and_privilege_policies() {
     let daemon = Daemon::start_with("busybox", CONFIG).await;
     create(&daemon.client, "res").await;
-    let http = reqwest::Client::new();
     let id = daemon.get_json("/v1/sprites/res").await["id"]
         .as_str()
         .unwrap()
@@ -1084,16 +1089,8 @@ async fn resource_and_privilege_policies() {
         panic!("no memory limit file for {id}");
     };
     let send = async |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
-        let mut request = http
-            .request(
-                method,
-                format!("{}/v1/sprites/res/policy/{path}", daemon.url),
-            )
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
+        let path = format!("/v1/sprites/res/policy/{path}");
+        send_json(&daemon, method, &path, &body.unwrap_or_default()).await
     };
     let before = daemon.get_json("/v1/sprites/res/policy/resources").await;
     let default_mb = before["memory"]["limit_mb"].as_u64().unwrap();
@@ -1160,4 +1157,80 @@ async fn resource_and_privilege_policies() {
         200
     );
     daemon.client.destroy("res").await.unwrap();
+}
+
+/// What a stolen-token-less client or a hostile sprite can do with the control socket:
+/// nothing without the token, no host file through its fs ops, no unbounded message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_connection_holds_its_bounds() {
+    let daemon = Daemon::start_with("busybox", CONFIG).await;
+    create(&daemon.client, "bound").await;
+    // No token, or a wrong one: 401 on the upgrade.
+    for token in [None, Some("not-the-token")] {
+        let mut request = daemon.ws_request("/v1/sprites/bound/control");
+        match token {
+            None => drop(request.headers_mut().remove("authorization")),
+            Some(token) => {
+                let value = format!("Bearer {token}").parse().unwrap();
+                request.headers_mut().insert("authorization", value);
+            }
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "{token:?}")
+            }
+            other => panic!("expected 401 for {token:?}, got {:?}", other.map(|_| ())),
+        }
+    }
+    // A host file the sprite points at with a symlink, or reaches with `..`: its fs ops
+    // stay in the sprite's root.
+    let secret = format!("/tmp/control-host-secret-{}", std::process::id());
+    std::fs::write(&secret, "HOST SECRET").unwrap();
+    let link = format!("ln -sf {secret} /home/sprite/link");
+    assert_eq!(
+        run(&daemon.client, "bound", &["sh", "-c", &link])
+            .await
+            .code,
+        0
+    );
+    let mut ws = socket(&daemon, "/v1/sprites/bound/control", "sprites-go-sdk/1.0").await;
+    for path in [
+        "/home/sprite/link".to_string(),
+        format!("/home/sprite/../../../..{secret}"),
+    ] {
+        let query = form_urlencoded_path(&path);
+        let body = serde_json::json!({ "type": "op.start", "op": "fs.read", "args": query });
+        ws.send(Message::Text(body.to_string().into()))
+            .await
+            .unwrap();
+        let answer = text(&next(&mut ws).await);
+        assert!(!answer.contains("HOST SECRET"), "{path}: {answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert!(answer["error"].is_string(), "{path} was read: {answer}");
+    }
+    let _ = std::fs::remove_file(&secret);
+    // A message over the 8 MiB bound ends the socket; the daemon carries on.
+    let big = vec![0u8; 9 * 1024 * 1024];
+    let _ = ws.send(Message::Binary(big.into())).await;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break true,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "an oversized message did not end the socket");
+    assert_eq!(run(&daemon.client, "bound", &["true"]).await.code, 0);
+}
+
+/// `path=<path>` as a query string.
+fn form_urlencoded_path(path: &str) -> String {
+    let escaped: String = path
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!("path={escaped}")
 }

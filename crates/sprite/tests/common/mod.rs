@@ -150,6 +150,23 @@ fn spawn_daemon(data: &Path, port: u16, image: &str) -> Child {
 }
 
 impl Daemon {
+    /// A WebSocket request to the API's `path_and_query`, with the test token.
+    pub fn ws_request(
+        &self,
+        path_and_query: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!(
+            "{}{path_and_query}",
+            self.url.replacen("http://", "ws://", 1)
+        );
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        request
+    }
+
     /// `GET path_and_query` on the API with the test token, as JSON.
     pub async fn get_json(&self, path_and_query: &str) -> serde_json::Value {
         reqwest::Client::new()
