@@ -212,7 +212,7 @@ pub struct Volume {
     staging: Mutex<Staging>,
     uploading: tokio::sync::Mutex<()>,
     /// Starts the staging file's writeback as writes go on.
-    writeback: sprite_sandbox::sys::WritebackPacer,
+    writeback: sprite_sys::syscall::WritebackPacer,
     /// A write into a block that is not present holds the block's stripe, so two
     /// first writes into one block never both fill it (the second fill would undo the
     /// first write).

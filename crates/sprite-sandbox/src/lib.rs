@@ -1,9 +1,11 @@
 //! The sandbox backend of sprites: Linux namespaces, cgroups, mounts, seccomp and PTYs,
 //! and sprite-init, PID 1 of every sprite.
 //!
-//! All of the project's `unsafe` code lives in this crate, in [`sys`]. It must not
+//! It talks to the kernel through `sprite-sys` (re-exported as [`sys`]). It must not
 //! depend on the storage engine (`sprite-fs`) or on the server: the daemon hands it a
 //! [`spec::SandboxSpec`] whose root layers come from whatever storage made them.
+
+#![forbid(unsafe_code)]
 
 pub mod cgroup;
 pub mod client;
@@ -15,7 +17,7 @@ pub mod net;
 pub mod protocol;
 pub mod security;
 pub mod spec;
-pub mod sys;
+pub use sprite_sys::syscall as sys;
 
 pub use error::SandboxError;
 

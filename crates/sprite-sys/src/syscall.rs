@@ -1,6 +1,5 @@
-//! The few system calls no safe wrapper covers. Every `unsafe` block of the project is
-//! here, each with the reason it is sound.
-#![allow(unsafe_code)]
+//! The few system calls no safe wrapper covers, each `unsafe` block with the reason it is
+//! sound.
 
 use std::os::fd::RawFd;
 

@@ -1,0 +1,141 @@
+//! Mounting by system call instead of running `mount` and `umount`.
+
+use std::io;
+use std::path::Path;
+
+pub use nix::mount::MsFlags;
+
+fn io_error(error: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(error as i32)
+}
+
+/// Mounts the filesystem on block device `device` (of type `fstype`) at `target`.
+///
+/// The kernel shows a mount's source as it was given, to everyone who can see the mount.
+/// With `shown_as`, the source is given as that bare name, a link to the device in a
+/// directory of its own (`<target>.device`, removed again) resolved from a thread whose
+/// working directory is private, so the device's host name never shows.
+pub fn mount_device(
+    device: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: &str,
+    shown_as: Option<&str>,
+) -> io::Result<()> {
+    let Some(name) = shown_as else {
+        return nix::mount::mount(Some(device), target, Some(fstype), flags, Some(data))
+            .map_err(io_error);
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a bare file name"),
+        ));
+    }
+    let links = target.with_extension("device");
+    let _ = std::fs::remove_dir_all(&links);
+    std::fs::create_dir_all(&links)?;
+    let result = std::os::unix::fs::symlink(device, links.join(name)).and_then(|()| {
+        let (name, links, target) = (name.to_string(), links.clone(), target.to_path_buf());
+        let (fstype, data) = (fstype.to_string(), data.to_string());
+        // A thread of its own: its working directory changes, and after unsharing the
+        // filesystem context that change is the thread's alone.
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(io_error)?;
+            std::env::set_current_dir(&links)?;
+            nix::mount::mount(
+                Some(Path::new(&name)),
+                &target,
+                Some(fstype.as_str()),
+                flags,
+                Some(data.as_str()),
+            )
+            .map_err(io_error)
+        })
+        .join()
+        .map_err(|_| io::Error::other("the mount thread panicked"))?
+    });
+    let _ = std::fs::remove_dir_all(&links);
+    result
+}
+
+/// Mounts a tmpfs named `name` at `target`.
+pub fn mount_tmpfs(target: &Path, name: &str, flags: MsFlags, data: &str) -> io::Result<()> {
+    nix::mount::mount(Some(name), target, Some("tmpfs"), flags, Some(data)).map_err(io_error)
+}
+
+/// Makes the mount at `target` shared: mounts made under it later propagate to its
+/// peers and slaves (a sprite's bind of it).
+pub fn make_shared(target: &Path) -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(io_error)
+}
+
+/// Unmounts `target`; `lazy` detaches it now and lets it go once no process uses it.
+pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    nix::mount::umount2(target, flags).map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_name_must_be_bare() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for bad in ["", "a/b", "..", "."] {
+            let error = mount_device(
+                Path::new("/dev/null"),
+                dir.path(),
+                "ext4",
+                MsFlags::empty(),
+                "",
+                Some(bad),
+            )
+            .expect_err("refused");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_tmpfs_mounts_shared_and_unmounts() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t");
+        std::fs::create_dir(&target).expect("mkdir");
+        mount_tmpfs(&target, "sprite-test", MsFlags::MS_NOSUID, "size=1m").expect("mount");
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .expect("mountinfo")
+                .lines()
+                .find(|line| line.split(' ').nth(4) == Some(&*target.to_string_lossy()))
+                .map(str::to_string)
+        };
+        let result = std::panic::catch_unwind(|| {
+            make_shared(&target).expect("shared");
+            let line = mounted().expect("mounted");
+            assert!(line.contains(" shared:"), "{line}");
+            assert!(line.contains(" - tmpfs sprite-test "), "{line}");
+        });
+        unmount(&target, false).expect("unmount");
+        assert!(mounted().is_none());
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
