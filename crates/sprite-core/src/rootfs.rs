@@ -7,6 +7,8 @@ use crate::error::CoreError;
 use sprite_fs::meta::VersionRecord;
 use sprite_fs::service::{StorageClient, StorageClientError, StorageRequest, StorageResponse};
 use sprite_sandbox::spec::RootLayers;
+use sprite_sys::mount::{self, MsFlags};
+use sprite_sys::loopdev;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -310,70 +312,77 @@ async fn run_in(dir: Option<&Path>, program: &str, args: &[&str]) -> Result<Stri
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Attaches a file to a free loop device with direct I/O (no second page cache under
-/// ext4's); returns the device.
-async fn loop_attach(file: &Path, read_only: bool) -> Result<String, CoreError> {
-    let file = file.to_string_lossy();
-    let mut args = vec!["--direct-io=on", "--find", "--show", &*file];
-    if read_only {
-        args.insert(0, "--read-only");
-    }
-    run("losetup", &args).await
+/// Runs a blocking host operation (a system call that may wait on a disk) off the
+/// async threads; `what` and `path` name it in the error.
+async fn host<T: Send + 'static>(
+    what: &'static str,
+    path: &Path,
+    operation: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, CoreError> {
+    tokio::task::spawn_blocking(operation)
+        .await
+        .map_err(|e| CoreError::Task(what, e))?
+        .map_err(CoreError::io(what, path))
 }
 
-/// Loops `file` and mounts its ext4 at `target` with `options`; the loop device goes
-/// again if the mount fails.
+/// Mount flags of every sprite disk: no setuid binaries, device nodes or programs run
+/// from it on the host side.
+const DISK_FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Loops `file` (direct I/O: no second page cache under ext4's) and mounts its ext4 at
+/// `target` with `flags` and `data`. The loop device clears itself when the mount goes,
+/// or at once if the mount fails.
 async fn loop_mount(
     file: &Path,
     target: &Path,
-    read_only: bool,
-    options: &str,
+    flags: MsFlags,
+    data: &'static str,
 ) -> Result<(), CoreError> {
     fs::create_dir_all(target).map_err(CoreError::io("create", target))?;
-    let device = loop_attach(file, read_only).await?;
-    // The kernel shows a mount's source as it was given, to the sprite too (its /home
-    // and checkpoint views are this mount, bound in): not the host's device name but
-    // `spritefs`, a link to it in a directory of its own, given uncanonicalized.
-    let links = target.with_extension("device");
-    let _ = fs::remove_dir_all(&links);
-    let mounted = async {
-        fs::create_dir_all(&links).map_err(CoreError::io("create", &links))?;
-        std::os::unix::fs::symlink(&device, links.join(DEVICE_NAME))
-            .map_err(CoreError::io("link", &links))?;
-        let target = target.to_string_lossy();
-        run_in(
-            Some(&links),
-            "mount",
-            &["-c", "-t", "ext4", "-o", options, DEVICE_NAME, &target],
-        )
-        .await
-        .map(drop)
-    }
-    .await;
-    let _ = fs::remove_dir_all(&links);
-    if mounted.is_err() {
-        let _ = run("losetup", &["-d", &device]).await;
-    }
-    mounted
+    let (file, to) = (file.to_path_buf(), target.to_path_buf());
+    let read_only = flags.contains(MsFlags::MS_RDONLY);
+    host("mount", target, move || {
+        let options = loopdev::LoopOptions {
+            read_only,
+            direct_io: true,
+        };
+        let device = loopdev::attach(&file, options)?;
+        // The kernel shows a mount's source as it was given, to the sprite too (its /home
+        // and checkpoint views are this mount, bound in): not the host's device name but
+        // `spritefs`.
+        mount::mount_device(device.path(), &to, "ext4", flags, data, Some(DEVICE_NAME))
+    })
+    .await
+}
+
+/// Unmounts `target` if it is mounted; `lazy` lets it go once no process uses it.
+async fn unmount(target: &Path, lazy: bool) -> Result<(), CoreError> {
+    let to = target.to_path_buf();
+    host("unmount", target, move || {
+        if !mount::is_mount_point(&to) {
+            return Ok(());
+        }
+        mount::unmount(&to, lazy)
+    })
+    .await
 }
 
 /// What a sprite disk's mount names as its source.
 const DEVICE_NAME: &str = "spritefs";
 
-/// Detaches every loop device whose backing file `matches`. A device still in use goes
-/// when its last user does.
-async fn detach_loops(matches: impl Fn(&str) -> bool) {
-    let listing = run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
-        .await
-        .unwrap_or_default();
-    for line in listing.lines() {
-        let mut parts = line.split_whitespace();
-        if let (Some(device), Some(back)) = (parts.next(), parts.next()) {
-            if matches(back) {
-                let _ = run("losetup", &["-d", device]).await;
+/// Detaches every loop device whose backing file `matches` (read from sysfs). Only for
+/// cleaning up after a storage process died: devices clear themselves otherwise.
+async fn detach_loops(matches: impl Fn(&str) -> bool + Send + 'static) {
+    let _ = tokio::task::spawn_blocking(move || {
+        for (device, back) in loopdev::list() {
+            if matches(&back) {
+                let _ = loopdev::detach(&device);
             }
         }
-    }
+    })
+    .await;
 }
 
 /// The storage process pid recorded in a `mounted-by` file.
@@ -389,15 +398,9 @@ fn unexpected(sprite: &str, answer: StorageResponse) -> CoreError {
     }
 }
 
-/// Whether `path` is a mount point (per /proc/self/mountinfo).
+/// Whether `path` is a mount point (one statx, not a read of the mount table).
 pub(crate) fn is_mount_point(path: &Path) -> bool {
-    let wanted = path.to_string_lossy();
-    fs::read_to_string("/proc/self/mountinfo")
-        .map(|text| {
-            text.lines()
-                .any(|line| line.split(' ').nth(4) == Some(&*wanted))
-        })
-        .unwrap_or(false)
+    mount::is_mount_point(path)
 }
 
 impl SpriteFsStore {
@@ -525,15 +528,13 @@ impl SpriteFsStore {
     /// Detaches whatever is left of a volume's mount after its storage process died:
     /// the ext4 mount (lazily) and the loop devices over the old FUSE file.
     async fn clear_stale(&self, volume: &str, target: &Path) {
-        if is_mount_point(target) {
-            let _ = run("umount", &["-l", &target.to_string_lossy()]).await;
-        }
+        let _ = unmount(target, true).await;
         // Once its FUSE mount is gone, a loop device shows its backing file relative to
         // the lost mount (`/<volume>`); volume names are unique, so the name identifies it.
         let lost = format!("/{volume}");
         let live = self.settings.data_dir.join("fs").join("mnt").join(volume);
-        let live = live.to_string_lossy();
-        detach_loops(|back| back == lost || back == live).await;
+        let live = live.to_string_lossy().into_owned();
+        detach_loops(move |back| back == lost || back == live).await;
     }
 
     fn mount_dir(&self, sprite_id: &str) -> PathBuf {
@@ -563,30 +564,18 @@ impl SpriteFsStore {
         // extents at writeback instead of page by page in every write()
         // (`./bench/proxy.sh` measures a 1 GiB upload into a sprite; docs/STATUS.md has
         // the runs before and after `nodelalloc` was dropped).
-        loop_mount(&path, target, false, "noinit_itable,nosuid,nodev,noexec").await
+        loop_mount(&path, target, DISK_FLAGS, "noinit_itable").await
     }
 
-    /// Unmounts `target`, detaches its loop device and the volume.
+    /// Unmounts `target` (its loop device clears itself) and detaches the volume.
     async fn unmount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
-        if is_mount_point(target) {
-            let mut attempts = 0;
-            while let Err(error) = run("umount", &[&target.to_string_lossy()]).await {
-                attempts += 1;
-                if attempts > 50 {
-                    return Err(error);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut attempts = 0;
+        while let Err(error) = unmount(target, false).await {
+            attempts += 1;
+            if attempts > 50 {
+                return Err(error);
             }
-        }
-        let file = self.settings.data_dir.join("fs").join("mnt").join(volume);
-        let devices = run(
-            "losetup",
-            &["-j", &file.to_string_lossy(), "-n", "-O", "NAME"],
-        )
-        .await
-        .unwrap_or_default();
-        for device in devices.lines().filter(|d| !d.is_empty()) {
-            run("losetup", &["-d", device]).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.request(
             volume,
@@ -615,20 +604,12 @@ impl SpriteFsStore {
         let (views, _) = self.views_dirs(sprite_id);
         if !is_mount_point(&views) {
             fs::create_dir_all(&views).map_err(CoreError::io("create", &views))?;
-            let target = views.to_string_lossy();
-            run(
-                "mount",
-                &[
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    "mode=755,size=1m,nosuid,nodev,noexec",
-                    "sprite-views",
-                    &target,
-                ],
-            )
+            let target = views.clone();
+            host("mount", &views, move || {
+                mount::mount_tmpfs(&target, "sprite-views", DISK_FLAGS, "mode=755,size=1m")?;
+                mount::make_shared(&target)
+            })
             .await?;
-            run("mount", &["--make-shared", &target]).await?;
         }
         Ok(views)
     }
@@ -653,7 +634,7 @@ impl SpriteFsStore {
             other => return Err(unexpected(sprite_id, other)),
         };
         let disk = disks.join(name);
-        loop_mount(&file, &disk, true, "ro,noload,nosuid,nodev,noexec").await?;
+        loop_mount(&file, &disk, DISK_FLAGS | MsFlags::MS_RDONLY, "noload").await?;
         let target = views.join(name);
         let (storage_ids, id_count) = (self.settings.id_base, self.settings.id_count);
         let image_root = image_root.to_path_buf();
@@ -676,12 +657,9 @@ impl SpriteFsStore {
     async fn unmount_view(&self, sprite_id: &str, name: &str) {
         let (views, disks) = self.views_dirs(sprite_id);
         for dir in [views.join(name), disks.join(name)] {
-            if is_mount_point(&dir) {
-                let _ = run("umount", &["-l", &dir.to_string_lossy()]).await;
-            }
+            let _ = unmount(&dir, true).await;
             let _ = fs::remove_dir(&dir);
         }
-        self.detach_view_loops(sprite_id, Some(name)).await;
         let request = StorageRequest::DetachVersion {
             volume: sprite_id.into(),
             version: name.into(),
@@ -695,19 +673,6 @@ impl SpriteFsStore {
                 sprite_api::error_chain(&error)
             );
         }
-    }
-
-    /// Detaches the loop devices of a sprite's views (one, or all of them).
-    async fn detach_view_loops(&self, sprite_id: &str, name: Option<&str>) {
-        let pattern = format!(
-            "/{}",
-            sprite_fs::service::view_name(sprite_id, name.unwrap_or(""))
-        );
-        detach_loops(|back| match name {
-            Some(_) => back.ends_with(&pattern),
-            None => back.contains(&pattern),
-        })
-        .await;
     }
 
     /// Unmounts every view of a sprite and the views directory itself.
@@ -728,10 +693,7 @@ impl SpriteFsStore {
         for name in names {
             self.unmount_view(sprite_id, &name).await;
         }
-        self.detach_view_loops(sprite_id, None).await;
-        if is_mount_point(&views) {
-            let _ = run("umount", &["-l", &views.to_string_lossy()]).await;
-        }
+        let _ = unmount(&views, true).await;
     }
 
     async fn exists(&self, volume: &str, version: Option<&str>) -> Result<bool, CoreError> {
@@ -786,7 +748,7 @@ impl SpriteFsStore {
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
             .map_err(CoreError::io("chmod", &parent))?;
         let file = self.attach(&volume).await?;
-        loop_mount(&file, &target, true, "ro,nosuid,nodev,noexec").await?;
+        loop_mount(&file, &target, DISK_FLAGS | MsFlags::MS_RDONLY, "").await?;
         fs::write(&mounted_by, pid.to_string()).map_err(CoreError::io("write", &mounted_by))?;
         tracing::info!(image, root = %target.display(), "image volume mounted");
         Ok(target)
@@ -811,7 +773,11 @@ impl SpriteFsStore {
         };
         self.request(template, create).await?;
         let path = self.attach(template).await?;
-        let device = loop_attach(&path, false).await?;
+        let file = path.clone();
+        let device = host("loop", &path, move || {
+            loopdev::attach(&file, loopdev::LoopOptions::default())
+        })
+        .await?;
         let formatted = run(
             "mkfs.ext4",
             &[
@@ -820,11 +786,12 @@ impl SpriteFsStore {
                 "0",
                 "-E",
                 "lazy_itable_init=1,lazy_journal_init=1",
-                &device,
+                &device.path().to_string_lossy(),
             ],
         )
         .await;
-        let _ = run("losetup", &["-d", &device]).await;
+        // Closing the device clears it.
+        drop(device);
         formatted?;
         let target = self
             .settings

@@ -88,6 +88,34 @@ pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
     nix::mount::umount2(target, flags).map_err(io_error)
 }
 
+/// Whether `path` is the root of a mount (statx's `STATX_ATTR_MOUNT_ROOT`: one system
+/// call, not a read of the whole mount table). A missing path is not.
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is a writable
+    // `struct statx` the kernel fills (it was zeroed, so every byte is initialised).
+    let result = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            0,
+            stat.as_mut_ptr(),
+        )
+    };
+    if result != 0 {
+        return false;
+    }
+    // SAFETY: zeroed and then filled by a successful statx.
+    let stat = unsafe { stat.assume_init() };
+    let flag = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    stat.stx_attributes_mask & flag != 0 && stat.stx_attributes & flag != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +155,8 @@ mod tests {
                 .map(str::to_string)
         };
         let result = std::panic::catch_unwind(|| {
+            assert!(is_mount_point(&target));
+            assert!(!is_mount_point(dir.path()));
             make_shared(&target).expect("shared");
             let line = mounted().expect("mounted");
             assert!(line.contains(" shared:"), "{line}");
@@ -134,6 +164,7 @@ mod tests {
         });
         unmount(&target, false).expect("unmount");
         assert!(mounted().is_none());
+        assert!(!is_mount_point(&target));
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
         }

@@ -84,10 +84,7 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
     let mount_dir = dir.join("mnt");
     // A storage process that died leaves its mount behind ("transport endpoint is not
     // connected"); detach it before mounting again.
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&mount_dir)
-        .output();
+    let _ = sprite_sys::mount::unmount(&mount_dir, true);
     std::fs::create_dir_all(&mount_dir)
         .with_context(|| format!("create {}", mount_dir.display()))?;
     let table = VolumeTable::default();
