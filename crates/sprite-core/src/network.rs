@@ -17,7 +17,7 @@ use crate::dns::{self, Admitted, AllowSink, ResolverConfig};
 use crate::error::CoreError;
 use crate::manager::lock;
 use sprite_api::policy::NetworkPolicy;
-use sprite_sandbox::net::{self, Egress, NetPlan, SlotAddrs};
+use sprite_sandbox::net::{Egress, Net, NetPlan, SlotAddrs};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -63,7 +63,7 @@ impl Drop for Slot {
 
 /// The daemon's sprite networking.
 pub struct Network {
-    plan: Arc<NetPlan>,
+    net: Arc<Net>,
     upstreams: Vec<SocketAddr>,
     slots: Mutex<HashMap<String, Slot>>,
     used: Mutex<BTreeSet<u32>>,
@@ -74,7 +74,7 @@ pub struct Network {
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network")
-            .field("plan", &self.plan)
+            .field("plan", self.net.plan())
             .field("slots", &lock(&self.slots).len())
             .finish()
     }
@@ -107,7 +107,7 @@ struct Admission {
 /// into the next, so admissions cost one process per batch, not one per answer, however
 /// many sprites look names up at once. A batch that fails (a slot just went away) is
 /// retried slot by slot.
-async fn run_admissions(plan: Arc<NetPlan>, mut queue: tokio::sync::mpsc::Receiver<Admission>) {
+async fn run_admissions(net: Arc<Net>, mut queue: tokio::sync::mpsc::Receiver<Admission>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < 1024 {
@@ -118,21 +118,17 @@ async fn run_admissions(plan: Arc<NetPlan>, mut queue: tokio::sync::mpsc::Receiv
         }
         let work: Vec<(u32, Vec<(Ipv4Addr, Duration)>)> =
             batch.iter().map(|a| (a.slot, a.addrs.clone())).collect();
-        let batch_plan = plan.clone();
+        let batch_net = net.clone();
         let all = blocking("admit addresses", move || {
-            net::allow_many(&batch_plan, &work).is_ok()
+            batch_net.allow_many(&work).is_ok()
         })
         .await
         .unwrap_or(false);
         for admission in batch {
             let admitted = all || {
-                let one_plan = plan.clone();
+                let one_net = net.clone();
                 let (slot, addrs) = (admission.slot, admission.addrs.clone());
-                match blocking("admit addresses", move || {
-                    net::allow(&one_plan, slot, &addrs)
-                })
-                .await
-                {
+                match blocking("admit addresses", move || one_net.allow(slot, &addrs)).await {
                     Ok(Ok(())) => true,
                     Ok(Err(error)) => {
                         tracing::warn!(
@@ -236,7 +232,7 @@ impl Network {
         std::fs::write(&note, format!("inet {}\n", plan.table))
             .map_err(CoreError::io("write", note))?;
         Ok(Network {
-            plan: Arc::new(plan),
+            net: Arc::new(Net::system(plan)),
             upstreams: config.dns_upstreams.clone(),
             slots: Mutex::new(HashMap::new()),
             used: Mutex::new(BTreeSet::new()),
@@ -249,7 +245,7 @@ impl Network {
         lock(&self.admissions)
             .get_or_insert_with(|| {
                 let (sender, receiver) = tokio::sync::mpsc::channel(ADMISSION_QUEUE);
-                tokio::spawn(run_admissions(self.plan.clone(), receiver));
+                tokio::spawn(run_admissions(self.net.clone(), receiver));
                 sender
             })
             .clone()
@@ -271,18 +267,18 @@ impl Network {
     /// Installs the daemon's tables, keeping the slots of sprites that still run
     /// (`live`: sprite id, slot, policy) and starting their resolvers again.
     pub async fn install(&self, live: Vec<(String, u32, NetworkPolicy)>) -> Result<(), CoreError> {
-        let plan = self.plan.clone();
+        let net = self.net.clone();
         let slots: Vec<(u32, Egress)> = live
             .iter()
             .map(|(_, slot, policy)| (*slot, egress_of(policy)))
             .collect();
         // Live slots stay taken whatever happens below: a new sprite must never get one.
         lock(&self.used).extend(live.iter().map(|(_, slot, _)| *slot));
-        blocking("install the network", move || net::install(&plan, &slots))
+        blocking("install the network", move || net.install(&slots))
             .await?
             .map_err(net_error("(all)"))?;
         for (sprite_id, slot, policy) in live {
-            let Some(addrs) = self.plan.addresses(slot) else {
+            let Some(addrs) = self.net.plan().addresses(slot) else {
                 continue;
             };
             if let Err(error) = self.register(&sprite_id, slot, addrs, policy).await {
@@ -294,8 +290,8 @@ impl Network {
 
     /// Removes the daemon's tables (the sprites' links go with their namespaces).
     pub async fn uninstall(&self) -> Result<(), CoreError> {
-        let plan = self.plan.clone();
-        blocking("remove the network", move || net::uninstall(&plan))
+        let net = self.net.clone();
+        blocking("remove the network", move || net.uninstall())
             .await?
             .map_err(net_error("(all)"))
     }
@@ -326,7 +322,7 @@ impl Network {
         let config = ResolverConfig {
             upstreams: self.upstreams.clone(),
             timeout: Duration::from_secs(3),
-            sprite_network: Some((self.plan.subnet, self.plan.prefix_len)),
+            sprite_network: Some((self.net.plan().subnet, self.net.plan().prefix_len)),
         };
         let id = sprite_id.to_string();
         let resolver = tokio::spawn(async move {
@@ -360,16 +356,16 @@ impl Network {
         self.release(sprite_id, state_dir).await;
         let slot = {
             let mut used = lock(&self.used);
-            let free = (0..self.plan.max_slots()).find(|s| !used.contains(s));
-            let slot =
-                free.ok_or_else(|| CoreError::TooManySprites(self.plan.max_slots() as usize))?;
+            let free = (0..self.net.plan().max_slots()).find(|s| !used.contains(s));
+            let slot = free
+                .ok_or_else(|| CoreError::TooManySprites(self.net.plan().max_slots() as usize))?;
             used.insert(slot);
             slot
         };
-        let plan = self.plan.clone();
+        let net = self.net.clone();
         let egress = egress_of(&policy);
         let attached = blocking("attach a sprite's network", move || {
-            net::attach(&plan, slot, init_pid, egress)
+            net.attach(slot, init_pid, egress)
         })
         .await
         .and_then(|r| r.map_err(net_error(sprite)));
@@ -399,12 +395,8 @@ impl Network {
         let Some(slot) = slot else {
             return;
         };
-        let plan = self.plan.clone();
-        match blocking("detach a sprite's network", move || {
-            net::detach(&plan, slot)
-        })
-        .await
-        {
+        let net = self.net.clone();
+        match blocking("detach a sprite's network", move || net.detach(slot)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(
                 slot,
@@ -434,12 +426,12 @@ impl Network {
             state.policy.send_replace(Arc::new(policy.clone()));
             (state.slot, revoked)
         };
-        let plan = self.plan.clone();
+        let net = self.net.clone();
         let egress = egress_of(&policy);
         blocking("apply a network policy", move || {
-            net::set_egress(&plan, slot, egress)?;
+            net.set_egress(slot, egress)?;
             if !revoked.is_empty() {
-                net::revoke(&plan, slot, &revoked)?;
+                net.revoke(slot, &revoked)?;
             }
             Ok::<_, sprite_sandbox::SandboxError>(())
         })

@@ -71,6 +71,18 @@ pub enum SandboxError {
     SharedNetworkNamespace(u32),
     #[error("enable ip forwarding in /proc/sys/net/ipv4/ip_forward")]
     IpForwarding(#[source] std::io::Error),
+    #[error("{step}")]
+    Firewall {
+        step: String,
+        #[source]
+        source: sprite_sys::nft::NftError,
+    },
+    #[error("{step}")]
+    Link {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{step}: run `{command}`")]
     NetworkSpawn {
         step: String,

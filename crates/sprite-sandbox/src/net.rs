@@ -48,8 +48,9 @@
 //! so neither their connectivity nor their allowed connections are interrupted.
 
 use crate::SandboxError;
+use sprite_sys::netlink::Rtnl;
+use sprite_sys::nft::NftError;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -62,8 +63,6 @@ const SPRITE_INTERFACE: &str = "eth0";
 const MAX_ALLOW_SECONDS: u64 = u32::MAX as u64 / 1000;
 /// The block each slot gets: a /30, so four addresses.
 const SLOT_PREFIX_LEN: u8 = 30;
-/// nft reading a script from stdin, applied as one transaction.
-const NFT_SCRIPT: [&str; 3] = ["nft", "-f", "-"];
 
 /// How the daemon lays out sprite networking: the subnet its slots come from, the nftables
 /// table it owns and the prefix of the host-side interface names.
@@ -209,272 +208,244 @@ impl NetPlan {
     }
 }
 
-/// Turns on IPv4 forwarding and (re)creates the daemon's nftables table (see the module
-/// documentation) in one transaction. `live` lists the slots whose sprites are still
-/// running (from a previous daemon) with their egress policy: their chains, sets and map
-/// entries are part of the new table, and the addresses their allow sets held in the old
-/// table are kept with the time they had left. Their veth pairs are not touched. A slot
-/// left out gets nothing through until it is attached again; [`detach`] it to remove its
-/// interface if that is still there.
-///
-/// Fails if a host interface starts with the plan's interface prefix but is not named like
-/// one of its slots: the rules match the prefix as a wildcard.
-pub fn install(plan: &NetPlan, live: &[(u32, Egress)]) -> Result<(), SandboxError> {
-    check_interfaces(plan)?;
-    let mut slots = Vec::with_capacity(live.len());
-    for &(slot, egress) in live {
-        slots.push((slot, plan.slot(slot)?, egress));
-    }
-    enable_forwarding()?;
-    let kept = if slots.is_empty() {
-        Vec::new()
-    } else {
-        allowed_in_old_table(plan)
-    };
-    let mut script = table_script(plan);
-    for &(slot, addrs, egress) in &slots {
-        script.push_str(&slot_script(plan, slot, addrs, egress));
-        let elements: Vec<String> = kept
-            .iter()
-            .filter(|element| element.slot == slot)
-            .map(|element| match element.seconds_left {
-                Some(seconds) => format!("{} timeout {seconds}s", element.address),
-                None => element.address.to_string(),
-            })
-            .collect();
-        if !elements.is_empty() {
-            let _ = writeln!(
-                script,
-                "add element inet {} allow_{slot} {{ {} }}",
-                plan.table,
-                elements.join(", ")
-            );
+impl Net {
+    /// Turns on IPv4 forwarding and (re)creates the daemon's nftables table (see the module
+    /// documentation) in one transaction. `live` lists the slots whose sprites are still
+    /// running (from a previous daemon) with their egress policy: their chains, sets and map
+    /// entries are part of the new table, and the addresses their allow sets held in the old
+    /// table are kept with the time they had left. Their veth pairs are not touched. A slot
+    /// left out gets nothing through until it is attached again; [`detach`] it to remove its
+    /// interface if that is still there.
+    ///
+    /// Fails if a host interface starts with the plan's interface prefix but is not named like
+    /// one of its slots: the rules match the prefix as a wildcard.
+    pub fn install(&self, live: &[(u32, Egress)]) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        check_interfaces(&*self.host, plan)?;
+        let mut slots = Vec::with_capacity(live.len());
+        for &(slot, egress) in live {
+            slots.push((slot, plan.slot(slot)?, egress));
         }
-    }
-    nft(&script, || format!("create table inet {}", plan.table))
-}
-
-/// Deletes the daemon's nftables table, and with it every slot's rules; fine if it is
-/// absent. Leaves IPv4 forwarding on (other software may rely on it) and the veth pairs
-/// alone (they vanish with their sprites).
-pub fn uninstall(plan: &NetPlan) -> Result<(), SandboxError> {
-    let table = &plan.table;
-    nft(
-        &format!("add table inet {table}\ndelete table inet {table}\n"),
-        || format!("delete table inet {table}"),
-    )
-}
-
-/// Gives the sprite whose PID 1 has host pid `init_pid` its network: a veth pair whose host
-/// end is [`NetPlan::host_iface`] (a stale interface of that name is deleted first) and whose
-/// other end is created as `eth0` in the sprite's network namespace, the slot's addresses,
-/// a default route via the gateway, loopback up, and the slot's nftables objects with
-/// `egress` and an empty allow set.
-///
-/// Refuses a process in the daemon's own network namespace (a stale pid, say), whose
-/// `eth0` would otherwise be the host's. Three processes: `nft`, run alongside `ip` on the
-/// host and then `nsenter … ip` in the sprite. Until nft's transaction lands, the table
-/// drops what comes from an interface without a slot, so that order is safe. If a step
-/// fails, what was done is undone.
-pub fn attach(
-    plan: &NetPlan,
-    slot: u32,
-    init_pid: u32,
-    egress: Egress,
-) -> Result<SlotAddrs, SandboxError> {
-    let addrs = plan.slot(slot)?;
-    check_separate_namespace(init_pid)?;
-    let host = plan.host_iface(slot);
-    // The sprite's egress is in force in the same transaction that lets its packets
-    // through at all: there is no moment of open egress before a restricted policy.
-    let mut script = slot_script(plan, slot, addrs, egress);
-    // A new sprite in the slot does not inherit what the previous one was allowed.
-    let _ = writeln!(script, "flush set inet {} allow_{slot}", plan.table);
-    let nft_step = || format!("add slot {slot} to table inet {}", plan.table);
-    // nft runs while the links are made: until its transaction lands, the table's own
-    // rules drop whatever comes from an interface without a slot, so it is safe.
-    let rules = start(&NFT_SCRIPT, &script, nft_step)?;
-
-    let mut links = String::new();
-    if interface_exists(&host) {
-        let _ = writeln!(links, "link del {host}");
-    }
-    let _ = writeln!(
-        links,
-        "link add name {host} type veth peer name {SPRITE_INTERFACE} netns {init_pid}\n\
-         addr add {}/{} dev {host}\n\
-         link set {host} up",
-        addrs.gateway, addrs.prefix_len
-    );
-    let sprite_side = format!(
-        "link set lo up\n\
-         addr add {}/{} dev {SPRITE_INTERFACE}\n\
-         link set {SPRITE_INTERFACE} up\n\
-         route add default via {} dev {SPRITE_INTERFACE}\n",
-        addrs.sprite, addrs.prefix_len, addrs.gateway
-    );
-    let result = run(&["ip", "-batch", "-"], &links, || {
-        format!("create veth {host} to the sprite of pid {init_pid}")
-    })
-    .and_then(|_| {
-        let namespace = format!("--net=/proc/{init_pid}/ns/net");
-        run(
-            &["nsenter", &namespace, "ip", "-batch", "-"],
-            &sprite_side,
-            || format!("configure {SPRITE_INTERFACE} in the sprite of pid {init_pid}"),
-        )
-    });
-    let result = result.and(rules.finish(nft_step).map(drop));
-    if let Err(error) = result {
-        if let Err(undo) = detach(plan, slot) {
-            tracing::warn!(slot, error = %undo, "could not undo a failed attach");
-        }
-        return Err(error);
-    }
-    Ok(addrs)
-}
-
-/// Removes `slot`'s nftables objects and the host end of its veth pair, and forgets the
-/// connections the sprite started (so a later sprite in the slot receives no packet of
-/// them). Whatever is already gone (the pair vanishes by itself with the sprite's
-/// network namespace; the table may not exist) is fine. Detach a slot before reusing it.
-pub fn detach(plan: &NetPlan, slot: u32) -> Result<(), SandboxError> {
-    let addrs = plan.slot(slot)?;
-    let table = &plan.table;
-    let host = plan.host_iface(slot);
-    // Adding each object first makes deleting it succeed whether it existed or not, all in
-    // one transaction; only the table itself must exist.
-    let script = format!(
-        "add chain inet {table} egress_{slot}\n\
-         add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
-         add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
-         add element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
-         add element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
-         delete element inet {table} egress {{ \"{host}\" }}\n\
-         delete element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
-         delete element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
-         flush chain inet {table} egress_{slot}\n\
-         delete chain inet {table} egress_{slot}\n\
-         delete set inet {table} allow_{slot}\n",
-        gateway = addrs.gateway,
-        sprite = addrs.sprite
-    );
-    let nft_step = || format!("remove slot {slot} from table inet {table}");
-    let sprite = addrs.sprite.to_string();
-    let forget = ["conntrack", "-D", "-s", &sprite];
-    let forget_step = || format!("forget tracked connections from {sprite}");
-    // The three run at once: each mostly waits for the kernel.
-    let rules = start(&NFT_SCRIPT, &script, nft_step)?;
-    let forgetting = start(&forget, "", forget_step);
-    let link = if interface_exists(&host) {
-        match run(&["ip", "link", "del", &host], "", || {
-            format!("delete interface {host}")
-        }) {
-            Err(SandboxError::NetworkCommand { stderr, .. })
-                if stderr.contains("Cannot find device") =>
-            {
-                Ok(())
+        self.host
+            .enable_forwarding()
+            .map_err(SandboxError::IpForwarding)?;
+        let kept = if slots.is_empty() {
+            Vec::new()
+        } else {
+            self.allowed_in_old_table()
+        };
+        let mut script = table_script(plan);
+        for &(slot, addrs, egress) in &slots {
+            script.push_str(&slot_script(plan, slot, addrs, egress));
+            let elements: Vec<String> = kept
+                .iter()
+                .filter(|element| element.slot == slot)
+                .map(|element| match element.seconds_left {
+                    Some(seconds) => format!("{} timeout {seconds}s", element.address),
+                    None => element.address.to_string(),
+                })
+                .collect();
+            if !elements.is_empty() {
+                let _ = writeln!(
+                    script,
+                    "add element inet {} allow_{slot} {{ {} }}",
+                    plan.table,
+                    elements.join(", ")
+                );
             }
-            other => other.map(drop),
         }
-    } else {
-        Ok(())
-    };
-    let rules = match rules.finish(nft_step) {
-        Err(SandboxError::NetworkCommand { stderr, .. }) if is_missing(&stderr) => Ok(()),
-        other => other.map(drop),
-    };
-    let forgotten = match forgetting.and_then(|running| running.finish(forget_step)) {
-        Err(error) if conntrack_harmless(&error) => Ok(()),
-        other => other.map(drop),
-    };
-    rules.and(link).and(forgotten)
-}
+        self.firewall(&script, || format!("create table inet {}", plan.table))
+    }
 
-/// Sets what `slot`'s sprite may reach (see [`Egress`]), replacing its egress chain in one
-/// transaction. The allow set is kept either way.
-pub fn set_egress(plan: &NetPlan, slot: u32, egress: Egress) -> Result<(), SandboxError> {
-    let addrs = plan.slot(slot)?;
-    let mut script = format!("flush chain inet {} egress_{slot}\n", plan.table);
-    script.push_str(&egress_rules(plan, slot, addrs, egress));
-    nft(&script, || {
-        format!("set egress of slot {slot} to {egress:?}")
-    })
-}
+    /// Deletes the daemon's nftables table, and with it every slot's rules; fine if it is
+    /// absent. Leaves IPv4 forwarding on (other software may rely on it) and the veth pairs
+    /// alone (they vanish with their sprites).
+    pub fn uninstall(&self) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        let table = &plan.table;
+        self.firewall(
+            &format!("add table inet {table}\ndelete table inet {table}\n"),
+            || format!("delete table inet {table}"),
+        )
+    }
 
-/// Lets `slot`'s sprite reach each address for its duration (at least 1 s, at most about
-/// 49 days) when its egress is [`Egress::Restricted`]. Adding an address already there
-/// restarts its timeout.
-pub fn allow(
-    plan: &NetPlan,
-    slot: u32,
-    addrs: &[(Ipv4Addr, Duration)],
-) -> Result<(), SandboxError> {
-    allow_many(plan, &[(slot, addrs.to_vec())])
-}
+    /// Gives the sprite whose PID 1 has host pid `init_pid` its network: the slot's
+    /// nftables objects with `egress` and an empty allow set, then a veth pair whose host
+    /// end is [`NetPlan::host_iface`] (a stale interface of that name is deleted first) and
+    /// whose other end is created as `eth0` in the sprite's network namespace, the slot's
+    /// addresses, a default route via the gateway, loopback up.
+    ///
+    /// Rules first: the sprite's egress is in force before its first packet can leave (and
+    /// until a slot's rules land, the table drops whatever comes from its interface).
+    /// No process is started (netlink and libnftables). If a step fails, what was done is
+    /// undone. The host refuses a process in the daemon's own network namespace (a stale
+    /// pid, say), whose `eth0` would otherwise be the host's.
+    pub fn attach(
+        &self,
+        slot: u32,
+        init_pid: u32,
+        egress: Egress,
+    ) -> Result<SlotAddrs, SandboxError> {
+        let plan = &self.plan;
+        let addrs = plan.slot(slot)?;
+        let host = plan.host_iface(slot);
+        let mut script = slot_script(plan, slot, addrs, egress);
+        // A new sprite in the slot does not inherit what the previous one was allowed.
+        let _ = writeln!(script, "flush set inet {} allow_{slot}", plan.table);
+        let result = self
+            .firewall(&script, || {
+                format!("add slot {slot} to table inet {}", plan.table)
+            })
+            .and_then(|()| {
+                self.host
+                    .create_links(&host, init_pid, addrs)
+                    .map_err(|source| match source {
+                        LinkError::SameNamespace => SandboxError::SharedNetworkNamespace(init_pid),
+                        LinkError::Step { step, source } => SandboxError::Link {
+                            step: format!("{step} (veth {host} to the sprite of pid {init_pid})"),
+                            source,
+                        },
+                    })
+            });
+        if let Err(error) = result {
+            if let Err(undo) = self.detach(slot) {
+                tracing::warn!(slot, error = %undo, "could not undo a failed attach");
+            }
+            return Err(error);
+        }
+        Ok(addrs)
+    }
 
-/// [`allow`] for several slots in one nft transaction (one process for a whole batch of
-/// DNS answers, however many sprites they came from).
-pub fn allow_many(
-    plan: &NetPlan,
-    batch: &[(u32, Vec<(Ipv4Addr, Duration)>)],
-) -> Result<(), SandboxError> {
-    let mut script = String::new();
-    for (slot, addrs) in batch {
-        plan.slot(*slot)?;
+    /// Removes `slot`'s nftables objects and the host end of its veth pair, and forgets the
+    /// connections the sprite started (so a later sprite in the slot receives no packet of
+    /// them). Whatever is already gone (the pair vanishes by itself with the sprite's
+    /// network namespace; the table may not exist) is fine. Detach a slot before reusing it.
+    pub fn detach(&self, slot: u32) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        let addrs = plan.slot(slot)?;
+        let table = &plan.table;
+        let host = plan.host_iface(slot);
+        // Adding each object first makes deleting it succeed whether it existed or not, all in
+        // one transaction; only the table itself must exist.
+        let script = format!(
+            "add chain inet {table} egress_{slot}\n\
+             add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
+             add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
+             add element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+             add element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
+             delete element inet {table} egress {{ \"{host}\" }}\n\
+             delete element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+             delete element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
+             flush chain inet {table} egress_{slot}\n\
+             delete chain inet {table} egress_{slot}\n\
+             delete set inet {table} allow_{slot}\n",
+            gateway = addrs.gateway,
+            sprite = addrs.sprite
+        );
+        let rules = match self.host.firewall(&script) {
+            Err(error) if is_missing(&error.message()) => Ok(()),
+            other => other.map(drop).map_err(|source| SandboxError::Firewall {
+                step: format!("remove slot {slot} from table inet {table}"),
+                source,
+            }),
+        };
+        let link = self
+            .host
+            .delete_link(&host)
+            .map_err(|source| SandboxError::Link {
+                step: format!("delete interface {host}"),
+                source,
+            });
+        let forgotten = self.host.forget_connections(addrs.sprite, None);
+        rules.and(link).and(forgotten)
+    }
+
+    /// Sets what `slot`'s sprite may reach (see [`Egress`]), replacing its egress chain in one
+    /// transaction. The allow set is kept either way.
+    pub fn set_egress(&self, slot: u32, egress: Egress) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        let addrs = plan.slot(slot)?;
+        let mut script = format!("flush chain inet {} egress_{slot}\n", plan.table);
+        script.push_str(&egress_rules(plan, slot, addrs, egress));
+        self.firewall(&script, || {
+            format!("set egress of slot {slot} to {egress:?}")
+        })
+    }
+
+    /// Lets `slot`'s sprite reach each address for its duration (at least 1 s, at most about
+    /// 49 days) when its egress is [`Egress::Restricted`]. Adding an address already there
+    /// restarts its timeout.
+    pub fn allow(&self, slot: u32, addrs: &[(Ipv4Addr, Duration)]) -> Result<(), SandboxError> {
+        self.allow_many(&[(slot, addrs.to_vec())])
+    }
+
+    /// [`allow`] for several slots in one nft transaction (one process for a whole batch of
+    /// DNS answers, however many sprites they came from).
+    pub fn allow_many(
+        &self,
+        batch: &[(u32, Vec<(Ipv4Addr, Duration)>)],
+    ) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        let mut script = String::new();
+        for (slot, addrs) in batch {
+            plan.slot(*slot)?;
+            let set = format!("inet {} allow_{slot}", plan.table);
+            for &(address, duration) in addrs {
+                let seconds = allow_seconds(duration);
+                // Older kernels keep an existing element's timeout on `add`; deleting and
+                // adding it again in the same transaction restarts it everywhere.
+                let _ = writeln!(
+                    script,
+                    "add element {set} {{ {address} timeout {seconds}s }}\n\
+                     delete element {set} {{ {address} }}\n\
+                     add element {set} {{ {address} timeout {seconds}s }}"
+                );
+            }
+        }
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.firewall(&script, || {
+            format!("allow addresses for {} slots", batch.len())
+        })
+    }
+
+    /// Takes addresses out of `slot`'s allow set (absent ones are fine) and deletes the
+    /// connection-tracking entries from the sprite to them, so a restricted sprite's live
+    /// connections to them end at its next packet. Skips the latter if `conntrack` is not
+    /// installed.
+    pub fn revoke(&self, slot: u32, addrs: &[Ipv4Addr]) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        let slot_addrs = plan.slot(slot)?;
+        if addrs.is_empty() {
+            return Ok(());
+        }
         let set = format!("inet {} allow_{slot}", plan.table);
-        for &(address, duration) in addrs {
-            let seconds = allow_seconds(duration);
-            // Older kernels keep an existing element's timeout on `add`; deleting and
-            // adding it again in the same transaction restarts it everywhere.
+        let mut script = String::new();
+        for address in addrs {
             let _ = writeln!(
                 script,
-                "add element {set} {{ {address} timeout {seconds}s }}\n\
-                 delete element {set} {{ {address} }}\n\
-                 add element {set} {{ {address} timeout {seconds}s }}"
+                "add element {set} {{ {address} timeout 1s }}\ndelete element {set} {{ {address} }}"
             );
         }
-    }
-    if script.is_empty() {
-        return Ok(());
-    }
-    nft(&script, || {
-        format!("allow addresses for {} slots", batch.len())
-    })
-}
-
-/// Takes addresses out of `slot`'s allow set (absent ones are fine) and deletes the
-/// connection-tracking entries from the sprite to them, so a restricted sprite's live
-/// connections to them end at its next packet. Skips the latter if `conntrack` is not
-/// installed.
-pub fn revoke(plan: &NetPlan, slot: u32, addrs: &[Ipv4Addr]) -> Result<(), SandboxError> {
-    let slot_addrs = plan.slot(slot)?;
-    if addrs.is_empty() {
-        return Ok(());
-    }
-    let set = format!("inet {} allow_{slot}", plan.table);
-    let mut script = String::new();
-    for address in addrs {
-        let _ = writeln!(
-            script,
-            "add element {set} {{ {address} timeout 1s }}\ndelete element {set} {{ {address} }}"
-        );
-    }
-    nft(&script, || format!("revoke addresses of slot {slot}"))?;
-    // One conntrack each: the kernel walks its whole table for each (milliseconds).
-    let sprite = slot_addrs.sprite.to_string();
-    for address in addrs {
-        let address = address.to_string();
-        match run(
-            &["conntrack", "-D", "-s", &sprite, "-d", &address],
-            "",
-            || format!("forget tracked connections from {sprite} to {address}"),
-        ) {
-            Err(error) if !conntrack_harmless(&error) => return Err(error),
-            _ => {}
+        self.firewall(&script, || format!("revoke addresses of slot {slot}"))?;
+        for address in addrs {
+            self.host
+                .forget_connections(slot_addrs.sprite, Some(*address))?;
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Empties `slot`'s allow set. Live connections are cut at their next packet if the slot's
+    /// egress is [`Egress::Restricted`] (their conntrack entries stay until they time out).
+    pub fn clear_allowed(&self, slot: u32) -> Result<(), SandboxError> {
+        let plan = &self.plan;
+        plan.slot(slot)?;
+        self.firewall(
+            &format!("flush set inet {} allow_{slot}\n", plan.table),
+            || format!("clear allowed addresses of slot {slot}"),
+        )
+    }
 }
 
 /// Whether a failed `conntrack -D` only means there was nothing to delete (exit status 1,
@@ -485,16 +456,6 @@ fn conntrack_harmless(error: &SandboxError) -> bool {
         SandboxError::NetworkSpawn { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         _ => false,
     }
-}
-
-/// Empties `slot`'s allow set. Live connections are cut at their next packet if the slot's
-/// egress is [`Egress::Restricted`] (their conntrack entries stay until they time out).
-pub fn clear_allowed(plan: &NetPlan, slot: u32) -> Result<(), SandboxError> {
-    plan.slot(slot)?;
-    nft(
-        &format!("flush set inet {} allow_{slot}\n", plan.table),
-        || format!("clear allowed addresses of slot {slot}"),
-    )
 }
 
 /// The script that replaces the table with a fresh one holding the shared objects.
@@ -658,17 +619,11 @@ struct KeptElement {
 
 /// The allow-set elements of the table as it is now: none if there is no table, and none
 /// with a warning if it cannot be read (nft without JSON support, say).
-fn allowed_in_old_table(plan: &NetPlan) -> Vec<KeptElement> {
+fn allowed_in_old_table(host: &dyn NetHost, plan: &NetPlan) -> Vec<KeptElement> {
     let table = format!("inet {}", plan.table);
-    let listing = match run(
-        &["nft", "-j", "list", "table", "inet", &plan.table],
-        "",
-        || format!("list table {table}"),
-    ) {
+    let listing = match host.firewall_listing(&table) {
         Ok(listing) => listing,
-        Err(SandboxError::NetworkCommand { stderr, .. }) if is_missing(&stderr) => {
-            return Vec::new()
-        }
+        Err(error) if is_missing(&error.message()) => return Vec::new(),
         Err(error) => {
             tracing::warn!(%table, error = %error, "allowed addresses of live sprites not kept");
             return Vec::new();
@@ -742,14 +697,11 @@ fn allow_seconds(duration: Duration) -> u64 {
 }
 
 /// Refuses a plan whose interface prefix matches a host interface that is not a slot's.
-fn check_interfaces(plan: &NetPlan) -> Result<(), SandboxError> {
-    let entries = std::fs::read_dir("/sys/class/net").map_err(SandboxError::ListInterfaces)?;
-    for entry in entries {
-        let name = entry.map_err(SandboxError::ListInterfaces)?.file_name();
-        let name = name.to_string_lossy();
+fn check_interfaces(host: &dyn NetHost, plan: &NetPlan) -> Result<(), SandboxError> {
+    for name in host.interfaces().map_err(SandboxError::ListInterfaces)? {
         if name.starts_with(&plan.iface_prefix) && !plan.is_slot_iface(&name) {
             return Err(SandboxError::ForeignInterface {
-                interface: name.into_owned(),
+                interface: name,
                 prefix: plan.iface_prefix.clone(),
             });
         }
@@ -757,108 +709,323 @@ fn check_interfaces(plan: &NetPlan) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn enable_forwarding() -> Result<(), SandboxError> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    // Writing it, even the same value, resets other per-interface settings; only if needed.
-    let current = std::fs::read_to_string(PATH).map_err(SandboxError::IpForwarding)?;
-    if current.trim() != "1" {
-        std::fs::write(PATH, "1").map_err(SandboxError::IpForwarding)?;
-    }
-    Ok(())
-}
-
-/// Fails unless the process `pid` has a network namespace other than this process's.
-fn check_separate_namespace(pid: u32) -> Result<(), SandboxError> {
-    let namespace = |path: String| {
-        std::fs::read_link(&path).map_err(|e| SandboxError::OpenNamespace(path.into(), e))
-    };
-    if namespace(format!("/proc/{pid}/ns/net"))? == namespace("/proc/self/ns/net".into())? {
-        return Err(SandboxError::SharedNetworkNamespace(pid));
-    }
-    Ok(())
-}
-
-fn interface_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
-}
-
 /// Whether nft's error says an object (like the table) does not exist.
-fn is_missing(stderr: &str) -> bool {
-    stderr.contains("No such file or directory")
+fn is_missing(message: &str) -> bool {
+    message.contains("No such file or directory")
 }
 
-/// Applies an nft script in one transaction.
-fn nft(script: &str, step: impl Fn() -> String) -> Result<(), SandboxError> {
-    run(&NFT_SCRIPT, script, step).map(drop)
+/// Why [`NetHost::create_links`] failed.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The process is in the host's own network namespace.
+    SameNamespace,
+    /// A netlink step failed.
+    Step {
+        step: &'static str,
+        source: std::io::Error,
+    },
 }
 
-/// Runs `command` with `input` on its stdin and returns its stdout; a failure carries
-/// `step` and, if the command ran, its stderr.
-fn run(command: &[&str], input: &str, step: impl Fn() -> String) -> Result<String, SandboxError> {
-    start(command, input, &step)?.finish(step)
+/// What sprite networking changes on the host: the seam between the rules and order of
+/// [`Net`] and the kernel, so both are tested without root ([`RecordingNetHost`]).
+pub trait NetHost: Send + Sync + std::fmt::Debug {
+    /// Applies an nftables script as one transaction.
+    fn firewall(&self, script: &str) -> Result<(), NftError>;
+    /// `table` (like `inet sprites`) as `nft -j list table` prints it.
+    fn firewall_listing(&self, table: &str) -> Result<String, NftError>;
+    /// Makes the veth pair of a slot: `host` here with the gateway address, up; `eth0` in
+    /// the network namespace of process `pid` with the sprite's address, up, its loopback
+    /// up and a default route via the gateway. A stale `host` link is replaced.
+    fn create_links(&self, host: &str, pid: u32, addrs: SlotAddrs) -> Result<(), LinkError>;
+    /// Deletes link `host`; fine if it is gone.
+    fn delete_link(&self, host: &str) -> std::io::Result<()>;
+    /// Forgets the tracked connections from `source` (to `destination` only, if given).
+    fn forget_connections(
+        &self,
+        source: Ipv4Addr,
+        destination: Option<Ipv4Addr>,
+    ) -> Result<(), SandboxError>;
+    /// The names of the host's network interfaces.
+    fn interfaces(&self) -> std::io::Result<Vec<String>>;
+    /// Turns IPv4 forwarding on.
+    fn enable_forwarding(&self) -> std::io::Result<()>;
 }
 
-/// A command started by [`start`], its input written, not yet waited for.
-struct Running<'a> {
-    command: &'a [&'a str],
-    child: std::process::Child,
-    written: std::io::Result<()>,
+/// The host itself: rtnetlink for links, libnftables for rules (both in process), and
+/// `conntrack` for forgetting connections (on stop and revoke only).
+#[derive(Debug)]
+pub struct SystemNetHost {
+    nft: sprite_sys::nft::Nft,
+    rtnl: std::sync::Mutex<Option<Rtnl>>,
 }
 
-/// Starts `command` and writes `input` to its stdin. The input is small and read whole
-/// before the command writes much, so writing it all first cannot deadlock.
-fn start<'a>(
-    command: &'a [&'a str],
-    input: &str,
-    step: impl Fn() -> String,
-) -> Result<Running<'a>, SandboxError> {
+impl SystemNetHost {
+    pub fn new() -> SystemNetHost {
+        SystemNetHost {
+            nft: sprite_sys::nft::Nft::new(),
+            rtnl: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the host's netlink socket (opened once, kept).
+    fn with_rtnl<T>(&self, f: impl FnOnce(&mut Rtnl) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut rtnl = self
+            .rtnl
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if rtnl.is_none() {
+            *rtnl = Some(Rtnl::open()?);
+        }
+        match rtnl.as_mut() {
+            Some(rtnl) => f(rtnl),
+            None => Err(std::io::Error::other("no netlink socket")),
+        }
+    }
+}
+
+impl Default for SystemNetHost {
+    fn default() -> Self {
+        SystemNetHost::new()
+    }
+}
+
+impl NetHost for SystemNetHost {
+    fn firewall(&self, script: &str) -> Result<(), NftError> {
+        self.nft.run(script).map(drop)
+    }
+
+    fn firewall_listing(&self, table: &str) -> Result<String, NftError> {
+        self.nft.run_json(&format!("list table {table}"))
+    }
+
+    fn create_links(&self, host: &str, pid: u32, addrs: SlotAddrs) -> Result<(), LinkError> {
+        let step = |step: &'static str| move |source| LinkError::Step { step, source };
+        if !separate_namespace(pid).map_err(step("read the network namespace"))? {
+            return Err(LinkError::SameNamespace);
+        }
+        self.with_rtnl(|rtnl| {
+            rtnl.delete_link(host)?;
+            rtnl.add_veth(host, SPRITE_INTERFACE, pid)?;
+            let index = rtnl.link_index(host)?;
+            rtnl.add_address(index, addrs.gateway, addrs.prefix_len)?;
+            rtnl.set_up(index)
+        })
+        .map_err(step("create the host end"))?;
+        let mut inside = Rtnl::in_namespace_of(pid).map_err(step("enter the sprite's network"))?;
+        let configured = (|| {
+            let lo = inside.link_index("lo")?;
+            inside.set_up(lo)?;
+            let eth0 = inside.link_index(SPRITE_INTERFACE)?;
+            inside.add_address(eth0, addrs.sprite, addrs.prefix_len)?;
+            inside.set_up(eth0)?;
+            inside.add_default_route(addrs.gateway, eth0)
+        })();
+        configured.map_err(step("configure eth0 in the sprite"))
+    }
+
+    fn delete_link(&self, host: &str) -> std::io::Result<()> {
+        self.with_rtnl(|rtnl| rtnl.delete_link(host))
+    }
+
+    fn forget_connections(
+        &self,
+        source: Ipv4Addr,
+        destination: Option<Ipv4Addr>,
+    ) -> Result<(), SandboxError> {
+        let source = source.to_string();
+        let destination = destination.map(|d| d.to_string());
+        let mut command = vec!["conntrack", "-D", "-s", &source];
+        if let Some(destination) = &destination {
+            command.extend(["-d", destination]);
+        }
+        match run(&command, || {
+            format!("forget tracked connections from {source}")
+        }) {
+            Err(error) if conntrack_harmless(&error) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn interfaces(&self) -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir("/sys/class/net")? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn enable_forwarding(&self) -> std::io::Result<()> {
+        const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+        // Writing it, even the same value, resets other per-interface settings; only if
+        // needed.
+        if std::fs::read_to_string(PATH)?.trim() != "1" {
+            std::fs::write(PATH, "1")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether process `pid` has a network namespace other than this process's.
+fn separate_namespace(pid: u32) -> std::io::Result<bool> {
+    Ok(std::fs::read_link(format!("/proc/{pid}/ns/net"))?
+        != std::fs::read_link("/proc/self/ns/net")?)
+}
+
+/// Runs `command`; a failure carries `step` and, if the command ran, its stderr.
+fn run(command: &[&str], step: impl Fn() -> String) -> Result<(), SandboxError> {
     let (program, args) = command.split_first().unwrap_or((&"true", &[]));
-    let mut child = Command::new(program)
+    let output = Command::new(program)
         .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stdin(Stdio::null())
+        .output()
         .map_err(|source| SandboxError::NetworkSpawn {
             step: step(),
             command: command.join(" "),
             source,
         })?;
-    let written = match child.stdin.take() {
-        Some(mut stdin) => stdin.write_all(input.as_bytes()),
-        None => Ok(()),
-    };
-    Ok(Running {
-        command,
-        child,
-        written,
-    })
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err(SandboxError::NetworkCommand {
+            step: step(),
+            command: command.join(" "),
+            stderr: if stderr.is_empty() {
+                format!("exited with {}", output.status)
+            } else {
+                stderr
+            },
+        });
+    }
+    Ok(())
 }
 
-impl Running<'_> {
-    /// Waits for the command; its stdout, or an error with `step` and its stderr.
-    fn finish(self, step: impl Fn() -> String) -> Result<String, SandboxError> {
-        let command = self.command.join(" ");
-        let spawn_error = |source| SandboxError::NetworkSpawn {
-            step: step(),
-            command: command.clone(),
-            source,
-        };
-        let output = self.child.wait_with_output().map_err(spawn_error)?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-            return Err(SandboxError::NetworkCommand {
-                step: step(),
-                command,
-                stderr: if stderr.is_empty() {
-                    format!("exited with {}", output.status)
-                } else {
-                    stderr
-                },
+/// A [`NetHost`] that changes nothing and records every call, in order, as a line
+/// (`firewall <script>`, `links <host> <pid>`, `delete <host>`, `forget <source>`), for
+/// tests of what [`Net`] does and in which order. `fail_on` makes the first call whose
+/// line starts with it fail.
+#[derive(Debug, Default)]
+pub struct RecordingNetHost {
+    calls: std::sync::Mutex<Vec<String>>,
+    fail_on: std::sync::Mutex<Option<String>>,
+}
+
+impl RecordingNetHost {
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes the next call whose line starts with `prefix` fail.
+    pub fn fail_on(&self, prefix: &str) {
+        *self.fail_on.lock().unwrap_or_else(|p| p.into_inner()) = Some(prefix.to_string());
+    }
+
+    /// Records `line`; whether it is to fail.
+    fn record(&self, line: String) -> bool {
+        let mut fail_on = self.fail_on.lock().unwrap_or_else(|p| p.into_inner());
+        let fails = fail_on
+            .as_deref()
+            .is_some_and(|prefix| line.starts_with(prefix));
+        if fails {
+            *fail_on = None;
+        }
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+        fails
+    }
+}
+
+impl NetHost for RecordingNetHost {
+    fn firewall(&self, script: &str) -> Result<(), NftError> {
+        if self.record(format!("firewall {script}")) {
+            return Err(NftError::Refused("refused by the test".into()));
+        }
+        Ok(())
+    }
+
+    fn firewall_listing(&self, table: &str) -> Result<String, NftError> {
+        if self.record(format!("list {table}")) {
+            return Err(NftError::Refused("No such file or directory".into()));
+        }
+        Ok("{\"nftables\": []}".into())
+    }
+
+    fn create_links(&self, host: &str, pid: u32, addrs: SlotAddrs) -> Result<(), LinkError> {
+        if self.record(format!(
+            "links {host} {pid} {} {}",
+            addrs.gateway, addrs.sprite
+        )) {
+            return Err(LinkError::Step {
+                step: "create the host end",
+                source: std::io::Error::from_raw_os_error(libc::EEXIST),
             });
         }
-        self.written.map_err(spawn_error)?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(())
+    }
+
+    fn delete_link(&self, host: &str) -> std::io::Result<()> {
+        if self.record(format!("delete {host}")) {
+            return Err(std::io::Error::other("refused by the test"));
+        }
+        Ok(())
+    }
+
+    fn forget_connections(
+        &self,
+        source: Ipv4Addr,
+        destination: Option<Ipv4Addr>,
+    ) -> Result<(), SandboxError> {
+        let to = destination.map(|d| format!(" {d}")).unwrap_or_default();
+        self.record(format!("forget {source}{to}"));
+        Ok(())
+    }
+
+    fn interfaces(&self) -> std::io::Result<Vec<String>> {
+        self.record("interfaces".into());
+        Ok(vec!["lo".into(), "spv2".into(), "spv9".into()])
+    }
+
+    fn enable_forwarding(&self) -> std::io::Result<()> {
+        self.record("forwarding".into());
+        Ok(())
+    }
+}
+
+/// Sprite networking on a host: the [`NetPlan`] and the [`NetHost`] it changes.
+#[derive(Debug, Clone)]
+pub struct Net {
+    plan: NetPlan,
+    host: std::sync::Arc<dyn NetHost>,
+}
+
+impl Net {
+    /// `plan` on this host (netlink and libnftables).
+    pub fn system(plan: NetPlan) -> Net {
+        Net::with_host(plan, std::sync::Arc::new(SystemNetHost::new()))
+    }
+
+    /// `plan` on `host` (a [`RecordingNetHost`] in tests).
+    pub fn with_host(plan: NetPlan, host: std::sync::Arc<dyn NetHost>) -> Net {
+        Net { plan, host }
+    }
+
+    pub fn plan(&self) -> &NetPlan {
+        &self.plan
+    }
+
+    /// Applies `script`; a refusal names `step`.
+    fn firewall(&self, script: &str, step: impl Fn() -> String) -> Result<(), SandboxError> {
+        self.host
+            .firewall(script)
+            .map_err(|source| SandboxError::Firewall {
+                step: step(),
+                source,
+            })
+    }
+
+    fn allowed_in_old_table(&self) -> Vec<KeptElement> {
+        allowed_in_old_table(&*self.host, &self.plan)
     }
 }
 
@@ -965,18 +1132,92 @@ mod tests {
 
     #[test]
     fn attach_refuses_a_process_in_the_hosts_namespace() {
-        // Checked before any command runs, so this needs no privilege and changes nothing.
+        // Checked before anything changes, so this needs no privilege.
+        let addrs = plan().addresses(3).expect("slot");
         assert!(matches!(
-            attach(&plan(), 3, std::process::id(), Egress::Open),
-            Err(SandboxError::SharedNetworkNamespace(pid)) if pid == std::process::id()
+            SystemNetHost::new().create_links("spv3", std::process::id(), addrs),
+            Err(LinkError::SameNamespace)
         ));
+        let host = std::sync::Arc::new(RecordingNetHost::default());
+        let net = Net::with_host(plan(), host.clone());
         assert!(matches!(
-            attach(&plan(), 16384, std::process::id(), Egress::Open),
+            net.attach(16384, 4242, Egress::Open),
             Err(SandboxError::NetworkSlot {
                 slot: 16384,
                 max_slots: 16384
             })
         ));
+        assert!(host.calls().is_empty());
+    }
+
+    fn recorded() -> (Net, std::sync::Arc<RecordingNetHost>) {
+        let host = std::sync::Arc::new(RecordingNetHost::default());
+        (Net::with_host(plan(), host.clone()), host)
+    }
+
+    #[test]
+    fn attach_puts_the_rules_in_force_before_the_links_exist() {
+        let (net, host) = recorded();
+        let addrs = net.attach(5, 4242, Egress::Restricted).expect("attach");
+        assert_eq!(addrs.sprite, Ipv4Addr::new(10, 231, 0, 22));
+        let calls = host.calls();
+        assert_eq!(calls.len(), 2, "{calls:#?}");
+        assert!(calls[0].starts_with("firewall "), "{}", calls[0]);
+        // The restricted egress chain and a cleared allow set are in the same script.
+        assert!(
+            calls[0].contains("add chain inet sprites_ab12 egress_5"),
+            "{}",
+            calls[0]
+        );
+        assert!(calls[0].contains("reject"), "{}", calls[0]);
+        assert!(
+            calls[0].contains("flush set inet sprites_ab12 allow_5"),
+            "{}",
+            calls[0]
+        );
+        assert_eq!(calls[1], "links spv5 4242 10.231.0.21 10.231.0.22");
+    }
+
+    #[test]
+    fn a_failed_attach_is_undone() {
+        for failing in ["links", "firewall"] {
+            let (net, host) = recorded();
+            host.fail_on(failing);
+            net.attach(7, 4242, Egress::Open).expect_err("fails");
+            let calls = host.calls();
+            // The undo: the slot's objects, its link and its connections, whatever step
+            // failed; with failing rules, no link was made.
+            let undo = &calls[calls.len() - 3..];
+            assert!(
+                undo[0].starts_with("firewall ")
+                    && undo[0].contains("delete chain inet sprites_ab12 egress_7"),
+                "{calls:#?}"
+            );
+            assert_eq!(undo[1], "delete spv7");
+            assert_eq!(undo[2], "forget 10.231.0.30");
+            let made_links = calls.iter().any(|c| c.starts_with("links "));
+            assert_eq!(made_links, failing == "links", "{calls:#?}");
+        }
+    }
+
+    #[test]
+    fn a_restarted_daemon_keeps_live_slots_in_the_new_table() {
+        let (net, host) = recorded();
+        net.install(&[(2, Egress::Open), (9, Egress::Restricted)])
+            .expect("install");
+        let calls = host.calls();
+        assert_eq!(
+            calls[..3],
+            ["interfaces", "forwarding", "list inet sprites_ab12"]
+        );
+        assert_eq!(calls.len(), 4, "{calls:#?}");
+        let script = &calls[3];
+        let table = script.find("table inet sprites_ab12 {").expect("table");
+        let slot = script
+            .find("add chain inet sprites_ab12 egress_9")
+            .expect("slot 9");
+        assert!(table < slot, "slots come after the fresh table");
+        assert!(script.contains("egress_2"), "{script}");
     }
 
     #[test]

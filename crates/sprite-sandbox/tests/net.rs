@@ -2,7 +2,7 @@
 //! (processes in new network namespaces) and an "internet" namespace behind a veth of its
 //! own, all made and removed by the test.
 
-use sprite_sandbox::net::{self, Egress, NetPlan, SlotAddrs};
+use sprite_sandbox::net::{Egress, Net, NetPlan, SlotAddrs};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +18,7 @@ const BLOCKED_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything the test made, removed on drop, also when the test fails.
 struct World {
-    plan: NetPlan,
+    net: Net,
     namespaces: Vec<Child>,
     slots: Vec<u32>,
     internet_link: String,
@@ -60,7 +60,7 @@ impl Drop for World {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for &slot in &self.slots {
-            let _ = net::detach(&self.plan, slot);
+            let _ = self.net.detach(slot);
         }
         for child in &mut self.namespaces {
             let _ = child.kill();
@@ -70,7 +70,7 @@ impl Drop for World {
             .args(["link", "del", &self.internet_link])
             .stderr(Stdio::null())
             .status();
-        let _ = net::uninstall(&self.plan);
+        let _ = self.net.uninstall();
         for subnet in &self.subnets {
             for direction in ["-s", "-d"] {
                 let _ = Command::new("conntrack")
@@ -207,9 +207,9 @@ fn interfaces_named(matches: impl Fn(&str) -> bool) -> Vec<String> {
         .collect()
 }
 
-fn attach_timed(plan: &NetPlan, slot: u32, pid: u32) -> (SlotAddrs, Duration) {
+fn attach_timed(net: &Net, slot: u32, pid: u32) -> (SlotAddrs, Duration) {
     let started = Instant::now();
-    let addrs = net::attach(plan, slot, pid, Egress::Open).expect("attach");
+    let addrs = net.attach(slot, pid, Egress::Open).expect("attach");
     (addrs, started.elapsed())
 }
 
@@ -234,8 +234,9 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
         &format!("sn{tag}x"),
     )
     .expect("plan");
+    let net = Net::system(plan.clone());
     let mut world = World {
-        plan: plan.clone(),
+        net: net.clone(),
         namespaces: Vec::new(),
         slots: vec![1, 2],
         internet_link: format!("si{tag}x"),
@@ -247,7 +248,7 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
             format!("10.252.{octet}.0/24"),
         ],
     };
-    net::install(&plan, &[]).expect("install");
+    net.install(&[]).expect("install");
 
     // The "internet": a namespace with 10.252.<octet>.2 behind a veth from the host.
     let internet = world.spawn_namespace();
@@ -278,12 +279,12 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
 
     let a = world.spawn_namespace();
     let b = world.spawn_namespace();
-    let (a_addrs, a_time) = attach_timed(&plan, 1, a);
-    let (mut b_addrs, b_time) = attach_timed(&plan, 2, b);
+    let (a_addrs, a_time) = attach_timed(&net, 1, a);
+    let (mut b_addrs, b_time) = attach_timed(&net, 2, b);
     let mut times = vec![a_time, b_time];
     for _ in 0..5 {
-        net::detach(&plan, 2).expect("detach b");
-        let (addrs, time) = attach_timed(&plan, 2, b);
+        net.detach(2).expect("detach b");
+        let (addrs, time) = attach_timed(&net, 2, b);
         b_addrs = addrs;
         times.push(time);
     }
@@ -345,7 +346,7 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
     }
 
     // Restricted: the live connection is cut and new ones are refused at once.
-    net::set_egress(&plan, 1, Egress::Restricted).expect("restrict");
+    net.set_egress(1, Egress::Restricted).expect("restrict");
     assert!(
         echo(&mut stream, b"cut").is_err(),
         "a restricted sprite kept its connection"
@@ -360,8 +361,10 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
     }
     connect(b, server, Duration::from_secs(2)).expect("B is still open");
 
-    net::allow(&plan, 1, &[(server_ip, Duration::from_secs(60))]).expect("allow");
-    net::allow(&plan, 1, &[(server_ip, Duration::from_secs(120))]).expect("allow again");
+    net.allow(1, &[(server_ip, Duration::from_secs(60))])
+        .expect("allow");
+    net.allow(1, &[(server_ip, Duration::from_secs(120))])
+        .expect("allow again");
     let mut stream = connect(a, server, Duration::from_secs(2)).expect("allowed connect");
     echo(&mut stream, b"allowed").expect("echo when allowed");
 
@@ -369,13 +372,16 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
     // address and the isolation all survive.
     // The internet link exists now, so the new table counts its network among the
     // host's own: open egress does not reach it by default (the host's LAN)...
-    net::install(&plan, &[(1, Egress::Restricted), (2, Egress::Open)]).expect("reinstall");
+    net.install(&[(1, Egress::Restricted), (2, Egress::Open)])
+        .expect("reinstall");
     let refused = connect(b, server, Duration::from_secs(2)).expect_err("B to the host's LAN");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
     // ...unless the daemon lets sprites reach local networks.
     let mut plan = plan.clone();
     plan.local_egress = true;
-    net::install(&plan, &[(1, Egress::Restricted), (2, Egress::Open)]).expect("reinstall");
+    let net = Net::system(plan.clone());
+    net.install(&[(1, Egress::Restricted), (2, Egress::Open)])
+        .expect("reinstall");
     echo(&mut stream, b"after reinstall").expect("echo after reinstall");
     connect(a, server, Duration::from_secs(2)).expect("allowed after reinstall");
     connect(b, server, Duration::from_secs(2)).expect("B open after reinstall");
@@ -389,7 +395,7 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
     );
 
     // Revoking cuts the live connection at its next packet.
-    net::revoke(&plan, 1, &[server_ip]).expect("revoke");
+    net.revoke(1, &[server_ip]).expect("revoke");
     let started = Instant::now();
     let cut = echo(&mut stream, b"revoked").expect_err("a revoked connection lived on");
     assert!(
@@ -398,26 +404,28 @@ fn sprites_reach_out_through_nat_but_not_the_host_nor_each_other() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(connect(a, server, Duration::from_secs(2)).is_err());
-    net::revoke(&plan, 1, &[server_ip]).expect("revoke an absent address");
+    net.revoke(1, &[server_ip])
+        .expect("revoke an absent address");
 
-    net::allow(&plan, 1, &[(server_ip, Duration::from_secs(60))]).expect("allow");
+    net.allow(1, &[(server_ip, Duration::from_secs(60))])
+        .expect("allow");
     connect(a, server, Duration::from_secs(2)).expect("allowed again");
-    net::clear_allowed(&plan, 1).expect("clear");
+    net.clear_allowed(1).expect("clear");
     assert!(connect(a, server, Duration::from_secs(2)).is_err());
-    net::set_egress(&plan, 1, Egress::Open).expect("open");
+    net.set_egress(1, Egress::Open).expect("open");
     connect(a, server, Duration::from_secs(2)).expect("open again");
 
     // Detach removes the host interfaces; detaching twice is fine.
     for slot in [1, 2] {
-        net::detach(&plan, slot).expect("detach");
-        net::detach(&plan, slot).expect("detach again");
+        net.detach(slot).expect("detach");
+        net.detach(slot).expect("detach again");
     }
     assert_eq!(
         interfaces_named(|name| name.starts_with(&plan.iface_prefix)),
         Vec::<String>::new()
     );
     assert!(matches!(
-        net::attach(&plan, 64, a, Egress::Open),
+        net.attach(64, a, Egress::Open),
         Err(sprite_sandbox::SandboxError::NetworkSlot { slot: 64, .. })
     ));
 
@@ -462,8 +470,9 @@ fn attach_and_detach_timing() {
         &format!("sb{tag}x"),
     )
     .expect("plan");
+    let net = Net::system(plan.clone());
     let mut world = World {
-        plan: plan.clone(),
+        net: net.clone(),
         namespaces: Vec::new(),
         slots: vec![0],
         internet_link: format!("sb{tag}y"),
@@ -476,15 +485,15 @@ fn attach_and_detach_timing() {
         .map(|slot| (slot, Egress::Restricted))
         .collect();
     let started = Instant::now();
-    net::install(&plan, &live).expect("install");
+    net.install(&live).expect("install");
     let install_time = started.elapsed();
     let sprite = world.spawn_namespace();
     let mut attach_times = Vec::new();
     let mut detach_times = Vec::new();
     for _ in 0..rounds {
-        attach_times.push(attach_timed(&plan, 0, sprite).1);
+        attach_times.push(attach_timed(&net, 0, sprite).1);
         let started = Instant::now();
-        net::detach(&plan, 0).expect("detach");
+        net.detach(0).expect("detach");
         detach_times.push(started.elapsed());
     }
     attach_times.sort();

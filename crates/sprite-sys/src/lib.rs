@@ -4,15 +4,15 @@
 //! - [`syscall`]: clone into namespaces, the new mount API, pidfds, seccomp, ioctls;
 //! - [`loopdev`]: loop devices by ioctl (no `losetup`);
 //! - [`mount`]: mounting and unmounting by system call (no `mount`/`umount`);
-
+//! - [`netlink`]: links, addresses and routes by rtnetlink (no `ip`/`nsenter`);
 //! - [`nft`]: nftables scripts run in process by libnftables (no `nft`).
 //!
 //! It depends on nothing else of the workspace, so both the sandbox and the storage engine
 //! can use it without depending on each other.
 #![allow(unsafe_code)]
 
-
 pub mod loopdev;
 pub mod mount;
+pub mod netlink;
 pub mod nft;
 pub mod syscall;

@@ -239,12 +239,15 @@ mod tests {
             .map(|(_, back)| back);
         assert_eq!(back.as_deref(), Some(&*file.to_string_lossy()));
         let mut bytes = [0u8; 4];
-        std::io::Read::read_exact(&mut File::open(&path).expect("open"), &mut bytes)
-            .expect("read");
+        std::io::Read::read_exact(&mut File::open(&path).expect("open"), &mut bytes).expect("read");
         assert_eq!(bytes, [7; 4]);
         drop(device);
         // Auto-clear runs when the last handle closes.
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
         for _ in 0..100 {
             if !backing.exists() {

@@ -172,7 +172,9 @@ impl Nft {
             return run_process(script, json);
         };
         let script = CString::new(script).map_err(|_| NftError::Nul)?;
-        let mut library = library.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut library = library
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         library.run(&script, json)
     }
 }
@@ -196,7 +198,9 @@ fn run_process(script: &str, json: bool) -> Result<String, NftError> {
         .spawn()
         .map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(NftError::Spawn)?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
     }
     let output = child.wait_with_output().map_err(NftError::Spawn)?;
     if !output.status.success() {
@@ -218,10 +222,15 @@ mod tests {
             return;
         }
         let nft = Nft::new();
-        assert!(nft.in_process(), "libnftables.so.1 is installed with nftables");
+        assert!(
+            nft.in_process(),
+            "libnftables.so.1 is installed with nftables"
+        );
         let table = format!("sprite_sys_test_{}", std::process::id());
-        nft.run(&format!("add table inet {table}\nadd set inet {table} s {{ type ipv4_addr; }}\n"))
-            .expect("create");
+        nft.run(&format!(
+            "add table inet {table}\nadd set inet {table} s {{ type ipv4_addr; }}\n"
+        ))
+        .expect("create");
         let result = std::panic::catch_unwind(|| {
             let listing = nft
                 .run_json(&format!("list table inet {table}"))
@@ -231,7 +240,10 @@ mod tests {
             let error = nft
                 .run(&format!("delete set inet {table} nosuch"))
                 .expect_err("no such set");
-            assert!(error.message().contains("No such file or directory"), "{error}");
+            assert!(
+                error.message().contains("No such file or directory"),
+                "{error}"
+            );
             // A refused script applies nothing of itself.
             let _ = nft.run(&format!(
                 "add set inet {table} t {{ type ipv4_addr; }}\ndelete set inet {table} nosuch"
@@ -239,7 +251,8 @@ mod tests {
             let listing = nft.run(&format!("list table inet {table}")).expect("list");
             assert!(!listing.contains("set t "), "{listing}");
         });
-        nft.run(&format!("delete table inet {table}")).expect("delete");
+        nft.run(&format!("delete table inet {table}"))
+            .expect("delete");
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
         }
