@@ -48,6 +48,11 @@ pub fn ms_to_rfc3339(ms: u64) -> String {
         .unwrap_or_default()
 }
 
+/// Milliseconds since `since`, to a tenth, for logs.
+fn elapsed_ms(since: std::time::Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -449,11 +454,14 @@ impl SpriteManager {
             }
         }
         let mut record = record;
+        let begun = std::time::Instant::now();
         record.id_base = self
             .db
             .insert_with_id_range(&record, &self.config.id_ranges())?;
+        let mut volume_ms = 0.0;
         let started = async {
             self.image_root(&record.image).await?;
+            let volume = std::time::Instant::now();
             match &fork {
                 Some((parent, version, _)) => {
                     self.roots.create_from(&record.id, parent, version).await?
@@ -466,6 +474,7 @@ impl SpriteManager {
                     self.roots.create(&record.id, gb << 30).await?
                 }
             }
+            volume_ms = elapsed_ms(volume);
             self.start(&record).await
         }
         .await;
@@ -475,7 +484,13 @@ impl SpriteManager {
             self.db.delete(&record.id)?;
             return Err(error);
         }
-        tracing::info!(sprite = %record.name, id = %record.id, "sprite created");
+        tracing::info!(
+            sprite = %record.name,
+            id = %record.id,
+            ms = elapsed_ms(begun),
+            volume_ms,
+            "sprite created"
+        );
         self.note_sprites_changed();
         let record = self.record(org, &record.name)?;
         self.publish_record(&record).await;
@@ -555,7 +570,9 @@ impl SpriteManager {
         make_dir(&state_dir, 0o700)?;
         let run_dir = self.run_dir(&record.id);
         make_dir(&run_dir, 0o755)?;
+        let begun = std::time::Instant::now();
         let mut layers = self.roots.prepare(&record.id, &image_root, id_base).await?;
+        let mount_ms = elapsed_ms(begun);
         let env_layer = self.config.data_dir.join(SPRITE_ENV_LAYER);
         if env_layer.is_dir() {
             layers.lower.push(env_layer);
@@ -573,6 +590,7 @@ impl SpriteManager {
             oom_score_adj: self.config.sprite_oom_score_adj,
             nested_containers: self.config.nested_containers,
         };
+        let sandbox = std::time::Instant::now();
         sprite_sandbox::start(&self.config.executable, &spec)
             .await
             .map_err(|source| CoreError::Sandbox {
@@ -583,8 +601,17 @@ impl SpriteManager {
             .ping(PING_TIMEOUT)
             .await
             .map_err(|_| CoreError::StartTimeout(record.name.clone()))?;
-        tracing::info!(sprite = %record.name, "sprite started");
+        let sandbox_ms = elapsed_ms(sandbox);
+        let network = std::time::Instant::now();
         self.attach_network(record).await;
+        tracing::info!(
+            sprite = %record.name,
+            ms = elapsed_ms(begun),
+            mount_ms,
+            sandbox_ms,
+            network_ms = elapsed_ms(network),
+            "sprite started"
+        );
         self.became_running(record);
         let mut updated = record.clone();
         updated.last_running_at = Some(now());

@@ -204,17 +204,44 @@ async fn own_home(disk: &Path, image_root: &Path) -> Result<bool, CoreError> {
     // Copied aside, then renamed: a crash leaves either no home (copied again) or all of it.
     let partial = disk.join(".home.partial");
     remove_tree(&partial)?;
-    run(
-        "cp",
-        &[
-            "-a",
-            &image_home.to_string_lossy(),
-            &partial.to_string_lossy(),
-        ],
-    )
+    let (from, to) = (image_home.clone(), partial.clone());
+    host("copy the image's home into", &partial, move || {
+        copy_tree(&from, &to)
+    })
     .await?;
     fs::rename(&partial, &home).map_err(CoreError::io("rename", &partial))?;
     Ok(true)
+}
+
+/// Copies the tree at `from` to `to` as `cp -a` does (modes, owners, times, symlinks),
+/// in process. For an image's home: a few files.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(from)?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+    } else if kind.is_dir() {
+        fs::create_dir(to)?;
+        for entry in fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if kind.is_file() {
+        fs::copy(from, to)?;
+    } else {
+        // Devices, fifos and sockets have no place in a home: left out.
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    if !kind.is_symlink() {
+        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        let times = fs::FileTimes::new()
+            .set_accessed(meta.accessed()?)
+            .set_modified(meta.modified()?);
+        fs::File::open(to)?.set_times(times)?;
+    }
+    Ok(())
 }
 
 /// Storage a sprite's layer uses.
@@ -848,7 +875,12 @@ impl RootStore for SpriteFsStore {
         let pid = self.ensure_service().await?;
         let healthy = is_mount_point(&target) && self.mounted_by(sprite_id) == Some(pid);
         if !healthy {
-            self.clear_stale(sprite_id, &target).await;
+            // Debris only where a mount was recorded (released mounts remove their
+            // record, and their loop devices clear themselves): a new or cleanly stopped
+            // sprite costs no look at every loop device.
+            if self.mounted_by(sprite_id).is_some() || is_mount_point(&target) {
+                self.clear_stale(sprite_id, &target).await;
+            }
             self.mount_volume(sprite_id, &target).await?;
             // A reserve of the space guard does not outlive a mount (a crash, a restore
             // or a fork from a checkpoint taken while it was there).
@@ -1225,6 +1257,46 @@ impl RootStore for SpriteFsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_home_is_copied_as_cp_a_would() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let from = dir.path().join("home");
+        fs::create_dir_all(from.join("sprite/.config")).expect("mkdir");
+        fs::write(from.join("sprite/.bashrc"), "PS1=x\n").expect("write");
+        fs::set_permissions(
+            from.join("sprite/.bashrc"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        fs::set_permissions(from.join("sprite"), fs::Permissions::from_mode(0o750)).expect("chmod");
+        std::os::unix::fs::symlink(".bashrc", from.join("sprite/.rc")).expect("link");
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        fs::File::open(from.join("sprite/.bashrc"))
+            .and_then(|f| f.set_times(fs::FileTimes::new().set_modified(old)))
+            .expect("times");
+        let to = dir.path().join("copy");
+        copy_tree(&from, &to).expect("copy");
+        let copied = to.join("sprite/.bashrc");
+        assert_eq!(fs::read_to_string(&copied).expect("read"), "PS1=x\n");
+        let meta = fs::metadata(&copied).expect("meta");
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(meta.modified().expect("mtime"), old);
+        assert_eq!(
+            meta.uid(),
+            fs::metadata(from.join("sprite/.bashrc")).expect("m").uid()
+        );
+        assert_eq!(
+            fs::metadata(to.join("sprite")).expect("m").mode() & 0o7777,
+            0o750
+        );
+        assert!(to.join("sprite/.config").is_dir());
+        assert_eq!(
+            fs::read_link(to.join("sprite/.rc")).expect("link"),
+            Path::new(".bashrc")
+        );
+    }
 
     #[tokio::test]
     async fn local_layers_live_under_the_sprite_dir() {

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create time flat in the number of sprites: create → first exec (no pool) on an empty
+# host and with SPRITES sprites on it (WARM of them asleep warm), side by side in one run.
+# Needs root; removes every sprite it made (the test daemon's harness).
+#
+#   sudo ./bench/scale.sh                          # SPRITES=1000 WARM=800 RUNS=20
+#   sudo SPRITES=200 WARM=160 ./bench/scale.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo bench -p sprite --bench scale

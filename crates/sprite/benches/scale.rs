@@ -1,0 +1,142 @@
+//! Create time against the number of sprites on the host, side by side in one run (as
+//! root, SpriteFS, no pool): create → first exec on an empty host, then again with
+//! `SPRITES` sprites on the host (`WARM` of them asleep warm, the rest running). Per-create
+//! work that scans every loop device, nft rule or sprite shows here as growth.
+//!
+//! Run: `sudo ./bench/scale.sh` (`SPRITES=1000 WARM=800 RUNS=20` by default).
+//! Results go to stdout and to target/bench/scale.json.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use sprite_client::Client;
+use std::time::Instant;
+
+fn main() {
+    run_bench(bench());
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `runs` creates until the first exec has run, each sprite destroyed again.
+async fn creates(client: &Client, tag: &str, runs: usize) -> Vec<f64> {
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        let name = format!("probe-{tag}-{i}");
+        let start = Instant::now();
+        create(client, &name).await;
+        assert_eq!(run(client, &name, &["true"]).await.code, 0);
+        samples.push(ms(start.elapsed()));
+        client.destroy(&name).await.unwrap();
+    }
+    samples
+}
+
+/// Total and idle jiffies of all CPUs, from /proc/stat.
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (fields.iter().sum(), idle)
+}
+
+/// Waits until the CPUs were at least `fraction` idle over two seconds (or `limit`).
+async fn wait_for_idle_cpu(fraction: f64, limit: std::time::Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let (total, idle) = cpu_times();
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let (total_after, idle_after) = cpu_times();
+        let busy = (total_after - total).max(1);
+        if (idle_after - idle) as f64 / busy as f64 >= fraction {
+            return;
+        }
+    }
+    eprintln!("the CPUs did not settle within {limit:?}; measuring anyway");
+}
+
+async fn bench() {
+    let image = std::env::var("SPRITE_BENCH_IMAGE").unwrap_or_else(|_| "debian".into());
+    let sprites = setting("SPRITES", 1000);
+    let warm = setting("WARM", 800).min(sprites);
+    let runs = setting("RUNS", 20).max(1);
+    let config = format!(
+        "storage = \"spritefs\"\nwarm_after = \"never\"\ncold_after = \"never\"\n\
+         max_sprites = {}\ncreates_per_minute = 100000\nnetwork = \"10.200.0.0/19\"\n",
+        sprites + runs + 8
+    );
+    let daemon = Daemon::start_with(&image, &config).await;
+    let client = &daemon.client;
+    // The first create formats the volume template and mounts the image: not measured.
+    creates(client, "warmup", 2).await;
+    let empty = creates(client, "empty", runs).await;
+
+    let filled = Instant::now();
+    for i in 0..sprites {
+        create(client, &format!("fill-{i}")).await;
+        if (i + 1) % 100 == 0 {
+            eprintln!("{} sprites on the host", i + 1);
+        }
+    }
+    for i in 0..warm {
+        client.sleep(&format!("fill-{i}"), false).await.unwrap();
+    }
+    let fill_seconds = filled.elapsed().as_secs_f64();
+    // Filling wrote gigabytes the storage process still compresses and uploads; the
+    // steady state with that many sprites is measured, not the tail of the fill.
+    let settled = Instant::now();
+    wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
+    let settle_seconds = settled.elapsed().as_secs_f64();
+    eprintln!("{sprites} sprites on the host, {warm} warm: measuring");
+    let full = creates(client, "full", runs).await;
+
+    let (empty_p50, empty_p90) = summary(empty, 0.9);
+    let (full_p50, full_p90) = summary(full, 0.9);
+    let growth = (full_p50 / empty_p50 - 1.0) * 100.0;
+    println!(
+        "\nsprites scale benchmark (image {image}, {} CPUs, {runs} creates each, no pool)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<52} {:>9} {:>9}",
+        "create → first exec (ms)", "p50", "p90"
+    );
+    println!("{:<52} {empty_p50:>9.2} {empty_p90:>9.2}", "empty host");
+    let label = format!("{sprites} sprites on the host ({warm} warm)");
+    println!("{label:<52} {full_p50:>9.2} {full_p90:>9.2}");
+    println!("growth of the p50: {growth:+.1} % (goal: within 20 %)");
+    println!(
+        "filling the host took {fill_seconds:.1} s, then {settle_seconds:.1} s until the CPUs were idle"
+    );
+    // The daemon logs each create's phases (`sprite started ... mount_ms sandbox_ms
+    // network_ms`); kept for a look at where time goes.
+    let _ = std::fs::create_dir_all("target/bench");
+    let _ = std::fs::write("target/bench/scale-daemon.log", daemon.log());
+    write_report(
+        "scale",
+        &serde_json::json!({
+            "image": image,
+            "sprites": sprites,
+            "warm": warm,
+            "empty_ms": { "p50": empty_p50, "p90": empty_p90 },
+            "full_ms": { "p50": full_p50, "p90": full_p90 },
+            "growth_percent": growth,
+        }),
+    );
+}
