@@ -21,30 +21,37 @@
 //!   of the host, on any host address, over IPv4 or IPv6.
 //! - `forward` (filter, priority 0, policy accept, so the host's other forwarding is left
 //!   alone) drops sprite-to-sprite packets, lets into a sprite only replies to what the
-//!   sprite started, drops everything but IPv4 from sprites, and sends a sprite's packets
-//!   through the verdict map `egress` (`ifname : verdict`) to its slot's chain
-//!   `egress_<slot>`. A packet from a sprite interface without a slot in the map is dropped.
-//! - `egress_<slot>` first drops packets whose source is not the sprite's address (root in a
-//!   sprite has `CAP_NET_RAW`), then either accepts ([`Egress::Open`]) or accepts only
-//!   destinations in the set `allow_<slot>` (`ipv4_addr`, with timeouts) and rejects the
-//!   rest, TCP with a reset ([`Egress::Restricted`]). The chain sees every packet, not
-//!   only new connections, so revoking an address cuts live connections: the sprite's next
+//!   sprite started, drops everything but IPv4 from sprites and packets whose source is
+//!   not the sprite's own address (`sources`; root in a sprite has `CAP_NET_RAW`), then
+//!   sends a sprite's packets to `egress_open` if its interface is in the set `open`, or to
+//!   `egress_restricted` if it is in `restricted`. A packet from a sprite interface in
+//!   neither is dropped.
+//! - `egress_open` accepts ([`Egress::Open`]) but the host's own networks and link-local
+//!   addresses (unless [`NetPlan::local_egress`]); `egress_restricted` accepts only
+//!   destinations in the set `allowed` (`ifname . ipv4_addr`, with timeouts) and rejects
+//!   the rest, TCP with a reset ([`Egress::Restricted`]). They see every packet, not only
+//!   new connections, so revoking an address cuts live connections: the sprite's next
 //!   packet gets a reset.
+//!
+//! A slot owns no chain or rule, only set elements: attaching, detaching or changing a
+//! sprite costs the same with one sprite on the host as with thousands (a chain or jump
+//! per slot would make the kernel validate the whole table on every change).
 //! - `postrouting` (nat, priority 100) masquerades what leaves the subnet on every
 //!   interface that is not a sprite's.
 //!
-//! [`install`] turns on IPv4 forwarding and (re)creates the table in one nft transaction;
-//! [`attach`] and [`detach`] add and remove one slot's veth pair and objects. Each change
-//! is one `nft -f -` script, so it applies atomically. Interfaces are matched by the
-//! wildcard `<iface_prefix>*`, so the prefix must belong to this daemon alone; [`install`]
+//! [`Net::install`] turns on IPv4 forwarding and (re)creates the table in one transaction;
+//! [`Net::attach`] and [`Net::detach`] add and remove one slot's veth pair and elements.
+//! Each change is one nftables script (run in process by libnftables), so it applies
+//! atomically. Interfaces are matched by the
+//! wildcard `<iface_prefix>*`, so the prefix must belong to this daemon alone; [`Net::install`]
 //! refuses to run if a host interface starts with it but is not named like a slot.
 //!
 //! # A restarted daemon
 //!
 //! Sprites outlive the daemon, and so do their veth pairs. A restarted daemon calls
-//! [`install`] with the slots still alive and their egress policy: the new table is built
-//! with their chains, sets and map entries in the same transaction, and the addresses their
-//! `allow_<slot>` sets held in the old table are carried over with the time they had left,
+//! [`Net::install`] with the slots still alive and their egress policy: the new table is
+//! built with their elements in the same transaction, and the addresses they were allowed
+//! in the old table are carried over with the time they had left,
 //! so neither their connectivity nor their allowed connections are interrupted.
 
 use crate::SandboxError;
@@ -98,7 +105,7 @@ pub struct SlotAddrs {
 pub enum Egress {
     /// Any address (through NAT).
     Open,
-    /// Only the addresses in the slot's allow set ([`allow`]); other connections are
+    /// Only the addresses in the slot's allow set ([`Net::allow`]); other connections are
     /// refused at once (TCP reset, ICMP unreachable otherwise).
     Restricted,
 }
@@ -214,7 +221,7 @@ impl Net {
     /// running (from a previous daemon) with their egress policy: their chains, sets and map
     /// entries are part of the new table, and the addresses their allow sets held in the old
     /// table are kept with the time they had left. Their veth pairs are not touched. A slot
-    /// left out gets nothing through until it is attached again; [`detach`] it to remove its
+    /// left out gets nothing through until it is attached again; [`Net::detach`] it to remove its
     /// interface if that is still there.
     ///
     /// Fails if a host interface starts with the plan's interface prefix but is not named like
@@ -240,15 +247,18 @@ impl Net {
             let elements: Vec<String> = kept
                 .iter()
                 .filter(|element| element.slot == slot)
-                .map(|element| match element.seconds_left {
-                    Some(seconds) => format!("{} timeout {seconds}s", element.address),
-                    None => element.address.to_string(),
+                .map(|element| {
+                    let key = format!("\"{}\" . {}", plan.host_iface(slot), element.address);
+                    match element.seconds_left {
+                        Some(seconds) => format!("{key} timeout {seconds}s"),
+                        None => key,
+                    }
                 })
                 .collect();
             if !elements.is_empty() {
                 let _ = writeln!(
                     script,
-                    "add element inet {} allow_{slot} {{ {} }}",
+                    "add element inet {} allowed {{ {} }}",
                     plan.table,
                     elements.join(", ")
                 );
@@ -289,12 +299,14 @@ impl Net {
         let plan = &self.plan;
         let addrs = plan.slot(slot)?;
         let host = plan.host_iface(slot);
-        let mut script = slot_script(plan, slot, addrs, egress);
-        // A new sprite in the slot does not inherit what the previous one was allowed.
-        let _ = writeln!(script, "flush set inet {} allow_{slot}", plan.table);
+        let step = || format!("add slot {slot} to table inet {}", plan.table);
+        // A new sprite in the slot does not inherit what the previous one was allowed
+        // (detach removes it; this is for a detach that failed).
         let result = self
-            .firewall(&script, || {
-                format!("add slot {slot} to table inet {}", plan.table)
+            .clear_allowed_script(slot, step)
+            .and_then(|clear| {
+                let script = slot_script(plan, slot, addrs, egress) + &clear;
+                self.firewall(&script, step)
             })
             .and_then(|()| {
                 self.host
@@ -327,27 +339,26 @@ impl Net {
         let host = plan.host_iface(slot);
         // Adding each object first makes deleting it succeed whether it existed or not, all in
         // one transaction; only the table itself must exist.
-        let script = format!(
-            "add chain inet {table} egress_{slot}\n\
-             add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
-             add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
-             add element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
-             add element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
-             delete element inet {table} egress {{ \"{host}\" }}\n\
-             delete element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
-             delete element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
-             flush chain inet {table} egress_{slot}\n\
-             delete chain inet {table} egress_{slot}\n\
-             delete set inet {table} allow_{slot}\n",
-            gateway = addrs.gateway,
-            sprite = addrs.sprite
-        );
-        let rules = match self.host.firewall(&script) {
-            Err(error) if is_missing(&error.message()) => Ok(()),
-            other => other.map(drop).map_err(|source| SandboxError::Firewall {
-                step: format!("remove slot {slot} from table inet {table}"),
-                source,
-            }),
+        let step = || format!("remove slot {slot} from table inet {table}");
+        let rules = self.clear_allowed_script(slot, step).and_then(|clear| {
+            let script = format!(
+                "add element inet {table} open {{ \"{host}\" }}\n\
+                 add element inet {table} restricted {{ \"{host}\" }}\n\
+                 add element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+                 add element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
+                 delete element inet {table} open {{ \"{host}\" }}\n\
+                 delete element inet {table} restricted {{ \"{host}\" }}\n\
+                 delete element inet {table} resolvers {{ \"{host}\" . {gateway} }}\n\
+                 delete element inet {table} sources {{ \"{host}\" . {sprite} }}\n\
+                 {clear}",
+                gateway = addrs.gateway,
+                sprite = addrs.sprite
+            );
+            self.firewall(&script, step)
+        });
+        let rules = match rules {
+            Err(SandboxError::Firewall { source, .. }) if is_missing(&source.message()) => Ok(()),
+            other => other,
         };
         let link = self
             .host
@@ -360,13 +371,12 @@ impl Net {
         rules.and(link).and(forgotten)
     }
 
-    /// Sets what `slot`'s sprite may reach (see [`Egress`]), replacing its egress chain in one
-    /// transaction. The allow set is kept either way.
+    /// Sets what `slot`'s sprite may reach (see [`Egress`]) in one transaction. The allowed
+    /// addresses are kept either way.
     pub fn set_egress(&self, slot: u32, egress: Egress) -> Result<(), SandboxError> {
         let plan = &self.plan;
-        let addrs = plan.slot(slot)?;
-        let mut script = format!("flush chain inet {} egress_{slot}\n", plan.table);
-        script.push_str(&egress_rules(plan, slot, addrs, egress));
+        plan.slot(slot)?;
+        let script = egress_elements(plan, slot, egress);
         self.firewall(&script, || {
             format!("set egress of slot {slot} to {egress:?}")
         })
@@ -379,7 +389,7 @@ impl Net {
         self.allow_many(&[(slot, addrs.to_vec())])
     }
 
-    /// [`allow`] for several slots in one nft transaction (one process for a whole batch of
+    /// [`Net::allow`] for several slots in one nftables transaction (one for a whole batch of
     /// DNS answers, however many sprites they came from).
     pub fn allow_many(
         &self,
@@ -389,16 +399,17 @@ impl Net {
         let mut script = String::new();
         for (slot, addrs) in batch {
             plan.slot(*slot)?;
-            let set = format!("inet {} allow_{slot}", plan.table);
+            let set = format!("inet {} allowed", plan.table);
+            let host = plan.host_iface(*slot);
             for &(address, duration) in addrs {
                 let seconds = allow_seconds(duration);
                 // Older kernels keep an existing element's timeout on `add`; deleting and
                 // adding it again in the same transaction restarts it everywhere.
                 let _ = writeln!(
                     script,
-                    "add element {set} {{ {address} timeout {seconds}s }}\n\
-                     delete element {set} {{ {address} }}\n\
-                     add element {set} {{ {address} timeout {seconds}s }}"
+                    "add element {set} {{ \"{host}\" . {address} timeout {seconds}s }}\n\
+                     delete element {set} {{ \"{host}\" . {address} }}\n\
+                     add element {set} {{ \"{host}\" . {address} timeout {seconds}s }}"
                 );
             }
         }
@@ -420,12 +431,14 @@ impl Net {
         if addrs.is_empty() {
             return Ok(());
         }
-        let set = format!("inet {} allow_{slot}", plan.table);
+        let set = format!("inet {} allowed", plan.table);
+        let host = plan.host_iface(slot);
         let mut script = String::new();
         for address in addrs {
             let _ = writeln!(
                 script,
-                "add element {set} {{ {address} timeout 1s }}\ndelete element {set} {{ {address} }}"
+                "add element {set} {{ \"{host}\" . {address} timeout 1s }}\n\
+                 delete element {set} {{ \"{host}\" . {address} }}"
             );
         }
         self.firewall(&script, || format!("revoke addresses of slot {slot}"))?;
@@ -436,15 +449,39 @@ impl Net {
         Ok(())
     }
 
-    /// Empties `slot`'s allow set. Live connections are cut at their next packet if the slot's
-    /// egress is [`Egress::Restricted`] (their conntrack entries stay until they time out).
+    /// Forgets every address `slot`'s sprite was allowed. Live connections are cut at their
+    /// next packet if the slot's egress is [`Egress::Restricted`] (their conntrack entries
+    /// stay until they time out).
     pub fn clear_allowed(&self, slot: u32) -> Result<(), SandboxError> {
-        let plan = &self.plan;
-        plan.slot(slot)?;
-        self.firewall(
-            &format!("flush set inet {} allow_{slot}\n", plan.table),
-            || format!("clear allowed addresses of slot {slot}"),
-        )
+        self.plan.slot(slot)?;
+        let step = || format!("clear allowed addresses of slot {slot}");
+        let script = self.clear_allowed_script(slot, step)?;
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.firewall(&script, step)
+    }
+
+    /// The commands that delete `slot`'s allowed addresses (read from the `allowed` set:
+    /// its size is what the restricted sprites were allowed, not the number of sprites).
+    fn clear_allowed_script(
+        &self,
+        slot: u32,
+        step: impl Fn() -> String,
+    ) -> Result<String, SandboxError> {
+        let what = format!("set inet {} allowed", self.plan.table);
+        let listing = match self.host.firewall_listing(&what) {
+            Ok(listing) => listing,
+            Err(error) if is_missing(&error.message()) => return Ok(String::new()),
+            Err(source) => {
+                return Err(SandboxError::Firewall {
+                    step: step(),
+                    source,
+                })
+            }
+        };
+        let listing = serde_json::from_str(&listing).unwrap_or(serde_json::Value::Null);
+        Ok(clear_allowed_script(&self.plan, slot, &listing))
     }
 }
 
@@ -471,6 +508,13 @@ fn table_script(plan: &NetPlan) -> String {
     let mut local: Vec<String> = LOCAL_NETWORKS.iter().map(|n| n.to_string()).collect();
     local.extend(connected_networks(iface_prefix));
     let local = local.join(", ");
+    let open_rules = if plan.local_egress {
+        String::new()
+    } else {
+        "        ip daddr @local_networks meta l4proto tcp reject with tcp reset\n        \
+         ip daddr @local_networks reject\n"
+            .to_string()
+    };
     format!(
         "add table inet {table}
 delete table inet {table}
@@ -487,8 +531,15 @@ table inet {table} {{
         auto-merge
         elements = {{ {local} }}
     }}
-    map egress {{
-        type ifname : verdict
+    set open {{
+        type ifname
+    }}
+    set restricted {{
+        type ifname
+    }}
+    set allowed {{
+        type ifname . ipv4_addr
+        flags timeout
     }}
     chain from_sprite {{
         meta nfproto != ipv4 drop
@@ -501,13 +552,23 @@ table inet {table} {{
         type filter hook input priority 0; policy accept;
         iifname {sprites} jump from_sprite
     }}
+    chain egress_open {{
+{open_rules}        accept
+    }}
+    chain egress_restricted {{
+        iifname . ip daddr @allowed accept
+        meta l4proto tcp reject with tcp reset
+        reject
+    }}
     chain forward {{
         type filter hook forward priority 0; policy accept;
         iifname {sprites} oifname {sprites} drop
         oifname {sprites} ct state established,related accept
         oifname {sprites} drop
         iifname {sprites} meta nfproto != ipv4 drop
-        iifname vmap @egress
+        iifname {sprites} iifname . ip saddr != @sources drop
+        iifname @open jump egress_open
+        iifname @restricted jump egress_restricted
         iifname {sprites} drop
     }}
     chain postrouting {{
@@ -519,56 +580,59 @@ table inet {table} {{
     )
 }
 
-/// The commands that create (or reset) one slot's set, egress chain and map entries.
+/// The commands that give one slot its source and resolver elements and its egress.
+/// Nothing of a slot is a chain of its own: every change is set elements, so a
+/// transaction costs the same with one sprite as with thousands (a chain or jump would
+/// make the kernel validate the whole table).
 fn slot_script(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> String {
     let table = &plan.table;
     let host = plan.host_iface(slot);
     let mut script = format!(
-        "add set inet {table} allow_{slot} {{ type ipv4_addr; flags timeout; }}\n\
-         add chain inet {table} egress_{slot}\n\
-         flush chain inet {table} egress_{slot}\n"
-    );
-    script.push_str(&egress_rules(plan, slot, addrs, egress));
-    let _ = writeln!(
-        script,
-        "add element inet {table} egress {{ \"{host}\" : jump egress_{slot} }}\n\
-         add element inet {table} resolvers {{ \"{host}\" . {} }}\n\
-         add element inet {table} sources {{ \"{host}\" . {} }}",
+        "add element inet {table} resolvers {{ \"{host}\" . {} }}\n\
+         add element inet {table} sources {{ \"{host}\" . {} }}\n",
         addrs.gateway, addrs.sprite
     );
+    script.push_str(&egress_elements(plan, slot, egress));
     script
 }
 
-/// The rules of an (empty) egress chain.
-fn egress_rules(plan: &NetPlan, slot: u32, addrs: SlotAddrs, egress: Egress) -> String {
-    let chain = format!("inet {} egress_{slot}", plan.table);
-    let mut rules = format!("add rule {chain} ip saddr != {} drop\n", addrs.sprite);
-    match egress {
-        Egress::Open => {
-            if !plan.local_egress {
-                let _ = writeln!(
-                    rules,
-                    "add rule {chain} ip daddr @local_networks meta l4proto tcp reject with tcp reset\n\
-                     add rule {chain} ip daddr @local_networks reject"
-                );
-            }
-            let _ = writeln!(rules, "add rule {chain} accept");
-        }
-        Egress::Restricted => {
-            let _ = writeln!(
-                rules,
-                "add rule {chain} ip daddr @allow_{slot} accept\n\
-                 add rule {chain} meta l4proto tcp reject with tcp reset\n\
-                 add rule {chain} reject"
-            );
-        }
+/// Puts `slot`'s interface in the set of its egress and out of the other, in one
+/// transaction (adding before deleting makes the delete succeed either way).
+fn egress_elements(plan: &NetPlan, slot: u32, egress: Egress) -> String {
+    let table = &plan.table;
+    let host = plan.host_iface(slot);
+    let (into, out_of) = match egress {
+        Egress::Open => ("open", "restricted"),
+        Egress::Restricted => ("restricted", "open"),
+    };
+    format!(
+        "add element inet {table} {out_of} {{ \"{host}\" }}\n\
+         delete element inet {table} {out_of} {{ \"{host}\" }}\n\
+         add element inet {table} {into} {{ \"{host}\" }}\n"
+    )
+}
+
+/// The commands that delete `slot`'s elements of the `allowed` set, as listed in
+/// `listing` (`nft -j list set` output); empty if it has none.
+fn clear_allowed_script(plan: &NetPlan, slot: u32, listing: &serde_json::Value) -> String {
+    let host = plan.host_iface(slot);
+    let mut script = String::new();
+    for element in allowed_in_listing(plan, listing)
+        .into_iter()
+        .filter(|element| element.slot == slot)
+    {
+        let _ = writeln!(
+            script,
+            "delete element inet {} allowed {{ \"{host}\" . {} }}",
+            plan.table, element.address
+        );
     }
-    rules
+    script
 }
 
 /// Where a sprite with open egress never goes (unless [`NetPlan::local_egress`]): "this
 /// network", link-local (cloud instance metadata at 169.254.169.254), multicast and the
-/// reserved block; the host's connected networks are added at [`install`].
+/// reserved block; the host's connected networks are added at [`Net::install`].
 pub const LOCAL_NETWORKS: [&str; 4] = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
 
 /// The IPv4 networks the host is directly connected to (its routes without a gateway,
@@ -620,7 +684,7 @@ struct KeptElement {
 /// The allow-set elements of the table as it is now: none if there is no table, and none
 /// with a warning if it cannot be read (nft without JSON support, say).
 fn allowed_in_old_table(host: &dyn NetHost, plan: &NetPlan) -> Vec<KeptElement> {
-    let table = format!("inet {}", plan.table);
+    let table = format!("table inet {}", plan.table);
     let listing = match host.firewall_listing(&table) {
         Ok(listing) => listing,
         Err(error) if is_missing(&error.message()) => return Vec::new(),
@@ -630,7 +694,7 @@ fn allowed_in_old_table(host: &dyn NetHost, plan: &NetPlan) -> Vec<KeptElement> 
         }
     };
     match serde_json::from_str(&listing) {
-        Ok(listing) => allowed_in_listing(&listing),
+        Ok(listing) => allowed_in_listing(plan, &listing),
         Err(error) => {
             tracing::warn!(%table, %error, "unreadable nft listing; allowed addresses not kept");
             Vec::new()
@@ -638,23 +702,29 @@ fn allowed_in_old_table(host: &dyn NetHost, plan: &NetPlan) -> Vec<KeptElement> 
     }
 }
 
-/// The elements of the `allow_<slot>` sets in `nft -j list table` output.
-fn allowed_in_listing(listing: &serde_json::Value) -> Vec<KeptElement> {
+/// The allowed addresses of each slot in `nft -j list` output (of the table or the set).
+fn allowed_in_listing(plan: &NetPlan, listing: &serde_json::Value) -> Vec<KeptElement> {
     let items = listing
         .get("nftables")
         .and_then(|items| items.as_array())
         .map(Vec::as_slice)
         .unwrap_or_default();
+    let slot_of_iface = |name: &str| {
+        plan.is_slot_iface(name)
+            .then(|| name.strip_prefix(&plan.iface_prefix)?.parse::<u32>().ok())
+            .flatten()
+    };
     let mut kept = Vec::new();
     for set in items.iter().filter_map(|item| item.get("set")) {
-        let Some(slot) = set
-            .get("name")
-            .and_then(|name| name.as_str())
-            .and_then(|name| name.strip_prefix("allow_"))
-            .and_then(|slot| slot.parse::<u32>().ok())
-        else {
+        let name = set.get("name").and_then(|name| name.as_str()).unwrap_or("");
+        // `allowed` (interface . address) now; `allow_<slot>` (address) in tables made
+        // before sprites' rules became set elements only.
+        let old_slot = name
+            .strip_prefix("allow_")
+            .and_then(|slot| slot.parse::<u32>().ok());
+        if name != "allowed" && old_slot.is_none() {
             continue;
-        };
+        }
         let elements = set
             .get("elem")
             .and_then(|elements| elements.as_array())
@@ -673,10 +743,24 @@ fn allowed_in_listing(listing: &serde_json::Value) -> Vec<KeptElement> {
                 ),
                 None => (Some(element), None),
             };
-            if let Some(address) = value
-                .and_then(|value| value.as_str())
-                .and_then(|value| value.parse().ok())
-            {
+            let Some(value) = value else { continue };
+            let (slot, address) = match old_slot {
+                Some(slot) => (Some(slot), value.as_str()),
+                None => {
+                    let pair = value
+                        .get("concat")
+                        .and_then(|pair| pair.as_array())
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    match pair {
+                        [iface, address] => {
+                            (iface.as_str().and_then(slot_of_iface), address.as_str())
+                        }
+                        _ => (None, None),
+                    }
+                }
+            };
+            if let (Some(slot), Some(Ok(address))) = (slot, address.map(str::parse)) {
                 kept.push(KeptElement {
                     slot,
                     address,
@@ -731,8 +815,9 @@ pub enum LinkError {
 pub trait NetHost: Send + Sync + std::fmt::Debug {
     /// Applies an nftables script as one transaction.
     fn firewall(&self, script: &str) -> Result<(), NftError>;
-    /// `table` (like `inet sprites`) as `nft -j list table` prints it.
-    fn firewall_listing(&self, table: &str) -> Result<String, NftError>;
+    /// `what` (like `table inet sprites` or `set inet sprites allowed`) as `nft -j list`
+    /// prints it.
+    fn firewall_listing(&self, what: &str) -> Result<String, NftError>;
     /// Makes the veth pair of a slot: `host` here with the gateway address, up; `eth0` in
     /// the network namespace of process `pid` with the sprite's address, up, its loopback
     /// up and a default route via the gateway. A stale `host` link is replaced.
@@ -794,8 +879,8 @@ impl NetHost for SystemNetHost {
         self.nft.run(script).map(drop)
     }
 
-    fn firewall_listing(&self, table: &str) -> Result<String, NftError> {
-        self.nft.run_json(&format!("list table {table}"))
+    fn firewall_listing(&self, what: &str) -> Result<String, NftError> {
+        self.nft.run_json(&format!("list {what}"))
     }
 
     fn create_links(&self, host: &str, pid: u32, addrs: SlotAddrs) -> Result<(), LinkError> {
@@ -944,8 +1029,8 @@ impl NetHost for RecordingNetHost {
         Ok(())
     }
 
-    fn firewall_listing(&self, table: &str) -> Result<String, NftError> {
-        if self.record(format!("list {table}")) {
+    fn firewall_listing(&self, what: &str) -> Result<String, NftError> {
+        if self.record(format!("list {what}")) {
             return Err(NftError::Refused("No such file or directory".into()));
         }
         Ok("{\"nftables\": []}".into())
@@ -1161,21 +1246,14 @@ mod tests {
         let addrs = net.attach(5, 4242, Egress::Restricted).expect("attach");
         assert_eq!(addrs.sprite, Ipv4Addr::new(10, 231, 0, 22));
         let calls = host.calls();
-        assert_eq!(calls.len(), 2, "{calls:#?}");
-        assert!(calls[0].starts_with("firewall "), "{}", calls[0]);
-        // The restricted egress chain and a cleared allow set are in the same script.
-        assert!(
-            calls[0].contains("add chain inet sprites_ab12 egress_5"),
-            "{}",
-            calls[0]
-        );
-        assert!(calls[0].contains("reject"), "{}", calls[0]);
-        assert!(
-            calls[0].contains("flush set inet sprites_ab12 allow_5"),
-            "{}",
-            calls[0]
-        );
-        assert_eq!(calls[1], "links spv5 4242 10.231.0.21 10.231.0.22");
+        assert_eq!(calls.len(), 3, "{calls:#?}");
+        // What a previous sprite in the slot was allowed is looked up, then the rules.
+        assert_eq!(calls[0], "list set inet sprites_ab12 allowed");
+        assert!(calls[1].starts_with("firewall "), "{}", calls[1]);
+        let restricted = "add element inet sprites_ab12 restricted { \"spv5\" }";
+        assert!(calls[1].contains(restricted), "{}", calls[1]);
+        assert!(calls[1].contains("sources { \"spv5\" . 10.231.0.22 }"));
+        assert_eq!(calls[2], "links spv5 4242 10.231.0.21 10.231.0.22");
     }
 
     #[test]
@@ -1190,7 +1268,7 @@ mod tests {
             let undo = &calls[calls.len() - 3..];
             assert!(
                 undo[0].starts_with("firewall ")
-                    && undo[0].contains("delete chain inet sprites_ab12 egress_7"),
+                    && undo[0].contains("delete element inet sprites_ab12 open { \"spv7\" }"),
                 "{calls:#?}"
             );
             assert_eq!(undo[1], "delete spv7");
@@ -1208,16 +1286,16 @@ mod tests {
         let calls = host.calls();
         assert_eq!(
             calls[..3],
-            ["interfaces", "forwarding", "list inet sprites_ab12"]
+            ["interfaces", "forwarding", "list table inet sprites_ab12"]
         );
         assert_eq!(calls.len(), 4, "{calls:#?}");
         let script = &calls[3];
         let table = script.find("table inet sprites_ab12 {").expect("table");
         let slot = script
-            .find("add chain inet sprites_ab12 egress_9")
+            .find("add element inet sprites_ab12 restricted { \"spv9\" }")
             .expect("slot 9");
         assert!(table < slot, "slots come after the fresh table");
-        assert!(script.contains("egress_2"), "{script}");
+        assert!(script.contains("open { \"spv2\" }"), "{script}");
     }
 
     #[test]
@@ -1233,23 +1311,33 @@ mod tests {
         let plan = plan();
         let addrs = plan.addresses(5).expect("slot 5");
         let open = slot_script(&plan, 5, addrs, Egress::Open);
-        assert!(open.contains("add rule inet sprites_ab12 egress_5 ip saddr != 10.231.0.22 drop"));
-        assert!(open.contains("add rule inet sprites_ab12 egress_5 accept"));
-        assert!(open.contains("egress_5 ip daddr @local_networks meta l4proto tcp reject"));
         assert!(open.contains("sources { \"spv5\" . 10.231.0.22 }"));
-        let mut lan = plan.clone();
-        lan.local_egress = true;
-        assert!(!slot_script(&lan, 5, addrs, Egress::Open).contains("@local_networks"));
-        assert!(open.contains("egress { \"spv5\" : jump egress_5 }"));
         assert!(open.contains("resolvers { \"spv5\" . 10.231.0.21 }"));
-        let restricted = egress_rules(&plan, 5, addrs, Egress::Restricted);
-        let lines: Vec<&str> = restricted.lines().collect();
-        assert_eq!(lines.len(), 4);
-        assert!(lines[1].ends_with("ip daddr @allow_5 accept"));
-        assert!(lines[2].ends_with("meta l4proto tcp reject with tcp reset"));
-        assert!(lines[3].ends_with(" reject"));
+        assert!(open.ends_with(
+            "add element inet sprites_ab12 restricted { \"spv5\" }\n\
+             delete element inet sprites_ab12 restricted { \"spv5\" }\n\
+             add element inet sprites_ab12 open { \"spv5\" }\n"
+        ));
+        // No chain, rule or jump per slot: only elements.
+        for line in open.lines() {
+            assert!(
+                line.starts_with("add element ") || line.starts_with("delete element "),
+                "{line}"
+            );
+        }
+        let restricted = egress_elements(&plan, 5, Egress::Restricted);
+        assert!(restricted.ends_with("add element inet sprites_ab12 restricted { \"spv5\" }\n"));
+        let lan_table = table_script(&NetPlan {
+            local_egress: true,
+            ..plan.clone()
+        });
+        assert!(!lan_table.contains("ip daddr @local_networks"));
         let table = table_script(&plan);
         assert!(table.contains("iifname . ip saddr != @sources drop"));
+        assert!(table.contains("iifname \"spv*\" iifname . ip saddr != @sources drop"));
+        assert!(table.contains("iifname @restricted jump egress_restricted"));
+        assert!(table.contains("iifname . ip daddr @allowed accept"));
+        assert!(table.contains("ip daddr @local_networks meta l4proto tcp reject with tcp reset"));
         assert!(table.contains("169.254.0.0/16"));
         assert!(table.starts_with("add table inet sprites_ab12\ndelete table inet sprites_ab12\n"));
         assert!(table.contains(
@@ -1289,7 +1377,7 @@ lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
             {"chain": {"family": "inet", "table": "t", "name": "egress_3"}}
         ]});
         assert_eq!(
-            allowed_in_listing(&listing),
+            allowed_in_listing(&plan(), &listing),
             vec![
                 KeptElement {
                     slot: 3,
@@ -1308,6 +1396,35 @@ lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
                 },
             ]
         );
-        assert!(allowed_in_listing(&serde_json::json!({})).is_empty());
+        assert!(allowed_in_listing(&plan(), &serde_json::json!({})).is_empty());
+        // The set of today's tables: interface . address, the slot from the interface.
+        let listing = serde_json::json!({"nftables": [
+            {"set": {"family": "inet", "name": "allowed", "table": "t",
+                "type": ["ifname", "ipv4_addr"], "flags": ["timeout"], "elem": [
+                    {"elem": {"val": {"concat": ["spv3", "1.2.3.4"]}, "timeout": 50, "expires": 49}},
+                    {"concat": ["spv4", "9.9.9.9"]},
+                    {"concat": ["other7", "8.8.8.8"]},
+                    {"concat": ["spv99999", "8.8.4.4"]}]}}
+        ]});
+        assert_eq!(
+            allowed_in_listing(&plan(), &listing),
+            vec![
+                KeptElement {
+                    slot: 3,
+                    address: Ipv4Addr::new(1, 2, 3, 4),
+                    seconds_left: Some(49)
+                },
+                KeptElement {
+                    slot: 4,
+                    address: Ipv4Addr::new(9, 9, 9, 9),
+                    seconds_left: None
+                },
+            ]
+        );
+        assert_eq!(
+            clear_allowed_script(&plan(), 3, &listing),
+            "delete element inet sprites_ab12 allowed { \"spv3\" . 1.2.3.4 }\n"
+        );
+        assert_eq!(clear_allowed_script(&plan(), 5, &listing), "");
     }
 }
