@@ -88,8 +88,9 @@ pub struct SpriteManager {
     pub(crate) http_ports: Mutex<HashMap<String, (u16, std::time::Instant)>>,
     /// The port pollers of watched sprites (see `ports`).
     pub(crate) port_watches: Mutex<HashMap<String, std::sync::Weak<crate::ports::PortWatch>>>,
-    /// Told when sprites are created or destroyed (the in-sprite API serves each).
-    sprites_changed: tokio::sync::Notify,
+    /// Ids of sprites just created or destroyed, for the in-sprite API (which serves
+    /// each sprite's socket): one event per change, never a look at every sprite.
+    sprite_changes: SpriteChanges,
     /// Sprite networking (veth, NAT, DNS, egress policy); `None` when turned off.
     pub(crate) network: Option<crate::network::Network>,
     /// Checkpoints sprites make of themselves, per sprite.
@@ -98,6 +99,29 @@ pub struct SpriteManager {
     creates: crate::limits::Buckets,
     /// Places for connections into each sprite (see `proxy.rs`).
     pub(crate) connection_places: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// The mount namespace sprites' namespaces are cloned from: the host's without the
+    /// mounts under the data directory (`None` where it cannot be made: not root).
+    mount_seed: Option<std::os::fd::OwnedFd>,
+}
+
+/// Changes of sprites, queued for the in-sprite API (bounded: what does not fit is
+/// reported as an overflow, and the listener looks at every sprite once instead).
+#[derive(Debug)]
+struct SpriteChanges {
+    sender: tokio::sync::mpsc::Sender<String>,
+    receiver: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    overflow: tokio::sync::Notify,
+}
+
+impl SpriteChanges {
+    fn new() -> SpriteChanges {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4096);
+        SpriteChanges {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            overflow: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// The directories sprites' in-sprite API sockets live in (`run/<sprite id>`) are on
@@ -169,7 +193,17 @@ impl SpriteManager {
             .as_ref()
             .map(|n| crate::network::Network::new(n, &config.data_dir))
             .transpose()?;
+        let mount_seed = if nix::unistd::geteuid().is_root() {
+            sprite_sys::mount::seed_namespace(&config.data_dir)
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no seed mount namespace; sprites clone the daemon's")
+                })
+                .ok()
+        } else {
+            None
+        };
         Ok(Arc::new(SpriteManager {
+            mount_seed,
             network,
             config,
             db,
@@ -181,7 +215,7 @@ impl SpriteManager {
             tasks: Tasks::default(),
             http_ports: Mutex::new(HashMap::new()),
             port_watches: Mutex::new(HashMap::new()),
-            sprites_changed: tokio::sync::Notify::new(),
+            sprite_changes: SpriteChanges::new(),
             connection_places: Mutex::new(HashMap::new()),
             inside_checkpoints: crate::limits::Buckets::new(
                 INSIDE_CHECKPOINT_BURST,
@@ -491,7 +525,7 @@ impl SpriteManager {
             volume_ms,
             "sprite created"
         );
-        self.note_sprites_changed();
+        self.note_sprites_changed(&record.id);
         let record = self.record(org, &record.name)?;
         self.publish_record(&record).await;
         Ok(self.info(&record))
@@ -585,6 +619,13 @@ impl SpriteManager {
             id_base,
             id_count: self.config.id_count,
             storage_id_base: self.config.id_base,
+            mount_namespace: self.mount_seed.as_ref().map(|fd| {
+                PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    std::os::fd::AsRawFd::as_raw_fd(fd)
+                ))
+            }),
             limits: self.limits(record),
             run_dir: Some(run_dir),
             oom_score_adj: self.config.sprite_oom_score_adj,
@@ -871,7 +912,7 @@ impl SpriteManager {
             tracing::warn!(sprite = %record.name, "could not delete the sprite record from the store: {}", sprite_api::error_chain(&error));
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
-        self.note_sprites_changed();
+        self.note_sprites_changed(&record.id);
         Ok(())
     }
 
@@ -1378,14 +1419,30 @@ impl SpriteManager {
             .collect())
     }
 
-    /// Waits until a sprite is created or destroyed.
-    pub async fn sprites_changed(&self) {
-        self.sprites_changed.notified().await;
+    /// The changes of sprites (ids of sprites created or destroyed since), for the one
+    /// listener that serves in-sprite APIs; `None` once taken. [`Self::lost_changes`]
+    /// tells it when changes did not fit in the queue: then it looks at every sprite.
+    pub fn take_sprite_changes(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        lock(&self.sprite_changes.receiver).take()
     }
 
-    pub(crate) fn note_sprites_changed(&self) {
-        // One listener (the in-sprite API); a permit waits for it if it is busy.
-        self.sprites_changed.notify_one();
+    /// Waits until sprite changes were dropped (the queue was full).
+    pub async fn lost_changes(&self) {
+        self.sprite_changes.overflow.notified().await;
+    }
+
+    /// The in-sprite API directory of sprite `id`, or `None` if there is no such sprite.
+    pub fn sprite_run_dir(&self, id: &str) -> Result<Option<PathBuf>, CoreError> {
+        Ok(self
+            .db
+            .get_by_id(id)?
+            .map(|record| self.run_dir(&record.id)))
+    }
+
+    pub(crate) fn note_sprites_changed(&self, id: &str) {
+        if self.sprite_changes.sender.try_send(id.to_string()).is_err() {
+            self.sprite_changes.overflow.notify_one();
+        }
     }
 
     /// Number of sprites whose PID 1 this daemon knows to be up (running or warm).

@@ -96,7 +96,7 @@ impl SpriteManager {
             return Err(error);
         }
         lock(&self.pool.ready).push_back(record.id.clone());
-        self.note_sprites_changed();
+        self.note_sprites_changed(&record.id);
         tracing::debug!(id = %record.id, "pooled sprite ready");
         Ok(())
     }

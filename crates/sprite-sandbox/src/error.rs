@@ -71,6 +71,8 @@ pub enum SandboxError {
     SharedNetworkNamespace(u32),
     #[error("enable ip forwarding in /proc/sys/net/ipv4/ip_forward")]
     IpForwarding(#[source] std::io::Error),
+    #[error("enter the mount namespace {0}")]
+    EnterNamespace(std::path::PathBuf, #[source] std::io::Error),
     #[error("{step}")]
     Firewall {
         step: String,

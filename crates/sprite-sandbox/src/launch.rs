@@ -65,6 +65,13 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
     fs::write("/proc/self/oom_score_adj", spec.oom_score_adj.to_string())
         .map_err(|e| SandboxError::OomScore(spec.oom_score_adj, e))?;
 
+    // Everything the sprite takes from the host's mounts is held as detached mounts by
+    // now (`mounts`): the rest of the host's mount table need not be copied into it.
+    if let Some(namespace) = &spec.mount_namespace {
+        sprite_sys::mount::enter_namespace(namespace)
+            .map_err(|e| SandboxError::EnterNamespace(namespace.clone(), e))?;
+    }
+
     let (go_read, go_write) = pipe().map_err(SandboxError::Pipe)?;
     let (ready_read, ready_write) = pipe().map_err(SandboxError::Pipe)?;
 

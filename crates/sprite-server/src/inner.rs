@@ -22,41 +22,95 @@ struct SpriteId(String);
 
 /// Keeps one listener per sprite on `<state>/run/api.sock` (bound into the sprite at
 /// `/.sprite/run`), for as long as the daemon runs: new sprites get theirs when they
-/// are created, destroyed ones lose it.
+/// are created, destroyed ones lose it. Each change is one event about one sprite; every
+/// sprite is looked at only at the start, when events were lost, and once a minute.
 pub async fn serve_sprite_sockets(state: AppState) {
     let mut serving: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let Some(mut changes) = state.manager.take_sprite_changes() else {
+        tracing::warn!("in-sprite API: sprite changes already taken; not serving sockets");
+        return;
+    };
     loop {
-        match state.manager.sprite_run_dirs() {
-            Ok(dirs) => {
-                let ids: HashSet<&String> = dirs.iter().map(|(id, _)| id).collect();
-                serving.retain(|id, task| {
-                    let keep = ids.contains(id) && !task.is_finished();
-                    if !keep {
-                        task.abort();
-                    }
-                    keep
-                });
-                for (id, dir) in &dirs {
-                    if serving.contains_key(id) {
-                        continue;
-                    }
-                    match listen(dir) {
-                        Ok(listener) => {
-                            let router = sprite_router(state.clone(), id.clone());
-                            let task = tokio::spawn(serve_socket(listener, router));
-                            serving.insert(id.clone(), task);
-                        }
-                        Err(error) => {
-                            tracing::warn!(sprite = %id, dir = %dir.display(), "cannot serve api.sock: {error}")
-                        }
-                    }
-                }
+        reconcile(&state, &mut serving);
+        let deadline = tokio::time::Instant::now() + RECONCILE_EVERY;
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Some(id) => serve_one(&state, &mut serving, &id),
+                    None => return,
+                },
+                () = state.manager.lost_changes() => break,
+                () = tokio::time::sleep_until(deadline) => break,
             }
-            Err(error) => tracing::warn!("in-sprite API: {}", sprite_api::error_chain(&error)),
         }
-        tokio::select! {
-            () = state.manager.sprites_changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    }
+}
+
+/// How often every sprite's listener is checked, whatever the events said.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+
+/// Starts or stops the listener of sprite `id` as it exists or not.
+fn serve_one(
+    state: &AppState,
+    serving: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+    id: &str,
+) {
+    match state.manager.sprite_run_dir(id) {
+        Ok(Some(dir)) => {
+            if serving.get(id).is_some_and(|task| !task.is_finished()) {
+                return;
+            }
+            start_serving(state, serving, id, &dir);
+        }
+        Ok(None) => {
+            if let Some(task) = serving.remove(id) {
+                task.abort();
+            }
+        }
+        Err(error) => {
+            tracing::warn!(sprite = %id, "in-sprite API: {}", sprite_api::error_chain(&error))
+        }
+    }
+}
+
+/// Serves every sprite's socket and stops those of sprites that are gone.
+fn reconcile(state: &AppState, serving: &mut HashMap<String, tokio::task::JoinHandle<()>>) {
+    let dirs = match state.manager.sprite_run_dirs() {
+        Ok(dirs) => dirs,
+        Err(error) => {
+            tracing::warn!("in-sprite API: {}", sprite_api::error_chain(&error));
+            return;
+        }
+    };
+    let ids: HashSet<&String> = dirs.iter().map(|(id, _)| id).collect();
+    serving.retain(|id, task| {
+        let keep = ids.contains(id) && !task.is_finished();
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for (id, dir) in &dirs {
+        if !serving.contains_key(id) {
+            start_serving(state, serving, id, dir);
+        }
+    }
+}
+
+fn start_serving(
+    state: &AppState,
+    serving: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+    id: &str,
+    dir: &std::path::Path,
+) {
+    match listen(dir) {
+        Ok(listener) => {
+            let router = sprite_router(state.clone(), id.to_string());
+            let task = tokio::spawn(serve_socket(listener, router));
+            serving.insert(id.to_string(), task);
+        }
+        Err(error) => {
+            tracing::warn!(sprite = %id, dir = %dir.display(), "cannot serve api.sock: {error}")
         }
     }
 }

@@ -116,9 +116,127 @@ pub fn is_mount_point(path: &Path) -> bool {
     stat.stx_attributes_mask & flag != 0 && stat.stx_attributes & flag != 0
 }
 
+/// Makes a mount namespace to clone sprites' namespaces from: a copy of this one, every
+/// mount private (nothing the host mounts later appears in it), and every mount under
+/// `prune_under` detached. Held by the returned descriptor alone.
+///
+/// A new mount namespace starts as a copy of its parent's, and a sprite's PID 1 detaches
+/// that copy again after it pivots into its root: both cost a step per mount. On a host
+/// with a thousand sprites, whose disks and views are mounts under the data directory,
+/// cloning from this seed instead keeps starting a sprite as fast as on an empty host.
+pub fn seed_namespace(prune_under: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    let prune_under = prune_under.to_path_buf();
+    // A thread of its own: unsharing the mount namespace (and with it the filesystem
+    // context) changes that thread alone, and the namespace outlives it through the fd.
+    std::thread::spawn(move || {
+        use nix::sched::CloneFlags;
+        nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).map_err(io_error)?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(io_error)?;
+        let mountinfo = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
+        let mut pruned: Vec<std::path::PathBuf> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .map(unescape_mount_path)
+            .filter(|path| path.starts_with(&prune_under) && *path != prune_under)
+            .collect();
+        // Deepest first; a parent detached first takes its children with it anyway.
+        pruned.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
+        for path in pruned {
+            match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Err(error) => return Err(io_error(error)),
+            }
+        }
+        std::fs::File::open("/proc/thread-self/ns/mnt").map(std::os::fd::OwnedFd::from)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the seed namespace thread panicked"))?
+}
+
+/// Moves the calling process into the mount namespace at `path` (an `ns/mnt` file or a
+/// descriptor of one under `/proc`). The process must be single-threaded.
+pub fn enter_namespace(path: &Path) -> io::Result<()> {
+    let namespace = std::fs::File::open(path)?;
+    nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS).map_err(io_error)
+}
+
+/// A mount point as mountinfo prints it (space, tab, newline and backslash as `\ooo`).
+fn unescape_mount_path(field: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path("/tmp/a\\040b\\011c\\134d"),
+            Path::new("/tmp/a b\tc\\d")
+        );
+        assert_eq!(unescape_mount_path("/plain"), Path::new("/plain"));
+        assert_eq!(unescape_mount_path("/odd\\04"), Path::new("/odd\\04"));
+    }
+
+    #[test]
+    fn a_seed_namespace_leaves_out_what_is_under_the_pruned_directory() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = dir.path().join("layers/x/mnt");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        mount_tmpfs(&inner, "sprite-test-seed", MsFlags::empty(), "size=1m").expect("mount");
+        let result = std::panic::catch_unwind(|| {
+            let seed = seed_namespace(dir.path()).expect("seed");
+            let (seed_mounts, ours) = std::thread::spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).expect("unshare fs");
+                nix::sched::setns(&seed, nix::sched::CloneFlags::CLONE_NEWNS).expect("setns");
+                let text = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("read");
+                (text.lines().count(), text.contains("sprite-test-seed"))
+            })
+            .join()
+            .expect("thread");
+            assert!(!ours, "the pruned mount is in the seed");
+            assert!(seed_mounts > 0);
+            // The host still has it.
+            assert!(is_mount_point(&inner));
+        });
+        unmount(&inner, false).expect("unmount");
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
 
     #[test]
     fn a_source_name_must_be_bare() {
