@@ -339,11 +339,9 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         .or(file.network)
         .unwrap_or_else(|| "10.231.0.0/16".into());
     if network != "off" {
-        for (tool, package) in [
-            ("nft", "nftables"),
-            ("ip", "iproute2"),
-            ("nsenter", "util-linux"),
-        ] {
+        // Links and routes go through netlink; rules through libnftables, which the
+        // nftables package installs with `nft` (used if the library cannot be loaded).
+        for (tool, package) in [("nft", "nftables")] {
             let found = std::env::var_os("PATH")
                 .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
                 .unwrap_or(false);
