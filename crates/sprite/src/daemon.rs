@@ -341,15 +341,13 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     if network != "off" {
         // Links and routes go through netlink; rules through libnftables, which the
         // nftables package installs with `nft` (used if the library cannot be loaded).
-        for (tool, package) in [("nft", "nftables")] {
-            let found = std::env::var_os("PATH")
-                .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-                .unwrap_or(false);
-            if !found {
-                anyhow::bail!(
-                    "sprite networking needs `{tool}`: apt install {package} (or run ./install.sh), or start with --network off for loopback-only sprites"
-                );
-            }
+        let found = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join("nft").is_file()))
+            .unwrap_or(false);
+        if !found {
+            anyhow::bail!(
+                "sprite networking needs nftables: apt install nftables (or run ./install.sh), or start with --network off for loopback-only sprites"
+            );
         }
         let dns_upstreams = match file.dns_upstreams {
             Some(list) => list
