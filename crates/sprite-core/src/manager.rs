@@ -99,8 +99,8 @@ pub struct SpriteManager {
     creates: crate::limits::Buckets,
     /// Places for connections into each sprite (see `proxy.rs`).
     pub(crate) connection_places: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    /// The mount namespace sprites' namespaces are cloned from: the host's without the
-    /// mounts under the data directory (`None` where it cannot be made: not root).
+    /// The mount namespace sprites' namespaces are cloned from: only the mounts that hold
+    /// the data directory, `/dev`, `/proc` and `/sys` (`None` where it cannot be made: not root).
     mount_seed: Option<std::os::fd::OwnedFd>,
 }
 

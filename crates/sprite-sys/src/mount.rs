@@ -117,15 +117,21 @@ pub fn is_mount_point(path: &Path) -> bool {
 }
 
 /// Makes a mount namespace to clone sprites' namespaces from: a copy of this one, every
-/// mount private (nothing the host mounts later appears in it), and every mount under
-/// `prune_under` detached. Held by the returned descriptor alone.
+/// mount private (nothing the host mounts later appears in it), with only what a
+/// sprite's PID 1 uses before it pivots away: the mounts that hold `data_dir` (its state
+/// directory is there), `/dev` (the device nodes it binds), and `/proc` and `/sys` (the
+/// kernel lets a user namespace mount its own only where one is fully visible). Every
+/// other mount is detached from it, so it holds no reference to them: a disk the host
+/// unmounts later (another daemon's sprite disks, an admin's USB drive) is never kept
+/// busy by it. Held
+/// by the returned descriptor alone.
 ///
 /// A new mount namespace starts as a copy of its parent's, and a sprite's PID 1 detaches
 /// that copy again after it pivots into its root: both cost a step per mount. On a host
 /// with a thousand sprites, whose disks and views are mounts under the data directory,
 /// cloning from this seed instead keeps starting a sprite as fast as on an empty host.
-pub fn seed_namespace(prune_under: &Path) -> io::Result<std::os::fd::OwnedFd> {
-    let prune_under = prune_under.to_path_buf();
+pub fn seed_namespace(data_dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    let data_dir = data_dir.to_path_buf();
     // A thread of its own: unsharing the mount namespace (and with it the filesystem
     // context) changes that thread alone, and the namespace outlives it through the fd.
     std::thread::spawn(move || {
@@ -140,11 +146,15 @@ pub fn seed_namespace(prune_under: &Path) -> io::Result<std::os::fd::OwnedFd> {
         )
         .map_err(io_error)?;
         let mountinfo = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
+        let kept = |path: &Path| {
+            data_dir.starts_with(path)
+                || [Path::new("/dev"), Path::new("/proc"), Path::new("/sys")].contains(&path)
+        };
         let mut pruned: Vec<std::path::PathBuf> = mountinfo
             .lines()
             .filter_map(|line| line.split(' ').nth(4))
             .map(unescape_mount_path)
-            .filter(|path| path.starts_with(&prune_under) && *path != prune_under)
+            .filter(|path| !kept(path))
             .collect();
         // Deepest first; a parent detached first takes its children with it anyway.
         pruned.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
@@ -215,23 +225,39 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let inner = dir.path().join("layers/x/mnt");
-        std::fs::create_dir_all(&inner).expect("mkdir");
+        let elsewhere = dir.path().join("elsewhere");
+        let data = dir.path().join("data");
+        for path in [&inner, &elsewhere, &data] {
+            std::fs::create_dir_all(path).expect("mkdir");
+        }
         mount_tmpfs(&inner, "sprite-test-seed", MsFlags::empty(), "size=1m").expect("mount");
         let result = std::panic::catch_unwind(|| {
-            let seed = seed_namespace(dir.path()).expect("seed");
-            let (seed_mounts, ours) = std::thread::spawn(move || {
+            // A mount outside the data directory too: a seed must not keep it busy.
+            mount_tmpfs(&data, "sprite-test-data", MsFlags::empty(), "size=1m").expect("mount");
+            let seed = seed_namespace(&data.join("dir")).expect("seed");
+            let mounts = std::thread::spawn(move || {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).expect("unshare fs");
                 nix::sched::setns(&seed, nix::sched::CloneFlags::CLONE_NEWNS).expect("setns");
-                let text = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("read");
-                (text.lines().count(), text.contains("sprite-test-seed"))
+                std::fs::read_to_string("/proc/thread-self/mountinfo").expect("read")
             })
             .join()
             .expect("thread");
-            assert!(!ours, "the pruned mount is in the seed");
-            assert!(seed_mounts > 0);
-            // The host still has it.
+            assert!(!mounts.contains("sprite-test-seed"), "{mounts}");
+            // What holds the data directory stays, and /dev and /proc.
+            assert!(mounts.contains(" - tmpfs sprite-test-data "), "{mounts}");
+            assert!(
+                mounts.lines().any(|l| l.split(' ').nth(4) == Some("/dev")),
+                "{mounts}"
+            );
+            assert!(
+                mounts.lines().any(|l| l.split(' ').nth(4) == Some("/proc")),
+                "{mounts}"
+            );
+            assert!(mounts.lines().count() <= 8, "{mounts}");
+            // The host still has its mounts, and unmounting one is not refused as busy.
             assert!(is_mount_point(&inner));
         });
+        let _ = unmount(&data, false);
         unmount(&inner, false).expect("unmount");
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
