@@ -2,9 +2,9 @@
 //! at open; the schema version is SQLite's `user_version`.
 
 use crate::error::CoreError;
+use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use std::sync::Mutex;
 
 /// Schema migrations, in order. Never edit one that has shipped: add a new one.
 const MIGRATIONS: &[&str] = &[
@@ -213,10 +213,8 @@ impl Database {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        self.connection.lock()
     }
 
     /// Inserts a sprite; `SpriteExists` if the name is taken in its organization.

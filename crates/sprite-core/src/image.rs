@@ -10,11 +10,12 @@
 //! interrupted build is never used.
 
 use crate::error::CoreError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
 /// Packages of the default image on top of debootstrap's minbase.
@@ -44,7 +45,7 @@ pub struct ImageStore {
 }
 
 fn set_status(status: &Mutex<HashMap<String, ImageStatus>>, name: &str, state: &str, detail: &str) {
-    let mut map = status.lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = status.lock();
     map.insert(
         name.to_string(),
         ImageStatus {
@@ -93,7 +94,7 @@ impl ImageStore {
     /// Status of every known and imported image.
     pub fn statuses(&self) -> Vec<ImageStatus> {
         let imported = self.imported();
-        let map = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.status.lock();
         KNOWN_IMAGES
             .iter()
             .map(|name| name.to_string())

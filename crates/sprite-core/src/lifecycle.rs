@@ -4,16 +4,13 @@
 //! Everything here is plain data and arithmetic on a [`Clock`], so the policy is tested
 //! with a manual clock; the manager applies its decisions to real sprites.
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use sprite_api::sprite::SpriteStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Milliseconds since the Unix epoch, from the system or from a test.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -126,7 +123,7 @@ impl Activity {
         reason: Reason,
     ) -> (ActivityGuard, SpriteStatus) {
         let now = self.now_ms();
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let entry = entries.entry(sprite_id.to_string()).or_default();
         *entry.guards.entry(reason).or_default() += 1;
         entry.last_active_ms = entry.last_active_ms.max(now);
@@ -140,7 +137,8 @@ impl Activity {
 
     /// The sprite's status and since when (Unix ms).
     pub fn status(&self, sprite_id: &str) -> (SpriteStatus, u64) {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .get(sprite_id)
             .map_or((SpriteStatus::Cold, 0), |e| (e.status, e.since_ms))
     }
@@ -152,7 +150,7 @@ impl Activity {
 
     /// Sets the status as of `since_ms` (a status restored after a daemon restart).
     pub fn set_status_since(&self, sprite_id: &str, status: SpriteStatus, since_ms: u64) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let entry = entries.entry(sprite_id.to_string()).or_default();
         if entry.status != status {
             entry.status = status;
@@ -165,7 +163,7 @@ impl Activity {
     /// then freezes or stops the sprite, or sets the status back if that fails.
     pub fn begin_sleep(&self, sprite_id: &str, to: SpriteStatus) -> bool {
         let now = self.now_ms();
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(sprite_id) else {
             return false;
         };
@@ -184,7 +182,8 @@ impl Activity {
 
     /// Sprites whose status is not cold.
     pub fn awake(&self) -> Vec<(String, SpriteStatus)> {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .iter()
             .filter(|(_, e)| e.status != SpriteStatus::Cold)
             .map(|(id, e)| (id.clone(), e.status))
@@ -199,14 +198,15 @@ impl Activity {
     /// Records activity at `at_ms` unless a later one is known (restores the timer of a
     /// sprite after a daemon restart).
     pub fn touch_at(&self, sprite_id: &str, at_ms: u64) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let entry = entries.entry(sprite_id.to_string()).or_default();
         entry.last_active_ms = entry.last_active_ms.max(at_ms);
     }
 
     /// The reasons held now, each with its count.
     pub fn reasons(&self, sprite_id: &str) -> Vec<(Reason, usize)> {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .get(sprite_id)
             .map(|e| {
                 e.guards
@@ -219,17 +219,17 @@ impl Activity {
     }
 
     pub fn last_active_ms(&self, sprite_id: &str) -> Option<u64> {
-        lock(&self.entries).get(sprite_id).map(|e| e.last_active_ms)
+        self.entries.lock().get(sprite_id).map(|e| e.last_active_ms)
     }
 
     /// Forgets a destroyed sprite.
     pub fn forget(&self, sprite_id: &str) {
-        lock(&self.entries).remove(sprite_id);
+        self.entries.lock().remove(sprite_id);
     }
 
     fn release(&self, sprite_id: &str, reason: Reason) {
         let now = self.now_ms();
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         if let Some(entry) = entries.get_mut(sprite_id) {
             if let Some(count) = entry.guards.get_mut(&reason) {
                 *count = count.saturating_sub(1);

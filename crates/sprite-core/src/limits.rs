@@ -1,8 +1,8 @@
 //! Rate limits per sprite: a token bucket per key (a sprite id), so one sprite's burst
 //! never spends another's budget.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Up to `burst` actions at once, then `per_second` more each second, per key.
@@ -28,7 +28,7 @@ impl Buckets {
     /// Takes one action's token for `key` at `now`; if the bucket is empty, how long
     /// until it holds one.
     pub fn take_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             let (burst, rate) = (self.burst, self.per_second);
             buckets.retain(|_, (tokens, at)| {

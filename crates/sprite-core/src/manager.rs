@@ -9,6 +9,7 @@ use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemCl
 use crate::pool::{Pool, POOL_ORG};
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
 use crate::tasks::Tasks;
+use parking_lot::Mutex;
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
     validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,10 +52,6 @@ pub fn ms_to_rfc3339(ms: u64) -> String {
 /// Milliseconds since `since`, to a tenth, for logs.
 fn elapsed_ms(since: std::time::Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Who asks: a holder of the organization's token, or the sprite itself through its
@@ -561,7 +558,8 @@ impl SpriteManager {
     }
 
     pub(crate) fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.start_locks)
+        self.start_locks
+            .lock()
             .entry(sprite_id.to_string())
             .or_default()
             .clone()
@@ -711,8 +709,8 @@ impl SpriteManager {
                 Err(e) => return Err(CoreError::io("remove", dir)(e)),
             }
         }
-        lock(&self.start_locks).remove(&record.id);
-        lock(&self.connection_places).remove(&record.id);
+        self.start_locks.lock().remove(&record.id);
+        self.connection_places.lock().remove(&record.id);
         self.forget_tasks(&record.id);
         self.activity.forget(&record.id);
         Ok(())
@@ -1423,7 +1421,7 @@ impl SpriteManager {
     /// listener that serves in-sprite APIs; `None` once taken. [`Self::lost_changes`]
     /// tells it when changes did not fit in the queue: then it looks at every sprite.
     pub fn take_sprite_changes(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
-        lock(&self.sprite_changes.receiver).take()
+        self.sprite_changes.receiver.lock().take()
     }
 
     /// Waits until sprite changes were dropped (the queue was full).

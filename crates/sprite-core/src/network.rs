@@ -15,13 +15,13 @@
 
 use crate::dns::{self, Admitted, AllowSink, ResolverConfig};
 use crate::error::CoreError;
-use crate::manager::lock;
+use parking_lot::Mutex;
 use sprite_api::policy::NetworkPolicy;
 use sprite_sandbox::net::{Egress, Net, NetPlan, SlotAddrs};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the daemon's sprite networking is set up (`[network]` in the config).
@@ -75,7 +75,7 @@ impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network")
             .field("plan", self.net.plan())
-            .field("slots", &lock(&self.slots).len())
+            .field("slots", &self.slots.lock().len())
             .finish()
     }
 }
@@ -163,10 +163,10 @@ struct SlotSink {
 impl AllowSink for SlotSink {
     async fn allow(&self, name: &str, addrs: Vec<(Ipv4Addr, Duration)>) -> bool {
         let now = Instant::now();
-        lock(&self.admitted).note(name, &addrs, now);
+        self.admitted.lock().note(name, &addrs, now);
         // Addresses still admitted for at least half their new TTL need no transaction.
         let fresh = {
-            let in_set = lock(&self.in_set);
+            let in_set = self.in_set.lock();
             addrs.iter().all(|(address, ttl)| {
                 in_set
                     .get(address)
@@ -188,7 +188,7 @@ impl AllowSink for SlotSink {
         if self.queue.try_send(admission).is_err() || !answer.await.unwrap_or(false) {
             return false;
         }
-        let mut in_set = lock(&self.in_set);
+        let mut in_set = self.in_set.lock();
         if in_set.len() > 4096 {
             in_set.retain(|_, until| *until > now);
         }
@@ -242,7 +242,8 @@ impl Network {
 
     /// The admissions queue, its worker started on first use (inside the runtime).
     fn admissions(&self) -> tokio::sync::mpsc::Sender<Admission> {
-        lock(&self.admissions)
+        self.admissions
+            .lock()
             .get_or_insert_with(|| {
                 let (sender, receiver) = tokio::sync::mpsc::channel(ADMISSION_QUEUE);
                 tokio::spawn(run_admissions(self.net.clone(), receiver));
@@ -273,7 +274,9 @@ impl Network {
             .map(|(_, slot, policy)| (*slot, egress_of(policy)))
             .collect();
         // Live slots stay taken whatever happens below: a new sprite must never get one.
-        lock(&self.used).extend(live.iter().map(|(_, slot, _)| *slot));
+        self.used
+            .lock()
+            .extend(live.iter().map(|(_, slot, _)| *slot));
         blocking("install the network", move || net.install(&slots))
             .await?
             .map_err(net_error("(all)"))?;
@@ -329,7 +332,7 @@ impl Network {
             let Err(error) = dns::serve(socket, config, watched, sink).await;
             tracing::warn!(sprite = %id, "DNS resolver stopped: {}", sprite_api::error_chain(&error));
         });
-        lock(&self.slots).insert(
+        self.slots.lock().insert(
             sprite_id.to_string(),
             Slot {
                 slot,
@@ -355,7 +358,7 @@ impl Network {
         // A sprite restarted in place (a restore) gives its old slot back first.
         self.release(sprite_id, state_dir).await;
         let slot = {
-            let mut used = lock(&self.used);
+            let mut used = self.used.lock();
             let free = (0..self.net.plan().max_slots()).find(|s| !used.contains(s));
             let slot = free
                 .ok_or_else(|| CoreError::TooManySprites(self.net.plan().max_slots() as usize))?;
@@ -372,7 +375,7 @@ impl Network {
         let addrs = match attached {
             Ok(addrs) => addrs,
             Err(error) => {
-                lock(&self.used).remove(&slot);
+                self.used.lock().remove(&slot);
                 return Err(error);
             }
         };
@@ -387,7 +390,9 @@ impl Network {
 
     /// Takes a stopped sprite's slot back: its resolver, nftables objects and link.
     pub async fn release(&self, sprite_id: &str, state_dir: &Path) {
-        let slot = lock(&self.slots)
+        let slot = self
+            .slots
+            .lock()
             .remove(sprite_id)
             .map(|s| s.slot)
             .or_else(|| Self::recorded_slot(state_dir));
@@ -405,7 +410,7 @@ impl Network {
             ),
             Err(error) => tracing::warn!(slot, "network slot cleanup: {error}"),
         }
-        lock(&self.used).remove(&slot);
+        self.used.lock().remove(&slot);
     }
 
     /// Applies a new policy to a running sprite at once: its resolver answers by it,
@@ -418,11 +423,11 @@ impl Network {
         policy: NetworkPolicy,
     ) -> Result<(), CoreError> {
         let (slot, revoked) = {
-            let slots = lock(&self.slots);
+            let slots = self.slots.lock();
             let Some(state) = slots.get(sprite_id) else {
                 return Ok(()); // not running: the policy applies at its next start
             };
-            let revoked = lock(&state.admitted).revoke_for(&policy, Instant::now());
+            let revoked = state.admitted.lock().revoke_for(&policy, Instant::now());
             state.policy.send_replace(Arc::new(policy.clone()));
             (state.slot, revoked)
         };
@@ -441,7 +446,7 @@ impl Network {
 
     /// A running sprite's addresses.
     pub fn addresses(&self, sprite_id: &str) -> Option<SlotAddrs> {
-        lock(&self.slots).get(sprite_id).map(|s| s.addrs)
+        self.slots.lock().get(sprite_id).map(|s| s.addrs)
     }
 }
 

@@ -7,11 +7,12 @@
 
 use crate::db::SpriteRecord;
 use crate::error::CoreError;
-use crate::manager::{lock, SpriteManager};
+use crate::manager::SpriteManager;
+use parking_lot::Mutex;
 use sprite_api::sprite::SpriteStatus;
 use sprite_sandbox::SandboxError;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Organization of pooled sprites; no token maps to it.
@@ -28,7 +29,7 @@ pub(crate) struct Pool {
 impl SpriteManager {
     /// Ready sprites in the pool now.
     pub fn pool_ready(&self) -> usize {
-        lock(&self.pool.ready).len()
+        self.pool.ready.lock().len()
     }
 
     /// Whether a create with this image and size may come from the pool.
@@ -95,7 +96,7 @@ impl SpriteManager {
             self.db.delete(&record.id)?;
             return Err(error);
         }
-        lock(&self.pool.ready).push_back(record.id.clone());
+        self.pool.ready.lock().push_back(record.id.clone());
         self.note_sprites_changed(&record.id);
         tracing::debug!(id = %record.id, "pooled sprite ready");
         Ok(())
@@ -112,7 +113,7 @@ impl SpriteManager {
     pub(crate) async fn recover_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
         if self.cgroup(&record.id)?.is_frozen() {
             self.activity.set_status(&record.id, SpriteStatus::Warm);
-            lock(&self.pool.ready).push_back(record.id.clone());
+            self.pool.ready.lock().push_back(record.id.clone());
             return Ok(());
         }
         self.teardown(record).await?;
@@ -126,7 +127,7 @@ impl SpriteManager {
         &self,
         wanted: &SpriteRecord,
     ) -> Result<Option<SpriteRecord>, CoreError> {
-        let Some(id) = lock(&self.pool.ready).pop_front() else {
+        let Some(id) = self.pool.ready.lock().pop_front() else {
             return Ok(None);
         };
         self.pool.taken.notify_one();
@@ -136,7 +137,7 @@ impl SpriteManager {
         };
         if let Err(error) = self.db.adopt(POOL_ORG, &record) {
             // The name is taken (a racing create): the pooled sprite stays pooled.
-            lock(&self.pool.ready).push_front(id);
+            self.pool.ready.lock().push_front(id);
             return Err(error);
         }
         match self.ready_pooled(&record).await {

@@ -9,10 +9,11 @@
 //! hundred watchers cost one scan every half second.
 
 use crate::error::CoreError;
-use crate::manager::{lock, SpriteManager};
+use crate::manager::SpriteManager;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -229,7 +230,7 @@ impl SpriteManager {
     ) -> Result<PortSubscription, CoreError> {
         let record = self.record(org, name)?;
         let id = record.id;
-        let mut watches = lock(&self.port_watches);
+        let mut watches = self.port_watches.lock();
         let watch = match watches.get(&id).and_then(Weak::upgrade) {
             Some(watch) => watch,
             None => {
@@ -267,7 +268,7 @@ async fn poll_ports(manager: Arc<SpriteManager>, sprite_id: String, watch: Weak<
             break;
         };
         let events = {
-            let mut current = lock(&watch.current);
+            let mut current = watch.current.lock();
             let events = current
                 .as_ref()
                 .map(|old| diff(old, &now))
@@ -279,7 +280,7 @@ async fn poll_ports(manager: Arc<SpriteManager>, sprite_id: String, watch: Weak<
             let _ = watch.sender.send(event);
         }
     }
-    let mut watches = lock(&manager.port_watches);
+    let mut watches = manager.port_watches.lock();
     if watches
         .get(&sprite_id)
         .is_some_and(|w| w.strong_count() == 0)

@@ -4,7 +4,7 @@
 use crate::db::SpriteRecord;
 use crate::error::CoreError;
 use crate::lifecycle::{ActivityGuard, Reason};
-use crate::manager::{lock, SpriteManager};
+use crate::manager::SpriteManager;
 use std::time::{Duration, Instant};
 
 /// The port a sprite's URL goes to when no service claims one.
@@ -35,7 +35,7 @@ impl SpriteManager {
 
     /// The port the sprite's URL goes to: its service with `http_port`, else 8080.
     async fn http_port(&self, record: &SpriteRecord) -> u16 {
-        if let Some((port, at)) = lock(&self.http_ports).get(&record.id) {
+        if let Some((port, at)) = self.http_ports.lock().get(&record.id) {
             if at.elapsed() < PORT_CACHE {
                 return *port;
             }
@@ -47,13 +47,15 @@ impl SpriteManager {
                 .unwrap_or(DEFAULT_HTTP_PORT),
             Err(_) => DEFAULT_HTTP_PORT,
         };
-        lock(&self.http_ports).insert(record.id.clone(), (port, Instant::now()));
+        self.http_ports
+            .lock()
+            .insert(record.id.clone(), (port, Instant::now()));
         port
     }
 
     /// Forgets the cached `http_port` (its services changed).
     pub(crate) fn forget_http_port(&self, sprite_id: &str) {
-        lock(&self.http_ports).remove(sprite_id);
+        self.http_ports.lock().remove(sprite_id);
     }
 
     /// Wakes the sprite and connects to its HTTP port, retrying until `timeout` while
@@ -85,7 +87,9 @@ impl SpriteManager {
         &self,
         record: &SpriteRecord,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CoreError> {
-        let places = lock(&self.connection_places)
+        let places = self
+            .connection_places
+            .lock()
             .entry(record.id.clone())
             .or_insert_with(|| {
                 std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SPRITE))

@@ -304,7 +304,7 @@ pub struct SpriteFsStore {
     images: tokio::sync::Mutex<()>,
     /// Image root and host id range of each prepared sprite (its checkpoint views are
     /// overlays on that image, idmapped onto that range).
-    prepared: std::sync::Mutex<std::collections::HashMap<String, (PathBuf, u32)>>,
+    prepared: parking_lot::Mutex<std::collections::HashMap<String, (PathBuf, u32)>>,
 }
 
 fn storage_error(
@@ -898,7 +898,6 @@ impl RootStore for SpriteFsStore {
         };
         self.prepared
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(sprite_id.to_string(), (image_root.to_path_buf(), id_base));
         Ok(RootLayers {
             lower: vec![image_root.to_path_buf()],
@@ -1213,12 +1212,7 @@ impl RootStore for SpriteFsStore {
     async fn refresh_views(&self, sprite_id: &str) -> Result<(), CoreError> {
         let _views = self.views.lock().await;
         let (views, _) = self.views_dirs(sprite_id);
-        let prepared = self
-            .prepared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sprite_id)
-            .cloned();
+        let prepared = self.prepared.lock().get(sprite_id).cloned();
         let Some((image_root, id_base)) = prepared else {
             return Ok(());
         };

@@ -4,9 +4,9 @@
 
 use crate::error::CoreError;
 use crate::lifecycle::{ActivityGuard, Reason};
-use crate::manager::{lock, ms_to_rfc3339, SpriteManager};
+use crate::manager::{ms_to_rfc3339, SpriteManager};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Longest a task may keep a sprite awake without being renewed.
@@ -62,7 +62,9 @@ impl SpriteManager {
     /// The live tasks of a sprite (by id).
     pub fn tasks(&self, sprite_id: &str) -> Vec<TaskInfo> {
         self.expire_tasks();
-        lock(&self.tasks.live)
+        self.tasks
+            .live
+            .lock()
             .get(sprite_id)
             .map(|tasks| {
                 tasks
@@ -85,7 +87,7 @@ impl SpriteManager {
         self.expire_tasks();
         let expires = self.activity.now_ms() + expire.as_millis() as u64;
         {
-            let mut live = lock(&self.tasks.live);
+            let mut live = self.tasks.live.lock();
             let tasks = live.entry(sprite_id.to_string()).or_default();
             if tasks.contains_key(name) {
                 return Err(CoreError::Conflict(format!(
@@ -115,7 +117,7 @@ impl SpriteManager {
         self.expire_tasks();
         let expires = self.activity.now_ms() + expire.as_millis() as u64;
         {
-            let mut live = lock(&self.tasks.live);
+            let mut live = self.tasks.live.lock();
             let task = live
                 .get_mut(sprite_id)
                 .and_then(|tasks| tasks.get_mut(name))
@@ -127,7 +129,10 @@ impl SpriteManager {
     }
 
     pub fn delete_task(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
-        let removed = lock(&self.tasks.live)
+        let removed = self
+            .tasks
+            .live
+            .lock()
             .get_mut(sprite_id)
             .and_then(|tasks| tasks.remove(name));
         if removed.is_none() {
@@ -140,7 +145,7 @@ impl SpriteManager {
     pub(crate) fn expire_tasks(&self) {
         let now = self.activity.now_ms();
         let mut expired = Vec::new();
-        for (sprite, tasks) in lock(&self.tasks.live).iter_mut() {
+        for (sprite, tasks) in self.tasks.live.lock().iter_mut() {
             tasks.retain(|name, (expires, _)| {
                 let keep = *expires > now;
                 if !keep {
@@ -163,7 +168,9 @@ impl SpriteManager {
                 continue;
             }
             let (guard, _) = self.activity.hold(&sprite, Reason::Task);
-            lock(&self.tasks.live)
+            self.tasks
+                .live
+                .lock()
                 .entry(sprite)
                 .or_default()
                 .insert(name, (expires, guard));
@@ -173,7 +180,7 @@ impl SpriteManager {
 
     /// Forgets the tasks of a destroyed sprite.
     pub(crate) fn forget_tasks(&self, sprite_id: &str) {
-        lock(&self.tasks.live).remove(sprite_id);
+        self.tasks.live.lock().remove(sprite_id);
         let _ = self.db.delete_task(sprite_id, None);
     }
 }

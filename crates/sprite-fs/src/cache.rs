@@ -6,10 +6,10 @@
 
 use crate::chunk::ChunkId;
 use crate::error::FsError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 #[derive(Debug)]
 struct Entry {
@@ -60,8 +60,8 @@ impl ChunkCache {
         Ok(cache)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {

@@ -17,11 +17,12 @@ use crate::meta::Meta;
 use crate::store::BlobStore;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// Bytes of decompressed blocks kept in memory, whatever the block size.
 const DECODED_BYTES: usize = 32 << 20;
@@ -45,7 +46,7 @@ impl DecodedBlocks {
     }
 
     fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let position = entries.iter().position(|(key, _)| key == id)?;
         let entry = entries.remove(position)?;
         let data = entry.1.clone();
@@ -54,11 +55,11 @@ impl DecodedBlocks {
     }
 
     fn contains(&self, id: &ChunkId) -> bool {
-        lock(&self.entries).iter().any(|(key, _)| key == id)
+        self.entries.lock().iter().any(|(key, _)| key == id)
     }
 
     fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         entries.retain(|(key, _)| *key != id);
         entries.push_front((id, data));
         let mut total = 0usize;
@@ -245,10 +246,6 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], key: &str) -> Result<T, F
         key: key.to_string(),
         message: e.to_string(),
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Engine {
@@ -573,11 +570,7 @@ impl Volume {
 
     /// The chunk a block is stored as (None: a hole).
     fn chunk_at(&self, block: u64) -> Option<ChunkId> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&block)
-            .copied()
+        self.map.read().get(&block).copied()
     }
 
     /// Current bytes of a block that is not present in staging.
@@ -596,20 +589,20 @@ impl Volume {
     fn prefetch_after(&self, block: u64) {
         let block_size = self.block_size as usize;
         let upcoming: Vec<ChunkId> = {
-            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            let map = self.map.read();
             let ahead = (PREFETCH_BYTES / self.block_size).max(1);
             (block + 1..=block + ahead)
                 .filter_map(|b| map.get(&b).copied())
                 .collect()
         };
         for id in upcoming {
-            if self.engine.decoded.contains(&id) || !lock(&self.engine.prefetching).insert(id) {
+            if self.engine.decoded.contains(&id) || !self.engine.prefetching.lock().insert(id) {
                 continue;
             }
             let engine = self.engine.clone();
             tokio::spawn(async move {
                 let _ = engine.fetch_block(&id, block_size).await;
-                lock(&engine.prefetching).remove(&id);
+                engine.prefetching.lock().remove(&id);
             });
         }
     }
@@ -626,7 +619,7 @@ impl Volume {
             let within = (position % self.block_size) as usize;
             let take = (self.block_size as usize - within).min(len - done);
             let (present, partial) = {
-                let staging = lock(&self.staging);
+                let staging = self.staging.lock();
                 (
                     staging.present.contains_key(&block),
                     staging.partial.get(&block).cloned(),
@@ -681,7 +674,7 @@ impl Volume {
             let within = (position % self.block_size) as usize;
             let take = (self.block_size as usize - within).min(data.len() - done);
             let ready = {
-                let staging = lock(&self.staging);
+                let staging = self.staging.lock();
                 staging.present.contains_key(&block) && !staging.partial.contains_key(&block)
             };
             // A block not wholly in staging: one write at a time prepares it.
@@ -711,7 +704,7 @@ impl Volume {
     /// staging, not yet fsynced. `lazy`: the block came into staging with this write
     /// alone, its other sectors still in its chunk.
     fn mark_written(&self, block: u64, within: usize, take: usize, lazy: bool) {
-        let mut staging = lock(&self.staging);
+        let mut staging = self.staging.lock();
         staging.generation += 1;
         let generation = staging.generation;
         let was_present = staging.present.insert(block, generation).is_some();
@@ -741,7 +734,7 @@ impl Volume {
     /// pieces is never read first, and a new one never zeroed).
     async fn prepare(&self, block: u64, within: usize, take: usize) -> Result<bool, FsError> {
         let (present, partial, idle) = {
-            let staging = lock(&self.staging);
+            let staging = self.staging.lock();
             (
                 staging.present.contains_key(&block),
                 staging.partial.contains_key(&block),
@@ -769,7 +762,7 @@ impl Volume {
     async fn complete(&self, block: u64) -> Result<(), FsError> {
         let block_size = self.block_size as usize;
         let missing = {
-            let staging = lock(&self.staging);
+            let staging = self.staging.lock();
             match (
                 staging.present.contains_key(&block),
                 staging.partial.get(&block),
@@ -790,7 +783,7 @@ impl Volume {
                 .write_all_at(&old[run.clone()], start + run.start as u64)
                 .map_err(|e| self.staging_error("fill staging", e))?;
         }
-        let mut staging = lock(&self.staging);
+        let mut staging = self.staging.lock();
         if staging.present.contains_key(&block) {
             staging.partial.remove(&block);
         }
@@ -831,8 +824,8 @@ impl Volume {
             self.write(start, &vec![0u8; (end - start) as usize])
                 .await?;
         }
-        let mut staging = lock(&self.staging);
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut staging = self.staging.lock();
+        let mut map = self.map.write();
         let holes: Vec<u64> = (first_whole..end_whole)
             .filter(|block| map.contains_key(block) || staging.present.contains_key(block))
             .collect();
@@ -857,7 +850,7 @@ impl Volume {
     /// no longer lose them.
     pub async fn fsync(&self) -> Result<(), FsError> {
         let (unsynced, partial) = {
-            let mut staging = lock(&self.staging);
+            let mut staging = self.staging.lock();
             let unsynced: Vec<u64> = std::mem::take(&mut staging.unsynced).into_iter().collect();
             staging.syncing.extend(unsynced.iter().copied());
             let partial: Vec<u64> = unsynced
@@ -883,7 +876,7 @@ impl Volume {
             self.engine.meta.stage_blocks(&self.id, &unsynced)
         }
         .await;
-        let mut staging = lock(&self.staging);
+        let mut staging = self.staging.lock();
         for block in &unsynced {
             staging.syncing.remove(block);
         }
@@ -895,7 +888,7 @@ impl Volume {
 
     /// Blocks whose newest bytes are only local.
     pub fn pending_blocks(&self) -> usize {
-        lock(&self.staging).present.len()
+        self.staging.lock().present.len()
     }
 
     /// Whether a background upload pass is due: blocks wait, and either the volume has
@@ -904,7 +897,7 @@ impl Volume {
     /// while a burst goes on keeps its disk and CPU for the writer, and uploads a block
     /// rewritten many times in a burst (ext4's journal, bitmaps) once.
     pub fn upload_due(&self, quiet: std::time::Duration, max_lag: std::time::Duration) -> bool {
-        let staging = lock(&self.staging);
+        let staging = self.staging.lock();
         if staging.present.is_empty() {
             return false;
         }
@@ -925,7 +918,7 @@ impl Volume {
         let _commit = self.engine.commits.read().await;
         let started = std::time::Instant::now();
         let snapshot: Vec<(u64, u64)> = {
-            let staging = lock(&self.staging);
+            let staging = self.staging.lock();
             staging
                 .present
                 .iter()
@@ -960,7 +953,7 @@ impl Volume {
         // and its file I/O when the block leaves.
         let gate = self.io_gate.write().await;
         let settled: Vec<(u64, Option<ChunkId>)> = {
-            let mut staging = lock(&self.staging);
+            let mut staging = self.staging.lock();
             let settled: Vec<(u64, Option<ChunkId>)> = results
                 .iter()
                 .filter(|(block, generation, _, _)| {
@@ -978,7 +971,7 @@ impl Volume {
             self.engine
                 .meta
                 .commit_uploads(&self.id, &settled, &unstage, &stored)?;
-            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.map.write();
             for (block, chunk) in &settled {
                 match chunk {
                     Some(id) => map.insert(*block, *id),
@@ -1000,7 +993,7 @@ impl Volume {
         // so each is punched under its stripe too, and only while still not present;
         // reads and writes of other blocks go on meanwhile.
         let release: Vec<u64> = {
-            let mut staging = lock(&self.staging);
+            let mut staging = self.staging.lock();
             if staging.idle.len() > STAGING_SLACK_BLOCKS {
                 std::mem::take(&mut staging.idle).into_iter().collect()
             } else {
@@ -1010,7 +1003,7 @@ impl Volume {
         drop(gate);
         for block in release {
             let _stripe = self.stripe(block).lock().await;
-            if lock(&self.staging).present.contains_key(&block) {
+            if self.staging.lock().present.contains_key(&block) {
                 continue;
             }
             if let Err(error) = self.punch(block) {
@@ -1044,7 +1037,7 @@ impl Volume {
 
     /// Drops every write not uploaded yet (a restore abandons them).
     pub fn discard_pending(&self) -> Result<(), FsError> {
-        let mut staging = lock(&self.staging);
+        let mut staging = self.staging.lock();
         staging.present.clear();
         staging.unsynced.clear();
         staging.partial.clear();
@@ -1056,7 +1049,7 @@ impl Volume {
     /// Re-reads the block map (after a restore switched the head).
     pub fn reload_map(&self) -> Result<(), FsError> {
         let map = self.engine.meta.block_map(&self.id)?;
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.map.write() = map;
         Ok(())
     }
 }

@@ -12,10 +12,11 @@ use fuser::{
     ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
     WriteFlags,
 };
+use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const TTL: Duration = Duration::from_secs(1);
@@ -36,7 +37,7 @@ pub struct VolumeTable {
 
 impl VolumeTable {
     pub fn attach(&self, volume: Arc<Volume>) {
-        let mut table = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.inner.write();
         if table.next_ino < 2 {
             table.next_ino = 2;
         }
@@ -55,29 +56,24 @@ impl VolumeTable {
     }
 
     pub fn detach(&self, id: &str) -> Option<Arc<Volume>> {
-        let mut table = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.inner.write();
         let ino = *table.by_name.get(id)?;
         table.by_ino.remove(&ino)
     }
 
     fn get(&self, ino: u64) -> Option<Arc<Volume>> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_ino
-            .get(&ino)
-            .cloned()
+        self.inner.read().by_ino.get(&ino).cloned()
     }
 
     fn lookup(&self, name: &str) -> Option<(u64, Arc<Volume>)> {
         // (A detached volume keeps its name's inode but has no entry.)
-        let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let table = self.inner.read();
         let ino = *table.by_name.get(name)?;
         Some((ino, table.by_ino.get(&ino)?.clone()))
     }
 
     fn entries(&self) -> Vec<(u64, String)> {
-        let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let table = self.inner.read();
         table
             .by_name
             .iter()

@@ -12,10 +12,10 @@
 
 use crate::chunk::ChunkId;
 use crate::error::FsError;
+use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -165,8 +165,8 @@ impl Meta {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        self.connection.lock()
     }
 
     fn new_layer(

@@ -6,10 +6,11 @@
 use crate::engine::{Engine, GcStats, Volume};
 use crate::error::FsError;
 use crate::fuse::VolumeTable;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -172,7 +173,7 @@ impl StorageService {
 
     /// A volume's usage, computed at most once per [`USAGE_TTL`].
     fn cached_usage(&self, volume: &str) -> Result<crate::engine::VolumeUsage, FsError> {
-        let mut cache = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.usage.lock();
         if let Some((at, usage)) = cache.get(volume) {
             if at.elapsed() < USAGE_TTL {
                 return Ok(usage.clone());
@@ -188,14 +189,11 @@ impl StorageService {
 
     /// Forgets a volume's usage answer (its versions changed).
     fn usage_changed(&self, volume: &str) {
-        self.usage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(volume);
+        self.usage.lock().remove(volume);
     }
 
-    fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Volume>>> {
-        self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    fn attached(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Volume>>> {
+        self.attached.lock()
     }
 
     /// Detaches and forgets a version view (local metadata only: views are never

@@ -841,23 +841,20 @@ pub trait NetHost: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct SystemNetHost {
     nft: sprite_sys::nft::Nft,
-    rtnl: std::sync::Mutex<Option<Rtnl>>,
+    rtnl: parking_lot::Mutex<Option<Rtnl>>,
 }
 
 impl SystemNetHost {
     pub fn new() -> SystemNetHost {
         SystemNetHost {
             nft: sprite_sys::nft::Nft::new(),
-            rtnl: std::sync::Mutex::new(None),
+            rtnl: parking_lot::Mutex::new(None),
         }
     }
 
     /// Runs `f` on the host's netlink socket (opened once, kept).
     fn with_rtnl<T>(&self, f: impl FnOnce(&mut Rtnl) -> std::io::Result<T>) -> std::io::Result<T> {
-        let mut rtnl = self
-            .rtnl
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rtnl = self.rtnl.lock();
         if rtnl.is_none() {
             *rtnl = Some(Rtnl::open()?);
         }
@@ -989,34 +986,31 @@ fn run(command: &[&str], step: impl Fn() -> String) -> Result<(), SandboxError> 
 /// line starts with it fail.
 #[derive(Debug, Default)]
 pub struct RecordingNetHost {
-    calls: std::sync::Mutex<Vec<String>>,
-    fail_on: std::sync::Mutex<Option<String>>,
+    calls: parking_lot::Mutex<Vec<String>>,
+    fail_on: parking_lot::Mutex<Option<String>>,
 }
 
 impl RecordingNetHost {
     /// The calls so far.
     pub fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.calls.lock().clone()
     }
 
     /// Makes the next call whose line starts with `prefix` fail.
     pub fn fail_on(&self, prefix: &str) {
-        *self.fail_on.lock().unwrap_or_else(|p| p.into_inner()) = Some(prefix.to_string());
+        *self.fail_on.lock() = Some(prefix.to_string());
     }
 
     /// Records `line`; whether it is to fail.
     fn record(&self, line: String) -> bool {
-        let mut fail_on = self.fail_on.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fail_on = self.fail_on.lock();
         let fails = fail_on
             .as_deref()
             .is_some_and(|prefix| line.starts_with(prefix));
         if fails {
             *fail_on = None;
         }
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        self.calls.lock().push(line);
         fails
     }
 }

@@ -184,7 +184,7 @@ struct ClientConnection {
     upstream: tokio::sync::Mutex<Option<Upstream>>,
     /// The sprite the last request named, and when it was looked up: requests on a
     /// kept-alive connection skip the database for [`RECORD_REUSE`].
-    record: std::sync::Mutex<Option<(String, sprite_core::db::SpriteRecord, std::time::Instant)>>,
+    record: parking_lot::Mutex<Option<(String, sprite_core::db::SpriteRecord, std::time::Instant)>>,
 }
 
 /// How long a connection reuses the sprite record it looked up (so a change of the
@@ -193,7 +193,7 @@ const RECORD_REUSE: Duration = Duration::from_secs(1);
 
 impl ClientConnection {
     fn record(&self, state: &AppState, name: &str) -> Option<sprite_core::db::SpriteRecord> {
-        let mut cached = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.record.lock();
         if let Some((cached_name, record, at)) = cached.as_ref() {
             if cached_name == name && at.elapsed() < RECORD_REUSE {
                 return Some(record.clone());
@@ -260,7 +260,7 @@ pub async fn serve_proxy(
             let connection = Arc::new(ClientConnection {
                 peer,
                 upstream: tokio::sync::Mutex::new(None),
-                record: std::sync::Mutex::new(None),
+                record: parking_lot::Mutex::new(None),
             });
             let service = hyper::service::service_fn(move |request| {
                 let (state, settings, connection) =

@@ -7,10 +7,11 @@
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -75,7 +76,7 @@ impl<K: Hash + Eq + Clone> Gate<K> {
 
     /// A place for one more connection of `peer`, if the caps allow it.
     pub fn admit(self: &Arc<Self>, peer: K) -> Option<Admission<K>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         let (total, per_peer) = &mut *open;
         let count = per_peer.get(&peer).copied().unwrap_or(0);
         if *total >= self.limits.total || count >= self.limits.per_peer {
@@ -91,13 +92,13 @@ impl<K: Hash + Eq + Clone> Gate<K> {
 
     /// Open connections now.
     pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.open.lock().0
     }
 }
 
 impl<K: Hash + Eq + Clone> Drop for Admission<K> {
     fn drop(&mut self) {
-        let mut open = self.gate.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.gate.open.lock();
         let (total, per_peer) = &mut *open;
         *total = total.saturating_sub(1);
         if let Some(count) = per_peer.get_mut(&self.peer) {

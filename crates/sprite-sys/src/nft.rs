@@ -2,9 +2,9 @@
 //! the `nft` command is a thin shell over, loaded at run time. Where the library is not
 //! installed, the same script goes to an `nft -f -` process instead.
 
+use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::io::Write;
-use std::sync::Mutex;
 
 /// Why a script did not apply.
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +172,7 @@ impl Nft {
             return run_process(script, json);
         };
         let script = CString::new(script).map_err(|_| NftError::Nul)?;
-        let mut library = library
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut library = library.lock();
         library.run(&script, json)
     }
 }
@@ -231,7 +229,7 @@ mod tests {
             "add table inet {table}\nadd set inet {table} s {{ type ipv4_addr; }}\n"
         ))
         .expect("create");
-        let result = std::panic::catch_unwind(|| {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let listing = nft
                 .run_json(&format!("list table inet {table}"))
                 .expect("list");
@@ -250,7 +248,7 @@ mod tests {
             ));
             let listing = nft.run(&format!("list table inet {table}")).expect("list");
             assert!(!listing.contains("set t "), "{listing}");
-        });
+        }));
         nft.run(&format!("delete table inet {table}"))
             .expect("delete");
         if let Err(panic) = result {

@@ -8,13 +8,14 @@
 use super::session::{Output, Session, Sessions};
 use super::users;
 use crate::protocol::{ErrorCode, SpawnRequest};
+use parking_lot::Mutex;
 use sprite_api::services::{
     validate_service_spec, ServiceInfo, ServiceSpec, ServiceState, ServiceStatus,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LOG_ROTATE_BYTES: u64 = 1 << 20;
@@ -48,10 +49,6 @@ fn rfc3339(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn not_found(name: &str) -> Failure {
@@ -191,7 +188,7 @@ impl Services {
         };
         if let Ok(dir) = std::fs::read_dir(services.defs_dir()) {
             for entry in dir.flatten().take(4 * MAX_SERVICES) {
-                if lock(&services.entries).len() >= MAX_SERVICES {
+                if services.entries.lock().len() >= MAX_SERVICES {
                     eprintln!("sprite-init: more than {MAX_SERVICES} service definitions; the rest are not loaded");
                     break;
                 }
@@ -209,7 +206,9 @@ impl Services {
                         serde_json::from_slice::<Stored>(&bytes).map_err(|e| e.to_string())
                     }) {
                     Ok(stored) => {
-                        lock(&services.entries)
+                        services
+                            .entries
+                            .lock()
                             .insert(name.to_string(), Entry::new(stored.spec, stored.stopped));
                     }
                     Err(error) => eprintln!("sprite-init: service {}: {error}", path.display()),
@@ -231,7 +230,9 @@ impl Services {
 
     /// Starts every service not stopped, each after the ones it needs.
     pub fn boot(self: &Arc<Self>) {
-        let specs: BTreeMap<String, Vec<String>> = lock(&self.entries)
+        let specs: BTreeMap<String, Vec<String>> = self
+            .entries
+            .lock()
             .iter()
             .filter(|(_, e)| !e.stopped)
             .map(|(n, e)| (n.clone(), e.spec.needs.clone()))
@@ -240,7 +241,7 @@ impl Services {
         for name in order {
             self.start_run(&name);
         }
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         for name in stuck {
             if let Some(entry) = entries.get_mut(&name) {
                 entry.status = ServiceStatus::Failed;
@@ -251,20 +252,23 @@ impl Services {
 
     /// Whether a session is a service's run (those are not listed as exec sessions).
     pub fn owns_session(&self, session_id: &str) -> bool {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .values()
             .any(|e| e.session.as_ref().is_some_and(|s| s.id == session_id))
     }
 
     pub fn list(&self) -> Vec<ServiceInfo> {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .iter()
             .map(|(name, entry)| entry.info(name))
             .collect()
     }
 
     pub fn get(&self, name: &str) -> Result<ServiceInfo, Failure> {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .get(name)
             .map(|entry| entry.info(name))
             .ok_or_else(|| not_found(name))
@@ -278,7 +282,7 @@ impl Services {
     ) -> Result<ServiceInfo, Failure> {
         validate_service_spec(name, &spec).map_err(|m| (ErrorCode::Invalid, m))?;
         let old_run = {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             if !entries.contains_key(name) && entries.len() >= MAX_SERVICES {
                 return Err((
                     ErrorCode::Invalid,
@@ -325,7 +329,7 @@ impl Services {
     /// Starts a service (and clears a sticky stop).
     pub fn start(self: &Arc<Self>, name: &str) -> Result<ServiceInfo, Failure> {
         let running = {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             let entry = entries.get_mut(name).ok_or_else(|| not_found(name))?;
             if entry.stopped {
                 entry.stopped = false;
@@ -349,7 +353,7 @@ impl Services {
     ) -> Result<ServiceInfo, Failure> {
         let grace = grace.unwrap_or(STOP_GRACE).min(MAX_STOP_GRACE);
         let run = {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             let entry = entries.get_mut(name).ok_or_else(|| not_found(name))?;
             entry.stopped = true;
             self.store(name, &entry.spec, true)?;
@@ -369,7 +373,7 @@ impl Services {
                 stop_run(&run, grace).await;
                 // Started again while it was stopping: the next run starts now.
                 let restart = {
-                    let mut entries = lock(&services.entries);
+                    let mut entries = services.entries.lock();
                     match entries.get_mut(&name) {
                         Some(entry) if entry.session.as_ref().is_some_and(|s| s.id == run.id) => {
                             entry.session = None;
@@ -388,7 +392,7 @@ impl Services {
     }
 
     pub fn signal(&self, name: &str, signal: i32) -> Result<(), Failure> {
-        let entries = lock(&self.entries);
+        let entries = self.entries.lock();
         let entry = entries.get(name).ok_or_else(|| not_found(name))?;
         let run = entry
             .session
@@ -401,7 +405,7 @@ impl Services {
     /// Stops and forgets a service (its log stays). Refused while another needs it.
     pub async fn delete(&self, name: &str) -> Result<(), Failure> {
         let run = {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             if !entries.contains_key(name) {
                 return Err(not_found(name));
             }
@@ -433,7 +437,7 @@ impl Services {
 
     /// The last `lines` lines of the service's log (the rotated file too, if needed).
     pub fn logs(&self, name: &str, lines: usize) -> Result<String, Failure> {
-        if !lock(&self.entries).contains_key(name) {
+        if !self.entries.lock().contains_key(name) {
             return Err(not_found(name));
         }
         let path = self.log_path(name);
@@ -471,7 +475,7 @@ impl Services {
     /// Starts one run of a service and watches it: output to the log, and a restart
     /// (after the backoff) when it exits while the service should run.
     fn start_run(self: &Arc<Self>, name: &str) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(name) else {
             return;
         };
@@ -527,7 +531,7 @@ impl Services {
     /// A run ended (`code` None: it could not start). Schedules the restart unless the
     /// service was stopped, replaced or deleted meanwhile.
     fn exited(self: &Arc<Self>, name: &str, generation: u64, code: Option<i32>, started: u64) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(name) else {
             return;
         };
@@ -555,9 +559,10 @@ impl Services {
         let name = name.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            let due = lock(&services.entries)
-                .get(&name)
-                .is_some_and(|e| e.generation == generation && !e.stopped && e.session.is_none());
+            let due =
+                services.entries.lock().get(&name).is_some_and(|e| {
+                    e.generation == generation && !e.stopped && e.session.is_none()
+                });
             if due {
                 services.start_run(&name);
             }

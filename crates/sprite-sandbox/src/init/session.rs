@@ -7,13 +7,14 @@ use crate::sys::{self, ChildSetup};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
@@ -38,12 +39,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a session sends to its clients.
@@ -108,17 +103,19 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        lock(&self.by_id).get(id).cloned()
+        self.by_id.lock().get(id).cloned()
     }
 
     pub fn count(&self) -> usize {
-        lock(&self.by_id).len()
+        self.by_id.lock().len()
     }
 
     pub fn summaries(&self) -> Vec<SessionSummary> {
         self.forget_old();
-        let hidden = lock(&self.hidden).clone();
-        let mut list: Vec<SessionSummary> = lock(&self.by_id)
+        let hidden = self.hidden.lock().clone();
+        let mut list: Vec<SessionSummary> = self
+            .by_id
+            .lock()
             .values()
             .filter(|s| !hidden.contains(&s.id))
             .map(|s| s.summary())
@@ -129,11 +126,11 @@ impl Sessions {
 
     fn forget_old(&self) {
         let now = now_ms();
-        let mut by_id = lock(&self.by_id);
+        let mut by_id = self.by_id.lock();
         let mut exited: Vec<(u64, String)> = by_id
             .values()
             .filter_map(|s| {
-                let shared = lock(&s.shared);
+                let shared = s.shared.lock();
                 shared
                     .exit_code
                     .map(|_| (shared.last_activity_ms, s.id.clone()))
@@ -144,25 +141,27 @@ impl Sessions {
         for (index, (last, id)) in exited.iter().enumerate() {
             if index < excess || now.saturating_sub(*last) > EXITED_TTL_MS {
                 by_id.remove(id);
-                lock(&self.hidden).remove(id);
+                self.hidden.lock().remove(id);
             }
         }
     }
 
     /// Keeps a session out of listings (a service's run).
     pub fn hide(&self, id: &str) {
-        lock(&self.hidden).insert(id.to_string());
+        self.hidden.lock().insert(id.to_string());
     }
 
     fn register(&self, session: Arc<Session>) {
-        lock(&self.by_pid).insert(session.pid as i32, session.clone());
-        lock(&self.by_id).insert(session.id.clone(), session);
+        self.by_pid
+            .lock()
+            .insert(session.pid as i32, session.clone());
+        self.by_id.lock().insert(session.id.clone(), session);
     }
 
     /// Session ids count up from PID 1's start time in milliseconds, so an id from
     /// before a sprite restart never names a new session.
     fn next_id(&self) -> String {
-        let mut next = lock(&self.next_id);
+        let mut next = self.next_id.lock();
         if *next == 0 {
             *next = now_ms();
         }
@@ -171,7 +170,7 @@ impl Sessions {
     }
 
     fn exited(&self, pid: i32, code: i32) {
-        if let Some(session) = lock(&self.by_pid).remove(&pid) {
+        if let Some(session) = self.by_pid.lock().remove(&pid) {
             session.exit_status.send_replace(Some(code));
         }
     }
@@ -433,7 +432,7 @@ impl Session {
             .unwrap_or(-1);
         *self.stdin.lock().await = None;
         let subscribers: Vec<mpsc::Sender<Output>> = {
-            let mut shared = lock(&self.shared);
+            let mut shared = self.shared.lock();
             shared.exit_code = Some(code);
             shared.last_activity_ms = now_ms();
             shared.subscribers.iter().map(|(_, s)| s.clone()).collect()
@@ -481,7 +480,7 @@ impl Session {
 
     async fn publish(&self, output: Output) {
         let subscribers: Vec<(u64, mpsc::Sender<Output>)> = {
-            let mut shared = lock(&self.shared);
+            let mut shared = self.shared.lock();
             let size = match &output {
                 Output::Stdout(d) | Output::Stderr(d) => d.len(),
                 Output::Exit(_) => 0,
@@ -512,7 +511,7 @@ impl Session {
     /// queue; an exited session's queue already holds the exit.
     pub fn subscribe(&self, replay: bool) -> (u64, Vec<Output>, mpsc::Receiver<Output>) {
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let mut shared = lock(&self.shared);
+        let mut shared = self.shared.lock();
         let id = shared.next_subscriber;
         shared.next_subscriber += 1;
         let backlog = if replay {
@@ -538,7 +537,7 @@ impl Session {
             tokio::spawn(async move {
                 tokio::time::sleep(session.max_run_after_disconnect).await;
                 let abandoned = {
-                    let shared = lock(&session.shared);
+                    let shared = session.shared.lock();
                     shared.subscribers.is_empty() && shared.exit_code.is_none()
                 };
                 if abandoned {
@@ -550,7 +549,7 @@ impl Session {
 
     /// Returns whether the last client just left, and whether the process still runs.
     fn remove_subscriber(&self, id: u64) -> (bool, bool) {
-        let mut shared = lock(&self.shared);
+        let mut shared = self.shared.lock();
         let before = shared.subscribers.len();
         shared.subscribers.retain(|(other, _)| *other != id);
         (
@@ -560,7 +559,7 @@ impl Session {
     }
 
     pub fn exit_code(&self) -> Option<i32> {
-        lock(&self.shared).exit_code
+        self.shared.lock().exit_code
     }
 
     /// Signals the session's process group.
@@ -572,7 +571,7 @@ impl Session {
     pub fn resize(&self, cols: u16, rows: u16) {
         if let Some(master) = &self.pty {
             if sys::set_window_size(master.get_ref().as_raw_fd(), cols, rows).is_ok() {
-                lock(&self.shared).size = (cols, rows);
+                self.shared.lock().size = (cols, rows);
             }
         }
     }
@@ -582,7 +581,7 @@ impl Session {
         (
             self.command.clone(),
             self.created_ms,
-            lock(&self.shared).size,
+            self.shared.lock().size,
         )
     }
 
@@ -596,7 +595,7 @@ impl Session {
         if failed {
             *stdin = None;
         }
-        lock(&self.shared).last_activity_ms = now_ms();
+        self.shared.lock().last_activity_ms = now_ms();
     }
 
     pub async fn close_stdin(&self) {
@@ -607,7 +606,7 @@ impl Session {
     }
 
     fn summary(&self) -> SessionSummary {
-        let shared = lock(&self.shared);
+        let shared = self.shared.lock();
         SessionSummary {
             id: self.id.clone(),
             command: self.command.clone(),
