@@ -72,11 +72,6 @@ impl LoopDevice {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Detaches the device now, even if it stays open elsewhere (it goes once they close).
-    pub fn detach(self) -> io::Result<()> {
-        clear(&self.device)
-    }
 }
 
 /// Loops `file` on a free device. Two processes taking the same free device is resolved
