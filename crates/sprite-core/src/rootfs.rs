@@ -216,7 +216,21 @@ async fn own_home(disk: &Path, image_root: &Path) -> Result<bool, CoreError> {
 /// Copies the tree at `from` to `to` as `cp -a` does (modes, owners, times, symlinks),
 /// in process. For an image's home: a few files.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_tree_within(from, to, MAX_HOME_DEPTH)
+}
+
+/// How deep an image's home may nest: an imported image is the user's, and a copy that
+/// recursed without end would take the daemon's stack with it.
+const MAX_HOME_DEPTH: usize = 64;
+
+fn copy_tree_within(from: &Path, to: &Path, depth: usize) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    if depth == 0 {
+        return Err(std::io::Error::other(format!(
+            "{} nests more than {MAX_HOME_DEPTH} directories deep",
+            from.display()
+        )));
+    }
     let meta = fs::symlink_metadata(from)?;
     let kind = meta.file_type();
     if kind.is_symlink() {
@@ -225,7 +239,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         fs::create_dir(to)?;
         for entry in fs::read_dir(from)? {
             let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            copy_tree_within(&entry.path(), &to.join(entry.file_name()), depth - 1)?;
         }
     } else if kind.is_file() {
         fs::copy(from, to)?;
@@ -1290,6 +1304,17 @@ mod tests {
             fs::read_link(to.join("sprite/.rc")).expect("link"),
             Path::new(".bashrc")
         );
+        // A home nested deeper than the limit is refused, not recursed into.
+        let mut deep = dir.path().join("deep");
+        for _ in 0..=MAX_HOME_DEPTH {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).expect("deep");
+        let refused = copy_tree(&dir.path().join("deep"), &dir.path().join("deep-copy"));
+        assert!(refused
+            .expect_err("too deep")
+            .to_string()
+            .contains("directories deep"));
     }
 
     #[tokio::test]

@@ -64,7 +64,9 @@ pub struct LoopOptions {
 #[derive(Debug)]
 pub struct LoopDevice {
     path: PathBuf,
-    device: File,
+    /// Held open until the device is in use (a mount): an auto-clearing device with no
+    /// user at all would go at once.
+    _device: File,
 }
 
 impl LoopDevice {
@@ -97,14 +99,22 @@ pub fn attach(file: &Path, options: LoopOptions) -> io::Result<LoopDevice> {
             .write(!options.read_only)
             .open(&path)?;
         match configure(&device, &backing, options, options.direct_io) {
-            Ok(()) => return Ok(LoopDevice { path, device }),
+            Ok(()) => {
+                return Ok(LoopDevice {
+                    path,
+                    _device: device,
+                })
+            }
             // Taken by another process between the two calls: try the next free one.
             Err(error) if error.raw_os_error() == Some(libc::EBUSY) => continue,
             Err(error) if options.direct_io && error.raw_os_error() == Some(libc::EINVAL) => {
                 configure(&device, &backing, options, false)?;
                 // SAFETY: LOOP_SET_DIRECT_IO takes an unsigned long by value.
                 let _ = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_DIRECT_IO as _, 1) };
-                return Ok(LoopDevice { path, device });
+                return Ok(LoopDevice {
+                    path,
+                    _device: device,
+                });
             }
             Err(error) => return Err(error),
         }
