@@ -564,3 +564,69 @@ async fn tls_serves_https_with_h2_and_http1() {
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_on_one_connection_do_not_wait_for_each_other() {
+    let daemon = Daemon::start_with(
+        "busybox",
+        "storage = \"local\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let client = &daemon.client;
+    create(client, "streams").await;
+    // /fast is a file; /cgi-bin/slow answers after 3 s (its headers included).
+    let setup = r#"mkdir -p /home/sprite/www/cgi-bin && echo fast > /home/sprite/www/fast && cat > /home/sprite/www/cgi-bin/slow <<'SH'
+#!/bin/sh
+sleep 3
+printf 'Content-Type: text/plain\r\n\r\nslow\n'
+SH
+chmod +x /home/sprite/www/cgi-bin/slow"#;
+    assert_eq!(run(client, "streams", &["sh", "-c", setup]).await.code, 0);
+    let web = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/www"]
+            .map(String::from)
+            .to_vec(),
+        http_port: Some(8080),
+        ..Default::default()
+    };
+    client
+        .put_service("streams", "web", &web, None, |_| {})
+        .await
+        .unwrap();
+    // One HTTP/2 connection (h2c, prior knowledge) carries every request below.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        h2.get(format!("{}{path}", daemon.proxy_url))
+            .header("host", "streams.localhost")
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
+    let first = get("/fast").await.unwrap();
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
+    assert_eq!(first.text().await.unwrap(), "fast\n");
+
+    let slow = {
+        let request = get("/cgi-bin/slow");
+        tokio::spawn(async move { request.await.unwrap().text().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let fast = get("/fast").await.unwrap();
+    assert_eq!(fast.status(), 200);
+    assert_eq!(fast.text().await.unwrap(), "fast\n");
+    let took = started.elapsed();
+    assert!(
+        !slow.is_finished(),
+        "the fast answer ({took:?}) waited for the slow one"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the fast answer took {took:?} beside a slow one"
+    );
+    assert_eq!(slow.await.unwrap(), "slow\n");
+}
