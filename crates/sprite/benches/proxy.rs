@@ -12,7 +12,11 @@
 //! and page caches are dropped; medians are reported, with each round in the JSON. The
 //! sprite is on SpriteFS (the default storage).
 //!
-//! Run: `sudo ./bench/proxy.sh` (or `cargo bench -p sprite --bench proxy`).
+//! And HTTP/2 through the proxy: a small request's latency alone, and beside a slow one
+//! (a second before its headers) on the same connection (no head-of-line wait).
+//!
+//! Run: `sudo ./bench/proxy.sh` (or `cargo bench -p sprite --bench proxy`);
+//! `PROXY_FS=0` leaves out the file-system copies.
 //! Results go to stdout and to target/bench/proxy.json.
 #![allow(clippy::unwrap_used)]
 
@@ -248,6 +252,46 @@ fn download(client: &mut Client) -> f64 {
     BIG_MIB as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Rounds of the HTTP/2 measure.
+const H2_ROUNDS: usize = 10;
+
+/// Over one HTTP/2 connection (h2c) through the proxy: the latency (ms) of a small
+/// request alone, and of the same request while `/slow` (a second before its headers)
+/// is in flight on the same connection, [`H2_ROUNDS`] each.
+async fn side_by_side(proxy_url: &str) -> (Vec<f64>, Vec<f64>) {
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        h2.get(format!("{proxy_url}{path}"))
+            .header("host", "web.localhost")
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let small = || async {
+        let start = Instant::now();
+        let response = get("/small").await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.bytes().await.unwrap().as_ref(), b"hello sprite\n");
+        start.elapsed().as_secs_f64() * 1000.0
+    };
+    for _ in 0..20 {
+        small().await;
+    }
+    let mut alone = Vec::new();
+    let mut beside = Vec::new();
+    for _ in 0..H2_ROUNDS {
+        alone.push(small().await);
+        let slow = get("/slow");
+        let slow = tokio::spawn(async move { slow.await.unwrap().bytes().await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        beside.push(small().await);
+        assert_eq!(slow.await.unwrap().as_ref(), b"slow\n");
+    }
+    (alone, beside)
+}
+
 fn main() {
     run_bench(bench());
 }
@@ -258,19 +302,24 @@ async fn bench() {
     let client = &daemon.client;
     create(client, "web").await;
     let setup = format!(
-        "mkdir -p /home/sprite/www && cd /home/sprite/www && echo hello sprite > small \
+        "mkdir -p /home/sprite/www && cd /home/sprite/www && echo hello sprite > small && echo slow > slow \
          && dd if=/dev/urandom of=big bs=1M count={BIG_MIB} 2>/dev/null"
     );
     assert_eq!(run(client, "web", &["sh", "-c", &setup]).await.code, 0);
     // Python's file server, with HTTP/1.1 keep-alive, one write per small answer and
-    // TCP_NODELAY (else Nagle and delayed ACKs add 40 ms to every request, both ways).
-    let server = "import http.server as h, functools; \
-                  h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'; \
-                  h.SimpleHTTPRequestHandler.disable_nagle_algorithm = True; \
-                  h.SimpleHTTPRequestHandler.wbufsize = 65536; \
-                  h.SimpleHTTPRequestHandler.log_message = lambda *a: None; \
+    // TCP_NODELAY (else Nagle and delayed ACKs add 40 ms to every request, both ways);
+    // `/slow` waits a second before it answers (headers too).
+    let server = "import http.server as h, functools, time\n\
+                  class H(h.SimpleHTTPRequestHandler):\n\
+                  \x20   protocol_version = 'HTTP/1.1'\n\
+                  \x20   disable_nagle_algorithm = True\n\
+                  \x20   wbufsize = 65536\n\
+                  \x20   def log_message(self, *a): pass\n\
+                  \x20   def do_GET(self):\n\
+                  \x20       if self.path == '/slow': time.sleep(1)\n\
+                  \x20       return super().do_GET()\n\
                   h.ThreadingHTTPServer(('127.0.0.1', 8080), \
-                  functools.partial(h.SimpleHTTPRequestHandler, directory='/home/sprite/www')).serve_forever()";
+                  functools.partial(H, directory='/home/sprite/www')).serve_forever()\n";
     let spec = ServiceSpec {
         cmd: "python3".into(),
         args: vec!["-c".into(), server.into()],
@@ -312,7 +361,13 @@ async fn bench() {
     let direct_mibs = median_of(&downloads, |d| d.0);
     let proxied_mibs = median_of(&downloads, |d| d.1);
 
-    let rounds = measure_fs(&daemon);
+    let (h2_alone, h2_beside) = side_by_side(&daemon.proxy_url).await;
+    let h2_alone_p50 = summary(h2_alone.clone(), 0.5).0;
+    let h2_beside_p50 = summary(h2_beside.clone(), 0.5).0;
+
+    // PROXY_FS=0 leaves out the file-system API copies (minutes of the run).
+    let with_fs = std::env::var("PROXY_FS").map_or(true, |v| v != "0");
+    let rounds = if with_fs { measure_fs(&daemon) } else { Vec::new() };
     let host_mibs = median_of(&rounds, |r| r.cp_on_host);
     let inside_mibs = median_of(&rounds, |r| r.cp_in_sprite);
     let write_mibs = median_of(&rounds, |r| r.write);
@@ -350,6 +405,23 @@ async fn bench() {
         proxied_mibs / direct_mibs * 100.0
     );
     println!(
+        "{:<44} {h2_alone_p50:>10.3} {h2_beside_p50:>10.3}",
+        "HTTP/2 small request p50 (ms): alone / beside a slow one"
+    );
+    let mut report = serde_json::json!({
+        "downloads_mib_s": downloads.iter().map(|(d, p)| serde_json::json!({ "direct": d, "proxy": p })).collect::<Vec<_>>(),
+        "small_p50_ms": { "direct": direct_p50, "proxy": proxy_p50 },
+        "small_p99_ms": { "direct": direct_p99, "proxy": proxy_p99 },
+        "added_p50_ms": proxy_p50 - direct_p50,
+        "download_mib_s": { "direct": direct_mibs, "proxy": proxied_mibs },
+        "h2_small_p50_ms": { "alone": h2_alone_p50, "beside_slow": h2_beside_p50 },
+        "h2_small_ms": { "alone": h2_alone, "beside_slow": h2_beside },
+    });
+    if !with_fs {
+        write_report("proxy", &report);
+        return;
+    }
+    println!(
         "\n{:<44} {:>10} {:>10} {:>10}",
         format!("file-system API, {FS_MIB} MiB (MiB/s, median of {FS_ROUNDS})"),
         "API",
@@ -386,16 +458,14 @@ async fn bench() {
             round.cp_on_host
         );
     }
-    let report = serde_json::json!({
+    let fs = serde_json::json!({
         "fs_rounds_mib_s": rounds,
-        "downloads_mib_s": downloads.iter().map(|(d, p)| serde_json::json!({ "direct": d, "proxy": p })).collect::<Vec<_>>(),
         "fs_mib_s": { "cp_in_sprite": inside_mibs, "cp_on_host": host_mibs, "write": write_mibs, "read": read_mibs },
         "fs_vs_cp_in_sprite": { "write": write_mibs / inside_mibs, "read": read_mibs / inside_mibs },
         "fs_vs_cp_on_host": { "write": write_mibs / host_mibs, "read": read_mibs / host_mibs },
-        "small_p50_ms": { "direct": direct_p50, "proxy": proxy_p50 },
-        "small_p99_ms": { "direct": direct_p99, "proxy": proxy_p99 },
-        "added_p50_ms": proxy_p50 - direct_p50,
-        "download_mib_s": { "direct": direct_mibs, "proxy": proxied_mibs },
     });
+    if let (Some(report), serde_json::Value::Object(fs)) = (report.as_object_mut(), fs) {
+        report.extend(fs);
+    }
     write_report("proxy", &report);
 }
