@@ -1,104 +1,116 @@
 //! The local chunk cache: chunks *decoded* (a block's plain bytes, one file each) in a
-//! directory, bounded in bytes, evicted least-recently-used first. A read takes just
+//! directory, bounded in bytes; which chunks stay is decided by `quick_cache` (S3-FIFO:
+//! O(1) per access, a block read once does not push out blocks read often). A read takes just
 //! the bytes it needs from the file (no decompression, no reading the rest of the
 //! block), so a random 4 KiB read costs a 4 KiB `pread`. Everything in it is also in
 //! the object store, so losing it (or a file of it) costs only a re-fetch.
 
 use crate::chunk::ChunkId;
 use crate::error::FsError;
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug)]
-struct Entry {
-    size: u64,
-    last_use: u64,
+/// A chunk weighs its size in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Bytes;
+
+impl quick_cache::Weighter<ChunkId, u64> for Bytes {
+    fn weight(&self, _id: &ChunkId, size: &u64) -> u64 {
+        (*size).max(1)
+    }
 }
 
-#[derive(Debug)]
-struct State {
-    entries: HashMap<ChunkId, Entry>,
-    total: u64,
-    clock: u64,
+/// Collects what an insert evicted, so the files are deleted after the cache's lock is
+/// released.
+#[derive(Debug, Clone, Copy)]
+struct Evicted;
+
+impl quick_cache::Lifecycle<ChunkId, u64> for Evicted {
+    type RequestState = Vec<ChunkId>;
+
+    fn on_evict(&self, state: &mut Vec<ChunkId>, id: ChunkId, _size: u64) {
+        state.push(id);
+    }
 }
 
-#[derive(Debug)]
+type Index = quick_cache::sync::Cache<ChunkId, u64, Bytes, quick_cache::DefaultHashBuilder, Evicted>;
+
+/// The expected size of a chunk, for sizing the index.
+const TYPICAL_CHUNK: u64 = 64 << 10;
+
 pub struct ChunkCache {
     dir: PathBuf,
-    limit: u64,
-    state: Mutex<State>,
+    index: Index,
+}
+
+impl std::fmt::Debug for ChunkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkCache")
+            .field("dir", &self.dir)
+            .field("bytes", &self.index.weight())
+            .field("limit", &self.index.capacity())
+            .finish()
+    }
 }
 
 impl ChunkCache {
-    /// Opens the cache directory, indexing what an earlier run left there.
+    /// Opens the cache directory, indexing what an earlier run left there (and deleting
+    /// what no longer fits).
     pub fn open(dir: &Path, limit: u64) -> Result<ChunkCache, FsError> {
         fs::create_dir_all(dir).map_err(FsError::io("create", dir))?;
-        let mut entries = HashMap::new();
-        let mut total = 0;
+        let index = Index::with(
+            usize::try_from(limit / TYPICAL_CHUNK).unwrap_or(usize::MAX).clamp(16, 1 << 20),
+            limit.max(1),
+            Bytes,
+            quick_cache::DefaultHashBuilder::default(),
+            Evicted,
+        );
+        let cache = ChunkCache {
+            dir: dir.to_path_buf(),
+            index,
+        };
         let listing = fs::read_dir(dir).map_err(FsError::io("read", dir))?;
         for entry in listing.flatten() {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(ChunkId::from_hex) else {
+                // A temporary file of a put that never finished.
+                if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+                    let _ = fs::remove_file(entry.path());
+                }
                 continue;
             };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            total += size;
-            entries.insert(id, Entry { size, last_use: 0 });
+            cache.admit(id, size);
         }
-        let cache = ChunkCache {
-            dir: dir.to_path_buf(),
-            limit,
-            state: Mutex::new(State {
-                entries,
-                total,
-                clock: 1,
-            }),
-        };
-        cache.evict();
         Ok(cache)
-    }
-
-    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
-        self.state.lock()
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
         self.dir.join(id.to_hex())
     }
 
-    /// Marks a chunk used; false if it is not cached.
-    fn touch(&self, id: &ChunkId) -> bool {
-        let mut state = self.lock();
-        state.clock += 1;
-        let clock = state.clock;
-        match state.entries.get_mut(id) {
-            Some(entry) => {
-                entry.last_use = clock;
-                true
-            }
-            None => false,
+    /// Indexes a chunk whose file is in place, then deletes the files of what it pushed
+    /// out (with no lock held).
+    fn admit(&self, id: ChunkId, size: u64) {
+        let mut evicted = Vec::new();
+        self.index.insert_with_lifecycle(id, size, &mut evicted);
+        for id in evicted {
+            let _ = fs::remove_file(self.path(&id));
         }
     }
 
     /// Forgets a chunk whose file could not be read.
     fn forget(&self, id: &ChunkId) {
-        let mut state = self.lock();
-        if let Some(entry) = state.entries.remove(id) {
-            state.total -= entry.size;
-        }
+        self.index.remove(id);
     }
 
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.lock().entries.contains_key(id)
+        self.index.contains_key(id)
     }
 
     /// A cached block's bytes, whole.
     pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        if !self.touch(id) {
-            return None;
-        }
+        self.index.get(id)?;
         match fs::read(self.path(id)) {
             Ok(data) => Some(data),
             Err(_) => {
@@ -111,7 +123,7 @@ impl ChunkCache {
     /// Fills `target` from a cached block's bytes at `offset`; false if not cached.
     pub fn read_at(&self, id: &ChunkId, offset: u64, target: &mut [u8]) -> bool {
         use std::os::unix::fs::FileExt;
-        if !self.touch(id) {
+        if self.index.get(id).is_none() {
             return false;
         }
         let read = fs::File::open(self.path(id)).and_then(|f| f.read_exact_at(target, offset));
@@ -123,7 +135,7 @@ impl ChunkCache {
 
     /// Adds a block's bytes. Failures only cost a later re-fetch.
     pub fn put(&self, id: &ChunkId, stored: &[u8]) {
-        if self.lock().entries.contains_key(id) {
+        if self.index.contains_key(id) {
             return;
         }
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
@@ -134,38 +146,12 @@ impl ChunkCache {
             let _ = fs::remove_file(&temporary);
             return;
         }
-        {
-            let mut state = self.lock();
-            state.clock += 1;
-            let clock = state.clock;
-            state.total += stored.len() as u64;
-            state.entries.insert(
-                *id,
-                Entry {
-                    size: stored.len() as u64,
-                    last_use: clock,
-                },
-            );
-        }
-        self.evict();
-    }
-
-    fn evict(&self) {
-        let mut state = self.lock();
-        while state.total > self.limit {
-            let Some((&oldest, _)) = state.entries.iter().min_by_key(|(_, e)| e.last_use) else {
-                break;
-            };
-            if let Some(entry) = state.entries.remove(&oldest) {
-                state.total -= entry.size;
-                let _ = fs::remove_file(self.path(&oldest));
-            }
-        }
+        self.admit(*id, stored.len() as u64);
     }
 
     /// Bytes held.
     pub fn size(&self) -> u64 {
-        self.lock().total
+        self.index.weight()
     }
 }
 
@@ -173,22 +159,35 @@ impl ChunkCache {
 mod tests {
     use super::*;
 
+    fn files(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
     #[test]
-    fn evicts_least_recently_used_within_the_bound() {
+    fn stays_within_its_bound_on_disk_and_keeps_blocks_read_often() {
         let dir = tempfile::tempdir().expect("dir");
-        let cache = ChunkCache::open(dir.path(), 250).expect("open");
-        let ids: Vec<ChunkId> = (0..3u8).map(|n| ChunkId([n; 32])).collect();
-        cache.put(&ids[0], &[0; 100]);
-        cache.put(&ids[1], &[1; 100]);
-        assert!(cache.get(&ids[0]).is_some(), "touch 0 so 1 is the oldest");
-        cache.put(&ids[2], &[2; 100]);
-        assert!(cache.size() <= 250);
-        assert!(cache.get(&ids[1]).is_none(), "least recently used evicted");
-        assert_eq!(cache.get(&ids[0]).expect("kept"), vec![0; 100]);
+        let cache = ChunkCache::open(dir.path(), 100 * 1000).expect("open");
+        let hot = ChunkId([255; 32]);
+        cache.put(&hot, &[7; 1000]);
+        for n in 0..400u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            cache.put(&ChunkId(id), &[1; 1000]);
+            assert!(cache.read_at(&hot, 10, &mut [0u8; 4]), "the hot block stays ({n})");
+            assert!(cache.size() <= 100 * 1000);
+        }
+        // Evicted blocks' files are gone: the directory holds what the index counts.
+        assert_eq!(files(dir.path()), cache.size());
+        assert!(cache.size() > 50 * 1000, "the cache is used: {}", cache.size());
         drop(cache);
-        let reopened = ChunkCache::open(dir.path(), 250).expect("reopen");
-        assert_eq!(reopened.size(), 200);
-        assert_eq!(reopened.get(&ids[2]).expect("kept"), vec![2; 100]);
+        std::fs::write(dir.path().join(".abc.tmp"), b"half a put").expect("write");
+        let reopened = ChunkCache::open(dir.path(), 20 * 1000).expect("reopen smaller");
+        assert!(reopened.size() <= 20 * 1000);
+        assert_eq!(files(dir.path()), reopened.size(), "the rest deleted on open");
     }
 
     #[test]

@@ -1057,7 +1057,7 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FaultInjecting, ObjectBlobStore, Retrying};
+    use crate::store::{FaultInjecting, ObjectBlobStore, RetryPolicy, Retrying};
     use std::time::Duration;
 
     const BLOCK: u64 = 64 * 1024;
@@ -1745,9 +1745,13 @@ mod tests {
         let faulty = FaultInjecting::new(ObjectBlobStore::memory(), 100, Duration::from_millis(1));
         let store: Arc<dyn BlobStore> = Arc::new(Retrying::with_policy(
             faulty,
-            30,
-            Duration::from_millis(1),
-            Duration::from_secs(5),
+            RetryPolicy {
+                attempts: 30,
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(20),
+                attempt_timeout: Duration::from_secs(5),
+                deadline: Duration::from_secs(120),
+            },
         ));
         let setup = Setup::new(store);
         let engine = setup.engine();

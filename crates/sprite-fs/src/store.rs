@@ -1,7 +1,8 @@
 //! The object store stack: [`BlobStore`] is the narrow interface SpriteFS needs; it is
 //! implemented over the `object_store` crate (a local directory by default, any
 //! S3-compatible store by URL) and wrapped in layers, never in scattered retry loops:
-//! [`Retrying`] (backoff and per-call timeouts) and, in tests, [`FaultInjecting`]
+//! [`Retrying`] (one [`RetryPolicy`]: backoff with jitter, per-attempt and per-call
+//! bounds) and, in tests, [`FaultInjecting`]
 //! (errors, latency).
 
 use crate::error::StoreError;
@@ -99,8 +100,14 @@ impl ObjectBlobStore {
             }
             "s3" => {
                 let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // Retries are [`Retrying`]'s alone (see [`RetryPolicy`]).
+                let no_retries = object_store::RetryConfig {
+                    max_retries: 0,
+                    ..Default::default()
+                };
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(no_retries);
                 if let Some(endpoint) = &options.endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
@@ -197,31 +204,54 @@ impl BlobStore for ObjectBlobStore {
     }
 }
 
-/// Retries retryable failures with exponential backoff, and bounds every call.
+/// How store calls are retried: the one policy of the whole stack (the S3 client's own
+/// retries are off, so a failure is never retried twice over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// The first wait; each next one doubles up to `max_delay`, each with a random
+    /// jitter of up to its own length (so many callers that failed together do not
+    /// retry together).
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Bound on one attempt.
+    pub attempt_timeout: Duration,
+    /// Bound on the whole call, waits included.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(20),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Retries retryable failures by a [`RetryPolicy`], and bounds every call.
 #[derive(Debug)]
 pub struct Retrying<S> {
     inner: S,
-    attempts: u32,
-    base_delay: Duration,
-    timeout: Duration,
+    policy: RetryPolicy,
 }
 
 impl<S: BlobStore> Retrying<S> {
     pub fn new(inner: S) -> Self {
-        Retrying {
-            inner,
-            attempts: 8,
-            base_delay: Duration::from_millis(20),
-            timeout: Duration::from_secs(30),
-        }
+        Self::with_policy(inner, RetryPolicy::default())
     }
 
-    pub fn with_policy(inner: S, attempts: u32, base_delay: Duration, timeout: Duration) -> Self {
+    pub fn with_policy(inner: S, policy: RetryPolicy) -> Self {
         Retrying {
             inner,
-            attempts: attempts.max(1),
-            base_delay,
-            timeout,
+            policy: RetryPolicy {
+                attempts: policy.attempts.max(1),
+                ..policy
+            },
         }
     }
 
@@ -235,26 +265,35 @@ impl<S: BlobStore> Retrying<S> {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>> + 'a,
     {
-        let mut delay = self.base_delay;
-        let mut attempt = 1;
-        loop {
-            let result = match tokio::time::timeout(self.timeout, call()).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout {
-                    operation,
-                    key: key.to_string(),
-                }),
-            };
-            match result {
-                Err(error) if error.is_retryable() && attempt < self.attempts => {
-                    tracing::debug!(operation, key, attempt, "retrying: {error}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    attempt += 1;
-                }
-                other => return other,
+        use backon::Retryable;
+        let policy = self.policy;
+        let timeout = || StoreError::Timeout {
+            operation,
+            key: key.to_string(),
+        };
+        let attempt = || {
+            let call = call();
+            async move {
+                tokio::time::timeout(policy.attempt_timeout, call)
+                    .await
+                    .unwrap_or_else(|_| Err(timeout()))
             }
-        }
+        };
+        let backoff = backon::ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(policy.min_delay)
+            .with_max_delay(policy.max_delay)
+            .with_max_times(policy.attempts.saturating_sub(1) as usize);
+        let retried = attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(StoreError::is_retryable)
+            .notify(|error, wait| {
+                tracing::debug!(operation, key, ?wait, "retrying: {error}");
+            });
+        tokio::time::timeout(policy.deadline, retried)
+            .await
+            .unwrap_or_else(|_| Err(timeout()))
     }
 }
 
@@ -493,11 +532,21 @@ mod tests {
         conformance(&prefixed).await.expect("through retry layer");
     }
 
+    /// `attempts` attempts of at most `attempt_timeout`, with millisecond waits.
+    fn fast_policy(attempts: u32, attempt_timeout: Duration) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            attempt_timeout,
+            deadline: Duration::from_secs(60),
+        }
+    }
+
     #[tokio::test]
     async fn retries_hide_injected_faults() {
         let faulty = FaultInjecting::new(ObjectBlobStore::memory(), 300, Duration::ZERO);
-        let store =
-            Retrying::with_policy(faulty, 20, Duration::from_millis(1), Duration::from_secs(5));
+        let store = Retrying::with_policy(faulty, fast_policy(20, Duration::from_secs(5)));
         for round in 0..20 {
             conformance(&store)
                 .await
@@ -513,12 +562,37 @@ mod tests {
     #[tokio::test]
     async fn timeouts_are_reported() {
         let slow = FaultInjecting::new(ObjectBlobStore::memory(), 0, Duration::from_millis(200));
-        let store =
-            Retrying::with_policy(slow, 2, Duration::from_millis(1), Duration::from_millis(20));
+        let store = Retrying::with_policy(slow, fast_policy(2, Duration::from_millis(20)));
         assert!(matches!(
             store.get("x").await,
             Err(StoreError::Timeout { .. })
         ));
+        // The whole call is bounded too, however many attempts are left.
+        let slow = FaultInjecting::new(ObjectBlobStore::memory(), 0, Duration::from_millis(200));
+        let bounded = Retrying::with_policy(
+            slow,
+            RetryPolicy {
+                deadline: Duration::from_millis(300),
+                ..fast_policy(1000, Duration::from_millis(20))
+            },
+        );
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            bounded.get("x").await,
+            Err(StoreError::Timeout { .. })
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let faulty = FaultInjecting::new(ObjectBlobStore::memory(), 0, Duration::ZERO);
+        let store = Retrying::with_policy(faulty, fast_policy(5, Duration::from_secs(1)));
+        assert!(matches!(
+            store.get("missing").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.inner.calls.load(Ordering::Relaxed), 1, "one call, no retry");
     }
 
     #[test]
