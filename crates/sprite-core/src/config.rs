@@ -72,7 +72,8 @@ pub struct CoreConfig {
     pub lifecycle_tick: Duration,
     /// Below this much available host memory, warm sprites go cold (longest idle first).
     pub min_free_memory_mb: u64,
-    /// Ready sprites kept frozen for instant creates (default image and size; 0: none).
+    /// Ready sprites kept frozen for instant creates (default image and size; default 2;
+    /// 0: none).
     pub pool_size: usize,
     /// Sprite networking (veth + NAT + DNS + egress policy); `None`: loopback only.
     pub network: Option<crate::network::NetworkConfig>,
@@ -120,7 +121,7 @@ impl CoreConfig {
             stop_grace: Duration::from_secs(10),
             lifecycle_tick: Duration::from_secs(1),
             min_free_memory_mb: 256,
-            pool_size: 0,
+            pool_size: 2,
             network: None,
             url_scheme: "http".into(),
         }

@@ -299,39 +299,37 @@ pub fn decide(
     None
 }
 
-/// Parses a duration like `30s`, `10m`, `1h`, `250ms` or a plain number of seconds;
-/// `never` (or `0`) turns the timer off.
+/// Parses a sleep timer: a duration in the one grammar of every duration we take
+/// ([`sprite_api::exec::parse_duration`]: `30s`, `10m`, `1m30s`, `250ms`, a plain
+/// number of seconds; `min` and `sec` are understood too); `never` (or `0`) turns the
+/// timer off. At most a year.
 pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
     if text == "never" || text == "0" {
         return Ok(None);
     }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!(
-            "{text:?} is not a duration; use a number with s, m or h (like 30s or 10m), or never"
-        )
-    })?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use ms, s, m or h (like 30s or 10m), or never"
-            ))
+    let is_number = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let normalized = [("mins", "m"), ("min", "m"), ("secs", "s"), ("sec", "s")]
+        .iter()
+        .find_map(|(word, unit)| {
+            text.strip_suffix(word)
+                .filter(|n| is_number(n))
+                .map(|n| format!("{n}{unit}"))
+        })
+        .unwrap_or_else(|| text.to_string());
+    let duration = sprite_api::exec::parse_duration(&normalized).ok_or_else(|| {
+        if text.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+            format!("unknown unit in {text:?}; use ms, s, m or h, alone or together (like 30s, 10m or 1m30s), or never")
+        } else {
+            format!("{text:?} is not a duration; use a number with ms, s, m or h (like 30s, 10m or 1m30s), or never")
         }
-    };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 366.0 * 86400.0 {
+    })?;
+    if duration.is_zero() || duration > Duration::from_secs(366 * 86400) {
         return Err(format!(
             "{text:?} is out of range; use more than 0 and at most a year, or never"
         ));
     }
-    Ok(Some(Duration::from_secs_f64(seconds)))
+    Ok(Some(duration))
 }
 
 #[cfg(test)]
@@ -465,6 +463,17 @@ mod tests {
             Ok(Some(Duration::from_millis(250)))
         );
         assert_eq!(parse_duration("never"), Ok(None));
+        assert_eq!(parse_duration("1m30s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_duration("2h0m0s"),
+            Ok(Some(Duration::from_secs(7200)))
+        );
+        assert_eq!(parse_duration("5min"), Ok(Some(Duration::from_secs(300))));
+        assert_eq!(parse_duration("1.5h"), Ok(Some(Duration::from_secs(5400))));
+        assert!(parse_duration("400d").is_err());
+        assert!(parse_duration("9000h")
+            .expect_err("too long")
+            .contains("at most a year"));
         assert!(parse_duration("10 parsecs")
             .expect_err("an error")
             .contains("unknown unit"));

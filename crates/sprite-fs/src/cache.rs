@@ -33,7 +33,8 @@ impl quick_cache::Lifecycle<ChunkId, u64> for Evicted {
     }
 }
 
-type Index = quick_cache::sync::Cache<ChunkId, u64, Bytes, quick_cache::DefaultHashBuilder, Evicted>;
+type Index =
+    quick_cache::sync::Cache<ChunkId, u64, Bytes, quick_cache::DefaultHashBuilder, Evicted>;
 
 /// The expected size of a chunk, for sizing the index.
 const TYPICAL_CHUNK: u64 = 64 << 10;
@@ -59,7 +60,9 @@ impl ChunkCache {
     pub fn open(dir: &Path, limit: u64) -> Result<ChunkCache, FsError> {
         fs::create_dir_all(dir).map_err(FsError::io("create", dir))?;
         let index = Index::with(
-            usize::try_from(limit / TYPICAL_CHUNK).unwrap_or(usize::MAX).clamp(16, 1 << 20),
+            usize::try_from(limit / TYPICAL_CHUNK)
+                .unwrap_or(usize::MAX)
+                .clamp(16, 1 << 20),
             limit.max(1),
             Bytes,
             quick_cache::DefaultHashBuilder::default(),
@@ -74,7 +77,10 @@ impl ChunkCache {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(ChunkId::from_hex) else {
                 // A temporary file of a put that never finished.
-                if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+                if name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+                {
                     let _ = fs::remove_file(entry.path());
                 }
                 continue;
@@ -177,17 +183,28 @@ mod tests {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&n.to_le_bytes());
             cache.put(&ChunkId(id), &[1; 1000]);
-            assert!(cache.read_at(&hot, 10, &mut [0u8; 4]), "the hot block stays ({n})");
+            assert!(
+                cache.read_at(&hot, 10, &mut [0u8; 4]),
+                "the hot block stays ({n})"
+            );
             assert!(cache.size() <= 100 * 1000);
         }
         // Evicted blocks' files are gone: the directory holds what the index counts.
         assert_eq!(files(dir.path()), cache.size());
-        assert!(cache.size() > 50 * 1000, "the cache is used: {}", cache.size());
+        assert!(
+            cache.size() > 50 * 1000,
+            "the cache is used: {}",
+            cache.size()
+        );
         drop(cache);
         std::fs::write(dir.path().join(".abc.tmp"), b"half a put").expect("write");
         let reopened = ChunkCache::open(dir.path(), 20 * 1000).expect("reopen smaller");
         assert!(reopened.size() <= 20 * 1000);
-        assert_eq!(files(dir.path()), reopened.size(), "the rest deleted on open");
+        assert_eq!(
+            files(dir.path()),
+            reopened.size(),
+            "the rest deleted on open"
+        );
     }
 
     #[test]

@@ -581,7 +581,11 @@ mod tests {
             bounded.get("x").await,
             Err(StoreError::Timeout { .. })
         ));
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
@@ -592,7 +596,11 @@ mod tests {
             store.get("missing").await,
             Err(StoreError::NotFound(_))
         ));
-        assert_eq!(store.inner.calls.load(Ordering::Relaxed), 1, "one call, no retry");
+        assert_eq!(
+            store.inner.calls.load(Ordering::Relaxed),
+            1,
+            "one call, no retry"
+        );
     }
 
     #[test]

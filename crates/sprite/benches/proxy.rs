@@ -166,6 +166,9 @@ fn measure_fs(daemon: &Daemon) -> Vec<FsRound> {
 
 /// The median of what `pick` takes from each round.
 fn median_of<T>(rounds: &[T], pick: impl Fn(&T) -> f64) -> f64 {
+    if rounds.is_empty() {
+        return f64::NAN;
+    }
     summary(rounds.iter().map(pick).collect(), 0.5).0
 }
 
@@ -367,7 +370,11 @@ async fn bench() {
 
     // PROXY_FS=0 leaves out the file-system API copies (minutes of the run).
     let with_fs = std::env::var("PROXY_FS").map_or(true, |v| v != "0");
-    let rounds = if with_fs { measure_fs(&daemon) } else { Vec::new() };
+    let rounds = if with_fs {
+        measure_fs(&daemon)
+    } else {
+        Vec::new()
+    };
     let host_mibs = median_of(&rounds, |r| r.cp_on_host);
     let inside_mibs = median_of(&rounds, |r| r.cp_in_sprite);
     let write_mibs = median_of(&rounds, |r| r.write);

@@ -8,7 +8,15 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7070";
+/// The daemon's API address, written once: the daemon listens on it and the CLI
+/// talks to it unless told otherwise.
+macro_rules! default_listen {
+    () => {
+        "127.0.0.1:7070"
+    };
+}
+pub const DEFAULT_LISTEN: &str = default_listen!();
+pub const DEFAULT_API_URL: &str = concat!("http://", default_listen!());
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/sprites";
 pub const SPRITE_FILE: &str = ".sprite";
 

@@ -333,7 +333,7 @@ mod tests {
 
     /// The decision on a request built from `uri` and `headers`, for a private sprite
     /// `s1` whose organization's token is `good`, at time 100.
-    fn decide(public: bool, uri: &str, headers: &[(&str, &str)]) -> Result<Access, Response<Body>> {
+    fn decide(public: bool, uri: &str, headers: &[(&str, &str)]) -> Verdict {
         let mut request = Request::builder().uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -343,16 +343,29 @@ mod tests {
             sprite_id: "s1",
             public,
         };
-        match authorize(&settings(), &sprite, &TARGET, &request, |t| t == "good", 100) {
-            Verdict::Forward(access) => Ok(access),
-            Verdict::Answer(response) => Err(response),
+        authorize(
+            &settings(),
+            &sprite,
+            &TARGET,
+            &request,
+            |t| t == "good",
+            100,
+        )
+    }
+
+    fn status(decision: Verdict) -> StatusCode {
+        match decision {
+            Verdict::Forward(_) => StatusCode::OK,
+            Verdict::Answer(response) => response.status(),
         }
     }
 
-    fn status(decision: Result<Access, Response<Body>>) -> StatusCode {
-        match decision {
-            Ok(_) => StatusCode::OK,
-            Err(response) => response.status(),
+    impl Verdict {
+        fn ok(self) -> Option<Access> {
+            match self {
+                Verdict::Forward(access) => Some(access),
+                Verdict::Answer(_) => None,
+            }
         }
     }
 
@@ -379,11 +392,14 @@ mod tests {
 
     #[test]
     fn a_query_token_signs_in_with_a_cookie_for_this_sprite_and_redirects_without_it() {
-        let Err(response) = decide(false, "/page?a=1&token=good&b=2", &[]) else {
+        let Verdict::Answer(response) = decide(false, "/page?a=1&token=good&b=2", &[]) else {
             panic!("a sign-in is answered here");
         };
         assert_eq!(response.status(), StatusCode::FOUND);
-        let location = response.headers().get("location").and_then(|v| v.to_str().ok());
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok());
         assert_eq!(location, Some("/page?a=1&b=2"));
         let cookie = response
             .headers()
@@ -392,7 +408,10 @@ mod tests {
             .unwrap_or_default()
             .to_string();
         assert!(cookie.starts_with("sprite_auth=v1."), "{cookie}");
-        assert!(cookie.contains("HttpOnly") && !cookie.contains("Secure"), "{cookie}");
+        assert!(
+            cookie.contains("HttpOnly") && !cookie.contains("Secure"),
+            "{cookie}"
+        );
         let value = cookie
             .trim_start_matches("sprite_auth=")
             .split(';')
@@ -407,7 +426,10 @@ mod tests {
         let cookie = format!("sprite_auth={}", settings().cookies.issue("s1", 1000));
         let other = format!("sprite_auth={}", settings().cookies.issue("s2", 1000));
         let expired = format!("sprite_auth={}", settings().cookies.issue("s1", 50));
-        assert_eq!(status(decide(false, "/", &[("cookie", &cookie)])), StatusCode::OK);
+        assert_eq!(
+            status(decide(false, "/", &[("cookie", &cookie)])),
+            StatusCode::OK
+        );
         assert_eq!(
             status(decide(false, "/", &[("cookie", &other)])),
             StatusCode::UNAUTHORIZED
@@ -416,9 +438,15 @@ mod tests {
             status(decide(false, "/", &[("cookie", &expired)])),
             StatusCode::UNAUTHORIZED
         );
-        let own = [("cookie", cookie.as_str()), ("origin", "http://app.localhost:7080")];
+        let own = [
+            ("cookie", cookie.as_str()),
+            ("origin", "http://app.localhost:7080"),
+        ];
         assert_eq!(status(decide(false, "/", &own)), StatusCode::OK);
-        let foreign = [("cookie", cookie.as_str()), ("origin", "http://evil.localhost:7080")];
+        let foreign = [
+            ("cookie", cookie.as_str()),
+            ("origin", "http://evil.localhost:7080"),
+        ];
         assert_eq!(status(decide(false, "/", &foreign)), StatusCode::FORBIDDEN);
         // A WebSocket on the cookie must name its origin.
         let upgrade = [("cookie", cookie.as_str()), ("upgrade", "websocket")];
@@ -435,7 +463,12 @@ mod tests {
     fn a_public_url_lets_anyone_in_and_still_keeps_our_token_from_the_app() {
         assert_eq!(status(decide(true, "/", &[])), StatusCode::OK);
         assert_eq!(
-            decide(true, "/p?token=good&x=1", &[("authorization", "Bearer good")]).ok(),
+            decide(
+                true,
+                "/p?token=good&x=1",
+                &[("authorization", "Bearer good")]
+            )
+            .ok(),
             Some(Access {
                 strip_authorization: true,
                 location: Some("/p?x=1".into())

@@ -133,7 +133,12 @@ mod tests {
             strip_authorization: true,
             location: Some("/page?x=1".into()),
         };
-        to_upstream(&mut request, &access, "10.0.0.9".parse().unwrap_or(IpAddr::from([0; 4])), &TARGET);
+        to_upstream(
+            &mut request,
+            &access,
+            "10.0.0.9".parse().unwrap_or(IpAddr::from([0; 4])),
+            &TARGET,
+        );
         assert_eq!(request.uri().to_string(), "/page?x=1");
         assert_eq!(request.version(), hyper::Version::HTTP_11);
         assert!(header(&request, "authorization").is_empty());
