@@ -280,6 +280,12 @@ fn parse_number<T: std::str::FromStr>(
     })
 }
 
+/// The `PATH` of a command in a sprite when the request sets no environment (and
+/// what the CLI keeps when it adds variables): the usual directories, then
+/// `/.sprite/bin` (`sprite-env`).
+pub const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.sprite/bin";
+
 /// Parses a duration: a bare number of seconds (`10`, `1.5`) or a Go duration, a
 /// sequence of numbers with units `ns`, `us` (`µs`), `ms`, `s`, `m`, `h` such as
 /// `500ms`, `1m30s` or `2h0m0s` (what the Go SDK sends). Exact, no float rounding;

@@ -117,8 +117,8 @@ pub async fn interactive(stream: ExecStream) -> Result<u8> {
 
 /// For the default local API URL, starts `sprite daemon` in the background when
 /// nothing answers yet.
-pub async fn ensure_local_daemon(args: &crate::cli::Args) -> Result<()> {
-    let url = settings::api_url(args.api_url.as_deref());
+pub async fn ensure_local_daemon(cx: &crate::cli::Global) -> Result<()> {
+    let url = settings::api_url(cx.api_url.as_deref());
     if url != settings::DEFAULT_API_URL {
         return Ok(());
     }

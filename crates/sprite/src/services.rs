@@ -2,8 +2,7 @@
 //! when it boots or wakes cold, restart when they exit, and log to
 //! `/.sprite/logs/services/<name>.log`).
 
-use crate::cli::{client, print_json, Args};
-use crate::settings;
+use crate::cli::{print_json, Global, SpriteArg};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use sprite_api::services::{ServiceEvent, ServiceSpec};
@@ -14,8 +13,8 @@ pub enum ServicesCommand {
     /// List the sprite's services and their state.
     #[command(alias = "ls")]
     List {
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
     },
     /// Create or replace a service and start it.
     #[command(
@@ -23,8 +22,8 @@ pub enum ServicesCommand {
     )]
     Create {
         name: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
         /// Environment of the service (repeatable), K=V.
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
@@ -47,41 +46,41 @@ pub enum ServicesCommand {
     /// Start a service (a stopped service stays stopped until started).
     Start {
         name: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
     },
     /// Stop a service: SIGTERM, then SIGKILL after 10 s. It stays stopped.
     Stop {
         name: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
     },
     /// Stop, then start a service.
     Restart {
         name: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
     },
     /// Send a signal to a service's processes.
     Signal {
         name: String,
         /// HUP, INT, QUIT, KILL, USR1, USR2 or TERM.
         signal: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
     },
     /// Stop and delete a service (its log stays).
     Delete {
         name: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
     },
     /// Print the end of a service's log; -f shows the current run's recent output and
     /// keeps following it, run after run.
     Logs {
         name: String,
-        #[arg(short = 's', long = "sprite")]
-        sprite: Option<String>,
+        #[command(flatten)]
+        sprite: SpriteArg,
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
         /// Keep printing new output (Ctrl+C ends).
@@ -118,10 +117,10 @@ fn parse_env(pairs: &[String]) -> Result<std::collections::BTreeMap<String, Stri
         .collect()
 }
 
-pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
-    let client = client(args)?;
+pub async fn run(cx: &Global, command: &ServicesCommand) -> Result<u8> {
+    let client = cx.client()?;
     // With --json, events are printed as JSON lines instead of as output.
-    let json = args.json;
+    let json = cx.json;
     let show = |event: &ServiceEvent| {
         if json {
             if let Ok(line) = serde_json::to_string(event) {
@@ -133,7 +132,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
     };
     match command {
         ServicesCommand::List { sprite } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             let services = client.services(&name).await?;
             if json {
                 print_json(&services)?;
@@ -185,7 +184,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             duration,
             command,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             let spec = ServiceSpec {
                 cmd: command[0].clone(),
                 args: command[1..].to_vec(),
@@ -203,7 +202,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             name: service,
             sprite,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             client
                 .service_action(&name, service, "start", Some("1s"), show)
                 .await?;
@@ -213,7 +212,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             name: service,
             sprite,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             client
                 .service_action(&name, service, "stop", None, show)
                 .await?;
@@ -223,7 +222,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             name: service,
             sprite,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             client
                 .service_action(&name, service, "restart", Some("1s"), show)
                 .await?;
@@ -234,7 +233,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             signal,
             sprite,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             client.signal_service(&name, service, signal).await?;
             Ok(0)
         }
@@ -242,7 +241,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             name: service,
             sprite,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             client.delete_service(&name, service).await?;
             eprintln!("deleted service {service} of {name}");
             Ok(0)
@@ -253,7 +252,7 @@ pub async fn run(args: &Args, command: &ServicesCommand) -> Result<u8> {
             lines,
             follow,
         } => {
-            let name = settings::sprite_name(sprite.as_deref())?;
+            let name = sprite.name()?;
             if *follow {
                 // Attaching replays the current run's recent output, then follows.
                 follow_logs(&client, &name, service).await?;

@@ -31,8 +31,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 /// Exited sessions kept for listing and late attach.
 const EXITED_KEPT: usize = 64;
 const EXITED_TTL_MS: u64 = 10 * 60 * 1000;
-const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.sprite/bin";
+use sprite_api::exec::DEFAULT_PATH;
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -1,0 +1,438 @@
+//! Commands on sprites themselves: create, list, info, use, destroy, sleep, wake, URL
+//! and usage.
+
+use super::{print_json, Global, SpriteArg};
+use crate::settings;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use sprite_api::sprite::{CreateSpriteRequest, SpriteConfig, SpriteInfo};
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Name (a-z, 0-9, -); generated when absent.
+    pub name: Option<String>,
+    /// Do not open a console after creating.
+    #[arg(long)]
+    pub skip_console: bool,
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub ram_mb: Option<u64>,
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Size of the sprite's root filesystem in GiB (default 100).
+    #[arg(long)]
+    pub storage_gb: Option<u64>,
+    /// Image to start from (`sprite images`); the daemon's default when absent.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Fork from another sprite's checkpoint: SPRITE or SPRITE:CHECKPOINT (newest
+    /// checkpoint when absent).
+    #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
+    pub from: Option<String>,
+    /// Idle time before warm sleep (like 30s, 5m, or never); the daemon's default
+    /// when absent.
+    #[arg(long, value_name = "DURATION")]
+    pub warm_after: Option<String>,
+    /// Idle time before cold sleep (like 10m, 1h, or never).
+    #[arg(long, value_name = "DURATION")]
+    pub cold_after: Option<String>,
+}
+
+impl CreateArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self {
+            name,
+            skip_console,
+            labels,
+            ram_mb,
+            cpus,
+            storage_gb,
+            image,
+            from,
+            warm_after,
+            cold_after,
+        } = self;
+        crate::console::ensure_local_daemon(cx).await?;
+        let client = cx.client()?;
+        let name = name.clone().unwrap_or_else(generated_name);
+        let request = CreateSpriteRequest {
+            name: name.clone(),
+            url_settings: None,
+            labels: Some(labels.clone()).filter(|l| !l.is_empty()),
+            config: Some(SpriteConfig {
+                ram_mb: *ram_mb,
+                cpus: *cpus,
+                storage_gb: *storage_gb,
+                warm_after: warm_after.clone(),
+                cold_after: cold_after.clone(),
+                region: None,
+            }),
+            environment: None,
+            wait_for_capacity: None,
+            runtime: None,
+            image: image.clone(),
+            from: from.as_deref().map(|text| {
+                let (sprite, checkpoint) = match text.split_once(':') {
+                    Some((sprite, checkpoint)) => (sprite, Some(checkpoint.to_string())),
+                    None => (text, None),
+                };
+                sprite_api::sprite::ForkSource {
+                    sprite: sprite.to_string(),
+                    checkpoint,
+                }
+            }),
+        };
+        let info = crate::console::create_with_progress(&client, &request).await?;
+        if cx.json {
+            print_json(&info)?;
+        } else {
+            eprintln!("created sprite {} ({})", info.name, info.url);
+        }
+        if *skip_console || cx.json {
+            return Ok(0);
+        }
+        crate::console::console(&client, &name).await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+impl ListArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { prefix } = self;
+        let sprites = cx.client()?.list_all(prefix.as_deref()).await?;
+        if cx.json {
+            return print_json(&sprites).map(|()| 0);
+        }
+        print_table(&sprites);
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+}
+
+impl InfoArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { sprite } = self;
+        let info = cx.client()?.get(&sprite.name()?).await?;
+        if cx.json {
+            print_json(&info)?;
+        } else {
+            print_info(&info);
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UseArgs {
+    pub name: String,
+}
+
+impl UseArgs {
+    /// Needs no daemon: it writes ./.sprite.
+    pub async fn run(&self, _cx: &Global) -> Result<u8> {
+        let Self { name } = self;
+        sprite_api::validate_sprite_name(name)?;
+        let path = settings::write_sprite_file(&std::env::current_dir()?, name)?;
+        eprintln!("using sprite {name} in this directory ({})", path.display());
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DestroyArgs {
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+impl DestroyArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self {
+            name,
+            sprite,
+            force,
+        } = self;
+        let name = sprite.or(name.as_deref())?;
+        if !force
+            && !confirm(&format!(
+                "destroy sprite {name} and everything in it? [y/N] "
+            ))?
+        {
+            bail!("not confirmed; pass --force to skip the question");
+        }
+        cx.client()?.destroy(&name).await?;
+        if cx.json {
+            print_json(&serde_json::json!({ "destroyed": name }))?;
+        } else {
+            eprintln!("destroyed sprite {name}");
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UrlArgs {
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+    #[command(subcommand)]
+    pub command: Option<UrlCommand>,
+}
+
+impl UrlArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { sprite, command } = self;
+        let client = cx.client()?;
+        let info = match command {
+            None => client.get(&sprite.name()?).await?,
+            Some(UrlCommand::Update {
+                auth,
+                sprite: inner,
+            }) => {
+                let name =
+                    settings::sprite_name(inner.sprite.as_deref().or(sprite.sprite.as_deref()))?;
+                let auth = if auth == "public" {
+                    sprite_api::sprite::UrlAuth::Public
+                } else {
+                    sprite_api::sprite::UrlAuth::Sprite
+                };
+                let request = sprite_api::sprite::UpdateSpriteRequest {
+                    url_settings: Some(sprite_api::sprite::UrlSettingsUpdate {
+                        auth: Some(auth),
+                        private_access: None,
+                    }),
+                    ..Default::default()
+                };
+                client.update(&name, &request).await?
+            }
+        };
+        if cx.json {
+            print_json(&serde_json::json!({ "url": info.url, "auth": info.url_settings.auth }))?;
+        } else {
+            println!("{}", info.url);
+            match info.url_settings.auth {
+                sprite_api::sprite::UrlAuth::Public => {
+                    eprintln!("auth: public (anyone who can reach it)")
+                }
+                sprite_api::sprite::UrlAuth::Sprite => eprintln!(
+                    "auth: sprite (a token: Authorization: Bearer, or open {}/?token=TOKEN once)",
+                    info.url
+                ),
+            }
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SleepArgs {
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+    /// Stop the sprite instead of freezing it.
+    #[arg(long)]
+    pub cold: bool,
+}
+
+impl SleepArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { name, sprite, cold } = self;
+        let name = sprite.or(name.as_deref())?;
+        let info = cx.client()?.sleep(&name, *cold).await?;
+        if cx.json {
+            print_json(&info)?;
+        } else {
+            println!("sprite {name} is {}", info.status.as_str());
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WakeArgs {
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+}
+
+impl WakeArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { name, sprite } = self;
+        let name = sprite.or(name.as_deref())?;
+        let info = cx.client()?.wake(&name).await?;
+        if cx.json {
+            print_json(&info)?;
+        } else {
+            println!("sprite {name} is {}", info.status.as_str());
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+}
+
+impl UsageArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { sprite } = self;
+        let name = sprite.name()?;
+        let usage = cx.client()?.usage(&name).await?;
+        if cx.json {
+            print_json(&usage)?;
+        } else if usage["storage"] == "spritefs" {
+            println!(
+                "stored:  {} bytes in {} chunks",
+                usage["bytes_stored"], usage["chunks"]
+            );
+            for checkpoint in usage["checkpoints"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<10} +{} bytes",
+                    checkpoint["id"].as_str().unwrap_or(""),
+                    checkpoint["bytes_added"]
+                );
+            }
+        } else {
+            println!("{name} uses local storage; usage is not counted");
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UrlCommand {
+    /// Change who may open the URL: `sprite` (a token of the organization) or `public`.
+    Update {
+        #[arg(long, value_parser = ["sprite", "public"])]
+        auth: String,
+        #[command(flatten)]
+        sprite: SpriteArg,
+    },
+}
+
+fn generated_name() -> String {
+    const ADJECTIVES: [&str; 8] = [
+        "brisk", "calm", "eager", "fuzzy", "jolly", "lucky", "quiet", "sunny",
+    ];
+    const NOUNS: [&str; 8] = [
+        "otter", "comet", "maple", "pixel", "river", "falcon", "ember", "tulip",
+    ];
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    format!(
+        "{}-{}-{}",
+        ADJECTIVES[bytes[0] as usize % 8],
+        NOUNS[bytes[1] as usize % 8],
+        u16::from_le_bytes([bytes[2], bytes[3]]) % 10000
+    )
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to destroy without a terminal to confirm; pass --force");
+    }
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn print_table(sprites: &[SpriteInfo]) {
+    println!(
+        "{:<30} {:<8} {:<25} {:>9} URL",
+        "NAME", "STATUS", "CREATED", "STORED"
+    );
+    for sprite in sprites {
+        let stored = sprite
+            .storage
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |s| human_bytes(s.bytes_stored));
+        println!(
+            "{:<30} {:<8} {:<25} {:>9} {}",
+            sprite.name,
+            sprite.status.as_str(),
+            sprite.created_at,
+            stored,
+            sprite.url
+        );
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `sprite info` for people: identity, then the sleep state and why.
+fn print_info(info: &SpriteInfo) {
+    println!(
+        "name:     {}\nid:       {}\nstatus:   {}\nurl:      {}\ncreated:  {}",
+        info.name,
+        info.id,
+        info.status.as_str(),
+        info.url,
+        info.created_at
+    );
+    let Some(life) = &info.lifecycle else {
+        return;
+    };
+    println!("since:    {}", life.since);
+    if life.awake_because.is_empty() {
+        if let Some(at) = &life.last_active_at {
+            println!("idle:     since {at}");
+        }
+    } else {
+        let reasons: Vec<String> = life
+            .awake_because
+            .iter()
+            .map(|r| format!("{} × {}", r.count, r.description))
+            .collect();
+        println!("awake:    {}", reasons.join(", "));
+    }
+    if let Some(at) = &life.warm_at {
+        println!("warm at:  {at} (if still idle)");
+    }
+    if let Some(at) = &life.cold_at {
+        println!("cold at:  {at} (if still idle)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn byte_counts_read_like_df() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(23_158), "22.6 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+}
