@@ -5,6 +5,7 @@
 //! the server, the client and the tests agree on one definition of the wire.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod error;
 pub mod exec;
 pub mod fs;

@@ -353,7 +353,7 @@ impl Client {
         .await
     }
 
-    pub async fn usage(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn usage(&self, name: &str) -> Result<sprite_api::admin::SpriteUsage, ClientError> {
         self.send(
             self.http
                 .get(self.url(&format!("/v1/sprites/{name}/usage"))),
@@ -510,11 +510,11 @@ impl Client {
         .await
     }
 
-    pub async fn collect_garbage(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn collect_garbage(&self) -> Result<sprite_api::admin::GcReport, ClientError> {
         self.send(self.http.post(self.url("/v1/admin/gc"))).await
     }
 
-    pub async fn images(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn images(&self) -> Result<sprite_api::admin::ImageList, ClientError> {
         self.send(self.http.get(self.url("/v1/images"))).await
     }
 
@@ -524,7 +524,7 @@ impl Client {
         &self,
         name: &str,
         tarball: R,
-    ) -> Result<serde_json::Value, ClientError>
+    ) -> Result<sprite_api::admin::ImageStatus, ClientError>
     where
         R: tokio::io::AsyncRead + Send + Sync + 'static,
     {

@@ -25,15 +25,7 @@ pub const DEBIAN_PACKAGES: &str =
 /// Images this daemon knows how to build.
 pub const KNOWN_IMAGES: [&str; 2] = ["debian", "busybox"];
 
-/// Where an image build stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ImageStatus {
-    pub name: String,
-    /// `absent`, `building`, `ready` or `failed`.
-    pub state: String,
-    /// Last progress line of a build, or the failure.
-    pub detail: String,
-}
+pub use sprite_api::admin::{ImageState, ImageStatus};
 
 #[derive(Debug)]
 pub struct ImageStore {
@@ -44,13 +36,18 @@ pub struct ImageStore {
     status: Arc<Mutex<HashMap<String, ImageStatus>>>,
 }
 
-fn set_status(status: &Mutex<HashMap<String, ImageStatus>>, name: &str, state: &str, detail: &str) {
+fn set_status(
+    status: &Mutex<HashMap<String, ImageStatus>>,
+    name: &str,
+    state: ImageState,
+    detail: &str,
+) {
     let mut map = status.lock();
     map.insert(
         name.to_string(),
         ImageStatus {
             name: name.into(),
-            state: state.into(),
+            state,
             detail: detail.into(),
         },
     );
@@ -104,13 +101,13 @@ impl ImageStore {
                 if self.is_ready(name) {
                     ImageStatus {
                         name: name.to_string(),
-                        state: "ready".into(),
+                        state: ImageState::Ready,
                         detail: String::new(),
                     }
                 } else {
                     map.get(name).cloned().unwrap_or(ImageStatus {
                         name: name.to_string(),
-                        state: "absent".into(),
+                        state: ImageState::Absent,
                         detail: String::new(),
                     })
                 }
@@ -124,7 +121,7 @@ impl ImageStore {
         set_status(
             &self.status,
             name,
-            "ready",
+            ImageState::Ready,
             "image volume from the object store",
         );
     }
@@ -163,11 +160,21 @@ impl ImageStore {
         if self.is_ready(name) {
             return Err(CoreError::ImageExists(name.to_string()));
         }
-        set_status(&self.status, name, "building", "unpacking the tarball");
+        set_status(
+            &self.status,
+            name,
+            ImageState::Building,
+            "unpacking the tarball",
+        );
         let result = self.unpack(name, tarball).await;
         match &result {
-            Ok(()) => set_status(&self.status, name, "ready", ""),
-            Err(e) => set_status(&self.status, name, "failed", &sprite_api::error_chain(e)),
+            Ok(()) => set_status(&self.status, name, ImageState::Ready, ""),
+            Err(e) => set_status(
+                &self.status,
+                name,
+                ImageState::Failed,
+                &sprite_api::error_chain(e),
+            ),
         }
         result.map(|()| self.rootfs(name))
     }
@@ -215,11 +222,16 @@ impl ImageStore {
         if self.is_ready(name) {
             return Ok(self.rootfs(name));
         }
-        set_status(&self.status, name, "building", "starting");
+        set_status(&self.status, name, ImageState::Building, "starting");
         let result = self.build(name).await;
         match &result {
-            Ok(()) => set_status(&self.status, name, "ready", ""),
-            Err(e) => set_status(&self.status, name, "failed", &sprite_api::error_chain(e)),
+            Ok(()) => set_status(&self.status, name, ImageState::Ready, ""),
+            Err(e) => set_status(
+                &self.status,
+                name,
+                ImageState::Failed,
+                &sprite_api::error_chain(e),
+            ),
         }
         result.map(|()| self.rootfs(name))
     }
@@ -299,7 +311,7 @@ impl ImageStore {
         if let Some(stdout) = child.stdout.take() {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                set_status(&self.status, "debian", "building", &line);
+                set_status(&self.status, "debian", ImageState::Building, &line);
                 tracing::info!(image = "debian", "{line}");
                 last_lines.push(line);
                 if last_lines.len() > 5 {
@@ -319,7 +331,12 @@ impl ImageStore {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        set_status(&self.status, "debian", "building", "adding user sprite");
+        set_status(
+            &self.status,
+            "debian",
+            ImageState::Building,
+            "adding user sprite",
+        );
         let script = "set -e
             useradd -m -u 1000 -U -s /bin/bash -G sudo sprite
             echo 'sprite ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/sprite

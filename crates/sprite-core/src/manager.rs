@@ -1263,31 +1263,53 @@ impl SpriteManager {
     }
 
     /// Storage a sprite uses (ours: `GET /v1/sprites/{name}/usage`).
-    pub async fn usage(&self, org: &str, name: &str) -> Result<serde_json::Value, CoreError> {
+    pub async fn usage(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<sprite_api::admin::SpriteUsage, CoreError> {
+        use sprite_api::admin::{CheckpointUsage, SpriteUsage, StorageKind};
         let record = self.record(org, name)?;
         let usage = self.roots.usage(&record.id).await?;
         Ok(match usage {
-            Some(usage) => serde_json::json!({
-                "sprite": name,
-                "storage": "spritefs",
-                "bytes_stored": usage.bytes_stored,
-                "chunks": usage.chunks,
-                "bytes_cached_on_host": usage.bytes_cached_on_host,
-                "checkpoints": usage.checkpoints.iter().map(|(id, bytes)| serde_json::json!({"id": id, "bytes_added": bytes})).collect::<Vec<_>>(),
-            }),
-            None => serde_json::json!({ "sprite": name, "storage": "local" }),
+            Some(usage) => SpriteUsage {
+                sprite: name.to_string(),
+                storage: StorageKind::Spritefs,
+                bytes_stored: Some(usage.bytes_stored),
+                chunks: Some(usage.chunks),
+                bytes_cached_on_host: Some(usage.bytes_cached_on_host),
+                checkpoints: Some(
+                    usage
+                        .checkpoints
+                        .into_iter()
+                        .map(|(id, bytes_added)| CheckpointUsage { id, bytes_added })
+                        .collect(),
+                ),
+            },
+            None => SpriteUsage {
+                sprite: name.to_string(),
+                storage: StorageKind::Local,
+                bytes_stored: None,
+                chunks: None,
+                bytes_cached_on_host: None,
+                checkpoints: None,
+            },
         })
     }
 
     /// Garbage collection now (ours: `POST /v1/admin/gc`).
-    pub async fn collect_garbage(&self) -> Result<serde_json::Value, CoreError> {
+    pub async fn collect_garbage(&self) -> Result<sprite_api::admin::GcReport, CoreError> {
         Ok(match self.roots.collect_garbage().await? {
-            Some((layers, chunks, bytes)) => {
-                serde_json::json!({ "layers": layers, "chunks": chunks, "bytes_freed": bytes })
-            }
-            None => {
-                serde_json::json!({ "layers": 0, "chunks": 0, "bytes_freed": 0, "note": "local storage has nothing to collect" })
-            }
+            Some((layers, chunks, bytes)) => sprite_api::admin::GcReport {
+                layers: layers as u64,
+                chunks: chunks as u64,
+                bytes_freed: bytes,
+                note: None,
+            },
+            None => sprite_api::admin::GcReport {
+                note: Some("local storage has nothing to collect".into()),
+                ..Default::default()
+            },
         })
     }
 
@@ -1318,7 +1340,7 @@ impl SpriteManager {
             .find(|s| s.name == name)
             .unwrap_or(ImageStatus {
                 name: name.to_string(),
-                state: "ready".into(),
+                state: crate::image::ImageState::Ready,
                 detail: String::new(),
             }))
     }

@@ -58,8 +58,10 @@ async fn healthz(State(state): State<AppState>) -> axum::Json<serde_json::Value>
     }))
 }
 
-async fn images(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "images": state.manager.image_statuses() }))
+async fn images(State(state): State<AppState>) -> axum::Json<sprite_api::admin::ImageList> {
+    axum::Json(sprite_api::admin::ImageList {
+        images: state.manager.image_statuses(),
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -72,7 +74,7 @@ async fn import_image(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<ImportQuery>,
     body: axum::body::Body,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<sprite_api::admin::ImageStatus>, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let name = query.name.ok_or_else(|| {
@@ -99,20 +101,20 @@ async fn import_image(
         ))),
     };
     let _ = tokio::fs::remove_file(&path).await;
-    Ok(axum::Json(
-        serde_json::to_value(result?).unwrap_or_default(),
-    ))
+    Ok(axum::Json(result?))
 }
 
 async fn usage(
     State(state): State<AppState>,
     axum::Extension(auth::Org(org)): axum::Extension<auth::Org>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<sprite_api::admin::SpriteUsage>, ApiError> {
     Ok(axum::Json(state.manager.usage(&org, &name).await?))
 }
 
-async fn gc(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn gc(
+    State(state): State<AppState>,
+) -> Result<axum::Json<sprite_api::admin::GcReport>, ApiError> {
     Ok(axum::Json(state.manager.collect_garbage().await?))
 }
 

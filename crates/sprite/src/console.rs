@@ -177,9 +177,9 @@ pub async fn create_with_progress(
             }
             () = tokio::time::sleep(Duration::from_millis(700)) => {
                 let Ok(images) = client.images().await else { continue };
-                for image in images["images"].as_array().into_iter().flatten() {
-                    if image["state"] == "building" {
-                        let line = format!("building image {}: {}", image["name"].as_str().unwrap_or(""), image["detail"].as_str().unwrap_or(""));
+                for image in &images.images {
+                    if image.state == sprite_api::admin::ImageState::Building {
+                        let line = format!("building image {}: {}", image.name, image.detail);
                         if line != shown {
                             if show {
                                 let width = (terminal_size().0 as usize).saturating_sub(1);

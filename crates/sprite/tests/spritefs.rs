@@ -250,15 +250,12 @@ async fn checkpoint_restore_and_fork() {
     assert_eq!(client.checkpoints("origin", false).await.unwrap().len(), 1);
     wait_for_views(client, "origin", "v0\n").await;
     let usage = client.usage("origin").await.unwrap();
-    assert!(usage["bytes_stored"].as_u64().unwrap() > 0, "{usage}");
-    assert_eq!(usage["checkpoints"][0]["id"], "v0");
+    assert!(usage.bytes_stored.unwrap() > 0, "{usage:?}");
+    assert_eq!(usage.checkpoints.as_ref().unwrap()[0].id, "v0");
     // The same figures come with the sprite itself and with each sprite of a listing.
     let info = client.get("origin").await.unwrap();
     let storage = info.storage.expect("SpriteInfo carries storage usage");
-    assert_eq!(
-        storage.bytes_stored,
-        usage["bytes_stored"].as_u64().unwrap()
-    );
+    assert_eq!(storage.bytes_stored, usage.bytes_stored.unwrap());
     assert_eq!(storage.checkpoints, 1);
     let listed = client.list(None, None).await.unwrap();
     assert!(
@@ -277,9 +274,9 @@ async fn checkpoint_restore_and_fork() {
     client.destroy("forked").await.unwrap();
     // What only the destroyed sprites referenced goes at the next collection.
     let freed = client.collect_garbage().await.unwrap();
-    assert!(freed["chunks"].as_u64().unwrap() > 0, "{freed}");
+    assert!(freed.chunks > 0, "{freed:?}");
     assert_eq!(
-        client.collect_garbage().await.unwrap()["chunks"],
+        client.collect_garbage().await.unwrap().chunks,
         0,
         "a second collection finds nothing"
     );
@@ -617,16 +614,13 @@ async fn rootfs_tarballs_become_images() {
         .import_image("tiny", std::io::Cursor::new(bytes.clone()))
         .await
         .unwrap();
-    assert_eq!(imported["state"], "ready", "{imported}");
-    let images = client.images().await.unwrap();
-    assert!(
-        images["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["name"] == "tiny"),
-        "{images}"
+    assert_eq!(
+        imported.state,
+        sprite_api::admin::ImageState::Ready,
+        "{imported:?}"
     );
+    let images = client.images().await.unwrap();
+    assert!(images.images.iter().any(|i| i.name == "tiny"), "{images:?}");
     let mut request = sprite_request("from-tarball");
     request.image = Some("tiny".into());
     client.create(&request).await.unwrap();

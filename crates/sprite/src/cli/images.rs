@@ -47,12 +47,12 @@ impl ImagesArgs {
                 if cx.json {
                     print_json(&images)?;
                 } else {
-                    for image in images["images"].as_array().into_iter().flatten() {
+                    for image in &images.images {
                         println!(
                             "{:<10} {:<9} {}",
-                            image["name"].as_str().unwrap_or(""),
-                            image["state"].as_str().unwrap_or(""),
-                            image["detail"].as_str().unwrap_or("")
+                            image.name,
+                            image.state.as_str(),
+                            image.detail
                         );
                     }
                 }
@@ -77,7 +77,7 @@ pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
             } else {
                 println!(
                     "freed {} bytes ({} chunks, {} layers)",
-                    freed["bytes_freed"], freed["chunks"], freed["layers"]
+                    freed.bytes_freed, freed.chunks, freed.layers
                 );
             }
             Ok(0)

@@ -295,17 +295,14 @@ impl UsageArgs {
         let usage = cx.client()?.usage(&name).await?;
         if cx.json {
             print_json(&usage)?;
-        } else if usage["storage"] == "spritefs" {
+        } else if usage.storage == sprite_api::admin::StorageKind::Spritefs {
             println!(
                 "stored:  {} bytes in {} chunks",
-                usage["bytes_stored"], usage["chunks"]
+                usage.bytes_stored.unwrap_or_default(),
+                usage.chunks.unwrap_or_default()
             );
-            for checkpoint in usage["checkpoints"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:<10} +{} bytes",
-                    checkpoint["id"].as_str().unwrap_or(""),
-                    checkpoint["bytes_added"]
-                );
+            for checkpoint in usage.checkpoints.iter().flatten() {
+                println!("  {:<10} +{} bytes", checkpoint.id, checkpoint.bytes_added);
             }
         } else {
             println!("{name} uses local storage; usage is not counted");

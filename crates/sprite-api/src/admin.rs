@@ -1,0 +1,131 @@
+//! Our own endpoints beside the Sprites API: a sprite's storage usage, garbage
+//! collection and images. Typed here so that the server, the client and the CLI read
+//! one definition (the JSON is what these endpoints always answered).
+
+use serde::{Deserialize, Serialize};
+
+/// Where a sprite's files live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Volumes in an object store (usage is counted).
+    Spritefs,
+    /// Plain host directories (usage is not counted).
+    Local,
+}
+
+/// `GET /v1/sprites/{name}/usage`: what a sprite stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpriteUsage {
+    pub sprite: String,
+    pub storage: StorageKind,
+    /// Compressed bytes of the unique chunks the sprite's current state uses
+    /// (SpriteFS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_stored: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
+    /// Bytes of its chunks in this host's cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_cached_on_host: Option<u64>,
+    /// What each checkpoint adds, oldest first (SpriteFS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Vec<CheckpointUsage>>,
+}
+
+/// Bytes a checkpoint adds over the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointUsage {
+    pub id: String,
+    pub bytes_added: u64,
+}
+
+/// `POST /v1/admin/gc`: what a garbage collection freed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GcReport {
+    pub layers: u64,
+    pub chunks: u64,
+    pub bytes_freed: u64,
+    /// Why nothing could be collected, when that is the case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Where an image stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageState {
+    Absent,
+    Building,
+    Ready,
+    Failed,
+}
+
+impl ImageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Absent => "absent",
+            ImageState::Building => "building",
+            ImageState::Ready => "ready",
+            ImageState::Failed => "failed",
+        }
+    }
+}
+
+/// One image and where its build stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    pub name: String,
+    pub state: ImageState,
+    /// The last progress line of a build, or why it failed.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// `GET /v1/images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageList {
+    pub images: Vec<ImageStatus>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_is_what_these_endpoints_always_answered() {
+        let local = SpriteUsage {
+            sprite: "dev".into(),
+            storage: StorageKind::Local,
+            bytes_stored: None,
+            chunks: None,
+            bytes_cached_on_host: None,
+            checkpoints: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&local).unwrap(),
+            serde_json::json!({ "sprite": "dev", "storage": "local" })
+        );
+        let stored: SpriteUsage = serde_json::from_value(serde_json::json!({
+            "sprite": "dev", "storage": "spritefs", "bytes_stored": 10, "chunks": 2,
+            "bytes_cached_on_host": 5, "checkpoints": [{ "id": "v1", "bytes_added": 3 }]
+        }))
+        .unwrap();
+        assert_eq!(stored.checkpoints.unwrap()[0].bytes_added, 3);
+        let gc = GcReport {
+            note: Some("local storage has nothing to collect".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&gc).unwrap(),
+            serde_json::json!({ "layers": 0, "chunks": 0, "bytes_freed": 0, "note": "local storage has nothing to collect" })
+        );
+        let list: ImageList = serde_json::from_value(serde_json::json!({
+            "images": [{ "name": "debian", "state": "building", "detail": "I: Retrieving" }]
+        }))
+        .unwrap();
+        assert_eq!(list.images[0].state, ImageState::Building);
+        assert!(serde_json::from_value::<ImageState>(serde_json::json!("melting")).is_err());
+    }
+}
