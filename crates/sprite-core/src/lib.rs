@@ -20,6 +20,9 @@ pub mod ports;
 pub mod proxy;
 mod resources;
 pub mod rootfs;
+pub mod sandboxes;
+#[cfg(test)]
+mod sequences;
 mod services;
 mod sleep;
 pub mod space;

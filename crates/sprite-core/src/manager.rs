@@ -8,6 +8,7 @@ use crate::image::{ImageStatus, ImageStore};
 use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemClock};
 use crate::pool::{Pool, POOL_ORG};
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
+use crate::sandboxes::CgroupState;
 use crate::tasks::Tasks;
 use parking_lot::Mutex;
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
@@ -26,8 +27,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest checkpoint comment, in bytes.
 pub const MAX_CHECKPOINT_COMMENT: usize = 4096;
@@ -76,6 +75,8 @@ pub struct SpriteManager {
     pub(crate) db: Database,
     images: ImageStore,
     pub(crate) roots: Arc<dyn RootStore>,
+    /// The host side of sprites' processes (cgroups, namespaces, sprite-init).
+    pub(crate) sandboxes: Arc<dyn crate::sandboxes::Sandboxes>,
     /// Status of each sprite and what keeps it awake (see `sleep.rs`).
     pub(crate) activity: Arc<Activity>,
     start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -99,6 +100,14 @@ pub struct SpriteManager {
     /// The mount namespace sprites' namespaces are cloned from: only the mounts that hold
     /// the data directory, `/dev`, `/proc` and `/sys` (`None` where it cannot be made: not root).
     mount_seed: Option<std::os::fd::OwnedFd>,
+}
+
+/// Where a new sprite's volume comes from.
+pub(crate) enum Volume<'a> {
+    /// An empty (pre-formatted) volume of this many bytes.
+    Empty { bytes: u64 },
+    /// A copy (metadata only) of another sprite's checkpoint.
+    Fork { parent: &'a str, version: &'a str },
 }
 
 /// Changes of sprites, queued for the in-sprite API (bounded: what does not fit is
@@ -144,7 +153,6 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
 impl SpriteManager {
     /// Opens the state under `config.data_dir`, creating it on first use.
     pub fn open(config: CoreConfig) -> Result<Arc<SpriteManager>, CoreError> {
-        let creates = config.creates_per_minute;
         // A sprite's PID 1 (its own host uid) looks up its state directory to mount
         // its root there: the way to it is searchable, not listable. Everything else is
         // root's alone: layers and images hold files with setuid bits and devices a
@@ -159,12 +167,6 @@ impl SpriteManager {
             make_dir(&dir, mode)?;
         }
         mount_run_dir(&config.data_dir.join("run"))?;
-        let db = Database::open(&config.data_dir.join("control.db"))?;
-        let images = ImageStore::new(
-            config.data_dir.join("images"),
-            config.id_base,
-            config.debian_mirror.clone(),
-        );
         let roots: Arc<dyn RootStore> = match &config.storage {
             StorageBackend::Local => {
                 Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")))
@@ -185,11 +187,6 @@ impl SpriteManager {
                 id_count: config.id_count,
             })),
         };
-        let network = config
-            .network
-            .as_ref()
-            .map(|n| crate::network::Network::new(n, &config.data_dir))
-            .transpose()?;
         let mount_seed = if nix::unistd::geteuid().is_root() {
             sprite_sys::mount::seed_namespace(&config.data_dir)
                 .inspect_err(|error| {
@@ -199,7 +196,47 @@ impl SpriteManager {
         } else {
             None
         };
+        let sandboxes = Arc::new(crate::sandboxes::SystemSandboxes::new(
+            config.data_dir.join("sprites"),
+            config.executable.clone(),
+        ));
+        Self::assemble(config, roots, sandboxes, mount_seed)
+    }
+
+    /// A manager over the given storage and sandboxes, with nothing mounted (tests:
+    /// fakes of both run the lifecycle without root).
+    pub fn with_parts(
+        config: CoreConfig,
+        roots: Arc<dyn RootStore>,
+        sandboxes: Arc<dyn crate::sandboxes::Sandboxes>,
+    ) -> Result<Arc<SpriteManager>, CoreError> {
+        make_dir(&config.data_dir, 0o711)?;
+        for dir in ["sprites", "images", "layers", "run"] {
+            make_dir(&config.data_dir.join(dir), 0o711)?;
+        }
+        Self::assemble(config, roots, sandboxes, None)
+    }
+
+    fn assemble(
+        config: CoreConfig,
+        roots: Arc<dyn RootStore>,
+        sandboxes: Arc<dyn crate::sandboxes::Sandboxes>,
+        mount_seed: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Arc<SpriteManager>, CoreError> {
+        let creates = config.creates_per_minute;
+        let db = Database::open(&config.data_dir.join("control.db"))?;
+        let images = ImageStore::new(
+            config.data_dir.join("images"),
+            config.id_base,
+            config.debian_mirror.clone(),
+        );
+        let network = config
+            .network
+            .as_ref()
+            .map(|n| crate::network::Network::new(n, &config.data_dir))
+            .transpose()?;
         Ok(Arc::new(SpriteManager {
+            sandboxes,
             mount_seed,
             network,
             config,
@@ -486,35 +523,17 @@ impl SpriteManager {
         }
         let mut record = record;
         let begun = std::time::Instant::now();
-        record.id_base = self
-            .db
-            .insert_with_id_range(&record, &self.config.id_ranges())?;
-        let mut volume_ms = 0.0;
-        let started = async {
-            self.image_root(&record.image).await?;
-            let volume = std::time::Instant::now();
-            match &fork {
-                Some((parent, version, _)) => {
-                    self.roots.create_from(&record.id, parent, version).await?
-                }
-                None => {
-                    let gb = record
-                        .config
-                        .storage_gb
-                        .unwrap_or(self.config.default_storage_gb);
-                    self.roots.create(&record.id, gb << 30).await?
-                }
-            }
-            volume_ms = elapsed_ms(volume);
-            self.start(&record).await
-        }
-        .await;
-        if let Err(error) = started {
-            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_api::error_chain(&error));
-            let _ = self.teardown(&record).await;
-            self.db.delete(&record.id)?;
-            return Err(error);
-        }
+        let volume = match &fork {
+            Some((parent, version, _)) => Volume::Fork { parent, version },
+            None => Volume::Empty {
+                bytes: record
+                    .config
+                    .storage_gb
+                    .unwrap_or(self.config.default_storage_gb)
+                    << 30,
+            },
+        };
+        let volume_ms = self.provision(&mut record, volume, false).await?;
         tracing::info!(
             sprite = %record.name,
             id = %record.id,
@@ -526,6 +545,51 @@ impl SpriteManager {
         let record = self.record(org, &record.name)?;
         self.publish_record(&record).await;
         Ok(self.info(&record))
+    }
+
+    /// The one way a new sprite comes up (a create, a fork, a pool fill): its record
+    /// with an id range of its own, its image, its volume, its start and, for the
+    /// pool, its freeze. A step that fails undoes every one before it (processes,
+    /// volume, record) and the error is returned. Returns the milliseconds the volume
+    /// took.
+    pub(crate) async fn provision(
+        &self,
+        record: &mut SpriteRecord,
+        volume: Volume<'_>,
+        freeze: bool,
+    ) -> Result<f64, CoreError> {
+        record.id_base = self
+            .db
+            .insert_with_id_range(record, &self.config.id_ranges())?;
+        let record = &*record;
+        let mut volume_ms = 0.0;
+        let made = async {
+            self.image_root(&record.image).await?;
+            let begun = std::time::Instant::now();
+            match volume {
+                Volume::Fork { parent, version } => {
+                    self.roots.create_from(&record.id, parent, version).await?
+                }
+                Volume::Empty { bytes } => self.roots.create(&record.id, bytes).await?,
+            }
+            volume_ms = elapsed_ms(begun);
+            self.start(record).await?;
+            if freeze {
+                self.freeze(record).await?;
+                self.activity.set_status(&record.id, SpriteStatus::Warm);
+            }
+            Ok::<(), CoreError>(())
+        }
+        .await;
+        if let Err(error) = made {
+            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_api::error_chain(&error));
+            if let Err(undo) = self.teardown(record).await {
+                tracing::warn!(sprite = %record.name, "undoing the failed create: {}", sprite_api::error_chain(&undo));
+            }
+            self.db.delete(&record.id)?;
+            return Err(error);
+        }
+        Ok(volume_ms)
     }
 
     fn record_key(record: &SpriteRecord) -> String {
@@ -575,23 +639,20 @@ impl SpriteManager {
 
     /// [`Self::start`] for a caller that holds the sprite's start lock.
     pub(crate) async fn start_locked(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let client = self.client_for(&record.id);
-        let cgroup = self.cgroup(&record.id)?;
+        let sandboxes = &self.sandboxes;
+        let cgroup = sandboxes.state(&record.id)?;
         // Wake from warm sleep: the processes are all there, frozen.
-        if cgroup.is_frozen() {
-            cgroup.thaw().map_err(|e| CoreError::Sandbox {
-                sprite: record.name.clone(),
-                source: SandboxError::Cgroup(e),
-            })?;
+        if cgroup == CgroupState::Frozen {
+            sandboxes.thaw(&record.name, &record.id)?;
         }
-        if client.ping(PING_TIMEOUT).await.is_ok() {
+        if cgroup != CgroupState::Absent && sandboxes.ping(&record.id).await {
             self.became_running(record);
             return Ok(());
         }
         self.activity.set_status(&record.id, SpriteStatus::Cold);
         // A dead sprite may have left processes or its cgroup behind.
-        if cgroup.exists() {
-            self.kill_cgroup(&record.id, &cgroup).await?;
+        if cgroup != CgroupState::Absent {
+            self.kill_sandbox(record).await?;
         }
         let image_root = self.image_root(&record.image).await?;
         // A sprite made before sprites had ranges of their own gets one now.
@@ -630,16 +691,10 @@ impl SpriteManager {
             nested_containers: self.config.nested_containers,
         };
         let sandbox = std::time::Instant::now();
-        sprite_sandbox::start(&self.config.executable, &spec)
-            .await
-            .map_err(|source| CoreError::Sandbox {
-                sprite: record.name.clone(),
-                source,
-            })?;
-        client
-            .ping(PING_TIMEOUT)
-            .await
-            .map_err(|_| CoreError::StartTimeout(record.name.clone()))?;
+        sandboxes.launch(&record.name, &spec).await?;
+        if !sandboxes.ping(&record.id).await {
+            return Err(CoreError::StartTimeout(record.name.clone()));
+        }
         let sandbox_ms = elapsed_ms(sandbox);
         let network = std::time::Instant::now();
         self.attach_network(record).await;
@@ -671,36 +726,25 @@ impl SpriteManager {
         });
     }
 
-    pub(crate) async fn kill_cgroup(
-        &self,
-        sprite_id: &str,
-        cgroup: &SpriteCgroup,
-    ) -> Result<(), CoreError> {
-        let cgroup = cgroup.clone();
-        let sprite = sprite_id.to_string();
-        tokio::task::spawn_blocking(move || {
-            cgroup
-                .kill_all(Duration::from_secs(10))
-                .and_then(|()| cgroup.remove())
-        })
-        .await
-        .map_err(|e| CoreError::Task("cgroup cleanup", e))?
-        .map_err(|e| CoreError::Sandbox {
-            sprite,
-            source: SandboxError::Cgroup(e),
-        })?;
-        // Its network namespace is gone with its processes: give the slot back.
+    /// Kills every process of the sprite and removes its cgroup; its network slot is
+    /// given back.
+    pub(crate) async fn kill_sandbox(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        self.sandboxes.kill(&record.name, &record.id).await?;
+        self.release_network(&record.id).await;
+        Ok(())
+    }
+
+    /// Gives the sprite's network slot back (its namespace went with its processes).
+    pub(crate) async fn release_network(&self, sprite_id: &str) {
         if let Some(network) = &self.network {
             network.release(sprite_id, &self.state_dir(sprite_id)).await;
         }
-        Ok(())
     }
 
     /// Stops the sprite's processes and removes its state and layer.
     pub(crate) async fn teardown(&self, record: &SpriteRecord) -> Result<(), CoreError> {
         self.activity.set_status(&record.id, SpriteStatus::Cold);
-        let cgroup = self.cgroup(&record.id)?;
-        self.kill_cgroup(&record.id, &cgroup).await?;
+        self.kill_sandbox(record).await?;
         self.roots.remove(&record.id).await?;
         for dir in [self.state_dir(&record.id), self.run_dir(&record.id)] {
             match fs::remove_dir_all(&dir) {
@@ -749,7 +793,7 @@ impl SpriteManager {
                 adopted += 1;
                 continue;
             }
-            if self.client_for(&record.id).ping(PING_TIMEOUT).await.is_ok() {
+            if self.sandboxes.ping(&record.id).await {
                 self.became_running(&record);
                 adopted += 1;
                 continue;
@@ -1238,8 +1282,7 @@ impl SpriteManager {
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
         self.activity.set_status(&record.id, SpriteStatus::Cold);
-        let cgroup = self.cgroup(&record.id)?;
-        self.kill_cgroup(&record.id, &cgroup).await?;
+        self.kill_sandbox(&record).await?;
         self.roots.release(&record.id).await?;
         self.roots.restore(&record.id, id).await?;
         self.start_locked(&record).await?;
@@ -1405,8 +1448,7 @@ impl SpriteManager {
                 let _guard = start_lock.lock().await;
                 self.activity.set_status(&record.id, SpriteStatus::Cold);
                 let restarted = async {
-                    let cgroup = self.cgroup(&record.id)?;
-                    self.kill_cgroup(&record.id, &cgroup).await?;
+                    self.kill_sandbox(&record).await?;
                     self.start_locked(&record).await
                 }
                 .await;

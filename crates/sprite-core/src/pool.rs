@@ -10,7 +10,6 @@ use crate::error::CoreError;
 use crate::manager::SpriteManager;
 use parking_lot::Mutex;
 use sprite_api::sprite::SpriteStatus;
-use sprite_sandbox::SandboxError;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,39 +78,20 @@ impl SpriteManager {
             attrs: Default::default(),
         };
         let mut record = record;
-        record.id_base = self
-            .db
-            .insert_with_id_range(&record, &self.config.id_ranges())?;
-        let made = async {
-            self.image_root(&record.image).await?;
-            self.roots
-                .create(&record.id, self.config.default_storage_gb << 30)
-                .await?;
-            self.start(&record).await?;
-            self.freeze_pooled(&record).await
-        }
-        .await;
-        if let Err(error) = made {
-            let _ = self.teardown(&record).await;
-            self.db.delete(&record.id)?;
-            return Err(error);
-        }
+        let volume = crate::manager::Volume::Empty {
+            bytes: self.config.default_storage_gb << 30,
+        };
+        self.provision(&mut record, volume, true).await?;
         self.pool.ready.lock().push_back(record.id.clone());
         self.note_sprites_changed(&record.id);
         tracing::debug!(id = %record.id, "pooled sprite ready");
         Ok(())
     }
 
-    async fn freeze_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        self.freeze(record).await?;
-        self.activity.set_status(&record.id, SpriteStatus::Warm);
-        Ok(())
-    }
-
     /// After a daemon restart: frozen pooled sprites go back in the pool; the others
     /// (a fill cut short) are removed.
     pub(crate) async fn recover_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        if self.cgroup(&record.id)?.is_frozen() {
+        if self.sandboxes.state(&record.id)? == crate::sandboxes::CgroupState::Frozen {
             self.activity.set_status(&record.id, SpriteStatus::Warm);
             self.pool.ready.lock().push_back(record.id.clone());
             return Ok(());
@@ -153,25 +133,11 @@ impl SpriteManager {
 
     /// Renames a taken pooled sprite, applies its limits and thaws it.
     async fn ready_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let sandbox = |source| CoreError::Sandbox {
-            sprite: record.name.clone(),
-            source,
-        };
-        let cgroup = self.cgroup(&record.id)?;
-        cgroup
-            .create(&self.limits(record))
-            .map_err(|e| sandbox(SandboxError::Cgroup(e)))?;
-        let init = cgroup
-            .init_pid()
-            .map_err(|e| sandbox(SandboxError::Cgroup(e)))?
-            .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))?;
-        sprite_sandbox::set_hostname(init, &record.name).map_err(sandbox)?;
+        self.sandboxes
+            .reshape(&record.name, &record.id, &self.limits(record))?;
         let start_lock = self.start_lock(&record.id);
         let _one = start_lock.lock().await;
         self.start_locked(record).await?;
-        self.client_for(&record.id)
-            .rename(&record.name)
-            .await
-            .map_err(sandbox)
+        self.sandboxes.rename(&record.name, &record.id).await
     }
 }

@@ -8,13 +8,10 @@ use crate::lifecycle::{decide, parse_duration, ActivityGuard, Reason, SleepPolic
 use crate::manager::{ms_to_rfc3339, SpriteManager};
 use crate::pool::POOL_ORG;
 use sprite_api::sprite::{AwakeReason, LifecycleInfo, SpriteInfo, SpriteStatus};
-use sprite_sandbox::SandboxError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Longest wait for a cgroup to freeze.
-const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forced sleep waits for the sprite's users to finish before a 409.
 const IN_USE_PATIENCE: Duration = Duration::from_secs(2);
 /// Longest wait for sprite-init to list its sessions in the idle check.
@@ -80,7 +77,7 @@ impl SpriteManager {
                 .filter(|l| l.status == status)
                 .map_or_else(|| self.activity.now_ms(), |l| l.since_ms)
         };
-        if self.cgroup(&record.id)?.is_frozen() {
+        if self.sandboxes.state(&record.id)? == crate::sandboxes::CgroupState::Frozen {
             self.activity
                 .set_status_since(&record.id, SpriteStatus::Warm, since("warm"));
             return Ok(true);
@@ -259,49 +256,16 @@ impl SpriteManager {
 
     /// Freezes every process of the sprite (its cgroup), waiting until all are frozen.
     pub(crate) async fn freeze(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let cgroup = self.cgroup(&record.id)?;
-        tokio::task::spawn_blocking(move || cgroup.freeze(FREEZE_TIMEOUT))
-            .await
-            .map_err(|e| CoreError::Task("freeze", e))?
-            .map_err(|e| CoreError::Sandbox {
-                sprite: record.name.clone(),
-                source: SandboxError::Cgroup(e),
-            })
+        self.sandboxes.freeze(&record.name, &record.id).await
     }
 
     /// Cold sleep: SIGTERM to every process, SIGKILL after the grace period, then the
     /// disk is flushed to the object store and released.
     async fn stop_for_cold(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let cgroup = &self.cgroup(&record.id)?;
-        let sandbox = |e| CoreError::Sandbox {
-            sprite: record.name.clone(),
-            source: SandboxError::Cgroup(e),
-        };
-        if cgroup.is_frozen() {
-            cgroup.thaw().map_err(sandbox)?;
-        }
-        // Everything but sprite-init gets SIGTERM and the grace period to exit (PID 1 of
-        // a pid namespace ignores SIGTERM; it goes with the SIGKILL below).
-        let init = cgroup.init_pid().map_err(sandbox)?.map(|pid| pid as i32);
-        let others = || -> Result<Vec<i32>, CoreError> {
-            Ok(cgroup
-                .pids()
-                .map_err(sandbox)?
-                .into_iter()
-                .filter(|pid| Some(*pid) != init)
-                .collect())
-        };
-        for pid in others()? {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = tokio::time::Instant::now() + self.config.stop_grace;
-        while !others()?.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.kill_cgroup(&record.id, cgroup).await?;
+        self.sandboxes
+            .stop(&record.name, &record.id, self.config.stop_grace)
+            .await?;
+        self.release_network(&record.id).await;
         self.roots.release(&record.id).await
     }
 
