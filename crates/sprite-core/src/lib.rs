@@ -25,6 +25,7 @@ pub mod sandboxes;
 mod sequences;
 mod services;
 mod sleep;
+mod slots;
 pub mod space;
 pub mod tasks;
 

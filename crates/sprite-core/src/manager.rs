@@ -21,7 +21,6 @@ use sprite_sandbox::client::{Attachment, InitClient};
 use sprite_sandbox::protocol::{ErrorCode, SpawnRequest};
 use sprite_sandbox::spec::{Limits, SandboxSpec};
 use sprite_sandbox::SandboxError;
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -79,13 +78,11 @@ pub struct SpriteManager {
     pub(crate) sandboxes: Arc<dyn crate::sandboxes::Sandboxes>,
     /// Status of each sprite and what keeps it awake (see `sleep.rs`).
     pub(crate) activity: Arc<Activity>,
-    start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What is live about each sprite (start lock, URL port, port poller, connection
+    /// places): see `slots.rs`.
+    pub(crate) slots: crate::slots::Slots,
     pub(crate) pool: Pool,
     pub(crate) tasks: Tasks,
-    /// `http_port` of each sprite's services, and when it was looked up.
-    pub(crate) http_ports: Mutex<HashMap<String, (u16, std::time::Instant)>>,
-    /// The port pollers of watched sprites (see `ports`).
-    pub(crate) port_watches: Mutex<HashMap<String, std::sync::Weak<crate::ports::PortWatch>>>,
     /// Ids of sprites just created or destroyed, for the in-sprite API (which serves
     /// each sprite's socket): one event per change, never a look at every sprite.
     sprite_changes: SpriteChanges,
@@ -95,8 +92,6 @@ pub struct SpriteManager {
     inside_checkpoints: crate::limits::Buckets,
     /// Creates per organization (`creates_per_minute`).
     creates: crate::limits::Buckets,
-    /// Places for connections into each sprite (see `proxy.rs`).
-    pub(crate) connection_places: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// The mount namespace sprites' namespaces are cloned from: only the mounts that hold
     /// the data directory, `/dev`, `/proc` and `/sys` (`None` where it cannot be made: not root).
     mount_seed: Option<std::os::fd::OwnedFd>,
@@ -244,13 +239,10 @@ impl SpriteManager {
             images,
             roots,
             activity: Activity::new(Arc::new(SystemClock)),
-            start_locks: Mutex::new(HashMap::new()),
+            slots: crate::slots::Slots::default(),
             pool: Pool::default(),
             tasks: Tasks::default(),
-            http_ports: Mutex::new(HashMap::new()),
-            port_watches: Mutex::new(HashMap::new()),
             sprite_changes: SpriteChanges::new(),
-            connection_places: Mutex::new(HashMap::new()),
             inside_checkpoints: crate::limits::Buckets::new(
                 INSIDE_CHECKPOINT_BURST,
                 INSIDE_CHECKPOINTS_PER_SECOND,
@@ -622,11 +614,7 @@ impl SpriteManager {
     }
 
     pub(crate) fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.start_locks
-            .lock()
-            .entry(sprite_id.to_string())
-            .or_default()
-            .clone()
+        self.slots.get(sprite_id).start.clone()
     }
 
     /// Starts the sprite's sandbox unless it already runs. Concurrent callers share
@@ -753,8 +741,7 @@ impl SpriteManager {
                 Err(e) => return Err(CoreError::io("remove", dir)(e)),
             }
         }
-        self.start_locks.lock().remove(&record.id);
-        self.connection_places.lock().remove(&record.id);
+        self.slots.remove(&record.id);
         self.forget_tasks(&record.id);
         self.activity.forget(&record.id);
         Ok(())

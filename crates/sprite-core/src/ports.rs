@@ -230,8 +230,9 @@ impl SpriteManager {
     ) -> Result<PortSubscription, CoreError> {
         let record = self.record(org, name)?;
         let id = record.id;
-        let mut watches = self.port_watches.lock();
-        let watch = match watches.get(&id).and_then(Weak::upgrade) {
+        let slot = self.slots.get(&id);
+        let mut current = slot.port_watch.lock();
+        let watch = match current.upgrade() {
             Some(watch) => watch,
             None => {
                 let (sender, _) = broadcast::channel(64);
@@ -239,7 +240,7 @@ impl SpriteManager {
                     current: Mutex::new(None),
                     sender,
                 });
-                watches.insert(id.clone(), Arc::downgrade(&watch));
+                *current = Arc::downgrade(&watch);
                 tokio::spawn(poll_ports(self.clone(), id, Arc::downgrade(&watch)));
                 watch
             }
@@ -280,13 +281,8 @@ async fn poll_ports(manager: Arc<SpriteManager>, sprite_id: String, watch: Weak<
             let _ = watch.sender.send(event);
         }
     }
-    let mut watches = manager.port_watches.lock();
-    if watches
-        .get(&sprite_id)
-        .is_some_and(|w| w.strong_count() == 0)
-    {
-        watches.remove(&sprite_id);
-    }
+    // The slot's handle to this poller is now a dead `Weak`: the next watcher
+    // replaces it, a destroy drops it with the slot.
 }
 
 #[cfg(test)]

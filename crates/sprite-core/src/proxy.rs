@@ -14,7 +14,7 @@ const PORT_CACHE: Duration = Duration::from_secs(2);
 /// Most connections into one sprite at once (URL proxy and TCP proxy together): a
 /// sprite drowned in clients (or one whose clients never leave) takes no more of the
 /// daemon's descriptors than this.
-pub const MAX_CONNECTIONS_PER_SPRITE: usize = 512;
+pub use crate::slots::MAX_CONNECTIONS_PER_SPRITE;
 
 /// What a connection into a sprite holds for as long as it is open: the sprite stays
 /// awake, and one of its [`MAX_CONNECTIONS_PER_SPRITE`] places is taken.
@@ -35,9 +35,10 @@ impl SpriteManager {
 
     /// The port the sprite's URL goes to: its service with `http_port`, else 8080.
     async fn http_port(&self, record: &SpriteRecord) -> u16 {
-        if let Some((port, at)) = self.http_ports.lock().get(&record.id) {
+        let slot = self.slots.get(&record.id);
+        if let Some((port, at)) = *slot.http_port.lock() {
             if at.elapsed() < PORT_CACHE {
-                return *port;
+                return port;
             }
         }
         let port = match self.services(&record.org, &record.name).await {
@@ -47,15 +48,15 @@ impl SpriteManager {
                 .unwrap_or(DEFAULT_HTTP_PORT),
             Err(_) => DEFAULT_HTTP_PORT,
         };
-        self.http_ports
-            .lock()
-            .insert(record.id.clone(), (port, Instant::now()));
+        *slot.http_port.lock() = Some((port, Instant::now()));
         port
     }
 
     /// Forgets the cached `http_port` (its services changed).
     pub(crate) fn forget_http_port(&self, sprite_id: &str) {
-        self.http_ports.lock().remove(sprite_id);
+        if let Some(slot) = self.slots.peek(sprite_id) {
+            *slot.http_port.lock() = None;
+        }
     }
 
     /// Wakes the sprite and connects to its HTTP port, retrying until `timeout` while
@@ -87,14 +88,7 @@ impl SpriteManager {
         &self,
         record: &SpriteRecord,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CoreError> {
-        let places = self
-            .connection_places
-            .lock()
-            .entry(record.id.clone())
-            .or_insert_with(|| {
-                std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SPRITE))
-            })
-            .clone();
+        let places = self.slots.get(&record.id).places.clone();
         places.try_acquire_owned().map_err(|_| {
             CoreError::RateLimited(format!(
                 "sprite {} has {MAX_CONNECTIONS_PER_SPRITE} open connections, the most one sprite may have; retry when some close",

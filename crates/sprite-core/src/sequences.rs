@@ -149,10 +149,17 @@ async fn a_create_mounts_before_it_launches_and_publishes_the_record() {
         "{lines:?}"
     );
     assert_eq!(host.status("dev"), SpriteStatus::Running);
-    // Destroy: the processes go before the disk does.
+    // Destroy: the processes go before the disk does, and the sprite's slot (its
+    // start lock, URL port, connection places) goes with it.
+    *host.manager.slots.get(&id).http_port.lock() = Some((8080, std::time::Instant::now()));
     host.journal.clear();
     host.manager.destroy(ORG, "dev").await.unwrap();
     assert_eq!(host.of(&id), ["kill", "remove"]);
+    assert!(
+        host.manager.slots.peek(&id).is_none(),
+        "the slot outlived the sprite"
+    );
+    assert_eq!(host.manager.slots.len(), 0);
     assert!(matches!(
         host.manager.record(ORG, "dev"),
         Err(CoreError::SpriteNotFound(_))

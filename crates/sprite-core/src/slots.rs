@@ -1,0 +1,70 @@
+//! Per-sprite slots: what is live about one sprite on this host and in no record (its
+//! start lock, the port its URL goes to, its port poller, its connection places), in
+//! one place, looked up once per operation. A destroy drops the slot: nothing to
+//! forget map by map. The sprite's sleep state, tasks and network slot belong to their
+//! components (`lifecycle::Activity`, `tasks::Tasks`, `network::Network`), which its
+//! teardown tells.
+
+use crate::ports::PortWatch;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+/// Most connections into one sprite at once (URL proxy and TCP proxy together).
+pub const MAX_CONNECTIONS_PER_SPRITE: usize = 512;
+
+/// Everything live about one sprite.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// One start (or stop, restore, destroy) of the sprite at a time.
+    pub(crate) start: Arc<tokio::sync::Mutex<()>>,
+    /// The port its URL goes to, and when it was looked up.
+    pub(crate) http_port: Mutex<Option<(u16, Instant)>>,
+    /// Its port poller, while someone watches its ports.
+    pub(crate) port_watch: Mutex<Weak<PortWatch>>,
+    /// Places for connections into it.
+    pub(crate) places: Arc<tokio::sync::Semaphore>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            start: Arc::default(),
+            http_port: Mutex::new(None),
+            port_watch: Mutex::new(Weak::new()),
+            places: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SPRITE)),
+        }
+    }
+}
+
+/// The slots of the sprites of this host, by sprite id.
+#[derive(Debug, Default)]
+pub(crate) struct Slots(Mutex<HashMap<String, Arc<Slot>>>);
+
+impl Slots {
+    /// The sprite's slot, made on first use.
+    pub(crate) fn get(&self, sprite_id: &str) -> Arc<Slot> {
+        self.0
+            .lock()
+            .entry(sprite_id.to_string())
+            .or_insert_with(|| Arc::new(Slot::new()))
+            .clone()
+    }
+
+    /// The sprite's slot if it has one (looking does not make one).
+    pub(crate) fn peek(&self, sprite_id: &str) -> Option<Arc<Slot>> {
+        self.0.lock().get(sprite_id).cloned()
+    }
+
+    /// Drops the sprite's slot (it was destroyed). Holders of it keep theirs until done.
+    pub(crate) fn remove(&self, sprite_id: &str) {
+        self.0.lock().remove(sprite_id);
+    }
+
+    /// How many sprites have a slot.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
