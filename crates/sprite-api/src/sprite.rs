@@ -21,6 +21,13 @@ impl UrlAuth {
             UrlAuth::Public => "public",
         }
     }
+
+    /// The value [`UrlAuth::as_str`] gives; `None` for anything else.
+    pub fn parse(text: &str) -> Option<UrlAuth> {
+        [UrlAuth::Sprite, UrlAuth::Public]
+            .into_iter()
+            .find(|auth| auth.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -91,6 +98,17 @@ impl SpriteStatus {
             SpriteStatus::Warm => "warm",
             SpriteStatus::Running => "running",
         }
+    }
+
+    /// The value [`SpriteStatus::as_str`] gives; `None` for anything else.
+    pub fn parse(text: &str) -> Option<SpriteStatus> {
+        [
+            SpriteStatus::Cold,
+            SpriteStatus::Warm,
+            SpriteStatus::Running,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
     }
 }
 

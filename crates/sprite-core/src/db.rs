@@ -66,7 +66,7 @@ pub struct SpriteAttrs {
 /// A sprite's sleep state as last saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LifeRecord {
-    pub status: String,
+    pub status: sprite_api::sprite::SpriteStatus,
     pub since_ms: u64,
     pub last_active_ms: u64,
     pub last_warming_ms: Option<u64>,
@@ -79,7 +79,7 @@ pub struct SpriteRecord {
     pub org: String,
     pub name: String,
     pub image: String,
-    pub url_auth: String,
+    pub url_auth: sprite_api::sprite::UrlAuth,
     pub labels: Vec<String>,
     pub config: sprite_api::sprite::SpriteConfig,
     pub environment: std::collections::BTreeMap<String, String>,
@@ -100,7 +100,7 @@ fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreE
             sprite.org,
             sprite.name,
             sprite.image,
-            sprite.url_auth,
+            sprite.url_auth.as_str(),
             to_json(&sprite.labels),
             to_json(&sprite.config),
             to_json(&sprite.environment),
@@ -156,25 +156,61 @@ pub struct Database {
     connection: Mutex<Connection>,
 }
 
-fn json_column<T: for<'de> serde::Deserialize<'de> + Default>(text: String) -> T {
-    serde_json::from_str(&text).unwrap_or_default()
+/// A column that does not hold what it must (a corrupt or hand-edited database):
+/// the read fails, naming the column, instead of reading as a default.
+#[derive(Debug, thiserror::Error)]
+#[error("column {column} holds {value:?}, which is not {what}")]
+struct BadColumn {
+    column: &'static str,
+    value: String,
+    what: &'static str,
+}
+
+fn bad_column(
+    index: usize,
+    column: &'static str,
+    value: String,
+    what: &'static str,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        Box::new(BadColumn {
+            column,
+            value,
+            what,
+        }),
+    )
+}
+
+/// A JSON column, read strictly.
+fn json_column<T: for<'de> serde::Deserialize<'de>>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    column: &'static str,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text)
+        .map_err(|_| bad_column(index, column, text, "valid JSON of its kind"))
 }
 
 fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
+    let url_auth: String = row.get(4)?;
     Ok(SpriteRecord {
         id: row.get(0)?,
         org: row.get(1)?,
         name: row.get(2)?,
         image: row.get(3)?,
-        url_auth: row.get(4)?,
-        labels: json_column(row.get(5)?),
-        config: json_column(row.get(6)?),
-        environment: json_column(row.get(7)?),
+        url_auth: sprite_api::sprite::UrlAuth::parse(&url_auth)
+            .ok_or_else(|| bad_column(4, "url_auth", url_auth, "sprite or public"))?,
+        labels: json_column(row, 5, "labels")?,
+        config: json_column(row, 6, "config")?,
+        environment: json_column(row, 7, "environment")?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
         last_running_at: row.get(10)?,
         id_base: row.get(11)?,
-        attrs: json_column(row.get(12)?),
+        attrs: json_column(row, 12, "attrs")?,
     })
 }
 
@@ -294,7 +330,7 @@ impl Database {
     pub fn update(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
         self.lock().execute(
             "UPDATE sprites SET url_auth = ?2, labels = ?3, updated_at = ?4, last_running_at = ?5, attrs = ?6, config = ?7 WHERE id = ?1",
-            params![sprite.id, sprite.url_auth, to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at, to_json(&sprite.attrs), to_json(&sprite.config)],
+            params![sprite.id, sprite.url_auth.as_str(), to_json(&sprite.labels), sprite.updated_at, sprite.last_running_at, to_json(&sprite.attrs), to_json(&sprite.config)],
         )?;
         Ok(())
     }
@@ -402,7 +438,7 @@ impl Database {
                 from_org,
                 sprite.org,
                 sprite.name,
-                sprite.url_auth,
+                sprite.url_auth.as_str(),
                 to_json(&sprite.labels),
                 to_json(&sprite.config),
                 to_json(&sprite.environment),
@@ -482,7 +518,7 @@ impl Database {
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 id,
-                life.status,
+                life.status.as_str(),
                 life.since_ms as i64,
                 life.last_active_ms as i64,
                 life.last_warming_ms.map(|ms| ms as i64)
@@ -498,8 +534,11 @@ impl Database {
                 "SELECT status, since_ms, last_active_ms, last_warming_ms FROM lifecycle WHERE id = ?1",
                 params![id],
                 |row| {
+                    let status: String = row.get(0)?;
                     Ok(LifeRecord {
-                        status: row.get(0)?,
+                        status: sprite_api::sprite::SpriteStatus::parse(&status).ok_or_else(
+                            || bad_column(0, "status", status, "cold, warm or running"),
+                        )?,
                         since_ms: row.get::<_, i64>(1)?.max(0) as u64,
                         last_active_ms: row.get::<_, i64>(2)?.max(0) as u64,
                         last_warming_ms: row.get::<_, Option<i64>>(3)?.map(|ms| ms.max(0) as u64),
@@ -536,7 +575,7 @@ mod tests {
             org: "default".into(),
             name: name.into(),
             image: "busybox".into(),
-            url_auth: "sprite".into(),
+            url_auth: sprite_api::sprite::UrlAuth::Sprite,
             labels: vec!["a".into()],
             config: Default::default(),
             environment: Default::default(),
@@ -549,6 +588,48 @@ mod tests {
                 private_access: None,
             },
         }
+    }
+
+    #[test]
+    fn states_are_typed_and_a_corrupt_row_is_an_error_not_a_default() {
+        let db = Database::in_memory().expect("db");
+        let mut public = sprite("a");
+        public.url_auth = sprite_api::sprite::UrlAuth::Public;
+        db.insert(&public).expect("insert");
+        let read = db.get("default", "a").expect("get").expect("there");
+        assert_eq!(read.url_auth, sprite_api::sprite::UrlAuth::Public);
+        let life = LifeRecord {
+            status: sprite_api::sprite::SpriteStatus::Warm,
+            since_ms: 5,
+            last_active_ms: 4,
+            last_warming_ms: Some(5),
+        };
+        db.save_life("id-a", &life).expect("save");
+        assert_eq!(db.life("id-a").expect("life"), Some(life));
+        for (column, value) in [
+            ("config", "{\"ram_mb\": \"lots\"}"),
+            ("labels", "not json"),
+            ("url_auth", "everyone"),
+        ] {
+            db.insert(&sprite("b")).expect("insert");
+            db.lock()
+                .execute(
+                    &format!("UPDATE sprites SET {column} = ?1 WHERE id = 'id-b'"),
+                    params![value],
+                )
+                .expect("corrupt");
+            let error = db.get("default", "b").expect_err("a corrupt row reads");
+            let text = sprite_api::error_chain(&error);
+            assert!(text.contains(column), "{column}: {text}");
+            db.delete("id-b").expect("delete");
+        }
+        db.lock()
+            .execute(
+                "UPDATE lifecycle SET status = 'asleep' WHERE id = 'id-a'",
+                [],
+            )
+            .expect("corrupt");
+        assert!(db.life("id-a").is_err());
     }
 
     #[test]
@@ -589,7 +670,7 @@ mod tests {
         db.insert(&record).expect("insert");
         assert_eq!(db.life(&record.id).expect("life"), None);
         let life = LifeRecord {
-            status: "warm".into(),
+            status: sprite_api::sprite::SpriteStatus::Warm,
             since_ms: 5,
             last_active_ms: 4,
             last_warming_ms: Some(5),
@@ -597,7 +678,7 @@ mod tests {
         db.save_life(&record.id, &life).expect("save");
         assert_eq!(db.life(&record.id).expect("life"), Some(life.clone()));
         let colder = LifeRecord {
-            status: "cold".into(),
+            status: sprite_api::sprite::SpriteStatus::Cold,
             ..life
         };
         db.save_life(&record.id, &colder).expect("save again");

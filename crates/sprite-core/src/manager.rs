@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
     validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
-    SpriteStatus, StorageUsage, UpdateSpriteRequest, UrlAuth, UrlSettings, LIST_MAX_RESULTS,
+    SpriteStatus, StorageUsage, UpdateSpriteRequest, UrlSettings, LIST_MAX_RESULTS,
 };
 use sprite_sandbox::cgroup::{Layout, SpriteCgroup};
 use sprite_sandbox::client::{Attachment, InitClient};
@@ -314,11 +314,7 @@ impl SpriteManager {
                 self.config.url_scheme, record.name, self.config.url_domain
             ),
             url_settings: UrlSettings {
-                auth: if record.url_auth == "public" {
-                    UrlAuth::Public
-                } else {
-                    UrlAuth::Sprite
-                },
+                auth: record.url_auth,
                 private_access: record.attrs.private_access.clone(),
             },
             labels: record.labels.clone(),
@@ -492,7 +488,7 @@ impl SpriteManager {
             org: org.to_string(),
             name: request.name.clone(),
             image,
-            url_auth: url_settings.auth.as_str().to_string(),
+            url_auth: url_settings.auth,
             labels,
             config,
             environment,
@@ -910,7 +906,7 @@ impl SpriteManager {
         let mut record = self.record(org, name)?;
         if let Some(settings) = request.url_settings {
             if let Some(auth) = settings.auth {
-                record.url_auth = auth.as_str().to_string();
+                record.url_auth = auth;
             }
             if let Some(access) = settings.private_access {
                 sprite_api::sprite::validate_private_access(&access)

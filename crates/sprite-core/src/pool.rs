@@ -67,7 +67,7 @@ impl SpriteManager {
             id,
             org: POOL_ORG.into(),
             image: self.config.default_image.clone(),
-            url_auth: "sprite".into(),
+            url_auth: sprite_api::sprite::UrlAuth::Sprite,
             labels: Vec::new(),
             config: self.resolve_config(None)?,
             environment: Default::default(),

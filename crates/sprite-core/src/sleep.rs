@@ -17,21 +17,38 @@ const IN_USE_PATIENCE: Duration = Duration::from_secs(2);
 /// Longest wait for sprite-init to list its sessions in the idle check.
 const LIST_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn status_name(status: SpriteStatus) -> String {
-    status.as_str().to_string()
-}
-
 impl SpriteManager {
-    /// The sleep timers of one sprite: its own `config` over the daemon's.
+    /// The sleep timers of one sprite: its own `config` over the daemon's. Parsed once
+    /// per value and kept in the sprite's slot (the idle check asks every tick); a
+    /// stored value that does not parse (validated at create, so only from an older
+    /// version's grammar) is reported once and the daemon's timer used.
     pub(crate) fn policy_for(&self, record: &SpriteRecord) -> SleepPolicy {
-        let own = |value: &Option<String>, default: Option<Duration>| match value {
-            Some(text) => parse_duration(text).unwrap_or(default),
-            None => default,
-        };
-        SleepPolicy {
-            warm_after: own(&record.config.warm_after, self.config.sleep.warm_after),
-            cold_after: own(&record.config.cold_after, self.config.sleep.cold_after),
+        let key = (
+            record.config.warm_after.clone(),
+            record.config.cold_after.clone(),
+        );
+        let slot = self.slots.get(&record.id);
+        let mut cached = slot.sleep_policy.lock();
+        if let Some((cached_key, policy)) = cached.as_ref() {
+            if *cached_key == key {
+                return *policy;
+            }
         }
+        let own = |what: &str, value: &Option<String>, default: Option<Duration>| {
+            match value {
+            Some(text) => parse_duration(text).unwrap_or_else(|error| {
+                tracing::warn!(sprite = %record.name, "config.{what}: {error}; the daemon's timer applies");
+                default
+            }),
+            None => default,
+        }
+        };
+        let policy = SleepPolicy {
+            warm_after: own("warm_after", &key.0, self.config.sleep.warm_after),
+            cold_after: own("cold_after", &key.1, self.config.sleep.cold_after),
+        };
+        *cached = Some((key, policy));
+        policy
     }
 
     /// Records that the sprite runs (just started, woken, or adopted awake).
@@ -51,7 +68,7 @@ impl SpriteManager {
             previous.and_then(|p| p.last_warming_ms)
         };
         let life = LifeRecord {
-            status: status_name(status),
+            status,
             since_ms,
             last_active_ms: self.activity.last_active_ms(sprite_id).unwrap_or(since_ms),
             last_warming_ms,
@@ -72,19 +89,28 @@ impl SpriteManager {
         if let Some(life) = &life {
             self.activity.touch_at(&record.id, life.last_active_ms);
         }
-        let since = |status: &str| {
+        let since = |status: SpriteStatus| {
             life.as_ref()
                 .filter(|l| l.status == status)
                 .map_or_else(|| self.activity.now_ms(), |l| l.since_ms)
         };
         if self.sandboxes.state(&record.id)? == crate::sandboxes::CgroupState::Frozen {
-            self.activity
-                .set_status_since(&record.id, SpriteStatus::Warm, since("warm"));
+            self.activity.set_status_since(
+                &record.id,
+                SpriteStatus::Warm,
+                since(SpriteStatus::Warm),
+            );
             return Ok(true);
         }
-        if life.as_ref().is_some_and(|l| l.status == "cold") {
-            self.activity
-                .set_status_since(&record.id, SpriteStatus::Cold, since("cold"));
+        if life
+            .as_ref()
+            .is_some_and(|l| l.status == SpriteStatus::Cold)
+        {
+            self.activity.set_status_since(
+                &record.id,
+                SpriteStatus::Cold,
+                since(SpriteStatus::Cold),
+            );
             return Ok(true);
         }
         Ok(false)

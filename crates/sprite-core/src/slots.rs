@@ -1,10 +1,12 @@
 //! Per-sprite slots: what is live about one sprite on this host and in no record (its
-//! start lock, the port its URL goes to, its port poller, its connection places), in
+//! start lock, the port its URL goes to, its port poller, its connection places, its
+//! parsed sleep timers), in
 //! one place, looked up once per operation. A destroy drops the slot: nothing to
 //! forget map by map. The sprite's sleep state, tasks and network slot belong to their
 //! components (`lifecycle::Activity`, `tasks::Tasks`, `network::Network`), which its
 //! teardown tells.
 
+use crate::lifecycle::SleepPolicy;
 use crate::ports::PortWatch;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -25,7 +27,12 @@ pub(crate) struct Slot {
     pub(crate) port_watch: Mutex<Weak<PortWatch>>,
     /// Places for connections into it.
     pub(crate) places: Arc<tokio::sync::Semaphore>,
+    /// Its sleep timers, parsed from the `config` values they were parsed from.
+    pub(crate) sleep_policy: Mutex<Option<(SleepKey, SleepPolicy)>>,
 }
+
+/// A sprite's own `warm_after` and `cold_after`, as stored.
+pub(crate) type SleepKey = (Option<String>, Option<String>);
 
 impl Slot {
     fn new() -> Slot {
@@ -34,6 +41,7 @@ impl Slot {
             http_port: Mutex::new(None),
             port_watch: Mutex::new(Weak::new()),
             places: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SPRITE)),
+            sleep_policy: Mutex::new(None),
         }
     }
 }

@@ -241,7 +241,7 @@ async fn handle(
     };
     let guarded = auth::Guarded {
         sprite_id: &record.id,
-        public: record.url_auth == "public",
+        public: record.url_auth == sprite_api::sprite::UrlAuth::Public,
     };
     let valid = |token: &str| state.tokens.org_of(token) == Some(record.org.as_str());
     let access = match auth::authorize(
