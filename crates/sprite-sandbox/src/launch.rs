@@ -12,6 +12,7 @@
 
 use crate::cgroup::{Layout, SpriteCgroup};
 use crate::error::{step, SandboxError};
+use crate::rootplan::{Layer, Step};
 use crate::spec::SandboxSpec;
 use crate::sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -136,7 +137,7 @@ fn prepare_state_dir(spec: &SandboxSpec) -> Result<(), SandboxError> {
     fs::set_permissions(&spec.state_dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| SandboxError::CreateDir(spec.state_dir.clone(), e))?;
     let mount_points = (0..spec.layers.lower.len())
-        .map(lower_name)
+        .map(crate::rootplan::lower_name)
         .chain(["root".to_string(), "disk".to_string()]);
     for name in mount_points {
         ensure_dir(&spec.state_dir.join(name))?;
@@ -151,13 +152,6 @@ fn prepare_state_dir(spec: &SandboxSpec) -> Result<(), SandboxError> {
         .map_err(step(format!("chown {}", dir.display())))?;
     }
     Ok(())
-}
-
-/// Where lower layer `index` is attached in the state directory while PID 1 builds
-/// its root (relative names: the overlay's options, which the sprite can read in its
-/// mountinfo, name no host path).
-fn lower_name(index: usize) -> String {
-    format!("lower{index}")
 }
 
 /// The mounts PID 1 builds its root from, made by the launcher (as root, on the host)
@@ -279,147 +273,87 @@ fn setup_sprite(spec: &SandboxSpec, mounts: LayerMounts) -> Result<(), SandboxEr
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
         .map_err(step("become uid 0"))?;
     sethostname(&spec.hostname).map_err(step("set hostname"))?;
-    // Nothing mounted here shows on the host. With checkpoint views, mounts the host
-    // makes under the views directory must still reach the sprite: slave, not private
-    // (the host root is detached after pivot_root, so only the views bind receives).
-    let propagation = if spec.layers.views.is_some() {
-        MsFlags::MS_SLAVE
-    } else {
-        MsFlags::MS_PRIVATE
-    };
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | propagation,
-        None::<&str>,
-    )
-    .map_err(step("make / private"))?;
-
-    // Relative names from here on: the overlay keeps its options as given.
-    chdir(&spec.state_dir).map_err(step("enter the state directory"))?;
-    let mut lower = Vec::new();
-    for (index, layer) in mounts.lower.iter().enumerate() {
-        let name = lower_name(index);
-        attach(layer, Path::new(&name))?;
-        lower.push(name);
-    }
-    attach(&mounts.disk, Path::new("disk"))?;
-    let options = format!(
-        "lowerdir={},upperdir=disk/upper,workdir=disk/work,userxattr",
-        lower.join(":")
+    let plan = crate::rootplan::plan(
+        spec,
+        mounts.lower.len(),
+        mounts.run.is_some(),
+        mounts.views.is_some(),
     );
-    mount(
-        Some("overlay"),
-        "root",
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(step("mount the overlay root"))?;
-
-    let root = spec.root_path();
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let at = |p: &str| root.join(p);
-    for dir in ["proc", "sys", "dev", "tmp", "home", ".sprite"] {
-        ensure_dir(&at(dir))?;
-    }
-    mount(
-        Some("proc"),
-        &at("proc"),
-        Some("proc"),
-        nosuid_nodev_noexec,
-        None::<&str>,
-    )
-    .map_err(step("mount /proc"))?;
-    mount(
-        Some("sysfs"),
-        &at("sys"),
-        Some("sysfs"),
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .map_err(step("mount /sys"))?;
-    mount(
-        Some("tmpfs"),
-        &at("dev"),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )
-    .map_err(step("mount /dev"))?;
-    for device in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let target = at("dev").join(device);
-        fs::File::create(&target).map_err(|e| SandboxError::CreateDir(target.clone(), e))?;
-        bind(&Path::new("/dev").join(device), &target, MsFlags::empty())?;
-    }
-    for dir in ["pts", "shm"] {
-        ensure_dir(&at("dev").join(dir))?;
-    }
-    mount(
-        Some("devpts"),
-        &at("dev/pts"),
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )
-    .map_err(step("mount /dev/pts"))?;
-    mount(
-        Some("tmpfs"),
-        &at("dev/shm"),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .map_err(step("mount /dev/shm"))?;
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        symlink(target, at("dev").join(link))
-            .map_err(|e| SandboxError::CreateDir(at("dev").join(link), e))?;
-    }
-
-    if spec.layers.home {
-        bind(Path::new("disk/home"), &at("home"), MsFlags::empty())?;
-    }
-    if let Some(run) = &mounts.run {
-        let target = at(".sprite/run");
-        ensure_dir(&target)?;
-        attach(run, &target)?;
-        // A link, not a bound socket: the daemon re-creates the socket when it restarts.
-        let link = at(".sprite/api.sock");
-        if fs::symlink_metadata(&link).is_err() {
-            symlink("run/api.sock", &link).map_err(|e| SandboxError::CreateDir(link.clone(), e))?;
-        }
-    }
-    if let Some(views) = &mounts.views {
-        // The views directory's own mount is shared with the host's: as a slave of it,
-        // checkpoint views the host mounts later appear here too, and nothing goes back.
-        let target = at(".sprite/checkpoints");
-        ensure_dir(&target)?;
-        attach(views, &target)?;
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .map_err(step("make the checkpoint views a slave mount"))?;
+    for planned in plan {
+        apply(planned, &mounts)?;
     }
     drop(mounts);
-
-    chdir(&root).map_err(step("enter the new root"))?;
-    pivot_root(".", ".").map_err(step("pivot_root"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the host root"))?;
-    chdir("/").map_err(step("chdir /"))?;
     sys::loopback_up().map_err(step("bring up lo"))?;
     name_in_hosts(&spec.hostname);
     Ok(())
+}
+
+/// Does one step of building the root (see `rootplan`).
+fn apply(planned: Step, mounts: &LayerMounts) -> Result<(), SandboxError> {
+    match planned {
+        Step::Propagation { target, flags } => {
+            let recursive = if target == Path::new("/") {
+                MsFlags::MS_REC
+            } else {
+                MsFlags::empty()
+            };
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                recursive | flags,
+                None::<&str>,
+            )
+            .map_err(step(format!("set the propagation of {}", target.display())))
+        }
+        Step::Chdir(dir) => chdir(&dir).map_err(step(format!("enter {}", dir.display()))),
+        Step::Attach { layer, target } => {
+            let fd = match layer {
+                Layer::Lower(index) => mounts.lower.get(index),
+                Layer::Disk => Some(&mounts.disk),
+                Layer::Run => mounts.run.as_ref(),
+                Layer::Views => mounts.views.as_ref(),
+            };
+            match fd {
+                Some(fd) => attach(fd, &target),
+                None => Err(SandboxError::AttachMount(
+                    target,
+                    std::io::Error::other(format!("no {layer:?} mount was made")),
+                )),
+            }
+        }
+        Step::Mount {
+            what,
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => mount(
+            Some(source.as_str()),
+            &target,
+            Some(fstype.as_str()),
+            flags,
+            data.as_deref(),
+        )
+        .map_err(step(format!("mount {what}"))),
+        Step::Bind { source, target } => bind(&source, &target, MsFlags::empty()),
+        Step::Dir(dir) => ensure_dir(&dir),
+        Step::File(file) => fs::File::create(&file)
+            .map(|_| ())
+            .map_err(|e| SandboxError::CreateDir(file, e)),
+        Step::Symlink { target, link, keep } => {
+            if keep && fs::symlink_metadata(&link).is_ok() {
+                return Ok(());
+            }
+            symlink(&target, &link).map_err(|e| SandboxError::CreateDir(link, e))
+        }
+        Step::PivotRoot => {
+            pivot_root(".", ".").map_err(step("pivot_root"))?;
+            umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the host root"))?;
+            chdir("/").map_err(step("chdir /"))
+        }
+    }
 }
 
 fn attach(mount: &OwnedFd, target: &Path) -> Result<(), SandboxError> {

@@ -15,6 +15,7 @@ pub mod launch;
 pub mod mounts;
 pub mod net;
 pub mod protocol;
+mod rootplan;
 pub mod security;
 pub mod spec;
 pub use sprite_sys::syscall as sys;
