@@ -17,10 +17,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A fake root store: notes each operation; images are an empty directory.
+/// `storage_lost` makes the storage under running sprites look gone until it is
+/// recovered.
 #[derive(Debug)]
 pub(crate) struct RecordingRoots {
     journal: Journal,
     dir: PathBuf,
+    storage_lost: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -65,6 +68,16 @@ impl RootStore for RecordingRoots {
         self.journal.note(format!("publish {key}"));
         Ok(())
     }
+
+    async fn storage_intact(&self) -> bool {
+        !self.storage_lost.load(Ordering::Relaxed)
+    }
+
+    async fn recover_storage(&self) -> Result<(), CoreError> {
+        self.journal.note("recover-storage -".into());
+        self.storage_lost.store(false, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// A manager over fakes in a temporary directory.
@@ -86,6 +99,7 @@ impl Host {
         let roots = Arc::new(RecordingRoots {
             journal: journal.clone(),
             dir: dir.path().join("store"),
+            storage_lost: Default::default(),
         });
         let manager = Self::manager(dir.path(), pool, &roots, &sandboxes);
         Host {
@@ -265,4 +279,37 @@ async fn cold_sleep_unmounts_after_the_processes_and_a_wake_mounts_before_it_lau
     assert_eq!(host.status("dev"), SpriteStatus::Warm);
     host.manager.wake(ORG, "dev").await.unwrap();
     assert_eq!(host.of(&id), ["freeze", "thaw"]);
+}
+
+#[tokio::test]
+async fn a_lost_storage_process_is_recovered_and_the_awake_sprites_restarted_on_it() {
+    let host = Host::new(0);
+    let awake = host.create("awake").await.unwrap();
+    let cold = host.create("cold").await.unwrap();
+    host.manager.sleep(ORG, "cold", true).await.unwrap();
+    host.journal.clear();
+    host.roots.storage_lost.store(true, Ordering::Relaxed);
+    let supervisor = tokio::spawn(
+        host.manager
+            .clone()
+            .supervise_storage(std::time::Duration::from_millis(5)),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !host.of(&awake).contains(&"launch".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            host.journal.lines()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    supervisor.abort();
+    let lines = host.journal.lines();
+    assert_eq!(lines[0], "recover-storage -", "{lines:?}");
+    // The awake sprite's disk was cut: its processes go, then it starts again on the
+    // new storage. The cold one had no disk up; it wakes on the new storage when asked.
+    assert_eq!(host.of(&awake), ["kill", "mount", "launch"]);
+    assert!(host.of(&cold).is_empty(), "{:?}", host.of(&cold));
+    assert_eq!(host.status("awake"), SpriteStatus::Running);
+    assert_eq!(host.status("cold"), SpriteStatus::Cold);
 }
