@@ -52,6 +52,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // What the SDKs send at create and read back (runtime, private access), as JSON.
     "ALTER TABLE sprites ADD COLUMN attrs TEXT NOT NULL DEFAULT '{}';",
+    // The pool is a flag on its sprites, not an organization of its own (`_pool`
+    // before this).
+    "ALTER TABLE sprites ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
+     UPDATE sprites SET pooled = 1, org = '' WHERE org = '_pool';",
 ];
 
 /// Settings the SDKs send and read back that change nothing here (API.md, create).
@@ -89,12 +93,15 @@ pub struct SpriteRecord {
     pub id_base: u32,
     #[serde(default)]
     pub attrs: SpriteAttrs,
+    /// A ready sprite of the pool, in no organization until a create takes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pooled: bool,
 }
 
 /// Inserts a sprite row; `SpriteExists` if the name is taken in its organization.
 fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreError> {
     let result = connection.execute(
-        &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        &format!("INSERT INTO sprites ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
         params![
             sprite.id,
             sprite.org,
@@ -109,6 +116,7 @@ fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreE
             sprite.last_running_at,
             sprite.id_base,
             to_json(&sprite.attrs),
+            sprite.pooled,
         ],
     );
     match result {
@@ -211,11 +219,12 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
         last_running_at: row.get(10)?,
         id_base: row.get(11)?,
         attrs: json_column(row, 12, "attrs")?,
+        pooled: row.get(13)?,
     })
 }
 
 const COLUMNS: &str =
-    "id, org, name, image, url_auth, labels, config, environment, created_at, updated_at, last_running_at, id_base, attrs";
+    "id, org, name, image, url_auth, labels, config, environment, created_at, updated_at, last_running_at, id_base, attrs, pooled";
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
@@ -425,17 +434,16 @@ impl Database {
         Ok(())
     }
 
-    /// Gives the sprite `id`, recorded in organization `from_org`, the organization,
-    /// name and settings of `sprite` (a pooled sprite taken by a create).
-    /// `SpriteExists` if that name is taken.
-    pub fn adopt(&self, from_org: &str, sprite: &SpriteRecord) -> Result<(), CoreError> {
+    /// Gives the pooled sprite `sprite.id` the organization, name and settings of
+    /// `sprite` (a create took it); it is pooled no more. `SpriteExists` if that name
+    /// is taken, `SpriteNotFound` if no pooled sprite has that id.
+    pub fn adopt(&self, sprite: &SpriteRecord) -> Result<(), CoreError> {
         let result = self.lock().execute(
-            "UPDATE sprites SET org = ?3, name = ?4, url_auth = ?5, labels = ?6, config = ?7,
-                 environment = ?8, created_at = ?9, updated_at = ?10, attrs = ?11
-             WHERE id = ?1 AND org = ?2",
+            "UPDATE sprites SET org = ?2, name = ?3, url_auth = ?4, labels = ?5, config = ?6,
+                 environment = ?7, created_at = ?8, updated_at = ?9, attrs = ?10, pooled = 0
+             WHERE id = ?1 AND pooled = 1",
             params![
                 sprite.id,
-                from_org,
                 sprite.org,
                 sprite.name,
                 sprite.url_auth.as_str(),
@@ -460,14 +468,12 @@ impl Database {
     }
 
     /// The oldest sprite of that name in any organization but `except_org`.
-    pub fn find_by_name(
-        &self,
-        name: &str,
-        except_org: &str,
-    ) -> Result<Option<SpriteRecord>, CoreError> {
+    /// The sprite named `name` in any organization (the oldest if several share the
+    /// name); pooled sprites are no one's.
+    pub fn find_by_name(&self, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
         self.one(
-            "name = ?1 AND org != ?2 ORDER BY created_at LIMIT 1",
-            params![name, except_org],
+            "name = ?1 AND pooled = 0 ORDER BY created_at LIMIT 1",
+            params![name],
         )
     }
 
@@ -587,6 +593,7 @@ mod tests {
                 runtime: Some("dev".into()),
                 private_access: None,
             },
+            pooled: false,
         }
     }
 
@@ -688,30 +695,58 @@ mod tests {
     }
 
     #[test]
+    fn pooled_sprites_of_the_old_hidden_organization_become_flagged() {
+        let connection = Connection::open_in_memory().expect("db");
+        // The schema before the flag, with a pooled sprite in `_pool`.
+        for migration in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+            connection.execute_batch(migration).expect("migrate");
+        }
+        connection
+            .pragma_update(None, "user_version", MIGRATIONS.len() - 1)
+            .expect("version");
+        connection
+            .execute(
+                "INSERT INTO sprites (id, org, name, image, url_auth, labels, config, environment,
+                     created_at, updated_at, id_base)
+                 VALUES ('p1', '_pool', 'pool-1', 'debian', 'sprite', '[]', '{}', '{}', 't', 't', 0),
+                        ('s1', 'default', 'dev', 'debian', 'sprite', '[]', '{}', '{}', 't', 't', 0)",
+                [],
+            )
+            .expect("insert");
+        let db = Database::with_connection(connection).expect("upgrade");
+        let pooled = db.get_by_id("p1").expect("get").expect("kept");
+        assert!(pooled.pooled && pooled.org.is_empty(), "{pooled:?}");
+        assert!(!db.get_by_id("s1").expect("get").expect("kept").pooled);
+    }
+
+    #[test]
     fn adopting_a_pooled_sprite_renames_it_unless_the_name_is_taken() {
         let db = Database::in_memory().expect("db");
         let mut pooled = sprite("pool-1");
-        pooled.org = "_pool".into();
+        pooled.org = String::new();
+        pooled.pooled = true;
         db.insert(&pooled).expect("insert");
+        assert!(
+            db.find_by_name("pool-1").expect("find").is_none(),
+            "no one's"
+        );
         db.insert(&sprite("taken")).expect("insert");
         let mut wanted = sprite("taken");
         wanted.id = pooled.id.clone();
-        assert!(matches!(
-            db.adopt("_pool", &wanted),
-            Err(CoreError::SpriteExists(_))
-        ));
+        assert!(matches!(db.adopt(&wanted), Err(CoreError::SpriteExists(_))));
         wanted.name = "fresh".into();
         wanted.labels = vec!["web".into()];
-        db.adopt("_pool", &wanted).expect("adopt");
+        db.adopt(&wanted).expect("adopt");
         let got = db.get("default", "fresh").expect("get").expect("adopted");
         assert_eq!(
             (got.id.as_str(), got.labels.as_slice()),
             (pooled.id.as_str(), &["web".to_string()][..])
         );
-        assert!(db.get("_pool", "pool-1").expect("get").is_none());
+        assert!(db.get("", "pool-1").expect("get").is_none());
+        assert!(!got.pooled);
         // Only once: it is no longer in the pool.
         assert!(matches!(
-            db.adopt("_pool", &wanted),
+            db.adopt(&wanted),
             Err(CoreError::SpriteNotFound(_))
         ));
     }

@@ -6,7 +6,7 @@ use crate::db::{Database, SpriteRecord};
 use crate::error::CoreError;
 use crate::image::{ImageStatus, ImageStore};
 use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemClock};
-use crate::pool::{Pool, POOL_ORG};
+use crate::pool::Pool;
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
 use crate::sandboxes::CgroupState;
 use crate::tasks::Tasks;
@@ -501,6 +501,7 @@ impl SpriteManager {
                 runtime: request.runtime.clone(),
                 private_access: url_settings.private_access.clone(),
             },
+            pooled: false,
         };
         if fork.is_none() && self.poolable(&record.image, record.config.storage_gb) {
             if let Some(taken) = self.take_pooled(&record).await? {
@@ -588,7 +589,7 @@ impl SpriteManager {
     /// given only the store recovers the sprite. Failures are logged, not fatal: the
     /// local database stays the source of truth on this host.
     pub(crate) async fn publish_record(&self, record: &SpriteRecord) {
-        if record.org == POOL_ORG {
+        if record.pooled {
             return;
         }
         let value = serde_json::to_value(record).unwrap_or_default();
@@ -766,7 +767,7 @@ impl SpriteManager {
         }
         let mut adopted = 0;
         for record in self.db.all()? {
-            if record.org == POOL_ORG {
+            if record.pooled {
                 if let Err(error) = self.recover_pooled(&record).await {
                     tracing::warn!(sprite = %record.name, "pooled sprite: {}", sprite_api::error_chain(&error));
                 }

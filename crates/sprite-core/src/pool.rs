@@ -1,9 +1,9 @@
 //! The pool of ready sprites: made ahead (volume cloned and mounted, namespaces and
 //! sprite-init up) and frozen, so a create only renames one and thaws it.
 //!
-//! A pooled sprite is an ordinary sprite record in a hidden organization
-//! ([`POOL_ORG`]), so it survives daemon restarts like any other; taking it moves the
-//! record to the caller's organization and name in one database update.
+//! A pooled sprite is an ordinary sprite record flagged `pooled` (in no
+//! organization), so it survives daemon restarts like any other; taking it gives the
+//! record the caller's organization and name in one database update.
 
 use crate::db::SpriteRecord;
 use crate::error::CoreError;
@@ -13,9 +13,6 @@ use sprite_api::sprite::SpriteStatus;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Organization of pooled sprites; no token maps to it.
-pub(crate) const POOL_ORG: &str = "_pool";
 
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
@@ -65,7 +62,7 @@ impl SpriteManager {
         let record = SpriteRecord {
             name: format!("pool-{}", &id[7..19]),
             id,
-            org: POOL_ORG.into(),
+            org: String::new(),
             image: self.config.default_image.clone(),
             url_auth: sprite_api::sprite::UrlAuth::Sprite,
             labels: Vec::new(),
@@ -76,6 +73,7 @@ impl SpriteManager {
             last_running_at: None,
             id_base: 0,
             attrs: Default::default(),
+            pooled: true,
         };
         let mut record = record;
         let volume = crate::manager::Volume::Empty {
@@ -115,7 +113,7 @@ impl SpriteManager {
             id: id.clone(),
             ..wanted.clone()
         };
-        if let Err(error) = self.db.adopt(POOL_ORG, &record) {
+        if let Err(error) = self.db.adopt(&record) {
             // The name is taken (a racing create): the pooled sprite stays pooled.
             self.pool.ready.lock().push_front(id);
             return Err(error);

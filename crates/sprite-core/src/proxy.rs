@@ -29,7 +29,7 @@ impl SpriteManager {
     /// several share the name).
     pub fn sprite_for_url(&self, name: &str) -> Result<SpriteRecord, CoreError> {
         self.db
-            .find_by_name(name, crate::pool::POOL_ORG)?
+            .find_by_name(name)?
             .ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
     }
 

@@ -6,7 +6,6 @@ use crate::db::{LifeRecord, SpriteRecord};
 use crate::error::CoreError;
 use crate::lifecycle::{decide, parse_duration, ActivityGuard, Reason, SleepPolicy, Transition};
 use crate::manager::{ms_to_rfc3339, SpriteManager};
-use crate::pool::POOL_ORG;
 use sprite_api::sprite::{AwakeReason, LifecycleInfo, SpriteInfo, SpriteStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -324,7 +323,7 @@ impl SpriteManager {
         let by_id: HashMap<&str, &SpriteRecord> =
             records.iter().map(|r| (r.id.as_str(), r)).collect();
         for (id, status) in self.activity.awake() {
-            let Some(record) = by_id.get(id.as_str()).filter(|r| r.org != POOL_ORG) else {
+            let Some(record) = by_id.get(id.as_str()).filter(|r| !r.pooled) else {
                 continue;
             };
             let mut busy = !self.activity.reasons(&id).is_empty();
@@ -371,8 +370,7 @@ impl SpriteManager {
             .awake()
             .into_iter()
             .filter(|(id, status)| {
-                *status == SpriteStatus::Warm
-                    && by_id.get(id.as_str()).is_some_and(|r| r.org != POOL_ORG)
+                *status == SpriteStatus::Warm && by_id.get(id.as_str()).is_some_and(|r| !r.pooled)
             })
             .min_by_key(|(id, _)| self.activity.last_active_ms(id).unwrap_or(0));
         if let Some(record) = coldest.and_then(|(id, _)| by_id.get(id.as_str()).copied()) {
