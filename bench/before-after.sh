@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Before and after, back to back in one run: builds REV (default 6793eff, the tree before
 # issue 14's work) in a git worktree with its own target directory, and runs the
-# benchmarks old then new: scale, lifecycle, network attach (net) and the URL proxy
+# benchmarks old then new: scale, lifecycle, sleep, network attach (net) and the URL proxy
 # (proxy, without its file-system copies). The scale and proxy benchmarks of the working
 # tree are copied into the old tree (the old proxy bench had no HTTP/2 measure). Needs
 # root; every bench removes what it made.
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev="${REV:-6793eff}"
-benches="${BENCHES:-scale lifecycle net proxy}"
+benches="${BENCHES:-scale lifecycle sleep net proxy}"
 old="target/before-$rev"
 old_target="$PWD/target/before-$rev-target"
 out="target/bench/before-after"
@@ -38,7 +38,7 @@ run_both() { # name, command...
 names=()
 for bench in $benches; do
     case $bench in
-    scale | lifecycle)
+    scale | lifecycle | sleep)
         run_both "$bench" cargo bench -p sprite --bench "$bench"
         names+=("$bench")
         ;;
@@ -55,7 +55,7 @@ for bench in $benches; do
         names+=(proxy)
         ;;
     *)
-        echo "unknown bench $bench (scale, lifecycle, net, proxy)" >&2
+        echo "unknown bench $bench (scale, lifecycle, sleep, net, proxy)" >&2
         exit 2
         ;;
     esac
@@ -63,7 +63,7 @@ done
 for name in "${names[@]}"; do
     for side in before after; do
         echo "--- $name, $side"
-        grep -E 'empty host|sprites on the host|growth|create →|create API|exec `true` over WebSocket|RSS|install with|small request|added by the proxy|download \(|HTTP/2' \
+        grep -E 'empty host|sprites on the host|growth|create →|create API|exec `true` over WebSocket|RSS|install with|small request|added by the proxy|download \(|HTTP/2|from the pool|wake from|warm sprite|running sprite' \
             "$out/$name-$side.log" || true
     done
 done
