@@ -265,15 +265,33 @@ pub struct WatchSubscribe {
     pub working_dir: Option<String>,
 }
 
+/// What changed, in a `fs/watch` event (what the JS SDK reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchChange {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+/// The one kind of [`WatchEvent`] (the socket also carries `subscribed` and `error`
+/// messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchEventKind {
+    #[default]
+    Event,
+}
+
 /// One event of `WS fs/watch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchEvent {
-    /// Always `event` (the socket also carries `subscribed` and `error`).
     #[serde(rename = "type")]
-    pub kind: String,
-    /// `create`, `write`, `remove`, `rename` or `chmod` (what the JS SDK reads).
-    pub event: String,
+    pub kind: WatchEventKind,
+    pub event: WatchChange,
     pub path: String,
     pub is_dir: bool,
     pub timestamp: String,

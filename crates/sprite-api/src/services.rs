@@ -63,13 +63,50 @@ pub struct ServiceInfo {
     pub state: ServiceState,
 }
 
+/// What a line of a service's NDJSON stream says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceEventKind {
+    Started,
+    Stdout,
+    Stderr,
+    Exit,
+    Stopping,
+    Stopped,
+    Error,
+    Complete,
+    /// A kind this version does not know (a newer server's).
+    #[serde(other)]
+    Other,
+}
+
+impl ServiceEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceEventKind::Started => "started",
+            ServiceEventKind::Stdout => "stdout",
+            ServiceEventKind::Stderr => "stderr",
+            ServiceEventKind::Exit => "exit",
+            ServiceEventKind::Stopping => "stopping",
+            ServiceEventKind::Stopped => "stopped",
+            ServiceEventKind::Error => "error",
+            ServiceEventKind::Complete => "complete",
+            ServiceEventKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One line of a service's NDJSON stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEvent {
-    /// `started`, `stdout`, `stderr`, `exit`, `stopping`, `stopped`, `error` or
-    /// `complete`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ServiceEventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +174,31 @@ pub fn validate_service_spec(name: &str, spec: &ServiceSpec) -> Result<(), Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn event_kinds_are_the_wire_words_and_an_unknown_one_is_other() {
+        let line = r#"{"type":"stdout","data":"hi","timestamp":1}"#;
+        let event: ServiceEvent = serde_json::from_str(line).expect("reads");
+        assert_eq!(event.kind, ServiceEventKind::Stdout);
+        assert_eq!(serde_json::to_string(&event).expect("writes"), line);
+        let newer: ServiceEvent =
+            serde_json::from_str(r#"{"type":"paused","timestamp":1}"#).expect("reads");
+        assert_eq!(newer.kind, ServiceEventKind::Other);
+        for kind in [
+            "started", "stderr", "exit", "stopping", "stopped", "error", "complete",
+        ] {
+            let parsed: ServiceEventKind =
+                serde_json::from_value(serde_json::json!(kind)).expect("known");
+            assert_eq!(parsed.as_str(), kind);
+        }
+        let progress: crate::sprite::ProgressEvent =
+            serde_json::from_str(r#"{"type":"complete","data":"v1"}"#).expect("reads");
+        assert_eq!(progress.kind, crate::sprite::ProgressKind::Complete);
+        let change: crate::fs::WatchChange =
+            serde_json::from_value(serde_json::json!("chmod")).expect("reads");
+        assert_eq!(change, crate::fs::WatchChange::Chmod);
+    }
+
     use super::*;
 
     #[test]

@@ -168,11 +168,26 @@ pub struct CheckpointInfo {
 /// The id of the row that stands for a sprite's current state in checkpoint lists.
 pub const CURRENT_CHECKPOINT: &str = "Current";
 
+/// What a line of a progress stream says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressKind {
+    /// Work in progress (`data` says what).
+    Info,
+    /// Done (`data` says what was made).
+    Complete,
+    /// Failed (`error` says why).
+    Error,
+    /// A kind this version does not know (a newer server's).
+    #[serde(other)]
+    Other,
+}
+
 /// One line of an NDJSON progress stream (checkpoint, restore).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressEvent {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ProgressKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

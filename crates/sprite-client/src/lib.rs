@@ -276,7 +276,10 @@ impl Client {
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect();
-        if let Some(failed) = events.iter().find(|e| e.kind == "error") {
+        if let Some(failed) = events
+            .iter()
+            .find(|e| e.kind == sprite_api::sprite::ProgressKind::Error)
+        {
             return Err(ClientError::Api {
                 status: 500,
                 code: "error".into(),
@@ -286,7 +289,10 @@ impl Client {
                     .unwrap_or_else(|| "operation failed".into()),
             });
         }
-        if !events.iter().any(|e| e.kind == "complete") {
+        if !events
+            .iter()
+            .any(|e| e.kind == sprite_api::sprite::ProgressKind::Complete)
+        {
             return Err(ClientError::Api {
                 status: 500,
                 code: "error".into(),
@@ -486,7 +492,10 @@ impl Client {
         let events = self.service_events(request, |_| {}).await?;
         Ok(events
             .iter()
-            .filter(|e| e.kind == "stdout" || e.kind == "stderr")
+            .filter(|e| {
+                use sprite_api::services::ServiceEventKind::{Stderr, Stdout};
+                matches!(e.kind, Stdout | Stderr)
+            })
             .filter_map(|e| e.data.as_deref())
             .collect())
     }

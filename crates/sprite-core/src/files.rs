@@ -1346,10 +1346,11 @@ impl Watcher {
             let mut out: Vec<sprite_api::fs::WatchEvent> = Vec::new();
             let mut moved_from: std::collections::HashMap<u32, (String, bool)> =
                 std::collections::HashMap::new();
-            let event = |kind: &str, path: String, is_dir: bool, old: Option<String>| {
+            use sprite_api::fs::WatchChange;
+            let event = |change: WatchChange, path: String, is_dir: bool, old: Option<String>| {
                 sprite_api::fs::WatchEvent {
-                    kind: "event".to_string(),
-                    event: kind.to_string(),
+                    kind: sprite_api::fs::WatchEventKind::Event,
+                    event: change,
                     path,
                     is_dir,
                     timestamp: now.clone(),
@@ -1377,18 +1378,18 @@ impl Watcher {
                             let _ = self.add_fd(&fd, &path, true, true);
                         }
                     }
-                    out.push(event("create", path, is_dir, None));
+                    out.push(event(WatchChange::Create, path, is_dir, None));
                 } else if raw.mask.contains(F::IN_MODIFY) {
                     let repeat = out
                         .last()
-                        .is_some_and(|last| last.event == "write" && last.path == path);
+                        .is_some_and(|last| last.event == WatchChange::Write && last.path == path);
                     if !repeat {
-                        out.push(event("write", path, is_dir, None));
+                        out.push(event(WatchChange::Write, path, is_dir, None));
                     }
                 } else if raw.mask.contains(F::IN_ATTRIB) {
-                    out.push(event("chmod", path, is_dir, None));
+                    out.push(event(WatchChange::Chmod, path, is_dir, None));
                 } else if raw.mask.contains(F::IN_DELETE) {
-                    out.push(event("remove", path, is_dir, None));
+                    out.push(event(WatchChange::Remove, path, is_dir, None));
                 } else if raw.mask.contains(F::IN_DELETE_SELF) && raw.name.is_none() {
                     // Reported by the parent's watch when the parent is watched too.
                     if !self
@@ -1396,27 +1397,29 @@ impl Watcher {
                         .values()
                         .any(|(p, _, _)| split(&base).is_some_and(|(parent, _)| parent == p))
                     {
-                        out.push(event("remove", path, base_is_dir, None));
+                        out.push(event(WatchChange::Remove, path, base_is_dir, None));
                     }
                 } else if raw.mask.contains(F::IN_MOVED_FROM) {
                     moved_from.insert(raw.cookie, (path, is_dir));
                 } else if raw.mask.contains(F::IN_MOVED_TO) {
                     match moved_from.remove(&raw.cookie) {
-                        Some((old, _)) => out.push(event("rename", path, is_dir, Some(old))),
+                        Some((old, _)) => {
+                            out.push(event(WatchChange::Rename, path, is_dir, Some(old)))
+                        }
                         None => {
                             if is_dir && recursive {
                                 if let Ok((fd, true)) = self.root.open_watch(&path) {
                                     let _ = self.add_fd(&fd, &path, true, true);
                                 }
                             }
-                            out.push(event("create", path, is_dir, None))
+                            out.push(event(WatchChange::Create, path, is_dir, None))
                         }
                     }
                 }
             }
             // Moved out of the watched paths: a rename whose new name is not seen.
             for (_, (old, is_dir)) in moved_from {
-                out.push(event("rename", old, is_dir, None));
+                out.push(event(WatchChange::Rename, old, is_dir, None));
             }
             if !out.is_empty() {
                 return Ok(out);

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use sprite_api::sprite::ProgressEvent;
+use sprite_api::sprite::{ProgressEvent, ProgressKind};
 use sprite_core::Caller;
 
 /// Who asks: the API unless the in-sprite API marked the request as the sprite's own.
@@ -17,9 +17,9 @@ fn caller(marked: Option<Extension<Caller>>) -> Caller {
     marked.map_or(Caller::Api, |Extension(caller)| caller)
 }
 
-fn event(kind: &str, data: Option<String>, error: Option<String>) -> Bytes {
+fn event(kind: ProgressKind, data: Option<String>, error: Option<String>) -> Bytes {
     let event = ProgressEvent {
-        kind: kind.to_string(),
+        kind,
         data,
         error,
         // RFC 3339 (ISO 8601), as the SDKs parse event times.
@@ -35,10 +35,12 @@ where
 {
     let (sender, response) = crate::ndjson_channel(4);
     tokio::spawn(async move {
-        let _ = sender.send(Ok(event("info", Some(first), None))).await;
+        let _ = sender
+            .send(Ok(event(ProgressKind::Info, Some(first), None)))
+            .await;
         let last = match work.await {
-            Ok(done) => event("complete", Some(done), None),
-            Err(error) => event("error", None, Some(error.message)),
+            Ok(done) => event(ProgressKind::Complete, Some(done), None),
+            Err(error) => event(ProgressKind::Error, None, Some(error.message)),
         };
         let _ = sender.send(Ok(last)).await;
     });

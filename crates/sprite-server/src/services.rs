@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sprite_api::exec::{parse_duration, Signal};
 use sprite_api::services::{
-    service_log_path, ServiceEvent, ServiceInfo, ServiceSignal, ServiceSpec, ServiceStatus,
+    service_log_path, ServiceEvent, ServiceEventKind, ServiceInfo, ServiceSignal, ServiceSpec,
+    ServiceStatus,
 };
 use sprite_core::SpriteManager;
 use sprite_sandbox::client::SessionEvent;
@@ -30,9 +31,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest stop `timeout`.
 const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn event(kind: &str, data: Option<String>, exit_code: Option<i32>) -> ServiceEvent {
+fn event(kind: ServiceEventKind, data: Option<String>, exit_code: Option<i32>) -> ServiceEvent {
     ServiceEvent {
-        kind: kind.to_string(),
+        kind,
         data,
         exit_code,
         timestamp: chrono::Utc::now().timestamp_millis(),
@@ -46,7 +47,7 @@ struct Gone;
 /// Sends one event line; `Gone` when the client left.
 async fn send(
     lines: &NdjsonLines,
-    kind: &str,
+    kind: ServiceEventKind,
     data: Option<String>,
     exit_code: Option<i32>,
 ) -> Result<(), Gone> {
@@ -124,7 +125,7 @@ async fn follow_run(
         Err(sprite_core::CoreError::NotFound(_)) => Ok(true),
         Err(error) => {
             let text = sprite_api::error_chain(&error);
-            send(lines, "error", Some(text), None).await?;
+            send(lines, ServiceEventKind::Error, Some(text), None).await?;
             Ok(false)
         }
     }
@@ -143,10 +144,10 @@ async fn follow_attachment(
     loop {
         let (kind, data) = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_elapsed) => return Ok(false),
-            Ok(Ok(Some(SessionEvent::Stdout(data)))) => ("stdout", data),
-            Ok(Ok(Some(SessionEvent::Stderr(data)))) => ("stderr", data),
+            Ok(Ok(Some(SessionEvent::Stdout(data)))) => (ServiceEventKind::Stdout, data),
+            Ok(Ok(Some(SessionEvent::Stderr(data)))) => (ServiceEventKind::Stderr, data),
             Ok(Ok(Some(SessionEvent::Exit(code)))) => {
-                send(lines, "exit", None, Some(code)).await?;
+                send(lines, ServiceEventKind::Exit, None, Some(code)).await?;
                 return Ok(true);
             }
             Ok(Ok(None)) | Ok(Err(_)) => return Ok(true),
@@ -166,7 +167,7 @@ async fn announce_start(
 ) -> Result<(), Gone> {
     if let Some(pid) = service.state.pid {
         let text = format!("{} started with pid {pid}", service.name);
-        send(lines, "started", Some(text), None).await?;
+        send(lines, ServiceEventKind::Started, Some(text), None).await?;
     }
     if let Some(session) = service.state.session_id.as_deref() {
         if !follow.is_zero() {
@@ -188,14 +189,32 @@ async fn announce_stop(
     let running = service.state.status == ServiceStatus::Stopping;
     let session = service.state.session_id.as_deref().filter(|_| running);
     let Some(session) = session else {
-        return send(lines, "stopped", Some(format!("{name} is stopped")), None).await;
+        return send(
+            lines,
+            ServiceEventKind::Stopped,
+            Some(format!("{name} is stopped")),
+            None,
+        )
+        .await;
     };
-    send(lines, "stopping", Some(format!("stopping {name}")), None).await?;
+    send(
+        lines,
+        ServiceEventKind::Stopping,
+        Some(format!("stopping {name}")),
+        None,
+    )
+    .await?;
     if follow_run(manager, at, session, wait, false, lines).await? {
-        send(lines, "stopped", Some(format!("{name} stopped")), None).await
+        send(
+            lines,
+            ServiceEventKind::Stopped,
+            Some(format!("{name} stopped")),
+            None,
+        )
+        .await
     } else {
         let text = format!("{name} has not exited after {wait:?}");
-        send(lines, "error", Some(text), None).await
+        send(lines, ServiceEventKind::Error, Some(text), None).await
     }
 }
 
@@ -209,7 +228,7 @@ where
     let (lines, response) = crate::ndjson_channel(16);
     tokio::spawn(async move {
         if work(lines.clone()).await.is_ok() {
-            let mut complete = event("complete", None, None);
+            let mut complete = event(ServiceEventKind::Complete, None, None);
             let logs = [("combined".to_string(), service_log_path(&service))];
             complete.log_files = Some(logs.into());
             let _ = lines.send(Ok(crate::ndjson_line(&complete))).await;
@@ -307,7 +326,7 @@ pub async fn restart(
             Ok(info) => announce_start(&manager, at, &info, follow, &lines).await,
             Err(error) => {
                 let text = sprite_api::error_chain(&error);
-                send(&lines, "error", Some(text), None).await
+                send(&lines, ServiceEventKind::Error, Some(text), None).await
             }
         }
     }))
@@ -379,7 +398,13 @@ pub async fn logs(
         .await?;
     Ok(ndjson(service, move |lines| async move {
         for line in text.split_inclusive('\n') {
-            send(&lines, "stdout", Some(line.to_string()), None).await?;
+            send(
+                &lines,
+                ServiceEventKind::Stdout,
+                Some(line.to_string()),
+                None,
+            )
+            .await?;
         }
         if let Some(attachment) = live {
             follow_attachment(attachment, follow, &lines).await?;

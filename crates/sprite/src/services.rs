@@ -90,19 +90,20 @@ pub enum ServicesCommand {
 }
 
 fn print_event(event: &ServiceEvent) {
-    match event.kind.as_str() {
-        "stdout" => {
+    use sprite_api::services::ServiceEventKind as Kind;
+    match event.kind {
+        Kind::Stdout => {
             let _ = std::io::stdout().write_all(event.data.as_deref().unwrap_or("").as_bytes());
         }
-        "stderr" => {
+        Kind::Stderr => {
             let _ = std::io::stderr().write_all(event.data.as_deref().unwrap_or("").as_bytes());
         }
-        "started" | "stopping" | "stopped" => {
-            eprintln!("{}", event.data.as_deref().unwrap_or(&event.kind))
+        Kind::Started | Kind::Stopping | Kind::Stopped => {
+            eprintln!("{}", event.data.as_deref().unwrap_or(event.kind.as_str()))
         }
-        "exit" => eprintln!("exited with code {}", event.exit_code.unwrap_or(-1)),
-        "error" => eprintln!("error: {}", event.data.as_deref().unwrap_or("")),
-        _ => {}
+        Kind::Exit => eprintln!("exited with code {}", event.exit_code.unwrap_or(-1)),
+        Kind::Error => eprintln!("error: {}", event.data.as_deref().unwrap_or("")),
+        Kind::Complete | Kind::Other => {}
     }
 }
 

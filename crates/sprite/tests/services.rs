@@ -137,7 +137,7 @@ async fn services_run_in_order_restart_with_backoff_and_come_back_after_cold_sle
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.to_string())
         .collect();
     assert_eq!(events.last().map(String::as_str), Some("complete"));
     let stopped = wait_for(&client, "svc", "crash", "stopped", |s| {
