@@ -194,6 +194,7 @@ impl SpriteManager {
         let sandboxes = Arc::new(crate::sandboxes::SystemSandboxes::new(
             config.data_dir.join("sprites"),
             config.executable.clone(),
+            &config.data_dir.join("launcher.sock"),
         ));
         Self::assemble(config, roots, sandboxes, mount_seed)
     }

@@ -66,14 +66,16 @@ pub trait Sandboxes: Send + Sync + std::fmt::Debug {
 pub struct SystemSandboxes {
     /// `<data>/sprites`: each sprite's state directory (its `init.sock`).
     state_root: PathBuf,
-    executable: PathBuf,
+    /// Forks the launcher of each start (no process is spawned on the start path).
+    launcher: sprite_sandbox::LaunchServer,
 }
 
 impl SystemSandboxes {
-    pub fn new(state_root: PathBuf, executable: PathBuf) -> SystemSandboxes {
+    /// `launch_socket`: where the launch server (started here) listens.
+    pub fn new(state_root: PathBuf, executable: PathBuf, launch_socket: &Path) -> SystemSandboxes {
         SystemSandboxes {
             state_root,
-            executable,
+            launcher: sprite_sandbox::LaunchServer::start(&executable, launch_socket),
         }
     }
 
@@ -170,7 +172,8 @@ impl Sandboxes for SystemSandboxes {
     }
 
     async fn launch(&self, name: &str, spec: &SandboxSpec) -> Result<(), CoreError> {
-        sprite_sandbox::start(&self.executable, spec)
+        self.launcher
+            .launch(spec)
             .await
             .map(|_| ())
             .map_err(|source| CoreError::Sandbox {

@@ -46,6 +46,8 @@ pub enum SandboxError {
     Launch(PathBuf, #[source] std::io::Error),
     #[error("launcher failed: {0}")]
     LauncherFailed(String),
+    #[error("reach the launch server at {0}")]
+    LaunchServerUnreachable(PathBuf, #[source] std::io::Error),
     #[error("init protocol")]
     Protocol(#[from] crate::protocol::ProtocolError),
     #[error("connect to sprite-init at {0}")]

@@ -122,6 +122,118 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
     }
 }
 
+/// Most bytes of a spec the launch server reads.
+const MAX_SPEC: u64 = 1 << 20;
+
+/// The launch server (`sprite init --serve SOCKET`): a single-threaded process the
+/// daemon starts once, so that starting a sprite spawns no process. For each
+/// connection on `socket` (mode 0600, root's) it forks a child that reads a
+/// [`SandboxSpec`], runs [`run_launcher`] (which clones the sprite's PID 1) and answers
+/// `{"pid":N}` or `{"error":"..."}` on the connection. It ends with the daemon that
+/// started it (a parent-death signal, and a check of its parent every second).
+pub fn serve_launches(socket: &Path) -> Result<(), SandboxError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let parent = nix::unistd::getppid();
+    // Gone with the daemon at once (the parent check below covers a daemon that died
+    // before this line).
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(step("ask to end with the daemon"))?;
+    let _ = fs::remove_file(socket);
+    let bind = |e| SandboxError::BindSocket(socket.to_path_buf(), e);
+    let listener = UnixListener::bind(socket).map_err(bind)?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600)).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    loop {
+        reap_children();
+        if nix::unistd::getppid() != parent {
+            let _ = fs::remove_file(socket);
+            return Ok(());
+        }
+        let mut ready = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut ready, PollTimeout::from(1000u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(error) => return Err(step("wait for launch requests")(error)),
+        }
+        let connection = match listener.accept() {
+            Ok((connection, _)) => connection,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(error) => return Err(bind(error)),
+        };
+        if connection.set_nonblocking(false).is_err() {
+            continue;
+        }
+        match sys::fork_single_threaded() {
+            Ok(None) => {
+                drop(listener);
+                std::process::exit(launch_for(connection));
+            }
+            Ok(Some(_)) => drop(connection),
+            Err(error) => {
+                let answer = serde_json::json!({ "error": format!("fork a launcher: {error}") });
+                let _ = (&connection).write_all(format!("{answer}\n").as_bytes());
+            }
+        }
+    }
+}
+
+/// Collects the launch server's exited children.
+fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// One launch, in a child of the launch server: the spec from `connection`, the
+/// answer back on it. The connection becomes this process's stdout, so the sprite's
+/// PID 1 holds it only until it points its stdio at its log (as with a launcher run by
+/// the daemon), and it is the only descriptor of the launch server's it gets.
+fn launch_for(connection: std::os::unix::net::UnixStream) -> i32 {
+    use std::io::Read;
+    let mut input = Vec::new();
+    if (&connection)
+        .take(MAX_SPEC)
+        .read_to_end(&mut input)
+        .is_err()
+    {
+        return 2;
+    }
+    let refuse = |message: String| {
+        let answer = serde_json::json!({ "error": message });
+        let _ = (&connection).write_all(format!("{answer}\n").as_bytes());
+    };
+    let spec = match serde_json::from_slice::<SandboxSpec>(&input) {
+        Ok(spec) => spec,
+        Err(error) => {
+            refuse(format!("the launch request is malformed: {error}"));
+            return 1;
+        }
+    };
+    if let Err(error) = nix::unistd::dup2_stdout(&connection) {
+        refuse(format!("take the connection as stdout: {error}"));
+        return 1;
+    }
+    drop(connection);
+    let answer = match run_launcher(&spec) {
+        Ok(result) => serde_json::json!({ "pid": result.pid }),
+        Err(error) => serde_json::json!({ "error": sprite_api::error_chain(&error) }),
+    };
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(format!("{answer}\n").as_bytes());
+    let _ = stdout.flush();
+    0
+}
+
 /// The sprite's state directory belongs to the host uid of its root, mode 0700: PID 1
 /// mounts its root there before it pivots, as that uid, and no other host user can
 /// look inside. The disk's `upper/` and `work/` are made with the storage owner.

@@ -122,6 +122,111 @@ pub async fn start(executable: &Path, spec: &spec::SandboxSpec) -> Result<u32, S
     Ok(result.pid)
 }
 
+/// The launch server of a daemon (`launch::serve_launches`): started once, so that a
+/// sprite's start spawns no process (the server forks the launcher). If it cannot be
+/// reached, a start spawns `executable init` as before and the server is started again.
+#[derive(Debug)]
+pub struct LaunchServer {
+    executable: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    process: parking_lot::Mutex<Option<std::process::Child>>,
+}
+
+/// Longest wait for the launch server's answer.
+const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most bytes of an answer read from the launch server.
+const MAX_ANSWER: u64 = 64 << 10;
+
+impl LaunchServer {
+    /// Starts `executable init --serve socket` (it runs until this daemon is gone).
+    pub fn start(executable: &Path, socket: &Path) -> LaunchServer {
+        let server = LaunchServer {
+            executable: executable.to_path_buf(),
+            socket: socket.to_path_buf(),
+            process: parking_lot::Mutex::new(None),
+        };
+        server.respawn();
+        server
+    }
+
+    /// Starts the server process unless one still runs.
+    fn respawn(&self) {
+        let mut process = self.process.lock();
+        if let Some(child) = process.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+        }
+        let spawned = std::process::Command::new(&self.executable)
+            .arg("init")
+            .arg("--serve")
+            .arg(&self.socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(child) => *process = Some(child),
+            Err(error) => {
+                tracing::warn!("cannot start the launch server: {error}; sprites start through a launcher process each")
+            }
+        }
+    }
+
+    /// Starts a sprite (as [`start`]) through the server; returns its PID 1's host pid.
+    pub async fn launch(&self, spec: &spec::SandboxSpec) -> Result<u32, SandboxError> {
+        match launch_via(&self.socket, spec).await {
+            Err(SandboxError::LaunchServerUnreachable(_, error)) => {
+                tracing::warn!(
+                    "the launch server is not there ({error}); starting it again, and this sprite through a launcher process"
+                );
+                self.respawn();
+                start(&self.executable, spec).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// One launch through the server listening on `socket`.
+async fn launch_via(socket: &Path, spec: &spec::SandboxSpec) -> Result<u32, SandboxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let unreachable = |e| SandboxError::LaunchServerUnreachable(socket.to_path_buf(), e);
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(unreachable)?;
+    let input =
+        serde_json::to_vec(spec).map_err(|e| SandboxError::LauncherFailed(e.to_string()))?;
+    let failed = |e: std::io::Error| SandboxError::LauncherFailed(format!("launch server: {e}"));
+    stream.write_all(&input).await.map_err(failed)?;
+    stream.shutdown().await.map_err(failed)?;
+    let mut output = Vec::new();
+    tokio::time::timeout(
+        LAUNCH_TIMEOUT,
+        (&mut stream).take(MAX_ANSWER).read_to_end(&mut output),
+    )
+    .await
+    .map_err(|_| SandboxError::LauncherFailed(format!("no answer within {LAUNCH_TIMEOUT:?}")))?
+    .map_err(failed)?;
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        pid: Option<u32>,
+        error: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(&output).map_err(|e| {
+        SandboxError::LauncherFailed(format!(
+            "unreadable answer of the launch server ({e}): {}",
+            String::from_utf8_lossy(&output).trim()
+        ))
+    })?;
+    match (answer.pid, answer.error) {
+        (Some(pid), _) => Ok(pid),
+        (None, error) => Err(SandboxError::LauncherFailed(
+            error.unwrap_or_else(|| "the launch server gave no pid".into()),
+        )),
+    }
+}
+
 /// Sets the hostname inside a running sprite (its UTS namespace), from the host: the
 /// sprite's own root lacks CAP_SYS_ADMIN. Used when a pooled sprite gets its name.
 pub fn set_hostname(init_pid: u32, hostname: &str) -> Result<(), SandboxError> {

@@ -38,6 +38,20 @@ pub fn clone_into_namespaces() -> nix::Result<Option<u32>> {
     }
 }
 
+/// Forks. `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+///
+/// Only call from a single-threaded process (the launch server): the child gets a copy
+/// of the calling thread alone.
+pub fn fork_single_threaded() -> nix::Result<Option<u32>> {
+    // SAFETY: the launch server that calls this is single-threaded (it runs before any
+    // thread or runtime exists and never starts one), so no lock in the child can be
+    // held by a thread that is not there, and the child may allocate and do real work.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child.as_raw() as u32)),
+    }
+}
+
 /// Forks into new namespaces (as [`clone_into_namespaces`]) with the calling process's
 /// effective ids switched to `owner` for the clone alone, so the new user namespace is
 /// owned by that host uid and gid: the kernel charges every per-user budget of the

@@ -19,6 +19,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // `sprite init` must run before any thread exists: it forks into new namespaces.
     if std::env::args().nth(1).as_deref() == Some("init") {
+        if std::env::args().nth(2).as_deref() == Some("--serve") {
+            return serve_launches();
+        }
         return run_init();
     }
     // Inside a sprite, this binary is `/.sprite/bin/sprite-env`.
@@ -59,6 +62,21 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// The launch server (`sprite init --serve SOCKET`): forks a launcher per request.
+fn serve_launches() -> ExitCode {
+    let Some(socket) = std::env::args_os().nth(3) else {
+        eprintln!("sprite init --serve: give the socket path");
+        return ExitCode::from(2);
+    };
+    match sprite_sandbox::launch::serve_launches(std::path::Path::new(&socket)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sprite init --serve: {}", sprite_api::error_chain(&error));
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The launcher: reads a sandbox spec on stdin, starts the sprite, prints its pid.

@@ -12,6 +12,49 @@ async fn create_exec_tty_reattach_destroy() {
     let daemon = Daemon::start("busybox").await;
     let client = &daemon.client;
     create(client, "life").await;
+    // The sprite was forked by the daemon's launch server, not by a launcher process
+    // the daemon spawned for it (one start right after the daemon's own may fall back).
+    create(client, "second").await;
+    let log = daemon.log();
+    assert!(
+        log.matches("the launch server is not there").count() <= 1,
+        "{log}"
+    );
+    let socket = daemon.data.path().join("launcher.sock");
+    let server = std::process::Command::new("pgrep")
+        .args(["-f", &format!("init --serve {}", socket.display())])
+        .output()
+        .unwrap();
+    assert!(!server.stdout.is_empty(), "no launch server runs");
+    client.destroy("second").await.unwrap();
+    // Without its launch server a start still works (a launcher process), and the
+    // server is started again.
+    let pattern = format!("init --serve {}", socket.display());
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &pattern])
+        .status();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = daemon
+        .log()
+        .matches("the launch server is not there")
+        .count();
+    create(client, "third").await;
+    assert_eq!(
+        daemon
+            .log()
+            .matches("the launch server is not there")
+            .count(),
+        before + 1
+    );
+    let again = std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    assert!(
+        !again.stdout.is_empty(),
+        "the launch server was not started again"
+    );
+    client.destroy("third").await.unwrap();
 
     let out = run(client, "life", &["sh", "-c", "echo out; echo err >&2"]).await;
     assert_eq!(out.stdout(), "out\n");
