@@ -125,7 +125,7 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
 /// Most bytes of a spec the launch server reads.
 const MAX_SPEC: u64 = 1 << 20;
 
-/// The launch server (`sprite init --serve SOCKET`): a single-threaded process the
+/// The launch server (`sprite init --serve`): a single-threaded process the
 /// daemon starts once, so that starting a sprite spawns no process. For each
 /// connection on `socket` (mode 0600, root's) it forks a child that reads a
 /// [`SandboxSpec`], runs [`run_launcher`] (which clones the sprite's PID 1) and answers

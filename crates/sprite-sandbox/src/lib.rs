@@ -132,13 +132,16 @@ pub struct LaunchServer {
     process: parking_lot::Mutex<Option<std::process::Child>>,
 }
 
+/// The environment variable that tells the launch server its socket.
+pub const LAUNCH_SOCKET_VARIABLE: &str = "SPRITE_LAUNCH_SOCKET";
+
 /// Longest wait for the launch server's answer.
 const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most bytes of an answer read from the launch server.
 const MAX_ANSWER: u64 = 64 << 10;
 
 impl LaunchServer {
-    /// Starts `executable init --serve socket` (it runs until this daemon is gone).
+    /// Starts `executable init --serve` on `socket` (it runs until this daemon is gone).
     pub fn start(executable: &Path, socket: &Path) -> LaunchServer {
         let server = LaunchServer {
             executable: executable.to_path_buf(),
@@ -160,7 +163,9 @@ impl LaunchServer {
         let spawned = std::process::Command::new(&self.executable)
             .arg("init")
             .arg("--serve")
-            .arg(&self.socket)
+            // Not an argument: sprites' PID 1s are forked from the server and keep its
+            // command line, which sprite code can read; no host path goes in it.
+            .env(LAUNCH_SOCKET_VARIABLE, &self.socket)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -64,10 +64,14 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// The launch server (`sprite init --serve SOCKET`): forks a launcher per request.
+/// The launch server (`sprite init --serve`, its socket in `SPRITE_LAUNCH_SOCKET`):
+/// forks a launcher per request.
 fn serve_launches() -> ExitCode {
-    let Some(socket) = std::env::args_os().nth(3) else {
-        eprintln!("sprite init --serve: give the socket path");
+    let Some(socket) = std::env::var_os(sprite_sandbox::LAUNCH_SOCKET_VARIABLE) else {
+        eprintln!(
+            "sprite init --serve: set {} to the socket path",
+            sprite_sandbox::LAUNCH_SOCKET_VARIABLE
+        );
         return ExitCode::from(2);
     };
     match sprite_sandbox::launch::serve_launches(std::path::Path::new(&socket)) {

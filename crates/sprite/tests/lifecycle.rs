@@ -20,18 +20,21 @@ async fn create_exec_tty_reattach_destroy() {
         log.matches("the launch server is not there").count() <= 1,
         "{log}"
     );
-    let socket = daemon.data.path().join("launcher.sock");
+    // The server is the daemon's child; sprites' PID 1s (forked from it) show the same
+    // command line but belong to no one.
+    assert!(daemon.data.path().join("launcher.sock").exists());
+    let pattern = "init --serve";
+    let parent = daemon.pid.to_string();
     let server = std::process::Command::new("pgrep")
-        .args(["-f", &format!("init --serve {}", socket.display())])
+        .args(["-P", &parent, "-f", pattern])
         .output()
         .unwrap();
     assert!(!server.stdout.is_empty(), "no launch server runs");
     client.destroy("second").await.unwrap();
     // Without its launch server a start still works (a launcher process), and the
     // server is started again.
-    let pattern = format!("init --serve {}", socket.display());
     let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &pattern])
+        .args(["-KILL", "-P", &parent, "-f", pattern])
         .status();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let before = daemon
@@ -47,7 +50,7 @@ async fn create_exec_tty_reattach_destroy() {
         before + 1
     );
     let again = std::process::Command::new("pgrep")
-        .args(["-f", &pattern])
+        .args(["-P", &parent, "-f", pattern])
         .output()
         .unwrap();
     assert!(
@@ -55,6 +58,12 @@ async fn create_exec_tty_reattach_destroy() {
         "the launch server was not started again"
     );
     client.destroy("third").await.unwrap();
+    // PID 1's command line, readable in the sprite, names no host path.
+    let cmdline = run(client, "life", &["cat", "/proc/1/cmdline"]).await;
+    let data = daemon.data.path().display().to_string();
+    assert!(!cmdline.stdout().contains(&data), "{:?}", cmdline.stdout());
+    // The sprite started before the server was killed runs on.
+    assert_eq!(run(client, "life", &["true"]).await.code, 0);
 
     let out = run(client, "life", &["sh", "-c", "echo out; echo err >&2"]).await;
     assert_eq!(out.stdout(), "out\n");
