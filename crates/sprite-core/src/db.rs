@@ -79,7 +79,7 @@ pub struct LifeRecord {
 /// One sprite row.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpriteRecord {
-    pub id: String,
+    pub id: crate::ids::SpriteId,
     pub org: String,
     pub name: String,
     pub image: String,
@@ -457,7 +457,7 @@ impl Database {
         );
         match result {
             Ok(1) => Ok(()),
-            Ok(_) => Err(CoreError::SpriteNotFound(sprite.id.clone())),
+            Ok(_) => Err(CoreError::SpriteNotFound(sprite.id.to_string())),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -577,7 +577,7 @@ mod tests {
 
     fn sprite(name: &str) -> SpriteRecord {
         SpriteRecord {
-            id: format!("id-{name}"),
+            id: format!("id-{name}").into(),
             org: "default".into(),
             name: name.into(),
             image: "busybox".into(),

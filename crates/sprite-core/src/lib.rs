@@ -10,6 +10,7 @@ pub mod db;
 pub mod dns;
 mod error;
 pub mod files;
+pub mod ids;
 pub mod image;
 pub mod lifecycle;
 pub mod limits;

@@ -306,7 +306,7 @@ impl SpriteManager {
     pub(crate) fn info(&self, record: &SpriteRecord) -> SpriteInfo {
         let (status, _) = self.activity.status(&record.id);
         SpriteInfo {
-            id: record.id.clone(),
+            id: record.id.to_string(),
             name: record.name.clone(),
             organization: record.org.clone(),
             status,
@@ -485,7 +485,7 @@ impl SpriteManager {
         }
         let timestamp = now();
         let record = SpriteRecord {
-            id: format!("sprite-{}", uuid::Uuid::new_v4().simple()),
+            id: crate::ids::SpriteId::generate(),
             org: org.to_string(),
             name: request.name.clone(),
             image,
@@ -657,7 +657,7 @@ impl SpriteManager {
             layers.lower.push(env_layer);
         }
         let spec = SandboxSpec {
-            sprite_id: record.id.clone(),
+            sprite_id: record.id.to_string(),
             hostname: record.name.clone(),
             state_dir,
             layers,
@@ -1421,7 +1421,7 @@ impl SpriteManager {
             let records = match self.db.all() {
                 Ok(records) => records
                     .into_iter()
-                    .filter(|r| awake.contains(&r.id))
+                    .filter(|r| awake.contains(r.id.as_str()))
                     .collect::<Vec<_>>(),
                 Err(error) => {
                     tracing::error!("cannot list sprites: {}", sprite_api::error_chain(&error));
@@ -1461,7 +1461,7 @@ impl SpriteManager {
             .into_iter()
             .map(|r| {
                 let dir = self.run_dir(&r.id);
-                (r.id, dir)
+                (r.id.to_string(), dir)
             })
             .collect())
     }

@@ -559,7 +559,7 @@ impl crate::SpriteManager {
                 .and_then(|c| c.init_pid().ok().flatten())
                 .is_some();
             if running {
-                live.push((record.id.clone(), slot, self.stored_policy(&record.id)));
+                live.push((record.id.to_string(), slot, self.stored_policy(&record.id)));
             } else {
                 let _ = std::fs::remove_file(state_dir.join(SLOT_FILE));
             }

@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     /// Ids of frozen, ready sprites, oldest first.
-    ready: Mutex<VecDeque<String>>,
+    ready: Mutex<VecDeque<crate::ids::SpriteId>>,
     /// Wakes the filler (a sprite was taken).
     taken: tokio::sync::Notify,
 }
@@ -57,7 +57,7 @@ impl SpriteManager {
     }
 
     async fn make_pooled(&self) -> Result<(), CoreError> {
-        let id = format!("sprite-{}", uuid::Uuid::new_v4().simple());
+        let id = crate::ids::SpriteId::generate();
         let timestamp = crate::manager::now();
         let record = SpriteRecord {
             name: format!("pool-{}", &id[7..19]),

@@ -252,7 +252,11 @@ impl SpriteManager {
     }
 }
 
-async fn poll_ports(manager: Arc<SpriteManager>, sprite_id: String, watch: Weak<PortWatch>) {
+async fn poll_ports(
+    manager: Arc<SpriteManager>,
+    sprite_id: crate::ids::SpriteId,
+    watch: Weak<PortWatch>,
+) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -457,7 +457,7 @@ impl SpriteManager {
         };
         Ok(SpriteCheck {
             sprite_name: record.name.clone(),
-            sprite_id: record.id.clone(),
+            sprite_id: record.id.to_string(),
             status,
             reason: problem,
             checked_at: crate::manager::now(),

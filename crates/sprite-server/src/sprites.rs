@@ -176,7 +176,10 @@ const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
 /// changes status, appears or goes (`destroyed`), and a `{"type":"heartbeat"}` line
 /// after 30 s without one. Looks once a second; ends when the client leaves.
 fn watch(state: AppState, org: String, prefix: String) -> Result<Response, ApiError> {
-    type Known = std::collections::BTreeMap<String, (sprite_core::db::SpriteRecord, String)>;
+    type Known = std::collections::BTreeMap<
+        sprite_core::ids::SpriteId,
+        (sprite_core::db::SpriteRecord, String),
+    >;
     let first = state.manager.statuses(&org, &prefix)?;
     let (lines, response) = crate::ndjson_channel(16);
     tokio::spawn(async move {

@@ -77,7 +77,7 @@ async fn connect(
                 Ok((sender, connection)) => {
                     tokio::spawn(connection.with_upgrades());
                     Ok(Upstream {
-                        sprite_id: record.id.clone(),
+                        sprite_id: record.id.to_string(),
                         sender,
                         _lease: lease,
                     })
