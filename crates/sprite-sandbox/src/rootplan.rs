@@ -61,6 +61,25 @@ pub(crate) enum Step {
 /// Device nodes of the host bound into the sprite's /dev.
 pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// Mounts a special filesystem (`proc`, `sysfs`, `tmpfs`, `devpts`) whose source is
+/// its type.
+fn special(
+    what: &'static str,
+    fstype: &str,
+    target: PathBuf,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Step {
+    Step::Mount {
+        what,
+        source: fstype.to_string(),
+        target,
+        fstype: fstype.to_string(),
+        flags,
+        data: data.map(String::from),
+    }
+}
+
 /// Where lower layer `index` is attached in the state directory while PID 1 builds
 /// its root (relative names: the overlay's options, which the sprite can read in its
 /// mountinfo, name no host path).
@@ -113,31 +132,27 @@ pub(crate) fn plan(spec: &SandboxSpec, lowers: usize, run: bool, views: bool) ->
         steps.push(Step::Dir(at(dir)));
     }
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mut mount = |what, fstype: &str, target: PathBuf, flags, data: Option<&str>| {
-        steps.push(Step::Mount {
-            what,
-            source: fstype.to_string(),
-            target,
-            fstype: fstype.to_string(),
-            flags,
-            data: data.map(String::from),
-        })
-    };
-    mount("/proc", "proc", at("proc"), nosuid_nodev_noexec, None);
-    mount(
+    steps.push(special(
+        "/proc",
+        "proc",
+        at("proc"),
+        nosuid_nodev_noexec,
+        None,
+    ));
+    steps.push(special(
         "/sys",
         "sysfs",
         at("sys"),
         nosuid_nodev_noexec | MsFlags::MS_RDONLY,
         None,
-    );
-    mount(
+    ));
+    steps.push(special(
         "/dev",
         "tmpfs",
         at("dev"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
-    );
+    ));
     for device in DEVICES {
         steps.push(Step::File(at("dev").join(device)));
         steps.push(Step::Bind {
@@ -148,30 +163,20 @@ pub(crate) fn plan(spec: &SandboxSpec, lowers: usize, run: bool, views: bool) ->
     for dir in ["pts", "shm"] {
         steps.push(Step::Dir(at("dev").join(dir)));
     }
-    let mut mount = |what, fstype: &str, target: PathBuf, flags, data: Option<&str>| {
-        steps.push(Step::Mount {
-            what,
-            source: fstype.to_string(),
-            target,
-            fstype: fstype.to_string(),
-            flags,
-            data: data.map(String::from),
-        })
-    };
-    mount(
+    steps.push(special(
         "/dev/pts",
         "devpts",
         at("dev/pts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    );
-    mount(
+    ));
+    steps.push(special(
         "/dev/shm",
         "tmpfs",
         at("dev/shm"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
-    );
+    ));
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
