@@ -16,7 +16,7 @@ use sprite_api::sprite::{
     validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
     SpriteStatus, StorageUsage, UpdateSpriteRequest, UrlSettings, LIST_MAX_RESULTS,
 };
-use sprite_sandbox::cgroup::{Layout, SpriteCgroup};
+use sprite_sandbox::cgroup::SpriteCgroup;
 use sprite_sandbox::client::{Attachment, InitClient};
 use sprite_sandbox::protocol::{ErrorCode, SpawnRequest};
 use sprite_sandbox::spec::{Limits, SandboxSpec};
@@ -270,12 +270,7 @@ impl SpriteManager {
     }
 
     pub(crate) fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
-        let layout =
-            Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
-                sprite: sprite_id.into(),
-                source: SandboxError::Cgroup(e),
-            })?;
-        Ok(SpriteCgroup::new(layout, sprite_id))
+        crate::sandboxes::sprite_cgroup(sprite_id)
     }
 
     /// The host pid of a running sprite's PID 1.

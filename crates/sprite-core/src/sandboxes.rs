@@ -80,17 +80,21 @@ impl SystemSandboxes {
     }
 
     fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
-        let layout =
-            Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
-                sprite: sprite_id.into(),
-                source: SandboxError::Cgroup(e),
-            })?;
-        Ok(SpriteCgroup::new(layout, sprite_id))
+        sprite_cgroup(sprite_id)
     }
 
     fn client(&self, sprite_id: &str) -> InitClient {
         InitClient::new(self.state_root.join(sprite_id).join("init.sock"))
     }
+}
+
+/// The cgroup of a sprite on this host (its layout, v1 or v2, detected).
+pub(crate) fn sprite_cgroup(sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
+    let layout = Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
+        sprite: sprite_id.into(),
+        source: SandboxError::Cgroup(e),
+    })?;
+    Ok(SpriteCgroup::new(layout, sprite_id))
 }
 
 fn cgroup_error(name: &str) -> impl FnOnce(sprite_sandbox::cgroup::CgroupError) -> CoreError + '_ {
