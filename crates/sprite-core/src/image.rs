@@ -167,15 +167,7 @@ impl ImageStore {
             "unpacking the tarball",
         );
         let result = self.unpack(name, tarball).await;
-        match &result {
-            Ok(()) => set_status(&self.status, name, ImageState::Ready, ""),
-            Err(e) => set_status(
-                &self.status,
-                name,
-                ImageState::Failed,
-                &sprite_api::error_chain(e),
-            ),
-        }
+        self.note_outcome(name, &result);
         result.map(|()| self.rootfs(name))
     }
 
@@ -224,7 +216,13 @@ impl ImageStore {
         }
         set_status(&self.status, name, ImageState::Building, "starting");
         let result = self.build(name).await;
-        match &result {
+        self.note_outcome(name, &result);
+        result.map(|()| self.rootfs(name))
+    }
+
+    /// Records how a build or an import of `name` ended.
+    fn note_outcome(&self, name: &str, result: &Result<(), CoreError>) {
+        match result {
             Ok(()) => set_status(&self.status, name, ImageState::Ready, ""),
             Err(e) => set_status(
                 &self.status,
@@ -233,7 +231,6 @@ impl ImageStore {
                 &sprite_api::error_chain(e),
             ),
         }
-        result.map(|()| self.rootfs(name))
     }
 
     async fn build(&self, name: &str) -> Result<(), CoreError> {

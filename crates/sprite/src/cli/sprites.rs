@@ -252,13 +252,18 @@ impl SleepArgs {
         let Self { name, sprite, cold } = self;
         let name = sprite.or(name.as_deref())?;
         let info = cx.client()?.sleep(&name, *cold).await?;
-        if cx.json {
-            print_json(&info)?;
-        } else {
-            println!("sprite {name} is {}", info.status.as_str());
-        }
-        Ok(0)
+        print_status(cx, &name, &info)
     }
+}
+
+/// What `sleep` and `wake` print: the sprite's status now.
+fn print_status(cx: &Global, name: &str, info: &SpriteInfo) -> Result<u8> {
+    if cx.json {
+        print_json(info)?;
+    } else {
+        println!("sprite {name} is {}", info.status.as_str());
+    }
+    Ok(0)
 }
 
 #[derive(Debug, clap::Args)]
@@ -273,12 +278,7 @@ impl WakeArgs {
         let Self { name, sprite } = self;
         let name = sprite.or(name.as_deref())?;
         let info = cx.client()?.wake(&name).await?;
-        if cx.json {
-            print_json(&info)?;
-        } else {
-            println!("sprite {name} is {}", info.status.as_str());
-        }
-        Ok(0)
+        print_status(cx, &name, &info)
     }
 }
 
