@@ -418,6 +418,23 @@ async fn root_inside_reaches_nothing_of_the_kernel_the_host_or_its_neighbours() 
         !out.status.success(),
         out.status,
     );
+    // The daemon's launch server starts sprites as root from any spec it is given: a
+    // local user may not even connect.
+    let socket = format!("{data}/launcher.sock");
+    assert!(std::path::Path::new(&socket).exists(), "{socket}");
+    let connect = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({socket:?}); print('connected')"
+    );
+    let out = as_nobody(&["python3", "-c", &connect]);
+    attempts.check(
+        "a local user connects to the daemon's launch server",
+        !String::from_utf8_lossy(&out.stdout).contains("connected"),
+        format!(
+            "{} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    );
     // Every host mount under the data directory that holds sprite files: nosuid, nodev.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for line in mountinfo.lines() {

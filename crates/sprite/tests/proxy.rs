@@ -24,6 +24,23 @@ async fn get(daemon: &Daemon, host: &str, path: &str, token: Option<&str>) -> re
     request.send().await.unwrap()
 }
 
+/// Serves `dir` of `sprite` on port 8080 with busybox httpd, as service `service` that
+/// claims the sprite's URL (`http_port`).
+async fn serve_files(client: &sprite_client::Client, sprite: &str, service: &str, dir: &str) {
+    let spec = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", "127.0.0.1:8080", "-h", dir]
+            .map(String::from)
+            .to_vec(),
+        http_port: Some(8080),
+        ..Default::default()
+    };
+    client
+        .put_service(sprite, service, &spec, None, |_| {})
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sprite_url_reaches_its_server_wakes_it_and_checks_the_token() {
     let daemon = Daemon::start_with(
@@ -35,18 +52,7 @@ async fn a_sprite_url_reaches_its_server_wakes_it_and_checks_the_token() {
     create(client, "site").await;
     let page = "mkdir -p /home/sprite/www && echo hello from site > /home/sprite/www/index.html";
     assert_eq!(run(client, "site", &["sh", "-c", page]).await.code, 0);
-    let web = ServiceSpec {
-        cmd: "httpd".into(),
-        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/www"]
-            .map(String::from)
-            .to_vec(),
-        http_port: Some(8080),
-        ..Default::default()
-    };
-    client
-        .put_service("site", "web", &web, None, |_| {})
-        .await
-        .unwrap();
+    serve_files(client, "site", "web", "/home/sprite/www").await;
 
     // With the token: the page.
     let response = get(&daemon, "site.localhost", "/index.html", Some(TOKEN)).await;
@@ -258,19 +264,8 @@ chmod +x /home/sprite/echo.sh && mkdir -p /home/sprite/files && dd if=/dev/urand
     drop(connection);
 
     // 100 MiB through the proxy, read as it streams: the daemon's memory stays flat.
-    let files = ServiceSpec {
-        cmd: "httpd".into(),
-        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/files"]
-            .map(String::from)
-            .to_vec(),
-        http_port: Some(8080),
-        ..Default::default()
-    };
     client.delete_service("pipe", "echo").await.unwrap();
-    client
-        .put_service("pipe", "files", &files, None, |_| {})
-        .await
-        .unwrap();
+    serve_files(client, "pipe", "files", "/home/sprite/files").await;
     let before = rss_kib(daemon.pid);
     let mut response = get(&daemon, "pipe.localhost", "/big", Some(TOKEN)).await;
     assert_eq!(response.status(), 200);
@@ -582,18 +577,7 @@ printf 'Content-Type: text/plain\r\n\r\nslow\n'
 SH
 chmod +x /home/sprite/www/cgi-bin/slow"#;
     assert_eq!(run(client, "streams", &["sh", "-c", setup]).await.code, 0);
-    let web = ServiceSpec {
-        cmd: "httpd".into(),
-        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/www"]
-            .map(String::from)
-            .to_vec(),
-        http_port: Some(8080),
-        ..Default::default()
-    };
-    client
-        .put_service("streams", "web", &web, None, |_| {})
-        .await
-        .unwrap();
+    serve_files(client, "streams", "web", "/home/sprite/www").await;
     // One HTTP/2 connection (h2c, prior knowledge) carries every request below.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
