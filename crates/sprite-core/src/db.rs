@@ -98,6 +98,13 @@ pub struct SpriteRecord {
     pub pooled: bool,
 }
 
+impl SpriteRecord {
+    /// What its organization calls it.
+    pub fn key(&self) -> crate::ids::SpriteKey {
+        crate::ids::SpriteKey::new(self.org.clone(), self.name.clone())
+    }
+}
+
 /// Inserts a sprite row; `SpriteExists` if the name is taken in its organization.
 fn insert_on(connection: &Connection, sprite: &SpriteRecord) -> Result<(), CoreError> {
     let result = connection.execute(

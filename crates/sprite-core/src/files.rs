@@ -17,6 +17,7 @@
 //!
 //! Everything here blocks: callers run it on the blocking pool.
 
+use crate::ids::SpriteKey;
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -1434,10 +1435,10 @@ impl crate::SpriteManager {
     /// disk from being released by a cold sleep).
     pub async fn fs_root(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
     ) -> Result<(SpriteRoot, crate::lifecycle::ActivityGuard), crate::CoreError> {
-        let record = self.record(org, name)?;
+        let name = key.name.as_str();
+        let record = self.record(key)?;
         let guard = self
             .wake_record(&record, crate::lifecycle::Reason::Api)
             .await?;

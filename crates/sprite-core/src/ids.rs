@@ -96,6 +96,36 @@ impl rusqlite::types::FromSql for SpriteId {
     }
 }
 
+/// A sprite as its organization names it (API paths, the CLI's `-s`): resolved once at
+/// the edge and passed whole, so an organization and a name never travel as two loose
+/// strings that can be swapped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpriteKey {
+    pub org: String,
+    pub name: String,
+}
+
+impl SpriteKey {
+    pub fn new(org: impl Into<String>, name: impl Into<String>) -> SpriteKey {
+        SpriteKey {
+            org: org.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The same organization's sprite `name`.
+    pub fn sibling(&self, name: impl Into<String>) -> SpriteKey {
+        SpriteKey::new(self.org.clone(), name)
+    }
+}
+
+/// A key shows as its name: messages go to the organization that named it.
+impl fmt::Display for SpriteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -116,5 +146,18 @@ mod tests {
         let mut set = std::collections::HashSet::new();
         set.insert(id.clone());
         assert!(set.contains(id.as_str()), "looked up by &str");
+    }
+
+    #[test]
+    fn a_key_names_its_sprite_and_keeps_its_organization() {
+        let key = SpriteKey::new("acme", "dev");
+        assert_eq!(key.to_string(), "dev");
+        let other = key.sibling("ci");
+        assert_eq!((other.org.as_str(), other.name.as_str()), ("acme", "ci"));
+        assert_ne!(
+            key,
+            SpriteKey::new("other", "dev"),
+            "same name, other organization"
+        );
     }
 }

@@ -4,6 +4,7 @@ use crate::config::CoreConfig;
 use crate::config::StorageBackend;
 use crate::db::{Database, SpriteRecord};
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use crate::image::{ImageStatus, ImageStore};
 use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemClock};
 use crate::pool::Pool;
@@ -346,10 +347,10 @@ impl SpriteManager {
         info
     }
 
-    pub(crate) fn record(&self, org: &str, name: &str) -> Result<SpriteRecord, CoreError> {
+    pub(crate) fn record(&self, key: &SpriteKey) -> Result<SpriteRecord, CoreError> {
         self.db
-            .get(org, name)?
-            .ok_or_else(|| CoreError::SpriteNotFound(name.to_string()))
+            .get(&key.org, &key.name)?
+            .ok_or_else(|| CoreError::SpriteNotFound(key.name.clone()))
     }
 
     pub(crate) fn resolve_config(
@@ -436,15 +437,16 @@ impl SpriteManager {
         let config = self.resolve_config(request.config)?;
         let fork = match &request.from {
             Some(source) => {
-                let parent = self.record(org, &source.sprite)?;
+                let source_key = SpriteKey::new(org, &source.sprite);
+                let parent = self.record(&source_key)?;
                 let version = match &source.checkpoint {
                     Some(id) => {
                         refuse_current(id)?;
-                        self.checkpoint_info(org, &source.sprite, id).await?;
+                        self.checkpoint_info(&source_key, id).await?;
                         id.clone()
                     }
                     None => self
-                        .checkpoints(org, &source.sprite)
+                        .checkpoints(&source_key)
                         .await?
                         .pop()
                         .map(|c| c.id)
@@ -527,7 +529,7 @@ impl SpriteManager {
             "sprite created"
         );
         self.note_sprites_changed(&record.id);
-        let record = self.record(org, &record.name)?;
+        let record = self.record(&record.key())?;
         self.publish_record(&record).await;
         Ok(self.info(&record))
     }
@@ -786,12 +788,12 @@ impl SpriteManager {
     }
 
     /// `SpriteNotFound` unless the sprite exists.
-    pub fn check_exists(&self, org: &str, name: &str) -> Result<(), CoreError> {
-        self.record(org, name).map(|_| ())
+    pub fn check_exists(&self, key: &SpriteKey) -> Result<(), CoreError> {
+        self.record(key).map(|_| ())
     }
 
-    pub async fn get(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
-        Ok(self.info_with_usage(&self.record(org, name)?).await)
+    pub async fn get(&self, key: &SpriteKey) -> Result<SpriteInfo, CoreError> {
+        Ok(self.info_with_usage(&self.record(key)?).await)
     }
 
     pub async fn list(
@@ -896,11 +898,10 @@ impl SpriteManager {
 
     pub async fn update(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         request: UpdateSpriteRequest,
     ) -> Result<SpriteInfo, CoreError> {
-        let mut record = self.record(org, name)?;
+        let mut record = self.record(key)?;
         if let Some(settings) = request.url_settings {
             if let Some(auth) = settings.auth {
                 record.url_auth = auth;
@@ -924,8 +925,8 @@ impl SpriteManager {
         Ok(self.info(&record))
     }
 
-    pub async fn destroy(&self, org: &str, name: &str) -> Result<(), CoreError> {
-        let record = self.record(org, name)?;
+    pub async fn destroy(&self, key: &SpriteKey) -> Result<(), CoreError> {
+        let record = self.record(key)?;
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
         self.teardown(&record).await?;
@@ -943,10 +944,9 @@ impl SpriteManager {
     /// it awake until the caller is done.
     pub(crate) async fn running_client(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
     ) -> Result<(SpriteRecord, InitClient, ActivityGuard), CoreError> {
-        let record = self.record(org, name)?;
+        let record = self.record(key)?;
         let guard = self.wake_record(&record, Reason::Api).await?;
         let client = self.client_for(&record.id);
         Ok((record, client, guard))
@@ -985,12 +985,12 @@ impl SpriteManager {
     /// Starts a command in the sprite and attaches to it.
     pub async fn spawn(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         params: &ExecParams,
         run_as: &RunAs,
     ) -> Result<Attachment, CoreError> {
-        let (record, client, _awake) = self.running_client(org, name).await?;
+        let name = key.name.as_str();
+        let (record, client, _awake) = self.running_client(key).await?;
         let request = SpawnRequest {
             argv: params.argv.clone(),
             path: params.path.clone(),
@@ -1012,7 +1012,7 @@ impl SpriteManager {
                 // PID 1 went away under us: restart the sprite once and retry.
                 self.activity.set_status(&record.id, SpriteStatus::Cold);
                 tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_api::error_chain(&error));
-                let (_, client, _awake) = self.running_client(org, name).await?;
+                let (_, client, _awake) = self.running_client(key).await?;
                 client
                     .spawn(request)
                     .await
@@ -1022,32 +1022,28 @@ impl SpriteManager {
         }
     }
 
-    pub async fn attach(
-        &self,
-        org: &str,
-        name: &str,
-        session_id: &str,
-    ) -> Result<Attachment, CoreError> {
-        self.attach_from(org, name, session_id, true).await
+    pub async fn attach(&self, key: &SpriteKey, session_id: &str) -> Result<Attachment, CoreError> {
+        self.attach_from(key, session_id, true).await
     }
 
     /// Attaches to a session; `replay` sends its recent output first.
     pub async fn attach_from(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         session_id: &str,
         replay: bool,
     ) -> Result<Attachment, CoreError> {
-        let (_, client, _awake) = self.running_client(org, name).await?;
+        let name = key.name.as_str();
+        let (_, client, _awake) = self.running_client(key).await?;
         client
             .attach_from(session_id, replay)
             .await
             .map_err(|e| self.session_error(name, Some(session_id), e))
     }
 
-    pub async fn sessions(&self, org: &str, name: &str) -> Result<Vec<SessionInfo>, CoreError> {
-        let (_, client, _awake) = self.running_client(org, name).await?;
+    pub async fn sessions(&self, key: &SpriteKey) -> Result<Vec<SessionInfo>, CoreError> {
+        let name = key.name.as_str();
+        let (_, client, _awake) = self.running_client(key).await?;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         let sessions = client
             .list()
@@ -1077,12 +1073,12 @@ impl SpriteManager {
 
     pub async fn kill_session(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         session_id: &str,
         signal: i32,
     ) -> Result<(), CoreError> {
-        let (_, client, _awake) = self.running_client(org, name).await?;
+        let name = key.name.as_str();
+        let (_, client, _awake) = self.running_client(key).await?;
         client
             .kill(session_id, signal)
             .await
@@ -1092,12 +1088,12 @@ impl SpriteManager {
     /// Checkpoints a sprite's filesystem as the next `vN`.
     pub async fn checkpoint(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         comment: Option<&str>,
         caller: Caller,
     ) -> Result<CheckpointInfo, CoreError> {
-        let record = self.record(org, name)?;
+        let name = key.name.as_str();
+        let record = self.record(key)?;
         // The freeze of a checkpoint needs the sprite's disk mounted: a cold sprite wakes.
         let _awake = self.wake_record(&record, Reason::Api).await?;
         let start_lock = self.start_lock(&record.id);
@@ -1121,7 +1117,7 @@ impl SpriteManager {
         }
         tracing::info!(sprite = %name, checkpoint = %id, ?caller, "checkpoint created");
         self.refresh_views_later(&record.id);
-        self.checkpoint_info(org, name, &id).await
+        self.checkpoint_info(key, &id).await
     }
 
     /// What a checkpoint create is refused for, answered before it starts (the API
@@ -1129,12 +1125,12 @@ impl SpriteManager {
     /// a sprite checkpointing itself too fast. Takes one of the sprite's tokens.
     pub fn admit_checkpoint(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         comment: Option<&str>,
         caller: Caller,
     ) -> Result<(), CoreError> {
-        let record = self.record(org, name)?;
+        let name = key.name.as_str();
+        let record = self.record(key)?;
         if let Some(comment) = comment {
             if comment.len() > MAX_CHECKPOINT_COMMENT {
                 return Err(CoreError::InvalidRequest(format!(
@@ -1157,14 +1153,13 @@ impl SpriteManager {
     /// Whether `caller` may restore or delete checkpoint `id` of the sprite.
     pub async fn admit_checkpoint_change(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         id: &str,
         caller: Caller,
     ) -> Result<(), CoreError> {
         refuse_current(id)?;
-        self.checkpoint_info(org, name, id).await?;
-        let record = self.record(org, name)?;
+        self.checkpoint_info(key, id).await?;
+        let record = self.record(key)?;
         self.check_own_checkpoint(&record, id, caller)
     }
 
@@ -1185,12 +1180,8 @@ impl SpriteManager {
     }
 
     /// Checkpoints of a sprite, oldest first.
-    pub async fn checkpoints(
-        &self,
-        org: &str,
-        name: &str,
-    ) -> Result<Vec<CheckpointInfo>, CoreError> {
-        Ok(self.checkpoint_lineage(org, name).await?.0)
+    pub async fn checkpoints(&self, key: &SpriteKey) -> Result<Vec<CheckpointInfo>, CoreError> {
+        Ok(self.checkpoint_lineage(key).await?.0)
     }
 
     /// The sprite's checkpoints, oldest first, each with its `source_id` and `history`,
@@ -1198,10 +1189,9 @@ impl SpriteManager {
     /// last checkpointed as, and before).
     pub async fn checkpoint_lineage(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
     ) -> Result<(Vec<CheckpointInfo>, CheckpointInfo), CoreError> {
-        let record = self.record(org, name)?;
+        let record = self.record(key)?;
         let (versions, current) = self.roots.lineage(&record.id).await?;
         let rows = versions
             .into_iter()
@@ -1231,11 +1221,11 @@ impl SpriteManager {
 
     pub async fn checkpoint_info(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         id: &str,
     ) -> Result<CheckpointInfo, CoreError> {
-        let (rows, current) = self.checkpoint_lineage(org, name).await?;
+        let name = key.name.as_str();
+        let (rows, current) = self.checkpoint_lineage(key).await?;
         if id == sprite_api::sprite::CURRENT_CHECKPOINT {
             return Ok(current);
         }
@@ -1251,13 +1241,13 @@ impl SpriteManager {
     /// becomes the checkpoint's, and it starts again.
     pub async fn restore(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         id: &str,
         caller: Caller,
     ) -> Result<(), CoreError> {
-        self.admit_checkpoint_change(org, name, id, caller).await?;
-        let record = self.record(org, name)?;
+        let name = key.name.as_str();
+        self.admit_checkpoint_change(key, id, caller).await?;
+        let record = self.record(key)?;
         let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
         let start_lock = self.start_lock(&record.id);
         let _guard = start_lock.lock().await;
@@ -1272,13 +1262,12 @@ impl SpriteManager {
 
     pub async fn delete_checkpoint(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         id: &str,
         caller: Caller,
     ) -> Result<(), CoreError> {
-        self.admit_checkpoint_change(org, name, id, caller).await?;
-        let record = self.record(org, name)?;
+        self.admit_checkpoint_change(key, id, caller).await?;
+        let record = self.record(key)?;
         self.roots.delete_version(&record.id, id).await?;
         self.db.set_made_inside(&record.id, id, false)?;
         self.refresh_views_later(&record.id);
@@ -1288,11 +1277,11 @@ impl SpriteManager {
     /// Storage a sprite uses (ours: `GET /v1/sprites/{name}/usage`).
     pub async fn usage(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
     ) -> Result<sprite_api::admin::SpriteUsage, CoreError> {
+        let name = key.name.as_str();
         use sprite_api::admin::{CheckpointUsage, SpriteUsage, StorageKind};
-        let record = self.record(org, name)?;
+        let record = self.record(key)?;
         let usage = self.roots.usage(&record.id).await?;
         Ok(match usage {
             Some(usage) => SpriteUsage {
@@ -1440,10 +1429,10 @@ impl SpriteManager {
     }
 
     /// The organization and name of a sprite, by id.
-    pub fn sprite_by_id(&self, sprite_id: &str) -> Result<(String, String), CoreError> {
+    pub fn sprite_by_id(&self, sprite_id: &str) -> Result<SpriteKey, CoreError> {
         self.db
             .get_by_id(sprite_id)?
-            .map(|r| (r.org, r.name))
+            .map(|r| r.key())
             .ok_or_else(|| CoreError::SpriteNotFound(sprite_id.to_string()))
     }
 

@@ -15,6 +15,7 @@
 
 use crate::dns::{self, Admitted, AllowSink, ResolverConfig};
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use parking_lot::Mutex;
 use sprite_api::policy::NetworkPolicy;
 use sprite_sandbox::net::{Egress, Net, NetPlan, SlotAddrs};
@@ -568,8 +569,8 @@ impl crate::SpriteManager {
     }
 
     /// `GET /v1/sprites/{name}/policy/network`.
-    pub fn network_policy(&self, org: &str, name: &str) -> Result<NetworkPolicy, CoreError> {
-        let record = self.record(org, name)?;
+    pub fn network_policy(&self, key: &SpriteKey) -> Result<NetworkPolicy, CoreError> {
+        let record = self.record(key)?;
         Ok(self.stored_policy(&record.id))
     }
 
@@ -577,11 +578,10 @@ impl crate::SpriteManager {
     /// once when the sprite runs (else at its next start). Does not wake the sprite.
     pub async fn set_network_policy(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         policy: NetworkPolicy,
     ) -> Result<NetworkPolicy, CoreError> {
-        let record = self.record(org, name)?;
+        let record = self.record(key)?;
         policy
             .validate()
             .map_err(|e| CoreError::InvalidRequest(sprite_api::error_chain(&e)))?;

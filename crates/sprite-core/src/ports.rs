@@ -9,6 +9,7 @@
 //! hundred watchers cost one scan every half second.
 
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use crate::manager::SpriteManager;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -208,12 +209,8 @@ impl SpriteManager {
     }
 
     /// The listening ports of a sprite now (empty when it is cold). Does not wake it.
-    pub async fn ports_now(
-        self: &Arc<Self>,
-        org: &str,
-        name: &str,
-    ) -> Result<Vec<PortInfo>, CoreError> {
-        let record = self.record(org, name)?;
+    pub async fn ports_now(self: &Arc<Self>, key: &SpriteKey) -> Result<Vec<PortInfo>, CoreError> {
+        let record = self.record(key)?;
         let manager = self.clone();
         tokio::task::spawn_blocking(move || manager.scan_ports(&record.id))
             .await
@@ -223,12 +220,8 @@ impl SpriteManager {
     /// Subscribes to a sprite's port changes, starting its poller if none runs (its
     /// first scan is the baseline: ports already open are not reported as opened).
     /// Does not wake the sprite, nor keep it awake, and does not wait for a scan.
-    pub fn watch_ports(
-        self: &Arc<Self>,
-        org: &str,
-        name: &str,
-    ) -> Result<PortSubscription, CoreError> {
-        let record = self.record(org, name)?;
+    pub fn watch_ports(self: &Arc<Self>, key: &SpriteKey) -> Result<PortSubscription, CoreError> {
+        let record = self.record(key)?;
         let id = record.id;
         let slot = self.slots.get(&id);
         let mut current = slot.port_watch.lock();

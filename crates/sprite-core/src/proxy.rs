@@ -3,6 +3,7 @@
 
 use crate::db::SpriteRecord;
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use crate::lifecycle::{ActivityGuard, Reason};
 use crate::manager::SpriteManager;
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ impl SpriteManager {
                 return port;
             }
         }
-        let port = match self.services(&record.org, &record.name).await {
+        let port = match self.services(&record.key()).await {
             Ok(services) => services
                 .iter()
                 .find_map(|s| s.spec.http_port)
@@ -101,13 +102,12 @@ impl SpriteManager {
     /// connects to `port` on its loopback, retrying until `timeout`.
     pub async fn connect_tcp(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         ip: std::net::IpAddr,
         port: u16,
         timeout: Duration,
     ) -> Result<(tokio::net::TcpStream, ConnectionLease), CoreError> {
-        let record = self.record(org, name)?;
+        let record = self.record(key)?;
         let place = self.connection_place(&record)?;
         let guard = self.wake_record(&record, Reason::Proxy).await?;
         let stream = self.connect_port_at(&record, ip, port, timeout).await?;

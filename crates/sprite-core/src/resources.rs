@@ -2,6 +2,7 @@
 //! live, in its cgroup, and are kept in its config for its next start.
 
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use crate::manager::SpriteManager;
 use sprite_api::policy::{CpuPolicy, DiskPolicy, MemoryPolicy, ResourcesPolicy};
 use sprite_api::sprite::SpriteConfig;
@@ -23,8 +24,8 @@ impl SpriteManager {
         }
     }
 
-    pub fn resources_policy(&self, org: &str, name: &str) -> Result<ResourcesPolicy, CoreError> {
-        Ok(self.resources_of(&self.record(org, name)?.config))
+    pub fn resources_policy(&self, key: &SpriteKey) -> Result<ResourcesPolicy, CoreError> {
+        Ok(self.resources_of(&self.record(key)?.config))
     }
 
     /// Changes the limits `request` names (absent fields stay); `None` puts memory and
@@ -32,11 +33,11 @@ impl SpriteManager {
     /// sprite's cgroup; lowering memory below what it uses is refused (409).
     pub async fn set_resources_policy(
         &self,
-        org: &str,
-        name: &str,
+        key: &SpriteKey,
         request: Option<ResourcesPolicy>,
     ) -> Result<ResourcesPolicy, CoreError> {
-        let mut record = self.record(org, name)?;
+        let name = key.name.as_str();
+        let mut record = self.record(key)?;
         let mut config = record.config.clone();
         match &request {
             None => {

@@ -6,6 +6,7 @@
 
 use crate::config::CoreConfig;
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use crate::rootfs::RootStore;
 use crate::sandboxes::{Journal, RecordingSandboxes, Sandboxes};
 use crate::SpriteManager;
@@ -146,7 +147,7 @@ impl Host {
     }
 
     fn status(&self, name: &str) -> SpriteStatus {
-        let record = self.manager.record(ORG, name).unwrap();
+        let record = self.manager.record(&SpriteKey::new(ORG, name)).unwrap();
         self.manager.activity.status(&record.id).0
     }
 }
@@ -167,7 +168,10 @@ async fn a_create_mounts_before_it_launches_and_publishes_the_record() {
     // start lock, URL port, connection places) goes with it.
     *host.manager.slots.get(&id).http_port.lock() = Some((8080, std::time::Instant::now()));
     host.journal.clear();
-    host.manager.destroy(ORG, "dev").await.unwrap();
+    host.manager
+        .destroy(&SpriteKey::new(ORG, "dev"))
+        .await
+        .unwrap();
     assert_eq!(host.of(&id), ["kill", "remove"]);
     assert!(
         host.manager.slots.peek(&id).is_none(),
@@ -175,7 +179,7 @@ async fn a_create_mounts_before_it_launches_and_publishes_the_record() {
     );
     assert_eq!(host.manager.slots.len(), 0);
     assert!(matches!(
-        host.manager.record(ORG, "dev"),
+        host.manager.record(&SpriteKey::new(ORG, "dev")),
         Err(CoreError::SpriteNotFound(_))
     ));
 }
@@ -199,7 +203,7 @@ async fn a_create_that_cannot_start_is_rolled_back_and_its_name_is_free_again() 
         "a failed sprite is not published: {lines:?}"
     );
     assert!(matches!(
-        host.manager.record(ORG, "dev"),
+        host.manager.record(&SpriteKey::new(ORG, "dev")),
         Err(CoreError::SpriteNotFound(_))
     ));
     host.sandboxes.fail_launches.store(false, Ordering::Relaxed);
@@ -266,18 +270,30 @@ async fn cold_sleep_unmounts_after_the_processes_and_a_wake_mounts_before_it_lau
     let host = Host::new(0);
     let id = host.create("dev").await.unwrap();
     host.journal.clear();
-    host.manager.sleep(ORG, "dev", true).await.unwrap();
+    host.manager
+        .sleep(&SpriteKey::new(ORG, "dev"), true)
+        .await
+        .unwrap();
     assert_eq!(host.of(&id), ["stop", "unmount"]);
     assert_eq!(host.status("dev"), SpriteStatus::Cold);
     host.journal.clear();
-    host.manager.wake(ORG, "dev").await.unwrap();
+    host.manager
+        .wake(&SpriteKey::new(ORG, "dev"))
+        .await
+        .unwrap();
     assert_eq!(host.of(&id), ["mount", "launch"]);
     assert_eq!(host.status("dev"), SpriteStatus::Running);
     // Warm sleep freezes; a wake thaws and launches nothing.
     host.journal.clear();
-    host.manager.sleep(ORG, "dev", false).await.unwrap();
+    host.manager
+        .sleep(&SpriteKey::new(ORG, "dev"), false)
+        .await
+        .unwrap();
     assert_eq!(host.status("dev"), SpriteStatus::Warm);
-    host.manager.wake(ORG, "dev").await.unwrap();
+    host.manager
+        .wake(&SpriteKey::new(ORG, "dev"))
+        .await
+        .unwrap();
     assert_eq!(host.of(&id), ["freeze", "thaw"]);
 }
 
@@ -286,7 +302,10 @@ async fn a_lost_storage_process_is_recovered_and_the_awake_sprites_restarted_on_
     let host = Host::new(0);
     let awake = host.create("awake").await.unwrap();
     let cold = host.create("cold").await.unwrap();
-    host.manager.sleep(ORG, "cold", true).await.unwrap();
+    host.manager
+        .sleep(&SpriteKey::new(ORG, "cold"), true)
+        .await
+        .unwrap();
     host.journal.clear();
     host.roots.storage_lost.store(true, Ordering::Relaxed);
     let supervisor = tokio::spawn(

@@ -4,6 +4,7 @@
 
 use crate::db::{LifeRecord, SpriteRecord};
 use crate::error::CoreError;
+use crate::ids::SpriteKey;
 use crate::lifecycle::{decide, parse_duration, ActivityGuard, Reason, SleepPolicy, Transition};
 use crate::manager::{ms_to_rfc3339, SpriteManager};
 use sprite_api::sprite::{AwakeReason, LifecycleInfo, SpriteInfo, SpriteStatus};
@@ -167,13 +168,8 @@ impl SpriteManager {
 
     /// Keeps the sprite awake for `reason` while the guard lives (an exec client, a
     /// proxied connection...). Does not wake it: the caller's operation does.
-    pub fn keep_awake(
-        &self,
-        org: &str,
-        name: &str,
-        reason: Reason,
-    ) -> Result<ActivityGuard, CoreError> {
-        let record = self.record(org, name)?;
+    pub fn keep_awake(&self, key: &SpriteKey, reason: Reason) -> Result<ActivityGuard, CoreError> {
+        let record = self.record(key)?;
         Ok(self.activity.hold(&record.id, reason).0)
     }
 
@@ -192,8 +188,9 @@ impl SpriteManager {
     }
 
     /// `POST /v1/sprites/{name}/wake`.
-    pub async fn wake(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
-        let record = self.record(org, name)?;
+    pub async fn wake(&self, key: &SpriteKey) -> Result<SpriteInfo, CoreError> {
+        let name = key.name.as_str();
+        let record = self.record(key)?;
         let started = std::time::Instant::now();
         let (before, _) = self.activity.status(&record.id);
         let _awake = self.wake_record(&record, Reason::Api).await?;
@@ -204,8 +201,9 @@ impl SpriteManager {
     }
 
     /// `POST /v1/sprites/{name}/sleep`: warm or cold now, unless a client is using it.
-    pub async fn sleep(&self, org: &str, name: &str, cold: bool) -> Result<SpriteInfo, CoreError> {
-        let record = self.record(org, name)?;
+    pub async fn sleep(&self, key: &SpriteKey, cold: bool) -> Result<SpriteInfo, CoreError> {
+        let name = key.name.as_str();
+        let record = self.record(key)?;
         let target = if cold {
             SpriteStatus::Cold
         } else {
@@ -420,8 +418,9 @@ impl SpriteManager {
     /// `POST /v1/sprites/{name}/restart`: stops the sprite as a cold sleep does (SIGTERM,
     /// the grace period, SIGKILL; its disk flushed), then starts it again; its services
     /// come back with it. Sessions end.
-    pub async fn restart(&self, org: &str, name: &str) -> Result<SpriteInfo, CoreError> {
-        let record = self.record(org, name)?;
+    pub async fn restart(&self, key: &SpriteKey) -> Result<SpriteInfo, CoreError> {
+        let name = key.name.as_str();
+        let record = self.record(key)?;
         let started = std::time::Instant::now();
         let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
         let start_lock = self.start_lock(&record.id);
@@ -442,8 +441,8 @@ impl SpriteManager {
     /// `GET /v1/sprites/{name}/check`: a running sprite's PID 1 answers, its root and
     /// disk are mounted, its network is attached; the first that fails is the reason.
     /// A sleeping sprite is reported as sleeping, not woken.
-    pub async fn check(&self, org: &str, name: &str) -> Result<SpriteCheck, CoreError> {
-        let record = self.record(org, name)?;
+    pub async fn check(&self, key: &SpriteKey) -> Result<SpriteCheck, CoreError> {
+        let record = self.record(key)?;
         let started = std::time::Instant::now();
         let (status, _) = self.activity.status(&record.id);
         let problem = match status {

@@ -2,17 +2,46 @@
 //! request's extensions as [`Org`].
 
 use crate::{ApiError, AppState};
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sprite_api::ErrorKind;
+use sprite_core::ids::SpriteKey;
 use subtle::ConstantTimeEq;
 
 /// The organization a request acts for.
 #[derive(Debug, Clone)]
 pub struct Org(pub String);
+
+/// The sprite a request is about: its organization (from the token) and the `{name}`
+/// of its path, resolved once here and passed whole to the manager.
+#[derive(Debug, Clone)]
+pub struct SpritePath(pub SpriteKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for SpritePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<SpritePath, ApiError> {
+        let org = parts.extensions.get::<Org>().cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unauthenticated,
+                "missing or unknown token; pass it as `Authorization: Bearer <token>`",
+            )
+        })?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        let name = params
+            .iter()
+            .find(|(key, _)| *key == "name")
+            .map(|(_, value)| value.to_string())
+            .ok_or_else(|| ApiError::invalid("this path names no sprite"))?;
+        Ok(SpritePath(SpriteKey::new(org.0, name)))
+    }
+}
 
 /// Known tokens and their organizations.
 #[derive(Debug, Default)]

@@ -1,7 +1,7 @@
 //! Checkpoint routes. Create and restore answer NDJSON progress (`application/x-ndjson`):
 //! `info` lines, then `complete` or `error`.
 
-use crate::auth::Org;
+use crate::auth::SpritePath;
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use axum::body::Bytes;
@@ -55,9 +55,8 @@ pub struct CreateBody {
 
 pub async fn create(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
+    SpritePath(key): SpritePath,
     marked: Option<Extension<Caller>>,
-    Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = caller(marked);
@@ -69,13 +68,13 @@ pub async fn create(
     // 404, 400 and 429 before the stream starts (cheap: no storage is asked).
     state
         .manager
-        .admit_checkpoint(&org, &name, request.comment.as_deref(), caller)?;
+        .admit_checkpoint(&key, request.comment.as_deref(), caller)?;
     let manager = state.manager.clone();
     Ok(ndjson(
-        format!("creating a checkpoint of {name}"),
+        format!("creating a checkpoint of {key}"),
         async move {
             let checkpoint = manager
-                .checkpoint(&org, &name, request.comment.as_deref(), caller)
+                .checkpoint(&key, request.comment.as_deref(), caller)
                 .await?;
             Ok(format!("Checkpoint {} created", checkpoint.id))
         },
@@ -93,13 +92,12 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let include_auto = matches!(query.include_auto.as_deref(), Some("true" | "1"));
     let with_history = query.history.is_some_and(|h| !h.is_empty() && h != "false");
-    let (rows, current) = state.manager.checkpoint_lineage(&org, &name).await?;
+    let (rows, current) = state.manager.checkpoint_lineage(&key).await?;
     let mut list: Vec<_> = with_history.then_some(current).into_iter().collect();
     list.extend(
         rows.into_iter()
@@ -116,28 +114,28 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, id)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.checkpoint_info(&org, &name, &id).await?).into_response())
+    Ok(Json(state.manager.checkpoint_info(&key, &id).await?).into_response())
 }
 
 pub async fn restore(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
+    SpritePath(key): SpritePath,
     marked: Option<Extension<Caller>>,
-    Path((name, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let caller = caller(marked);
     state
         .manager
-        .admit_checkpoint_change(&org, &name, &id, caller)
+        .admit_checkpoint_change(&key, &id, caller)
         .await?;
     let manager = state.manager.clone();
     Ok(ndjson(
-        format!("restoring {name} to {id}; its sessions end"),
+        format!("restoring {key} to {id}; its sessions end"),
         async move {
-            manager.restore(&org, &name, &id, caller).await?;
+            manager.restore(&key, &id, caller).await?;
             Ok(format!("Checkpoint {id} restored"))
         },
     ))
@@ -145,13 +143,13 @@ pub async fn restore(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
+    SpritePath(key): SpritePath,
     marked: Option<Extension<Caller>>,
-    Path((name, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     state
         .manager
-        .delete_checkpoint(&org, &name, &id, caller(marked))
+        .delete_checkpoint(&key, &id, caller(marked))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -21,17 +21,17 @@
 //!
 //! An operation keeps the sprite awake like plain exec does; an idle socket does not.
 
-use crate::auth::Org;
+use crate::auth::{Org, SpritePath};
 use crate::exec::{exit_message, lost_close, session_message, spawn_failure, AbortOnDrop, Sent};
 use crate::{ApiError, AppState, PING_INTERVAL};
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
 use sprite_api::exec::{ClientMessage, ExecParams, Frame, Signal};
+use sprite_core::ids::SpriteKey;
 use sprite_core::lifecycle::Reason;
 use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
@@ -59,8 +59,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn control(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     headers: HeaderMap,
     upgrade: crate::exec::WsUpgrade,
 ) -> Result<Response, ApiError> {
@@ -69,7 +68,7 @@ pub async fn control(
             "the control connection needs a WebSocket upgrade (GET with Upgrade: websocket)",
         )
     })?;
-    state.manager.check_exists(&org, &name)?;
+    state.manager.check_exists(&key)?;
     // The Go SDK writes stdin without the stream-id byte.
     let raw_stdin = headers
         .get(axum::http::header::USER_AGENT)
@@ -81,8 +80,7 @@ pub async fn control(
         .on_upgrade(move |socket| async move {
             let conn = Conn {
                 state,
-                org,
-                name,
+                key,
                 raw_stdin,
             };
             conn.serve(socket).await;
@@ -91,8 +89,7 @@ pub async fn control(
 
 struct Conn {
     state: AppState,
-    org: String,
-    name: String,
+    key: SpriteKey,
     raw_stdin: bool,
 }
 
@@ -284,7 +281,7 @@ impl Conn {
                 Ok(Some(Ok(message))) => message,
                 Ok(_) => return,
                 Err(_) => {
-                    tracing::info!(sprite = %self.name, "control socket silent for {timeout:?}; closing");
+                    tracing::info!(sprite = %self.key, "control socket silent for {timeout:?}; closing");
                     return;
                 }
             };
@@ -409,8 +406,8 @@ impl Conn {
                 .find(|(k, v)| k == "user" && !v.is_empty())
                 .map(|(_, v)| v.clone()),
         );
-        let (org, name) = (&self.org, &self.name);
-        let awake = match self.state.manager.keep_awake(org, name, Reason::Session) {
+        let key = &self.key;
+        let awake = match self.state.manager.keep_awake(key, Reason::Session) {
             Ok(awake) => awake,
             Err(error) => {
                 fail(sprite_api::error_chain(&error)).await;
@@ -418,8 +415,8 @@ impl Conn {
             }
         };
         let started = match &attach {
-            Some(session) => self.state.manager.attach(org, name, session).await,
-            None => self.state.manager.spawn(org, name, &params, &run_as).await,
+            Some(session) => self.state.manager.attach(key, session).await,
+            None => self.state.manager.spawn(key, &params, &run_as).await,
         };
         let attachment = match started {
             Ok(attachment) => attachment,
@@ -493,7 +490,7 @@ impl Conn {
         let connected = self
             .state
             .manager
-            .connect_tcp(&self.org, &self.name, ip, port, CONNECT_TIMEOUT)
+            .connect_tcp(&self.key, ip, port, CONNECT_TIMEOUT)
             .await;
         let (stream, awake) = match connected {
             Ok(connected) => connected,
@@ -559,7 +556,7 @@ impl Conn {
                 .map(|(_, v)| v.as_str())
         };
         let flag = |key: &str| get(key) == Some("true");
-        let base = format!("/v1/sprites/{}/fs", self.name);
+        let base = format!("/v1/sprites/{}/fs", self.key.name);
         // Each op as its HTTP route: method, path and query, JSON body.
         let (method, uri, body) = match op {
             "fs.read" => ("GET", format!("{base}/read?{query}"), Body::empty()),
@@ -635,7 +632,7 @@ impl Conn {
             .method(method)
             .uri(uri)
             .header("content-type", "application/json")
-            .extension(Org(self.org.clone()))
+            .extension(Org(self.key.org.clone()))
             .body(body);
         let response = match request {
             // Through the API's own fs routes (built here: fs ops over this socket are

@@ -1,7 +1,7 @@
 //! Exec routes: WebSocket exec and attach with the Sprites framing, plain-HTTP exec,
 //! session listing and kill.
 
-use crate::auth::Org;
+use crate::auth::SpritePath;
 use crate::{ApiError, AppState};
 use crate::{IDLE_READ_TIMEOUT, PING_INTERVAL};
 use axum::body::Body;
@@ -9,11 +9,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use futures_util::{SinkExt, StreamExt};
 use sprite_api::exec::{
     ClientMessage, ExecParams, Frame, ServerMessage, SessionList, Signal, MAX_CLIENT_FRAME,
 };
+use sprite_core::ids::SpriteKey;
 use sprite_core::lifecycle::{ActivityGuard, Reason};
 use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
@@ -92,13 +93,12 @@ enum Bridge {
 
 pub async fn exec_or_list(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     RawQuery(raw): RawQuery,
     upgrade: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let Ok(upgrade) = upgrade else {
-        let sessions = state.manager.sessions(&org, &name).await?;
+        let sessions = state.manager.sessions(&key).await?;
         return Ok(with_capabilities(
             Json(SessionList { sessions }).into_response(),
         ));
@@ -110,17 +110,13 @@ pub async fn exec_or_list(
         .find(|(k, v)| k == "id" && !v.is_empty())
         .map(|(_, v)| v);
     if let Some(session) = attach_id {
-        return attach_session(&state, &org, &name, &session, upgrade).await;
+        return attach_session(&state, &key, &session, upgrade).await;
     }
     let (params, run_as) = parse_params(&raw)?;
     // A connected client keeps the sprite awake, however quiet its command is.
-    let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
-    let bridge = match state.manager.spawn(&org, &name, &params, &run_as).await {
-        Ok(attachment) => Bridge::Session(
-            attachment,
-            true,
-            state.manager.watch_ports(&org, &name).ok(),
-        ),
+    let awake = state.manager.keep_awake(&key, Reason::Session)?;
+    let bridge = match state.manager.spawn(&key, &params, &run_as).await {
+        Ok(attachment) => Bridge::Session(attachment, true, state.manager.watch_ports(&key).ok()),
         Err(CoreError::SpawnFailed(message)) => Bridge::Failed {
             message,
             tty: params.tty,
@@ -132,26 +128,25 @@ pub async fn exec_or_list(
 
 pub async fn attach(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, session)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, session)): Path<(String, String)>,
     upgrade: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::invalid("attach needs a WebSocket upgrade"))?;
-    attach_session(&state, &org, &name, &session, upgrade).await
+    attach_session(&state, &key, &session, upgrade).await
 }
 
 async fn attach_session(
     state: &AppState,
-    org: &str,
-    name: &str,
+    key: &SpriteKey,
     session: &str,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let awake = state.manager.keep_awake(org, name, Reason::Session)?;
-    let attachment = state.manager.attach(org, name, session).await?;
+    let awake = state.manager.keep_awake(key, Reason::Session)?;
+    let attachment = state.manager.attach(key, session).await?;
     Ok(with_capabilities(upgrade_to(
         upgrade,
-        Bridge::Session(attachment, false, state.manager.watch_ports(org, name).ok()),
+        Bridge::Session(attachment, false, state.manager.watch_ports(key).ok()),
         awake,
     )))
 }
@@ -445,16 +440,15 @@ async fn forward_input(
 /// stdin; the answer streams stdout/stderr frames and ends with `[3, code]`.
 pub async fn exec_http(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     RawQuery(raw): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
     let (mut params, run_as) = parse_params(&raw)?;
     params.tty = false;
     params.stdin = true;
-    let awake = state.manager.keep_awake(&org, &name, Reason::Session)?;
-    let attachment = match state.manager.spawn(&org, &name, &params, &run_as).await {
+    let awake = state.manager.keep_awake(&key, Reason::Session)?;
+    let attachment = match state.manager.spawn(&key, &params, &run_as).await {
         Ok(attachment) => attachment,
         Err(CoreError::SpawnFailed(message)) => {
             // One frame per chunk: the JS SDK's HTTP exec reads a frame from each.
@@ -648,8 +642,8 @@ fn kill_request(query: KillQuery, body: &[u8]) -> Result<(Signal, std::time::Dur
 /// that already exited. A zero timeout only signals.
 pub async fn kill(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, session)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, session)): Path<(String, String)>,
     query: Result<axum::extract::Query<KillQuery>, axum::extract::rejection::QueryRejection>,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
@@ -659,16 +653,11 @@ pub async fn kill(
     let watch = if timeout.is_zero() {
         None
     } else {
-        Some(
-            state
-                .manager
-                .attach_from(&org, &name, &session, false)
-                .await?,
-        )
+        Some(state.manager.attach_from(&key, &session, false).await?)
     };
     state
         .manager
-        .kill_session(&org, &name, &session, signal.number())
+        .kill_session(&key, &session, signal.number())
         .await?;
     let pid = watch.as_ref().map_or(0, |w| w.pid);
     let (lines, response) = crate::ndjson_channel(8);
@@ -699,7 +688,7 @@ pub async fn kill(
                     );
                     let _ = lines.send(line("timeout", text, None, None)).await;
                     let killed = manager
-                        .kill_session(&org, &name, &session, Signal::Kill.number())
+                        .kill_session(&key, &session, Signal::Kill.number())
                         .await;
                     match killed {
                         Err(error) => line("error", sprite_api::error_chain(&error), None, None),

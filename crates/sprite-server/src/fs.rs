@@ -4,15 +4,15 @@
 //! while it works. Bodies stream both ways through a bounded channel to a blocking
 //! thread, so no file is ever held in memory whole.
 
-use crate::auth::Org;
+use crate::auth::SpritePath;
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use futures_util::{SinkExt, StreamExt};
 use sprite_api::fs::{
     clean_path, format_mode, parse_mode, parse_mode_text, ChmodRequest, ChownRequest, CopyRequest,
@@ -21,6 +21,7 @@ use sprite_api::fs::{
 };
 use sprite_api::ErrorKind;
 use sprite_core::files::{FsError, SpriteRoot, Watcher};
+use sprite_core::ids::SpriteKey;
 use sprite_core::CoreError;
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
@@ -93,10 +94,9 @@ async fn blocking<T: Send + 'static>(
 
 async fn root(
     state: &AppState,
-    org: &str,
-    name: &str,
+    key: &SpriteKey,
 ) -> Result<(Arc<SpriteRoot>, sprite_core::lifecycle::ActivityGuard), ApiError> {
-    let (root, guard) = state.manager.fs_root(org, name).await?;
+    let (root, guard) = state.manager.fs_root(key).await?;
     Ok((Arc::new(root), guard))
 }
 
@@ -104,11 +104,10 @@ async fn root(
 /// on the blocking pool, as the sprite's root user.
 async fn in_sprite<T: Send + 'static>(
     state: &AppState,
-    org: &str,
-    name: &str,
+    key: &SpriteKey,
     work: impl FnOnce(&SpriteRoot) -> Result<T, FsError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let (root, _awake) = root(state, org, name).await?;
+    let (root, _awake) = root(state, key).await?;
     blocking(move || root.run(work)).await
 }
 
@@ -149,13 +148,12 @@ fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
 /// `GET fs/read?path=&workingDir=`, honouring `Range`.
 pub async fn read(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let path = Params::parse(query).path()?;
-    let (root, guard) = root(&state, &org, &name).await?;
+    let (root, guard) = root(&state, &key).await?;
     let opened = path.clone();
     let (file, size) = blocking(move || root.run(|r| r.open_read(&opened))).await?;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -235,8 +233,7 @@ pub async fn read(
 /// only once complete and synced: a broken upload leaves the old file as it was.
 pub async fn write(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<FsWritten>, ApiError> {
@@ -251,7 +248,7 @@ pub async fn write(
         .flag("mkdirParents")?
         .or(params.flag("mkdir")?)
         .unwrap_or(false);
-    let (root, _awake) = root(&state, &org, &name).await?;
+    let (root, _awake) = root(&state, &key).await?;
     let finisher = root.clone();
     let target = path.clone();
     let (pending, file) =
@@ -313,8 +310,7 @@ pub async fn write(
 /// `GET fs/list?path=&workingDir=&recursive=&pattern=`.
 pub async fn list(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     RawQuery(query): RawQuery,
 ) -> Result<Json<FsList>, ApiError> {
     let params = Params::parse(query);
@@ -325,7 +321,7 @@ pub async fn list(
         .filter(|p| !p.is_empty())
         .map(str::to_string);
     let listed = path.clone();
-    let entries = in_sprite(&state, &org, &name, move |r| {
+    let entries = in_sprite(&state, &key, move |r| {
         r.list(&listed, recursive, pattern.as_deref())
     })
     .await?;
@@ -339,8 +335,7 @@ pub async fn list(
 /// `DELETE fs/delete?path=&workingDir=&recursive=` (or the same fields as JSON).
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<FsDeleted>, ApiError> {
@@ -363,7 +358,7 @@ pub async fn delete(
         Some(recursive) => recursive,
         None => params.flag("recursive")?.unwrap_or(false),
     };
-    let deleted = in_sprite(&state, &org, &name, move |r| r.delete(&path, recursive)).await?;
+    let deleted = in_sprite(&state, &key, move |r| r.delete(&path, recursive)).await?;
     Ok(Json(FsDeleted {
         count: deleted.len(),
         deleted,
@@ -373,8 +368,7 @@ pub async fn delete(
 /// `POST fs/rename {source, dest, workingDir}`.
 pub async fn rename(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     body: Bytes,
 ) -> Result<Json<FsRenamed>, ApiError> {
     let request: RenameRequest = parse_json(&body)?;
@@ -382,22 +376,21 @@ pub async fn rename(
     let source = clean(working_dir, &request.source)?;
     let dest = clean(working_dir, &request.dest)?;
     let (s, d) = (source.clone(), dest.clone());
-    in_sprite(&state, &org, &name, move |r| r.rename(&s, &d)).await?;
+    in_sprite(&state, &key, move |r| r.rename(&s, &d)).await?;
     Ok(Json(FsRenamed { source, dest }))
 }
 
 /// `POST fs/copy {source, dest, workingDir, recursive, preserveAttrs}`.
 pub async fn copy(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     body: Bytes,
 ) -> Result<Json<sprite_api::fs::FsCopied>, ApiError> {
     let request: CopyRequest = parse_json(&body)?;
     let working_dir = request.working_dir.as_deref();
     let source = clean(working_dir, &request.source)?;
     let dest = clean(working_dir, &request.dest)?;
-    let copied = in_sprite(&state, &org, &name, move |r| {
+    let copied = in_sprite(&state, &key, move |r| {
         r.copy(&source, &dest, request.recursive, request.preserve_attrs)
     })
     .await?;
@@ -407,15 +400,14 @@ pub async fn copy(
 /// `POST fs/chmod {path, workingDir, mode, recursive}`.
 pub async fn chmod(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     body: Bytes,
 ) -> Result<Json<FsAffected>, ApiError> {
     let request: ChmodRequest = parse_json(&body)?;
     let path = clean(request.working_dir.as_deref(), &request.path)?;
     let mode = parse_mode(&request.mode)
         .map_err(|message| fs_error(FsError::new(FsCode::Invalid, &path, message)))?;
-    let affected = in_sprite(&state, &org, &name, move |r| {
+    let affected = in_sprite(&state, &key, move |r| {
         r.chmod(&path, mode, request.recursive)
     })
     .await?;
@@ -428,8 +420,7 @@ pub async fn chmod(
 /// `POST fs/chown {path, workingDir, uid, gid, recursive}` (ids as seen inside).
 pub async fn chown(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     body: Bytes,
 ) -> Result<Json<FsAffected>, ApiError> {
     let request: ChownRequest = parse_json(&body)?;
@@ -441,7 +432,7 @@ pub async fn chown(
             "chown needs uid, gid or both (numbers seen inside the sprite, e.g. 1000, or names from its /etc/passwd and /etc/group)",
         )));
     }
-    let affected = in_sprite(&state, &org, &name, move |r| {
+    let affected = in_sprite(&state, &key, move |r| {
         let uid = resolve_owner(r, request.uid.as_ref(), "/etc/passwd", "user", &path)?;
         let gid = resolve_owner(r, request.gid.as_ref(), "/etc/group", "group", &path)?;
         r.chown(&path, uid, gid, request.recursive)
@@ -489,11 +480,10 @@ fn resolve_owner(
 /// sent as JSON text messages. An open watch keeps the sprite awake.
 pub async fn watch(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    state.manager.check_exists(&org, &name)?;
+    state.manager.check_exists(&key)?;
     // Each watch is an inotify instance of the daemon's user, and the host allows that
     // user 128 of them for everything it runs.
     let open = OPEN_WATCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -513,7 +503,7 @@ pub async fn watch(
     let release = Release;
     Ok(upgrade.on_upgrade(move |socket| async move {
         let _release = release;
-        if let Err(error) = serve_watch(state, org, name, socket).await {
+        if let Err(error) = serve_watch(state, key, socket).await {
             tracing::debug!("fs watch ended: {error}");
         }
     }))
@@ -525,12 +515,11 @@ async fn send_json(socket: &mut WebSocket, value: serde_json::Value) -> Result<(
 
 async fn serve_watch(
     state: AppState,
-    org: String,
-    name: String,
+    key: SpriteKey,
     mut socket: WebSocket,
 ) -> Result<(), axum::Error> {
     let opened = async {
-        let (root, awake) = root(&state, &org, &name).await?;
+        let (root, awake) = root(&state, &key).await?;
         let watcher = Watcher::new(root).map_err(fs_error)?;
         Ok::<_, ApiError>((watcher, awake))
     }

@@ -175,7 +175,7 @@ pub fn sprite_router(state: AppState, sprite_id: String) -> Router {
 
 /// Services and checkpoints: the same routes as the outer API, for this sprite only.
 async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Request) -> Response {
-    let (org, name) = match state.manager.sprite_by_id(sprite_id) {
+    let key = match state.manager.sprite_by_id(sprite_id) {
         Ok(found) => found,
         Err(error) => return ApiError::from(error).into_response(),
     };
@@ -197,12 +197,12 @@ async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Req
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let rewritten = format!("/v1/sprites/{name}{}{query}", &path["/v1".len()..]);
+    let rewritten = format!("/v1/sprites/{}{}{query}", key.name, &path["/v1".len()..]);
     match rewritten.parse() {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => return ApiError::invalid("bad path").into_response(),
     }
-    request.extensions_mut().insert(Org(org));
+    request.extensions_mut().insert(Org(key.org));
     request.extensions_mut().insert(sprite_core::Caller::Sprite);
     match api.oneshot(request).await {
         Ok(response) => response,

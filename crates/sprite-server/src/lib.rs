@@ -106,10 +106,9 @@ async fn import_image(
 
 async fn usage(
     State(state): State<AppState>,
-    axum::Extension(auth::Org(org)): axum::Extension<auth::Org>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    auth::SpritePath(key): auth::SpritePath,
 ) -> Result<axum::Json<sprite_api::admin::SpriteUsage>, ApiError> {
-    Ok(axum::Json(state.manager.usage(&org, &name).await?))
+    Ok(axum::Json(state.manager.usage(&key).await?))
 }
 
 async fn gc(

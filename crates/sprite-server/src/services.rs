@@ -4,7 +4,7 @@
 //! `complete` with the service's `log_files`. Timestamps are milliseconds since the
 //! epoch.
 
-use crate::auth::Org;
+use crate::auth::SpritePath;
 use crate::error::parse_json;
 use crate::NdjsonLines;
 use crate::{ApiError, AppState};
@@ -12,12 +12,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use sprite_api::exec::{parse_duration, Signal};
 use sprite_api::services::{
     service_log_path, ServiceEvent, ServiceEventKind, ServiceInfo, ServiceSignal, ServiceSpec,
     ServiceStatus,
 };
+use sprite_core::ids::SpriteKey;
 use sprite_core::SpriteManager;
 use sprite_sandbox::client::SessionEvent;
 use std::time::Duration;
@@ -113,13 +114,13 @@ fn duration_param(
 /// output.
 async fn follow_run(
     manager: &SpriteManager,
-    (org, name): (&str, &str),
+    key: &SpriteKey,
     session: &str,
     follow: Duration,
     replay: bool,
     lines: &NdjsonLines,
 ) -> Result<bool, Gone> {
-    match manager.attach_from(org, name, session, replay).await {
+    match manager.attach_from(key, session, replay).await {
         Ok(attachment) => follow_attachment(attachment, follow, lines).await,
         // The run is already gone: nothing more to follow.
         Err(sprite_core::CoreError::NotFound(_)) => Ok(true),
@@ -160,7 +161,7 @@ async fn follow_attachment(
 /// `started` when the service runs, its output for `follow`.
 async fn announce_start(
     manager: &SpriteManager,
-    at: (&str, &str),
+    at: &SpriteKey,
     service: &ServiceInfo,
     follow: Duration,
     lines: &NdjsonLines,
@@ -180,7 +181,7 @@ async fn announce_start(
 /// `stopping`, the run's last output and `exit` (waiting up to `wait`), `stopped`.
 async fn announce_stop(
     manager: &SpriteManager,
-    at: (&str, &str),
+    at: &SpriteKey,
     service: &ServiceInfo,
     wait: Duration,
     lines: &NdjsonLines,
@@ -242,47 +243,46 @@ const EXIT_SLACK: Duration = Duration::from_secs(5);
 
 pub async fn list(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.services(&org, &name).await?).into_response())
+    Ok(Json(state.manager.services(&key).await?).into_response())
 }
 
 pub async fn get(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.service(&org, &name, &service).await?).into_response())
+    Ok(Json(state.manager.service(&key, &service).await?).into_response())
 }
 
 pub async fn put(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
     query: FollowQueryResult,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let follow = query_of(query)?.follow(PUT_FOLLOW)?;
     let spec: ServiceSpec = parse_json(&body)?;
     let manager = state.manager.clone();
-    let info = manager.put_service(&org, &name, &service, spec).await?;
+    let info = manager.put_service(&key, &service, spec).await?;
     Ok(ndjson(service, move |lines| async move {
-        announce_start(&manager, (&org, &name), &info, follow, &lines).await
+        announce_start(&manager, &key, &info, follow, &lines).await
     }))
 }
 
 pub async fn start(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
     let follow = query_of(query)?.follow(Duration::ZERO)?;
     let manager = state.manager.clone();
-    let info = manager.start_service(&org, &name, &service).await?;
+    let info = manager.start_service(&key, &service).await?;
     Ok(ndjson(service, move |lines| async move {
-        announce_start(&manager, (&org, &name), &info, follow, &lines).await
+        announce_start(&manager, &key, &info, follow, &lines).await
     }))
 }
 
@@ -290,17 +290,15 @@ pub async fn start(
 /// streams `stopping`, the run's last output, `exit`, `stopped`, `complete`.
 pub async fn stop(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
     let grace = query_of(query)?.grace()?;
     let manager = state.manager.clone();
-    let info = manager
-        .stop_service(&org, &name, &service, Some(grace))
-        .await?;
+    let info = manager.stop_service(&key, &service, Some(grace)).await?;
     Ok(ndjson(service, move |lines| async move {
-        announce_stop(&manager, (&org, &name), &info, grace + EXIT_SLACK, &lines).await
+        announce_stop(&manager, &key, &info, grace + EXIT_SLACK, &lines).await
     }))
 }
 
@@ -308,21 +306,19 @@ pub async fn stop(
 /// to exit), then a start; one stream for both.
 pub async fn restart(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
     let query = query_of(query)?;
     let (follow, grace) = (query.follow(Duration::ZERO)?, query.grace()?);
     let manager = state.manager.clone();
-    let stopped = manager
-        .stop_service(&org, &name, &service, Some(grace))
-        .await?;
+    let stopped = manager.stop_service(&key, &service, Some(grace)).await?;
     let svc = service.clone();
     Ok(ndjson(service, move |lines| async move {
-        let at = (org.as_str(), name.as_str());
+        let at = &key;
         announce_stop(&manager, at, &stopped, grace + EXIT_SLACK, &lines).await?;
-        match manager.start_service(&org, &name, &svc).await {
+        match manager.start_service(&key, &svc).await {
             Ok(info) => announce_start(&manager, at, &info, follow, &lines).await,
             Err(error) => {
                 let text = sprite_api::error_chain(&error);
@@ -334,8 +330,7 @@ pub async fn restart(
 
 pub async fn signal(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ServiceSignal = parse_json(&body)?;
@@ -347,17 +342,17 @@ pub async fn signal(
     })?;
     state
         .manager
-        .signal_service(&org, &name, &request.name, signal.number())
+        .signal_service(&key, &request.name, signal.number())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    state.manager.delete_service(&org, &name, &service).await?;
+    state.manager.delete_service(&key, &service).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -366,8 +361,8 @@ pub async fn delete(
 /// `complete`.
 pub async fn logs(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path((name, service)): Path<(String, String)>,
+    SpritePath(key): SpritePath,
+    Path((_, service)): Path<(String, String)>,
     query: FollowQueryResult,
 ) -> Result<Response, ApiError> {
     let query = query_of(query)?;
@@ -383,19 +378,14 @@ pub async fn logs(
     };
     let follow = query.follow(Duration::ZERO)?;
     // Attach before reading the log so no output falls between the two.
-    let info = state.manager.service(&org, &name, &service).await?;
+    let info = state.manager.service(&key, &service).await?;
     let live = match info.state.session_id.as_deref() {
-        Some(session) if !follow.is_zero() => state
-            .manager
-            .attach_from(&org, &name, session, false)
-            .await
-            .ok(),
+        Some(session) if !follow.is_zero() => {
+            state.manager.attach_from(&key, session, false).await.ok()
+        }
         _ => None,
     };
-    let text = state
-        .manager
-        .service_logs(&org, &name, &service, count)
-        .await?;
+    let text = state.manager.service_logs(&key, &service, count).await?;
     Ok(ndjson(service, move |lines| async move {
         for line in text.split_inclusive('\n') {
             send(

@@ -1,15 +1,16 @@
 //! `/v1/sprites` routes.
 
-use crate::auth::Org;
+use crate::auth::{Org, SpritePath};
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sprite_api::sprite::{CreateSpriteRequest, UpdateSpriteRequest};
 use sprite_api::ErrorBody;
+use sprite_core::ids::SpriteKey;
 use sprite_core::CoreError;
 
 pub async fn create(
@@ -23,7 +24,10 @@ pub async fn create(
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
         Err(CoreError::SpriteExists(_)) => {
             // A retried create sees the sprite its first attempt made.
-            let existing = state.manager.get(&org, &name).await?;
+            let existing = state
+                .manager
+                .get(&SpriteKey::new(org, name.clone()))
+                .await?;
             let mut body = serde_json::to_value(&existing).unwrap_or_default();
             if let Some(map) = body.as_object_mut() {
                 let error = ErrorBody {
@@ -91,28 +95,25 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.get(&org, &name).await?).into_response())
+    Ok(Json(state.manager.get(&key).await?).into_response())
 }
 
 pub async fn update(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: UpdateSpriteRequest = parse_json(&body)?;
-    Ok(Json(state.manager.update(&org, &name, request).await?).into_response())
+    Ok(Json(state.manager.update(&key, request).await?).into_response())
 }
 
 pub async fn destroy(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    state.manager.destroy(&org, &name).await?;
+    state.manager.destroy(&key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -126,8 +127,7 @@ pub struct SleepQuery {
 /// `cold=false`. 409 while a client is using the sprite.
 pub async fn sleep(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     query: Result<Query<SleepQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
@@ -140,16 +140,15 @@ pub async fn sleep(
             )))
         }
     };
-    Ok(Json(state.manager.sleep(&org, &name, cold).await?).into_response())
+    Ok(Json(state.manager.sleep(&key, cold).await?).into_response())
 }
 
 /// `POST /v1/sprites/{name}/wake` (ours).
 pub async fn wake(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.wake(&org, &name).await?).into_response())
+    Ok(Json(state.manager.wake(&key).await?).into_response())
 }
 
 /// `POST /v1/sprites/{name}/upgrade`: moving a sprite to a newer base image belongs to
@@ -157,13 +156,12 @@ pub async fn wake(
 /// found").
 pub async fn upgrade(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    state.manager.check_exists(&org, &name)?;
+    state.manager.check_exists(&key)?;
     Err(ApiError::new(
         sprite_api::ErrorKind::NotImplemented,
-        format!("upgrade is not served yet: sprite {name} keeps its image; create a new sprite (or fork this one) on the image you want"),
+        format!("upgrade is not served yet: sprite {key} keeps its image; create a new sprite (or fork this one) on the image you want"),
     ))
 }
 
@@ -261,15 +259,14 @@ fn watch(state: AppState, org: String, prefix: String) -> Result<Response, ApiEr
 /// `POST /v1/sprites/{name}/restart`: stop and start again (services come back).
 pub async fn restart(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    let info = state.manager.restart(&org, &name).await?;
+    let info = state.manager.restart(&key).await?;
     Ok(Json(serde_json::json!({
         "sprite_name": info.name,
         "machine_id": info.id,
         "status": info.status,
-        "message": format!("sprite {name} restarted"),
+        "message": format!("sprite {key} restarted"),
     }))
     .into_response())
 }
@@ -277,10 +274,9 @@ pub async fn restart(
 /// `GET /v1/sprites/{name}/check`: the sprite's health (a sleeping sprite is not woken).
 pub async fn check(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.check(&org, &name).await?).into_response())
+    Ok(Json(state.manager.check(&key).await?).into_response())
 }
 
 /// `GET /v1/organization`: the caller's organization, its sprites by status, limits.

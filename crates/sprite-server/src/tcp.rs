@@ -3,13 +3,13 @@
 //! `{"status":"connected","target":"localhost:5432"}`, then raw bytes flow both ways as
 //! binary messages (ours: an empty one from the client is its EOF, a half-close). The sprite is woken first and kept awake while the socket is open.
 
-use crate::auth::Org;
+use crate::auth::SpritePath;
 use crate::{ApiError, AppState};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
-use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
+use sprite_core::ids::SpriteKey;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,13 +25,12 @@ struct Target {
 
 pub async fn proxy(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    state.manager.check_exists(&org, &name)?;
+    state.manager.check_exists(&key)?;
     Ok(upgrade.on_upgrade(move |socket| async move {
-        serve(state, org, name, socket).await;
+        serve(state, key, socket).await;
     }))
 }
 
@@ -75,7 +74,7 @@ async fn refuse(mut socket: WebSocket, error: String) {
     let _ = socket.close().await;
 }
 
-async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket) {
+async fn serve(state: AppState, key: SpriteKey, mut socket: WebSocket) {
     let target = match socket.recv().await {
         Some(Ok(Message::Text(text))) => serde_json::from_str::<Target>(&text),
         _ => return,
@@ -97,7 +96,7 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
     };
     let (stream, _awake) = match state
         .manager
-        .connect_tcp(&org, &name, ip, target.port, CONNECT_TIMEOUT)
+        .connect_tcp(&key, ip, target.port, CONNECT_TIMEOUT)
         .await
     {
         Ok(connected) => connected,
@@ -158,12 +157,11 @@ async fn serve(state: AppState, org: String, name: String, mut socket: WebSocket
 /// Watching neither wakes the sprite nor keeps it awake.
 pub async fn watch_ports(
     State(state): State<AppState>,
-    Extension(Org(org)): Extension<Org>,
-    Path(name): Path<String>,
+    SpritePath(key): SpritePath,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let mut subscription = state.manager.watch_ports(&org, &name)?;
-    let ports = state.manager.ports_now(&org, &name).await?;
+    let mut subscription = state.manager.watch_ports(&key)?;
+    let ports = state.manager.ports_now(&key).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         // Each entry as the JS SDK types it: a port_opened notification.
         let ports: Vec<serde_json::Value> = ports

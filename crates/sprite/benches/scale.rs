@@ -126,8 +126,9 @@ async fn bench() {
     );
     // The daemon logs each create's phases (`sprite started ... mount_ms sandbox_ms
     // network_ms`); kept for a look at where time goes.
-    let _ = std::fs::create_dir_all("target/bench");
-    let _ = std::fs::write("target/bench/scale-daemon.log", daemon.log());
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("scale-daemon.log"), daemon.log());
     write_report(
         "scale",
         &serde_json::json!({
