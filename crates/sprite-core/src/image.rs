@@ -128,8 +128,15 @@ impl ImageStore {
 
     /// An error unless `name` is a well-formed image name (as sprite names).
     pub fn check_name(name: &str) -> Result<(), CoreError> {
-        sprite_api::validate_sprite_name(name)
-            .map_err(|e| CoreError::InvalidRequest(format!("image name: {e}")))
+        sprite_api::validate_sprite_name(name).map_err(|e| CoreError::InvalidName {
+            what: "image name",
+            value: name.to_string(),
+            rule: match e {
+                sprite_api::NameError::Empty => "it is empty",
+                sprite_api::NameError::TooLong(_) => "use at most 63 characters",
+                _ => "use a-z, 0-9 and -, not first or last",
+            },
+        })
     }
 
     /// An error naming the images there are unless `name` is one.
@@ -140,10 +147,10 @@ impl ImageStore {
         }
         let mut names: Vec<String> = KNOWN_IMAGES.iter().map(|n| n.to_string()).collect();
         names.extend(self.imported());
-        Err(CoreError::InvalidRequest(format!(
-            "unknown image {name:?}; images: {} (import one with `sprite images import NAME ROOTFS.tar`)",
-            names.join(", ")
-        )))
+        Err(CoreError::UnknownImage {
+            name: name.to_string(),
+            known: names,
+        })
     }
 
     /// Imports a root filesystem tarball (plain or compressed as tar recognises:
@@ -152,9 +159,7 @@ impl ImageStore {
     pub async fn import_tarball(&self, name: &str, tarball: &Path) -> Result<PathBuf, CoreError> {
         Self::check_name(name)?;
         if KNOWN_IMAGES.contains(&name) {
-            return Err(CoreError::InvalidRequest(format!(
-                "{name} is a built-in image; import under another name"
-            )));
+            return Err(CoreError::BuiltInImage(name.to_string()));
         }
         let _guard = self.builds.lock().await;
         if self.is_ready(name) {
@@ -190,16 +195,20 @@ impl ImageStore {
             })?;
         if !output.status.success() {
             let _ = fs::remove_dir_all(&scratch);
-            return Err(CoreError::InvalidRequest(format!(
-                "image {name}: not a tarball tar can read: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+            return Err(CoreError::BadTarball {
+                image: name.to_string(),
+                reason: format!(
+                    "not a tarball tar can read: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
         }
         if !rootfs.join("bin").exists() && !rootfs.join("usr/bin").exists() {
             let _ = fs::remove_dir_all(&scratch);
-            return Err(CoreError::InvalidRequest(format!(
-                "image {name}: the tarball has no bin/ or usr/bin/ at its top; pack the root filesystem itself (tar -C ROOT -c .)"
-            )));
+            return Err(CoreError::BadTarball {
+                image: name.to_string(),
+                reason: "the tarball has no bin/ or usr/bin/ at its top; pack the root filesystem itself (tar -C ROOT -c .)".into(),
+            });
         }
         self.finish(name, &scratch, &rootfs, "tarball").await
     }

@@ -378,38 +378,45 @@ impl SpriteManager {
             cold_after: requested.cold_after,
         };
         if config.region.as_deref() != Some(self.config.region.as_str()) {
-            return Err(CoreError::InvalidRequest(format!(
-                "config.region {:?} is not served here: this daemon serves region {:?} (leave config.region out, or set region in the daemon's config)",
-                config.region.as_deref().unwrap_or_default(),
-                self.config.region
-            )));
+            return Err(CoreError::RegionNotServed {
+                requested: config.region.clone().unwrap_or_default(),
+                served: self.config.region.clone(),
+            });
         }
-        for (key, value) in [
-            ("warm_after", &config.warm_after),
-            ("cold_after", &config.cold_after),
+        for (field, value) in [
+            ("config.warm_after", &config.warm_after),
+            ("config.cold_after", &config.cold_after),
         ] {
             if let Some(text) = value {
-                parse_duration(text)
-                    .map_err(|e| CoreError::InvalidRequest(format!("config.{key}: {e}")))?;
+                parse_duration(text).map_err(|e| CoreError::InvalidValue {
+                    field,
+                    reason: e.to_string(),
+                })?;
             }
         }
         let ram = config.ram_mb.unwrap_or_default();
         if !(64..=1024 * 1024).contains(&ram) {
-            return Err(CoreError::InvalidRequest(format!(
-                "config.ram_mb = {ram} is out of range; use 64 to 1048576"
-            )));
+            return Err(CoreError::OutOfRange {
+                field: "config.ram_mb",
+                value: ram.to_string(),
+                allowed: "64 to 1048576".into(),
+            });
         }
         let cpus = config.cpus.unwrap_or_default();
         if cpus == 0 || cpus > cpus_available {
-            return Err(CoreError::InvalidRequest(format!(
-                "config.cpus = {cpus} is out of range; this host has {cpus_available} CPUs"
-            )));
+            return Err(CoreError::OutOfRange {
+                field: "config.cpus",
+                value: cpus.to_string(),
+                allowed: format!("1 to {cpus_available} (the CPUs of this host)"),
+            });
         }
         let storage = config.storage_gb.unwrap_or_default();
         if !(1..=16 * 1024).contains(&storage) {
-            return Err(CoreError::InvalidRequest(format!(
-                "config.storage_gb = {storage} is out of range; use 1 to 16384"
-            )));
+            return Err(CoreError::OutOfRange {
+                field: "config.storage_gb",
+                value: storage.to_string(),
+                allowed: "1 to 16384".into(),
+            });
         }
         Ok(config)
     }
@@ -421,18 +428,22 @@ impl SpriteManager {
         org: &str,
         request: CreateSpriteRequest,
     ) -> Result<SpriteInfo, CoreError> {
-        sprite_api::validate_sprite_name(&request.name)
-            .map_err(|e| CoreError::InvalidRequest(e.to_string()))?;
+        sprite_api::validate_sprite_name(&request.name)?;
         let labels = request.labels.unwrap_or_default();
-        validate_labels(&labels).map_err(CoreError::InvalidRequest)?;
+        validate_labels(&labels).map_err(|reason| CoreError::InvalidValue {
+            field: "labels",
+            reason,
+        })?;
         let environment = request.environment.unwrap_or_default();
         if let Some(key) = environment
             .keys()
             .find(|k| k.is_empty() || k.contains(['=', '\0']))
         {
-            return Err(CoreError::InvalidRequest(format!(
-                "environment key {key:?} is not a valid variable name"
-            )));
+            return Err(CoreError::InvalidName {
+                what: "environment key",
+                value: key.clone(),
+                rule: "use a variable name without = or NUL",
+            });
         }
         let config = self.resolve_config(request.config)?;
         let fork = match &request.from {
@@ -450,12 +461,7 @@ impl SpriteManager {
                         .await?
                         .pop()
                         .map(|c| c.id)
-                        .ok_or_else(|| {
-                            CoreError::InvalidRequest(format!(
-                                "sprite {} has no checkpoint to fork from; create one first",
-                                source.sprite
-                            ))
-                        })?,
+                        .ok_or_else(|| CoreError::NothingToFork(source.sprite.clone()))?,
                 };
                 Some((parent.id, version, parent.image))
             }
@@ -474,11 +480,10 @@ impl SpriteManager {
             .await?;
         let url_settings = request.url_settings.clone().unwrap_or_default();
         if let Some(access) = &url_settings.private_access {
-            sprite_api::sprite::validate_private_access(access)
-                .map_err(CoreError::InvalidRequest)?;
+            sprite_api::sprite::validate_private_access(access).map_err(CoreError::Validation)?;
         }
         if let Some(runtime) = &request.runtime {
-            sprite_api::sprite::validate_runtime(runtime).map_err(CoreError::InvalidRequest)?;
+            sprite_api::sprite::validate_runtime(runtime).map_err(CoreError::Validation)?;
         }
         let timestamp = now();
         let record = SpriteRecord {
@@ -805,9 +810,11 @@ impl SpriteManager {
     ) -> Result<SpriteList, CoreError> {
         let max = max_results.unwrap_or(LIST_MAX_RESULTS);
         if max == 0 || max > LIST_MAX_RESULTS {
-            return Err(CoreError::InvalidRequest(format!(
-                "max_results = {max} is out of range; use 1 to {LIST_MAX_RESULTS}"
-            )));
+            return Err(CoreError::OutOfRange {
+                field: "max_results",
+                value: max.to_string(),
+                allowed: format!("1 to {LIST_MAX_RESULTS}"),
+            });
         }
         let mut records = self.db.list(org, prefix, continuation, max as usize + 1)?;
         let has_more = records.len() > max as usize;
@@ -908,7 +915,7 @@ impl SpriteManager {
             }
             if let Some(access) = settings.private_access {
                 sprite_api::sprite::validate_private_access(&access)
-                    .map_err(CoreError::InvalidRequest)?;
+                    .map_err(CoreError::Validation)?;
                 record.attrs.private_access = Some(access);
             }
         }
@@ -916,7 +923,10 @@ impl SpriteManager {
             record.labels.clear();
         }
         if let Some(labels) = request.labels {
-            validate_labels(&labels).map_err(CoreError::InvalidRequest)?;
+            validate_labels(&labels).map_err(|reason| CoreError::InvalidValue {
+                field: "labels",
+                reason,
+            })?;
             record.labels = labels;
         }
         record.updated_at = now();
@@ -1100,10 +1110,10 @@ impl SpriteManager {
         let _guard = start_lock.lock().await;
         let versions = self.roots.versions(&record.id).await?;
         if versions.len() >= self.config.max_checkpoints {
-            return Err(CoreError::Conflict(format!(
-                "sprite {name} has {} checkpoints, the most it may keep (max_checkpoints); delete old ones first (sprite checkpoint delete)",
-                versions.len()
-            )));
+            return Err(CoreError::TooManyCheckpoints {
+                sprite: name.to_string(),
+                count: versions.len(),
+            });
         }
         let next = versions
             .iter()
@@ -1133,18 +1143,20 @@ impl SpriteManager {
         let record = self.record(key)?;
         if let Some(comment) = comment {
             if comment.len() > MAX_CHECKPOINT_COMMENT {
-                return Err(CoreError::InvalidRequest(format!(
-                    "comment is {} bytes; a checkpoint comment is at most {MAX_CHECKPOINT_COMMENT}",
-                    comment.len()
-                )));
+                return Err(CoreError::OutOfRange {
+                    field: "comment",
+                    value: format!("{} bytes", comment.len()),
+                    allowed: format!("at most {MAX_CHECKPOINT_COMMENT} bytes"),
+                });
             }
         }
         if caller == Caller::Sprite {
             self.inside_checkpoints.take(&record.id).map_err(|wait| {
-                CoreError::RateLimited(format!(
-                    "sprite {name} made {INSIDE_CHECKPOINT_BURST} checkpoints of itself in a short time; try again in {} s",
-                    wait.as_secs().max(1)
-                ))
+                CoreError::CheckpointsTooFast {
+                    sprite: name.to_string(),
+                    burst: INSIDE_CHECKPOINT_BURST,
+                    retry_after: wait.as_secs().max(1),
+                }
             })?;
         }
         Ok(())
@@ -1171,10 +1183,10 @@ impl SpriteManager {
         caller: Caller,
     ) -> Result<(), CoreError> {
         if caller == Caller::Sprite && !self.db.made_inside(&record.id, id)? {
-            return Err(CoreError::Forbidden(format!(
-                "checkpoint {id} of sprite {} was not made from inside it; a sprite may restore or delete only the checkpoints it made itself (its owner can, through the API)",
-                record.name
-            )));
+            return Err(CoreError::NotOwnCheckpoint {
+                sprite: record.name.clone(),
+                checkpoint: id.to_string(),
+            });
         }
         Ok(())
     }
@@ -1491,9 +1503,7 @@ const CAPACITY_POLL: Duration = Duration::from_millis(250);
 /// or delete.
 fn refuse_current(id: &str) -> Result<(), CoreError> {
     if id == sprite_api::sprite::CURRENT_CHECKPOINT {
-        return Err(CoreError::InvalidRequest(format!(
-            "{id} is the sprite's current state, not a checkpoint: name a checkpoint (v0, v1, ...), or make one first"
-        )));
+        return Err(CoreError::NotACheckpoint(id.to_string()));
     }
     Ok(())
 }

@@ -220,12 +220,9 @@ impl Network {
             format!("{:05x}", hasher.finish() & 0xfffff)
         };
         let mut plan = NetPlan::new(&config.cidr, &format!("sprites_{tag}"), &format!("sp{tag}"))
-            .map_err(|e| {
-            CoreError::InvalidRequest(format!(
-                "network = {:?}: {}",
-                config.cidr,
-                sprite_api::error_chain(&e)
-            ))
+            .map_err(|e| CoreError::InvalidValue {
+            field: "network",
+            reason: format!("{:?}: {}", config.cidr, sprite_api::error_chain(&e)),
         })?;
         plan.local_egress = config.local_egress;
         // For admins (and test harnesses): which nftables table is this daemon's.
@@ -582,9 +579,10 @@ impl crate::SpriteManager {
         policy: NetworkPolicy,
     ) -> Result<NetworkPolicy, CoreError> {
         let record = self.record(key)?;
-        policy
-            .validate()
-            .map_err(|e| CoreError::InvalidRequest(sprite_api::error_chain(&e)))?;
+        policy.validate().map_err(|e| CoreError::InvalidValue {
+            field: "policy",
+            reason: sprite_api::error_chain(&e),
+        })?;
         let json = serde_json::to_string(&policy).unwrap_or_default();
         self.db.set_network_policy(&record.id, &json)?;
         if let Some(network) = &self.network {

@@ -90,12 +90,12 @@ impl SpriteManager {
         record: &SpriteRecord,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CoreError> {
         let places = self.slots.get(&record.id).places.clone();
-        places.try_acquire_owned().map_err(|_| {
-            CoreError::RateLimited(format!(
-                "sprite {} has {MAX_CONNECTIONS_PER_SPRITE} open connections, the most one sprite may have; retry when some close",
-                record.name
-            ))
-        })
+        places
+            .try_acquire_owned()
+            .map_err(|_| CoreError::TooManyConnections {
+                sprite: record.name.clone(),
+                limit: MAX_CONNECTIONS_PER_SPRITE,
+            })
     }
 
     /// The TCP proxy's connection: wakes the sprite (the guard keeps it awake) and
@@ -168,9 +168,10 @@ impl SpriteManager {
                     return Ok(stream);
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
-                    return Err(CoreError::InvalidRequest(format!(
-                        "{error}: the proxy reaches the sprite's loopback and its own interface addresses (as port_opened reports them)"
-                    )));
+                    return Err(CoreError::NotSpriteAddress {
+                        sprite: record.name.clone(),
+                        address: format!("{ip}:{port}"),
+                    });
                 }
                 Err(error) if Instant::now() < deadline => {
                     tracing::debug!(sprite = %record.name, port, "not answering yet: {error}");

@@ -47,9 +47,7 @@ impl SpriteManager {
             Some(request) => {
                 if let Some(memory) = &request.memory {
                     if memory.autoscale == Some(true) {
-                        return Err(CoreError::InvalidRequest(
-                            "memory.autoscale is not available here: a sprite's memory limit is fixed; raise memory.limit_mb instead".into(),
-                        ));
+                        return Err(CoreError::NoMemoryAutoscale);
                     }
                     config.ram_mb = Some(memory.limit_mb);
                 }
@@ -59,9 +57,10 @@ impl SpriteManager {
                 if let Some(disk) = &request.disk {
                     let current = config.storage_gb.unwrap_or(self.config.default_storage_gb);
                     if disk.storage_gb != current {
-                        return Err(CoreError::InvalidRequest(format!(
-                            "disk.storage_gb: the disk of sprite {name} is {current} GB and its size is set at create (config.storage_gb); fork it into a new sprite with another size"
-                        )));
+                        return Err(CoreError::DiskSizeFixed {
+                            sprite: name.to_string(),
+                            current,
+                        });
                     }
                 }
             }
@@ -74,11 +73,13 @@ impl SpriteManager {
             cgroup
                 .set_limits(&self.limits(&record))
                 .map_err(|error| match error {
-                    sprite_sandbox::cgroup::CgroupError::Write { .. } => CoreError::Conflict(format!(
-                        "sprite {name} could not take the new limits ({}); it may use more memory than {} MB now",
-                        sprite_api::error_chain(&error),
-                        record.config.ram_mb.unwrap_or_default()
-                    )),
+                    error @ sprite_sandbox::cgroup::CgroupError::Write { .. } => {
+                        CoreError::LimitsRefused {
+                            sprite: name.to_string(),
+                            ram_mb: record.config.ram_mb.unwrap_or_default(),
+                            source: error,
+                        }
+                    }
                     other => CoreError::Sandbox {
                         sprite: name.to_string(),
                         source: SandboxError::Cgroup(other),

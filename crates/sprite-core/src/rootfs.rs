@@ -127,10 +127,8 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
 /// Checkpoints readable inside a sprite at `/.sprite/checkpoints/<id>/`.
 pub const VIEWS_KEPT: usize = 5;
 
-fn unsupported(what: &str) -> CoreError {
-    CoreError::InvalidRequest(format!(
-        "{what} need SpriteFS storage; start the daemon with --storage spritefs (or storage = \"spritefs\" in its config)"
-    ))
+fn unsupported(what: &'static str) -> CoreError {
+    CoreError::NeedsSpriteFs(what)
 }
 
 /// Upper layers as plain directories under `<dir>/<sprite id>/`.

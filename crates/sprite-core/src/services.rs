@@ -5,6 +5,7 @@ use crate::error::CoreError;
 use crate::ids::SpriteKey;
 use crate::manager::SpriteManager;
 use sprite_api::services::{ServiceInfo, ServiceSpec};
+use sprite_api::ErrorKind;
 use sprite_sandbox::protocol::{ErrorCode, Event, Request};
 use sprite_sandbox::SandboxError;
 
@@ -16,15 +17,24 @@ impl SpriteManager {
             SandboxError::Init {
                 kind: ErrorCode::NotFound,
                 message,
-            } => CoreError::NotFound(message),
+            } => CoreError::InSprite {
+                kind: ErrorKind::NotFound,
+                message,
+            },
             SandboxError::Init {
                 kind: ErrorCode::Conflict | ErrorCode::Gone,
                 message,
-            } => CoreError::Conflict(message),
+            } => CoreError::InSprite {
+                kind: ErrorKind::Conflict,
+                message,
+            },
             SandboxError::Init {
                 kind: ErrorCode::Invalid | ErrorCode::SpawnFailed,
                 message,
-            } => CoreError::InvalidRequest(message),
+            } => CoreError::InSprite {
+                kind: ErrorKind::InvalidRequest,
+                message,
+            },
             source => CoreError::Sandbox {
                 sprite: name.to_string(),
                 source,
@@ -67,7 +77,7 @@ impl SpriteManager {
         spec: ServiceSpec,
     ) -> Result<ServiceInfo, CoreError> {
         sprite_api::services::validate_service_spec(service, &spec)
-            .map_err(CoreError::InvalidRequest)?;
+            .map_err(CoreError::Validation)?;
         let request = Request::ServicePut {
             name: service.into(),
             spec,

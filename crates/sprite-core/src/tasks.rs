@@ -34,19 +34,22 @@ pub(crate) struct Tasks {
 /// Checks a task name: 1 to 128 printable characters without `/`.
 fn check_name(name: &str) -> Result<(), CoreError> {
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c == '/' || c.is_control()) {
-        return Err(CoreError::InvalidRequest(format!(
-            "task name {name:?} is not valid; use 1 to 128 printable characters without /"
-        )));
+        return Err(CoreError::InvalidName {
+            what: "task name",
+            value: name.to_string(),
+            rule: "use 1 to 128 printable characters without /",
+        });
     }
     Ok(())
 }
 
 fn check_expire(expire: Duration) -> Result<(), CoreError> {
     if expire.is_zero() || expire > MAX_TASK {
-        return Err(CoreError::InvalidRequest(format!(
-            "expire = {}s is out of range; use more than 0 and at most 1h",
-            expire.as_secs()
-        )));
+        return Err(CoreError::OutOfRange {
+            field: "expire",
+            value: format!("{}s", expire.as_secs()),
+            allowed: "more than 0 and at most 1h".into(),
+        });
     }
     Ok(())
 }
@@ -90,14 +93,10 @@ impl SpriteManager {
             let mut live = self.tasks.live.lock();
             let tasks = live.entry(sprite_id.to_string()).or_default();
             if tasks.contains_key(name) {
-                return Err(CoreError::Conflict(format!(
-                    "task {name} exists; renew it with PUT or delete it first"
-                )));
+                return Err(CoreError::TaskExists(name.to_string()));
             }
             if tasks.len() >= MAX_TASKS {
-                return Err(CoreError::Conflict(format!(
-                    "the sprite has {MAX_TASKS} tasks, the most it may hold; delete one first"
-                )));
+                return Err(CoreError::TooManyTasks(MAX_TASKS));
             }
             let (guard, _) = self.activity.hold(sprite_id, Reason::Task);
             tasks.insert(name.to_string(), (expires, guard));
@@ -121,7 +120,7 @@ impl SpriteManager {
             let task = live
                 .get_mut(sprite_id)
                 .and_then(|tasks| tasks.get_mut(name))
-                .ok_or_else(|| CoreError::NotFound(format!("task {name} not found")))?;
+                .ok_or_else(|| CoreError::TaskNotFound(name.to_string()))?;
             task.0 = expires;
         }
         self.db.save_task(sprite_id, name, expires)?;
@@ -136,7 +135,7 @@ impl SpriteManager {
             .get_mut(sprite_id)
             .and_then(|tasks| tasks.remove(name));
         if removed.is_none() {
-            return Err(CoreError::NotFound(format!("task {name} not found")));
+            return Err(CoreError::TaskNotFound(name.to_string()));
         }
         self.db.delete_task(sprite_id, Some(name))
     }

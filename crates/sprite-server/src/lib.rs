@@ -96,9 +96,7 @@ async fn import_image(
     .await;
     let result = match received {
         Ok(()) => state.manager.import_image(&name, &path).await,
-        Err(error) => Err(sprite_core::CoreError::InvalidRequest(format!(
-            "the upload of the tarball broke off: {error}"
-        ))),
+        Err(error) => Err(sprite_core::CoreError::UploadBroken(error)),
     };
     let _ = tokio::fs::remove_file(&path).await;
     Ok(axum::Json(result?))

@@ -123,7 +123,9 @@ async fn follow_run(
     match manager.attach_from(key, session, replay).await {
         Ok(attachment) => follow_attachment(attachment, follow, lines).await,
         // The run is already gone: nothing more to follow.
-        Err(sprite_core::CoreError::NotFound(_)) => Ok(true),
+        Err(
+            sprite_core::CoreError::SessionNotFound(_) | sprite_core::CoreError::SessionGone(_),
+        ) => Ok(true),
         Err(error) => {
             let text = sprite_api::error_chain(&error);
             send(lines, ServiceEventKind::Error, Some(text), None).await?;
