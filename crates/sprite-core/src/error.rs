@@ -42,7 +42,7 @@ pub enum CoreError {
     NoMemoryAutoscale,
     #[error("disk.storage_gb: the disk of sprite {sprite} is {current} GB and its size is set at create (config.storage_gb); fork it into a new sprite with another size")]
     DiskSizeFixed { sprite: String, current: u64 },
-    #[error("{address} is not an address of sprite {sprite}: the proxy reaches the sprite's loopback and its own interface addresses (as port_opened reports them)")]
+    #[error("{address} is not an address of the sprite {sprite}: the proxy reaches the sprite's loopback and its own interface addresses (as port_opened reports them)")]
     NotSpriteAddress { sprite: String, address: String },
     #[error("the upload of the tarball broke off")]
     UploadBroken(#[source] std::io::Error),

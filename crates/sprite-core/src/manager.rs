@@ -72,7 +72,7 @@ pub struct RunAs(pub Option<String>);
 #[derive(Debug)]
 pub struct SpriteManager {
     pub(crate) config: CoreConfig,
-    pub(crate) db: Database,
+    pub(crate) db: Arc<Database>,
     images: ImageStore,
     pub(crate) roots: Arc<dyn RootStore>,
     /// The host side of sprites' processes (cgroups, namespaces, sprite-init).
@@ -83,7 +83,8 @@ pub struct SpriteManager {
     /// places): see `slots.rs`.
     pub(crate) slots: crate::slots::Slots,
     pub(crate) pool: Pool,
-    pub(crate) tasks: Tasks,
+    /// Tasks (leases that keep sprites awake), a component of its own.
+    tasks: Tasks,
     /// Ids of sprites just created or destroyed, for the in-sprite API (which serves
     /// each sprite's socket): one event per change, never a look at every sprite.
     sprite_changes: SpriteChanges,
@@ -221,7 +222,9 @@ impl SpriteManager {
         mount_seed: Option<std::os::fd::OwnedFd>,
     ) -> Result<Arc<SpriteManager>, CoreError> {
         let creates = config.creates_per_minute;
-        let db = Database::open(&config.data_dir.join("control.db"))?;
+        let db = Arc::new(Database::open(&config.data_dir.join("control.db"))?);
+        let activity = Activity::new(Arc::new(SystemClock));
+        let tasks = Tasks::new(activity.clone(), db.clone());
         let images = ImageStore::new(
             config.data_dir.join("images"),
             config.id_base,
@@ -240,10 +243,10 @@ impl SpriteManager {
             db,
             images,
             roots,
-            activity: Activity::new(Arc::new(SystemClock)),
+            activity,
             slots: crate::slots::Slots::default(),
             pool: Pool::default(),
-            tasks: Tasks::default(),
+            tasks,
             sprite_changes: SpriteChanges::new(),
             inside_checkpoints: crate::limits::Buckets::new(
                 INSIDE_CHECKPOINT_BURST,
@@ -255,6 +258,11 @@ impl SpriteManager {
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// The tasks of this host's sprites (the in-sprite API's `/v1/tasks`).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     pub(crate) fn state_dir(&self, sprite_id: &str) -> PathBuf {
@@ -742,7 +750,7 @@ impl SpriteManager {
             }
         }
         self.slots.remove(&record.id);
-        self.forget_tasks(&record.id);
+        self.tasks.forget(&record.id);
         self.activity.forget(&record.id);
         Ok(())
     }
@@ -762,7 +770,7 @@ impl SpriteManager {
                 }
             }
         }
-        self.recover_tasks()?;
+        self.tasks.recover()?;
         // Sprites keep their links even when the tables cannot be re-installed (the old
         // table stays as it was: installs are atomic).
         if let Err(error) = self.recover_network().await {

@@ -307,7 +307,7 @@ impl SpriteManager {
     /// memory pressure the longest-idle warm sprite goes cold. `saved` holds the last
     /// activity time written to the database per sprite.
     async fn lifecycle_tick(&self, saved: &mut HashMap<String, u64>) {
-        self.expire_tasks();
+        self.tasks().expire();
         let records = match self.db.all() {
             Ok(records) => records,
             Err(error) => {

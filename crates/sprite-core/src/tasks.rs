@@ -2,11 +2,13 @@
 //! expire or are deleted. Code inside the sprite (an agent mid-job) registers one
 //! through `/.sprite/api.sock`. Saved in the database, so a daemon restart keeps them.
 
+use crate::db::Database;
 use crate::error::CoreError;
-use crate::lifecycle::{ActivityGuard, Reason};
-use crate::manager::{ms_to_rfc3339, SpriteManager};
+use crate::lifecycle::{Activity, ActivityGuard, Reason};
+use crate::manager::ms_to_rfc3339;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest a task may keep a sprite awake without being renewed.
@@ -25,10 +27,14 @@ pub struct TaskInfo {
 /// A sprite's live tasks: name → (expiry in Unix ms, the guard keeping it awake).
 type SpriteTasks = BTreeMap<String, (u64, ActivityGuard)>;
 
-#[derive(Debug, Default)]
-pub(crate) struct Tasks {
+/// The tasks of this host's sprites: a component of its own, with its dependencies
+/// named (the sleep state its leases hold, the database that keeps them over a restart).
+#[derive(Debug)]
+pub struct Tasks {
     /// By sprite id.
     live: Mutex<HashMap<String, SpriteTasks>>,
+    activity: Arc<Activity>,
+    db: Arc<Database>,
 }
 
 /// Checks a task name: 1 to 128 printable characters without `/`.
@@ -54,7 +60,15 @@ fn check_expire(expire: Duration) -> Result<(), CoreError> {
     Ok(())
 }
 
-impl SpriteManager {
+impl Tasks {
+    pub(crate) fn new(activity: Arc<Activity>, db: Arc<Database>) -> Tasks {
+        Tasks {
+            live: Mutex::new(HashMap::new()),
+            activity,
+            db,
+        }
+    }
+
     fn task_info(name: &str, expires_ms: u64) -> TaskInfo {
         TaskInfo {
             name: name.to_string(),
@@ -63,10 +77,9 @@ impl SpriteManager {
     }
 
     /// The live tasks of a sprite (by id).
-    pub fn tasks(&self, sprite_id: &str) -> Vec<TaskInfo> {
-        self.expire_tasks();
-        self.tasks
-            .live
+    pub fn list(&self, sprite_id: &str) -> Vec<TaskInfo> {
+        self.expire();
+        self.live
             .lock()
             .get(sprite_id)
             .map(|tasks| {
@@ -79,7 +92,7 @@ impl SpriteManager {
     }
 
     /// Registers a task; 409 if one of that name is live.
-    pub fn add_task(
+    pub fn add(
         &self,
         sprite_id: &str,
         name: &str,
@@ -87,10 +100,10 @@ impl SpriteManager {
     ) -> Result<TaskInfo, CoreError> {
         check_name(name)?;
         check_expire(expire)?;
-        self.expire_tasks();
+        self.expire();
         let expires = self.activity.now_ms() + expire.as_millis() as u64;
         {
-            let mut live = self.tasks.live.lock();
+            let mut live = self.live.lock();
             let tasks = live.entry(sprite_id.to_string()).or_default();
             if tasks.contains_key(name) {
                 return Err(CoreError::TaskExists(name.to_string()));
@@ -106,17 +119,17 @@ impl SpriteManager {
     }
 
     /// Moves a live task's expiry to `expire` from now.
-    pub fn renew_task(
+    pub fn renew(
         &self,
         sprite_id: &str,
         name: &str,
         expire: Duration,
     ) -> Result<TaskInfo, CoreError> {
         check_expire(expire)?;
-        self.expire_tasks();
+        self.expire();
         let expires = self.activity.now_ms() + expire.as_millis() as u64;
         {
-            let mut live = self.tasks.live.lock();
+            let mut live = self.live.lock();
             let task = live
                 .get_mut(sprite_id)
                 .and_then(|tasks| tasks.get_mut(name))
@@ -127,9 +140,8 @@ impl SpriteManager {
         Ok(Self::task_info(name, expires))
     }
 
-    pub fn delete_task(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
+    pub fn delete(&self, sprite_id: &str, name: &str) -> Result<(), CoreError> {
         let removed = self
-            .tasks
             .live
             .lock()
             .get_mut(sprite_id)
@@ -141,10 +153,10 @@ impl SpriteManager {
     }
 
     /// Drops expired tasks (their guards let the sprite sleep).
-    pub(crate) fn expire_tasks(&self) {
+    pub(crate) fn expire(&self) {
         let now = self.activity.now_ms();
         let mut expired = Vec::new();
-        for (sprite, tasks) in self.tasks.live.lock().iter_mut() {
+        for (sprite, tasks) in self.live.lock().iter_mut() {
             tasks.retain(|name, (expires, _)| {
                 let keep = *expires > now;
                 if !keep {
@@ -159,7 +171,7 @@ impl SpriteManager {
     }
 
     /// After a daemon restart: the saved tasks that have not expired hold again.
-    pub(crate) fn recover_tasks(&self) -> Result<(), CoreError> {
+    pub(crate) fn recover(&self) -> Result<(), CoreError> {
         let now = self.activity.now_ms();
         for (sprite, name, expires) in self.db.tasks()? {
             if expires <= now {
@@ -167,8 +179,7 @@ impl SpriteManager {
                 continue;
             }
             let (guard, _) = self.activity.hold(&sprite, Reason::Task);
-            self.tasks
-                .live
+            self.live
                 .lock()
                 .entry(sprite)
                 .or_default()
@@ -178,8 +189,83 @@ impl SpriteManager {
     }
 
     /// Forgets the tasks of a destroyed sprite.
-    pub(crate) fn forget_tasks(&self, sprite_id: &str) {
-        self.tasks.live.lock().remove(sprite_id);
+    pub(crate) fn forget(&self, sprite_id: &str) {
+        self.live.lock().remove(sprite_id);
         let _ = self.db.delete_task(sprite_id, None);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::ManualClock;
+
+    const SPRITE: &str = "sprite-00000000000000000000000000000001";
+
+    fn tasks(dir: &std::path::Path, clock: &Arc<ManualClock>) -> (Tasks, Arc<Activity>) {
+        let activity = Activity::new(clock.clone());
+        let db = Arc::new(Database::open(&dir.join("control.db")).unwrap());
+        (Tasks::new(activity.clone(), db), activity)
+    }
+
+    fn holds(activity: &Activity) -> usize {
+        activity
+            .reasons(SPRITE)
+            .iter()
+            .filter(|(reason, _)| *reason == Reason::Task)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    #[test]
+    fn a_task_holds_its_sprite_awake_until_it_expires_and_outlives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let (tasks, activity) = tasks(dir.path(), &clock);
+        tasks.add(SPRITE, "build", Duration::from_secs(60)).unwrap();
+        tasks
+            .add(SPRITE, "tests", Duration::from_secs(600))
+            .unwrap();
+        assert!(matches!(
+            tasks.add(SPRITE, "build", Duration::from_secs(60)),
+            Err(CoreError::TaskExists(_))
+        ));
+        assert!(matches!(
+            tasks.add(SPRITE, "a/b", Duration::from_secs(60)),
+            Err(CoreError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            tasks.add(SPRITE, "long", MAX_TASK + Duration::from_secs(1)),
+            Err(CoreError::OutOfRange { .. })
+        ));
+        assert_eq!(holds(&activity), 2);
+
+        // A restart (a new component on the same database) holds the sprite again.
+        let (after_restart, activity_after) = self::tasks(dir.path(), &clock);
+        after_restart.recover().unwrap();
+        assert_eq!(holds(&activity_after), 2);
+        drop(after_restart);
+
+        clock.advance(Duration::from_secs(61));
+        let names: Vec<String> = tasks.list(SPRITE).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["tests"], "the expired task is gone");
+        assert_eq!(holds(&activity), 1, "and lets go of the sprite");
+        tasks
+            .renew(SPRITE, "tests", Duration::from_secs(5))
+            .unwrap();
+        assert!(matches!(
+            tasks.renew(SPRITE, "build", Duration::from_secs(5)),
+            Err(CoreError::TaskNotFound(_))
+        ));
+        tasks.delete(SPRITE, "tests").unwrap();
+        assert_eq!(holds(&activity), 0);
+
+        // A destroyed sprite's tasks are forgotten in the database too.
+        tasks.add(SPRITE, "again", Duration::from_secs(60)).unwrap();
+        tasks.forget(SPRITE);
+        let (fresh, fresh_activity) = self::tasks(dir.path(), &clock);
+        fresh.recover().unwrap();
+        assert_eq!(holds(&fresh_activity), 0);
     }
 }

@@ -139,13 +139,33 @@ impl ChunkCache {
         read.is_ok()
     }
 
-    /// Adds a block's bytes. Failures only cost a later re-fetch.
+    /// Adds a block's bytes just read (kept in the page cache too, as any file just
+    /// written: it is likely read again soon). Failures only cost a later re-fetch.
     pub fn put(&self, id: &ChunkId, stored: &[u8]) {
+        self.add(id, stored, false);
+    }
+
+    /// Adds a block's bytes just uploaded, written through to the disk and not kept in
+    /// the page cache: the sprite's own file system caches what it uses, and a second
+    /// copy here would only crowd the host's memory (with many sprites, a full page
+    /// cache makes the kernel reclaim through every sprite's cgroup).
+    pub fn put_uploaded(&self, id: &ChunkId, stored: &[u8]) {
+        self.add(id, stored, true);
+    }
+
+    fn add(&self, id: &ChunkId, stored: &[u8], write_through: bool) {
         if self.index.contains_key(id) {
             return;
         }
         let temporary = self.dir.join(format!(".{}.tmp", id.to_hex()));
-        if fs::write(&temporary, stored)
+        let written = fs::File::create(&temporary).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, stored)?;
+            if write_through {
+                sprite_sys::syscall::drop_cached(&file, 0, 0).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+        if written
             .and_then(|()| fs::rename(&temporary, self.path(id)))
             .is_err()
         {
@@ -171,6 +191,40 @@ mod tests {
             .flatten()
             .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
             .sum()
+    }
+
+    /// Bytes of a file in the page cache (util-linux's fincore).
+    fn resident(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    #[test]
+    fn uploaded_blocks_go_to_the_disk_not_the_page_cache() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = ChunkCache::open(dir.path(), 64 << 20).expect("open");
+        let (read, uploaded) = (ChunkId([1; 32]), ChunkId([2; 32]));
+        cache.put(&read, &[3; 1 << 20]);
+        cache.put_uploaded(&uploaded, &[4; 1 << 20]);
+        assert!(
+            resident(&cache.path(&read)) > 0,
+            "a block just read stays cached"
+        );
+        assert_eq!(
+            resident(&cache.path(&uploaded)),
+            0,
+            "an uploaded one does not"
+        );
+        let mut back = vec![0; 1 << 20];
+        assert!(cache.read_at(&uploaded, 0, &mut back));
+        assert_eq!(back, vec![4; 1 << 20], "and reads back whole");
     }
 
     #[test]

@@ -545,7 +545,7 @@ impl Engine {
         let stored = chunk::encode(data)?;
         let size = stored.len() as u64;
         self.store.put(&id.key(), Bytes::from(stored)).await?;
-        self.cache.put(&id, data);
+        self.cache.put_uploaded(&id, data);
         Ok((id, size))
     }
 }
@@ -1011,6 +1011,16 @@ impl Volume {
             }
         }
         self.engine.publish(&self.id).await?;
+        // The uploaded blocks' staging pages are read no more (reads go to the chunk
+        // cache; a write into one goes to the disk copy): written out and dropped from
+        // the page cache, so a host of many sprites does not hold each written block
+        // twice in memory.
+        for (block, _) in &settled {
+            let (offset, len) = (block * self.block_size, self.block_size);
+            if let Err(error) = sprite_sys::syscall::drop_cached(&self.staging_file, offset, len) {
+                tracing::debug!(volume = %self.id, block, "drop staging pages: {error}");
+            }
+        }
         Ok(UploadStats {
             blocks: settled.len(),
             zero_blocks: settled.iter().filter(|(_, c)| c.is_none()).count(),

@@ -248,7 +248,7 @@ async fn list_tasks(
     State(state): State<AppState>,
     Extension(SpriteId(id)): Extension<SpriteId>,
 ) -> Response {
-    Json(state.manager.tasks(&id)).into_response()
+    Json(state.manager.tasks().list(&id)).into_response()
 }
 
 async fn add_task(
@@ -258,7 +258,7 @@ async fn add_task(
 ) -> Result<Response, ApiError> {
     let task: NewTask = parse_json(&body)?;
     let expire = expire_of(&task.expire)?;
-    let info = state.manager.add_task(&id, &task.name, expire)?;
+    let info = state.manager.tasks().add(&id, &task.name, expire)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -270,7 +270,7 @@ async fn renew_task(
 ) -> Result<Response, ApiError> {
     let renewal: Renewal = parse_json(&body)?;
     let expire = expire_of(&renewal.expire)?;
-    Ok(Json(state.manager.renew_task(&id, &name, expire)?).into_response())
+    Ok(Json(state.manager.tasks().renew(&id, &name, expire)?).into_response())
 }
 
 async fn delete_task(
@@ -278,6 +278,6 @@ async fn delete_task(
     Extension(SpriteId(id)): Extension<SpriteId>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.manager.delete_task(&id, &name)?;
+    state.manager.tasks().delete(&id, &name)?;
     Ok((StatusCode::NO_CONTENT, Body::empty()).into_response())
 }
