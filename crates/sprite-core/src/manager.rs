@@ -1009,6 +1009,12 @@ impl SpriteManager {
     ) -> Result<Attachment, CoreError> {
         let name = key.name.as_str();
         let (record, client, _awake) = self.running_client(key).await?;
+        if params.tty {
+            // Counted before the spawn: a tick that looks meanwhile asks again next time.
+            let slot = self.slots.get(&record.id);
+            slot.tty_started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let request = SpawnRequest {
             argv: params.argv.clone(),
             path: params.path.clone(),

@@ -382,9 +382,22 @@ impl SpriteManager {
     /// Whether a TTY session of the sprite still has its process running (such a
     /// session keeps the sprite awake, attached or not).
     async fn tty_running(&self, sprite_id: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        let slot = self.slots.get(sprite_id);
+        let started = slot.tty_started.load(Ordering::SeqCst);
+        if slot.tty_none_at.load(Ordering::SeqCst) == started {
+            // No TTY session was started since one look found none running.
+            return false;
+        }
         let client = self.client_for(sprite_id);
         match tokio::time::timeout(LIST_TIMEOUT, client.list()).await {
-            Ok(Ok(sessions)) => sessions.iter().any(|s| s.tty && s.exit_code.is_none()),
+            Ok(Ok(sessions)) => {
+                let running = sessions.iter().any(|s| s.tty && s.exit_code.is_none());
+                if !running {
+                    slot.tty_none_at.store(started, Ordering::SeqCst);
+                }
+                running
+            }
             // Unreachable init: nothing to keep awake; a later call restarts it.
             _ => false,
         }

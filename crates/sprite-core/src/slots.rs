@@ -10,6 +10,7 @@ use crate::lifecycle::SleepPolicy;
 use crate::ports::PortWatch;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -29,6 +30,12 @@ pub(crate) struct Slot {
     pub(crate) places: Arc<tokio::sync::Semaphore>,
     /// Its sleep timers, parsed from the `config` values they were parsed from.
     pub(crate) sleep_policy: Mutex<Option<(SleepKey, SleepPolicy)>>,
+    /// TTY sessions started in it (counting from 1, so a new slot, as after a daemon
+    /// restart, is asked once), and the count when it last had none running: the idle
+    /// policy asks its init about running TTY sessions only while the two differ, not
+    /// every running sprite every tick.
+    pub(crate) tty_started: AtomicU64,
+    pub(crate) tty_none_at: AtomicU64,
 }
 
 /// A sprite's own `warm_after` and `cold_after`, as stored.
@@ -42,6 +49,8 @@ impl Slot {
             port_watch: Mutex::new(Weak::new()),
             places: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SPRITE)),
             sleep_policy: Mutex::new(None),
+            tty_started: AtomicU64::new(1),
+            tty_none_at: AtomicU64::new(0),
         }
     }
 }

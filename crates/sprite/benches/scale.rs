@@ -54,6 +54,49 @@ fn cpu_times() -> (u64, u64) {
     (fields.iter().sum(), idle)
 }
 
+/// CPU seconds (user + system) a process and its threads used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) close with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// The storage process of a daemon (its child running `sprite storage`).
+fn storage_pid(daemon_pid: u32) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{daemon_pid}/task/{daemon_pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("storage"))
+                .unwrap_or(false)
+        })
+}
+
+/// What the daemon and the storage process use of a CPU while nothing is asked of
+/// them (percent of one CPU, over `window`): the per-sprite background work.
+async fn idle_cpu_percent(daemon_pid: u32, window: std::time::Duration) -> (f64, f64) {
+    let storage = storage_pid(daemon_pid);
+    let before = (cpu_seconds(daemon_pid), storage.map_or(0.0, cpu_seconds));
+    tokio::time::sleep(window).await;
+    let after = (cpu_seconds(daemon_pid), storage.map_or(0.0, cpu_seconds));
+    let seconds = window.as_secs_f64();
+    (
+        (after.0 - before.0) / seconds * 100.0,
+        (after.1 - before.1) / seconds * 100.0,
+    )
+}
+
 /// Waits until the CPUs were at least `fraction` idle over two seconds (or `limit`).
 async fn wait_for_idle_cpu(fraction: f64, limit: std::time::Duration) {
     let start = Instant::now();
@@ -84,6 +127,8 @@ async fn bench() {
     // The first create formats the volume template and mounts the image: not measured.
     creates(client, "warmup", 2).await;
     let empty = creates(client, "empty", runs).await;
+    let idle_window = std::time::Duration::from_secs(10);
+    let idle_empty = idle_cpu_percent(daemon.pid, idle_window).await;
 
     let filled = Instant::now();
     for i in 0..sprites {
@@ -101,6 +146,7 @@ async fn bench() {
     let settled = Instant::now();
     wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
     let settle_seconds = settled.elapsed().as_secs_f64();
+    let idle_full = idle_cpu_percent(daemon.pid, idle_window).await;
     eprintln!("{sprites} sprites on the host, {warm} warm: measuring");
     let full = creates(client, "full", runs).await;
 
@@ -124,6 +170,14 @@ async fn bench() {
     println!(
         "filling the host took {fill_seconds:.1} s, then {settle_seconds:.1} s until the CPUs were idle"
     );
+    println!(
+        "idle CPU (% of one CPU over {} s): daemon {:.1} empty, {:.1} full; storage {:.1} empty, {:.1} full",
+        idle_window.as_secs(),
+        idle_empty.0,
+        idle_full.0,
+        idle_empty.1,
+        idle_full.1
+    );
     // The daemon logs each create's phases (`sprite started ... mount_ms sandbox_ms
     // network_ms`); kept for a look at where time goes.
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
@@ -138,6 +192,10 @@ async fn bench() {
             "empty_ms": { "p50": empty_p50, "p90": empty_p90 },
             "full_ms": { "p50": full_p50, "p90": full_p90 },
             "growth_percent": growth,
+            "idle_cpu_percent": {
+                "daemon": { "empty": idle_empty.0, "full": idle_full.0 },
+                "storage": { "empty": idle_empty.1, "full": idle_full.1 },
+            },
         }),
     );
 }

@@ -710,15 +710,23 @@ async fn nested_containers_when_allowed_reach_nothing_more() {
         .await
         .unwrap();
     line_with(&mut stream, "ready").await;
-    let pids = Command::new("pgrep")
-        .args(["-f", "^sleep 29.25$"])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&pids.stdout)
-        .lines()
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-        .expect("the nested sleep runs");
+    // `sh` forks the sleep after the echo: it may not have run yet.
+    let mut pid = None;
+    for _ in 0..100 {
+        let pids = Command::new("pgrep")
+            .args(["-f", "^sleep 29.25$"])
+            .output()
+            .unwrap();
+        pid = String::from_utf8_lossy(&pids.stdout)
+            .lines()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the nested sleep runs");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid: u32 = status
         .lines()
