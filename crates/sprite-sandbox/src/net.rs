@@ -865,6 +865,19 @@ impl SystemNetHost {
     }
 }
 
+/// Turns IPv6 off on a host end before it comes up: sprites speak IPv4 only (the
+/// forward chain drops the rest), and an IPv6 link-local route per sprite interface
+/// would make every route change and lookup in the host's IPv6 table walk all of them
+/// (the kernel keeps one list of `fe80::/64` routes across interfaces). A host without
+/// IPv6 has no such setting: nothing to do.
+fn disable_ipv6(interface: &str) -> std::io::Result<()> {
+    let setting = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+    match std::fs::write(&setting, "1") {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 impl Default for SystemNetHost {
     fn default() -> Self {
         SystemNetHost::new()
@@ -889,6 +902,7 @@ impl NetHost for SystemNetHost {
             rtnl.delete_link(host)?;
             rtnl.add_veth(host, SPRITE_INTERFACE, pid)?;
             let index = rtnl.link_index(host)?;
+            disable_ipv6(host)?;
             rtnl.add_address(index, addrs.gateway, addrs.prefix_len)?;
             rtnl.set_up(index)
         })

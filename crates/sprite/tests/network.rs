@@ -43,6 +43,26 @@ async fn sprites_reach_the_world_not_each_other_and_policy_decides() {
         install_client(&daemon, name).await;
     }
 
+    // The host end of a sprite's veth has IPv6 off (sprites speak IPv4; a link-local
+    // route per sprite would slow every change of the host's IPv6 routes).
+    let peer = run(client, "a", &["cat", "/sys/class/net/eth0/iflink"]).await;
+    let peer = peer.stdout().trim().to_string();
+    let host_end = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .find(|link| {
+            std::fs::read_to_string(link.path().join("ifindex"))
+                .is_ok_and(|index| index.trim() == peer)
+        })
+        .map(|link| link.file_name().to_string_lossy().to_string())
+        .expect("the host end of sprite a's veth");
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        let setting =
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{host_end}/disable_ipv6"))
+                .unwrap();
+        assert_eq!(setting.trim(), "1", "IPv6 off on {host_end}");
+    }
+
     // Unrestricted: names resolve through the sprite's resolver, NAT reaches the world.
     let allowed_ip = internet.address(2);
     let denied_ip = internet.address(3);
