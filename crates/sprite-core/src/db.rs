@@ -309,6 +309,12 @@ impl Database {
             .optional()?)
     }
 
+    /// The record of the sprite `key` names; `SpriteNotFound` if there is none.
+    pub fn record(&self, key: &crate::ids::SpriteKey) -> Result<SpriteRecord, CoreError> {
+        self.get(&key.org, &key.name)?
+            .ok_or_else(|| CoreError::SpriteNotFound(key.name.clone()))
+    }
+
     pub fn get(&self, org: &str, name: &str) -> Result<Option<SpriteRecord>, CoreError> {
         self.one("org = ?1 AND name = ?2", params![org, name])
     }

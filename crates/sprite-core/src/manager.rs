@@ -81,7 +81,9 @@ pub struct SpriteManager {
     pub(crate) activity: Arc<Activity>,
     /// What is live about each sprite (start lock, URL port, port poller, connection
     /// places): see `slots.rs`.
-    pub(crate) slots: crate::slots::Slots,
+    pub(crate) slots: Arc<crate::slots::Slots>,
+    /// Port watching (`ports.rs`), a component of its own.
+    ports: Arc<crate::ports::Ports>,
     pub(crate) pool: Pool,
     /// Tasks (leases that keep sprites awake), a component of its own.
     tasks: Tasks,
@@ -225,6 +227,8 @@ impl SpriteManager {
         let db = Arc::new(Database::open(&config.data_dir.join("control.db"))?);
         let activity = Activity::new(Arc::new(SystemClock));
         let tasks = Tasks::new(activity.clone(), db.clone());
+        let slots = Arc::new(crate::slots::Slots::default());
+        let ports = crate::ports::Ports::new(db.clone(), slots.clone());
         let images = ImageStore::new(
             config.data_dir.join("images"),
             config.id_base,
@@ -244,7 +248,8 @@ impl SpriteManager {
             images,
             roots,
             activity,
-            slots: crate::slots::Slots::default(),
+            slots,
+            ports,
             pool: Pool::default(),
             tasks,
             sprite_changes: SpriteChanges::new(),
@@ -258,6 +263,11 @@ impl SpriteManager {
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// Which ports sprites listen on, and their changes (`ports/watch`, exec frames).
+    pub fn ports(&self) -> &Arc<crate::ports::Ports> {
+        &self.ports
     }
 
     /// The tasks of this host's sprites (the in-sprite API's `/v1/tasks`).
@@ -356,9 +366,7 @@ impl SpriteManager {
     }
 
     pub(crate) fn record(&self, key: &SpriteKey) -> Result<SpriteRecord, CoreError> {
-        self.db
-            .get(&key.org, &key.name)?
-            .ok_or_else(|| CoreError::SpriteNotFound(key.name.clone()))
+        self.db.record(key)
     }
 
     pub(crate) fn resolve_config(

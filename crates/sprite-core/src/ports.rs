@@ -8,9 +8,10 @@
 //! as the sprite sees them. One poller per sprite runs while anyone subscribes, so a
 //! hundred watchers cost one scan every half second.
 
+use crate::db::Database;
 use crate::error::CoreError;
 use crate::ids::SpriteKey;
-use crate::manager::SpriteManager;
+use crate::slots::Slots;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -195,10 +196,22 @@ pub fn diff(old: &[PortInfo], new: &[PortInfo]) -> Vec<PortEvent> {
     events
 }
 
-impl SpriteManager {
+/// Port watching, a component of its own: it reads sprites' records (to find a
+/// sprite by its key) and keeps each sprite's poller in its slot.
+#[derive(Debug)]
+pub struct Ports {
+    db: Arc<Database>,
+    slots: Arc<Slots>,
+}
+
+impl Ports {
+    pub(crate) fn new(db: Arc<Database>, slots: Arc<Slots>) -> Arc<Ports> {
+        Arc::new(Ports { db, slots })
+    }
+
     /// The listening ports of a sprite now (empty when it is cold).
-    fn scan_ports(&self, sprite_id: &str) -> Vec<PortInfo> {
-        let Ok(cgroup) = self.cgroup(sprite_id) else {
+    fn scan(&self, sprite_id: &str) -> Vec<PortInfo> {
+        let Ok(cgroup) = crate::sandboxes::sprite_cgroup(sprite_id) else {
             return Vec::new();
         };
         let Ok(Some(init)) = cgroup.init_pid() else {
@@ -209,10 +222,10 @@ impl SpriteManager {
     }
 
     /// The listening ports of a sprite now (empty when it is cold). Does not wake it.
-    pub async fn ports_now(self: &Arc<Self>, key: &SpriteKey) -> Result<Vec<PortInfo>, CoreError> {
-        let record = self.record(key)?;
-        let manager = self.clone();
-        tokio::task::spawn_blocking(move || manager.scan_ports(&record.id))
+    pub async fn now(self: &Arc<Self>, key: &SpriteKey) -> Result<Vec<PortInfo>, CoreError> {
+        let record = self.db.record(key)?;
+        let ports = self.clone();
+        tokio::task::spawn_blocking(move || ports.scan(&record.id))
             .await
             .map_err(|e| CoreError::Task("scan ports", e))
     }
@@ -220,8 +233,8 @@ impl SpriteManager {
     /// Subscribes to a sprite's port changes, starting its poller if none runs (its
     /// first scan is the baseline: ports already open are not reported as opened).
     /// Does not wake the sprite, nor keep it awake, and does not wait for a scan.
-    pub fn watch_ports(self: &Arc<Self>, key: &SpriteKey) -> Result<PortSubscription, CoreError> {
-        let record = self.record(key)?;
+    pub fn watch(self: &Arc<Self>, key: &SpriteKey) -> Result<PortSubscription, CoreError> {
+        let record = self.db.record(key)?;
         let id = record.id;
         let slot = self.slots.get(&id);
         let mut current = slot.port_watch.lock();
@@ -245,11 +258,7 @@ impl SpriteManager {
     }
 }
 
-async fn poll_ports(
-    manager: Arc<SpriteManager>,
-    sprite_id: crate::ids::SpriteId,
-    watch: Weak<PortWatch>,
-) {
+async fn poll_ports(ports: Arc<Ports>, sprite_id: crate::ids::SpriteId, watch: Weak<PortWatch>) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -257,9 +266,9 @@ async fn poll_ports(
         if watch.strong_count() == 0 {
             break;
         }
-        let scanner = manager.clone();
+        let scanner = ports.clone();
         let id = sprite_id.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || scanner.scan_ports(&id)).await else {
+        let Ok(now) = tokio::task::spawn_blocking(move || scanner.scan(&id)).await else {
             break;
         };
         let Some(watch) = watch.upgrade() else {

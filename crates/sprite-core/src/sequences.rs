@@ -332,3 +332,40 @@ async fn a_lost_storage_process_is_recovered_and_the_awake_sprites_restarted_on_
     assert_eq!(host.status("awake"), SpriteStatus::Running);
     assert_eq!(host.status("cold"), SpriteStatus::Cold);
 }
+
+#[tokio::test]
+async fn watchers_of_a_sprites_ports_share_one_poller_that_ends_with_the_last() {
+    let host = Host::new(0);
+    let id = host.create("web").await.unwrap();
+    let key = SpriteKey::new(ORG, "web");
+    let ports = host.manager.ports();
+    let first = ports.watch(&key).unwrap();
+    let poller = host.manager.slots.get(&id).port_watch.lock().upgrade();
+    let second = ports.watch(&key).unwrap();
+    let shared = host.manager.slots.get(&id).port_watch.lock().upgrade();
+    assert!(
+        poller.is_some() && shared.is_some(),
+        "a poller runs while watched"
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(poller.as_ref().unwrap(), shared.as_ref().unwrap()),
+        "one poller for both watchers"
+    );
+    drop((poller, shared, first, second));
+    assert!(
+        host.manager
+            .slots
+            .get(&id)
+            .port_watch
+            .lock()
+            .upgrade()
+            .is_none(),
+        "no watcher, no poller"
+    );
+    // Not on this host: no cgroup, so no ports (and no wake).
+    assert!(ports.now(&key).await.unwrap().is_empty());
+    assert!(matches!(
+        ports.watch(&SpriteKey::new(ORG, "nope")),
+        Err(CoreError::SpriteNotFound(_))
+    ));
+}

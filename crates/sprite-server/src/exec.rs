@@ -116,7 +116,7 @@ pub async fn exec_or_list(
     // A connected client keeps the sprite awake, however quiet its command is.
     let awake = state.manager.keep_awake(&key, Reason::Session)?;
     let bridge = match state.manager.spawn(&key, &params, &run_as).await {
-        Ok(attachment) => Bridge::Session(attachment, true, state.manager.watch_ports(&key).ok()),
+        Ok(attachment) => Bridge::Session(attachment, true, state.manager.ports().watch(&key).ok()),
         Err(CoreError::SpawnFailed(message)) => Bridge::Failed {
             message,
             tty: params.tty,
@@ -146,7 +146,7 @@ async fn attach_session(
     let attachment = state.manager.attach(key, session).await?;
     Ok(with_capabilities(upgrade_to(
         upgrade,
-        Bridge::Session(attachment, false, state.manager.watch_ports(key).ok()),
+        Bridge::Session(attachment, false, state.manager.ports().watch(key).ok()),
         awake,
     )))
 }

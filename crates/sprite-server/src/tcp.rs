@@ -160,8 +160,8 @@ pub async fn watch_ports(
     SpritePath(key): SpritePath,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let mut subscription = state.manager.watch_ports(&key)?;
-    let ports = state.manager.ports_now(&key).await?;
+    let mut subscription = state.manager.ports().watch(&key)?;
+    let ports = state.manager.ports().now(&key).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         // Each entry as the JS SDK types it: a port_opened notification.
         let ports: Vec<serde_json::Value> = ports
