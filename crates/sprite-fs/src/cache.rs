@@ -193,17 +193,10 @@ mod tests {
             .sum()
     }
 
-    /// Bytes of a file in the page cache (util-linux's fincore).
+    /// Bytes of a file in the page cache.
     fn resident(path: &Path) -> u64 {
-        let out = std::process::Command::new("fincore")
-            .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
-            .arg(path)
-            .output()
-            .expect("fincore");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a number")
+        let file = fs::File::open(path).expect("open");
+        sprite_sys::syscall::cached_bytes(&file).expect("count")
     }
 
     #[test]

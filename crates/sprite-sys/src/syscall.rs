@@ -558,6 +558,48 @@ pub fn drop_cached(file: &impl std::os::fd::AsFd, offset: u64, len: u64) -> nix:
     )
 }
 
+/// Bytes of a file now in the page cache (`mmap` and `mincore`, counted in whole pages
+/// up to the file's end): what [`drop_cached`] gives back, for tests and diagnostics.
+pub fn cached_bytes(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: sysconf has no memory arguments.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096);
+    // SAFETY: a fresh shared read-only mapping of `len` bytes of an open file, at an
+    // address the kernel picks; nothing reads through it, and it is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut residency = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `addr` is the start of the `len`-byte mapping made above, page aligned;
+    // `residency` has one byte per page of it, as mincore writes.
+    let result = unsafe { libc::mincore(addr, len, residency.as_mut_ptr()) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: unmaps exactly the mapping made above, which nothing else refers to.
+    unsafe { libc::munmap(addr, len) };
+    if result != 0 {
+        return Err(error);
+    }
+    let pages = residency.iter().filter(|b| *b & 1 == 1).count() as u64;
+    Ok((pages * page as u64).min(len as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,21 +617,12 @@ mod tests {
             .expect("create");
         let data = vec![7u8; 1 << 20];
         file.write_all(&data).expect("write");
-        // util-linux's fincore counts a file's pages in the page cache.
-        let resident = || -> u64 {
-            let out = std::process::Command::new("fincore")
-                .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
-                .arg(&dir)
-                .output()
-                .expect("fincore");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("a number")
-        };
-        assert!(resident() > 0, "just written: in the page cache");
+        assert!(
+            cached_bytes(&file).expect("count") > 0,
+            "just written: in the page cache"
+        );
         drop_cached(&file, 0, 0).expect("drop");
-        let after = resident();
+        let after = cached_bytes(&file).expect("count");
         let mut back = Vec::new();
         file.rewind().expect("rewind");
         file.read_to_end(&mut back).expect("read");
