@@ -5,6 +5,7 @@
 #
 #   sudo ./bench/scale.sh                          # SPRITES=1000 WARM=800 RUNS=20
 #   sudo SPRITES=200 WARM=160 ./bench/scale.sh
+#   sudo PAUSE_MS=300 ./bench/scale.sh           # a pause before each create
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec cargo bench -p sprite --bench scale

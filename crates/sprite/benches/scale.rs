@@ -3,7 +3,7 @@
 //! `SPRITES` sprites on the host (`WARM` of them asleep warm, the rest running). Per-create
 //! work that scans every loop device, nft rule or sprite shows here as growth.
 //!
-//! Run: `sudo ./bench/scale.sh` (`SPRITES=1000 WARM=800 RUNS=20` by default).
+//! Run: `sudo ./bench/scale.sh` (`SPRITES=1000 WARM=800 RUNS=20 PAUSE_MS=0` by default).
 //! Results go to stdout and to target/bench/scale.json.
 #![allow(clippy::unwrap_used)]
 
@@ -25,10 +25,14 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `runs` creates until the first exec has run, each sprite destroyed again.
+/// `runs` creates until the first exec has run, each sprite destroyed again (and, with
+/// `PAUSE_MS`, that long a pause after each destroy, so the kernel's deferred teardown
+/// of the last sprite's namespaces is not measured as part of the next create).
 async fn creates(client: &Client, tag: &str, runs: usize) -> Vec<f64> {
+    let pause = std::time::Duration::from_millis(setting("PAUSE_MS", 0) as u64);
     let mut samples = Vec::new();
     for i in 0..runs {
+        tokio::time::sleep(pause).await;
         let name = format!("probe-{tag}-{i}");
         let start = Instant::now();
         create(client, &name).await;
@@ -154,10 +158,11 @@ async fn bench() {
     let (full_p50, full_p90) = summary(full, 0.9);
     let growth = (full_p50 / empty_p50 - 1.0) * 100.0;
     println!(
-        "\nsprites scale benchmark (image {image}, {} CPUs, {runs} creates each, no pool)",
+        "\nsprites scale benchmark (image {image}, {} CPUs, {runs} creates each, no pool, {} ms between creates)",
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        setting("PAUSE_MS", 0)
     );
     println!(
         "{:<52} {:>9} {:>9}",
@@ -192,6 +197,7 @@ async fn bench() {
             "empty_ms": { "p50": empty_p50, "p90": empty_p90 },
             "full_ms": { "p50": full_p50, "p90": full_p90 },
             "growth_percent": growth,
+            "pause_ms": setting("PAUSE_MS", 0),
             "idle_cpu_percent": {
                 "daemon": { "empty": idle_empty.0, "full": idle_full.0 },
                 "storage": { "empty": idle_empty.1, "full": idle_full.1 },
