@@ -446,10 +446,7 @@ impl SpriteManager {
     ) -> Result<SpriteInfo, CoreError> {
         sprite_api::validate_sprite_name(&request.name)?;
         let labels = request.labels.unwrap_or_default();
-        validate_labels(&labels).map_err(|reason| CoreError::InvalidValue {
-            field: "labels",
-            reason,
-        })?;
+        check_labels(&labels)?;
         let environment = request.environment.unwrap_or_default();
         if let Some(key) = environment
             .keys()
@@ -939,10 +936,7 @@ impl SpriteManager {
             record.labels.clear();
         }
         if let Some(labels) = request.labels {
-            validate_labels(&labels).map_err(|reason| CoreError::InvalidValue {
-                field: "labels",
-                reason,
-            })?;
+            check_labels(&labels)?;
             record.labels = labels;
         }
         record.updated_at = now();
@@ -1523,6 +1517,14 @@ const CAPACITY_POLL: Duration = Duration::from_millis(250);
 
 /// The `Current` row of a checkpoint list is the live state: nothing to restore, fork
 /// or delete.
+/// Labels within their bounds (count, length), or which one is not.
+fn check_labels(labels: &[String]) -> Result<(), CoreError> {
+    validate_labels(labels).map_err(|reason| CoreError::InvalidValue {
+        field: "labels",
+        reason,
+    })
+}
+
 fn refuse_current(id: &str) -> Result<(), CoreError> {
     if id == sprite_api::sprite::CURRENT_CHECKPOINT {
         return Err(CoreError::NotACheckpoint(id.to_string()));

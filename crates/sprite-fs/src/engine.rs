@@ -1014,12 +1014,20 @@ impl Volume {
         // The uploaded blocks' staging pages are read no more (reads go to the chunk
         // cache; a write into one goes to the disk copy): written out and dropped from
         // the page cache, so a host of many sprites does not hold each written block
-        // twice in memory.
-        for (block, _) in &settled {
-            let (offset, len) = (block * self.block_size, self.block_size);
-            if let Err(error) = sprite_sys::syscall::drop_cached(&self.staging_file, offset, len) {
-                tracing::debug!(volume = %self.id, block, "drop staging pages: {error}");
-            }
+        // twice in memory. On the blocking pool, not waited for: the disk writes it
+        // waits on are no part of this upload, nor of a checkpoint's flush.
+        let blocks: Vec<u64> = settled.iter().map(|(block, _)| *block).collect();
+        if let (false, Ok(file)) = (blocks.is_empty(), self.staging_file.try_clone()) {
+            let (volume, block_size) = (self.id.clone(), self.block_size);
+            tokio::task::spawn_blocking(move || {
+                for block in blocks {
+                    let offset = block * block_size;
+                    if let Err(error) = sprite_sys::syscall::drop_cached(&file, offset, block_size)
+                    {
+                        tracing::debug!(%volume, block, "drop staging pages: {error}");
+                    }
+                }
+            });
         }
         Ok(UploadStats {
             blocks: settled.len(),

@@ -16,6 +16,10 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone)]
 pub struct Org(pub String);
 
+/// What a request without a known token is told.
+const UNAUTHENTICATED: &str =
+    "missing or unknown token; pass it as `Authorization: Bearer <token>`";
+
 /// The sprite a request is about: its organization (from the token) and the `{name}`
 /// of its path, resolved once here and passed whole to the manager.
 #[derive(Debug, Clone)]
@@ -25,12 +29,11 @@ impl<S: Send + Sync> FromRequestParts<S> for SpritePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<SpritePath, ApiError> {
-        let org = parts.extensions.get::<Org>().cloned().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Unauthenticated,
-                "missing or unknown token; pass it as `Authorization: Bearer <token>`",
-            )
-        })?;
+        let org = parts
+            .extensions
+            .get::<Org>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorKind::Unauthenticated, UNAUTHENTICATED))?;
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::invalid(e.body_text()))?;
@@ -101,11 +104,8 @@ pub async fn require_token(
             next.run(request).await
         }
         None => {
-            let mut response = ApiError::new(
-                ErrorKind::Unauthenticated,
-                "missing or unknown token; pass it as `Authorization: Bearer <token>`",
-            )
-            .into_response();
+            let mut response =
+                ApiError::new(ErrorKind::Unauthenticated, UNAUTHENTICATED).into_response();
             response.headers_mut().insert(
                 "www-authenticate",
                 axum::http::HeaderValue::from_static("Bearer"),
