@@ -599,23 +599,53 @@ impl Drop for EpollLimit {
     }
 }
 
-/// Waits for a line of an exec stream that contains `marker`; the stream stays open.
-async fn line_with(stream: &mut sprite_client::ExecStream, marker: &str) -> String {
-    let mut seen = String::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(60), stream.next())
-            .await
-            .expect("waited a minute for the sprite's output")
-            .unwrap()
-        {
-            sprite_client::ExecEvent::Stdout(data) => {
-                seen.push_str(&String::from_utf8_lossy(&data));
-                if let Some(line) = seen.lines().find(|l| l.contains(marker)) {
-                    return line.to_string();
+/// An exec stream read by whole lines: text that came in the same chunk as a line already
+/// returned is kept for the next call (two prints close together often share one frame).
+struct Lines {
+    stream: sprite_client::ExecStream,
+    seen: String,
+}
+
+impl Lines {
+    fn new(stream: sprite_client::ExecStream) -> Self {
+        Self {
+            stream,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits for a complete line that contains `marker`; the stream stays open.
+    async fn with(&mut self, marker: &str) -> String {
+        loop {
+            let mut consumed = 0;
+            let mut found = None;
+            for line in self.seen.split_inclusive('\n') {
+                if !line.ends_with('\n') {
+                    break;
+                }
+                consumed += line.len();
+                if line.contains(marker) {
+                    found = Some(line.trim_end().to_string());
+                    break;
                 }
             }
-            sprite_client::ExecEvent::Exit(code) => panic!("exited {code} before {marker}: {seen}"),
-            _ => {}
+            if let Some(line) = found {
+                self.seen.drain(..consumed);
+                return line;
+            }
+            match tokio::time::timeout(Duration::from_secs(60), self.stream.next())
+                .await
+                .expect("waited a minute for the sprite's output")
+                .unwrap()
+            {
+                sprite_client::ExecEvent::Stdout(data) => {
+                    self.seen.push_str(&String::from_utf8_lossy(&data));
+                }
+                sprite_client::ExecEvent::Exit(code) => {
+                    panic!("exited {code} before {marker}: {}", self.seen)
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -702,14 +732,16 @@ async fn nested_containers_when_allowed_reach_nothing_more() {
     // A nested namespace's processes are still the sprite's own host ids.
     let sprite = client.get("nest").await.unwrap();
     let owner = userns_owner(init_pid_of(&sprite.id));
-    let mut stream = client
-        .exec(
-            "nest",
-            &params(&["unshare", "-Ur", "sh", "-c", "echo ready; sleep 29.25"]),
-        )
-        .await
-        .unwrap();
-    line_with(&mut stream, "ready").await;
+    let mut stream = Lines::new(
+        client
+            .exec(
+                "nest",
+                &params(&["unshare", "-Ur", "sh", "-c", "echo ready; sleep 29.25"]),
+            )
+            .await
+            .unwrap(),
+    );
+    stream.with("ready").await;
     // `sh` forks the sleep after the echo: it may not have run yet.
     let mut pid = None;
     for _ in 0..100 {
@@ -785,12 +817,13 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
     let descriptors_before = open_descriptors(daemon.pid);
 
     // 1000 idle connections to one sprite's api.sock.
-    let mut flood = client
-        .exec("flood", &params(&["python3", "-c", API_SOCK_FLOOD]))
-        .await
-        .unwrap();
-    let first: serde_json::Value =
-        serde_json::from_str(&line_with(&mut flood, "opened").await).unwrap();
+    let mut flood = Lines::new(
+        client
+            .exec("flood", &params(&["python3", "-c", API_SOCK_FLOOD]))
+            .await
+            .unwrap(),
+    );
+    let first: serde_json::Value = serde_json::from_str(&flood.with("opened").await).unwrap();
     let opened = first["opened"].as_u64().unwrap();
     let refused = first["refused"].as_u64().unwrap();
     attempts.check(
@@ -833,11 +866,9 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
         resolved == internet.address(2),
         &resolved,
     );
-    let asked: serde_json::Value =
-        serde_json::from_str(&line_with(&mut flood, "asked").await).unwrap();
+    let asked: serde_json::Value = serde_json::from_str(&flood.with("asked").await).unwrap();
     assert_eq!(asked["asked"], 8, "admitted connections answer requests");
-    let second: serde_json::Value =
-        serde_json::from_str(&line_with(&mut flood, "closed").await).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&flood.with("closed").await).unwrap();
     attempts.check(
         "idle connections (kept-alive ones too) outlive the header deadline",
         second["closed"] == second["held"],
@@ -845,11 +876,13 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
     );
 
     // inotify instances: one sprite spends its own budget, not root's.
-    let mut hog = client
-        .exec("flood", &params(&["python3", "-c", INOTIFY_HOG]))
-        .await
-        .unwrap();
-    let made = line_with(&mut hog, "instances").await;
+    let mut hog = Lines::new(
+        client
+            .exec("flood", &params(&["python3", "-c", INOTIFY_HOG]))
+            .await
+            .unwrap(),
+    );
+    let made = hog.with("instances").await;
     let count: usize = made.split_whitespace().nth(1).unwrap().parse().unwrap();
     attempts.check(
         "the hog's instances are bounded by a budget",
@@ -889,11 +922,13 @@ async fn a_flooding_sprite_is_refused_and_its_neighbours_never_notice() {
     let before = std::fs::read_to_string("/proc/sys/fs/epoll/max_user_watches").unwrap();
     let _restore = EpollLimit(before.trim().to_string());
     std::fs::write("/proc/sys/fs/epoll/max_user_watches", "15000").unwrap();
-    let mut hog = client
-        .exec("flood", &params(&["python3", "-c", EPOLL_HOG]))
-        .await
-        .unwrap();
-    let made = line_with(&mut hog, "watches").await;
+    let mut hog = Lines::new(
+        client
+            .exec("flood", &params(&["python3", "-c", EPOLL_HOG]))
+            .await
+            .unwrap(),
+    );
+    let made = hog.with("watches").await;
     let count: usize = made.split_whitespace().nth(1).unwrap().parse().unwrap();
     attempts.check(
         "the hog's epoll watches are bounded by a budget",
@@ -1125,18 +1160,20 @@ async fn network_attacks_from_a_sprite_fail() {
     // and straight at another sprite.
     let other_gateway = gateway_of(&daemon, "other").await;
     let other_address = std::net::Ipv4Addr::from(u32::from(other_gateway) + 1).to_string();
-    let mut listener = client
-        .exec("other", &params(&["python3", "-c", LISTEN_UDP, "4"]))
-        .await
-        .unwrap();
-    line_with(&mut listener, "listening").await;
+    let mut listener = Lines::new(
+        client
+            .exec("other", &params(&["python3", "-c", LISTEN_UDP, "4"]))
+            .await
+            .unwrap(),
+    );
+    listener.with("listening").await;
     let spoofed = root_python_args(&daemon, "strict", SPOOF, &[&other_address, &allowed]).await;
     assert!(
         spoofed.stdout().contains("sent"),
         "{}",
         String::from_utf8_lossy(&spoofed.stderr)
     );
-    let received = line_with(&mut listener, "received").await;
+    let received = listener.with("received").await;
     attempts.check(
         "spoofed packets reach another sprite (directly or through the resolver)",
         received.starts_with("received 0"),
