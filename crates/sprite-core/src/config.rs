@@ -1,6 +1,8 @@
 //! Settings of the sprite lifecycle, resolved by the daemon from flags and its config file.
 
-use crate::lifecycle::SleepPolicy;
+use crate::activity::SleepPolicy;
+use crate::error::CoreError;
+use sprite_api::sprite::SpriteConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,5 +127,69 @@ impl CoreConfig {
             network: None,
             url_scheme: "http".into(),
         }
+    }
+}
+
+impl CoreConfig {
+    /// A sprite's config: what was asked for over this host's defaults, checked (a
+    /// value out of range, an unparsable timer or another region is refused).
+    pub(crate) fn sprite_config(
+        &self,
+        requested: Option<SpriteConfig>,
+    ) -> Result<SpriteConfig, CoreError> {
+        let requested = requested.unwrap_or_default();
+        let cpus_available = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let config = SpriteConfig {
+            ram_mb: Some(requested.ram_mb.unwrap_or(self.default_ram_mb)),
+            cpus: Some(requested.cpus.unwrap_or(self.default_cpus)),
+            storage_gb: Some(requested.storage_gb.unwrap_or(self.default_storage_gb)),
+            region: Some(requested.region.unwrap_or_else(|| self.region.clone())),
+            warm_after: requested.warm_after,
+            cold_after: requested.cold_after,
+        };
+        if config.region.as_deref() != Some(self.region.as_str()) {
+            return Err(CoreError::RegionNotServed {
+                requested: config.region.clone().unwrap_or_default(),
+                served: self.region.clone(),
+            });
+        }
+        for (field, value) in [
+            ("config.warm_after", &config.warm_after),
+            ("config.cold_after", &config.cold_after),
+        ] {
+            if let Some(text) = value {
+                crate::activity::parse_duration(text).map_err(|e| CoreError::InvalidValue {
+                    field,
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let ram = config.ram_mb.unwrap_or_default();
+        if !(64..=1024 * 1024).contains(&ram) {
+            return Err(CoreError::OutOfRange {
+                field: "config.ram_mb",
+                value: ram.to_string(),
+                allowed: "64 to 1048576".into(),
+            });
+        }
+        let cpus = config.cpus.unwrap_or_default();
+        if cpus == 0 || cpus > cpus_available {
+            return Err(CoreError::OutOfRange {
+                field: "config.cpus",
+                value: cpus.to_string(),
+                allowed: format!("1 to {cpus_available} (the CPUs of this host)"),
+            });
+        }
+        let storage = config.storage_gb.unwrap_or_default();
+        if !(1..=16 * 1024).contains(&storage) {
+            return Err(CoreError::OutOfRange {
+                field: "config.storage_gb",
+                value: storage.to_string(),
+                allowed: "1 to 16384".into(),
+            });
+        }
+        Ok(config)
     }
 }

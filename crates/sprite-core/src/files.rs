@@ -1436,13 +1436,14 @@ impl crate::SpriteManager {
     pub async fn fs_root(
         &self,
         key: &SpriteKey,
-    ) -> Result<(SpriteRoot, crate::lifecycle::ActivityGuard), crate::CoreError> {
+    ) -> Result<(SpriteRoot, crate::activity::ActivityGuard), crate::CoreError> {
         let name = key.name.as_str();
         let record = self.record(key)?;
         let guard = self
-            .wake_record(&record, crate::lifecycle::Reason::Api)
+            .lifecycle
+            .wake_record(&record, crate::activity::Reason::Api)
             .await?;
-        let root = SpriteRoot::open(self.pinned_init(&record)?).map_err(|source| {
+        let root = SpriteRoot::open(self.lifecycle.pinned_init(&record)?).map_err(|source| {
             crate::CoreError::Io {
                 what: "open the root of",
                 path: format!("sprite {name}").into(),

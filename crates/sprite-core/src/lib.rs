@@ -1,10 +1,13 @@
 //! The sprite lifecycle: creating, starting, recovering and destroying sprites, their
 //! images and root layers, sessions, and the control-plane database.
 //!
-//! The server turns each request into a call on [`SpriteManager`]; nothing here knows
-//! about HTTP. Must not depend on axum or hyper.
+//! The server turns each request into a call on [`SpriteManager`], which holds the
+//! components and calls them: the lifecycle (`lifecycle.rs`: provision, start, wake,
+//! sleep, teardown), the pool, tasks, ports, and per-sprite handles for services and
+//! files. Nothing here knows about HTTP. Must not depend on axum or hyper.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod config;
 pub mod db;
 pub mod dns;
@@ -12,7 +15,7 @@ mod error;
 pub mod files;
 pub mod ids;
 pub mod image;
-pub mod lifecycle;
+mod lifecycle;
 pub mod limits;
 pub mod manager;
 pub mod network;
@@ -24,7 +27,7 @@ pub mod rootfs;
 pub mod sandboxes;
 #[cfg(test)]
 mod sequences;
-mod services;
+pub mod services;
 mod sleep;
 mod slots;
 pub mod space;

@@ -1,518 +1,733 @@
-//! When sprites sleep: what keeps one awake, and the idle policy that sends it to warm
-//! (cgroup frozen, memory kept) and cold (stopped, disk released) sleep.
-//!
-//! Everything here is plain data and arithmetic on a [`Clock`], so the policy is tested
-//! with a manual clock; the manager applies its decisions to real sprites.
+//! [`Lifecycle`]: the one component that changes whether a sprite runs on this host.
+//! It provisions new sprites (record, image, volume, start, and the undo of each when a
+//! later step fails), starts and wakes them, sends them to warm and cold sleep (forced,
+//! or by the idle loop), and tears them down. Its dependencies are named in its fields;
+//! the manager, the pool and the API operations on sprites call it, never the other
+//! way round.
 
-use parking_lot::Mutex;
-use serde::Serialize;
-use sprite_api::sprite::SpriteStatus;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::activity::{
+    decide, parse_duration, Activity, ActivityGuard, Reason, SleepPolicy, Transition,
+};
+use crate::config::CoreConfig;
+use crate::db::{Database, LifeRecord, SpriteRecord};
+use crate::error::CoreError;
+use crate::image::ImageStore;
+use crate::manager::{ms_to_rfc3339, now, SpriteChanges, SPRITE_ENV_LAYER};
+use crate::network::POLICY_FILE;
+use crate::rootfs::RootStore;
+use crate::sandboxes::{CgroupState, Sandboxes};
+use crate::slots::Slots;
+use crate::tasks::Tasks;
+use sprite_api::policy::NetworkPolicy;
+use sprite_api::sprite::{AwakeReason, LifecycleInfo, SpriteStatus};
+use sprite_sandbox::cgroup::SpriteCgroup;
+use sprite_sandbox::client::InitClient;
+use sprite_sandbox::spec::{Limits, SandboxSpec};
+use sprite_sandbox::SandboxError;
+use std::collections::HashMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Milliseconds since the Unix epoch, from the system or from a test.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> u64;
+/// Longest wait for sprite-init to list its sessions in the idle check.
+const LIST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a new sprite's volume comes from.
+pub(crate) enum Volume<'a> {
+    /// An empty (pre-formatted) volume of this many bytes.
+    Empty { bytes: u64 },
+    /// A copy (metadata only) of another sprite's checkpoint.
+    Fork { parent: &'a str, version: &'a str },
 }
 
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        chrono::Utc::now().timestamp_millis().max(0) as u64
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn new(start_ms: u64) -> Self {
-        ManualClock(AtomicU64::new(start_ms))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Something that keeps a sprite awake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// An exec or console session with a client connected.
-    Session,
-    /// A TTY session whose process still runs (attached or not).
-    Tty,
-    /// An API operation in progress (checkpoint, restore, a file operation...).
-    Api,
-    /// An open request or connection through the sprite's URL or TCP proxy.
-    Proxy,
-    /// A live Task registered through `/.sprite/api.sock`.
-    Task,
-}
-
-impl Reason {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Reason::Session => "exec or console session",
-            Reason::Tty => "TTY session with a running process",
-            Reason::Api => "API operation",
-            Reason::Proxy => "proxied request or connection",
-            Reason::Task => "task",
-        }
-    }
-}
-
+/// Starts, stops, sleeps and wakes the sprites of this host.
 #[derive(Debug)]
-struct Entry {
-    status: SpriteStatus,
-    since_ms: u64,
-    guards: BTreeMap<Reason, usize>,
-    last_active_ms: u64,
+pub(crate) struct Lifecycle {
+    pub(crate) config: CoreConfig,
+    pub(crate) db: Arc<Database>,
+    /// Images sprites' roots are made from (built or fetched on first use).
+    pub(crate) images: Arc<ImageStore>,
+    /// Sprites' disks and root layers.
+    pub(crate) roots: Arc<dyn RootStore>,
+    /// The host side of sprites' processes (cgroups, namespaces, sprite-init).
+    pub(crate) sandboxes: Arc<dyn Sandboxes>,
+    /// Status of each sprite and what keeps it awake.
+    pub(crate) activity: Arc<Activity>,
+    /// What is live about each sprite (start lock, URL port, parsed sleep timers...).
+    pub(crate) slots: Arc<Slots>,
+    /// Leases that keep sprites awake (expired by the idle loop, forgotten at teardown).
+    pub(crate) tasks: Arc<Tasks>,
+    /// Sprite networking (veth, NAT, DNS, egress policy); `None` when turned off.
+    pub(crate) network: Option<crate::network::Network>,
+    /// Ids of sprites just made or destroyed, for the in-sprite API.
+    pub(crate) changes: SpriteChanges,
+    /// The mount namespace sprites' namespaces are cloned from: only the mounts that hold
+    /// the data directory, `/dev`, `/proc` and `/sys` (`None` where it cannot be made: not root).
+    pub(crate) mount_seed: Option<std::os::fd::OwnedFd>,
 }
 
-impl Default for Entry {
-    fn default() -> Self {
-        Entry {
-            status: SpriteStatus::Cold,
-            since_ms: 0,
-            guards: BTreeMap::new(),
-            last_active_ms: 0,
-        }
+/// Milliseconds since `since`, to a tenth, for logs.
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+pub(crate) fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
+    fs::create_dir_all(path).map_err(CoreError::io("create", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(CoreError::io("chmod", path))
+}
+
+impl Lifecycle {
+    pub(crate) fn state_dir(&self, sprite_id: &str) -> PathBuf {
+        self.config.data_dir.join("sprites").join(sprite_id)
     }
-}
 
-/// Each sprite's status, what keeps it awake and when it last was active. Status and
-/// reasons share one lock: a caller that holds a reason and then sees `Running` can rely
-/// on no sleep starting under it (a sleep is decided under the same lock, before the
-/// freeze or stop, and only when no reason is held).
-#[derive(Debug)]
-pub struct Activity {
-    clock: Arc<dyn Clock>,
-    entries: Mutex<HashMap<String, Entry>>,
-}
+    /// The host directory of a sprite's `/.sprite/run` (its `api.sock`).
+    pub(crate) fn run_dir(&self, sprite_id: &str) -> PathBuf {
+        self.config.data_dir.join("run").join(sprite_id)
+    }
 
-impl Activity {
-    pub fn new(clock: Arc<dyn Clock>) -> Arc<Activity> {
-        Arc::new(Activity {
-            clock,
-            entries: Mutex::new(HashMap::new()),
+    pub(crate) fn client_for(&self, sprite_id: &str) -> InitClient {
+        InitClient::new(self.state_dir(sprite_id).join("init.sock"))
+    }
+
+    pub(crate) fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
+        crate::sandboxes::sprite_cgroup(sprite_id)
+    }
+
+    /// The host pid of a running sprite's PID 1.
+    pub(crate) fn init_pid(&self, record: &SpriteRecord) -> Result<u32, CoreError> {
+        self.cgroup(&record.id)?
+            .init_pid()
+            .map_err(|e| CoreError::Sandbox {
+                sprite: record.name.clone(),
+                source: SandboxError::Cgroup(e),
+            })?
+            .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))
+    }
+
+    /// The sprite's PID 1, pinned (see [`sprite_sandbox::PinnedProcess`]) for opening
+    /// its `/proc` entries: its root, namespaces and maps.
+    pub(crate) fn pinned_init(
+        &self,
+        record: &SpriteRecord,
+    ) -> Result<sprite_sandbox::PinnedProcess, CoreError> {
+        let pid = self.init_pid(record)?;
+        sprite_sandbox::PinnedProcess::pin(pid, &record.id).map_err(|source| CoreError::Io {
+            what: "pin the pid 1 of",
+            path: format!("sprite {}", record.name).into(),
+            source,
         })
     }
 
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
-    /// Marks the sprite awake for `reason` until the guard is dropped; also answers the
-    /// sprite's status as of that moment.
-    pub fn hold(
-        self: &Arc<Self>,
-        sprite_id: &str,
-        reason: Reason,
-    ) -> (ActivityGuard, SpriteStatus) {
-        let now = self.now_ms();
-        let mut entries = self.entries.lock();
-        let entry = entries.entry(sprite_id.to_string()).or_default();
-        *entry.guards.entry(reason).or_default() += 1;
-        entry.last_active_ms = entry.last_active_ms.max(now);
-        let guard = ActivityGuard {
-            activity: self.clone(),
-            sprite_id: sprite_id.to_string(),
-            reason,
-        };
-        (guard, entry.status)
-    }
-
-    /// The sprite's status and since when (Unix ms).
-    pub fn status(&self, sprite_id: &str) -> (SpriteStatus, u64) {
-        self.entries
-            .lock()
-            .get(sprite_id)
-            .map_or((SpriteStatus::Cold, 0), |e| (e.status, e.since_ms))
-    }
-
-    /// Sets the status (since now, unless it is unchanged).
-    pub fn set_status(&self, sprite_id: &str, status: SpriteStatus) {
-        self.set_status_since(sprite_id, status, self.now_ms());
-    }
-
-    /// Sets the status as of `since_ms` (a status restored after a daemon restart).
-    pub fn set_status_since(&self, sprite_id: &str, status: SpriteStatus, since_ms: u64) {
-        let mut entries = self.entries.lock();
-        let entry = entries.entry(sprite_id.to_string()).or_default();
-        if entry.status != status {
-            entry.status = status;
-            entry.since_ms = since_ms;
-        }
-    }
-
-    /// Starts a sleep: moves the sprite from an awake status to `to` if nothing holds it
-    /// awake (and, for warm sleep, if it is running). Answers whether it did; the caller
-    /// then freezes or stops the sprite, or sets the status back if that fails.
-    pub fn begin_sleep(&self, sprite_id: &str, to: SpriteStatus) -> bool {
-        let now = self.now_ms();
-        let mut entries = self.entries.lock();
-        let Some(entry) = entries.get_mut(sprite_id) else {
-            return false;
-        };
-        let allowed = match to {
-            SpriteStatus::Warm => entry.status == SpriteStatus::Running,
-            SpriteStatus::Cold => entry.status != SpriteStatus::Cold,
-            SpriteStatus::Running => false,
-        };
-        if !allowed || entry.guards.values().any(|n| *n > 0) {
-            return false;
-        }
-        entry.status = to;
-        entry.since_ms = now;
-        true
-    }
-
-    /// Sprites whose status is not cold.
-    pub fn awake(&self) -> Vec<(String, SpriteStatus)> {
-        self.entries
-            .lock()
-            .iter()
-            .filter(|(_, e)| e.status != SpriteStatus::Cold)
-            .map(|(id, e)| (id.clone(), e.status))
-            .collect()
-    }
-
-    /// Records activity now (a wake, a TTY session seen running).
-    pub fn touch(&self, sprite_id: &str) {
-        self.touch_at(sprite_id, self.now_ms());
-    }
-
-    /// Records activity at `at_ms` unless a later one is known (restores the timer of a
-    /// sprite after a daemon restart).
-    pub fn touch_at(&self, sprite_id: &str, at_ms: u64) {
-        let mut entries = self.entries.lock();
-        let entry = entries.entry(sprite_id.to_string()).or_default();
-        entry.last_active_ms = entry.last_active_ms.max(at_ms);
-    }
-
-    /// The reasons held now, each with its count.
-    pub fn reasons(&self, sprite_id: &str) -> Vec<(Reason, usize)> {
-        self.entries
-            .lock()
-            .get(sprite_id)
-            .map(|e| {
-                e.guards
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(r, n)| (*r, *n))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn last_active_ms(&self, sprite_id: &str) -> Option<u64> {
-        self.entries.lock().get(sprite_id).map(|e| e.last_active_ms)
-    }
-
-    /// Forgets a destroyed sprite.
-    pub fn forget(&self, sprite_id: &str) {
-        self.entries.lock().remove(sprite_id);
-    }
-
-    fn release(&self, sprite_id: &str, reason: Reason) {
-        let now = self.now_ms();
-        let mut entries = self.entries.lock();
-        if let Some(entry) = entries.get_mut(sprite_id) {
-            if let Some(count) = entry.guards.get_mut(&reason) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    entry.guards.remove(&reason);
+    /// The one way a new sprite comes up (a create, a fork, a pool fill): its record
+    /// with an id range of its own, its image, its volume, its start and, for the
+    /// pool, its freeze. A step that fails undoes every one before it (processes,
+    /// volume, record) and the error is returned. Returns the milliseconds the volume
+    /// took.
+    pub(crate) async fn provision(
+        &self,
+        record: &mut SpriteRecord,
+        volume: Volume<'_>,
+        freeze: bool,
+    ) -> Result<f64, CoreError> {
+        record.id_base = self
+            .db
+            .insert_with_id_range(record, &self.config.id_ranges())?;
+        let record = &*record;
+        let mut volume_ms = 0.0;
+        let made = async {
+            self.image_root(&record.image).await?;
+            let begun = std::time::Instant::now();
+            match volume {
+                Volume::Fork { parent, version } => {
+                    self.roots.create_from(&record.id, parent, version).await?
                 }
+                Volume::Empty { bytes } => self.roots.create(&record.id, bytes).await?,
             }
-            entry.last_active_ms = entry.last_active_ms.max(now);
+            volume_ms = elapsed_ms(begun);
+            self.start(record).await?;
+            if freeze {
+                self.freeze(record).await?;
+                self.activity.set_status(&record.id, SpriteStatus::Warm);
+            }
+            Ok::<(), CoreError>(())
+        }
+        .await;
+        if let Err(error) = made {
+            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_api::error_chain(&error));
+            if let Err(undo) = self.teardown(record).await {
+                tracing::warn!(sprite = %record.name, "undoing the failed create: {}", sprite_api::error_chain(&undo));
+            }
+            self.db.delete(&record.id)?;
+            return Err(error);
+        }
+        self.changes.note(&record.id);
+        Ok(volume_ms)
+    }
+
+    pub(crate) fn limits(&self, record: &SpriteRecord) -> Limits {
+        Limits {
+            memory_bytes: record.config.ram_mb.unwrap_or(self.config.default_ram_mb) * 1024 * 1024,
+            pids: self.config.pids_limit,
+            cpu_millis: u64::from(record.config.cpus.unwrap_or(self.config.default_cpus)) * 1000,
         }
     }
-}
 
-/// Keeps a sprite awake while it lives; the idle timer starts when the last one drops.
-#[derive(Debug)]
-pub struct ActivityGuard {
-    activity: Arc<Activity>,
-    sprite_id: String,
-    reason: Reason,
-}
-
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        self.activity.release(&self.sprite_id, self.reason);
+    pub(crate) fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.slots.get(sprite_id).start.clone()
     }
-}
 
-/// How long a sprite may idle before each sleep (`None`: never).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SleepPolicy {
-    pub warm_after: Option<Duration>,
-    pub cold_after: Option<Duration>,
-}
+    /// Starts the sprite's sandbox unless it already runs. Concurrent callers share
+    /// one start.
+    pub(crate) async fn start(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let start_lock = self.start_lock(&record.id);
+        let _guard = start_lock.lock().await;
+        self.start_locked(record).await
+    }
 
-impl Default for SleepPolicy {
-    fn default() -> Self {
-        SleepPolicy {
-            warm_after: Some(Duration::from_secs(30)),
-            cold_after: Some(Duration::from_secs(600)),
+    /// [`Self::start`] for a caller that holds the sprite's start lock.
+    pub(crate) async fn start_locked(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        let sandboxes = &self.sandboxes;
+        let cgroup = sandboxes.state(&record.id)?;
+        // Wake from warm sleep: the processes are all there, frozen.
+        if cgroup == CgroupState::Frozen {
+            sandboxes.thaw(&record.name, &record.id)?;
+        }
+        if cgroup != CgroupState::Absent && sandboxes.ping(&record.id).await {
+            self.became_running(record);
+            return Ok(());
+        }
+        self.activity.set_status(&record.id, SpriteStatus::Cold);
+        // A dead sprite may have left processes or its cgroup behind.
+        if cgroup != CgroupState::Absent {
+            self.kill_sandbox(record).await?;
+        }
+        let image_root = self.image_root(&record.image).await?;
+        // A sprite made before sprites had ranges of their own gets one now.
+        let id_base = self
+            .db
+            .assign_id_range(&record.id, &self.config.id_ranges())?;
+        let state_dir = self.state_dir(&record.id);
+        make_dir(&state_dir, 0o700)?;
+        let run_dir = self.run_dir(&record.id);
+        make_dir(&run_dir, 0o755)?;
+        let begun = std::time::Instant::now();
+        let mut layers = self.roots.prepare(&record.id, &image_root, id_base).await?;
+        let mount_ms = elapsed_ms(begun);
+        let env_layer = self.config.data_dir.join(SPRITE_ENV_LAYER);
+        if env_layer.is_dir() {
+            layers.lower.push(env_layer);
+        }
+        let spec = SandboxSpec {
+            sprite_id: record.id.to_string(),
+            hostname: record.name.clone(),
+            state_dir,
+            layers,
+            id_base,
+            id_count: self.config.id_count,
+            storage_id_base: self.config.id_base,
+            mount_namespace: self.mount_seed.as_ref().map(|fd| {
+                PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    std::os::fd::AsRawFd::as_raw_fd(fd)
+                ))
+            }),
+            limits: self.limits(record),
+            run_dir: Some(run_dir),
+            oom_score_adj: self.config.sprite_oom_score_adj,
+            nested_containers: self.config.nested_containers,
+        };
+        let sandbox = std::time::Instant::now();
+        sandboxes.launch(&record.name, &spec).await?;
+        if !sandboxes.ping(&record.id).await {
+            return Err(CoreError::StartTimeout(record.name.clone()));
+        }
+        let sandbox_ms = elapsed_ms(sandbox);
+        let network = std::time::Instant::now();
+        self.attach_network(record).await;
+        tracing::info!(
+            sprite = %record.name,
+            ms = elapsed_ms(begun),
+            mount_ms,
+            sandbox_ms,
+            network_ms = elapsed_ms(network),
+            "sprite started"
+        );
+        self.became_running(record);
+        let mut updated = record.clone();
+        updated.last_running_at = Some(now());
+        self.db.update(&updated)?;
+        self.refresh_views_later(&record.id);
+        Ok(())
+    }
+
+    /// Updates the sprite's `/.sprite/checkpoints` in the background: mounting views
+    /// takes a few loop devices and mounts, which no start or checkpoint waits for.
+    pub(crate) fn refresh_views_later(&self, sprite_id: &str) {
+        let roots = self.roots.clone();
+        let sprite_id = sprite_id.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = roots.refresh_views(&sprite_id).await {
+                tracing::warn!(sprite = %sprite_id, "checkpoint views: {}", sprite_api::error_chain(&error));
+            }
+        });
+    }
+
+    /// Kills every process of the sprite and removes its cgroup; its network slot is
+    /// given back.
+    pub(crate) async fn kill_sandbox(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        self.sandboxes.kill(&record.name, &record.id).await?;
+        self.release_network(&record.id).await;
+        Ok(())
+    }
+
+    /// Gives the sprite's network slot back (its namespace went with its processes).
+    pub(crate) async fn release_network(&self, sprite_id: &str) {
+        if let Some(network) = &self.network {
+            network.release(sprite_id, &self.state_dir(sprite_id)).await;
         }
     }
-}
 
-/// Where the policy sends a sprite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    Warm,
-    Cold,
-}
+    /// Stops the sprite's processes and removes its state and layer.
+    pub(crate) async fn teardown(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        self.activity.set_status(&record.id, SpriteStatus::Cold);
+        self.kill_sandbox(record).await?;
+        self.roots.remove(&record.id).await?;
+        for dir in [self.state_dir(&record.id), self.run_dir(&record.id)] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CoreError::io("remove", dir)(e)),
+            }
+        }
+        self.slots.remove(&record.id);
+        self.tasks.forget(&record.id);
+        self.activity.forget(&record.id);
+        Ok(())
+    }
 
-/// The transition due for a sprite in `status` that has been idle `idle` and is `busy`
-/// (some reason holds it) or not.
-pub fn decide(
-    status: SpriteStatus,
-    idle: Duration,
-    busy: bool,
-    policy: SleepPolicy,
-) -> Option<Transition> {
-    if busy || status == SpriteStatus::Cold {
-        return None;
+    /// The lower layer of sprites of `image`: on SpriteFS the image's read-only volume
+    /// (from the object store if it is there: a fresh host builds nothing), else the
+    /// image directory, built on first need.
+    pub(crate) async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
+        ImageStore::check_name(image)?;
+        if let Some(root) = self.roots.mount_image(image).await? {
+            self.images.note_stored(image);
+            return Ok(root);
+        }
+        let dir = self.images.ensure(image).await?;
+        Ok(self.roots.import_image(image, &dir).await?.unwrap_or(dir))
     }
-    if policy.cold_after.is_some_and(|after| idle >= after) {
-        return Some(Transition::Cold);
-    }
-    if status == SpriteStatus::Running && policy.warm_after.is_some_and(|after| idle >= after) {
-        return Some(Transition::Warm);
-    }
-    None
-}
 
-/// Parses a sleep timer: a duration in the one grammar of every duration we take
-/// ([`sprite_api::exec::parse_duration`]: `30s`, `10m`, `1m30s`, `250ms`, a plain
-/// number of seconds; `min` and `sec` are understood too); `never` (or `0`) turns the
-/// timer off. At most a year.
-pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    let text = text.trim();
-    if text == "never" || text == "0" {
-        return Ok(None);
+    /// The sleep timers of one sprite: its own `config` over the daemon's. Parsed once
+    /// per value and kept in the sprite's slot (the idle check asks every tick); a
+    /// stored value that does not parse (validated at create, so only from an older
+    /// version's grammar) is reported once and the daemon's timer used.
+    pub(crate) fn policy_for(&self, record: &SpriteRecord) -> SleepPolicy {
+        let key = (
+            record.config.warm_after.clone(),
+            record.config.cold_after.clone(),
+        );
+        let slot = self.slots.get(&record.id);
+        let mut cached = slot.sleep_policy.lock();
+        if let Some((cached_key, policy)) = cached.as_ref() {
+            if *cached_key == key {
+                return *policy;
+            }
+        }
+        let own = |what: &str, value: &Option<String>, default: Option<Duration>| {
+            match value {
+            Some(text) => parse_duration(text).unwrap_or_else(|error| {
+                tracing::warn!(sprite = %record.name, "config.{what}: {error}; the daemon's timer applies");
+                default
+            }),
+            None => default,
+        }
+        };
+        let policy = SleepPolicy {
+            warm_after: own("warm_after", &key.0, self.config.sleep.warm_after),
+            cold_after: own("cold_after", &key.1, self.config.sleep.cold_after),
+        };
+        *cached = Some((key, policy));
+        policy
     }
-    let is_number = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    let normalized = [("mins", "m"), ("min", "m"), ("secs", "s"), ("sec", "s")]
-        .iter()
-        .find_map(|(word, unit)| {
-            text.strip_suffix(word)
-                .filter(|n| is_number(n))
-                .map(|n| format!("{n}{unit}"))
-        })
-        .unwrap_or_else(|| text.to_string());
-    let duration = sprite_api::exec::parse_duration(&normalized).ok_or_else(|| {
-        if text.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
-            format!("unknown unit in {text:?}; use ms, s, m or h, alone or together (like 30s, 10m or 1m30s), or never")
+
+    /// Records that the sprite runs (just started, woken, or adopted awake).
+    pub(crate) fn became_running(&self, record: &SpriteRecord) {
+        self.activity.set_status(&record.id, SpriteStatus::Running);
+        self.activity.touch(&record.id);
+        self.save_life(&record.id);
+    }
+
+    /// Saves the sprite's sleep state, so a daemon restart keeps it and its timers.
+    pub(crate) fn save_life(&self, sprite_id: &str) {
+        let (status, since_ms) = self.activity.status(sprite_id);
+        let previous = self.db.life(sprite_id).ok().flatten();
+        let last_warming_ms = if status == SpriteStatus::Warm {
+            Some(since_ms)
         } else {
-            format!("{text:?} is not a duration; use a number with ms, s, m or h (like 30s, 10m or 1m30s), or never")
-        }
-    })?;
-    if duration.is_zero() || duration > Duration::from_secs(366 * 86400) {
-        return Err(format!(
-            "{text:?} is out of range; use more than 0 and at most a year, or never"
-        ));
-    }
-    Ok(Some(duration))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: SleepPolicy = SleepPolicy {
-        warm_after: Some(Duration::from_secs(30)),
-        cold_after: Some(Duration::from_secs(600)),
-    };
-
-    #[test]
-    fn idle_sprites_go_warm_then_cold_at_the_configured_times() {
-        let running = SpriteStatus::Running;
-        let warm = SpriteStatus::Warm;
-        let s = Duration::from_secs;
-        assert_eq!(decide(running, s(29), false, POLICY), None);
-        assert_eq!(
-            decide(running, s(30), false, POLICY),
-            Some(Transition::Warm)
-        );
-        assert_eq!(decide(warm, s(599), false, POLICY), None);
-        assert_eq!(decide(warm, s(600), false, POLICY), Some(Transition::Cold));
-        // A running sprite idle past both goes straight to cold.
-        assert_eq!(
-            decide(running, s(700), false, POLICY),
-            Some(Transition::Cold)
-        );
-        assert_eq!(decide(SpriteStatus::Cold, s(9999), false, POLICY), None);
-    }
-
-    #[test]
-    fn busy_sprites_never_sleep() {
-        for status in [SpriteStatus::Running, SpriteStatus::Warm] {
-            assert_eq!(
-                decide(status, Duration::from_secs(9999), true, POLICY),
-                None
+            previous.and_then(|p| p.last_warming_ms)
+        };
+        let life = LifeRecord {
+            status,
+            since_ms,
+            last_active_ms: self.activity.last_active_ms(sprite_id).unwrap_or(since_ms),
+            last_warming_ms,
+        };
+        if let Err(error) = self.db.save_life(sprite_id, &life) {
+            tracing::warn!(
+                sprite = sprite_id,
+                "could not save the sleep state: {}",
+                sprite_api::error_chain(&error)
             );
         }
     }
 
-    #[test]
-    fn timers_turned_off_never_fire() {
-        let never = SleepPolicy {
-            warm_after: None,
-            cold_after: None,
+    /// After a daemon restart: takes back a sprite that sleeps (frozen cgroup: warm;
+    /// saved as cold: cold), with its timers. False when it is not asleep.
+    pub(crate) fn adopt_sleeping(&self, record: &SpriteRecord) -> Result<bool, CoreError> {
+        let life = self.db.life(&record.id)?;
+        if let Some(life) = &life {
+            self.activity.touch_at(&record.id, life.last_active_ms);
+        }
+        let since = |status: SpriteStatus| {
+            life.as_ref()
+                .filter(|l| l.status == status)
+                .map_or_else(|| self.activity.now_ms(), |l| l.since_ms)
         };
-        assert_eq!(
-            decide(
-                SpriteStatus::Running,
-                Duration::from_secs(1 << 30),
-                false,
-                never
-            ),
-            None
-        );
-        let warm_only = SleepPolicy {
-            cold_after: None,
-            ..POLICY
-        };
-        assert_eq!(
-            decide(
+        if self.sandboxes.state(&record.id)? == crate::sandboxes::CgroupState::Frozen {
+            self.activity.set_status_since(
+                &record.id,
                 SpriteStatus::Warm,
-                Duration::from_secs(1 << 30),
-                false,
-                warm_only
-            ),
-            None
-        );
+                since(SpriteStatus::Warm),
+            );
+            return Ok(true);
+        }
+        if life
+            .as_ref()
+            .is_some_and(|l| l.status == SpriteStatus::Cold)
+        {
+            self.activity.set_status_since(
+                &record.id,
+                SpriteStatus::Cold,
+                since(SpriteStatus::Cold),
+            );
+            return Ok(true);
+        }
+        Ok(false)
     }
 
-    #[test]
-    fn the_idle_timer_starts_when_the_last_guard_drops() {
-        let clock = Arc::new(ManualClock::new(1_000));
-        let activity = Activity::new(clock.clone());
-        let (first, status) = activity.hold("s", Reason::Session);
-        assert_eq!(status, SpriteStatus::Cold);
-        let (second, _) = activity.hold("s", Reason::Session);
-        let (api, _) = activity.hold("s", Reason::Api);
-        assert_eq!(
-            activity.reasons("s"),
-            [(Reason::Session, 2), (Reason::Api, 1)]
-        );
-        clock.advance(Duration::from_secs(100));
-        drop(first);
-        drop(api);
-        assert_eq!(activity.reasons("s"), [(Reason::Session, 1)]);
-        clock.advance(Duration::from_secs(100));
-        drop(second);
-        assert!(activity.reasons("s").is_empty());
-        assert_eq!(activity.last_active_ms("s"), Some(201_000));
-        // An older timestamp (from before a restart) never moves the timer back.
-        activity.touch_at("s", 5);
-        assert_eq!(activity.last_active_ms("s"), Some(201_000));
-        activity.forget("s");
-        assert_eq!(activity.last_active_ms("s"), None);
+    /// When a sprite last went to warm sleep (RFC 3339), if it did.
+    pub(crate) fn last_warming_at(&self, sprite_id: &str) -> Option<String> {
+        match self.activity.status(sprite_id) {
+            (SpriteStatus::Warm, since) => Some(ms_to_rfc3339(since)),
+            _ => self
+                .db
+                .life(sprite_id)
+                .ok()
+                .flatten()
+                .and_then(|l| l.last_warming_ms)
+                .map(ms_to_rfc3339),
+        }
     }
 
-    #[test]
-    fn a_sleep_starts_only_when_nothing_holds_the_sprite() {
-        let clock = Arc::new(ManualClock::new(1_000));
-        let activity = Activity::new(clock.clone());
-        assert!(
-            !activity.begin_sleep("s", SpriteStatus::Warm),
-            "unknown sprite"
-        );
-        activity.set_status("s", SpriteStatus::Running);
-        let (guard, status) = activity.hold("s", Reason::Session);
-        assert_eq!(status, SpriteStatus::Running);
-        assert!(!activity.begin_sleep("s", SpriteStatus::Warm));
-        assert!(!activity.begin_sleep("s", SpriteStatus::Cold));
-        drop(guard);
-        clock.advance(Duration::from_secs(5));
-        assert!(activity.begin_sleep("s", SpriteStatus::Warm));
-        assert_eq!(activity.status("s"), (SpriteStatus::Warm, 6_000));
-        // A caller arriving now sees the sleep and must wake the sprite.
-        let (_guard, status) = activity.hold("s", Reason::Api);
-        assert_eq!(status, SpriteStatus::Warm);
-        assert!(!activity.begin_sleep("s", SpriteStatus::Warm), "warm twice");
-        assert_eq!(activity.awake(), [("s".to_string(), SpriteStatus::Warm)]);
+    /// Since when, why awake, and when the sprite sleeps if nothing happens.
+    pub(crate) fn lifecycle_info(&self, record: &SpriteRecord) -> LifecycleInfo {
+        let (status, since) = self.activity.status(&record.id);
+        let reasons = self.activity.reasons(&record.id);
+        let last_active = self.activity.last_active_ms(&record.id);
+        let policy = self.policy_for(record);
+        let idle = reasons.is_empty() && status != SpriteStatus::Cold;
+        let at = |after: Option<Duration>| {
+            after
+                .zip(last_active)
+                .filter(|_| idle)
+                .map(|(after, last)| ms_to_rfc3339(last + after.as_millis() as u64))
+        };
+        LifecycleInfo {
+            since: ms_to_rfc3339(since),
+            awake_because: reasons
+                .into_iter()
+                .map(|(reason, count)| AwakeReason {
+                    reason: serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    count,
+                    description: reason.describe().to_string(),
+                })
+                .collect(),
+            last_active_at: last_active.filter(|ms| *ms > 0).map(ms_to_rfc3339),
+            warm_at: if status == SpriteStatus::Running {
+                at(policy.warm_after)
+            } else {
+                None
+            },
+            cold_at: at(policy.cold_after),
+        }
     }
 
-    #[test]
-    fn durations_parse_with_clear_errors() {
-        assert_eq!(parse_duration("30s"), Ok(Some(Duration::from_secs(30))));
-        assert_eq!(parse_duration("10m"), Ok(Some(Duration::from_secs(600))));
-        assert_eq!(parse_duration("1h"), Ok(Some(Duration::from_secs(3600))));
-        assert_eq!(parse_duration("45"), Ok(Some(Duration::from_secs(45))));
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(Some(Duration::from_millis(250)))
-        );
-        assert_eq!(parse_duration("never"), Ok(None));
-        assert_eq!(parse_duration("1m30s"), Ok(Some(Duration::from_secs(90))));
-        assert_eq!(
-            parse_duration("2h0m0s"),
-            Ok(Some(Duration::from_secs(7200)))
-        );
-        assert_eq!(parse_duration("5min"), Ok(Some(Duration::from_secs(300))));
-        assert_eq!(parse_duration("1.5h"), Ok(Some(Duration::from_secs(5400))));
-        assert!(parse_duration("400d").is_err());
-        assert!(parse_duration("9000h")
-            .expect_err("too long")
-            .contains("at most a year"));
-        assert!(parse_duration("10 parsecs")
-            .expect_err("an error")
-            .contains("unknown unit"));
-        assert!(parse_duration("soon")
-            .expect_err("an error")
-            .contains("not a duration"));
-        assert!(parse_duration("-5s").is_err());
+    /// Holds the sprite awake for `reason` and wakes it if it sleeps. Concurrent
+    /// callers share one wake (the start lock).
+    pub(crate) async fn wake_record(
+        &self,
+        record: &SpriteRecord,
+        reason: Reason,
+    ) -> Result<ActivityGuard, CoreError> {
+        let (guard, status) = self.activity.hold(&record.id, reason);
+        if status != SpriteStatus::Running {
+            self.start(record).await?;
+        }
+        Ok(guard)
+    }
+
+    /// Sends a sprite to warm or cold sleep if nothing holds it awake. Answers whether
+    /// it did.
+    pub(crate) async fn put_to_sleep(
+        &self,
+        record: &SpriteRecord,
+        target: SpriteStatus,
+    ) -> Result<bool, CoreError> {
+        let start_lock = self.start_lock(&record.id);
+        let _one = start_lock.lock().await;
+        let (before, _) = self.activity.status(&record.id);
+        if !self.activity.begin_sleep(&record.id, target) {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        let result = match target {
+            SpriteStatus::Warm => self.freeze(record).await,
+            _ => self.stop_for_cold(record).await,
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(sprite = %record.name, from = before.as_str(), to = target.as_str(), ms = started.elapsed().as_millis() as u64, "sprite asleep");
+                self.save_life(&record.id);
+                Ok(true)
+            }
+            Err(error) => {
+                // A failed freeze leaves it running; a failed stop leaves it for a
+                // restart on the next call.
+                let status = match target {
+                    SpriteStatus::Warm => SpriteStatus::Running,
+                    _ => SpriteStatus::Cold,
+                };
+                self.activity.set_status(&record.id, status);
+                self.save_life(&record.id);
+                Err(error)
+            }
+        }
+    }
+
+    /// Freezes every process of the sprite (its cgroup), waiting until all are frozen.
+    pub(crate) async fn freeze(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        self.sandboxes.freeze(&record.name, &record.id).await
+    }
+
+    /// Cold sleep: SIGTERM to every process, SIGKILL after the grace period, then the
+    /// disk is flushed to the object store and released.
+    pub(crate) async fn stop_for_cold(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        self.sandboxes
+            .stop(&record.name, &record.id, self.config.stop_grace)
+            .await?;
+        self.release_network(&record.id).await;
+        self.roots.release(&record.id).await
+    }
+
+    /// Runs the idle policy forever, every `config.lifecycle_tick`.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.lifecycle_tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut saved: HashMap<String, u64> = HashMap::new();
+        loop {
+            ticker.tick().await;
+            self.lifecycle_tick(&mut saved).await;
+        }
+    }
+
+    /// One look at every awake sprite: idle ones go to sleep when their time is up; under
+    /// memory pressure the longest-idle warm sprite goes cold. `saved` holds the last
+    /// activity time written to the database per sprite.
+    async fn lifecycle_tick(&self, saved: &mut HashMap<String, u64>) {
+        self.tasks.expire();
+        let records = match self.db.all() {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(
+                    "lifecycle: cannot list sprites: {}",
+                    sprite_api::error_chain(&error)
+                );
+                return;
+            }
+        };
+        let by_id: HashMap<&str, &SpriteRecord> =
+            records.iter().map(|r| (r.id.as_str(), r)).collect();
+        for (id, status) in self.activity.awake() {
+            let Some(record) = by_id.get(id.as_str()).filter(|r| !r.pooled) else {
+                continue;
+            };
+            let mut busy = !self.activity.reasons(&id).is_empty();
+            if !busy && status == SpriteStatus::Running && self.tty_running(&id).await {
+                self.activity.touch(&id);
+                busy = true;
+            }
+            let now = self.activity.now_ms();
+            let (_, since) = self.activity.status(&id);
+            let last = self
+                .activity
+                .last_active_ms(&id)
+                .unwrap_or(since)
+                .max(since);
+            let idle = Duration::from_millis(now.saturating_sub(last));
+            let target = match decide(status, idle, busy, self.policy_for(record)) {
+                Some(Transition::Warm) => SpriteStatus::Warm,
+                Some(Transition::Cold) => SpriteStatus::Cold,
+                None => {
+                    if saved.get(&id) != Some(&last) {
+                        self.save_life(&id);
+                        saved.insert(id.clone(), last);
+                    }
+                    continue;
+                }
+            };
+            if let Err(error) = self.put_to_sleep(record, target).await {
+                tracing::warn!(sprite = %record.name, to = target.as_str(), "could not sleep: {}", sprite_api::error_chain(&error));
+            }
+        }
+        self.relieve_memory_pressure(&by_id).await;
+    }
+
+    /// Sends the warm sprite idle longest to cold sleep when the host runs low on memory.
+    async fn relieve_memory_pressure(&self, by_id: &HashMap<&str, &SpriteRecord>) {
+        let Some(available) = available_memory_bytes() else {
+            return;
+        };
+        if available >= self.config.min_free_memory_mb << 20 {
+            return;
+        }
+        let coldest = self
+            .activity
+            .awake()
+            .into_iter()
+            .filter(|(id, status)| {
+                *status == SpriteStatus::Warm && by_id.get(id.as_str()).is_some_and(|r| !r.pooled)
+            })
+            .min_by_key(|(id, _)| self.activity.last_active_ms(id).unwrap_or(0));
+        if let Some(record) = coldest.and_then(|(id, _)| by_id.get(id.as_str()).copied()) {
+            tracing::info!(sprite = %record.name, available_mb = available >> 20, "memory pressure: cold sleep");
+            if let Err(error) = self.put_to_sleep(record, SpriteStatus::Cold).await {
+                tracing::warn!(sprite = %record.name, "could not sleep: {}", sprite_api::error_chain(&error));
+            }
+        }
+    }
+
+    /// Whether a TTY session of the sprite still has its process running (such a
+    /// session keeps the sprite awake, attached or not).
+    async fn tty_running(&self, sprite_id: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        let slot = self.slots.get(sprite_id);
+        let started = slot.tty_started.load(Ordering::SeqCst);
+        if slot.tty_none_at.load(Ordering::SeqCst) == started {
+            // No TTY session was started since one look found none running.
+            return false;
+        }
+        let client = self.client_for(sprite_id);
+        match tokio::time::timeout(LIST_TIMEOUT, client.list()).await {
+            Ok(Ok(sessions)) => {
+                let running = sessions.iter().any(|s| s.tty && s.exit_code.is_none());
+                if !running {
+                    slot.tty_none_at.store(started, Ordering::SeqCst);
+                }
+                running
+            }
+            // Unreachable init: nothing to keep awake; a later call restarts it.
+            _ => false,
+        }
+    }
+
+    /// Gives a just-started sprite its network. A failure leaves it with loopback only
+    /// (safe: nothing to reach) and is logged.
+    pub(crate) async fn attach_network(&self, record: &crate::db::SpriteRecord) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let policy = crate::network::stored_policy(&self.db, &record.id);
+        let attached = async {
+            let pid = self.init_pid(record)?;
+            network
+                .attach(
+                    &record.name,
+                    &record.id,
+                    pid,
+                    &self.state_dir(&record.id),
+                    policy.clone(),
+                )
+                .await
+        }
+        .await;
+        match attached {
+            Ok(addrs) => {
+                tracing::debug!(sprite = %record.name, address = %addrs.sprite, "network attached");
+                // A policy set while the sprite was starting found no slot to apply to.
+                let current = crate::network::stored_policy(&self.db, &record.id);
+                if current != policy {
+                    if let Err(error) = network
+                        .set_policy(&record.name, &record.id, current.clone())
+                        .await
+                    {
+                        tracing::warn!(sprite = %record.name, "network policy: {}", sprite_api::error_chain(&error));
+                    }
+                }
+                self.write_network_files(record, Some(addrs.gateway), &current);
+            }
+            Err(error) => {
+                tracing::warn!(sprite = %record.name, "no network for this sprite: {}", sprite_api::error_chain(&error))
+            }
+        }
+    }
+
+    /// Writes the daemon's files into a running sprite: its resolver and its policy.
+    pub(crate) fn write_network_files(
+        &self,
+        record: &crate::db::SpriteRecord,
+        gateway: Option<Ipv4Addr>,
+        policy: &NetworkPolicy,
+    ) {
+        let files = || -> Result<(), CoreError> {
+            let root =
+                crate::files::SpriteRoot::open(self.pinned_init(record)?).map_err(|source| {
+                    CoreError::Io {
+                        what: "open the root of",
+                        path: format!("sprite {}", record.name).into(),
+                        source,
+                    }
+                })?;
+            if let Some(gateway) = gateway {
+                root.write_file(
+                    "/etc/resolv.conf",
+                    format!("# written by the sprite daemon: its resolver for this sprite\nnameserver {gateway}\n").as_bytes(),
+                    0o644,
+                )?;
+            }
+            let json = serde_json::to_vec_pretty(policy).unwrap_or_default();
+            root.write_file(POLICY_FILE, &json, 0o644)?;
+            Ok(())
+        };
+        if let Err(error) = files() {
+            tracing::warn!(sprite = %record.name, "could not write the network files: {}", sprite_api::error_chain(&error));
+        }
     }
 }
 
-#[cfg(test)]
-mod fuzz_targets {
-    use super::*;
-    use sprite_api::fuzz::{budget, fuzz};
-
-    /// Sleep timers in configs and create requests (`30s`, `10m`, `never`).
-    #[test]
-    fn fuzz_sleep_durations() {
-        let seeds: &[&[u8]] = &[
-            b"30s",
-            b"10m",
-            b"1h",
-            b"never",
-            b"0",
-            b"1.5h",
-            b"99999999999999h",
-        ];
-        fuzz(
-            "sleep durations",
-            budget(),
-            seeds,
-            &[b"never", b"ms", b"h", b"."],
-            |input| {
-                let text = String::from_utf8_lossy(input);
-                if let Ok(Some(duration)) = parse_duration(&text) {
-                    // Whatever was written, a duration that sleep timers can add to a clock.
-                    assert!(std::time::Instant::now().checked_add(duration).is_some());
-                }
-            },
-        );
-    }
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

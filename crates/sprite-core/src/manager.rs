@@ -1,29 +1,25 @@
 //! [`SpriteManager`]: every operation on sprites the API offers.
 
+use crate::activity::{Activity, ActivityGuard, Reason, SystemClock};
 use crate::config::CoreConfig;
 use crate::config::StorageBackend;
 use crate::db::{Database, SpriteRecord};
 use crate::error::CoreError;
 use crate::ids::SpriteKey;
 use crate::image::{ImageStatus, ImageStore};
-use crate::lifecycle::{parse_duration, Activity, ActivityGuard, Reason, SystemClock};
+use crate::lifecycle::{elapsed_ms, make_dir, Lifecycle, Volume};
 use crate::pool::Pool;
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
-use crate::sandboxes::CgroupState;
 use crate::tasks::Tasks;
 use parking_lot::Mutex;
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
-    validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteConfig, SpriteInfo, SpriteList,
-    SpriteStatus, StorageUsage, UpdateSpriteRequest, UrlSettings, LIST_MAX_RESULTS,
+    validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteInfo, SpriteList, SpriteStatus,
+    StorageUsage, UpdateSpriteRequest, UrlSettings, LIST_MAX_RESULTS,
 };
-use sprite_sandbox::cgroup::SpriteCgroup;
 use sprite_sandbox::client::{Attachment, InitClient};
 use sprite_sandbox::protocol::{ErrorCode, SpawnRequest};
-use sprite_sandbox::spec::{Limits, SandboxSpec};
 use sprite_sandbox::SandboxError;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +44,6 @@ pub fn ms_to_rfc3339(ms: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Milliseconds since `since`, to a tenth, for logs.
-fn elapsed_ms(since: std::time::Instant) -> f64 {
-    (since.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
-}
-
 /// Who asks: a holder of the organization's token, or the sprite itself through its
 /// `/.sprite/api.sock` (which may act only on what it made).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,58 +64,43 @@ pub struct RunAs(pub Option<String>);
 pub struct SpriteManager {
     pub(crate) config: CoreConfig,
     pub(crate) db: Arc<Database>,
-    images: ImageStore,
-    pub(crate) roots: Arc<dyn RootStore>,
-    /// The host side of sprites' processes (cgroups, namespaces, sprite-init).
-    pub(crate) sandboxes: Arc<dyn crate::sandboxes::Sandboxes>,
-    /// Status of each sprite and what keeps it awake (see `sleep.rs`).
-    pub(crate) activity: Arc<Activity>,
-    /// What is live about each sprite (start lock, URL port, port poller, connection
-    /// places): see `slots.rs`.
-    pub(crate) slots: Arc<crate::slots::Slots>,
+    /// Starting, stopping, sleeping and waking sprites (`lifecycle.rs`); it owns the
+    /// storage, sandboxes, activity, slots and network the operations below go through.
+    pub(crate) lifecycle: Arc<Lifecycle>,
     /// Port watching (`ports.rs`), a component of its own.
     ports: Arc<crate::ports::Ports>,
-    pub(crate) pool: Pool,
-    /// Tasks (leases that keep sprites awake), a component of its own.
-    tasks: Tasks,
-    /// Ids of sprites just created or destroyed, for the in-sprite API (which serves
-    /// each sprite's socket): one event per change, never a look at every sprite.
-    sprite_changes: SpriteChanges,
-    /// Sprite networking (veth, NAT, DNS, egress policy); `None` when turned off.
-    pub(crate) network: Option<crate::network::Network>,
+    /// Ready sprites for fast creates (`pool.rs`).
+    pub(crate) pool: Arc<Pool>,
     /// Checkpoints sprites make of themselves, per sprite.
     inside_checkpoints: crate::limits::Buckets,
     /// Creates per organization (`creates_per_minute`).
     creates: crate::limits::Buckets,
-    /// The mount namespace sprites' namespaces are cloned from: only the mounts that hold
-    /// the data directory, `/dev`, `/proc` and `/sys` (`None` where it cannot be made: not root).
-    mount_seed: Option<std::os::fd::OwnedFd>,
-}
-
-/// Where a new sprite's volume comes from.
-pub(crate) enum Volume<'a> {
-    /// An empty (pre-formatted) volume of this many bytes.
-    Empty { bytes: u64 },
-    /// A copy (metadata only) of another sprite's checkpoint.
-    Fork { parent: &'a str, version: &'a str },
 }
 
 /// Changes of sprites, queued for the in-sprite API (bounded: what does not fit is
 /// reported as an overflow, and the listener looks at every sprite once instead).
 #[derive(Debug)]
-struct SpriteChanges {
+pub(crate) struct SpriteChanges {
     sender: tokio::sync::mpsc::Sender<String>,
     receiver: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
     overflow: tokio::sync::Notify,
 }
 
 impl SpriteChanges {
-    fn new() -> SpriteChanges {
+    pub(crate) fn new() -> SpriteChanges {
         let (sender, receiver) = tokio::sync::mpsc::channel(4096);
         SpriteChanges {
             sender,
             receiver: Mutex::new(Some(receiver)),
             overflow: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Queues a change of sprite `id` (made or destroyed); when the queue is full, the
+    /// listener is told to look at every sprite instead.
+    pub(crate) fn note(&self, id: &str) {
+        if self.sender.try_send(id.to_string()).is_err() {
+            self.overflow.notify_one();
         }
     }
 }
@@ -141,12 +117,6 @@ fn mount_run_dir(dir: &Path) -> Result<(), CoreError> {
             sprite: String::new(),
             source,
         })
-}
-
-fn make_dir(path: &Path, mode: u32) -> Result<(), CoreError> {
-    fs::create_dir_all(path).map_err(CoreError::io("create", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(CoreError::io("chmod", path))
 }
 
 impl SpriteManager {
@@ -226,33 +196,38 @@ impl SpriteManager {
         let creates = config.creates_per_minute;
         let db = Arc::new(Database::open(&config.data_dir.join("control.db"))?);
         let activity = Activity::new(Arc::new(SystemClock));
-        let tasks = Tasks::new(activity.clone(), db.clone());
+        let tasks = Arc::new(Tasks::new(activity.clone(), db.clone()));
         let slots = Arc::new(crate::slots::Slots::default());
         let ports = crate::ports::Ports::new(db.clone(), slots.clone());
-        let images = ImageStore::new(
+        let images = Arc::new(ImageStore::new(
             config.data_dir.join("images"),
             config.id_base,
             config.debian_mirror.clone(),
-        );
+        ));
         let network = config
             .network
             .as_ref()
             .map(|n| crate::network::Network::new(n, &config.data_dir))
             .transpose()?;
-        Ok(Arc::new(SpriteManager {
-            sandboxes,
-            mount_seed,
-            network,
-            config,
-            db,
+        let lifecycle = Arc::new(Lifecycle {
+            config: config.clone(),
+            db: db.clone(),
             images,
             roots,
+            sandboxes,
             activity,
             slots,
-            ports,
-            pool: Pool::default(),
             tasks,
-            sprite_changes: SpriteChanges::new(),
+            network,
+            changes: SpriteChanges::new(),
+            mount_seed,
+        });
+        Ok(Arc::new(SpriteManager {
+            pool: Arc::new(Pool::new(lifecycle.clone())),
+            lifecycle,
+            config,
+            db,
+            ports,
             inside_checkpoints: crate::limits::Buckets::new(
                 INSIDE_CHECKPOINT_BURST,
                 INSIDE_CHECKPOINTS_PER_SECOND,
@@ -265,6 +240,27 @@ impl SpriteManager {
         &self.config
     }
 
+    /// When a sprite last went to warm sleep (RFC 3339), if it did.
+    pub fn last_warming_at(&self, sprite_id: &str) -> Option<String> {
+        self.lifecycle.last_warming_at(sprite_id)
+    }
+
+    /// Runs the idle policy forever (warm and cold sleep, memory pressure), every
+    /// `config.lifecycle_tick`.
+    pub async fn run_lifecycle(self: Arc<Self>) {
+        self.lifecycle.clone().run().await
+    }
+
+    /// Keeps the pool full, forever (returns at once when the pool is off).
+    pub async fn run_pool(self: Arc<Self>) {
+        self.pool.clone().run().await
+    }
+
+    /// Ready sprites in the pool now.
+    pub fn pool_ready(&self) -> usize {
+        self.pool.ready_count()
+    }
+
     /// Which ports sprites listen on, and their changes (`ports/watch`, exec frames).
     pub fn ports(&self) -> &Arc<crate::ports::Ports> {
         &self.ports
@@ -272,53 +268,11 @@ impl SpriteManager {
 
     /// The tasks of this host's sprites (the in-sprite API's `/v1/tasks`).
     pub fn tasks(&self) -> &Tasks {
-        &self.tasks
-    }
-
-    pub(crate) fn state_dir(&self, sprite_id: &str) -> PathBuf {
-        self.config.data_dir.join("sprites").join(sprite_id)
-    }
-
-    /// The host directory of a sprite's `/.sprite/run` (its `api.sock`).
-    pub(crate) fn run_dir(&self, sprite_id: &str) -> PathBuf {
-        self.config.data_dir.join("run").join(sprite_id)
-    }
-
-    pub(crate) fn client_for(&self, sprite_id: &str) -> InitClient {
-        InitClient::new(self.state_dir(sprite_id).join("init.sock"))
-    }
-
-    pub(crate) fn cgroup(&self, sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
-        crate::sandboxes::sprite_cgroup(sprite_id)
-    }
-
-    /// The host pid of a running sprite's PID 1.
-    pub(crate) fn init_pid(&self, record: &SpriteRecord) -> Result<u32, CoreError> {
-        self.cgroup(&record.id)?
-            .init_pid()
-            .map_err(|e| CoreError::Sandbox {
-                sprite: record.name.clone(),
-                source: SandboxError::Cgroup(e),
-            })?
-            .ok_or_else(|| CoreError::StartTimeout(record.name.clone()))
-    }
-
-    /// The sprite's PID 1, pinned (see [`sprite_sandbox::PinnedProcess`]) for opening
-    /// its `/proc` entries: its root, namespaces and maps.
-    pub(crate) fn pinned_init(
-        &self,
-        record: &SpriteRecord,
-    ) -> Result<sprite_sandbox::PinnedProcess, CoreError> {
-        let pid = self.init_pid(record)?;
-        sprite_sandbox::PinnedProcess::pin(pid, &record.id).map_err(|source| CoreError::Io {
-            what: "pin the pid 1 of",
-            path: format!("sprite {}", record.name).into(),
-            source,
-        })
+        &self.lifecycle.tasks
     }
 
     pub(crate) fn info(&self, record: &SpriteRecord) -> SpriteInfo {
-        let (status, _) = self.activity.status(&record.id);
+        let (status, _) = self.lifecycle.activity.status(&record.id);
         SpriteInfo {
             id: record.id.to_string(),
             name: record.name.clone(),
@@ -338,11 +292,11 @@ impl SpriteManager {
             created_at: record.created_at.clone(),
             updated_at: record.updated_at.clone(),
             last_running_at: record.last_running_at.clone(),
-            last_warming_at: self.last_warming_at(&record.id),
+            last_warming_at: self.lifecycle.last_warming_at(&record.id),
             primary_region: Some(self.config.region.clone()),
             runtime: record.attrs.runtime.clone(),
             storage: None,
-            lifecycle: Some(self.lifecycle_info(record)),
+            lifecycle: Some(self.lifecycle.lifecycle_info(record)),
         }
     }
 
@@ -350,7 +304,7 @@ impl SpriteManager {
     /// (a listing never fails because the storage process is busy or down).
     async fn info_with_usage(&self, record: &SpriteRecord) -> SpriteInfo {
         let mut info = self.info(record);
-        match self.roots.usage(&record.id).await {
+        match self.lifecycle.roots.usage(&record.id).await {
             Ok(usage) => {
                 info.storage = usage.map(|u| StorageUsage {
                     bytes_stored: u.bytes_stored,
@@ -367,74 +321,6 @@ impl SpriteManager {
 
     pub(crate) fn record(&self, key: &SpriteKey) -> Result<SpriteRecord, CoreError> {
         self.db.record(key)
-    }
-
-    pub(crate) fn resolve_config(
-        &self,
-        requested: Option<SpriteConfig>,
-    ) -> Result<SpriteConfig, CoreError> {
-        let requested = requested.unwrap_or_default();
-        let cpus_available = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
-        let config = SpriteConfig {
-            ram_mb: Some(requested.ram_mb.unwrap_or(self.config.default_ram_mb)),
-            cpus: Some(requested.cpus.unwrap_or(self.config.default_cpus)),
-            storage_gb: Some(
-                requested
-                    .storage_gb
-                    .unwrap_or(self.config.default_storage_gb),
-            ),
-            region: Some(
-                requested
-                    .region
-                    .unwrap_or_else(|| self.config.region.clone()),
-            ),
-            warm_after: requested.warm_after,
-            cold_after: requested.cold_after,
-        };
-        if config.region.as_deref() != Some(self.config.region.as_str()) {
-            return Err(CoreError::RegionNotServed {
-                requested: config.region.clone().unwrap_or_default(),
-                served: self.config.region.clone(),
-            });
-        }
-        for (field, value) in [
-            ("config.warm_after", &config.warm_after),
-            ("config.cold_after", &config.cold_after),
-        ] {
-            if let Some(text) = value {
-                parse_duration(text).map_err(|e| CoreError::InvalidValue {
-                    field,
-                    reason: e.to_string(),
-                })?;
-            }
-        }
-        let ram = config.ram_mb.unwrap_or_default();
-        if !(64..=1024 * 1024).contains(&ram) {
-            return Err(CoreError::OutOfRange {
-                field: "config.ram_mb",
-                value: ram.to_string(),
-                allowed: "64 to 1048576".into(),
-            });
-        }
-        let cpus = config.cpus.unwrap_or_default();
-        if cpus == 0 || cpus > cpus_available {
-            return Err(CoreError::OutOfRange {
-                field: "config.cpus",
-                value: cpus.to_string(),
-                allowed: format!("1 to {cpus_available} (the CPUs of this host)"),
-            });
-        }
-        let storage = config.storage_gb.unwrap_or_default();
-        if !(1..=16 * 1024).contains(&storage) {
-            return Err(CoreError::OutOfRange {
-                field: "config.storage_gb",
-                value: storage.to_string(),
-                allowed: "1 to 16384".into(),
-            });
-        }
-        Ok(config)
     }
 
     /// Creates and starts a sprite. A second create of a taken name fails with
@@ -458,7 +344,7 @@ impl SpriteManager {
                 rule: "use a variable name without = or NUL",
             });
         }
-        let config = self.resolve_config(request.config)?;
+        let config = self.config.sprite_config(request.config)?;
         let fork = match &request.from {
             Some(source) => {
                 let source_key = SpriteKey::new(org, &source.sprite);
@@ -519,8 +405,8 @@ impl SpriteManager {
             },
             pooled: false,
         };
-        if fork.is_none() && self.poolable(&record.image, record.config.storage_gb) {
-            if let Some(taken) = self.take_pooled(&record).await? {
+        if fork.is_none() && self.pool.poolable(&record.image, record.config.storage_gb) {
+            if let Some(taken) = self.pool.take(&record).await? {
                 tracing::info!(sprite = %taken.name, id = %taken.id, "sprite created from the pool");
                 self.publish_record(&taken).await;
                 return Ok(self.info(&taken));
@@ -538,7 +424,7 @@ impl SpriteManager {
                     << 30,
             },
         };
-        let volume_ms = self.provision(&mut record, volume, false).await?;
+        let volume_ms = self.lifecycle.provision(&mut record, volume, false).await?;
         tracing::info!(
             sprite = %record.name,
             id = %record.id,
@@ -546,55 +432,9 @@ impl SpriteManager {
             volume_ms,
             "sprite created"
         );
-        self.note_sprites_changed(&record.id);
         let record = self.record(&record.key())?;
         self.publish_record(&record).await;
         Ok(self.info(&record))
-    }
-
-    /// The one way a new sprite comes up (a create, a fork, a pool fill): its record
-    /// with an id range of its own, its image, its volume, its start and, for the
-    /// pool, its freeze. A step that fails undoes every one before it (processes,
-    /// volume, record) and the error is returned. Returns the milliseconds the volume
-    /// took.
-    pub(crate) async fn provision(
-        &self,
-        record: &mut SpriteRecord,
-        volume: Volume<'_>,
-        freeze: bool,
-    ) -> Result<f64, CoreError> {
-        record.id_base = self
-            .db
-            .insert_with_id_range(record, &self.config.id_ranges())?;
-        let record = &*record;
-        let mut volume_ms = 0.0;
-        let made = async {
-            self.image_root(&record.image).await?;
-            let begun = std::time::Instant::now();
-            match volume {
-                Volume::Fork { parent, version } => {
-                    self.roots.create_from(&record.id, parent, version).await?
-                }
-                Volume::Empty { bytes } => self.roots.create(&record.id, bytes).await?,
-            }
-            volume_ms = elapsed_ms(begun);
-            self.start(record).await?;
-            if freeze {
-                self.freeze(record).await?;
-                self.activity.set_status(&record.id, SpriteStatus::Warm);
-            }
-            Ok::<(), CoreError>(())
-        }
-        .await;
-        if let Err(error) = made {
-            tracing::warn!(sprite = %record.name, "create failed: {}", sprite_api::error_chain(&error));
-            if let Err(undo) = self.teardown(record).await {
-                tracing::warn!(sprite = %record.name, "undoing the failed create: {}", sprite_api::error_chain(&undo));
-            }
-            self.db.delete(&record.id)?;
-            return Err(error);
-        }
-        Ok(volume_ms)
     }
 
     fn record_key(record: &SpriteRecord) -> String {
@@ -610,6 +450,7 @@ impl SpriteManager {
         }
         let value = serde_json::to_value(record).unwrap_or_default();
         if let Err(error) = self
+            .lifecycle
             .roots
             .save_record(&Self::record_key(record), &value)
             .await
@@ -618,154 +459,12 @@ impl SpriteManager {
         }
     }
 
-    pub(crate) fn limits(&self, record: &SpriteRecord) -> Limits {
-        Limits {
-            memory_bytes: record.config.ram_mb.unwrap_or(self.config.default_ram_mb) * 1024 * 1024,
-            pids: self.config.pids_limit,
-            cpu_millis: u64::from(record.config.cpus.unwrap_or(self.config.default_cpus)) * 1000,
-        }
-    }
-
-    pub(crate) fn start_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.slots.get(sprite_id).start.clone()
-    }
-
-    /// Starts the sprite's sandbox unless it already runs. Concurrent callers share
-    /// one start.
-    pub(crate) async fn start(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let start_lock = self.start_lock(&record.id);
-        let _guard = start_lock.lock().await;
-        self.start_locked(record).await
-    }
-
-    /// [`Self::start`] for a caller that holds the sprite's start lock.
-    pub(crate) async fn start_locked(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        let sandboxes = &self.sandboxes;
-        let cgroup = sandboxes.state(&record.id)?;
-        // Wake from warm sleep: the processes are all there, frozen.
-        if cgroup == CgroupState::Frozen {
-            sandboxes.thaw(&record.name, &record.id)?;
-        }
-        if cgroup != CgroupState::Absent && sandboxes.ping(&record.id).await {
-            self.became_running(record);
-            return Ok(());
-        }
-        self.activity.set_status(&record.id, SpriteStatus::Cold);
-        // A dead sprite may have left processes or its cgroup behind.
-        if cgroup != CgroupState::Absent {
-            self.kill_sandbox(record).await?;
-        }
-        let image_root = self.image_root(&record.image).await?;
-        // A sprite made before sprites had ranges of their own gets one now.
-        let id_base = self
-            .db
-            .assign_id_range(&record.id, &self.config.id_ranges())?;
-        let state_dir = self.state_dir(&record.id);
-        make_dir(&state_dir, 0o700)?;
-        let run_dir = self.run_dir(&record.id);
-        make_dir(&run_dir, 0o755)?;
-        let begun = std::time::Instant::now();
-        let mut layers = self.roots.prepare(&record.id, &image_root, id_base).await?;
-        let mount_ms = elapsed_ms(begun);
-        let env_layer = self.config.data_dir.join(SPRITE_ENV_LAYER);
-        if env_layer.is_dir() {
-            layers.lower.push(env_layer);
-        }
-        let spec = SandboxSpec {
-            sprite_id: record.id.to_string(),
-            hostname: record.name.clone(),
-            state_dir,
-            layers,
-            id_base,
-            id_count: self.config.id_count,
-            storage_id_base: self.config.id_base,
-            mount_namespace: self.mount_seed.as_ref().map(|fd| {
-                PathBuf::from(format!(
-                    "/proc/{}/fd/{}",
-                    std::process::id(),
-                    std::os::fd::AsRawFd::as_raw_fd(fd)
-                ))
-            }),
-            limits: self.limits(record),
-            run_dir: Some(run_dir),
-            oom_score_adj: self.config.sprite_oom_score_adj,
-            nested_containers: self.config.nested_containers,
-        };
-        let sandbox = std::time::Instant::now();
-        sandboxes.launch(&record.name, &spec).await?;
-        if !sandboxes.ping(&record.id).await {
-            return Err(CoreError::StartTimeout(record.name.clone()));
-        }
-        let sandbox_ms = elapsed_ms(sandbox);
-        let network = std::time::Instant::now();
-        self.attach_network(record).await;
-        tracing::info!(
-            sprite = %record.name,
-            ms = elapsed_ms(begun),
-            mount_ms,
-            sandbox_ms,
-            network_ms = elapsed_ms(network),
-            "sprite started"
-        );
-        self.became_running(record);
-        let mut updated = record.clone();
-        updated.last_running_at = Some(now());
-        self.db.update(&updated)?;
-        self.refresh_views_later(&record.id);
-        Ok(())
-    }
-
-    /// Updates the sprite's `/.sprite/checkpoints` in the background: mounting views
-    /// takes a few loop devices and mounts, which no start or checkpoint waits for.
-    fn refresh_views_later(&self, sprite_id: &str) {
-        let roots = self.roots.clone();
-        let sprite_id = sprite_id.to_string();
-        tokio::spawn(async move {
-            if let Err(error) = roots.refresh_views(&sprite_id).await {
-                tracing::warn!(sprite = %sprite_id, "checkpoint views: {}", sprite_api::error_chain(&error));
-            }
-        });
-    }
-
-    /// Kills every process of the sprite and removes its cgroup; its network slot is
-    /// given back.
-    pub(crate) async fn kill_sandbox(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        self.sandboxes.kill(&record.name, &record.id).await?;
-        self.release_network(&record.id).await;
-        Ok(())
-    }
-
-    /// Gives the sprite's network slot back (its namespace went with its processes).
-    pub(crate) async fn release_network(&self, sprite_id: &str) {
-        if let Some(network) = &self.network {
-            network.release(sprite_id, &self.state_dir(sprite_id)).await;
-        }
-    }
-
-    /// Stops the sprite's processes and removes its state and layer.
-    pub(crate) async fn teardown(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        self.activity.set_status(&record.id, SpriteStatus::Cold);
-        self.kill_sandbox(record).await?;
-        self.roots.remove(&record.id).await?;
-        for dir in [self.state_dir(&record.id), self.run_dir(&record.id)] {
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CoreError::io("remove", dir)(e)),
-            }
-        }
-        self.slots.remove(&record.id);
-        self.tasks.forget(&record.id);
-        self.activity.forget(&record.id);
-        Ok(())
-    }
-
     /// Brings every known sprite back after a daemon start: sprites whose PID 1 still
     /// answers are adopted as they are (sessions and all), the others are started.
     pub async fn recover(&self) -> Result<usize, CoreError> {
         if self.db.count()? == 0 {
             // A fresh host: sprites recorded in the object store come back.
-            for value in self.roots.load_records("sprites/").await? {
+            for value in self.lifecycle.roots.load_records("sprites/").await? {
                 match serde_json::from_value::<SpriteRecord>(value) {
                     Ok(record) => {
                         tracing::info!(sprite = %record.name, "recovered from the object store");
@@ -775,7 +474,7 @@ impl SpriteManager {
                 }
             }
         }
-        self.tasks.recover()?;
+        self.lifecycle.tasks.recover()?;
         // Sprites keep their links even when the tables cannot be re-installed (the old
         // table stays as it was: installs are atomic).
         if let Err(error) = self.recover_network().await {
@@ -784,21 +483,21 @@ impl SpriteManager {
         let mut adopted = 0;
         for record in self.db.all()? {
             if record.pooled {
-                if let Err(error) = self.recover_pooled(&record).await {
+                if let Err(error) = self.pool.recover(&record).await {
                     tracing::warn!(sprite = %record.name, "pooled sprite: {}", sprite_api::error_chain(&error));
                 }
                 continue;
             }
-            if self.adopt_sleeping(&record)? {
+            if self.lifecycle.adopt_sleeping(&record)? {
                 adopted += 1;
                 continue;
             }
-            if self.sandboxes.ping(&record.id).await {
-                self.became_running(&record);
+            if self.lifecycle.sandboxes.ping(&record.id).await {
+                self.lifecycle.became_running(&record);
                 adopted += 1;
                 continue;
             }
-            if let Err(error) = self.start(&record).await {
+            if let Err(error) = self.lifecycle.start(&record).await {
                 tracing::warn!(sprite = %record.name, "could not restart: {}", sprite_api::error_chain(&error));
             }
         }
@@ -888,7 +587,7 @@ impl SpriteManager {
             ..Default::default()
         };
         for id in &ids {
-            match self.activity.status(id).0 {
+            match self.lifecycle.activity.status(id).0 {
                 SpriteStatus::Running => counts.running += 1,
                 SpriteStatus::Warm => counts.warm += 1,
                 SpriteStatus::Cold => counts.cold += 1,
@@ -910,7 +609,7 @@ impl SpriteManager {
         Ok(records
             .into_iter()
             .map(|record| {
-                let status = self.activity.status(&record.id).0;
+                let status = self.lifecycle.activity.status(&record.id).0;
                 (record, status)
             })
             .collect())
@@ -947,19 +646,23 @@ impl SpriteManager {
 
     pub async fn destroy(&self, key: &SpriteKey) -> Result<(), CoreError> {
         let record = self.record(key)?;
-        let start_lock = self.start_lock(&record.id);
+        let start_lock = self.lifecycle.start_lock(&record.id);
         let _guard = start_lock.lock().await;
-        self.teardown(&record).await?;
+        self.lifecycle.teardown(&record).await?;
         self.db.delete(&record.id)?;
-        if let Err(error) = self.roots.delete_record(&Self::record_key(&record)).await {
+        if let Err(error) = self
+            .lifecycle
+            .roots
+            .delete_record(&Self::record_key(&record))
+            .await
+        {
             tracing::warn!(sprite = %record.name, "could not delete the sprite record from the store: {}", sprite_api::error_chain(&error));
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
-        self.note_sprites_changed(&record.id);
+        self.lifecycle.changes.note(&record.id);
         Ok(())
     }
 
-    /// The sprite's init client, after making sure the sprite runs.
     /// The sprite's init client, after waking the sprite if it sleeps. The guard keeps
     /// it awake until the caller is done.
     pub(crate) async fn running_client(
@@ -967,8 +670,8 @@ impl SpriteManager {
         key: &SpriteKey,
     ) -> Result<(SpriteRecord, InitClient, ActivityGuard), CoreError> {
         let record = self.record(key)?;
-        let guard = self.wake_record(&record, Reason::Api).await?;
-        let client = self.client_for(&record.id);
+        let guard = self.lifecycle.wake_record(&record, Reason::Api).await?;
+        let client = self.lifecycle.client_for(&record.id);
         Ok((record, client, guard))
     }
 
@@ -1013,7 +716,7 @@ impl SpriteManager {
         let (record, client, _awake) = self.running_client(key).await?;
         if params.tty {
             // Counted before the spawn: a tick that looks meanwhile asks again next time.
-            let slot = self.slots.get(&record.id);
+            let slot = self.lifecycle.slots.get(&record.id);
             slot.tty_started
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
@@ -1036,7 +739,9 @@ impl SpriteManager {
             Ok(attachment) => Ok(attachment),
             Err(error @ SandboxError::Connect(..)) => {
                 // PID 1 went away under us: restart the sprite once and retry.
-                self.activity.set_status(&record.id, SpriteStatus::Cold);
+                self.lifecycle
+                    .activity
+                    .set_status(&record.id, SpriteStatus::Cold);
                 tracing::warn!(sprite = %name, "init unreachable, restarting: {}", sprite_api::error_chain(&error));
                 let (_, client, _awake) = self.running_client(key).await?;
                 client
@@ -1121,10 +826,10 @@ impl SpriteManager {
         let name = key.name.as_str();
         let record = self.record(key)?;
         // The freeze of a checkpoint needs the sprite's disk mounted: a cold sprite wakes.
-        let _awake = self.wake_record(&record, Reason::Api).await?;
-        let start_lock = self.start_lock(&record.id);
+        let _awake = self.lifecycle.wake_record(&record, Reason::Api).await?;
+        let start_lock = self.lifecycle.start_lock(&record.id);
         let _guard = start_lock.lock().await;
-        let versions = self.roots.versions(&record.id).await?;
+        let versions = self.lifecycle.roots.versions(&record.id).await?;
         if versions.len() >= self.config.max_checkpoints {
             return Err(CoreError::TooManyCheckpoints {
                 sprite: name.to_string(),
@@ -1137,12 +842,15 @@ impl SpriteManager {
             .max()
             .map_or(0, |n| n + 1);
         let id = format!("v{next}");
-        self.roots.checkpoint(&record.id, &id, comment).await?;
+        self.lifecycle
+            .roots
+            .checkpoint(&record.id, &id, comment)
+            .await?;
         if caller == Caller::Sprite {
             self.db.set_made_inside(&record.id, &id, true)?;
         }
         tracing::info!(sprite = %name, checkpoint = %id, ?caller, "checkpoint created");
-        self.refresh_views_later(&record.id);
+        self.lifecycle.refresh_views_later(&record.id);
         self.checkpoint_info(key, &id).await
     }
 
@@ -1220,7 +928,7 @@ impl SpriteManager {
         key: &SpriteKey,
     ) -> Result<(Vec<CheckpointInfo>, CheckpointInfo), CoreError> {
         let record = self.record(key)?;
-        let (versions, current) = self.roots.lineage(&record.id).await?;
+        let (versions, current) = self.lifecycle.roots.lineage(&record.id).await?;
         let rows = versions
             .into_iter()
             .map(|v| CheckpointInfo {
@@ -1276,14 +984,16 @@ impl SpriteManager {
         let name = key.name.as_str();
         self.admit_checkpoint_change(key, id, caller).await?;
         let record = self.record(key)?;
-        let (_busy, _) = self.activity.hold(&record.id, Reason::Api);
-        let start_lock = self.start_lock(&record.id);
+        let (_busy, _) = self.lifecycle.activity.hold(&record.id, Reason::Api);
+        let start_lock = self.lifecycle.start_lock(&record.id);
         let _guard = start_lock.lock().await;
-        self.activity.set_status(&record.id, SpriteStatus::Cold);
-        self.kill_sandbox(&record).await?;
-        self.roots.release(&record.id).await?;
-        self.roots.restore(&record.id, id).await?;
-        self.start_locked(&record).await?;
+        self.lifecycle
+            .activity
+            .set_status(&record.id, SpriteStatus::Cold);
+        self.lifecycle.kill_sandbox(&record).await?;
+        self.lifecycle.roots.release(&record.id).await?;
+        self.lifecycle.roots.restore(&record.id, id).await?;
+        self.lifecycle.start_locked(&record).await?;
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
         Ok(())
     }
@@ -1296,9 +1006,9 @@ impl SpriteManager {
     ) -> Result<(), CoreError> {
         self.admit_checkpoint_change(key, id, caller).await?;
         let record = self.record(key)?;
-        self.roots.delete_version(&record.id, id).await?;
+        self.lifecycle.roots.delete_version(&record.id, id).await?;
         self.db.set_made_inside(&record.id, id, false)?;
-        self.refresh_views_later(&record.id);
+        self.lifecycle.refresh_views_later(&record.id);
         Ok(())
     }
 
@@ -1310,7 +1020,7 @@ impl SpriteManager {
         let name = key.name.as_str();
         use sprite_api::admin::{CheckpointUsage, SpriteUsage, StorageKind};
         let record = self.record(key)?;
-        let usage = self.roots.usage(&record.id).await?;
+        let usage = self.lifecycle.roots.usage(&record.id).await?;
         Ok(match usage {
             Some(usage) => SpriteUsage {
                 sprite: name.to_string(),
@@ -1339,7 +1049,7 @@ impl SpriteManager {
 
     /// Garbage collection now (ours: `POST /v1/admin/gc`).
     pub async fn collect_garbage(&self) -> Result<sprite_api::admin::GcReport, CoreError> {
-        Ok(match self.roots.collect_garbage().await? {
+        Ok(match self.lifecycle.roots.collect_garbage().await? {
             Some((layers, chunks, bytes)) => sprite_api::admin::GcReport {
                 layers: layers as u64,
                 chunks: chunks as u64,
@@ -1354,7 +1064,7 @@ impl SpriteManager {
     }
 
     pub fn image_statuses(&self) -> Vec<ImageStatus> {
-        self.images.statuses()
+        self.lifecycle.images.statuses()
     }
 
     /// A fresh path for an upload in progress (inside the data directory).
@@ -1368,12 +1078,13 @@ impl SpriteManager {
     /// Imports a root filesystem tarball as image `name` (ours: `POST /v1/images`) and,
     /// on SpriteFS, stores it as a read-only volume.
     pub async fn import_image(&self, name: &str, tarball: &Path) -> Result<ImageStatus, CoreError> {
-        if self.roots.mount_image(name).await?.is_some() {
+        if self.lifecycle.roots.mount_image(name).await?.is_some() {
             return Err(CoreError::ImageExists(name.to_string()));
         }
-        let dir = self.images.import_tarball(name, tarball).await?;
-        self.roots.import_image(name, &dir).await?;
+        let dir = self.lifecycle.images.import_tarball(name, tarball).await?;
+        self.lifecycle.roots.import_image(name, &dir).await?;
         Ok(self
+            .lifecycle
             .images
             .statuses()
             .into_iter()
@@ -1387,22 +1098,10 @@ impl SpriteManager {
 
     /// Builds the default image now (the daemon calls this at start, in the background).
     pub async fn prepare_default_image(&self) -> Result<(), CoreError> {
-        self.image_root(&self.config.default_image)
+        self.lifecycle
+            .image_root(&self.config.default_image)
             .await
             .map(|_| ())
-    }
-
-    /// The lower layer of sprites of `image`: on SpriteFS the image's read-only volume
-    /// (from the object store if it is there: a fresh host builds nothing), else the
-    /// image directory, built on first need.
-    pub(crate) async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
-        ImageStore::check_name(image)?;
-        if let Some(root) = self.roots.mount_image(image).await? {
-            self.images.note_stored(image);
-            return Ok(root);
-        }
-        let dir = self.images.ensure(image).await?;
-        Ok(self.roots.import_image(image, &dir).await?.unwrap_or(dir))
     }
 
     /// Watches the storage under the sprites: when the storage process dies or
@@ -1411,11 +1110,11 @@ impl SpriteManager {
     pub async fn supervise_storage(self: Arc<Self>, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
-            if self.roots.storage_intact().await {
+            if self.lifecycle.roots.storage_intact().await {
                 continue;
             }
             tracing::warn!("the storage process died or restarted; restarting the sprites on it");
-            if let Err(error) = self.roots.recover_storage().await {
+            if let Err(error) = self.lifecycle.roots.recover_storage().await {
                 tracing::error!(
                     "cannot restart storage: {}",
                     sprite_api::error_chain(&error)
@@ -1425,6 +1124,7 @@ impl SpriteManager {
             // Only sprites that were up had a disk on the lost process; cold ones wake
             // on the new one when asked.
             let awake: std::collections::HashSet<String> = self
+                .lifecycle
                 .activity
                 .awake()
                 .into_iter()
@@ -1441,12 +1141,14 @@ impl SpriteManager {
                 }
             };
             for record in records {
-                let start_lock = self.start_lock(&record.id);
+                let start_lock = self.lifecycle.start_lock(&record.id);
                 let _guard = start_lock.lock().await;
-                self.activity.set_status(&record.id, SpriteStatus::Cold);
+                self.lifecycle
+                    .activity
+                    .set_status(&record.id, SpriteStatus::Cold);
                 let restarted = async {
-                    self.kill_sandbox(&record).await?;
-                    self.start_locked(&record).await
+                    self.lifecycle.kill_sandbox(&record).await?;
+                    self.lifecycle.start_locked(&record).await
                 }
                 .await;
                 if let Err(error) = restarted {
@@ -1472,7 +1174,7 @@ impl SpriteManager {
             .all()?
             .into_iter()
             .map(|r| {
-                let dir = self.run_dir(&r.id);
+                let dir = self.lifecycle.run_dir(&r.id);
                 (r.id.to_string(), dir)
             })
             .collect())
@@ -1482,12 +1184,12 @@ impl SpriteManager {
     /// listener that serves in-sprite APIs; `None` once taken. [`Self::lost_changes`]
     /// tells it when changes did not fit in the queue: then it looks at every sprite.
     pub fn take_sprite_changes(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
-        self.sprite_changes.receiver.lock().take()
+        self.lifecycle.changes.receiver.lock().take()
     }
 
     /// Waits until sprite changes were dropped (the queue was full).
     pub async fn lost_changes(&self) {
-        self.sprite_changes.overflow.notified().await;
+        self.lifecycle.changes.overflow.notified().await;
     }
 
     /// The in-sprite API directory of sprite `id`, or `None` if there is no such sprite.
@@ -1495,18 +1197,12 @@ impl SpriteManager {
         Ok(self
             .db
             .get_by_id(id)?
-            .map(|record| self.run_dir(&record.id)))
-    }
-
-    pub(crate) fn note_sprites_changed(&self, id: &str) {
-        if self.sprite_changes.sender.try_send(id.to_string()).is_err() {
-            self.sprite_changes.overflow.notify_one();
-        }
+            .map(|record| self.lifecycle.run_dir(&record.id)))
     }
 
     /// Number of sprites whose PID 1 this daemon knows to be up (running or warm).
     pub fn running_count(&self) -> usize {
-        self.activity.awake().len()
+        self.lifecycle.activity.awake().len()
     }
 }
 

@@ -449,109 +449,27 @@ impl Network {
 }
 
 /// Where a sprite can read its policy (API.md, Policy).
-const POLICY_FILE: &str = "/.sprite/policy/network.json";
+pub(crate) const POLICY_FILE: &str = "/.sprite/policy/network.json";
 
 impl crate::SpriteManager {
     fn stored_policy(&self, sprite_id: &str) -> NetworkPolicy {
-        match self.db.network_policy(sprite_id) {
-            Ok(Some(json)) => serde_json::from_str(&json).unwrap_or_else(|error| {
-                tracing::warn!(sprite = %sprite_id, "unreadable network policy, using none: {error}");
-                NetworkPolicy::default()
-            }),
-            Ok(None) => NetworkPolicy::default(),
-            Err(error) => {
-                tracing::warn!(sprite = %sprite_id, "cannot read the network policy: {}", sprite_api::error_chain(&error));
-                NetworkPolicy::default()
-            }
-        }
-    }
-
-    /// Writes the daemon's files into a running sprite: its resolver and its policy.
-    fn write_network_files(
-        &self,
-        record: &crate::db::SpriteRecord,
-        gateway: Option<Ipv4Addr>,
-        policy: &NetworkPolicy,
-    ) {
-        let files = || -> Result<(), CoreError> {
-            let root =
-                crate::files::SpriteRoot::open(self.pinned_init(record)?).map_err(|source| {
-                    CoreError::Io {
-                        what: "open the root of",
-                        path: format!("sprite {}", record.name).into(),
-                        source,
-                    }
-                })?;
-            if let Some(gateway) = gateway {
-                root.write_file(
-                    "/etc/resolv.conf",
-                    format!("# written by the sprite daemon: its resolver for this sprite\nnameserver {gateway}\n").as_bytes(),
-                    0o644,
-                )?;
-            }
-            let json = serde_json::to_vec_pretty(policy).unwrap_or_default();
-            root.write_file(POLICY_FILE, &json, 0o644)?;
-            Ok(())
-        };
-        if let Err(error) = files() {
-            tracing::warn!(sprite = %record.name, "could not write the network files: {}", sprite_api::error_chain(&error));
-        }
-    }
-
-    /// Gives a just-started sprite its network. A failure leaves it with loopback only
-    /// (safe: nothing to reach) and is logged.
-    pub(crate) async fn attach_network(&self, record: &crate::db::SpriteRecord) {
-        let Some(network) = &self.network else {
-            return;
-        };
-        let policy = self.stored_policy(&record.id);
-        let attached = async {
-            let pid = self.init_pid(record)?;
-            network
-                .attach(
-                    &record.name,
-                    &record.id,
-                    pid,
-                    &self.state_dir(&record.id),
-                    policy.clone(),
-                )
-                .await
-        }
-        .await;
-        match attached {
-            Ok(addrs) => {
-                tracing::debug!(sprite = %record.name, address = %addrs.sprite, "network attached");
-                // A policy set while the sprite was starting found no slot to apply to.
-                let current = self.stored_policy(&record.id);
-                if current != policy {
-                    if let Err(error) = network
-                        .set_policy(&record.name, &record.id, current.clone())
-                        .await
-                    {
-                        tracing::warn!(sprite = %record.name, "network policy: {}", sprite_api::error_chain(&error));
-                    }
-                }
-                self.write_network_files(record, Some(addrs.gateway), &current);
-            }
-            Err(error) => {
-                tracing::warn!(sprite = %record.name, "no network for this sprite: {}", sprite_api::error_chain(&error))
-            }
-        }
+        stored_policy(&self.db, sprite_id)
     }
 
     /// Installs the daemon's network tables around the sprites that still run (after a
     /// daemon restart) and starts their resolvers again.
     pub(crate) async fn recover_network(&self) -> Result<(), CoreError> {
-        let Some(network) = &self.network else {
+        let Some(network) = &self.lifecycle.network else {
             return Ok(());
         };
         let mut live = Vec::new();
         for record in self.db.all()? {
-            let state_dir = self.state_dir(&record.id);
+            let state_dir = self.lifecycle.state_dir(&record.id);
             let Some(slot) = Network::recorded_slot(&state_dir) else {
                 continue;
             };
             let running = self
+                .lifecycle
                 .cgroup(&record.id)
                 .ok()
                 .and_then(|c| c.init_pid().ok().flatten())
@@ -585,15 +503,30 @@ impl crate::SpriteManager {
         })?;
         let json = serde_json::to_string(&policy).unwrap_or_default();
         self.db.set_network_policy(&record.id, &json)?;
-        if let Some(network) = &self.network {
+        if let Some(network) = &self.lifecycle.network {
             network
                 .set_policy(&record.name, &record.id, policy.clone())
                 .await?;
             if network.addresses(&record.id).is_some() {
-                self.write_network_files(&record, None, &policy);
+                self.lifecycle.write_network_files(&record, None, &policy);
             }
         }
         tracing::info!(sprite = %record.name, rules = policy.rules.len(), "network policy set");
         Ok(policy)
+    }
+}
+
+/// A sprite's egress policy as stored (none when unset or unreadable, with a warning).
+pub(crate) fn stored_policy(db: &crate::db::Database, sprite_id: &str) -> NetworkPolicy {
+    match db.network_policy(sprite_id) {
+        Ok(Some(json)) => serde_json::from_str(&json).unwrap_or_else(|error| {
+            tracing::warn!(sprite = %sprite_id, "unreadable network policy, using none: {error}");
+            NetworkPolicy::default()
+        }),
+        Ok(None) => NetworkPolicy::default(),
+        Err(error) => {
+            tracing::warn!(sprite = %sprite_id, "cannot read the network policy: {}", sprite_api::error_chain(&error));
+            NetworkPolicy::default()
+        }
     }
 }

@@ -7,44 +7,55 @@
 
 use crate::db::SpriteRecord;
 use crate::error::CoreError;
-use crate::manager::SpriteManager;
+use crate::lifecycle::{Lifecycle, Volume};
 use parking_lot::Mutex;
 use sprite_api::sprite::SpriteStatus;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+/// The pool: a component over the lifecycle (which makes, starts and tears down its
+/// sprites); it owns only the queue of ready ones.
+#[derive(Debug)]
 pub(crate) struct Pool {
+    lifecycle: Arc<Lifecycle>,
     /// Ids of frozen, ready sprites, oldest first.
     ready: Mutex<VecDeque<crate::ids::SpriteId>>,
     /// Wakes the filler (a sprite was taken).
     taken: tokio::sync::Notify,
 }
 
-impl SpriteManager {
+impl Pool {
+    pub(crate) fn new(lifecycle: Arc<Lifecycle>) -> Pool {
+        Pool {
+            lifecycle,
+            ready: Mutex::default(),
+            taken: tokio::sync::Notify::new(),
+        }
+    }
+
     /// Ready sprites in the pool now.
-    pub fn pool_ready(&self) -> usize {
-        self.pool.ready.lock().len()
+    pub(crate) fn ready_count(&self) -> usize {
+        self.ready.lock().len()
     }
 
     /// Whether a create with this image and size may come from the pool.
     pub(crate) fn poolable(&self, image: &str, storage_gb: Option<u64>) -> bool {
-        self.config.pool_size > 0
-            && image == self.config.default_image
-            && storage_gb.unwrap_or(self.config.default_storage_gb)
-                == self.config.default_storage_gb
+        self.lifecycle.config.pool_size > 0
+            && image == self.lifecycle.config.default_image
+            && storage_gb.unwrap_or(self.lifecycle.config.default_storage_gb)
+                == self.lifecycle.config.default_storage_gb
     }
 
     /// Keeps the pool full, forever: fills it, then again after each take. A failed
     /// fill is retried after a pause.
-    pub async fn run_pool(self: Arc<Self>) {
-        if self.config.pool_size == 0 {
+    pub(crate) async fn run(self: Arc<Self>) {
+        if self.lifecycle.config.pool_size == 0 {
             return;
         }
         loop {
-            while self.pool_ready() < self.config.pool_size {
-                if let Err(error) = self.make_pooled().await {
+            while self.ready_count() < self.lifecycle.config.pool_size {
+                if let Err(error) = self.fill_one().await {
                     tracing::warn!(
                         "could not fill the sprite pool: {}",
                         sprite_api::error_chain(&error)
@@ -52,21 +63,21 @@ impl SpriteManager {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
-            self.pool.taken.notified().await;
+            self.taken.notified().await;
         }
     }
 
-    async fn make_pooled(&self) -> Result<(), CoreError> {
+    async fn fill_one(&self) -> Result<(), CoreError> {
         let id = crate::ids::SpriteId::generate();
         let timestamp = crate::manager::now();
         let record = SpriteRecord {
             name: format!("pool-{}", &id[7..19]),
             id,
             org: String::new(),
-            image: self.config.default_image.clone(),
+            image: self.lifecycle.config.default_image.clone(),
             url_auth: sprite_api::sprite::UrlAuth::Sprite,
             labels: Vec::new(),
-            config: self.resolve_config(None)?,
+            config: self.lifecycle.config.sprite_config(None)?,
             environment: Default::default(),
             created_at: timestamp.clone(),
             updated_at: timestamp,
@@ -76,54 +87,55 @@ impl SpriteManager {
             pooled: true,
         };
         let mut record = record;
-        let volume = crate::manager::Volume::Empty {
-            bytes: self.config.default_storage_gb << 30,
+        let volume = Volume::Empty {
+            bytes: self.lifecycle.config.default_storage_gb << 30,
         };
-        self.provision(&mut record, volume, true).await?;
-        self.pool.ready.lock().push_back(record.id.clone());
-        self.note_sprites_changed(&record.id);
+        self.lifecycle.provision(&mut record, volume, true).await?;
+        self.ready.lock().push_back(record.id.clone());
         tracing::debug!(id = %record.id, "pooled sprite ready");
         Ok(())
     }
 
     /// After a daemon restart: frozen pooled sprites go back in the pool; the others
     /// (a fill cut short) are removed.
-    pub(crate) async fn recover_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        if self.sandboxes.state(&record.id)? == crate::sandboxes::CgroupState::Frozen {
-            self.activity.set_status(&record.id, SpriteStatus::Warm);
-            self.pool.ready.lock().push_back(record.id.clone());
+    pub(crate) async fn recover(&self, record: &SpriteRecord) -> Result<(), CoreError> {
+        if self.lifecycle.sandboxes.state(&record.id)? == crate::sandboxes::CgroupState::Frozen {
+            self.lifecycle
+                .activity
+                .set_status(&record.id, SpriteStatus::Warm);
+            self.ready.lock().push_back(record.id.clone());
             return Ok(());
         }
-        self.teardown(record).await?;
-        self.db.delete(&record.id)
+        self.lifecycle.teardown(record).await?;
+        self.lifecycle.db.delete(&record.id)
     }
 
     /// Gives `wanted` (a new sprite's record) a pooled sprite: its id, volume and
     /// running sandbox. `Ok(None)` when the pool is empty or the pooled sprite could not
     /// be used (the caller then makes one the normal way).
-    pub(crate) async fn take_pooled(
+    pub(crate) async fn take(
         &self,
         wanted: &SpriteRecord,
     ) -> Result<Option<SpriteRecord>, CoreError> {
-        let Some(id) = self.pool.ready.lock().pop_front() else {
+        let Some(id) = self.ready.lock().pop_front() else {
             return Ok(None);
         };
-        self.pool.taken.notify_one();
+        self.taken.notify_one();
         let record = SpriteRecord {
             id: id.clone(),
             ..wanted.clone()
         };
-        if let Err(error) = self.db.adopt(&record) {
+        if let Err(error) = self.lifecycle.db.adopt(&record) {
             // The name is taken (a racing create): the pooled sprite stays pooled.
-            self.pool.ready.lock().push_front(id);
+            self.ready.lock().push_front(id);
             return Err(error);
         }
         match self.ready_pooled(&record).await {
             Ok(()) => Ok(Some(record)),
             Err(error) => {
                 tracing::warn!(sprite = %record.name, "pooled sprite unusable, making one: {}", sprite_api::error_chain(&error));
-                let _ = self.teardown(&record).await;
-                self.db.delete(&record.id)?;
+                let _ = self.lifecycle.teardown(&record).await;
+                self.lifecycle.db.delete(&record.id)?;
                 Ok(None)
             }
         }
@@ -131,11 +143,17 @@ impl SpriteManager {
 
     /// Renames a taken pooled sprite, applies its limits and thaws it.
     async fn ready_pooled(&self, record: &SpriteRecord) -> Result<(), CoreError> {
-        self.sandboxes
-            .reshape(&record.name, &record.id, &self.limits(record))?;
-        let start_lock = self.start_lock(&record.id);
+        self.lifecycle.sandboxes.reshape(
+            &record.name,
+            &record.id,
+            &self.lifecycle.limits(record),
+        )?;
+        let start_lock = self.lifecycle.start_lock(&record.id);
         let _one = start_lock.lock().await;
-        self.start_locked(record).await?;
-        self.sandboxes.rename(&record.name, &record.id).await
+        self.lifecycle.start_locked(record).await?;
+        self.lifecycle
+            .sandboxes
+            .rename(&record.name, &record.id)
+            .await
     }
 }

@@ -1,10 +1,10 @@
 //! What the URL proxy needs from the lifecycle: which sprite a host name means, and a
 //! connection to its HTTP port, waking it first and waiting for the port to answer.
 
+use crate::activity::{ActivityGuard, Reason};
 use crate::db::SpriteRecord;
 use crate::error::CoreError;
 use crate::ids::SpriteKey;
-use crate::lifecycle::{ActivityGuard, Reason};
 use crate::manager::SpriteManager;
 use std::time::{Duration, Instant};
 
@@ -36,13 +36,17 @@ impl SpriteManager {
 
     /// The port the sprite's URL goes to: its service with `http_port`, else 8080.
     async fn http_port(&self, record: &SpriteRecord) -> u16 {
-        let slot = self.slots.get(&record.id);
+        let slot = self.lifecycle.slots.get(&record.id);
         if let Some((port, at)) = *slot.http_port.lock() {
             if at.elapsed() < PORT_CACHE {
                 return port;
             }
         }
-        let port = match self.services(&record.key()).await {
+        let services = match self.services(&record.key()).await {
+            Ok(services) => services.list().await,
+            Err(error) => Err(error),
+        };
+        let port = match services {
             Ok(services) => services
                 .iter()
                 .find_map(|s| s.spec.http_port)
@@ -51,13 +55,6 @@ impl SpriteManager {
         };
         *slot.http_port.lock() = Some((port, Instant::now()));
         port
-    }
-
-    /// Forgets the cached `http_port` (its services changed).
-    pub(crate) fn forget_http_port(&self, sprite_id: &str) {
-        if let Some(slot) = self.slots.peek(sprite_id) {
-            *slot.http_port.lock() = None;
-        }
     }
 
     /// Wakes the sprite and connects to its HTTP port, retrying until `timeout` while
@@ -70,7 +67,7 @@ impl SpriteManager {
     ) -> Result<(tokio::net::TcpStream, u16, ConnectionLease), CoreError> {
         let deadline = Instant::now() + timeout;
         let place = self.connection_place(record)?;
-        let guard = self.wake_record(record, Reason::Proxy).await?;
+        let guard = self.lifecycle.wake_record(record, Reason::Proxy).await?;
         let port = self.http_port(record).await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let stream = self.connect_port(record, port, remaining).await?;
@@ -89,7 +86,7 @@ impl SpriteManager {
         &self,
         record: &SpriteRecord,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CoreError> {
-        let places = self.slots.get(&record.id).places.clone();
+        let places = self.lifecycle.slots.get(&record.id).places.clone();
         places
             .try_acquire_owned()
             .map_err(|_| CoreError::TooManyConnections {
@@ -109,7 +106,7 @@ impl SpriteManager {
     ) -> Result<(tokio::net::TcpStream, ConnectionLease), CoreError> {
         let record = self.record(key)?;
         let place = self.connection_place(&record)?;
-        let guard = self.wake_record(&record, Reason::Proxy).await?;
+        let guard = self.lifecycle.wake_record(&record, Reason::Proxy).await?;
         let stream = self.connect_port_at(&record, ip, port, timeout).await?;
         Ok((
             stream,
@@ -144,7 +141,7 @@ impl SpriteManager {
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = async {
-                let init = self.pinned_init(record)?;
+                let init = self.lifecycle.pinned_init(record)?;
                 let connected = tokio::task::spawn_blocking(move || {
                     sprite_sandbox::connect_in_sprite_at(&init, ip, port, Duration::from_secs(1))
                         .and_then(|stream| {

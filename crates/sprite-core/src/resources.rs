@@ -66,12 +66,12 @@ impl SpriteManager {
             }
         }
         // The same ranges as at create.
-        let config = self.resolve_config(Some(config))?;
+        let config = self.config.sprite_config(Some(config))?;
         record.config = config;
-        let cgroup = self.cgroup(&record.id)?;
+        let cgroup = self.lifecycle.cgroup(&record.id)?;
         if cgroup.exists() {
             cgroup
-                .set_limits(&self.limits(&record))
+                .set_limits(&self.lifecycle.limits(&record))
                 .map_err(|error| match error {
                     error @ sprite_sandbox::cgroup::CgroupError::Write { .. } => {
                         CoreError::LimitsRefused {

@@ -148,7 +148,7 @@ impl Host {
 
     fn status(&self, name: &str) -> SpriteStatus {
         let record = self.manager.record(&SpriteKey::new(ORG, name)).unwrap();
-        self.manager.activity.status(&record.id).0
+        self.manager.lifecycle.activity.status(&record.id).0
     }
 }
 
@@ -166,7 +166,8 @@ async fn a_create_mounts_before_it_launches_and_publishes_the_record() {
     assert_eq!(host.status("dev"), SpriteStatus::Running);
     // Destroy: the processes go before the disk does, and the sprite's slot (its
     // start lock, URL port, connection places) goes with it.
-    *host.manager.slots.get(&id).http_port.lock() = Some((8080, std::time::Instant::now()));
+    *host.manager.lifecycle.slots.get(&id).http_port.lock() =
+        Some((8080, std::time::Instant::now()));
     host.journal.clear();
     host.manager
         .destroy(&SpriteKey::new(ORG, "dev"))
@@ -174,10 +175,10 @@ async fn a_create_mounts_before_it_launches_and_publishes_the_record() {
         .unwrap();
     assert_eq!(host.of(&id), ["kill", "remove"]);
     assert!(
-        host.manager.slots.peek(&id).is_none(),
+        host.manager.lifecycle.slots.peek(&id).is_none(),
         "the slot outlived the sprite"
     );
-    assert_eq!(host.manager.slots.len(), 0);
+    assert_eq!(host.manager.lifecycle.slots.len(), 0);
     assert!(matches!(
         host.manager.record(&SpriteKey::new(ORG, "dev")),
         Err(CoreError::SpriteNotFound(_))
@@ -340,9 +341,23 @@ async fn watchers_of_a_sprites_ports_share_one_poller_that_ends_with_the_last() 
     let key = SpriteKey::new(ORG, "web");
     let ports = host.manager.ports();
     let first = ports.watch(&key).unwrap();
-    let poller = host.manager.slots.get(&id).port_watch.lock().upgrade();
+    let poller = host
+        .manager
+        .lifecycle
+        .slots
+        .get(&id)
+        .port_watch
+        .lock()
+        .upgrade();
     let second = ports.watch(&key).unwrap();
-    let shared = host.manager.slots.get(&id).port_watch.lock().upgrade();
+    let shared = host
+        .manager
+        .lifecycle
+        .slots
+        .get(&id)
+        .port_watch
+        .lock()
+        .upgrade();
     assert!(
         poller.is_some() && shared.is_some(),
         "a poller runs while watched"
@@ -354,6 +369,7 @@ async fn watchers_of_a_sprites_ports_share_one_poller_that_ends_with_the_last() 
     drop((poller, shared, first, second));
     assert!(
         host.manager
+            .lifecycle
             .slots
             .get(&id)
             .port_watch

@@ -1,162 +1,175 @@
 //! Services of a sprite: the daemon's side. sprite-init runs them and keeps their
-//! definitions in the sprite's filesystem; every call here wakes the sprite first.
+//! definitions in the sprite's filesystem. [`SpriteManager::services`] wakes the sprite
+//! and hands out a [`SpriteServices`], which talks to its init and holds it awake while
+//! it lives (as [`crate::files::SpriteRoot`] does for the file-system API).
 
+use crate::activity::{ActivityGuard, Reason};
 use crate::error::CoreError;
 use crate::ids::SpriteKey;
 use crate::manager::SpriteManager;
+use crate::slots::Slot;
 use sprite_api::services::{ServiceInfo, ServiceSpec};
 use sprite_api::ErrorKind;
+use sprite_sandbox::client::InitClient;
 use sprite_sandbox::protocol::{ErrorCode, Event, Request};
 use sprite_sandbox::SandboxError;
+use std::sync::Arc;
+
+/// The services of one awake sprite.
+#[derive(Debug)]
+pub struct SpriteServices {
+    name: String,
+    client: InitClient,
+    /// The sprite's slot: a change of services forgets the port its URL goes to.
+    slot: Arc<Slot>,
+    _awake: ActivityGuard,
+}
 
 impl SpriteManager {
-    async fn service_call(&self, key: &SpriteKey, request: Request) -> Result<Event, CoreError> {
-        let name = key.name.as_str();
-        let (_, client, _awake) = self.running_client(key).await?;
-        client.service(request).await.map_err(|error| match error {
-            SandboxError::Init {
-                kind: ErrorCode::NotFound,
-                message,
-            } => CoreError::InSprite {
-                kind: ErrorKind::NotFound,
-                message,
-            },
-            SandboxError::Init {
-                kind: ErrorCode::Conflict | ErrorCode::Gone,
-                message,
-            } => CoreError::InSprite {
-                kind: ErrorKind::Conflict,
-                message,
-            },
-            SandboxError::Init {
-                kind: ErrorCode::Invalid | ErrorCode::SpawnFailed,
-                message,
-            } => CoreError::InSprite {
-                kind: ErrorKind::InvalidRequest,
-                message,
-            },
-            source => CoreError::Sandbox {
-                sprite: name.to_string(),
-                source,
-            },
+    /// The services of a sprite, waking it first; it stays awake while the answer lives.
+    pub async fn services(&self, key: &SpriteKey) -> Result<SpriteServices, CoreError> {
+        let record = self.record(key)?;
+        let awake = self.lifecycle.wake_record(&record, Reason::Api).await?;
+        Ok(SpriteServices {
+            name: record.name.clone(),
+            client: self.lifecycle.client_for(&record.id),
+            slot: self.lifecycle.slots.get(&record.id),
+            _awake: awake,
         })
     }
+}
 
-    async fn service_answer(
-        &self,
-        key: &SpriteKey,
-        request: Request,
-    ) -> Result<ServiceInfo, CoreError> {
-        let name = key.name.as_str();
-        match self.service_call(key, request).await? {
+impl SpriteServices {
+    async fn call(&self, request: Request) -> Result<Event, CoreError> {
+        self.client
+            .service(request)
+            .await
+            .map_err(|error| match error {
+                SandboxError::Init {
+                    kind: ErrorCode::NotFound,
+                    message,
+                } => CoreError::InSprite {
+                    kind: ErrorKind::NotFound,
+                    message,
+                },
+                SandboxError::Init {
+                    kind: ErrorCode::Conflict | ErrorCode::Gone,
+                    message,
+                } => CoreError::InSprite {
+                    kind: ErrorKind::Conflict,
+                    message,
+                },
+                SandboxError::Init {
+                    kind: ErrorCode::Invalid | ErrorCode::SpawnFailed,
+                    message,
+                } => CoreError::InSprite {
+                    kind: ErrorKind::InvalidRequest,
+                    message,
+                },
+                source => CoreError::Sandbox {
+                    sprite: self.name.clone(),
+                    source,
+                },
+            })
+    }
+
+    async fn answer(&self, request: Request) -> Result<ServiceInfo, CoreError> {
+        match self.call(request).await? {
             Event::Service { service } => Ok(*service),
-            other => Err(unexpected(name, &other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
-    pub async fn services(&self, key: &SpriteKey) -> Result<Vec<ServiceInfo>, CoreError> {
-        let name = key.name.as_str();
-        match self.service_call(key, Request::ServiceList).await? {
+    fn unexpected(&self, event: &Event) -> CoreError {
+        CoreError::Sandbox {
+            sprite: self.name.clone(),
+            source: SandboxError::Unexpected(format!("{event:?}")),
+        }
+    }
+
+    /// The port the sprite's URL goes to may have changed.
+    fn forget_http_port(&self) {
+        *self.slot.http_port.lock() = None;
+    }
+
+    pub async fn list(&self) -> Result<Vec<ServiceInfo>, CoreError> {
+        match self.call(Request::ServiceList).await? {
             Event::ServiceList { services } => Ok(services),
-            other => Err(unexpected(name, &other)),
+            other => Err(self.unexpected(&other)),
         }
     }
 
-    pub async fn service(&self, key: &SpriteKey, service: &str) -> Result<ServiceInfo, CoreError> {
-        let request = Request::ServiceGet {
+    pub async fn get(&self, service: &str) -> Result<ServiceInfo, CoreError> {
+        self.answer(Request::ServiceGet {
             name: service.into(),
-        };
-        self.service_answer(key, request).await
+        })
+        .await
     }
 
     /// Creates or replaces a service and starts it.
-    pub async fn put_service(
-        &self,
-        key: &SpriteKey,
-        service: &str,
-        spec: ServiceSpec,
-    ) -> Result<ServiceInfo, CoreError> {
+    pub async fn put(&self, service: &str, spec: ServiceSpec) -> Result<ServiceInfo, CoreError> {
         sprite_api::services::validate_service_spec(service, &spec)
             .map_err(CoreError::Validation)?;
-        let request = Request::ServicePut {
-            name: service.into(),
-            spec,
-        };
-        let answer = self.service_answer(key, request).await;
-        self.forget_http_port(&self.record(key)?.id);
+        let answer = self
+            .answer(Request::ServicePut {
+                name: service.into(),
+                spec,
+            })
+            .await;
+        self.forget_http_port();
         answer
     }
 
-    pub async fn start_service(
-        &self,
-        key: &SpriteKey,
-        service: &str,
-    ) -> Result<ServiceInfo, CoreError> {
-        let request = Request::ServiceStart {
+    pub async fn start(&self, service: &str) -> Result<ServiceInfo, CoreError> {
+        self.answer(Request::ServiceStart {
             name: service.into(),
-        };
-        self.service_answer(key, request).await
+        })
+        .await
     }
 
     /// Stops a service (it stays stopped until started again): SIGTERM, then SIGKILL
     /// after `grace` (sprite-init's default when `None`).
-    pub async fn stop_service(
+    pub async fn stop(
         &self,
-        key: &SpriteKey,
         service: &str,
         grace: Option<std::time::Duration>,
     ) -> Result<ServiceInfo, CoreError> {
-        let request = Request::ServiceStop {
+        self.answer(Request::ServiceStop {
             name: service.into(),
             grace_ms: grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),
-        };
-        self.service_answer(key, request).await
+        })
+        .await
     }
 
-    pub async fn signal_service(
-        &self,
-        key: &SpriteKey,
-        service: &str,
-        signal: i32,
-    ) -> Result<(), CoreError> {
-        let request = Request::ServiceSignal {
+    pub async fn signal(&self, service: &str, signal: i32) -> Result<(), CoreError> {
+        self.call(Request::ServiceSignal {
             name: service.into(),
             signal,
-        };
-        self.service_call(key, request).await.map(|_| ())
+        })
+        .await
+        .map(|_| ())
     }
 
-    pub async fn delete_service(&self, key: &SpriteKey, service: &str) -> Result<(), CoreError> {
-        let request = Request::ServiceDelete {
-            name: service.into(),
-        };
-        let answer = self.service_call(key, request).await.map(|_| ());
-        self.forget_http_port(&self.record(key)?.id);
+    pub async fn delete(&self, service: &str) -> Result<(), CoreError> {
+        let answer = self
+            .call(Request::ServiceDelete {
+                name: service.into(),
+            })
+            .await
+            .map(|_| ());
+        self.forget_http_port();
         answer
     }
 
     /// The last `lines` lines of a service's log.
-    pub async fn service_logs(
-        &self,
-        key: &SpriteKey,
-        service: &str,
-        lines: usize,
-    ) -> Result<String, CoreError> {
-        let name = key.name.as_str();
+    pub async fn logs(&self, service: &str, lines: usize) -> Result<String, CoreError> {
         let request = Request::ServiceLogs {
             name: service.into(),
             lines,
         };
-        match self.service_call(key, request).await? {
+        match self.call(request).await? {
             Event::Logs { text } => Ok(text),
-            other => Err(unexpected(name, &other)),
+            other => Err(self.unexpected(&other)),
         }
-    }
-}
-
-fn unexpected(name: &str, event: &Event) -> CoreError {
-    CoreError::Sandbox {
-        sprite: name.to_string(),
-        source: SandboxError::Unexpected(format!("{event:?}")),
     }
 }

@@ -6,7 +6,7 @@
 //! components (`lifecycle::Activity`, `tasks::Tasks`, `network::Network`), which its
 //! teardown tells.
 
-use crate::lifecycle::SleepPolicy;
+use crate::activity::SleepPolicy;
 use crate::ports::PortWatch;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -70,6 +70,7 @@ impl Slots {
     }
 
     /// The sprite's slot if it has one (looking does not make one).
+    #[cfg(test)]
     pub(crate) fn peek(&self, sprite_id: &str) -> Option<Arc<Slot>> {
         self.0.lock().get(sprite_id).cloned()
     }

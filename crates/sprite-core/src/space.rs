@@ -121,8 +121,8 @@ impl SpriteManager {
             };
             let mut grew = Vec::new();
             let mut seen = HashMap::new();
-            for (id, _) in self.activity.awake() {
-                let Some(disk) = self.roots.disk_mount(&id) else {
+            for (id, _) in self.lifecycle.activity.awake() {
+                let Some(disk) = self.lifecycle.roots.disk_mount(&id) else {
                     continue;
                 };
                 let Some((_, used)) = usage(&disk) else {
@@ -138,7 +138,7 @@ impl SpriteManager {
             match decide(free, threshold, &grew, &reserved) {
                 GuardAction::Reserve(ids) => {
                     for id in ids {
-                        let Some(disk) = self.roots.disk_mount(&id) else {
+                        let Some(disk) = self.lifecycle.roots.disk_mount(&id) else {
                             continue;
                         };
                         tracing::warn!(sprite = %id, free_mb = free >> 20, "the host is low on disk: this sprite's disk is full until it has room again");
@@ -157,7 +157,7 @@ impl SpriteManager {
                 }
                 GuardAction::Release => {
                     for id in reserved.drain() {
-                        if let Some(disk) = self.roots.disk_mount(&id) {
+                        if let Some(disk) = self.lifecycle.roots.disk_mount(&id) {
                             if let Err(error) = release(&disk) {
                                 tracing::warn!(sprite = %id, "could not release its reserve: {error}");
                             }

@@ -2,9 +2,9 @@
 //! expire or are deleted. Code inside the sprite (an agent mid-job) registers one
 //! through `/.sprite/api.sock`. Saved in the database, so a daemon restart keeps them.
 
+use crate::activity::{Activity, ActivityGuard, Reason};
 use crate::db::Database;
 use crate::error::CoreError;
-use crate::lifecycle::{Activity, ActivityGuard, Reason};
 use crate::manager::ms_to_rfc3339;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -199,7 +199,7 @@ impl Tasks {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::lifecycle::ManualClock;
+    use crate::activity::ManualClock;
 
     const SPRITE: &str = "sprite-00000000000000000000000000000001";
 

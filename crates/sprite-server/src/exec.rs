@@ -14,8 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use sprite_api::exec::{
     ClientMessage, ExecParams, Frame, ServerMessage, SessionList, Signal, MAX_CLIENT_FRAME,
 };
+use sprite_core::activity::{ActivityGuard, Reason};
 use sprite_core::ids::SpriteKey;
-use sprite_core::lifecycle::{ActivityGuard, Reason};
 use sprite_core::manager::RunAs;
 use sprite_core::CoreError;
 use sprite_sandbox::client::{Attachment, SessionEvent, SessionReader, SessionWriter};

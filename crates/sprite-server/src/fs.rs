@@ -95,7 +95,7 @@ async fn blocking<T: Send + 'static>(
 async fn root(
     state: &AppState,
     key: &SpriteKey,
-) -> Result<(Arc<SpriteRoot>, sprite_core::lifecycle::ActivityGuard), ApiError> {
+) -> Result<(Arc<SpriteRoot>, sprite_core::activity::ActivityGuard), ApiError> {
     let (root, guard) = state.manager.fs_root(key).await?;
     Ok((Arc::new(root), guard))
 }

@@ -247,7 +247,7 @@ pub async fn list(
     State(state): State<AppState>,
     SpritePath(key): SpritePath,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.services(&key).await?).into_response())
+    Ok(Json(state.manager.services(&key).await?.list().await?).into_response())
 }
 
 pub async fn get(
@@ -255,7 +255,7 @@ pub async fn get(
     SpritePath(key): SpritePath,
     Path((_, service)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.manager.service(&key, &service).await?).into_response())
+    Ok(Json(state.manager.services(&key).await?.get(&service).await?).into_response())
 }
 
 pub async fn put(
@@ -268,7 +268,7 @@ pub async fn put(
     let follow = query_of(query)?.follow(PUT_FOLLOW)?;
     let spec: ServiceSpec = parse_json(&body)?;
     let manager = state.manager.clone();
-    let info = manager.put_service(&key, &service, spec).await?;
+    let info = manager.services(&key).await?.put(&service, spec).await?;
     Ok(ndjson(service, move |lines| async move {
         announce_start(&manager, &key, &info, follow, &lines).await
     }))
@@ -282,7 +282,7 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     let follow = query_of(query)?.follow(Duration::ZERO)?;
     let manager = state.manager.clone();
-    let info = manager.start_service(&key, &service).await?;
+    let info = manager.services(&key).await?.start(&service).await?;
     Ok(ndjson(service, move |lines| async move {
         announce_start(&manager, &key, &info, follow, &lines).await
     }))
@@ -298,7 +298,11 @@ pub async fn stop(
 ) -> Result<Response, ApiError> {
     let grace = query_of(query)?.grace()?;
     let manager = state.manager.clone();
-    let info = manager.stop_service(&key, &service, Some(grace)).await?;
+    let info = manager
+        .services(&key)
+        .await?
+        .stop(&service, Some(grace))
+        .await?;
     Ok(ndjson(service, move |lines| async move {
         announce_stop(&manager, &key, &info, grace + EXIT_SLACK, &lines).await
     }))
@@ -315,12 +319,20 @@ pub async fn restart(
     let query = query_of(query)?;
     let (follow, grace) = (query.follow(Duration::ZERO)?, query.grace()?);
     let manager = state.manager.clone();
-    let stopped = manager.stop_service(&key, &service, Some(grace)).await?;
+    let stopped = manager
+        .services(&key)
+        .await?
+        .stop(&service, Some(grace))
+        .await?;
     let svc = service.clone();
     Ok(ndjson(service, move |lines| async move {
         let at = &key;
         announce_stop(&manager, at, &stopped, grace + EXIT_SLACK, &lines).await?;
-        match manager.start_service(&key, &svc).await {
+        let started = match manager.services(&key).await {
+            Ok(services) => services.start(&svc).await,
+            Err(error) => Err(error),
+        };
+        match started {
             Ok(info) => announce_start(&manager, at, &info, follow, &lines).await,
             Err(error) => {
                 let text = sprite_api::error_chain(&error);
@@ -344,7 +356,9 @@ pub async fn signal(
     })?;
     state
         .manager
-        .signal_service(&key, &request.name, signal.number())
+        .services(&key)
+        .await?
+        .signal(&request.name, signal.number())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -354,7 +368,7 @@ pub async fn delete(
     SpritePath(key): SpritePath,
     Path((_, service)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    state.manager.delete_service(&key, &service).await?;
+    state.manager.services(&key).await?.delete(&service).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -380,14 +394,16 @@ pub async fn logs(
     };
     let follow = query.follow(Duration::ZERO)?;
     // Attach before reading the log so no output falls between the two.
-    let info = state.manager.service(&key, &service).await?;
+    let services = state.manager.services(&key).await?;
+    let info = services.get(&service).await?;
     let live = match info.state.session_id.as_deref() {
         Some(session) if !follow.is_zero() => {
             state.manager.attach_from(&key, session, false).await.ok()
         }
         _ => None,
     };
-    let text = state.manager.service_logs(&key, &service, count).await?;
+    let text = services.logs(&service, count).await?;
+    drop(services);
     Ok(ndjson(service, move |lines| async move {
         for line in text.split_inclusive('\n') {
             send(

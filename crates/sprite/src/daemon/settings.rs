@@ -189,7 +189,7 @@ pub(super) fn duration_setting(
 ) -> Result<Option<Option<Duration>>, SettingsError> {
     value
         .map(|text| {
-            sprite_core::lifecycle::parse_duration(&text)
+            sprite_core::activity::parse_duration(&text)
                 .map_err(|e| invalid(key, format!("{key}: {e}")))
         })
         .transpose()
