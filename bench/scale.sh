@@ -6,6 +6,7 @@
 #   sudo ./bench/scale.sh                          # SPRITES=1000 WARM=800 RUNS=20
 #   sudo SPRITES=200 WARM=160 ./bench/scale.sh
 #   sudo PAUSE_MS=300 ./bench/scale.sh           # a pause before each create
+#   sudo PERF=1 RUNS=200 ./bench/scale.sh        # perf record -a -g of each phase
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec cargo bench -p sprite --bench scale

@@ -21,6 +21,11 @@ pub enum StorageBackend {
     },
 }
 
+/// Directory of the data dir holding `.sprite/bin/sprite-env`, the lowest layer of
+/// every sprite's root (the daemon installs its own binary there at start, owned by
+/// the storage ids like any layer's files).
+pub const SPRITE_ENV_LAYER: &str = "sprite-env-layer";
+
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub storage: StorageBackend,

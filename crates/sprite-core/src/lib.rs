@@ -32,6 +32,7 @@ mod sleep;
 mod slots;
 pub mod space;
 pub mod tasks;
+pub mod time;
 
 pub use config::{CoreConfig, StorageBackend};
 pub use error::{CoreError, RateLimitInfo};

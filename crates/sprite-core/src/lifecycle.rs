@@ -9,15 +9,17 @@ use crate::activity::{
     decide, parse_duration, Activity, ActivityGuard, Reason, SleepPolicy, Transition,
 };
 use crate::config::CoreConfig;
+use crate::config::SPRITE_ENV_LAYER;
 use crate::db::{Database, LifeRecord, SpriteRecord};
 use crate::error::CoreError;
 use crate::image::ImageStore;
-use crate::manager::{ms_to_rfc3339, now, SpriteChanges, SPRITE_ENV_LAYER};
 use crate::network::POLICY_FILE;
 use crate::rootfs::RootStore;
 use crate::sandboxes::{CgroupState, Sandboxes};
 use crate::slots::Slots;
 use crate::tasks::Tasks;
+use crate::time::{ms_to_rfc3339, now};
+use parking_lot::Mutex;
 use sprite_api::policy::NetworkPolicy;
 use sprite_api::sprite::{AwakeReason, LifecycleInfo, SpriteStatus};
 use sprite_sandbox::cgroup::SpriteCgroup;
@@ -41,6 +43,44 @@ pub(crate) enum Volume<'a> {
     Empty { bytes: u64 },
     /// A copy (metadata only) of another sprite's checkpoint.
     Fork { parent: &'a str, version: &'a str },
+}
+
+/// Changes of sprites, queued for the in-sprite API (bounded: what does not fit is
+/// reported as an overflow, and the listener looks at every sprite once instead).
+#[derive(Debug)]
+pub(crate) struct SpriteChanges {
+    sender: tokio::sync::mpsc::Sender<String>,
+    receiver: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    overflow: tokio::sync::Notify,
+}
+
+impl SpriteChanges {
+    pub(crate) fn new() -> SpriteChanges {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4096);
+        SpriteChanges {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            overflow: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The receiving end, for the one listener (the in-sprite API); `None` once taken.
+    pub(crate) fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        self.receiver.lock().take()
+    }
+
+    /// Waits until changes were dropped (the queue was full).
+    pub(crate) async fn lost(&self) {
+        self.overflow.notified().await;
+    }
+
+    /// Queues a change of sprite `id` (made or destroyed); when the queue is full, the
+    /// listener is told to look at every sprite instead.
+    pub(crate) fn note(&self, id: &str) {
+        if self.sender.try_send(id.to_string()).is_err() {
+            self.overflow.notify_one();
+        }
+    }
 }
 
 /// Starts, stops, sleeps and wakes the sprites of this host.

@@ -7,11 +7,11 @@ use crate::db::{Database, SpriteRecord};
 use crate::error::CoreError;
 use crate::ids::SpriteKey;
 use crate::image::{ImageStatus, ImageStore};
-use crate::lifecycle::{elapsed_ms, make_dir, Lifecycle, Volume};
+use crate::lifecycle::{elapsed_ms, make_dir, Lifecycle, SpriteChanges, Volume};
 use crate::pool::Pool;
 use crate::rootfs::{LocalOverlayStore, RootStore, SpriteFsSettings, SpriteFsStore};
 use crate::tasks::Tasks;
-use parking_lot::Mutex;
+use crate::time::{ms_to_rfc3339, now};
 use sprite_api::exec::{ExecParams, SessionInfo, DEFAULT_RUN_AFTER_DISCONNECT_SECS};
 use sprite_api::sprite::{
     validate_labels, CheckpointInfo, CreateSpriteRequest, SpriteInfo, SpriteList, SpriteStatus,
@@ -26,23 +26,6 @@ use std::time::Duration;
 
 /// Longest checkpoint comment, in bytes.
 pub const MAX_CHECKPOINT_COMMENT: usize = 4096;
-
-/// Directory of the data dir holding `.sprite/bin/sprite-env`, the lowest layer of
-/// every sprite's root (the daemon installs its own binary there at start, owned by
-/// the storage ids like any layer's files).
-pub const SPRITE_ENV_LAYER: &str = "sprite-env-layer";
-
-/// Now in RFC 3339 with milliseconds, as the API writes times.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Unix milliseconds in RFC 3339, as the API writes times.
-pub fn ms_to_rfc3339(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
 
 /// Who asks: a holder of the organization's token, or the sprite itself through its
 /// `/.sprite/api.sock` (which may act only on what it made).
@@ -75,34 +58,6 @@ pub struct SpriteManager {
     inside_checkpoints: crate::limits::Buckets,
     /// Creates per organization (`creates_per_minute`).
     creates: crate::limits::Buckets,
-}
-
-/// Changes of sprites, queued for the in-sprite API (bounded: what does not fit is
-/// reported as an overflow, and the listener looks at every sprite once instead).
-#[derive(Debug)]
-pub(crate) struct SpriteChanges {
-    sender: tokio::sync::mpsc::Sender<String>,
-    receiver: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
-    overflow: tokio::sync::Notify,
-}
-
-impl SpriteChanges {
-    pub(crate) fn new() -> SpriteChanges {
-        let (sender, receiver) = tokio::sync::mpsc::channel(4096);
-        SpriteChanges {
-            sender,
-            receiver: Mutex::new(Some(receiver)),
-            overflow: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Queues a change of sprite `id` (made or destroyed); when the queue is full, the
-    /// listener is told to look at every sprite instead.
-    pub(crate) fn note(&self, id: &str) {
-        if self.sender.try_send(id.to_string()).is_err() {
-            self.overflow.notify_one();
-        }
-    }
 }
 
 /// The directories sprites' in-sprite API sockets live in (`run/<sprite id>`) are on
@@ -1184,12 +1139,12 @@ impl SpriteManager {
     /// listener that serves in-sprite APIs; `None` once taken. [`Self::lost_changes`]
     /// tells it when changes did not fit in the queue: then it looks at every sprite.
     pub fn take_sprite_changes(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
-        self.lifecycle.changes.receiver.lock().take()
+        self.lifecycle.changes.take_receiver()
     }
 
     /// Waits until sprite changes were dropped (the queue was full).
     pub async fn lost_changes(&self) {
-        self.lifecycle.changes.overflow.notified().await;
+        self.lifecycle.changes.lost().await;
     }
 
     /// The in-sprite API directory of sprite `id`, or `None` if there is no such sprite.

@@ -69,7 +69,7 @@ impl Pool {
 
     async fn fill_one(&self) -> Result<(), CoreError> {
         let id = crate::ids::SpriteId::generate();
-        let timestamp = crate::manager::now();
+        let timestamp = crate::time::now();
         let record = SpriteRecord {
             name: format!("pool-{}", &id[7..19]),
             id,

@@ -86,7 +86,7 @@ impl SpriteManager {
                     },
                 })?;
         }
-        record.updated_at = crate::manager::now();
+        record.updated_at = crate::time::now();
         self.db.update(&record)?;
         self.publish_record(&record).await;
         tracing::info!(sprite = %name, ram_mb = ?record.config.ram_mb, cpus = ?record.config.cpus, "resources changed");

@@ -136,7 +136,7 @@ impl SpriteManager {
             sprite_id: record.id.to_string(),
             status,
             reason: problem,
-            checked_at: crate::manager::now(),
+            checked_at: crate::time::now(),
             elapsed: started.elapsed().as_millis() as u64,
         })
     }

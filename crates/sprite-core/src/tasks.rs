@@ -5,7 +5,7 @@
 use crate::activity::{Activity, ActivityGuard, Reason};
 use crate::db::Database;
 use crate::error::CoreError;
-use crate::manager::ms_to_rfc3339;
+use crate::time::ms_to_rfc3339;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

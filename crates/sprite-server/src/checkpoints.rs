@@ -23,7 +23,7 @@ fn event(kind: ProgressKind, data: Option<String>, error: Option<String>) -> Byt
         data,
         error,
         // RFC 3339 (ISO 8601), as the SDKs parse event times.
-        time: Some(sprite_core::manager::now()),
+        time: Some(sprite_core::time::now()),
     };
     crate::ndjson_line(&event)
 }

@@ -65,7 +65,7 @@ fn with_capabilities(mut response: Response) -> Response {
 pub(crate) fn session_info(attachment: &Attachment, owner: bool) -> ServerMessage {
     // 0: an older sprite-init that does not say.
     let created = (attachment.created_ms > 0)
-        .then(|| sprite_core::manager::ms_to_rfc3339(attachment.created_ms));
+        .then(|| sprite_core::time::ms_to_rfc3339(attachment.created_ms));
     ServerMessage::session_info(
         attachment.session_id.clone(),
         attachment.tty,

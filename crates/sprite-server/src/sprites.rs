@@ -190,7 +190,7 @@ fn watch(state: AppState, org: String, prefix: String) -> Result<Response, ApiEr
                 "status": status,
                 "last_running_at": record.last_running_at,
                 "last_warming_at": manager.last_warming_at(&record.id),
-                "timestamp": sprite_core::manager::now(),
+                "timestamp": sprite_core::time::now(),
                 "org": counts,
             })
         };
@@ -240,7 +240,7 @@ fn watch(state: AppState, org: String, prefix: String) -> Result<Response, ApiEr
                 if out.is_empty() {
                     out.push(serde_json::json!({
                         "type": "heartbeat",
-                        "timestamp": sprite_core::manager::now(),
+                        "timestamp": sprite_core::time::now(),
                         "org": counts,
                     }));
                 }

@@ -43,6 +43,42 @@ async fn creates(client: &Client, tag: &str, runs: usize) -> Vec<f64> {
     samples
 }
 
+/// With `PERF=1`, a system-wide `perf record -g` of one phase's creates, written to
+/// `target/bench/scale-<phase>.perf` (compare the two with `perf report -i`); stopped
+/// (SIGINT, so perf writes its file) when dropped.
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(phase: &str) -> Profile {
+        if std::env::var("PERF").as_deref() != Ok("1") {
+            return Profile(None);
+        }
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../target/bench/scale-{phase}.perf"));
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-a", "-g", "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| eprintln!("PERF=1 but perf does not start: {error}"))
+            .ok();
+        // perf needs a moment before it records.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Total and idle jiffies of all CPUs, from /proc/stat.
 fn cpu_times() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -130,7 +166,9 @@ async fn bench() {
     let client = &daemon.client;
     // The first create formats the volume template and mounts the image: not measured.
     creates(client, "warmup", 2).await;
+    let profile = Profile::start("empty");
     let empty = creates(client, "empty", runs).await;
+    drop(profile);
     let idle_window = std::time::Duration::from_secs(10);
     let idle_empty = idle_cpu_percent(daemon.pid, idle_window).await;
 
@@ -152,7 +190,9 @@ async fn bench() {
     let settle_seconds = settled.elapsed().as_secs_f64();
     let idle_full = idle_cpu_percent(daemon.pid, idle_window).await;
     eprintln!("{sprites} sprites on the host, {warm} warm: measuring");
+    let profile = Profile::start("full");
     let full = creates(client, "full", runs).await;
+    drop(profile);
 
     let (empty_p50, empty_p90) = summary(empty, 0.9);
     let (full_p50, full_p90) = summary(full, 0.9);

@@ -248,7 +248,7 @@ async fn shutdown_signal() {
 /// storage id of root inside sprites), so `/.sprite` is root's inside.
 fn install_sprite_env(data_dir: &Path, owner: u32) -> Result<()> {
     let executable = std::env::current_exe().context("find the sprite binary")?;
-    let layer = data_dir.join(sprite_core::manager::SPRITE_ENV_LAYER);
+    let layer = data_dir.join(sprite_core::config::SPRITE_ENV_LAYER);
     let dir = layer.join(".sprite/bin");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     for dir in [&layer, &layer.join(".sprite"), &dir] {
