@@ -91,6 +91,13 @@ impl SpriteManager {
             make_dir(&dir, mode)?;
         }
         mount_run_dir(&config.data_dir.join("run"))?;
+        // The sprite-env layer is cloned into every sprite at its start: a mount of its
+        // own, so that clone does not walk every sprite's disk mount on the host's root.
+        let env_layer = config.data_dir.join(crate::config::SPRITE_ENV_LAYER);
+        if env_layer.is_dir() {
+            sprite_sys::mount::bind_to_itself(&env_layer)
+                .map_err(CoreError::io("bind onto itself", &env_layer))?;
+        }
         let roots: Arc<dyn RootStore> = match &config.storage {
             StorageBackend::Local => {
                 Arc::new(LocalOverlayStore::new(config.data_dir.join("layers")))
