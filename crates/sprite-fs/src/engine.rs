@@ -18,11 +18,13 @@ use crate::store::BlobStore;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::{Mutex, RwLock};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Bytes of decompressed blocks kept in memory, whatever the block size.
 const DECODED_BYTES: usize = 32 << 20;
@@ -77,6 +79,48 @@ impl DecodedBlocks {
 
 /// Chunk uploads in flight per volume.
 const UPLOAD_PARALLELISM: usize = 8;
+
+/// How long written blocks wait before a background pass takes them to the store (both
+/// modes): short, so the store trails the sprite by well under a second.
+pub const CUT_AFTER: Duration = Duration::from_millis(250);
+
+/// Writes wait while blocks written this long ago are still waiting for a cut and a pass
+/// is already storing the previous one: when the store cannot keep up, writes slow down
+/// instead of the lag growing.
+const BACKPRESSURE_AFTER: Duration = Duration::from_millis(500);
+
+/// When an fsync (or a flush, or a FUA write: the loop device sends each as an fsync)
+/// of a volume returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Durable on this host's disk (staging); the object store follows within a second,
+    /// and writes slow down when it cannot.
+    #[default]
+    Local,
+    /// In the object store: every block written before the fsync, and a published
+    /// version of the volume that names them. Concurrent fsyncs share one pass.
+    Store,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::Store => "store",
+        }
+    }
+}
+
+/// How far a volume's published state trails what was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lag {
+    /// Bytes of blocks whose newest contents are not in the store yet (whole blocks: an
+    /// upper bound).
+    pub bytes: u64,
+    /// Age of the oldest write not in the store yet (0 when none).
+    pub seconds: f64,
+}
 
 /// Shared by every volume of a host.
 #[derive(Debug)]
@@ -135,6 +179,44 @@ struct Staging {
     /// Uploaded blocks whose staging space is still allocated (released in bulk): their
     /// staging bytes are still their current bytes.
     idle: BTreeSet<u64>,
+    /// Present blocks that are zeros (discarded; their staging space punched): a pass
+    /// stores them as holes without reading them.
+    zeroed: HashSet<u64>,
+    /// Blocks of the cut a pass is storing whose bytes it has not read yet. Whatever
+    /// changes one first copies its bytes as they were at the cut into `captured` (under
+    /// the block's stripe, which the pass holds while it reads), so a pass stores the
+    /// volume exactly as it was at one instant: a state a crash could have left, which
+    /// ext4's journal repairs, never a mix of older and newer blocks.
+    cut_unread: HashSet<u64>,
+    captured: HashMap<u64, Vec<u8>>,
+    /// The oldest write in the cut a pass is storing (None: no pass in flight).
+    cut_oldest: Option<Instant>,
+}
+
+/// A block of a pass's cut: what the pass stores for it.
+#[derive(Debug, Clone)]
+struct CutBlock {
+    block: u64,
+    generation: u64,
+    /// Zeros: nothing to read.
+    zero: bool,
+    /// For a partial block, the sectors staging held at the cut (the rest is `chunk`).
+    partial: Option<Sectors>,
+    /// The block's chunk at the cut.
+    chunk: Option<ChunkId>,
+}
+
+/// Upload passes of one volume, numbered from 1 in the order they cut.
+#[derive(Debug, Default)]
+struct Passes {
+    /// The number of the last pass that cut.
+    cut: AtomicU64,
+    /// The number of the last pass that published.
+    published: AtomicU64,
+    /// Told when a pass ends (published or failed).
+    ended: tokio::sync::Notify,
+    /// A background pass is scheduled or running.
+    background: AtomicBool,
 }
 
 /// Uploaded blocks whose staging space is kept before it is given back (256 MiB at
@@ -222,6 +304,9 @@ pub struct Volume {
     /// exclusively while it settles blocks and gives their staging space back, so no
     /// read or write lands in a block between its "present" check and its file I/O.
     io_gate: tokio::sync::RwLock<()>,
+    /// When its fsyncs return.
+    durability: Mutex<Durability>,
+    passes: Passes,
 }
 
 /// What one upload pass did.
@@ -314,6 +399,8 @@ impl Engine {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             io_gate: tokio::sync::RwLock::new(()),
+            durability: Mutex::new(Durability::default()),
+            passes: Passes::default(),
         }))
     }
 
@@ -666,6 +753,7 @@ impl Volume {
     /// Writes `data` at `offset` into staging.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         self.check_range(offset, data.len() as u64)?;
+        self.backpressure().await;
         let _gate = self.io_gate.read().await;
         let mut done = 0usize;
         while done < data.len() {
@@ -673,15 +761,22 @@ impl Volume {
             let block = position / self.block_size;
             let within = (position % self.block_size) as usize;
             let take = (self.block_size as usize - within).min(data.len() - done);
-            let ready = {
+            let (ready, in_cut) = {
                 let staging = self.staging.lock();
-                staging.present.contains_key(&block) && !staging.partial.contains_key(&block)
+                (
+                    staging.present.contains_key(&block) && !staging.partial.contains_key(&block),
+                    staging.cut_unread.contains(&block),
+                )
             };
-            // A block not wholly in staging: one write at a time prepares it.
-            let _stripe = match ready {
+            // A block not wholly in staging: one write at a time prepares it. A block a
+            // pass has yet to read: its cut bytes are kept for the pass first.
+            let _stripe = match ready && !in_cut {
                 true => None,
                 false => Some(self.stripe(block).lock().await),
             };
+            if in_cut {
+                self.keep_cut_bytes(block)?;
+            }
             let lazy = !ready && self.prepare(block, within, take).await?;
             self.staging_file
                 .write_all_at(&data[done..done + take], position)
@@ -695,9 +790,51 @@ impl Volume {
         Ok(())
     }
 
-    /// The lock a write into `block` holds while the block is not wholly in staging.
+    /// The lock a write into `block` holds while the block is not wholly in staging, or
+    /// while a pass has yet to read it.
     fn stripe(&self, block: u64) -> &tokio::sync::Mutex<()> {
         &self.filling[(block % FILL_STRIPES) as usize]
+    }
+
+    /// Before the staging bytes of `block` change (the caller holds its stripe): if a
+    /// pass has yet to read the block as it was at its cut, copies those bytes aside
+    /// for it.
+    fn keep_cut_bytes(&self, block: u64) -> Result<(), FsError> {
+        if !self.staging.lock().cut_unread.contains(&block) {
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; self.block_size as usize];
+        self.staging_file
+            .read_exact_at(&mut bytes, block * self.block_size)
+            .map_err(|e| self.staging_error("read staging", e))?;
+        let mut staging = self.staging.lock();
+        if staging.cut_unread.remove(&block) {
+            staging.captured.insert(block, bytes);
+        }
+        Ok(())
+    }
+
+    /// Waits while blocks written [`BACKPRESSURE_AFTER`] ago still wait for a cut and a
+    /// pass is storing the previous one (writes then go at the pace of the store).
+    async fn backpressure(&self) {
+        let behind = || {
+            let staging = self.staging.lock();
+            staging.cut_oldest.is_some()
+                && staging
+                    .pending_since
+                    .is_some_and(|at| at.elapsed() >= BACKPRESSURE_AFTER)
+        };
+        while behind() {
+            let ended = self.passes.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !behind() {
+                return;
+            }
+            // Bounded: a pass that never ends (a store that never answers) slows
+            // writes, it does not stop them.
+            let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+        }
     }
 
     /// Records a write of `take` bytes at `within` in `block`: its newest bytes are in
@@ -720,8 +857,9 @@ impl Volume {
             }
         }
         staging.idle.remove(&block);
+        staging.zeroed.remove(&block);
         staging.unsynced.insert(block);
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         staging.last_write = Some(now);
         staging.pending_since.get_or_insert(now);
     }
@@ -777,6 +915,7 @@ impl Volume {
             .stored_block(block)
             .await?
             .unwrap_or_else(|| Arc::new(vec![0u8; block_size]));
+        self.keep_cut_bytes(block)?;
         let start = block * self.block_size;
         for run in missing {
             self.staging_file
@@ -824,31 +963,69 @@ impl Volume {
             self.write(start, &vec![0u8; (end - start) as usize])
                 .await?;
         }
-        let mut staging = self.staging.lock();
-        let mut map = self.map.write();
-        let holes: Vec<u64> = (first_whole..end_whole)
-            .filter(|block| map.contains_key(block) || staging.present.contains_key(block))
-            .collect();
-        if holes.is_empty() {
-            return Ok(());
-        }
-        let zeroed: Vec<(u64, Option<ChunkId>)> = holes.iter().map(|b| (*b, None)).collect();
-        self.engine
-            .meta
-            .commit_uploads(&self.id, &zeroed, &holes, &[])?;
-        for block in &holes {
-            map.remove(block);
-            staging.present.remove(block);
-            staging.unsynced.remove(block);
-            staging.idle.remove(block);
-            staging.partial.remove(block);
+        // Whole blocks: zeros in staging (their space punched, nothing written), kept
+        // as present blocks like any write, so the store sees a discard in the same
+        // order as the writes around it (a pass cut before it never publishes it).
+        let _gate = self.io_gate.read().await;
+        let holes: Vec<u64> = {
+            let staging = self.staging.lock();
+            let map = self.map.read();
+            (first_whole..end_whole)
+                .filter(|block| {
+                    (map.contains_key(block) || staging.present.contains_key(block))
+                        && !staging.zeroed.contains(block)
+                })
+                .collect()
+        };
+        for block in holes {
+            let _stripe = self.stripe(block).lock().await;
+            self.keep_cut_bytes(block)?;
+            self.punch(block).map_err(|errno| {
+                self.staging_error("punch staging", std::io::Error::from(errno))
+            })?;
+            self.mark_written(block, 0, self.block_size as usize, false);
+            let mut staging = self.staging.lock();
+            staging.partial.remove(&block);
+            staging.zeroed.insert(block);
         }
         Ok(())
     }
 
+    /// When this volume's fsyncs return.
+    pub fn durability(&self) -> Durability {
+        *self.durability.lock()
+    }
+
+    pub fn set_durability(&self, durability: Durability) {
+        *self.durability.lock() = durability;
+    }
+
+    /// Makes every write so far durable as the volume's [`Durability`] says: on this
+    /// host's disk (a crash of the daemon, the storage process or the host's kernel
+    /// cannot lose it), or in the object store (nor can the loss of the host).
+    pub async fn fsync(&self) -> Result<(), FsError> {
+        match self.durability() {
+            Durability::Local => self.fsync_local().await,
+            Durability::Store => self.sync_to_store().await,
+        }
+    }
+
+    /// Returns when a pass that cut after this call has published: every write before
+    /// the call, and a version of the volume that names it, are in the object store.
+    /// Concurrent callers share passes (group commit): whoever gets the pass lock runs
+    /// one, and the others find it done.
+    pub async fn sync_to_store(&self) -> Result<(), FsError> {
+        let wanted = self.passes.cut.load(Ordering::SeqCst) + 1;
+        let _one_at_a_time = self.uploading.lock().await;
+        if self.passes.published.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        self.pass().await.map(|_| ())
+    }
+
     /// Makes every write so far durable on local disk. Returns when a daemon crash can
     /// no longer lose them.
-    pub async fn fsync(&self) -> Result<(), FsError> {
+    async fn fsync_local(&self) -> Result<(), FsError> {
         let (unsynced, partial) = {
             let mut staging = self.staging.lock();
             let unsynced: Vec<u64> = std::mem::take(&mut staging.unsynced).into_iter().collect();
@@ -891,88 +1068,197 @@ impl Volume {
         self.staging.lock().present.len()
     }
 
-    /// Whether a background upload pass is due: blocks wait, and either the volume has
-    /// not been written for `quiet` (a burst of writes is over), or blocks have waited
-    /// for `max_lag` (sustained writes still reach the store that often). Deferring
-    /// while a burst goes on keeps its disk and CPU for the writer, and uploads a block
-    /// rewritten many times in a burst (ext4's journal, bitmaps) once.
-    pub fn upload_due(&self, quiet: std::time::Duration, max_lag: std::time::Duration) -> bool {
+    /// Whether a background pass is due: blocks were written [`CUT_AFTER`] ago and
+    /// wait for a cut.
+    pub fn pass_due(&self) -> bool {
         let staging = self.staging.lock();
-        if staging.present.is_empty() {
-            return false;
-        }
-        let quiet_now = staging.last_write.is_none_or(|at| at.elapsed() >= quiet);
-        let lagging = staging
-            .pending_since
-            .is_none_or(|at| at.elapsed() >= max_lag);
-        quiet_now || lagging
+        !staging.present.is_empty()
+            && staging
+                .pending_since
+                .is_some_and(|at| at.elapsed() >= CUT_AFTER)
     }
 
-    /// Uploads every present block, then forgets those not rewritten meanwhile: once
-    /// committed to the block map, a block is durable in the store, fsynced or not.
-    /// Left for a later pass: partial blocks (staging does not hold them whole) and
-    /// blocks an fsync is recording (it would record them as staged after the upload
-    /// gave their staging space back).
+    /// Claims the volume's background pass (false: one is scheduled or running already);
+    /// [`Self::background_done`] gives it back.
+    pub fn claim_background(&self) -> bool {
+        !self.passes.background.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn background_done(&self) {
+        self.passes.background.store(false, Ordering::SeqCst);
+    }
+
+    /// How far the store trails this volume now.
+    pub fn lag(&self) -> Lag {
+        let staging = self.staging.lock();
+        let oldest = match (staging.cut_oldest, staging.pending_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let waiting = staging
+            .present
+            .keys()
+            .filter(|block| !staging.idle.contains(block))
+            .count() as u64;
+        Lag {
+            bytes: if oldest.is_some() {
+                waiting * self.block_size
+            } else {
+                0
+            },
+            seconds: oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()),
+        }
+    }
+
+    /// One upload pass (waiting for a pass in flight to end first).
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
+        self.pass().await
+    }
+
+    /// A pass (the caller holds `uploading`): cuts the volume at one instant (no read
+    /// or write in flight), stores every block present in staging as it was at the cut
+    /// (a write meanwhile first keeps the cut bytes of its block for the pass), records
+    /// them in the block map and publishes the new state: the store holds the volume
+    /// exactly as it was at the cut. Blocks not written since the cut then leave staging
+    /// (once committed to the map, a block is durable in the store, fsynced or not);
+    /// blocks a local fsync is recording stay (it would record them as staged after the
+    /// pass gave their staging space back) and go with a later pass.
+    async fn pass(&self) -> Result<UploadStats, FsError> {
         let _commit = self.engine.commits.read().await;
-        let started = std::time::Instant::now();
-        let snapshot: Vec<(u64, u64)> = {
-            let staging = self.staging.lock();
-            staging
+        let started = Instant::now();
+        let (number, cut) = {
+            let _gate = self.io_gate.write().await;
+            let mut staging = self.staging.lock();
+            let map = self.map.read();
+            let cut: Vec<CutBlock> = staging
                 .present
                 .iter()
-                .filter(|(block, _)| {
-                    !staging.syncing.contains(block) && !staging.partial.contains_key(block)
+                .map(|(block, generation)| CutBlock {
+                    block: *block,
+                    generation: *generation,
+                    zero: staging.zeroed.contains(block),
+                    partial: staging.partial.get(block).cloned(),
+                    chunk: map.get(block).copied(),
                 })
-                .map(|(b, g)| (*b, *g))
-                .collect()
+                .collect();
+            staging.cut_unread = cut.iter().filter(|c| !c.zero).map(|c| c.block).collect();
+            staging.captured.clear();
+            let since = staging.pending_since.take();
+            staging.cut_oldest = since.or(Some(started));
+            (self.passes.cut.fetch_add(1, Ordering::SeqCst) + 1, cut)
         };
-        if snapshot.is_empty() {
+        let result = self.store_cut(number, cut, started).await;
+        {
+            let mut staging = self.staging.lock();
+            if result.is_err() {
+                // Its writes wait for the next pass.
+                let oldest = staging.cut_oldest;
+                staging.pending_since = match (staging.pending_since, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            staging.cut_unread.clear();
+            staging.captured.clear();
+            staging.cut_oldest = None;
+        }
+        self.passes.ended.notify_waiters();
+        result
+    }
+
+    /// The bytes of a cut block as they were at the cut (None: zeros).
+    async fn cut_bytes(&self, cut: &CutBlock) -> Result<Option<Vec<u8>>, FsError> {
+        if cut.zero {
+            return Ok(None);
+        }
+        let raw = {
+            let _stripe = self.stripe(cut.block).lock().await;
+            let captured = {
+                let mut staging = self.staging.lock();
+                staging.cut_unread.remove(&cut.block);
+                staging.captured.remove(&cut.block)
+            };
+            match captured {
+                Some(bytes) => bytes,
+                None => {
+                    let mut bytes = vec![0u8; self.block_size as usize];
+                    self.staging_file
+                        .read_exact_at(&mut bytes, cut.block * self.block_size)
+                        .map_err(|e| self.staging_error("read staging", e))?;
+                    bytes
+                }
+            }
+        };
+        let Some(sectors) = &cut.partial else {
+            return Ok(Some(raw));
+        };
+        // A partial block: its chunk (or zeros), with the sectors staging held.
+        let block_size = self.block_size as usize;
+        let mut whole = match &cut.chunk {
+            Some(id) => self.engine.fetch_block(id, block_size).await?.to_vec(),
+            None => vec![0u8; block_size],
+        };
+        for run in sectors.runs(0, block_size, true) {
+            whole[run.clone()].copy_from_slice(&raw[run]);
+        }
+        Ok(Some(whole))
+    }
+
+    async fn store_cut(
+        &self,
+        number: u64,
+        cut: Vec<CutBlock>,
+        started: Instant,
+    ) -> Result<UploadStats, FsError> {
+        if cut.is_empty() {
+            self.passes.published.fetch_max(number, Ordering::SeqCst);
             return Ok(UploadStats::default());
         }
-        let block_size = self.block_size as usize;
-        let results: Vec<(u64, u64, Option<ChunkId>, u64)> = futures_util::stream::iter(snapshot)
-            .map(|(block, generation)| async move {
-                let mut data = vec![0u8; block_size];
-                self.staging_file
-                    .read_exact_at(&mut data, block * self.block_size)
-                    .map_err(|e| self.staging_error("read staging", e))?;
+        let results: Vec<(CutBlock, Option<ChunkId>, u64)> = futures_util::stream::iter(cut)
+            .map(|cut| async move {
+                let Some(data) = self.cut_bytes(&cut).await? else {
+                    return Ok::<_, FsError>((cut, None, 0));
+                };
                 if chunk::is_zero(&data) {
-                    return Ok::<_, FsError>((block, generation, None, 0));
+                    return Ok((cut, None, 0));
                 }
                 let (id, size) = self.engine.store_block(&data).await?;
-                Ok((block, generation, Some(id), size))
+                Ok((cut, Some(id), size))
             })
             .buffer_unordered(UPLOAD_PARALLELISM)
             .try_collect()
             .await?;
-        // Only blocks not rewritten during the upload leave staging. The staging lock
-        // is held from the check to the removal, so no fsync slips in between; the I/O
-        // gate keeps reads and writes out, so none is between its check of a block
-        // and its file I/O when the block leaves.
+        // Every cut block goes into the map as it was at the cut; only blocks not
+        // written since leave staging. The staging lock is held from the check to the
+        // removal, so no fsync slips in between; the I/O gate keeps reads and writes
+        // out, so none is between its check of a block and its file I/O when the
+        // block leaves.
         let gate = self.io_gate.write().await;
-        let settled: Vec<(u64, Option<ChunkId>)> = {
+        let settled: Vec<u64> = {
             let mut staging = self.staging.lock();
-            let settled: Vec<(u64, Option<ChunkId>)> = results
+            let blocks: Vec<(u64, Option<ChunkId>)> = results
                 .iter()
-                .filter(|(block, generation, _, _)| {
-                    staging.present.get(block) == Some(generation)
-                        && !staging.syncing.contains(block)
-                })
-                .map(|(block, _, chunk, _)| (*block, *chunk))
+                .map(|(cut, chunk, _)| (cut.block, *chunk))
                 .collect();
-            let unstage: Vec<u64> = settled.iter().map(|(b, _)| *b).collect();
-            // Every chunk this pass stored is recorded, settled or not: it is in the store.
+            let unstage: Vec<u64> = results
+                .iter()
+                .filter(|(cut, _, _)| {
+                    staging.present.get(&cut.block) == Some(&cut.generation)
+                        && !staging.syncing.contains(&cut.block)
+                })
+                .map(|(cut, _, _)| cut.block)
+                .collect();
+            // Every chunk this pass stored is recorded: it is in the store.
             let stored: Vec<(ChunkId, u64)> = results
                 .iter()
-                .filter_map(|(_, _, chunk, size)| chunk.filter(|_| *size > 0).map(|c| (c, *size)))
+                .filter_map(|(_, chunk, size)| chunk.filter(|_| *size > 0).map(|c| (c, *size)))
                 .collect();
             self.engine
                 .meta
-                .commit_uploads(&self.id, &settled, &unstage, &stored)?;
+                .commit_uploads(&self.id, &blocks, &unstage, &stored)?;
             let mut map = self.map.write();
-            for (block, chunk) in &settled {
+            for (block, chunk) in &blocks {
                 match chunk {
                     Some(id) => map.insert(*block, *id),
                     None => map.remove(block),
@@ -981,11 +1267,11 @@ impl Volume {
             for block in &unstage {
                 staging.present.remove(block);
                 staging.unsynced.remove(block);
+                staging.partial.remove(block);
+                staging.zeroed.remove(block);
                 staging.idle.insert(*block);
             }
-            // What is left was written during this pass (or is partial or being synced).
-            staging.pending_since = (!staging.present.is_empty()).then_some(started);
-            settled
+            unstage
         };
         // Uploaded blocks need no local copy (the chunk cache keeps recently used ones,
         // within its bound): past the slack, their staging space goes back. Once out of
@@ -1011,16 +1297,17 @@ impl Volume {
             }
         }
         self.engine.publish(&self.id).await?;
-        // The uploaded blocks' staging pages are read no more (reads go to the chunk
+        self.passes.published.fetch_max(number, Ordering::SeqCst);
+        tracing::trace!(volume = %self.id, pass = number, blocks = results.len(), ms = started.elapsed().as_millis() as u64, "pass published");
+        // The settled blocks' staging pages are read no more (reads go to the chunk
         // cache; a write into one goes to the disk copy): written out and dropped from
         // the page cache, so a host of many sprites does not hold each written block
         // twice in memory. On the blocking pool, not waited for: the disk writes it
-        // waits on are no part of this upload, nor of a checkpoint's flush.
-        let blocks: Vec<u64> = settled.iter().map(|(block, _)| *block).collect();
-        if let (false, Ok(file)) = (blocks.is_empty(), self.staging_file.try_clone()) {
+        // waits on are no part of this pass, nor of a checkpoint's flush.
+        if let (false, Ok(file)) = (settled.is_empty(), self.staging_file.try_clone()) {
             let (volume, block_size) = (self.id.clone(), self.block_size);
             tokio::task::spawn_blocking(move || {
-                for block in blocks {
+                for block in settled {
                     let offset = block * block_size;
                     if let Err(error) = sprite_sys::syscall::drop_cached(&file, offset, block_size)
                     {
@@ -1030,9 +1317,9 @@ impl Volume {
             });
         }
         Ok(UploadStats {
-            blocks: settled.len(),
-            zero_blocks: settled.iter().filter(|(_, c)| c.is_none()).count(),
-            bytes_stored: results.iter().map(|(_, _, _, size)| size).sum(),
+            blocks: results.len(),
+            zero_blocks: results.iter().filter(|(_, c, _)| c.is_none()).count(),
+            bytes_stored: results.iter().map(|(_, _, size)| size).sum(),
         })
     }
 
@@ -1178,24 +1465,229 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn uploads_wait_for_a_pause_or_the_longest_lag() {
+    async fn a_pass_is_due_a_moment_after_a_write_and_the_lag_shows_it() {
         let setup = Setup::new(Arc::new(ObjectBlobStore::memory()));
         let engine = setup.engine();
         let volume = new_volume(&engine, "v", 16 * BLOCK);
-        let (zero, hour) = (Duration::ZERO, Duration::from_secs(3600));
-        assert!(!volume.upload_due(zero, zero), "nothing to upload");
+        assert!(!volume.pass_due(), "nothing to upload");
+        assert_eq!(volume.lag(), Lag::default());
         volume
             .write(0, &pattern(BLOCK as usize, 1))
             .await
             .expect("write");
-        assert!(
-            !volume.upload_due(hour, hour),
-            "written just now, not waiting long"
-        );
-        assert!(volume.upload_due(zero, hour), "quiet long enough");
-        assert!(volume.upload_due(hour, zero), "waiting long enough");
+        assert!(!volume.pass_due(), "written just now");
+        assert_eq!(volume.lag().bytes, BLOCK);
+        tokio::time::sleep(CUT_AFTER).await;
+        assert!(volume.pass_due(), "written a moment ago");
+        assert!(volume.lag().seconds >= CUT_AFTER.as_secs_f64());
         volume.upload().await.expect("upload");
-        assert!(!volume.upload_due(zero, zero), "all uploaded");
+        assert!(!volume.pass_due(), "all uploaded");
+        assert_eq!(volume.lag(), Lag::default());
+    }
+
+    /// The value a test block holds (`pattern(BLOCK, value)`), or None when it holds
+    /// anything else (a torn block).
+    fn value_of(block: &[u8]) -> Option<u8> {
+        let value = *block.first()?;
+        (block == pattern(block.len(), value).as_slice()).then_some(value)
+    }
+
+    /// What a fresh host given only `store` reads of blocks `0..count` of volume `v`.
+    async fn values_in_store(store: &Arc<dyn BlobStore>, count: u64) -> Vec<Option<u8>> {
+        let host = Setup::new(store.clone());
+        let engine = host.engine();
+        engine.recover().await.expect("recover");
+        let volume = engine.open_volume("v").expect("open");
+        let mut values = Vec::new();
+        for block in 0..count {
+            let bytes = volume
+                .read(block * BLOCK, BLOCK as usize)
+                .await
+                .expect("read");
+            values.push(value_of(&bytes));
+        }
+        values
+    }
+
+    #[tokio::test]
+    async fn a_pass_stores_the_volume_as_it_was_at_its_cut() {
+        // Puts take 100 ms: the pass reads its first blocks, then waits on the store
+        // while the rest are rewritten.
+        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
+            memory.clone(),
+            0,
+            Duration::from_millis(100),
+        ));
+        let setup = Setup::new(slow);
+        let engine = setup.engine();
+        let blocks = 4 * UPLOAD_PARALLELISM as u64;
+        let volume = new_volume(&engine, "v", blocks * BLOCK);
+        for block in 0..blocks {
+            volume
+                .write(block * BLOCK, &pattern(BLOCK as usize, 1))
+                .await
+                .expect("write");
+        }
+        let pass = tokio::spawn({
+            let volume = volume.clone();
+            async move { volume.upload().await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for block in 0..blocks {
+            // Half of each block, so a block read between two writes would be torn.
+            volume
+                .write(block * BLOCK, &pattern(BLOCK as usize / 2, 2))
+                .await
+                .expect("rewrite");
+        }
+        pass.await.expect("join").expect("pass");
+        let stored = values_in_store(&memory, blocks).await;
+        assert!(
+            stored.iter().all(|v| *v == Some(1)),
+            "the store holds the volume as it was at the cut: {stored:?}"
+        );
+        // The rewrites stay for the next pass, and reads see them.
+        let local = volume.read(0, 4).await.expect("read");
+        assert_eq!(local, pattern(4, 2));
+        assert!(volume.pending_blocks() as u64 == blocks);
+        volume.upload().await.expect("second pass");
+        let stored = values_in_store(&memory, blocks).await;
+        assert!(
+            stored.iter().all(|v| v.is_none()),
+            "rewritten halves: {stored:?}"
+        );
+    }
+
+    /// A writer that orders its writes as a journal does (data blocks, then a commit
+    /// record naming them) while passes run beside it: every state the store ever
+    /// publishes is one the writer went through, so a commit record is never newer than
+    /// the data it names and no block is torn.
+    #[tokio::test]
+    async fn every_published_state_is_one_the_volume_went_through() {
+        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
+            memory.clone(),
+            0,
+            Duration::from_millis(20),
+        ));
+        let setup = Setup::new(slow);
+        let engine = setup.engine();
+        const DATA: u64 = 12;
+        let volume = new_volume(&engine, "v", (DATA + 1) * BLOCK);
+        let stop = Arc::new(AtomicBool::new(false));
+        let uploader = tokio::spawn({
+            let (volume, stop) = (volume.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    volume.upload().await.expect("pass");
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(0..5))).await;
+                }
+            }
+        });
+        let mut checks = 0;
+        for value in 1..=40u8 {
+            for block in 0..DATA {
+                volume
+                    .write(block * BLOCK, &pattern(BLOCK as usize, value))
+                    .await
+                    .expect("data");
+                tokio::task::yield_now().await;
+            }
+            volume.fsync().await.expect("fsync");
+            volume
+                .write(DATA * BLOCK, &pattern(BLOCK as usize, value))
+                .await
+                .expect("commit record");
+            if value % 8 == 0 {
+                let stored = values_in_store(&memory, DATA + 1).await;
+                checks += 1;
+                let commit = stored[DATA as usize];
+                for (block, data) in stored[..DATA as usize].iter().enumerate() {
+                    assert!(
+                        data.is_some() || commit.is_none(),
+                        "block {block} torn: {stored:?}"
+                    );
+                    assert!(
+                        *data >= commit,
+                        "commit record {commit:?} newer than block {block} ({data:?}): {stored:?}"
+                    );
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        uploader.await.expect("uploader");
+        assert_eq!(checks, 5);
+    }
+
+    #[tokio::test]
+    async fn a_store_fsync_returns_with_the_writes_in_the_store_and_shares_passes() {
+        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
+            memory.clone(),
+            0,
+            Duration::from_millis(20),
+        ));
+        let setup = Setup::new(slow);
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 16 * BLOCK);
+        volume.set_durability(Durability::Store);
+        volume
+            .write(0, &pattern(BLOCK as usize, 7))
+            .await
+            .expect("write");
+        volume.fsync().await.expect("fsync");
+        assert_eq!(values_in_store(&memory, 1).await, vec![Some(7)]);
+        // Eight writers fsync at once: they share passes (one running, one after it).
+        let before = volume.passes.cut.load(Ordering::SeqCst);
+        let writers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let volume = volume.clone();
+                tokio::spawn(async move {
+                    volume
+                        .write((i + 1) * BLOCK, &pattern(BLOCK as usize, 8))
+                        .await
+                        .expect("write");
+                    volume.fsync().await.expect("fsync");
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("join");
+        }
+        let passes = volume.passes.cut.load(Ordering::SeqCst) - before;
+        assert!((1..=3).contains(&passes), "{passes} passes for 8 fsyncs");
+        assert!(values_in_store(&memory, 9).await[1..]
+            .iter()
+            .all(|v| *v == Some(8)));
+    }
+
+    #[tokio::test]
+    async fn a_discard_reaches_the_store_in_order_with_the_writes() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume
+            .write(0, &pattern(2 * BLOCK as usize, 3))
+            .await
+            .expect("write");
+        volume.upload().await.expect("pass");
+        volume.discard(0, BLOCK).await.expect("discard");
+        // Not in the store until a pass takes it; read as zeros at once.
+        assert_eq!(volume.read(0, 8).await.expect("read"), vec![0u8; 8]);
+        let host = Setup::new(store.clone());
+        let fresh = host.engine();
+        fresh.recover().await.expect("recover");
+        let before = fresh.open_volume("v").expect("open");
+        assert_eq!(before.read(0, 8).await.expect("read"), pattern(8, 3));
+        volume.upload().await.expect("pass");
+        assert_eq!(values_in_store(&store, 2).await, vec![None, Some(3)]);
+        let host = Setup::new(store);
+        let fresh = host.engine();
+        fresh.recover().await.expect("recover");
+        let after = fresh.open_volume("v").expect("open");
+        assert_eq!(after.read(0, 8).await.expect("read"), vec![0u8; 8]);
     }
 
     #[tokio::test]
@@ -1745,11 +2237,11 @@ mod tests {
         let mut expected = data.clone();
         expected[(BLOCK / 2) as usize..(BLOCK / 2 + 3 * BLOCK) as usize].fill(0);
         assert!(volume.read(0, data.len()).await.expect("read") == expected);
+        volume.flush_all().await.expect("flush");
         assert!(
             !engine.meta().block_map("v").expect("map").contains_key(&1),
-            "block 1 is a hole"
+            "block 1 is a hole once a pass took the discard"
         );
-        volume.flush_all().await.expect("flush");
         drop(volume);
         let volume = setup.engine().open_volume("v").expect("reopen");
         assert!(volume.read(0, data.len()).await.expect("read") == expected);

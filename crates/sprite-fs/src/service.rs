@@ -156,10 +156,6 @@ pub struct StorageService {
 /// How long a usage answer may be reused.
 const USAGE_TTL: Duration = Duration::from_secs(5);
 
-/// The longest blocks wait for an upload while their volume is written without a
-/// pause (a pause of one upload interval lets them go at once).
-const UPLOAD_MAX_LAG: Duration = Duration::from_secs(10);
-
 impl StorageService {
     pub fn new(engine: Arc<Engine>, table: VolumeTable, mount_dir: PathBuf) -> Arc<Self> {
         Arc::new(StorageService {
@@ -385,21 +381,26 @@ impl StorageService {
         })
     }
 
-    /// Checks every `interval` which attached volumes are due an upload (written, and
-    /// quiet for `interval` or waiting for `UPLOAD_MAX_LAG`) and uploads them.
+    /// Looks every `interval` for attached volumes with blocks written
+    /// [`crate::engine::CUT_AFTER`] ago and runs a pass for each, concurrently (a slow
+    /// store for one volume does not hold back the others; one background pass per
+    /// volume at a time).
     pub async fn upload_forever(self: Arc<Self>, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
             let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
             for volume in volumes {
-                if !volume.upload_due(interval, UPLOAD_MAX_LAG) {
+                if !volume.pass_due() || !volume.claim_background() {
                     continue;
                 }
-                // No fsync first: an uploaded block is durable once committed, and a
-                // flush of the host's disk every second would slow every writer.
-                if let Err(error) = volume.upload().await {
-                    tracing::warn!(volume = %volume.id, "background upload failed (will retry): {error}");
-                }
+                tokio::spawn(async move {
+                    // No fsync first: a stored block is durable once committed, and a
+                    // flush of the host's disk for every pass would slow every writer.
+                    if let Err(error) = volume.upload().await {
+                        tracing::warn!(volume = %volume.id, "background upload failed (will retry): {error}");
+                    }
+                    volume.background_done();
+                });
             }
         }
     }

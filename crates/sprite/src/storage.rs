@@ -25,8 +25,9 @@ pub struct StorageArgs {
     /// Local chunk cache bound, in MiB.
     #[arg(long, default_value_t = 10 * 1024)]
     pub cache_mb: u64,
-    /// How far the object store may fall behind a running sprite, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    /// How often attached volumes are checked for blocks to upload, in milliseconds (a
+    /// pass takes blocks written 250 ms ago: the store trails a sprite by under a second).
+    #[arg(long, default_value_t = 100)]
     pub upload_interval_ms: u64,
     /// Inject object-store faults (resilience tests): PER_MILLE[,LATENCY_MS].
     #[arg(long, hide = true)]
