@@ -80,6 +80,47 @@ pub struct SpriteConfig {
     /// Ours: idle time before cold sleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_after: Option<String>,
+    /// Ours: when an fsync in the sprite returns (`local` or `store`); the daemon's
+    /// default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+}
+
+/// Ours: when an fsync (fdatasync, a flush, a FUA write) that reaches a sprite's disk
+/// returns. docs/storage.md states the contract of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Durable on the host's disk; the object store trails by at most a second of
+    /// writes (writes slow down rather than let it fall further behind).
+    #[default]
+    Local,
+    /// In the object store, with a published version of the disk that names it: an
+    /// acknowledged fsync survives the loss of the host.
+    Store,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::Store => "store",
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "local" => Ok(Durability::Local),
+            "store" => Ok(Durability::Store),
+            other => Err(format!(
+                "durability {other:?} is not one of local (fsync durable on the host's disk) or store (fsync durable in the object store)"
+            )),
+        }
+    }
 }
 
 /// Lifecycle state as reported to clients.
@@ -289,6 +330,17 @@ pub struct StorageUsage {
     pub chunks: u64,
     /// Checkpoints the sprite has.
     pub checkpoints: u64,
+    /// When its fsyncs return (while its disk is attached on a host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// Bytes written to its disk and not in the object store yet (whole blocks: an upper
+    /// bound), while attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// Milliseconds since the oldest write not in the object store yet (0: none), while
+    /// attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 /// `GET /v1/sprites` answer.

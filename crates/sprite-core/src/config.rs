@@ -2,7 +2,7 @@
 
 use crate::activity::SleepPolicy;
 use crate::error::CoreError;
-use sprite_api::sprite::SpriteConfig;
+use sprite_api::sprite::{Durability, SpriteConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub struct CoreConfig {
     pub default_ram_mb: u64,
     pub default_cpus: u32,
     pub default_storage_gb: u64,
+    /// When a sprite's fsyncs return, unless its `config.durability` says otherwise.
+    pub default_durability: Durability,
     /// Processes per sprite.
     pub pids_limit: u64,
     /// Most sprites on this host.
@@ -120,6 +122,7 @@ impl CoreConfig {
             default_ram_mb: 1024,
             default_cpus: 1,
             default_storage_gb: 100,
+            default_durability: Durability::Local,
             pids_limit: 2048,
             max_sprites: 1000,
             creates_per_minute: 600,
@@ -153,6 +156,7 @@ impl CoreConfig {
             region: Some(requested.region.unwrap_or_else(|| self.region.clone())),
             warm_after: requested.warm_after,
             cold_after: requested.cold_after,
+            durability: Some(requested.durability.unwrap_or(self.default_durability)),
         };
         if config.region.as_deref() != Some(self.region.as_str()) {
             return Err(CoreError::RegionNotServed {

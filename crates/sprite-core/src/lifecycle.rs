@@ -256,7 +256,14 @@ impl Lifecycle {
         let run_dir = self.run_dir(&record.id);
         make_dir(&run_dir, 0o755)?;
         let begun = std::time::Instant::now();
-        let mut layers = self.roots.prepare(&record.id, &image_root, id_base).await?;
+        let durability = record
+            .config
+            .durability
+            .unwrap_or(self.config.default_durability);
+        let mut layers = self
+            .roots
+            .prepare(&record.id, &image_root, id_base, durability)
+            .await?;
         let mount_ms = elapsed_ms(begun);
         let env_layer = self.config.data_dir.join(SPRITE_ENV_LAYER);
         if env_layer.is_dir() {

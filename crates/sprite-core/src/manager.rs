@@ -272,6 +272,9 @@ impl SpriteManager {
                     bytes_stored: u.bytes_stored,
                     chunks: u.chunks,
                     checkpoints: u.checkpoints.len() as u64,
+                    durability: u.attached.map(|(durability, _, _)| durability),
+                    lag_bytes: u.attached.map(|(_, bytes, _)| bytes),
+                    lag_ms: u.attached.map(|(_, _, ms)| ms),
                 })
             }
             Err(error) => {

@@ -4,6 +4,7 @@
 //! storage process's FUSE file), so it lives in the object store.
 
 use crate::error::CoreError;
+use sprite_api::sprite::Durability;
 use sprite_fs::meta::VersionRecord;
 use sprite_fs::service::{StorageClient, StorageClientError, StorageRequest, StorageResponse};
 use sprite_sandbox::spec::RootLayers;
@@ -22,12 +23,13 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn create(&self, sprite_id: &str, size: u64) -> Result<(), CoreError>;
     /// Makes the layer ready to mount (idempotent) and returns the overlay layers over
     /// the image's root. `id_base` is the sprite's own host id range (its checkpoint
-    /// views are idmapped onto it).
+    /// views are idmapped onto it); `durability` says when its disk's fsyncs return.
     async fn prepare(
         &self,
         sprite_id: &str,
         image_root: &Path,
         id_base: u32,
+        durability: Durability,
     ) -> Result<RootLayers, CoreError>;
     /// Undoes `prepare` once the sprite's processes are gone; its data stays.
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError>;
@@ -166,6 +168,7 @@ impl RootStore for LocalOverlayStore {
         sprite_id: &str,
         image_root: &Path,
         _id_base: u32,
+        _durability: Durability,
     ) -> Result<RootLayers, CoreError> {
         let dir = self.dir.join(sprite_id);
         Ok(RootLayers {
@@ -263,6 +266,9 @@ pub struct LayerUsage {
     pub chunks: u64,
     pub bytes_cached_on_host: u64,
     pub checkpoints: Vec<(String, u64)>,
+    /// While its disk is attached: when its fsyncs return, and how far the store
+    /// trails it (bytes, milliseconds).
+    pub attached: Option<(Durability, u64, u64)>,
 }
 
 /// Name of the pre-formatted volume every sprite's volume is forked from.
@@ -581,12 +587,17 @@ impl SpriteFsStore {
     }
 
     /// Makes a volume's file appear in the storage process's FUSE directory.
-    async fn attach(&self, volume: &str) -> Result<PathBuf, CoreError> {
+    async fn attach(&self, volume: &str, durability: Durability) -> Result<PathBuf, CoreError> {
+        let durability = match durability {
+            Durability::Local => sprite_fs::engine::Durability::Local,
+            Durability::Store => sprite_fs::engine::Durability::Store,
+        };
         match self
             .request(
                 volume,
                 StorageRequest::Attach {
                     volume: volume.into(),
+                    durability,
                 },
             )
             .await?
@@ -597,8 +608,13 @@ impl SpriteFsStore {
     }
 
     /// Attaches a volume, loops it and mounts its ext4 at `target`.
-    async fn mount_volume(&self, volume: &str, target: &Path) -> Result<(), CoreError> {
-        let path = self.attach(volume).await?;
+    async fn mount_volume(
+        &self,
+        volume: &str,
+        target: &Path,
+        durability: Durability,
+    ) -> Result<(), CoreError> {
+        let path = self.attach(volume, durability).await?;
         // Delayed allocation (ext4's default) is kept: blocks are allocated in whole
         // extents at writeback instead of page by page in every write()
         // (`./bench/proxy.sh` measures a 1 GiB upload into a sprite; docs/STATUS.md has
@@ -786,7 +802,7 @@ impl SpriteFsStore {
         // Root's alone: sprites get their image as a detached mount from the launcher.
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
             .map_err(CoreError::io("chmod", &parent))?;
-        let file = self.attach(&volume).await?;
+        let file = self.attach(&volume, Durability::Local).await?;
         loop_mount(&file, &target, DISK_FLAGS | MsFlags::MS_RDONLY, "").await?;
         fs::write(&mounted_by, pid.to_string()).map_err(CoreError::io("write", &mounted_by))?;
         tracing::info!(image, root = %target.display(), "image volume mounted");
@@ -811,7 +827,7 @@ impl SpriteFsStore {
             from: None,
         };
         self.request(template, create).await?;
-        let path = self.attach(template).await?;
+        let path = self.attach(template, Durability::Local).await?;
         let file = path.clone();
         let device = host("loop", &path, move || {
             loopdev::attach(&file, loopdev::LoopOptions::default())
@@ -837,7 +853,8 @@ impl SpriteFsStore {
             .data_dir
             .join("layers")
             .join(format!(".{template}"));
-        self.mount_volume(template, &target).await?;
+        self.mount_volume(template, &target, Durability::Local)
+            .await?;
         let prepared = (|| {
             for sub in ["upper", "work"] {
                 let dir = target.join(sub);
@@ -882,6 +899,7 @@ impl RootStore for SpriteFsStore {
         sprite_id: &str,
         image_root: &Path,
         id_base: u32,
+        durability: Durability,
     ) -> Result<RootLayers, CoreError> {
         let target = self.mount_dir(sprite_id);
         let pid = self.ensure_service().await?;
@@ -893,7 +911,7 @@ impl RootStore for SpriteFsStore {
             if self.mounted_by(sprite_id).is_some() || is_mount_point(&target) {
                 self.clear_stale(sprite_id, &target).await;
             }
-            self.mount_volume(sprite_id, &target).await?;
+            self.mount_volume(sprite_id, &target, durability).await?;
             // A reserve of the space guard does not outlive a mount (a crash, a restore
             // or a fork from a checkpoint taken while it was there).
             crate::space::release(&target)
@@ -974,7 +992,15 @@ impl RootStore for SpriteFsStore {
             StorageResponse::Usage {
                 usage,
                 cached_bytes,
+                attached,
             } => Ok(Some(LayerUsage {
+                attached: attached.map(|(durability, lag)| {
+                    let durability = match durability {
+                        sprite_fs::engine::Durability::Local => Durability::Local,
+                        sprite_fs::engine::Durability::Store => Durability::Store,
+                    };
+                    (durability, lag.bytes, lag.ms)
+                }),
                 bytes_stored: usage.bytes_stored,
                 chunks: usage.chunks,
                 bytes_cached_on_host: cached_bytes,
@@ -1191,7 +1217,7 @@ impl RootStore for SpriteFsStore {
                 ],
             )
             .await?;
-            let target = self.attach(&volume).await?;
+            let target = self.attach(&volume, Durability::Local).await?;
             run(
                 "dd",
                 &[
@@ -1321,7 +1347,12 @@ mod tests {
         let store = LocalOverlayStore::new(dir.path().to_path_buf());
         store.create("s1", 1 << 30).await.expect("create");
         let layers = store
-            .prepare("s1", Path::new("/images/debian/rootfs"), 1 << 30)
+            .prepare(
+                "s1",
+                Path::new("/images/debian/rootfs"),
+                1 << 30,
+                Durability::Local,
+            )
             .await
             .expect("prepare");
         assert!(layers.upper().is_dir() && layers.work().is_dir());

@@ -39,6 +39,7 @@ impl RootStore for RecordingRoots {
         sprite_id: &str,
         image_root: &Path,
         _id_base: u32,
+        _durability: sprite_api::sprite::Durability,
     ) -> Result<RootLayers, CoreError> {
         self.journal.note(format!("mount {sprite_id}"));
         Ok(RootLayers {

@@ -113,13 +113,13 @@ impl Durability {
 }
 
 /// How far a volume's published state trails what was written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lag {
     /// Bytes of blocks whose newest contents are not in the store yet (whole blocks: an
     /// upper bound).
     pub bytes: u64,
-    /// Age of the oldest write not in the store yet (0 when none).
-    pub seconds: f64,
+    /// Age of the oldest write not in the store yet, in milliseconds (0 when none).
+    pub ms: u64,
 }
 
 /// Shared by every volume of a host.
@@ -1106,7 +1106,7 @@ impl Volume {
             } else {
                 0
             },
-            seconds: oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()),
+            ms: oldest.map_or(0, |at| at.elapsed().as_millis() as u64),
         }
     }
 
@@ -1267,9 +1267,12 @@ impl Volume {
             for block in &unstage {
                 staging.present.remove(block);
                 staging.unsynced.remove(block);
-                staging.partial.remove(block);
+                // Staging holds a partial block's written sectors only: not its bytes,
+                // so not idle (a later write starts from the stored block).
+                if staging.partial.remove(block).is_none() {
+                    staging.idle.insert(*block);
+                }
                 staging.zeroed.remove(block);
-                staging.idle.insert(*block);
             }
             unstage
         };
@@ -1479,7 +1482,7 @@ mod tests {
         assert_eq!(volume.lag().bytes, BLOCK);
         tokio::time::sleep(CUT_AFTER).await;
         assert!(volume.pass_due(), "written a moment ago");
-        assert!(volume.lag().seconds >= CUT_AFTER.as_secs_f64());
+        assert!(volume.lag().ms >= CUT_AFTER.as_millis() as u64);
         volume.upload().await.expect("upload");
         assert!(!volume.pass_due(), "all uploaded");
         assert_eq!(volume.lag(), Lag::default());
@@ -1618,6 +1621,50 @@ mod tests {
         stop.store(true, Ordering::SeqCst);
         uploader.await.expect("uploader");
         assert_eq!(checks, 5);
+    }
+
+    #[tokio::test]
+    async fn a_pass_stores_a_partial_block_whole() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        let mut expected = pattern(BLOCK as usize, 1);
+        volume.write(0, &expected).await.expect("write");
+        volume.upload().await.expect("pass");
+        // Reopened (a restart: nothing of the block left in staging), then
+        // sector-aligned writes into the stored block: it is partial in staging.
+        drop(volume);
+        engine.discard_staging("v").expect("no staging");
+        let engine = setup.engine();
+        let volume = engine.open_volume("v").expect("reopen");
+        volume.write(1024, &[9u8; 512]).await.expect("write");
+        volume.write(8192, &[7u8; 4096]).await.expect("write");
+        expected[1024..1536].fill(9);
+        expected[8192..12288].fill(7);
+        assert_eq!(
+            volume.read(0, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        volume.upload().await.expect("pass");
+        assert_eq!(
+            volume.read(0, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        // Staging never held the block whole: a later write into it starts from the
+        // stored block, not from what staging has.
+        volume.write(2048, &[5u8; 512]).await.expect("write");
+        expected[2048..2560].fill(5);
+        assert_eq!(
+            volume.read(0, BLOCK as usize).await.expect("read"),
+            expected
+        );
+        volume.upload().await.expect("pass");
+        let host = Setup::new(store);
+        let fresh = host.engine();
+        fresh.recover().await.expect("recover");
+        let copy = fresh.open_volume("v").expect("open");
+        assert_eq!(copy.read(0, BLOCK as usize).await.expect("read"), expected);
     }
 
     #[tokio::test]

@@ -30,6 +30,9 @@ pub enum StorageRequest {
     /// Makes the volume's file appear in the FUSE directory; answers its path.
     Attach {
         volume: String,
+        /// When its fsyncs return (an older daemon sends none: local).
+        #[serde(default)]
+        durability: crate::engine::Durability,
     },
     /// Uploads everything and removes the file from the FUSE directory.
     Detach {
@@ -135,6 +138,9 @@ pub enum StorageResponse {
     Usage {
         usage: crate::engine::VolumeUsage,
         cached_bytes: u64,
+        /// While the volume is attached: its durability and how far the store trails it.
+        #[serde(default)]
+        attached: Option<(crate::engine::Durability, crate::engine::Lag)>,
     },
     Error {
         message: String,
@@ -243,8 +249,9 @@ impl StorageService {
                 }
                 StorageResponse::Ok
             }
-            StorageRequest::Attach { volume } => {
+            StorageRequest::Attach { volume, durability } => {
                 let handle = self.volume(&volume)?;
+                handle.set_durability(durability);
                 // Blocks staged before a crash go up before anything else happens.
                 handle.upload().await?;
                 self.table.attach(handle.clone());
@@ -337,6 +344,10 @@ impl StorageService {
             StorageRequest::Usage { volume } => StorageResponse::Usage {
                 usage: self.cached_usage(&volume)?,
                 cached_bytes: self.engine.cache().size(),
+                attached: self
+                    .attached()
+                    .get(&volume)
+                    .map(|handle| (handle.durability(), handle.lag())),
             },
             StorageRequest::DeleteVersion { volume, name } => {
                 self.engine.meta().delete_version(&volume, &name)?;

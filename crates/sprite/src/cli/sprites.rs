@@ -37,6 +37,11 @@ pub struct CreateArgs {
     /// Idle time before cold sleep (like 10m, 1h, or never).
     #[arg(long, value_name = "DURATION")]
     pub cold_after: Option<String>,
+    /// When an fsync in the sprite returns: `local` (durable on the host's disk; the
+    /// object store trails by at most a second) or `store` (durable in the object
+    /// store: survives losing the host). The daemon's default when absent.
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<sprite_api::sprite::Durability>,
 }
 
 impl CreateArgs {
@@ -52,6 +57,7 @@ impl CreateArgs {
             from,
             warm_after,
             cold_after,
+            durability,
         } = self;
         crate::console::ensure_local_daemon(cx).await?;
         let client = cx.client()?;
@@ -67,6 +73,7 @@ impl CreateArgs {
                 warm_after: warm_after.clone(),
                 cold_after: cold_after.clone(),
                 region: None,
+                durability: *durability,
             }),
             environment: None,
             wait_for_capacity: None,
@@ -396,6 +403,30 @@ fn print_info(info: &SpriteInfo) {
         info.url,
         info.created_at
     );
+    let durability = info
+        .storage
+        .as_ref()
+        .and_then(|s| s.durability)
+        .or(info.config.durability);
+    if let Some(durability) = durability {
+        let lag = info
+            .storage
+            .as_ref()
+            .and_then(|s| s.lag_bytes.zip(s.lag_ms));
+        match lag {
+            Some((0, _)) => println!(
+                "durable:  {} (the store is up to date)",
+                durability.as_str()
+            ),
+            Some((bytes, ms)) => println!(
+                "durable:  {} (the store trails by {} written {} ms ago)",
+                durability.as_str(),
+                human_bytes(bytes),
+                ms
+            ),
+            None => println!("durable:  {}", durability.as_str()),
+        }
+    }
     let Some(life) = &info.lifecycle else {
         return;
     };

@@ -47,6 +47,11 @@ pub struct DaemonArgs {
     /// thaws one (default 2; 0 turns the pool off).
     #[arg(long, value_name = "N")]
     pub pool: Option<usize>,
+    /// When an fsync in a sprite returns, unless the sprite's config says otherwise:
+    /// `local` (default: durable on this host's disk, the object store trails by at
+    /// most a second) or `store` (durable in the object store: survives losing the host).
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<sprite_api::sprite::Durability>,
     /// Subnet of the sprites' network links (default 10.231.0.0/16), or "off" for
     /// loopback-only sprites.
     #[arg(long, value_name = "CIDR|off")]

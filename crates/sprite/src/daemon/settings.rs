@@ -91,6 +91,9 @@ pub struct FileConfig {
     /// first (default 256).
     pub min_free_memory_mb: Option<u64>,
     /// Ready sprites kept frozen so a create takes milliseconds (default 2; 0: none).
+    /// When a sprite's fsyncs return unless its config says (`local`, the default, or
+    /// `store`).
+    pub durability: Option<sprite_api::sprite::Durability>,
     pub pool: Option<usize>,
     /// The subnet sprites' network links come from (a /30 each; default
     /// "10.231.0.0/16"), or "off" for loopback-only sprites.
@@ -366,6 +369,9 @@ impl DaemonSettings {
             config.stop_grace = grace.unwrap_or_default();
         }
         config.min_free_memory_mb = file.min_free_memory_mb.unwrap_or(config.min_free_memory_mb);
+        if let Some(durability) = flags.durability.or(file.durability) {
+            config.default_durability = durability;
+        }
         if let Some(pool) = flags.pool.or(file.pool) {
             config.pool_size = in_range("pool", pool, 0..=100, defaults.pool_size)?;
         }
@@ -586,6 +592,30 @@ mod tests {
         assert_eq!(
             from_file.core.sleep.warm_after,
             Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn durability_defaults_to_local_and_is_set_by_the_file_or_the_flag() {
+        use sprite_api::sprite::Durability;
+        let default = resolve(&DaemonArgs::default(), "").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(default.core.default_durability, Durability::Local);
+        let text = "durability = \"store\"\n";
+        let from_file = resolve(&DaemonArgs::default(), text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_file.core.default_durability, Durability::Store);
+        let flags = DaemonArgs {
+            durability: Some(Durability::Local),
+            ..Default::default()
+        };
+        let flagged = resolve(&flags, text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(flagged.core.default_durability, Durability::Local);
+        let refused = toml::from_str::<FileConfig>("durability = \"disk\"\n");
+        assert!(
+            refused.is_err_and(|e| {
+                let text = e.to_string();
+                text.contains("durability") && text.contains("local") && text.contains("store")
+            }),
+            "a bad mode names the key and the modes"
         );
     }
 

@@ -84,13 +84,18 @@ fn s3s_fs() -> PathBuf {
     }
 }
 
+/// A line of a test daemon's config that puts its object store on a real S3 server
+/// (s3s-fs) even without SPRITE_TEST_STORE=s3.
+pub const S3_STORE: &str = "# test: s3 store\n";
+
 /// With SPRITE_TEST_STORE=s3, a SpriteFS daemon's object store is a real S3 server
 /// (s3s-fs) serving `<data>/store` (kept by [`Daemon::lose_host`], like a bucket).
 /// Returns the server and the config lines that point the daemon at it.
+/// A config with the line [`S3_STORE`] gets one whatever the environment says.
 fn s3_store_for(data: &Path, config: &str) -> Option<(Child, String)> {
-    if std::env::var("SPRITE_TEST_STORE").as_deref() != Ok("s3")
-        || !config.contains("storage = \"spritefs\"")
-    {
+    let wanted =
+        std::env::var("SPRITE_TEST_STORE").as_deref() == Ok("s3") || config.contains(S3_STORE);
+    if !wanted || !config.contains("storage = \"spritefs\"") {
         return None;
     }
     let root = data.join("store");
@@ -274,6 +279,22 @@ impl Daemon {
     /// deletes all local state except the object store (and the shared image link),
     /// then starts a daemon on the empty data directory.
     pub async fn lose_host(&mut self) {
+        self.lose_host_with(false).await
+    }
+
+    /// [`Self::lose_host`] as a power cut would: the storage process is SIGKILLed
+    /// first (no flush on the way out), then the daemon and every sprite process.
+    pub async fn lose_host_abruptly(&mut self) {
+        self.lose_host_with(true).await
+    }
+
+    async fn lose_host_with(&mut self, abruptly: bool) {
+        if abruptly {
+            let pattern = format!("storage --data-dir {}", self.data.path().display());
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", &pattern])
+                .output();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
