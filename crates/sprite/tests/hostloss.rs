@@ -8,6 +8,7 @@
 //! no acknowledged record, `local` none acknowledged more than a second before the kill,
 //! and the disk of each is a clean ext4 (e2fsck) after the journal replay of its mount.
 //! `SPRITE_HOSTLOSS_ROUNDS` rounds (default 20).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
