@@ -229,7 +229,7 @@ async fn acknowledged_fsyncs_survive_losing_the_host() {
             );
             if subject.durability == Durability::Local {
                 // How much of what was acknowledged the loss took, in time.
-                let newest = subject.acked.iter().filter(|(n, _)| *n <= found).last();
+                let newest = subject.acked.iter().rev().find(|(n, _)| *n <= found);
                 if let (Some((_, kept_at)), Some((_, last_at))) = (newest, subject.acked.last()) {
                     lost_local_ms.push(last_at.duration_since(*kept_at).as_secs_f64() * 1000.0);
                 }
