@@ -127,7 +127,7 @@ pub struct Lag {
 pub struct Engine {
     meta: Arc<Meta>,
     store: Arc<dyn BlobStore>,
-    cache: ChunkCache,
+    cache: Arc<ChunkCache>,
     staging_dir: PathBuf,
     /// Recently used blocks, decompressed.
     decoded: DecodedBlocks,
@@ -344,7 +344,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             meta,
             store,
-            cache,
+            cache: Arc::new(cache),
             staging_dir,
             commits: tokio::sync::RwLock::new(()),
             decoded: DecodedBlocks::new(DECODED_BYTES),
@@ -624,15 +624,28 @@ impl Engine {
     /// chunk the metadata already knows is in the store (GC forgets a chunk before
     /// deleting it, and cannot run during an upload), so it is not sent again. The
     /// cache keeps a copy, so reads after staging gives the block back stay local.
-    async fn store_block(&self, data: &[u8]) -> Result<(ChunkId, u64), FsError> {
-        let id = ChunkId::of(data);
+    /// Stores a block's chunk unless the store has it. Compression runs on the blocking
+    /// pool (a pass's blocks compress on every core at once); the chunk cache's copy is
+    /// written in the background (a cache, not part of what a pass waits for).
+    async fn store_block(&self, data: Vec<u8>) -> Result<(ChunkId, u64), FsError> {
+        let id = ChunkId::of(&data);
         if self.meta.has_chunk(&id)? {
             return Ok((id, 0));
         }
-        let stored = chunk::encode(data)?;
+        let data = Arc::new(data);
+        let encoding = tokio::task::spawn_blocking({
+            let data = data.clone();
+            move || chunk::encode(&data)
+        });
+        let stored = match encoding.await {
+            Ok(stored) => stored?,
+            // The blocking pool is shutting down: encode here.
+            Err(_) => chunk::encode(&data)?,
+        };
         let size = stored.len() as u64;
         self.store.put(&id.key(), Bytes::from(stored)).await?;
-        self.cache.put_uploaded(&id, data);
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || cache.put_uploaded(&id, &data));
         Ok((id, size))
     }
 }
@@ -1223,12 +1236,13 @@ impl Volume {
                 if chunk::is_zero(&data) {
                     return Ok((cut, None, 0));
                 }
-                let (id, size) = self.engine.store_block(&data).await?;
+                let (id, size) = self.engine.store_block(data).await?;
                 Ok((cut, Some(id), size))
             })
             .buffer_unordered(UPLOAD_PARALLELISM)
             .try_collect()
             .await?;
+        let stored_at = started.elapsed();
         // Every cut block goes into the map as it was at the cut; only blocks not
         // written since leave staging. The staging lock is held from the check to the
         // removal, so no fsync slips in between; the I/O gate keeps reads and writes
@@ -1289,6 +1303,7 @@ impl Volume {
                 Vec::new()
             }
         };
+        let settled_at = started.elapsed();
         drop(gate);
         for block in release {
             let _stripe = self.stripe(block).lock().await;
@@ -1301,7 +1316,15 @@ impl Volume {
         }
         self.engine.publish(&self.id).await?;
         self.passes.published.fetch_max(number, Ordering::SeqCst);
-        tracing::trace!(volume = %self.id, pass = number, blocks = results.len(), ms = started.elapsed().as_millis() as u64, "pass published");
+        tracing::debug!(
+            volume = %self.id,
+            pass = number,
+            blocks = results.len(),
+            stored_ms = stored_at.as_secs_f64() * 1000.0,
+            settled_ms = settled_at.as_secs_f64() * 1000.0,
+            published_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "pass published"
+        );
         // The settled blocks' staging pages are read no more (reads go to the chunk
         // cache; a write into one goes to the disk copy): written out and dropped from
         // the page cache, so a host of many sprites does not hold each written block

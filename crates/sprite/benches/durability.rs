@@ -147,7 +147,11 @@ fn on_host() -> Figures {
         .args([&files, &size, &appends])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     figures(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -188,7 +192,12 @@ async fn steady_lag(daemon: &Daemon, sprite: &str) -> (f64, f64) {
         }
     }
     let finished = collect(writer).await;
-    assert_eq!(finished.code, 0, "{}", String::from_utf8_lossy(&finished.stderr));
+    assert_eq!(
+        finished.code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
     let max = samples.iter().copied().fold(0.0, f64::max);
     let (p50, _) = summary(samples, 0.99);
     (p50, max)
@@ -228,6 +237,14 @@ async fn on_daemon(store: &'static str, extra: &str) -> StoreRun {
     for name in ["bench-local", "bench-store"] {
         daemon.client.destroy(name).await.unwrap();
     }
+    // The storage process's log (with SPRITE_LOG=info,sprite_fs::engine=debug, each
+    // pass's timing), kept for a look.
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::copy(
+        daemon.data_path().join("storage.log"),
+        out.join(format!("durability-storage-{store}.log")),
+    );
     StoreRun {
         store,
         local,
