@@ -136,6 +136,9 @@ pub struct Engine {
     /// Uploads hold it shared from their first chunk put to their metadata commit; GC
     /// holds it exclusively, so it never deletes a chunk a commit in flight will use.
     commits: tokio::sync::RwLock<()>,
+    /// The manifest last published for each volume: a publication whose manifest did
+    /// not change (a pass adds blocks to the head, not versions) puts the head alone.
+    published_manifests: Mutex<HashMap<String, Bytes>>,
 }
 
 /// Storage used by one volume.
@@ -347,6 +350,7 @@ impl Engine {
             cache: Arc::new(cache),
             staging_dir,
             commits: tokio::sync::RwLock::new(()),
+            published_manifests: Mutex::new(HashMap::new()),
             decoded: DecodedBlocks::new(DECODED_BYTES),
             prefetching: Mutex::new(std::collections::HashSet::new()),
         }))
@@ -463,8 +467,12 @@ impl Engine {
     }
 
     /// Publishes a volume's metadata to the object store: its sealed layers not there
-    /// yet (oldest first), its manifest, then its head layer. After this, a fresh host
-    /// with the same store recovers the volume as it is now.
+    /// yet (oldest first), its head layer, then its manifest when it changed. Each step
+    /// needs only what the earlier ones put, so a host lost between two of them leaves
+    /// an earlier consistent state: a head whose parents are all there, and a manifest
+    /// whose head is (a manifest that names a head not published yet would leave the
+    /// volume without one). After this, a fresh host with the same store recovers the
+    /// volume as it is now.
     pub async fn publish(&self, volume: &str) -> Result<(), FsError> {
         for layer in self.meta.unpublished_layers(volume)?.into_iter().rev() {
             let record = self.meta.export_layer(layer)?;
@@ -476,11 +484,21 @@ impl Engine {
         let manifest = self.meta.volume_manifest(volume)?;
         let head = self.meta.export_layer(manifest.head)?;
         self.store
-            .put(&format!("volumes/{volume}/manifest.json"), json(&manifest)?)
-            .await?;
-        self.store
             .put(&format!("volumes/{volume}/head.json"), json(&head)?)
             .await?;
+        let manifest_json = json(&manifest)?;
+        let unchanged = self.published_manifests.lock().get(volume) == Some(&manifest_json);
+        if !unchanged {
+            self.store
+                .put(
+                    &format!("volumes/{volume}/manifest.json"),
+                    manifest_json.clone(),
+                )
+                .await?;
+            self.published_manifests
+                .lock()
+                .insert(volume.to_string(), manifest_json);
+        }
         Ok(())
     }
 
@@ -493,10 +511,26 @@ impl Engine {
             if !key.ends_with("/manifest.json") {
                 continue;
             }
-            let manifest: crate::meta::VolumeManifest = parse(&self.store.get(&key).await?, &key)?;
+            let mut manifest: crate::meta::VolumeManifest =
+                parse(&self.store.get(&key).await?, &key)?;
             let head_key = format!("volumes/{}/head.json", manifest.id);
-            let head: crate::meta::LayerRecord =
-                parse(&self.store.get(&head_key).await?, &head_key)?;
+            let head: crate::meta::LayerRecord = match self.store.get(&head_key).await {
+                Ok(bytes) => parse(&bytes, &head_key)?,
+                // Only from a store written before heads were published first: the
+                // volume never had a state a fresh host could use.
+                Err(crate::error::StoreError::NotFound(_)) => {
+                    tracing::warn!(volume = %manifest.id, "a manifest without its head in the store: skipped");
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if head.id != manifest.head {
+                // Lost between a checkpoint's head and its manifest: the head is the
+                // newer state (its parent is the layer the manifest names); the new
+                // version's name was not published, its data is the head's parent.
+                tracing::warn!(volume = %manifest.id, manifest_head = manifest.head, head = head.id, "the manifest trails the head: recovering the head");
+                manifest.head = head.id;
+            }
             self.meta.import_layer(&head)?;
             // The head's ancestors and every version's layer, each fetched once.
             let mut pending: Vec<i64> = head
@@ -553,9 +587,17 @@ impl Engine {
     }
 
     /// Deletes a volume (its chunks go at the next GC).
+    /// Forgets what was last published for a volume whose metadata went away by another
+    /// way than [`Self::delete_volume`] (a checkpoint view), so a volume made again under
+    /// its name publishes its manifest.
+    pub fn forget_published(&self, id: &str) {
+        self.published_manifests.lock().remove(id);
+    }
+
     pub async fn delete_volume(&self, id: &str) -> Result<(), FsError> {
         self.meta.delete_volume(id)?;
         self.discard_staging(id)?;
+        self.published_manifests.lock().remove(id);
         for key in [
             format!("volumes/{id}/manifest.json"),
             format!("volumes/{id}/head.json"),
@@ -1601,6 +1643,8 @@ mod tests {
         let engine = setup.engine();
         const DATA: u64 = 12;
         let volume = new_volume(&engine, "v", (DATA + 1) * BLOCK);
+        // Published once before the writer starts: every check finds the volume.
+        engine.publish("v").await.expect("publish");
         let stop = Arc::new(AtomicBool::new(false));
         let uploader = tokio::spawn({
             let (volume, stop) = (volume.clone(), stop.clone());
@@ -1730,6 +1774,83 @@ mod tests {
         assert!(values_in_store(&memory, 9).await[1..]
             .iter()
             .all(|v| *v == Some(8)));
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_adds_no_version_puts_its_chunks_and_the_head_alone() {
+        let counting = Arc::new(FaultInjecting::new(
+            ObjectBlobStore::memory(),
+            0,
+            Duration::ZERO,
+        ));
+        let store: Arc<dyn BlobStore> = counting.clone();
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        volume.upload().await.expect("pass");
+        let before = counting.calls();
+        volume
+            .write(BLOCK, &pattern(BLOCK as usize, 2))
+            .await
+            .expect("write");
+        volume.upload().await.expect("pass");
+        assert_eq!(counting.calls() - before, 2, "one chunk and the head");
+        assert_eq!(values_in_store(&store, 2).await, vec![Some(1), Some(2)]);
+    }
+
+    #[tokio::test]
+    async fn a_host_lost_in_the_middle_of_a_publication_recovers_a_consistent_state() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        volume.upload().await.expect("pass");
+        let before = store
+            .get("volumes/v/manifest.json")
+            .await
+            .expect("manifest");
+        engine
+            .checkpoint(&volume, "v1", None)
+            .await
+            .expect("checkpoint");
+        volume
+            .write(BLOCK, &pattern(BLOCK as usize, 2))
+            .await
+            .expect("write");
+        volume.upload().await.expect("pass");
+        // Lost after the new head went up, before the manifest naming it did.
+        store
+            .put("volumes/v/manifest.json", before)
+            .await
+            .expect("put back");
+        // And a volume whose first manifest went up without any head.
+        let ghost = engine.meta().volume_manifest("v").expect("manifest");
+        let ghost = crate::meta::VolumeManifest {
+            id: "ghost".into(),
+            ..ghost
+        };
+        store
+            .put("volumes/ghost/manifest.json", json(&ghost).expect("json"))
+            .await
+            .expect("put");
+        let host = Setup::new(store.clone());
+        let fresh = host.engine();
+        let found = fresh.recover().await.expect("recover");
+        assert_eq!(found, ["v"], "the ghost is skipped, the rest recovers");
+        let copy = fresh.open_volume("v").expect("open");
+        assert_eq!(
+            copy.read(0, 2 * BLOCK as usize).await.expect("read"),
+            [pattern(BLOCK as usize, 1), pattern(BLOCK as usize, 2)].concat(),
+            "the newest head, not the older one the manifest named"
+        );
     }
 
     #[tokio::test]

@@ -206,6 +206,7 @@ impl StorageService {
         }
         if self.engine.meta().volume(view).is_ok() {
             self.engine.meta().delete_volume(view)?;
+            self.engine.forget_published(view);
             self.engine.discard_staging(view)?;
         }
         Ok(())

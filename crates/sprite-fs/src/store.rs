@@ -361,6 +361,11 @@ impl<S: BlobStore> FaultInjecting<S> {
         }
     }
 
+    /// How many calls reached it so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
     /// How many faults were injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
