@@ -442,8 +442,10 @@ pub async fn exec_http(
     State(state): State<AppState>,
     SpritePath(key): SpritePath,
     RawQuery(raw): RawQuery,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let gap = frame_gap(&headers);
     let (mut params, run_as) = parse_params(&raw)?;
     params.tty = false;
     params.stdin = true;
@@ -456,7 +458,7 @@ pub async fn exec_http(
             let exit = Frame::Exit(spawn_failure_code(&message) as u8).encode();
             let frames = futures_util::stream::once(async { Ok::<_, std::io::Error>(stderr) })
                 .chain(futures_util::stream::once(async move {
-                    pace(Some(tokio::time::Instant::now())).await;
+                    pace(Some(tokio::time::Instant::now()), gap).await;
                     Ok(exit)
                 }));
             return Ok(octet_stream(Body::from_stream(frames)));
@@ -482,7 +484,7 @@ pub async fn exec_http(
     let output = futures_util::stream::unfold(
         // The headers count as a frame: the client needs time to start reading.
         Some((reader, writer, awake, Some(tokio::time::Instant::now()))),
-        |state| async move {
+        move |state| async move {
             let (mut reader, writer, awake, last) = state?;
             let (frame, more) = match reader.next().await {
                 Ok(Some(SessionEvent::Stdout(data))) => (Frame::Stdout(data), true),
@@ -497,7 +499,7 @@ pub async fn exec_http(
                     ));
                 }
             };
-            pace(last).await;
+            pace(last, gap).await;
             let next = more.then(|| (reader, writer, awake, Some(tokio::time::Instant::now())));
             Some((Ok::<_, std::io::Error>(frame.encode()), next))
         },
@@ -511,9 +513,26 @@ pub async fn exec_http(
 /// frames are spaced (the first from the headers).
 const FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(3);
 
-async fn pace(last: Option<tokio::time::Instant>) {
+/// The gap for Node's HTTP client (`user-agent: node`, what the JS SDK's `fetch`
+/// sends): on a busy host its event loop reads late, and 3 ms was seen to join a
+/// stdout and a stderr frame (CI, 2 cores, with other suites running).
+const NODE_FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(12);
+
+fn frame_gap(headers: &axum::http::HeaderMap) -> std::time::Duration {
+    let node = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|agent| agent.starts_with("node") || agent.starts_with("undici"));
+    if node {
+        NODE_FRAME_GAP
+    } else {
+        FRAME_GAP
+    }
+}
+
+async fn pace(last: Option<tokio::time::Instant>, gap: std::time::Duration) {
     if let Some(last) = last {
-        tokio::time::sleep_until(last + FRAME_GAP).await;
+        tokio::time::sleep_until(last + gap).await;
     }
 }
 
