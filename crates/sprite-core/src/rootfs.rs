@@ -588,10 +588,6 @@ impl SpriteFsStore {
 
     /// Makes a volume's file appear in the storage process's FUSE directory.
     async fn attach(&self, volume: &str, durability: Durability) -> Result<PathBuf, CoreError> {
-        let durability = match durability {
-            Durability::Local => sprite_fs::engine::Durability::Local,
-            Durability::Store => sprite_fs::engine::Durability::Store,
-        };
         match self
             .request(
                 volume,
@@ -994,13 +990,7 @@ impl RootStore for SpriteFsStore {
                 cached_bytes,
                 attached,
             } => Ok(Some(LayerUsage {
-                attached: attached.map(|(durability, lag)| {
-                    let durability = match durability {
-                        sprite_fs::engine::Durability::Local => Durability::Local,
-                        sprite_fs::engine::Durability::Store => Durability::Store,
-                    };
-                    (durability, lag.bytes, lag.ms)
-                }),
+                attached: attached.map(|(durability, lag)| (durability, lag.bytes, lag.ms)),
                 bytes_stored: usage.bytes_stored,
                 chunks: usage.chunks,
                 bytes_cached_on_host: cached_bytes,

@@ -89,28 +89,11 @@ pub const CUT_AFTER: Duration = Duration::from_millis(250);
 /// instead of the lag growing.
 const BACKPRESSURE_AFTER: Duration = Duration::from_millis(500);
 
-/// When an fsync (or a flush, or a FUA write: the loop device sends each as an fsync)
-/// of a volume returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// Durable on this host's disk (staging); the object store follows within a second,
-    /// and writes slow down when it cannot.
-    #[default]
-    Local,
-    /// In the object store: every block written before the fsync, and a published
-    /// version of the volume that names them. Concurrent fsyncs share one pass.
-    Store,
-}
-
-impl Durability {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Durability::Local => "local",
-            Durability::Store => "store",
-        }
-    }
-}
+/// When an fsync of a volume returns (a flush or a FUA write too: the loop device sends
+/// each as an fsync): `Local`, durable in staging on this host's disk, the store
+/// following within a second; `Store`, in the object store with a published version
+/// that names it (concurrent fsyncs share one pass).
+pub use sprite_api::sprite::Durability;
 
 /// How far a volume's published state trails what was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -1553,6 +1536,18 @@ mod tests {
         assert_eq!(volume.lag(), Lag::default());
     }
 
+    /// A setup over a memory store whose every call takes `ms` milliseconds, and the
+    /// memory store itself (what a fresh host would find).
+    fn slow_setup(ms: u64) -> (Arc<dyn BlobStore>, Setup) {
+        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
+            memory.clone(),
+            0,
+            Duration::from_millis(ms),
+        ));
+        (memory, Setup::new(slow))
+    }
+
     /// The value a test block holds (`pattern(BLOCK, value)`), or None when it holds
     /// anything else (a torn block).
     fn value_of(block: &[u8]) -> Option<u8> {
@@ -1581,13 +1576,7 @@ mod tests {
     async fn a_pass_stores_the_volume_as_it_was_at_its_cut() {
         // Puts take 100 ms: the pass reads its first blocks, then waits on the store
         // while the rest are rewritten.
-        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
-        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
-            memory.clone(),
-            0,
-            Duration::from_millis(100),
-        ));
-        let setup = Setup::new(slow);
+        let (memory, setup) = slow_setup(100);
         let engine = setup.engine();
         let blocks = 4 * UPLOAD_PARALLELISM as u64;
         let volume = new_volume(&engine, "v", blocks * BLOCK);
@@ -1633,13 +1622,7 @@ mod tests {
     /// the data it names and no block is torn.
     #[tokio::test]
     async fn every_published_state_is_one_the_volume_went_through() {
-        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
-        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
-            memory.clone(),
-            0,
-            Duration::from_millis(20),
-        ));
-        let setup = Setup::new(slow);
+        let (memory, setup) = slow_setup(20);
         let engine = setup.engine();
         const DATA: u64 = 12;
         let volume = new_volume(&engine, "v", (DATA + 1) * BLOCK);
@@ -1736,13 +1719,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_fsync_returns_with_the_writes_in_the_store_and_shares_passes() {
-        let memory: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
-        let slow: Arc<dyn BlobStore> = Arc::new(FaultInjecting::new(
-            memory.clone(),
-            0,
-            Duration::from_millis(20),
-        ));
-        let setup = Setup::new(slow);
+        let (memory, setup) = slow_setup(20);
         let engine = setup.engine();
         let volume = new_volume(&engine, "v", 16 * BLOCK);
         volume.set_durability(Durability::Store);
