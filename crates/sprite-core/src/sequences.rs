@@ -341,24 +341,19 @@ async fn watchers_of_a_sprites_ports_share_one_poller_that_ends_with_the_last() 
     let id = host.create("web").await.unwrap();
     let key = SpriteKey::new(ORG, "web");
     let ports = host.manager.ports();
+    let poller_now = || {
+        host.manager
+            .lifecycle
+            .slots
+            .get(&id)
+            .port_watch
+            .lock()
+            .upgrade()
+    };
     let first = ports.watch(&key).unwrap();
-    let poller = host
-        .manager
-        .lifecycle
-        .slots
-        .get(&id)
-        .port_watch
-        .lock()
-        .upgrade();
+    let poller = poller_now();
     let second = ports.watch(&key).unwrap();
-    let shared = host
-        .manager
-        .lifecycle
-        .slots
-        .get(&id)
-        .port_watch
-        .lock()
-        .upgrade();
+    let shared = poller_now();
     assert!(
         poller.is_some() && shared.is_some(),
         "a poller runs while watched"

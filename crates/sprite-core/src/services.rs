@@ -7,7 +7,7 @@ use crate::activity::{ActivityGuard, Reason};
 use crate::error::CoreError;
 use crate::ids::SpriteKey;
 use crate::manager::SpriteManager;
-use crate::slots::Slot;
+use crate::slots::Slots;
 use sprite_api::services::{ServiceInfo, ServiceSpec};
 use sprite_api::ErrorKind;
 use sprite_sandbox::client::InitClient;
@@ -20,8 +20,11 @@ use std::sync::Arc;
 pub struct SpriteServices {
     name: String,
     client: InitClient,
-    /// The sprite's slot: a change of services forgets the port its URL goes to.
-    slot: Arc<Slot>,
+    /// The sprite's id, and the slots of the host: a change of services forgets the
+    /// port its URL goes to (if the sprite still has a slot: a destroy meanwhile took
+    /// it, and looking must not make it again).
+    sprite_id: String,
+    slots: Arc<Slots>,
     _awake: ActivityGuard,
 }
 
@@ -33,7 +36,8 @@ impl SpriteManager {
         Ok(SpriteServices {
             name: record.name.clone(),
             client: self.lifecycle.client_for(&record.id),
-            slot: self.lifecycle.slots.get(&record.id),
+            sprite_id: record.id.to_string(),
+            slots: self.lifecycle.slots.clone(),
             _awake: awake,
         })
     }
@@ -89,7 +93,9 @@ impl SpriteServices {
 
     /// The port the sprite's URL goes to may have changed.
     fn forget_http_port(&self) {
-        *self.slot.http_port.lock() = None;
+        if let Some(slot) = self.slots.peek(&self.sprite_id) {
+            *slot.http_port.lock() = None;
+        }
     }
 
     pub async fn list(&self) -> Result<Vec<ServiceInfo>, CoreError> {

@@ -70,7 +70,6 @@ impl Slots {
     }
 
     /// The sprite's slot if it has one (looking does not make one).
-    #[cfg(test)]
     pub(crate) fn peek(&self, sprite_id: &str) -> Option<Arc<Slot>> {
         self.0.lock().get(sprite_id).cloned()
     }

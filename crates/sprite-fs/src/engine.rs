@@ -158,10 +158,8 @@ struct Staging {
     /// or zeroed first.
     partial: HashMap<u64, Sectors>,
     generation: u64,
-    /// When the volume was last written, and since when it has had blocks waiting for
-    /// an upload (roughly: reset to the start of the upload pass that left some).
-    last_write: Option<std::time::Instant>,
-    pending_since: Option<std::time::Instant>,
+    /// The oldest write no pass has cut yet (None: every write is in a cut).
+    pending_since: Option<Instant>,
     /// Uploaded blocks whose staging space is still allocated (released in bulk): their
     /// staging bytes are still their current bytes.
     idle: BTreeSet<u64>,
@@ -261,6 +259,14 @@ impl Sectors {
     fn all(&self, block_size: usize) -> bool {
         let held: u32 = self.0.iter().map(|word| word.count_ones()).sum();
         held as usize == block_size / SECTOR
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -897,9 +903,7 @@ impl Volume {
         staging.idle.remove(&block);
         staging.zeroed.remove(&block);
         staging.unsynced.insert(block);
-        let now = Instant::now();
-        staging.last_write = Some(now);
-        staging.pending_since.get_or_insert(now);
+        staging.pending_since.get_or_insert_with(Instant::now);
     }
 
     /// Before a write of `take` bytes at `within` into a block that is not wholly in
@@ -1129,22 +1133,12 @@ impl Volume {
     /// How far the store trails this volume now.
     pub fn lag(&self) -> Lag {
         let staging = self.staging.lock();
-        let oldest = match (staging.cut_oldest, staging.pending_since) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let waiting = staging
-            .present
-            .keys()
-            .filter(|block| !staging.idle.contains(block))
-            .count() as u64;
-        Lag {
-            bytes: if oldest.is_some() {
-                waiting * self.block_size
-            } else {
-                0
+        match earliest(staging.cut_oldest, staging.pending_since) {
+            Some(oldest) => Lag {
+                bytes: staging.present.len() as u64 * self.block_size,
+                ms: oldest.elapsed().as_millis() as u64,
             },
-            ms: oldest.map_or(0, |at| at.elapsed().as_millis() as u64),
+            None => Lag::default(),
         }
     }
 
@@ -1191,11 +1185,7 @@ impl Volume {
             let mut staging = self.staging.lock();
             if result.is_err() {
                 // Its writes wait for the next pass.
-                let oldest = staging.cut_oldest;
-                staging.pending_since = match (staging.pending_since, oldest) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                staging.pending_since = earliest(staging.pending_since, staging.cut_oldest);
             }
             staging.cut_unread.clear();
             staging.captured.clear();
