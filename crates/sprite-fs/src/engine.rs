@@ -13,6 +13,7 @@
 use crate::cache::ChunkCache;
 use crate::chunk::{self, ChunkId};
 use crate::error::FsError;
+use crate::log::{self, Segment};
 use crate::meta::Meta;
 use crate::store::BlobStore;
 use bytes::Bytes;
@@ -89,6 +90,14 @@ pub const CUT_AFTER: Duration = Duration::from_millis(250);
 /// instead of the lag growing.
 const BACKPRESSURE_AFTER: Duration = Duration::from_millis(500);
 
+/// Bytes written since the last log cut beyond which a `store` fsync stores whole blocks
+/// (a pass) instead of a log segment: past this, the blocks are about as cheap to send,
+/// and a recovery replays less.
+const LOG_LIMIT_BYTES: u64 = 4 << 20;
+
+/// Segments above this many bytes are compressed on the blocking pool.
+const LOG_INLINE_ENCODE_BYTES: usize = 256 << 10;
+
 /// When an fsync of a volume returns (a flush or a FUA write too: the loop device sends
 /// each as an fsync): `Local`, durable in staging on this host's disk, the store
 /// following within a second; `Store`, in the object store with a published version
@@ -122,6 +131,9 @@ pub struct Engine {
     /// The manifest last published for each volume: a publication whose manifest did
     /// not change (a pass adds blocks to the head, not versions) puts the head alone.
     published_manifests: Mutex<HashMap<String, Bytes>>,
+    /// The `log_from` of the head last published for each volume (this process): write
+    /// log segments below it are garbage.
+    published_log_from: Mutex<HashMap<String, u64>>,
 }
 
 /// Storage used by one volume.
@@ -175,6 +187,36 @@ struct Staging {
     captured: HashMap<u64, Vec<u8>>,
     /// The oldest write in the cut a pass is storing (None: no pass in flight).
     cut_oldest: Option<Instant>,
+    /// The write log of a `store` volume.
+    log: LogState,
+}
+
+/// What a volume tracks for its write log (see [`crate::log`]).
+#[derive(Debug, Default)]
+struct LogState {
+    /// Writes are tracked for the log. Set at the cut of a pass that arms it (that pass
+    /// publishes a head whose `log_from` is `next` before any segment is put); cleared
+    /// when a segment fails, in `local` mode and by a restore, so that the next `store`
+    /// fsync arms it again with a whole pass.
+    armed: bool,
+    /// Sectors written since the last log cut, by block (while armed).
+    dirty: HashMap<u64, Sectors>,
+    dirty_sectors: u64,
+    /// The oldest write since the last log cut (while armed).
+    oldest: Option<Instant>,
+    /// The oldest write of the segment being put (None: none in flight).
+    cut_oldest: Option<Instant>,
+    /// The `seq` of the next log cut.
+    next: u64,
+}
+
+impl LogState {
+    fn disarm(&mut self) {
+        self.armed = false;
+        self.dirty.clear();
+        self.dirty_sectors = 0;
+        self.oldest = None;
+    }
 }
 
 /// A block of a pass's cut: what the pass stores for it.
@@ -188,6 +230,14 @@ struct CutBlock {
     partial: Option<Sectors>,
     /// The block's chunk at the cut.
     chunk: Option<ChunkId>,
+}
+
+/// What a pass stores: its blocks, and the write-log segment its head leads to.
+#[derive(Debug)]
+struct Cut {
+    blocks: Vec<CutBlock>,
+    log_from: u64,
+    arm: bool,
 }
 
 /// Upload passes of one volume, numbered from 1 in the order they cut.
@@ -234,6 +284,20 @@ impl Sectors {
         for sector in within / SECTOR..(within + len) / SECTOR {
             self.0[sector / 64] |= 1 << (sector % 64);
         }
+    }
+
+    /// Marks every sector that bytes `within..within + len` touch; answers how many
+    /// were not marked yet.
+    fn cover(&mut self, within: usize, len: usize) -> u64 {
+        let mut added = 0;
+        for sector in within / SECTOR..(within + len).div_ceil(SECTOR) {
+            let bit = 1 << (sector % 64);
+            if self.0[sector / 64] & bit == 0 {
+                self.0[sector / 64] |= bit;
+                added += 1;
+            }
+        }
+        added
     }
 
     /// Byte ranges (within the block) of the runs of sectors in `within..within + len`
@@ -299,6 +363,11 @@ pub struct Volume {
     /// When its fsyncs return.
     durability: Mutex<Durability>,
     passes: Passes,
+    /// Held by a `store` fsync: log segments are cut and put one at a time.
+    logging: tokio::sync::Mutex<()>,
+    /// Segments this opening put, not yet known to be below a published head's
+    /// `log_from`.
+    segments: Mutex<BTreeSet<u64>>,
 }
 
 /// What one upload pass did.
@@ -340,6 +409,7 @@ impl Engine {
             staging_dir,
             commits: tokio::sync::RwLock::new(()),
             published_manifests: Mutex::new(HashMap::new()),
+            published_log_from: Mutex::new(HashMap::new()),
             decoded: DecodedBlocks::new(DECODED_BYTES),
             prefetching: Mutex::new(std::collections::HashSet::new()),
         }))
@@ -373,6 +443,8 @@ impl Engine {
             .set_len(info.size)
             .map_err(FsError::io("size staging", &path))?;
         let mut staging = Staging::default();
+        // A new epoch: no segment of an earlier opening continues this one's numbers.
+        staging.log.next = log::first_of_epoch(self.meta.next_log_epoch(id, 0)?);
         for block in self.meta.staged_blocks(id)? {
             staging.generation += 1;
             staging.present.insert(block, staging.generation);
@@ -394,6 +466,8 @@ impl Engine {
             io_gate: tokio::sync::RwLock::new(()),
             durability: Mutex::new(Durability::default()),
             passes: Passes::default(),
+            logging: tokio::sync::Mutex::new(()),
+            segments: Mutex::new(BTreeSet::new()),
         }))
     }
 
@@ -471,10 +545,15 @@ impl Engine {
             self.meta.mark_published(layer)?;
         }
         let manifest = self.meta.volume_manifest(volume)?;
-        let head = self.meta.export_layer(manifest.head)?;
+        let mut head = self.meta.export_layer(manifest.head)?;
+        let log_from = self.meta.log_from(volume)?;
+        head.log_from = Some(log_from);
         self.store
             .put(&format!("volumes/{volume}/head.json"), json(&head)?)
             .await?;
+        self.published_log_from
+            .lock()
+            .insert(volume.to_string(), log_from);
         let manifest_json = json(&manifest)?;
         let unchanged = self.published_manifests.lock().get(volume) == Some(&manifest_json);
         if !unchanged {
@@ -493,15 +572,20 @@ impl Engine {
 
     /// Rebuilds the metadata of every volume from the object store (a fresh host with
     /// an empty data directory). Returns the volumes found.
-    pub async fn recover(&self) -> Result<Vec<String>, FsError> {
+    pub async fn recover(self: &Arc<Self>) -> Result<Vec<String>, FsError> {
         let mut found = Vec::new();
         let mut imported = std::collections::HashSet::new();
-        for key in self.store.list("volumes/").await? {
+        let keys = self.store.list("volumes/").await?;
+        let mut segments: HashMap<&str, Vec<u64>> = HashMap::new();
+        for (volume, seq) in keys.iter().filter_map(|key| log::parse_key(key)) {
+            segments.entry(volume).or_default().push(seq);
+        }
+        for key in &keys {
             if !key.ends_with("/manifest.json") {
                 continue;
             }
             let mut manifest: crate::meta::VolumeManifest =
-                parse(&self.store.get(&key).await?, &key)?;
+                parse(&self.store.get(key).await?, key)?;
             let head_key = format!("volumes/{}/head.json", manifest.id);
             let head: crate::meta::LayerRecord = match self.store.get(&head_key).await {
                 Ok(bytes) => parse(&bytes, &head_key)?,
@@ -537,9 +621,39 @@ impl Engine {
                 self.meta.import_layer(&record)?;
             }
             self.meta.import_volume(&manifest)?;
+            // The write log on top of the head: the segments that follow it without a
+            // gap are written into staging as the volume's newest bytes.
+            let log_from = head.log_from.unwrap_or(0);
+            self.meta.set_log_from(&manifest.id, log_from)?;
+            let present = segments.remove(manifest.id.as_str()).unwrap_or_default();
+            let last_epoch = present.iter().map(|seq| log::epoch_of(*seq)).max();
+            self.meta
+                .next_log_epoch(&manifest.id, last_epoch.unwrap_or(0))?;
+            let apply = log::applicable(log_from, present);
+            if !apply.is_empty() {
+                self.replay_log(&manifest.id, &apply).await?;
+            }
             found.push(manifest.id);
         }
         Ok(found)
+    }
+
+    /// Writes a volume's log segments (in order) into its staging, durably: they are the
+    /// volume's newest bytes until a pass stores them as blocks.
+    async fn replay_log(self: &Arc<Self>, id: &str, segments: &[u64]) -> Result<(), FsError> {
+        let volume = self.open_volume(id)?;
+        let mut bytes = 0;
+        for seq in segments {
+            let key = log::key(id, *seq);
+            let segment = Segment::decode(&self.store.get(&key).await?, &key, volume.size)?;
+            for (offset, data) in &segment.runs {
+                volume.write(*offset, data).await?;
+            }
+            bytes += segment.data_bytes();
+        }
+        volume.fsync_local().await?;
+        tracing::info!(volume = %id, segments = segments.len(), bytes, "write log replayed");
+        Ok(())
     }
 
     /// Checkpoint: everything written so far goes to the store, the head is sealed as
@@ -561,10 +675,16 @@ impl Engine {
     }
 
     /// Restore: unsaved writes are dropped and the volume reads as version `name`.
+    /// No pass or log segment is in flight meanwhile: the restored head, published with
+    /// a `log_from` past every segment of the abandoned state, is what the store holds
+    /// next.
     pub async fn restore(&self, volume: &Volume, name: &str) -> Result<(), FsError> {
+        let _log = volume.logging.lock().await;
+        let _passes = volume.uploading.lock().await;
         self.meta.version(&volume.id, name)?;
         volume.discard_pending()?;
         self.meta.restore(&volume.id, name)?;
+        self.meta.set_log_from(&volume.id, volume.log_next())?;
         volume.reload_map()?;
         self.publish(&volume.id).await
     }
@@ -587,13 +707,35 @@ impl Engine {
         self.meta.delete_volume(id)?;
         self.discard_staging(id)?;
         self.published_manifests.lock().remove(id);
+        self.published_log_from.lock().remove(id);
+        // The manifest first: without it, nothing recovers the volume.
         for key in [
             format!("volumes/{id}/manifest.json"),
             format!("volumes/{id}/head.json"),
         ] {
             self.store.delete(&key).await?;
         }
+        for key in self.store.list(&log::prefix(id)).await? {
+            self.store.delete(&key).await?;
+        }
         Ok(())
+    }
+
+    /// Deletes write-log segments below the `log_from` of a head this process
+    /// published (a crash can leave some behind the deletions passes start).
+    async fn collect_log_segments(&self) -> Result<usize, FsError> {
+        let published = self.published_log_from.lock().clone();
+        let mut deleted = 0;
+        for key in self.store.list("volumes/").await? {
+            let Some((volume, seq)) = log::parse_key(&key) else {
+                continue;
+            };
+            if published.get(volume).is_some_and(|from| seq < *from) {
+                self.store.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes layers and chunks nothing references any more.
@@ -624,6 +766,10 @@ impl Engine {
             self.store.delete(&key).await?;
             stats.chunks += 1;
             stats.bytes += size;
+        }
+        let segments = self.collect_log_segments().await?;
+        if segments > 0 {
+            tracing::debug!(segments, "stale write-log segments deleted");
         }
         Ok(stats)
     }
@@ -742,6 +888,11 @@ impl Volume {
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
         self.check_range(offset, len as u64)?;
         let _gate = self.io_gate.read().await;
+        self.read_gated(offset, len).await
+    }
+
+    /// Reads `len` bytes at `offset`; the caller holds the I/O gate (either way).
+    async fn read_gated(&self, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
         let mut out = vec![0u8; len];
         let mut done = 0usize;
         while done < len {
@@ -904,6 +1055,15 @@ impl Volume {
         staging.zeroed.remove(&block);
         staging.unsynced.insert(block);
         staging.pending_since.get_or_insert_with(Instant::now);
+        let log = &mut staging.log;
+        if log.armed {
+            log.dirty_sectors += log
+                .dirty
+                .entry(block)
+                .or_insert_with(|| Sectors::none(self.block_size as usize))
+                .cover(within, take);
+            log.oldest.get_or_insert_with(Instant::now);
+        }
     }
 
     /// Before a write of `take` bytes at `within` into a block that is not wholly in
@@ -1040,6 +1200,14 @@ impl Volume {
 
     pub fn set_durability(&self, durability: Durability) {
         *self.durability.lock() = durability;
+        if durability == Durability::Local {
+            self.staging.lock().log.disarm();
+        }
+    }
+
+    /// The `seq` the next log segment will have.
+    fn log_next(&self) -> u64 {
+        self.staging.lock().log.next
     }
 
     /// Makes every write so far durable as the volume's [`Durability`] says: on this
@@ -1052,17 +1220,111 @@ impl Volume {
         }
     }
 
-    /// Returns when a pass that cut after this call has published: every write before
-    /// the call, and a version of the volume that names it, are in the object store.
-    /// Concurrent callers share passes (group commit): whoever gets the pass lock runs
+    /// Returns when a cut made after this call has published: every write before the
+    /// call is in the object store, with a published head that leads to it. A cut is a
+    /// write-log segment (the sectors written since the last one) when the log is armed
+    /// and holds at most [`LOG_LIMIT_BYTES`], else a whole pass, which arms the log.
+    /// Concurrent callers share cuts (group commit): whoever gets the log lock makes
     /// one, and the others find it done.
     pub async fn sync_to_store(&self) -> Result<(), FsError> {
         let wanted = self.passes.cut.load(Ordering::SeqCst) + 1;
+        let _log = self.logging.lock().await;
+        if self.passes.published.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let (armed, dirty) = {
+            let log = &self.staging.lock().log;
+            (log.armed, log.dirty_sectors * SECTOR as u64)
+        };
+        if armed && dirty == 0 {
+            // Every write since the log was armed is in a segment put before this call
+            // (a failed one disarms it).
+            return Ok(());
+        }
+        let small = armed && dirty <= LOG_LIMIT_BYTES;
+        if small {
+            return self.log_cut().await;
+        }
+        // The first `store` fsync of this opening (or after a failed segment or a
+        // restore), or much written since the last: a whole pass, which arms the log
+        // and publishes its head before any segment of it goes out (this holds the
+        // log lock throughout).
         let _one_at_a_time = self.uploading.lock().await;
         if self.passes.published.load(Ordering::SeqCst) >= wanted {
             return Ok(());
         }
-        self.pass().await.map(|_| ())
+        self.pass(true).await.map(|_| ())
+    }
+
+    /// Cuts the write log (the caller holds `logging`): reads the sectors written since
+    /// the last cut as they are now (no read or write in flight), puts them as the next
+    /// segment and makes staging durable on local disk beside it (a restart of this
+    /// host then finds them there). A failure disarms the log: the next `store` fsync
+    /// stores whole blocks, and the failed segment's writes with them.
+    async fn log_cut(&self) -> Result<(), FsError> {
+        let cut = async {
+            let _gate = self.io_gate.write().await;
+            let (dirty, seq) = {
+                let mut staging = self.staging.lock();
+                let log = &mut staging.log;
+                let dirty = std::mem::take(&mut log.dirty);
+                log.dirty_sectors = 0;
+                log.cut_oldest = log.oldest.take();
+                let seq = log.next;
+                log.next += 1;
+                (dirty, seq)
+            };
+            let number = self.passes.cut.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut blocks: Vec<(u64, Sectors)> = dirty.into_iter().collect();
+            blocks.sort_unstable_by_key(|(block, _)| *block);
+            let mut runs = Vec::new();
+            for (block, sectors) in blocks {
+                for run in sectors.runs(0, self.block_size as usize, true) {
+                    let offset = block * self.block_size + run.start as u64;
+                    runs.push((offset, self.read_gated(offset, run.len()).await?));
+                }
+            }
+            Ok::<_, FsError>((number, Segment { seq, runs }))
+        }
+        .await;
+        let result = match cut {
+            Ok((number, segment)) => self.put_segment(segment).await.map(|_| number),
+            Err(error) => Err(error),
+        };
+        {
+            let mut staging = self.staging.lock();
+            staging.log.cut_oldest = None;
+            if result.is_err() {
+                staging.log.disarm();
+            }
+        }
+        let number = result?;
+        self.passes.published.fetch_max(number, Ordering::SeqCst);
+        self.passes.ended.notify_waiters();
+        Ok(())
+    }
+
+    /// Puts a segment and syncs staging locally, both at once.
+    async fn put_segment(&self, segment: Segment) -> Result<(), FsError> {
+        let started = Instant::now();
+        let (seq, bytes) = (segment.seq, segment.data_bytes());
+        let encoded = if bytes > LOG_INLINE_ENCODE_BYTES {
+            tokio::task::spawn_blocking(move || segment.encode())
+                .await
+                .map_err(|e| FsError::Compress(std::io::Error::other(e)))??
+        } else {
+            segment.encode()?
+        };
+        let key = log::key(&self.id, seq);
+        let (put, local) = tokio::join!(
+            self.engine.store.put(&key, Bytes::from(encoded)),
+            self.fsync_local()
+        );
+        put?;
+        local?;
+        self.segments.lock().insert(seq);
+        tracing::debug!(volume = %self.id, seq, bytes, ms = started.elapsed().as_secs_f64() * 1000.0, "log segment put");
+        Ok(())
     }
 
     /// Makes every write so far durable on local disk. Returns when a daemon crash can
@@ -1131,11 +1393,25 @@ impl Volume {
     }
 
     /// How far the store trails this volume now.
+    ///
+    /// A write is in the store once a published pass or (armed) log segment cut after
+    /// it: the oldest write in neither is the later of the oldest each has not taken.
     pub fn lag(&self) -> Lag {
         let staging = self.staging.lock();
-        match earliest(staging.cut_oldest, staging.pending_since) {
+        let blocks = earliest(staging.cut_oldest, staging.pending_since);
+        let block_bytes = staging.present.len() as u64 * self.block_size;
+        let (oldest, bytes) = match &staging.log {
+            log if log.armed => (
+                blocks
+                    .zip(earliest(log.cut_oldest, log.oldest))
+                    .map(|(a, b)| a.max(b)),
+                block_bytes.min(log.dirty_sectors * SECTOR as u64),
+            ),
+            _ => (blocks, block_bytes),
+        };
+        match oldest {
             Some(oldest) => Lag {
-                bytes: staging.present.len() as u64 * self.block_size,
+                bytes,
                 ms: oldest.elapsed().as_millis() as u64,
             },
             None => Lag::default(),
@@ -1145,7 +1421,7 @@ impl Volume {
     /// One upload pass (waiting for a pass in flight to end first).
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
-        self.pass().await
+        self.pass(false).await
     }
 
     /// A pass (the caller holds `uploading`): cuts the volume at one instant (no read
@@ -1156,7 +1432,12 @@ impl Volume {
     /// (once committed to the map, a block is durable in the store, fsynced or not);
     /// blocks a local fsync is recording stay (it would record them as staged after the
     /// pass gave their staging space back) and go with a later pass.
-    async fn pass(&self) -> Result<UploadStats, FsError> {
+    ///
+    /// The head it publishes names the next write-log segment as the first that applies
+    /// on top of it. `arm`: the pass arms the write log at its cut (the caller holds
+    /// `logging`, so no segment goes out before this head), and publishes its head even
+    /// when nothing was written.
+    async fn pass(&self, arm: bool) -> Result<UploadStats, FsError> {
         let _commit = self.engine.commits.read().await;
         let started = Instant::now();
         let (number, cut) = {
@@ -1178,7 +1459,19 @@ impl Volume {
             staging.captured.clear();
             let since = staging.pending_since.take();
             staging.cut_oldest = since.or(Some(started));
-            (self.passes.cut.fetch_add(1, Ordering::SeqCst) + 1, cut)
+            if arm {
+                staging.log.disarm();
+                staging.log.armed = true;
+            }
+            let log_from = staging.log.next;
+            (
+                self.passes.cut.fetch_add(1, Ordering::SeqCst) + 1,
+                Cut {
+                    blocks: cut,
+                    log_from,
+                    arm,
+                },
+            )
         };
         let result = self.store_cut(number, cut, started).await;
         {
@@ -1190,6 +1483,10 @@ impl Volume {
             staging.cut_unread.clear();
             staging.captured.clear();
             staging.cut_oldest = None;
+            if result.is_err() && arm {
+                // Its head may not be out: no segment may follow it.
+                staging.log.disarm();
+            }
         }
         self.passes.ended.notify_waiters();
         result
@@ -1236,10 +1533,15 @@ impl Volume {
     async fn store_cut(
         &self,
         number: u64,
-        cut: Vec<CutBlock>,
+        cut: Cut,
         started: Instant,
     ) -> Result<UploadStats, FsError> {
-        if cut.is_empty() {
+        let Cut {
+            blocks: cut,
+            log_from,
+            arm,
+        } = cut;
+        if cut.is_empty() && !arm {
             self.passes.published.fetch_max(number, Ordering::SeqCst);
             return Ok(UploadStats::default());
         }
@@ -1285,7 +1587,7 @@ impl Volume {
                 .collect();
             self.engine
                 .meta
-                .commit_uploads(&self.id, &blocks, &unstage, &stored)?;
+                .commit_uploads(&self.id, &blocks, &unstage, &stored, log_from)?;
             let mut map = self.map.write();
             for (block, chunk) in &blocks {
                 match chunk {
@@ -1331,6 +1633,7 @@ impl Volume {
         }
         self.engine.publish(&self.id).await?;
         self.passes.published.fetch_max(number, Ordering::SeqCst);
+        self.forget_segments_below(log_from);
         tracing::debug!(
             volume = %self.id,
             pass = number,
@@ -1364,6 +1667,30 @@ impl Volume {
         })
     }
 
+    /// Deletes (in the background) the segments this opening put below `log_from`: a
+    /// published head makes them garbage.
+    fn forget_segments_below(&self, log_from: u64) {
+        let stale: Vec<u64> = {
+            let mut segments = self.segments.lock();
+            let keep = segments.split_off(&log_from);
+            std::mem::replace(&mut *segments, keep)
+                .into_iter()
+                .collect()
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let (store, volume) = (self.engine.store.clone(), self.id.clone());
+        tokio::spawn(async move {
+            for seq in stale {
+                if let Err(error) = store.delete(&log::key(&volume, seq)).await {
+                    // Garbage collection deletes it later.
+                    tracing::debug!(%volume, seq, "delete a log segment: {error}");
+                }
+            }
+        });
+    }
+
     /// fsync, then upload everything: when this returns, the volume is fully in the
     /// object store.
     pub async fn flush_all(&self) -> Result<UploadStats, FsError> {
@@ -1389,6 +1716,8 @@ impl Volume {
         staging.partial.clear();
         // Their staging bytes belong to the abandoned state.
         staging.idle.clear();
+        staging.zeroed.clear();
+        staging.log.disarm();
         self.engine.meta.clear_staged(&self.id)
     }
 
@@ -1741,6 +2070,273 @@ mod tests {
         assert!(values_in_store(&memory, 9).await[1..]
             .iter()
             .all(|v| *v == Some(8)));
+    }
+
+    /// A store that refuses log segment puts while told to.
+    #[derive(Debug)]
+    struct RefusingSegments {
+        inner: Arc<dyn BlobStore>,
+        refuse: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for RefusingSegments {
+        async fn put(&self, key: &str, data: Bytes) -> Result<(), crate::StoreError> {
+            if self.refuse.load(Ordering::SeqCst) && log::parse_key(key).is_some() {
+                return Err(crate::StoreError::Injected {
+                    operation: "put",
+                    key: key.to_string(),
+                });
+            }
+            self.inner.put(key, data).await
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, crate::StoreError> {
+            self.inner.get(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), crate::StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, crate::StoreError> {
+            self.inner.exists(key).await
+        }
+    }
+
+    /// What a fresh host given only `store` reads of volume `v`'s first `len` bytes.
+    async fn bytes_in_store(store: &Arc<dyn BlobStore>, len: usize) -> Vec<u8> {
+        let host = Setup::new(store.clone());
+        let engine = host.engine();
+        engine.recover().await.expect("recover");
+        let volume = engine.open_volume("v").expect("open");
+        volume.read(0, len).await.expect("read")
+    }
+
+    async fn segments_in(store: &Arc<dyn BlobStore>) -> usize {
+        store.list(&log::prefix("v")).await.expect("list").len()
+    }
+
+    #[tokio::test]
+    async fn a_store_fsync_sends_the_written_sectors_not_the_blocks() {
+        let counting = Arc::new(FaultInjecting::new(
+            ObjectBlobStore::memory(),
+            0,
+            Duration::ZERO,
+        ));
+        let store: Arc<dyn BlobStore> = counting.clone();
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume.set_durability(Durability::Store);
+        let mut expected = [pattern(BLOCK as usize, 1), vec![0; BLOCK as usize]].concat();
+        volume
+            .write(0, &expected[..BLOCK as usize])
+            .await
+            .expect("write");
+        // The first fsync of an opening stores whole blocks and arms the log.
+        volume.fsync().await.expect("fsync");
+        let chunks = chunk_count(&store).await;
+        assert_eq!(chunks, 1);
+        for (round, offset) in [4096u64, BLOCK + 512, 100].into_iter().enumerate() {
+            let data = pattern(1000, round as u8 + 10);
+            volume.write(offset, &data).await.expect("write");
+            expected[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+            let before = counting.calls();
+            volume.fsync().await.expect("fsync");
+            assert_eq!(
+                counting.calls() - before,
+                1,
+                "one segment put, nothing else"
+            );
+            assert_eq!(bytes_in_store(&store, 2 * BLOCK as usize).await, expected);
+        }
+        assert_eq!(chunk_count(&store).await, chunks, "no block stored");
+        assert_eq!(segments_in(&store).await, 3);
+        assert_eq!(volume.lag(), Lag::default(), "all of it is in the store");
+        // A fsync with nothing written since puts nothing.
+        let before = counting.calls();
+        volume.fsync().await.expect("fsync");
+        assert_eq!(counting.calls() - before, 0);
+        // A pass folds the log into blocks; its head makes the segments garbage.
+        volume.upload().await.expect("pass");
+        for _ in 0..100 {
+            if segments_in(&store).await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            segments_in(&store).await,
+            0,
+            "segments deleted after the pass"
+        );
+        assert_eq!(bytes_in_store(&store, 2 * BLOCK as usize).await, expected);
+    }
+
+    /// Random writes (aligned, unaligned, discards) with a `store` fsync after each
+    /// batch and passes running beside them: a fresh host always reads exactly what was
+    /// written up to the last fsync.
+    #[tokio::test]
+    async fn store_fsyncs_lose_nothing_through_the_log_and_the_passes() {
+        let (memory, setup) = slow_setup(2);
+        let engine = setup.engine();
+        let size = 6 * BLOCK as usize;
+        let volume = new_volume(&engine, "v", size as u64);
+        volume.set_durability(Durability::Store);
+        let stop = Arc::new(AtomicBool::new(false));
+        let uploader = tokio::spawn({
+            let (volume, stop) = (volume.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    volume.upload().await.expect("pass");
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(0..15))).await;
+                }
+            }
+        });
+        let mut model = vec![0u8; size];
+        let mut checks = 0;
+        for round in 0..60u32 {
+            for op in 0..rand::random_range(1..6u32) {
+                let seed = (round * 7 + op) as u8;
+                match rand::random_range(0..10) {
+                    0 => {
+                        let first = rand::random_range(0..5) as usize;
+                        let (start, end) = (first * BLOCK as usize, (first + 2) * BLOCK as usize);
+                        volume
+                            .discard(start as u64, (end - start) as u64)
+                            .await
+                            .expect("discard");
+                        model[start..end].fill(0);
+                    }
+                    1..=5 => {
+                        let sectors = size / SECTOR;
+                        let start = rand::random_range(0..sectors) * SECTOR;
+                        let len = (rand::random_range(1..40) * SECTOR).min(size - start);
+                        let data = pattern(len, seed);
+                        volume.write(start as u64, &data).await.expect("write");
+                        model[start..start + len].copy_from_slice(&data);
+                    }
+                    _ => {
+                        let start = rand::random_range(0..size - 1);
+                        let len = rand::random_range(1..5000).min(size - start);
+                        let data = pattern(len, seed);
+                        volume.write(start as u64, &data).await.expect("write");
+                        model[start..start + len].copy_from_slice(&data);
+                    }
+                }
+            }
+            volume.fsync().await.expect("fsync");
+            if round % 10 == 9 {
+                checks += 1;
+                assert!(
+                    bytes_in_store(&memory, size).await == model,
+                    "round {round}: the store lost an fsynced write"
+                );
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        uploader.await.expect("uploader");
+        assert_eq!(checks, 6);
+    }
+
+    #[tokio::test]
+    async fn a_failed_segment_makes_the_next_fsync_store_whole_blocks() {
+        let refusing = Arc::new(RefusingSegments {
+            inner: Arc::new(ObjectBlobStore::memory()),
+            refuse: AtomicBool::new(false),
+        });
+        let store: Arc<dyn BlobStore> = refusing.clone();
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume.set_durability(Durability::Store);
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        volume.fsync().await.expect("arming fsync");
+        volume.write(0, &[2u8; 512]).await.expect("write");
+        refusing.refuse.store(true, Ordering::SeqCst);
+        assert!(volume.fsync().await.is_err(), "the segment put failed");
+        // Still refused: the next fsync does not need a segment.
+        volume.write(512, &[3u8; 512]).await.expect("write");
+        volume.fsync().await.expect("a whole pass");
+        let mut expected = pattern(BLOCK as usize, 1);
+        expected[..512].fill(2);
+        expected[512..1024].fill(3);
+        assert_eq!(bytes_in_store(&store, BLOCK as usize).await, expected);
+        // Armed again by that pass: segments from here on.
+        refusing.refuse.store(false, Ordering::SeqCst);
+        volume.write(1024, &[4u8; 512]).await.expect("write");
+        volume.fsync().await.expect("fsync");
+        expected[1024..1536].fill(4);
+        assert_eq!(segments_in(&store).await, 1);
+        assert_eq!(bytes_in_store(&store, BLOCK as usize).await, expected);
+    }
+
+    /// Segments of an earlier opening never apply on top of a head published by a later
+    /// one (each opening numbers its segments in a new epoch).
+    #[tokio::test]
+    async fn segments_of_an_earlier_opening_never_apply_over_a_newer_head() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume.set_durability(Durability::Store);
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        volume.fsync().await.expect("arming fsync");
+        volume.write(0, &[2u8; 512]).await.expect("write");
+        volume.fsync().await.expect("segment");
+        assert_eq!(segments_in(&store).await, 1);
+        // The storage process restarts (local state kept, the segment still stored),
+        // the volume is opened again and the same sector written in `local` mode.
+        drop(volume);
+        let engine = setup.engine();
+        let volume = engine.open_volume("v").expect("reopen");
+        volume.write(0, &[3u8; 512]).await.expect("write");
+        volume.upload().await.expect("pass");
+        let mut expected = pattern(BLOCK as usize, 1);
+        expected[..512].fill(3);
+        assert_eq!(
+            bytes_in_store(&store, BLOCK as usize).await,
+            expected,
+            "the old segment (2s) was applied over the newer head"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_leaves_no_segment_that_applies_over_the_restored_head() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume.set_durability(Durability::Store);
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        engine
+            .checkpoint(&volume, "v1", None)
+            .await
+            .expect("checkpoint");
+        volume.write(0, &[2u8; 512]).await.expect("write");
+        volume.fsync().await.expect("arming fsync");
+        volume.write(512, &[3u8; 512]).await.expect("write");
+        volume.fsync().await.expect("segment");
+        engine.restore(&volume, "v1").await.expect("restore");
+        assert_eq!(
+            bytes_in_store(&store, BLOCK as usize).await,
+            pattern(BLOCK as usize, 1)
+        );
+        volume.write(4096, &[4u8; 512]).await.expect("write");
+        volume.fsync().await.expect("fsync after restore");
+        let mut expected = pattern(BLOCK as usize, 1);
+        expected[4096..4608].fill(4);
+        assert_eq!(bytes_in_store(&store, BLOCK as usize).await, expected);
     }
 
     #[tokio::test]

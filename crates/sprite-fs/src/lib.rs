@@ -3,7 +3,8 @@
 //!
 //! Layers, bottom up: chunks ([`chunk`]), the object-store stack ([`store`]), volume
 //! metadata with O(1) checkpoint, restore and fork ([`meta`]), the block engine with
-//! local staging, uploads, publication of metadata and GC ([`engine`]), the chunk cache
+//! local staging, uploads, publication of metadata and GC ([`engine`]), the write log of
+//! `store`-durability volumes ([`log`]), the chunk cache
 //! ([`cache`]), FUSE exposure ([`fuse`]) and the per-host storage process ([`service`]).
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod chunk;
 pub mod engine;
 mod error;
 pub mod fuse;
+pub mod log;
 pub mod meta;
 pub mod service;
 pub mod store;

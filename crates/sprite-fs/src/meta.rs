@@ -68,6 +68,12 @@ CREATE TABLE chunks (
     stored_size INTEGER NOT NULL
 ) WITHOUT ROWID;
 ",
+    "
+-- The write log (see log.rs): the first segment that applies on top of the head, and
+-- the epoch of the volume's latest opening.
+ALTER TABLE volumes ADD COLUMN log_from INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE volumes ADD COLUMN log_epoch INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// A volume's fixed properties.
@@ -97,6 +103,10 @@ pub struct LayerRecord {
     pub sealed: bool,
     /// Block index → chunk hash, `None` for a block written with zeros.
     pub blocks: BTreeMap<u64, Option<String>>,
+    /// In a volume's `head.json` only: the first write-log segment that applies on top
+    /// of this head (see log.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_from: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -459,10 +469,15 @@ impl Meta {
         blocks: &[(u64, Option<ChunkId>)],
         unstage: &[u64],
         stored: &[(ChunkId, u64)],
+        log_from: u64,
     ) -> Result<(), FsError> {
         let head = self.volume(volume)?.head;
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
+        transaction.execute(
+            "UPDATE volumes SET log_from = ?2 WHERE id = ?1",
+            params![volume, log_from as i64],
+        )?;
         {
             let mut record = transaction.prepare(
                 "INSERT OR REPLACE INTO blocks (layer, block, chunk) VALUES (?1, ?2, ?3)",
@@ -483,6 +498,51 @@ impl Meta {
         }
         transaction.commit()?;
         Ok(())
+    }
+
+    /// The first write-log segment that applies on top of the volume's head.
+    pub fn log_from(&self, volume: &str) -> Result<u64, FsError> {
+        let value: i64 = self
+            .lock()
+            .query_row(
+                "SELECT log_from FROM volumes WHERE id = ?1",
+                params![volume],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| FsError::VolumeNotFound(volume.to_string()))?;
+        Ok(value as u64)
+    }
+
+    pub fn set_log_from(&self, volume: &str, log_from: u64) -> Result<(), FsError> {
+        self.lock().execute(
+            "UPDATE volumes SET log_from = ?2 WHERE id = ?1",
+            params![volume, log_from as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Starts a new write-log epoch for an opening of the volume: later than the last
+    /// one, than its `log_from`'s and than `at_least`. Answers it.
+    pub fn next_log_epoch(&self, volume: &str, at_least: u64) -> Result<u64, FsError> {
+        let connection = self.lock();
+        let (epoch, log_from): (i64, i64) = connection
+            .query_row(
+                "SELECT log_epoch, log_from FROM volumes WHERE id = ?1",
+                params![volume],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| FsError::VolumeNotFound(volume.to_string()))?;
+        let next = (epoch as u64)
+            .max(crate::log::epoch_of(log_from as u64))
+            .max(at_least)
+            + 1;
+        connection.execute(
+            "UPDATE volumes SET log_epoch = ?2 WHERE id = ?1",
+            params![volume, next as i64],
+        )?;
+        Ok(next)
     }
 
     /// Forgets every staged block of a volume (a restore abandons them).
@@ -529,6 +589,7 @@ impl Meta {
             parent,
             sealed,
             blocks,
+            log_from: None,
         })
     }
 
