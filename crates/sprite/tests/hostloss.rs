@@ -211,6 +211,8 @@ async fn acknowledged_fsyncs_survive_losing_the_host() {
     }
     let mut required = [0u64; 2];
     let mut lost_local_ms: Vec<f64> = Vec::new();
+    // Rounds whose fresh host found `store` fsyncs in the write log (not yet in blocks).
+    let mut replayed = 0;
     for round in 0..=rounds {
         // Each writer finds at least what its mode promised of the last round.
         let mut streams = Vec::new();
@@ -266,6 +268,11 @@ async fn acknowledged_fsyncs_survive_losing_the_host() {
                 subject.acked.len()
             );
         }
+        let storage_log =
+            std::fs::read_to_string(daemon.data_path().join("storage.log")).unwrap_or_default();
+        if storage_log.contains("write log replayed") {
+            replayed += 1;
+        }
         // The fresh host started both sprites from the store: their disks mount (the
         // journal replayed) and check clean.
         for subject in &subjects {
@@ -291,6 +298,11 @@ async fn acknowledged_fsyncs_survive_losing_the_host() {
     }
     lost_local_ms.sort_by(f64::total_cmp);
     eprintln!("local mode, acknowledged writes lost per host loss (ms, sorted): {lost_local_ms:?}");
+    eprintln!("rounds that replayed the write log: {replayed} of {rounds}");
+    assert!(
+        rounds == 0 || replayed > 0,
+        "no round found a store-mode fsync in the write log: the test did not reach it"
+    );
     for subject in &subjects {
         daemon.client.destroy(subject.name).await.unwrap();
     }
