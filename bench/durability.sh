@@ -6,6 +6,7 @@
 #
 #   sudo ./bench/durability.sh                        # FILES=50000 SIZE_MB=1024 APPENDS=300
 #   sudo FILES=5000 SIZE_MB=256 ./bench/durability.sh # quicker
+#   sudo STORES=s3s-fs ./bench/durability.sh          # one store (or local-directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec cargo bench -p sprite --bench durability

@@ -81,6 +81,15 @@ impl DecodedBlocks {
 /// Chunk uploads in flight per volume.
 const UPLOAD_PARALLELISM: usize = 8;
 
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassKind {
+    /// An upload (background, a flush, a checkpoint, an attach).
+    Upload,
+    /// A `store` fsync's, which arms the write log (see [`Volume::sync_to_store`]).
+    Arming,
+}
+
 /// How long written blocks wait before a background pass takes them to the store (both
 /// modes): short, so the store trails the sprite by well under a second.
 pub const CUT_AFTER: Duration = Duration::from_millis(250);
@@ -89,6 +98,12 @@ pub const CUT_AFTER: Duration = Duration::from_millis(250);
 /// is already storing the previous one: when the store cannot keep up, writes slow down
 /// instead of the lag growing.
 const BACKPRESSURE_AFTER: Duration = Duration::from_millis(500);
+
+/// How long written blocks wait for a background pass while the write log is armed:
+/// the log has them in the store already, so passes only fold it into blocks (and a
+/// block rewritten many times in this while is stored once). Bounds how much of the
+/// log a recovery replays.
+const FOLD_AFTER: Duration = Duration::from_secs(2);
 
 /// Bytes written since the last log cut beyond which a `store` fsync stores whole blocks
 /// (a pass) instead of a log segment: past this, the blocks are about as cheap to send,
@@ -237,7 +252,7 @@ struct CutBlock {
 struct Cut {
     blocks: Vec<CutBlock>,
     log_from: u64,
-    arm: bool,
+    kind: PassKind,
 }
 
 /// Upload passes of one volume, numbered from 1 in the order they cut.
@@ -1014,10 +1029,14 @@ impl Volume {
     async fn backpressure(&self) {
         let behind = || {
             let staging = self.staging.lock();
+            let after = match staging.log.armed {
+                true => FOLD_AFTER + (BACKPRESSURE_AFTER - CUT_AFTER),
+                false => BACKPRESSURE_AFTER,
+            };
             staging.cut_oldest.is_some()
                 && staging
                     .pending_since
-                    .is_some_and(|at| at.elapsed() >= BACKPRESSURE_AFTER)
+                    .is_some_and(|at| at.elapsed() >= after)
         };
         while behind() {
             let ended = self.passes.ended.notified();
@@ -1253,7 +1272,7 @@ impl Volume {
         if self.passes.published.load(Ordering::SeqCst) >= wanted {
             return Ok(());
         }
-        self.pass(true).await.map(|_| ())
+        self.pass(PassKind::Arming).await.map(|_| ())
     }
 
     /// Cuts the write log (the caller holds `logging`): reads the sectors written since
@@ -1316,14 +1335,19 @@ impl Volume {
             segment.encode()?
         };
         let key = log::key(&self.id, seq);
-        let (put, local) = tokio::join!(
-            self.engine.store.put(&key, Bytes::from(encoded)),
-            self.fsync_local()
+        let encoded_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let since = |at: Instant| at.elapsed().as_secs_f64() * 1000.0;
+        let ((put, put_ms), (local, local_ms)) = tokio::join!(
+            async {
+                let put = self.engine.store.put(&key, Bytes::from(encoded)).await;
+                (put, since(started))
+            },
+            async { (self.fsync_local().await, since(started)) }
         );
         put?;
         local?;
         self.segments.lock().insert(seq);
-        tracing::debug!(volume = %self.id, seq, bytes, ms = started.elapsed().as_secs_f64() * 1000.0, "log segment put");
+        tracing::debug!(volume = %self.id, seq, bytes, encoded_ms, put_ms, local_ms, "log segment put");
         Ok(())
     }
 
@@ -1376,10 +1400,14 @@ impl Volume {
     /// wait for a cut.
     pub fn pass_due(&self) -> bool {
         let staging = self.staging.lock();
+        let after = match staging.log.armed {
+            true => FOLD_AFTER,
+            false => CUT_AFTER,
+        };
         !staging.present.is_empty()
             && staging
                 .pending_since
-                .is_some_and(|at| at.elapsed() >= CUT_AFTER)
+                .is_some_and(|at| at.elapsed() >= after)
     }
 
     /// Claims the volume's background pass (false: one is scheduled or running already);
@@ -1421,7 +1449,7 @@ impl Volume {
     /// One upload pass (waiting for a pass in flight to end first).
     pub async fn upload(&self) -> Result<UploadStats, FsError> {
         let _one_at_a_time = self.uploading.lock().await;
-        self.pass(false).await
+        self.pass(PassKind::Upload).await
     }
 
     /// A pass (the caller holds `uploading`): cuts the volume at one instant (no read
@@ -1437,7 +1465,8 @@ impl Volume {
     /// on top of it. `arm`: the pass arms the write log at its cut (the caller holds
     /// `logging`, so no segment goes out before this head), and publishes its head even
     /// when nothing was written.
-    async fn pass(&self, arm: bool) -> Result<UploadStats, FsError> {
+    async fn pass(&self, kind: PassKind) -> Result<UploadStats, FsError> {
+        let arm = kind == PassKind::Arming;
         let _commit = self.engine.commits.read().await;
         let started = Instant::now();
         let (number, cut) = {
@@ -1469,7 +1498,7 @@ impl Volume {
                 Cut {
                     blocks: cut,
                     log_from,
-                    arm,
+                    kind,
                 },
             )
         };
@@ -1539,9 +1568,9 @@ impl Volume {
         let Cut {
             blocks: cut,
             log_from,
-            arm,
+            kind,
         } = cut;
-        if cut.is_empty() && !arm {
+        if cut.is_empty() && kind != PassKind::Arming {
             self.passes.published.fetch_max(number, Ordering::SeqCst);
             return Ok(UploadStats::default());
         }
@@ -2154,6 +2183,9 @@ mod tests {
         assert_eq!(chunk_count(&store).await, chunks, "no block stored");
         assert_eq!(segments_in(&store).await, 3);
         assert_eq!(volume.lag(), Lag::default(), "all of it is in the store");
+        // The log has it: folding it into blocks waits longer than a pass would.
+        tokio::time::sleep(CUT_AFTER).await;
+        assert!(!volume.pass_due(), "a fold is due {FOLD_AFTER:?} after the writes");
         // A fsync with nothing written since puts nothing.
         let before = counting.calls();
         volume.fsync().await.expect("fsync");

@@ -257,10 +257,14 @@ async fn on_daemon(store: &'static str, extra: &str) -> StoreRun {
 async fn bench() {
     eprintln!("== the host's disk");
     let host = on_host();
-    let runs = [
-        on_daemon("local-directory", "").await,
-        on_daemon("s3s-fs", S3_STORE).await,
-    ];
+    // STORES=s3s-fs (or local-directory) runs one of the two.
+    let stores = std::env::var("STORES").unwrap_or_else(|_| "local-directory,s3s-fs".into());
+    let mut runs = Vec::new();
+    for (name, config) in [("local-directory", ""), ("s3s-fs", S3_STORE)] {
+        if stores.split(',').any(|wanted| wanted.trim() == name) {
+            runs.push(on_daemon(name, config).await);
+        }
+    }
     println!(
         "\ndurability benchmark ({} files, {} MiB, {} appends; ratios: host time / sprite time)",
         setting("FILES", 50_000),
