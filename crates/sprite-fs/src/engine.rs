@@ -1260,9 +1260,8 @@ impl Volume {
             // (a failed one disarms it).
             return Ok(());
         }
-        let small = armed && dirty <= LOG_LIMIT_BYTES;
-        if small {
-            return self.log_cut().await;
+        if armed && dirty <= LOG_LIMIT_BYTES && self.log_cut().await? {
+            return Ok(());
         }
         // The first `store` fsync of this opening (or after a failed segment or a
         // restore), or much written since the last: a whole pass, which arms the log
@@ -1279,13 +1278,18 @@ impl Volume {
     /// the last cut as they are now (no read or write in flight), puts them as the next
     /// segment and makes staging durable on local disk beside it (a restart of this
     /// host then finds them there). A failure disarms the log: the next `store` fsync
-    /// stores whole blocks, and the failed segment's writes with them.
-    async fn log_cut(&self) -> Result<(), FsError> {
+    /// stores whole blocks, and the failed segment's writes with them. False, with
+    /// nothing done: more than twice [`LOG_LIMIT_BYTES`] was written meanwhile (writes
+    /// that were in flight when the caller looked), for a whole pass to take.
+    async fn log_cut(&self) -> Result<bool, FsError> {
         let cut = async {
             let _gate = self.io_gate.write().await;
             let (dirty, seq) = {
                 let mut staging = self.staging.lock();
                 let log = &mut staging.log;
+                if log.dirty_sectors * SECTOR as u64 > 2 * LOG_LIMIT_BYTES {
+                    return Ok(None);
+                }
                 let dirty = std::mem::take(&mut log.dirty);
                 log.dirty_sectors = 0;
                 log.cut_oldest = log.oldest.take();
@@ -1303,11 +1307,12 @@ impl Volume {
                     runs.push((offset, self.read_gated(offset, run.len()).await?));
                 }
             }
-            Ok::<_, FsError>((number, Segment { seq, runs }))
+            Ok::<_, FsError>(Some((number, Segment { seq, runs })))
         }
         .await;
         let result = match cut {
-            Ok((number, segment)) => self.put_segment(segment).await.map(|_| number),
+            Ok(Some((number, segment))) => self.put_segment(segment).await.map(|_| number),
+            Ok(None) => return Ok(false),
             Err(error) => Err(error),
         };
         {
@@ -1320,7 +1325,7 @@ impl Volume {
         let number = result?;
         self.passes.published.fetch_max(number, Ordering::SeqCst);
         self.passes.ended.notify_waiters();
-        Ok(())
+        Ok(true)
     }
 
     /// Puts a segment and syncs staging locally, both at once.
@@ -2185,7 +2190,10 @@ mod tests {
         assert_eq!(volume.lag(), Lag::default(), "all of it is in the store");
         // The log has it: folding it into blocks waits longer than a pass would.
         tokio::time::sleep(CUT_AFTER).await;
-        assert!(!volume.pass_due(), "a fold is due {FOLD_AFTER:?} after the writes");
+        assert!(
+            !volume.pass_due(),
+            "a fold is due {FOLD_AFTER:?} after the writes"
+        );
         // A fsync with nothing written since puts nothing.
         let before = counting.calls();
         volume.fsync().await.expect("fsync");
@@ -2204,6 +2212,29 @@ mod tests {
             "segments deleted after the pass"
         );
         assert_eq!(bytes_in_store(&store, 2 * BLOCK as usize).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_store_fsync_after_much_writing_stores_whole_blocks() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let blocks = LOG_LIMIT_BYTES / BLOCK + 8;
+        let volume = new_volume(&engine, "v", blocks * BLOCK);
+        volume.set_durability(Durability::Store);
+        volume.write(0, &[1u8; 512]).await.expect("write");
+        volume.fsync().await.expect("arming fsync");
+        let data: Vec<u8> = (0..blocks * BLOCK).map(|i| (i / BLOCK) as u8 + 1).collect();
+        volume.write(0, &data).await.expect("write");
+        volume.fsync().await.expect("fsync");
+        assert_eq!(segments_in(&store).await, 0, "no segment over the limit");
+        // Every block, and the first pass's block 0.
+        assert_eq!(chunk_count(&store).await as u64, blocks + 1);
+        assert!(bytes_in_store(&store, data.len()).await == data);
+        // The whole pass armed the log again.
+        volume.write(0, &[9u8; 512]).await.expect("write");
+        volume.fsync().await.expect("fsync");
+        assert_eq!(segments_in(&store).await, 1);
     }
 
     /// Random writes (aligned, unaligned, discards) with a `store` fsync after each
