@@ -149,6 +149,8 @@ pub struct Engine {
     /// The `log_from` of the head last published for each volume (this process): write
     /// log segments below it are garbage.
     published_log_from: Mutex<HashMap<String, u64>>,
+    /// Held by a publication of a volume.
+    publishing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Storage used by one volume.
@@ -425,6 +427,7 @@ impl Engine {
             commits: tokio::sync::RwLock::new(()),
             published_manifests: Mutex::new(HashMap::new()),
             published_log_from: Mutex::new(HashMap::new()),
+            publishing: Mutex::new(HashMap::new()),
             decoded: DecodedBlocks::new(DECODED_BYTES),
             prefetching: Mutex::new(std::collections::HashSet::new()),
         }))
@@ -552,6 +555,15 @@ impl Engine {
     /// volume without one). After this, a fresh host with the same store recovers the
     /// volume as it is now.
     pub async fn publish(&self, volume: &str) -> Result<(), FsError> {
+        // One publication of a volume at a time, each reading the newest state: an older
+        // head put after a newer one would name write-log segments already deleted.
+        let lock = self
+            .publishing
+            .lock()
+            .entry(volume.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
         for layer in self.meta.unpublished_layers(volume)?.into_iter().rev() {
             let record = self.meta.export_layer(layer)?;
             self.store
@@ -560,9 +572,8 @@ impl Engine {
             self.meta.mark_published(layer)?;
         }
         let manifest = self.meta.volume_manifest(volume)?;
-        let mut head = self.meta.export_layer(manifest.head)?;
-        let log_from = self.meta.log_from(volume)?;
-        head.log_from = Some(log_from);
+        let head = self.meta.export_head(volume)?;
+        let log_from = head.log_from.unwrap_or(0);
         self.store
             .put(&format!("volumes/{volume}/head.json"), json(&head)?)
             .await?;
@@ -723,6 +734,7 @@ impl Engine {
         self.discard_staging(id)?;
         self.published_manifests.lock().remove(id);
         self.published_log_from.lock().remove(id);
+        self.publishing.lock().remove(id);
         // The manifest first: without it, nothing recovers the volume.
         for key in [
             format!("volumes/{id}/manifest.json"),

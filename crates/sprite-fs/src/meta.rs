@@ -564,7 +564,28 @@ impl Meta {
 
     /// A layer as it is published to the object store.
     pub fn export_layer(&self, layer: i64) -> Result<LayerRecord, FsError> {
+        Self::export_layer_in(&self.lock(), layer)
+    }
+
+    /// A volume's head layer as it is published (`head.json`), with its `log_from`,
+    /// both read at one instant (a commit between the two reads would pair blocks and a
+    /// `log_from` of different states).
+    pub fn export_head(&self, volume: &str) -> Result<LayerRecord, FsError> {
         let connection = self.lock();
+        let (head, log_from): (i64, i64) = connection
+            .query_row(
+                "SELECT head, log_from FROM volumes WHERE id = ?1",
+                params![volume],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| FsError::VolumeNotFound(volume.to_string()))?;
+        let mut record = Self::export_layer_in(&connection, head)?;
+        record.log_from = Some(log_from as u64);
+        Ok(record)
+    }
+
+    fn export_layer_in(connection: &Connection, layer: i64) -> Result<LayerRecord, FsError> {
         let (volume, parent, sealed): (String, Option<i64>, bool) = connection.query_row(
             "SELECT volume, parent, sealed FROM layers WHERE id = ?1",
             params![layer],
