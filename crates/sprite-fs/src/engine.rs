@@ -180,6 +180,9 @@ struct Staging {
     /// Blocks an fsync in progress is making durable (taken from `unsynced`): not
     /// settled by an upload until that fsync has recorded them.
     syncing: BTreeSet<u64>,
+    /// Blocks recorded as staged in the metadata db (never one that is not): an fsync
+    /// that adds none commits no transaction.
+    recorded: HashSet<u64>,
     /// Present blocks of which staging holds only the sectors written since the block
     /// came back into staging; their other sectors are still only in their chunk (or
     /// zeros, for a block with none). Completed before an fsync records them, or
@@ -466,6 +469,7 @@ impl Engine {
         for block in self.meta.staged_blocks(id)? {
             staging.generation += 1;
             staging.present.insert(block, staging.generation);
+            staging.recorded.insert(block);
         }
         Ok(Arc::new(Volume {
             engine: self.clone(),
@@ -1371,7 +1375,7 @@ impl Volume {
     /// Makes every write so far durable on local disk. Returns when a daemon crash can
     /// no longer lose them.
     async fn fsync_local(&self) -> Result<(), FsError> {
-        let (unsynced, partial) = {
+        let (unsynced, partial, fresh) = {
             let mut staging = self.staging.lock();
             let unsynced: Vec<u64> = std::mem::take(&mut staging.unsynced).into_iter().collect();
             staging.syncing.extend(unsynced.iter().copied());
@@ -1380,7 +1384,12 @@ impl Volume {
                 .filter(|block| staging.partial.contains_key(block))
                 .copied()
                 .collect();
-            (unsynced, partial)
+            let fresh: Vec<u64> = unsynced
+                .iter()
+                .filter(|block| !staging.recorded.contains(block))
+                .copied()
+                .collect();
+            (unsynced, partial, fresh)
         };
         if unsynced.is_empty() {
             return Ok(());
@@ -1395,15 +1404,21 @@ impl Volume {
             self.staging_file
                 .sync_data()
                 .map_err(|e| self.staging_error("sync staging", e))?;
-            self.engine.meta.stage_blocks(&self.id, &unsynced)
+            // Blocks already recorded stay so until a pass settles them, which it does
+            // not while they are `syncing`.
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            self.engine.meta.stage_blocks(&self.id, &fresh)
         }
         .await;
         let mut staging = self.staging.lock();
         for block in &unsynced {
             staging.syncing.remove(block);
         }
-        if result.is_err() {
-            staging.unsynced.extend(unsynced);
+        match result {
+            Ok(()) => staging.recorded.extend(fresh),
+            Err(_) => staging.unsynced.extend(unsynced),
         }
         result
     }
@@ -1644,6 +1659,7 @@ impl Volume {
             for block in &unstage {
                 staging.present.remove(block);
                 staging.unsynced.remove(block);
+                staging.recorded.remove(block);
                 // Staging holds a partial block's written sectors only: not its bytes,
                 // so not idle (a later write starts from the stored block).
                 if staging.partial.remove(block).is_none() {
@@ -1763,6 +1779,7 @@ impl Volume {
         // Their staging bytes belong to the abandoned state.
         staging.idle.clear();
         staging.zeroed.clear();
+        staging.recorded.clear();
         staging.log.disarm();
         self.engine.meta.clear_staged(&self.id)
     }
@@ -2859,6 +2876,40 @@ mod tests {
         assert_eq!(
             volume.read(3, data.len()).await.expect("read from store"),
             data
+        );
+    }
+
+    /// An fsync records a block in the metadata db once (later fsyncs of it commit no
+    /// transaction) and again after a pass settled it.
+    #[tokio::test]
+    async fn a_block_is_recorded_once_per_stay_in_staging_and_survives_a_crash() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let setup = Setup::new(store.clone());
+        let engine = setup.engine();
+        let volume = new_volume(&engine, "v", 4 * BLOCK);
+        volume
+            .write(0, &pattern(BLOCK as usize, 1))
+            .await
+            .expect("write");
+        volume.fsync().await.expect("fsync");
+        volume.write(0, &[2u8; 512]).await.expect("write");
+        volume.fsync().await.expect("fsync, nothing new to record");
+        assert_eq!(engine.meta().staged_blocks("v").expect("staged"), [0]);
+        // A pass settles it; written again, it must be recorded again.
+        volume.upload().await.expect("pass");
+        assert!(engine.meta().staged_blocks("v").expect("staged").is_empty());
+        volume.write(0, &[3u8; 512]).await.expect("write");
+        volume.fsync().await.expect("fsync");
+        assert_eq!(engine.meta().staged_blocks("v").expect("staged"), [0]);
+        // Crash: the process dies before any upload.
+        drop(volume);
+        let engine = setup.engine();
+        let volume = engine.open_volume("v").expect("reopen");
+        let mut expected = pattern(BLOCK as usize, 1);
+        expected[..512].fill(3);
+        assert_eq!(
+            volume.read(0, BLOCK as usize).await.expect("read"),
+            expected
         );
     }
 

@@ -75,6 +75,31 @@ async fn sprites_live_on_spritefs() {
     let before = run(&daemon.client, "disk", &["sh", "-c", write]).await;
     assert_eq!(before.code, 0, "{before:?}");
 
+    // The CLI shows the sprite's durability mode and how far the store trails it.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sprite"))
+            .args(args)
+            .env("SPRITES_API_URL", &daemon.url)
+            .env("SPRITE_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let info = cli(&["info", "disk"]);
+    assert!(
+        info.lines()
+            .any(|line| line.starts_with("durable:  local (the store")),
+        "{info}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&cli(&["list", "--json"])).unwrap();
+    let storage = &listed[0]["storage"];
+    assert_eq!(storage["durability"], "local", "{listed}");
+    assert!(
+        storage["lag_ms"].is_u64() && storage["lag_bytes"].is_u64(),
+        "{listed}"
+    );
+
     // The daemon dies hard; the storage process and the sprite carry on.
     daemon.restart().await;
     let after = run(&daemon.client, "disk", &["md5sum", "/home/sprite/data"]).await;
