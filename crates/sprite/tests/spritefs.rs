@@ -86,7 +86,7 @@ async fn sprites_live_on_spritefs() {
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let info = cli(&["info", "disk"]);
+    let info = cli(&["info", "-s", "disk"]);
     assert!(
         info.lines()
             .any(|line| line.starts_with("durable:  local (the store")),
