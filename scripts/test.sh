@@ -38,6 +38,14 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bi
     cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
 fi
 
+# A real etcd for the cluster tests, and protoc to build the etcd client.
+if ! command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; then
+    echo "== installing etcd-server and protobuf-compiler (cluster tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server protobuf-compiler >/dev/null
+    # The package may start a system etcd; the tests start their own.
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
