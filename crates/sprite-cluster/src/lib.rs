@@ -243,9 +243,9 @@ impl Cluster {
     }
 
     /// Leaves at once: revokes the lease, so the host's key goes now.
-    pub async fn leave(mut self) -> Result<(), ClusterError> {
+    pub async fn leave(&self) -> Result<(), ClusterError> {
         self.heartbeat.abort();
-        self.client.lease_revoke(self.lease).await?;
+        self.client.clone().lease_revoke(self.lease).await?;
         Ok(())
     }
 
@@ -491,6 +491,70 @@ async fn heartbeat(
             return;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// A real etcd for tests (Debian's `etcd-server`), on free loopback ports, with its
+/// data in a temporary directory; killed and removed on drop.
+pub mod testing {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    pub struct Etcd {
+        child: Child,
+        /// Its client URL.
+        pub endpoint: String,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn free_port() -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    }
+
+    /// Starts etcd (`$SPRITE_ETCD`, else `etcd` on the PATH) and waits for its port.
+    pub fn start_etcd() -> Result<Etcd, String> {
+        let (client, peer) = (
+            free_port().map_err(|e| e.to_string())?,
+            free_port().map_err(|e| e.to_string())?,
+        );
+        let dir = std::env::temp_dir().join(format!("sprite-etcd-{}-{client}", std::process::id()));
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(std::env::var("SPRITE_ETCD").unwrap_or_else(|_| "etcd".into()))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--name", "test", "--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start etcd ({e}): apt-get install etcd-server"))?;
+        let etcd = Etcd {
+            child,
+            endpoint,
+            dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                return Ok(etcd);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("etcd did not start within 10 s".into())
     }
 }
 

@@ -2,61 +2,9 @@
 //! `etcd-server`; `.ci/run` installs it). No mocks of etcd.
 #![allow(clippy::unwrap_used)]
 
+use sprite_cluster::testing::{start_etcd, Etcd};
 use sprite_cluster::{Capacity, Cluster, ClusterConfig, ClusterError};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_etcd() -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(std::env::var("SPRITE_ETCD").unwrap_or_else(|_| "etcd".into()))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--name", "test", "--listen-client-urls", &endpoint])
-        .args(["--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start etcd ({e}): apt-get install etcd-server"));
-    let etcd = Etcd {
-        child,
-        endpoint,
-        _dir: dir,
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
-            return etcd;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("etcd did not start");
-}
 
 fn config(etcd: &Etcd, host: &str) -> ClusterConfig {
     ClusterConfig {
@@ -83,7 +31,7 @@ async fn host_ids(cluster: &Cluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_join_publish_and_leave_with_their_lease() {
-    let etcd = start_etcd();
+    let etcd = start_etcd().unwrap();
     let a = Cluster::join(config(&etcd, "a"), Capacity::default())
         .await
         .unwrap();
@@ -134,7 +82,7 @@ async fn hosts_join_publish_and_leave_with_their_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_raced_on_three_hosts_makes_one_sprite() {
-    let etcd = start_etcd();
+    let etcd = start_etcd().unwrap();
     let mut hosts = Vec::new();
     for id in ["h1", "h2", "h3"] {
         hosts.push(
@@ -170,7 +118,7 @@ async fn one_name_raced_on_three_hosts_makes_one_sprite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_bumps_the_epoch_and_a_stale_one_loses() {
-    let etcd = start_etcd();
+    let etcd = start_etcd().unwrap();
     let a = Cluster::join(config(&etcd, "a"), Capacity::default())
         .await
         .unwrap();

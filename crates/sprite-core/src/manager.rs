@@ -1165,6 +1165,20 @@ impl SpriteManager {
             .map(|record| self.lifecycle.run_dir(&record.id)))
     }
 
+    /// This host's sprites by status (the pool's ready sprites included: they hold
+    /// memory like warm ones), for the capacity a cluster member publishes.
+    pub fn host_counts(&self) -> Result<(u64, u64, u64), CoreError> {
+        let (mut running, mut warm, mut cold) = (0, 0, 0);
+        for record in self.db.all()? {
+            match self.lifecycle.activity.status(&record.id).0 {
+                SpriteStatus::Running => running += 1,
+                SpriteStatus::Warm => warm += 1,
+                SpriteStatus::Cold => cold += 1,
+            }
+        }
+        Ok((running, warm, cold))
+    }
+
     /// Number of sprites whose PID 1 this daemon knows to be up (running or warm).
     pub fn running_count(&self) -> usize {
         self.lifecycle.activity.awake().len()

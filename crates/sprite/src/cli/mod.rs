@@ -76,6 +76,8 @@ const EXAMPLES: &str = "Examples:
   sprite destroy dev --force";
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the daemon's many flags make its variant large, harmlessly.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the sprite daemon (the API server).
     Daemon(crate::daemon::DaemonArgs),

@@ -52,6 +52,16 @@ pub struct DaemonArgs {
     /// most a second) or `store` (durable in the object store: survives losing the host).
     #[arg(long, value_name = "MODE")]
     pub durability: Option<sprite_api::sprite::Durability>,
+    /// Join a cluster of hosts coordinated by etcd: etcd://HOST:PORT[,HOST:PORT...]
+    /// (every host uses the same --store s3://...; sprites default to store durability).
+    #[arg(long, value_name = "ETCD_URL")]
+    pub cluster: Option<String>,
+    /// This host's name in the cluster (default: the hostname).
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub host_id: Option<String>,
+    /// How the cluster's other hosts reach this host's API (default: http://<listen>).
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub advertise: Option<String>,
     /// Subnet of the sprites' network links (default 10.231.0.0/16), or "off" for
     /// loopback-only sprites.
     #[arg(long, value_name = "CIDR|off")]
@@ -106,6 +116,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         token: std::env::var("SPRITE_TOKEN").ok().filter(|t| !t.is_empty()),
         executable: std::env::current_exe().context("find the sprite binary")?,
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default(),
     };
     let DaemonSettings {
         data_dir,
@@ -117,6 +128,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         tls,
         wake_timeout,
         expedite_rcu: expedite,
+        cluster,
     } = DaemonSettings::resolve(&args, token, file, &environment)?;
     if config.network.is_some() {
         // Links and routes go through netlink; rules through libnftables, which the
@@ -185,6 +197,19 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
             manager.run_pool().await;
         });
     }
+    let membership = match cluster {
+        Some(config) => {
+            let endpoints = config.endpoints.join(",");
+            let member = sprite_cluster::Cluster::join(config, capacity(&manager))
+                .await
+                .with_context(|| format!("join the cluster at {endpoints}"))?;
+            tracing::info!(host = member.host_id(), %endpoints, "joined the cluster");
+            let member = Arc::new(member);
+            tokio::spawn(publish_capacity(member.clone(), manager.clone()));
+            Some(member)
+        }
+        None => None,
+    };
     let cookie_key = data_dir.join("proxy-cookie-key");
     let cookies = sprite_server::proxy::CookieKey::load(&cookie_key)
         .with_context(|| format!("load the URL proxy's cookie key {}", cookie_key.display()))?;
@@ -209,11 +234,69 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         listener,
         sprite_server::router(state),
         sprite_server::serve::API_LIMITS,
-        shutdown_signal(),
+        async move {
+            shutdown_signal().await;
+            // Gone from the cluster as the daemon stops (not when its lease runs out,
+            // nor after open connections wind down).
+            if let Some(member) = membership {
+                match member.leave().await {
+                    Ok(()) => tracing::info!("left the cluster"),
+                    Err(error) => {
+                        tracing::warn!("leave the cluster: {}", sprite_api::error_chain(&error))
+                    }
+                }
+            }
+        },
     )
     .await;
     tracing::info!("daemon stopped; sprites keep running");
     Ok(0)
+}
+
+/// What this host offers the cluster now: available memory and its sprites by status.
+fn capacity(manager: &SpriteManager) -> sprite_cluster::Capacity {
+    let free_memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemAvailable:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib / 1024);
+    let (running, warm, cold) = manager.host_counts().unwrap_or_default();
+    sprite_cluster::Capacity {
+        free_memory_mb,
+        running,
+        warm,
+        cold,
+    }
+}
+
+/// Publishes this host's capacity every 2 s while it is a member; says so loudly when
+/// the membership is lost (its lease expired: other hosts may claim its sprites).
+async fn publish_capacity(member: Arc<sprite_cluster::Cluster>, manager: Arc<SpriteManager>) {
+    let mut lost = member.lease_lost();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = lost.wait_for(|lost| *lost) => {
+                tracing::error!("this host lost its cluster lease: its sprites may be claimed by other hosts");
+                return;
+            }
+        }
+        if let Err(error) = member.publish(capacity(&manager), false).await {
+            tracing::warn!(
+                "publish capacity to the cluster: {}",
+                sprite_api::error_chain(&error)
+            );
+        }
+    }
 }
 
 /// A checkpoint freezes the sprite's ext4 (FIFREEZE); the kernel's freeze waits for

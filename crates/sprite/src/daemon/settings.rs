@@ -109,6 +109,13 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Join a cluster: "etcd://HOST:PORT[,HOST:PORT...]" (every host of it uses the
+    /// same `store = "s3://..."`).
+    pub cluster: Option<String>,
+    /// This host's name in the cluster (default: the hostname).
+    pub host_id: Option<String>,
+    /// How the cluster's other hosts reach this host's API (default: http://<listen>).
+    pub advertise: Option<String>,
 }
 
 /// `[s3]` in the config file. Each key, when set, wins over its AWS_* variable.
@@ -149,6 +156,8 @@ pub struct Environment {
     pub executable: PathBuf,
     /// The host's /etc/resolv.conf, for the default DNS upstreams.
     pub resolv_conf: String,
+    /// The host's name (the default cluster host id).
+    pub hostname: String,
 }
 
 /// A setting that cannot be used; the message names it and says what to use.
@@ -183,6 +192,8 @@ pub struct DaemonSettings {
     pub wake_timeout: Duration,
     /// Turn on expedited RCU grace periods (SpriteFS checkpoints).
     pub expedite_rcu: bool,
+    /// The cluster this host joins (`--cluster`); None: a single host.
+    pub cluster: Option<sprite_cluster::ClusterConfig>,
 }
 
 /// A duration setting: `Some(None)` is "never".
@@ -369,6 +380,59 @@ impl DaemonSettings {
             config.stop_grace = grace.unwrap_or_default();
         }
         config.min_free_memory_mb = file.min_free_memory_mb.unwrap_or(config.min_free_memory_mb);
+        let cluster = match flags.cluster.clone().or(file.cluster) {
+            None => None,
+            Some(url) => {
+                let endpoints = sprite_cluster::parse_cluster_url(&url)
+                    .map_err(|e| invalid("cluster", e.to_string()))?;
+                let host_id = flags
+                    .host_id
+                    .clone()
+                    .or(file.host_id)
+                    .unwrap_or_else(|| env.hostname.trim().to_string());
+                let valid = !host_id.is_empty()
+                    && host_id.len() <= 63
+                    && host_id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !valid {
+                    return Err(invalid(
+                        "host_id",
+                        format!("host_id {host_id:?} is not valid; use 1 to 63 of a-z, A-Z, 0-9, - and . (default: the hostname)"),
+                    ));
+                }
+                let advertise = flags
+                    .advertise
+                    .clone()
+                    .or(file.advertise)
+                    .unwrap_or_else(|| format!("http://{listen}"));
+                if !(advertise.starts_with("http://") || advertise.starts_with("https://")) {
+                    return Err(invalid(
+                        "advertise",
+                        format!("advertise = {advertise:?} is not a URL; use http://HOST:PORT of this host's API as its peers reach it"),
+                    ));
+                }
+                let shared = flags
+                    .store
+                    .as_deref()
+                    .or(file.store.as_deref())
+                    .is_some_and(|store| store.starts_with("s3://"));
+                if !shared {
+                    return Err(invalid(
+                        "cluster",
+                        "every host of a cluster keeps its sprites in one object store: set store = \"s3://BUCKET/PREFIX\" (or --store) on each".into(),
+                    ));
+                }
+                Some(sprite_cluster::ClusterConfig::new(
+                    endpoints, &host_id, &advertise,
+                ))
+            }
+        };
+        // In a cluster a host may be lost with its sprites claimed elsewhere: fsyncs are
+        // durable in the store unless said otherwise.
+        if cluster.is_some() {
+            config.default_durability = sprite_api::sprite::Durability::Store;
+        }
         if let Some(durability) = flags.durability.or(file.durability) {
             config.default_durability = durability;
         }
@@ -490,6 +554,7 @@ impl DaemonSettings {
             tls,
             wake_timeout,
             expedite_rcu: file.expedite_rcu.unwrap_or(true),
+            cluster,
         })
     }
 }
@@ -503,6 +568,7 @@ mod tests {
             token: None,
             executable: PathBuf::from("/usr/bin/sprite"),
             resolv_conf: "nameserver 192.0.2.53\n".into(),
+            hostname: "host-a\n".into(),
         }
     }
 
@@ -593,6 +659,58 @@ mod tests {
             from_file.core.sleep.warm_after,
             Some(Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn a_cluster_needs_a_shared_store_and_defaults_to_store_durability() {
+        use sprite_api::sprite::Durability;
+        let flags = DaemonArgs::default();
+        assert!(resolve(&flags, "").expect("no cluster").cluster.is_none());
+        let text = "cluster = \"etcd://127.0.0.1:2379\"\nstore = \"s3://b/p\"\n";
+        let settings = resolve(&flags, text).expect("a cluster");
+        let cluster = settings.cluster.expect("a cluster");
+        assert_eq!(cluster.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(cluster.host_id, "host-a", "the hostname by default");
+        assert_eq!(cluster.advertise, format!("http://{DEFAULT_LISTEN}"));
+        assert_eq!(settings.core.default_durability, Durability::Store);
+        let flagged = DaemonArgs {
+            host_id: Some("h2".into()),
+            advertise: Some("http://10.0.0.2:8080".into()),
+            durability: Some(Durability::Local),
+            ..DaemonArgs::default()
+        };
+        let settings = resolve(&flagged, text).expect("a cluster");
+        let cluster = settings.cluster.expect("a cluster");
+        assert_eq!(
+            (cluster.host_id.as_str(), cluster.advertise.as_str()),
+            ("h2", "http://10.0.0.2:8080")
+        );
+        assert_eq!(
+            settings.core.default_durability,
+            Durability::Local,
+            "the flag wins"
+        );
+        for (bad, key) in [
+            ("cluster = \"etcd://127.0.0.1:2379\"\n", "cluster"),
+            (
+                "cluster = \"etcd://127.0.0.1:2379\"\nstore = \"file:///x\"\n",
+                "cluster",
+            ),
+            (
+                "cluster = \"127.0.0.1:2379\"\nstore = \"s3://b/p\"\n",
+                "cluster",
+            ),
+            (
+                "cluster = \"etcd://h:1\"\nstore = \"s3://b/p\"\nhost_id = \"a b\"\n",
+                "host_id",
+            ),
+            (
+                "cluster = \"etcd://h:1\"\nstore = \"s3://b/p\"\nadvertise = \"h:1\"\n",
+                "advertise",
+            ),
+        ] {
+            assert_eq!(refused(&flags, bad).key, key, "{bad}");
+        }
     }
 
     #[test]
