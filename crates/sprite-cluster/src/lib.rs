@@ -395,48 +395,37 @@ impl Cluster {
             epoch: entry.placement.epoch + 1,
             ..entry.placement.clone()
         };
-        let key = self.sprite_key(&entry.placement.org, &entry.placement.name);
-        let response = self
-            .client
-            .clone()
-            .txn(
-                Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        entry.revision,
-                    )])
-                    .and_then([TxnOp::put(key, record(&placement), None)]),
-            )
+        let value = record(&placement);
+        let revision = self
+            .if_unchanged(entry, |key| TxnOp::put(key, value, None))
             .await?;
-        if !response.succeeded() {
-            return Err(ClusterError::Changed {
-                org: entry.placement.org.clone(),
-                name: entry.placement.name.clone(),
-            });
-        }
         Ok(Entry {
             placement,
-            revision: response.header().map_or(0, |h| h.revision()),
+            revision,
         })
     }
 
     /// Removes a sprite's name (it was destroyed), if nobody changed it since `entry`
     /// was read.
     pub async fn release(&self, entry: &Entry) -> Result<(), ClusterError> {
+        self.if_unchanged(entry, |key| TxnOp::delete(key, None))
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs `operation` on a sprite's key if its revision is still `entry`'s; answers
+    /// the revision it made.
+    async fn if_unchanged(
+        &self,
+        entry: &Entry,
+        operation: impl FnOnce(String) -> TxnOp,
+    ) -> Result<i64, ClusterError> {
         let key = self.sprite_key(&entry.placement.org, &entry.placement.name);
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, entry.revision);
         let response = self
             .client
             .clone()
-            .txn(
-                Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        entry.revision,
-                    )])
-                    .and_then([TxnOp::delete(key, None)]),
-            )
+            .txn(Txn::new().when([unchanged]).and_then([operation(key)]))
             .await?;
         if !response.succeeded() {
             return Err(ClusterError::Changed {
@@ -444,7 +433,7 @@ impl Cluster {
                 name: entry.placement.name.clone(),
             });
         }
-        Ok(())
+        Ok(response.header().map_or(0, |h| h.revision()))
     }
 }
 
