@@ -17,6 +17,12 @@ fn config(etcd: &Etcd, host: &str) -> ClusterConfig {
     }
 }
 
+async fn join(etcd: &Etcd, host: &str) -> Cluster {
+    Cluster::join(config(etcd, host), Capacity::default())
+        .await
+        .unwrap()
+}
+
 async fn host_ids(cluster: &Cluster) -> Vec<String> {
     let mut ids: Vec<String> = cluster
         .hosts()
@@ -32,12 +38,8 @@ async fn host_ids(cluster: &Cluster) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_join_publish_and_leave_with_their_lease() {
     let etcd = start_etcd().unwrap();
-    let a = Cluster::join(config(&etcd, "a"), Capacity::default())
-        .await
-        .unwrap();
-    let b = Cluster::join(config(&etcd, "b"), Capacity::default())
-        .await
-        .unwrap();
+    let a = join(&etcd, "a").await;
+    let b = join(&etcd, "b").await;
     assert_eq!(host_ids(&a).await, ["a", "b"]);
     // One live member per id.
     match Cluster::join(config(&etcd, "a"), Capacity::default()).await {
@@ -61,9 +63,7 @@ async fn hosts_join_publish_and_leave_with_their_lease() {
     // Leaving revokes at once; a host that just stops goes when its lease expires.
     b.leave().await.unwrap();
     assert_eq!(host_ids(&a).await, ["a"]);
-    let c = Cluster::join(config(&etcd, "c"), Capacity::default())
-        .await
-        .unwrap();
+    let c = join(&etcd, "c").await;
     drop(c);
     assert_eq!(host_ids(&a).await, ["a", "c"]);
     let started = Instant::now();
@@ -85,11 +85,7 @@ async fn one_name_raced_on_three_hosts_makes_one_sprite() {
     let etcd = start_etcd().unwrap();
     let mut hosts = Vec::new();
     for id in ["h1", "h2", "h3"] {
-        hosts.push(
-            Cluster::join(config(&etcd, id), Capacity::default())
-                .await
-                .unwrap(),
-        );
+        hosts.push(join(&etcd, id).await);
     }
     for round in 0..10 {
         let name = format!("race-{round}");
@@ -119,15 +115,9 @@ async fn one_name_raced_on_three_hosts_makes_one_sprite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_bumps_the_epoch_and_a_stale_one_loses() {
     let etcd = start_etcd().unwrap();
-    let a = Cluster::join(config(&etcd, "a"), Capacity::default())
-        .await
-        .unwrap();
-    let b = Cluster::join(config(&etcd, "b"), Capacity::default())
-        .await
-        .unwrap();
-    let c = Cluster::join(config(&etcd, "c"), Capacity::default())
-        .await
-        .unwrap();
+    let a = join(&etcd, "a").await;
+    let b = join(&etcd, "b").await;
+    let c = join(&etcd, "c").await;
     let made = a.claim_name("org", "s", "id-s").await.unwrap();
     a.claim_name("org", "t", "id-t").await.unwrap();
     assert_eq!(b.sprites_of("a").await.unwrap().len(), 2);

@@ -2135,6 +2135,22 @@ mod tests {
             .all(|v| *v == Some(8)));
     }
 
+    /// A memory store that counts the calls it gets, as the store and the setup over it.
+    fn counting_setup() -> (
+        Arc<FaultInjecting<ObjectBlobStore>>,
+        Arc<dyn BlobStore>,
+        Setup,
+    ) {
+        let counting = Arc::new(FaultInjecting::new(
+            ObjectBlobStore::memory(),
+            0,
+            Duration::ZERO,
+        ));
+        let store: Arc<dyn BlobStore> = counting.clone();
+        let setup = Setup::new(store.clone());
+        (counting, store, setup)
+    }
+
     /// A store that refuses log segment puts while told to.
     #[derive(Debug)]
     struct RefusingSegments {
@@ -2182,13 +2198,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_fsync_sends_the_written_sectors_not_the_blocks() {
-        let counting = Arc::new(FaultInjecting::new(
-            ObjectBlobStore::memory(),
-            0,
-            Duration::ZERO,
-        ));
-        let store: Arc<dyn BlobStore> = counting.clone();
-        let setup = Setup::new(store.clone());
+        let (counting, store, setup) = counting_setup();
         let engine = setup.engine();
         let volume = new_volume(&engine, "v", 4 * BLOCK);
         volume.set_durability(Durability::Store);
@@ -2433,13 +2443,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pass_that_adds_no_version_puts_its_chunks_and_the_head_alone() {
-        let counting = Arc::new(FaultInjecting::new(
-            ObjectBlobStore::memory(),
-            0,
-            Duration::ZERO,
-        ));
-        let store: Arc<dyn BlobStore> = counting.clone();
-        let setup = Setup::new(store.clone());
+        let (counting, store, setup) = counting_setup();
         let engine = setup.engine();
         let volume = new_volume(&engine, "v", 4 * BLOCK);
         volume

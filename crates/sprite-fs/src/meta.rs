@@ -500,20 +500,6 @@ impl Meta {
         Ok(())
     }
 
-    /// The first write-log segment that applies on top of the volume's head.
-    pub fn log_from(&self, volume: &str) -> Result<u64, FsError> {
-        let value: i64 = self
-            .lock()
-            .query_row(
-                "SELECT log_from FROM volumes WHERE id = ?1",
-                params![volume],
-                |row| row.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| FsError::VolumeNotFound(volume.to_string()))?;
-        Ok(value as u64)
-    }
-
     pub fn set_log_from(&self, volume: &str, log_from: u64) -> Result<(), FsError> {
         self.lock().execute(
             "UPDATE volumes SET log_from = ?2 WHERE id = ?1",
