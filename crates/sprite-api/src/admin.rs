@@ -129,3 +129,58 @@ mod tests {
         assert!(serde_json::from_value::<ImageState>(serde_json::json!("melting")).is_err());
     }
 }
+
+/// A live host of a cluster (`GET /v1/admin/hosts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub id: String,
+    /// Its API, as peers reach it.
+    pub api: String,
+    /// Its URL proxy.
+    pub proxy: String,
+    pub free_memory_mb: u64,
+    pub running: u64,
+    pub warm: u64,
+    pub cold: u64,
+    /// Sprites it owns in the directory.
+    pub sprites: u64,
+    /// Takes no new sprites.
+    pub draining: bool,
+    /// The host that answered.
+    #[serde(default)]
+    pub this_host: bool,
+}
+
+/// `GET /v1/admin/hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostList {
+    pub hosts: Vec<HostStatus>,
+}
+
+/// `POST /v1/sprites/{name}/move` (ours).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// The host to move to; placement picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// Where a sprite went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveReport {
+    pub sprite: String,
+    pub from: String,
+    pub to: String,
+    /// Milliseconds from the request to the sprite being the target's.
+    pub ms: u64,
+}
+
+/// `POST /v1/admin/hosts/{id}/drain`: what a drain moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub host: String,
+    pub moved: Vec<MoveReport>,
+    /// Sprites that could not be moved, with why.
+    #[serde(default)]
+    pub failed: Vec<(String, String)>,
+}

@@ -178,6 +178,10 @@ pub struct CreateSpriteRequest {
     /// absent. A fork always runs on its parent's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Ours: the host of a cluster the sprite goes to (placement picks one when
+    /// absent; a fork goes to its parent's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Where a forked sprite comes from.
@@ -369,6 +373,17 @@ pub struct OrgCounts {
     /// only bound is on sprites in all (`max_sprites`).
     pub running_limit: u64,
     pub warm_limit: u64,
+}
+
+impl OrgCounts {
+    /// Adds another host's counts (a cluster's list); limits are per host and add up.
+    pub fn add(&mut self, other: &OrgCounts) {
+        self.running += other.running;
+        self.warm += other.warm;
+        self.cold += other.cold;
+        self.running_limit += other.running_limit;
+        self.warm_limit += other.warm_limit;
+    }
 }
 
 /// Limits of the list route.

@@ -519,6 +519,37 @@ impl Client {
         .await
     }
 
+    /// The live hosts of the cluster the daemon belongs to.
+    pub async fn hosts(&self) -> Result<sprite_api::admin::HostList, ClientError> {
+        self.send(self.http.get(self.url("/v1/admin/hosts"))).await
+    }
+
+    /// Moves every sprite off `host` and stops it taking new ones.
+    pub async fn drain(&self, host: &str) -> Result<sprite_api::admin::DrainReport, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/admin/hosts/{host}/drain"))),
+        )
+        .await
+    }
+
+    /// Moves a sprite to another host of the cluster (`to`, or one placement picks).
+    pub async fn move_sprite(
+        &self,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<sprite_api::admin::MoveReport, ClientError> {
+        let request = sprite_api::admin::MoveRequest {
+            to: to.map(str::to_string),
+        };
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/move")))
+                .json(&request),
+        )
+        .await
+    }
+
     pub async fn collect_garbage(&self) -> Result<sprite_api::admin::GcReport, ClientError> {
         self.send(self.http.post(self.url("/v1/admin/gc"))).await
     }

@@ -14,6 +14,10 @@
 //! are built on it by the daemon.
 #![forbid(unsafe_code)]
 
+mod view;
+
+pub use view::{token_hash, View};
+
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -26,8 +30,10 @@ pub struct ClusterConfig {
     pub endpoints: Vec<String>,
     /// This host's name, unique in the cluster.
     pub host_id: String,
-    /// How peers reach this host's API and URL proxy.
+    /// How peers reach this host's API.
     pub advertise: String,
+    /// How peers reach this host's URL proxy.
+    pub advertise_proxy: String,
     /// Key prefix of this cluster in etcd (ends with `/`).
     pub prefix: String,
     /// Lease time to live: a host that stops is gone from the cluster after this.
@@ -41,6 +47,7 @@ impl ClusterConfig {
             endpoints,
             host_id: host_id.to_string(),
             advertise: advertise.to_string(),
+            advertise_proxy: advertise.to_string(),
             prefix: "/sprites/".to_string(),
             lease_ttl: Duration::from_secs(5),
         }
@@ -113,7 +120,11 @@ pub struct Capacity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub id: String,
+    /// Its API.
     pub advertise: String,
+    /// Its URL proxy.
+    #[serde(default)]
+    pub proxy: String,
     pub capacity: Capacity,
     /// Takes no new sprites (being drained).
     #[serde(default)]
@@ -125,8 +136,6 @@ pub struct HostInfo {
 pub struct Placement {
     pub org: String,
     pub name: String,
-    /// The sprite's id (its volumes' names derive from it).
-    pub id: String,
     pub owner: String,
     /// Bumped by every change of owner: a host that holds an older epoch is stale.
     pub epoch: u64,
@@ -151,6 +160,19 @@ pub fn pick_host(hosts: &[HostInfo]) -> Option<&HostInfo> {
     })
 }
 
+/// Best of two: of the hosts at `first` and `second` (indexes into the hosts that take
+/// sprites, taken modulo their number), the less loaded. Random indexes spread a burst
+/// of creates even while every host reads the same (slightly old) capacities.
+pub fn pick_of_two(hosts: &[HostInfo], first: usize, second: usize) -> Option<&HostInfo> {
+    let open: Vec<&HostInfo> = hosts.iter().filter(|host| !host.draining).collect();
+    if open.is_empty() {
+        return None;
+    }
+    let (a, b) = (open[first % open.len()], open[second % open.len()]);
+    let load = |h: &HostInfo| h.capacity.running + h.capacity.warm;
+    Some(if load(b) < load(a) { b } else { a })
+}
+
 /// This host's membership of a cluster, and the directory.
 pub struct Cluster {
     client: etcd_client::Client,
@@ -158,6 +180,8 @@ pub struct Cluster {
     lease: i64,
     lost: watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
+    view: View,
+    follower: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -174,6 +198,7 @@ impl Drop for Cluster {
     /// the lease expires, as a host that died would (`leave` revokes it at once).
     fn drop(&mut self) {
         self.heartbeat.abort();
+        self.follower.abort();
     }
 }
 
@@ -182,7 +207,10 @@ fn record<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn read<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, ClusterError> {
+pub(crate) fn read<T: for<'de> Deserialize<'de>>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, ClusterError> {
     serde_json::from_slice(value).map_err(|source| ClusterError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         source,
@@ -192,48 +220,116 @@ fn read<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, Clu
 impl Cluster {
     /// Joins: takes a lease, registers this host under it (refused while another live
     /// member has the same id) and keeps the lease alive in the background.
-    pub async fn join(config: ClusterConfig, capacity: Capacity) -> Result<Cluster, ClusterError> {
+    ///
+    /// `previous` is the lease of this host's last run: while it is still alive (a
+    /// daemon restarted within the TTL) the host keeps it, and stays the member it was
+    /// (its sprites are not failed over).
+    pub async fn join(
+        config: ClusterConfig,
+        capacity: Capacity,
+        previous: Option<i64>,
+    ) -> Result<Cluster, ClusterError> {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(5));
         let mut client = etcd_client::Client::connect(&config.endpoints, Some(options)).await?;
         let ttl = config.lease_ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl, None).await?.id();
         let key = format!("{}hosts/{}", config.prefix, config.host_id);
         let host = HostInfo {
             id: config.host_id.clone(),
             advertise: config.advertise.clone(),
+            proxy: config.advertise_proxy.clone(),
             capacity,
             draining: false,
         };
-        let joined = client
-            .txn(
-                Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key,
-                        record(&host),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]),
-            )
-            .await?;
-        if !joined.succeeded() {
-            let _ = client.lease_revoke(lease).await;
-            return Err(ClusterError::HostTaken(config.host_id));
+        let mut kept = None;
+        if let Some(lease) = previous {
+            let alive = client
+                .lease_time_to_live(lease, None)
+                .await
+                .is_ok_and(|answer| answer.ttl() > 0);
+            if alive {
+                let ours = client
+                    .txn(
+                        Txn::new()
+                            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                            .and_then([TxnOp::put(
+                                key.clone(),
+                                record(&host),
+                                Some(PutOptions::new().with_lease(lease)),
+                            )]),
+                    )
+                    .await?;
+                if ours.succeeded() {
+                    kept = Some(lease);
+                }
+            }
         }
+        let lease = match kept {
+            Some(lease) => lease,
+            None => {
+                let lease = client.lease_grant(ttl, None).await?.id();
+                let joined = client
+                    .txn(
+                        Txn::new()
+                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                            .and_then([TxnOp::put(
+                                key,
+                                record(&host),
+                                Some(PutOptions::new().with_lease(lease)),
+                            )]),
+                    )
+                    .await?;
+                if !joined.succeeded() {
+                    let _ = client.lease_revoke(lease).await;
+                    return Err(ClusterError::HostTaken(config.host_id));
+                }
+                lease
+            }
+        };
         let (lost_tx, lost) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat(client.clone(), lease, config.lease_ttl, lost_tx));
+        let (view, follower) = view::follow(client.clone(), config.prefix.clone());
         Ok(Cluster {
             client,
             config,
             lease,
             lost,
             heartbeat,
+            view,
+            follower,
         })
+    }
+
+    /// This host's picture of the cluster, kept current by a watch.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// How peers reach this host.
+    pub fn advertise(&self) -> &str {
+        &self.config.advertise
+    }
+
+    /// Makes a token valid on every host of the cluster, for `org` (only its BLAKE3
+    /// hash is stored).
+    pub async fn publish_token(&self, token: &str, org: &str) -> Result<(), ClusterError> {
+        let key = format!("{}tokens/{}", self.config.prefix, token_hash(token));
+        self.client
+            .clone()
+            .put(key, record(&org.to_string()), None)
+            .await?;
+        Ok(())
     }
 
     pub fn host_id(&self) -> &str {
         &self.config.host_id
+    }
+
+    /// This membership's lease (kept by the daemon so that a restart within the TTL
+    /// keeps it).
+    pub fn lease(&self) -> i64 {
+        self.lease
     }
 
     /// Becomes true when this host's lease is gone (its heartbeat failed for a whole
@@ -262,6 +358,7 @@ impl Cluster {
         let host = HostInfo {
             id: self.config.host_id.clone(),
             advertise: self.config.advertise.clone(),
+            proxy: self.config.advertise_proxy.clone(),
             capacity,
             draining,
         };
@@ -293,12 +390,11 @@ impl Cluster {
 
     /// Creates a sprite's name, owned by this host at epoch 1. Exactly one of any number
     /// of concurrent claims of one name succeeds; the others learn the owner.
-    pub async fn claim_name(&self, org: &str, name: &str, id: &str) -> Result<Entry, ClusterError> {
+    pub async fn claim_name(&self, org: &str, name: &str) -> Result<Entry, ClusterError> {
         let key = self.sprite_key(org, name);
         let placement = Placement {
             org: org.to_string(),
             name: name.to_string(),
-            id: id.to_string(),
             owner: self.config.host_id.clone(),
             epoch: 1,
         };
@@ -392,6 +488,24 @@ impl Cluster {
     pub async fn take_over(&self, entry: &Entry) -> Result<Entry, ClusterError> {
         let placement = Placement {
             owner: self.config.host_id.clone(),
+            epoch: entry.placement.epoch + 1,
+            ..entry.placement.clone()
+        };
+        let value = record(&placement);
+        let revision = self
+            .if_unchanged(entry, |key| TxnOp::put(key, value, None))
+            .await?;
+        Ok(Entry {
+            placement,
+            revision,
+        })
+    }
+
+    /// Gives a sprite of this host to host `to` (a move), bumping its epoch, if nobody
+    /// changed it since `entry` was read.
+    pub async fn hand_over(&self, entry: &Entry, to: &str) -> Result<Entry, ClusterError> {
+        let placement = Placement {
+            owner: to.to_string(),
             epoch: entry.placement.epoch + 1,
             ..entry.placement.clone()
         };
@@ -555,6 +669,7 @@ mod tests {
         HostInfo {
             id: id.into(),
             advertise: format!("http://{id}"),
+            proxy: String::new(),
             capacity: Capacity {
                 free_memory_mb: free,
                 running,
@@ -575,6 +690,11 @@ mod tests {
         assert_eq!(pick_host(&hosts).map(|h| h.id.as_str()), Some("c"));
         assert_eq!(pick_host(&hosts[3..]), None, "a draining host takes none");
         assert_eq!(pick_host(&[]), None);
+        let two = |a, b| pick_of_two(&hosts, a, b).map(|h| h.id.as_str());
+        assert_eq!(two(0, 1), Some("b"), "the less loaded of the two");
+        assert_eq!(two(0, 0), Some("a"));
+        assert_eq!(two(2, 5), Some("c"), "indexes wrap over the open hosts");
+        assert_eq!(pick_of_two(&hosts[3..], 0, 1), None);
     }
 
     #[test]

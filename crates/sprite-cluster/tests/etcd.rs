@@ -18,7 +18,7 @@ fn config(etcd: &Etcd, host: &str) -> ClusterConfig {
 }
 
 async fn join(etcd: &Etcd, host: &str) -> Cluster {
-    Cluster::join(config(etcd, host), Capacity::default())
+    Cluster::join(config(etcd, host), Capacity::default(), None)
         .await
         .unwrap()
 }
@@ -42,7 +42,7 @@ async fn hosts_join_publish_and_leave_with_their_lease() {
     let b = join(&etcd, "b").await;
     assert_eq!(host_ids(&a).await, ["a", "b"]);
     // One live member per id.
-    match Cluster::join(config(&etcd, "a"), Capacity::default()).await {
+    match Cluster::join(config(&etcd, "a"), Capacity::default(), None).await {
         Err(ClusterError::HostTaken(id)) => assert_eq!(id, "a"),
         other => panic!("a second host a joined: {other:?}"),
     }
@@ -90,9 +90,9 @@ async fn one_name_raced_on_three_hosts_makes_one_sprite() {
     for round in 0..10 {
         let name = format!("race-{round}");
         let (r1, r2, r3) = tokio::join!(
-            hosts[0].claim_name("org", &name, "id-1"),
-            hosts[1].claim_name("org", &name, "id-2"),
-            hosts[2].claim_name("org", &name, "id-3"),
+            hosts[0].claim_name("org", &name),
+            hosts[1].claim_name("org", &name),
+            hosts[2].claim_name("org", &name),
         );
         let results = [r1, r2, r3];
         let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
@@ -118,8 +118,8 @@ async fn a_take_over_bumps_the_epoch_and_a_stale_one_loses() {
     let a = join(&etcd, "a").await;
     let b = join(&etcd, "b").await;
     let c = join(&etcd, "c").await;
-    let made = a.claim_name("org", "s", "id-s").await.unwrap();
-    a.claim_name("org", "t", "id-t").await.unwrap();
+    let made = a.claim_name("org", "s").await.unwrap();
+    a.claim_name("org", "t").await.unwrap();
     assert_eq!(b.sprites_of("a").await.unwrap().len(), 2);
     // b and c both saw a's entry and race to claim it: one wins, with epoch 2.
     let seen = b.lookup("org", "s").await.unwrap().unwrap();
@@ -130,7 +130,6 @@ async fn a_take_over_bumps_the_epoch_and_a_stale_one_loses() {
         other => panic!("{other:?}"),
     };
     assert_eq!(winner.placement.epoch, 2);
-    assert_eq!(winner.placement.id, "id-s");
     // a, with what it read before, can neither take it back nor delete it.
     assert!(matches!(
         a.take_over(&made).await,

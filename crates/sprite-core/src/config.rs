@@ -88,6 +88,10 @@ pub struct CoreConfig {
     pub network: Option<crate::network::NetworkConfig>,
     /// `http` or `https` (TLS on the URL proxy): the scheme SpriteInfo.url shows.
     pub url_scheme: String,
+    /// This host is one of a cluster: other hosts write the same object store, so a
+    /// fresh host does not take every sprite of the store (sprites come to it one by
+    /// one: placement, failover, moves) and nothing is garbage-collected.
+    pub cluster: bool,
 }
 
 impl CoreConfig {
@@ -134,6 +138,7 @@ impl CoreConfig {
             pool_size: 2,
             network: None,
             url_scheme: "http".into(),
+            cluster: false,
         }
     }
 }

@@ -79,6 +79,16 @@ pub enum CoreError {
     SpriteNotFound(String),
     #[error("a sprite named {0} already exists")]
     SpriteExists(String),
+    #[error("a sprite named {name} already exists on host {owner} of the cluster")]
+    SpriteExistsElsewhere { name: String, owner: String },
+    #[error(
+        "sprite {name} is on host {owner} now (this host's copy was stale and is gone): retry"
+    )]
+    MovedElsewhere { name: String, owner: String },
+    #[error("sprite {name}: the cluster directory did not answer ({reason}); retry when etcd is reachable")]
+    DirectoryUnavailable { name: String, reason: String },
+    #[error("{0} is not available in a cluster: {1}")]
+    NotInCluster(&'static str, &'static str),
     #[error("checkpoint {checkpoint} of sprite {sprite} not found")]
     CheckpointNotFound { sprite: String, checkpoint: String },
     #[error("session {0} not found")]
@@ -169,6 +179,8 @@ impl CoreError {
             | CoreError::CheckpointNotFound { .. }
             | CoreError::TaskNotFound(_) => ErrorKind::NotFound,
             CoreError::SpriteExists(_)
+            | CoreError::SpriteExistsElsewhere { .. }
+            | CoreError::NotInCluster(..)
             | CoreError::ImageExists(_)
             | CoreError::InUse { .. }
             | CoreError::TaskExists(_)
@@ -193,7 +205,10 @@ impl CoreError {
             | CoreError::NoIdRange(_)
             | CoreError::ConcurrentLimit { .. }
             | CoreError::CreationRateLimited { .. } => ErrorKind::RateLimited,
-            CoreError::StartTimeout(_) | CoreError::PortTimeout { .. } => ErrorKind::Unavailable,
+            CoreError::StartTimeout(_)
+            | CoreError::PortTimeout { .. }
+            | CoreError::DirectoryUnavailable { .. }
+            | CoreError::MovedElsewhere { .. } => ErrorKind::Unavailable,
             CoreError::Database(_)
             | CoreError::Sandbox { .. }
             | CoreError::Image { .. }

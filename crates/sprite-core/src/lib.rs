@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod config;
 pub mod db;
+pub mod directory;
 pub mod dns;
 mod error;
 pub mod files;
@@ -18,6 +19,7 @@ pub mod image;
 mod lifecycle;
 pub mod limits;
 pub mod manager;
+mod moves;
 pub mod network;
 mod pool;
 pub mod ports;

@@ -58,6 +58,8 @@ pub struct SpriteManager {
     inside_checkpoints: crate::limits::Buckets,
     /// Creates per organization (`creates_per_minute`).
     creates: crate::limits::Buckets,
+    /// The cluster's names (None: a single host, every name is its own).
+    directory: parking_lot::RwLock<Option<Arc<dyn crate::directory::Directory>>>,
 }
 
 /// The directories sprites' in-sprite API sockets live in (`run/<sprite id>`) are on
@@ -116,6 +118,7 @@ impl SpriteManager {
                 block_bytes: config.block_bytes,
                 id_base: config.id_base,
                 id_count: config.id_count,
+                shared_store: config.cluster,
             })),
         };
         let mount_seed = if nix::unistd::geteuid().is_root() {
@@ -195,7 +198,53 @@ impl SpriteManager {
                 INSIDE_CHECKPOINTS_PER_SECOND,
             ),
             creates: crate::limits::Buckets::new(creates, f64::from(creates) / 60.0),
+            directory: parking_lot::RwLock::new(None),
         }))
+    }
+
+    /// From now on, names are claimed in the cluster's directory before a sprite is
+    /// made and released when it is destroyed.
+    pub fn set_directory(&self, directory: Arc<dyn crate::directory::Directory>) {
+        *self.directory.write() = Some(directory);
+    }
+
+    fn directory(&self) -> Option<Arc<dyn crate::directory::Directory>> {
+        self.directory.read().clone()
+    }
+
+    /// Claims a new sprite's name in the cluster (nothing to do on a single host).
+    async fn claim_name(&self, key: &SpriteKey) -> Result<(), CoreError> {
+        let Some(directory) = self.directory() else {
+            return Ok(());
+        };
+        match directory.claim(key).await {
+            Ok(()) => Ok(()),
+            Err(crate::directory::DirectoryError::Taken { owner }) => {
+                if self.record(key).is_ok() {
+                    Err(CoreError::SpriteExists(key.name.to_string()))
+                } else {
+                    Err(CoreError::SpriteExistsElsewhere {
+                        name: key.name.to_string(),
+                        owner,
+                    })
+                }
+            }
+            Err(crate::directory::DirectoryError::Unavailable(reason)) => {
+                Err(CoreError::DirectoryUnavailable {
+                    name: key.name.to_string(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Gives a name back to the cluster (logged, not fatal: the sprite is gone here).
+    async fn release_name(&self, key: &SpriteKey) {
+        if let Some(directory) = self.directory() {
+            if let Err(error) = directory.release(key).await {
+                tracing::warn!(sprite = %key.name, "could not release the name in the cluster directory: {error}");
+            }
+        }
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -370,6 +419,24 @@ impl SpriteManager {
             },
             pooled: false,
         };
+        let key = record.key();
+        self.claim_name(&key).await?;
+        let made = self.make(record, fork).await;
+        match (&made, self.directory()) {
+            (Err(_), _) => self.release_name(&key).await,
+            (Ok(_), Some(directory)) => directory.made(&key),
+            (Ok(_), None) => {}
+        }
+        made
+    }
+
+    /// The second half of [`Self::create`], once the name is this host's: from the
+    /// pool, or provisioned.
+    async fn make(
+        &self,
+        record: SpriteRecord,
+        fork: Option<(crate::ids::SpriteId, String, String)>,
+    ) -> Result<SpriteInfo, CoreError> {
         if fork.is_none() && self.pool.poolable(&record.image, record.config.storage_gb) {
             if let Some(taken) = self.pool.take(&record).await? {
                 tracing::info!(sprite = %taken.name, id = %taken.id, "sprite created from the pool");
@@ -403,7 +470,12 @@ impl SpriteManager {
     }
 
     fn record_key(record: &SpriteRecord) -> String {
-        format!("sprites/{}/{}.json", record.org, record.name)
+        Self::record_key_of(&record.key())
+    }
+
+    /// Where a sprite's record is kept in the object store.
+    pub(crate) fn record_key_of(key: &SpriteKey) -> String {
+        format!("sprites/{}/{}.json", key.org, key.name)
     }
 
     /// Mirrors a sprite's record into the object store (SpriteFS), so a fresh host
@@ -427,7 +499,8 @@ impl SpriteManager {
     /// Brings every known sprite back after a daemon start: sprites whose PID 1 still
     /// answers are adopted as they are (sessions and all), the others are started.
     pub async fn recover(&self) -> Result<usize, CoreError> {
-        if self.db.count()? == 0 {
+        // In a cluster the store holds every host's sprites: they come here one by one.
+        if self.db.count()? == 0 && !self.config.cluster {
             // A fresh host: sprites recorded in the object store come back.
             for value in self.lifecycle.roots.load_records("sprites/").await? {
                 match serde_json::from_value::<SpriteRecord>(value) {
@@ -611,10 +684,30 @@ impl SpriteManager {
 
     pub async fn destroy(&self, key: &SpriteKey) -> Result<(), CoreError> {
         let record = self.record(key)?;
+        // A copy here of a sprite another host owns now is stale: it goes, and what
+        // the store holds (the owner's) stays.
+        if let Some(directory) = self.directory() {
+            let elsewhere =
+                directory
+                    .owns(key)
+                    .await
+                    .map_err(|error| CoreError::DirectoryUnavailable {
+                        name: key.name.to_string(),
+                        reason: error.to_string(),
+                    })?;
+            if let Some(owner) = elsewhere {
+                self.abandon(key).await?;
+                return Err(CoreError::MovedElsewhere {
+                    name: key.name.to_string(),
+                    owner,
+                });
+            }
+        }
         let start_lock = self.lifecycle.start_lock(&record.id);
         let _guard = start_lock.lock().await;
         self.lifecycle.teardown(&record).await?;
         self.db.delete(&record.id)?;
+        self.release_name(key).await;
         if let Err(error) = self
             .lifecycle
             .roots
@@ -1014,6 +1107,12 @@ impl SpriteManager {
 
     /// Garbage collection now (ours: `POST /v1/admin/gc`).
     pub async fn collect_garbage(&self) -> Result<sprite_api::admin::GcReport, CoreError> {
+        if self.config.cluster {
+            return Err(CoreError::NotInCluster(
+                "garbage collection",
+                "the hosts share one object store and none knows every reference",
+            ));
+        }
         Ok(match self.lifecycle.roots.collect_garbage().await? {
             Some((layers, chunks, bytes)) => sprite_api::admin::GcReport {
                 layers: layers as u64,

@@ -51,6 +51,10 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn load_records(&self, _prefix: &str) -> Result<Vec<serde_json::Value>, CoreError> {
         Ok(Vec::new())
     }
+    /// The record saved as `key`, if there is one.
+    async fn load_record(&self, _key: &str) -> Result<Option<serde_json::Value>, CoreError> {
+        Ok(None)
+    }
     /// Stored bytes of the layer (None: the backend does not count).
     async fn usage(&self, _sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {
         Ok(None)
@@ -62,6 +66,20 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     /// Brings the storage back after it died (restarts the storage process).
     async fn recover_storage(&self) -> Result<(), CoreError> {
         Ok(())
+    }
+    /// Reads a sprite's layer from the object store as it is there now, replacing what
+    /// this host knew of it (a sprite that comes from another host of a cluster).
+    /// Answers false when the store has none (or the backend keeps nothing there).
+    async fn import(&self, _sprite_id: &str) -> Result<bool, CoreError> {
+        Ok(false)
+    }
+    /// Undoes `prepare` and forgets the layer on this host; the stored layer stays (the
+    /// sprite went to another host). `keep_writes`: what this host wrote goes to the
+    /// store first (a move); else it is dropped (another host took the sprite over,
+    /// this host's copy is stale and must not overwrite the new owner's).
+    async fn forget(&self, sprite_id: &str, keep_writes: bool) -> Result<(), CoreError> {
+        let _ = keep_writes;
+        self.release(sprite_id).await
     }
     /// Makes a new sprite's layer from a version of another's (metadata only).
     async fn create_from(
@@ -308,6 +326,9 @@ pub struct SpriteFsSettings {
     pub id_base: u32,
     /// Ids per sprite.
     pub id_count: u32,
+    /// Other hosts of a cluster write the same store (the storage process's
+    /// `--shared-store`).
+    pub shared_store: bool,
 }
 
 /// Sprite layers on SpriteFS volumes.
@@ -520,6 +541,9 @@ impl SpriteFsStore {
         if let Some(faults) = &self.settings.store_faults {
             command.arg("--faults").arg(faults);
         }
+        if self.settings.shared_store {
+            command.arg("--shared-store");
+        }
         command.envs(self.settings.store_env.iter().map(|(k, v)| (k, v)));
         use std::os::unix::process::CommandExt;
         command
@@ -632,6 +656,7 @@ impl SpriteFsStore {
             volume,
             StorageRequest::Detach {
                 volume: volume.into(),
+                discard: false,
             },
         )
         .await?;
@@ -975,6 +1000,16 @@ impl RootStore for SpriteFsStore {
         }
     }
 
+    async fn load_record(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError> {
+        match self
+            .request(key, StorageRequest::GetRecord { key: key.into() })
+            .await?
+        {
+            StorageResponse::Records { values } => Ok(values.into_iter().next()),
+            other => Err(unexpected("", other)),
+        }
+    }
+
     async fn usage(&self, sprite_id: &str) -> Result<Option<LayerUsage>, CoreError> {
         match self
             .request(
@@ -1042,6 +1077,46 @@ impl RootStore for SpriteFsStore {
         self.unmount_volume(sprite_id, &target).await?;
         let _ = fs::remove_file(self.mounted_by_path(sprite_id));
         Ok(())
+    }
+
+    async fn import(&self, sprite_id: &str) -> Result<bool, CoreError> {
+        match self
+            .request(
+                sprite_id,
+                StorageRequest::Import {
+                    volume: sprite_id.into(),
+                },
+            )
+            .await?
+        {
+            StorageResponse::Exists { exists } => Ok(exists),
+            other => Err(unexpected(sprite_id, other)),
+        }
+    }
+
+    async fn forget(&self, sprite_id: &str, keep_writes: bool) -> Result<(), CoreError> {
+        if keep_writes {
+            self.release(sprite_id).await?;
+        } else {
+            {
+                let _views = self.views.lock().await;
+                self.unmount_views(sprite_id).await;
+            }
+            let target = self.mount_dir(sprite_id);
+            if is_mount_point(&target) {
+                unmount(&target, true).await?;
+            }
+            self.request(
+                sprite_id,
+                StorageRequest::Detach {
+                    volume: sprite_id.into(),
+                    discard: true,
+                },
+            )
+            .await?;
+            let _ = fs::remove_file(self.mounted_by_path(sprite_id));
+        }
+        remove_tree(&self.settings.data_dir.join("layers").join(sprite_id))
     }
 
     async fn remove(&self, sprite_id: &str) -> Result<(), CoreError> {
@@ -1225,6 +1300,7 @@ impl RootStore for SpriteFsStore {
         made?;
         let detach = StorageRequest::Detach {
             volume: volume.clone(),
+            discard: false,
         };
         self.request(&volume, detach).await?;
         let seal = StorageRequest::Checkpoint {

@@ -614,58 +614,106 @@ impl Engine {
             if !key.ends_with("/manifest.json") {
                 continue;
             }
-            let mut manifest: crate::meta::VolumeManifest =
-                parse(&self.store.get(key).await?, key)?;
-            let head_key = format!("volumes/{}/head.json", manifest.id);
-            let head: crate::meta::LayerRecord = match self.store.get(&head_key).await {
-                Ok(bytes) => parse(&bytes, &head_key)?,
-                // Only from a store written before heads were published first: the
-                // volume never had a state a fresh host could use.
-                Err(crate::error::StoreError::NotFound(_)) => {
-                    tracing::warn!(volume = %manifest.id, "a manifest without its head in the store: skipped");
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
-            };
-            if head.id != manifest.head {
-                // Lost between a checkpoint's head and its manifest: the head is the
-                // newer state (its parent is the layer the manifest names); the new
-                // version's name was not published, its data is the head's parent.
-                tracing::warn!(volume = %manifest.id, manifest_head = manifest.head, head = head.id, "the manifest trails the head: recovering the head");
-                manifest.head = head.id;
-            }
-            self.meta.import_layer(&head)?;
-            // The head's ancestors and every version's layer, each fetched once.
-            let mut pending: Vec<i64> = head
-                .parent
-                .into_iter()
-                .chain(manifest.versions.iter().map(|v| v.layer))
-                .collect();
-            while let Some(layer) = pending.pop() {
-                if !imported.insert(layer) {
-                    continue;
-                }
-                let key = format!("layers/{layer}.json");
-                let record: crate::meta::LayerRecord = parse(&self.store.get(&key).await?, &key)?;
-                pending.extend(record.parent);
-                self.meta.import_layer(&record)?;
-            }
-            self.meta.import_volume(&manifest)?;
-            // The write log on top of the head: the segments that follow it without a
-            // gap are written into staging as the volume's newest bytes.
-            let log_from = head.log_from.unwrap_or(0);
-            self.meta.set_log_from(&manifest.id, log_from)?;
+            let manifest: crate::meta::VolumeManifest = parse(&self.store.get(key).await?, key)?;
             let present = segments.remove(manifest.id.as_str()).unwrap_or_default();
-            let last_epoch = present.iter().map(|seq| log::epoch_of(*seq)).max();
-            self.meta
-                .next_log_epoch(&manifest.id, last_epoch.unwrap_or(0))?;
-            let apply = log::applicable(log_from, present);
-            if !apply.is_empty() {
-                self.replay_log(&manifest.id, &apply).await?;
+            if let Some(id) = self
+                .recover_volume(manifest, present, &mut imported)
+                .await?
+            {
+                found.push(id);
             }
-            found.push(manifest.id);
         }
         Ok(found)
+    }
+
+    /// Reads one volume from the object store as it is there now, replacing whatever
+    /// this host knew of it (a sprite that comes here from another host of a cluster:
+    /// a failover or a move). Answers false when the store has no such volume. The
+    /// volume must not be open.
+    pub async fn import_volume(self: &Arc<Self>, id: &str) -> Result<bool, FsError> {
+        let key = format!("volumes/{id}/manifest.json");
+        let manifest: crate::meta::VolumeManifest = match self.store.get(&key).await {
+            Ok(bytes) => parse(&bytes, &key)?,
+            Err(crate::error::StoreError::NotFound(_)) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        };
+        // What an earlier stay on this host left is stale.
+        if self.meta.volume(id).is_ok() {
+            self.meta.delete_volume(id)?;
+        }
+        self.discard_staging(id)?;
+        self.published_manifests.lock().remove(id);
+        self.published_log_from.lock().remove(id);
+        let present: Vec<u64> = self
+            .store
+            .list(&log::prefix(id))
+            .await?
+            .iter()
+            .filter_map(|key| log::parse_key(key).map(|(_, seq)| seq))
+            .collect();
+        let mut imported = std::collections::HashSet::new();
+        Ok(self
+            .recover_volume(manifest, present, &mut imported)
+            .await?
+            .is_some())
+    }
+
+    /// Imports one volume's head, layers and manifest, then replays the write-log
+    /// segments (`present`) that follow its head. Layers in `imported` are not fetched
+    /// again. Answers the volume's id, or None when it has no usable state.
+    async fn recover_volume(
+        self: &Arc<Self>,
+        mut manifest: crate::meta::VolumeManifest,
+        present: Vec<u64>,
+        imported: &mut std::collections::HashSet<i64>,
+    ) -> Result<Option<String>, FsError> {
+        let head_key = format!("volumes/{}/head.json", manifest.id);
+        let head: crate::meta::LayerRecord = match self.store.get(&head_key).await {
+            Ok(bytes) => parse(&bytes, &head_key)?,
+            // Only from a store written before heads were published first: the
+            // volume never had a state a fresh host could use.
+            Err(crate::error::StoreError::NotFound(_)) => {
+                tracing::warn!(volume = %manifest.id, "a manifest without its head in the store: skipped");
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if head.id != manifest.head {
+            // Lost between a checkpoint's head and its manifest: the head is the
+            // newer state (its parent is the layer the manifest names); the new
+            // version's name was not published, its data is the head's parent.
+            tracing::warn!(volume = %manifest.id, manifest_head = manifest.head, head = head.id, "the manifest trails the head: recovering the head");
+            manifest.head = head.id;
+        }
+        self.meta.import_layer(&head)?;
+        // The head's ancestors and every version's layer, each fetched once.
+        let mut pending: Vec<i64> = head
+            .parent
+            .into_iter()
+            .chain(manifest.versions.iter().map(|v| v.layer))
+            .collect();
+        while let Some(layer) = pending.pop() {
+            if !imported.insert(layer) {
+                continue;
+            }
+            let key = format!("layers/{layer}.json");
+            let record: crate::meta::LayerRecord = parse(&self.store.get(&key).await?, &key)?;
+            pending.extend(record.parent);
+            self.meta.import_layer(&record)?;
+        }
+        self.meta.import_volume(&manifest)?;
+        // The write log on top of the head: the segments that follow it without a
+        // gap are written into staging as the volume's newest bytes.
+        let log_from = head.log_from.unwrap_or(0);
+        self.meta.set_log_from(&manifest.id, log_from)?;
+        let last_epoch = present.iter().map(|seq| log::epoch_of(*seq)).max();
+        self.meta
+            .next_log_epoch(&manifest.id, last_epoch.unwrap_or(0))?;
+        let apply = log::applicable(log_from, present);
+        if !apply.is_empty() {
+            self.replay_log(&manifest.id, &apply).await?;
+        }
+        Ok(Some(manifest.id))
     }
 
     /// Writes a volume's log segments (in order) into its staging, durably: they are the

@@ -65,6 +65,10 @@ pub enum FsError {
     },
     #[error("metadata object {key}: {message}")]
     Manifest { key: String, message: String },
+    #[error("volume {0} is in use on this host: it cannot be imported over")]
+    Attached(String),
+    #[error("garbage collection is off for an object store that other hosts of a cluster write (this host cannot know what their volumes reference)")]
+    SharedStore,
     #[error("offset {offset} + {len} is past the end of volume {volume} ({size} bytes)")]
     OutOfRange {
         volume: String,

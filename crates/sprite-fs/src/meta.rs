@@ -150,6 +150,13 @@ fn chunk_from(blob: Option<Vec<u8>>) -> Option<ChunkId> {
     Some(ChunkId(bytes))
 }
 
+/// A layer id from a time in milliseconds and random bits: `ms << 21 | random`, kept
+/// positive (42 bits of milliseconds last until the year 2109).
+pub(crate) fn layer_id(unix_ms: u64, random: u32) -> i64 {
+    let ms = unix_ms & ((1 << 42) - 1);
+    ((ms << 21) | u64::from(random & ((1 << 21) - 1))) as i64
+}
+
 impl Meta {
     pub fn open(path: &Path) -> Result<Meta, FsError> {
         Self::init(Connection::open(path)?)
@@ -179,16 +186,34 @@ impl Meta {
         self.connection.lock()
     }
 
+    /// A new layer. Its id names its record in the object store (`layers/<id>.json`),
+    /// which the hosts of a cluster share: ids are the creation time in milliseconds
+    /// with 21 random bits below it, so hosts never pick the same one, and a volume's
+    /// later layers have larger ids (its versions list in that order).
     fn new_layer(
         connection: &Connection,
         volume: &str,
         parent: Option<i64>,
     ) -> Result<i64, FsError> {
-        connection.execute(
-            "INSERT INTO layers (volume, parent) VALUES (?1, ?2)",
-            params![volume, parent],
-        )?;
-        Ok(connection.last_insert_rowid())
+        loop {
+            let random = rand::random::<u32>();
+            let id = layer_id(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                random,
+            )
+            // Above its parent even within one millisecond (or with a clock that went
+            // back): a checkpoint's layer sorts after the one before it.
+            .max(parent.unwrap_or(0) + 1 + i64::from(random >> 12));
+            let inserted = connection.execute(
+                "INSERT OR IGNORE INTO layers (id, volume, parent) VALUES (?1, ?2, ?3)",
+                params![id, volume, parent],
+            )?;
+            if inserted == 1 {
+                return Ok(id);
+            }
+        }
     }
 
     pub fn create_volume(
@@ -820,6 +845,27 @@ mod tests {
 
     fn id(n: u8) -> ChunkId {
         ChunkId([n; 32])
+    }
+
+    #[test]
+    fn layer_ids_grow_with_time_and_above_their_parent() {
+        assert!(layer_id(2, 0) > layer_id(1, u32::MAX));
+        assert_ne!(layer_id(5, 1), layer_id(5, 2));
+        assert!(layer_id(u64::MAX, u32::MAX) > 0);
+        let meta = Meta::in_memory().expect("meta");
+        meta.create_volume("v", 1 << 30, 1 << 20).expect("create");
+        for n in 0..50 {
+            meta.checkpoint("v", &format!("v{n}"), None)
+                .expect("checkpoint");
+        }
+        let names: Vec<String> = meta
+            .versions("v")
+            .expect("versions")
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        let expected: Vec<String> = (0..50).map(|n| format!("v{n}")).collect();
+        assert_eq!(names, expected);
     }
 
     #[test]

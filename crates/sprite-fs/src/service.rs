@@ -37,6 +37,10 @@ pub enum StorageRequest {
     /// Uploads everything and removes the file from the FUSE directory.
     Detach {
         volume: String,
+        /// Uploads nothing and forgets the volume on this host instead: another host
+        /// of the cluster owns it now, and what this one still holds is stale.
+        #[serde(default)]
+        discard: bool,
     },
     /// Uploads everything: when answered, the volume is fully in the object store.
     Flush {
@@ -83,10 +87,20 @@ pub enum StorageRequest {
     ListRecords {
         prefix: String,
     },
+    /// One record (answers `Records` with it, or with none).
+    GetRecord {
+        key: String,
+    },
     /// Whether a volume (and, if named, its version) exists.
     Exists {
         volume: String,
         version: Option<String>,
+    },
+    /// Reads a volume from the object store as it is there now, replacing what this
+    /// host knew of it (a sprite that comes from another host of a cluster). Answers
+    /// `Exists`; refused while the volume is attached.
+    Import {
+        volume: String,
     },
     /// Makes a version readable as the file `<volume>@<version>` in the FUSE directory;
     /// answers its path. The file is a metadata-only fork that is never published, for
@@ -154,6 +168,9 @@ pub struct StorageService {
     table: VolumeTable,
     mount_dir: PathBuf,
     attached: Mutex<HashMap<String, Arc<Volume>>>,
+    /// Other hosts (a cluster) write the same object store: volumes unknown here are
+    /// looked for in the store, and nothing is collected.
+    shared: bool,
     /// Usage answers, reused for [`USAGE_TTL`] (listing many large sprites would
     /// otherwise walk every block map each time); dropped when versions change.
     usage: Mutex<HashMap<String, (std::time::Instant, crate::engine::VolumeUsage)>>,
@@ -163,11 +180,18 @@ pub struct StorageService {
 const USAGE_TTL: Duration = Duration::from_secs(5);
 
 impl StorageService {
-    pub fn new(engine: Arc<Engine>, table: VolumeTable, mount_dir: PathBuf) -> Arc<Self> {
+    /// `shared`: other hosts of a cluster write the same object store.
+    pub fn new(
+        engine: Arc<Engine>,
+        table: VolumeTable,
+        mount_dir: PathBuf,
+        shared: bool,
+    ) -> Arc<Self> {
         Arc::new(StorageService {
             engine,
             table,
             mount_dir,
+            shared,
             attached: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
         })
@@ -261,11 +285,21 @@ impl StorageService {
                     path: self.mount_dir.join(&volume),
                 }
             }
-            StorageRequest::Detach { volume } => {
+            StorageRequest::Detach { volume, discard } => {
                 let handle = self.attached().remove(&volume);
-                if let Some(handle) = handle {
+                if let Some(handle) = &handle {
                     self.table.detach(&volume);
-                    handle.flush_all().await?;
+                    if !discard {
+                        handle.flush_all().await?;
+                    }
+                }
+                if discard {
+                    drop(handle);
+                    if self.engine.meta().volume(&volume).is_ok() {
+                        self.engine.meta().delete_volume(&volume)?;
+                    }
+                    self.engine.forget_published(&volume);
+                    self.engine.discard_staging(&volume)?;
                 }
                 StorageResponse::Ok
             }
@@ -320,6 +354,9 @@ impl StorageService {
                 StorageResponse::Ok
             }
             StorageRequest::Gc => {
+                if self.shared {
+                    return Err(FsError::SharedStore);
+                }
                 let GcStats {
                     layers,
                     chunks,
@@ -370,6 +407,22 @@ impl StorageService {
                 self.engine.store().delete(&record_key(&key)?).await?;
                 StorageResponse::Ok
             }
+            StorageRequest::GetRecord { key } => {
+                let key = record_key(&key)?;
+                let values = match self.engine.store().get(&key).await {
+                    Ok(bytes) => {
+                        vec![
+                            serde_json::from_slice(&bytes).map_err(|e| FsError::Manifest {
+                                key: key.clone(),
+                                message: e.to_string(),
+                            })?,
+                        ]
+                    }
+                    Err(crate::error::StoreError::NotFound(_)) => Vec::new(),
+                    Err(error) => return Err(error.into()),
+                };
+                StorageResponse::Records { values }
+            }
             StorageRequest::ListRecords { prefix } => {
                 let mut values = Vec::new();
                 for key in self.engine.store().list(&record_key(&prefix)?).await? {
@@ -383,11 +436,25 @@ impl StorageService {
                 StorageResponse::Records { values }
             }
             StorageRequest::Exists { volume, version } => {
-                let meta = self.engine.meta();
-                let exists = match version {
-                    Some(version) => meta.version(&volume, &version).is_ok(),
-                    None => meta.volume(&volume).is_ok(),
+                let known = |engine: &Engine| {
+                    let meta = engine.meta();
+                    match &version {
+                        Some(version) => meta.version(&volume, version).is_ok(),
+                        None => meta.volume(&volume).is_ok(),
+                    }
                 };
+                let mut exists = known(&self.engine);
+                // Another host of the cluster may have made it (an image, a template).
+                if !exists && self.shared && !self.attached().contains_key(&volume) {
+                    exists = self.engine.import_volume(&volume).await? && known(&self.engine);
+                }
+                StorageResponse::Exists { exists }
+            }
+            StorageRequest::Import { volume } => {
+                if self.attached().contains_key(&volume) {
+                    return Err(FsError::Attached(volume));
+                }
+                let exists = self.engine.import_volume(&volume).await?;
                 StorageResponse::Exists { exists }
             }
         })

@@ -84,20 +84,33 @@ pub fn token_from_header(value: &str) -> Option<String> {
     }
 }
 
+/// The organization of a token: one of this host's, or (in a cluster) one any host
+/// published.
+pub(crate) fn org_of_token(state: &AppState, token: &str) -> Option<String> {
+    if let Some(org) = state.tokens.org_of(token) {
+        return Some(org.to_string());
+    }
+    state
+        .peers
+        .as_ref()
+        .and_then(|peers| peers.org_of_token(token))
+}
+
+/// The organization of the token a request carries.
+pub(crate) fn org_of_request(state: &AppState, headers: &axum::http::HeaderMap) -> Option<String> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(token_from_header)?;
+    org_of_token(state, &token)
+}
+
 pub async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(token_from_header);
-    let org = token
-        .as_deref()
-        .and_then(|t| state.tokens.org_of(t))
-        .map(str::to_string);
+    let org = org_of_request(&state, request.headers());
     match org {
         Some(org) => {
             request.extensions_mut().insert(Org(org));

@@ -14,6 +14,7 @@ mod error;
 mod exec;
 mod fs;
 pub mod inner;
+pub mod peers;
 mod policy;
 pub mod proxy;
 pub mod serve;
@@ -38,6 +39,22 @@ use std::sync::Arc;
 pub struct AppState {
     pub manager: Arc<SpriteManager>,
     pub tokens: Arc<Tokens>,
+    /// The other hosts of a cluster (None: a single host).
+    pub peers: Option<Arc<dyn peers::Peers>>,
+    /// Carries requests forwarded to other hosts.
+    pub peer_client: peers::PeerClient,
+}
+
+impl AppState {
+    /// The state of a single host.
+    pub fn new(manager: Arc<SpriteManager>, tokens: Arc<Tokens>) -> AppState {
+        AppState {
+            manager,
+            tokens,
+            peers: None,
+            peer_client: peers::PeerClient::default(),
+        }
+    }
 }
 
 async fn version_header(request: Request, next: Next) -> Response {
@@ -276,6 +293,9 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))
+        .route("/v1/admin/hosts", get(peers::hosts))
+        .route("/v1/admin/hosts/{id}/drain", post(peers::drain))
+        .route("/v1/sprites/{name}/move", post(peers::move_sprite))
         .route("/v1/images", get(images).post(import_image))
 }
 
@@ -289,6 +309,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(|| async { ApiError::new(sprite_api::ErrorKind::NotFound, "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), peers::route))
         .layer(middleware::from_fn(version_header))
         .with_state(state)
 }

@@ -58,6 +58,7 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(Org(org)): Extension<Org>,
     headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(raw_query): axum::extract::RawQuery,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
@@ -78,7 +79,9 @@ pub async fn list(
     };
     // Clients that page with a larger page size get the largest we serve.
     let max_results = max_results.map(|m| m.min(sprite_api::sprite::LIST_MAX_RESULTS));
-    let list = state
+    let elsewhere =
+        crate::peers::list_elsewhere(&state, &headers, raw_query.as_deref().unwrap_or("")).await;
+    let mut list = state
         .manager
         .list(
             &org,
@@ -90,7 +93,39 @@ pub async fn list(
                 .filter(|t| !t.is_empty()),
         )
         .await?;
+    if !elsewhere.is_empty() {
+        merge_lists(&mut list, elsewhere, max_results);
+    }
     Ok(Json(list).into_response())
+}
+
+/// One page of a cluster's list from every host's page after the same token: the
+/// first `max_results` names of all of them, with a token after the last one when any
+/// host has more. The organization's counts add up.
+fn merge_lists(
+    list: &mut sprite_api::sprite::SpriteList,
+    others: Vec<sprite_api::sprite::SpriteList>,
+    max_results: Option<u32>,
+) {
+    let limit = max_results.unwrap_or(sprite_api::sprite::LIST_MAX_RESULTS) as usize;
+    let mut more = list.has_more;
+    for other in others {
+        more |= other.has_more;
+        list.sprites.extend(other.sprites);
+        if let (Some(counts), Some(theirs)) = (list.counts.as_mut(), other.counts.as_ref()) {
+            counts.add(theirs);
+        }
+    }
+    list.sprites.sort_by(|a, b| a.name.cmp(&b.name));
+    if list.sprites.len() > limit {
+        list.sprites.truncate(limit);
+        more = true;
+    }
+    list.has_more = more;
+    list.next_continuation_token = more
+        .then(|| list.sprites.last().map(|s| s.name.clone()))
+        .flatten();
+    list.org.clone_from(&list.counts);
 }
 
 pub async fn get(

@@ -38,10 +38,10 @@ fn app(dir: &std::path::Path) -> axum::Router {
         "/nonexistent/sprite".into(),
     ))
     .unwrap();
-    router(AppState {
+    router(AppState::new(
         manager,
-        tokens: Arc::new(Tokens::new(vec![("secret".into(), "default".into())])),
-    })
+        Arc::new(Tokens::new(vec![("secret".into(), "default".into())])),
+    ))
 }
 
 async fn call(

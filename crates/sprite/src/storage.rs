@@ -32,6 +32,11 @@ pub struct StorageArgs {
     /// Inject object-store faults (resilience tests): PER_MILLE[,LATENCY_MS].
     #[arg(long, hide = true)]
     pub faults: Option<String>,
+    /// Other hosts of a cluster write the same store: no bulk recovery at start
+    /// (volumes are imported one by one as they come to this host) and no garbage
+    /// collection.
+    #[arg(long)]
+    pub shared_store: bool,
 }
 
 /// Paths of the storage process under a data directory.
@@ -69,7 +74,7 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
         .context("open chunk cache")?;
     let engine =
         Engine::new(meta, store, cache, dir.join("staging")).context("start the engine")?;
-    if engine.meta().volumes()?.is_empty() {
+    if engine.meta().volumes()?.is_empty() && !args.shared_store {
         let found = engine
             .recover()
             .await
@@ -99,7 +104,7 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
         .with_context(|| format!("listen on {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .context("chmod the storage socket")?;
-    let service = StorageService::new(engine, table, mount_dir.clone());
+    let service = StorageService::new(engine, table, mount_dir.clone(), args.shared_store);
     tokio::spawn(service.clone().serve(listener));
     tokio::spawn(
         service

@@ -1,84 +1,352 @@
-//! A daemon in a cluster: it joins a real etcd started here, publishes its sprites,
-//! leaves when it stops and joins again when it starts. (Placement, forwarding and
-//! failover are issue 16's next steps.)
+//! Three daemons on this machine make one cluster: a real etcd and a real S3 server
+//! (s3s-fs) started here, each daemon with its own data directory, ports, sprite
+//! subnet and host id. Placement, forwarding through every host (API, exec, fs,
+//! services, URL proxy), one sprite per raced name, moves, a drain, and a host killed
+//! with `kill -9` whose sprites answer through another host with their fsynced data.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::*;
+use sprite_api::services::ServiceSpec;
 use sprite_cluster::testing::start_etcd;
-use sprite_cluster::{Capacity, Cluster, ClusterConfig, HostInfo};
 use std::time::{Duration, Instant};
 
-async fn host(observer: &Cluster, id: &str) -> Option<HostInfo> {
-    observer
-        .hosts()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|h| h.id == id)
+/// The S3 server every host shares; stopped last (after the daemons flushed).
+struct SharedStore {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    lines: String,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_joins_publishes_its_sprites_and_leaves() {
-    let etcd = start_etcd().unwrap();
-    let cluster = etcd.endpoint.replace("http://", "etcd://");
-    let config = format!(
-        "storage = \"spritefs\"\nwarm_after = \"never\"\ncluster = \"{cluster}\"\nhost_id = \"host-one\"\n{S3_STORE}"
-    );
-    let mut daemon = Daemon::start_with("busybox", &config).await;
-    let observer = Cluster::join(
-        ClusterConfig::new(
-            vec![etcd.endpoint.clone()],
-            "observer",
-            "http://127.0.0.1:9",
-        ),
-        Capacity::default(),
-    )
-    .await
-    .unwrap();
-    let joined = host(&observer, "host-one")
-        .await
-        .unwrap_or_else(|| panic!("host-one is no member\n{}", daemon.log()));
-    assert_eq!(
-        joined.advertise, daemon.url,
-        "advertises its API by default"
-    );
-    assert!(joined.capacity.free_memory_mb > 0, "{joined:?}");
+impl SharedStore {
+    fn start() -> SharedStore {
+        let dir = tempfile::Builder::new()
+            .prefix("sprite-cluster-store-")
+            .tempdir()
+            .unwrap();
+        let (child, lines) = start_s3(dir.path());
+        SharedStore {
+            child,
+            _dir: dir,
+            lines,
+        }
+    }
+}
 
-    // Its sprites show in what it publishes; in a cluster they default to `store`.
-    create(&daemon.client, "member").await;
-    let info = serde_json::to_value(daemon.client.get("member").await.unwrap()).unwrap();
-    assert_eq!(info["storage"]["durability"], "store", "{info}");
+impl Drop for SharedStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_host(cluster: &str, id: &str, store: &SharedStore) -> Daemon {
+    let config = format!(
+        "storage = \"spritefs\"\nwarm_after = \"never\"\ncold_after = \"never\"\n\
+         cluster = \"{cluster}\"\nhost_id = \"{id}\"\n{}",
+        store.lines
+    );
+    Daemon::start_with("busybox", &config).await
+}
+
+fn create_on(name: &str, host: &str) -> sprite_api::sprite::CreateSpriteRequest {
+    sprite_api::sprite::CreateSpriteRequest {
+        host: Some(host.into()),
+        ..sprite_request(name)
+    }
+}
+
+/// The index of the host whose data directory holds sprite `name` now.
+async fn holder(hosts: &[Daemon], name: &str) -> Option<usize> {
+    let id = hosts[0].client.get(name).await.ok()?.id;
+    hosts
+        .iter()
+        .position(|daemon| daemon.sprite_ids().contains(&id))
+}
+
+/// `argv` in sprite `name` through host `via`; every host's log when it fails.
+async fn run_via(hosts: &[Daemon], via: usize, name: &str, argv: &[&str]) -> Finished {
+    match hosts[via].client.exec(name, &params(argv)).await {
+        Ok(stream) => collect(stream).await,
+        Err(error) => {
+            let logs: Vec<String> = hosts.iter().map(|h| h.log()).collect();
+            panic!(
+                "exec in {name} through host {via}: {error}\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+    }
+}
+
+async fn wait_members(daemon: &Daemon, want: usize) {
     let started = Instant::now();
     loop {
-        let seen = host(&observer, "host-one").await.unwrap();
-        if seen.capacity.running >= 1 {
-            break;
+        let live = daemon
+            .client
+            .hosts()
+            .await
+            .map(|l| l.hosts.len())
+            .unwrap_or(0);
+        if live == want {
+            return;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "{seen:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // Stopped, it leaves at once (well before its 5 s lease would run out) ...
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &daemon.pid.to_string()])
-        .status();
-    let stopped = Instant::now();
-    while host(&observer, "host-one").await.is_some() {
         assert!(
-            stopped.elapsed() < Duration::from_secs(4),
-            "host-one still a member after its daemon stopped\n{}",
+            started.elapsed() < Duration::from_secs(20),
+            "{live} hosts, not {want}\n{}",
             daemon.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // ... and started again, it is a member again.
-    daemon.restart().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_place_forward_move_drain_and_fail_over() {
+    let etcd = start_etcd().unwrap();
+    let cluster = etcd.endpoint.replace("http://", "etcd://");
+    let store = SharedStore::start();
+    // The first host puts the image in the store; the others find it there.
+    let a = start_host(&cluster, "host-a", &store).await;
+    create(&a.client, "seed").await;
+    let b = start_host(&cluster, "host-b", &store).await;
+    let c = start_host(&cluster, "host-c", &store).await;
+    let mut hosts = vec![a, b, c];
+    wait_members(&hosts[0], 3).await;
+    let listed = hosts[1].client.hosts().await.unwrap();
     assert!(
-        host(&observer, "host-one").await.is_some(),
-        "{}",
-        daemon.log()
+        listed.hosts.iter().any(|h| h.id == "host-b" && h.this_host),
+        "{listed:?}"
     );
-    daemon.client.destroy("member").await.unwrap();
+
+    // One name raced on all three hosts makes one sprite.
+    let race = sprite_request("race");
+    let raced =
+        futures_util::future::join_all(hosts.iter().map(|daemon| daemon.client.create(&race)))
+            .await;
+    let made = raced.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(made, 1, "{raced:?}");
+    for refused in raced.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.status(), Some(409), "{refused}");
+    }
+    for daemon in &hosts {
+        let names: Vec<String> = daemon
+            .client
+            .list_all(Some("race"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["race"]);
+    }
+
+    // Placement spreads creates sent to one host.
+    for n in 0..6 {
+        hosts[0]
+            .client
+            .create(&sprite_request(&format!("spread-{n}")))
+            .await
+            .unwrap();
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for n in 0..6 {
+        used.insert(holder(&hosts, &format!("spread-{n}")).await.unwrap());
+    }
+    assert!(used.len() >= 2, "every create went to one host: {used:?}");
+    // Any host lists every host's sprites.
+    let everything = hosts[2].client.list_all(None).await.unwrap();
+    assert_eq!(everything.len(), 8, "{everything:?}");
+
+    // A sprite on host-b answers through every host: exec (WebSocket), a TTY, fs,
+    // services and its URL.
+    hosts[0]
+        .client
+        .create(&create_on("remote", "host-b"))
+        .await
+        .unwrap();
+    assert_eq!(holder(&hosts, "remote").await, Some(1));
+    for daemon in &hosts {
+        let out = run(&daemon.client, "remote", &["echo", "through"]).await;
+        assert_eq!((out.code, out.stdout()), (0, "through\n".into()));
+    }
+    let mut tty = params(&["sh", "-c", "tty >/dev/null && echo on a tty"]);
+    tty.tty = true;
+    let out = collect(hosts[2].client.exec("remote", &tty).await.unwrap()).await;
+    assert!(out.stdout().contains("on a tty"), "{out:?}");
+    hosts[2]
+        .client
+        .fs_write(
+            "remote",
+            "/home/sprite/www/index.html",
+            None,
+            true,
+            &b"page of remote\n"[..],
+        )
+        .await
+        .unwrap();
+    let read = hosts[0]
+        .client
+        .fs_read("remote", "/home/sprite/www/index.html", None)
+        .await
+        .unwrap();
+    assert_eq!(read.text().await.unwrap(), "page of remote\n");
+    let web = ServiceSpec {
+        cmd: "httpd".into(),
+        args: ["-f", "-p", "127.0.0.1:8080", "-h", "/home/sprite/www"]
+            .map(String::from)
+            .to_vec(),
+        http_port: Some(8080),
+        ..Default::default()
+    };
+    hosts[0]
+        .client
+        .put_service("remote", "web", &web, None, |_| {})
+        .await
+        .unwrap();
+    let services = hosts[2].client.services("remote").await.unwrap();
+    assert_eq!(services.len(), 1, "{services:?}");
+    for daemon in [&hosts[0], &hosts[2]] {
+        let page = reqwest::Client::new()
+            .get(format!("{}/index.html", daemon.proxy_url))
+            .header("host", "remote.localhost")
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{}", daemon.log());
+        assert_eq!(page.text().await.unwrap(), "page of remote\n");
+    }
+
+    // A move keeps the data and the services.
+    hosts[0]
+        .client
+        .create(&create_on("mover", "host-a"))
+        .await
+        .unwrap();
+    let write = "echo moved data > /home/sprite/kept && sync";
+    assert_eq!(
+        run_via(&hosts, 0, "mover", &["sh", "-c", write]).await.code,
+        0
+    );
+    hosts[0]
+        .client
+        .put_service("mover", "web", &web, None, |_| {})
+        .await
+        .unwrap();
+    let moved = hosts[1]
+        .client
+        .move_sprite("mover", Some("host-c"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (moved.from.as_str(), moved.to.as_str()),
+        ("host-a", "host-c")
+    );
+    let out = run_via(&hosts, 1, "mover", &["cat", "/home/sprite/kept"]).await;
+    assert_eq!(out.stdout(), "moved data\n", "{}", hosts[2].log());
+    assert_eq!(holder(&hosts, "mover").await, Some(2));
+    let services = hosts[0].client.services("mover").await.unwrap();
+    assert_eq!(services.first().map(|s| s.name.as_str()), Some("web"));
+    let bad = hosts[0].client.move_sprite("mover", Some("host-z")).await;
+    assert_eq!(bad.err().and_then(|e| e.status()), Some(400));
+
+    // kill -9 of host-b (daemon, storage and sprites): its sprites answer through
+    // another host within 10 s, with every acknowledged fsync.
+    hosts[1]
+        .client
+        .create(&create_on("victim", "host-b"))
+        .await
+        .unwrap();
+    let write = "echo acknowledged > /home/sprite/fsynced && sync";
+    assert_eq!(
+        run_via(&hosts, 1, "victim", &["sh", "-c", write])
+            .await
+            .code,
+        0
+    );
+    let on_b: Vec<String> = {
+        let mut names = Vec::new();
+        for sprite in hosts[0].client.list_all(None).await.unwrap() {
+            if holder(&hosts, &sprite.name).await == Some(1) {
+                names.push(sprite.name);
+            }
+        }
+        names
+    };
+    hosts[1].kill_host();
+    let killed = Instant::now();
+    let answered = loop {
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            hosts[0]
+                .client
+                .exec("victim", &params(&["cat", "/home/sprite/fsynced"])),
+        )
+        .await;
+        if let Ok(Ok(stream)) = out {
+            let out = collect(stream).await;
+            if out.code == 0 {
+                break (killed.elapsed(), out.stdout());
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "victim never came back\n{}\n{}",
+            hosts[0].log(),
+            hosts[2].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answered.1, "acknowledged\n");
+    assert!(
+        answered.0 < Duration::from_secs(10),
+        "failover took {:?}",
+        answered.0
+    );
+    for name in &on_b {
+        let out = run_via(&hosts, 2, name, &["true"]).await;
+        assert_eq!(out.code, 0, "{name} after failover");
+    }
+    wait_members(&hosts[0], 2).await;
+
+    // A drain moves everything off host-c and keeps it from taking more.
+    let report = hosts[0].client.drain("host-c").await.unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(!report.moved.is_empty(), "{report:?}");
+    for moved in &report.moved {
+        assert_eq!(moved.to, "host-a", "{report:?}");
+    }
+    let out = run_via(&hosts, 2, "mover", &["cat", "/home/sprite/kept"]).await;
+    assert_eq!(out.stdout(), "moved data\n");
+    assert_eq!(holder(&hosts, "mover").await, Some(0));
+    assert!(
+        hosts[2].sprite_ids().is_empty(),
+        "{:?}",
+        hosts[2].sprite_ids()
+    );
+    let refused = hosts[0].client.create(&create_on("late", "host-c")).await;
+    assert_eq!(refused.err().and_then(|e| e.status()), Some(400));
+    let listed = hosts[0].client.hosts().await.unwrap();
+    assert!(
+        listed.hosts.iter().any(|h| h.id == "host-c" && h.draining),
+        "{listed:?}"
+    );
+
+    // Every sprite is destroyed through some host; the names are free again.
+    for sprite in hosts[2].client.list_all(None).await.unwrap() {
+        hosts[2].client.destroy(&sprite.name).await.unwrap();
+    }
+    let left: Vec<String> = hosts[0]
+        .client
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let logs: Vec<String> = hosts.iter().map(|h| h.log()).collect();
+    assert!(left.is_empty(), "{left:?}\n{}", logs.join("\n-----\n"));
+    drop(hosts);
+    drop(etcd);
 }

@@ -228,6 +228,30 @@ async fn handle(
         );
     };
     let Some(record) = connection.record(state, name) else {
+        // Another host of the cluster may hold it: the request goes there as it is.
+        if let Some((peers, peer)) = state
+            .peers
+            .as_ref()
+            .filter(|_| !request.headers().contains_key(crate::peers::FORWARDED_BY))
+            .and_then(|peers| Some((peers, peers.owner_by_name(name)?)))
+        {
+            return match state
+                .peer_client
+                .forward(
+                    &peer.proxy,
+                    peers.host_id(),
+                    request.map(axum::body::Body::new),
+                )
+                .await
+            {
+                Ok(response) => response.map(|body| body.boxed()),
+                Err(error) => page(
+                    StatusCode::BAD_GATEWAY,
+                    "The sprite's host did not answer",
+                    &format!("{name} lives on host {}: {error}", peer.id),
+                ),
+            };
+        }
         return page(
             StatusCode::NOT_FOUND,
             "No such sprite",

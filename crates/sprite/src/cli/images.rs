@@ -64,8 +64,21 @@ impl ImagesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Delete chunks and layers no sprite or checkpoint references; prints what it freed.
+    /// Delete chunks and layers no sprite or checkpoint references; prints what it freed
+    /// (a single host only: the hosts of a cluster share one store).
     Gc,
+    /// The live hosts of the cluster, with their load.
+    ///
+    /// Example: sprite admin hosts --json
+    Hosts,
+    /// Move every sprite off a host and stop it taking new ones (before stopping it
+    /// for good, or for maintenance).
+    ///
+    /// Example: sprite admin drain host-b
+    Drain {
+        /// The host's id (`sprite admin hosts` lists them).
+        host: String,
+    },
 }
 
 pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
@@ -81,6 +94,62 @@ pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
                 );
             }
             Ok(0)
+        }
+        AdminCommand::Hosts => {
+            let list = cx.client()?.hosts().await?;
+            if cx.json {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:<20} {:>8} {:>8} {:>6} {:>6} {:>10}  {}",
+                    "HOST", "SPRITES", "RUNNING", "WARM", "COLD", "FREE MB", "API"
+                );
+                for host in &list.hosts {
+                    let mut id = host.id.clone();
+                    if host.this_host {
+                        id.push_str(" *");
+                    }
+                    if host.draining {
+                        id.push_str(" (draining)");
+                    }
+                    println!(
+                        "{:<20} {:>8} {:>8} {:>6} {:>6} {:>10}  {}",
+                        id,
+                        host.sprites,
+                        host.running,
+                        host.warm,
+                        host.cold,
+                        host.free_memory_mb,
+                        host.api
+                    );
+                }
+            }
+            Ok(0)
+        }
+        AdminCommand::Drain { host } => {
+            if !cx.json {
+                eprintln!("draining {host}: moving its sprites to other hosts...");
+            }
+            let report = cx.client()?.drain(host).await?;
+            if cx.json {
+                print_json(&report)?;
+            } else {
+                for moved in &report.moved {
+                    println!(
+                        "{}: {} -> {} ({} ms)",
+                        moved.sprite, moved.from, moved.to, moved.ms
+                    );
+                }
+                for (sprite, why) in &report.failed {
+                    eprintln!("{sprite}: not moved: {why}");
+                }
+                println!(
+                    "{host} drained: {} moved, {} not moved; it takes no new sprites",
+                    report.moved.len(),
+                    report.failed.len()
+                );
+            }
+            Ok(u8::from(!report.failed.is_empty()))
         }
     }
 }

@@ -140,6 +140,10 @@ pub enum Command {
     Sleep(sprites::SleepArgs),
     /// Wake a sleeping sprite (any command that needs it also wakes it).
     Wake(sprites::WakeArgs),
+    /// Move a sprite to another host of the cluster: its disk is flushed to the
+    /// object store and it wakes on the target at the next request.
+    #[command(after_help = "Examples:\n  sprite move dev --to host-b\n  sprite move -s dev")]
+    Move(sprites::MoveArgs),
     /// Storage a sprite uses: bytes stored in the object store, per checkpoint too.
     Usage(sprites::UsageArgs),
     /// Administration of the daemon.
@@ -243,6 +247,7 @@ pub async fn run(args: Args) -> Result<u8> {
         Command::Url(command) => command.run(cx).await,
         Command::Sleep(command) => command.run(cx).await,
         Command::Wake(command) => command.run(cx).await,
+        Command::Move(command) => command.run(cx).await,
         Command::Console(command) => command.run(cx).await,
         Command::Exec(command) => command.run(cx).await,
         Command::Sessions(sessions) => exec::sessions(cx, sessions).await,

@@ -42,6 +42,10 @@ pub struct CreateArgs {
     /// store: survives losing the host). The daemon's default when absent.
     #[arg(long, value_name = "MODE")]
     pub durability: Option<sprite_api::sprite::Durability>,
+    /// In a cluster: the host the sprite goes to (`sprite admin hosts` lists them;
+    /// placement picks one when absent).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 impl CreateArgs {
@@ -58,6 +62,7 @@ impl CreateArgs {
             warm_after,
             cold_after,
             durability,
+            host,
         } = self;
         crate::console::ensure_local_daemon(cx).await?;
         let client = cx.client()?;
@@ -79,6 +84,7 @@ impl CreateArgs {
             wait_for_capacity: None,
             runtime: None,
             image: image.clone(),
+            host: host.clone(),
             from: from.as_deref().map(|text| {
                 let (sprite, checkpoint) = match text.split_once(':') {
                     Some((sprite, checkpoint)) => (sprite, Some(checkpoint.to_string())),
@@ -286,6 +292,34 @@ impl WakeArgs {
         let name = sprite.or(name.as_deref())?;
         let info = cx.client()?.wake(&name).await?;
         print_status(cx, &name, &info)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MoveArgs {
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+    /// The host to move to (`sprite admin hosts` lists them); placement picks one
+    /// when absent.
+    #[arg(long, value_name = "HOST")]
+    pub to: Option<String>,
+}
+
+impl MoveArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let Self { name, sprite, to } = self;
+        let name = sprite.or(name.as_deref())?;
+        let report = cx.client()?.move_sprite(&name, to.as_deref()).await?;
+        if cx.json {
+            print_json(&report)?;
+        } else {
+            println!(
+                "{}: moved from {} to {} ({} ms); it wakes there on the next request",
+                report.sprite, report.from, report.to, report.ms
+            );
+        }
+        Ok(0)
     }
 }
 

@@ -3,6 +3,7 @@
 //! recovers existing sprites and serves the API until SIGINT/SIGTERM. Sprites keep
 //! running when the daemon stops; the next daemon adopts them.
 
+mod cluster;
 mod settings;
 
 pub use settings::DaemonSettings;
@@ -166,6 +167,17 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     let proxy_listener = tokio::net::TcpListener::bind(&proxy_listen)
         .await
         .with_context(|| format!("listen on {proxy_listen} for sprite URLs (is another daemon running? --proxy-listen picks another address)"))?;
+    // In a cluster, membership first: local copies of sprites another host took over
+    // while this one was away are stopped before anything starts them.
+    let member = match cluster {
+        Some(config) => {
+            let member = cluster::Member::join(config, manager.clone(), &data_dir, &token).await?;
+            tracing::info!(host = member.host_id(), "joined the cluster");
+            manager.set_directory(member.clone());
+            Some(member)
+        }
+        None => None,
+    };
     let adopted = manager.recover().await.context("recover sprites")?;
     tokio::spawn(manager.clone().run_lifecycle());
     tracing::info!(
@@ -197,26 +209,16 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
             manager.run_pool().await;
         });
     }
-    let membership = match cluster {
-        Some(config) => {
-            let endpoints = config.endpoints.join(",");
-            let member = sprite_cluster::Cluster::join(config, capacity(&manager))
-                .await
-                .with_context(|| format!("join the cluster at {endpoints}"))?;
-            tracing::info!(host = member.host_id(), %endpoints, "joined the cluster");
-            let member = Arc::new(member);
-            tokio::spawn(publish_capacity(member.clone(), manager.clone()));
-            Some(member)
-        }
-        None => None,
-    };
     let cookie_key = data_dir.join("proxy-cookie-key");
     let cookies = sprite_server::proxy::CookieKey::load(&cookie_key)
         .with_context(|| format!("load the URL proxy's cookie key {}", cookie_key.display()))?;
-    let state = AppState {
-        manager,
-        tokens: Arc::new(Tokens::new(vec![(token, "default".into())])),
-    };
+    let tokens = vec![(token, "default".to_string())];
+    let mut state = AppState::new(manager, Arc::new(Tokens::new(tokens.clone())));
+    if let Some(member) = &member {
+        member.publish_tokens(&tokens).await?;
+        tokio::spawn(member.clone().run());
+        state.peers = Some(member.clone());
+    }
     tokio::spawn(sprite_server::inner::serve_sprite_sockets(state.clone()));
     tokio::spawn(sprite_server::proxy::serve_proxy(
         state.clone(),
@@ -234,19 +236,10 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         listener,
         sprite_server::router(state),
         sprite_server::serve::API_LIMITS,
-        async move {
-            shutdown_signal().await;
-            // Gone from the cluster as the daemon stops (not when its lease runs out,
-            // nor after open connections wind down).
-            if let Some(member) = membership {
-                match member.leave().await {
-                    Ok(()) => tracing::info!("left the cluster"),
-                    Err(error) => {
-                        tracing::warn!("leave the cluster: {}", sprite_api::error_chain(&error))
-                    }
-                }
-            }
-        },
+        // A stopped daemon stays a member until its lease runs out: restarted within
+        // it, the host keeps its lease and its sprites; away longer, its sprites are
+        // taken over by the other hosts. A host leaves for good with a drain.
+        shutdown_signal(),
     )
     .await;
     tracing::info!("daemon stopped; sprites keep running");
@@ -254,7 +247,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
 }
 
 /// What this host offers the cluster now: available memory and its sprites by status.
-fn capacity(manager: &SpriteManager) -> sprite_cluster::Capacity {
+pub(crate) fn capacity(manager: &SpriteManager) -> sprite_cluster::Capacity {
     let free_memory_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -275,27 +268,6 @@ fn capacity(manager: &SpriteManager) -> sprite_cluster::Capacity {
         running,
         warm,
         cold,
-    }
-}
-
-/// Publishes this host's capacity every 2 s while it is a member; says so loudly when
-/// the membership is lost (its lease expired: other hosts may claim its sprites).
-async fn publish_capacity(member: Arc<sprite_cluster::Cluster>, manager: Arc<SpriteManager>) {
-    let mut lost = member.lease_lost();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-            _ = lost.wait_for(|lost| *lost) => {
-                tracing::error!("this host lost its cluster lease: its sprites may be claimed by other hosts");
-                return;
-            }
-        }
-        if let Err(error) = member.publish(capacity(&manager), false).await {
-            tracing::warn!(
-                "publish capacity to the cluster: {}",
-                sprite_api::error_chain(&error)
-            );
-        }
     }
 }
 

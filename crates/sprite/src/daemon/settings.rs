@@ -423,15 +423,27 @@ impl DaemonSettings {
                         "every host of a cluster keeps its sprites in one object store: set store = \"s3://BUCKET/PREFIX\" (or --store) on each".into(),
                     ));
                 }
-                Some(sprite_cluster::ClusterConfig::new(
-                    endpoints, &host_id, &advertise,
-                ))
+                let mut cluster =
+                    sprite_cluster::ClusterConfig::new(endpoints, &host_id, &advertise);
+                // Peers reach the URL proxy at the advertised host, on the proxy's port.
+                let advertised_host = advertise
+                    .split_once("://")
+                    .map_or(advertise.as_str(), |(_, rest)| rest)
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                let advertised_host = advertised_host
+                    .rsplit_once(':')
+                    .map_or(advertised_host, |(host, _)| host);
+                cluster.advertise_proxy = format!("http://{advertised_host}:{proxy_port}");
+                Some(cluster)
             }
         };
         // In a cluster a host may be lost with its sprites claimed elsewhere: fsyncs are
         // durable in the store unless said otherwise.
         if cluster.is_some() {
             config.default_durability = sprite_api::sprite::Durability::Store;
+            config.cluster = true;
         }
         if let Some(durability) = flags.durability.or(file.durability) {
             config.default_durability = durability;
@@ -672,6 +684,10 @@ mod tests {
         assert_eq!(cluster.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(cluster.host_id, "host-a", "the hostname by default");
         assert_eq!(cluster.advertise, format!("http://{DEFAULT_LISTEN}"));
+        assert_eq!(
+            cluster.advertise_proxy,
+            DEFAULT_PROXY_LISTEN.replace("127.0.0.1", "http://127.0.0.1")
+        );
         assert_eq!(settings.core.default_durability, Durability::Store);
         let flagged = DaemonArgs {
             host_id: Some("h2".into()),

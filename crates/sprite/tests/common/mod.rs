@@ -95,10 +95,15 @@ pub const S3_STORE: &str = "# test: s3 store\n";
 fn s3_store_for(data: &Path, config: &str) -> Option<(Child, String)> {
     let wanted =
         std::env::var("SPRITE_TEST_STORE").as_deref() == Ok("s3") || config.contains(S3_STORE);
-    if !wanted || !config.contains("storage = \"spritefs\"") {
+    if !wanted || !config.contains("storage = \"spritefs\"") || config.contains("store = \"") {
         return None;
     }
-    let root = data.join("store");
+    Some(start_s3(&data.join("store")))
+}
+
+/// A real S3 server (s3s-fs) over `root`, and the config lines that point a daemon
+/// at it (bucket `sprites`, prefix `test`).
+pub fn start_s3(root: &Path) -> (Child, String) {
     std::fs::create_dir_all(root.join("sprites")).unwrap();
     let port = free_port();
     let child = Command::new(s3s_fs())
@@ -124,7 +129,7 @@ fn s3_store_for(data: &Path, config: &str) -> Option<(Child, String)> {
          secret_access_key = \"test-secret\"\n\
          allow_http = true\n"
     );
-    Some((child, lines))
+    (child, lines)
 }
 
 /// Starts `sprite daemon` on a data directory; its log is appended to `daemon.log`.
@@ -322,6 +327,24 @@ impl Daemon {
         self.restart().await;
     }
 
+    /// Kills the host as a crash would: its storage process, its daemon and every
+    /// process of its sprites (SIGKILL, nothing flushed), and leaves it dead.
+    pub fn kill_host(&mut self) {
+        let pattern = format!("storage --data-dir {}", self.data.path().display());
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &pattern])
+            .output();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
+        for id in self.sprite_ids() {
+            let cgroup = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), &id);
+            let _ = cgroup.kill_all(Duration::from_secs(10));
+        }
+    }
+
     pub fn sprite_ids(&self) -> Vec<String> {
         std::fs::read_dir(self.data.path().join("sprites"))
             .map(|entries| {
@@ -478,6 +501,7 @@ pub fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
         runtime: None,
         image: None,
         from: None,
+        host: None,
     }
 }
 
