@@ -101,8 +101,8 @@ pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
                 print_json(&list)?;
             } else {
                 println!(
-                    "{:<20} {:>8} {:>8} {:>6} {:>6} {:>10}  {}",
-                    "HOST", "SPRITES", "RUNNING", "WARM", "COLD", "FREE MB", "API"
+                    "{:<20} {:>8} {:>8} {:>6} {:>6} {:>10}  API",
+                    "HOST", "SPRITES", "RUNNING", "WARM", "COLD", "FREE MB"
                 );
                 for host in &list.hosts {
                     let mut id = host.id.clone();

@@ -358,10 +358,9 @@ impl Member {
         }
         .await;
         self.leaving.lock().remove(key);
-        if let Err(error) = handed {
-            // Still this host's in the directory: the next round adopts it back here.
-            return Err(error);
-        }
+        // On failure it is still this host's in the directory: the next round adopts
+        // it back here.
+        handed?;
         // Answered once the target holds it (a request about it, as from a peer, makes
         // the target take it now), so lists and requests find it there at once.
         if let Some(target) = cluster.view().host(to) {

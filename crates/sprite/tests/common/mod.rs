@@ -109,7 +109,7 @@ pub fn start_s3(root: &Path) -> (Child, String) {
     let child = Command::new(s3s_fs())
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", "test-key", "--secret-key", "test-secret"])
-        .arg(&root)
+        .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
