@@ -156,11 +156,13 @@ impl Lifecycle {
         record: &SpriteRecord,
     ) -> Result<sprite_sandbox::PinnedProcess, CoreError> {
         let pid = self.init_pid(record)?;
-        sprite_sandbox::PinnedProcess::pin(pid, &record.id).map_err(|source| CoreError::Io {
-            what: "pin the pid 1 of",
-            path: format!("sprite {}", record.name).into(),
-            source,
-        })
+        sprite_sandbox::PinnedProcess::pin(pid, &crate::sandboxes::cgroup_name(&record.id)).map_err(
+            |source| CoreError::Io {
+                what: "pin the pid 1 of",
+                path: format!("sprite {}", record.name).into(),
+                source,
+            },
+        )
     }
 
     /// The one way a new sprite comes up (a create, a fork, a pool fill): its record
@@ -271,6 +273,7 @@ impl Lifecycle {
         }
         let spec = SandboxSpec {
             sprite_id: record.id.to_string(),
+            cgroup_name: Some(crate::sandboxes::cgroup_name(&record.id)),
             hostname: record.name.clone(),
             state_dir,
             layers,

@@ -11,10 +11,11 @@ use sprite_api::sprite::SpriteStatus;
 
 impl SpriteManager {
     /// Takes a sprite another host owned: its record from the object store, its volume
-    /// as the store has it now (every fsync its durability acknowledged), a host id
+    /// as the store has it now (every fsync its durability acknowledged) taken at
+    /// ownership `epoch` (the old host's later publications are refused), a host id
     /// range of this host's. It is cold until a request wakes it. A copy this host kept
     /// from an earlier stay is dropped first (it is stale).
-    pub async fn adopt(&self, key: &SpriteKey) -> Result<(), CoreError> {
+    pub async fn adopt(&self, key: &SpriteKey, epoch: u64) -> Result<(), CoreError> {
         let stored: Option<SpriteRecord> = self
             .lifecycle
             .roots
@@ -28,7 +29,7 @@ impl SpriteManager {
         if let Ok(old) = self.record(key) {
             self.forget_here(&old, false).await?;
         }
-        if !self.lifecycle.roots.import(&record.id).await? {
+        if !self.lifecycle.roots.import(&record.id, epoch).await? {
             return Err(CoreError::Storage {
                 sprite: key.name.to_string(),
                 message: "its volume is not in the object store".into(),

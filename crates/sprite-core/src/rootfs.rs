@@ -68,9 +68,10 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
         Ok(())
     }
     /// Reads a sprite's layer from the object store as it is there now, replacing what
-    /// this host knew of it (a sprite that comes from another host of a cluster).
+    /// this host knew of it, and takes it at ownership `epoch` (a sprite that comes
+    /// from another host of a cluster: the host before can store nothing more of it).
     /// Answers false when the store has none (or the backend keeps nothing there).
-    async fn import(&self, _sprite_id: &str) -> Result<bool, CoreError> {
+    async fn import(&self, _sprite_id: &str, _epoch: u64) -> Result<bool, CoreError> {
         Ok(false)
     }
     /// Undoes `prepare` and forgets the layer on this host; the stored layer stays (the
@@ -639,7 +640,16 @@ impl SpriteFsStore {
         // extents at writeback instead of page by page in every write()
         // (`./bench/proxy.sh` measures a 1 GiB upload into a sprite; docs/STATUS.md has
         // the runs before and after `nodelalloc` was dropped).
-        loop_mount(&path, target, DISK_FLAGS, "noinit_itable").await
+        // No work for ext4's lazy-init thread (inode table zeroing, block bitmap
+        // prefetch): that one kernel thread serves every ext4 of the machine, and a
+        // volume whose storage stalls would hold up every later mount behind it.
+        loop_mount(
+            &path,
+            target,
+            DISK_FLAGS,
+            "noinit_itable,no_prefetch_block_bitmaps",
+        )
+        .await
     }
 
     /// Unmounts `target` (its loop device clears itself) and detaches the volume.
@@ -1079,12 +1089,13 @@ impl RootStore for SpriteFsStore {
         Ok(())
     }
 
-    async fn import(&self, sprite_id: &str) -> Result<bool, CoreError> {
+    async fn import(&self, sprite_id: &str, epoch: u64) -> Result<bool, CoreError> {
         match self
             .request(
                 sprite_id,
                 StorageRequest::Import {
                     volume: sprite_id.into(),
+                    epoch: Some(epoch),
                 },
             )
             .await?

@@ -88,13 +88,31 @@ impl SystemSandboxes {
     }
 }
 
+/// What this daemon's cgroup names carry after the sprite id (a cluster host's id):
+/// empty on a single host, so a sprite's cgroup is named by its id alone.
+static CGROUP_SCOPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this daemon's cgroups `<sprite id>.<scope>` from now on (a host of a cluster:
+/// several hosts on one machine never share a sprite's cgroup). Set once, at start.
+pub fn set_cgroup_scope(scope: &str) {
+    let _ = CGROUP_SCOPE.set(scope.to_string());
+}
+
+/// The cgroup name of a sprite on this host.
+pub fn cgroup_name(sprite_id: &str) -> String {
+    match CGROUP_SCOPE.get() {
+        Some(scope) if !scope.is_empty() => format!("{sprite_id}.{scope}"),
+        _ => sprite_id.to_string(),
+    }
+}
+
 /// The cgroup of a sprite on this host (its layout, v1 or v2, detected).
 pub(crate) fn sprite_cgroup(sprite_id: &str) -> Result<SpriteCgroup, CoreError> {
     let layout = Layout::detect(Path::new("/sys/fs/cgroup")).map_err(|e| CoreError::Sandbox {
         sprite: sprite_id.into(),
         source: SandboxError::Cgroup(e),
     })?;
-    Ok(SpriteCgroup::new(layout, sprite_id))
+    Ok(SpriteCgroup::new(layout, &cgroup_name(sprite_id)))
 }
 
 fn cgroup_error(name: &str) -> impl FnOnce(sprite_sandbox::cgroup::CgroupError) -> CoreError + '_ {

@@ -151,6 +151,19 @@ pub struct Engine {
     published_log_from: Mutex<HashMap<String, u64>>,
     /// Held by a publication of a volume.
     publishing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Other hosts write this store (a cluster): heads are published conditionally and
+    /// carry the volume's ownership epoch (see [`Engine::put_head`]).
+    fenced: std::sync::atomic::AtomicBool,
+    /// Per volume, the version tag of the head this process last published (None
+    /// until it published one), and whether another host's newer head refused it.
+    fences: Mutex<HashMap<String, Fence>>,
+}
+
+/// What a process knows of its right to publish a volume's head.
+#[derive(Debug, Clone, Default)]
+struct Fence {
+    tag: Option<String>,
+    lost: bool,
 }
 
 /// Storage used by one volume.
@@ -431,9 +444,91 @@ impl Engine {
             published_manifests: Mutex::new(HashMap::new()),
             published_log_from: Mutex::new(HashMap::new()),
             publishing: Mutex::new(HashMap::new()),
+            fenced: std::sync::atomic::AtomicBool::new(false),
+            fences: Mutex::new(HashMap::new()),
             decoded: DecodedBlocks::new(DECODED_BYTES),
             prefetching: Mutex::new(std::collections::HashSet::new()),
         }))
+    }
+
+    /// Other hosts of a cluster write this store: from now on every head is published
+    /// only over the version this process last saw, and carries the volume's ownership
+    /// epoch; a host whose copy is stale is refused ([`FsError::Fenced`]).
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced
+            .store(fenced, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether another host's newer head refused this host's publication of `volume`.
+    pub fn is_fenced_out(&self, volume: &str) -> bool {
+        self.fences.lock().get(volume).is_some_and(|f| f.lost)
+    }
+
+    fn fenced_out(&self, volume: &str) -> FsError {
+        self.fences
+            .lock()
+            .entry(volume.to_string())
+            .or_default()
+            .lost = true;
+        tracing::warn!(
+            volume,
+            "another host owns this volume now: this host publishes nothing more of it"
+        );
+        FsError::Fenced(volume.to_string())
+    }
+
+    /// Puts a volume's head. Fenced (a cluster): only over the head this process last
+    /// published, or, the first time, over the head in the store if that one's epoch is
+    /// not newer than ours (or where there is none yet), as one conditional write;
+    /// anything else means another host owns the volume now, and this one stops.
+    async fn put_head(&self, volume: &str, data: Bytes, epoch: u64) -> Result<(), FsError> {
+        let key = format!("volumes/{volume}/head.json");
+        if !self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(self.store.put(&key, data).await?);
+        }
+        let known = self.fences.lock().get(volume).cloned().unwrap_or_default();
+        if known.lost {
+            return Err(FsError::Fenced(volume.to_string()));
+        }
+        let expected = match known.tag {
+            Some(tag) => Some(tag),
+            None => match self.store.get_tagged(&key).await {
+                Err(crate::error::StoreError::NotFound(_)) => None,
+                Ok((bytes, tag)) => {
+                    let stored: crate::meta::LayerRecord = parse(&bytes, &key)?;
+                    if stored.epoch.unwrap_or(0) > epoch {
+                        return Err(self.fenced_out(volume));
+                    }
+                    tag
+                }
+                Err(error) => return Err(error.into()),
+            },
+        };
+        match self
+            .store
+            .put_if(&key, data.clone(), expected.as_deref())
+            .await
+        {
+            Ok(tag) => {
+                self.fences
+                    .lock()
+                    .insert(volume.to_string(), Fence { tag, lost: false });
+                Ok(())
+            }
+            Err(crate::error::StoreError::Conflict(_)) => {
+                // A retried write of ours that had landed reads back as ours.
+                if let Ok((bytes, tag)) = self.store.get_tagged(&key).await {
+                    if bytes == data {
+                        self.fences
+                            .lock()
+                            .insert(volume.to_string(), Fence { tag, lost: false });
+                        return Ok(());
+                    }
+                }
+                Err(self.fenced_out(volume))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     pub fn meta(&self) -> &Arc<Meta> {
@@ -576,11 +671,13 @@ impl Engine {
             self.meta.mark_published(layer)?;
         }
         let manifest = self.meta.volume_manifest(volume)?;
-        let head = self.meta.export_head(volume)?;
+        let mut head = self.meta.export_head(volume)?;
         let log_from = head.log_from.unwrap_or(0);
-        self.store
-            .put(&format!("volumes/{volume}/head.json"), json(&head)?)
-            .await?;
+        let epoch = self.meta.owner_epoch(volume)?;
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            head.epoch = Some(epoch);
+        }
+        self.put_head(volume, json(&head)?, epoch).await?;
         self.published_log_from
             .lock()
             .insert(volume.to_string(), log_from);
@@ -631,6 +728,41 @@ impl Engine {
     /// a failover or a move). Answers false when the store has no such volume. The
     /// volume must not be open.
     pub async fn import_volume(self: &Arc<Self>, id: &str) -> Result<bool, FsError> {
+        self.import_volume_at(id, None).await
+    }
+
+    /// [`Engine::import_volume`], then, with `epoch` (the ownership epoch this host now
+    /// holds the volume at, newer than any before), takes the volume: its head is
+    /// published again over the one read, carrying the new epoch, so the host that had
+    /// it before can publish nothing more (a publication of its in between is read and
+    /// taken over again).
+    pub async fn import_volume_at(
+        self: &Arc<Self>,
+        id: &str,
+        epoch: Option<u64>,
+    ) -> Result<bool, FsError> {
+        for _ in 0..5 {
+            if !self.import_once(id).await? {
+                return Ok(false);
+            }
+            let Some(epoch) = epoch else {
+                return Ok(true);
+            };
+            self.meta.set_owner_epoch(id, epoch)?;
+            self.fences.lock().remove(id);
+            match self.publish(id).await {
+                Ok(()) => return Ok(true),
+                Err(FsError::Fenced(_)) => {
+                    // The old owner published after the read: read it again.
+                    self.fences.lock().remove(id);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(FsError::Fenced(id.to_string()))
+    }
+
+    async fn import_once(self: &Arc<Self>, id: &str) -> Result<bool, FsError> {
         let key = format!("volumes/{id}/manifest.json");
         let manifest: crate::meta::VolumeManifest = match self.store.get(&key).await {
             Ok(bytes) => parse(&bytes, &key)?,
@@ -702,6 +834,8 @@ impl Engine {
             self.meta.import_layer(&record)?;
         }
         self.meta.import_volume(&manifest)?;
+        self.meta
+            .set_owner_epoch(&manifest.id, head.epoch.unwrap_or(1))?;
         // The write log on top of the head: the segments that follow it without a
         // gap are written into staging as the volume's newest bytes.
         let log_from = head.log_from.unwrap_or(0);
@@ -778,6 +912,7 @@ impl Engine {
     /// way than [`Self::delete_volume`] (a checkpoint view), so a volume made again under
     /// its name publishes its manifest.
     pub fn forget_published(&self, id: &str) {
+        self.fences.lock().remove(id);
         self.published_manifests.lock().remove(id);
     }
 
@@ -787,6 +922,7 @@ impl Engine {
         self.published_manifests.lock().remove(id);
         self.published_log_from.lock().remove(id);
         self.publishing.lock().remove(id);
+        self.fences.lock().remove(id);
         // The manifest first: without it, nothing recovers the volume.
         for key in [
             format!("volumes/{id}/manifest.json"),
@@ -1310,6 +1446,9 @@ impl Volume {
     /// Concurrent callers share cuts (group commit): whoever gets the log lock makes
     /// one, and the others find it done.
     pub async fn sync_to_store(&self) -> Result<(), FsError> {
+        if self.engine.is_fenced_out(&self.id) {
+            return Err(FsError::Fenced(self.id.clone()));
+        }
         let wanted = self.passes.cut.load(Ordering::SeqCst) + 1;
         let _log = self.logging.lock().await;
         if self.passes.published.load(Ordering::SeqCst) >= wanted {
@@ -3028,6 +3167,60 @@ mod tests {
             b"first",
             "fork diverges"
         );
+    }
+
+    #[tokio::test]
+    async fn a_host_whose_volume_was_taken_over_publishes_nothing_more() {
+        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let (old_host, new_host) = (Setup::new(store.clone()), Setup::new(store.clone()));
+        let old = old_host.engine();
+        let new = new_host.engine();
+        old.set_fenced(true);
+        new.set_fenced(true);
+        let stale = new_volume(&old, "v", 16 * BLOCK);
+        old.publish("v").await.expect("the first head");
+        stale.write(0, b"before the take").await.expect("write");
+        stale.flush_all().await.expect("flush");
+        // The new owner takes it at epoch 2 and writes.
+        assert!(new.import_volume_at("v", Some(2)).await.expect("take"));
+        let owned = new.open_volume("v").expect("open");
+        assert_eq!(owned.read(0, 15).await.expect("read"), b"before the take");
+        owned.write(0, b"the new owner's").await.expect("write");
+        owned.flush_all().await.expect("flush");
+        // The old host wakes up and writes: its publications and store fsyncs are
+        // refused, and the store keeps the new owner's state.
+        stale
+            .write(0, b"a stale write!!")
+            .await
+            .expect("local write");
+        assert!(matches!(stale.flush_all().await, Err(FsError::Fenced(_))));
+        stale.set_durability(Durability::Store);
+        assert!(matches!(
+            stale.sync_to_store().await,
+            Err(FsError::Fenced(_))
+        ));
+        let head: crate::meta::LayerRecord = parse(
+            &store.get("volumes/v/head.json").await.expect("head"),
+            "head",
+        )
+        .expect("parse");
+        assert_eq!(head.epoch, Some(2));
+        // A third host reads the new owner's bytes; a fresh old-host process (no tag in
+        // memory, epoch 1 in its metadata) is refused by the epoch in the store.
+        let third_host = Setup::new(store.clone());
+        let third = third_host.engine();
+        assert!(third.import_volume("v").await.expect("read"));
+        let seen = third.open_volume("v").expect("open");
+        assert_eq!(seen.read(0, 15).await.expect("read"), b"the new owner's");
+        let restarted = old_host.engine();
+        restarted.set_fenced(true);
+        assert!(matches!(
+            restarted.publish("v").await,
+            Err(FsError::Fenced(_))
+        ));
+        // The new owner goes on publishing.
+        owned.write(BLOCK, b"more").await.expect("write");
+        owned.flush_all().await.expect("the owner publishes");
     }
 
     #[tokio::test]

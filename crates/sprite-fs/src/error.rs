@@ -30,6 +30,13 @@ pub enum StoreError {
     },
     #[error("object store url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("object {0} changed since it was read (another writer)")]
+    Conflict(String),
+    #[error("the object store cannot do a {operation} (on {key})")]
+    Unsupported {
+        operation: &'static str,
+        key: String,
+    },
 }
 
 impl StoreError {
@@ -67,6 +74,8 @@ pub enum FsError {
     Manifest { key: String, message: String },
     #[error("volume {0} is in use on this host: it cannot be imported over")]
     Attached(String),
+    #[error("volume {0} belongs to another host now (its head in the object store is newer than this host's): this host's copy is stale and writes nothing more")]
+    Fenced(String),
     #[error("garbage collection is off for an object store that other hosts of a cluster write (this host cannot know what their volumes reference)")]
     SharedStore,
     #[error("offset {offset} + {len} is past the end of volume {volume} ({size} bytes)")]

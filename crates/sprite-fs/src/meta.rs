@@ -74,6 +74,11 @@ CREATE TABLE chunks (
 ALTER TABLE volumes ADD COLUMN log_from INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE volumes ADD COLUMN log_epoch INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+-- The ownership epoch this host holds the volume at (a cluster bumps it each time a
+-- volume changes hosts); its published heads carry it.
+ALTER TABLE volumes ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 1;
+",
 ];
 
 /// A volume's fixed properties.
@@ -107,6 +112,10 @@ pub struct LayerRecord {
     /// of this head (see log.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_from: Option<u64>,
+    /// In a volume's `head.json` only, in a cluster: the ownership epoch of the host
+    /// that published it (a host holding an older one is stale and publishes no more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -525,6 +534,27 @@ impl Meta {
         Ok(())
     }
 
+    /// The ownership epoch this host holds a volume at.
+    pub fn owner_epoch(&self, volume: &str) -> Result<u64, FsError> {
+        self.lock()
+            .query_row(
+                "SELECT owner_epoch FROM volumes WHERE id = ?1",
+                params![volume],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|epoch| epoch as u64)
+            .ok_or_else(|| FsError::VolumeNotFound(volume.to_string()))
+    }
+
+    pub fn set_owner_epoch(&self, volume: &str, epoch: u64) -> Result<(), FsError> {
+        self.lock().execute(
+            "UPDATE volumes SET owner_epoch = ?2 WHERE id = ?1",
+            params![volume, epoch as i64],
+        )?;
+        Ok(())
+    }
+
     pub fn set_log_from(&self, volume: &str, log_from: u64) -> Result<(), FsError> {
         self.lock().execute(
             "UPDATE volumes SET log_from = ?2 WHERE id = ?1",
@@ -622,6 +652,7 @@ impl Meta {
             sealed,
             blocks,
             log_from: None,
+            epoch: None,
         })
     }
 

@@ -101,6 +101,10 @@ pub enum StorageRequest {
     /// `Exists`; refused while the volume is attached.
     Import {
         volume: String,
+        /// The ownership epoch this host now holds it at: the volume is taken (see
+        /// `Engine::import_volume_at`). None: only read (an image another host made).
+        #[serde(default)]
+        epoch: Option<u64>,
     },
     /// Makes a version readable as the file `<volume>@<version>` in the FUSE directory;
     /// answers its path. The file is a metadata-only fork that is never published, for
@@ -450,11 +454,11 @@ impl StorageService {
                 }
                 StorageResponse::Exists { exists }
             }
-            StorageRequest::Import { volume } => {
+            StorageRequest::Import { volume, epoch } => {
                 if self.attached().contains_key(&volume) {
                     return Err(FsError::Attached(volume));
                 }
-                let exists = self.engine.import_volume(&volume).await?;
+                let exists = self.engine.import_volume_at(&volume, epoch).await?;
                 StorageResponse::Exists { exists }
             }
         })

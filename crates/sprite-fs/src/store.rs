@@ -24,6 +24,27 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     async fn exists(&self, key: &str) -> Result<bool, StoreError>;
+    /// An object with its version tag (its ETag), for a later [`BlobStore::put_if`].
+    /// Stores without tags answer None.
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        Ok((self.get(key).await?, None))
+    }
+    /// Writes `data` only if the object is still at version `expected` (None: only if
+    /// there is no such object), atomically; answers the new version's tag.
+    /// `StoreError::Conflict` when the object changed, `Unsupported` when the store
+    /// cannot write conditionally.
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let _ = (data, expected);
+        Err(StoreError::Unsupported {
+            operation: "conditional put",
+            key: key.to_string(),
+        })
+    }
 }
 
 /// S3 settings that override the `AWS_*` environment.
@@ -46,6 +67,13 @@ pub struct ObjectBlobStore {
 fn classify(operation: &'static str, key: &str, error: object_store::Error) -> StoreError {
     match error {
         object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
+        object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. } => {
+            StoreError::Conflict(key.to_string())
+        }
+        object_store::Error::NotImplemented => StoreError::Unsupported {
+            operation,
+            key: key.to_string(),
+        },
         object_store::Error::Generic { .. } => StoreError::Transient {
             operation,
             key: key.to_string(),
@@ -195,6 +223,41 @@ impl BlobStore for ObjectBlobStore {
         Ok(keys)
     }
 
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        let result = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| classify("get", key, e))?;
+        let tag = result.meta.e_tag.clone();
+        let bytes = result.bytes().await.map_err(|e| classify("get", key, e))?;
+        Ok((bytes, tag))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let mode = match expected {
+            None => object_store::PutMode::Create,
+            Some(tag) => object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(tag.to_string()),
+                version: None,
+            }),
+        };
+        self.inner
+            .put_opts(
+                &self.path(key),
+                PutPayload::from_bytes(data),
+                object_store::PutOptions::from(mode),
+            )
+            .await
+            .map(|result| result.e_tag)
+            .map_err(|e| classify("conditional put", key, e))
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self.inner.head(&self.path(key)).await {
             Ok(_) => Ok(true),
@@ -315,6 +378,22 @@ impl<S: BlobStore> BlobStore for Retrying<S> {
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.run("head", key, || self.inner.exists(key)).await
     }
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        self.run("get", key, || self.inner.get_tagged(key)).await
+    }
+    /// Retried like a put: a retry of a write that did land answers `Conflict`, which
+    /// the caller tells apart by reading the object back.
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        self.run("conditional put", key, || {
+            self.inner.put_if(key, data.clone(), expected)
+        })
+        .await
+    }
 }
 
 /// Parses a fault spec, `PER_MILLE[,LATENCY_MS]` ("100,20": a tenth of the calls
@@ -428,6 +507,22 @@ impl<S: BlobStore> BlobStore for FaultInjecting<S> {
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         faulty!(self, "head", key, self.inner.exists(key))
     }
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        faulty!(self, "get", key, self.inner.get_tagged(key))
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        faulty!(
+            self,
+            "conditional put",
+            key,
+            self.inner.put_if(key, data, expected)
+        )
+    }
 }
 
 #[async_trait]
@@ -446,6 +541,17 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     }
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         (**self).exists(key).await
+    }
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        (**self).get_tagged(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        (**self).put_if(key, data, expected).await
     }
 }
 
@@ -484,6 +590,48 @@ pub async fn conformance(store: &dyn BlobStore) -> Result<(), String> {
         !store.exists("t/missing").await.map_err(|e| e.to_string())?,
         "missing does not exist",
     )?;
+    // Conditional writes, where the store has them (not a local directory).
+    match store.put_if("t/cas", Bytes::from_static(b"v1"), None).await {
+        Err(StoreError::Unsupported { .. }) => {}
+        Err(error) => return Err(format!("conditional create: {error}")),
+        Ok(first) => {
+            let first = first.ok_or("a conditional put answers a tag")?;
+            check(
+                matches!(
+                    store.put_if("t/cas", Bytes::from_static(b"v0"), None).await,
+                    Err(StoreError::Conflict(_))
+                ),
+                "a conditional create of an existing object is a conflict",
+            )?;
+            let (bytes, tag) = store.get_tagged("t/cas").await.map_err(|e| e.to_string())?;
+            check(
+                bytes == "v1" && tag.as_deref() == Some(first.as_str()),
+                "get_tagged answers the put's tag",
+            )?;
+            let second = store
+                .put_if("t/cas", Bytes::from_static(b"v2"), Some(&first))
+                .await
+                .map_err(|e| format!("conditional update: {e}"))?;
+            check(
+                second.is_some_and(|t| t != first),
+                "an update answers a new tag",
+            )?;
+            check(
+                matches!(
+                    store
+                        .put_if("t/cas", Bytes::from_static(b"v3"), Some(&first))
+                        .await,
+                    Err(StoreError::Conflict(_))
+                ),
+                "an update from an old tag is a conflict",
+            )?;
+            check(
+                store.get("t/cas").await.map_err(|e| e.to_string())? == "v2",
+                "a refused update changes nothing",
+            )?;
+            store.delete("t/cas").await.map_err(|e| e.to_string())?;
+        }
+    }
     let keys = store.list("t/").await.map_err(|e| format!("list: {e}"))?;
     check(
         keys == ["t/a", "t/b/c"],

@@ -42,7 +42,7 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
 
     let cgroup = SpriteCgroup::new(
         Layout::detect(Path::new("/sys/fs/cgroup"))?,
-        &spec.sprite_id,
+        spec.cgroup_name.as_deref().unwrap_or(&spec.sprite_id),
     );
     cgroup.create(&spec.limits)?;
     cgroup.add_process(std::process::id())?;

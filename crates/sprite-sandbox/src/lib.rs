@@ -34,7 +34,8 @@ pub struct PinnedProcess {
 }
 
 impl PinnedProcess {
-    /// Pins `pid`, which must be in the cgroup of sprite `sprite_id`.
+    /// Pins `pid`, which must be in the cgroup named `sprite_id` (the sprite's cgroup
+    /// name).
     pub fn pin(pid: u32, sprite_id: &str) -> std::io::Result<PinnedProcess> {
         let pidfd = sys::pidfd_open(pid)?;
         let pinned = PinnedProcess { pid, pidfd };

@@ -236,6 +236,7 @@ mod tests {
     fn spec(home: bool) -> SandboxSpec {
         SandboxSpec {
             sprite_id: "s1".into(),
+            cgroup_name: None,
             hostname: "dev".into(),
             state_dir: PathBuf::from("/data/sprites/s1"),
             layers: RootLayers {

@@ -57,6 +57,10 @@ impl RootLayers {
 pub struct SandboxSpec {
     /// Stable id, used for the cgroup name.
     pub sprite_id: String,
+    /// The cgroup's name when it is not the id (the daemons of a cluster that share one
+    /// machine, tests and benches, each keep their own cgroups of one sprite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_name: Option<String>,
     pub hostname: String,
     /// Host directory owned by this sprite: holds `root/` (mount point), `init.sock`
     /// and `init.log`.

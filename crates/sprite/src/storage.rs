@@ -74,6 +74,7 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
         .context("open chunk cache")?;
     let engine =
         Engine::new(meta, store, cache, dir.join("staging")).context("start the engine")?;
+    engine.set_fenced(args.shared_store);
     if engine.meta().volumes()?.is_empty() && !args.shared_store {
         let found = engine
             .recover()

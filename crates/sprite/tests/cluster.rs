@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// The S3 server every host shares; stopped last (after the daemons flushed).
 struct SharedStore {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     lines: String,
 }
 
@@ -26,12 +26,38 @@ impl SharedStore {
             .tempdir()
             .unwrap();
         let (child, lines) = start_s3(dir.path());
-        SharedStore {
-            child,
-            _dir: dir,
-            lines,
-        }
+        SharedStore { child, dir, lines }
     }
+
+    /// The S3 server's root (bucket `sprites`, prefix `test`).
+    fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// The daemon and storage process of a host.
+fn host_pids(daemon: &Daemon) -> Vec<String> {
+    let pattern = format!("storage --data-dir {}", daemon.data_path().display());
+    let storage = std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    let mut pids: Vec<String> = String::from_utf8_lossy(&storage.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(!pids.is_empty(), "no storage process for {pattern}");
+    pids.push(daemon.pid.to_string());
+    pids
+}
+
+fn signal(pids: &[String], signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
 }
 
 impl Drop for SharedStore {
@@ -75,6 +101,28 @@ async fn run_via(hosts: &[Daemon], via: usize, name: &str, argv: &[&str]) -> Fin
                 "exec in {name} through host {via}: {error}\n{}",
                 logs.join("\n-----\n")
             );
+        }
+    }
+}
+
+/// [`run_via`], retried while the sprite's host is gone and not yet replaced (503).
+async fn run_when_back(hosts: &[Daemon], via: usize, name: &str, argv: &[&str]) -> Finished {
+    let started = Instant::now();
+    loop {
+        match hosts[via].client.exec(name, &params(argv)).await {
+            Ok(stream) => return collect(stream).await,
+            Err(error)
+                if error.status() == Some(503) && started.elapsed() < Duration::from_secs(20) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => {
+                let logs: Vec<String> = hosts.iter().map(|h| h.log()).collect();
+                panic!(
+                    "exec in {name} through host {via}: {error}\n{}",
+                    logs.join("\n-----\n")
+                );
+            }
         }
     }
 }
@@ -305,31 +353,129 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
         answered.0
     );
     for name in &on_b {
-        let out = run_via(&hosts, 2, name, &["true"]).await;
+        let out = run_when_back(&hosts, 2, name, &["true"]).await;
         assert_eq!(out.code, 0, "{name} after failover");
     }
     wait_members(&hosts[0], 2).await;
 
-    // A drain moves everything off host-c and keeps it from taking more.
-    let report = hosts[0].client.drain("host-c").await.unwrap();
+    // Fencing: host-c paused (SIGSTOP) past its lease while its sprite writes and
+    // fsyncs, its sprite taken over by host-a, then host-c resumed: its storage may not
+    // publish over the new owner's head, and it drops its stale copy.
+    hosts[0]
+        .client
+        .create(&create_on("fenced", "host-c"))
+        .await
+        .unwrap();
+    let fenced_id = hosts[0].client.get("fenced").await.unwrap().id;
+    let first = "echo first > /home/sprite/first && sync";
+    assert_eq!(
+        run_via(&hosts, 2, "fenced", &["sh", "-c", first])
+            .await
+            .code,
+        0
+    );
+    // fsync of its own file only: a global sync(2) would wait on the paused host's
+    // disk for every host of this one machine.
+    let writer = "setsid sh -c 'while true; do date | dd of=/home/sprite/stale conv=fsync 2>/dev/null; sleep 0.1; done' </dev/null >/dev/null 2>&1 &";
+    assert_eq!(
+        run_via(&hosts, 2, "fenced", &["sh", "-c", writer])
+            .await
+            .code,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let paused = host_pids(&hosts[2]);
+    signal(&paused, "-STOP");
+    let stopped = Instant::now();
+    loop {
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            hosts[0]
+                .client
+                .exec("fenced", &params(&["cat", "/home/sprite/first"])),
+        )
+        .await;
+        match out {
+            Ok(Ok(stream)) => {
+                let done = collect(stream).await;
+                if done.code == 0 {
+                    break;
+                }
+                eprintln!("attempt: {done:?}");
+            }
+            Ok(Err(error)) => eprintln!("attempt: {error}"),
+            Err(_) => eprintln!("attempt timed out"),
+        }
+        if stopped.elapsed() > Duration::from_secs(30) {
+            signal(&paused, "-CONT");
+            panic!("fenced was not taken over\n{}", hosts[0].log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let owner = "echo owner | dd of=/home/sprite/owner conv=fsync 2>/dev/null";
+    assert_eq!(
+        run_via(&hosts, 0, "fenced", &["sh", "-c", owner])
+            .await
+            .code,
+        0
+    );
+    signal(&paused, "-CONT");
+    // host-c notices and drops its copy; nothing it held is published over host-a's.
+    let resumed = Instant::now();
+    while hosts[2].sprite_ids().contains(&fenced_id.to_string()) {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(20),
+            "host-c kept its stale copy\n{}",
+            hosts[2].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let head_path = store
+        .dir()
+        .join(format!("sprites/test/volumes/{fenced_id}/head.json"));
+    let head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&head_path).unwrap()).unwrap();
+    let epoch = head["epoch"].clone();
+    assert!(
+        epoch.as_u64().is_some_and(|e| e >= 2),
+        "the head in the store is not the new owner's: {epoch}\n{}",
+        hosts[2].log()
+    );
+    assert!(
+        hosts[2].log().contains("another host owns this volume now")
+            || std::fs::read_to_string(hosts[2].data_path().join("storage.log"))
+                .unwrap_or_default()
+                .contains("another host owns this volume now"),
+        "host-c's storage never tried to publish (the test proves nothing)\n{}",
+        std::fs::read_to_string(hosts[2].data_path().join("storage.log")).unwrap_or_default()
+    );
+    let out = run_via(&hosts, 2, "fenced", &["cat", "/home/sprite/owner"]).await;
+    assert_eq!(out.stdout(), "owner\n");
+    wait_members(&hosts[0], 2).await;
+
+    // A drain moves everything off host-a and keeps it from taking more.
+    let report = hosts[2].client.drain("host-a").await.unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(!report.moved.is_empty(), "{report:?}");
     for moved in &report.moved {
-        assert_eq!(moved.to, "host-a", "{report:?}");
+        assert_eq!(moved.to, "host-c", "{report:?}");
     }
-    let out = run_via(&hosts, 2, "mover", &["cat", "/home/sprite/kept"]).await;
+    let out = run_via(&hosts, 0, "mover", &["cat", "/home/sprite/kept"]).await;
     assert_eq!(out.stdout(), "moved data\n");
-    assert_eq!(holder(&hosts, "mover").await, Some(0));
+    assert_eq!(holder(&hosts, "mover").await, Some(2));
+    let out = run_via(&hosts, 0, "fenced", &["cat", "/home/sprite/owner"]).await;
+    assert_eq!(out.stdout(), "owner\n");
     assert!(
-        hosts[2].sprite_ids().is_empty(),
+        hosts[0].sprite_ids().is_empty(),
         "{:?}",
-        hosts[2].sprite_ids()
+        hosts[0].sprite_ids()
     );
-    let refused = hosts[0].client.create(&create_on("late", "host-c")).await;
+    let refused = hosts[2].client.create(&create_on("late", "host-a")).await;
     assert_eq!(refused.err().and_then(|e| e.status()), Some(400));
-    let listed = hosts[0].client.hosts().await.unwrap();
+    let listed = hosts[2].client.hosts().await.unwrap();
     assert!(
-        listed.hosts.iter().any(|h| h.id == "host-c" && h.draining),
+        listed.hosts.iter().any(|h| h.id == "host-a" && h.draining),
         "{listed:?}"
     );
 

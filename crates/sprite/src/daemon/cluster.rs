@@ -255,7 +255,7 @@ impl Member {
             match cluster.take_over(&orphan).await {
                 Ok(taken) => {
                     tracing::info!(sprite = %key.name, from = %orphan.placement.owner, epoch = taken.placement.epoch, "took over a sprite of a lost host");
-                    self.adopt(&key, Some(&taken)).await;
+                    self.adopt(&key, &taken).await;
                 }
                 Err(ClusterError::Changed { .. }) => {}
                 Err(error) => {
@@ -278,7 +278,7 @@ impl Member {
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < RETRY_AFTER);
             if !retry {
-                self.adopt(&key, Some(&entry)).await;
+                self.adopt(&key, &entry).await;
             }
         }
         for key in local {
@@ -306,27 +306,20 @@ impl Member {
 
     /// Brings a sprite this host owns in the directory here from the store. A name
     /// with no sprite in the store (a create that never finished) is released.
-    async fn adopt(&self, key: &SpriteKey, entry: Option<&Entry>) {
+    async fn adopt(&self, key: &SpriteKey, entry: &Entry) {
         let _one = self.adopting.lock().await;
         if self.manager.check_exists(key).is_ok() {
             return;
         }
         let begun = Instant::now();
-        match self.manager.adopt(key).await {
+        match self.manager.adopt(key, entry.placement.epoch).await {
             Ok(()) => {
                 self.failed.lock().remove(key);
                 tracing::info!(sprite = %key.name, ms = begun.elapsed().as_millis() as u64, "sprite adopted");
             }
             Err(CoreError::SpriteNotFound(_)) => {
                 tracing::warn!(sprite = %key.name, "the directory names a sprite the store does not hold: name released");
-                let cluster = self.cluster();
-                let current = match entry {
-                    Some(entry) => Some(entry.clone()),
-                    None => cluster.lookup(&key.org, &key.name).await.ok().flatten(),
-                };
-                if let Some(current) = current {
-                    let _ = cluster.release(&current).await;
-                }
+                let _ = self.cluster().release(entry).await;
             }
             Err(error) => {
                 self.failed.lock().insert(key.clone(), Instant::now());
@@ -634,7 +627,7 @@ impl Peers for Member {
                 return Location::Moving;
             }
             if !self.recently_claimed(&key) {
-                self.adopt(&key, Some(&entry)).await;
+                self.adopt(&key, &entry).await;
             }
             Location::Here
         })

@@ -159,6 +159,11 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     if let Err(error) = install_sprite_env(&data_dir, config.id_base) {
         tracing::warn!("sprite-env will be missing in sprites: {error:#}");
     }
+    if let Some(cluster) = &cluster {
+        // Hosts of one cluster may share a machine (tests, benches): each keeps its own
+        // cgroups of a sprite.
+        sprite_core::sandboxes::set_cgroup_scope(&cluster.host_id);
+    }
     let manager = SpriteManager::open(config).context("open the daemon's state")?;
     let token = admin_token(token, &data_dir)?;
     let listener = tokio::net::TcpListener::bind(&listen)

@@ -307,9 +307,10 @@ impl Daemon {
         let ids = self.sprite_ids();
         let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
         for id in &ids {
-            let cgroup = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), id);
-            let _ = cgroup.kill_all(Duration::from_secs(10));
-            let _ = cgroup.remove();
+            for cgroup in sprite_cgroups(&layout, id) {
+                let _ = cgroup.kill_all(Duration::from_secs(10));
+                let _ = cgroup.remove();
+            }
         }
         cleanup_storage(self.data.path(), &ids);
         for entry in std::fs::read_dir(self.data.path()).unwrap().flatten() {
@@ -340,8 +341,9 @@ impl Daemon {
         }
         let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
         for id in self.sprite_ids() {
-            let cgroup = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), &id);
-            let _ = cgroup.kill_all(Duration::from_secs(10));
+            for cgroup in sprite_cgroups(&layout, &id) {
+                let _ = cgroup.kill_all(Duration::from_secs(10));
+            }
         }
     }
 
@@ -369,9 +371,10 @@ impl Drop for Daemon {
         }
         let layout = sprite_sandbox::cgroup::Layout::detect(Path::new("/sys/fs/cgroup")).unwrap();
         for id in self.sprite_ids() {
-            let cgroup = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), &id);
-            let _ = cgroup.kill_all(Duration::from_secs(10));
-            let _ = cgroup.remove();
+            for cgroup in sprite_cgroups(&layout, &id) {
+                let _ = cgroup.kill_all(Duration::from_secs(10));
+                let _ = cgroup.remove();
+            }
         }
         cleanup_storage(self.data.path(), &self.sprite_ids());
         // The daemon's nftables table outlives it by design (sprites keep running).
@@ -385,6 +388,32 @@ impl Drop for Daemon {
             let _ = s3.wait();
         }
     }
+}
+
+/// The cgroups of sprite `id` on this machine: named by the id, or `<id>.<host>` by a
+/// daemon of a cluster.
+pub fn sprite_cgroups(
+    layout: &sprite_sandbox::cgroup::Layout,
+    id: &str,
+) -> Vec<sprite_sandbox::cgroup::SpriteCgroup> {
+    let plain = sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), id);
+    let mut names = vec![id.to_string()];
+    if let Some(parent) = plain
+        .dirs()
+        .first()
+        .and_then(|dir| dir.parent().map(Path::to_path_buf))
+    {
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{id}.")) {
+                names.push(name);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| sprite_sandbox::cgroup::SpriteCgroup::new(layout.clone(), &name))
+        .collect()
 }
 
 /// Undoes what a SpriteFS daemon left: sprite ext4 mounts, loop devices over the FUSE
