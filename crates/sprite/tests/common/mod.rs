@@ -3,6 +3,7 @@
 //! even when the test failed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod internet;
 
 use sprite_api::exec::ExecParams;
