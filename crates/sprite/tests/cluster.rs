@@ -229,11 +229,36 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
     let bad = hosts[0].client.move_sprite("mover", Some("host-z")).await;
     assert_eq!(bad.err().and_then(|e| e.status()), Some(400));
 
+    // A daemon restarted within its lease keeps its membership and its sprites.
+    hosts[0].restart().await;
+    wait_members(&hosts[1], 3).await;
+    assert!(
+        hosts[0]
+            .log()
+            .contains("rejoined the cluster with the lease of the last run"),
+        "{}",
+        hosts[0].log()
+    );
+    assert_eq!(holder(&hosts, "seed").await, Some(0));
+    assert_eq!(run_via(&hosts, 1, "seed", &["true"]).await.code, 0);
+
     // kill -9 of host-b (daemon, storage and sprites): its sprites answer through
     // another host within 10 s, with every acknowledged fsync.
     hosts[1]
         .client
         .create(&create_on("victim", "host-b"))
+        .await
+        .unwrap();
+    let before = "echo checkpointed > /home/sprite/old";
+    assert_eq!(
+        run_via(&hosts, 1, "victim", &["sh", "-c", before])
+            .await
+            .code,
+        0
+    );
+    hosts[1]
+        .client
+        .checkpoint("victim", Some("before the loss"))
         .await
         .unwrap();
     let write = "echo acknowledged > /home/sprite/fsynced && sync";
@@ -282,6 +307,19 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
         "failover took {:?}",
         answered.0
     );
+    // Its checkpoints survive, and fork.
+    let checkpoints = hosts[2].client.checkpoints("victim", false).await.unwrap();
+    let kept = checkpoints
+        .iter()
+        .find(|c| c.comment.as_deref() == Some("before the loss"))
+        .unwrap_or_else(|| panic!("{checkpoints:?}"));
+    hosts[2]
+        .client
+        .create(&fork_request("heir", "victim", &kept.id))
+        .await
+        .unwrap();
+    let out = run_via(&hosts, 0, "heir", &["cat", "/home/sprite/old"]).await;
+    assert_eq!(out.stdout(), "checkpointed\n");
     for name in &on_b {
         let out = run_when_back(&hosts, 2, name, &["true"]).await;
         assert_eq!(out.code, 0, "{name} after failover");
