@@ -195,6 +195,9 @@ async fn to_peer(state: &AppState, hops: &str, peer: &Peer, request: Request) ->
     }
 }
 
+/// How long a list waits for another host's page.
+const LIST_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The largest create body read to place it (creates are small JSON documents).
 const CREATE_BODY_LIMIT: usize = 256 * 1024;
 
@@ -381,7 +384,14 @@ pub(crate) async fn list_elsewhere(
         }
         async move {
             let answer = async {
-                let response = client.forward(&peer.api, peers.host_id(), request).await?;
+                // A host that accepts connections but does not answer (paused, or
+                // overloaded) is left out after a while, not waited for.
+                let response = tokio::time::timeout(
+                    LIST_PATIENCE,
+                    client.forward(&peer.api, peers.host_id(), request),
+                )
+                .await
+                .map_err(|_| "no answer".to_string())??;
                 if !response.status().is_success() {
                     return Err(format!("answered {}", response.status()));
                 }

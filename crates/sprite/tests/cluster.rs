@@ -432,6 +432,8 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
     let out = run_via(&hosts, 0, "mover", &["cat", "/home/sprite/kept"]).await;
     assert_eq!(out.stdout(), "moved data\n");
     assert_eq!(holder(&hosts, "mover").await, Some(2));
+    let services = hosts[0].client.services("mover").await.unwrap();
+    assert_eq!(services.first().map(|s| s.name.as_str()), Some("web"));
     let out = run_via(&hosts, 0, "fenced", &["cat", "/home/sprite/owner"]).await;
     assert_eq!(out.stdout(), "owner\n");
     assert!(
