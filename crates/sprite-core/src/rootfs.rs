@@ -398,6 +398,32 @@ const DISK_FLAGS: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
+/// The ext4 options of sprite disks: no inode-table zeroing, and no block-bitmap
+/// prefetch where the kernel has the option (5.9 and later).
+fn disk_mount_options() -> &'static str {
+    static OPTIONS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if kernel_at_least(&release, 5, 9) {
+            "noinit_itable,no_prefetch_block_bitmaps"
+        } else {
+            "noinit_itable"
+        }
+    })
+}
+
+/// Whether a kernel release string (`6.1.0-28-amd64`) is `major.minor` or later.
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// Loops `file` (direct I/O: no second page cache under ext4's) and mounts its ext4 at
 /// `target` with `flags` and `data`. The loop device clears itself when the mount goes,
 /// or at once if the mount fails.
@@ -643,13 +669,7 @@ impl SpriteFsStore {
         // No work for ext4's lazy-init thread (inode table zeroing, block bitmap
         // prefetch): that one kernel thread serves every ext4 of the machine, and a
         // volume whose storage stalls would hold up every later mount behind it.
-        loop_mount(
-            &path,
-            target,
-            DISK_FLAGS,
-            "noinit_itable,no_prefetch_block_bitmaps",
-        )
-        .await
+        loop_mount(&path, target, DISK_FLAGS, disk_mount_options()).await
     }
 
     /// Unmounts `target` (its loop device clears itself) and detaches the volume.
@@ -1441,6 +1461,10 @@ mod tests {
 
     #[test]
     fn templates_are_per_size() {
+        assert!(kernel_at_least("6.1.0-28-amd64", 5, 9));
+        assert!(kernel_at_least("5.9.0", 5, 9));
+        assert!(!kernel_at_least("5.4.0-150-generic", 5, 9));
+        assert!(!kernel_at_least("", 5, 9));
         assert_eq!(template_name(100 << 30, 100 << 30), "template-ext4");
         assert_eq!(template_name(10 << 30, 100 << 30), "template-ext4-10g");
     }
