@@ -1460,11 +1460,15 @@ mod tests {
     }
 
     #[test]
-    fn templates_are_per_size() {
+    fn kernel_releases_compare_by_major_and_minor() {
         assert!(kernel_at_least("6.1.0-28-amd64", 5, 9));
         assert!(kernel_at_least("5.9.0", 5, 9));
         assert!(!kernel_at_least("5.4.0-150-generic", 5, 9));
         assert!(!kernel_at_least("", 5, 9));
+    }
+
+    #[test]
+    fn templates_are_per_size() {
         assert_eq!(template_name(100 << 30, 100 << 30), "template-ext4");
         assert_eq!(template_name(10 << 30, 100 << 30), "template-ext4-10g");
     }
