@@ -484,28 +484,21 @@ impl Cluster {
     }
 
     /// Makes this host the owner of a sprite, bumping its epoch, if nobody changed it
-    /// since `entry` was read (a host claiming a dead host's sprites; a move's target).
+    /// since `entry` was read (a host claiming a dead host's sprites).
     pub async fn take_over(&self, entry: &Entry) -> Result<Entry, ClusterError> {
-        let placement = Placement {
-            owner: self.config.host_id.clone(),
-            epoch: entry.placement.epoch + 1,
-            ..entry.placement.clone()
-        };
-        let value = record(&placement);
-        let revision = self
-            .if_unchanged(entry, |key| TxnOp::put(key, value, None))
-            .await?;
-        Ok(Entry {
-            placement,
-            revision,
-        })
+        self.reassign(entry, &self.config.host_id).await
     }
 
     /// Gives a sprite of this host to host `to` (a move), bumping its epoch, if nobody
     /// changed it since `entry` was read.
     pub async fn hand_over(&self, entry: &Entry, to: &str) -> Result<Entry, ClusterError> {
+        self.reassign(entry, to).await
+    }
+
+    /// Makes `owner` the owner of a sprite at the next epoch, if unchanged since read.
+    async fn reassign(&self, entry: &Entry, owner: &str) -> Result<Entry, ClusterError> {
         let placement = Placement {
-            owner: to.to_string(),
+            owner: owner.to_string(),
             epoch: entry.placement.epoch + 1,
             ..entry.placement.clone()
         };

@@ -163,23 +163,15 @@ pub(crate) fn follow(
         loop {
             if let Err(error) = sync_and_watch(client.clone(), &prefix, &snapshot, &loaded_tx).await
             {
-                tracing::warn!("cluster view: {} (reading it again)", chain(&error));
+                tracing::warn!(
+                    "cluster view: {} (reading it again)",
+                    sprite_api::error_chain(&error)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     (view, task)
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(next) = source {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        source = next.source();
-    }
-    text
 }
 
 /// One full read, then the changes after it until the watch breaks.

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use sprite_api::admin::{DrainReport, HostList, HostStatus, MoveReport, MoveRequest};
 use std::time::Duration;
 
@@ -159,15 +159,10 @@ impl PeerClient {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let server_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(client),
-                            &mut TokioIo::new(server),
-                        )
-                        .await;
-                    }
-                });
+                tokio::spawn(crate::proxy::forward::join_upgrades(
+                    client_upgrade,
+                    server_upgrade,
+                ));
             }
         } else {
             strip_hop_headers(response.headers_mut(), false);

@@ -155,17 +155,23 @@ fn answer(
             let server_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
                 let _keep_awake = upstream;
-                if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(client),
-                        &mut TokioIo::new(server),
-                    )
-                    .await;
-                }
+                join_upgrades(client_upgrade, server_upgrade).await;
             });
         }
     } else {
         upstreams.give_back(upstream);
     }
     response.map(|body| body.boxed())
+}
+
+/// Once both sides of an upgrade (a WebSocket) are through, copies between them until
+/// either closes.
+pub(crate) async fn join_upgrades(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+) {
+    if let (Ok(client), Ok(server)) = (client.await, server.await) {
+        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
+            .await;
+    }
 }

@@ -13,7 +13,7 @@
 //! app cannot set them.
 
 mod auth;
-mod forward;
+pub(crate) mod forward;
 mod rewrite;
 mod tls;
 

@@ -448,6 +448,18 @@ fn pick_for<'a>(key: &SpriteKey, open: &'a [String]) -> Option<&'a String> {
     open.get((hasher.finish() % open.len() as u64) as usize)
 }
 
+impl Member {
+    /// The live host that owns `entry` when it is another host (a lost host's sprite
+    /// is answered here until a live host takes it over).
+    fn elsewhere(&self, view: &sprite_cluster::View, entry: Option<Entry>) -> Option<Peer> {
+        let owner = entry?.placement.owner;
+        if owner == self.host_id() {
+            return None;
+        }
+        view.host(&owner).map(|h| peer_of(&h))
+    }
+}
+
 impl Directory for Member {
     fn claim<'a>(&'a self, key: &'a SpriteKey) -> DirectoryFuture<'a, ()> {
         Box::pin(async move {
@@ -509,27 +521,12 @@ impl Peers for Member {
 
     fn owner(&self, org: &str, name: &str) -> Option<Peer> {
         let cluster = self.cluster();
-        let entry = cluster.view().owner(org, name)?;
-        if entry.placement.owner == self.host_id() {
-            return None;
-        }
-        // A lost host's sprite is answered here until a live host takes it over.
-        cluster
-            .view()
-            .host(&entry.placement.owner)
-            .map(|h| peer_of(&h))
+        self.elsewhere(cluster.view(), cluster.view().owner(org, name))
     }
 
     fn owner_by_name(&self, name: &str) -> Option<Peer> {
         let cluster = self.cluster();
-        let entry = cluster.view().owner_by_name(name)?;
-        if entry.placement.owner == self.host_id() {
-            return None;
-        }
-        cluster
-            .view()
-            .host(&entry.placement.owner)
-            .map(|h| peer_of(&h))
+        self.elsewhere(cluster.view(), cluster.view().owner_by_name(name))
     }
 
     fn place(&self, wanted: Option<&str>) -> Result<Option<Peer>, String> {
