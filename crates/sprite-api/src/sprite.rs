@@ -182,6 +182,41 @@ pub struct CreateSpriteRequest {
     /// absent; a fork goes to its parent's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Ours: start from a template (`GET /v1/templates`) instead of an empty disk; the
+    /// sprite runs on the template's image. Not with `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+/// A template: a named, frozen copy of a sprite's checkpoint that new sprites start from
+/// (`POST /v1/templates`, ours). It belongs to the organization and outlives its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    pub name: String,
+    /// The sprite and checkpoint it was made from (the sprite may be gone since).
+    pub source_sprite: String,
+    pub source_checkpoint: String,
+    /// The image its sprites run on (the source's).
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub created_at: String,
+}
+
+/// `POST /v1/templates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTemplateRequest {
+    pub name: String,
+    /// The sprite and checkpoint to copy (its newest checkpoint when none is named).
+    pub from: ForkSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// `GET /v1/templates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateInfo>,
 }
 
 /// Where a forked sprite comes from.

@@ -519,6 +519,25 @@ impl Client {
         .await
     }
 
+    /// Makes a template of a sprite's checkpoint (its newest when `checkpoint` is None).
+    pub async fn create_template(
+        &self,
+        request: &sprite_api::sprite::CreateTemplateRequest,
+    ) -> Result<sprite_api::sprite::TemplateInfo, ClientError> {
+        self.send(self.http.post(self.url("/v1/templates")).json(request))
+            .await
+    }
+
+    pub async fn templates(&self) -> Result<sprite_api::sprite::TemplateList, ClientError> {
+        self.send(self.http.get(self.url("/v1/templates"))).await
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
+        self.send_raw(self.http.delete(self.url(&format!("/v1/templates/{name}"))))
+            .await
+            .map(|_| ())
+    }
+
     /// The live hosts of the cluster the daemon belongs to.
     pub async fn hosts(&self) -> Result<sprite_api::admin::HostList, ClientError> {
         self.send(self.http.get(self.url("/v1/admin/hosts"))).await

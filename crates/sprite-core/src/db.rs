@@ -56,6 +56,14 @@ const MIGRATIONS: &[&str] = &[
     // before this).
     "ALTER TABLE sprites ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
      UPDATE sprites SET pooled = 1, org = '' WHERE org = '_pool';",
+    // Templates: a named copy (volume) of a sprite's checkpoint, per organization.
+    "CREATE TABLE templates (
+        org TEXT NOT NULL,
+        name TEXT NOT NULL,
+        volume TEXT NOT NULL,
+        info TEXT NOT NULL,
+        PRIMARY KEY (org, name)
+    );",
 ];
 
 /// Settings the SDKs send and read back that change nothing here (API.md, create).
@@ -365,6 +373,72 @@ impl Database {
         connection.execute(
             "DELETE FROM checkpoints_made_inside WHERE sprite_id = ?1",
             params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Records a template (`TemplateExists` if the organization has one of that name).
+    pub fn insert_template(
+        &self,
+        org: &str,
+        volume: &str,
+        info: &sprite_api::sprite::TemplateInfo,
+    ) -> Result<(), CoreError> {
+        let text = serde_json::to_string(info).unwrap_or_default();
+        let inserted = self.lock().execute(
+            "INSERT OR IGNORE INTO templates (org, name, volume, info) VALUES (?1, ?2, ?3, ?4)",
+            params![org, info.name, volume, text],
+        )?;
+        if inserted == 0 {
+            return Err(CoreError::TemplateExists(info.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// A template of the organization, with its volume.
+    pub fn template(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<(String, sprite_api::sprite::TemplateInfo), CoreError> {
+        use rusqlite::OptionalExtension;
+        let row: Option<(String, String)> = self
+            .lock()
+            .query_row(
+                "SELECT volume, info FROM templates WHERE org = ?1 AND name = ?2",
+                params![org, name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let (volume, info) = row.ok_or_else(|| CoreError::TemplateNotFound(name.to_string()))?;
+        let info = serde_json::from_str(&info).map_err(|e| CoreError::Corrupt {
+            what: "template record",
+            message: e.to_string(),
+        })?;
+        Ok((volume, info))
+    }
+
+    /// The organization's templates, by name.
+    pub fn templates(&self, org: &str) -> Result<Vec<sprite_api::sprite::TemplateInfo>, CoreError> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare("SELECT info FROM templates WHERE org = ?1 ORDER BY name")?;
+        let rows = statement.query_map(params![org], |row| row.get::<_, String>(0))?;
+        let mut templates = Vec::new();
+        for row in rows {
+            let info = serde_json::from_str(&row?).map_err(|e| CoreError::Corrupt {
+                what: "template record",
+                message: e.to_string(),
+            })?;
+            templates.push(info);
+        }
+        Ok(templates)
+    }
+
+    pub fn delete_template(&self, org: &str, name: &str) -> Result<(), CoreError> {
+        self.lock().execute(
+            "DELETE FROM templates WHERE org = ?1 AND name = ?2",
+            params![org, name],
         )?;
         Ok(())
     }
@@ -711,11 +785,15 @@ mod tests {
     fn pooled_sprites_of_the_old_hidden_organization_become_flagged() {
         let connection = Connection::open_in_memory().expect("db");
         // The schema before the flag, with a pooled sprite in `_pool`.
-        for migration in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+        let flag = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN pooled"))
+            .expect("the flag's migration");
+        for migration in &MIGRATIONS[..flag] {
             connection.execute_batch(migration).expect("migrate");
         }
         connection
-            .pragma_update(None, "user_version", MIGRATIONS.len() - 1)
+            .pragma_update(None, "user_version", flag)
             .expect("version");
         connection
             .execute(

@@ -79,6 +79,12 @@ pub enum CoreError {
     SpriteNotFound(String),
     #[error("a sprite named {0} already exists")]
     SpriteExists(String),
+    #[error("template {0} not found (sprite templates list shows them)")]
+    TemplateNotFound(String),
+    #[error("a template named {0} already exists; delete it first or pick another name")]
+    TemplateExists(String),
+    #[error("{what} is unreadable: {message}")]
+    Corrupt { what: &'static str, message: String },
     #[error("a sprite named {name} already exists on host {owner} of the cluster")]
     SpriteExistsElsewhere { name: String, owner: String },
     #[error(
@@ -175,10 +181,12 @@ impl CoreError {
             | CoreError::UploadBroken(_)
             | CoreError::SpawnFailed(_) => ErrorKind::InvalidRequest,
             CoreError::SpriteNotFound(_) => ErrorKind::SpriteNotFound,
+            CoreError::TemplateNotFound(_) => ErrorKind::NotFound,
             CoreError::SessionNotFound(_)
             | CoreError::CheckpointNotFound { .. }
             | CoreError::TaskNotFound(_) => ErrorKind::NotFound,
             CoreError::SpriteExists(_)
+            | CoreError::TemplateExists(_)
             | CoreError::SpriteExistsElsewhere { .. }
             | CoreError::NotInCluster(..)
             | CoreError::ImageExists(_)
@@ -210,6 +218,7 @@ impl CoreError {
             | CoreError::DirectoryUnavailable { .. }
             | CoreError::MovedElsewhere { .. } => ErrorKind::Unavailable,
             CoreError::Database(_)
+            | CoreError::Corrupt { .. }
             | CoreError::Sandbox { .. }
             | CoreError::Image { .. }
             | CoreError::Storage { .. }

@@ -34,6 +34,7 @@ mod sleep;
 mod slots;
 pub mod space;
 pub mod tasks;
+pub mod templates;
 pub mod time;
 
 pub use config::{CoreConfig, StorageBackend};

@@ -359,26 +359,23 @@ impl SpriteManager {
             });
         }
         let config = self.config.sprite_config(request.config)?;
-        let fork = match &request.from {
-            Some(source) => {
-                let source_key = SpriteKey::new(org, &source.sprite);
-                let parent = self.record(&source_key)?;
-                let version = match &source.checkpoint {
-                    Some(id) => {
-                        refuse_current(id)?;
-                        self.checkpoint_info(&source_key, id).await?;
-                        id.clone()
-                    }
-                    None => self
-                        .checkpoints(&source_key)
-                        .await?
-                        .pop()
-                        .map(|c| c.id)
-                        .ok_or_else(|| CoreError::NothingToFork(source.sprite.clone()))?,
-                };
-                Some((parent.id, version, parent.image))
+        // The volume (and version) a new sprite starts from: a checkpoint of another
+        // sprite, or a template; and the image that data goes with.
+        let fork: Option<(String, String, String)> = match (&request.from, &request.template) {
+            (Some(_), Some(_)) => {
+                return Err(CoreError::Validation(
+                    "from and template both given: a sprite starts from a checkpoint (from) or from a template, not both".into(),
+                ))
             }
-            None => None,
+            (Some(source), None) => {
+                let (parent, version) = self.fork_source(org, source).await?;
+                Some((parent.id.to_string(), version, parent.image))
+            }
+            (None, Some(name)) => {
+                let (volume, info) = self.db.template(org, name)?;
+                Some((volume, crate::templates::TEMPLATE_VERSION.to_string(), info.image))
+            }
+            (None, None) => None,
         };
         // A fork runs on its parent's image; others on the one asked for, or the default.
         let image = match (&fork, &request.image) {
@@ -435,7 +432,7 @@ impl SpriteManager {
     async fn make(
         &self,
         record: SpriteRecord,
-        fork: Option<(crate::ids::SpriteId, String, String)>,
+        fork: Option<(String, String, String)>,
     ) -> Result<SpriteInfo, CoreError> {
         if fork.is_none() && self.pool.poolable(&record.image, record.config.storage_gb) {
             if let Some(taken) = self.pool.take(&record).await? {
@@ -476,6 +473,31 @@ impl SpriteManager {
     /// Where a sprite's record is kept in the object store.
     pub(crate) fn record_key_of(key: &SpriteKey) -> String {
         format!("sprites/{}/{}.json", key.org, key.name)
+    }
+
+    /// The sprite and checkpoint a fork or template copies: the one named, else the
+    /// sprite's newest.
+    pub(crate) async fn fork_source(
+        &self,
+        org: &str,
+        source: &sprite_api::sprite::ForkSource,
+    ) -> Result<(SpriteRecord, String), CoreError> {
+        let source_key = SpriteKey::new(org, &source.sprite);
+        let parent = self.record(&source_key)?;
+        let version = match &source.checkpoint {
+            Some(id) => {
+                refuse_current(id)?;
+                self.checkpoint_info(&source_key, id).await?;
+                id.clone()
+            }
+            None => self
+                .checkpoints(&source_key)
+                .await?
+                .pop()
+                .map(|c| c.id)
+                .ok_or_else(|| CoreError::NothingToFork(source.sprite.clone()))?,
+        };
+        Ok((parent, version))
     }
 
     /// Mirrors a sprite's record into the object store (SpriteFS), so a fresh host

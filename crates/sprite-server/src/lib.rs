@@ -21,6 +21,7 @@ pub mod serve;
 mod services;
 mod sprites;
 mod tcp;
+mod templates;
 
 pub use auth::Tokens;
 pub use error::ApiError;
@@ -293,6 +294,14 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
         .route("/v1/admin/gc", post(gc))
+        .route(
+            "/v1/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route(
+            "/v1/templates/{name}",
+            get(templates::get).delete(templates::delete),
+        )
         .route("/v1/admin/hosts", get(peers::hosts))
         .route("/v1/admin/hosts/{id}/drain", post(peers::drain))
         .route("/v1/sprites/{name}/move", post(peers::move_sprite))

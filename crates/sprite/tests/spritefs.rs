@@ -742,3 +742,114 @@ async fn a_sprite_from_before_id_ranges_gets_its_own_at_its_next_start() {
     let outside: u32 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(outside >= 1 << 30, "still on the shared range: {map}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_outlive_their_source_and_start_sprites() {
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = &daemon.client;
+    create(client, "source").await;
+    let write = "echo from the template > /home/sprite/kept && echo later-state > /tmp/x";
+    assert_eq!(run(client, "source", &["sh", "-c", write]).await.code, 0);
+    client.checkpoint("source", Some("ready")).await.unwrap();
+    // Written after the checkpoint: not in the template.
+    let after = "echo after > /home/sprite/after";
+    assert_eq!(run(client, "source", &["sh", "-c", after]).await.code, 0);
+    let request = |name: &str, from: &str| sprite_api::sprite::CreateTemplateRequest {
+        name: name.into(),
+        from: sprite_api::sprite::ForkSource {
+            sprite: from.into(),
+            checkpoint: None,
+        },
+        comment: Some("a base".into()),
+    };
+    let made = client
+        .create_template(&request("base", "source"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (made.source_sprite.as_str(), made.source_checkpoint.as_str()),
+        ("source", "v0")
+    );
+    assert_eq!(made.image, "busybox");
+    // Refused: a taken name, a bad name, a sprite without checkpoints, from and
+    // template together, an unknown template.
+    fn status<T>(result: Result<T, sprite_client::ClientError>) -> Option<u16> {
+        result.err().and_then(|e| e.status())
+    }
+    assert_eq!(
+        status(client.create_template(&request("base", "source")).await),
+        Some(409)
+    );
+    assert_eq!(
+        status(client.create_template(&request("Bad Name", "source")).await),
+        Some(400)
+    );
+    create(client, "empty").await;
+    assert_eq!(
+        status(client.create_template(&request("none", "empty")).await),
+        Some(400)
+    );
+    let both = sprite_api::sprite::CreateSpriteRequest {
+        template: Some("base".into()),
+        ..fork_request("both", "source", "v0")
+    };
+    assert_eq!(status(client.create(&both).await), Some(400));
+    let unknown = sprite_api::sprite::CreateSpriteRequest {
+        template: Some("nope".into()),
+        ..sprite_request("ghost")
+    };
+    assert_eq!(status(client.create(&unknown).await), Some(404));
+
+    // The source goes; the template stays and starts sprites with its files.
+    client.destroy("source").await.unwrap();
+    let names: Vec<String> = client
+        .templates()
+        .await
+        .unwrap()
+        .templates
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["base"]);
+    for name in ["child-1", "child-2"] {
+        let from_template = sprite_api::sprite::CreateSpriteRequest {
+            template: Some("base".into()),
+            ..sprite_request(name)
+        };
+        client.create(&from_template).await.unwrap();
+        let out = run(client, name, &["cat", "/home/sprite/kept"]).await;
+        assert_eq!(out.stdout(), "from the template\n");
+        let out = run(
+            client,
+            name,
+            &["sh", "-c", "test -e /home/sprite/after || echo absent"],
+        )
+        .await;
+        assert_eq!(out.stdout(), "absent\n");
+    }
+    // Children are independent of each other and of the template.
+    assert_eq!(
+        run(
+            client,
+            "child-1",
+            &["sh", "-c", "echo mine > /home/sprite/kept"]
+        )
+        .await
+        .code,
+        0
+    );
+    let out = run(client, "child-2", &["cat", "/home/sprite/kept"]).await;
+    assert_eq!(out.stdout(), "from the template\n");
+    client.delete_template("base").await.unwrap();
+    assert!(client.templates().await.unwrap().templates.is_empty());
+    let out = run(client, "child-2", &["cat", "/home/sprite/kept"]).await;
+    assert_eq!(
+        out.stdout(),
+        "from the template\n",
+        "a child outlives its template"
+    );
+    assert_eq!(status(client.delete_template("base").await), Some(404));
+    for name in ["child-1", "child-2", "empty"] {
+        client.destroy(name).await.unwrap();
+    }
+}

@@ -146,6 +146,12 @@ pub enum Command {
     Move(sprites::MoveArgs),
     /// Storage a sprite uses: bytes stored in the object store, per checkpoint too.
     Usage(sprites::UsageArgs),
+    /// Templates: named copies of a sprite's checkpoint that new sprites start from.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  sprite templates create node-app --from dev:v3\n  sprite create api --template node-app\n  sprite templates list"
+    )]
+    Templates(sprites::TemplatesCommand),
     /// Administration of the daemon.
     #[command(subcommand)]
     Admin(images::AdminCommand),
@@ -257,6 +263,7 @@ pub async fn run(args: Args) -> Result<u8> {
         Command::Restore(command) => command.run(cx).await,
         Command::Usage(command) => command.run(cx).await,
         Command::Admin(command) => images::admin(cx, command).await,
+        Command::Templates(command) => command.run(cx).await,
         Command::Images(images) => images.run(cx).await,
     }
 }

@@ -28,8 +28,11 @@ pub struct CreateArgs {
     pub image: Option<String>,
     /// Fork from another sprite's checkpoint: SPRITE or SPRITE:CHECKPOINT (newest
     /// checkpoint when absent).
-    #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
+    #[arg(long, value_name = "SPRITE[:CHECKPOINT]", conflicts_with = "template")]
     pub from: Option<String>,
+    /// Start from a template (`sprite templates list`); the sprite runs on its image.
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
     /// Idle time before warm sleep (like 30s, 5m, or never); the daemon's default
     /// when absent.
     #[arg(long, value_name = "DURATION")]
@@ -63,6 +66,7 @@ impl CreateArgs {
             cold_after,
             durability,
             host,
+            template,
         } = self;
         crate::console::ensure_local_daemon(cx).await?;
         let client = cx.client()?;
@@ -85,16 +89,8 @@ impl CreateArgs {
             runtime: None,
             image: image.clone(),
             host: host.clone(),
-            from: from.as_deref().map(|text| {
-                let (sprite, checkpoint) = match text.split_once(':') {
-                    Some((sprite, checkpoint)) => (sprite, Some(checkpoint.to_string())),
-                    None => (text, None),
-                };
-                sprite_api::sprite::ForkSource {
-                    sprite: sprite.to_string(),
-                    checkpoint,
-                }
-            }),
+            from: from.as_deref().map(fork_source),
+            template: template.clone(),
         };
         let info = crate::console::create_with_progress(&client, &request).await?;
         if cx.json {
@@ -496,5 +492,89 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(23_158), "22.6 KiB");
         assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+}
+
+/// `SPRITE` or `SPRITE:CHECKPOINT`.
+pub fn fork_source(text: &str) -> sprite_api::sprite::ForkSource {
+    let (sprite, checkpoint) = match text.split_once(':') {
+        Some((sprite, checkpoint)) => (sprite, Some(checkpoint.to_string())),
+        None => (text, None),
+    };
+    sprite_api::sprite::ForkSource {
+        sprite: sprite.to_string(),
+        checkpoint,
+    }
+}
+
+/// `sprite templates ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TemplatesCommand {
+    /// Make a template of a sprite's checkpoint (its newest when none is named); it
+    /// stays when the sprite is destroyed.
+    ///
+    /// Example: sprite templates create node-app --from dev:v3
+    Create {
+        name: String,
+        /// SPRITE or SPRITE:CHECKPOINT.
+        #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
+        from: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// The organization's templates.
+    #[command(alias = "ls")]
+    List,
+    /// Delete a template (sprites made from it keep their files).
+    Delete { name: String },
+}
+
+impl TemplatesCommand {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let client = cx.client()?;
+        match self {
+            TemplatesCommand::Create {
+                name,
+                from,
+                comment,
+            } => {
+                let request = sprite_api::sprite::CreateTemplateRequest {
+                    name: name.clone(),
+                    from: fork_source(from),
+                    comment: comment.clone(),
+                };
+                let info = client.create_template(&request).await?;
+                if cx.json {
+                    print_json(&info)?;
+                } else {
+                    println!(
+                        "template {} made from {}:{}; use it with: sprite create --template {}",
+                        info.name, info.source_sprite, info.source_checkpoint, info.name
+                    );
+                }
+            }
+            TemplatesCommand::List => {
+                let list = client.templates().await?;
+                if cx.json {
+                    print_json(&list)?;
+                } else {
+                    println!("{:<24} {:<28} {:<10} CREATED", "NAME", "FROM", "IMAGE");
+                    for t in &list.templates {
+                        let from = format!("{}:{}", t.source_sprite, t.source_checkpoint);
+                        println!(
+                            "{:<24} {:<28} {:<10} {}",
+                            t.name, from, t.image, t.created_at
+                        );
+                    }
+                }
+            }
+            TemplatesCommand::Delete { name } => {
+                client.delete_template(name).await?;
+                if !cx.json {
+                    println!("template {name} deleted");
+                }
+            }
+        }
+        Ok(0)
     }
 }

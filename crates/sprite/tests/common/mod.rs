@@ -532,6 +532,7 @@ pub fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
         image: None,
         from: None,
         host: None,
+        template: None,
     }
 }
 

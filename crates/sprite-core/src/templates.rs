@@ -1,0 +1,104 @@
+//! Templates: a named, frozen copy of a sprite's checkpoint that new sprites start from
+//! (`sprite create --template NAME`), shared by the organization and kept after the
+//! source sprite is destroyed. A template is a volume of its own (a metadata-only fork
+//! of the checkpoint, sealed as version [`TEMPLATE_VERSION`]); a create from it is a
+//! metadata-only fork of that version, as `--from` is.
+
+use crate::error::CoreError;
+use crate::manager::SpriteManager;
+use sprite_api::sprite::{CreateTemplateRequest, TemplateInfo};
+
+/// The version of a template's volume that sprites are made from.
+pub const TEMPLATE_VERSION: &str = "template";
+
+/// Where a template's record is mirrored in the object store.
+fn record_key(org: &str, name: &str) -> String {
+    format!("templates/{org}/{name}.json")
+}
+
+impl SpriteManager {
+    /// Makes a template of a sprite's checkpoint (its newest when none is named).
+    pub async fn create_template(
+        &self,
+        org: &str,
+        request: CreateTemplateRequest,
+    ) -> Result<TemplateInfo, CoreError> {
+        sprite_api::validate_sprite_name(&request.name)?;
+        if let Some(comment) = &request.comment {
+            if comment.len() > 1024 {
+                return Err(CoreError::Validation(format!(
+                    "comment is {} bytes; at most 1024 are allowed",
+                    comment.len()
+                )));
+            }
+        }
+        if self.db.template(org, &request.name).is_ok() {
+            return Err(CoreError::TemplateExists(request.name));
+        }
+        let (parent, version) = self.fork_source(org, &request.from).await?;
+        let volume = format!("template-{}", uuid::Uuid::new_v4().simple());
+        let info = TemplateInfo {
+            name: request.name.clone(),
+            source_sprite: parent.name.clone(),
+            source_checkpoint: version.clone(),
+            image: parent.image.clone(),
+            comment: request.comment.clone(),
+            created_at: crate::time::now(),
+        };
+        let made = async {
+            self.lifecycle
+                .roots
+                .create_from(&volume, &parent.id, &version)
+                .await?;
+            self.lifecycle
+                .roots
+                .checkpoint(&volume, TEMPLATE_VERSION, request.comment.as_deref())
+                .await?;
+            self.db.insert_template(org, &volume, &info)
+        }
+        .await;
+        if let Err(error) = made {
+            if let Err(cleanup) = self.lifecycle.roots.remove(&volume).await {
+                tracing::warn!(template = %info.name, "could not remove a template volume left by a failed create: {}", sprite_api::error_chain(&cleanup));
+            }
+            return Err(error);
+        }
+        let record = serde_json::json!({ "volume": volume, "info": info });
+        if let Err(error) = self
+            .lifecycle
+            .roots
+            .save_record(&record_key(org, &info.name), &record)
+            .await
+        {
+            tracing::warn!(template = %info.name, "could not save the template record to the store: {}", sprite_api::error_chain(&error));
+        }
+        tracing::info!(template = %info.name, source = %info.source_sprite, checkpoint = %info.source_checkpoint, "template created");
+        Ok(info)
+    }
+
+    pub fn templates(&self, org: &str) -> Result<Vec<TemplateInfo>, CoreError> {
+        self.db.templates(org)
+    }
+
+    pub fn template(&self, org: &str, name: &str) -> Result<TemplateInfo, CoreError> {
+        Ok(self.db.template(org, name)?.1)
+    }
+
+    /// Deletes a template (sprites made from it keep their data: a fork shares blocks,
+    /// it does not depend on the template's volume staying).
+    pub async fn delete_template(&self, org: &str, name: &str) -> Result<(), CoreError> {
+        let (volume, _) = self.db.template(org, name)?;
+        self.lifecycle.roots.remove(&volume).await?;
+        self.db.delete_template(org, name)?;
+        if let Err(error) = self
+            .lifecycle
+            .roots
+            .delete_record(&record_key(org, name))
+            .await
+        {
+            tracing::warn!(template = %name, "could not delete the template record from the store: {}", sprite_api::error_chain(&error));
+        }
+        tracing::info!(template = %name, "template deleted");
+        Ok(())
+    }
+}
