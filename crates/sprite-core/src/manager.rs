@@ -372,7 +372,7 @@ impl SpriteManager {
                 Some((parent.id.to_string(), version, parent.image))
             }
             (None, Some(name)) => {
-                let (volume, info) = self.db.template(org, name)?;
+                let (volume, info) = self.find_template(org, name).await?;
                 Some((volume, crate::templates::TEMPLATE_VERSION.to_string(), info.image))
             }
             (None, None) => None,

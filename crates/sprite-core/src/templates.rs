@@ -16,6 +16,13 @@ fn record_key(org: &str, name: &str) -> String {
     format!("templates/{org}/{name}.json")
 }
 
+/// A template as the object store keeps it: every host of a cluster finds it there.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredTemplate {
+    volume: String,
+    info: TemplateInfo,
+}
+
 impl SpriteManager {
     /// Makes a template of a sprite's checkpoint (its newest when none is named).
     pub async fn create_template(
@@ -32,7 +39,7 @@ impl SpriteManager {
                 )));
             }
         }
-        if self.db.template(org, &request.name).is_ok() {
+        if self.find_template(org, &request.name).await.is_ok() {
             return Err(CoreError::TemplateExists(request.name));
         }
         let (parent, version) = self.fork_source(org, &request.from).await?;
@@ -63,7 +70,11 @@ impl SpriteManager {
             }
             return Err(error);
         }
-        let record = serde_json::json!({ "volume": volume, "info": info });
+        let record = serde_json::to_value(StoredTemplate {
+            volume: volume.clone(),
+            info: info.clone(),
+        })
+        .unwrap_or_default();
         if let Err(error) = self
             .lifecycle
             .roots
@@ -76,18 +87,61 @@ impl SpriteManager {
         Ok(info)
     }
 
-    pub fn templates(&self, org: &str) -> Result<Vec<TemplateInfo>, CoreError> {
-        self.db.templates(org)
+    /// A template of the organization, with its volume: from this host's database, or
+    /// in a cluster from the object store every host shares.
+    pub(crate) async fn find_template(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<(String, TemplateInfo), CoreError> {
+        // On one host its own database says; in a cluster, the shared store does (a
+        // template made or deleted through another host).
+        if !self.config.cluster {
+            return self.db.template(org, name);
+        }
+        let stored = self
+            .lifecycle
+            .roots
+            .load_record(&record_key(org, name))
+            .await?
+            .and_then(|value| serde_json::from_value::<StoredTemplate>(value).ok());
+        match stored {
+            Some(stored) if stored.info.name == name => Ok((stored.volume, stored.info)),
+            _ => Err(CoreError::TemplateNotFound(name.to_string())),
+        }
     }
 
-    pub fn template(&self, org: &str, name: &str) -> Result<TemplateInfo, CoreError> {
-        Ok(self.db.template(org, name)?.1)
+    /// The organization's templates, by name (in a cluster: every host's, from the
+    /// object store).
+    pub async fn templates(&self, org: &str) -> Result<Vec<TemplateInfo>, CoreError> {
+        if !self.config.cluster {
+            return self.db.templates(org);
+        }
+        let mut templates: Vec<TemplateInfo> = Vec::new();
+        for value in self
+            .lifecycle
+            .roots
+            .load_records(&format!("templates/{org}/"))
+            .await?
+        {
+            if let Ok(stored) = serde_json::from_value::<StoredTemplate>(value) {
+                if !templates.iter().any(|t| t.name == stored.info.name) {
+                    templates.push(stored.info);
+                }
+            }
+        }
+        templates.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(templates)
+    }
+
+    pub async fn template(&self, org: &str, name: &str) -> Result<TemplateInfo, CoreError> {
+        Ok(self.find_template(org, name).await?.1)
     }
 
     /// Deletes a template (sprites made from it keep their data: a fork shares blocks,
     /// it does not depend on the template's volume staying).
     pub async fn delete_template(&self, org: &str, name: &str) -> Result<(), CoreError> {
-        let (volume, _) = self.db.template(org, name)?;
+        let (volume, _) = self.find_template(org, name).await?;
         self.lifecycle.roots.remove(&volume).await?;
         self.db.delete_template(org, name)?;
         if let Err(error) = self

@@ -268,7 +268,15 @@ impl StorageService {
                 from,
             } => {
                 match from {
-                    Some((source, version)) => self.engine.fork(&source, &version, &volume).await?,
+                    Some((source, version)) => {
+                        // Another host of the cluster may have made the source (a
+                        // template): its volume comes from the store first.
+                        let unknown = self.engine.meta().version(&source, &version).is_err();
+                        if unknown && self.shared && !self.attached().contains_key(&source) {
+                            self.engine.import_volume(&source).await?;
+                        }
+                        self.engine.fork(&source, &version, &volume).await?
+                    }
                     None => {
                         self.engine
                             .meta()

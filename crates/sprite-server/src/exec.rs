@@ -514,9 +514,10 @@ pub async fn exec_http(
 const FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// The gap for Node's HTTP client (`user-agent: node`, what the JS SDK's `fetch`
-/// sends): on a busy host its event loop reads late, and 3 ms was seen to join a
-/// stdout and a stderr frame (CI, 2 cores, with other suites running).
-const NODE_FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(12);
+/// sends): on a busy host its event loop reads late; 3 ms was seen to join a stdout
+/// and a stderr frame, and 12 ms a stderr and an exit frame (CI, 2 cores, with other
+/// suites running).
+const NODE_FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(30);
 
 fn frame_gap(headers: &axum::http::HeaderMap) -> std::time::Duration {
     let node = headers

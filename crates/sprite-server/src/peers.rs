@@ -203,6 +203,12 @@ pub(crate) async fn route(State(state): State<AppState>, request: Request, next:
     let Some(peers) = state.peers.clone() else {
         return next.run(request).await;
     };
+    let is_template_create = request.uri().path() == "/v1/templates"
+        && request.method() == axum::http::Method::POST
+        && !request.headers().contains_key(FORWARDED_BY);
+    if is_template_create {
+        return to_source_host(&state, peers.as_ref(), request, next).await;
+    }
     let Some(rest) = request.uri().path().strip_prefix("/v1/sprites") else {
         return next.run(request).await;
     };
@@ -348,6 +354,33 @@ async fn place(state: &AppState, peers: &dyn Peers, request: Request, next: Next
     };
     let request = Request::from_parts(parts, Body::from(bytes));
     match target {
+        Some(peer) => to_peer(state, peers.host_id(), &peer, request).await,
+        None => next.run(request).await,
+    }
+}
+
+/// A template is made on the host of the sprite it copies.
+async fn to_source_host(
+    state: &AppState,
+    peers: &dyn Peers,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, CREATE_BODY_LIMIT).await else {
+        return ApiError::invalid(format!(
+            "the template request is larger than {CREATE_BODY_LIMIT} bytes (or broke off)"
+        ))
+        .into_response();
+    };
+    let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let org = crate::auth::org_of_request(state, &parts.headers).unwrap_or_default();
+    let owner = parsed
+        .pointer("/from/sprite")
+        .and_then(|v| v.as_str())
+        .and_then(|source| peers.owner(&org, source));
+    let request = Request::from_parts(parts, Body::from(bytes));
+    match owner {
         Some(peer) => to_peer(state, peers.host_id(), &peer, request).await,
         None => next.run(request).await,
     }

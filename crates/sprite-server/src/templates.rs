@@ -26,7 +26,7 @@ pub async fn list(
     Extension(Org(org)): Extension<Org>,
 ) -> Result<Json<TemplateList>, ApiError> {
     Ok(Json(TemplateList {
-        templates: state.manager.templates(&org)?,
+        templates: state.manager.templates(&org).await?,
     }))
 }
 
@@ -35,7 +35,7 @@ pub async fn get(
     Extension(Org(org)): Extension<Org>,
     Path(name): Path<String>,
 ) -> Result<Json<TemplateInfo>, ApiError> {
-    Ok(Json(state.manager.template(&org, &name)?))
+    Ok(Json(state.manager.template(&org, &name).await?))
 }
 
 pub async fn delete(

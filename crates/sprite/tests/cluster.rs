@@ -196,6 +196,45 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
         assert_eq!(page.text().await.unwrap(), "page of remote\n");
     }
 
+    // A template of remote (on host-b), asked of host-a, starts a sprite on host-c;
+    // every host lists it.
+    hosts[2]
+        .client
+        .checkpoint("remote", Some("web"))
+        .await
+        .unwrap();
+    let template = sprite_api::sprite::CreateTemplateRequest {
+        name: "site".into(),
+        from: sprite_api::sprite::ForkSource {
+            sprite: "remote".into(),
+            checkpoint: None,
+        },
+        comment: None,
+    };
+    let made = hosts[0].client.create_template(&template).await.unwrap();
+    assert_eq!(made.source_sprite, "remote");
+    let copy = sprite_api::sprite::CreateSpriteRequest {
+        template: Some("site".into()),
+        ..create_on("copy", "host-c")
+    };
+    hosts[0].client.create(&copy).await.unwrap();
+    assert_eq!(holder(&hosts, "copy").await, Some(2));
+    let out = run_via(&hosts, 1, "copy", &["cat", "/home/sprite/www/index.html"]).await;
+    assert_eq!(out.stdout(), "page of remote\n", "{}", hosts[2].log());
+    for daemon in &hosts {
+        let listed = daemon.client.templates().await.unwrap();
+        assert_eq!(listed.templates.len(), 1, "{listed:?}");
+    }
+    hosts[2].client.delete_template("site").await.unwrap();
+    assert!(hosts[0]
+        .client
+        .templates()
+        .await
+        .unwrap()
+        .templates
+        .is_empty());
+    hosts[1].client.destroy("copy").await.unwrap();
+
     // A move keeps the data and the services.
     hosts[0]
         .client
