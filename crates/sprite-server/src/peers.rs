@@ -12,7 +12,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sprite_api::admin::{DrainReport, HostList, HostStatus, MoveReport, MoveRequest};
@@ -194,7 +193,10 @@ async fn to_peer(state: &AppState, hops: &str, peer: &Peer, request: Request) ->
 const LIST_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The largest create body read to place it (creates are small JSON documents).
-const CREATE_BODY_LIMIT: usize = 256 * 1024;
+const SMALL_BODY_LIMIT: usize = 256 * 1024;
+
+/// The largest page of a list another host may answer.
+const LIST_BODY_LIMIT: usize = 16 << 20;
 
 /// The outermost layer of the API in a cluster: requests about another host's sprite
 /// go there; creates go where placement says. Everything else, and anything a peer
@@ -203,31 +205,38 @@ pub(crate) async fn route(State(state): State<AppState>, request: Request, next:
     let Some(peers) = state.peers.clone() else {
         return next.run(request).await;
     };
-    let is_template_create = request.uri().path() == "/v1/templates"
-        && request.method() == axum::http::Method::POST
-        && !request.headers().contains_key(FORWARDED_BY);
-    if is_template_create {
-        return to_source_host(&state, peers.as_ref(), request, next).await;
-    }
-    let Some(rest) = request.uri().path().strip_prefix("/v1/sprites") else {
+    let path = request.uri().path();
+    let creates = request.method() == axum::http::Method::POST
+        && matches!(path, "/v1/sprites" | "/v1/sprites/" | "/v1/templates");
+    if !creates && !path.starts_with("/v1/sprites") {
         return next.run(request).await;
-    };
+    }
+    let rest = path.strip_prefix("/v1/sprites").unwrap_or_default();
     let rest = rest.to_string();
-    // Hosts this request passed through already.
+    // Hosts this request passed through already (a handful: beyond MAX_HOPS it is
+    // answered here anyway).
     let hops: Vec<String> = request
         .headers()
         .get(FORWARDED_BY)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(|h| h.trim().to_string()).collect())
+        .map(|v| {
+            v.split(',')
+                .take(MAX_HOPS + 1)
+                .map(|h| h.trim().to_string())
+                .collect()
+        })
         .unwrap_or_default();
-    // Unknown tokens are refused here, by the auth layer.
+    // Unknown tokens are refused here, by the auth layer (before any body is read).
     let Some(org) = crate::auth::org_of_request(&state, request.headers()) else {
         return next.run(request).await;
     };
-    if rest.is_empty() || rest == "/" {
-        if request.method() == axum::http::Method::POST && hops.is_empty() {
-            return place(&state, peers.as_ref(), request, next).await;
+    if creates {
+        if hops.is_empty() {
+            return place(&state, peers.as_ref(), &org, request, next).await;
         }
+        return next.run(request).await;
+    }
+    if rest.is_empty() || rest == "/" {
         return next.run(request).await;
     }
     let Some(name) = rest.strip_prefix('/').and_then(|r| r.split('/').next()) else {
@@ -325,28 +334,52 @@ pub(crate) async fn drain(
     }
 }
 
-/// A create: on the host the client named (`host`), on the host of the sprite a fork
-/// comes from, else on the host placement picks.
-async fn place(state: &AppState, peers: &dyn Peers, request: Request, next: Next) -> Response {
+/// A small JSON request body, read whole (to route it by what it names) and parsed; a
+/// body that does not parse routes as empty and is the handler's to refuse.
+async fn read_small_json(
+    request: Request,
+    what: &str,
+) -> Result<
+    (
+        axum::http::request::Parts,
+        axum::body::Bytes,
+        serde_json::Value,
+    ),
+    Response,
+> {
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, CREATE_BODY_LIMIT).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return ApiError::invalid(format!(
-                "the create request is larger than {CREATE_BODY_LIMIT} bytes (or broke off)"
+    let bytes = axum::body::to_bytes(body, SMALL_BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "the {what} request is larger than {SMALL_BODY_LIMIT} bytes (or broke off)"
             ))
             .into_response()
-        }
+        })?;
+    let parsed = serde_json::from_slice(&bytes).unwrap_or_default();
+    Ok((parts, bytes, parsed))
+}
+
+/// A create: on the host of the sprite a fork comes from, else on the host the client
+/// named (`host`), else on the host placement picks. A template is made on the host
+/// of the sprite it copies.
+async fn place(
+    state: &AppState,
+    peers: &dyn Peers,
+    org: &str,
+    request: Request,
+    next: Next,
+) -> Response {
+    let template = request.uri().path() == "/v1/templates";
+    let what = if template { "template" } else { "create" };
+    let (parts, bytes, parsed) = match read_small_json(request, what).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
-    // A body that does not parse is the create handler's to refuse, here.
-    let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let org = crate::auth::org_of_request(state, &parts.headers).unwrap_or_default();
-    let fork_owner = parsed
-        .pointer("/from/sprite")
-        .and_then(|v| v.as_str())
-        .map(|source| (source.to_string(), peers.owner(&org, source)));
-    let target = match fork_owner {
-        Some((_, owner)) => owner,
+    let source = parsed.pointer("/from/sprite").and_then(|v| v.as_str());
+    let target = match source {
+        Some(source) => peers.owner(org, source),
+        None if template => None,
         None => match peers.place(parsed.get("host").and_then(|v| v.as_str())) {
             Ok(target) => target,
             Err(reason) => return ApiError::invalid(reason).into_response(),
@@ -354,33 +387,6 @@ async fn place(state: &AppState, peers: &dyn Peers, request: Request, next: Next
     };
     let request = Request::from_parts(parts, Body::from(bytes));
     match target {
-        Some(peer) => to_peer(state, peers.host_id(), &peer, request).await,
-        None => next.run(request).await,
-    }
-}
-
-/// A template is made on the host of the sprite it copies.
-async fn to_source_host(
-    state: &AppState,
-    peers: &dyn Peers,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, CREATE_BODY_LIMIT).await else {
-        return ApiError::invalid(format!(
-            "the template request is larger than {CREATE_BODY_LIMIT} bytes (or broke off)"
-        ))
-        .into_response();
-    };
-    let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let org = crate::auth::org_of_request(state, &parts.headers).unwrap_or_default();
-    let owner = parsed
-        .pointer("/from/sprite")
-        .and_then(|v| v.as_str())
-        .and_then(|source| peers.owner(&org, source));
-    let request = Request::from_parts(parts, Body::from(bytes));
-    match owner {
         Some(peer) => to_peer(state, peers.host_id(), &peer, request).await,
         None => next.run(request).await,
     }
@@ -423,12 +429,11 @@ pub(crate) async fn list_elsewhere(
                 if !response.status().is_success() {
                     return Err(format!("answered {}", response.status()));
                 }
-                let bytes =
-                    tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
-                        .await
-                        .map_err(|_| "timed out".to_string())?
-                        .map_err(|e| e.to_string())?
-                        .to_bytes();
+                let body = axum::body::to_bytes(Body::new(response.into_body()), LIST_BODY_LIMIT);
+                let bytes = tokio::time::timeout(LIST_PATIENCE, body)
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
                 serde_json::from_slice::<sprite_api::sprite::SpriteList>(&bytes)
                     .map_err(|e| e.to_string())
             }

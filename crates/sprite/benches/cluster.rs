@@ -85,11 +85,7 @@ async fn bench() {
     let etcd = sprite_cluster::testing::start_etcd().unwrap();
     let cluster = etcd.endpoint.replace("http://", "etcd://");
     let store = SharedStore::start();
-    let a = start_host(&cluster, "host-a", &store).await;
-    create(&a.client, "seed").await;
-    let b = start_host(&cluster, "host-b", &store).await;
-    let c = start_host(&cluster, "host-c", &store).await;
-    let mut hosts = vec![a, b, c];
+    let mut hosts = start_three(&cluster, &store).await;
 
     // Forwarding: the same sprite asked of its host and of another, interleaved.
     hosts[0]

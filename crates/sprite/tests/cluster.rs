@@ -83,12 +83,7 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
     let etcd = start_etcd().unwrap();
     let cluster = etcd.endpoint.replace("http://", "etcd://");
     let store = SharedStore::start();
-    // The first host puts the image in the store; the others find it there.
-    let a = start_host(&cluster, "host-a", &store).await;
-    create(&a.client, "seed").await;
-    let b = start_host(&cluster, "host-b", &store).await;
-    let c = start_host(&cluster, "host-c", &store).await;
-    let mut hosts = vec![a, b, c];
+    let mut hosts = start_three(&cluster, &store).await;
     wait_members(&hosts[0], 3).await;
     let listed = hosts[1].client.hosts().await.unwrap();
     assert!(

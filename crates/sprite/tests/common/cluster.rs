@@ -73,3 +73,13 @@ pub fn create_on(name: &str, host: &str) -> sprite_api::sprite::CreateSpriteRequ
         ..sprite_request(name)
     }
 }
+
+/// host-a, host-b and host-c of `cluster` over `store`. host-a makes sprite `seed`
+/// first, which puts the image in the store: the others find it there.
+pub async fn start_three(cluster: &str, store: &SharedStore) -> Vec<Daemon> {
+    let a = start_host(cluster, "host-a", store).await;
+    create(&a.client, "seed").await;
+    let b = start_host(cluster, "host-b", store).await;
+    let c = start_host(cluster, "host-c", store).await;
+    vec![a, b, c]
+}
