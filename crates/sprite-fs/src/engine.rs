@@ -506,7 +506,7 @@ impl Engine {
         };
         match self
             .store
-            .put_if(&key, data.clone(), expected.as_deref())
+            .put_if(&key, data, expected.as_deref())
             .await
         {
             Ok(tag) => {
@@ -515,18 +515,8 @@ impl Engine {
                     .insert(volume.to_string(), Fence { tag, lost: false });
                 Ok(())
             }
-            Err(crate::error::StoreError::Conflict(_)) => {
-                // A retried write of ours that had landed reads back as ours.
-                if let Ok((bytes, tag)) = self.store.get_tagged(&key).await {
-                    if bytes == data {
-                        self.fences
-                            .lock()
-                            .insert(volume.to_string(), Fence { tag, lost: false });
-                        return Ok(());
-                    }
-                }
-                Err(self.fenced_out(volume))
-            }
+            // (A retried write of ours that had landed is told apart by `Retrying`.)
+            Err(crate::error::StoreError::Conflict(_)) => Err(self.fenced_out(volume)),
             Err(error) => Err(error.into()),
         }
     }
