@@ -348,16 +348,22 @@ impl Lifecycle {
         self.activity.set_status(&record.id, SpriteStatus::Cold);
         self.kill_sandbox(record).await?;
         self.roots.remove(&record.id).await?;
-        for dir in [self.state_dir(&record.id), self.run_dir(&record.id)] {
+        self.forget_local(&record.id)
+    }
+
+    /// Removes what this host keeps of a sprite beside its layer: its state and run
+    /// directories, its slot, tasks and activity.
+    pub(crate) fn forget_local(&self, sprite_id: &str) -> Result<(), CoreError> {
+        for dir in [self.state_dir(sprite_id), self.run_dir(sprite_id)] {
             match fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(CoreError::io("remove", dir)(e)),
             }
         }
-        self.slots.remove(&record.id);
-        self.tasks.forget(&record.id);
-        self.activity.forget(&record.id);
+        self.slots.remove(sprite_id);
+        self.tasks.forget(sprite_id);
+        self.activity.forget(sprite_id);
         Ok(())
     }
 

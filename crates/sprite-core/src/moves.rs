@@ -81,19 +81,7 @@ impl SpriteManager {
     async fn forget_here(&self, record: &SpriteRecord, keep_writes: bool) -> Result<(), CoreError> {
         self.lifecycle.kill_sandbox(record).await?;
         self.lifecycle.roots.forget(&record.id, keep_writes).await?;
-        for dir in [
-            self.lifecycle.state_dir(&record.id),
-            self.lifecycle.run_dir(&record.id),
-        ] {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CoreError::io("remove", dir)(e)),
-            }
-        }
-        self.lifecycle.slots.remove(&record.id);
-        self.lifecycle.tasks.forget(&record.id);
-        self.lifecycle.activity.forget(&record.id);
+        self.lifecycle.forget_local(&record.id)?;
         self.db.delete(&record.id)?;
         self.lifecycle.changes.note(&record.id);
         Ok(())

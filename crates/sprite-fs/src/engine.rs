@@ -504,11 +504,7 @@ impl Engine {
                 Err(error) => return Err(error.into()),
             },
         };
-        match self
-            .store
-            .put_if(&key, data, expected.as_deref())
-            .await
-        {
+        match self.store.put_if(&key, data, expected.as_deref()).await {
             Ok(tag) => {
                 self.fences
                     .lock()
