@@ -350,6 +350,19 @@ impl Member {
             cluster.hand_over(&entry, to).await.map_err(unavailable)
         }
         .await;
+        if handed.is_ok() {
+            // Still leaving until this host's own picture shows the new owner: a round
+            // in between would find it "this host's, not here" and adopt it back.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && cluster
+                    .view()
+                    .owner(&key.org, &key.name)
+                    .is_some_and(|e| e.placement.owner == self.host_id())
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         self.leaving.lock().remove(key);
         // On failure it is still this host's in the directory: the next round adopts
         // it back here.
