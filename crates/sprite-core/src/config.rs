@@ -113,7 +113,7 @@ impl CoreConfig {
             block_bytes: 1024 * 1024,
             data_dir,
             executable,
-            default_image: "debian".into(),
+            default_image: "dev".into(),
             region: "local".into(),
             debian_mirror: "http://deb.debian.org/debian".into(),
             id_base: 100_000,

@@ -180,7 +180,10 @@ async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Req
         Err(error) => return ApiError::from(error).into_response(),
     };
     let path = request.uri().path().to_string();
-    let allowed = path == "/v1/services"
+    // The sprite reads its own record (name, URL...) but never changes or destroys it.
+    let info = path == "/v1/sprite" && request.method() == axum::http::Method::GET;
+    let allowed = info
+        || path == "/v1/services"
         || path.starts_with("/v1/services/")
         || path == "/v1/checkpoint"
         || path == "/v1/checkpoints"
@@ -188,7 +191,7 @@ async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Req
     if !allowed {
         return ApiError::new(
             sprite_api::ErrorKind::NotFound,
-            "no such route here: the in-sprite API serves /v1/services, /v1/checkpoint(s) and /v1/tasks",
+            "no such route here: the in-sprite API serves GET /v1/sprite, /v1/services, /v1/checkpoint(s) and /v1/tasks",
         )
         .into_response();
     }
@@ -197,7 +200,11 @@ async fn forward(state: AppState, api: Router, sprite_id: &str, mut request: Req
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let rewritten = format!("/v1/sprites/{}{}{query}", key.name, &path["/v1".len()..]);
+    let rewritten = if info {
+        format!("/v1/sprites/{}{query}", key.name)
+    } else {
+        format!("/v1/sprites/{}{}{query}", key.name, &path["/v1".len()..])
+    };
     match rewritten.parse() {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => return ApiError::invalid("bad path").into_response(),

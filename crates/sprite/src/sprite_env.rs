@@ -14,6 +14,7 @@ use std::time::Duration;
     about = "Talk to this sprite's API from inside it (/.sprite/api.sock)",
     after_help = "Examples:
   sprite-env checkpoint \"before the migration\"
+  sprite-env info                      this sprite's name and URL
   sprite-env task add build 30m
   sprite-env awake 10m -- make test     keep the sprite awake while make runs
   sprite-env services"
@@ -28,6 +29,8 @@ struct EnvArgs {
 
 #[derive(Debug, Subcommand)]
 enum EnvCommand {
+    /// This sprite's name, URL and settings (JSON).
+    Info,
     /// Checkpoint this sprite's filesystem now.
     Checkpoint { comment: Option<String> },
     /// List this sprite's checkpoints (JSON).
@@ -136,6 +139,7 @@ fn run(args: EnvArgs) -> Result<u8> {
             let body = serde_json::json!({ "comment": comment }).to_string();
             show(call("POST", "/v1/checkpoint", Some(&body))?)?;
         }
+        EnvCommand::Info => show(call("GET", "/v1/sprite", None)?)?,
         EnvCommand::Checkpoints => show(call("GET", "/v1/checkpoints", None)?)?,
         EnvCommand::Services => show(call("GET", "/v1/services", None)?)?,
         EnvCommand::Tasks => show(call("GET", "/v1/tasks", None)?)?,

@@ -39,6 +39,21 @@ async fn a_sprite_checkpoints_itself_and_holds_tasks_through_its_socket() {
     let checkpoints = client.checkpoints("agent", false).await.unwrap();
     assert_eq!(checkpoints[0].comment.as_deref(), Some("from inside"));
 
+    // It reads its own record (name, URL) but cannot change or destroy itself.
+    let out = env(&client, "agent", &["info"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let info: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    assert_eq!(info["name"], "agent", "{out:?}");
+    assert!(info["url"].as_str().unwrap().contains("agent."), "{out:?}");
+    for method in ["DELETE", "PUT"] {
+        let out = env(&client, "agent", &["api", method, "/v1/sprite", "{}"]).await;
+        assert_eq!(out.code, 1, "{method}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("404"),
+            "{out:?}"
+        );
+    }
+
     // Only its own services, checkpoints and tasks: nothing else of the API.
     let out = env(&client, "agent", &["api", "GET", "/v1/sprites"]).await;
     assert_eq!(out.code, 1);

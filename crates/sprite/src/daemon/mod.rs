@@ -26,7 +26,7 @@ pub struct DaemonArgs {
     /// Config file (TOML); flags win over it.
     #[arg(long, default_value = "/etc/sprites/daemon.toml")]
     pub config: PathBuf,
-    /// Image of new sprites: debian (default) or busybox.
+    /// Image of new sprites: dev (default: Debian with compilers, Node.js and coding agents), debian (minimal) or busybox.
     #[arg(long)]
     pub image: Option<String>,
     /// Where sprites' files live: spritefs (default: volumes in an object store) or

@@ -616,7 +616,7 @@ mod tests {
         assert_eq!(settings.core.url_scheme, "http");
         assert_eq!(settings.data_dir, PathBuf::from("/var/lib/sprites"));
         assert_eq!(settings.core.pool_size, 2);
-        assert_eq!(settings.core.default_image, "debian");
+        assert_eq!(settings.core.default_image, "dev");
         assert_eq!(settings.wake_timeout, Duration::from_secs(30));
         assert!(settings.expedite_rcu);
         assert!(settings.token.is_none());

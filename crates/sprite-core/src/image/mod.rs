@@ -1,8 +1,9 @@
 //! Base images: read-only root filesystems shared by every sprite on the host.
 //!
-//! `debian` (the default) is Debian bookworm from debootstrap with a user `sprite`
-//! (uid 1000, passwordless sudo); `busybox` is a tiny image from the host's static
-//! busybox, for tests; any other name is a rootfs tarball imported by the user
+//! `dev` (the default) is Debian bookworm with compilers, Python, Node.js and coding
+//! agents ([`dev`]); `debian` is a minimal Debian bookworm from debootstrap; both have a
+//! user `sprite` (uid 1000, passwordless sudo). `busybox` is a tiny image from the
+//! host's static busybox, for tests; any other name is a rootfs tarball imported by the user
 //! ([`ImageStore::import_tarball`]). An image is built once, on first need, into
 //! `<data>/images/<name>/rootfs`, with its file owners shifted into the host id range
 //! that sprites' user namespaces map to (uid 0 inside = `id_base` on the host).
@@ -18,12 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
+pub mod dev;
+
 /// Packages of the default image on top of debootstrap's minbase.
 pub const DEBIAN_PACKAGES: &str =
     "bash,coreutils,procps,iproute2,curl,ca-certificates,git,python3,sudo,less,vim-tiny,tmux";
 
 /// Images this daemon knows how to build.
-pub const KNOWN_IMAGES: [&str; 2] = ["debian", "busybox"];
+pub const KNOWN_IMAGES: [&str; 3] = ["dev", "debian", "busybox"];
 
 pub use sprite_api::admin::{ImageState, ImageStatus};
 
@@ -249,7 +252,19 @@ impl ImageStore {
         let rootfs = scratch.join("rootfs");
         tracing::info!(image = name, "building image");
         match name {
-            "debian" => self.build_debian(&rootfs).await?,
+            "debian" => {
+                self.debootstrap(name, &rootfs, DEBIAN_PACKAGES).await?;
+                add_sprite_user(name, &rootfs, false).await?;
+            }
+            "dev" => {
+                self.debootstrap(name, &rootfs, dev::DEV_PACKAGES).await?;
+                add_sprite_user(name, &rootfs, true).await?;
+                let status = self.status.clone();
+                dev::provision(&rootfs, &self.mirror, |step| {
+                    set_status(&status, name, ImageState::Building, step)
+                })
+                .await?;
+            }
             _ => build_busybox(&rootfs)?,
         }
         self.finish(name, &scratch, &rootfs, "built").await
@@ -291,15 +306,21 @@ impl ImageStore {
         Ok(())
     }
 
-    async fn build_debian(&self, rootfs: &Path) -> Result<(), CoreError> {
+    /// Lays down Debian bookworm (minbase plus `packages`) in `rootfs` for image `name`.
+    async fn debootstrap(
+        &self,
+        name: &str,
+        rootfs: &Path,
+        packages: &str,
+    ) -> Result<(), CoreError> {
         let failed = |message: String| CoreError::Image {
-            image: "debian".into(),
+            image: name.into(),
             message,
         };
         let mut child = tokio::process::Command::new("debootstrap")
             .args([
                 "--variant=minbase",
-                &format!("--include={DEBIAN_PACKAGES}"),
+                &format!("--include={packages}"),
                 "bookworm",
             ])
             .arg(rootfs)
@@ -317,8 +338,8 @@ impl ImageStore {
         if let Some(stdout) = child.stdout.take() {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                set_status(&self.status, "debian", ImageState::Building, &line);
-                tracing::info!(image = "debian", "{line}");
+                set_status(&self.status, name, ImageState::Building, &line);
+                tracing::info!(image = name, "{line}");
                 last_lines.push(line);
                 if last_lines.len() > 5 {
                     last_lines.remove(0);
@@ -339,33 +360,48 @@ impl ImageStore {
         }
         set_status(
             &self.status,
-            "debian",
+            name,
             ImageState::Building,
             "adding user sprite",
         );
-        let script = "set -e
-            useradd -m -u 1000 -U -s /bin/bash -G sudo sprite
-            echo 'sprite ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/sprite
-            chmod 0440 /etc/sudoers.d/sprite
-            echo 'Set disable_coredump false' > /etc/sudo.conf
-            apt-get clean
-            rm -rf /var/lib/apt/lists/*";
-        let status = tokio::process::Command::new("chroot")
-            .arg(rootfs)
-            .args(["/bin/sh", "-c", script])
-            .status()
-            .await
-            .map_err(|e| failed(format!("chroot: {e}")))?;
-        if !status.success() {
-            return Err(failed(format!(
-                "setting up the sprite user failed: {status}"
-            )));
-        }
-        let hosts = rootfs.join("etc/hosts");
-        fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n")
-            .map_err(CoreError::io("write", &hosts))?;
         Ok(())
     }
+}
+
+/// Adds the user `sprite` (uid 1000, passwordless sudo) to a debootstrapped root;
+/// `keep_lists` keeps apt's package lists (else they are removed, as is the cache).
+async fn add_sprite_user(name: &str, rootfs: &Path, keep_lists: bool) -> Result<(), CoreError> {
+    let failed = |message: String| CoreError::Image {
+        image: name.into(),
+        message,
+    };
+    let mut script = String::from(
+        "set -e
+        useradd -m -u 1000 -U -s /bin/bash -G sudo sprite
+        echo 'sprite ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/sprite
+        chmod 0440 /etc/sudoers.d/sprite
+        echo 'Set disable_coredump false' > /etc/sudo.conf
+        apt-get clean
+",
+    );
+    if !keep_lists {
+        script.push_str("rm -rf /var/lib/apt/lists/*\n");
+    }
+    let status = tokio::process::Command::new("chroot")
+        .arg(rootfs)
+        .args(["/bin/sh", "-c", &script])
+        .status()
+        .await
+        .map_err(|e| failed(format!("chroot: {e}")))?;
+    if !status.success() {
+        return Err(failed(format!(
+            "setting up the sprite user failed: {status}"
+        )));
+    }
+    let hosts = rootfs.join("etc/hosts");
+    fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n")
+        .map_err(CoreError::io("write", &hosts))?;
+    Ok(())
 }
 
 /// Finds a static busybox on the host.
