@@ -88,6 +88,69 @@ pub struct ImageList {
     pub images: Vec<ImageStatus>,
 }
 
+/// `POST /v1/images` with a JSON body: pull an image from a registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PullRequest {
+    /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`.
+    #[serde(rename = "ref", alias = "reference")]
+    pub reference: String,
+    /// The image's name here (default: from the reference, `alpine:3.19` → `alpine-3-19`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Pull again over an image of the same name (an update).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
+}
+
+impl std::fmt::Debug for PullRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullRequest")
+            .field("reference", &self.reference)
+            .field("name", &self.name)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("replace", &self.replace)
+            .finish()
+    }
+}
+
+/// One line of the NDJSON progress of a pull or an archive import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// The manifest was read: the image's digest and layer count.
+    Resolved {
+        digest: String,
+        layers: usize,
+    },
+    /// A layer's progress: `state` is `stored` (already here: shared), `downloading`
+    /// (`bytes` of `total` so far), `unpacking`, `storing` or `ready`.
+    Layer {
+        index: usize,
+        digest: String,
+        state: String,
+        #[serde(default)]
+        bytes: u64,
+        #[serde(default)]
+        total: u64,
+    },
+    /// Any other step.
+    Info {
+        message: String,
+    },
+    /// The image is ready under `name`.
+    Complete {
+        name: String,
+    },
+    Error {
+        error: String,
+    },
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

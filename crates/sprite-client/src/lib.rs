@@ -577,6 +577,35 @@ impl Client {
         self.send(self.http.get(self.url("/v1/images"))).await
     }
 
+    /// Pulls an image from a registry (ours: `POST /v1/images` with a JSON body),
+    /// calling `on_event` on each progress line; returns the image's name.
+    pub async fn pull_image(
+        &self,
+        request: &sprite_api::admin::PullRequest,
+        on_event: impl FnMut(&sprite_api::admin::PullEvent),
+    ) -> Result<String, ClientError> {
+        use sprite_api::admin::PullEvent;
+        let events = self
+            .ndjson_events::<PullEvent>(
+                self.http.post(self.url("/v1/images")).json(request),
+                on_event,
+            )
+            .await?;
+        match events.last() {
+            Some(PullEvent::Complete { name }) => Ok(name.clone()),
+            Some(PullEvent::Error { error }) => Err(ClientError::Api {
+                status: 400,
+                code: "pull_failed".into(),
+                message: error.clone(),
+            }),
+            _ => Err(ClientError::Api {
+                status: 500,
+                code: "error".into(),
+                message: "the pull ended without completing (the daemon stopped?)".into(),
+            }),
+        }
+    }
+
     /// Uploads a root filesystem tarball as image `name` (ours: `POST /v1/images`).
     /// The tarball is streamed, never held in memory whole.
     pub async fn import_image<R>(

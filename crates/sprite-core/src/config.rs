@@ -41,6 +41,9 @@ pub struct CoreConfig {
     pub region: String,
     /// Debian mirror for building the default image.
     pub debian_mirror: String,
+    /// Registries pulled from over plain HTTP (`host` or `host:port`); loopback ones
+    /// always are.
+    pub insecure_registries: Vec<String>,
     /// First host uid/gid of the ids the files of images and sprite disks are stored
     /// with (uid 0 inside a sprite is stored as this id), and how many ids a sprite has.
     pub id_base: u32,
@@ -116,6 +119,7 @@ impl CoreConfig {
             default_image: "dev".into(),
             region: "local".into(),
             debian_mirror: "http://deb.debian.org/debian".into(),
+            insecure_registries: Vec::new(),
             id_base: 100_000,
             id_count: 65_536,
             sprite_ids_from: 1 << 30,

@@ -34,6 +34,10 @@ pub enum CoreError {
     BuiltInImage(String),
     #[error("image {image}: {reason}")]
     BadTarball { image: String, reason: String },
+    #[error("{0}")]
+    BadImage(String),
+    #[error("pulling {reference}: {message}")]
+    Registry { reference: String, message: String },
     #[error("sprite {0} has no checkpoint to fork from; create one first")]
     NothingToFork(String),
     #[error("{0} is the sprite's current state, not a checkpoint: name a checkpoint (v0, v1, ...), or make one first")]
@@ -173,6 +177,8 @@ impl CoreError {
             | CoreError::UnknownImage { .. }
             | CoreError::BuiltInImage(_)
             | CoreError::BadTarball { .. }
+            | CoreError::BadImage(_)
+            | CoreError::Registry { .. }
             | CoreError::NothingToFork(_)
             | CoreError::NotACheckpoint(_)
             | CoreError::NoMemoryAutoscale

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod manager;
 mod moves;
 pub mod network;
+mod oci_images;
 mod pool;
 pub mod ports;
 pub mod proxy;

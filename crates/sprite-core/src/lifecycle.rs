@@ -107,6 +107,8 @@ pub(crate) struct Lifecycle {
     /// The mount namespace sprites' namespaces are cloned from: only the mounts that hold
     /// the data directory, `/dev`, `/proc` and `/sys` (`None` where it cannot be made: not root).
     pub(crate) mount_seed: Option<std::os::fd::OwnedFd>,
+    /// Mounted stacks of registry and archive images.
+    pub(crate) stacks: crate::oci_images::Stacks,
 }
 
 /// Milliseconds since `since`, to a tenth, for logs.
@@ -248,7 +250,7 @@ impl Lifecycle {
         if cgroup != CgroupState::Absent {
             self.kill_sandbox(record).await?;
         }
-        let image_root = self.image_root(&record.image).await?;
+        let image = self.image_root(&record.image).await?;
         // A sprite made before sprites had ranges of their own gets one now.
         let id_base = self
             .db
@@ -264,7 +266,7 @@ impl Lifecycle {
             .unwrap_or(self.config.default_durability);
         let mut layers = self
             .roots
-            .prepare(&record.id, &image_root, id_base, durability)
+            .prepare(&record.id, &image, id_base, durability)
             .await?;
         let mount_ms = elapsed_ms(begun);
         let env_layer = self.config.data_dir.join(SPRITE_ENV_LAYER);
@@ -367,17 +369,27 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// The lower layer of sprites of `image`: on SpriteFS the image's read-only volume
-    /// (from the object store if it is there: a fresh host builds nothing), else the
-    /// image directory, built on first need.
-    pub(crate) async fn image_root(&self, image: &str) -> Result<PathBuf, CoreError> {
+    /// The lower layers of sprites of `image`, topmost first: a registry or archive
+    /// image's layers; else one, on SpriteFS the image's read-only volume (from the
+    /// object store if it is there: a fresh host builds nothing), else the image
+    /// directory, built on first need.
+    pub(crate) async fn image_root(&self, image: &str) -> Result<Vec<PathBuf>, CoreError> {
         ImageStore::check_name(image)?;
+        if !crate::image::KNOWN_IMAGES.contains(&image) {
+            if let Some(oci) = self.oci_image(image).await? {
+                return self.layer_roots(&oci).await;
+            }
+        }
         if let Some(root) = self.roots.mount_image(image).await? {
             self.images.note_stored(image);
-            return Ok(root);
+            return Ok(vec![root]);
         }
         let dir = self.images.ensure(image).await?;
-        Ok(self.roots.import_image(image, &dir).await?.unwrap_or(dir))
+        Ok(vec![self
+            .roots
+            .import_image(image, &dir)
+            .await?
+            .unwrap_or(dir)])
     }
 
     /// The sleep timers of one sprite: its own `config` over the daemon's. Parsed once

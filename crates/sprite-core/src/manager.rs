@@ -186,6 +186,7 @@ impl SpriteManager {
             network,
             changes: SpriteChanges::new(),
             mount_seed,
+            stacks: Default::default(),
         });
         Ok(Arc::new(SpriteManager {
             pool: Arc::new(Pool::new(lifecycle.clone())),
@@ -800,13 +801,31 @@ impl SpriteManager {
             slot.tty_started
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+        // A registry image's config: its Env under the sprite's own, its WorkingDir
+        // and User unless the request says otherwise.
+        let image = self.lifecycle.images.oci_cached(&record.image);
+        let mut extra_env = image
+            .as_ref()
+            .map(|image| image.config.env_pairs())
+            .unwrap_or_default();
+        extra_env.extend(record.environment.clone());
         let request = SpawnRequest {
             argv: params.argv.clone(),
             path: params.path.clone(),
-            dir: params.dir.clone(),
+            dir: params.dir.clone().or_else(|| {
+                image
+                    .as_ref()
+                    .and_then(|image| image.config.working_dir.clone())
+            }),
             env: params.env.clone(),
-            extra_env: record.environment.clone(),
-            user: run_as.0.clone().unwrap_or_else(|| "sprite".into()),
+            extra_env: extra_env.into_iter().collect(),
+            user: run_as.0.clone().unwrap_or_else(|| {
+                image
+                    .as_ref()
+                    .map(|image| image.user.clone())
+                    .filter(|user| !user.is_empty())
+                    .unwrap_or_else(|| "sprite".into())
+            }),
             tty: params.tty,
             stdin: params.stdin,
             cols: params.cols,
@@ -1164,11 +1183,17 @@ impl SpriteManager {
     /// Imports a root filesystem tarball as image `name` (ours: `POST /v1/images`) and,
     /// on SpriteFS, stores it as a read-only volume.
     pub async fn import_image(&self, name: &str, tarball: &Path) -> Result<ImageStatus, CoreError> {
-        if self.lifecycle.roots.mount_image(name).await?.is_some() {
+        if self.lifecycle.roots.mount_image(name).await?.is_some()
+            || self.lifecycle.oci_image(name).await?.is_some()
+        {
             return Err(CoreError::ImageExists(name.to_string()));
         }
-        let dir = self.lifecycle.images.import_tarball(name, tarball).await?;
-        self.lifecycle.roots.import_image(name, &dir).await?;
+        // A docker-archive or OCI-layout tarball keeps its layers; anything else is a
+        // root filesystem.
+        if !self.import_image_archive(name, tarball, &|_| {}).await? {
+            let dir = self.lifecycle.images.import_tarball(name, tarball).await?;
+            self.lifecycle.roots.import_image(name, &dir).await?;
+        }
         Ok(self
             .lifecycle
             .images

@@ -27,7 +27,7 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn prepare(
         &self,
         sprite_id: &str,
-        image_root: &Path,
+        image: &[PathBuf],
         id_base: u32,
         durability: Durability,
     ) -> Result<RootLayers, CoreError>;
@@ -124,6 +124,11 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn mount_image(&self, _image: &str) -> Result<Option<PathBuf>, CoreError> {
         Ok(None)
     }
+    /// Unmounts and deletes image volume `image` if there is one (an image's own layer,
+    /// replaced by a new pull).
+    async fn discard_image(&self, _image: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
     /// Stores a built image directory as a read-only volume and returns its mounted
     /// root; None: the directory itself is the root.
     async fn import_image(
@@ -185,14 +190,14 @@ impl RootStore for LocalOverlayStore {
     async fn prepare(
         &self,
         sprite_id: &str,
-        image_root: &Path,
+        image: &[PathBuf],
         _id_base: u32,
         _durability: Durability,
     ) -> Result<RootLayers, CoreError> {
         let dir = self.dir.join(sprite_id);
         Ok(RootLayers {
-            lower: vec![image_root.to_path_buf()],
-            home: own_home(&dir, image_root).await?,
+            lower: image.to_vec(),
+            home: own_home(&dir, image).await?,
             disk: dir,
             views: None,
         })
@@ -209,14 +214,19 @@ impl RootStore for LocalOverlayStore {
 
 /// The sprite's `/home`: a directory on its own disk beside the overlay's `upper`, bound
 /// at `/home` so that work there skips the overlay. Made on first need as a copy of the
-/// image's `/home`. `false` keeps `/home` in the overlay: for a disk whose `upper`
-/// already has a `home` (made before this layout) and for an image without `/home`.
-async fn own_home(disk: &Path, image_root: &Path) -> Result<bool, CoreError> {
+/// image's `/home` (of its topmost layer that has one). `false` keeps `/home` in the
+/// overlay: for a disk whose `upper` already has a `home` (made before this layout) and
+/// for an image without `/home`.
+async fn own_home(disk: &Path, image: &[PathBuf]) -> Result<bool, CoreError> {
     let home = disk.join("home");
     if home.is_dir() {
         return Ok(true);
     }
-    let image_home = image_root.join("home");
+    let image_home = image
+        .iter()
+        .map(|layer| layer.join("home"))
+        .find(|home| fs::symlink_metadata(home).is_ok())
+        .unwrap_or_else(|| PathBuf::from("/nonexistent/home"));
     let image_has_home = fs::symlink_metadata(&image_home).is_ok_and(|m| m.is_dir());
     if !image_has_home || fs::symlink_metadata(disk.join("upper/home")).is_ok() {
         return Ok(false);
@@ -344,7 +354,7 @@ pub struct SpriteFsStore {
     images: tokio::sync::Mutex<()>,
     /// Image root and host id range of each prepared sprite (its checkpoint views are
     /// overlays on that image, idmapped onto that range).
-    prepared: parking_lot::Mutex<std::collections::HashMap<String, (PathBuf, u32)>>,
+    prepared: parking_lot::Mutex<std::collections::HashMap<String, (Vec<PathBuf>, u32)>>,
 }
 
 fn storage_error(
@@ -727,7 +737,7 @@ impl SpriteFsStore {
         &self,
         sprite_id: &str,
         name: &str,
-        image_root: &Path,
+        image: &[PathBuf],
         id_base: u32,
     ) -> Result<(), CoreError> {
         let (views, disks) = self.views_dirs(sprite_id);
@@ -743,13 +753,13 @@ impl SpriteFsStore {
         loop_mount(&file, &disk, DISK_FLAGS | MsFlags::MS_RDONLY, "noload").await?;
         let target = views.join(name);
         let (storage_ids, id_count) = (self.settings.id_base, self.settings.id_count);
-        let image_root = image_root.to_path_buf();
+        let image = image.to_vec();
         let sprite = sprite_id.to_string();
         tokio::task::spawn_blocking(move || {
             let idmap = sprite_sandbox::mounts::storage_idmap(storage_ids, id_base, id_count)?;
             sprite_sandbox::mounts::mount_view(
                 &disk,
-                &image_root,
+                &image,
                 &target,
                 idmap.as_ref().map(|fd| std::os::fd::AsFd::as_fd(fd)),
             )
@@ -948,7 +958,7 @@ impl RootStore for SpriteFsStore {
     async fn prepare(
         &self,
         sprite_id: &str,
-        image_root: &Path,
+        image: &[PathBuf],
         id_base: u32,
         durability: Durability,
     ) -> Result<RootLayers, CoreError> {
@@ -979,10 +989,10 @@ impl RootStore for SpriteFsStore {
         };
         self.prepared
             .lock()
-            .insert(sprite_id.to_string(), (image_root.to_path_buf(), id_base));
+            .insert(sprite_id.to_string(), (image.to_vec(), id_base));
         Ok(RootLayers {
-            lower: vec![image_root.to_path_buf()],
-            home: own_home(&target, image_root).await?,
+            lower: image.to_vec(),
+            home: own_home(&target, image).await?,
             disk: target,
             views: Some(views),
         })
@@ -1258,6 +1268,16 @@ impl RootStore for SpriteFsStore {
         self.mount_image_volume(image).await.map(Some)
     }
 
+    async fn discard_image(&self, image: &str) -> Result<(), CoreError> {
+        let _one = self.images.lock().await;
+        let volume = image_volume(image);
+        let target = self.image_mount(image);
+        if is_mount_point(&target) {
+            self.clear_stale(&volume, &target).await;
+        }
+        self.start_over(&volume).await
+    }
+
     async fn import_image(&self, image: &str, rootfs: &Path) -> Result<Option<PathBuf>, CoreError> {
         let _one = self.images.lock().await;
         let volume = image_volume(image);
@@ -1348,7 +1368,7 @@ impl RootStore for SpriteFsStore {
         let _views = self.views.lock().await;
         let (views, _) = self.views_dirs(sprite_id);
         let prepared = self.prepared.lock().get(sprite_id).cloned();
-        let Some((image_root, id_base)) = prepared else {
+        let Some((image, id_base)) = prepared else {
             return Ok(());
         };
         if !is_mount_point(&self.mount_dir(sprite_id)) || !is_mount_point(&views) {
@@ -1373,7 +1393,7 @@ impl RootStore for SpriteFsStore {
         }
         for name in wanted {
             if !is_mount_point(&views.join(name)) {
-                if let Err(error) = self.mount_view(sprite_id, name, &image_root, id_base).await {
+                if let Err(error) = self.mount_view(sprite_id, name, &image, id_base).await {
                     self.unmount_view(sprite_id, name).await;
                     return Err(error);
                 }
@@ -1446,7 +1466,7 @@ mod tests {
         let layers = store
             .prepare(
                 "s1",
-                Path::new("/images/debian/rootfs"),
+                &[PathBuf::from("/images/debian/rootfs")],
                 1 << 30,
                 Durability::Local,
             )

@@ -37,13 +37,13 @@ impl RootStore for RecordingRoots {
     async fn prepare(
         &self,
         sprite_id: &str,
-        image_root: &Path,
+        image: &[PathBuf],
         _id_base: u32,
         _durability: sprite_api::sprite::Durability,
     ) -> Result<RootLayers, CoreError> {
         self.journal.note(format!("mount {sprite_id}"));
         Ok(RootLayers {
-            lower: vec![image_root.to_path_buf()],
+            lower: image.to_vec(),
             disk: self.dir.join("disks").join(sprite_id),
             views: None,
             home: false,

@@ -29,7 +29,7 @@ pub fn storage_idmap(
 /// mountinfo names no host path. Everything is read-only, nosuid, nodev and noexec.
 pub fn mount_view(
     disk: &Path,
-    image: &Path,
+    image: &[std::path::PathBuf],
     target: &Path,
     idmap: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(), SandboxError> {
@@ -46,13 +46,14 @@ pub fn mount_view(
     };
     let disk_mount = clone(None, disk, idmap)?;
     let upper = clone(Some(disk_mount.as_fd()), Path::new("upper"), None)?;
-    let image_mount = clone(None, image, idmap)?;
-    let overlay = sys::overlay_from(
-        &[upper.as_fd(), image_mount.as_fd()],
-        "sprite-checkpoint",
-        &["ro", "userxattr"],
-    )
-    .map_err(|e| SandboxError::CloneMount(target.to_path_buf(), e))?;
+    let image_mounts = image
+        .iter()
+        .map(|layer| clone(None, layer, idmap))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lowers = vec![upper.as_fd()];
+    lowers.extend(image_mounts.iter().map(|m| m.as_fd()));
+    let overlay = sys::overlay_from(&lowers, "sprite-checkpoint", &["ro", "userxattr"])
+        .map_err(|e| SandboxError::CloneMount(target.to_path_buf(), e))?;
     let home = disk
         .join("home")
         .is_dir()

@@ -91,13 +91,21 @@ struct ImportQuery {
 async fn import_image(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<ImportQuery>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Result<axum::Json<sprite_api::admin::ImageStatus>, ApiError> {
+) -> Result<Response, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return pull_image(state, body).await;
+    }
     let name = query.name.ok_or_else(|| {
         ApiError::invalid(
-            "name is missing: POST /v1/images?name=NAME with the rootfs tarball as the body",
+            "name is missing: POST /v1/images?name=NAME with a tarball as the body (a root filesystem, docker-archive or OCI layout), or a JSON body {\"ref\": \"IMAGE\"} to pull from a registry",
         )
     })?;
     sprite_core::image::ImageStore::check_name(&name)?;
@@ -117,7 +125,52 @@ async fn import_image(
         Err(error) => Err(sprite_core::CoreError::UploadBroken(error)),
     };
     let _ = tokio::fs::remove_file(&path).await;
-    Ok(axum::Json(result?))
+    Ok(axum::Json(result?).into_response())
+}
+
+/// The largest pull request body.
+const MAX_PULL_BODY: usize = 64 << 10;
+
+/// `POST /v1/images` with `{"ref": ...}`: pulls from a registry, answering NDJSON
+/// progress ([`sprite_api::admin::PullEvent`]) and `complete` or `error` last. The pull
+/// goes on if the client leaves.
+async fn pull_image(state: AppState, body: axum::body::Body) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_PULL_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "the pull request body is larger than {MAX_PULL_BODY} bytes or broken"
+            ))
+        })?;
+    let request: sprite_api::admin::PullRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid(format!(
+            "bad pull request ({e}); send {{\"ref\": \"[REGISTRY/]REPOSITORY[:TAG]\", \"name\": optional, \"username\"/\"password\": optional}}"
+        ))
+    })?;
+    if request.reference.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "ref is empty: name the image to pull, like docker.io/library/alpine:3.20",
+        ));
+    }
+    if let Some(name) = &request.name {
+        sprite_core::image::ImageStore::check_name(name)?;
+    }
+    let (sender, response) = ndjson_channel(16);
+    tokio::spawn(async move {
+        let progress_sender = sender.clone();
+        let progress = move |event: sprite_api::admin::PullEvent| {
+            // A slow or gone client drops progress lines, never the pull.
+            let _ = progress_sender.try_send(Ok(ndjson_line(&event)));
+        };
+        let last = match state.manager.pull_image(&request, &progress).await {
+            Ok(name) => sprite_api::admin::PullEvent::Complete { name },
+            Err(error) => sprite_api::admin::PullEvent::Error {
+                error: sprite_api::error_chain(&error),
+            },
+        };
+        let _ = sender.send(Ok(ndjson_line(&last))).await;
+    });
+    Ok(response)
 }
 
 async fn usage(

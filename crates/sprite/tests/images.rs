@@ -81,3 +81,374 @@ async fn the_dev_image_has_its_tools_and_teaches_the_agents() {
     assert!(out.stdout().contains("\"url\""), "{out:?}");
     client.destroy("work").await.unwrap();
 }
+
+/// Runs a host command; panics with its output if it fails.
+fn sh(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); scripts/test.sh installs it"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Debian `docker-registry` on a free loopback port, serving `root`; with
+/// `htpasswd`, basic auth is required. Killed on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(root: &std::path::Path, htpasswd: Option<&std::path::Path>) -> Registry {
+        let port = free_port();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        let auth = match htpasswd {
+            Some(file) => format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                file.display()
+            ),
+            None => String::new(),
+        };
+        let config = root.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n{auth}http:\n  addr: 127.0.0.1:{port}\n",
+                root.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry { child, port }
+    }
+}
+
+/// Packs `dir` as an uncompressed layer tar owned by root.
+fn layer_tar(dir: &std::path::Path, tar: &std::path::Path) {
+    sh(
+        "tar",
+        &[
+            "-C",
+            &dir.to_string_lossy(),
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+            &tar.to_string_lossy(),
+            ".",
+        ],
+    );
+}
+
+/// Two images in an OCI layout made with umoci: `base` (one layer: a busybox root
+/// without a `sprite` user, /etc/motd, /data/{a,b}) and `app` on top of it (a second
+/// layer that whites out /etc/motd, makes /data opaque with only /data/c, adds
+/// /srv/hello; Env GREETING=hello and WorkingDir /srv).
+fn make_layout(work: &std::path::Path) -> std::path::PathBuf {
+    let layout = work.join("layout");
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    sh("umoci", &["init", "--layout", &layout.to_string_lossy()]);
+    sh("umoci", &["new", "--image", &image("base")]);
+    // The base: busybox from the host, root only.
+    let base = work.join("base");
+    for dir in [
+        "bin", "etc", "root", "tmp", "data", "home", "proc", "sys", "dev",
+    ] {
+        std::fs::create_dir_all(base.join(dir)).unwrap();
+    }
+    std::fs::set_permissions(
+        base.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "ls", "cat", "env", "pwd", "id", "whoami", "test", "echo", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(base.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(base.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(base.join("etc/motd"), "base motd\n").unwrap();
+    std::fs::write(base.join("data/a"), "a\n").unwrap();
+    std::fs::write(base.join("data/b"), "b\n").unwrap();
+    let tar = work.join("base.tar");
+    layer_tar(&base, &tar);
+    sh(
+        "umoci",
+        &[
+            "raw",
+            "add-layer",
+            "--image",
+            &image("base"),
+            &tar.to_string_lossy(),
+        ],
+    );
+    // The app layer: a whiteout, an opaque directory, a new file.
+    let top = work.join("top");
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::create_dir_all(top.join("data")).unwrap();
+    std::fs::create_dir_all(top.join("srv")).unwrap();
+    std::fs::write(top.join("etc/.wh.motd"), "").unwrap();
+    std::fs::write(top.join("data/.wh..wh..opq"), "").unwrap();
+    std::fs::write(top.join("data/c"), "c\n").unwrap();
+    std::fs::write(top.join("srv/hello"), "hello from the app layer\n").unwrap();
+    let tar = work.join("top.tar");
+    layer_tar(&top, &tar);
+    sh(
+        "umoci",
+        &[
+            "raw",
+            "add-layer",
+            "--image",
+            &image("base"),
+            "--tag",
+            "app",
+            &tar.to_string_lossy(),
+        ],
+    );
+    sh(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &image("app"),
+            "--config.env",
+            "GREETING=hello",
+            "--config.workingdir",
+            "/srv",
+        ],
+    );
+    layout
+}
+
+fn push(layout: &std::path::Path, tag: &str, to: &str, creds: Option<&str>) {
+    let mut args = vec![
+        "copy".to_string(),
+        "--quiet".into(),
+        "--dest-tls-verify=false".into(),
+    ];
+    if let Some(creds) = creds {
+        args.push(format!("--dest-creds={creds}"));
+    }
+    args.push(format!("oci:{}:{tag}", layout.display()));
+    args.push(to.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh("skopeo", &args);
+}
+
+/// Checks what sprites of the `app` image see: both layers, the whiteout, the opaque
+/// directory, the config, and the `sprite` user added.
+async fn check_app_sprite(client: &sprite_client::Client, sprite: &str) {
+    let out = run(client, sprite, &["sh", "-c", "cat /srv/hello; ls /data; test -e /etc/motd || echo no-motd; echo $GREETING; pwd; whoami; id -u"]).await;
+    assert_eq!(
+        out.code,
+        0,
+        "{} {}",
+        out.stdout(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout(),
+        "hello from the app layer\nc\nno-motd\nhello\n/srv\nsprite\n1000\n",
+        "{sprite}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_images_and_archives_keep_layers_config_and_share_the_base() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = make_layout(work.path());
+    let registry = Registry::start(&work.path().join("registry"), None);
+    let at = |repo: &str| format!("docker://127.0.0.1:{}/{repo}", registry.port);
+    push(&layout, "base", &at("test/base:1"), None);
+    push(&layout, "app", &at("test/app:1"), None);
+
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = daemon.client.clone();
+
+    // The base first; then the app, whose first layer is the base's: not fetched again.
+    let pull = |reference: String, name: Option<&str>| {
+        let client = client.clone();
+        let name = name.map(str::to_string);
+        async move {
+            let mut events = Vec::new();
+            let request = sprite_api::admin::PullRequest {
+                reference,
+                name,
+                ..Default::default()
+            };
+            let result = client
+                .pull_image(&request, |event| events.push(event.clone()))
+                .await;
+            (result, events)
+        }
+    };
+    let reference = |repo: &str| format!("127.0.0.1:{}/{repo}", registry.port);
+    let (name, events) = pull(reference("test/base:1"), None).await;
+    assert_eq!(name.unwrap(), "base-1");
+    assert!(
+        events.iter().any(
+            |e| matches!(e, sprite_api::admin::PullEvent::Layer { state, .. } if state == "ready")
+        ),
+        "{events:?}"
+    );
+    let (name, events) = pull(reference("test/app:1"), Some("app")).await;
+    assert_eq!(name.unwrap(), "app");
+    let states: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            sprite_api::admin::PullEvent::Layer { index, state, .. } if state != "downloading" => {
+                Some(format!("{index}:{state}"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, ["0:stored", "1:unpacking", "1:ready"], "{events:?}");
+
+    // Sprites of each: the base sees its own files; the app its layers merged.
+    let mut request = sprite_request("from-base");
+    request.image = Some("base-1".into());
+    client.create(&request).await.unwrap();
+    let out = run(
+        &client,
+        "from-base",
+        &["sh", "-c", "cat /etc/motd; ls /data; whoami"],
+    )
+    .await;
+    assert_eq!(out.stdout(), "base motd\na\nb\nsprite\n", "{out:?}");
+    let mut request = sprite_request("from-app");
+    request.image = Some("app".into());
+    client.create(&request).await.unwrap();
+    check_app_sprite(&client, "from-app").await;
+    // Its own writes stay its own, over the read-only layers.
+    let out = run(
+        &client,
+        "from-app",
+        &[
+            "sh",
+            "-c",
+            "echo mine > /tmp/d && cat /tmp/d; echo no > /data/e || echo refused",
+        ],
+    )
+    .await;
+    assert_eq!(out.stdout(), "mine\nrefused\n", "{out:?}");
+
+    // The shared layer is one volume in the store: two layer volumes for two images
+    // with three layers between them (plus each image's own small setup layer).
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data = daemon.data_path().join("image-volumes");
+    let layer_mounts = mounts
+        .lines()
+        .filter(|l| l.contains(&format!("{}/layer-", data.display())))
+        .count();
+    assert_eq!(layer_mounts, 2, "{mounts}");
+
+    // A pull of something that is not there says so.
+    let (result, _) = pull(reference("test/nothing:1"), None).await;
+    let error = result.unwrap_err().to_string();
+    assert!(error.contains("test/nothing"), "{error}");
+    // A name that is taken is refused; --replace pulls again.
+    let (result, _) = pull(reference("test/app:1"), Some("app")).await;
+    assert!(result.unwrap_err().to_string().contains("already exists"));
+
+    // docker-archive and OCI-layout tarballs, made by skopeo from the same image.
+    let docker_archive = work.path().join("app-docker.tar");
+    let oci_archive = work.path().join("app-oci.tar");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("oci:{}:app", layout.display()),
+            &format!("docker-archive:{}:test/app:1", docker_archive.display()),
+        ],
+    );
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("oci:{}:app", layout.display()),
+            &format!("oci-archive:{}:app", oci_archive.display()),
+        ],
+    );
+    for (name, file) in [("app-docker", &docker_archive), ("app-oci", &oci_archive)] {
+        let opened = tokio::fs::File::open(file).await.unwrap();
+        client.import_image(name, opened).await.unwrap();
+        let sprite = format!("s-{name}");
+        let mut request = sprite_request(&sprite);
+        request.image = Some(name.into());
+        client.create(&request).await.unwrap();
+        check_app_sprite(&client, &sprite).await;
+        client.destroy(&sprite).await.unwrap();
+    }
+
+    for sprite in ["from-base", "from-app"] {
+        client.destroy(sprite).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_basic_auth_wants_the_credentials() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = make_layout(work.path());
+    let htpasswd = work.path().join("htpasswd");
+    sh(
+        "htpasswd",
+        &["-Bbc", &htpasswd.to_string_lossy(), "puller", "s3cret"],
+    );
+    let registry = Registry::start(&work.path().join("registry"), Some(&htpasswd));
+    push(
+        &layout,
+        "base",
+        &format!("docker://127.0.0.1:{}/private/base:1", registry.port),
+        Some("puller:s3cret"),
+    );
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = daemon.client.clone();
+    let mut request = sprite_api::admin::PullRequest {
+        reference: format!("127.0.0.1:{}/private/base:1", registry.port),
+        ..Default::default()
+    };
+    let error = client.pull_image(&request, |_| {}).await.unwrap_err();
+    assert!(
+        error.to_string().to_lowercase().contains("authorized"),
+        "{error}"
+    );
+    request.username = Some("puller".into());
+    request.password = Some("wrong".into());
+    assert!(client.pull_image(&request, |_| {}).await.is_err());
+    request.password = Some("s3cret".into());
+    assert_eq!(client.pull_image(&request, |_| {}).await.unwrap(), "base-1");
+    let mut create = sprite_request("private");
+    create.image = Some("base-1".into());
+    client.create(&create).await.unwrap();
+    let out = run(&client, "private", &["cat", "/etc/motd"]).await;
+    assert_eq!(out.stdout(), "base motd\n");
+    client.destroy("private").await.unwrap();
+}

@@ -20,10 +20,15 @@ use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
 pub mod dev;
+pub mod oci;
+pub mod registry;
 
 /// Packages of the default image on top of debootstrap's minbase.
 pub const DEBIAN_PACKAGES: &str =
     "bash,coreutils,procps,iproute2,curl,ca-certificates,git,python3,sudo,less,vim-tiny,tmux";
+
+/// The record of an image from a registry or an archive, in its directory.
+const OCI_RECORD: &str = "oci.json";
 
 /// Images this daemon knows how to build.
 pub const KNOWN_IMAGES: [&str; 3] = ["dev", "debian", "busybox"];
@@ -37,6 +42,8 @@ pub struct ImageStore {
     mirror: String,
     builds: tokio::sync::Mutex<()>,
     status: Arc<Mutex<HashMap<String, ImageStatus>>>,
+    /// Records of registry and archive images read so far (None: not one).
+    oci_records: Mutex<HashMap<String, Option<Arc<oci::OciImage>>>>,
 }
 
 fn set_status(
@@ -64,6 +71,7 @@ impl ImageStore {
             mirror,
             builds: tokio::sync::Mutex::new(()),
             status: Default::default(),
+            oci_records: Default::default(),
         }
     }
 
@@ -72,7 +80,68 @@ impl ImageStore {
     }
 
     pub fn is_ready(&self, name: &str) -> bool {
-        self.dir.join(name).join("image.json").exists()
+        let dir = self.dir.join(name);
+        dir.join("image.json").exists() || dir.join(OCI_RECORD).exists()
+    }
+
+    /// The record of `name` if it is an image from a registry or an archive.
+    pub fn oci(&self, name: &str) -> Result<Option<oci::OciImage>, CoreError> {
+        let path = self.dir.join(name).join(OCI_RECORD);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CoreError::Corrupt {
+                    what: "image record",
+                    message: format!("{}: {e}", path.display()),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CoreError::io("read", path)(e)),
+        }
+    }
+
+    /// The record of a registry or archive image, kept in memory after the first read
+    /// (every exec asks); None for other images and on any error.
+    pub fn oci_cached(&self, name: &str) -> Option<Arc<oci::OciImage>> {
+        if KNOWN_IMAGES.contains(&name) {
+            return None;
+        }
+        if let Some(found) = self.oci_records.lock().get(name) {
+            return found.clone();
+        }
+        let found = self.oci(name).ok().flatten().map(Arc::new);
+        self.oci_records
+            .lock()
+            .insert(name.to_string(), found.clone());
+        found
+    }
+
+    /// Keeps the record of an image from a registry or an archive (written aside and
+    /// renamed: a crash leaves the old record or the new one).
+    pub fn save_oci(&self, image: &oci::OciImage) -> Result<(), CoreError> {
+        let dir = self.dir.join(&image.name);
+        fs::create_dir_all(&dir).map_err(CoreError::io("create", &dir))?;
+        let path = dir.join(OCI_RECORD);
+        let partial = dir.join(format!("{OCI_RECORD}.partial"));
+        let json = serde_json::to_vec_pretty(image).unwrap_or_default();
+        fs::write(&partial, json).map_err(CoreError::io("write", &partial))?;
+        fs::rename(&partial, &path).map_err(CoreError::io("rename", &partial))?;
+        self.oci_records.lock().remove(&image.name);
+        Ok(())
+    }
+
+    /// Where layers of registry and archive images are unpacked (`<key>/rootfs`).
+    pub fn layers_dir(&self) -> PathBuf {
+        self.dir.join(".layers")
+    }
+
+    /// Notes a pull's or an import's progress for `sprite images`.
+    pub fn note_progress(&self, name: &str, detail: &str) {
+        set_status(&self.status, name, ImageState::Building, detail);
+    }
+
+    /// Notes how a pull or an import ended.
+    pub fn note_done(&self, name: &str, result: &Result<(), CoreError>) {
+        self.note_outcome(name, result);
     }
 
     /// Names of imported images on this host.

@@ -15,16 +15,212 @@ pub struct ImagesArgs {
 pub enum ImagesCommand {
     /// List the images (the default).
     List,
-    /// Import a root filesystem tarball (tar, .tar.gz, .tar.xz, .tar.zst; `-` reads
-    /// stdin) as image NAME. Owners are kept by number: uid 0 in the tarball is root in
-    /// the sprite.
-    Import { name: String, file: PathBuf },
+    /// Import a tarball as an image: a docker-archive (`docker save`, `skopeo copy ...
+    /// docker-archive:`) or OCI layout (`skopeo copy ... oci-archive:`) keeps its layers
+    /// and config; anything else is a root filesystem (tar, .tar.gz, .tar.xz, .tar.zst;
+    /// owners kept by number: uid 0 in the tarball is root in the sprite). `-` reads
+    /// stdin. NAME defaults to the file's name without its extensions.
+    #[command(after_help = "Examples:
+  sprite images import app.tar                   # docker-archive or OCI layout: image app
+  sprite images import alpine alpine-minirootfs.tar.gz
+  docker export $(docker create ubuntu) | sprite images import ubuntu -")]
+    Import {
+        /// NAME FILE, or only FILE.
+        #[arg(num_args = 1..=2, value_names = ["NAME", "FILE"], required = true)]
+        args: Vec<String>,
+    },
+    /// Pull an image from an OCI / Docker registry (v2): its layers are stored once and
+    /// shared with every image that has them; its Env, WorkingDir and User apply to
+    /// sprites of it. Credentials: --username with --password-stdin, else
+    /// ~/.docker/config.json (`docker login`), else anonymous.
+    #[command(after_help = "Examples:
+  sprite images pull docker.io/library/python:3.12-slim
+  sprite images pull ghcr.io/acme/tools:1.4 --name tools
+  echo \"$TOKEN\" | sprite images pull registry.example.com/team/app:v2 --username me --password-stdin
+  sprite create --image python-3-12-slim")]
+    Pull {
+        /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]` (Docker Hub when no registry is named).
+        reference: String,
+        /// The image's name here (default: from the reference: python:3.12-slim →
+        /// python-3-12-slim).
+        #[arg(long)]
+        name: Option<String>,
+        /// Registry user name.
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the registry password or token from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Pull again over an image of the same name (a newer version of a tag).
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+/// The registry a reference names (Docker Hub when its first part is not a host).
+fn registry_of(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// Credentials for `registry` from a Docker config file (`auths.<registry>.auth`, the
+/// base64 of `user:password`); Docker Hub is also found under its historic keys.
+fn docker_credentials(config: &str, registry: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let config: serde_json::Value = serde_json::from_str(config).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    let mut keys = vec![
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+    ];
+    if registry == "docker.io" {
+        keys.extend([
+            "https://index.docker.io/v1/".to_string(),
+            "index.docker.io".to_string(),
+            "registry-1.docker.io".to_string(),
+        ]);
+    }
+    let entry = keys.iter().find_map(|key| auths.get(key))?;
+    let encoded = entry.get("auth")?.as_str()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// The image of `reference` here: the one of its name if there is one, else pulled.
+pub(crate) async fn image_for_reference(cx: &Global, reference: &str) -> Result<String> {
+    let name = sprite_core::image::oci::name_for_reference(reference);
+    let images = cx.client()?.images().await?;
+    if images
+        .images
+        .iter()
+        .any(|i| i.name == name && i.state == sprite_api::admin::ImageState::Ready)
+    {
+        return Ok(name);
+    }
+    let request = sprite_api::admin::PullRequest {
+        reference: reference.to_string(),
+        name: Some(name),
+        ..Default::default()
+    };
+    pull(cx, request).await
+}
+
+/// Pulls `reference` with progress on stderr; the image's name.
+pub(crate) async fn pull(cx: &Global, request: sprite_api::admin::PullRequest) -> Result<String> {
+    use sprite_api::admin::PullEvent;
+    let mut request = request;
+    if request.username.is_none() {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let path = std::env::var("DOCKER_CONFIG")
+            .map(|dir| PathBuf::from(dir).join("config.json"))
+            .unwrap_or_else(|_| PathBuf::from(home).join(".docker/config.json"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Some((user, password)) =
+                docker_credentials(&text, &registry_of(&request.reference))
+            {
+                request.username = Some(user);
+                request.password = Some(password);
+            }
+        }
+    }
+    let client = cx.client()?;
+    let quiet = cx.json;
+    let name = client
+        .pull_image(&request, |event| {
+            if quiet {
+                return;
+            }
+            match event {
+                PullEvent::Resolved { digest, layers } => {
+                    eprintln!("pulling {} ({digest}, {layers} layers)", request.reference)
+                }
+                PullEvent::Layer {
+                    index,
+                    state,
+                    bytes,
+                    total,
+                    ..
+                } => match state.as_str() {
+                    "downloading" => eprint!(
+                        "\r  layer {}: {:.1} / {:.1} MB   ",
+                        index + 1,
+                        *bytes as f64 / 1e6,
+                        *total as f64 / 1e6
+                    ),
+                    "stored" => eprintln!("  layer {}: already stored", index + 1),
+                    "unpacking" => eprintln!("\r  layer {}: unpacking {:>30}", index + 1, ""),
+                    "ready" => eprintln!("  layer {}: ready", index + 1),
+                    _ => {}
+                },
+                PullEvent::Info { message } => eprintln!("  {message}"),
+                PullEvent::Complete { .. } | PullEvent::Error { .. } => {}
+            }
+        })
+        .await
+        .with_context(|| format!("pull {}", request.reference))?;
+    Ok(name)
 }
 
 impl ImagesArgs {
     pub async fn run(&self, cx: &Global) -> Result<u8> {
         match &self.command {
-            Some(ImagesCommand::Import { name, file }) => {
+            Some(ImagesCommand::Pull {
+                reference,
+                name,
+                username,
+                password_stdin,
+                replace,
+            }) => {
+                let password = if *password_stdin {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .context("read the password from stdin")?;
+                    Some(text.trim_end_matches(['\n', '\r']).to_string())
+                } else {
+                    None
+                };
+                let request = sprite_api::admin::PullRequest {
+                    reference: reference.clone(),
+                    name: name.clone(),
+                    username: username.clone(),
+                    password,
+                    replace: *replace,
+                };
+                let name = pull(cx, request).await?;
+                if cx.json {
+                    print_json(&serde_json::json!({ "name": name }))?;
+                } else {
+                    eprintln!("image {name} is ready: sprite create --image {name}");
+                }
+                Ok(0)
+            }
+            Some(ImagesCommand::Import { args }) => {
+                let (name, file) = match args.as_slice() {
+                    [name, file] => (name.clone(), PathBuf::from(file)),
+                    [file] => {
+                        let base = std::path::Path::new(file)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let stem = base.split('.').next().unwrap_or_default().to_string();
+                        if stem.is_empty() || file == "-" {
+                            anyhow::bail!("name the image: sprite images import NAME {file}");
+                        }
+                        (
+                            stem.to_ascii_lowercase().replace('_', "-"),
+                            PathBuf::from(file),
+                        )
+                    }
+                    _ => anyhow::bail!("sprite images import [NAME] FILE"),
+                };
+                let (name, file) = (&name, &file);
                 eprintln!("importing {} as image {name} ...", file.display());
                 let client = cx.client()?;
                 let status = if file.as_os_str() == "-" {
@@ -49,7 +245,7 @@ impl ImagesArgs {
                 } else {
                     for image in &images.images {
                         println!(
-                            "{:<10} {:<9} {}",
+                            "{:<20} {:<9} {}",
                             image.name,
                             image.state.as_str(),
                             image.detail
@@ -151,5 +347,36 @@ pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
             }
             Ok(u8::from(!report.failed.is_empty()))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registries_of_references() {
+        assert_eq!(registry_of("alpine:3"), "docker.io");
+        assert_eq!(registry_of("library/alpine"), "docker.io");
+        assert_eq!(registry_of("ghcr.io/acme/x:1"), "ghcr.io");
+        assert_eq!(registry_of("localhost:5000/base"), "localhost:5000");
+        assert_eq!(registry_of("localhost/base"), "localhost");
+    }
+
+    #[test]
+    fn credentials_from_the_docker_config() {
+        // base64("me:s3cret")
+        let config = r#"{"auths":{"https://index.docker.io/v1/":{"auth":"bWU6czNjcmV0"},"localhost:5000":{"auth":"dTpw"}}}"#;
+        assert_eq!(
+            docker_credentials(config, "docker.io"),
+            Some(("me".into(), "s3cret".into()))
+        );
+        assert_eq!(
+            docker_credentials(config, "localhost:5000"),
+            Some(("u".into(), "p".into()))
+        );
+        assert_eq!(docker_credentials(config, "ghcr.io"), None);
+        assert_eq!(docker_credentials("not json", "docker.io"), None);
     }
 }

@@ -23,7 +23,9 @@ pub struct CreateArgs {
     /// Size of the sprite's root filesystem in GiB (default 100).
     #[arg(long)]
     pub storage_gb: Option<u64>,
-    /// Image to start from (`sprite images`); the daemon's default when absent.
+    /// Image to start from: a name (`sprite images`), or a registry reference
+    /// (docker.io/library/alpine:3.20), pulled first unless it is here; the daemon's
+    /// default when absent.
     #[arg(long)]
     pub image: Option<String>,
     /// Fork from another sprite's checkpoint: SPRITE or SPRITE:CHECKPOINT (newest
@@ -87,7 +89,12 @@ impl CreateArgs {
             environment: None,
             wait_for_capacity: None,
             runtime: None,
-            image: image.clone(),
+            image: match image {
+                Some(image) if sprite_core::image::oci::is_reference(image) => {
+                    Some(super::images::image_for_reference(cx, image).await?)
+                }
+                other => other.clone(),
+            },
             host: host.clone(),
             from: from.as_deref().map(fork_source),
             template: template.clone(),

@@ -29,6 +29,9 @@ pub struct FileConfig {
     pub token: Option<String>,
     pub image: Option<String>,
     pub debian_mirror: Option<String>,
+    /// Registries pulled from over plain HTTP (loopback ones always are).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
     pub id_base: Option<u32>,
     /// First host uid/gid of the sprites' own id ranges (65,536 ids each; default
     /// 1073741824, 2^30): pick ids no host user or other container manager uses.
@@ -265,6 +268,7 @@ impl DaemonSettings {
         if let Some(image) = flags.image.clone().or(file.image) {
             config.default_image = image;
         }
+        config.insecure_registries = file.insecure_registries;
         if let Some(mirror) = file.debian_mirror {
             config.debian_mirror = mirror;
         }

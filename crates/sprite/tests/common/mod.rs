@@ -32,7 +32,7 @@ pub struct Daemon {
 const PORTS: std::ops::Range<u16> = 20000..32000;
 
 /// A free port from [`PORTS`], picked at random (tests run in parallel) and checked.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     for attempt in 0u32..1000 {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
