@@ -46,6 +46,14 @@ if ! command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; the
     systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
+# A real registry and image tools for the image tests (pulls, archives, whiteouts).
+if ! command -v docker-registry >/dev/null 2>&1 || ! command -v umoci >/dev/null 2>&1 \
+    || ! command -v skopeo >/dev/null 2>&1 || ! command -v htpasswd >/dev/null 2>&1; then
+    echo "== installing docker-registry, umoci, skopeo and htpasswd (image tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry umoci skopeo apache2-utils zstd >/dev/null
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

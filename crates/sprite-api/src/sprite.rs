@@ -186,6 +186,10 @@ pub struct CreateSpriteRequest {
     /// sprite runs on the template's image. Not with `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// Ours: run the image's `Entrypoint` + `Cmd` as service `app` (registry and
+    /// archive images), its URL going to the image's first exposed TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_cmd: Option<bool>,
 }
 
 /// A template: a named, frozen copy of a sprite's checkpoint that new sprites start from

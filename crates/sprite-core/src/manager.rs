@@ -417,6 +417,10 @@ impl SpriteManager {
             },
             pooled: false,
         };
+        let run = match request.run_cmd {
+            Some(true) => Some(self.image_command(&record.image).await?),
+            _ => None,
+        };
         let key = record.key();
         self.claim_name(&key).await?;
         let made = self.make(record, fork).await;
@@ -425,7 +429,43 @@ impl SpriteManager {
             (Ok(_), Some(directory)) => directory.made(&key),
             (Ok(_), None) => {}
         }
+        if let (Ok(_), Some(spec)) = (&made, run) {
+            let started = async { self.services(&key).await?.put("app", spec).await }.await;
+            if let Err(error) = started {
+                // Made whole or not at all: the sprite goes with its service.
+                if let Err(undo) = self.destroy(&key).await {
+                    tracing::warn!(sprite = %key.name, "undoing the create: {}", sprite_api::error_chain(&undo));
+                }
+                return Err(error);
+            }
+        }
         made
+    }
+
+    /// The service that runs a registry or archive image's `Entrypoint` + `Cmd`.
+    async fn image_command(
+        &self,
+        image: &str,
+    ) -> Result<sprite_api::services::ServiceSpec, CoreError> {
+        let Some(oci) = self.lifecycle.oci_image(image).await? else {
+            return Err(CoreError::Validation(format!(
+                "run_cmd needs an image from a registry or an archive, with an Entrypoint or Cmd; {image} is not one"
+            )));
+        };
+        let mut command = oci.config.run_command().into_iter();
+        let Some(cmd) = command.next() else {
+            return Err(CoreError::Validation(format!(
+                "image {image} has no Entrypoint or Cmd to run; start a service yourself (sprite services create)"
+            )));
+        };
+        Ok(sprite_api::services::ServiceSpec {
+            cmd,
+            args: command.collect(),
+            env: Default::default(),
+            dir: oci.config.working_dir.clone(),
+            needs: Vec::new(),
+            http_port: oci.config.exposed_tcp_ports.first().copied(),
+        })
     }
 
     /// The second half of [`Self::create`], once the name is this host's: from the

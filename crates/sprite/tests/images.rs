@@ -167,7 +167,8 @@ fn layer_tar(dir: &std::path::Path, tar: &std::path::Path) {
 /// Two images in an OCI layout made with umoci: `base` (one layer: a busybox root
 /// without a `sprite` user, /etc/motd, /data/{a,b}) and `app` on top of it (a second
 /// layer that whites out /etc/motd, makes /data opaque with only /data/c, adds
-/// /srv/hello; Env GREETING=hello and WorkingDir /srv).
+/// /srv/hello; Env GREETING=hello, WorkingDir /srv, and a web server on 8080 as
+/// Entrypoint + Cmd).
 fn make_layout(work: &std::path::Path) -> std::path::PathBuf {
     let layout = work.join("layout");
     let image = |tag: &str| format!("{}:{tag}", layout.display());
@@ -241,6 +242,18 @@ fn make_layout(work: &std::path::Path) -> std::path::PathBuf {
             "GREETING=hello",
             "--config.workingdir",
             "/srv",
+            "--config.entrypoint",
+            "/bin/busybox",
+            "--config.cmd",
+            "httpd",
+            "--config.cmd",
+            "-f",
+            "--config.cmd",
+            "-p",
+            "--config.cmd",
+            "8080",
+            "--config.exposedports",
+            "8080/tcp",
         ],
     );
     layout
@@ -357,6 +370,42 @@ async fn registry_images_and_archives_keep_layers_config_and_share_the_base() {
     )
     .await;
     assert_eq!(out.stdout(), "mine\nrefused\n", "{out:?}");
+
+    // --run-cmd: the image's Entrypoint + Cmd as service app, the URL on its port.
+    let mut request = sprite_request("served");
+    request.image = Some("app".into());
+    request.run_cmd = Some(true);
+    client.create(&request).await.unwrap();
+    let mut page = None;
+    for _ in 0..100 {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/hello", daemon.proxy_url))
+            .header("host", "served.localhost")
+            .bearer_auth(TOKEN)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 200 {
+            page = Some(answer.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(page.as_deref(), Some("hello from the app layer\n"));
+    let services = client.services("served").await.unwrap();
+    assert_eq!(services[0].name, "app", "{services:?}");
+    // An image without a command is refused, and nothing is left of the sprite.
+    let mut request = sprite_request("nothing-to-run");
+    request.image = Some("base-1".into());
+    request.run_cmd = Some(true);
+    let error = client.create(&request).await.unwrap_err();
+    assert!(
+        error.to_string().contains("no Entrypoint or Cmd"),
+        "{error}"
+    );
+    assert!(client.get("nothing-to-run").await.is_err());
+    client.destroy("served").await.unwrap();
 
     // The shared layer is one volume in the store: two layer volumes for two images
     // with three layers between them (plus each image's own small setup layer).

@@ -41,6 +41,9 @@ pub struct ImageConfig {
     pub entrypoint: Vec<String>,
     #[serde(default)]
     pub cmd: Vec<String>,
+    /// TCP ports of `ExposedPorts`, in order.
+    #[serde(default)]
+    pub exposed_tcp_ports: Vec<u16>,
 }
 
 impl ImageConfig {
@@ -64,6 +67,8 @@ impl ImageConfig {
             entrypoint: Option<Vec<String>>,
             #[serde(default)]
             cmd: Option<Vec<String>>,
+            #[serde(default)]
+            exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
         }
         let document: Document = serde_json::from_slice(document)
             .map_err(|e| format!("the image config is not valid JSON: {e}"))?;
@@ -73,13 +78,25 @@ impl ImageConfig {
             user: None,
             entrypoint: None,
             cmd: None,
+            exposed_ports: None,
         });
+        let mut ports: Vec<u16> = inner
+            .exposed_ports
+            .unwrap_or_default()
+            .keys()
+            .filter_map(|key| {
+                let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+                (proto == "tcp").then(|| port.parse().ok()).flatten()
+            })
+            .collect();
+        ports.sort_unstable();
         Ok(ImageConfig {
             env: inner.env.unwrap_or_default(),
             working_dir: inner.working_dir.filter(|d| !d.is_empty()),
             user: inner.user.filter(|u| !u.is_empty()),
             entrypoint: inner.entrypoint.unwrap_or_default(),
             cmd: inner.cmd.unwrap_or_default(),
+            exposed_tcp_ports: ports,
         })
     }
 
@@ -653,7 +670,7 @@ mod tests {
 
     #[test]
     fn config_fields_are_read() {
-        let doc = br#"{"architecture":"amd64","config":{"Env":["PATH=/usr/bin","GREETING=hi there","bad"],"WorkingDir":"/srv","User":"app","Entrypoint":["/bin/serve"],"Cmd":["--port","8080"]}}"#;
+        let doc = br#"{"architecture":"amd64","config":{"Env":["PATH=/usr/bin","GREETING=hi there","bad"],"WorkingDir":"/srv","User":"app","Entrypoint":["/bin/serve"],"Cmd":["--port","8080"],"ExposedPorts":{"9090/tcp":{},"53/udp":{},"8080":{}}}}"#;
         let config = ImageConfig::from_document(doc).unwrap();
         assert_eq!(config.working_dir.as_deref(), Some("/srv"));
         assert_eq!(config.user.as_deref(), Some("app"));
@@ -665,6 +682,7 @@ mod tests {
             ]
         );
         assert_eq!(config.run_command(), ["/bin/serve", "--port", "8080"]);
+        assert_eq!(config.exposed_tcp_ports, [8080, 9090]);
         let empty = ImageConfig::from_document(b"{}").unwrap();
         assert_eq!(empty, ImageConfig::default());
         assert!(ImageConfig::from_document(b"nope").is_err());

@@ -47,6 +47,10 @@ pub struct CreateArgs {
     /// store: survives losing the host). The daemon's default when absent.
     #[arg(long, value_name = "MODE")]
     pub durability: Option<sprite_api::sprite::Durability>,
+    /// Run the image's Entrypoint + Cmd as service `app` (registry and archive
+    /// images), the sprite's URL going to its first exposed TCP port.
+    #[arg(long)]
+    pub run_cmd: bool,
     /// In a cluster: the host the sprite goes to (`sprite admin hosts` lists them;
     /// placement picks one when absent).
     #[arg(long, value_name = "HOST")]
@@ -69,6 +73,7 @@ impl CreateArgs {
             durability,
             host,
             template,
+            run_cmd,
         } = self;
         crate::console::ensure_local_daemon(cx).await?;
         let client = cx.client()?;
@@ -98,6 +103,7 @@ impl CreateArgs {
             host: host.clone(),
             from: from.as_deref().map(fork_source),
             template: template.clone(),
+            run_cmd: run_cmd.then_some(true),
         };
         let info = crate::console::create_with_progress(&client, &request).await?;
         if cx.json {

@@ -533,6 +533,7 @@ pub fn sprite_request(name: &str) -> sprite_api::sprite::CreateSpriteRequest {
         from: None,
         host: None,
         template: None,
+        run_cmd: None,
     }
 }
 
