@@ -334,6 +334,9 @@ pub struct SpriteInfo {
     /// sleeps if nothing does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleInfo>,
+    /// Ours: the image the sprite runs on, with its version (`dev`, `dev@2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Why a sprite is awake and when it will sleep (ours).
@@ -471,4 +474,17 @@ mod tests {
         assert!(validate_labels(&[String::new()]).is_err());
         assert!(validate_labels(&vec!["x".into(); MAX_LABELS + 1]).is_err());
     }
+}
+
+/// `POST /v1/sprites/{name}/upgrade` (ours: the SDKs read only the status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    /// The image (with its version) before and after.
+    pub from: String,
+    pub to: String,
+    /// The checkpoint taken first: restoring it undoes the upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// False when the sprite already ran on the newest version.
+    pub upgraded: bool,
 }

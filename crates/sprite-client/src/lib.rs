@@ -584,13 +584,21 @@ impl Client {
         request: &sprite_api::admin::PullRequest,
         on_event: impl FnMut(&sprite_api::admin::PullEvent),
     ) -> Result<String, ClientError> {
+        self.pull_events(
+            self.http.post(self.url("/v1/images")).json(request),
+            on_event,
+        )
+        .await
+    }
+
+    /// Reads a pull's NDJSON progress; the name in `complete`, or the `error`.
+    async fn pull_events(
+        &self,
+        request: reqwest::RequestBuilder,
+        on_event: impl FnMut(&sprite_api::admin::PullEvent),
+    ) -> Result<String, ClientError> {
         use sprite_api::admin::PullEvent;
-        let events = self
-            .ndjson_events::<PullEvent>(
-                self.http.post(self.url("/v1/images")).json(request),
-                on_event,
-            )
-            .await?;
+        let events = self.ndjson_events::<PullEvent>(request, on_event).await?;
         match events.last() {
             Some(PullEvent::Complete { name }) => Ok(name.clone()),
             Some(PullEvent::Error { error }) => Err(ClientError::Api {
@@ -604,6 +612,33 @@ impl Client {
                 message: "the pull ended without completing (the daemon stopped?)".into(),
             }),
         }
+    }
+
+    /// Makes a new version of image `name` (ours: `POST /v1/images/{name}/update`);
+    /// returns the newest version's key.
+    pub async fn update_image(
+        &self,
+        name: &str,
+        credentials: &sprite_api::admin::PullRequest,
+        on_event: impl FnMut(&sprite_api::admin::PullEvent),
+    ) -> Result<String, ClientError> {
+        let request = self
+            .http
+            .post(self.url(&format!("/v1/images/{name}/update")))
+            .json(credentials);
+        self.pull_events(request, on_event).await
+    }
+
+    /// Moves a sprite onto the newest version of its image.
+    pub async fn upgrade(
+        &self,
+        name: &str,
+    ) -> Result<sprite_api::sprite::UpgradeReport, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/sprites/{name}/upgrade"))),
+        )
+        .await
     }
 
     /// Uploads a root filesystem tarball as image `name` (ours: `POST /v1/images`).

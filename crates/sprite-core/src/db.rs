@@ -73,6 +73,17 @@ pub struct SpriteAttrs {
     pub runtime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_access: Option<String>,
+    /// Upgrades that a restore can undo: the checkpoint taken before each, and the
+    /// image (version) the sprite ran on then. Oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<UpgradeMark>,
+}
+
+/// One upgrade of a sprite's image (see [`SpriteAttrs::upgrades`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeMark {
+    pub checkpoint: String,
+    pub image: String,
 }
 
 /// A sprite's sleep state as last saved.
@@ -365,6 +376,16 @@ impl Database {
         Ok(())
     }
 
+    /// Moves a sprite onto another image (version).
+    pub fn set_image(&self, id: &str, image: &str, attrs: &SpriteAttrs) -> Result<(), CoreError> {
+        let connection = self.lock();
+        connection.execute(
+            "UPDATE sprites SET image = ?2, attrs = ?3 WHERE id = ?1",
+            params![id, image, to_json(attrs)],
+        )?;
+        Ok(())
+    }
+
     pub fn delete(&self, id: &str) -> Result<(), CoreError> {
         let connection = self.lock();
         connection.execute("DELETE FROM sprites WHERE id = ?1", params![id])?;
@@ -433,6 +454,21 @@ impl Database {
             templates.push(info);
         }
         Ok(templates)
+    }
+
+    /// The image (version) of every template of every organization.
+    pub fn template_images(&self) -> Result<Vec<String>, CoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT info FROM templates")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        let mut images = Vec::new();
+        for info in rows {
+            let info = info?;
+            if let Ok(info) = serde_json::from_str::<sprite_api::sprite::TemplateInfo>(&info) {
+                images.push(info.image);
+            }
+        }
+        Ok(images)
     }
 
     pub fn delete_template(&self, org: &str, name: &str) -> Result<(), CoreError> {
@@ -658,11 +694,19 @@ impl Database {
     }
 }
 
+/// A record for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn record(name: &str) -> super::SpriteRecord {
+        super::tests::sprite(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sprite(name: &str) -> SpriteRecord {
+    pub(super) fn sprite(name: &str) -> SpriteRecord {
         SpriteRecord {
             id: format!("id-{name}").into(),
             org: "default".into(),
@@ -679,6 +723,7 @@ mod tests {
             attrs: SpriteAttrs {
                 runtime: Some("dev".into()),
                 private_access: None,
+                upgrades: Vec::new(),
             },
             pooled: false,
         }

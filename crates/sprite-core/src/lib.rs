@@ -37,6 +37,7 @@ pub mod space;
 pub mod tasks;
 pub mod templates;
 pub mod time;
+mod upgrades;
 
 pub use config::{CoreConfig, StorageBackend};
 pub use error::{CoreError, RateLimitInfo};

@@ -374,8 +374,8 @@ impl Lifecycle {
     /// object store if it is there: a fresh host builds nothing), else the image
     /// directory, built on first need.
     pub(crate) async fn image_root(&self, image: &str) -> Result<Vec<PathBuf>, CoreError> {
-        ImageStore::check_name(image)?;
-        if !crate::image::KNOWN_IMAGES.contains(&image) {
+        ImageStore::check_key(image)?;
+        if !crate::image::KNOWN_IMAGES.contains(&crate::image::base_name(image)) {
             if let Some(oci) = self.oci_image(image).await? {
                 return self.layer_roots(&oci).await;
             }

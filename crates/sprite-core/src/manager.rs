@@ -309,6 +309,7 @@ impl SpriteManager {
             runtime: record.attrs.runtime.clone(),
             storage: None,
             lifecycle: Some(self.lifecycle.lifecycle_info(record)),
+            image: Some(record.image.clone()),
         }
     }
 
@@ -370,7 +371,8 @@ impl SpriteManager {
             }
             (Some(source), None) => {
                 let (parent, version) = self.fork_source(org, source).await?;
-                Some((parent.id.to_string(), version, parent.image))
+                let image = crate::upgrades::image_at(&parent, &version);
+                Some((parent.id.to_string(), version, image))
             }
             (None, Some(name)) => {
                 let (volume, info) = self.find_template(org, name).await?;
@@ -381,11 +383,19 @@ impl SpriteManager {
         // A fork runs on its parent's image; others on the one asked for, or the default.
         let image = match (&fork, &request.image) {
             (Some((_, _, parent_image)), _) => parent_image.clone(),
-            (None, Some(image)) => {
-                ImageStore::check_name(image)?;
+            // A name starts the newest version of the image; NAME@N that version.
+            (None, Some(image)) if image.contains('@') => {
+                ImageStore::check_key(image)?;
                 image.clone()
             }
-            (None, None) => self.config.default_image.clone(),
+            (None, Some(image)) => {
+                ImageStore::check_name(image)?;
+                self.lifecycle.images.current_key(image)
+            }
+            (None, None) => self
+                .lifecycle
+                .images
+                .current_key(&self.config.default_image),
         };
         self.admit_create(org, request.wait_for_capacity == Some(true))
             .await?;
@@ -414,6 +424,7 @@ impl SpriteManager {
             attrs: crate::db::SpriteAttrs {
                 runtime: request.runtime.clone(),
                 private_access: url_settings.private_access.clone(),
+                upgrades: Vec::new(),
             },
             pooled: false,
         };
@@ -781,6 +792,14 @@ impl SpriteManager {
         }
         tracing::info!(sprite = %record.name, id = %record.id, "sprite destroyed");
         self.lifecycle.changes.note(&record.id);
+        // The last sprite of an old image version takes the version with it.
+        if record.image.contains('@')
+            || !record.attrs.upgrades.is_empty()
+            || self.lifecycle.images.current_key(&record.image) != record.image
+        {
+            self.collect_image_versions(crate::image::base_name(&record.image))
+                .await;
+        }
         Ok(())
     }
 
@@ -1132,6 +1151,16 @@ impl SpriteManager {
         self.lifecycle.kill_sandbox(&record).await?;
         self.lifecycle.roots.release(&record.id).await?;
         self.lifecycle.roots.restore(&record.id, id).await?;
+        // A checkpoint from before an upgrade runs on the image it was taken on.
+        let record = match crate::upgrades::restored_record(&record, id) {
+            Some(restored) => {
+                self.db
+                    .set_image(&restored.id, &restored.image, &restored.attrs)?;
+                tracing::info!(sprite = %name, image = %restored.image, "the restore undid an upgrade");
+                restored
+            }
+            None => record,
+        };
         self.lifecycle.start_locked(&record).await?;
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
         Ok(())

@@ -163,7 +163,25 @@ impl crate::manager::SpriteManager {
             Some(name) => name.clone(),
             None => oci::name_for_reference(&request.reference),
         };
-        self.check_new_image(&name, request.replace).await?;
+        // Pulling again over an image of this name makes a new version of it.
+        if request.replace && self.lifecycle.oci_image(&name).await?.is_some() {
+            return self.update_image(&name, request, progress).await;
+        }
+        self.check_new_image(&name, false).await?;
+        let pulled = self.pull_into(request, &name, None, progress).await?;
+        Ok(pulled.unwrap_or(name))
+    }
+
+    /// Pulls `request.reference` as image version `key`; None (and nothing made) when
+    /// its manifest digest is `unchanged_from`.
+    pub(crate) async fn pull_into(
+        &self,
+        request: &sprite_api::admin::PullRequest,
+        key: &str,
+        unchanged_from: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<Option<String>, CoreError> {
+        let name = key.to_string();
         let lifecycle = &self.lifecycle;
         // One pull or import at a time: two would unpack a shared layer side by side.
         let _one = lifecycle.stacks.pulls.lock().await;
@@ -181,6 +199,9 @@ impl crate::manager::SpriteManager {
                 &self.config.insecure_registries,
             )
             .await?;
+            if unchanged_from == Some(remote.digest.as_str()) {
+                return Ok(None);
+            }
             progress(PullEvent::Resolved {
                 digest: remote.digest.clone(),
                 layers: remote.layers.len(),
@@ -233,7 +254,7 @@ impl crate::manager::SpriteManager {
                 user: String::new(),
                 pulled_at: chrono::Utc::now().to_rfc3339(),
             };
-            self.finish_oci_image(image, progress).await
+            self.finish_oci_image(image, progress).await.map(Some)
         }
         .await;
         lifecycle

@@ -42,7 +42,11 @@ impl Pool {
     /// Whether a create with this image and size may come from the pool.
     pub(crate) fn poolable(&self, image: &str, storage_gb: Option<u64>) -> bool {
         self.lifecycle.config.pool_size > 0
-            && image == self.lifecycle.config.default_image
+            && image
+                == self
+                    .lifecycle
+                    .images
+                    .current_key(&self.lifecycle.config.default_image)
             && storage_gb.unwrap_or(self.lifecycle.config.default_storage_gb)
                 == self.lifecycle.config.default_storage_gb
     }
@@ -74,7 +78,10 @@ impl Pool {
             name: format!("pool-{}", &id[7..19]),
             id,
             org: String::new(),
-            image: self.lifecycle.config.default_image.clone(),
+            image: self
+                .lifecycle
+                .images
+                .current_key(&self.lifecycle.config.default_image),
             url_auth: sprite_api::sprite::UrlAuth::Sprite,
             labels: Vec::new(),
             config: self.lifecycle.config.sprite_config(None)?,
@@ -121,6 +128,17 @@ impl Pool {
             return Ok(None);
         };
         self.taken.notify_one();
+        // A sprite pooled before its image's update runs the old version: it goes, and
+        // the create makes one of the new.
+        let pooled_image = self.lifecycle.db.get_by_id(&id)?.map(|r| r.image);
+        if pooled_image.as_deref() != Some(wanted.image.as_str()) {
+            if let Some(stale) = self.lifecycle.db.get_by_id(&id)? {
+                tracing::info!(image = %stale.image, "pooled sprite of an older image version dropped");
+                let _ = self.lifecycle.teardown(&stale).await;
+                self.lifecycle.db.delete(&stale.id)?;
+            }
+            return Ok(None);
+        }
         let record = SpriteRecord {
             id: id.clone(),
             ..wanted.clone()

@@ -316,8 +316,11 @@ const TEMPLATE_VERSION: &str = "formatted";
 /// The sealed version of an image volume (`image-<name>`).
 const IMAGE_VERSION: &str = "built";
 
+/// The volume of image `image` (a version `dev@2` is `image-dev.2`: `@` in a volume
+/// name marks a checkpoint view of the volume before it, and deleting `image-dev`
+/// deletes those).
 fn image_volume(image: &str) -> String {
-    format!("image-{image}")
+    format!("image-{}", image.replace('@', "."))
 }
 
 /// Settings of [`SpriteFsStore`].

@@ -48,7 +48,7 @@ impl SpriteManager {
             name: request.name.clone(),
             source_sprite: parent.name.clone(),
             source_checkpoint: version.clone(),
-            image: parent.image.clone(),
+            image: crate::upgrades::image_at(&parent, &version),
             comment: request.comment.clone(),
             created_at: crate::time::now(),
         };

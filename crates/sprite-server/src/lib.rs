@@ -128,6 +128,52 @@ async fn import_image(
     Ok(axum::Json(result?).into_response())
 }
 
+/// `POST /v1/images/{image}/update` (ours): a new version of the image (built again,
+/// or pulled again; an optional JSON body `{"username", "password"}` for a private
+/// registry), with NDJSON progress and `complete` naming the newest version last.
+async fn update_image(
+    State(state): State<AppState>,
+    axum::extract::Path(image): axum::extract::Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    sprite_core::image::ImageStore::check_name(&image)?;
+    let bytes = axum::body::to_bytes(body, MAX_PULL_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "the update request body is larger than {MAX_PULL_BODY} bytes or broken"
+            ))
+        })?;
+    let credentials: sprite_api::admin::PullRequest = if bytes.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid(format!(
+                "bad update request ({e}); send nothing, or {{\"username\": ..., \"password\": ...}}"
+            ))
+        })?
+    };
+    let (sender, response) = ndjson_channel(16);
+    tokio::spawn(async move {
+        let progress_sender = sender.clone();
+        let progress = move |event: sprite_api::admin::PullEvent| {
+            let _ = progress_sender.try_send(Ok(ndjson_line(&event)));
+        };
+        let last = match state
+            .manager
+            .update_image(&image, &credentials, &progress)
+            .await
+        {
+            Ok(name) => sprite_api::admin::PullEvent::Complete { name },
+            Err(error) => sprite_api::admin::PullEvent::Error {
+                error: sprite_api::error_chain(&error),
+            },
+        };
+        let _ = sender.send(Ok(ndjson_line(&last))).await;
+    });
+    Ok(response)
+}
+
 /// The largest pull request body.
 const MAX_PULL_BODY: usize = 64 << 10;
 
@@ -359,6 +405,7 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/admin/hosts/{id}/drain", post(peers::drain))
         .route("/v1/sprites/{name}/move", post(peers::move_sprite))
         .route("/v1/images", get(images).post(import_image))
+        .route("/v1/images/{image}/update", post(update_image))
 }
 
 /// The whole API.

@@ -186,20 +186,6 @@ pub async fn wake(
     Ok(Json(state.manager.wake(&key).await?).into_response())
 }
 
-/// `POST /v1/sprites/{name}/upgrade`: moving a sprite to a newer base image belongs to
-/// the images work; until then a clear 501 (never a 404 the SDKs read as "sprite not
-/// found").
-pub async fn upgrade(
-    State(state): State<AppState>,
-    SpritePath(key): SpritePath,
-) -> Result<Response, ApiError> {
-    state.manager.check_exists(&key)?;
-    Err(ApiError::new(
-        sprite_api::ErrorKind::NotImplemented,
-        format!("upgrade is not served yet: sprite {key} keeps its image; create a new sprite (or fork this one) on the image you want"),
-    ))
-}
-
 /// How often the watch looks for changes, and how often it says it is alive.
 const WATCH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -331,4 +317,14 @@ pub async fn organization(
         "max_sprites": state.manager.config().max_sprites,
     }))
     .into_response())
+}
+
+/// `POST /v1/sprites/{name}/upgrade`: moves the sprite onto the newest version of its
+/// image (a checkpoint first; restoring it undoes the upgrade). The SDKs read only the
+/// status (200 or 204); the body says what happened.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    SpritePath(key): SpritePath,
+) -> Result<axum::Json<sprite_api::sprite::UpgradeReport>, ApiError> {
+    Ok(axum::Json(state.manager.upgrade(&key).await?))
 }

@@ -501,3 +501,143 @@ async fn a_registry_with_basic_auth_wants_the_credentials() {
     assert_eq!(out.stdout(), "base motd\n");
     client.destroy("private").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_home_and_a_restore_undoes_it() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = make_layout(work.path());
+    let registry = Registry::start(&work.path().join("registry"), None);
+    let tag = format!("docker://127.0.0.1:{}/test/app:1", registry.port);
+    push(&layout, "app", &tag, None);
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = daemon.client.clone();
+    let reference = format!("127.0.0.1:{}/test/app:1", registry.port);
+    let request = sprite_api::admin::PullRequest {
+        reference: reference.clone(),
+        name: Some("app".into()),
+        ..Default::default()
+    };
+    client.pull_image(&request, |_| {}).await.unwrap();
+    // Nothing new in the registry: no new version.
+    assert_eq!(
+        client
+            .update_image("app", &Default::default(), |_| {})
+            .await
+            .unwrap(),
+        "app"
+    );
+
+    let mut create = sprite_request("up");
+    create.image = Some("app".into());
+    client.create(&create).await.unwrap();
+    let out = run(
+        &client,
+        "up",
+        &["sh", "-c", "echo kept > ~/keep && echo own > /tmp/own"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A new release under the same tag: /srv/hello changes.
+    let next = work.path().join("next");
+    std::fs::create_dir_all(next.join("srv")).unwrap();
+    std::fs::write(next.join("srv/hello"), "hello from release 2\n").unwrap();
+    let tar = work.path().join("next.tar");
+    layer_tar(&next, &tar);
+    sh(
+        "umoci",
+        &[
+            "raw",
+            "add-layer",
+            "--image",
+            &format!("{}:app", layout.display()),
+            "--tag",
+            "app2",
+            &tar.to_string_lossy(),
+        ],
+    );
+    push(&layout, "app2", &tag, None);
+    let newest = client
+        .update_image("app", &Default::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(newest, "app@2");
+    // Sprites made from now on start on it; the old one stays where it was.
+    let mut fresh = sprite_request("fresh");
+    fresh.image = Some("app".into());
+    let info = client.create(&fresh).await.unwrap();
+    assert_eq!(info.image.as_deref(), Some("app@2"));
+    let out = run(&client, "fresh", &["cat", "/srv/hello"]).await;
+    assert_eq!(out.stdout(), "hello from release 2\n");
+    assert_eq!(
+        client.get("up").await.unwrap().image.as_deref(),
+        Some("app")
+    );
+    let out = run(&client, "up", &["cat", "/srv/hello"]).await;
+    assert_eq!(out.stdout(), "hello from the app layer\n");
+
+    // The upgrade: the new image under the sprite's own files and /home.
+    let report = client.upgrade("up").await.unwrap();
+    assert!(report.upgraded, "{report:?}");
+    assert_eq!((report.from.as_str(), report.to.as_str()), ("app", "app@2"));
+    let checkpoint = report.checkpoint.unwrap();
+    let out = run(
+        &client,
+        "up",
+        &["sh", "-c", "cat /srv/hello ~/keep /tmp/own"],
+    )
+    .await;
+    assert_eq!(out.stdout(), "hello from release 2\nkept\nown\n", "{out:?}");
+    assert_eq!(
+        client.get("up").await.unwrap().image.as_deref(),
+        Some("app@2")
+    );
+    // Upgrading again changes nothing.
+    assert!(!client.upgrade("up").await.unwrap().upgraded);
+
+    // Restoring the checkpoint taken first undoes it.
+    client.restore("up", &checkpoint).await.unwrap();
+    assert_eq!(
+        client.get("up").await.unwrap().image.as_deref(),
+        Some("app")
+    );
+    let out = run(&client, "up", &["sh", "-c", "cat /srv/hello ~/keep"]).await;
+    assert_eq!(out.stdout(), "hello from the app layer\nkept\n", "{out:?}");
+
+    // The first version goes once nothing uses it: its own layer is unmounted.
+    let setup_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/image-volumes/setup-app"))
+            .count()
+    };
+    assert_eq!(setup_mounts(), 2);
+    client.destroy("up").await.unwrap();
+    assert_eq!(setup_mounts(), 1);
+    // And its sprites' creates keep working on the newest.
+    let out = run(&client, "fresh", &["cat", "/srv/hello"]).await;
+    assert_eq!(out.stdout(), "hello from release 2\n");
+    client.destroy("fresh").await.unwrap();
+
+    // A built-in image is built again as its next version (busybox: quick).
+    let mut events = Vec::new();
+    let newest = client
+        .update_image("busybox", &Default::default(), |e| events.push(e.clone()))
+        .await
+        .unwrap();
+    assert_eq!(newest, "busybox@2", "{events:?}");
+    let info = match client.create(&sprite_request("plain")).await {
+        Ok(info) => info,
+        Err(error) => panic!("{error}: {}", daemon.log()),
+    };
+    assert_eq!(info.image.as_deref(), Some("busybox@2"));
+    assert_eq!(run(&client, "plain", &["true"]).await.code, 0);
+    client.destroy("plain").await.unwrap();
+    // Updating an imported root filesystem says what to do instead.
+    let error = client
+        .update_image("nope", &Default::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("unknown image"), "{error}");
+}

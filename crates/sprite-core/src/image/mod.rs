@@ -30,6 +30,21 @@ pub const DEBIAN_PACKAGES: &str =
 /// The record of an image from a registry or an archive, in its directory.
 const OCI_RECORD: &str = "oci.json";
 
+/// The directory of files naming each image's newest version (`.current/<name>`).
+const CURRENT: &str = ".current";
+
+/// The image a key is a version of (`dev@2` → `dev`).
+pub fn base_name(key: &str) -> &str {
+    key.split_once('@').map_or(key, |(name, _)| name)
+}
+
+/// The version number of a key (`dev` is 1, `dev@2` is 2).
+pub fn version_of(key: &str) -> u32 {
+    key.split_once('@')
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(1)
+}
+
 /// Images this daemon knows how to build.
 pub const KNOWN_IMAGES: [&str; 3] = ["dev", "debian", "busybox"];
 
@@ -134,6 +149,11 @@ impl ImageStore {
         self.dir.join(".layers")
     }
 
+    /// Where the build of `key` stands, if one was asked of this daemon.
+    pub fn status_of(&self, key: &str) -> Option<ImageStatus> {
+        self.status.lock().get(key).cloned()
+    }
+
     /// Notes a pull's or an import's progress for `sprite images`.
     pub fn note_progress(&self, name: &str, detail: &str) {
         set_status(&self.status, name, ImageState::Building, detail);
@@ -151,7 +171,11 @@ impl ImageStore {
                 entries
                     .flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !KNOWN_IMAGES.contains(&n.as_str()) && !n.starts_with('.'))
+                    .filter(|n| {
+                        !KNOWN_IMAGES.contains(&n.as_str())
+                            && !n.starts_with('.')
+                            && !n.contains('@')
+                    })
                     .filter(|n| self.is_ready(n))
                     .collect()
             })
@@ -171,10 +195,15 @@ impl ImageStore {
             .map(|name| {
                 let name = name.as_str();
                 if self.is_ready(name) {
+                    let version = version_of(&self.current_key(name));
                     ImageStatus {
                         name: name.to_string(),
                         state: ImageState::Ready,
-                        detail: String::new(),
+                        detail: if version > 1 {
+                            format!("version {version}")
+                        } else {
+                            String::new()
+                        },
                     }
                 } else {
                     map.get(name).cloned().unwrap_or(ImageStatus {
@@ -198,6 +227,84 @@ impl ImageStore {
         );
     }
 
+    /// An error unless `key` is an image name or a version of one (`NAME@N`, N ≥ 2).
+    pub fn check_key(key: &str) -> Result<(), CoreError> {
+        match key.split_once('@') {
+            None => Self::check_name(key),
+            Some((name, version)) => {
+                Self::check_name(name)?;
+                match version.parse::<u32>() {
+                    Ok(n) if n >= 2 && version == n.to_string() => Ok(()),
+                    _ => Err(CoreError::InvalidName {
+                        what: "image version",
+                        value: key.to_string(),
+                        rule:
+                            "write NAME@N with N a version number from 2 (sprite images lists them)",
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The newest version of image `name` on this host (`dev`, `dev@2`...).
+    pub fn current_key(&self, name: &str) -> String {
+        let name = base_name(name);
+        fs::read_to_string(self.dir.join(CURRENT).join(name))
+            .ok()
+            .map(|text| text.trim().to_string())
+            .filter(|key| base_name(key) == name && Self::check_key(key).is_ok())
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    /// Makes `key` the newest version of its image (new sprites get it).
+    pub fn set_current(&self, key: &str) -> Result<(), CoreError> {
+        let dir = self.dir.join(CURRENT);
+        fs::create_dir_all(&dir).map_err(CoreError::io("create", &dir))?;
+        let name = base_name(key);
+        let partial = dir.join(format!(".{name}.partial"));
+        fs::write(&partial, key).map_err(CoreError::io("write", &partial))?;
+        let path = dir.join(name);
+        fs::rename(&partial, &path).map_err(CoreError::io("rename", &partial))
+    }
+
+    /// The key of the version after the newest one of `name`.
+    pub fn next_key(&self, name: &str) -> String {
+        let current = self.current_key(name);
+        format!("{}@{}", base_name(name), version_of(&current) + 1)
+    }
+
+    /// Every version of `name` kept on this host (the name itself first).
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        let name = base_name(name);
+        let prefix = format!("{name}@");
+        let mut keys: Vec<String> = fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix) && Self::check_key(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort_by_key(|k| version_of(k));
+        keys.insert(0, name.to_string());
+        keys
+    }
+
+    /// Removes the local copy of image version `key` (its directory and record).
+    pub fn forget_version(&self, key: &str) -> Result<(), CoreError> {
+        if !key.contains('@') {
+            return Ok(());
+        }
+        let dir = self.dir.join(key);
+        self.oci_records.lock().remove(key);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CoreError::io("remove", dir)(e)),
+        }
+    }
+
     /// An error unless `name` is a well-formed image name (as sprite names).
     pub fn check_name(name: &str) -> Result<(), CoreError> {
         sprite_api::validate_sprite_name(name).map_err(|e| CoreError::InvalidName {
@@ -211,10 +318,11 @@ impl ImageStore {
         })
     }
 
-    /// An error naming the images there are unless `name` is one.
+    /// An error naming the images there are unless `name` is one (a version of one:
+    /// `dev@2`).
     pub fn check_known(&self, name: &str) -> Result<(), CoreError> {
-        Self::check_name(name)?;
-        if KNOWN_IMAGES.contains(&name) || self.is_ready(name) {
+        Self::check_key(name)?;
+        if KNOWN_IMAGES.contains(&base_name(name)) || self.is_ready(name) {
             return Ok(());
         }
         let mut names: Vec<String> = KNOWN_IMAGES.iter().map(|n| n.to_string()).collect();
@@ -320,7 +428,7 @@ impl ImageStore {
         fs::create_dir_all(&scratch).map_err(CoreError::io("create", &scratch))?;
         let rootfs = scratch.join("rootfs");
         tracing::info!(image = name, "building image");
-        match name {
+        match base_name(name) {
             "debian" => {
                 self.debootstrap(name, &rootfs, DEBIAN_PACKAGES).await?;
                 add_sprite_user(name, &rootfs, false).await?;

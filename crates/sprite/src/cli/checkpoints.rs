@@ -26,6 +26,35 @@ impl RestoreArgs {
     }
 }
 
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub sprite: SpriteArg,
+}
+
+impl UpgradeArgs {
+    pub async fn run(&self, cx: &Global) -> Result<u8> {
+        let name = self.sprite.name()?;
+        let report = cx.client()?.upgrade(&name).await?;
+        if cx.json {
+            print_json(&report)?;
+        } else if !report.upgraded {
+            eprintln!(
+                "{name} already runs on the newest version of its image ({})",
+                report.to
+            );
+        } else {
+            eprintln!(
+                "upgraded {name} from {} to {}; undo with: sprite restore {} -s {name}",
+                report.from,
+                report.to,
+                report.checkpoint.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(0)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CheckpointCommand {
     /// Checkpoint the filesystem now.

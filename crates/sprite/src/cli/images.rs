@@ -38,6 +38,23 @@ pub enum ImagesCommand {
   sprite images pull ghcr.io/acme/tools:1.4 --name tools
   echo \"$TOKEN\" | sprite images pull registry.example.com/team/app:v2 --username me --password-stdin
   sprite create --image python-3-12-slim")]
+    /// Make a new version of an image: built again from the archive for dev and debian
+    /// (every package at its current release), pulled again for a registry image. New
+    /// sprites start on it; `sprite upgrade` moves a sprite onto it. Versions nothing
+    /// uses any more are deleted.
+    #[command(after_help = "Examples:
+  sprite images update dev
+  sprite images update python-3-12-slim
+  sprite upgrade -s work")]
+    Update {
+        name: String,
+        /// Registry user name (a private registry image).
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the registry password or token from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
     Pull {
         /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]` (Docker Hub when no registry is named).
         reference: String,
@@ -114,7 +131,6 @@ pub(crate) async fn image_for_reference(cx: &Global, reference: &str) -> Result<
 
 /// Pulls `reference` with progress on stderr; the image's name.
 pub(crate) async fn pull(cx: &Global, request: sprite_api::admin::PullRequest) -> Result<String> {
-    use sprite_api::admin::PullEvent;
     let mut request = request;
     if request.username.is_none() {
         let home = std::env::var("HOME").unwrap_or_default();
@@ -134,12 +150,34 @@ pub(crate) async fn pull(cx: &Global, request: sprite_api::admin::PullRequest) -
     let quiet = cx.json;
     let name = client
         .pull_image(&request, |event| {
-            if quiet {
-                return;
+            if !quiet {
+                show_progress(event, &request.reference)
             }
+        })
+        .await
+        .with_context(|| format!("pull {}", request.reference))?;
+    Ok(name)
+}
+
+/// Reads a password or token from stdin when asked to.
+fn read_password(from_stdin: bool) -> Result<Option<String>> {
+    if !from_stdin {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .context("read the password from stdin")?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// One line of a pull's or an update's progress, on stderr.
+fn show_progress(event: &sprite_api::admin::PullEvent, what: &str) {
+    use sprite_api::admin::PullEvent;
+    {
+        {
             match event {
                 PullEvent::Resolved { digest, layers } => {
-                    eprintln!("pulling {} ({digest}, {layers} layers)", request.reference)
+                    eprintln!("pulling {what} ({digest}, {layers} layers)")
                 }
                 PullEvent::Layer {
                     index,
@@ -162,15 +200,40 @@ pub(crate) async fn pull(cx: &Global, request: sprite_api::admin::PullRequest) -
                 PullEvent::Info { message } => eprintln!("  {message}"),
                 PullEvent::Complete { .. } | PullEvent::Error { .. } => {}
             }
-        })
-        .await
-        .with_context(|| format!("pull {}", request.reference))?;
-    Ok(name)
+        }
+    }
 }
 
 impl ImagesArgs {
     pub async fn run(&self, cx: &Global) -> Result<u8> {
         match &self.command {
+            Some(ImagesCommand::Update {
+                name,
+                username,
+                password_stdin,
+            }) => {
+                let credentials = sprite_api::admin::PullRequest {
+                    username: username.clone(),
+                    password: read_password(*password_stdin)?,
+                    ..Default::default()
+                };
+                let quiet = cx.json;
+                let key = cx
+                    .client()?
+                    .update_image(name, &credentials, |event| {
+                        if !quiet {
+                            show_progress(event, name)
+                        }
+                    })
+                    .await
+                    .with_context(|| format!("update image {name}"))?;
+                if cx.json {
+                    print_json(&serde_json::json!({ "image": name, "version": key }))?;
+                } else {
+                    eprintln!("{name}: newest version {key}; new sprites start on it (sprite upgrade moves one)");
+                }
+                Ok(0)
+            }
             Some(ImagesCommand::Pull {
                 reference,
                 name,
@@ -178,14 +241,7 @@ impl ImagesArgs {
                 password_stdin,
                 replace,
             }) => {
-                let password = if *password_stdin {
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                        .context("read the password from stdin")?;
-                    Some(text.trim_end_matches(['\n', '\r']).to_string())
-                } else {
-                    None
-                };
+                let password = read_password(*password_stdin)?;
                 let request = sprite_api::admin::PullRequest {
                     reference: reference.clone(),
                     name: name.clone(),

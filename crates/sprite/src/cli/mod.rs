@@ -115,6 +115,13 @@ pub enum Command {
     Checkpoint(checkpoints::CheckpointCommand),
     /// Restore a checkpoint (the sprite's sessions end; it restarts on the checkpoint).
     Restore(checkpoints::RestoreArgs),
+    /// Move a sprite onto the newest version of its image (`sprite images update`):
+    /// a checkpoint first, then it restarts on the new image with its own files and
+    /// /home. `sprite restore CHECKPOINT` undoes it.
+    #[command(
+        after_help = "Examples:\n  sprite images update dev\n  sprite upgrade -s work\n  sprite restore v3 -s work      # undo, with the checkpoint the upgrade printed"
+    )]
+    Upgrade(checkpoints::UpgradeArgs),
     /// Long-running processes of a sprite: started at boot and cold wake in `needs`
     /// order, restarted when they exit, logged to /.sprite/logs/services.
     #[command(subcommand)]
@@ -261,6 +268,7 @@ pub async fn run(args: Args) -> Result<u8> {
         Command::Checkpoint(command) => checkpoints::run(cx, command).await,
         Command::Services(command) => crate::services::run(cx, command).await,
         Command::Restore(command) => command.run(cx).await,
+        Command::Upgrade(command) => command.run(cx).await,
         Command::Usage(command) => command.run(cx).await,
         Command::Admin(command) => images::admin(cx, command).await,
         Command::Templates(command) => command.run(cx).await,
