@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod internet;
+pub mod registry;
 
 use sprite_api::exec::ExecParams;
 use sprite_client::{Client, ExecEvent, ExecStream};
