@@ -386,6 +386,21 @@ impl SpriteManager {
             // A name starts the newest version of the image; NAME@N that version.
             (None, Some(image)) if image.contains('@') => {
                 ImageStore::check_key(image)?;
+                // Only a version that exists: naming one must not start a build.
+                let images = &self.lifecycle.images;
+                if !images.is_ready(image)
+                    && self.lifecycle.oci_image(image).await?.is_none()
+                    && self.lifecycle.roots.mount_image(image).await?.is_none()
+                {
+                    return Err(CoreError::UnknownImage {
+                        name: image.clone(),
+                        known: images
+                            .versions(crate::image::base_name(image))
+                            .into_iter()
+                            .filter(|key| images.is_ready(key))
+                            .collect(),
+                    });
+                }
                 image.clone()
             }
             (None, Some(image)) => {

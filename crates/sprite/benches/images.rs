@@ -10,7 +10,8 @@
 //!   exec p50 from the pulled image against the built `debian` one (goal: within 10 %).
 //!
 //! Run: `sudo ./bench/images.sh` (or `cargo bench -p sprite --bench images`).
-//! `SKIP_BUILD=1` times only storing and creating (the shared test images are used).
+//! `SKIP_BUILD=1` times only storing and creating (the shared test images are used);
+//! `ONLY_REGISTRY=1` only the registry figures.
 //! Results go to stdout and to target/bench/images.json.
 #![allow(clippy::unwrap_used)]
 
@@ -80,20 +81,49 @@ fn make_images(work: &Path, debian_root: &Path) -> std::path::PathBuf {
             ".",
         ],
     );
-    sh("umoci", &["raw", "add-layer", "--image", &image("app"), &base.to_string_lossy()]);
+    sh(
+        "umoci",
+        &[
+            "raw",
+            "add-layer",
+            "--image",
+            &image("app"),
+            &base.to_string_lossy(),
+        ],
+    );
     sh("umoci", &["tag", "--image", &image("app"), "base"]);
-    for (tag, layer, bytes) in [("app", "tools", 20 << 20), ("app", "code", 5 << 20), ("second", "other", 5 << 20)] {
+    for (tag, layer, bytes) in [
+        ("app", "tools", 20 << 20),
+        ("app", "code", 5 << 20),
+        ("second", "other", 5 << 20),
+    ] {
         let dir = work.join(layer);
         std::fs::create_dir_all(dir.join("opt").join(layer)).unwrap();
-        // Incompressible bytes: what a real layer of binaries looks like to zstd.
-        let data: Vec<u8> = (0..bytes as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        std::fs::write(dir.join("opt").join(layer).join("blob"), data).unwrap();
+        // Random bytes: nothing for zstd to take away (a layer of binaries is not far).
+        sh(
+            "dd",
+            &[
+                "if=/dev/urandom",
+                &format!("of={}", dir.join("opt").join(layer).join("blob").display()),
+                "bs=1M",
+                &format!("count={}", bytes >> 20),
+                "status=none",
+            ],
+        );
         let tar = work.join(format!("{layer}.tar"));
         layer_tar(&dir, &tar);
         let from = if tag == "second" { "base" } else { "app" };
         sh(
             "umoci",
-            &["raw", "add-layer", "--image", &image(from), "--tag", tag, &tar.to_string_lossy()],
+            &[
+                "raw",
+                "add-layer",
+                "--image",
+                &image(from),
+                "--tag",
+                tag,
+                &tar.to_string_lossy(),
+            ],
         );
     }
     layout
@@ -214,6 +244,26 @@ async fn registry_figures(report: &mut serde_json::Map<String, serde_json::Value
             daemon.client.destroy(&format!("c-{i}")).await.unwrap();
             debian.client.destroy(&format!("c-{i}")).await.unwrap();
         }
+        // Where the time goes, from each daemon's own log of the starts.
+        let part = |log: &str, field: &str| {
+            let values: Vec<f64> = log
+                .lines()
+                .filter(|l| l.contains("sprite started") && l.contains("sprite=c-"))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{field}=")))
+                        .and_then(|v| v.parse().ok())
+                })
+                .collect();
+            summary(values, 0.9).0
+        };
+        for field in ["ms", "mount_ms", "sandbox_ms", "network_ms"] {
+            println!(
+                "  start {field} p50: pulled {:.1}, debian {:.1}",
+                part(&daemon.log(), field),
+                part(&debian.log(), field)
+            );
+        }
         let (pulled_p50, _) = summary(pulled, 0.9);
         let (built_p50, _) = summary(built, 0.9);
         println!(
@@ -269,6 +319,11 @@ async fn creates(image: &str) -> (f64, u64, Vec<f64>) {
 
 async fn bench() {
     let mut report = serde_json::Map::new();
+    if std::env::var("ONLY_REGISTRY").is_ok() {
+        registry_figures(&mut report).await;
+        write_report("images-registry", &report);
+        return;
+    }
     if std::env::var("SKIP_BUILD").is_err() {
         for image in ["debian", "dev"] {
             let (seconds, bytes) = build(image).await;
@@ -279,11 +334,6 @@ async fn bench() {
             report.insert(format!("build_{image}_s"), seconds.into());
             report.insert(format!("size_{image}_bytes"), bytes.into());
         }
-    }
-    if std::env::var("ONLY_REGISTRY").is_ok() {
-        registry_figures(&mut report).await;
-        write_report("images-registry", &report);
-        return;
     }
     for image in ["debian", "dev"] {
         let (first, stored, times) = creates(image).await;

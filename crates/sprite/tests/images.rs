@@ -538,7 +538,12 @@ async fn an_upgrade_keeps_home_and_a_restore_undoes_it() {
     assert_eq!(info.image.as_deref(), Some("busybox@2"));
     assert_eq!(run(&client, "plain", &["true"]).await.code, 0);
     client.destroy("plain").await.unwrap();
-    // Updating an imported root filesystem says what to do instead.
+    // A version that does not exist is refused (naming one never starts a build).
+    let mut request = sprite_request("nowhere");
+    request.image = Some("busybox@7".into());
+    let error = client.create(&request).await.unwrap_err();
+    assert!(error.to_string().contains("unknown image"), "{error}");
+    // Updating an image that does not exist says which there are.
     let error = client
         .update_image("nope", &Default::default(), |_| {})
         .await

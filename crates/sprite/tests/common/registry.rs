@@ -100,4 +100,3 @@ pub fn push(layout: &std::path::Path, tag: &str, to: &str, creds: Option<&str>) 
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     sh("skopeo", &args);
 }
-
