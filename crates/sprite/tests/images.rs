@@ -550,3 +550,41 @@ async fn an_upgrade_keeps_home_and_a_restore_undoes_it() {
         .unwrap_err();
     assert!(error.to_string().contains("unknown image"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_behind_a_token_service_is_pulled_with_a_token() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = make_layout(work.path());
+    let tokens = TokenService::start(&work.path().join("tokens"), "puller", "s3cret").await;
+    let registry = Registry::start_with_auth(&work.path().join("registry"), &tokens.auth_section());
+    push(
+        &layout,
+        "base",
+        &format!("docker://127.0.0.1:{}/private/base:1", registry.port),
+        Some("puller:s3cret"),
+    );
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = daemon.client.clone();
+    let mut request = sprite_api::admin::PullRequest {
+        reference: format!("127.0.0.1:{}/private/base:1", registry.port),
+        ..Default::default()
+    };
+    // Anonymous: the token service refuses, so the registry does.
+    assert!(client.pull_image(&request, |_| {}).await.is_err());
+    request.username = Some("puller".into());
+    request.password = Some("wrong".into());
+    assert!(client.pull_image(&request, |_| {}).await.is_err());
+    request.password = Some("s3cret".into());
+    assert_eq!(
+        client.pull_image(&request, |_| {}).await.unwrap(),
+        "base-1",
+        "{}",
+        daemon.log()
+    );
+    let mut create = sprite_request("tokened");
+    create.image = Some("base-1".into());
+    client.create(&create).await.unwrap();
+    let out = run(&client, "tokened", &["cat", "/etc/motd"]).await;
+    assert_eq!(out.stdout(), "base motd\n");
+    client.destroy("tokened").await.unwrap();
+}
