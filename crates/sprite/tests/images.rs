@@ -509,11 +509,13 @@ async fn an_upgrade_keeps_home_and_a_restore_undoes_it() {
     assert_eq!(out.stdout(), "hello from the app layer\nkept\n", "{out:?}");
 
     // The first version goes once nothing uses it: its own layer is unmounted.
+    // (This daemon's mounts only: other tests' daemons run beside it.)
+    let ours = format!("{}/image-volumes/setup-app", daemon.data_path().display());
     let setup_mounts = || {
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
-            .filter(|l| l.contains("/image-volumes/setup-app"))
+            .filter(|l| l.contains(&ours))
             .count()
     };
     assert_eq!(setup_mounts(), 2);
