@@ -137,33 +137,39 @@ async fn update_image(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     sprite_core::image::ImageStore::check_name(&image)?;
-    let bytes = axum::body::to_bytes(body, MAX_PULL_BODY)
-        .await
-        .map_err(|_| {
-            ApiError::invalid(format!(
-                "the update request body is larger than {MAX_PULL_BODY} bytes or broken"
-            ))
-        })?;
-    let credentials: sprite_api::admin::PullRequest = if bytes.is_empty() {
-        Default::default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid(format!(
-                "bad update request ({e}); send nothing, or {{\"username\": ..., \"password\": ...}}"
-            ))
-        })?
-    };
+    let credentials: sprite_api::admin::PullRequest = read_pull_body(
+        body,
+        "update",
+        "send nothing, or {\"username\": ..., \"password\": ...}",
+    )
+    .await?
+    .unwrap_or_default();
+    Ok(pull_response(move |progress| async move {
+        state
+            .manager
+            .update_image(&image, &credentials, &*progress)
+            .await
+    }))
+}
+
+/// What hears a pull's progress: lines of its NDJSON answer.
+type PullProgress = std::sync::Arc<dyn Fn(sprite_api::admin::PullEvent) + Send + Sync>;
+
+/// An NDJSON answer of `work`'s progress, then `complete` with the name it answers or
+/// `error`. The work goes on if the client leaves; a slow or gone client drops
+/// progress lines, never the work.
+fn pull_response<F, Fut>(work: F) -> Response
+where
+    F: FnOnce(PullProgress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, sprite_core::CoreError>> + Send + 'static,
+{
     let (sender, response) = ndjson_channel(16);
     tokio::spawn(async move {
-        let progress_sender = sender.clone();
-        let progress = move |event: sprite_api::admin::PullEvent| {
-            let _ = progress_sender.try_send(Ok(ndjson_line(&event)));
-        };
-        let last = match state
-            .manager
-            .update_image(&image, &credentials, &progress)
-            .await
-        {
+        let lines = sender.clone();
+        let progress: PullProgress = std::sync::Arc::new(move |event| {
+            let _ = lines.try_send(Ok(ndjson_line(&event)));
+        });
+        let last = match work(progress).await {
             Ok(name) => sprite_api::admin::PullEvent::Complete { name },
             Err(error) => sprite_api::admin::PullEvent::Error {
                 error: sprite_api::error_chain(&error),
@@ -171,7 +177,28 @@ async fn update_image(
         };
         let _ = sender.send(Ok(ndjson_line(&last))).await;
     });
-    Ok(response)
+    response
+}
+
+/// A pull or update body: JSON of at most [`MAX_PULL_BODY`] bytes (None when empty).
+async fn read_pull_body<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+    what: &str,
+    hint: &str,
+) -> Result<Option<T>, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_PULL_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "the {what} request body is larger than {MAX_PULL_BODY} bytes or broken"
+            ))
+        })?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(format!("bad {what} request ({e}); {hint}")))
 }
 
 /// The largest pull request body.
@@ -181,18 +208,10 @@ const MAX_PULL_BODY: usize = 64 << 10;
 /// progress ([`sprite_api::admin::PullEvent`]) and `complete` or `error` last. The pull
 /// goes on if the client leaves.
 async fn pull_image(state: AppState, body: axum::body::Body) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_PULL_BODY)
-        .await
-        .map_err(|_| {
-            ApiError::invalid(format!(
-                "the pull request body is larger than {MAX_PULL_BODY} bytes or broken"
-            ))
-        })?;
-    let request: sprite_api::admin::PullRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::invalid(format!(
-            "bad pull request ({e}); send {{\"ref\": \"[REGISTRY/]REPOSITORY[:TAG]\", \"name\": optional, \"username\"/\"password\": optional}}"
-        ))
-    })?;
+    let hint = "send {\"ref\": \"[REGISTRY/]REPOSITORY[:TAG]\", \"name\": optional, \"username\"/\"password\": optional}";
+    let request: sprite_api::admin::PullRequest = read_pull_body(body, "pull", hint)
+        .await?
+        .ok_or_else(|| ApiError::invalid(format!("the pull request is empty; {hint}")))?;
     if request.reference.trim().is_empty() {
         return Err(ApiError::invalid(
             "ref is empty: name the image to pull, like docker.io/library/alpine:3.20",
@@ -201,22 +220,9 @@ async fn pull_image(state: AppState, body: axum::body::Body) -> Result<Response,
     if let Some(name) = &request.name {
         sprite_core::image::ImageStore::check_name(name)?;
     }
-    let (sender, response) = ndjson_channel(16);
-    tokio::spawn(async move {
-        let progress_sender = sender.clone();
-        let progress = move |event: sprite_api::admin::PullEvent| {
-            // A slow or gone client drops progress lines, never the pull.
-            let _ = progress_sender.try_send(Ok(ndjson_line(&event)));
-        };
-        let last = match state.manager.pull_image(&request, &progress).await {
-            Ok(name) => sprite_api::admin::PullEvent::Complete { name },
-            Err(error) => sprite_api::admin::PullEvent::Error {
-                error: sprite_api::error_chain(&error),
-            },
-        };
-        let _ = sender.send(Ok(ndjson_line(&last))).await;
-    });
-    Ok(response)
+    Ok(pull_response(move |progress| async move {
+        state.manager.pull_image(&request, &*progress).await
+    }))
 }
 
 async fn usage(

@@ -27,10 +27,19 @@ fn main() {
     run_bench(bench());
 }
 
-/// Bytes of every file below `path` (apparent sizes, as `du -sb`).
+/// Bytes of every file below `path`: apparent sizes (`du -sb`).
 fn bytes_below(path: &Path) -> u64 {
+    du(path, "-sb")
+}
+
+/// Bytes of every file below `path` as stored (`du -s --block-size=1`).
+fn disk_bytes(path: &Path) -> u64 {
+    du(path, "--block-size=1")
+}
+
+fn du(path: &Path, unit: &str) -> u64 {
     let out = std::process::Command::new("du")
-        .args(["-sb"])
+        .args(["-s", unit])
         .arg(path)
         .output()
         .unwrap();
@@ -81,16 +90,7 @@ fn make_images(work: &Path, debian_root: &Path) -> std::path::PathBuf {
             ".",
         ],
     );
-    sh(
-        "umoci",
-        &[
-            "raw",
-            "add-layer",
-            "--image",
-            &image("app"),
-            &base.to_string_lossy(),
-        ],
-    );
+    add_layer(&layout, "app", None, &base);
     sh("umoci", &["tag", "--image", &image("app"), "base"]);
     for (tag, layer, bytes) in [
         ("app", "tools", 20 << 20),
@@ -113,34 +113,9 @@ fn make_images(work: &Path, debian_root: &Path) -> std::path::PathBuf {
         let tar = work.join(format!("{layer}.tar"));
         layer_tar(&dir, &tar);
         let from = if tag == "second" { "base" } else { "app" };
-        sh(
-            "umoci",
-            &[
-                "raw",
-                "add-layer",
-                "--image",
-                &image(from),
-                "--tag",
-                tag,
-                &tar.to_string_lossy(),
-            ],
-        );
+        add_layer(&layout, from, Some(tag), &tar);
     }
     layout
-}
-
-/// Bytes of every file below `path` as stored (`du -s --block-size=1`).
-fn disk_bytes(path: &Path) -> u64 {
-    let out = std::process::Command::new("du")
-        .args(["-s", "--block-size=1"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn registry_figures(report: &mut serde_json::Map<String, serde_json::Value>) {

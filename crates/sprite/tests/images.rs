@@ -118,16 +118,7 @@ fn make_layout(work: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(base.join("data/b"), "b\n").unwrap();
     let tar = work.join("base.tar");
     layer_tar(&base, &tar);
-    sh(
-        "umoci",
-        &[
-            "raw",
-            "add-layer",
-            "--image",
-            &image("base"),
-            &tar.to_string_lossy(),
-        ],
-    );
+    add_layer(&layout, "base", None, &tar);
     // The app layer: a whiteout, an opaque directory, a new file.
     let top = work.join("top");
     std::fs::create_dir_all(top.join("etc")).unwrap();
@@ -139,18 +130,7 @@ fn make_layout(work: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(top.join("srv/hello"), "hello from the app layer\n").unwrap();
     let tar = work.join("top.tar");
     layer_tar(&top, &tar);
-    sh(
-        "umoci",
-        &[
-            "raw",
-            "add-layer",
-            "--image",
-            &image("base"),
-            "--tag",
-            "app",
-            &tar.to_string_lossy(),
-        ],
-    );
+    add_layer(&layout, "base", Some("app"), &tar);
     sh(
         "umoci",
         &[
@@ -448,18 +428,7 @@ async fn an_upgrade_keeps_home_and_a_restore_undoes_it() {
     std::fs::write(next.join("srv/hello"), "hello from release 2\n").unwrap();
     let tar = work.path().join("next.tar");
     layer_tar(&next, &tar);
-    sh(
-        "umoci",
-        &[
-            "raw",
-            "add-layer",
-            "--image",
-            &format!("{}:app", layout.display()),
-            "--tag",
-            "app2",
-            &tar.to_string_lossy(),
-        ],
-    );
+    add_layer(&layout, "app", Some("app2"), &tar);
     push(&layout, "app2", &tag, None);
     let newest = client
         .update_image("app", &Default::default(), |_| {})

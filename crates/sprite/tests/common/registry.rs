@@ -91,6 +91,19 @@ pub fn layer_tar(dir: &std::path::Path, tar: &std::path::Path) {
     );
 }
 
+/// Adds an uncompressed layer tar on top of tag `from` of an OCI layout, as tag `tag`
+/// (`from` itself when None).
+pub fn add_layer(layout: &std::path::Path, from: &str, tag: Option<&str>, tar: &std::path::Path) {
+    let image = format!("{}:{from}", layout.display());
+    let tar = tar.to_string_lossy();
+    let mut args = vec!["raw", "add-layer", "--image", image.as_str()];
+    if let Some(tag) = tag {
+        args.extend(["--tag", tag]);
+    }
+    args.push(&tar);
+    sh("umoci", &args);
+}
+
 /// Copies tag `tag` of an OCI layout to `to` (a skopeo destination).
 pub fn push(layout: &std::path::Path, tag: &str, to: &str, creds: Option<&str>) {
     let mut args = vec![
