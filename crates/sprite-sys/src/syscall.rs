@@ -435,9 +435,20 @@ pub fn apply_child_setup(command: &mut std::process::Command, setup: ChildSetup)
     let groups: Vec<libc::gid_t> = setup.groups.clone();
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (setsid, ioctl, setgroups, setresgid, setresuid,
-    // signal mask reset); it allocates nothing (`groups` was built before the fork).
+    // sigaction, signal mask reset); it allocates nothing (`groups` was built before
+    // the fork, the `sigaction` value lives on the stack).
     unsafe {
         command.pre_exec(move || {
+            // Every signal at its default: an ignored one (a daemon started from a
+            // script with `&` ignores SIGINT and SIGQUIT) would stay ignored through
+            // exec, and Ctrl+C or a signal frame would not stop the command.
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            for signal in 1..=64 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::sigaction(signal, &default, std::ptr::null_mut());
+                }
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

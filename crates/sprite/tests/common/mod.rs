@@ -135,13 +135,17 @@ pub fn start_s3(root: &Path) -> (Child, String) {
 }
 
 /// Starts `sprite daemon` on a data directory; its log is appended to `daemon.log`.
+/// It starts with SIGINT and SIGQUIT ignored, as a daemon started from a script with
+/// `&` does: sprites' commands must still get them (lifecycle.rs sends a SIGINT).
 fn spawn_daemon(data: &Path, port: u16, image: &str) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data.join("daemon.log"))
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_sprite"))
+    Command::new("bash")
+        .args(["-c", "trap '' INT QUIT; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_sprite"))
         .args([
             "daemon",
             "--listen",
