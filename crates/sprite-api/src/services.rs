@@ -22,6 +22,10 @@ pub struct ServiceSpec {
     /// The port the sprite's URL is proxied to (one service per sprite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_port: Option<u16>,
+    /// Ours: the account it runs as (default `sprite`, or root in an image without
+    /// one); a registry image's service from `run_cmd` runs as the image's `User`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// What a service is doing.

@@ -487,10 +487,12 @@ impl SpriteManager {
         Ok(sprite_api::services::ServiceSpec {
             cmd,
             args: command.collect(),
-            env: Default::default(),
+            // The image's environment (its PATH first of all) and user, as exec has them.
+            env: oci.config.env_pairs().into_iter().collect(),
             dir: oci.config.working_dir.clone(),
             needs: Vec::new(),
             http_port: oci.config.exposed_tcp_ports.first().copied(),
+            user: Some(oci.user.clone()).filter(|user| !user.is_empty()),
         })
     }
 

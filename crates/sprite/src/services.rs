@@ -193,6 +193,7 @@ pub async fn run(cx: &Global, command: &ServicesCommand) -> Result<u8> {
                 dir: dir.clone(),
                 needs: needs.clone(),
                 http_port: *http_port,
+                user: None,
             };
             client
                 .put_service(&name, service, &spec, Some(duration), show)

@@ -279,6 +279,13 @@ async fn registry_images_and_archives_keep_layers_config_and_share_the_base() {
     assert_eq!(page.as_deref(), Some("hello from the app layer\n"));
     let services = client.services("served").await.unwrap();
     assert_eq!(services[0].name, "app", "{services:?}");
+    // It runs with the image's environment, as the image's user.
+    let pid = services[0].state.pid.expect("the service runs");
+    let script = format!(
+        "busybox tr '\\0' '\\n' < /proc/{pid}/environ | busybox grep GREETING; busybox stat -c %U /proc/{pid}"
+    );
+    let out = run(&client, "served", &["sh", "-c", &script]).await;
+    assert_eq!(out.stdout(), "GREETING=hello\nsprite\n", "{out:?}");
     // An image without a command is refused, and nothing is left of the sprite.
     let mut request = sprite_request("nothing-to-run");
     request.image = Some("base-1".into());

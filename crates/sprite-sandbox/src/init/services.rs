@@ -482,10 +482,10 @@ impl Services {
         entry.generation += 1;
         entry.next_restart_ms = None;
         let generation = entry.generation;
-        let user = if users::lookup("sprite").is_some() {
-            "sprite"
-        } else {
-            "root"
+        let user = match &entry.spec.user {
+            Some(user) => user.as_str(),
+            None if users::lookup("sprite").is_some() => "sprite",
+            None => "root",
         };
         let mut argv = vec![entry.spec.cmd.clone()];
         argv.extend(entry.spec.args.iter().cloned());
