@@ -247,3 +247,120 @@ pub struct DrainReport {
     #[serde(default)]
     pub failed: Vec<(String, String)>,
 }
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Everything, in every organization: images, hosts, garbage collection, tokens and
+    /// limits besides its own organization's sprites.
+    Admin,
+    /// Its organization's sprites, checkpoints, templates and files; nothing of the host.
+    #[default]
+    Organization,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Admin => "admin",
+            TokenScope::Organization => "organization",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TokenScope> {
+        match text {
+            "admin" => Some(TokenScope::Admin),
+            "organization" | "org" => Some(TokenScope::Organization),
+            _ => None,
+        }
+    }
+}
+
+/// Whom a token acts for and what it may do (kept by hosts, published to a cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    pub org: String,
+    pub scope: TokenScope,
+}
+
+/// `POST /v1/organizations/{org}/tokens` (the SDKs' `create_token`; they send only
+/// `description` and perhaps `invite_code`, which is ignored here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CreateTokenRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Default: `organization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_code: Option<String>,
+}
+
+/// A token as lists show it: never the token itself, which only its creation answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// What `revoke` takes (the first 16 hex digits of the token's hash).
+    pub id: String,
+    pub org: String,
+    pub scope: TokenScope,
+    #[serde(default)]
+    pub description: String,
+    pub created_at: String,
+}
+
+/// The answer to a token's creation: the token, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `GET /v1/organizations/{org}/tokens` and `GET /v1/admin/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// An organization's limits (`GET|PUT /v1/admin/organizations/{org}`): sprites awake
+/// at once (`running_limit`: creates and wakes past it get a 429
+/// `concurrent_sprite_limit_exceeded`) and sprites in warm sleep (past
+/// `warm_limit`, a sprite going to sleep goes cold instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgLimits {
+    pub name: String,
+    pub running_limit: u64,
+    pub warm_limit: u64,
+    /// Whether these are the host's defaults (no limits of its own were set).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// `PUT /v1/admin/organizations/{org}`: new limits (absent: unchanged; null in both
+/// fields resets to the defaults with `reset`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SetOrgLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_limit: Option<u64>,
+    /// Back to the host's defaults.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+}
+
+/// `GET /v1/admin/organizations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OrgList {
+    pub organizations: Vec<OrgLimits>,
+}
+
+/// Checks an organization name: the rules of sprite names (`[a-z0-9-]{1,63}`).
+pub fn validate_org_name(name: &str) -> Result<(), String> {
+    crate::names::validate_sprite_name(name).map_err(|error| {
+        error
+            .to_string()
+            .replacen("sprite name", "organization name", 1)
+    })
+}

@@ -569,6 +569,59 @@ impl Client {
         .await
     }
 
+    /// Mints a token for `org` (admin scope needed).
+    pub async fn create_token(
+        &self,
+        org: &str,
+        request: &sprite_api::admin::CreateTokenRequest,
+    ) -> Result<sprite_api::admin::CreatedToken, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/organizations/{org}/tokens")))
+                .json(request),
+        )
+        .await
+    }
+
+    /// Tokens of `org`, or of every organization.
+    pub async fn tokens(
+        &self,
+        org: Option<&str>,
+    ) -> Result<sprite_api::admin::TokenList, ClientError> {
+        let path = match org {
+            Some(org) => format!("/v1/organizations/{org}/tokens"),
+            None => "/v1/admin/tokens".to_string(),
+        };
+        self.send(self.http.get(self.url(&path))).await
+    }
+
+    pub async fn revoke_token(&self, org: &str, id: &str) -> Result<(), ClientError> {
+        self.send_raw(
+            self.http
+                .delete(self.url(&format!("/v1/organizations/{org}/tokens/{id}"))),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn organizations(&self) -> Result<sprite_api::admin::OrgList, ClientError> {
+        self.send(self.http.get(self.url("/v1/admin/organizations")))
+            .await
+    }
+
+    pub async fn set_org_limits(
+        &self,
+        org: &str,
+        change: &sprite_api::admin::SetOrgLimits,
+    ) -> Result<sprite_api::admin::OrgLimits, ClientError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/admin/organizations/{org}")))
+                .json(change),
+        )
+        .await
+    }
+
     pub async fn collect_garbage(&self) -> Result<sprite_api::admin::GcReport, ClientError> {
         self.send(self.http.post(self.url("/v1/admin/gc"))).await
     }

@@ -311,14 +311,22 @@ impl Cluster {
         &self.config.advertise
     }
 
-    /// Makes a token valid on every host of the cluster, for `org` (only its BLAKE3
-    /// hash is stored).
-    pub async fn publish_token(&self, token: &str, org: &str) -> Result<(), ClusterError> {
-        let key = format!("{}tokens/{}", self.config.prefix, token_hash(token));
-        self.client
-            .clone()
-            .put(key, record(&org.to_string()), None)
-            .await?;
+    /// Makes a token valid on every host of the cluster with `grant`, given its hash
+    /// ([`token_hash`]: the token itself is never stored); `None` withdraws it.
+    pub async fn publish_token(
+        &self,
+        hash: &str,
+        grant: Option<&sprite_api::admin::TokenGrant>,
+    ) -> Result<(), ClusterError> {
+        let key = format!("{}tokens/{}", self.config.prefix, hash);
+        match grant {
+            Some(grant) => {
+                self.client.clone().put(key, record(grant), None).await?;
+            }
+            None => {
+                self.client.clone().delete(key, None).await?;
+            }
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 use crate::{read, ClusterError, Entry, HostInfo, Placement};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use parking_lot::RwLock;
+use sprite_api::admin::{TokenGrant, TokenScope};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,17 @@ use tokio::sync::watch;
 struct Snapshot {
     hosts: BTreeMap<String, HostInfo>,
     sprites: HashMap<(String, String), Entry>,
-    /// BLAKE3 of a token (hex) → its organization.
-    tokens: HashMap<String, String>,
+    /// BLAKE3 of a token (hex) → its organization and scope.
+    tokens: HashMap<String, TokenGrant>,
+}
+
+/// A published token's grant: `{"org", "scope"}`, or (hosts before scopes) the bare
+/// organization of a host's admin token.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Published {
+    Grant(TokenGrant),
+    Org(String),
 }
 
 /// A token as the directory keeps it: never the token itself.
@@ -60,9 +70,16 @@ impl Snapshot {
                 }
             }
             (Some("tokens"), Some(hash), None) => {
-                match value.map(|v| read::<String>(key.as_bytes(), v)) {
-                    Some(Ok(org)) => {
-                        self.tokens.insert(hash.to_string(), org);
+                match value.map(|v| read::<Published>(key.as_bytes(), v)) {
+                    Some(Ok(published)) => {
+                        let grant = match published {
+                            Published::Grant(grant) => grant,
+                            Published::Org(org) => TokenGrant {
+                                org,
+                                scope: TokenScope::Admin,
+                            },
+                        };
+                        self.tokens.insert(hash.to_string(), grant);
                     }
                     Some(Err(error)) => tracing::warn!("{error}"),
                     None => {
@@ -113,7 +130,7 @@ impl View {
     }
 
     /// The organization of a token any host of the cluster published.
-    pub fn org_of_token(&self, token: &str) -> Option<String> {
+    pub fn grant_of_token(&self, token: &str) -> Option<TokenGrant> {
         self.snapshot.read().tokens.get(&token_hash(token)).cloned()
     }
 
@@ -245,7 +262,14 @@ mod tests {
         let entry = &snapshot.sprites[&("o".to_string(), "s".to_string())];
         assert_eq!((entry.placement.epoch, entry.revision), (2, 7));
         assert_eq!(snapshot.sprites.len(), 1, "a bad record is skipped");
-        assert_eq!(snapshot.tokens["abc"], "o");
+        assert_eq!(snapshot.tokens["abc"].org, "o");
+        assert_eq!(snapshot.tokens["abc"].scope, TokenScope::Admin);
+        snapshot.apply(
+            "tokens/def",
+            Some(br#"{"org":"p","scope":"organization"}"#),
+            9,
+        );
+        assert_eq!(snapshot.tokens["def"].scope, TokenScope::Organization);
         snapshot.apply("hosts/a", None, 10);
         snapshot.apply("sprites/o/s", None, 10);
         assert!(snapshot.hosts.is_empty() && snapshot.sprites.is_empty());

@@ -71,6 +71,10 @@ pub struct CoreConfig {
     pub pids_limit: u64,
     /// Most sprites on this host.
     pub max_sprites: usize,
+    /// Limits of an organization that has none of its own (`sprite orgs set`): sprites
+    /// awake at once (0: the host's `max_sprites`) and in warm sleep (0: as many).
+    pub org_running_limit: u64,
+    pub org_warm_limit: u64,
     /// Sprites an organization may create per minute (a burst of as many, then one
     /// every 60/n s); a create past it is a 429 `sprite_creation_rate_limited`.
     pub creates_per_minute: u32,
@@ -133,6 +137,8 @@ impl CoreConfig {
             default_durability: Durability::Local,
             pids_limit: 2048,
             max_sprites: 1000,
+            org_running_limit: 0,
+            org_warm_limit: 0,
             creates_per_minute: 600,
             url_domain: "localhost:7080".into(),
             sleep: SleepPolicy::default(),

@@ -64,6 +64,41 @@ const MIGRATIONS: &[&str] = &[
         info TEXT NOT NULL,
         PRIMARY KEY (org, name)
     );",
+    // API tokens minted here (never the token: its BLAKE3 hash) and organizations'
+    // limits (see access.rs).
+    "CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        org TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE org_limits (
+        org TEXT PRIMARY KEY,
+        running_limit INTEGER NOT NULL,
+        warm_limit INTEGER NOT NULL
+    );",
+    // Usage per sprite and hour (see usage.rs): what it stored, used and how long it
+    // was in each state.
+    "CREATE TABLE usage_hourly (
+        sprite_id TEXT NOT NULL,
+        org TEXT NOT NULL,
+        name TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        cpu_ms INTEGER NOT NULL DEFAULT 0,
+        memory_peak_bytes INTEGER NOT NULL DEFAULT 0,
+        memory_sum_bytes INTEGER NOT NULL DEFAULT 0,
+        samples INTEGER NOT NULL DEFAULT 0,
+        net_rx_bytes INTEGER NOT NULL DEFAULT 0,
+        net_tx_bytes INTEGER NOT NULL DEFAULT 0,
+        stored_bytes INTEGER,
+        running_ms INTEGER NOT NULL DEFAULT 0,
+        warm_ms INTEGER NOT NULL DEFAULT 0,
+        cold_ms INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (sprite_id, hour)
+    );
+    CREATE INDEX usage_hourly_by_name ON usage_hourly (org, name, hour);",
 ];
 
 /// Settings the SDKs send and read back that change nothing here (API.md, create).
@@ -284,7 +319,7 @@ impl Database {
         })
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
         self.connection.lock()
     }
 

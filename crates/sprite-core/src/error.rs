@@ -140,6 +140,14 @@ pub enum CoreError {
         limit: usize,
         current: usize,
     },
+    #[error("organization {org} has {current} sprites awake, the most it may have at once (running_limit = {limit}); let one sleep (sprite sleep), or raise the limit (sprite orgs set)")]
+    RunningLimit {
+        org: String,
+        limit: u64,
+        current: u64,
+    },
+    #[error("token {0} not found (sprite tokens list shows them)")]
+    TokenNotFound(String),
     #[error("organization {org} created {limit} sprites in the last {window_seconds} s, the most it may (creates_per_minute); retry in {retry_after} s, or create with wait_for_capacity")]
     CreationRateLimited {
         org: String,
@@ -187,7 +195,7 @@ impl CoreError {
             | CoreError::UploadBroken(_)
             | CoreError::SpawnFailed(_) => ErrorKind::InvalidRequest,
             CoreError::SpriteNotFound(_) => ErrorKind::SpriteNotFound,
-            CoreError::TemplateNotFound(_) => ErrorKind::NotFound,
+            CoreError::TemplateNotFound(_) | CoreError::TokenNotFound(_) => ErrorKind::NotFound,
             CoreError::SessionNotFound(_)
             | CoreError::CheckpointNotFound { .. }
             | CoreError::TaskNotFound(_) => ErrorKind::NotFound,
@@ -218,6 +226,7 @@ impl CoreError {
             CoreError::TooManySprites(_)
             | CoreError::NoIdRange(_)
             | CoreError::ConcurrentLimit { .. }
+            | CoreError::RunningLimit { .. }
             | CoreError::CreationRateLimited { .. } => ErrorKind::RateLimited,
             CoreError::StartTimeout(_)
             | CoreError::PortTimeout { .. }
@@ -276,6 +285,13 @@ impl CoreError {
                 window_seconds: None,
                 retry_after_seconds: 5,
                 current_count: Some(*current as u64),
+            }),
+            CoreError::RunningLimit { limit, current, .. } => Some(RateLimitInfo {
+                code: "concurrent_sprite_limit_exceeded",
+                limit: *limit,
+                window_seconds: None,
+                retry_after_seconds: 5,
+                current_count: Some(*current),
             }),
             _ => None,
         }

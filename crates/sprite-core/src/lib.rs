@@ -7,6 +7,7 @@
 //! files. Nothing here knows about HTTP. Must not depend on axum or hyper.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod activity;
 pub mod config;
 pub mod db;

@@ -88,6 +88,8 @@ impl SpriteChanges {
 pub(crate) struct Lifecycle {
     pub(crate) config: CoreConfig,
     pub(crate) db: Arc<Database>,
+    /// Tokens and organizations' limits (awake and warm sprites are counted here).
+    pub(crate) access: Arc<crate::access::Access>,
     /// Images sprites' roots are made from (built or fetched on first use).
     pub(crate) images: Arc<ImageStore>,
     /// Sprites' disks and root layers.
@@ -549,9 +551,36 @@ impl Lifecycle {
     ) -> Result<ActivityGuard, CoreError> {
         let (guard, status) = self.activity.hold(&record.id, reason);
         if status != SpriteStatus::Running {
+            if !record.pooled {
+                self.running_limit_reached(&record.org)?;
+            }
             self.start(record).await?;
         }
         Ok(guard)
+    }
+
+    /// How many of an organization's sprites are in `status`.
+    pub(crate) fn count_in(&self, org: &str, status: SpriteStatus) -> Result<u64, CoreError> {
+        Ok(self
+            .db
+            .ids(org)?
+            .iter()
+            .filter(|id| self.activity.status(id).0 == status)
+            .count() as u64)
+    }
+
+    /// A refusal when the organization has as many sprites awake as it may.
+    pub(crate) fn running_limit_reached(&self, org: &str) -> Result<(), CoreError> {
+        let limit = self.access.limits(org).running_limit;
+        let current = self.count_in(org, SpriteStatus::Running)?;
+        if current >= limit {
+            return Err(CoreError::RunningLimit {
+                org: org.to_string(),
+                limit,
+                current,
+            });
+        }
+        Ok(())
     }
 
     /// Sends a sprite to warm or cold sleep if nothing holds it awake. Answers whether
@@ -564,6 +593,17 @@ impl Lifecycle {
         let start_lock = self.start_lock(&record.id);
         let _one = start_lock.lock().await;
         let (before, _) = self.activity.status(&record.id);
+        // Past the organization's warm limit, a sprite sleeps cold.
+        let target = if target == SpriteStatus::Warm
+            && !record.pooled
+            && self
+                .count_in(&record.org, SpriteStatus::Warm)
+                .is_ok_and(|warm| warm >= self.access.limits(&record.org).warm_limit)
+        {
+            SpriteStatus::Cold
+        } else {
+            target
+        };
         if !self.activity.begin_sleep(&record.id, target) {
             return Ok(false);
         }

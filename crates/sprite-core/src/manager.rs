@@ -174,9 +174,17 @@ impl SpriteManager {
             .as_ref()
             .map(|n| crate::network::Network::new(n, &config.data_dir))
             .transpose()?;
+        let max = config.max_sprites as u64;
+        let or_max = |limit: u64| if limit == 0 { max } else { limit };
+        let access = Arc::new(crate::access::Access::open(
+            db.clone(),
+            or_max(config.org_running_limit),
+            or_max(config.org_warm_limit),
+        )?);
         let lifecycle = Arc::new(Lifecycle {
             config: config.clone(),
             db: db.clone(),
+            access,
             images,
             roots,
             sandboxes,
@@ -201,6 +209,11 @@ impl SpriteManager {
             creates: crate::limits::Buckets::new(creates, f64::from(creates) / 60.0),
             directory: parking_lot::RwLock::new(None),
         }))
+    }
+
+    /// Tokens and organizations' limits.
+    pub fn access(&self) -> &crate::access::Access {
+        &self.lifecycle.access
     }
 
     /// From now on, names are claimed in the cluster's directory before a sprite is
@@ -689,13 +702,16 @@ impl SpriteManager {
                     limit: self.config.max_sprites,
                     current,
                 },
-                _ => match self.creates.take(org) {
-                    Ok(()) => return Ok(()),
-                    Err(retry) => CoreError::CreationRateLimited {
-                        org: org.to_string(),
-                        limit: self.config.creates_per_minute,
-                        window_seconds: 60,
-                        retry_after: retry.as_secs().max(1),
+                _ => match self.lifecycle.running_limit_reached(org) {
+                    Err(refusal) => refusal,
+                    Ok(()) => match self.creates.take(org) {
+                        Ok(()) => return Ok(()),
+                        Err(retry) => CoreError::CreationRateLimited {
+                            org: org.to_string(),
+                            limit: self.config.creates_per_minute,
+                            window_seconds: 60,
+                            retry_after: retry.as_secs().max(1),
+                        },
                     },
                 },
             };
@@ -709,10 +725,11 @@ impl SpriteManager {
     /// An organization's sprites by status (`GET /v1/organization`, lists, watches).
     pub fn org_counts(&self, org: &str) -> Result<sprite_api::sprite::OrgCounts, CoreError> {
         let ids = self.db.ids(org)?;
+        let limits = self.access().limits(org);
         let mut counts = sprite_api::sprite::OrgCounts {
             name: org.to_string(),
-            running_limit: self.config.max_sprites as u64,
-            warm_limit: self.config.max_sprites as u64,
+            running_limit: limits.running_limit,
+            warm_limit: limits.warm_limit,
             ..Default::default()
         };
         for id in &ids {

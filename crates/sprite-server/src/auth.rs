@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use sprite_api::admin::{TokenGrant, TokenScope};
 use sprite_api::ErrorKind;
 use sprite_core::ids::SpriteKey;
 use subtle::ConstantTimeEq;
@@ -46,7 +47,8 @@ impl<S: Send + Sync> FromRequestParts<S> for SpritePath {
     }
 }
 
-/// Known tokens and their organizations.
+/// The tokens given to the daemon itself (its admin token): admin scope, each in its
+/// organization. Tokens minted through the API live in [`sprite_core::access::Access`].
 #[derive(Debug, Default)]
 pub struct Tokens {
     tokens: Vec<(String, String)>,
@@ -64,13 +66,23 @@ impl Tokens {
             .find(|(known, _)| bool::from(known.as_bytes().ct_eq(token.as_bytes())))
             .map(|(_, org)| org.as_str())
     }
+
+    /// The tokens and their organizations (published to a cluster, hashed).
+    pub fn all(&self) -> &[(String, String)] {
+        &self.tokens
+    }
 }
 
-/// Extracts the token from `Bearer <t>` or `Basic base64(bearer:<t>)`.
+/// What a request's token may do, beside [`Org`] in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope(pub TokenScope);
+
+/// Extracts the token from `Bearer <t>`, `FlyV1 <t>` (what the SDKs' `create_token`
+/// sends) or `Basic base64(bearer:<t>)`.
 pub fn token_from_header(value: &str) -> Option<String> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     match scheme.to_ascii_lowercase().as_str() {
-        "bearer" => Some(rest.trim().to_string()),
+        "bearer" | "flyv1" => Some(rest.trim().to_string()),
         "basic" => {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(rest.trim())
@@ -84,25 +96,49 @@ pub fn token_from_header(value: &str) -> Option<String> {
     }
 }
 
-/// The organization of a token: one of this host's, or (in a cluster) one any host
-/// published.
-pub(crate) fn org_of_token(state: &AppState, token: &str) -> Option<String> {
+/// What a token grants: the daemon's own, one minted here, or (in a cluster) one any
+/// host published.
+pub(crate) fn grant_of_token(state: &AppState, token: &str) -> Option<TokenGrant> {
+    if token.is_empty() || token.len() > MAX_TOKEN {
+        return None;
+    }
     if let Some(org) = state.tokens.org_of(token) {
-        return Some(org.to_string());
+        return Some(TokenGrant {
+            org: org.to_string(),
+            scope: TokenScope::Admin,
+        });
+    }
+    if let Some(grant) = state.manager.access().grant(token) {
+        return Some(grant);
     }
     state
         .peers
         .as_ref()
-        .and_then(|peers| peers.org_of_token(token))
+        .and_then(|peers| peers.grant_of_token(token))
 }
 
-/// The organization of the token a request carries.
-pub(crate) fn org_of_request(state: &AppState, headers: &axum::http::HeaderMap) -> Option<String> {
+/// The longest token looked at (ours are 68 bytes).
+const MAX_TOKEN: usize = 512;
+
+/// What the token a request carries grants.
+pub(crate) fn grant_of_request(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Option<TokenGrant> {
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(token_from_header)?;
-    org_of_token(state, &token)
+    grant_of_token(state, &token)
+}
+
+fn unauthenticated() -> Response {
+    let mut response = ApiError::new(ErrorKind::Unauthenticated, UNAUTHENTICATED).into_response();
+    response.headers_mut().insert(
+        "www-authenticate",
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 pub async fn require_token(
@@ -110,21 +146,27 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let org = org_of_request(&state, request.headers());
-    match org {
-        Some(org) => {
-            request.extensions_mut().insert(Org(org));
+    match grant_of_request(&state, request.headers()) {
+        Some(grant) => {
+            request.extensions_mut().insert(Org(grant.org));
+            request.extensions_mut().insert(Scope(grant.scope));
             next.run(request).await
         }
-        None => {
-            let mut response =
-                ApiError::new(ErrorKind::Unauthenticated, UNAUTHENTICATED).into_response();
-            response.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-            response
-        }
+        None => unauthenticated(),
+    }
+}
+
+/// Lets through only requests whose token has the admin scope (after
+/// [`require_token`]); the others get a 403 that says so.
+pub async fn require_admin(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Scope>() {
+        Some(Scope(TokenScope::Admin)) => next.run(request).await,
+        Some(_) => ApiError::new(
+            ErrorKind::Forbidden,
+            "this needs a token with the admin scope; this token may manage only its organization's sprites (an admin mints tokens with `sprite tokens create --scope admin`)",
+        )
+        .into_response(),
+        None => unauthenticated(),
     }
 }
 
@@ -143,6 +185,7 @@ mod tests {
         let other = base64::engine::general_purpose::STANDARD.encode("alice:xyz");
         assert_eq!(token_from_header(&format!("Basic {other}")), None);
         assert_eq!(token_from_header("Token abc"), None);
+        assert_eq!(token_from_header("FlyV1 fm2_x").as_deref(), Some("fm2_x"));
     }
 
     #[test]

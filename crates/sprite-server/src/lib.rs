@@ -7,6 +7,7 @@
 //! or rusqlite.
 #![forbid(unsafe_code)]
 
+mod access;
 mod auth;
 mod checkpoints;
 mod control;
@@ -398,7 +399,6 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/organization", get(sprites::organization))
         .route("/v1/sprites/{name}/sleep", post(sprites::sleep))
         .route("/v1/sprites/{name}/wake", post(sprites::wake))
-        .route("/v1/admin/gc", post(gc))
         .route(
             "/v1/templates",
             get(templates::list).post(templates::create),
@@ -407,19 +407,43 @@ fn api_routes() -> Router<AppState> {
             "/v1/templates/{name}",
             get(templates::get).delete(templates::delete),
         )
+        .route("/v1/images", get(images))
+}
+
+/// Routes that need a token with the admin scope: the host, images and other
+/// organizations' tokens and limits.
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/gc", post(gc))
         .route("/v1/admin/hosts", get(peers::hosts))
         .route("/v1/admin/hosts/{id}/drain", post(peers::drain))
         .route("/v1/sprites/{name}/move", post(peers::move_sprite))
-        .route("/v1/images", get(images).post(import_image))
+        .route("/v1/images", post(import_image))
         .route("/v1/images/{image}/update", post(update_image))
+        .route(
+            "/v1/organizations/{org}/tokens",
+            get(access::list).post(access::create),
+        )
+        .route(
+            "/v1/organizations/{org}/tokens/{id}",
+            axum::routing::delete(access::revoke),
+        )
+        .route("/v1/admin/tokens", get(access::list_all))
+        .route("/v1/admin/organizations", get(access::organizations))
+        .route(
+            "/v1/admin/organizations/{org}",
+            get(access::organization).put(access::set_limits),
+        )
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let api = api_routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
+    let api = api_routes()
+        .merge(admin_routes().route_layer(middleware::from_fn(auth::require_admin)))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)

@@ -44,7 +44,13 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     /// for; an unknown or draining one is an error saying so.
     fn place(&self, wanted: Option<&str>) -> Result<Option<Peer>, String>;
     /// The organization of a token published by any host.
-    fn org_of_token(&self, token: &str) -> Option<String>;
+    fn grant_of_token(&self, token: &str) -> Option<sprite_api::admin::TokenGrant>;
+    /// Makes a token (by its hash) valid on every host with `grant`; None withdraws it.
+    fn publish_token<'a>(
+        &'a self,
+        hash: &'a str,
+        grant: Option<&'a sprite_api::admin::TokenGrant>,
+    ) -> BoxFuture<'a, Result<(), ApiError>>;
     /// Every live host but this one.
     fn others(&self) -> Vec<Peer>;
     /// Where a sprite that is not on this host is. `sure`: ask the directory itself,
@@ -227,7 +233,7 @@ pub(crate) async fn route(State(state): State<AppState>, request: Request, next:
         })
         .unwrap_or_default();
     // Unknown tokens are refused here, by the auth layer (before any body is read).
-    let Some(org) = crate::auth::org_of_request(&state, request.headers()) else {
+    let Some(org) = crate::auth::grant_of_request(&state, request.headers()).map(|g| g.org) else {
         return next.run(request).await;
     };
     if creates {

@@ -150,3 +150,124 @@ async fn healthz_needs_no_token() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
 }
+
+/// Tokens minted through the API (`FlyV1` as the SDKs' `create_token` sends it), their
+/// scopes, and revocation.
+#[tokio::test]
+async fn tokens_are_minted_scoped_and_revoked() {
+    let dir = data_dir();
+    let app = app(dir.path());
+    let send = |method: &str, uri: &str, token: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", token.to_string())
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // The SDKs' call.
+    let (status, _, created) = call(
+        app.clone(),
+        send(
+            "POST",
+            "/v1/organizations/acme/tokens",
+            "FlyV1 secret",
+            r#"{"description":"Sprite SDK Token"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
+    assert_eq!(created["scope"], "organization");
+    assert_eq!(created["org"], "acme");
+    let bearer = format!("Bearer {token}");
+    // It acts in its organization: an empty list, then its limits.
+    let (status, _, list) = call(app.clone(), send("GET", "/v1/sprites", &bearer, "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["org"]["name"], "acme");
+    let (status, _, _) = call(app.clone(), send("GET", "/v1/images", &bearer, "")).await;
+    assert_eq!(status, StatusCode::OK, "listing images is not admin");
+    // Nothing of the host: pulls, gc, tokens, limits.
+    for (method, uri) in [
+        ("POST", "/v1/images"),
+        ("POST", "/v1/images/debian/update"),
+        ("POST", "/v1/admin/gc"),
+        ("GET", "/v1/admin/tokens"),
+        ("POST", "/v1/organizations/acme/tokens"),
+        ("PUT", "/v1/admin/organizations/acme"),
+    ] {
+        let (status, _, body) = call(app.clone(), send(method, uri, &bearer, "{}")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("admin scope"),
+            "{body}"
+        );
+    }
+    // Listed without the token itself.
+    let (status, _, tokens) = call(
+        app.clone(),
+        send("GET", "/v1/organizations/acme/tokens", "Bearer secret", ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1);
+    assert!(!tokens.to_string().contains(&token[4..]));
+    let id = tokens["tokens"][0]["id"].as_str().unwrap().to_string();
+    // Bad input.
+    for (uri, body) in [
+        ("/v1/organizations/Acme!/tokens", "{}"),
+        ("/v1/organizations/acme/tokens", r#"{"scope":"root"}"#),
+        ("/v1/organizations/acme/tokens", "not json"),
+    ] {
+        let (status, _, answer) = call(app.clone(), send("POST", uri, "Bearer secret", body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {answer}");
+    }
+    // Limits: running 0 refuses creates with the SDKs' 429.
+    let (status, _, limits) = call(
+        app.clone(),
+        send(
+            "PUT",
+            "/v1/admin/organizations/acme",
+            "Bearer secret",
+            r#"{"running_limit":0}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{limits}");
+    assert_eq!(limits["running_limit"], 0);
+    let (status, headers, refused) = call(
+        app.clone(),
+        send("POST", "/v1/sprites", &bearer, r#"{"name":"one"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"], "concurrent_sprite_limit_exceeded");
+    assert_eq!(refused["limit"], 0);
+    assert!(headers.contains_key("retry-after"));
+    // Revoked: refused from then on.
+    let (status, _, _) = call(
+        app.clone(),
+        send(
+            "DELETE",
+            &format!("/v1/organizations/acme/tokens/{id}"),
+            "Bearer secret",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(app.clone(), send("GET", "/v1/sprites", &bearer, "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(
+        app,
+        send(
+            "DELETE",
+            &format!("/v1/organizations/acme/tokens/{id}"),
+            "Bearer secret",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

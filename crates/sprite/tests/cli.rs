@@ -426,3 +426,118 @@ fn md5_of(data: &[u8]) -> u128 {
     }
     u128::from_be_bytes(digest)
 }
+
+/// Tokens and organization limits through the CLI: a token minted for `acme` acts
+/// there alone, limits refuse creates and wakes past `running_limit` with the SDKs'
+/// 429 and send sleeping sprites cold past `warm_limit`, and a revoked token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_organization_limits() {
+    use sprite_api::sprite::SpriteStatus;
+    let daemon = Daemon::start_with(
+        "busybox",
+        "warm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let created = ok(&sprite(
+        &daemon,
+        &[
+            "tokens",
+            "create",
+            "--org",
+            "acme",
+            "--description",
+            "ci",
+            "--json",
+        ],
+        b"",
+    ));
+    let token = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let acme = sprite_client::Client::new(&daemon.url, &token);
+    let listed = ok(&sprite(&daemon, &["tokens", "list", "--json"], b""));
+    assert_eq!(listed["tokens"][0]["id"], id.as_str());
+    assert!(!listed.to_string().contains(&token));
+
+    let limits = ok(&sprite(
+        &daemon,
+        &[
+            "orgs",
+            "set",
+            "acme",
+            "--running-limit",
+            "1",
+            "--warm-limit",
+            "0",
+            "--json",
+        ],
+        b"",
+    ));
+    assert_eq!(limits["running_limit"], 1);
+    acme.create(&sprite_request("a1")).await.unwrap();
+    let refused = acme.create(&sprite_request("a2")).await.unwrap_err();
+    assert!(
+        matches!(&refused, sprite_client::ClientError::Api { status: 429, code, .. } if code == "concurrent_sprite_limit_exceeded"),
+        "{refused:?}"
+    );
+    // Another organization is not affected, nor sees acme's sprites.
+    create(&daemon.client, "d1").await;
+    assert_eq!(acme.list(None, None).await.unwrap().sprites.len(), 1);
+    // Past the warm limit, a sleeping sprite goes cold; then a2 has room.
+    assert_eq!(
+        acme.sleep("a1", false).await.unwrap().status,
+        SpriteStatus::Cold
+    );
+    acme.create(&sprite_request("a2")).await.unwrap();
+    // a1 cannot wake while a2 is awake.
+    let error = acme.exec("a1", &params(&["true"])).await.unwrap_err();
+    assert!(error.to_string().contains("running_limit"), "{error}");
+    acme.sleep("a2", true).await.unwrap();
+    assert_eq!(run(&acme, "a1", &["true"]).await.code, 0);
+
+    // An organization token manages no host.
+    let out = sprite(&daemon, &["admin", "gc"], b"");
+    assert!(out.status.success(), "the admin token may");
+    let child = Command::new(env!("CARGO_BIN_EXE_sprite"))
+        .args(["admin", "gc"])
+        .env("SPRITES_API_URL", &daemon.url)
+        .env("SPRITE_TOKEN", &token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr).to_string();
+    assert!(
+        !child.status.success() && stderr.contains("admin scope"),
+        "{stderr}"
+    );
+
+    // Revoked: refused.
+    ok(&sprite(
+        &daemon,
+        &["tokens", "revoke", &id, "--org", "acme", "--json"],
+        b"",
+    ));
+    let error = acme.list(None, None).await.unwrap_err();
+    assert!(
+        matches!(error, sprite_client::ClientError::Api { status: 401, .. }),
+        "{error:?}"
+    );
+    let out = sprite(&daemon, &["tokens", "revoke", &id, "--org", "acme"], b"");
+    assert!(!out.status.success(), "twice is an error");
+    // acme's sprites are destroyed with a new token of acme's.
+    let again = ok(&sprite(
+        &daemon,
+        &["tokens", "create", "--org", "acme", "--json"],
+        b"",
+    ));
+    let acme = sprite_client::Client::new(&daemon.url, again["token"].as_str().unwrap());
+    for name in ["a1", "a2"] {
+        acme.destroy(name).await.unwrap();
+    }
+}

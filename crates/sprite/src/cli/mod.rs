@@ -2,6 +2,7 @@
 //! shared [`Global`] flags: sprites, exec (and sessions), checkpoints, transfer (cp,
 //! port forwarding), images (and admin); services in `crate::services`.
 
+mod access;
 mod checkpoints;
 mod exec;
 mod images;
@@ -162,6 +163,12 @@ pub enum Command {
     /// Administration of the daemon.
     #[command(subcommand)]
     Admin(images::AdminCommand),
+    /// API tokens: mint one per organization, person or CI job; list; revoke.
+    #[command(subcommand)]
+    Tokens(access::TokensCommand),
+    /// Organizations and their limits (sprites awake and in warm sleep at once).
+    #[command(subcommand)]
+    Orgs(access::OrgsCommand),
     /// Show the images and their build state, or import one.
     #[command(
         after_help = "Examples:\n  sprite images\n  sprite images import alpine alpine-minirootfs.tar.gz\n  docker export $(docker create ubuntu) | sprite images import ubuntu -\n  sprite create --image alpine"
@@ -194,6 +201,9 @@ fn hint_for(error: &anyhow::Error) -> Option<&'static str> {
                 }
                 sprite_client::ClientError::Api { status: 401, .. } => {
                     "check --token / SPRITE_TOKEN"
+                }
+                sprite_client::ClientError::Api { status: 403, .. } => {
+                    "this needs the admin token (the daemon's, or one made with `sprite tokens create --scope admin`)"
                 }
                 sprite_client::ClientError::Api { status: 404, .. } => {
                     "`sprite list` shows the sprites that exist"
@@ -271,6 +281,8 @@ pub async fn run(args: Args) -> Result<u8> {
         Command::Upgrade(command) => command.run(cx).await,
         Command::Usage(command) => command.run(cx).await,
         Command::Admin(command) => images::admin(cx, command).await,
+        Command::Tokens(command) => access::tokens(cx, command).await,
+        Command::Orgs(command) => access::orgs(cx, command).await,
         Command::Templates(command) => command.run(cx).await,
         Command::Images(images) => images.run(cx).await,
     }

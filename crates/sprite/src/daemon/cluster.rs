@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use futures_util::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use sprite_api::admin::{DrainReport, HostStatus, MoveReport};
+use sprite_api::admin::{DrainReport, HostStatus, MoveReport, TokenGrant};
 use sprite_api::ErrorKind;
 use sprite_cluster::{Cluster, ClusterConfig, ClusterError, Entry, HostInfo};
 use sprite_core::directory::{Directory, DirectoryError, DirectoryFuture};
@@ -139,11 +139,12 @@ impl Member {
         &self.config.host_id
     }
 
-    /// Publishes the tokens of this host, so every host authenticates its clients.
-    pub async fn publish_tokens(&self, tokens: &[(String, String)]) -> Result<()> {
-        for (token, org) in tokens {
+    /// Publishes the tokens of this host (its admin tokens and those minted here), so
+    /// every host authenticates its clients.
+    pub async fn publish_tokens(&self, tokens: &[(String, TokenGrant)]) -> Result<()> {
+        for (hash, grant) in tokens {
             self.cluster()
-                .publish_token(token, org)
+                .publish_token(hash, Some(grant))
                 .await
                 .context("publish a token to the cluster")?;
         }
@@ -589,8 +590,29 @@ impl Peers for Member {
         Ok((chosen.id != self.host_id()).then(|| peer_of(&chosen)))
     }
 
-    fn org_of_token(&self, token: &str) -> Option<String> {
-        self.cluster().view().org_of_token(token)
+    fn grant_of_token(&self, token: &str) -> Option<TokenGrant> {
+        self.cluster().view().grant_of_token(token)
+    }
+
+    fn publish_token<'a>(
+        &'a self,
+        hash: &'a str,
+        grant: Option<&'a TokenGrant>,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            self.cluster()
+                .publish_token(hash, grant)
+                .await
+                .map_err(|error| {
+                    ApiError::new(
+                        sprite_api::ErrorKind::Unavailable,
+                        format!(
+                            "the cluster did not take the token change ({}); retry when etcd is reachable",
+                            sprite_api::error_chain(&error)
+                        ),
+                    )
+                })
+        })
     }
 
     fn others(&self) -> Vec<Peer> {

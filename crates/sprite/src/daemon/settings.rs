@@ -56,6 +56,12 @@ pub struct FileConfig {
     pub default_cpus: Option<u32>,
     pub pids_limit: Option<u64>,
     pub max_sprites: Option<usize>,
+    /// Sprites awake at once per organization without limits of its own (default:
+    /// max_sprites; `sprite orgs set` sets one organization's).
+    pub running_limit: Option<u64>,
+    /// Sprites in warm sleep per organization without limits of its own (default:
+    /// max_sprites); past it, sprites that go to sleep go cold.
+    pub warm_limit: Option<u64>,
     /// Sprites an organization may create per minute (default 600; a burst of as many).
     pub creates_per_minute: Option<u32>,
     /// What sprite URLs show: `http://<name>.<url_domain>` (default `<domain>:<proxy
@@ -313,6 +319,8 @@ impl DaemonSettings {
         config.default_cpus = file.default_cpus.unwrap_or(config.default_cpus);
         config.pids_limit = file.pids_limit.unwrap_or(config.pids_limit);
         config.max_sprites = file.max_sprites.unwrap_or(config.max_sprites);
+        config.org_running_limit = file.running_limit.unwrap_or(config.org_running_limit);
+        config.org_warm_limit = file.warm_limit.unwrap_or(config.org_warm_limit);
         if let Some(rate) = file.creates_per_minute {
             config.creates_per_minute = in_range(
                 "creates_per_minute",
