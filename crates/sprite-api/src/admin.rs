@@ -15,7 +15,7 @@ pub enum StorageKind {
 }
 
 /// `GET /v1/sprites/{name}/usage`: what a sprite stores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpriteUsage {
     pub sprite: String,
     pub storage: StorageKind,
@@ -31,6 +31,30 @@ pub struct SpriteUsage {
     /// What each checkpoint adds, oldest first (SpriteFS only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<Vec<CheckpointUsage>>,
+    /// What it used hour by hour since `?since=` (default: the last 24 hours), oldest
+    /// first; hours it did not exist in are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<UsageHour>>,
+}
+
+/// One hour of a sprite's usage (`history` of [`SpriteUsage`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UsageHour {
+    /// Start of the hour (RFC 3339, UTC).
+    pub hour: String,
+    pub cpu_seconds: f64,
+    /// Memory in use, averaged over the samples taken while it was awake.
+    pub memory_avg_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    /// Bytes stored in the object store when first sampled that hour (SpriteFS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
+    /// Seconds spent running, in warm sleep and in cold sleep.
+    pub running_seconds: f64,
+    pub warm_seconds: f64,
+    pub cold_seconds: f64,
 }
 
 /// Bytes a checkpoint adds over the one before it.
@@ -165,6 +189,7 @@ mod tests {
             chunks: None,
             bytes_cached_on_host: None,
             checkpoints: None,
+            history: None,
         };
         assert_eq!(
             serde_json::to_value(&local).unwrap(),

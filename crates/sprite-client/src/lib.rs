@@ -359,12 +359,20 @@ impl Client {
         .await
     }
 
-    pub async fn usage(&self, name: &str) -> Result<sprite_api::admin::SpriteUsage, ClientError> {
-        self.send(
-            self.http
-                .get(self.url(&format!("/v1/sprites/{name}/usage"))),
-        )
-        .await
+    /// What a sprite stores, and its hourly usage since `since` (RFC 3339 or a
+    /// duration back like `7d`; default the last 24 hours).
+    pub async fn usage(
+        &self,
+        name: &str,
+        since: Option<&str>,
+    ) -> Result<sprite_api::admin::SpriteUsage, ClientError> {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/v1/sprites/{name}/usage")));
+        if let Some(since) = since {
+            request = request.query(&[("since", since)]);
+        }
+        self.send(request).await
     }
 
     pub async fn services(&self, name: &str) -> Result<Vec<ServiceInfo>, ClientError> {

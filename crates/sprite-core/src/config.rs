@@ -86,6 +86,8 @@ pub struct CoreConfig {
     pub stop_grace: Duration,
     /// How often idle sprites are looked at.
     pub lifecycle_tick: Duration,
+    /// How often each sprite's usage is sampled (history and `/metrics`).
+    pub usage_interval: Duration,
     /// Below this much available host memory, warm sprites go cold (longest idle first).
     pub min_free_memory_mb: u64,
     /// Ready sprites kept frozen for instant creates (default image and size; default 2;
@@ -144,6 +146,7 @@ impl CoreConfig {
             sleep: SleepPolicy::default(),
             stop_grace: Duration::from_secs(10),
             lifecycle_tick: Duration::from_secs(1),
+            usage_interval: Duration::from_secs(30),
             min_free_memory_mb: 256,
             pool_size: 2,
             network: None,

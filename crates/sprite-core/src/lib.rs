@@ -20,6 +20,7 @@ pub mod image;
 mod lifecycle;
 pub mod limits;
 pub mod manager;
+pub mod metrics;
 mod moves;
 pub mod network;
 mod oci_images;
@@ -39,6 +40,7 @@ pub mod tasks;
 pub mod templates;
 pub mod time;
 mod upgrades;
+pub mod usage;
 
 pub use config::{CoreConfig, StorageBackend};
 pub use error::{CoreError, RateLimitInfo};

@@ -90,6 +90,8 @@ pub(crate) struct Lifecycle {
     pub(crate) db: Arc<Database>,
     /// Tokens and organizations' limits (awake and warm sprites are counted here).
     pub(crate) access: Arc<crate::access::Access>,
+    /// Create and wake latencies (`/metrics`).
+    pub(crate) metrics: crate::metrics::CoreMetrics,
     /// Images sprites' roots are made from (built or fetched on first use).
     pub(crate) images: Arc<ImageStore>,
     /// Sprites' disks and root layers.
@@ -554,7 +556,14 @@ impl Lifecycle {
             if !record.pooled {
                 self.running_limit_reached(&record.org)?;
             }
+            let started = std::time::Instant::now();
             self.start(record).await?;
+            if status != SpriteStatus::Running {
+                self.metrics
+                    .wake_seconds
+                    .with_label_values(&[status.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+            }
         }
         Ok(guard)
     }

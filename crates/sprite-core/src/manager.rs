@@ -58,6 +58,8 @@ pub struct SpriteManager {
     inside_checkpoints: crate::limits::Buckets,
     /// Creates per organization (`creates_per_minute`).
     creates: crate::limits::Buckets,
+    /// The usage sampler's last readings (usage.rs).
+    pub(crate) usage_state: crate::usage::UsageState,
     /// The cluster's names (None: a single host, every name is its own).
     directory: parking_lot::RwLock<Option<Arc<dyn crate::directory::Directory>>>,
 }
@@ -185,6 +187,7 @@ impl SpriteManager {
             config: config.clone(),
             db: db.clone(),
             access,
+            metrics: crate::metrics::CoreMetrics::new(),
             images,
             roots,
             sandboxes,
@@ -208,7 +211,20 @@ impl SpriteManager {
             ),
             creates: crate::limits::Buckets::new(creates, f64::from(creates) / 60.0),
             directory: parking_lot::RwLock::new(None),
+            usage_state: Default::default(),
         }))
+    }
+
+    /// Create and wake latencies.
+    pub fn metrics(&self) -> &crate::metrics::CoreMetrics {
+        &self.lifecycle.metrics
+    }
+
+    /// The storage process's object store calls and upload queue (None without one).
+    pub async fn storage_stats(
+        &self,
+    ) -> Result<Option<sprite_fs::service::StorageStats>, CoreError> {
+        self.lifecycle.roots.storage_stats().await
     }
 
     /// Tokens and organizations' limits.
@@ -516,15 +532,20 @@ impl SpriteManager {
         record: SpriteRecord,
         fork: Option<(String, String, String)>,
     ) -> Result<SpriteInfo, CoreError> {
+        let begun = std::time::Instant::now();
         if fork.is_none() && self.pool.poolable(&record.image, record.config.storage_gb) {
             if let Some(taken) = self.pool.take(&record).await? {
                 tracing::info!(sprite = %taken.name, id = %taken.id, "sprite created from the pool");
                 self.publish_record(&taken).await;
+                self.metrics()
+                    .create_seconds
+                    .with_label_values(&["pool"])
+                    .observe(begun.elapsed().as_secs_f64());
                 return Ok(self.info(&taken));
             }
         }
         let mut record = record;
-        let begun = std::time::Instant::now();
+        let source = if fork.is_some() { "fork" } else { "new" };
         let volume = match &fork {
             Some((parent, version, _)) => Volume::Fork { parent, version },
             None => Volume::Empty {
@@ -536,6 +557,10 @@ impl SpriteManager {
             },
         };
         let volume_ms = self.lifecycle.provision(&mut record, volume, false).await?;
+        self.metrics()
+            .create_seconds
+            .with_label_values(&[source])
+            .observe(begun.elapsed().as_secs_f64());
         tracing::info!(
             sprite = %record.name,
             id = %record.id,
@@ -815,6 +840,7 @@ impl SpriteManager {
         let _guard = start_lock.lock().await;
         self.lifecycle.teardown(&record).await?;
         self.db.delete(&record.id)?;
+        self.forget_usage(&record.id);
         self.release_name(key).await;
         if let Err(error) = self
             .lifecycle
@@ -1237,6 +1263,7 @@ impl SpriteManager {
                         .map(|(id, bytes_added)| CheckpointUsage { id, bytes_added })
                         .collect(),
                 ),
+                history: None,
             },
             None => SpriteUsage {
                 sprite: name.to_string(),
@@ -1245,6 +1272,7 @@ impl SpriteManager {
                 chunks: None,
                 bytes_cached_on_host: None,
                 checkpoints: None,
+                history: None,
             },
         })
     }

@@ -442,6 +442,24 @@ impl Network {
         .map_err(net_error(sprite))
     }
 
+    /// Bytes a running sprite received and sent through its veth pair (since it was
+    /// made: the counters start again at each start).
+    pub fn traffic(&self, sprite_id: &str) -> Option<(u64, u64)> {
+        let slot = self.slots.lock().get(sprite_id).map(|s| s.slot)?;
+        let dir = std::path::Path::new("/sys/class/net")
+            .join(self.net.plan().host_iface(slot))
+            .join("statistics");
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        // The host end's transmit is what the sprite received.
+        Some((read("tx_bytes")?, read("rx_bytes")?))
+    }
+
     /// A running sprite's addresses.
     pub fn addresses(&self, sprite_id: &str) -> Option<SlotAddrs> {
         self.slots.lock().get(sprite_id).map(|s| s.addrs)

@@ -63,6 +63,10 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn collect_garbage(&self) -> Result<Option<(usize, usize, u64)>, CoreError> {
         Ok(None)
     }
+    /// The storage process's object store calls and upload queue (None: no store).
+    async fn storage_stats(&self) -> Result<Option<sprite_fs::service::StorageStats>, CoreError> {
+        Ok(None)
+    }
     /// Brings the storage back after it died (restarts the storage process).
     async fn recover_storage(&self) -> Result<(), CoreError> {
         Ok(())
@@ -1075,6 +1079,16 @@ impl RootStore for SpriteFsStore {
                 checkpoints: usage.versions,
             })),
             other => Err(unexpected(sprite_id, other)),
+        }
+    }
+
+    async fn storage_stats(&self) -> Result<Option<sprite_fs::service::StorageStats>, CoreError> {
+        match self.request("", StorageRequest::Stats).await? {
+            StorageResponse::Stats { stats } => Ok(Some(stats)),
+            other => Err(CoreError::Storage {
+                sprite: String::new(),
+                message: format!("unexpected answer to stats: {other:?}"),
+            }),
         }
     }
 

@@ -20,6 +20,8 @@ use tokio::net::{UnixListener, UnixStream};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum StorageRequest {
     Ping,
+    /// Object store calls and errors so far, and what waits to be uploaded.
+    Stats,
     /// Creates a volume, empty or (metadata only) from a version of another.
     Create {
         volume: String,
@@ -160,9 +162,23 @@ pub enum StorageResponse {
         #[serde(default)]
         attached: Option<(crate::engine::Durability, crate::engine::Lag)>,
     },
+    Stats {
+        stats: StorageStats,
+    },
     Error {
         message: String,
     },
+}
+
+/// What `Stats` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StorageStats {
+    /// Per kind of object store call: (kind, calls, calls that failed after retries).
+    pub operations: Vec<(String, u64, u64)>,
+    pub retries: u64,
+    /// Blocks written on this host and not yet in the object store, all volumes.
+    pub pending_blocks: u64,
+    pub attached_volumes: u64,
 }
 
 /// The state of the storage process.
@@ -257,6 +273,18 @@ impl StorageService {
             _ => {}
         }
         Ok(match request {
+            StorageRequest::Stats => {
+                let (operations, retries) = crate::store::STORE_COUNTERS.snapshot();
+                let volumes: Vec<Arc<Volume>> = self.attached().values().cloned().collect();
+                StorageResponse::Stats {
+                    stats: StorageStats {
+                        operations,
+                        retries,
+                        pending_blocks: volumes.iter().map(|v| v.pending_blocks() as u64).sum(),
+                        attached_volumes: volumes.len() as u64,
+                    },
+                }
+            }
             StorageRequest::Ping => StorageResponse::Pong {
                 pid: std::process::id(),
                 attached: self.attached().len(),

@@ -296,6 +296,56 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Object store operations of this process, by kind: calls, calls that failed after
+/// their retries, and retries (for the daemon's `/metrics`).
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    calls: [AtomicU64; OPERATIONS.len()],
+    errors: [AtomicU64; OPERATIONS.len()],
+    retries: AtomicU64,
+}
+
+/// The kinds [`StoreCounters`] counts.
+pub const OPERATIONS: [&str; 6] = ["put", "get", "delete", "list", "head", "conditional put"];
+
+/// This process's counters.
+pub static STORE_COUNTERS: StoreCounters = StoreCounters {
+    calls: [const { AtomicU64::new(0) }; OPERATIONS.len()],
+    errors: [const { AtomicU64::new(0) }; OPERATIONS.len()],
+    retries: AtomicU64::new(0),
+};
+
+impl StoreCounters {
+    fn index(operation: &str) -> Option<usize> {
+        OPERATIONS.iter().position(|o| *o == operation)
+    }
+
+    fn called(&self, operation: &str, failed: bool) {
+        if let Some(i) = Self::index(operation) {
+            self.calls[i].fetch_add(1, Ordering::Relaxed);
+            if failed {
+                self.errors[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (operation, calls, failed calls) for each kind, and the retries.
+    pub fn snapshot(&self) -> (Vec<(String, u64, u64)>, u64) {
+        let ops = OPERATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                (
+                    op.to_string(),
+                    self.calls[i].load(Ordering::Relaxed),
+                    self.errors[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        (ops, self.retries.load(Ordering::Relaxed))
+    }
+}
+
 /// Retries retryable failures by a [`RetryPolicy`], and bounds every call.
 #[derive(Debug)]
 pub struct Retrying<S> {
@@ -352,11 +402,16 @@ impl<S: BlobStore> Retrying<S> {
             .sleep(tokio::time::sleep)
             .when(StoreError::is_retryable)
             .notify(|error, wait| {
+                STORE_COUNTERS.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(operation, key, ?wait, "retrying: {error}");
             });
-        tokio::time::timeout(policy.deadline, retried)
+        let result = tokio::time::timeout(policy.deadline, retried)
             .await
-            .unwrap_or_else(|_| Err(timeout()))
+            .unwrap_or_else(|_| Err(timeout()));
+        // A conditional put that lost its race is an answer, not a store failure.
+        let failed = matches!(&result, Err(error) if !matches!(error, StoreError::Conflict(_) | StoreError::NotFound(_)));
+        STORE_COUNTERS.called(operation, failed);
+        result
     }
 }
 

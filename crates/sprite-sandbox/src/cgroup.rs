@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const PARENT: &str = "sprites";
-const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+/// `cpuacct` counts the CPU time usage history reads; where it shares a hierarchy
+/// with `cpu` (`cpu,cpuacct`), that one directory serves both.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "freezer"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -56,11 +58,21 @@ impl Layout {
         if has("memory") && has("pids") {
             return Ok(Layout::V2(root.to_path_buf()));
         }
-        let v1: Vec<(String, PathBuf)> = V1_CONTROLLERS
-            .iter()
-            .map(|c| (c.to_string(), root.join(c)))
-            .filter(|(_, p)| p.join("cgroup.procs").exists())
-            .collect();
+        let mut v1: Vec<(String, PathBuf)> = Vec::new();
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for controller in V1_CONTROLLERS {
+            let path = root.join(controller);
+            if !path.join("cgroup.procs").exists() {
+                continue;
+            }
+            // Two names of one hierarchy (symlinks to `cpu,cpuacct`): one directory.
+            let real = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if seen.contains(&real) {
+                continue;
+            }
+            seen.push(real);
+            v1.push((controller.to_string(), path));
+        }
         if v1.iter().any(|(c, _)| c == "memory") && v1.iter().any(|(c, _)| c == "pids") {
             return Ok(Layout::V1(v1));
         }
@@ -364,6 +376,26 @@ impl SpriteCgroup {
             }
         }
         Ok(None)
+    }
+
+    /// CPU time the sprite's processes used since the cgroup was made, in nanoseconds.
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        match &self.layout {
+            Layout::V2(_) => {
+                let stat = fs::read_to_string(self.dirs()[0].join("cpu.stat")).ok()?;
+                stat.lines()
+                    .find_map(|line| line.strip_prefix("usage_usec "))
+                    .and_then(|usec| usec.trim().parse::<u64>().ok())
+                    .map(|usec| usec.saturating_mul(1000))
+            }
+            Layout::V1(_) => ["cpuacct", "cpu"]
+                .iter()
+                .filter_map(|controller| self.v1_dir(controller))
+                .find_map(|dir| fs::read_to_string(dir.join("cpuacct.usage")).ok())?
+                .trim()
+                .parse()
+                .ok(),
+        }
     }
 
     /// Memory in use by the sprite, in bytes.

@@ -15,6 +15,7 @@ mod error;
 mod exec;
 mod fs;
 pub mod inner;
+mod metrics;
 pub mod peers;
 mod policy;
 pub mod proxy;
@@ -226,11 +227,55 @@ async fn pull_image(state: AppState, body: axum::body::Body) -> Result<Response,
     }))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct UsageQuery {
+    since: Option<String>,
+}
+
+/// `GET /v1/sprites/{name}/usage[?since=]`: what it stores now, and its hourly history
+/// since `since` (a time in RFC 3339 or a duration back from now like `7d`, `24h`;
+/// default 24 hours).
 async fn usage(
     State(state): State<AppState>,
     auth::SpritePath(key): auth::SpritePath,
+    axum::extract::Query(query): axum::extract::Query<UsageQuery>,
 ) -> Result<axum::Json<sprite_api::admin::SpriteUsage>, ApiError> {
-    Ok(axum::Json(state.manager.usage(&key).await?))
+    let now = chrono::Utc::now();
+    let since = match query.since.as_deref().map(str::trim) {
+        None | Some("") => now - chrono::Duration::hours(24),
+        Some(text) => parse_since(text, now).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "since {text:?} is neither a time (2026-12-01T00:00:00Z) nor a duration back from now (90m, 24h, 7d)"
+            ))
+        })?,
+    };
+    let mut usage = state.manager.usage(&key).await?;
+    usage.history = Some(
+        state
+            .manager
+            .usage_history(&key, since.timestamp_millis().max(0) as u64)?,
+    );
+    Ok(axum::Json(usage))
+}
+
+/// A `since`: RFC 3339, or a duration back from `now` (`Nd` for days, or what
+/// [`sprite_api::exec::parse_duration`] reads).
+fn parse_since(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(time.with_timezone(&chrono::Utc));
+    }
+    let back = match text.strip_suffix('d') {
+        Some(days) => chrono::Duration::days(
+            days.parse::<i64>()
+                .ok()
+                .filter(|d| (0..=3650).contains(d))?,
+        ),
+        None => chrono::Duration::from_std(sprite_api::exec::parse_duration(text)?).ok()?,
+    };
+    now.checked_sub_signed(back)
 }
 
 async fn gc(
@@ -429,6 +474,7 @@ fn admin_routes() -> Router<AppState> {
             axum::routing::delete(access::revoke),
         )
         .route("/v1/admin/tokens", get(access::list_all))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/admin/organizations", get(access::organizations))
         .route(
             "/v1/admin/organizations/{org}",

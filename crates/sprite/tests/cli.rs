@@ -541,3 +541,151 @@ async fn tokens_and_organization_limits() {
         acme.destroy(name).await.unwrap();
     }
 }
+
+/// Usage history (sampled every second here) through `sprite usage`, and `/metrics`
+/// read by the Prometheus client library's own text parser (prometheus_client, in the
+/// SDK venv scripts/test.sh makes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_history_and_metrics() {
+    let daemon = Daemon::start_with(
+        "busybox",
+        "usage_interval = \"1s\"\nwarm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    create(&daemon.client, "u1").await;
+    // About a second of CPU, then a pause for the samples to see it.
+    let burn = run(
+        &daemon.client,
+        "u1",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
+        ],
+    )
+    .await;
+    assert_eq!(burn.code, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let out = sprite(
+        &daemon,
+        &["usage", "-s", "u1", "--since", "2h", "--json"],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hours = usage["history"].as_array().unwrap();
+    assert!(!hours.is_empty(), "{usage}");
+    let cpu: f64 = hours
+        .iter()
+        .map(|h| h["cpu_seconds"].as_f64().unwrap())
+        .sum();
+    let running: f64 = hours
+        .iter()
+        .map(|h| h["running_seconds"].as_f64().unwrap())
+        .sum();
+    assert!(cpu >= 0.2, "the loop's CPU is counted: {usage}");
+    assert!(running >= 1.0, "{usage}");
+    assert!(hours
+        .iter()
+        .any(|h| h["memory_peak_bytes"].as_u64().unwrap() > 0));
+    let text = sprite(&daemon, &["usage", "-s", "u1"], b"");
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("HOUR (UTC)") && text.contains('#'), "{text}");
+    let bad = sprite(&daemon, &["usage", "-s", "u1", "--since", "yesterday"], b"");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither a time"));
+
+    // A warm sleep and a wake, for the wake histogram.
+    daemon.client.sleep("u1", false).await.unwrap();
+    assert_eq!(run(&daemon.client, "u1", &["true"]).await.code, 0);
+
+    let response = reqwest::Client::new()
+        .get(format!("{}/metrics", daemon.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let body = response.text().await.unwrap();
+    let Ok(python) = std::env::var("SPRITE_SDK_PYTHON") else {
+        eprintln!("SPRITE_SDK_PYTHON is not set: /metrics is not parsed (CI parses it)");
+        return;
+    };
+    let parser = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        samples.append({"family": family.name, "type": family.type, "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(samples))
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", parser])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let parsed = child.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}\n{body}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_slice(&parsed.stdout).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| {
+                s["name"] == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
+            })
+            .and_then(|s| s["value"].as_f64())
+    };
+    assert_eq!(
+        value("sprites", &[("status", "running")]),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(value("sprite_cpu_seconds_total", &[("sprite", "u1")]).unwrap() >= 0.2);
+    assert!(value("sprite_memory_bytes", &[("sprite", "u1")]).unwrap() > 0.0);
+    assert!(value("sprites_create_seconds_count", &[("source", "new")]).unwrap() >= 1.0);
+    assert!(value("sprites_wake_seconds_count", &[("from", "warm")]).unwrap() >= 1.0);
+    assert_eq!(value("sprites_storage_up", &[]), Some(1.0));
+    assert!(
+        value("sprites_store_operations_total", &[("operation", "put")]).is_some(),
+        "{body}"
+    );
+
+    // An organization token does not see the host's metrics.
+    let created = daemon
+        .client
+        .create_token("acme", &Default::default())
+        .await
+        .unwrap();
+    let status = reqwest::Client::new()
+        .get(format!("{}/metrics", daemon.url))
+        .bearer_auth(&created.token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403);
+}

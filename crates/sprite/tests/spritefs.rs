@@ -274,7 +274,7 @@ async fn checkpoint_restore_and_fork() {
     client.delete_checkpoint("origin", "v1").await.unwrap();
     assert_eq!(client.checkpoints("origin", false).await.unwrap().len(), 1);
     wait_for_views(client, "origin", "v0\n").await;
-    let usage = client.usage("origin").await.unwrap();
+    let usage = client.usage("origin", None).await.unwrap();
     assert!(usage.bytes_stored.unwrap() > 0, "{usage:?}");
     assert_eq!(usage.checkpoints.as_ref().unwrap()[0].id, "v0");
     // The same figures come with the sprite itself and with each sprite of a listing.

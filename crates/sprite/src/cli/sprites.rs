@@ -336,29 +336,81 @@ impl MoveArgs {
 pub struct UsageArgs {
     #[command(flatten)]
     pub sprite: SpriteArg,
+    /// History since a time (2026-12-01T00:00:00Z) or for a duration back (90m, 24h,
+    /// 7d); default 24h.
+    #[arg(long)]
+    pub since: Option<String>,
 }
 
 impl UsageArgs {
     pub async fn run(&self, cx: &Global) -> Result<u8> {
-        let Self { sprite } = self;
+        let Self { sprite, since } = self;
         let name = sprite.name()?;
-        let usage = cx.client()?.usage(&name).await?;
+        let usage = cx.client()?.usage(&name, since.as_deref()).await?;
         if cx.json {
             print_json(&usage)?;
-        } else if usage.storage == sprite_api::admin::StorageKind::Spritefs {
+            return Ok(0);
+        }
+        if usage.storage == sprite_api::admin::StorageKind::Spritefs {
             println!(
-                "stored:  {} bytes in {} chunks",
-                usage.bytes_stored.unwrap_or_default(),
+                "stored:  {} in {} chunks",
+                human_bytes(usage.bytes_stored.unwrap_or_default()),
                 usage.chunks.unwrap_or_default()
             );
             for checkpoint in usage.checkpoints.iter().flatten() {
-                println!("  {:<10} +{} bytes", checkpoint.id, checkpoint.bytes_added);
+                println!(
+                    "  {:<10} +{}",
+                    checkpoint.id,
+                    human_bytes(checkpoint.bytes_added)
+                );
             }
         } else {
-            println!("{name} uses local storage; usage is not counted");
+            println!("{name} uses local storage; bytes stored are not counted");
         }
+        let hours = usage.history.unwrap_or_default();
+        if hours.is_empty() {
+            println!("no usage recorded in that time (samples are taken every usage_interval)");
+            return Ok(0);
+        }
+        print!("{}", usage_chart(&hours));
         Ok(0)
     }
+}
+
+/// One line per hour: CPU as a bar, then memory, network and time awake.
+fn usage_chart(hours: &[sprite_api::admin::UsageHour]) -> String {
+    const WIDTH: f64 = 20.0;
+    let top = hours
+        .iter()
+        .map(|h| h.cpu_seconds)
+        .fold(0.0_f64, f64::max)
+        .max(0.001);
+    let mut text = format!(
+        "{:<17} {:<20} {:>8} {:>10} {:>10} {:>10} {:>7}\n",
+        "HOUR (UTC)", "CPU", "CPU s", "MEM AVG", "NET IN", "NET OUT", "AWAKE"
+    );
+    for hour in hours {
+        let filled = ((hour.cpu_seconds / top) * WIDTH).round() as usize;
+        let bar: String = "#".repeat(filled.min(WIDTH as usize));
+        let awake = hour.running_seconds + hour.warm_seconds;
+        let total = awake + hour.cold_seconds;
+        let awake_share = if total > 0.0 {
+            format!("{:.0}%", hour.running_seconds / total * 100.0)
+        } else {
+            "-".to_string()
+        };
+        text.push_str(&format!(
+            "{:<17} {:<20} {:>8.1} {:>10} {:>10} {:>10} {:>7}\n",
+            hour.hour.get(..16).unwrap_or(&hour.hour).replace('T', " "),
+            bar,
+            hour.cpu_seconds,
+            human_bytes(hour.memory_avg_bytes),
+            human_bytes(hour.net_rx_bytes),
+            human_bytes(hour.net_tx_bytes),
+            awake_share
+        ));
+    }
+    text
 }
 
 #[derive(Debug, Subcommand)]

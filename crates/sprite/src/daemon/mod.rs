@@ -204,6 +204,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         );
         tokio::spawn(manager.clone().run_space_guard());
     }
+    tokio::spawn(manager.clone().run_usage(manager.config().usage_interval));
     {
         let manager = manager.clone();
         tokio::spawn(async move {

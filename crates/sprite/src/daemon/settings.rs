@@ -94,6 +94,9 @@ pub struct FileConfig {
     pub warm_after: Option<String>,
     /// Idle time before a sprite goes cold (stopped, disk released): "10m" (default).
     pub cold_after: Option<String>,
+    /// How often each sprite's usage is sampled for its history and `/metrics`
+    /// (default `30s`, at least `1s`).
+    pub usage_interval: Option<String>,
     /// Time between SIGTERM and SIGKILL when a sprite goes cold (default "10s").
     pub stop_grace: Option<String>,
     /// Below this much available host memory (MiB), warm sprites go cold, longest idle
@@ -387,6 +390,17 @@ impl DaemonSettings {
             duration_setting("cold_after", flags.cold_after.clone().or(file.cold_after))?
         {
             config.sleep.cold_after = after;
+        }
+        if let Some(every) = duration_setting("usage_interval", file.usage_interval)? {
+            match every {
+                Some(every) if every >= Duration::from_secs(1) => config.usage_interval = every,
+                _ => {
+                    return Err(invalid(
+                        "usage_interval",
+                        "usage_interval: sample at most once a second (\"1s\" or longer)".into(),
+                    ))
+                }
+            }
         }
         if let Some(grace) = duration_setting("stop_grace", file.stop_grace)? {
             config.stop_grace = grace.unwrap_or_default();
