@@ -389,3 +389,42 @@ pub fn validate_org_name(name: &str) -> Result<(), String> {
             .replacen("sprite name", "organization name", 1)
     })
 }
+
+/// `POST /v1/admin/stop`: stop the daemon; with `all`, put every sprite cold and
+/// remove what the daemon installed on the host first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// One line of `POST /v1/admin/stop`'s NDJSON answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StopEvent {
+    Info { message: String },
+    /// The daemon exits now; `sprites_cold`: sprites put cold by this stop.
+    Complete { sprites_cold: usize },
+    Error { error: String },
+}
+
+/// `GET /v1/admin/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub uptime_seconds: u64,
+    pub data_dir: String,
+    pub storage: String,
+    /// Whether the storage process answers (SpriteFS only; null with local storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_up: Option<bool>,
+    pub running: u64,
+    pub warm: u64,
+    pub cold: u64,
+    pub pool_ready: u64,
+    /// The host id in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+}

@@ -675,6 +675,38 @@ impl Client {
         }
     }
 
+    /// Stops the daemon (`all`: every sprite cold and the host cleaned first), calling
+    /// `on_event` on each progress line; answers how many sprites went cold.
+    pub async fn stop_daemon(
+        &self,
+        all: bool,
+        on_event: impl FnMut(&sprite_api::admin::StopEvent),
+    ) -> Result<usize, ClientError> {
+        use sprite_api::admin::StopEvent;
+        let request = self
+            .http
+            .post(self.url("/v1/admin/stop"))
+            .json(&sprite_api::admin::StopRequest { all });
+        let events = self.ndjson_events::<StopEvent>(request, on_event).await?;
+        match events.last() {
+            Some(StopEvent::Complete { sprites_cold }) => Ok(*sprites_cold),
+            Some(StopEvent::Error { error }) => Err(ClientError::Api {
+                status: 500,
+                code: "stop_failed".into(),
+                message: error.clone(),
+            }),
+            _ => Err(ClientError::Api {
+                status: 500,
+                code: "error".into(),
+                message: "the stop ended without completing".into(),
+            }),
+        }
+    }
+
+    pub async fn daemon_status(&self) -> Result<sprite_api::admin::DaemonStatus, ClientError> {
+        self.send(self.http.get(self.url("/v1/admin/status"))).await
+    }
+
     /// Makes a new version of image `name` (ours: `POST /v1/images/{name}/update`);
     /// returns the newest version's key.
     pub async fn update_image(

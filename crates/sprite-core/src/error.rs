@@ -146,6 +146,8 @@ pub enum CoreError {
         limit: u64,
         current: u64,
     },
+    #[error("the daemon is stopping (sprite admin stop --all): no sprite starts or wakes now; start the daemon again, then retry")]
+    Stopping,
     #[error("token {0} not found (sprite tokens list shows them)")]
     TokenNotFound(String),
     #[error("organization {org} created {limit} sprites in the last {window_seconds} s, the most it may (creates_per_minute); retry in {retry_after} s, or create with wait_for_capacity")]
@@ -229,6 +231,7 @@ impl CoreError {
             | CoreError::RunningLimit { .. }
             | CoreError::CreationRateLimited { .. } => ErrorKind::RateLimited,
             CoreError::StartTimeout(_)
+            | CoreError::Stopping
             | CoreError::PortTimeout { .. }
             | CoreError::DirectoryUnavailable { .. }
             | CoreError::MovedElsewhere { .. } => ErrorKind::Unavailable,

@@ -16,6 +16,7 @@ pub mod dns;
 mod error;
 pub mod files;
 pub mod ids;
+mod host;
 pub mod image;
 mod lifecycle;
 pub mod limits;

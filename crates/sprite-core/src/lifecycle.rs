@@ -92,6 +92,8 @@ pub(crate) struct Lifecycle {
     pub(crate) access: Arc<crate::access::Access>,
     /// Create and wake latencies (`/metrics`).
     pub(crate) metrics: crate::metrics::CoreMetrics,
+    /// The host is being taken down (`stop_host`): nothing wakes or starts.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Images sprites' roots are made from (built or fetched on first use).
     pub(crate) images: Arc<ImageStore>,
     /// Sprites' disks and root layers.
@@ -553,6 +555,9 @@ impl Lifecycle {
     ) -> Result<ActivityGuard, CoreError> {
         let (guard, status) = self.activity.hold(&record.id, reason);
         if status != SpriteStatus::Running {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(CoreError::Stopping);
+            }
             if !record.pooled {
                 self.running_limit_reached(&record.org)?;
             }

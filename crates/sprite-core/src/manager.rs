@@ -188,6 +188,7 @@ impl SpriteManager {
             db: db.clone(),
             access,
             metrics: crate::metrics::CoreMetrics::new(),
+            stopping: Default::default(),
             images,
             roots,
             sandboxes,
@@ -441,6 +442,9 @@ impl SpriteManager {
                 .images
                 .current_key(&self.config.default_image),
         };
+        if self.stopping() {
+            return Err(CoreError::Stopping);
+        }
         self.admit_create(org, request.wait_for_capacity == Some(true))
             .await?;
         let url_settings = request.url_settings.clone().unwrap_or_default();
@@ -1352,6 +1356,9 @@ impl SpriteManager {
     pub async fn supervise_storage(self: Arc<Self>, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
+            if self.stopping() {
+                return;
+            }
             if self.lifecycle.roots.storage_intact().await {
                 continue;
             }

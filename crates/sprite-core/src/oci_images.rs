@@ -280,7 +280,7 @@ impl crate::manager::SpriteManager {
         fs::create_dir_all(&unpacked).map_err(CoreError::io("create", &unpacked))?;
         let result = async {
             // Only the index files first: a root filesystem tarball is not unpacked twice.
-            let _ = tokio::process::Command::new("tar")
+            let _ = tokio::process::Command::new(sprite_sys::tools::find("tar"))
                 .arg("-xf")
                 .arg(tarball)
                 .arg("-C")
@@ -302,7 +302,7 @@ impl crate::manager::SpriteManager {
             progress(PullEvent::Info {
                 message: "unpacking the archive".into(),
             });
-            let output = tokio::process::Command::new("tar")
+            let output = tokio::process::Command::new(sprite_sys::tools::find("tar"))
                 .arg("-xf")
                 .arg(tarball)
                 .arg("-C")

@@ -67,6 +67,12 @@ pub trait RootStore: Send + Sync + std::fmt::Debug {
     async fn storage_stats(&self) -> Result<Option<sprite_fs::service::StorageStats>, CoreError> {
         Ok(None)
     }
+    /// Removes everything the storage put on the host once no sprite runs: mounts
+    /// under the data directory, loop devices, the storage process. Answers what it
+    /// removed, for the report.
+    async fn uninstall(&self) -> Result<Vec<String>, CoreError> {
+        Ok(Vec::new())
+    }
     /// Brings the storage back after it died (restarts the storage process).
     async fn recover_storage(&self) -> Result<(), CoreError> {
         Ok(())
@@ -362,6 +368,8 @@ pub struct SpriteFsStore {
     /// Image root and host id range of each prepared sprite (its checkpoint views are
     /// overlays on that image, idmapped onto that range).
     prepared: parking_lot::Mutex<std::collections::HashMap<String, (Vec<PathBuf>, u32)>>,
+    /// Set by `uninstall`: the storage process is not started again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 fn storage_error(
@@ -380,7 +388,7 @@ async fn run(program: &str, args: &[&str]) -> Result<String, CoreError> {
 /// [`run`] in the directory `dir`.
 async fn run_in(dir: Option<&Path>, program: &str, args: &[&str]) -> Result<String, CoreError> {
     let command = format!("{program} {}", args.join(" "));
-    let mut child = tokio::process::Command::new(program);
+    let mut child = tokio::process::Command::new(sprite_sys::tools::find(program));
     child.args(args);
     if let Some(dir) = dir {
         child.current_dir(dir);
@@ -539,6 +547,7 @@ impl SpriteFsStore {
             views: tokio::sync::Mutex::new(()),
             images: tokio::sync::Mutex::new(()),
             prepared: Default::default(),
+            retired: Default::default(),
         }
     }
 
@@ -566,6 +575,9 @@ impl SpriteFsStore {
     pub async fn ensure_service(&self) -> Result<u32, CoreError> {
         if let Some(pid) = self.storage_pid().await {
             return Ok(pid);
+        }
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CoreError::Stopping);
         }
         let log_path = self.settings.data_dir.join("storage.log");
         let log = fs::OpenOptions::new()
@@ -1080,6 +1092,75 @@ impl RootStore for SpriteFsStore {
             })),
             other => Err(unexpected(sprite_id, other)),
         }
+    }
+
+    async fn uninstall(&self) -> Result<Vec<String>, CoreError> {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut removed = Vec::new();
+        let data = self.settings.data_dir.clone();
+        let fuse = data.join("fs").join("mnt");
+        // Image volumes, views and anything else mounted under the data directory,
+        // deepest first; the FUSE mount last, once its files are released.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .map(|point| PathBuf::from(point.replace("\\040", " ")))
+            .filter(|point| point.starts_with(&data) && *point != fuse)
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for point in points {
+            if unmount(&point, true).await.is_ok() {
+                removed.push(format!("mount {}", point.display()));
+            }
+        }
+        let under = fuse.to_string_lossy().into_owned();
+        let loops = tokio::task::spawn_blocking(move || {
+            let mut detached = Vec::new();
+            for (device, back) in loopdev::list() {
+                if back.starts_with(&under) && loopdev::detach(&device).is_ok() {
+                    detached.push(format!("loop device {} ({back})", device.display()));
+                }
+            }
+            detached
+        })
+        .await
+        .unwrap_or_default();
+        removed.extend(loops);
+        if let Some(pid) = self.storage_pid().await {
+            let target = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..200 {
+                if self.storage_pid().await.is_none()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+            }
+            removed.push(format!("storage process {pid}"));
+        }
+        // A storage process that exited on a signal can leave its FUSE mount behind
+        // (dead: a stat of it fails), so the mount table says, not a stat.
+        let listed = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .any(|point| Path::new(point) == fuse);
+        if listed {
+            let target = fuse.clone();
+            let detached = tokio::task::spawn_blocking(move || mount::unmount(&target, true))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if detached {
+                removed.push(format!("mount {}", fuse.display()));
+            }
+        }
+        Ok(removed)
     }
 
     async fn storage_stats(&self) -> Result<Option<sprite_fs::service::StorageStats>, CoreError> {

@@ -970,7 +970,7 @@ fn separate_namespace(pid: u32) -> std::io::Result<bool> {
 /// Runs `command`; a failure carries `step` and, if the command ran, its stderr.
 fn run(command: &[&str], step: impl Fn() -> String) -> Result<(), SandboxError> {
     let (program, args) = command.split_first().unwrap_or((&"true", &[]));
-    let output = Command::new(program)
+    let output = Command::new(sprite_sys::tools::find(program))
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+pub mod admin;
 mod auth;
 mod checkpoints;
 mod control;
@@ -46,6 +47,9 @@ pub struct AppState {
     pub peers: Option<Arc<dyn peers::Peers>>,
     /// Carries requests forwarded to other hosts.
     pub peer_client: peers::PeerClient,
+    /// Notified when the daemon is asked to stop through the API (`POST
+    /// /v1/admin/stop`); the daemon's listener waits on it.
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -56,6 +60,7 @@ impl AppState {
             tokens,
             peers: None,
             peer_client: peers::PeerClient::default(),
+            stop: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -475,6 +480,8 @@ fn admin_routes() -> Router<AppState> {
         )
         .route("/v1/admin/tokens", get(access::list_all))
         .route("/metrics", get(metrics::metrics))
+        .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/stop", post(admin::stop))
         .route("/v1/admin/organizations", get(access::organizations))
         .route(
             "/v1/admin/organizations/{org}",

@@ -5,7 +5,8 @@
 //! - [`loopdev`]: loop devices by ioctl (no `losetup`);
 //! - [`mount`]: mounting and unmounting by system call (no `mount`/`umount`);
 //! - [`netlink`]: links, addresses and routes by rtnetlink (no `ip`/`nsenter`);
-//! - [`nft`]: nftables scripts run in process by libnftables (no `nft`).
+//! - [`nft`]: nftables scripts run in process by libnftables (no `nft`);
+//! - [`tools`]: where host programs are, even when `PATH` lacks the sbin directories.
 //!
 //! It depends on nothing else of the workspace, so both the sandbox and the storage engine
 //! can use it without depending on each other.
@@ -16,3 +17,4 @@ pub mod mount;
 pub mod netlink;
 pub mod nft;
 pub mod syscall;
+pub mod tools;

@@ -184,7 +184,7 @@ impl Default for Nft {
 }
 
 fn run_process(script: &str, json: bool) -> Result<String, NftError> {
-    let mut command = std::process::Command::new("nft");
+    let mut command = std::process::Command::new(crate::tools::find("nft"));
     if json {
         command.arg("-j");
     }

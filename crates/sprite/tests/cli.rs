@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::io::Write;
+use std::time::Duration;
 use std::process::{Command, Output, Stdio};
 
 fn sprite(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
@@ -565,7 +566,7 @@ async fn usage_history_and_metrics() {
     )
     .await;
     assert_eq!(burn.code, 0);
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let out = sprite(
         &daemon,
         &["usage", "-s", "u1", "--since", "2h", "--json"],
@@ -688,4 +689,80 @@ print(json.dumps(samples))
         .unwrap()
         .status();
     assert_eq!(status, 403);
+}
+
+/// `sprite admin status`, then `sprite admin stop --all`: every sprite goes cold and the
+/// daemon leaves no mount, loop device, cgroup, process or nftables table behind; the
+/// next daemon finds the sprites, cold, with their files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_stop_all_leaves_the_host_clean() {
+    let mut daemon = Daemon::start_with(
+        "busybox",
+        "warm_after = \"never\"\ncold_after = \"never\"\n",
+    )
+    .await;
+    let data = daemon.data_path().to_path_buf();
+    for name in ["s1", "s2"] {
+        create(&daemon.client, name).await;
+    }
+    let wrote = run(
+        &daemon.client,
+        "s1",
+        &["sh", "-c", "echo kept > /home/sprite/note && sync"],
+    )
+    .await;
+    assert_eq!(wrote.code, 0);
+    daemon.client.sleep("s2", false).await.unwrap();
+    let ids = daemon.sprite_ids();
+    let out = sprite(&daemon, &["admin", "status", "--json"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((status["running"].as_u64(), status["warm"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(status["storage_up"], true);
+
+    let out = sprite(&daemon, &["admin", "stop", "--all"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}\n{}", daemon.log());
+    assert!(stderr.contains("2 sprites put cold"), "{stderr}");
+    assert!(daemon.wait_exit(Duration::from_secs(10)), "the daemon exits");
+
+    let data_text = data.to_string_lossy().to_string();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&data_text))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}\n{}", daemon.log());
+    let fuse = data.join("fs/mnt").to_string_lossy().to_string();
+    let loops: Vec<(std::path::PathBuf, String)> = sprite_sys::loopdev::list()
+        .into_iter()
+        .filter(|(_, back)| back.starts_with(&fuse) || ids.iter().any(|id| back.contains(id.as_str())))
+        .collect();
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
+    let layout = sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
+    for id in &ids {
+        for cgroup in sprite_cgroups(&layout, id) {
+            assert!(!cgroup.exists(), "cgroup of {id} left");
+        }
+    }
+    let storage = Command::new("pgrep")
+        .args(["-f", &format!("storage --data-dir {data_text}")])
+        .output()
+        .unwrap();
+    assert!(storage.stdout.is_empty(), "the storage process is left");
+    let table = std::fs::read_to_string(data.join("network-table")).unwrap_or_default();
+    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout).to_string();
+    let name = table.split_whitespace().last().unwrap_or("sprites_none");
+    assert!(!tables.contains(name), "nft table {name} left: {tables}");
+
+    // The next daemon: both cold, s1's file kept, and it wakes.
+    daemon.restart().await;
+    for name in ["s1", "s2"] {
+        let info = daemon.client.get(name).await.unwrap();
+        assert_eq!(info.status, sprite_api::sprite::SpriteStatus::Cold, "{name}");
+    }
+    let read = run(&daemon.client, "s1", &["cat", "/home/sprite/note"]).await;
+    assert_eq!(read.stdout().trim(), "kept");
 }

@@ -123,7 +123,7 @@ async fn run_script(
 ) -> Result<(), CoreError> {
     let proc_dir = rootfs.join("proc");
     fs::create_dir_all(&proc_dir).map_err(CoreError::io("create", &proc_dir))?;
-    let mut child = tokio::process::Command::new("unshare")
+    let mut child = tokio::process::Command::new(sprite_sys::tools::find("unshare"))
         .args(["--mount", "--pid", "--fork", "--kill-child"])
         .arg(format!("--mount-proc={}", proc_dir.display()))
         .arg("chroot")

@@ -361,7 +361,7 @@ impl ImageStore {
         let _ = fs::remove_dir_all(&scratch);
         let rootfs = scratch.join("rootfs");
         fs::create_dir_all(&rootfs).map_err(CoreError::io("create", &rootfs))?;
-        let output = tokio::process::Command::new("tar")
+        let output = tokio::process::Command::new(sprite_sys::tools::find("tar"))
             .arg("-xf")
             .arg(tarball)
             .arg("-C")
@@ -494,7 +494,7 @@ impl ImageStore {
             image: name.into(),
             message,
         };
-        let mut child = tokio::process::Command::new("debootstrap")
+        let mut child = tokio::process::Command::new(sprite_sys::tools::find("debootstrap"))
             .args([
                 "--variant=minbase",
                 &format!("--include={packages}"),
@@ -564,7 +564,7 @@ async fn add_sprite_user(name: &str, rootfs: &Path, keep_lists: bool) -> Result<
     if !keep_lists {
         script.push_str("rm -rf /var/lib/apt/lists/*\n");
     }
-    let status = tokio::process::Command::new("chroot")
+    let status = tokio::process::Command::new(sprite_sys::tools::find("chroot"))
         .arg(rootfs)
         .args(["/bin/sh", "-c", &script])
         .status()

@@ -216,7 +216,7 @@ pub fn is_reference(text: &str) -> bool {
 /// into the sprites' range is the caller's.
 pub async fn unpack_layer(blob: &Path, dir: &Path) -> Result<(), CoreError> {
     fs::create_dir_all(dir).map_err(CoreError::io("create", dir))?;
-    let output = tokio::process::Command::new("tar")
+    let output = tokio::process::Command::new(sprite_sys::tools::find("tar"))
         .arg("-xf")
         .arg(blob)
         .arg("-C")

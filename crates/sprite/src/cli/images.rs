@@ -331,6 +331,22 @@ pub enum AdminCommand {
         /// The host's id (`sprite admin hosts` lists them).
         host: String,
     },
+    /// The daemon: version, uptime, storage, sprites by status.
+    ///
+    /// Example: sprite admin status --json
+    Status,
+    /// Stop the daemon. Sprites keep running (a new daemon adopts them) unless --all:
+    /// then every sprite goes cold first (disk flushed to the object store) and
+    /// everything the daemon installed on the host goes (storage process, mounts, loop
+    /// devices, network table); the next start finds every sprite, cold.
+    ///
+    /// Examples:
+    ///   sprite admin stop
+    ///   sprite admin stop --all      # before uninstalling, or a kernel upgrade
+    Stop {
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
@@ -377,6 +393,71 @@ pub async fn admin(cx: &Global, command: &AdminCommand) -> Result<u8> {
                 }
             }
             Ok(0)
+        }
+        AdminCommand::Status => {
+            let status = cx.client()?.daemon_status().await?;
+            if cx.json {
+                print_json(&status)?;
+            } else {
+                println!("sprite daemon {} (pid {})", status.version, status.pid);
+                println!(
+                    "up {} s, since {}",
+                    status.uptime_seconds, status.started_at
+                );
+                println!("data:     {}", status.data_dir);
+                let storage = match status.storage_up {
+                    Some(true) => format!("{} (storage process up)", status.storage),
+                    Some(false) => format!("{} (storage process DOWN)", status.storage),
+                    None => status.storage.clone(),
+                };
+                println!("storage:  {storage}");
+                println!(
+                    "sprites:  {} running, {} warm, {} cold; {} ready in the pool",
+                    status.running, status.warm, status.cold, status.pool_ready
+                );
+                if let Some(host) = &status.host_id {
+                    println!("cluster:  host {host}");
+                }
+            }
+            Ok(0)
+        }
+        AdminCommand::Stop { all } => {
+            let client = cx.client()?;
+            if *all && !cx.json {
+                eprintln!("stopping every sprite (cold), then the daemon...");
+            }
+            let json = cx.json;
+            let cold = client
+                .stop_daemon(*all, |event| {
+                    if let (false, sprite_api::admin::StopEvent::Info { message }) = (json, event) {
+                        eprintln!("  {message}");
+                    }
+                })
+                .await?;
+            // Gone when it no longer answers (at most 30 s).
+            let mut gone = false;
+            for _ in 0..300 {
+                if client.daemon_status().await.is_err() {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            if cx.json {
+                print_json(&serde_json::json!({ "stopped": gone, "sprites_cold": cold }))?;
+            } else if gone {
+                eprintln!(
+                    "daemon stopped{}",
+                    if *all {
+                        format!("; {cold} sprites put cold and the host cleaned")
+                    } else {
+                        "; sprites keep running".to_string()
+                    }
+                );
+            } else {
+                eprintln!("the daemon accepted the stop but still answers after 30 s");
+            }
+            Ok(u8::from(!gone))
         }
         AdminCommand::Drain { host } => {
             if !cx.json {

@@ -251,6 +251,9 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     ));
     tracing::info!(listen = %proxy_listen, %domain, "sprite URLs served");
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
+    sprite_server::admin::note_start();
+    let stop = state.stop.clone();
+    let stopped_manager = state.manager.clone();
     sprite_server::serve::serve_tcp(
         listener,
         sprite_server::router(state),
@@ -258,10 +261,19 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         // A stopped daemon stays a member until its lease runs out: restarted within
         // it, the host keeps its lease and its sprites; away longer, its sprites are
         // taken over by the other hosts. A host leaves for good with a drain.
-        shutdown_signal(),
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = stop.notified() => {}
+            }
+        },
     )
     .await;
-    tracing::info!("daemon stopped; sprites keep running");
+    if stopped_manager.stopping() {
+        tracing::info!("daemon stopped; every sprite is cold and the host is clean");
+    } else {
+        tracing::info!("daemon stopped; sprites keep running");
+    }
     Ok(0)
 }
 

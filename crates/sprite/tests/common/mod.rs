@@ -272,6 +272,20 @@ impl Daemon {
         std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for the daemon process to exit by itself; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Kills the daemon process only (sprites keep running), then starts a new one on
     /// the same data directory and port.
     pub async fn restart(&mut self) {
