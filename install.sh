@@ -29,4 +29,15 @@ fi
 echo "== building sprite (release)"
 cargo install --locked --path crates/sprite --root /usr/local
 echo "installed $(/usr/local/bin/sprite version)"
-echo "next: sudo sprite create    (starts the daemon, creates a sprite, opens its console)"
+
+# A system service where systemd runs (the CLI starts the daemon itself elsewhere).
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    echo "== systemd service sprites"
+    install -m 0644 scripts/sprites.service /etc/systemd/system/sprites.service
+    systemctl daemon-reload
+    systemctl enable --now sprites.service
+    echo "the daemon runs as sprites.service (journalctl -u sprites for its log)"
+else
+    echo "no systemd here: the first sprite command starts the daemon (log: /var/lib/sprites/daemon.log)"
+fi
+echo "next: sudo sprite create    (creates a sprite and opens its console)"

@@ -68,3 +68,41 @@ mod tests {
         assert_eq!(find_in("plain", Some(dir.path().as_os_str())), PathBuf::from("plain"));
     }
 }
+
+/// Most bytes a log file the daemon appends to grows to before it is rotated.
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
+/// Rotates the log at `path` if it holds `max` bytes or more: it becomes `<path>.1`
+/// (replacing an older one), and the next open starts a new file. Called before each
+/// open for appending (the daemon's log when the CLI starts it, the storage log).
+pub fn rotate_log(path: &Path, max: u64) -> std::io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() >= max => {
+            let mut old = path.as_os_str().to_owned();
+            old.push(".1");
+            std::fs::rename(path, old)?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    #[test]
+    fn a_full_log_moves_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("daemon.log");
+        assert!(!super::rotate_log(&log, 10).expect("absent"));
+        std::fs::write(&log, "0123456789").expect("write");
+        assert!(!super::rotate_log(&log, 11).expect("small"));
+        assert!(super::rotate_log(&log, 10).expect("full"));
+        assert!(!log.exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("daemon.log.1")).expect("old"),
+            "0123456789"
+        );
+    }
+}

@@ -130,6 +130,9 @@ pub async fn ensure_local_daemon(cx: &crate::cli::Global) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create {} (run as root)", data_dir.display()))?;
     let log_path = data_dir.join("daemon.log");
+    if let Err(error) = sprite_sys::tools::rotate_log(&log_path, sprite_sys::tools::MAX_LOG_BYTES) {
+        eprintln!("warning: could not rotate {}: {error}", log_path.display());
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
