@@ -402,10 +402,16 @@ pub struct StopRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StopEvent {
-    Info { message: String },
+    Info {
+        message: String,
+    },
     /// The daemon exits now; `sprites_cold`: sprites put cold by this stop.
-    Complete { sprites_cold: usize },
-    Error { error: String },
+    Complete {
+        sprites_cold: usize,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// `GET /v1/admin/status`.

@@ -580,7 +580,9 @@ impl SpriteFsStore {
             return Err(CoreError::Stopping);
         }
         let log_path = self.settings.data_dir.join("storage.log");
-        if let Err(error) = sprite_sys::tools::rotate_log(&log_path, sprite_sys::tools::MAX_LOG_BYTES) {
+        if let Err(error) =
+            sprite_sys::tools::rotate_log(&log_path, sprite_sys::tools::MAX_LOG_BYTES)
+        {
             tracing::warn!("could not rotate {}: {error}", log_path.display());
         }
         let log = fs::OpenOptions::new()

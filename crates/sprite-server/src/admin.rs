@@ -52,15 +52,20 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<DaemonStatus>,
 /// How long the last line has to reach the client before the daemon exits.
 const LAST_LINE_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
-pub async fn stop(State(state): State<AppState>, body: axum::body::Body) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, 4096)
-        .await
-        .map_err(|_| ApiError::invalid("the stop request body is larger than 4096 bytes or broken"))?;
+pub async fn stop(
+    State(state): State<AppState>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, 4096).await.map_err(|_| {
+        ApiError::invalid("the stop request body is larger than 4096 bytes or broken")
+    })?;
     let request: StopRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid(format!("bad stop request ({e}); send {{\"all\": true}} or nothing"))
+            ApiError::invalid(format!(
+                "bad stop request ({e}); send {{\"all\": true}} or nothing"
+            ))
         })?
     };
     let (sender, response) = crate::ndjson_channel(64);

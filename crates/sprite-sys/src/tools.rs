@@ -60,12 +60,18 @@ mod tests {
         // `sh` lives in /bin or /usr/bin; a PATH without them still finds it.
         let sh = find_in("sh", Some(OsStr::new("/nonexistent")));
         assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
-        assert_eq!(find_in("no-such-tool-here", None), PathBuf::from("no-such-tool-here"));
+        assert_eq!(
+            find_in("no-such-tool-here", None),
+            PathBuf::from("no-such-tool-here")
+        );
         assert_eq!(find_in("/x/y", None), PathBuf::from("/x/y"));
         // Not executable: skipped.
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "").expect("write");
-        assert_eq!(find_in("plain", Some(dir.path().as_os_str())), PathBuf::from("plain"));
+        assert_eq!(
+            find_in("plain", Some(dir.path().as_os_str())),
+            PathBuf::from("plain")
+        );
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod copy;
 mod daemon;
+mod mcp;
 mod services;
 mod settings;
 mod sprite_env;

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::time::Duration;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn sprite(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sprite"))
@@ -715,16 +715,26 @@ async fn admin_stop_all_leaves_the_host_clean() {
     daemon.client.sleep("s2", false).await.unwrap();
     let ids = daemon.sprite_ids();
     let out = sprite(&daemon, &["admin", "status", "--json"], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((status["running"].as_u64(), status["warm"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (status["running"].as_u64(), status["warm"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(status["storage_up"], true);
 
     let out = sprite(&daemon, &["admin", "stop", "--all"], b"");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}\n{}", daemon.log());
     assert!(stderr.contains("2 sprites put cold"), "{stderr}");
-    assert!(daemon.wait_exit(Duration::from_secs(10)), "the daemon exits");
+    assert!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        "the daemon exits"
+    );
 
     let data_text = data.to_string_lossy().to_string();
     let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
@@ -733,14 +743,21 @@ async fn admin_stop_all_leaves_the_host_clean() {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .filter(|p| p.starts_with(&data_text))
         .collect();
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}\n{}", daemon.log());
+    assert!(
+        mounts.is_empty(),
+        "mounts left: {mounts:?}\n{}",
+        daemon.log()
+    );
     let fuse = data.join("fs/mnt").to_string_lossy().to_string();
     let loops: Vec<(std::path::PathBuf, String)> = sprite_sys::loopdev::list()
         .into_iter()
-        .filter(|(_, back)| back.starts_with(&fuse) || ids.iter().any(|id| back.contains(id.as_str())))
+        .filter(|(_, back)| {
+            back.starts_with(&fuse) || ids.iter().any(|id| back.contains(id.as_str()))
+        })
         .collect();
     assert!(loops.is_empty(), "loop devices left: {loops:?}");
-    let layout = sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
+    let layout =
+        sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).unwrap();
     for id in &ids {
         for cgroup in sprite_cgroups(&layout, id) {
             assert!(!cgroup.exists(), "cgroup of {id} left");
@@ -752,7 +769,10 @@ async fn admin_stop_all_leaves_the_host_clean() {
         .unwrap();
     assert!(storage.stdout.is_empty(), "the storage process is left");
     let table = std::fs::read_to_string(data.join("network-table")).unwrap_or_default();
-    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
     let tables = String::from_utf8_lossy(&tables.stdout).to_string();
     let name = table.split_whitespace().last().unwrap_or("sprites_none");
     assert!(!tables.contains(name), "nft table {name} left: {tables}");
@@ -761,8 +781,119 @@ async fn admin_stop_all_leaves_the_host_clean() {
     daemon.restart().await;
     for name in ["s1", "s2"] {
         let info = daemon.client.get(name).await.unwrap();
-        assert_eq!(info.status, sprite_api::sprite::SpriteStatus::Cold, "{name}");
+        assert_eq!(
+            info.status,
+            sprite_api::sprite::SpriteStatus::Cold,
+            "{name}"
+        );
     }
     let read = run(&daemon.client, "s1", &["cat", "/home/sprite/note"]).await;
     assert_eq!(read.stdout().trim(), "kept");
+}
+
+/// The MCP server through the official MCP Python SDK, over streamable HTTP (`/mcp`)
+/// and over stdio (`sprite mcp`): tools listed, a sprite made, a command run (output
+/// capped and marked, a timeout), files written and read, a checkpoint made and
+/// restored. A request without a token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_and_stdio() {
+    let daemon = Daemon::start("busybox").await;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/mcp", daemon.url))
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let Ok(python) = std::env::var("SPRITE_SDK_PYTHON") else {
+        eprintln!("SPRITE_SDK_PYTHON is not set: skipping the MCP client test (CI runs it)");
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_client.py");
+    let runs = [
+        vec![
+            "http".to_string(),
+            format!("{}/mcp", daemon.url),
+            TOKEN.to_string(),
+            "over-http".to_string(),
+        ],
+        vec![
+            "stdio".to_string(),
+            env!("CARGO_BIN_EXE_sprite").to_string(),
+            daemon.url.clone(),
+            TOKEN.to_string(),
+            "over-stdio".to_string(),
+        ],
+    ];
+    for args in runs {
+        let out = Command::new(&python)
+            .arg(script)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}\n{}",
+            args[0],
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log()
+        );
+        let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let check = |key: &str, error: bool, contains: &str| {
+            assert_eq!(seen[key]["error"], error, "{key}: {seen}");
+            let text = seen[key]["text"].as_str().unwrap();
+            assert!(
+                text.contains(contains),
+                "{key}: {text:?} lacks {contains:?}"
+            );
+        };
+        let tools: Vec<&str> = seen["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        for tool in [
+            "list_sprites",
+            "create_sprite",
+            "destroy_sprite",
+            "exec",
+            "read_file",
+            "write_file",
+            "list_files",
+            "checkpoint_create",
+            "checkpoint_list",
+            "checkpoint_restore",
+            "fork_sprite",
+            "sprite_url",
+            "service_create",
+            "service_list",
+            "service_logs",
+        ] {
+            assert!(tools.contains(&tool), "{tool} missing: {tools:?}");
+        }
+        assert!(seen["exec_description"]
+            .as_str()
+            .unwrap()
+            .contains("checkpoint_create first"));
+        let sprite = &args[args.len() - 1];
+        check("create", false, sprite);
+        check("exec", false, "42");
+        check("exec_fail", true, "exit code: 3");
+        check("exec_fail", true, "oops");
+        check("exec_cut", false, "[output cut: 4900 more bytes");
+        check("exec_timeout", true, "timed out after 1 s");
+        check("write", false, "wrote 6 bytes");
+        check("read", false, "first");
+        check("list_files", false, "a.txt");
+        check("checkpoints", false, "before the change");
+        check("read_changed", false, "second");
+        check("restore", false, "restored");
+        check("read_restored", false, "first");
+        check("list", false, sprite);
+        check("url", false, "http");
+        check("missing", true, "not found");
+        check("destroy", false, "destroyed");
+    }
 }

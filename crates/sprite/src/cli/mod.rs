@@ -174,6 +174,12 @@ pub enum Command {
         after_help = "Examples:\n  sprite images\n  sprite images import alpine alpine-minirootfs.tar.gz\n  docker export $(docker create ubuntu) | sprite images import ubuntu -\n  sprite create --image alpine"
     )]
     Images(images::ImagesArgs),
+    /// Serve the MCP tools over stdin/stdout, for desktop agents (Claude Desktop,
+    /// Claude Code...) that start a process; the daemon serves the same at /mcp.
+    #[command(
+        after_help = "Claude Desktop (claude_desktop_config.json):\n  {\"mcpServers\": {\"sprites\": {\"command\": \"sprite\", \"args\": [\"mcp\"], \"env\": {\"SPRITE_TOKEN\": \"...\"}}}}\nClaude Code:\n  claude mcp add sprites -- sprite mcp\n  claude mcp add --transport http sprites http://127.0.0.1:7070/mcp --header \"Authorization: Bearer $SPRITE_TOKEN\""
+    )]
+    Mcp,
     /// Print version information.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -241,6 +247,14 @@ pub async fn run(args: Args) -> Result<u8> {
                 return Ok(1);
             };
             crate::storage::run(storage).await
+        }
+        Command::Mcp => {
+            // Only MCP messages go to stdout; anything else to stderr.
+            crate::console::ensure_local_daemon(cx).await?;
+            let api = crate::settings::api_url(cx.api_url.as_deref());
+            let token = crate::settings::token(cx.token.as_deref())?;
+            crate::mcp::serve_stdio(&api, &token).await?;
+            Ok(0)
         }
         Command::Version => {
             if cx.json {

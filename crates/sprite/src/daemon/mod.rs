@@ -253,10 +253,16 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     tracing::info!(%listen, data_dir = %data_dir.display(), "sprite daemon listening");
     sprite_server::admin::note_start();
     let stop = state.stop.clone();
+    // The MCP tools call this API; an unspecified listen address is reached on loopback.
+    let own_api = match listener.local_addr() {
+        Ok(addr) if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        Ok(addr) => format!("http://{addr}"),
+        Err(_) => format!("http://{listen}"),
+    };
     let stopped_manager = state.manager.clone();
     sprite_server::serve::serve_tcp(
         listener,
-        sprite_server::router(state),
+        sprite_server::router(state.clone()).merge(crate::mcp::http_routes(state, &own_api)),
         sprite_server::serve::API_LIMITS,
         // A stopped daemon stays a member until its lease runs out: restarted within
         // it, the host keeps its lease and its sprites; away longer, its sprites are
