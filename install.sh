@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq build-essential pkg-config curl ca-certificates debootstrap \
     busybox-static python3-venv e2fsprogs iproute2 procps nftables conntrack \
-    protobuf-compiler zstd xz-utils >/dev/null
+    protobuf-compiler zstd xz-utils npm >/dev/null
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

@@ -56,6 +56,15 @@ if ! command -v docker-registry >/dev/null 2>&1 || ! command -v umoci >/dev/null
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
+# Headless Chromium for the web console's browser test.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "== installing chromium (the console's browser test)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# The console's xterm.js, pinned (the build fetches it too when missing).
+[ -f crates/sprite-server/console/vendor/xterm.js ] || ./scripts/console-deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

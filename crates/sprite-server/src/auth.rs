@@ -146,14 +146,23 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match grant_of_request(&state, request.headers()) {
-        Some(grant) => {
-            request.extensions_mut().insert(Org(grant.org));
-            request.extensions_mut().insert(Scope(grant.scope));
-            next.run(request).await
+    let grant = match grant_of_request(&state, request.headers()) {
+        Some(grant) => grant,
+        // The web console's session cookie, when no token is given.
+        None if !request.headers().contains_key(AUTHORIZATION) => {
+            match crate::console::grant_of_cookie(&state, request.method(), request.headers()) {
+                Ok(grant) => grant,
+                Err(crate::console::CookieRefusal::Unknown) => return unauthenticated(),
+                Err(crate::console::CookieRefusal::Forgery(why)) => {
+                    return ApiError::new(ErrorKind::Forbidden, why).into_response()
+                }
+            }
         }
-        None => unauthenticated(),
-    }
+        None => return unauthenticated(),
+    };
+    request.extensions_mut().insert(Org(grant.org));
+    request.extensions_mut().insert(Scope(grant.scope));
+    next.run(request).await
 }
 
 /// Lets through only requests whose token has the admin scope (after

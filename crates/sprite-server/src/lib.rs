@@ -11,6 +11,7 @@ mod access;
 pub mod admin;
 mod auth;
 mod checkpoints;
+pub mod console;
 mod control;
 mod error;
 mod exec;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Notified when the daemon is asked to stop through the API (`POST
     /// /v1/admin/stop`); the daemon's listener waits on it.
     pub stop: Arc<tokio::sync::Notify>,
+    /// The web console's sign-ins.
+    pub console: Arc<console::Sessions>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             peers: None,
             peer_client: peers::PeerClient::default(),
             stop: Arc::new(tokio::sync::Notify::new()),
+            console: Arc::new(console::Sessions::default()),
         }
     }
 }
@@ -499,6 +503,12 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(console::index))
+        .route("/console", get(console::index))
+        .route("/console/assets/{file}", get(console::assets))
+        .route("/console/login", post(console::login))
+        .route("/console/logout", post(console::logout))
+        .route("/console/session", get(console::session))
         .merge(api)
         .fallback(|| async { ApiError::new(sprite_api::ErrorKind::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), peers::route))

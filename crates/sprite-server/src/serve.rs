@@ -226,6 +226,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<I> {
     }
 }
 
+/// The address a TCP connection came from (an extension of its requests).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
 /// Serves `router` on one accepted connection, keeping `admission` until it ends.
 pub fn serve_connection<I, K>(stream: I, router: Router, admission: Admission<K>)
 where
@@ -270,7 +274,11 @@ pub async fn serve_tcp(
         // Small exec frames must not wait for delayed ACKs (Nagle adds ~40 ms per exec).
         let _ = stream.set_nodelay(true);
         match gate.admit(peer.ip()) {
-            Some(admission) => serve_connection(stream, router.clone(), admission),
+            Some(admission) => serve_connection(
+                stream,
+                router.clone().layer(axum::Extension(PeerAddr(peer.ip()))),
+                admission,
+            ),
             None => {
                 tracing::debug!(%peer, "connection refused: too many open");
                 tokio::spawn(refuse(

@@ -73,12 +73,17 @@ fn request(socket: &str, method: &str, path: &str, body: Option<&str>) -> Result
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("connect to {socket} (is this a sprite? the daemon serves it)"))?;
     let body = body.unwrap_or("");
-    write!(
-        stream,
+    // One write of the whole request; a server that answers (a refusal) before reading
+    // the body may close its end meanwhile: its answer is still there to read.
+    let message = format!(
         "{method} {path} HTTP/1.0\r\nHost: sprite\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .context("send the request")?;
+    );
+    match stream.write_all(message.as_bytes()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(error) => return Err(error).context("send the request"),
+    }
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).context("read the answer")?;
     let text = String::from_utf8_lossy(&answer).into_owned();

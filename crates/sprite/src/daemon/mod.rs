@@ -67,6 +67,10 @@ pub struct DaemonArgs {
     /// loopback-only sprites.
     #[arg(long, value_name = "CIDR|off")]
     pub network: Option<String>,
+    /// Serve the web console (and the API it uses) on this address too, besides the API
+    /// listener (where it is at `/`).
+    #[arg(long, value_name = "ADDR")]
+    pub console_listen: Option<String>,
     /// Address of the URL proxy that serves http://NAME.DOMAIN:PORT/ (default
     /// 127.0.0.1:7080).
     #[arg(long, value_name = "ADDR")]
@@ -125,6 +129,7 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         token,
         core: config,
         proxy_listen,
+        console_listen,
         domain,
         tls,
         wake_timeout,
@@ -260,9 +265,22 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
         Err(_) => format!("http://{listen}"),
     };
     let stopped_manager = state.manager.clone();
+    let app = sprite_server::router(state.clone()).merge(crate::mcp::http_routes(state, &own_api));
+    if let Some(address) = &console_listen {
+        let console = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen on {address} for the console (--console-listen)"))?;
+        tracing::info!(listen = %address, "web console served");
+        tokio::spawn(sprite_server::serve::serve_tcp(
+            console,
+            app.clone(),
+            sprite_server::serve::API_LIMITS,
+            std::future::pending(),
+        ));
+    }
     sprite_server::serve::serve_tcp(
         listener,
-        sprite_server::router(state.clone()).merge(crate::mcp::http_routes(state, &own_api)),
+        app,
         sprite_server::serve::API_LIMITS,
         // A stopped daemon stays a member until its lease runs out: restarted within
         // it, the host keeps its lease and its sprites; away longer, its sprites are

@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub url_domain: Option<String>,
     /// Address of the URL proxy (default 127.0.0.1:7080).
     pub proxy_listen: Option<String>,
+    /// The web console on this address too (besides `/` of the API listener).
+    pub console_listen: Option<String>,
     /// Sprites are served at `<name>.<domain>` (default localhost).
     pub domain: Option<String>,
     /// How long a request to a sleeping sprite waits for it to wake and answer (30s).
@@ -197,6 +199,8 @@ pub struct DaemonSettings {
     pub core: CoreConfig,
     /// Address of the URL proxy.
     pub proxy_listen: String,
+    /// A second listener for the web console (and the API it uses).
+    pub console_listen: Option<String>,
     /// Sprites are served at `<name>.<domain>`.
     pub domain: String,
     /// HTTPS on the URL proxy: the certificate chain and key (PEM files).
@@ -588,6 +592,7 @@ impl DaemonSettings {
                 .filter(|t| !t.is_empty()),
             core: config,
             proxy_listen,
+            console_listen: flags.console_listen.clone().or(file.console_listen),
             domain,
             tls,
             wake_timeout,

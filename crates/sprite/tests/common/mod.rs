@@ -3,6 +3,7 @@
 //! even when the test failed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod browser;
 pub mod cluster;
 pub mod internet;
 pub mod registry;
