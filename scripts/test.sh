@@ -14,12 +14,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Python clients the tests drive: the official SDK, the MCP SDK (the MCP tests'
-# client) and the Prometheus client library (its text parser reads /metrics).
+# client), the Prometheus client library (its text parser reads /metrics) and an
+# OpenAPI validator (for /openapi.json).
 venv=target/sdk-venv
-if ! "$venv/bin/python" -c 'import sprites, mcp, prometheus_client' 2>/dev/null; then
-    echo "== installing sprites-py, mcp and prometheus-client into $venv"
+if ! "$venv/bin/python" -c 'import sprites, mcp, prometheus_client, openapi_spec_validator' 2>/dev/null; then
+    echo "== installing sprites-py, mcp, prometheus-client and openapi-spec-validator into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet 'sprites-py==0.7.2' 'mcp==2.3.0' 'prometheus-client==0.21.1'
+    "$venv/bin/pip" install --quiet 'sprites-py==0.7.2' 'mcp==2.3.0' 'prometheus-client==0.21.1' 'openapi-spec-validator==0.7.2'
 fi
 export SPRITE_SDK_PYTHON="$PWD/$venv/bin/python"
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a sprite's files live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     /// Volumes in an object store (usage is counted).
@@ -15,7 +15,7 @@ pub enum StorageKind {
 }
 
 /// `GET /v1/sprites/{name}/usage`: what a sprite stores.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpriteUsage {
     pub sprite: String,
     pub storage: StorageKind,
@@ -38,7 +38,7 @@ pub struct SpriteUsage {
 }
 
 /// One hour of a sprite's usage (`history` of [`SpriteUsage`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct UsageHour {
     /// Start of the hour (RFC 3339, UTC).
     pub hour: String,
@@ -58,14 +58,14 @@ pub struct UsageHour {
 }
 
 /// Bytes a checkpoint adds over the one before it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CheckpointUsage {
     pub id: String,
     pub bytes_added: u64,
 }
 
 /// `POST /v1/admin/gc`: what a garbage collection freed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct GcReport {
     pub layers: u64,
     pub chunks: u64,
@@ -76,7 +76,7 @@ pub struct GcReport {
 }
 
 /// Where an image stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageState {
     Absent,
@@ -97,7 +97,7 @@ impl ImageState {
 }
 
 /// One image and where its build stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImageStatus {
     pub name: String,
     pub state: ImageState,
@@ -107,13 +107,13 @@ pub struct ImageStatus {
 }
 
 /// `GET /v1/images`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct ImageList {
     pub images: Vec<ImageStatus>,
 }
 
 /// `POST /v1/images` with a JSON body: pull an image from a registry.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct PullRequest {
     /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`.
     #[serde(rename = "ref", alias = "reference")]
@@ -143,7 +143,7 @@ impl std::fmt::Debug for PullRequest {
 }
 
 /// One line of the NDJSON progress of a pull or an archive import.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PullEvent {
     /// The manifest was read: the image's digest and layer count.
@@ -219,7 +219,7 @@ mod tests {
 }
 
 /// A live host of a cluster (`GET /v1/admin/hosts`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostStatus {
     pub id: String,
     /// Its API, as peers reach it.
@@ -240,13 +240,13 @@ pub struct HostStatus {
 }
 
 /// `GET /v1/admin/hosts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostList {
     pub hosts: Vec<HostStatus>,
 }
 
 /// `POST /v1/sprites/{name}/move` (ours).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MoveRequest {
     /// The host to move to; placement picks one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,7 +254,7 @@ pub struct MoveRequest {
 }
 
 /// Where a sprite went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MoveReport {
     pub sprite: String,
     pub from: String,
@@ -264,7 +264,7 @@ pub struct MoveReport {
 }
 
 /// `POST /v1/admin/hosts/{id}/drain`: what a drain moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DrainReport {
     pub host: String,
     pub moved: Vec<MoveReport>,
@@ -274,7 +274,9 @@ pub struct DrainReport {
 }
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenScope {
     /// Everything, in every organization: images, hosts, garbage collection, tokens and
@@ -303,7 +305,7 @@ impl TokenScope {
 }
 
 /// Whom a token acts for and what it may do (kept by hosts, published to a cluster).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenGrant {
     pub org: String,
     pub scope: TokenScope,
@@ -311,7 +313,7 @@ pub struct TokenGrant {
 
 /// `POST /v1/organizations/{org}/tokens` (the SDKs' `create_token`; they send only
 /// `description` and perhaps `invite_code`, which is ignored here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct CreateTokenRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -323,7 +325,7 @@ pub struct CreateTokenRequest {
 }
 
 /// A token as lists show it: never the token itself, which only its creation answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenInfo {
     /// What `revoke` takes (the first 16 hex digits of the token's hash).
     pub id: String,
@@ -335,7 +337,7 @@ pub struct TokenInfo {
 }
 
 /// The answer to a token's creation: the token, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreatedToken {
     pub token: String,
     #[serde(flatten)]
@@ -343,7 +345,7 @@ pub struct CreatedToken {
 }
 
 /// `GET /v1/organizations/{org}/tokens` and `GET /v1/admin/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
@@ -352,7 +354,7 @@ pub struct TokenList {
 /// at once (`running_limit`: creates and wakes past it get a 429
 /// `concurrent_sprite_limit_exceeded`) and sprites in warm sleep (past
 /// `warm_limit`, a sprite going to sleep goes cold instead).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrgLimits {
     pub name: String,
     pub running_limit: u64,
@@ -364,7 +366,7 @@ pub struct OrgLimits {
 
 /// `PUT /v1/admin/organizations/{org}`: new limits (absent: unchanged; null in both
 /// fields resets to the defaults with `reset`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct SetOrgLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_limit: Option<u64>,
@@ -376,7 +378,7 @@ pub struct SetOrgLimits {
 }
 
 /// `GET /v1/admin/organizations`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct OrgList {
     pub organizations: Vec<OrgLimits>,
 }
@@ -392,14 +394,14 @@ pub fn validate_org_name(name: &str) -> Result<(), String> {
 
 /// `POST /v1/admin/stop`: stop the daemon; with `all`, put every sprite cold and
 /// remove what the daemon installed on the host first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct StopRequest {
     #[serde(default)]
     pub all: bool,
 }
 
 /// One line of `POST /v1/admin/stop`'s NDJSON answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StopEvent {
     Info {
@@ -415,7 +417,7 @@ pub enum StopEvent {
 }
 
 /// `GET /v1/admin/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DaemonStatus {
     pub version: String,
     pub pid: u32,

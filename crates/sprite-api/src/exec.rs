@@ -141,7 +141,7 @@ impl Signal {
 }
 
 /// Text frames a client sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     Resize { cols: u16, rows: u16 },
@@ -149,7 +149,7 @@ pub enum ClientMessage {
 }
 
 /// Text frames the server sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     SessionInfo {
@@ -464,7 +464,7 @@ impl ExecParams {
 }
 
 /// One session in `GET /v1/sprites/{name}/exec`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionInfo {
     pub id: String,
     pub command: String,
@@ -489,7 +489,7 @@ pub struct SessionInfo {
     pub is_owner: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The `code` of a file-system error answer, after the errno it stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum FsCode {
     #[serde(rename = "ENOENT")]
     NotFound,
@@ -52,7 +52,7 @@ impl FsCode {
 }
 
 /// What kind of thing an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryType {
     File,
@@ -63,7 +63,7 @@ pub enum EntryType {
 }
 
 /// One entry of `GET fs/list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FsEntry {
     pub name: String,
@@ -83,7 +83,7 @@ pub struct FsEntry {
 }
 
 /// Answer of `GET fs/list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FsList {
     pub path: String,
     pub entries: Vec<FsEntry>,
@@ -101,7 +101,7 @@ impl FsList {
 }
 
 /// Answer of `PUT fs/write`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FsWritten {
     pub path: String,
     pub size: u64,
@@ -109,14 +109,14 @@ pub struct FsWritten {
 }
 
 /// Answer of `DELETE fs/delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FsDeleted {
     pub deleted: Vec<String>,
     pub count: usize,
 }
 
 /// Body of `DELETE fs/delete` (the query may carry the same fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteRequest {
     #[serde(default)]
@@ -128,7 +128,7 @@ pub struct DeleteRequest {
 }
 
 /// Body of `POST fs/rename`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RenameRequest {
     pub source: String,
@@ -138,14 +138,14 @@ pub struct RenameRequest {
 }
 
 /// Answer of `POST fs/rename`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FsRenamed {
     pub source: String,
     pub dest: String,
 }
 
 /// Body of `POST fs/copy`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyRequest {
     pub source: String,
@@ -159,14 +159,14 @@ pub struct CopyRequest {
 }
 
 /// One copied file of `POST fs/copy`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CopiedPair {
     pub source: String,
     pub dest: String,
 }
 
 /// Answer of `POST fs/copy`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FsCopied {
     pub copied: Vec<CopiedPair>,
@@ -175,7 +175,7 @@ pub struct FsCopied {
 }
 
 /// Body of `POST fs/chmod`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChmodRequest {
     pub path: String,
@@ -188,7 +188,7 @@ pub struct ChmodRequest {
 }
 
 /// Body of `POST fs/chown`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChownRequest {
     pub path: String,
@@ -205,7 +205,7 @@ pub struct ChownRequest {
 }
 
 /// A user or group as the SDKs send it: `1000`, `"1000"` or `"sprite"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum IdOrName {
     Id(u32),
@@ -233,7 +233,7 @@ pub fn lookup_id(database: &str, name: &str) -> Option<u32> {
 }
 
 /// One changed path of `POST fs/chmod` or `fs/chown`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Affected {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,14 +245,14 @@ pub struct Affected {
 }
 
 /// Answer of `POST fs/chmod` and `fs/chown`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FsAffected {
     pub affected: Vec<Affected>,
     pub count: usize,
 }
 
 /// The client's message on `WS fs/watch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchSubscribe {
     #[serde(rename = "type")]
@@ -266,7 +266,7 @@ pub struct WatchSubscribe {
 }
 
 /// What changed, in a `fs/watch` event (what the JS SDK reads).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchChange {
     Create,
@@ -278,7 +278,9 @@ pub enum WatchChange {
 
 /// The one kind of [`WatchEvent`] (the socket also carries `subscribed` and `error`
 /// messages).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchEventKind {
     #[default]
@@ -286,7 +288,7 @@ pub enum WatchEventKind {
 }
 
 /// One event of `WS fs/watch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchEvent {
     #[serde(rename = "type")]

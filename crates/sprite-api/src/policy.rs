@@ -88,7 +88,7 @@ pub const DEFAULT_ALLOWED_DOMAINS: &[&str] = &[
 ];
 
 /// A network policy document.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NetworkPolicy {
     /// Empty: unrestricted.
     #[serde(default)]
@@ -100,7 +100,7 @@ pub struct NetworkPolicy {
 /// On the wire a rule is `{"domain":…,"action":…}` or `{"include":…}`; reading anything
 /// else (both shapes at once, a domain without an action, an action other than `allow` or
 /// `deny`) fails with a message saying what to write instead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "WireRule", into = "WireRule")]
 pub enum PolicyRule {
     Domain {
@@ -512,7 +512,7 @@ fn host_of(text: &str) -> String {
 }
 
 /// A rule as it is on the wire: any of the three fields, absent ones left out.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 struct WireRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     domain: Option<String>,
@@ -1098,7 +1098,7 @@ mod fuzz_targets {
 
 /// `GET|POST /v1/sprites/{name}/policy/resources`: a sprite's limits. A POST changes
 /// the fields it names, live for a running sprite.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1109,7 +1109,7 @@ pub struct ResourcesPolicy {
     pub disk: Option<DiskPolicy>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryPolicy {
     pub limit_mb: u64,
@@ -1118,20 +1118,20 @@ pub struct MemoryPolicy {
     pub autoscale: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpuPolicy {
     pub cpus: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskPolicy {
     pub storage_gb: u64,
 }
 
 /// `GET|POST|DELETE /v1/sprites/{name}/policy/privileges`, as the JS SDK types it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrivilegesPolicy {
     /// `""`, `minimal`, `standard` or `privileged`; sprites here run `standard`.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 pub const MAX_SERVICE_NAME: usize = 63;
 
 /// `PUT /v1/sprites/{name}/services/{svc}` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct ServiceSpec {
     pub cmd: String,
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct ServiceSpec {
 }
 
 /// What a service is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceStatus {
     Stopped,
@@ -39,7 +39,7 @@ pub enum ServiceStatus {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceState {
     pub name: String,
     pub status: ServiceStatus,
@@ -59,7 +59,7 @@ pub struct ServiceState {
 }
 
 /// A service as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceInfo {
     pub name: String,
     #[serde(flatten)]
@@ -68,7 +68,7 @@ pub struct ServiceInfo {
 }
 
 /// What a line of a service's NDJSON stream says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceEventKind {
     Started,
@@ -107,7 +107,7 @@ impl std::fmt::Display for ServiceEventKind {
 }
 
 /// One line of a service's NDJSON stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceEvent {
     #[serde(rename = "type")]
     pub kind: ServiceEventKind,
@@ -128,7 +128,7 @@ pub fn service_log_path(name: &str) -> String {
 }
 
 /// `POST /v1/sprites/{name}/services/signal` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceSignal {
     pub name: String,
     pub signal: String,

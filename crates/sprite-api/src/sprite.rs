@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Who may open a sprite's URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UrlAuth {
     /// A bearer token of the sprite's organization is needed.
@@ -30,7 +32,7 @@ impl UrlAuth {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct UrlSettings {
     #[serde(default)]
     pub auth: UrlAuth,
@@ -61,7 +63,7 @@ pub fn validate_runtime(value: &str) -> Result<(), String> {
 }
 
 /// Resources of a sprite. Absent fields take the daemon's defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct SpriteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ram_mb: Option<u64>,
@@ -88,7 +90,9 @@ pub struct SpriteConfig {
 
 /// Ours: when an fsync (fdatasync, a flush, a FUA write) that reaches a sprite's disk
 /// returns. docs/storage.md states the contract of each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Durable on the host's disk; the object store trails by at most a second of
@@ -124,7 +128,7 @@ impl std::str::FromStr for Durability {
 }
 
 /// Lifecycle state as reported to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SpriteStatus {
     Cold,
@@ -154,7 +158,7 @@ impl SpriteStatus {
 }
 
 /// `POST /v1/sprites` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateSpriteRequest {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,7 +198,7 @@ pub struct CreateSpriteRequest {
 
 /// A template: a named, frozen copy of a sprite's checkpoint that new sprites start from
 /// (`POST /v1/templates`, ours). It belongs to the organization and outlives its source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TemplateInfo {
     pub name: String,
     /// The sprite and checkpoint it was made from (the sprite may be gone since).
@@ -208,7 +212,7 @@ pub struct TemplateInfo {
 }
 
 /// `POST /v1/templates`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateTemplateRequest {
     pub name: String,
     /// The sprite and checkpoint to copy (its newest checkpoint when none is named).
@@ -218,13 +222,13 @@ pub struct CreateTemplateRequest {
 }
 
 /// `GET /v1/templates`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TemplateList {
     pub templates: Vec<TemplateInfo>,
 }
 
 /// Where a forked sprite comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ForkSource {
     pub sprite: String,
     /// Checkpoint id (`v3`); the newest one when absent.
@@ -233,7 +237,7 @@ pub struct ForkSource {
 }
 
 /// A checkpoint as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CheckpointInfo {
     pub id: String,
     pub create_time: String,
@@ -253,7 +257,7 @@ pub struct CheckpointInfo {
 pub const CURRENT_CHECKPOINT: &str = "Current";
 
 /// What a line of a progress stream says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProgressKind {
     /// Work in progress (`data` says what).
@@ -268,7 +272,7 @@ pub enum ProgressKind {
 }
 
 /// One line of an NDJSON progress stream (checkpoint, restore).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProgressEvent {
     #[serde(rename = "type")]
     pub kind: ProgressKind,
@@ -281,7 +285,7 @@ pub struct ProgressEvent {
 }
 
 /// `url_settings` of an update: absent fields stay as they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct UrlSettingsUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<UrlAuth>,
@@ -290,7 +294,7 @@ pub struct UrlSettingsUpdate {
 }
 
 /// `PUT /v1/sprites/{name}` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct UpdateSpriteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_settings: Option<UrlSettingsUpdate>,
@@ -301,7 +305,7 @@ pub struct UpdateSpriteRequest {
 }
 
 /// A sprite as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpriteInfo {
     pub id: String,
     pub name: String,
@@ -340,7 +344,7 @@ pub struct SpriteInfo {
 }
 
 /// Why a sprite is awake and when it will sleep (ours).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct LifecycleInfo {
     /// When the sprite entered its current status (RFC 3339).
     pub since: String,
@@ -359,7 +363,7 @@ pub struct LifecycleInfo {
 }
 
 /// One thing keeping a sprite awake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AwakeReason {
     /// `session`, `tty`, `api`, `proxy` or `task`.
     pub reason: String,
@@ -368,7 +372,7 @@ pub struct AwakeReason {
 }
 
 /// Object-store usage of one sprite (ours; also `GET /v1/sprites/{name}/usage`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct StorageUsage {
     /// Stored (compressed) bytes of the unique chunks the sprite's current state uses.
     pub bytes_stored: u64,
@@ -390,7 +394,7 @@ pub struct StorageUsage {
 }
 
 /// `GET /v1/sprites` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpriteList {
     pub sprites: Vec<SpriteInfo>,
     pub has_more: bool,
@@ -405,7 +409,7 @@ pub struct SpriteList {
 }
 
 /// An organization's sprites by status, and its limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct OrgCounts {
     pub name: String,
     pub running: u64,
@@ -477,7 +481,7 @@ mod tests {
 }
 
 /// `POST /v1/sprites/{name}/upgrade` (ours: the SDKs read only the status).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UpgradeReport {
     /// The image (with its version) before and after.
     pub from: String,

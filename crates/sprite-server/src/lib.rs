@@ -18,6 +18,7 @@ mod exec;
 mod fs;
 pub mod inner;
 mod metrics;
+pub mod openapi;
 pub mod peers;
 mod policy;
 pub mod proxy;
@@ -363,9 +364,39 @@ fn ndjson_response(
     response
 }
 
+/// A router that notes each path it routes (so a test can hold the OpenAPI document
+/// against every path and method served).
+struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn route(
+        mut self,
+        path: &'static str,
+        method: axum::routing::MethodRouter<AppState>,
+    ) -> Routes {
+        self.paths.push(path);
+        self.router = self.router.route(path, method);
+        self
+    }
+}
+
 /// The API's routes, without authentication (the in-sprite API reuses them).
 fn api_routes() -> Router<AppState> {
-    Router::new()
+    api_table().router
+}
+
+fn api_table() -> Routes {
+    Routes::new()
         .route("/v1/sprites", post(sprites::create).get(sprites::list))
         .route(
             "/v1/sprites/{name}",
@@ -466,8 +497,8 @@ fn api_routes() -> Router<AppState> {
 
 /// Routes that need a token with the admin scope: the host, images and other
 /// organizations' tokens and limits.
-fn admin_routes() -> Router<AppState> {
-    Router::new()
+fn admin_table() -> Routes {
+    Routes::new()
         .route("/v1/admin/gc", post(gc))
         .route("/v1/admin/hosts", get(peers::hosts))
         .route("/v1/admin/hosts/{id}/drain", post(peers::drain))
@@ -493,22 +524,43 @@ fn admin_routes() -> Router<AppState> {
         )
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    let api = api_routes()
-        .merge(admin_routes().route_layer(middleware::from_fn(auth::require_admin)))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    Router::new()
+/// Routes without a token: health, this document, the web console.
+fn public_table() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::openapi))
         .route("/", get(console::index))
         .route("/console", get(console::index))
         .route("/console/assets/{file}", get(console::assets))
         .route("/console/login", post(console::login))
         .route("/console/logout", post(console::logout))
         .route("/console/session", get(console::session))
+}
+
+/// Every path the router serves (each once).
+pub fn route_paths() -> Vec<&'static str> {
+    let mut paths = public_table().paths;
+    paths.extend(api_table().paths);
+    paths.extend(admin_table().paths);
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let api = api_routes()
+        .merge(
+            admin_table()
+                .router
+                .route_layer(middleware::from_fn(auth::require_admin)),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    public_table()
+        .router
         .merge(api)
         .fallback(|| async { ApiError::new(sprite_api::ErrorKind::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), peers::route))

@@ -271,3 +271,63 @@ async fn tokens_are_minted_scoped_and_revoked() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// `/openapi.json` and the router agree: every operation of the document is served
+/// (neither "no such route" nor 405), and every path the router serves answers 405 to
+/// each method the document does not list for it. Every schema it refers to exists.
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let dir = data_dir();
+    let app = app(dir.path());
+    let (status, _, served) = call(
+        app.clone(),
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served, sprite_server::openapi::document());
+    let paths = served["paths"].as_object().unwrap();
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+    let concrete = |path: &str| {
+        path.split('/')
+            .map(|part| if part.starts_with('{') { "zz" } else { part })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let routed: Vec<&str> = sprite_server::route_paths();
+    // The document's paths are exactly the router's.
+    let mut documented: Vec<&str> = paths.keys().map(String::as_str).collect();
+    documented.sort_unstable();
+    assert_eq!(documented, routed, "paths of the document vs the router");
+    for path in routed {
+        for method in methods {
+            let in_doc = paths[path].get(method.to_lowercase()).is_some();
+            let request = Request::builder()
+                .method(method)
+                .uri(concrete(path))
+                .header("authorization", "Bearer secret")
+                .header("x-forwarded-for", "203.0.113.9")
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, body) = call(app.clone(), request).await;
+            let served =
+                status != StatusCode::METHOD_NOT_ALLOWED && body["message"] != "no such route";
+            assert_eq!(
+                served,
+                in_doc,
+                "{method} {path}: the router says {status} {body}, the document {}",
+                if in_doc { "lists it" } else { "does not" }
+            );
+        }
+    }
+    // Every reference resolves.
+    let schemas = served["components"]["schemas"].as_object().unwrap();
+    let text = served.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            schemas.contains_key(name),
+            "{name} is referred to but not defined"
+        );
+    }
+}

@@ -897,3 +897,45 @@ async fn mcp_over_http_and_stdio() {
         check("destroy", false, "destroyed");
     }
 }
+
+/// `/openapi.json` from a running daemon, checked by an OpenAPI validator
+/// (openapi-spec-validator, in the SDK venv), needing no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_valid() {
+    let daemon = Daemon::start("busybox").await;
+    let document = reqwest::get(format!("{}/openapi.json", daemon.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&document).unwrap();
+    assert_eq!(value["openapi"], "3.1.0");
+    let Ok(python) = std::env::var("SPRITE_SDK_PYTHON") else {
+        eprintln!("SPRITE_SDK_PYTHON is not set: the document is not validated (CI does)");
+        return;
+    };
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(document.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
+}
