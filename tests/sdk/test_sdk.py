@@ -236,4 +236,31 @@ try:
     raise AssertionError("deleted sprite still found")
 except NotFoundError:
     pass
+
+# create_token: the SDK posts to the hosted API's address with `Authorization: FlyV1`;
+# here its HTTP client is pointed at this daemon, and the admin token stands in for
+# the Fly macaroon. The new token works, for its organization only.
+if not CONTROL:
+    import httpx
+    import sprites.client as sprites_client
+
+    real_client = httpx.Client
+
+    class ToThisDaemon(real_client):
+        def post(self, url, *args, **kwargs):
+            return super().post(str(url).replace("https://api.sprites.dev", URL), *args, **kwargs)
+
+    sprites_client.httpx.Client = ToThisDaemon
+    try:
+        minted = SpritesClient.create_token(TOKEN, "sdk-org")
+        assert minted.startswith("spr_"), minted
+        other = SpritesClient(token=minted, base_url=URL)
+        assert [s.name for s in other.list_sprites().sprites] == []
+        try:
+            SpritesClient.create_token(minted, "sdk-org")
+            raise AssertionError("an organization token minted a token")
+        except SpriteError as error:
+            assert "403" in str(error), error
+    finally:
+        sprites_client.httpx.Client = real_client
 print("sdk ok")

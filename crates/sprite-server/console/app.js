@@ -2,7 +2,7 @@
 // session). No framework and no build step; xterm.js is the one dependency.
 "use strict";
 
-const state = { csrf: null, org: null, scope: null, watch: null, term: null };
+const state = { csrf: null, org: null, scope: null, watch: null, term: null, armed: 0 };
 const $ = (sel) => document.querySelector(sel);
 const view = () => $("#view");
 
@@ -117,30 +117,18 @@ function renderSignIn() {
 
 // ---- the list ----------------------------------------------------------------
 
-function stopWatch() { if (state.watch) { state.watch.abort(); state.watch = null; } }
+function stopWatch() { if (state.watch) { clearTimeout(state.watch); state.watch = null; } }
 
-// Follows the NDJSON watch of the list; each change refreshes it.
-async function watchList(refresh) {
+// Live updates of the list: a look every 2 s while the page is visible. (Not the
+// NDJSON watch: a browser keeps at most 6 HTTP/1.1 connections per host, and a
+// stream held open per tab starves the others and the page's own loads.)
+function watchList(refresh) {
   stopWatch();
-  const controller = new AbortController();
-  state.watch = controller;
-  try {
-    const response = await fetch("/v1/sprites", { headers: { Accept: "application/x-ndjson" }, credentials: "same-origin", signal: controller.signal });
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffered = "", timer = null;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += decoder.decode(value, { stream: true });
-      let i;
-      while ((i = buffered.indexOf("\n")) >= 0) {
-        const line = buffered.slice(0, i); buffered = buffered.slice(i + 1);
-        if (!line || line.includes('"heartbeat"')) continue;
-        clearTimeout(timer); timer = setTimeout(refresh, 150);
-      }
-    }
-  } catch (_) { /* aborted or dropped: the next render starts another */ }
+  const tick = async () => {
+    if (document.visibilityState === "visible") await refresh();
+    if (state.watch !== null) state.watch = setTimeout(tick, 2000);
+  };
+  state.watch = setTimeout(tick, 2000);
 }
 
 async function renderList() {
@@ -162,9 +150,14 @@ async function renderList() {
   const counts = h("p", { class: "muted", id: "counts" });
   view().replaceChildren(h("section", { class: "card" }, h("div", { class: "row" }, h("h1", { class: "grow" }, "Sprites"), counts), create, table));
 
+  let shown = null;
   async function refresh() {
     let list;
     try { list = await api("GET", "/v1/sprites?max_results=1000"); } catch (err) { if (state.csrf) notice(err.message, true); return; }
+    // Re-drawn only when something changed, and never under a pending "are you sure".
+    const key = JSON.stringify(list.sprites.map((s) => [s.name, s.status, s.lifecycle && s.lifecycle.since, s.lifecycle && s.lifecycle.awake_because, s.storage && s.storage.bytes_stored]));
+    if (key === shown || state.armed > 0) return;
+    shown = key;
     if (list.org) counts.textContent = `${list.org.running} running · ${list.org.warm} warm · ${list.org.cold} cold (limit ${list.org.running_limit} awake)`;
     tbody.replaceChildren(...list.sprites.map((s) => {
       const life = s.lifecycle || {};
@@ -197,13 +190,14 @@ function confirmButton(label, question, action) {
   let armed = false;
   button.addEventListener("click", async () => {
     if (!armed) {
-      armed = true; button.textContent = question; button.setAttribute("aria-label", question);
-      setTimeout(() => { armed = false; button.textContent = label; }, 4000);
+      armed = true; state.armed += 1; button.textContent = question; button.setAttribute("aria-label", question);
+      setTimeout(() => { if (armed) { armed = false; state.armed -= 1; button.textContent = label; } }, 4000);
       return;
     }
+    armed = false; state.armed -= 1;
     button.disabled = true;
     try { await action(); } catch (err) { notice(`${label}: ${err.message}`, true); }
-    button.disabled = false; armed = false; button.textContent = label;
+    button.disabled = false; button.textContent = label;
   });
   return button;
 }

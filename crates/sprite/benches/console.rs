@@ -19,7 +19,13 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn main() {
-    run_bench(bench());
+    // A hang fails the bench with everything it made cleaned up (the future, and with
+    // it the browser and the daemon, is dropped).
+    run_bench(async {
+        tokio::time::timeout(Duration::from_secs(600), bench())
+            .await
+            .expect("the console bench finished within 10 minutes")
+    });
 }
 
 const LOADS: usize = 30;
@@ -30,6 +36,7 @@ async fn bench() {
     let daemon = Daemon::start("debian").await;
     create(&daemon.client, "bench").await;
     let mut browser = Browser::launch(&binary).await;
+    eprintln!("browser up");
     browser.set_size(1280, 800, false).await;
     browser.call("Network.enable", serde_json::json!({})).await;
     browser
@@ -54,12 +61,19 @@ async fn bench() {
         .wait_for("!!document.querySelector('[data-sprite=\"bench\"]')", wait)
         .await;
 
+    eprintln!("signed in");
     // Page loads, signed in (the list renders after each).
     let (mut first_byte, mut loaded) = (Vec::new(), Vec::new());
-    for _ in 0..LOADS {
-        browser.navigate(&format!("{}/#/", daemon.url)).await;
+    for load in 0..LOADS {
+        // A new URL each time: a full navigation, not a same-document one.
         browser
-            .wait_for("document.readyState === 'complete' && !!document.querySelector('[data-sprite=\"bench\"]')", wait)
+            .navigate(&format!("{}/?load={load}#/", daemon.url))
+            .await;
+        browser
+            .wait_for(
+                &format!("(() => {{ const n = performance.getEntriesByType('navigation')[0]; return n && new URL(n.name).searchParams.get('load') === '{load}' && n.loadEventEnd > 0 && !!document.querySelector('[data-sprite=\"bench\"]'); }})()"),
+                wait,
+            )
             .await;
         let timing = browser
             .eval("(() => { const n = performance.getEntriesByType('navigation')[0]; return [n.responseStart - n.startTime, n.loadEventEnd - n.startTime]; })()")
@@ -67,6 +81,9 @@ async fn bench() {
         first_byte.push(timing[0].as_f64().unwrap());
         loaded.push(timing[1].as_f64().unwrap());
     }
+
+    eprintln!("page loads done");
+    browser.call("Network.disable", serde_json::json!({})).await;
 
     // Keystroke echo in the page's terminal.
     browser.eval("location.hash = '#/s/bench/terminal'").await;
@@ -77,6 +94,7 @@ async fn bench() {
     let script = format!(
         "(async () => {{ const t = window.sprites.state; const times = []; for (let i = 0; i < {KEYS}; i++) {{ if (i % 50 === 0) t.send('\\x15'); const ch = String.fromCharCode(97 + i % 26); const seen = new Promise(r => {{ const d = t.term.onWriteParsed(() => {{ d.dispose(); r(); }}); }}); const t0 = performance.now(); t.send(ch); await seen; times.push(performance.now() - t0); }} t.send('\\x15'); return times; }})()"
     );
+    eprintln!("terminal attached");
     let echo: Vec<f64> = browser
         .eval(&script)
         .await
@@ -106,7 +124,11 @@ async fn bench() {
         let started = Instant::now();
         stream.send_stdin(&key).await.unwrap();
         loop {
-            match stream.next().await.unwrap() {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("the echo came within 10 s")
+                .unwrap();
+            match event {
                 sprite_client::ExecEvent::Stdout(data) if data.contains(&key[0]) => break,
                 _ => {}
             }

@@ -110,8 +110,10 @@ impl Browser {
         let id = self.next_id;
         let message = json!({ "id": id, "method": method, "params": params }).to_string();
         self.page.send(Message::text(message)).await.unwrap();
+        // One deadline for the answer, however many events come before it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(60), self.page.next())
+            let frame = tokio::time::timeout_at(deadline, self.page.next())
                 .await
                 .unwrap_or_else(|_| panic!("{method}: no answer in 60 s"))
                 .expect("the DevTools socket is open")
