@@ -49,6 +49,8 @@ pub struct SpriteStats {
 /// The sampler's memory (held by the manager).
 #[derive(Debug, Default)]
 pub(crate) struct UsageState {
+    /// The first pass (at daemon start) has run: sprites seen later are new since then.
+    baselined: std::sync::atomic::AtomicBool,
     last: Mutex<HashMap<String, Last>>,
     stored: Mutex<HashMap<String, u64>>,
 }
@@ -113,6 +115,10 @@ impl SpriteManager {
         let hour = now / HOUR_MS;
         let layout =
             sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).ok();
+        let first_pass = !self
+            .usage_state
+            .baselined
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
         let mut rows = Vec::with_capacity(records.len());
         for record in records.iter().filter(|r| !r.pooled) {
             let (status, _) = self.lifecycle.activity.status(&record.id);
@@ -138,9 +144,10 @@ impl SpriteManager {
             } else {
                 None
             };
-            // The first sample of a sprite (since this daemon started) is a baseline:
-            // what its counters held before is not this hour's.
-            let first = before.status.is_none();
+            // The first pass after the daemon starts is a baseline for the sprites
+            // already there (what their counters held is not this hour's); a sprite
+            // seen later started since, and its counters count from zero.
+            let first = first_pass && before.status.is_none();
             let counted =
                 |now: Option<u64>, then: Option<u64>| if first { 0 } else { grew(now, then) };
             let mut delta = Delta {

@@ -631,6 +631,34 @@ mod tests {
     }
 
     #[test]
+    fn usage_interval_limits_and_the_console_address() {
+        let text = "usage_interval = \"5s\"\nrunning_limit = 3\nwarm_limit = 4\nconsole_listen = \"127.0.0.1:9999\"\n";
+        let settings =
+            resolve(&DaemonArgs::default(), text).unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(settings.core.usage_interval, Duration::from_secs(5));
+        assert_eq!(
+            (
+                settings.core.org_running_limit,
+                settings.core.org_warm_limit
+            ),
+            (3, 4)
+        );
+        assert_eq!(settings.console_listen.as_deref(), Some("127.0.0.1:9999"));
+        let flagged = DaemonArgs {
+            console_listen: Some("127.0.0.1:8888".into()),
+            ..Default::default()
+        };
+        let settings = resolve(&flagged, text).unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(settings.console_listen.as_deref(), Some("127.0.0.1:8888"));
+        let error = refused(&DaemonArgs::default(), "usage_interval = \"100ms\"\n");
+        assert!(error.to_string().contains("usage_interval"), "{error}");
+        let defaults =
+            resolve(&DaemonArgs::default(), "").unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(defaults.core.usage_interval, Duration::from_secs(30));
+        assert_eq!(defaults.console_listen, None);
+    }
+
+    #[test]
     fn nothing_given_is_the_documented_defaults() {
         let Ok(settings) = resolve(&DaemonArgs::default(), "") else {
             panic!("defaults refused");
