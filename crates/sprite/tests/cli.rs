@@ -29,6 +29,30 @@ fn sprite(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
     output
 }
 
+/// Runs `script` with `python -c`, `input` on its stdin; its stdout (it must succeed).
+fn python_with_stdin(python: &str, script: &str, input: &str) -> Vec<u8> {
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{input}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_round_trips() {
     let daemon = Daemon::start("busybox").await;
@@ -629,26 +653,8 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         samples.append({"family": family.name, "type": family.type, "name": s.name, "labels": s.labels, "value": s.value})
 print(json.dumps(samples))
 "#;
-    let mut child = Command::new(python)
-        .args(["-c", parser])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let parsed = child.wait_with_output().unwrap();
-    assert!(
-        parsed.status.success(),
-        "{}\n{body}",
-        String::from_utf8_lossy(&parsed.stderr)
-    );
-    let samples: Vec<serde_json::Value> = serde_json::from_slice(&parsed.stdout).unwrap();
+    let parsed = python_with_stdin(&python, parser, &body);
+    let samples: Vec<serde_json::Value> = serde_json::from_slice(&parsed).unwrap();
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         samples
             .iter()
@@ -915,27 +921,7 @@ async fn the_openapi_document_is_valid() {
         eprintln!("SPRITE_SDK_PYTHON is not set: the document is not validated (CI does)");
         return;
     };
-    let mut child = Command::new(python)
-        .args([
-            "-c",
-            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(document.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
+    let validator = "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')";
+    let out = python_with_stdin(&python, validator, &document);
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "valid");
 }
