@@ -27,11 +27,21 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions at once.
 pub const MAX_SESSIONS: usize = 10_000;
 
-#[derive(Debug, Clone)]
+/// A sign-in. It keeps the token it was made with, not what the token granted then:
+/// each use asks again, so a revoked token ends its sessions at once.
+#[derive(Clone)]
 struct Session {
-    grant: TokenGrant,
+    token: String,
     csrf: String,
     expires: Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The console's sign-ins.
@@ -73,7 +83,7 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Sessions {
-    fn start(&self, grant: TokenGrant) -> Result<(String, Session), ApiError> {
+    fn start(&self, token: &str) -> Result<(String, Session), ApiError> {
         let mut sessions = self.sessions.lock();
         let now = Instant::now();
         if sessions.len() >= MAX_SESSIONS {
@@ -86,7 +96,7 @@ impl Sessions {
             ));
         }
         let session = Session {
-            grant,
+            token: token.to_string(),
             csrf: random_hex()?,
             expires: now + SESSION_TTL,
         };
@@ -112,6 +122,20 @@ impl Sessions {
     }
 }
 
+/// The request's session and what its token grants now (None: no session, an expired
+/// one, or one whose token was revoked, which is then ended).
+fn live_session(state: &AppState, headers: &HeaderMap) -> Option<(String, Session, TokenGrant)> {
+    let id = session_id(headers)?;
+    let session = state.console.get(&id)?;
+    match crate::auth::grant_of_token(state, &session.token) {
+        Some(grant) => Some((id, session, grant)),
+        None => {
+            state.console.end(&id);
+            None
+        }
+    }
+}
+
 /// Why a request with a session cookie was refused.
 pub(crate) enum CookieRefusal {
     /// No session, or an expired one.
@@ -127,8 +151,7 @@ pub(crate) fn grant_of_cookie(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<TokenGrant, CookieRefusal> {
-    let id = session_id(headers).ok_or(CookieRefusal::Unknown)?;
-    let session = state.console.get(&id).ok_or(CookieRefusal::Unknown)?;
+    let (_, session, grant) = live_session(state, headers).ok_or(CookieRefusal::Unknown)?;
     let websocket = headers
         .get("upgrade")
         .and_then(|v| v.to_str().ok())
@@ -158,7 +181,7 @@ pub(crate) fn grant_of_cookie(
             ));
         }
     }
-    Ok(session.grant)
+    Ok(grant)
 }
 
 fn cookie(id: &str, max_age: u64) -> HeaderValue {
@@ -206,16 +229,17 @@ pub async fn login(
     let login: Login = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!("bad sign-in ({e}); send {{\"token\": \"...\"}}"))
     })?;
-    let grant = crate::auth::grant_of_token(&state, login.token.trim()).ok_or_else(|| {
+    let token = login.token.trim();
+    let grant = crate::auth::grant_of_token(&state, token).ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unauthenticated,
             "unknown token; use the daemon's admin token (/var/lib/sprites/admin-token) or one from `sprite tokens create`",
         )
     })?;
-    let (id, session) = state.console.start(grant)?;
+    let (id, session) = state.console.start(token)?;
     let info = SessionInfo {
-        org: session.grant.org,
-        scope: session.grant.scope,
+        org: grant.org,
+        scope: grant.scope,
         csrf: session.csrf,
     };
     let mut response = Json(info).into_response();
@@ -230,12 +254,11 @@ pub async fn session(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = session_id(&headers)
-        .and_then(|id| state.console.get(&id))
+    let (_, session, grant) = live_session(&state, &headers)
         .ok_or_else(|| ApiError::new(ErrorKind::Unauthenticated, "not signed in"))?;
     Ok(Json(SessionInfo {
-        org: session.grant.org,
-        scope: session.grant.scope,
+        org: grant.org,
+        scope: grant.scope,
         csrf: session.csrf,
     })
     .into_response())

@@ -331,3 +331,66 @@ async fn the_openapi_document_matches_the_router() {
         );
     }
 }
+
+/// A console session made with a token ends when the token is revoked: the session
+/// asks what its token grants at each use, not once at sign-in.
+#[tokio::test]
+async fn a_revoked_token_ends_its_console_sessions() {
+    let dir = data_dir();
+    let app = app(dir.path());
+    let admin = |method: &str, uri: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", "Bearer secret")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let (_, _, created) = call(
+        app.clone(),
+        admin("POST", "/v1/organizations/acme/tokens", "{}"),
+    )
+    .await;
+    let token = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let response = app
+        .clone()
+        .oneshot(
+            Request::post("/console/login")
+                .body(Body::from(format!(r#"{{"token":"{token}"}}"#)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let with_cookie = |uri: &str| {
+        Request::get(uri)
+            .header("cookie", cookie.clone())
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, _, list) = call(app.clone(), with_cookie("/v1/sprites")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["org"]["name"], "acme");
+    let (status, _, _) = call(
+        app.clone(),
+        admin("DELETE", &format!("/v1/organizations/acme/tokens/{id}"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(app.clone(), with_cookie("/v1/sprites")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the session went with its token"
+    );
+    let (status, _, _) = call(app, with_cookie("/console/session")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
