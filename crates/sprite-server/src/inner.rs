@@ -130,7 +130,9 @@ async fn serve_socket(listener: tokio::net::UnixListener, router: Router) {
             }
         };
         match gate.admit(()) {
-            Some(admission) => crate::serve::serve_connection(stream, router.clone(), admission),
+            Some(admission) => {
+                crate::serve::serve_connection(stream, router.clone(), admission, None)
+            }
             None => {
                 tokio::spawn(crate::serve::refuse(
                     stream,

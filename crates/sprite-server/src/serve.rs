@@ -231,14 +231,29 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<I> {
 pub struct PeerAddr(pub std::net::IpAddr);
 
 /// Serves `router` on one accepted connection, keeping `admission` until it ends.
-pub fn serve_connection<I, K>(stream: I, router: Router, admission: Admission<K>)
-where
+/// `peer`: the address a TCP connection came from, given to each request as
+/// [`PeerAddr`].
+pub fn serve_connection<I, K>(
+    stream: I,
+    router: Router,
+    admission: Admission<K>,
+    peer: Option<std::net::IpAddr>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     let limits = admission.gate.limits();
     tokio::spawn(async move {
         let _admission = admission;
+        let router = tower::ServiceExt::map_request(
+            router,
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(ip) = peer {
+                    request.extensions_mut().insert(PeerAddr(ip));
+                }
+                request
+            },
+        );
         let service = hyper_util::service::TowerToHyperService::new(router);
         let stream = FirstByteDeadline::new(stream, limits.header_timeout);
         let _ = http_server(limits)
@@ -274,11 +289,7 @@ pub async fn serve_tcp(
         // Small exec frames must not wait for delayed ACKs (Nagle adds ~40 ms per exec).
         let _ = stream.set_nodelay(true);
         match gate.admit(peer.ip()) {
-            Some(admission) => serve_connection(
-                stream,
-                router.clone().layer(axum::Extension(PeerAddr(peer.ip()))),
-                admission,
-            ),
+            Some(admission) => serve_connection(stream, router.clone(), admission, Some(peer.ip())),
             None => {
                 tracing::debug!(%peer, "connection refused: too many open");
                 tokio::spawn(refuse(

@@ -394,3 +394,28 @@ async fn a_revoked_token_ends_its_console_sessions() {
     let (status, _, _) = call(app, with_cookie("/console/session")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Guessing tokens at the console's sign-in is slowed down: after a burst of 10
+/// attempts from one address, the next is refused with a 429 that says when to retry.
+#[tokio::test]
+async fn console_sign_ins_are_rate_limited() {
+    let dir = data_dir();
+    let app = app(dir.path());
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let (status, _, body) = call(
+            app.clone(),
+            Request::post("/console/login")
+                .body(Body::from(r#"{"token":"guess"}"#))
+                .unwrap(),
+        )
+        .await;
+        statuses.push((status, body));
+    }
+    assert!(statuses[..10]
+        .iter()
+        .all(|(status, _)| *status == StatusCode::UNAUTHORIZED));
+    let (status, body) = &statuses[10];
+    assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("try again in"));
+}
