@@ -1169,7 +1169,14 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn storage_stats(&self) -> Result<Option<sprite_fs::service::StorageStats>, CoreError> {
-        match self.request("", StorageRequest::Stats).await? {
+        // Asked as is: a scrape or a status must report a storage process that is
+        // down, not start one (the supervisor does that).
+        let answer = self
+            .client
+            .request(&StorageRequest::Stats)
+            .await
+            .map_err(storage_error(""))?;
+        match answer {
             StorageResponse::Stats { stats } => Ok(Some(stats)),
             other => Err(CoreError::Storage {
                 sprite: String::new(),

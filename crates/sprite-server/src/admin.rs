@@ -68,6 +68,15 @@ pub async fn stop(
             ))
         })?
     };
+    if state
+        .stopping
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(ApiError::new(
+            sprite_api::ErrorKind::Conflict,
+            "a stop of this daemon is already under way; wait for it (sprite admin status)",
+        ));
+    }
     let (sender, response) = crate::ndjson_channel(64);
     tokio::spawn(async move {
         let line = |event: &StopEvent| crate::ndjson_line(event);
@@ -92,6 +101,9 @@ pub async fn stop(
         drop(sender);
         if failed {
             // Sprites may be half stopped: the daemon stays to be asked again.
+            state
+                .stopping
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             return;
         }
         tokio::time::sleep(LAST_LINE_GRACE).await;

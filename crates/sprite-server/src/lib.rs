@@ -52,6 +52,8 @@ pub struct AppState {
     /// Notified when the daemon is asked to stop through the API (`POST
     /// /v1/admin/stop`); the daemon's listener waits on it.
     pub stop: Arc<tokio::sync::Notify>,
+    /// A stop is under way (a second one is refused).
+    pub(crate) stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The web console's sign-ins.
     pub console: Arc<console::Sessions>,
 }
@@ -65,6 +67,7 @@ impl AppState {
             peers: None,
             peer_client: peers::PeerClient::default(),
             stop: Arc::new(tokio::sync::Notify::new()),
+            stopping: Default::default(),
             console: Arc::new(console::Sessions::default()),
         }
     }

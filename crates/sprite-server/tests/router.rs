@@ -419,3 +419,20 @@ async fn console_sign_ins_are_rate_limited() {
     assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body["message"].as_str().unwrap().contains("try again in"));
 }
+
+/// One stop at a time: a second `POST /v1/admin/stop` while one runs is a 409.
+#[tokio::test]
+async fn a_second_stop_is_refused_while_one_runs() {
+    let dir = data_dir();
+    let app = app(dir.path());
+    let stop = || {
+        Request::post("/v1/admin/stop")
+            .header("authorization", "Bearer secret")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.clone().oneshot(stop()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (status, _, body) = call(app, stop()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
