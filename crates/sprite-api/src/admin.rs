@@ -336,6 +336,16 @@ pub struct TokenInfo {
     pub created_at: String,
 }
 
+impl TokenInfo {
+    /// What the token grants.
+    pub fn grant(&self) -> TokenGrant {
+        TokenGrant {
+            org: self.org.clone(),
+            scope: self.scope,
+        }
+    }
+}
+
 /// The answer to a token's creation: the token, shown this once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreatedToken {

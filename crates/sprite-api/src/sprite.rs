@@ -415,8 +415,9 @@ pub struct OrgCounts {
     pub running: u64,
     pub warm: u64,
     pub cold: u64,
-    /// The most sprites that may be awake at once (running or warm); this daemon's
-    /// only bound is on sprites in all (`max_sprites`).
+    /// The most sprites that may run at once (creates and wakes past it are a 429),
+    /// and the most in warm sleep (past it, sleeping sprites go cold): the
+    /// organization's limits (`sprite orgs set`) or the daemon's defaults.
     pub running_limit: u64,
     pub warm_limit: u64,
 }

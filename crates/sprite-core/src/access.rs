@@ -20,17 +20,12 @@ pub const MAX_DESCRIPTION: usize = 256;
 /// Length of a token id (hex digits of its hash).
 const ID_LEN: usize = 16;
 
-/// A token as kept: its hash (the key of the map) and what it grants.
-#[derive(Debug, Clone)]
-struct Kept {
-    info: TokenInfo,
-}
-
 /// Tokens and organization limits (see the module docs).
 #[derive(Debug)]
 pub struct Access {
     db: Arc<Database>,
-    tokens: RwLock<HashMap<String, Kept>>,
+    /// Token hash → the token as listed.
+    tokens: RwLock<HashMap<String, TokenInfo>>,
     limits: RwLock<HashMap<String, (u64, u64)>>,
     default_running: u64,
     default_warm: u64,
@@ -85,14 +80,12 @@ impl Access {
                     .map_err(corrupt("token record"))?;
                 tokens.insert(
                     hash,
-                    Kept {
-                        info: TokenInfo {
-                            id,
-                            org,
-                            scope,
-                            description,
-                            created_at,
-                        },
+                    TokenInfo {
+                        id,
+                        org,
+                        scope,
+                        description,
+                        created_at,
                     },
                 );
             }
@@ -124,10 +117,7 @@ impl Access {
         self.tokens
             .read()
             .get(&token_hash(token))
-            .map(|kept| TokenGrant {
-                org: kept.info.org.clone(),
-                scope: kept.info.scope,
-            })
+            .map(TokenInfo::grant)
     }
 
     /// Every token's hash and grant (published to a cluster).
@@ -135,15 +125,7 @@ impl Access {
         self.tokens
             .read()
             .iter()
-            .map(|(hash, kept)| {
-                (
-                    hash.clone(),
-                    TokenGrant {
-                        org: kept.info.org.clone(),
-                        scope: kept.info.scope,
-                    },
-                )
-            })
+            .map(|(hash, info)| (hash.clone(), info.grant()))
             .collect()
     }
 
@@ -172,7 +154,7 @@ impl Access {
             .tokens
             .read()
             .values()
-            .filter(|kept| kept.info.org == org)
+            .filter(|info| info.org == org)
             .count();
         if held >= MAX_TOKENS_PER_ORG {
             return Err(CoreError::Validation(format!(
@@ -192,9 +174,7 @@ impl Access {
             "INSERT INTO tokens (id, hash, org, scope, description, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![info.id, hash, info.org, scope.as_str(), info.description, info.created_at],
         )?;
-        self.tokens
-            .write()
-            .insert(hash.clone(), Kept { info: info.clone() });
+        self.tokens.write().insert(hash.clone(), info.clone());
         Ok((CreatedToken { token, info }, hash))
     }
 
@@ -204,8 +184,8 @@ impl Access {
             .tokens
             .read()
             .values()
-            .filter(|kept| org.is_none_or(|org| kept.info.org == org))
-            .map(|kept| kept.info.clone())
+            .filter(|info| org.is_none_or(|org| info.org == org))
+            .cloned()
             .collect();
         tokens.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         tokens
@@ -217,11 +197,11 @@ impl Access {
         let by_token = token_hash(id_or_token);
         tokens
             .iter()
-            .find(|(hash, kept)| {
-                (kept.info.id == id_or_token || **hash == by_token)
-                    && org.is_none_or(|org| kept.info.org == org)
+            .find(|(hash, info)| {
+                (info.id == id_or_token || **hash == by_token)
+                    && org.is_none_or(|org| info.org == org)
             })
-            .map(|(hash, kept)| (kept.info.clone(), hash.clone()))
+            .map(|(hash, info)| (info.clone(), hash.clone()))
     }
 
     /// Revokes a token given by its id (or the token itself), of `org` when given.
@@ -294,7 +274,7 @@ impl Access {
     /// own), by name, with its limits.
     pub fn organizations(&self) -> Result<Vec<OrgLimits>, CoreError> {
         let mut names: BTreeSet<String> = self.limits.read().keys().cloned().collect();
-        names.extend(self.tokens.read().values().map(|k| k.info.org.clone()));
+        names.extend(self.tokens.read().values().map(|info| info.org.clone()));
         {
             let connection = self.db.lock();
             let mut statement =

@@ -80,7 +80,7 @@ const MIGRATIONS: &[&str] = &[
         warm_limit INTEGER NOT NULL
     );",
     // Usage per sprite and hour (see usage.rs): what it stored, used and how long it
-    // was in each state.
+    // was in each state; `org` and `name` say whose it was after a destroy.
     "CREATE TABLE usage_hourly (
         sprite_id TEXT NOT NULL,
         org TEXT NOT NULL,
@@ -97,8 +97,7 @@ const MIGRATIONS: &[&str] = &[
         warm_ms INTEGER NOT NULL DEFAULT 0,
         cold_ms INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sprite_id, hour)
-    );
-    CREATE INDEX usage_hourly_by_name ON usage_hourly (org, name, hour);",
+    );",
 ];
 
 /// Settings the SDKs send and read back that change nothing here (API.md, create).

@@ -563,30 +563,27 @@ impl Lifecycle {
             }
             let started = std::time::Instant::now();
             self.start(record).await?;
-            if status != SpriteStatus::Running {
-                self.metrics
-                    .wake_seconds
-                    .with_label_values(&[status.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-            }
+            self.metrics
+                .wake_seconds
+                .with_label_values(&[status.as_str()])
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(guard)
     }
 
-    /// How many of an organization's sprites are in `status`.
-    pub(crate) fn count_in(&self, org: &str, status: SpriteStatus) -> Result<u64, CoreError> {
-        Ok(self
-            .db
-            .ids(org)?
-            .iter()
-            .filter(|id| self.activity.status(id).0 == status)
-            .count() as u64)
+    /// How many of an organization's sprites are running, warm and cold.
+    pub(crate) fn org_statuses(&self, org: &str) -> Result<[u64; 3], CoreError> {
+        let mut counts = [0; 3];
+        for id in self.db.ids(org)? {
+            counts[crate::usage::status_index(self.activity.status(&id).0)] += 1;
+        }
+        Ok(counts)
     }
 
     /// A refusal when the organization has as many sprites awake as it may.
     pub(crate) fn running_limit_reached(&self, org: &str) -> Result<(), CoreError> {
         let limit = self.access.limits(org).running_limit;
-        let current = self.count_in(org, SpriteStatus::Running)?;
+        let [current, _, _] = self.org_statuses(org)?;
         if current >= limit {
             return Err(CoreError::RunningLimit {
                 org: org.to_string(),
@@ -611,8 +608,8 @@ impl Lifecycle {
         let target = if target == SpriteStatus::Warm
             && !record.pooled
             && self
-                .count_in(&record.org, SpriteStatus::Warm)
-                .is_ok_and(|warm| warm >= self.access.limits(&record.org).warm_limit)
+                .org_statuses(&record.org)
+                .is_ok_and(|[_, warm, _]| warm >= self.access.limits(&record.org).warm_limit)
         {
             SpriteStatus::Cold
         } else {

@@ -753,22 +753,16 @@ impl SpriteManager {
 
     /// An organization's sprites by status (`GET /v1/organization`, lists, watches).
     pub fn org_counts(&self, org: &str) -> Result<sprite_api::sprite::OrgCounts, CoreError> {
-        let ids = self.db.ids(org)?;
         let limits = self.access().limits(org);
-        let mut counts = sprite_api::sprite::OrgCounts {
+        let [running, warm, cold] = self.lifecycle.org_statuses(org)?;
+        Ok(sprite_api::sprite::OrgCounts {
             name: org.to_string(),
+            running,
+            warm,
+            cold,
             running_limit: limits.running_limit,
             warm_limit: limits.warm_limit,
-            ..Default::default()
-        };
-        for id in &ids {
-            match self.lifecycle.activity.status(id).0 {
-                SpriteStatus::Running => counts.running += 1,
-                SpriteStatus::Warm => counts.warm += 1,
-                SpriteStatus::Cold => counts.cold += 1,
-            }
-        }
-        Ok(counts)
+        })
     }
 
     /// Name and status of each of an organization's sprites whose name starts with

@@ -492,15 +492,17 @@ const DEVICE_NAME: &str = "spritefs";
 
 /// Detaches every loop device whose backing file `matches` (read from sysfs). Only for
 /// cleaning up after a storage process died: devices clear themselves otherwise.
-async fn detach_loops(matches: impl Fn(&str) -> bool + Send + 'static) {
-    let _ = tokio::task::spawn_blocking(move || {
-        for (device, back) in loopdev::list() {
-            if matches(&back) {
-                let _ = loopdev::detach(&device);
-            }
-        }
+/// Detaches every loop device whose backing file `matches`; answers which (device,
+/// backing file).
+async fn detach_loops(matches: impl Fn(&str) -> bool + Send + 'static) -> Vec<(PathBuf, String)> {
+    tokio::task::spawn_blocking(move || {
+        loopdev::list()
+            .into_iter()
+            .filter(|(device, back)| matches(back) && loopdev::detach(device).is_ok())
+            .collect()
     })
-    .await;
+    .await
+    .unwrap_or_default()
 }
 
 /// The storage process pid recorded in a `mounted-by` file.
@@ -1107,11 +1109,9 @@ impl RootStore for SpriteFsStore {
         let fuse = data.join("fs").join("mnt");
         // Image volumes, views and anything else mounted under the data directory,
         // deepest first; the FUSE mount last, once its files are released.
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<PathBuf> = mountinfo
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        let mut points: Vec<PathBuf> = mount::mount_points()
+            .unwrap_or_default()
+            .into_iter()
             .filter(|point| point.starts_with(&data) && *point != fuse)
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -1121,18 +1121,9 @@ impl RootStore for SpriteFsStore {
             }
         }
         let under = fuse.to_string_lossy().into_owned();
-        let loops = tokio::task::spawn_blocking(move || {
-            let mut detached = Vec::new();
-            for (device, back) in loopdev::list() {
-                if back.starts_with(&under) && loopdev::detach(&device).is_ok() {
-                    detached.push(format!("loop device {} ({back})", device.display()));
-                }
-            }
-            detached
-        })
-        .await
-        .unwrap_or_default();
-        removed.extend(loops);
+        for (device, back) in detach_loops(move |back| back.starts_with(&under)).await {
+            removed.push(format!("loop device {} ({back})", device.display()));
+        }
         if let Some(pid) = self.storage_pid().await {
             let target = nix::unistd::Pid::from_raw(pid as i32);
             let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
@@ -1151,12 +1142,7 @@ impl RootStore for SpriteFsStore {
         }
         // A storage process that exited on a signal can leave its FUSE mount behind
         // (dead: a stat of it fails), so the mount table says, not a stat.
-        let listed = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .any(|point| Path::new(point) == fuse);
-        if listed {
+        if mount::mount_points().unwrap_or_default().contains(&fuse) {
             let target = fuse.clone();
             let detached = tokio::task::spawn_blocking(move || mount::unmount(&target, true))
                 .await

@@ -18,6 +18,10 @@ use std::time::Duration;
 /// Days of hourly rows kept.
 pub const KEEP_DAYS: u64 = 90;
 const HOUR_MS: u64 = 3_600_000;
+/// Most stored-bytes reads (a walk of a volume's block map in the storage process) in
+/// one pass: with many sprites, the hour's reads spread over the passes instead of all
+/// landing on the first (the daemon's start).
+const STORED_READS_PER_PASS: usize = 50;
 /// Longest gap between two samples counted as time in a status (a longer one, as
 /// across a daemon restart, counts this much).
 const MAX_GAP_MS: u64 = 300_000;
@@ -75,7 +79,8 @@ fn grew(now: Option<u64>, before: Option<u64>) -> u64 {
     }
 }
 
-fn status_index(status: SpriteStatus) -> usize {
+/// A status's place in `[running, warm, cold]` arrays.
+pub(crate) fn status_index(status: SpriteStatus) -> usize {
     match status {
         SpriteStatus::Running => 0,
         SpriteStatus::Warm => 1,
@@ -120,6 +125,7 @@ impl SpriteManager {
             .baselined
             .swap(true, std::sync::atomic::Ordering::SeqCst);
         let mut rows = Vec::with_capacity(records.len());
+        let mut stored_reads = 0;
         for record in records.iter().filter(|r| !r.pooled) {
             let (status, _) = self.lifecycle.activity.status(&record.id);
             let live = self.read_live(record, status, layout.as_ref());
@@ -130,7 +136,9 @@ impl SpriteManager {
                 .get(record.id.as_str())
                 .cloned();
             let before = before.unwrap_or_default();
-            let stored = if before.stored_hour != Some(hour) {
+            let stored = if before.stored_hour != Some(hour) && stored_reads < STORED_READS_PER_PASS
+            {
+                stored_reads += 1;
                 match self.lifecycle.roots.usage(&record.id).await {
                     Ok(Some(usage)) => {
                         self.usage_state

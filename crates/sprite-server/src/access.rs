@@ -20,20 +20,15 @@ fn check_org(org: &str) -> Result<(), ApiError> {
     sprite_api::admin::validate_org_name(org).map_err(ApiError::invalid)
 }
 
+/// A token or limits body (absent: the defaults).
 async fn json_body<T: serde::de::DeserializeOwned + Default>(
     body: axum::body::Body,
+    what: &str,
     hint: &str,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::invalid(format!(
-            "the body is larger than {MAX_BODY} bytes or broken"
-        ))
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid(format!("bad request body ({e}); {hint}")))
+    Ok(crate::read_json_body(body, MAX_BODY, what, hint)
+        .await?
+        .unwrap_or_default())
 }
 
 /// `POST /v1/organizations/{org}/tokens`: mints a token (201 with `token`, shown once).
@@ -45,6 +40,7 @@ pub async fn create(
     check_org(&org)?;
     let request: CreateTokenRequest = json_body(
         body,
+        "token",
         "send {\"description\": \"...\", \"scope\": \"organization\" or \"admin\"}",
     )
     .await?;
@@ -134,6 +130,7 @@ pub async fn set_limits(
     check_org(&org)?;
     let change: SetOrgLimits = json_body(
         body,
+        "limits",
         "send {\"running_limit\": N, \"warm_limit\": N} or {\"reset\": true}",
     )
     .await?;

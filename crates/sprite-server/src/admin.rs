@@ -56,18 +56,10 @@ pub async fn stop(
     State(state): State<AppState>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, 4096).await.map_err(|_| {
-        ApiError::invalid("the stop request body is larger than 4096 bytes or broken")
-    })?;
-    let request: StopRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        StopRequest::default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid(format!(
-                "bad stop request ({e}); send {{\"all\": true}} or nothing"
-            ))
-        })?
-    };
+    let request: StopRequest =
+        crate::read_json_body(body, 4096, "stop", "send {\"all\": true} or nothing")
+            .await?
+            .unwrap_or_default();
     if state
         .stopping
         .swap(true, std::sync::atomic::Ordering::SeqCst)

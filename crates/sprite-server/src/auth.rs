@@ -67,9 +67,20 @@ impl Tokens {
             .map(|(_, org)| org.as_str())
     }
 
-    /// The tokens and their organizations (published to a cluster, hashed).
-    pub fn all(&self) -> &[(String, String)] {
-        &self.tokens
+    /// Each token's hash and grant (admin scope), as a cluster publishes them.
+    pub fn grants(&self) -> Vec<(String, TokenGrant)> {
+        self.tokens
+            .iter()
+            .map(|(token, org)| {
+                (
+                    sprite_core::access::token_hash(token),
+                    TokenGrant {
+                        org: org.clone(),
+                        scope: TokenScope::Admin,
+                    },
+                )
+            })
+            .collect()
     }
 }
 

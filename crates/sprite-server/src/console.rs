@@ -214,9 +214,6 @@ pub async fn login(
         .get::<crate::serve::PeerAddr>()
         .map(|p| p.0.to_string())
         .unwrap_or_default();
-    let body = axum::body::to_bytes(request.into_body(), 4096)
-        .await
-        .map_err(|_| ApiError::invalid("the sign-in body is larger than 4096 bytes"))?;
     if let Err(wait) = state.console.attempts.take(&peer) {
         return Err(ApiError::new(
             ErrorKind::RateLimited,
@@ -226,9 +223,10 @@ pub async fn login(
             ),
         ));
     }
-    let login: Login = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid(format!("bad sign-in ({e}); send {{\"token\": \"...\"}}"))
-    })?;
+    let hint = "send {\"token\": \"...\"}";
+    let login: Login = crate::read_json_body(request.into_body(), 4096, "sign-in", hint)
+        .await?
+        .ok_or_else(|| ApiError::invalid(format!("the sign-in request is empty; {hint}")))?;
     let token = login.token.trim();
     let grant = crate::auth::grant_of_token(&state, token).ok_or_else(|| {
         ApiError::new(

@@ -152,8 +152,9 @@ async fn update_image(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     sprite_core::image::ImageStore::check_name(&image)?;
-    let credentials: sprite_api::admin::PullRequest = read_pull_body(
+    let credentials: sprite_api::admin::PullRequest = read_json_body(
         body,
+        MAX_PULL_BODY,
         "update",
         "send nothing, or {\"username\": ..., \"password\": ...}",
     )
@@ -195,20 +196,20 @@ where
     response
 }
 
-/// A pull or update body: JSON of at most [`MAX_PULL_BODY`] bytes (None when empty).
-async fn read_pull_body<T: serde::de::DeserializeOwned>(
+/// A JSON request body of at most `limit` bytes: None when it is empty (or only
+/// whitespace), else the value, or a 400 naming `what` and how to send it (`hint`).
+pub(crate) async fn read_json_body<T: serde::de::DeserializeOwned>(
     body: axum::body::Body,
+    limit: usize,
     what: &str,
     hint: &str,
 ) -> Result<Option<T>, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_PULL_BODY)
-        .await
-        .map_err(|_| {
-            ApiError::invalid(format!(
-                "the {what} request body is larger than {MAX_PULL_BODY} bytes or broken"
-            ))
-        })?;
-    if bytes.is_empty() {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::invalid(format!(
+            "the {what} request body is larger than {limit} bytes or broken"
+        ))
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     serde_json::from_slice(&bytes)
@@ -224,7 +225,7 @@ const MAX_PULL_BODY: usize = 64 << 10;
 /// goes on if the client leaves.
 async fn pull_image(state: AppState, body: axum::body::Body) -> Result<Response, ApiError> {
     let hint = "send {\"ref\": \"[REGISTRY/]REPOSITORY[:TAG]\", \"name\": optional, \"username\"/\"password\": optional}";
-    let request: sprite_api::admin::PullRequest = read_pull_body(body, "pull", hint)
+    let request: sprite_api::admin::PullRequest = read_json_body(body, MAX_PULL_BODY, "pull", hint)
         .await?
         .ok_or_else(|| ApiError::invalid(format!("the pull request is empty; {hint}")))?;
     if request.reference.trim().is_empty() {

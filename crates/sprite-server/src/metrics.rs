@@ -17,81 +17,79 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// A gauge family with `labels`, registered in `registry`.
-fn gauges(
+/// `metric`, registered in `registry`.
+fn add<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntGaugeVec, ApiError> {
-    let vec = IntGaugeVec::new(Opts::new(name, help), labels).map_err(internal)?;
-    registry.register(Box::new(vec.clone())).map_err(internal)?;
-    Ok(vec)
-}
-
-/// A counter family with `labels`, registered in `registry`.
-fn counters(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, ApiError> {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels).map_err(internal)?;
-    registry.register(Box::new(vec.clone())).map_err(internal)?;
-    Ok(vec)
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, ApiError> {
-    let gauge = IntGauge::new(name, help).map_err(internal)?;
+    metric: prometheus::Result<M>,
+) -> Result<M, ApiError> {
+    let metric = metric.map_err(internal)?;
     registry
-        .register(Box::new(gauge.clone()))
+        .register(Box::new(metric.clone()))
         .map_err(internal)?;
-    Ok(gauge)
+    Ok(metric)
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let manager = &state.manager;
     let registry = Registry::new();
-    let by_status = gauges(
+    let by_status = add(
         &registry,
-        "sprites",
-        "Sprites on this host by status",
-        &["status"],
-    )?;
-    let pool = gauge(&registry, "sprites_pool_ready", "Ready sprites in the pool")?;
-    let sprite = ["org", "sprite"];
-    let cpu = prometheus::CounterVec::new(
-        Opts::new(
-            "sprite_cpu_seconds_total",
-            "CPU time of the sprite's processes since it last started",
+        IntGaugeVec::new(
+            Opts::new("sprites", "Sprites on this host by status"),
+            &["status"],
         ),
-        &sprite,
-    )
-    .map_err(internal)?;
-    registry.register(Box::new(cpu.clone())).map_err(internal)?;
-    let memory = gauges(
-        &registry,
-        "sprite_memory_bytes",
-        "Memory the sprite uses",
-        &sprite,
     )?;
-    let stored = gauges(
+    let pool = add(
         &registry,
-        "sprite_disk_stored_bytes",
-        "Bytes the sprite's disk stores in the object store (compressed, as of the last hourly sample)",
-        &sprite,
+        IntGauge::new("sprites_pool_ready", "Ready sprites in the pool"),
     )?;
-    let received = counters(
+    let sprite = ["org", "sprite"];
+    let cpu = add(
         &registry,
-        "sprite_network_receive_bytes_total",
-        "Bytes the sprite received since it last started",
-        &sprite,
+        prometheus::CounterVec::new(
+            Opts::new(
+                "sprite_cpu_seconds_total",
+                "CPU time of the sprite's processes since it last started",
+            ),
+            &sprite,
+        ),
     )?;
-    let sent = counters(
+    let memory = add(
         &registry,
-        "sprite_network_transmit_bytes_total",
-        "Bytes the sprite sent since it last started",
-        &sprite,
+        IntGaugeVec::new(
+            Opts::new("sprite_memory_bytes", "Memory the sprite uses"),
+            &sprite,
+        ),
+    )?;
+    let stored = add(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "sprite_disk_stored_bytes",
+                "Bytes the sprite's disk stores in the object store (compressed, as of the last hourly sample)",
+            ),
+            &sprite,
+        ),
+    )?;
+    let received = add(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "sprite_network_receive_bytes_total",
+                "Bytes the sprite received since it last started",
+            ),
+            &sprite,
+        ),
+    )?;
+    let sent = add(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "sprite_network_transmit_bytes_total",
+                "Bytes the sprite sent since it last started",
+            ),
+            &sprite,
+        ),
     )?;
     for status in [
         SpriteStatus::Running,
@@ -119,25 +117,35 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
             sent.with_label_values(&labels).inc_by(tx);
         }
     }
-    let storage_up = gauge(
+    let storage_up = add(
         &registry,
-        "sprites_storage_up",
-        "Whether the storage process answered this scrape (1) or not (0)",
+        IntGauge::new(
+            "sprites_storage_up",
+            "Whether the storage process answered this scrape (1) or not (0)",
+        ),
     )?;
     match manager.storage_stats().await {
         Ok(Some(storage)) => {
             storage_up.set(1);
-            let calls = counters(
+            let calls = add(
                 &registry,
-                "sprites_store_operations_total",
-                "Object store calls of the storage process, by kind",
-                &["operation"],
+                IntCounterVec::new(
+                    Opts::new(
+                        "sprites_store_operations_total",
+                        "Object store calls of the storage process, by kind",
+                    ),
+                    &["operation"],
+                ),
             )?;
-            let errors = counters(
+            let errors = add(
                 &registry,
-                "sprites_store_errors_total",
-                "Object store calls that failed after their retries, by kind",
-                &["operation"],
+                IntCounterVec::new(
+                    Opts::new(
+                        "sprites_store_errors_total",
+                        "Object store calls that failed after their retries, by kind",
+                    ),
+                    &["operation"],
+                ),
             )?;
             for (operation, count, failed) in &storage.operations {
                 calls
@@ -147,25 +155,28 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
                     .with_label_values(&[operation.as_str()])
                     .inc_by(*failed);
             }
-            let retries = prometheus::IntCounter::new(
-                "sprites_store_retries_total",
-                "Object store calls retried",
-            )
-            .map_err(internal)?;
-            registry
-                .register(Box::new(retries.clone()))
-                .map_err(internal)?;
-            retries.inc_by(storage.retries);
-            gauge(
+            add(
                 &registry,
-                "sprites_storage_queue_blocks",
-                "Blocks written on this host that wait to be uploaded to the object store",
+                prometheus::IntCounter::new(
+                    "sprites_store_retries_total",
+                    "Object store calls retried",
+                ),
+            )?
+            .inc_by(storage.retries);
+            add(
+                &registry,
+                IntGauge::new(
+                    "sprites_storage_queue_blocks",
+                    "Blocks written on this host that wait to be uploaded to the object store",
+                ),
             )?
             .set(storage.pending_blocks as i64);
-            gauge(
+            add(
                 &registry,
-                "sprites_storage_attached_volumes",
-                "Volumes the storage process serves now",
+                IntGauge::new(
+                    "sprites_storage_attached_volumes",
+                    "Volumes the storage process serves now",
+                ),
             )?
             .set(storage.attached_volumes as i64);
         }

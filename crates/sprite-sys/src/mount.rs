@@ -195,6 +195,16 @@ pub fn enter_namespace(path: &Path) -> io::Result<()> {
     nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS).map_err(io_error)
 }
 
+/// Every mount point of this process's mount namespace, as `/proc/self/mountinfo`
+/// lists them (escapes undone), in its order (parents before children).
+pub fn mount_points() -> io::Result<Vec<std::path::PathBuf>> {
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .collect())
+}
+
 /// A mount point as mountinfo prints it (space, tab, newline and backslash as `\ooo`).
 fn unescape_mount_path(field: &str) -> std::path::PathBuf {
     use std::os::unix::ffi::OsStringExt;

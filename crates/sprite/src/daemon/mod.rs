@@ -224,20 +224,10 @@ pub async fn run(args: DaemonArgs, token: Option<String>) -> Result<u8> {
     let cookies = sprite_server::proxy::CookieKey::load(&cookie_key)
         .with_context(|| format!("load the URL proxy's cookie key {}", cookie_key.display()))?;
     let tokens = vec![(token, "default".to_string())];
-    let mut published: Vec<(String, sprite_api::admin::TokenGrant)> = tokens
-        .iter()
-        .map(|(token, org)| {
-            (
-                sprite_core::access::token_hash(token),
-                sprite_api::admin::TokenGrant {
-                    org: org.clone(),
-                    scope: sprite_api::admin::TokenScope::Admin,
-                },
-            )
-        })
-        .collect();
+    let tokens = Tokens::new(tokens);
+    let mut published = tokens.grants();
     published.extend(manager.access().grants());
-    let mut state = AppState::new(manager, Arc::new(Tokens::new(tokens)));
+    let mut state = AppState::new(manager, Arc::new(tokens));
     if let Some(member) = &member {
         member.publish_tokens(&published).await?;
         tokio::spawn(member.clone().run());
