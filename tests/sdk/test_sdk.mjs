@@ -101,6 +101,10 @@ try {
   // stat of a directory lists it (all three SDKs send the same request for stat and
   // readdir; docs/sdk-compat.md): it exists while it has entries.
   assert.ok(await fs.exists('proj/src'));
+  // mkdir without `recursive` is a write of DIR/.keep without mkdirParents: made.
+  await fs.mkdir('proj/plain');
+  assert.deepEqual(await fs.readdir('proj/plain'), []);
+  await fs.rm('proj/plain');
   await fs.copyFile('proj/src/main.txt', 'proj/src/copy.txt');
   await fs.rename('proj/src/copy.txt', 'proj/src/moved.txt');
   await fs.chmod('proj/src/moved.txt', 0o755);

@@ -135,6 +135,17 @@ try:
         raise AssertionError("read of a deleted file did not raise")
     except FileNotFoundError_:
         pass
+    # Stat of a directory (docs/sdk-compat.md): stat reads entries[0] of the same
+    # listing iterdir reads, so the directory's own entry comes first, nameless.
+    assert (fs / "proj/src").is_dir() and (fs / "proj/src").exists()
+    assert not (fs / "proj/src").is_file()
+    stat = (fs / "proj/src").stat()
+    assert stat.is_dir and stat.path == "/home/sprite/proj/src" and stat.name == "src", stat
+    (fs / "proj/src").mkdir(exist_ok=True)  # its first child is a file: still a directory
+    (fs / "proj/empty").mkdir()
+    assert (fs / "proj/empty").exists() and (fs / "proj/empty").is_dir()
+    assert list((fs / "proj/empty").iterdir()) == []
+    assert sorted((fs / "proj").listdir()) == ["empty", "src"]
     (fs / "proj").rmtree()
     assert not (fs / "proj").exists()
 
@@ -221,6 +232,12 @@ try:
             await (fs / "async.txt").write_text("a")
             assert await (fs / "async.txt").read_text() == "a"
             await (fs / "async.txt").unlink()
+            await (fs / "adir").mkdir()
+            assert await (fs / "adir").is_dir() and await (fs / "adir").exists()
+            assert [p async for p in (fs / "adir").iterdir()] == []
+            await (fs / "adir").mkdir(exist_ok=True)
+            await (fs / "adir").rmdir()
+            assert not await (fs / "adir").exists()
             assert (await aclient.get_sprite(NAME)).name == NAME
             assert NAME in [s.name for s in (await aclient.list_sprites()).sprites]
             assert [s.name for s in await asprite.list_services()] == []

@@ -66,6 +66,9 @@ pub enum EntryType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FsEntry {
+    /// The entry's name in its directory. Absent only on a listed directory's own entry
+    /// (`includeSelf`), which is how sprites-py's `iterdir` knows to skip it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Absolute path inside the sprite.
     pub path: String,
@@ -91,12 +94,10 @@ pub struct FsList {
 }
 
 impl FsList {
-    /// The listed path's own entry, when it is not a directory (a file lists as itself).
+    /// The listed path's own entry: a file lists as itself, and a directory listed with
+    /// `includeSelf` has its own entry first.
     pub fn itself(&self) -> Option<&FsEntry> {
-        match self.entries.as_slice() {
-            [entry] if entry.path == self.path => Some(entry),
-            _ => None,
-        }
+        self.entries.first().filter(|entry| entry.path == self.path)
     }
 }
 
@@ -553,6 +554,26 @@ mod tests {
             ..dir
         };
         assert_eq!(file.itself(), Some(&entry));
+        // A directory listed with its own entry: first, nameless on the wire.
+        let own = FsEntry {
+            name: String::new(),
+            path: "/".into(),
+            ..entry.clone()
+        };
+        let listed = FsList {
+            path: "/".into(),
+            entries: vec![own.clone(), entry.clone()],
+            count: 2,
+        };
+        assert_eq!(listed.itself(), Some(&own));
+        let wire = serde_json::to_value(&listed).unwrap();
+        assert!(wire["entries"][0].get("name").is_none(), "{wire}");
+        assert_eq!(wire["entries"][1]["name"], "a");
+        assert_eq!(
+            serde_json::from_value::<FsList>(wire).unwrap(),
+            listed,
+            "a nameless entry reads back"
+        );
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["type"], "directory");
         assert_eq!(json["isDir"], true);

@@ -33,6 +33,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 pub const MAX_ENTRIES: usize = 200_000;
 /// Deepest path (in components) a tree operation walks to.
 pub const MAX_DEPTH: usize = 256;
+/// The file the SDKs write to make a directory (`mkdir` is a write of `DIR/.keep`).
+const MKDIR_MARKER: &str = ".keep";
 
 /// A file-system error as the API reports it: errno code, the path inside the sprite,
 /// and a message saying what failed.
@@ -610,18 +612,36 @@ impl SpriteRoot {
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(FsError::errno("make directory", &done, e)),
             }
-            let dir = self.resolve_path(&parent, "make directory")?;
-            self.check_writable(&dir, &done, "make directory")?;
-            let owner = Self::owner_of(&dir, &parent)?;
-            match mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(FsError::errno("make directory", &done, e)),
-            }
-            let made = open_child(&dir, part, OFlag::O_PATH | OFlag::O_DIRECTORY)
-                .map_err(|e| FsError::errno("make directory", &done, e))?;
-            Self::give(&made, owner, &done)?;
+            self.make_dir_in(&parent, part, &done)?;
         }
         Ok(())
+    }
+
+    /// Makes `path` a directory if it is not one, when its parent is (pathlib's
+    /// `mkdir(parents=False)`).
+    fn make_last_dir(&self, path: &str) -> Result<(), FsError> {
+        match self.resolve(path, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(_) => return Ok(()),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(FsError::errno("make directory", path, e)),
+        }
+        let (parent, part) =
+            split(path).ok_or_else(|| FsError::errno("make directory", path, Errno::EEXIST))?;
+        self.make_dir_in(parent, part, path)
+    }
+
+    /// Makes `part` in the directory `parent` (ok if it is there), owned as `parent` is.
+    fn make_dir_in(&self, parent: &str, part: &str, path: &str) -> Result<(), FsError> {
+        let dir = self.resolve_path(parent, "make directory")?;
+        self.check_writable(&dir, path, "make directory")?;
+        let owner = Self::owner_of(&dir, parent)?;
+        match mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(FsError::errno("make directory", path, e)),
+        }
+        let made = open_child(&dir, part, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|e| FsError::errno("make directory", path, e))?;
+        Self::give(&made, owner, path)
     }
 
     /// Starts writing `path`: makes its parents if asked, and opens a temporary file
@@ -633,10 +653,14 @@ impl SpriteRoot {
         mode: Option<u32>,
         make_parents: bool,
     ) -> Result<(PendingWrite, File), FsError> {
-        let (parent, _) =
+        let (parent, name) =
             split(path).ok_or_else(|| FsError::errno("write", path, Errno::EISDIR))?;
         if make_parents {
             self.make_dirs(parent)?;
+        } else if name == MKDIR_MARKER {
+            // The SDKs' mkdir is a write of DIR/.keep: without parents, it makes DIR
+            // when DIR's parent is there, as a mkdir does (docs/sdk-compat.md).
+            self.make_last_dir(parent)?;
         }
         let (dir, name) = self.parent(path, "write")?;
         self.check_writable(&dir, path, "write")?;
@@ -729,12 +753,15 @@ impl SpriteRoot {
     }
 
     /// `GET fs/list`: a directory's entries (recursively, if asked; names matching
-    /// `pattern` only, if given), or the one entry of a file.
+    /// `pattern` only, if given), or the one entry of a file. With `include_self`, a
+    /// directory's own entry (no name, its path, what it resolves to) comes first, so a
+    /// client that reads a stat from the first entry reads the directory's.
     pub fn list(
         &self,
         path: &str,
         recursive: bool,
         pattern: Option<&str>,
+        include_self: bool,
     ) -> Result<Vec<FsEntry>, FsError> {
         let target = self.resolve_path(path, "list")?;
         let stat = fstat(&target).map_err(|e| FsError::errno("list", path, e))?;
@@ -744,6 +771,9 @@ impl SpriteRoot {
             return Ok(vec![self.entry(path, name, &stat, &dir)]);
         }
         let mut entries = Vec::new();
+        if include_self {
+            entries.push(self.entry(path, "", &stat, &target));
+        }
         let mut budget = Budget::new(path);
         self.list_dir(&target, path, recursive, pattern, &mut entries, &mut budget)?;
         Ok(entries)

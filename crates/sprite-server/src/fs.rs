@@ -63,6 +63,15 @@ impl Params {
     }
 }
 
+/// Whether the request comes from sprites-py (its User-Agent is `sprites-py/VERSION`,
+/// sometimes followed by client signals).
+fn from_sprites_py(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|agent| agent.starts_with("sprites-py/"))
+}
+
 fn parse_flag(key: &str, value: &str) -> Result<bool, ApiError> {
     match value.to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" => Ok(true),
@@ -228,7 +237,8 @@ pub async fn read(
     Ok(response)
 }
 
-/// `PUT fs/write?path=&workingDir=&mode=&mkdirParents=` with the file as the body.
+/// `PUT fs/write?path=&workingDir=&mode=&mkdirParents=` (default true) with the file as
+/// the body.
 /// The body goes to a temporary file beside the target, which replaces the target
 /// only once complete and synced: a broken upload leaves the old file as it was.
 pub async fn write(
@@ -244,10 +254,12 @@ pub async fn write(
         .map(parse_mode_text)
         .transpose()
         .map_err(|message| fs_error(FsError::new(FsCode::Invalid, &path, message)))?;
+    // Missing parents are made unless asked not to: the Go SDK's Mkdir and the JS
+    // SDK's non-recursive mkdir write DIR/.keep without the flag and expect DIR.
     let make_parents = params
         .flag("mkdirParents")?
         .or(params.flag("mkdir")?)
-        .unwrap_or(false);
+        .unwrap_or(true);
     let (root, _awake) = root(&state, &key).await?;
     let finisher = root.clone();
     let target = path.clone();
@@ -307,11 +319,18 @@ pub async fn write(
     }))
 }
 
-/// `GET fs/list?path=&workingDir=&recursive=&pattern=`.
+/// `GET fs/list?path=&workingDir=&recursive=&pattern=&includeSelf=`.
+///
+/// The SDKs' `stat`, `exists` and `is_dir` are this same request, reading
+/// `entries[0]`. A directory's own entry comes first (with no name) when asked with
+/// `includeSelf`, and by default for sprites-py, whose `iterdir` skips nameless entries
+/// (docs/sdk-compat.md, "stat of a directory"). Other clients get the children only:
+/// the JS and Go SDKs' `readdir` would list the directory in itself.
 pub async fn list(
     State(state): State<AppState>,
     SpritePath(key): SpritePath,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Json<FsList>, ApiError> {
     let params = Params::parse(query);
     let path = params.path()?;
@@ -320,9 +339,13 @@ pub async fn list(
         .get("pattern")
         .filter(|p| !p.is_empty())
         .map(str::to_string);
+    let include_self = match params.flag("includeSelf")? {
+        Some(asked) => asked,
+        None => !recursive && pattern.is_none() && from_sprites_py(&headers),
+    };
     let listed = path.clone();
     let entries = in_sprite(&state, &key, move |r| {
-        r.list(&listed, recursive, pattern.as_deref())
+        r.list(&listed, recursive, pattern.as_deref(), include_self)
     })
     .await?;
     Ok(Json(FsList {

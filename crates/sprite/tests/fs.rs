@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use futures_util::StreamExt;
-use sprite_api::fs::{FsAffected, FsCopied, FsRenamed};
+use sprite_api::fs::{FsAffected, FsCopied, FsList, FsRenamed};
 use std::time::Duration;
 
 const CONFIG: &str = "storage = \"spritefs\"\nwarm_after = \"never\"\ncold_after = \"never\"\n";
@@ -113,6 +113,44 @@ async fn every_route_works_and_errors_say_code_and_path() {
         .await
         .unwrap_err();
     assert_eq!(error.status(), Some(404), "{error}");
+    // The SDKs' mkdir: a write of DIR/.keep. Without the flag, parents are made (Go's
+    // Mkdir sends none); with mkdirParents=false, DIR alone is made when its parent is
+    // there (sprites-py's mkdir(parents=False)), and a missing grandparent is ENOENT.
+    let put = |query: &'static str| {
+        reqwest::Client::new()
+            .put(format!("{}/v1/sprites/files/fs/write?{query}", daemon.url))
+            .bearer_auth(TOKEN)
+            .body("")
+            .send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(put("path=/tmp/go/made/.keep").await.unwrap()), 200);
+    assert_eq!(
+        status(put("path=/tmp/py/.keep&mkdirParents=false").await.unwrap()),
+        200
+    );
+    assert_eq!(
+        status(
+            put("path=/tmp/py2/deep/.keep&mkdirParents=false")
+                .await
+                .unwrap()
+        ),
+        404
+    );
+    assert_eq!(
+        status(put("path=/tmp/py3/other&mkdirParents=false").await.unwrap()),
+        404,
+        "only the mkdir marker makes its directory"
+    );
+    assert_eq!(
+        sh(
+            &daemon,
+            "files",
+            "find /tmp/go /tmp/py | sort; test -e /tmp/py2 || echo no py2; test -e /tmp/py3 || echo no py3"
+        )
+        .await,
+        "/tmp/go\n/tmp/go/made\n/tmp/go/made/.keep\n/tmp/py\n/tmp/py/.keep\nno py2\nno py3\n"
+    );
 
     // read, whole and ranged.
     assert_eq!(
@@ -210,6 +248,92 @@ async fn every_route_works_and_errors_say_code_and_path() {
         .as_str()
         .unwrap()
         .ends_with('Z'));
+
+    // A directory's own entry: first and nameless with includeSelf and for sprites-py
+    // (whose stat reads entries[0] and whose iterdir skips nameless entries); children
+    // only for everyone else (the JS and Go readdir would list the directory in itself).
+    let list_a = |extra: &'static str, agent: &'static str| {
+        http.get(format!(
+            "{}&path=a{extra}",
+            url("list?workingDir=/home/sprite")
+        ))
+        .header("user-agent", agent)
+        .bearer_auth(TOKEN)
+        .send()
+    };
+    let names = |listed: &serde_json::Value| -> Vec<Option<String>> {
+        listed["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    for (extra, agent, with_self) in [
+        ("", "sprites-py/0.7.2", true),
+        ("", "sprites-py/0.7.2 client-signals/1 (agent)", true),
+        ("&includeSelf=false", "sprites-py/0.7.2", false),
+        ("&recursive=true", "sprites-py/0.7.2", false),
+        ("", "node", false),
+        ("", "Go-http-client/1.1", false),
+        ("&includeSelf=true", "node", true),
+    ] {
+        let response = list_a(extra, agent).await.unwrap();
+        assert_eq!(response.status(), 200, "{extra} {agent}");
+        let listed: serde_json::Value = response.json().await.unwrap();
+        let mut want = vec![Some("b".to_string())];
+        if extra.contains("recursive") {
+            want.push(Some("hello.txt".into()));
+        }
+        if with_self {
+            want.insert(0, None);
+            let own = &listed["entries"][0];
+            assert_eq!(
+                (&own["path"], &own["type"], &own["isDir"]),
+                (
+                    &serde_json::json!("/home/sprite/a"),
+                    &serde_json::json!("directory"),
+                    &serde_json::json!(true)
+                ),
+                "{listed}"
+            );
+            assert!(own["modTime"].as_str().is_some_and(|t| t.ends_with('Z')));
+        }
+        assert_eq!(names(&listed), want, "{extra} {agent}: {listed}");
+        assert_eq!(listed["count"], want.len(), "{listed}");
+    }
+    // An empty directory is there (one entry, its own) rather than missing.
+    http.put(url("write"))
+        .query(&[("path", "/home/sprite/empty/x"), ("mkdirParents", "true")])
+        .bearer_auth(TOKEN)
+        .body("")
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    client
+        .fs_delete("files", "/home/sprite/empty/x", false)
+        .await
+        .unwrap();
+    let empty: serde_json::Value = http
+        .get(url("list"))
+        .query(&[("path", "/home/sprite/empty")])
+        .header("user-agent", "sprites-py/0.7.2")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&empty), [None], "{empty}");
+    let empty: FsList = serde_json::from_value(empty).unwrap();
+    assert!(empty.itself().is_some_and(|own| own.is_dir));
+    client
+        .fs_delete("files", "/home/sprite/empty", false)
+        .await
+        .unwrap();
 
     // copy: a file, then a tree; modes kept.
     let copied: FsCopied = client
