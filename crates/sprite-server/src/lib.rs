@@ -28,7 +28,7 @@ mod sprites;
 mod tcp;
 mod templates;
 
-pub use auth::{require_token, token_from_header as auth_token_from_header, Tokens};
+pub use auth::{require_token, token_from_header as auth_token_from_header, Org, Tokens};
 pub use error::ApiError;
 
 use axum::extract::{Request, State};

@@ -688,24 +688,95 @@ impl ServerHandler for SpritesMcp {
     }
 }
 
+/// Most MCP sessions open at once on a daemon, and for one organization. A session
+/// holds a task and a channel until its client ends it or it idles out (rmcp's
+/// keep-alive, 5 minutes); an initialize that never comes ends it after 60 s.
+const MAX_MCP_SESSIONS: usize = 256;
+const MAX_MCP_SESSIONS_PER_ORG: usize = 64;
+
+type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+
+/// Who opened each open session, to bound them per organization.
+#[derive(Clone)]
+struct SessionBound {
+    sessions: std::sync::Arc<Sessions>,
+    owners: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+impl SessionBound {
+    /// Open sessions by organization, forgetting the ones that ended.
+    async fn counts(&self) -> (usize, std::collections::HashMap<String, usize>) {
+        let open = self.sessions.sessions.read().await;
+        let mut owners = self.owners.lock();
+        owners.retain(|id, _| open.contains_key(id.as_str()));
+        let mut by_org = std::collections::HashMap::new();
+        for org in owners.values() {
+            *by_org.entry(org.clone()).or_insert(0) += 1;
+        }
+        (open.len(), by_org)
+    }
+}
+
+/// Refuses a request that would open a session past the bounds with a 429 that says
+/// so; notes who opened the ones it lets through.
+async fn bound_sessions(
+    axum::extract::State(bound): axum::extract::State<SessionBound>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use rmcp::transport::common::http_header::HEADER_SESSION_ID;
+    let opens = request.method() == axum::http::Method::POST
+        && !request.headers().contains_key(HEADER_SESSION_ID);
+    let org = request
+        .extensions()
+        .get::<sprite_server::Org>()
+        .map(|org| org.0.clone())
+        .unwrap_or_default();
+    if !opens {
+        return next.run(request).await;
+    }
+    let (open, by_org) = bound.counts().await;
+    let mine = by_org.get(&org).copied().unwrap_or(0);
+    if open >= MAX_MCP_SESSIONS || mine >= MAX_MCP_SESSIONS_PER_ORG {
+        let message = format!(
+            "too many MCP sessions open ({mine} of this organization's {MAX_MCP_SESSIONS_PER_ORG}, {open} of the daemon's {MAX_MCP_SESSIONS}): end unused ones (DELETE /mcp with their Mcp-Session-Id) or wait for idle ones to close (5 minutes)"
+        );
+        return sprite_server::ApiError::new(sprite_api::ErrorKind::RateLimited, message)
+            .into_response();
+    }
+    let response = next.run(request).await;
+    if let Some(id) = response
+        .headers()
+        .get(HEADER_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        bound.owners.lock().insert(id.to_string(), org);
+    }
+    response
+}
+
 /// `/mcp` for the daemon's router: streamable HTTP, every request with a token the
-/// daemon knows (refused with 401 before MCP sees it otherwise).
+/// daemon knows (refused with 401 before MCP sees it otherwise), sessions bounded.
 pub fn http_routes(state: sprite_server::AppState, api: &str) -> axum::Router {
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
     let api = api.to_string();
-    let service: StreamableHttpService<SpritesMcp, LocalSessionManager> =
-        StreamableHttpService::new(
-            move || Ok(SpritesMcp::new(&api, None)),
-            Default::default(),
-            // Every request carries a token, so a page a browser opens cannot use
-            // it: no need to check Host against a list.
-            StreamableHttpServerConfig::default().disable_allowed_hosts(),
-        );
+    let bound = SessionBound {
+        sessions: std::sync::Arc::new(Sessions::default()),
+        owners: Default::default(),
+    };
+    let service: StreamableHttpService<SpritesMcp, Sessions> = StreamableHttpService::new(
+        move || Ok(SpritesMcp::new(&api, None)),
+        bound.sessions.clone(),
+        // Every request carries a token, so a page a browser opens cannot use
+        // it: no need to check Host against a list.
+        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+    );
     axum::Router::new()
         .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(bound, bound_sessions))
         .layer(axum::middleware::from_fn_with_state(
             state,
             sprite_server::require_token,

@@ -797,6 +797,65 @@ async fn admin_stop_all_leaves_the_host_clean() {
     assert_eq!(read.stdout().trim(), "kept");
 }
 
+/// `/mcp` sessions are bounded: 64 per organization (then a 429 that says what to do),
+/// another organization still gets its own, and ending one makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sessions_are_bounded_per_organization() {
+    let daemon = Daemon::start("busybox").await;
+    let http = reqwest::Client::new();
+    let open = |token: String| {
+        http.post(format!("{}/mcp", daemon.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"bound","version":"1"}}}"#)
+            .send()
+    };
+    let mut ids = Vec::new();
+    for n in 0..64 {
+        let response = open(TOKEN.to_string()).await.unwrap();
+        assert_eq!(response.status(), 200, "session {n}");
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        ids.push(id);
+    }
+    let refused = open(TOKEN.to_string()).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let message = body["error"].as_str().unwrap_or_default().to_string()
+        + body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("too many MCP sessions open (64 of this organization's 64"),
+        "{body}"
+    );
+    // Another organization is not held back by this one's sessions.
+    let created = sprite(
+        &daemon,
+        &["tokens", "create", "--org", "other", "--json"],
+        b"",
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let other: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let other = other["token"].as_str().unwrap().to_string();
+    assert_eq!(open(other).await.unwrap().status(), 200);
+    // Ending a session makes room for one more.
+    let ended = http
+        .delete(format!("{}/mcp", daemon.url))
+        .bearer_auth(TOKEN)
+        .header("mcp-session-id", &ids[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    assert_eq!(open(TOKEN.to_string()).await.unwrap().status(), 200);
+}
+
 /// The MCP server through the official MCP Python SDK, over streamable HTTP (`/mcp`)
 /// and over stdio (`sprite mcp`): tools listed, a sprite made, a command run (output
 /// capped and marked, a timeout), files written and read, a checkpoint made and
