@@ -43,8 +43,8 @@ async fn creates(client: &Client, tag: &str, runs: usize) -> Vec<f64> {
     samples
 }
 
-/// With `PERF=1`, a system-wide `perf record -g` of one phase's creates, written to
-/// `target/bench/scale-<phase>.perf` (compare the two with `perf report -i`); stopped
+/// With `PERF=1`, a system-wide `perf record -g` of one phase's creates (and of the
+/// idle window with the host full), written to `target/bench/scale-<phase>.perf` (compare the two with `perf report -i`); stopped
 /// (SIGINT, so perf writes its file) when dropped.
 struct Profile(Option<std::process::Child>);
 
@@ -137,6 +137,39 @@ async fn idle_cpu_percent(daemon_pid: u32, window: std::time::Duration) -> (f64,
     )
 }
 
+/// Waits until the storage process has uploaded nothing for `quiet` (the `put`s of
+/// `/metrics` stand still), or `limit`. An empty upload queue is not enough: the
+/// kernel writes a file's dirty pages back up to 30 s after they were written, so the
+/// fill's data keeps arriving at the sprites' disks for a while after it ends.
+async fn wait_for_uploads(daemon: &Daemon, quiet: std::time::Duration, limit: std::time::Duration) {
+    let puts = || async {
+        let response = reqwest::Client::new()
+            .get(format!("{}/metrics", daemon.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix("sprites_store_operations_total{operation=\"put\"} ")
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let start = Instant::now();
+    let mut last = (puts().await, Instant::now());
+    while start.elapsed() < limit {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = puts().await;
+        if now != last.0 || now.is_none() {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= quiet {
+            return;
+        }
+    }
+    eprintln!("the storage process still uploads after {limit:?}; measuring anyway");
+}
+
 /// Waits until the CPUs were at least `fraction` idle over two seconds (or `limit`).
 async fn wait_for_idle_cpu(fraction: f64, limit: std::time::Duration) {
     let start = Instant::now();
@@ -166,6 +199,14 @@ async fn bench() {
     let client = &daemon.client;
     // The first create formats the volume template and mounts the image: not measured.
     creates(client, "warmup", 2).await;
+    // Both phases start with the storage process quiet (see after the fill).
+    wait_for_uploads(
+        &daemon,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(600),
+    )
+    .await;
+    wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
     let profile = Profile::start("empty");
     let empty = creates(client, "empty", runs).await;
     drop(profile);
@@ -186,9 +227,20 @@ async fn bench() {
     // Filling wrote gigabytes the storage process still compresses and uploads; the
     // steady state with that many sprites is measured, not the tail of the fill.
     let settled = Instant::now();
+    // The CPUs alone are a loose sign: the storage process hashing and uploading the
+    // last of the fill left them 80-85 % idle. Its uploads standing still is the sign
+    // that it is done.
+    wait_for_uploads(
+        &daemon,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(600),
+    )
+    .await;
     wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
     let settle_seconds = settled.elapsed().as_secs_f64();
+    let profile = Profile::start("idle-full");
     let idle_full = idle_cpu_percent(daemon.pid, idle_window).await;
+    drop(profile);
     eprintln!("{sprites} sprites on the host, {warm} warm: measuring");
     let profile = Profile::start("full");
     let full = creates(client, "full", runs).await;
@@ -213,7 +265,7 @@ async fn bench() {
     println!("{label:<52} {full_p50:>9.2} {full_p90:>9.2}");
     println!("growth of the p50: {growth:+.1} % (goal: within 20 %)");
     println!(
-        "filling the host took {fill_seconds:.1} s, then {settle_seconds:.1} s until the CPUs were idle"
+        "filling the host took {fill_seconds:.1} s, then {settle_seconds:.1} s until its uploads were done and the CPUs idle"
     );
     println!(
         "idle CPU (% of one CPU over {} s): daemon {:.1} empty, {:.1} full; storage {:.1} empty, {:.1} full",
