@@ -170,6 +170,19 @@ async fn wait_for_uploads(daemon: &Daemon, quiet: std::time::Duration, limit: st
     eprintln!("the storage process still uploads after {limit:?}; measuring anyway");
 }
 
+/// Waits for the host to be quiet before a phase: the storage process has uploaded
+/// nothing for 10 s, then the CPUs are idle. The CPUs alone are a loose sign: the
+/// storage process hashing and uploading the last of a fill left them 80-85 % idle.
+async fn settle(daemon: &Daemon) {
+    wait_for_uploads(
+        daemon,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(600),
+    )
+    .await;
+    wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
+}
+
 /// Waits until the CPUs were at least `fraction` idle over two seconds (or `limit`).
 async fn wait_for_idle_cpu(fraction: f64, limit: std::time::Duration) {
     let start = Instant::now();
@@ -200,13 +213,7 @@ async fn bench() {
     // The first create formats the volume template and mounts the image: not measured.
     creates(client, "warmup", 2).await;
     // Both phases start with the storage process quiet (see after the fill).
-    wait_for_uploads(
-        &daemon,
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_secs(600),
-    )
-    .await;
-    wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
+    settle(&daemon).await;
     let profile = Profile::start("empty");
     let empty = creates(client, "empty", runs).await;
     drop(profile);
@@ -227,16 +234,7 @@ async fn bench() {
     // Filling wrote gigabytes the storage process still compresses and uploads; the
     // steady state with that many sprites is measured, not the tail of the fill.
     let settled = Instant::now();
-    // The CPUs alone are a loose sign: the storage process hashing and uploading the
-    // last of the fill left them 80-85 % idle. Its uploads standing still is the sign
-    // that it is done.
-    wait_for_uploads(
-        &daemon,
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_secs(600),
-    )
-    .await;
-    wait_for_idle_cpu(0.85, std::time::Duration::from_secs(300)).await;
+    settle(&daemon).await;
     let settle_seconds = settled.elapsed().as_secs_f64();
     let profile = Profile::start("idle-full");
     let idle_full = idle_cpu_percent(daemon.pid, idle_window).await;
