@@ -696,24 +696,65 @@ const MAX_MCP_SESSIONS_PER_ORG: usize = 64;
 
 type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
-/// Who opened each open session, to bound them per organization.
-#[derive(Clone)]
+/// Who opened each open session, and the opens under way, to bound them per
+/// organization.
+#[derive(Clone, Default)]
 struct SessionBound {
     sessions: std::sync::Arc<Sessions>,
-    owners: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
+    held: std::sync::Arc<parking_lot::Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Session id → its organization.
+    owners: std::collections::HashMap<String, String>,
+    /// Opens let through and not answered yet, by organization: they count, so
+    /// concurrent opens cannot all pass one count.
+    opening: std::collections::HashMap<String, usize>,
+}
+
+/// An open under way; counted until dropped (answered or abandoned).
+struct Opening {
+    held: std::sync::Arc<parking_lot::Mutex<Held>>,
+    org: String,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let mut held = self.held.lock();
+        if let Some(count) = held.opening.get_mut(&self.org) {
+            *count -= 1;
+            if *count == 0 {
+                held.opening.remove(&self.org);
+            }
+        }
+    }
 }
 
 impl SessionBound {
-    /// Open sessions by organization, forgetting the ones that ended.
-    async fn counts(&self) -> (usize, std::collections::HashMap<String, usize>) {
+    /// Lets an open by `org` through (forgetting the sessions that ended), or answers
+    /// (this organization's, the daemon's) sessions when it would pass a bound.
+    async fn admit(&self, org: &str) -> Result<Opening, (usize, usize)> {
         let open = self.sessions.sessions.read().await;
-        let mut owners = self.owners.lock();
-        owners.retain(|id, _| open.contains_key(id.as_str()));
-        let mut by_org = std::collections::HashMap::new();
-        for org in owners.values() {
-            *by_org.entry(org.clone()).or_insert(0) += 1;
+        let mut held = self.held.lock();
+        held.owners.retain(|id, _| open.contains_key(id.as_str()));
+        let opening = |org: Option<&str>| -> usize {
+            held.opening
+                .iter()
+                .filter(|(o, _)| org.is_none_or(|org| o.as_str() == org))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let mine = held.owners.values().filter(|o| o.as_str() == org).count() + opening(Some(org));
+        let all = open.len() + opening(None);
+        if all >= MAX_MCP_SESSIONS || mine >= MAX_MCP_SESSIONS_PER_ORG {
+            return Err((mine, all));
         }
-        (open.len(), by_org)
+        *held.opening.entry(org.to_string()).or_default() += 1;
+        Ok(Opening {
+            held: self.held.clone(),
+            org: org.to_string(),
+        })
     }
 }
 
@@ -728,31 +769,33 @@ async fn bound_sessions(
     use rmcp::transport::common::http_header::HEADER_SESSION_ID;
     let opens = request.method() == axum::http::Method::POST
         && !request.headers().contains_key(HEADER_SESSION_ID);
+    if !opens {
+        return next.run(request).await;
+    }
     let org = request
         .extensions()
         .get::<sprite_server::Org>()
         .map(|org| org.0.clone())
         .unwrap_or_default();
-    if !opens {
-        return next.run(request).await;
-    }
-    let (open, by_org) = bound.counts().await;
-    let mine = by_org.get(&org).copied().unwrap_or(0);
-    if open >= MAX_MCP_SESSIONS || mine >= MAX_MCP_SESSIONS_PER_ORG {
-        let message = format!(
-            "too many MCP sessions open ({mine} of this organization's {MAX_MCP_SESSIONS_PER_ORG}, {open} of the daemon's {MAX_MCP_SESSIONS}): end unused ones (DELETE /mcp with their Mcp-Session-Id) or wait for idle ones to close (5 minutes)"
-        );
-        return sprite_server::ApiError::new(sprite_api::ErrorKind::RateLimited, message)
-            .into_response();
-    }
+    let opening = match bound.admit(&org).await {
+        Ok(opening) => opening,
+        Err((mine, all)) => {
+            let message = format!(
+                "too many MCP sessions open ({mine} of this organization's {MAX_MCP_SESSIONS_PER_ORG}, {all} of the daemon's {MAX_MCP_SESSIONS}): end unused ones (DELETE /mcp with their Mcp-Session-Id) or wait for idle ones to close (5 minutes)"
+            );
+            return sprite_server::ApiError::new(sprite_api::ErrorKind::RateLimited, message)
+                .into_response();
+        }
+    };
     let response = next.run(request).await;
     if let Some(id) = response
         .headers()
         .get(HEADER_SESSION_ID)
         .and_then(|v| v.to_str().ok())
     {
-        bound.owners.lock().insert(id.to_string(), org);
+        bound.held.lock().owners.insert(id.to_string(), org);
     }
+    drop(opening);
     response
 }
 
@@ -763,10 +806,7 @@ pub fn http_routes(state: sprite_server::AppState, api: &str) -> axum::Router {
         StreamableHttpServerConfig, StreamableHttpService,
     };
     let api = api.to_string();
-    let bound = SessionBound {
-        sessions: std::sync::Arc::new(Sessions::default()),
-        owners: Default::default(),
-    };
+    let bound = SessionBound::default();
     let service: StreamableHttpService<SpritesMcp, Sessions> = StreamableHttpService::new(
         move || Ok(SpritesMcp::new(&api, None)),
         bound.sessions.clone(),

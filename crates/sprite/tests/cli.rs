@@ -843,7 +843,14 @@ async fn mcp_sessions_are_bounded_per_organization() {
     );
     let other: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     let other = other["token"].as_str().unwrap().to_string();
-    assert_eq!(open(other).await.unwrap().status(), 200);
+    assert_eq!(open(other.clone()).await.unwrap().status(), 200);
+    // Opens at once cannot all pass one count: exactly the 63 left get through.
+    let statuses = futures_util::future::join_all((0..70).map(|_| open(other.clone()))).await;
+    let opened = statuses
+        .into_iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    assert_eq!(opened, 63);
     // Ending a session makes room for one more.
     let ended = http
         .delete(format!("{}/mcp", daemon.url))
