@@ -599,39 +599,25 @@ impl SpriteRoot {
 
     /// Makes the directories of `path` that are missing, each owned like its parent.
     fn make_dirs(&self, path: &str) -> Result<(), FsError> {
-        let mut done = String::new();
+        let mut done = String::from("/");
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            let parent = if done.is_empty() {
-                "/".to_string()
-            } else {
-                done.clone()
-            };
-            done = join(&parent, part);
-            match self.resolve(&done, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-                Ok(_) => continue,
-                Err(Errno::ENOENT) => {}
-                Err(e) => return Err(FsError::errno("make directory", &done, e)),
-            }
-            self.make_dir_in(&parent, part, &done)?;
+            done = join(&done, part);
+            self.make_dir(&done)?;
         }
         Ok(())
     }
 
-    /// Makes `path` a directory if it is not one, when its parent is (pathlib's
-    /// `mkdir(parents=False)`).
-    fn make_last_dir(&self, path: &str) -> Result<(), FsError> {
+    /// Makes `path` a directory, owned as its parent is, unless it is one; its parent
+    /// must be (pathlib's `mkdir(parents=False, exist_ok=True)`).
+    fn make_dir(&self, path: &str) -> Result<(), FsError> {
         match self.resolve(path, OFlag::O_PATH | OFlag::O_DIRECTORY) {
             Ok(_) => return Ok(()),
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(FsError::errno("make directory", path, e)),
         }
+        // Only the root has no parent, and the root resolves.
         let (parent, part) =
             split(path).ok_or_else(|| FsError::errno("make directory", path, Errno::EEXIST))?;
-        self.make_dir_in(parent, part, path)
-    }
-
-    /// Makes `part` in the directory `parent` (ok if it is there), owned as `parent` is.
-    fn make_dir_in(&self, parent: &str, part: &str, path: &str) -> Result<(), FsError> {
         let dir = self.resolve_path(parent, "make directory")?;
         self.check_writable(&dir, path, "make directory")?;
         let owner = Self::owner_of(&dir, parent)?;
@@ -660,7 +646,7 @@ impl SpriteRoot {
         } else if name == MKDIR_MARKER {
             // The SDKs' mkdir is a write of DIR/.keep: without parents, it makes DIR
             // when DIR's parent is there, as a mkdir does (docs/sdk-compat.md).
-            self.make_last_dir(parent)?;
+            self.make_dir(parent)?;
         }
         let (dir, name) = self.parent(path, "write")?;
         self.check_writable(&dir, path, "write")?;

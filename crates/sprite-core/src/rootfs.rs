@@ -490,10 +490,9 @@ async fn unmount(target: &Path, lazy: bool) -> Result<(), CoreError> {
 /// What a sprite disk's mount names as its source.
 const DEVICE_NAME: &str = "spritefs";
 
-/// Detaches every loop device whose backing file `matches` (read from sysfs). Only for
-/// cleaning up after a storage process died: devices clear themselves otherwise.
-/// Detaches every loop device whose backing file `matches`; answers which (device,
-/// backing file).
+/// Detaches every loop device whose backing file `matches` (read from sysfs) and
+/// answers which (device, backing file). Only for cleaning up after a storage process
+/// died or a full stop: devices clear themselves otherwise.
 async fn detach_loops(matches: impl Fn(&str) -> bool + Send + 'static) -> Vec<(PathBuf, String)> {
     tokio::task::spawn_blocking(move || {
         loopdev::list()
