@@ -252,14 +252,11 @@ async fn every_route_works_and_errors_say_code_and_path() {
     // A directory's own entry: first and nameless with includeSelf and for sprites-py
     // (whose stat reads entries[0] and whose iterdir skips nameless entries); children
     // only for everyone else (the JS and Go readdir would list the directory in itself).
-    let list_a = |extra: &'static str, agent: &'static str| {
-        http.get(format!(
-            "{}&path=a{extra}",
-            url("list?workingDir=/home/sprite")
-        ))
-        .header("user-agent", agent)
-        .bearer_auth(TOKEN)
-        .send()
+    let list_as = |query: String, agent: &'static str| {
+        http.get(url(&format!("list?{query}")))
+            .header("user-agent", agent)
+            .bearer_auth(TOKEN)
+            .send()
     };
     let names = |listed: &serde_json::Value| -> Vec<Option<String>> {
         listed["entries"]
@@ -278,7 +275,9 @@ async fn every_route_works_and_errors_say_code_and_path() {
         ("", "Go-http-client/1.1", false),
         ("&includeSelf=true", "node", true),
     ] {
-        let response = list_a(extra, agent).await.unwrap();
+        let response = list_as(format!("workingDir=/home/sprite&path=a{extra}"), agent)
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{extra} {agent}");
         let listed: serde_json::Value = response.json().await.unwrap();
         let mut want = vec![Some("b".to_string())];
@@ -303,25 +302,15 @@ async fn every_route_works_and_errors_say_code_and_path() {
         assert_eq!(listed["count"], want.len(), "{listed}");
     }
     // An empty directory is there (one entry, its own) rather than missing.
-    http.put(url("write"))
-        .query(&[("path", "/home/sprite/empty/x"), ("mkdirParents", "true")])
-        .bearer_auth(TOKEN)
-        .body("")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    assert_eq!(
+        put("path=/home/sprite/empty/x").await.unwrap().status(),
+        200
+    );
     client
         .fs_delete("files", "/home/sprite/empty/x", false)
         .await
         .unwrap();
-    let empty: serde_json::Value = http
-        .get(url("list"))
-        .query(&[("path", "/home/sprite/empty")])
-        .header("user-agent", "sprites-py/0.7.2")
-        .bearer_auth(TOKEN)
-        .send()
+    let empty: serde_json::Value = list_as("path=/home/sprite/empty".into(), "sprites-py/0.7.2")
         .await
         .unwrap()
         .json()
