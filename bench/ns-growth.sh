@@ -30,10 +30,12 @@ phase() {
     base=$(median_us unshare -U -r -m -p -f true)
     net=$(median_us unshare -U -r -m -p -f -n true)
     sysfs=$(median_us unshare -U -r -m -p -f -n sh -c 'mount -t sysfs sysfs /sys')
-    printf '%-28s %8s %8s %10s\n' "$1" "$base" "$net" "$sysfs"
+    printf '%-28s %8s %8s %8s %8s %8s\n' "$1" "$base" "$net" "$((net - base))" \
+        "$sysfs" "$((sysfs - net))"
 }
 
-printf '%-28s %8s %8s %10s\n' "median µs" "userns" "+netns" "+sysfs"
+# netns and sysfs: what each step adds (the column before minus the one before it).
+printf '%-28s %8s %8s %8s %8s %8s\n' "median µs" "userns" "+netns" "netns" "+sysfs" "sysfs"
 phase "empty host"
 for _ in $(seq "$HOLDERS"); do
     setsid unshare -U -r -n -m -p -f sh -c "mount -t sysfs sysfs /sys; exec $MARK" \
