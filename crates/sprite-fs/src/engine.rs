@@ -140,6 +140,8 @@ pub struct Engine {
     decoded: DecodedBlocks,
     /// Blocks being fetched ahead of readers.
     prefetching: Mutex<std::collections::HashSet<ChunkId>>,
+    /// Work started and not waited for: chunk-cache writes after an upload, prefetches.
+    background: Arc<Background>,
     /// Uploads hold it shared from their first chunk put to their metadata commit; GC
     /// holds it exclusively, so it never deletes a chunk a commit in flight will use.
     commits: tokio::sync::RwLock<()>,
@@ -157,6 +159,32 @@ pub struct Engine {
     /// Per volume, the version tag of the head this process last published (None
     /// until it published one), and whether another host's newer head refused it.
     fences: Mutex<HashMap<String, Fence>>,
+}
+
+/// Counts the work an engine runs in the background, so that whoever is about to take
+/// the host's directories away (a shutdown, a test of a lost host) can wait for it.
+#[derive(Debug, Default)]
+struct Background {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One piece of background work; done when dropped.
+struct BackgroundWork(Arc<Background>);
+
+impl Background {
+    fn start(self: &Arc<Self>) -> BackgroundWork {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        BackgroundWork(self.clone())
+    }
+}
+
+impl Drop for BackgroundWork {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// What a process knows of its right to publish a volume's head.
@@ -448,6 +476,7 @@ impl Engine {
             fences: Mutex::new(HashMap::new()),
             decoded: DecodedBlocks::new(DECODED_BYTES),
             prefetching: Mutex::new(std::collections::HashSet::new()),
+            background: Arc::default(),
         }))
     }
 
@@ -527,6 +556,20 @@ impl Engine {
 
     pub fn cache(&self) -> &ChunkCache {
         &self.cache
+    }
+
+    /// Returns once the work this engine started in the background (chunk-cache writes
+    /// after uploads, prefetches) is done: nothing it started writes the cache later.
+    pub async fn settled(&self) {
+        loop {
+            let idle = self.background.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.background.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Opens a volume: loads its block map and takes back what staging held at a crash.
@@ -1022,8 +1065,11 @@ impl Engine {
         };
         let size = stored.len() as u64;
         self.store.put(&id.key(), Bytes::from(stored)).await?;
-        let cache = self.cache.clone();
-        tokio::task::spawn_blocking(move || cache.put_uploaded(&id, &data));
+        let (cache, work) = (self.cache.clone(), self.background.start());
+        tokio::task::spawn_blocking(move || {
+            cache.put_uploaded(&id, &data);
+            drop(work);
+        });
         Ok((id, size))
     }
 }
@@ -1077,10 +1123,11 @@ impl Volume {
             if self.engine.decoded.contains(&id) || !self.engine.prefetching.lock().insert(id) {
                 continue;
             }
-            let engine = self.engine.clone();
+            let (engine, work) = (self.engine.clone(), self.engine.background.start());
             tokio::spawn(async move {
                 let _ = engine.fetch_block(&id, block_size).await;
                 engine.prefetching.lock().remove(&id);
+                drop(work);
             });
         }
     }
@@ -2912,7 +2959,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stored_block_overwritten_in_aligned_pieces_is_never_read() {
-        let (setup, store_dir, _engine, volume, _) = stored_volume(2, 21).await;
+        let (setup, store_dir, engine, volume, _) = stored_volume(2, 21).await;
+        engine.settled().await;
         // Without its chunks (in the store and the cache), any read of the old bytes fails.
         std::fs::remove_dir_all(store_dir.path().join("chunks")).expect("rm chunks");
         std::fs::remove_dir_all(setup.dir.path().join("cache")).expect("rm cache");
@@ -3044,6 +3092,7 @@ mod tests {
             assert_eq!(volume.read(3, data.len()).await.expect("read"), data);
             volume.flush_all().await.expect("upload");
             assert!(engine.meta().staged_blocks("v").expect("staged").is_empty());
+            engine.settled().await;
         }
         // The host's staging and cache are gone; metadata and the store remain.
         std::fs::remove_dir_all(setup.dir.path().join("staging")).expect("rm staging");
@@ -3388,6 +3437,7 @@ mod tests {
             }
         }
         volume.flush_all().await.expect("flush");
+        engine.settled().await;
         std::fs::remove_dir_all(setup.dir.path().join("cache")).expect("rm cache");
         let engine = setup.engine();
         let volume = engine.open_volume("v").expect("reopen");

@@ -144,6 +144,7 @@ fn ext4_on_a_volume_survives_losing_local_state() {
     assert!(stats.blocks > 0);
     table.detach("vol");
     drop(volume);
+    runtime.block_on(engine_one.settled());
     drop(engine_one);
 
     // Lose the host's staging and cache; keep metadata and the store.
