@@ -283,6 +283,16 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
     })
 }
 
+/// A sprite as the idle policy sees it ([`Database::sleep_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SleepFacts {
+    pub id: String,
+    pub name: String,
+    /// `config.warm_after` and `config.cold_after` as given at create.
+    pub warm_after: Option<String>,
+    pub cold_after: Option<String>,
+}
+
 const COLUMNS: &str =
     "id, org, name, image, url_auth, labels, config, environment, created_at, updated_at, last_running_at, id_base, attrs, pooled";
 
@@ -399,6 +409,31 @@ impl Database {
             "SELECT {COLUMNS} FROM sprites ORDER BY created_at"
         ))?;
         let rows = statement.query_map([], record)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// What the idle policy looks at each tick, for every sprite but the pooled ones: id,
+    /// name and the sleep timers of its config, without reading (and parsing) the rest
+    /// of every record while the database is held. A config that is not valid JSON
+    /// reads as no timers of its own (the full record of that sprite is an error).
+    pub fn sleep_facts(&self) -> Result<Vec<SleepFacts>, CoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT id, name,
+                    CASE WHEN json_valid(config) AND json_type(config, '$.warm_after') = 'text'
+                         THEN json_extract(config, '$.warm_after') END,
+                    CASE WHEN json_valid(config) AND json_type(config, '$.cold_after') = 'text'
+                         THEN json_extract(config, '$.cold_after') END
+             FROM sprites WHERE pooled = 0",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(SleepFacts {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                warm_after: row.get(2)?,
+                cold_after: row.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -719,6 +754,16 @@ impl Database {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// How many sprites an organization has (read from the `(org, name)` index, no row
+    /// is decoded).
+    pub fn count_in(&self, org: &str) -> Result<u64, CoreError> {
+        Ok(self.lock().query_row(
+            "SELECT count(*) FROM sprites WHERE org = ?1",
+            params![org],
+            |row| row.get::<_, i64>(0),
+        )? as u64)
+    }
+
     pub fn count(&self) -> Result<usize, CoreError> {
         Ok(self
             .lock()
@@ -761,6 +806,49 @@ mod tests {
             },
             pooled: false,
         }
+    }
+
+    #[test]
+    fn sleep_facts_read_the_timers_of_every_sprite_but_pooled_ones() {
+        let db = Database::in_memory().expect("db");
+        let mut timed = sprite("timed");
+        timed.config.warm_after = Some("5m".into());
+        timed.config.cold_after = Some("never".into());
+        db.insert(&timed).expect("insert");
+        db.insert(&sprite("plain")).expect("insert");
+        let mut pooled = sprite("pool-1");
+        pooled.pooled = true;
+        db.insert(&pooled).expect("insert");
+        for (name, config) in [("broken", "not json"), ("odd", "{\"warm_after\": 30}")] {
+            db.insert(&sprite(name)).expect("insert");
+            db.lock()
+                .execute(
+                    "UPDATE sprites SET config = ?1 WHERE name = ?2",
+                    params![config, name],
+                )
+                .expect("corrupt");
+        }
+        let mut facts = db.sleep_facts().expect("facts");
+        facts.sort_by(|a, b| a.name.cmp(&b.name));
+        let fact = |name: &str, warm: Option<&str>, cold: Option<&str>| SleepFacts {
+            id: format!("id-{name}"),
+            name: name.into(),
+            warm_after: warm.map(String::from),
+            cold_after: cold.map(String::from),
+        };
+        assert_eq!(
+            facts,
+            vec![
+                // A corrupt config reads as no timers of its own, the others still listed.
+                fact("broken", None, None),
+                fact("odd", None, None),
+                fact("plain", None, None),
+                fact("timed", Some("5m"), Some("never")),
+            ]
+        );
+        // What the running limit counts before it looks at statuses.
+        assert_eq!(db.count_in("default").expect("count"), 5);
+        assert_eq!(db.count_in("other").expect("count"), 0);
     }
 
     #[test]

@@ -10,13 +10,13 @@ use crate::activity::{
 };
 use crate::config::CoreConfig;
 use crate::config::SPRITE_ENV_LAYER;
-use crate::db::{Database, LifeRecord, SpriteRecord};
+use crate::db::{Database, LifeRecord, SleepFacts, SpriteRecord};
 use crate::error::CoreError;
 use crate::image::ImageStore;
 use crate::network::POLICY_FILE;
 use crate::rootfs::RootStore;
 use crate::sandboxes::{CgroupState, Sandboxes};
-use crate::slots::Slots;
+use crate::slots::{SleepKey, Slots};
 use crate::tasks::Tasks;
 use crate::time::{ms_to_rfc3339, now};
 use parking_lot::Mutex;
@@ -403,21 +403,36 @@ impl Lifecycle {
     /// stored value that does not parse (validated at create, so only from an older
     /// version's grammar) is reported once and the daemon's timer used.
     pub(crate) fn policy_for(&self, record: &SpriteRecord) -> SleepPolicy {
-        let key = (
-            record.config.warm_after.clone(),
-            record.config.cold_after.clone(),
-        );
-        let slot = self.slots.get(&record.id);
+        self.policy_of(
+            &record.id,
+            &record.name,
+            &record.config.warm_after,
+            &record.config.cold_after,
+        )
+    }
+
+    /// The sleep policy of a sprite from its own timers (`config.warm_after`,
+    /// `config.cold_after`) and the daemon's, parsed once and kept in its slot until
+    /// the timers change.
+    fn policy_of(
+        &self,
+        id: &str,
+        name: &str,
+        warm_after: &Option<String>,
+        cold_after: &Option<String>,
+    ) -> SleepPolicy {
+        let slot = self.slots.get(id);
         let mut cached = slot.sleep_policy.lock();
-        if let Some((cached_key, policy)) = cached.as_ref() {
-            if *cached_key == key {
+        if let Some(((warm, cold), policy)) = cached.as_ref() {
+            if warm == warm_after && cold == cold_after {
                 return *policy;
             }
         }
+        let key: SleepKey = (warm_after.clone(), cold_after.clone());
         let own = |what: &str, value: &Option<String>, default: Option<Duration>| {
             match value {
             Some(text) => parse_duration(text).unwrap_or_else(|error| {
-                tracing::warn!(sprite = %record.name, "config.{what}: {error}; the daemon's timer applies");
+                tracing::warn!(sprite = %name, "config.{what}: {error}; the daemon's timer applies");
                 default
             }),
             None => default,
@@ -581,8 +596,13 @@ impl Lifecycle {
     }
 
     /// A refusal when the organization has as many sprites awake as it may.
+    /// Runs on every create and every wake: the organization's sprites are looked at one
+    /// by one only when it has at least as many as the limit (fewer cannot all be awake).
     pub(crate) fn running_limit_reached(&self, org: &str) -> Result<(), CoreError> {
         let limit = self.access.limits(org).running_limit;
+        if self.db.count_in(org)? < limit {
+            return Ok(());
+        }
         let [current, _, _] = self.org_statuses(org)?;
         if current >= limit {
             return Err(CoreError::RunningLimit {
@@ -674,8 +694,10 @@ impl Lifecycle {
     /// activity time written to the database per sprite.
     async fn lifecycle_tick(&self, saved: &mut HashMap<String, u64>) {
         self.tasks.expire();
-        let records = match self.db.all() {
-            Ok(records) => records,
+        // Only what the policy needs, not every whole record: this runs every second
+        // with the database held, and creates wait for it.
+        let facts = match self.db.sleep_facts() {
+            Ok(facts) => facts,
             Err(error) => {
                 tracing::warn!(
                     "lifecycle: cannot list sprites: {}",
@@ -684,10 +706,9 @@ impl Lifecycle {
                 return;
             }
         };
-        let by_id: HashMap<&str, &SpriteRecord> =
-            records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let by_id: HashMap<&str, &SleepFacts> = facts.iter().map(|f| (f.id.as_str(), f)).collect();
         for (id, status) in self.activity.awake() {
-            let Some(record) = by_id.get(id.as_str()).filter(|r| !r.pooled) else {
+            let Some(facts) = by_id.get(id.as_str()) else {
                 continue;
             };
             let mut busy = !self.activity.reasons(&id).is_empty();
@@ -703,7 +724,8 @@ impl Lifecycle {
                 .unwrap_or(since)
                 .max(since);
             let idle = Duration::from_millis(now.saturating_sub(last));
-            let target = match decide(status, idle, busy, self.policy_for(record)) {
+            let policy = self.policy_of(&id, &facts.name, &facts.warm_after, &facts.cold_after);
+            let target = match decide(status, idle, busy, policy) {
                 Some(Transition::Warm) => SpriteStatus::Warm,
                 Some(Transition::Cold) => SpriteStatus::Cold,
                 None => {
@@ -714,15 +736,29 @@ impl Lifecycle {
                     continue;
                 }
             };
-            if let Err(error) = self.put_to_sleep(record, target).await {
-                tracing::warn!(sprite = %record.name, to = target.as_str(), "could not sleep: {}", sprite_api::error_chain(&error));
-            }
+            self.sleep_by_id(&id, &facts.name, target).await;
         }
         self.relieve_memory_pressure(&by_id).await;
     }
 
+    /// Puts a sprite the idle policy chose to sleep, its whole record read now.
+    async fn sleep_by_id(&self, id: &str, name: &str, target: SpriteStatus) {
+        let record = match self.db.get_by_id(id) {
+            Ok(Some(record)) => record,
+            // Destroyed since the tick's look.
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(sprite = %name, "could not sleep: {}", sprite_api::error_chain(&error));
+                return;
+            }
+        };
+        if let Err(error) = self.put_to_sleep(&record, target).await {
+            tracing::warn!(sprite = %name, to = target.as_str(), "could not sleep: {}", sprite_api::error_chain(&error));
+        }
+    }
+
     /// Sends the warm sprite idle longest to cold sleep when the host runs low on memory.
-    async fn relieve_memory_pressure(&self, by_id: &HashMap<&str, &SpriteRecord>) {
+    async fn relieve_memory_pressure(&self, by_id: &HashMap<&str, &SleepFacts>) {
         let Some(available) = available_memory_bytes() else {
             return;
         };
@@ -733,15 +769,12 @@ impl Lifecycle {
             .activity
             .awake()
             .into_iter()
-            .filter(|(id, status)| {
-                *status == SpriteStatus::Warm && by_id.get(id.as_str()).is_some_and(|r| !r.pooled)
-            })
+            .filter(|(id, status)| *status == SpriteStatus::Warm && by_id.contains_key(id.as_str()))
             .min_by_key(|(id, _)| self.activity.last_active_ms(id).unwrap_or(0));
-        if let Some(record) = coldest.and_then(|(id, _)| by_id.get(id.as_str()).copied()) {
-            tracing::info!(sprite = %record.name, available_mb = available >> 20, "memory pressure: cold sleep");
-            if let Err(error) = self.put_to_sleep(record, SpriteStatus::Cold).await {
-                tracing::warn!(sprite = %record.name, "could not sleep: {}", sprite_api::error_chain(&error));
-            }
+        if let Some(facts) = coldest.and_then(|(id, _)| by_id.get(id.as_str()).copied()) {
+            tracing::info!(sprite = %facts.name, available_mb = available >> 20, "memory pressure: cold sleep");
+            self.sleep_by_id(&facts.id, &facts.name, SpriteStatus::Cold)
+                .await;
         }
     }
 

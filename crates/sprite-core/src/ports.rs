@@ -2,11 +2,11 @@
 //! `WS .../ports/watch` and the exec sessions' `port_opened` / `port_closed` frames
 //! report (API.md, "TCP proxy and ports").
 //!
-//! The listening sockets are read from the sprite's own network namespace
-//! (`/proc/<pid 1>/net/tcp` and `tcp6`), and matched to the process holding each by the
-//! socket inodes in the `fd` directories of the processes of its cgroup; pids are given
-//! as the sprite sees them. One poller per sprite runs while anyone subscribes, so a
-//! hundred watchers cost one scan every half second.
+//! The listening sockets are read from the sprite's own network namespace (by
+//! `NETLINK_SOCK_DIAG`, listening sockets only: see [`listening`]), and matched to the
+//! process holding each by the socket inodes in the `fd` directories of the processes
+//! of its cgroup; pids are given as the sprite sees them. One poller per sprite runs
+//! while anyone subscribes, so a hundred watchers cost one scan every half second.
 
 use crate::db::Database;
 use crate::error::CoreError;
@@ -129,13 +129,32 @@ fn inner_pid(host_pid: i32) -> Option<u32> {
 
 /// The listening TCP sockets of the sprite whose PID 1 is `init_pid`, with the
 /// processes (`pids`, host pids of its cgroup) that hold them.
+///
+/// Asked of the kernel by `NETLINK_SOCK_DIAG` for listening sockets alone, which walks
+/// only the listening hash; `/proc/<pid>/net/tcp`, read only if that fails (a kernel
+/// without `inet_diag`), walks every TCP connection of the host.
 pub fn listening(init_pid: u32, pids: &[i32]) -> Vec<PortInfo> {
-    let mut sockets = Vec::new();
-    for (file, v6) in [("tcp", false), ("tcp6", true)] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{init_pid}/net/{file}")) {
-            sockets.extend(parse_proc_net(&text, v6));
-        }
-    }
+    let sockets: Vec<(u64, u16, String)> =
+        match sprite_sys::sockdiag::listeners_in_namespace_of(init_pid) {
+            Ok(found) => found
+                .into_iter()
+                .map(|l| (l.inode, l.port, l.address.to_string()))
+                .collect(),
+            // The sprite stopped (its `/proc/<pid>/ns/net` is gone).
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(error) => {
+                tracing::debug!(init_pid, "sock_diag: {error}; reading /proc/net/tcp");
+                let mut sockets = Vec::new();
+                for (file, v6) in [("tcp", false), ("tcp6", true)] {
+                    if let Ok(text) =
+                        std::fs::read_to_string(format!("/proc/{init_pid}/net/{file}"))
+                    {
+                        sockets.extend(parse_proc_net(&text, v6));
+                    }
+                }
+                sockets
+            }
+        };
     if sockets.is_empty() {
         return Vec::new();
     }

@@ -365,6 +365,15 @@ pub struct SpriteFsStore {
     views: tokio::sync::Mutex<()>,
     /// Serialises image imports and mounts.
     images: tokio::sync::Mutex<()>,
+    /// Serialises starting the storage process: callers that find it down at once (a
+    /// daemon's first requests after a restart) start one, not one each.
+    starting: tokio::sync::Mutex<()>,
+    /// The storage process every mounted layer was last found on (0: none yet). New
+    /// mounts are made on the one that runs, so while it answers with this pid the
+    /// layers need no new look (`storage_intact` runs every half second).
+    intact_on: std::sync::atomic::AtomicU32,
+    /// Layers mounted so far (a look at every layer that overlapped one proves nothing).
+    mounts: std::sync::atomic::AtomicU64,
     /// Image root and host id range of each prepared sprite (its checkpoint views are
     /// overlays on that image, idmapped onto that range).
     prepared: parking_lot::Mutex<std::collections::HashMap<String, (Vec<PathBuf>, u32)>>,
@@ -547,6 +556,9 @@ impl SpriteFsStore {
             setup: tokio::sync::Mutex::new(()),
             views: tokio::sync::Mutex::new(()),
             images: tokio::sync::Mutex::new(()),
+            starting: tokio::sync::Mutex::new(()),
+            intact_on: Default::default(),
+            mounts: Default::default(),
             prepared: Default::default(),
             retired: Default::default(),
         }
@@ -574,6 +586,13 @@ impl SpriteFsStore {
     /// dies with the daemon: it keeps serving running sprites across daemon restarts.
     /// Returns the storage process's pid.
     pub async fn ensure_service(&self) -> Result<u32, CoreError> {
+        if let Some(pid) = self.storage_pid().await {
+            return Ok(pid);
+        }
+        let _one = self.starting.lock().await;
+        // Started by the caller this one waited for: a second process would take the
+        // FUSE mount from under the first one's volumes (a file attached a moment ago
+        // gone, ENOENT).
         if let Some(pid) = self.storage_pid().await {
             return Ok(pid);
         }
@@ -1004,6 +1023,13 @@ impl RootStore for SpriteFsStore {
                 .map_err(CoreError::io("remove the reserve of", &target))?;
             let path = self.mounted_by_path(sprite_id);
             fs::write(&path, pid.to_string()).map_err(CoreError::io("write", &path))?;
+            // If the storage process was replaced since `pid` answered, the
+            // supervisor's next look must read every layer again and find this one.
+            use std::sync::atomic::Ordering;
+            self.mounts.fetch_add(1, Ordering::SeqCst);
+            if self.intact_on.load(Ordering::SeqCst) != pid {
+                self.intact_on.store(0, Ordering::SeqCst);
+            }
         }
         let views = {
             let _views = self.views.lock().await;
@@ -1182,18 +1208,28 @@ impl RootStore for SpriteFsStore {
     }
 
     async fn storage_intact(&self) -> bool {
+        use std::sync::atomic::Ordering;
         let Some(current) = self.storage_pid().await else {
             return false;
         };
-        // Every mounted layer must be on the storage process that runs now.
-        let layers = self.settings.data_dir.join("layers");
-        let Ok(entries) = fs::read_dir(&layers) else {
+        if self.intact_on.load(Ordering::SeqCst) == current {
             return true;
+        }
+        let mounts = self.mounts.load(Ordering::SeqCst);
+        // A storage process not seen before: every mounted layer must be on it (one
+        // read per sprite, once per storage process, not every half second).
+        let layers = self.settings.data_dir.join("layers");
+        let intact = match fs::read_dir(&layers) {
+            Err(_) => true,
+            Ok(entries) => entries.flatten().all(|entry| {
+                let sprite = entry.file_name().to_string_lossy().into_owned();
+                self.mounted_by(&sprite).is_none_or(|pid| pid == current)
+            }),
         };
-        entries.flatten().all(|entry| {
-            let sprite = entry.file_name().to_string_lossy().into_owned();
-            self.mounted_by(&sprite).is_none_or(|pid| pid == current)
-        })
+        if intact && self.mounts.load(Ordering::SeqCst) == mounts {
+            self.intact_on.store(current, Ordering::SeqCst);
+        }
+        intact
     }
 
     async fn release(&self, sprite_id: &str) -> Result<(), CoreError> {

@@ -106,6 +106,14 @@ fn libc_nofollow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
+/// Whether the guard looks at every awake sprite's disk this round: only while the host
+/// has less than twice the threshold free. Further from it nothing can be reserved
+/// (see [`decide`]), and a look at a thousand disks every 2 s is work for nothing; from
+/// twice the threshold down, it knows who writes by the time the threshold is crossed.
+pub fn watches_sprites(free: u64, threshold: u64) -> bool {
+    threshold > 0 && free < threshold.saturating_mul(2)
+}
+
 impl SpriteManager {
     /// Watches the host's free space for as long as the daemon runs (see the module).
     pub async fn run_space_guard(self: Arc<Self>) {
@@ -116,25 +124,45 @@ impl SpriteManager {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let Some((free, _)) = usage(&self.config.data_dir) else {
+            let data_dir = self.config.data_dir.clone();
+            let Ok(Some((free, _))) = tokio::task::spawn_blocking(move || usage(&data_dir)).await
+            else {
                 continue;
             };
-            let mut grew = Vec::new();
-            let mut seen = HashMap::new();
-            for (id, _) in self.lifecycle.activity.awake() {
-                let Some(disk) = self.lifecycle.roots.disk_mount(&id) else {
+            let grew = if watches_sprites(free, threshold) {
+                let awake = self.lifecycle.activity.awake();
+                let roots = self.lifecycle.roots.clone();
+                // System calls per sprite: off the async workers.
+                let Ok(seen) = tokio::task::spawn_blocking(move || {
+                    awake
+                        .into_iter()
+                        .filter_map(|(id, _)| {
+                            let disk = roots.disk_mount(&id)?;
+                            let (_, used) = usage(&disk)?;
+                            Some((id, used))
+                        })
+                        .collect::<HashMap<String, u64>>()
+                })
+                .await
+                else {
                     continue;
                 };
-                let Some((_, used)) = usage(&disk) else {
-                    continue;
-                };
-                if last_used.get(&id).is_some_and(|before| used > *before) {
-                    grew.push(id.clone());
-                }
-                seen.insert(id, used);
-            }
-            last_used = seen;
-            reserved.retain(|id| last_used.contains_key(id));
+                let grew: Vec<String> = seen
+                    .iter()
+                    .filter(|(id, used)| last_used.get(*id).is_some_and(|before| *used > before))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                last_used = seen;
+                // The reserve of a sprite that went cold is removed at its disk's next
+                // mount.
+                reserved.retain(|id| last_used.contains_key(id));
+                grew
+            } else {
+                // Far from the threshold: the next look from close to it starts afresh
+                // (and any reserve goes: see `decide`).
+                last_used.clear();
+                Vec::new()
+            };
             match decide(free, threshold, &grew, &reserved) {
                 GuardAction::Reserve(ids) => {
                     for id in ids {
@@ -198,6 +226,18 @@ mod tests {
         assert_eq!(decide(100, 50, &[], &held), GuardAction::Release);
         assert_eq!(decide(0, 0, &grew, &held), GuardAction::Release);
         assert_eq!(decide(0, 0, &grew, &none), GuardAction::Nothing);
+    }
+
+    #[test]
+    fn sprites_are_looked_at_only_near_the_threshold() {
+        assert!(!watches_sprites(100, 0), "no threshold, no guard");
+        assert!(!watches_sprites(100, 50));
+        assert!(watches_sprites(99, 50));
+        assert!(watches_sprites(10, 50));
+        assert!(
+            watches_sprites(u64::MAX - 1, u64::MAX),
+            "twice the threshold saturates"
+        );
     }
 
     #[test]

@@ -113,22 +113,41 @@ impl SpriteManager {
         }
     }
 
+    /// Every sprite's record (pooled ones aside), status and live figures. A thousand
+    /// sprites are thousands of system calls (a few cgroup and veth files each): read
+    /// on a blocking thread, not on an async worker a create would wait behind.
+    async fn live_figures(&self) -> Result<Vec<(SpriteRecord, SpriteStatus, Live)>, CoreError> {
+        let (db, lifecycle) = (self.db.clone(), self.lifecycle.clone());
+        tokio::task::spawn_blocking(move || {
+            let layout =
+                sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).ok();
+            Ok(db
+                .all()?
+                .into_iter()
+                .filter(|r| !r.pooled)
+                .map(|record| {
+                    let (status, _) = lifecycle.activity.status(&record.id);
+                    let live = read_live(&lifecycle, &record, status, layout.as_ref());
+                    (record, status, live)
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| CoreError::Task("read sprites' usage", e))?
+    }
+
     /// Reads every sprite's figures once and adds them to the hour's rows.
     pub async fn sample_usage(&self) -> Result<(), CoreError> {
-        let records = self.db.all()?;
+        let sampled = self.live_figures().await?;
         let now = self.lifecycle.activity.now_ms();
         let hour = now / HOUR_MS;
-        let layout =
-            sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).ok();
         let first_pass = !self
             .usage_state
             .baselined
             .swap(true, std::sync::atomic::Ordering::SeqCst);
-        let mut rows = Vec::with_capacity(records.len());
+        let mut rows = Vec::with_capacity(sampled.len());
         let mut stored_reads = 0;
-        for record in records.iter().filter(|r| !r.pooled) {
-            let (status, _) = self.lifecycle.activity.status(&record.id);
-            let live = self.read_live(record, status, layout.as_ref());
+        for &(ref record, status, live) in &sampled {
             let before = self
                 .usage_state
                 .last
@@ -229,55 +248,21 @@ impl SpriteManager {
         Ok(())
     }
 
-    /// What a sprite's cgroup and veth pair say now.
-    fn read_live(
-        &self,
-        record: &SpriteRecord,
-        status: SpriteStatus,
-        layout: Option<&sprite_sandbox::cgroup::Layout>,
-    ) -> Live {
-        if status == SpriteStatus::Cold {
-            return Live::default();
-        }
-        let cgroup = layout.map(|layout| {
-            sprite_sandbox::cgroup::SpriteCgroup::new(
-                layout.clone(),
-                &crate::sandboxes::cgroup_name(&record.id),
-            )
-        });
-        Live {
-            cpu_ns: cgroup.as_ref().and_then(|c| c.cpu_usage_ns()),
-            memory: cgroup.as_ref().and_then(|c| c.memory_current()),
-            traffic: self
-                .lifecycle
-                .network
-                .as_ref()
-                .and_then(|n| n.traffic(&record.id)),
-        }
-    }
-
     /// Every sprite's live figures (for `/metrics`).
-    pub fn sprite_stats(&self) -> Result<Vec<SpriteStats>, CoreError> {
-        let layout =
-            sprite_sandbox::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup")).ok();
+    pub async fn sprite_stats(&self) -> Result<Vec<SpriteStats>, CoreError> {
         let stored = self.usage_state.stored.lock().clone();
         Ok(self
-            .db
-            .all()?
-            .iter()
-            .filter(|r| !r.pooled)
-            .map(|record| {
-                let (status, _) = self.lifecycle.activity.status(&record.id);
-                let live = self.read_live(record, status, layout.as_ref());
-                SpriteStats {
-                    org: record.org.clone(),
-                    name: record.name.clone(),
-                    status,
-                    cpu_seconds: live.cpu_ns.map(|ns| ns as f64 / 1e9),
-                    memory_bytes: live.memory,
-                    traffic: live.traffic,
-                    stored_bytes: stored.get(record.id.as_str()).copied(),
-                }
+            .live_figures()
+            .await?
+            .into_iter()
+            .map(|(record, status, live)| SpriteStats {
+                stored_bytes: stored.get(record.id.as_str()).copied(),
+                org: record.org,
+                name: record.name,
+                status,
+                cpu_seconds: live.cpu_ns.map(|ns| ns as f64 / 1e9),
+                memory_bytes: live.memory,
+                traffic: live.traffic,
             })
             .collect())
     }
@@ -321,8 +306,34 @@ impl SpriteManager {
     }
 }
 
+/// What a sprite's cgroup and veth pair say now.
+fn read_live(
+    lifecycle: &crate::lifecycle::Lifecycle,
+    record: &SpriteRecord,
+    status: SpriteStatus,
+    layout: Option<&sprite_sandbox::cgroup::Layout>,
+) -> Live {
+    if status == SpriteStatus::Cold {
+        return Live::default();
+    }
+    let cgroup = layout.map(|layout| {
+        sprite_sandbox::cgroup::SpriteCgroup::new(
+            layout.clone(),
+            &crate::sandboxes::cgroup_name(&record.id),
+        )
+    });
+    Live {
+        cpu_ns: cgroup.as_ref().and_then(|c| c.cpu_usage_ns()),
+        memory: cgroup.as_ref().and_then(|c| c.memory_current()),
+        traffic: lifecycle
+            .network
+            .as_ref()
+            .and_then(|n| n.traffic(&record.id)),
+    }
+}
+
 /// Counters read from a sprite that is awake.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Live {
     cpu_ns: Option<u64>,
     memory: Option<u64>,

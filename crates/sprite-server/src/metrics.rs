@@ -99,7 +99,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         by_status.with_label_values(&[status.as_str()]).set(0);
     }
     pool.set(manager.pool_ready() as i64);
-    let stats = manager.sprite_stats()?;
+    let stats = manager.sprite_stats().await?;
     for one in &stats {
         by_status.with_label_values(&[one.status.as_str()]).inc();
         let labels = [one.org.as_str(), one.name.as_str()];

@@ -6,6 +6,7 @@
 //! - [`mount`]: mounting and unmounting by system call (no `mount`/`umount`);
 //! - [`netlink`]: links, addresses and routes by rtnetlink (no `ip`/`nsenter`);
 //! - [`nft`]: nftables scripts run in process by libnftables (no `nft`);
+//! - [`sockdiag`]: a network namespace's listening TCP sockets by `NETLINK_SOCK_DIAG`;
 //! - [`tools`]: where host programs are, even when `PATH` lacks the sbin directories.
 //!
 //! It depends on nothing else of the workspace, so both the sandbox and the storage engine
@@ -16,5 +17,6 @@ pub mod loopdev;
 pub mod mount;
 pub mod netlink;
 pub mod nft;
+pub mod sockdiag;
 pub mod syscall;
 pub mod tools;

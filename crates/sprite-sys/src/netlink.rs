@@ -26,6 +26,35 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 /// How long one request may wait for the kernel's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A netlink socket of `protocol` bound and connected to the kernel, whose reads give up
+/// after [`ANSWER_TIMEOUT`].
+pub(crate) fn kernel_socket(protocol: isize) -> io::Result<Socket> {
+    let mut socket = Socket::new(protocol)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    Ok(socket)
+}
+
+/// Runs `work` in the network namespace of process `pid`, on a thread of its own that
+/// enters it and ends at once, so the caller's namespace never changes (a netlink
+/// socket made there answers for that namespace for its whole life).
+pub(crate) fn in_network_namespace_of<T: Send + 'static>(
+    pid: u32,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        work()
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
 /// A route netlink socket.
 pub struct Rtnl {
     socket: Socket,
@@ -42,31 +71,17 @@ impl std::fmt::Debug for Rtnl {
 impl Rtnl {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Rtnl> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         Ok(Rtnl {
-            socket,
+            socket: kernel_socket(NETLINK_ROUTE)?,
             sequence: 0,
             buffer: vec![0; 64 * 1024],
         })
     }
 
     /// A socket in the network namespace of process `pid` (it keeps that namespace for
-    /// its life). The thread that enters the namespace is its own and ends at once, so
-    /// the caller's namespace never changes.
+    /// its life), made as [`in_network_namespace_of`] says.
     pub fn in_namespace_of(pid: u32) -> io::Result<Rtnl> {
-        let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-            Rtnl::open()
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+        in_network_namespace_of(pid, Rtnl::open)
     }
 
     /// Sends `message` and waits for its acknowledgement; the replies before it.

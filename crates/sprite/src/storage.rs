@@ -37,11 +37,65 @@ pub struct StorageArgs {
     /// collection.
     #[arg(long)]
     pub shared_store: bool,
+    /// How long to wait for another storage process of this data directory to exit
+    /// before giving up, in milliseconds.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub lock_wait_ms: u64,
 }
 
 /// Paths of the storage process under a data directory.
 pub fn socket_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("fs").join("storage.sock")
+}
+
+/// Takes the data directory's lock (`flock`, released by the kernel when the process
+/// ends, however it ends), waiting up to `wait` for a running storage process to go.
+async fn lock_data_dir(
+    path: &std::path::Path,
+    wait: Duration,
+) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                // Who holds it, for the message of the next one.
+                use std::io::{Seek, Write};
+                lock.set_len(0)
+                    .and_then(|()| lock.rewind())
+                    .and_then(|()| write!(lock, "{}", std::process::id()))
+                    .with_context(|| format!("write {}", path.display()))?;
+                return Ok(lock);
+            }
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    let holder = std::fs::read_to_string(path).unwrap_or_default();
+                    anyhow::bail!(
+                        "storage process {} still serves this data directory after {} ms \
+                         (it holds {}): stop it first, or the daemon that runs it",
+                        holder.trim(),
+                        wait.as_millis(),
+                        path.display()
+                    );
+                }
+                file = back;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err((_, errno)) => {
+                return Err(std::io::Error::from(errno))
+                    .with_context(|| format!("lock {}", path.display()))
+            }
+        }
+    }
 }
 
 pub async fn run(args: StorageArgs) -> Result<u8> {
@@ -53,6 +107,14 @@ pub async fn run(args: StorageArgs) -> Result<u8> {
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("chmod {}", dir.display()))?;
+    // One storage process a data directory: a second one would take the FUSE mount and
+    // the socket from under the first one's attached volumes, and both would upload
+    // them. One that starts while another runs waits a while for it to go.
+    let _lock = lock_data_dir(
+        &dir.join("storage.lock"),
+        Duration::from_millis(args.lock_wait_ms),
+    )
+    .await?;
     let url = args
         .store
         .clone()

@@ -793,7 +793,12 @@ async fn admin_stop_all_leaves_the_host_clean() {
             "{name}"
         );
     }
-    let read = run(&daemon.client, "s1", &["cat", "/home/sprite/note"]).await;
+    let stream = daemon
+        .client
+        .exec("s1", &params(&["cat", "/home/sprite/note"]))
+        .await
+        .unwrap_or_else(|e| panic!("waking s1 after the stop: {e}\n{}", daemon.log()));
+    let read = collect(stream).await;
     assert_eq!(read.stdout().trim(), "kept");
 }
 

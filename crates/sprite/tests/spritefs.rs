@@ -339,6 +339,10 @@ async fn collect_or_closed(mut stream: sprite_client::ExecStream) -> bool {
 }
 
 fn storage_pid(daemon: &Daemon) -> Option<u32> {
+    storage_pids(daemon).first().copied()
+}
+
+fn storage_pids(daemon: &Daemon) -> Vec<u32> {
     let pattern = format!("storage --data-dir {}", daemon.data_path().display());
     let out = std::process::Command::new("pgrep")
         .args(["-f", &pattern])
@@ -346,8 +350,72 @@ fn storage_pid(daemon: &Daemon) -> Option<u32> {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// One storage process a data directory: a second one started by hand gives up with a
+/// message naming the first (which keeps serving), and after a crash the daemon's
+/// requests that find storage down at once start one process, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_storage_process_a_data_directory() {
+    let daemon = Daemon::start_with("busybox", "storage = \"spritefs\"\n").await;
+    let client = &daemon.client;
+    create(client, "one").await;
+    let first = storage_pid(&daemon).unwrap();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_sprite"))
+        .args(["storage", "--data-dir"])
+        .arg(daemon.data_path())
+        .args(["--lock-wait-ms", "300"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "storage process {first} still serves this data directory"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(storage_pids(&daemon), vec![first]);
+    let out = run(
+        client,
+        "one",
+        &["sh", "-c", "echo ok > /home/sprite/f && cat /home/sprite/f"],
+    )
+    .await;
+    assert_eq!(out.stdout(), "ok\n", "{out:?}");
+
+    // A crash, then requests that all need the storage process at once.
+    let started = || daemon.log().matches("storage process started").count();
+    let before = started();
+    std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    // Until its socket refuses connections: a dying process's threads hold its
+    // listening socket open for a while after pgrep stops seeing it (and after its
+    // first thread is a zombie), and a request connected then is reset.
+    let socket = daemon.data_path().join("fs/storage.sock");
+    for _ in 0..250 {
+        if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let listed =
+        futures_util::future::join_all((0..6).map(|_| client.checkpoints("one", false))).await;
+    for list in listed {
+        if let Err(error) = list {
+            panic!(
+                "{error}\n{}\nstorage log:\n{}",
+                daemon.log(),
+                std::fs::read_to_string(daemon.data_path().join("storage.log")).unwrap_or_default()
+            );
+        }
+    }
+    assert_eq!(storage_pids(&daemon).len(), 1, "{}", daemon.log());
+    assert_eq!(started(), before + 1, "{}", daemon.log());
 }
 
 /// Kills the storage process (the FUSE server under every sprite disk) at random points,

@@ -33,15 +33,22 @@ pub struct Daemon {
 /// outgoing connection can take a daemon's port while it restarts.
 const PORTS: std::ops::Range<u16> = 20000..32000;
 
-/// A free port from [`PORTS`], picked at random (tests run in parallel) and checked.
+/// A free port from [`PORTS`], picked at random (tests run in parallel) and checked,
+/// and never one handed out before in this process: a port is free when checked but
+/// its daemon binds it later, so two tests starting at once could otherwise both get
+/// it (CI saw a daemon's proxy fail with "address already in use").
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for attempt in 0u32..1000 {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(attempt);
         hasher.write_u32(std::process::id());
         let port = PORTS.start + (hasher.finish() % u64::from(PORTS.end - PORTS.start)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
