@@ -124,7 +124,7 @@ impl SpriteManager {
             })),
         };
         let mount_seed = if nix::unistd::geteuid().is_root() {
-            sprite_sys::mount::seed_namespace(&config.data_dir)
+            sprite_sys::mount::seed_namespace(&config.data_dir, &sprite_sandbox::DEVICES)
                 .inspect_err(|error| {
                     tracing::warn!(%error, "no seed mount namespace; sprites clone the daemon's")
                 })

@@ -7,8 +7,8 @@
 //! side and is never visible inside the sprite), and clones a child into new user, pid,
 //! mount, uts, ipc, net and cgroup namespaces. It writes the child's uid/gid maps, lets
 //! it go, waits for its verdict, prints `{"pid":N}` and exits. The child is PID 1 of the
-//! sprite: it mounts the root overlay, /proc, /sys and /dev, pivots into the root,
-//! locks itself down (seccomp, capabilities) and serves the init protocol.
+//! sprite: it mounts the root overlay, /proc, /sys and /dev, moves into the root
+//! (onto the seed namespace's stub, or by `pivot_root` without one), locks itself down (seccomp, capabilities) and serves the init protocol.
 
 use crate::cgroup::{Layout, SpriteCgroup};
 use crate::error::{step, SandboxError};
@@ -17,7 +17,7 @@ use crate::spec::SandboxSpec;
 use crate::sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{
-    chdir, pipe, pivot_root, read, sethostname, setresgid, setresuid, write, Gid, Uid,
+    chdir, chroot, pipe, pivot_root, read, sethostname, setresgid, setresuid, write, Gid, Uid,
 };
 use std::fs;
 use std::io::Write as _;
@@ -463,6 +463,14 @@ fn apply(planned: Step, mounts: &LayerMounts) -> Result<(), SandboxError> {
         Step::PivotRoot => {
             pivot_root(".", ".").map_err(step("pivot_root"))?;
             umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the host root"))?;
+            chdir("/").map_err(step("chdir /"))
+        }
+        Step::Detach(target) => umount2(&target, MntFlags::MNT_DETACH)
+            .map_err(step(format!("detach {}", target.display()))),
+        Step::MoveRoot => {
+            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .map_err(step("move the root onto /"))?;
+            chroot(".").map_err(step("chroot into the root"))?;
             chdir("/").map_err(step("chdir /"))
         }
     }

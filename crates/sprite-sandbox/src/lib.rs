@@ -21,6 +21,7 @@ pub mod spec;
 pub use sprite_sys::syscall as sys;
 
 pub use error::SandboxError;
+pub use rootplan::DEVICES;
 
 /// A sprite's process pinned by a pidfd, for reading its `/proc/<pid>` entries from the
 /// host: the pid is checked to be in the sprite's cgroup once pinned, and every open

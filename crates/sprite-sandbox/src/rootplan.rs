@@ -3,7 +3,7 @@
 //! the rest, pivot into the root), and `launch.rs` applies them one by one. Keeping the
 //! order in a plan lets unit tests check it without root or namespaces: the overlay
 //! before anything under it, /dev before its devices, nothing but the views left to
-//! propagate from the host, pivot_root last.
+//! propagate from the host, the move into the root (or pivot_root) last.
 
 use crate::spec::SandboxSpec;
 use nix::mount::MsFlags;
@@ -56,10 +56,19 @@ pub(crate) enum Step {
     /// `pivot_root(".", ".")` in the new root, then the old root detached and `/`
     /// entered.
     PivotRoot,
+    /// Detaches the mount at this path (lazily: it goes when nothing uses it).
+    Detach(PathBuf),
+    /// From inside the new root (the working directory): moves it onto `/` and
+    /// chroots into it, as `switch_root` does. Only on a seed namespace's stub, which
+    /// holds nothing of the host (see [`SandboxSpec::mount_namespace`]).
+    MoveRoot,
 }
 
+/// Where PID 1 builds the root in a seed namespace's stub: a tmpfs of its own on it.
+pub(crate) const WORKSPACE: &str = "/work";
+
 /// Device nodes of the host bound into the sprite's /dev.
-pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Mounts a special filesystem (`proc`, `sysfs`, `tmpfs`, `devpts`) whose source is
 /// its type.
@@ -102,9 +111,30 @@ pub(crate) fn plan(spec: &SandboxSpec, lowers: usize, run: bool, views: bool) ->
             MsFlags::MS_PRIVATE
         },
     });
+    // The root is built in a directory of PID 1's own: a tmpfs on the stub's `/work`
+    // (a seed namespace), or the state directory the launcher made.
+    let stub = spec.mount_namespace.is_some();
+    let workspace = if stub {
+        let workspace = PathBuf::from(WORKSPACE);
+        steps.push(special(
+            "the workspace",
+            "tmpfs",
+            workspace.clone(),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=700,size=64k,nr_inodes=64"),
+        ));
+        workspace
+    } else {
+        spec.state_dir.clone()
+    };
     // Relative names from here on: the overlay keeps its options as given.
-    steps.push(Step::Chdir(spec.state_dir.clone()));
+    steps.push(Step::Chdir(workspace.clone()));
     let lower: Vec<String> = (0..lowers).map(lower_name).collect();
+    if stub {
+        for name in lower.iter().map(String::as_str).chain(["disk", "root"]) {
+            steps.push(Step::Dir(PathBuf::from(name)));
+        }
+    }
     for (index, name) in lower.iter().enumerate() {
         steps.push(Step::Attach {
             layer: Layer::Lower(index),
@@ -126,7 +156,7 @@ pub(crate) fn plan(spec: &SandboxSpec, lowers: usize, run: bool, views: bool) ->
             lower.join(":")
         )),
     });
-    let root = spec.root_path();
+    let root = workspace.join("root");
     let at = |p: &str| root.join(p);
     for dir in ["proc", "sys", "dev", "tmp", "home", ".sprite"] {
         steps.push(Step::Dir(at(dir)));
@@ -222,8 +252,18 @@ pub(crate) fn plan(spec: &SandboxSpec, lowers: usize, run: bool, views: bool) ->
             flags: MsFlags::MS_SLAVE,
         });
     }
-    steps.push(Step::Chdir(root));
-    steps.push(Step::PivotRoot);
+    if stub {
+        // The overlay holds its layers itself; their mounts go before the root moves
+        // off the workspace (unreachable from the sprite anyway).
+        for name in lower.iter().map(String::as_str).chain(["disk"]) {
+            steps.push(Step::Detach(PathBuf::from(name)));
+        }
+        steps.push(Step::Chdir(root));
+        steps.push(Step::MoveRoot);
+    } else {
+        steps.push(Step::Chdir(root));
+        steps.push(Step::PivotRoot);
+    }
     steps
 }
 
@@ -339,6 +379,77 @@ mod tests {
         assert_eq!(
             data.as_deref(),
             Some("lowerdir=lower0:lower1,upperdir=disk/upper,workdir=disk/work,userxattr")
+        );
+    }
+
+    #[test]
+    fn on_a_seed_stub_the_root_is_built_in_the_workspace_and_moved_onto_it_last() {
+        let mut spec = spec(true);
+        spec.mount_namespace = Some(PathBuf::from("/proc/1/fd/9"));
+        let steps = plan(&spec, 2, true, true);
+        // The workspace is PID 1's own tmpfs, mounted before anything goes in it.
+        let workspace = steps
+            .iter()
+            .position(|s| {
+                matches!(
+                    s,
+                    Step::Mount {
+                        what: "the workspace",
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        assert_eq!(steps[workspace + 1], Step::Chdir(PathBuf::from("/work")));
+        let first_attach = steps
+            .iter()
+            .position(|s| matches!(s, Step::Attach { .. }))
+            .unwrap();
+        assert!(workspace < first_attach);
+        for name in ["lower0", "lower1", "disk", "root"] {
+            let made = steps
+                .iter()
+                .position(|s| *s == Step::Dir(PathBuf::from(name)))
+                .unwrap_or_else(|| panic!("{name} is never made"));
+            assert!(workspace < made && made < first_attach, "{name}");
+        }
+        // Nothing of the host's state directory is used; every mount is in the
+        // workspace.
+        let targets = targets(&steps);
+        assert!(
+            !format!("{steps:?}").contains("/data/sprites"),
+            "the state directory is not in a seed namespace: {steps:?}"
+        );
+        for target in &targets {
+            assert!(
+                !target.starts_with('/') || target.starts_with("/work"),
+                "{target} is outside the workspace"
+            );
+        }
+        // The layers' own mounts are detached once the overlay holds them and everything
+        // is mounted; the move into the root is the last step, from inside it.
+        let last_mount = steps
+            .iter()
+            .rposition(|s| {
+                matches!(
+                    s,
+                    Step::Mount { .. } | Step::Attach { .. } | Step::Bind { .. }
+                )
+            })
+            .unwrap();
+        for name in ["lower0", "lower1", "disk"] {
+            let detached = steps
+                .iter()
+                .position(|s| *s == Step::Detach(PathBuf::from(name)))
+                .unwrap_or_else(|| panic!("{name} is never detached"));
+            assert!(last_mount < detached, "{name}");
+        }
+        assert!(!steps.contains(&Step::PivotRoot));
+        assert_eq!(steps.last(), Some(&Step::MoveRoot));
+        assert_eq!(
+            steps[steps.len() - 2],
+            Step::Chdir(PathBuf::from("/work/root")),
+            "the root is moved from inside it"
         );
     }
 

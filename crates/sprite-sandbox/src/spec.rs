@@ -90,8 +90,11 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub nested_containers: bool,
     /// The mount namespace the sprite's is cloned from (a path to an `ns/mnt` file or a
-    /// descriptor of one), instead of the daemon's: a small one keeps the clone cheap on
-    /// a host with many sprites (see `sprite_sys::mount::seed_namespace`).
+    /// descriptor of one), instead of the daemon's: one made by
+    /// `sprite_sys::mount::seed_namespace`, whose root is a stub with nothing of the
+    /// host, so PID 1 builds its root in the stub's `/work` and moves it onto `/`
+    /// instead of a `pivot_root` (which walks every thread of the host). Without one,
+    /// PID 1 builds its root in the state directory and pivots into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_namespace: Option<PathBuf>,
 }
@@ -99,10 +102,6 @@ pub struct SandboxSpec {
 impl SandboxSpec {
     pub fn socket_path(&self) -> PathBuf {
         self.state_dir.join("init.sock")
-    }
-
-    pub fn root_path(&self) -> PathBuf {
-        self.state_dir.join("root")
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -135,6 +135,24 @@ def fails(name, action):
         report(name, False, "it worked")
     except Exception as e:
         report(name, True, repr(e))
+def climb(name):
+    # The chroot escape: chroot into a directory, climb out of it with `..` from a
+    # working directory left outside, chroot there. It must land on the root it left.
+    os.makedirs("/tmp/jail", exist_ok=True)
+    seen = sorted(os.listdir("/"))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chroot("/tmp/jail")
+            for _ in range(64):
+                os.chdir("..")
+            os.chroot(".")
+            found = sorted(os.listdir("/"))
+            report(name, found == seen, found)
+        except Exception as e:
+            report(name, True, repr(e))
+        os._exit(0)
+    os.waitpid(pid, 0)
 "#;
 
 /// The in-sprite probe, run as root inside (after [`PRELUDE`]).
@@ -202,6 +220,8 @@ status = open("/proc/self/status").read()
 bounding = int([l for l in status.splitlines() if l.startswith("CapBnd")][0].split()[1], 16)
 for name, bit in [("CAP_SYS_ADMIN", 21), ("CAP_SYS_MODULE", 16), ("CAP_SYS_PTRACE", 19), ("CAP_SYS_RAWIO", 17), ("CAP_SYS_RESOURCE", 24), ("CAP_NET_ADMIN", 12), ("CAP_SYS_TIME", 25), ("CAP_SYSLOG", 34), ("CAP_BPF", 39)]:
     report("bounding set lacks " + name, not bounding & (1 << bit), hex(bounding))
+# Under the sprite's root is nothing of the host, and nothing to reach anyway.
+climb("a chroot escape leads back to the sprite's own root")
 # PID 1 and the host's processes.
 call("ptrace PID 1", 101, 16, 1, None, None)
 fails("read /proc/1/environ", lambda: open("/proc/1/environ").read())
@@ -267,6 +287,25 @@ call("nested: reboot", 169, 0xfee1dead, 672274793, 0x1234567, None)
 fails("nested: write /proc/sys/kernel/core_pattern", lambda: open("/proc/sys/kernel/core_pattern", "w").write("|/tmp/x"))
 fails("nested: write /proc/sysrq-trigger", lambda: open("/proc/sysrq-trigger", "w").write("h"))
 fails("nested: open /dev/mem", lambda: open("/dev/mem", "rb"))
+# What is under the sprite's root stays out of reach with every capability over the
+# mounts: its root cannot be detached, a chroot escape leads back to it, and after a
+# pivot into a tmpfs of its own neither can the new root be detached.
+call("nested: detach the sprite's root", 166, b"/", 2)
+climb("nested: a chroot escape leads back to the sprite's root")
+pid = os.fork()
+if pid == 0:
+    try:
+        os.makedirs("/mnt/old", exist_ok=True)
+        if libc.syscall(155, b"/mnt", b"/mnt/old") != 0:
+            raise OSError(ctypes.get_errno(), "pivot_root")
+        os.chdir("/")
+        libc.syscall(166, b"/old", 2)
+        call("nested: detach the root pivoted into", 166, b"/", 2)
+        climb("nested: a chroot escape after a pivot leads back to the new root")
+    except Exception as e:
+        report("nested: pivot into a tmpfs", True, repr(e))
+    os._exit(0)
+os.waitpid(pid, 0)
 outer.kill()
 "#;
 
