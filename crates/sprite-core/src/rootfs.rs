@@ -484,14 +484,21 @@ async fn loop_mount(
     .await
 }
 
-/// Unmounts `target` if it is mounted; `lazy` lets it go once no process uses it.
+/// Unmounts `target` if it is mounted; `lazy` lets it go once no process uses it. A
+/// loop device under it is remembered for the next disk's mount (see
+/// `loopdev::released`).
 async fn unmount(target: &Path, lazy: bool) -> Result<(), CoreError> {
     let to = target.to_path_buf();
     host("unmount", target, move || {
         if !mount::is_mount_point(&to) {
             return Ok(());
         }
-        mount::unmount(&to, lazy)
+        let looped = loopdev::index_of_mount(&to);
+        mount::unmount(&to, lazy)?;
+        if let Some(index) = looped {
+            loopdev::released(index);
+        }
+        Ok(())
     })
     .await
 }

@@ -76,13 +76,71 @@ impl LoopDevice {
     }
 }
 
-/// Loops `file` on a free device. Two processes taking the same free device is resolved
-/// by trying the next one.
+/// The major number of loop devices.
+const LOOP_MAJOR: u32 = 7;
+
+/// How many released devices [`attach`] remembers.
+const RELEASED_KEPT: usize = 64;
+
+/// Devices this process let go of (see [`released`]), newest last: [`attach`] tries them
+/// before asking the kernel, whose `LOOP_CTL_GET_FREE` walks every loop device from the
+/// first until an unbound one (with 1,000 sprites' disks looped, about 0.4 ms a call).
+static RELEASED: parking_lot::Mutex<Vec<u32>> = parking_lot::Mutex::new(Vec::new());
+
+/// The loop device index of the filesystem mounted at `path`, if it is on one.
+pub fn index_of_mount(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(device), libc::minor(device));
+    if major != LOOP_MAJOR {
+        return None;
+    }
+    // The minor number is the index only without partitions (`max_part`): the kernel's
+    // name for the device says.
+    let link = std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    link.file_name()?
+        .to_str()?
+        .strip_prefix("loop")?
+        .parse()
+        .ok()
+}
+
+/// Notes that loop device `index` was let go of (its mount is gone; auto-clearing, it
+/// is free once nothing uses it), so the next [`attach`] tries it first.
+pub fn released(index: u32) {
+    let mut released = RELEASED.lock();
+    released.retain(|&i| i != index);
+    if released.len() >= RELEASED_KEPT {
+        released.remove(0);
+    }
+    released.push(index);
+}
+
+/// Loops `file` on a free device: one this process released lately if it is still free,
+/// else one the kernel names. Two processes taking the same free device is resolved by
+/// trying the next one.
 pub fn attach(file: &Path, options: LoopOptions) -> io::Result<LoopDevice> {
     let backing = OpenOptions::new()
         .read(true)
         .write(!options.read_only)
         .open(file)?;
+    while let Some(index) = RELEASED.lock().pop() {
+        let path = PathBuf::from(format!("/dev/loop{index}"));
+        let Ok(device) = OpenOptions::new()
+            .read(true)
+            .write(!options.read_only)
+            .open(&path)
+        else {
+            continue;
+        };
+        // Busy (not cleared yet, or taken by another process) or gone: the next one.
+        if configure(&device, &backing, options, options.direct_io).is_ok() {
+            return Ok(LoopDevice {
+                path,
+                _device: device,
+            });
+        }
+    }
     let control = OpenOptions::new()
         .read(true)
         .write(true)
@@ -261,5 +319,63 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(!backing.exists(), "{} still attached", path.display());
+    }
+
+    /// Waits until the device at `path` has no backing file (cleared).
+    fn cleared(path: &Path) -> bool {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+        for _ in 0..200 {
+            if !backing.exists() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_released_device_is_taken_before_the_kernels_first_free_one() {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/dev/loop-control").exists() {
+            eprintln!("skipped: needs root and loop devices");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("disk");
+        std::fs::write(&file, vec![7u8; 1 << 20]).expect("write");
+        let first = attach(&file, LoopOptions::default()).expect("attach");
+        let second = attach(&file, LoopOptions::default()).expect("attach");
+        let index = |device: &LoopDevice| -> u32 {
+            device.path().to_string_lossy()["/dev/loop".len()..]
+                .parse()
+                .expect("an index")
+        };
+        let (low, high) = (
+            index(&first).min(index(&second)),
+            index(&first).max(index(&second)),
+        );
+        let (first_path, second_path) = (first.path().to_path_buf(), second.path().to_path_buf());
+        drop((first, second));
+        assert!(cleared(&first_path) && cleared(&second_path));
+        // Both are free; the kernel would name the lower one. Released, the higher is
+        // taken first, then the kernel's again.
+        released(high);
+        let again = attach(&file, LoopOptions::default()).expect("attach");
+        assert_eq!(index(&again), high, "the released device");
+        let next = attach(&file, LoopOptions::default()).expect("attach");
+        assert!(
+            index(&next) <= low,
+            "the kernel's first free one: {}",
+            index(&next)
+        );
+        // Still in use: a released device that is busy is passed over.
+        released(high);
+        let third = attach(&file, LoopOptions::default()).expect("attach");
+        assert_ne!(index(&third), high);
+        assert_ne!(index(&third), index(&next));
     }
 }
