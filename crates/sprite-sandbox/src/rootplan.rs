@@ -1,6 +1,6 @@
 //! How a sprite's PID 1 builds its root, as data: [`plan`] turns a [`SandboxSpec`] into
 //! the ordered [`Step`]s (attach the layers, mount the overlay, /proc, /sys, /dev and
-//! the rest, pivot into the root), and `launch.rs` applies them one by one. Keeping the
+//! the rest, move into the root), and `launch.rs` applies them one by one. Keeping the
 //! order in a plan lets unit tests check it without root or namespaces: the overlay
 //! before anything under it, /dev before its devices, nothing but the views left to
 //! propagate from the host, the move into the root (or pivot_root) last.
