@@ -71,6 +71,15 @@ pub fn run_launcher(spec: &SandboxSpec) -> Result<LaunchResult, SandboxError> {
     if let Some(namespace) = &spec.mount_namespace {
         sprite_sys::mount::enter_namespace(namespace)
             .map_err(|e| SandboxError::EnterNamespace(namespace.clone(), e))?;
+        // PID 1 moves its root onto this namespace's root and leaves it beneath: it
+        // must be the seed's stub (a read-only tmpfs), never a namespace holding the
+        // host's mounts.
+        if !sprite_sys::mount::is_read_only_tmpfs(Path::new("/")) {
+            return Err(SandboxError::EnterNamespace(
+                namespace.clone(),
+                std::io::Error::other("its root is not a seed's read-only stub"),
+            ));
+        }
     }
 
     let (go_read, go_write) = pipe().map_err(SandboxError::Pipe)?;

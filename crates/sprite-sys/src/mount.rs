@@ -239,6 +239,15 @@ pub fn seed_namespace(data_dir: &Path, devices: &[&str]) -> io::Result<std::os::
     .map_err(|_| io::Error::other("the seed namespace thread panicked"))?
 }
 
+/// Whether the filesystem at `path` is a tmpfs mounted read-only (a seed's stub).
+pub fn is_read_only_tmpfs(path: &Path) -> bool {
+    let tmpfs = nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let read_only = nix::sys::statvfs::statvfs(path)
+        .is_ok_and(|fs| fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    tmpfs && read_only
+}
+
 /// Moves the calling process into the mount namespace at `path` (an `ns/mnt` file or a
 /// descriptor of one under `/proc`). The process must be single-threaded.
 pub fn enter_namespace(path: &Path) -> io::Result<()> {
@@ -332,7 +341,8 @@ mod tests {
                             .collect()
                     })
                     .unwrap_or_default();
-                let null = std::fs::write("/dev/null", b"x").is_ok();
+                let null =
+                    std::fs::write("/dev/null", b"x").is_ok() && is_read_only_tmpfs(Path::new("/"));
                 (mounts, root, net, null)
             })
             .join()
@@ -351,7 +361,11 @@ mod tests {
                 .nth(5)
                 .is_some_and(|o| o.starts_with("ro")));
             assert!(mounts.contains("hidepid=invisible,subset=pid"), "{mounts}");
-            assert!(null, "/dev/null is the host's device");
+            assert!(null, "/dev/null is the host's device, / a read-only tmpfs");
+            assert!(
+                !is_read_only_tmpfs(Path::new("/")),
+                "the host's root is no stub"
+            );
             assert!(
                 !net.iter().any(|n| n != "lo"),
                 "host interfaces in the stub's /sys: {net:?}"
