@@ -8,7 +8,8 @@
 //! mount, uts, ipc, net and cgroup namespaces. It writes the child's uid/gid maps, lets
 //! it go, waits for its verdict, prints `{"pid":N}` and exits. The child is PID 1 of the
 //! sprite: it mounts the root overlay, /proc, /sys and /dev, moves into the root
-//! (onto the seed namespace's stub, or by `pivot_root` without one), locks itself down (seccomp, capabilities) and serves the init protocol.
+//! (onto the seed namespace's stub, or by `pivot_root` without one), locks itself down
+//! (seccomp, capabilities) and serves the init protocol.
 
 use crate::cgroup::{Layout, SpriteCgroup};
 use crate::error::{step, SandboxError};
@@ -243,9 +244,10 @@ fn launch_for(connection: std::os::unix::net::UnixStream) -> i32 {
     0
 }
 
-/// The sprite's state directory belongs to the host uid of its root, mode 0700: PID 1
-/// mounts its root there before it pivots, as that uid, and no other host user can
-/// look inside. The disk's `upper/` and `work/` are made with the storage owner.
+/// The sprite's state directory belongs to the host uid of its root, mode 0700: without
+/// a seed namespace PID 1 builds its root there (see `rootplan`), as that uid, and no
+/// other host user can look inside. The disk's `upper/` and `work/` are made with the
+/// storage owner.
 fn prepare_state_dir(spec: &SandboxSpec) -> Result<(), SandboxError> {
     let owner = (
         Some(Uid::from_raw(spec.id_base)),
@@ -257,12 +259,6 @@ fn prepare_state_dir(spec: &SandboxSpec) -> Result<(), SandboxError> {
         .map_err(step(format!("chown {}", spec.state_dir.display())))?;
     fs::set_permissions(&spec.state_dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| SandboxError::CreateDir(spec.state_dir.clone(), e))?;
-    let mount_points = (0..spec.layers.lower.len())
-        .map(crate::rootplan::lower_name)
-        .chain(["root".to_string(), "disk".to_string()]);
-    for name in mount_points {
-        ensure_dir(&spec.state_dir.join(name))?;
-    }
     for dir in [spec.layers.upper(), spec.layers.work()] {
         fs::create_dir_all(&dir).map_err(|e| SandboxError::CreateDir(dir.clone(), e))?;
         nix::unistd::chown(

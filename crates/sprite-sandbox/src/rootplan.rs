@@ -89,7 +89,7 @@ fn special(
     }
 }
 
-/// Where lower layer `index` is attached in the state directory while PID 1 builds
+/// Where lower layer `index` is attached in the workspace while PID 1 builds
 /// its root (relative names: the overlay's options, which the sprite can read in its
 /// mountinfo, name no host path).
 pub(crate) fn lower_name(index: usize) -> String {
@@ -130,10 +130,8 @@ pub(crate) fn plan(spec: &SandboxSpec, lowers: usize, run: bool, views: bool) ->
     // Relative names from here on: the overlay keeps its options as given.
     steps.push(Step::Chdir(workspace.clone()));
     let lower: Vec<String> = (0..lowers).map(lower_name).collect();
-    if stub {
-        for name in lower.iter().map(String::as_str).chain(["disk", "root"]) {
-            steps.push(Step::Dir(PathBuf::from(name)));
-        }
+    for name in lower.iter().map(String::as_str).chain(["disk", "root"]) {
+        steps.push(Step::Dir(PathBuf::from(name)));
     }
     for (index, name) in lower.iter().enumerate() {
         steps.push(Step::Attach {

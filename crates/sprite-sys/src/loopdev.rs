@@ -125,20 +125,9 @@ pub fn attach(file: &Path, options: LoopOptions) -> io::Result<LoopDevice> {
         .write(!options.read_only)
         .open(file)?;
     while let Some(index) = RELEASED.lock().pop() {
-        let path = PathBuf::from(format!("/dev/loop{index}"));
-        let Ok(device) = OpenOptions::new()
-            .read(true)
-            .write(!options.read_only)
-            .open(&path)
-        else {
-            continue;
-        };
         // Busy (not cleared yet, or taken by another process) or gone: the next one.
-        if configure(&device, &backing, options, options.direct_io).is_ok() {
-            return Ok(LoopDevice {
-                path,
-                _device: device,
-            });
+        if let Ok(device) = take(index, &backing, options) {
+            return Ok(device);
         }
     }
     let control = OpenOptions::new()
@@ -151,36 +140,39 @@ pub fn attach(file: &Path, options: LoopOptions) -> io::Result<LoopDevice> {
         if index < 0 {
             return Err(io::Error::last_os_error());
         }
-        let path = PathBuf::from(format!("/dev/loop{index}"));
-        let device = OpenOptions::new()
-            .read(true)
-            .write(!options.read_only)
-            .open(&path)?;
-        match configure(&device, &backing, options, options.direct_io) {
-            Ok(()) => {
-                return Ok(LoopDevice {
-                    path,
-                    _device: device,
-                })
-            }
+        match take(index as u32, &backing, options) {
             // Taken by another process between the two calls: try the next free one.
             Err(error) if error.raw_os_error() == Some(libc::EBUSY) => continue,
-            Err(error) if options.direct_io && error.raw_os_error() == Some(libc::EINVAL) => {
-                configure(&device, &backing, options, false)?;
-                // SAFETY: LOOP_SET_DIRECT_IO takes an unsigned long by value.
-                let _ = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_DIRECT_IO as _, 1) };
-                return Ok(LoopDevice {
-                    path,
-                    _device: device,
-                });
-            }
-            Err(error) => return Err(error),
+            taken => return taken,
         }
     }
     Err(io::Error::new(
         io::ErrorKind::ResourceBusy,
         "every free loop device was taken by another process first",
     ))
+}
+
+/// Configures device `index` over `backing`: EBUSY if it is bound already. Where the
+/// file refuses direct I/O, the device falls back to buffered I/O.
+fn take(index: u32, backing: &File, options: LoopOptions) -> io::Result<LoopDevice> {
+    let path = PathBuf::from(format!("/dev/loop{index}"));
+    let device = OpenOptions::new()
+        .read(true)
+        .write(!options.read_only)
+        .open(&path)?;
+    match configure(&device, backing, options, options.direct_io) {
+        Ok(()) => {}
+        Err(error) if options.direct_io && error.raw_os_error() == Some(libc::EINVAL) => {
+            configure(&device, backing, options, false)?;
+            // SAFETY: LOOP_SET_DIRECT_IO takes an unsigned long by value.
+            let _ = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_DIRECT_IO as _, 1) };
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(LoopDevice {
+        path,
+        _device: device,
+    })
 }
 
 fn configure(
@@ -306,19 +298,7 @@ mod tests {
         assert_eq!(bytes, [7; 4]);
         drop(device);
         // Auto-clear runs when the last handle closes.
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
-        for _ in 0..100 {
-            if !backing.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!backing.exists(), "{} still attached", path.display());
+        assert!(cleared(&path), "{} still attached", path.display());
     }
 
     /// Waits until the device at `path` has no backing file (cleared).

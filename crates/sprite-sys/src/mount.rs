@@ -27,12 +27,7 @@ pub fn mount_device(
         return nix::mount::mount(Some(device), target, Some(fstype), flags, Some(data))
             .map_err(io_error);
     };
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a bare file name"),
-        ));
-    }
+    bare_name(name)?;
     let links = target.with_extension("device");
     let _ = std::fs::remove_dir_all(&links);
     std::fs::create_dir_all(&links)?;
@@ -58,6 +53,17 @@ pub fn mount_device(
     });
     let _ = std::fs::remove_dir_all(&links);
     result
+}
+
+/// `name` if it names a file in a directory (no `/`, not `.` or `..`, not empty).
+fn bare_name(name: &str) -> io::Result<&str> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a bare file name"),
+        ));
+    }
+    Ok(name)
 }
 
 /// Mounts a tmpfs named `name` at `target`.
@@ -155,16 +161,10 @@ pub fn is_mount_point(path: &Path) -> bool {
 /// must exist) in the new namespace only; the host sees nothing of it.
 pub fn seed_namespace(data_dir: &Path, devices: &[&str]) -> io::Result<std::os::fd::OwnedFd> {
     let data_dir = data_dir.to_path_buf();
-    let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-    if let Some(bad) = devices
+    let devices = devices
         .iter()
-        .find(|d| d.is_empty() || d.contains('/') || *d == "." || *d == "..")
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{bad:?} is not a device name in /dev"),
-        ));
-    }
+        .map(|d| bare_name(d).map(String::from))
+        .collect::<io::Result<Vec<String>>>()?;
     // A thread of its own: unsharing the mount and network namespaces (and with them the
     // filesystem context) changes that thread alone, and the mount namespace outlives
     // it through the descriptor (the network namespace through the stub's sysfs).
