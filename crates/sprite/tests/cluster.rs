@@ -257,7 +257,12 @@ async fn three_hosts_place_forward_move_drain_and_fail_over() {
     );
     let out = run_via(&hosts, 1, "mover", &["cat", "/home/sprite/kept"]).await;
     assert_eq!(out.stdout(), "moved data\n", "{}", hosts[2].log());
-    assert_eq!(holder(&hosts, "mover").await, Some(2));
+    assert_eq!(
+        holder(&hosts, "mover").await,
+        Some(2),
+        "host-a's log:\n{}",
+        hosts[0].log()
+    );
     let services = hosts[0].client.services("mover").await.unwrap();
     assert_eq!(services.first().map(|s| s.name.as_str()), Some("web"));
     let bad = hosts[0].client.move_sprite("mover", Some("host-z")).await;
